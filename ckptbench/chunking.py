@@ -1,0 +1,53 @@
+"""Chunk shapes from an element budget.
+
+Two strategies, both returning a chunk that never exceeds the array in any dimension
+and holds at most `max(budget, 1)` elements (a chunk holds at least one element):
+
+- ``halve`` (the original harness's): start from the whole array and halve the
+  largest chunk dimension (rounding up) until the chunk fits the budget. Chunks
+  need not divide the array, so edge chunks are padded on disk by zarr v2.
+- ``divisor`` (T5X's idea): start from the whole array and, while the chunk is too
+  large, shrink its largest dimension to the next smaller divisor of that array
+  dimension. Chunks then divide the array evenly and nothing is padded.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Sequence
+
+STRATEGIES = ("halve", "divisor")
+
+
+def chunk_shape(shape: Sequence[int], budget_elements: int, strategy: str = "halve") -> list[int]:
+    """Chunk shape for an array of `shape` holding at most `budget_elements` elements."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown chunk strategy {strategy!r}")
+    chunk = [max(1, int(d)) for d in shape]
+    if not chunk:  # a scalar is one chunk of one element
+        return []
+    budget = max(1, int(budget_elements))
+    while math.prod(chunk) > budget:
+        axis = max(range(len(chunk)), key=lambda i: chunk[i])  # first of the largest
+        if strategy == "halve":
+            chunk[axis] = (chunk[axis] + 1) // 2
+        else:
+            chunk[axis] = _next_smaller_divisor(int(shape[axis]), chunk[axis])
+    return chunk
+
+
+@lru_cache(maxsize=4096)
+def _divisors(n: int) -> tuple[int, ...]:
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return tuple(sorted(set(small + [n // d for d in small])))
+
+
+def _next_smaller_divisor(n: int, current: int) -> int:
+    smaller = [d for d in _divisors(n) if d < current]
+    return smaller[-1] if smaller else 1
+
+
+def padded_elements(shape: Sequence[int], chunk: Sequence[int]) -> int:
+    """Elements stored on disk by zarr v2, whose edge chunks are padded to full size."""
+    return math.prod(math.ceil(d / c) * c for d, c in zip(shape, chunk)) if shape else 1

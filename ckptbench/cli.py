@@ -1,0 +1,146 @@
+"""Command line: run a suite from a config (the default), or compare two results files.
+
+    python run_phase4_streamlined.py [--config FILE] [--model PRESET | --weights DIR] ...
+    python run_phase4_streamlined.py compare A.json B.json
+
+Order of work: validate everything (config, flags, output folder, weights) before
+writing anything; then plan, run, aggregate, write results.json, draw, print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import config as config_mod
+from . import environment, measure, plot, report, results, weights, workspace
+from .errors import UserError
+
+DEFAULT_CONFIG = Path("phase4_config.json")
+BUILTIN_CONFIG = Path(__file__).with_name("phase4_default.json")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as a UserError (one line, exit 2) instead of usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message}; see --help")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def run_parser(prog: str | None = None, default_config: Path | None = DEFAULT_CONFIG) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog,
+        description="Benchmark saving and loading LLaMA weights as TensorStore zarr arrays. "
+        "Subcommand: 'compare A.json B.json' compares two results files.",
+    )
+    parser.add_argument("--config", type=Path, default=default_config,
+                        help="suite config JSON (default: %(default)s)")
+    parser.add_argument("--output-dir", help="where results.json, the plot and run folders go")
+    parser.add_argument("--runs", type=_positive_int, help="measured runs per test (overrides testing.num_runs)")
+    parser.add_argument("--model", help="weight preset (see --list-models)")
+    parser.add_argument("--weights", help="local Hugging Face checkpoint folder to benchmark instead of a preset")
+    parser.add_argument("--dtype", choices=config_mod.DTYPES, help="dtype the weights are stored in")
+    parser.add_argument("--tests", help="comma-separated subset of test names to run")
+    parser.add_argument("--seed", type=int, help="seed of the per-round shuffle (default: random, recorded)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the last run's checkpoint of each test under OUTPUT_DIR/runs for inspection")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--list-models", action="store_true", help="list weight presets and exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, default_config: Path | None = DEFAULT_CONFIG,
+         prog: str | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["compare"]:
+            from . import compare
+
+            return compare.main(argv[1:], _Parser)
+        return _run(run_parser(prog, default_config).parse_args(argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return UserError.exit_status
+
+
+def _list_models() -> int:
+    rows = []
+    for name, preset in weights.PRESETS.items():
+        n_params = sum(math.prod(shape) for _, shape in weights.preset_shapes(name))
+        rows.append([name + (" (default)" if name == weights.DEFAULT_PRESET else ""), f"{n_params / 1e6:,.1f}M",
+                     f"{n_params * 4 / 1e9:.2f} GB", f"{n_params * 2 / 1e9:.2f} GB", preset.origin])
+    print(report.table(["preset", "params", "float32", "bfloat16", "hyperparameters of"], rows))
+    return 0
+
+
+def _load_config(args: argparse.Namespace) -> config_mod.SuiteConfig:
+    path = args.config if args.config is not None else BUILTIN_CONFIG
+    suite = config_mod.load(path)
+    if args.config is None:  # the built-in suite writes where the user runs it
+        suite = config_mod.with_overrides(suite, output_dir=config_mod.DEFAULT_OUTPUT_DIR)
+    tests = [t.strip() for t in args.tests.split(",") if t.strip()] if args.tests else None
+    return config_mod.with_overrides(
+        suite, output_dir=args.output_dir, num_runs=args.runs, model=args.model, weights=args.weights,
+        dtype=args.dtype, tests=tests, seed=args.seed,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.list_models:
+        return _list_models()
+    if args.model is not None and args.model not in weights.PRESETS:
+        raise UserError(f"--model: unknown preset {args.model!r}; run --list-models to see the presets")
+    suite = _load_config(args)
+    workspace.check_output_dir(suite.output_dir)
+    source = weights.load(suite.model, suite.weights, suite.dtype)  # converted once, before any timing
+    if suite.weights is not None and suite.output_dir.is_relative_to(suite.weights):
+        raise UserError(f"--output-dir: {suite.output_dir} is inside the weights folder; choose another folder")
+    output_dir = workspace.prepare_output_dir(suite.output_dir)
+
+    seed = suite.seed if suite.seed is not None else measure.new_seed()
+    runs = measure.plan([t.name for t in suite.tests], suite.num_runs, suite.warmup_rounds, seed)
+    env = environment.capture(output_dir)
+    progress = _progress(len(runs), suite.num_runs, not args.no_progress)
+    progress.message(f"{report_source(source)}; {len(suite.tests)} tests x {suite.num_runs} runs"
+                     f"{f' + {suite.warmup_rounds} warm-up rounds' if suite.warmup_rounds else ''}; seed {seed}")
+    records = []
+    try:
+        for record in measure.run_suite(runs, source.tensors, suite, progress.phase, keep=args.keep):
+            records.append(record)
+            progress.finished(record)
+    finally:
+        progress.close()
+        workspace.remove_runs_dir_if_empty(output_dir)
+
+    document = results.build(suite, source.describe(), records, env, seed, complete=True)
+    results_path = results.write(document, output_dir)
+    plot_path = plot.draw(document, output_dir / plot.PLOT_FILE)
+    print(report.full_report(document))
+    print(f"\nResults: {results_path}\nPlot:    {plot_path}")
+    failed = sum(t["failed_runs"] for t in document["tests"])
+    return 1 if failed else 0
+
+
+def report_source(source: weights.Weights) -> str:
+    info = source.describe()
+    return (f"weights: {info.get('name') or info.get('path')} ({info['n_params'] / 1e6:.1f}M params, "
+            f"{info['size_bytes'] / 1e9:.2f} GB {info['dtype']})")
+
+
+def _progress(total: int, num_runs: int, enabled: bool):
+    from .progress import Progress
+
+    return Progress(total, num_runs, enabled)

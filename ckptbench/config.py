@@ -1,0 +1,277 @@
+"""The suite configuration: phase4_config.json, validated before anything runs.
+
+Structure is checked by a JSON Schema (so types, ranges and unknown keys are data,
+not code); meaning (duplicate names, the baseline, compression options) is checked
+after it. Every problem becomes one `UserError` line naming the test and the field.
+Relative paths in a config file are resolved against the file's own folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jsonschema
+from jsonschema.exceptions import best_match
+
+from . import chunking, compression, weights
+from .errors import UserError
+
+DTYPES = ("float32", "bfloat16", "float16")
+CACHE_EVICTION = ("auto", "drop_caches", "fadvise", "none")
+DEFAULT_OUTPUT_DIR = "saved_models/phase4_tests"
+MAX_CHUNK_BYTES = 2**32  # 4 GiB: beyond this one chunk is larger than any tensor worth chunking
+MAX_CONCURRENCY = 4096
+
+_POSITIVE_INT = {"type": "integer", "minimum": 1}
+_RANGE_PCT = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+
+TEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "concurrency_limit"],
+    "properties": {
+        "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,99}$"},
+        "description": {"type": "string"},
+        "chunk_size_elements": {**_POSITIVE_INT, "maximum": MAX_CHUNK_BYTES},
+        "chunk_bytes": {**_POSITIVE_INT, "maximum": MAX_CHUNK_BYTES},
+        "chunk_strategy": {"enum": list(chunking.STRATEGIES)},
+        "concurrency_limit": {**_POSITIVE_INT, "maximum": MAX_CONCURRENCY},
+        "compression": {"type": ["string", "object", "null"]},
+        "expected": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"save_pct": _RANGE_PCT, "load_pct": _RANGE_PCT, "size_pct": _RANGE_PCT},
+        },
+    },
+}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["test_configurations"],
+    "properties": {
+        "description": {"type": "string"},
+        "model": {"enum": sorted(weights.PRESETS)},
+        "weights": {"type": ["string", "null"]},
+        "dtype": {"enum": list(DTYPES)},
+        "output_dir": {"type": "string", "minLength": 1},
+        "baseline": {"type": "string"},
+        "testing": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "num_runs": {**_POSITIVE_INT, "maximum": 1000},
+                "warmup_rounds": {"type": "integer", "minimum": 0, "maximum": 100},
+                "seed": {"type": ["integer", "null"], "minimum": 0},
+                "cache_eviction": {"enum": list(CACHE_EVICTION)},
+                "max_inflight_bytes": {**_POSITIVE_INT, "minimum": 2**20},
+                "noise_pct": {"type": "number", "minimum": 0, "maximum": 100},
+            },
+        },
+        "test_configurations": {"type": "array", "minItems": 1, "items": TEST_SCHEMA},
+    },
+}
+
+
+@dataclass(frozen=True)
+class TestSpec:
+    """One storage configuration to measure."""
+
+    name: str
+    concurrency_limit: int
+    chunk_size_elements: int | None = None
+    chunk_bytes: int | None = None
+    chunk_strategy: str = "halve"
+    compression: dict[str, Any] | None = None
+    description: str = ""
+    expected: dict[str, list[float]] | None = None
+
+    def chunk_budget_elements(self, itemsize: int) -> int:
+        """Elements per chunk: given directly, or the byte budget divided by the item size."""
+        if self.chunk_size_elements is not None:
+            return self.chunk_size_elements
+        return max(1, self.chunk_bytes // itemsize)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """Everything a suite needs, resolved: defaults filled, paths absolute."""
+
+    tests: tuple[TestSpec, ...]
+    baseline: str
+    output_dir: Path
+    model: str = weights.DEFAULT_PRESET
+    weights: Path | None = None
+    dtype: str = "float32"
+    num_runs: int = 3
+    warmup_rounds: int = 0
+    seed: int | None = None
+    cache_eviction: str = "auto"
+    max_inflight_bytes: int = 2 * 2**30
+    noise_pct: float = 5.0
+    config_path: Path | None = field(default=None, compare=False)
+
+    def test(self, name: str) -> TestSpec:
+        return next(t for t in self.tests if t.name == name)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["tests"] = [t.to_json() for t in self.tests]
+        for key in ("output_dir", "weights", "config_path"):
+            out[key] = None if out[key] is None else str(out[key])
+        return out
+
+
+def load(path: Path | str) -> SuiteConfig:
+    """Read and validate a config file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such config file; pass --config PATH or create it (see PHASE4_GUIDE.md)")
+    if not path.is_file():
+        raise UserError(f"{path}: is not a file; --config takes a JSON file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot be read ({exc}); check its permissions and encoding") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    return from_dict(data, base_dir=path.resolve().parent, source=str(path), config_path=path.resolve())
+
+
+def from_dict(
+    data: Any, base_dir: Path | None = None, source: str = "config", config_path: Path | None = None
+) -> SuiteConfig:
+    """Validate a parsed config and resolve it."""
+    _validate_structure(data, source)
+    base_dir = base_dir or Path.cwd()
+    tests = tuple(_test_from_dict(raw, i, source) for i, raw in enumerate(data["test_configurations"]))
+    names = [t.name for t in tests]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise UserError(f"{source}: test_configurations[{i}].name: duplicate test name {name!r}; give each test a unique name")
+    baseline = data.get("baseline", names[0])
+    if baseline not in names:
+        raise UserError(f"{source}: baseline: no test named {baseline!r}{_suggest(baseline, names)}")
+    testing = data.get("testing", {})
+    weights_dir = data.get("weights")
+    defaults = SuiteConfig(tests=(), baseline="", output_dir=Path())
+    return SuiteConfig(
+        tests=tests,
+        baseline=baseline,
+        output_dir=(base_dir / data.get("output_dir", DEFAULT_OUTPUT_DIR)).resolve(),
+        model=data.get("model", defaults.model),
+        weights=None if weights_dir is None else (base_dir / weights_dir).resolve(),
+        dtype=data.get("dtype", defaults.dtype),
+        num_runs=testing.get("num_runs", defaults.num_runs),
+        warmup_rounds=testing.get("warmup_rounds", defaults.warmup_rounds),
+        seed=testing.get("seed", defaults.seed),
+        cache_eviction=testing.get("cache_eviction", defaults.cache_eviction),
+        max_inflight_bytes=testing.get("max_inflight_bytes", defaults.max_inflight_bytes),
+        noise_pct=float(testing.get("noise_pct", defaults.noise_pct)),
+        config_path=config_path,
+    )
+
+
+def with_overrides(config: SuiteConfig, **overrides: Any) -> SuiteConfig:
+    """Apply command-line overrides (None means 'not given'); `tests` selects a subset by name."""
+    changes = {k: v for k, v in overrides.items() if v is not None and k != "tests"}
+    if changes.get("weights") is not None:
+        changes["weights"] = Path(changes["weights"]).resolve()
+    if changes.get("output_dir") is not None:
+        changes["output_dir"] = Path(changes["output_dir"]).resolve()
+    selected = overrides.get("tests")
+    if selected:
+        names = [t.name for t in config.tests]
+        for name in selected:
+            if name not in names:
+                raise UserError(f"--tests: no test named {name!r}{_suggest(name, names)}")
+        tests = tuple(t for t in config.tests if t.name in selected)
+        changes["tests"] = tests
+        if config.baseline not in selected:
+            changes["baseline"] = tests[0].name
+    return dataclasses.replace(config, **changes)
+
+
+def _test_from_dict(raw: Mapping[str, Any], index: int, source: str) -> TestSpec:
+    where = f"{source}: test {raw['name']!r}"
+    has_elements, has_bytes = "chunk_size_elements" in raw, "chunk_bytes" in raw
+    if has_elements == has_bytes:
+        which = "both" if has_elements else "neither"
+        raise UserError(f"{where}: has {which} of chunk_size_elements and chunk_bytes; give exactly one")
+    return TestSpec(
+        name=raw["name"],
+        description=raw.get("description", ""),
+        chunk_size_elements=raw.get("chunk_size_elements"),
+        chunk_bytes=raw.get("chunk_bytes"),
+        chunk_strategy=raw.get("chunk_strategy", "halve"),
+        concurrency_limit=raw["concurrency_limit"],
+        compression=compression.normalize(raw.get("compression"), f"{where} field compression"),
+        expected=raw.get("expected"),
+    )
+
+
+def _validate_structure(data: Any, source: str) -> None:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: the top level must be a JSON object {{...}}, got {type(data).__name__}")
+    error = best_match(jsonschema.Draft202012Validator(SCHEMA).iter_errors(data))
+    if error is not None:
+        raise UserError(f"{source}: {_where(data, list(error.absolute_path))}: {_describe(error)}")
+
+
+def _where(data: Mapping[str, Any], path: Sequence[Any]) -> str:
+    """'test "chunks_1mb" field concurrency_limit' style location of a schema error."""
+    if len(path) >= 2 and path[0] == "test_configurations":
+        test = data["test_configurations"][path[1]]
+        name = test.get("name") if isinstance(test, dict) else None
+        who = f"test {name!r}" if isinstance(name, str) else f"test_configurations[{path[1]}]"
+        rest = ".".join(str(p) for p in path[2:])
+        return f"{who} field {rest}" if rest else who
+    return "field " + ".".join(str(p) for p in path) if path else "top level"
+
+
+_JSON_TYPES = {"integer": "a whole number", "number": "a number", "string": "a string", "object": "an object",
+               "array": "a list", "null": "null", "boolean": "true or false"}
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    value, kind = error.instance, error.validator
+    shown = json.dumps(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    if kind == "additionalProperties":
+        allowed = list(error.schema.get("properties", {}))
+        unknown = sorted(set(value) - set(allowed))[0]
+        return f"unknown key {unknown!r}{_suggest(unknown, allowed)}"
+    if kind == "type":
+        types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        return f"expected {' or '.join(_JSON_TYPES[t] for t in types)}, got {shown}"
+    if kind == "minimum":
+        return f"must be at least {error.validator_value}, got {shown}"
+    if kind == "maximum":
+        return f"must be at most {error.validator_value}, got {shown}; that is beyond any sensible setting"
+    if kind == "enum":
+        return f"{shown} is not allowed; use one of {', '.join(json.dumps(v) for v in error.validator_value)}"
+    if kind == "required":
+        return f"missing required field {error.message.split(chr(39))[1]!r}"
+    if kind == "minItems" and isinstance(value, list) and not value:
+        return "is empty; list at least one test"
+    if kind in ("minItems", "maxItems"):
+        return f"expected a [low, high] pair of numbers, got {json.dumps(value)}"
+    if kind == "pattern":
+        return f"{shown} is not a valid test name; use letters, digits, '_', '-', '.' or '=' (at most 100)"
+    if kind == "minLength":
+        return "must not be empty"
+    return error.message
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(choices)}"

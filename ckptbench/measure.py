@@ -1,0 +1,173 @@
+"""Running the benchmark: the plan of interleaved rounds, and one timed run.
+
+A run is: save into a fresh folder (timed until TensorStore reports every write
+durable; its file kvstore fsyncs each file), measure the size, evict the files from
+the page cache, load (timed), verify bit for bit against the source, delete the
+folder. Only the save and the load sit between clock reads; size walking, eviction
+and verification happen outside them.
+
+Rounds are interleaved: round r runs every test once, in an order shuffled per round
+from a recorded seed, so slow drift of the machine spreads over all tests instead
+of landing on whichever test ran last.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from . import cache, storage, workspace
+from .config import SuiteConfig
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    test: str
+    round: int  # 0-based; warm-up rounds come first and have negative numbers
+    position: int  # place within its round
+    warmup: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.test}-{'w' if self.warmup else 'r'}{abs(self.round)}"
+
+
+@dataclass
+class RunRecord:
+    """Raw figures of one run: what was measured, nothing derived."""
+
+    test: str
+    round: int
+    position: int
+    warmup: bool
+    save_s: float | None = None
+    load_s: float | None = None
+    save_cpu_s: float | None = None
+    load_cpu_s: float | None = None
+    size_bytes: int | None = None
+    disk_bytes: int | None = None
+    n_files: int | None = None
+    eviction: str | None = None
+    resident_bytes_at_load: int | None = None
+    load_cache: str | None = None  # "cold", "partial" or "warm": what the load read from
+    verified: bool | None = None
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan(test_names: Sequence[str], num_runs: int, warmup_rounds: int, seed: int) -> list[PlannedRun]:
+    """Every run of the suite in execution order: warm-up rounds, then measured rounds, each shuffled."""
+    rng = random.Random(seed)
+    runs = []
+    for r in range(-warmup_rounds, num_runs):
+        order = list(test_names)
+        rng.shuffle(order)
+        runs.extend(PlannedRun(name, r, pos, warmup=r < 0) for pos, name in enumerate(order))
+    return runs
+
+
+def new_seed() -> int:
+    return secrets.randbits(32)
+
+
+Phase = Callable[[PlannedRun, str], None]
+
+
+def run_once(
+    planned: PlannedRun,
+    tensors: Mapping[str, np.ndarray],
+    layout: storage.Layout,
+    config: SuiteConfig,
+    on_phase: Phase = lambda run, phase: None,
+    keep: bool = False,
+) -> RunRecord:
+    """One save/evict/load/verify cycle. Failures are recorded in the result, never raised."""
+    record = RunRecord(planned.test, planned.round, planned.position, planned.warmup)
+    run_dir = workspace.new_run_dir(config.output_dir, planned.label)
+    try:
+        on_phase(planned, "save")
+        record.save_s, record.save_cpu_s = _timed(lambda: storage.save(tensors, run_dir, layout, config.max_inflight_bytes))
+        on_phase(planned, "size")
+        record.size_bytes, record.disk_bytes, record.n_files = storage.checkpoint_size(run_dir)
+        on_phase(planned, "evict")
+        record.eviction = cache.evict(run_dir, config.cache_eviction)
+        record.resident_bytes_at_load = cache.resident_bytes(run_dir)
+        record.load_cache = _cache_state(record.resident_bytes_at_load, record.disk_bytes)
+        on_phase(planned, "load")
+        loaded: dict[str, np.ndarray] = {}
+        record.load_s, record.load_cpu_s = _timed(
+            lambda: loaded.update(storage.load(run_dir, layout, config.max_inflight_bytes))
+        )
+        on_phase(planned, "verify")
+        mismatched = mismatches(tensors, loaded)
+        del loaded
+        record.verified = not mismatched
+        if mismatched:
+            record.error = f"verification failed: {len(mismatched)} tensor(s) differ, first {mismatched[0]}"
+    except Exception as exc:  # a failing test is recorded, and the suite goes on
+        record.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    finally:
+        if not (keep and record.ok):
+            workspace.remove_owned(run_dir)
+    return record
+
+
+def _timed(operation: Callable[[], Any]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds, all threads) of one operation."""
+    gc.collect()  # so a collection of earlier garbage does not land inside the timing
+    cpu0, t0 = os.times(), time.perf_counter()
+    operation()
+    t1, cpu1 = time.perf_counter(), os.times()
+    return t1 - t0, (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+
+
+def _cache_state(resident_bytes: int, disk_bytes: int) -> str:
+    if resident_bytes == 0:
+        return "cold"
+    return "warm" if resident_bytes >= 0.9 * disk_bytes else "partial"
+
+
+def mismatches(source: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
+    """Names whose loaded bytes, shape or dtype differ from the source (NaN and -0.0 compared as bits)."""
+    bad = [name for name in source if name not in loaded]
+    for name, expected in source.items():
+        got = loaded.get(name)
+        if got is None:
+            continue
+        if got.dtype != expected.dtype or got.shape != expected.shape:
+            bad.append(name)
+        elif not np.array_equal(expected.reshape(-1).view(np.uint8), np.ascontiguousarray(got).reshape(-1).view(np.uint8)):
+            bad.append(name)
+    bad.extend(name for name in loaded if name not in source)
+    return bad
+
+
+def run_suite(
+    runs: Sequence[PlannedRun],
+    tensors: Mapping[str, np.ndarray],
+    config: SuiteConfig,
+    on_phase: Phase = lambda run, phase: None,
+    keep: bool = False,
+) -> Iterator[RunRecord]:
+    """Execute a plan, yielding each run's record as soon as it ends."""
+    dtype = config.dtype
+    layouts = {t.name: storage.Layout.of(t, dtype) for t in config.tests}
+    last_round = max((r.round for r in runs), default=0)
+    for planned in runs:
+        yield run_once(planned, tensors, layouts[planned.test], config, on_phase,
+                       keep=keep and planned.round == last_round)

@@ -1,0 +1,119 @@
+"""Console reports of a results document: text or markdown tables, nothing measured here."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+NA = "-"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], fmt: str = "text") -> str:
+    """A left-aligned text table, or a GitHub markdown table."""
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def mean_pm(summary: Mapping[str, Any], scale: float = 1.0, digits: int = 2) -> str:
+    """'mean +- std' of a summary (std shown as '?' with one run)."""
+    if not summary or summary.get("mean") is None:
+        return NA
+    mean = summary["mean"] / scale
+    std = summary.get("std")
+    return f"{mean:.{digits}f} +- {std / scale:.{digits}f}" if std is not None else f"{mean:.{digits}f} +- ?"
+
+
+def change(comparison: Mapping[str, Any] | None) -> str:
+    """'-39.9% faster' style change vs baseline, with its verdict."""
+    if not comparison or comparison.get("change_pct") is None:
+        return NA
+    return f"{comparison['change_pct']:+.1f}% {comparison['verdict']}"
+
+
+def ci_pct(comparison: Mapping[str, Any]) -> str:
+    interval = comparison.get("change_ci95_pct")
+    return NA if interval is None else f"[{interval[0]:+.1f}, {interval[1]:+.1f}]"
+
+
+def summary_table(document: Mapping[str, Any], fmt: str = "text") -> str:
+    """The per-test table: times, throughput, size, and change vs baseline."""
+    headers = ["test", "runs", "save s", "load s", "save GB/s", "load GB/s", "size MB", "files",
+               "save vs base", "load vs base", "size vs base"]
+    rows = []
+    for test in document["tests"]:
+        s, vs = test["stats"], test["vs_baseline"]
+        runs = f"{s['save_s']['n']}" + (f" ({test['failed_runs']} failed)" if test["failed_runs"] else "")
+        ok_runs = [r for r in test["runs"] if r["error"] is None]
+        rows.append([
+            test["name"] + (" (baseline)" if test["name"] == document["baseline"] else ""),
+            runs,
+            mean_pm(s["save_s"]), mean_pm(s["load_s"]),
+            mean_pm(s["save_gbps"]), mean_pm(s["load_gbps"]),
+            mean_pm(s["size_bytes"], 1e6, 1),
+            str(ok_runs[-1]["n_files"]) if ok_runs else NA,
+            change(vs.get("save_s")), change(vs.get("load_s")), change(vs.get("size_bytes")),
+        ])
+    return table(headers, rows, fmt)
+
+
+def significance_table(document: Mapping[str, Any], fmt: str = "text") -> str:
+    """Each non-baseline test and metric: change, 95% interval, p-value and verdict."""
+    headers = ["test", "metric", "change %", "95% CI of change %", "ratio", "p (Welch)", "verdict"]
+    rows = []
+    for test in document["tests"]:
+        for metric, comparison in test["vs_baseline"].items():
+            p = comparison.get("p_value")
+            ratio, err = comparison.get("ratio"), comparison.get("ratio_err")
+            rows.append([
+                test["name"], metric,
+                NA if comparison.get("change_pct") is None else f"{comparison['change_pct']:+.1f}",
+                ci_pct(comparison),
+                NA if ratio is None else (f"{ratio:.3f} +- {err:.3f}" if err is not None else f"{ratio:.3f}"),
+                NA if p is None else f"{p:.3g}",
+                comparison["verdict"] + (" (weak: few runs)" if comparison.get("weak_test") and comparison.get("significant") else ""),
+            ])
+    return table(headers, rows, fmt) if rows else ""
+
+
+def claims_table(document: Mapping[str, Any], fmt: str = "text") -> str:
+    """The summary's expected results against what was measured."""
+    headers = ["test", "metric", "claimed %", "measured %", "95% CI %", "outcome"]
+    rows = []
+    for test in document["tests"]:
+        for claim in test["claims"]:
+            lo, hi = claim["claimed_pct"]
+            ci = claim["ci_pct"]
+            rows.append([
+                test["name"], claim["metric"], f"{lo:+.0f} .. {hi:+.0f}",
+                NA if claim["measured_pct"] is None else f"{claim['measured_pct']:+.1f}",
+                NA if ci is None else f"{ci[0]:+.1f} .. {ci[1]:+.1f}",
+                claim["outcome"],
+            ])
+    return table(headers, rows, fmt) if rows else ""
+
+
+def headline(document: Mapping[str, Any]) -> str:
+    """One line: what was measured, on what, how."""
+    w, p = document["weights"], document["protocol"]
+    source = w.get("name") or w.get("path")
+    return (f"{source}: {w['n_params'] / 1e6:.0f}M params, {w['dtype']}, {w['size_bytes'] / 1e9:.2f} GB; "
+            f"{p['num_runs']} runs/test, loads {p['load_cache']} ({', '.join(p['cache_eviction_used'])}), seed {p['seed']}")
+
+
+def full_report(document: Mapping[str, Any], fmt: str = "text") -> str:
+    parts = [headline(document), "", summary_table(document, fmt)]
+    significance = significance_table(document, fmt)
+    if significance:
+        parts += ["", "Versus baseline (Welch's t-test, alpha 0.05; changes under "
+                  f"{document['protocol']['noise_pct']:g}% are within noise):", significance]
+    claims = claims_table(document, fmt)
+    if claims:
+        parts += ["", "Claims check (the Phase 4 summary's expected results):", claims]
+    if document["warnings"]:
+        parts += ["", "Warnings:"] + [f"  ! {w}" for w in document["warnings"]]
+    return "\n".join(parts)

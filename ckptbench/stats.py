@@ -1,0 +1,260 @@
+"""Statistics of a benchmark's repeated runs.
+
+Every public function returns plain Python types (float, int, list, None) so
+results can go straight into JSON reports without numpy scalars leaking out.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+ALPHA = 0.05
+# Iglewicz & Hoaglin (1993): 0.6745 is the 0.75 quantile of N(0, 1), so that
+# 0.6745 * (x - median) / MAD is comparable to a z-score for normal data.
+_MAD_SCALE = 0.6745
+# Fallback when MAD == 0 (more than half the runs are identical, common for
+# deterministic metrics such as file sizes): use the mean absolute deviation,
+# scaled by 1/sqrt(2/pi) ~= 1.253314 so it also estimates sigma for normal data.
+_MEANAD_SCALE = 1.253314
+RUNS_CAP = 1000
+
+
+def _as_floats(values: Sequence[float]) -> np.ndarray:
+    return np.asarray(list(values), dtype=float)
+
+
+def _mean_std(arr: np.ndarray) -> tuple[float, float | None]:
+    """Mean and sample std (ddof=1; None when n < 2).
+
+    All-equal samples get an exact mean and std 0.0: floating-point summation
+    would otherwise report e.g. mean([0.1]*3) = 0.10000000000000002 and a tiny
+    non-zero std, which breaks the "zero variance" special cases downstream.
+    """
+    if arr.min() == arr.max():
+        return float(arr[0]), (0.0 if arr.size >= 2 else None)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = float(np.mean(arr))
+        std = float(np.std(arr, ddof=1)) if arr.size >= 2 else None
+        if not math.isfinite(mean):
+            # Values near the float limit overflowed the sum: redo on |x| <= 1.
+            # Not done by default because the rescaling costs exactness.
+            scale = float(np.max(np.abs(arr)))
+            mean = float(np.mean(arr / scale)) * scale
+            std = float(np.std(arr / scale, ddof=1)) * scale if arr.size >= 2 else None
+    return mean, std
+
+
+def _median(arr: np.ndarray) -> float:
+    with np.errstate(over="ignore", invalid="ignore"):
+        median = float(np.median(arr))
+    if not math.isfinite(median):
+        # Averaging the two middle values overflowed; halve them first instead.
+        ordered = np.sort(arr)
+        mid = arr.size // 2
+        median = float(ordered[mid - 1] / 2 + ordered[mid] / 2)
+    return median
+
+
+def _t_halfwidth(std: float, n: int, confidence: float) -> float:
+    # Student-t half-width of the CI of the mean: t_{(1+c)/2, n-1} * s / sqrt(n).
+    if std == 0.0:
+        return 0.0
+    return float(sps.t.ppf(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
+
+
+def summarize(values: Sequence[float]) -> dict:
+    """n, mean, sample std, median, min, max, cv and Student-t 95% CI of the mean."""
+    arr = _as_floats(values)
+    n = int(arr.size)
+    if n == 0:
+        return {k: (0 if k == "n" else None)
+                for k in ("n", "mean", "std", "median", "min", "max", "cv", "ci95")}
+    mean, std = _mean_std(arr)
+    cv = std / mean if (std is not None and mean != 0.0) else None
+    ci95 = None
+    if std is not None:
+        half = _t_halfwidth(std, n, 0.95)
+        ci95 = [mean - half, mean + half]
+    return {
+        "n": n,
+        "mean": mean,
+        "std": std,
+        "median": _median(arr),
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+        "cv": cv,
+        "ci95": ci95,
+    }
+
+
+def _welch_p_value(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided Welch t-test p-value; both samples must have n >= 2."""
+    if a.min() == a.max() and b.min() == b.max():
+        # t is undefined (0/0 or x/0); with no noise at all any difference is real.
+        return 0.0 if a[0] != b[0] else 1.0
+    with warnings.catch_warnings():
+        # scipy warns about precision loss for nearly identical data; the
+        # p-value it returns is still the best available answer.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(sps.ttest_ind(a, b, equal_var=False).pvalue)
+    return 1.0 if math.isnan(p) else p
+
+
+def compare_to_baseline(
+    values: Sequence[float],
+    baseline: Sequence[float],
+    *,
+    noise_pct: float = 5.0,
+    higher_is_better: bool = False,
+    better_word: str = "faster",
+    worse_word: str = "slower",
+    alpha: float = ALPHA,
+) -> dict:
+    """Compare a sample with its baseline: change, ratio +- error, Welch p-value, verdict.
+
+    verdict, in order: "insufficient data" (n < 2 on either side or baseline
+    mean 0), "within noise" (|change_pct| < noise_pct, even if significant),
+    "no significant difference" (p >= alpha), else better_word / worse_word.
+    """
+    a, b = _as_floats(values), _as_floats(baseline)
+    n_a, n_b = int(a.size), int(b.size)
+    result: dict = {"change_pct": None, "ratio": None, "ratio_err": None,
+                    "p_value": None, "verdict": "insufficient data",
+                    "significant": False, "weak_test": min(n_a, n_b) < 5,
+                    "alpha": alpha}
+    if n_a == 0 or n_b == 0:
+        return result
+    m_a, s_a = _mean_std(a)
+    m_b, s_b = _mean_std(b)
+    if m_b == 0.0:
+        return result
+    ratio = m_a / m_b
+    result["ratio"] = ratio
+    result["change_pct"] = 100.0 * (ratio - 1.0)
+    if s_a is None or s_b is None:
+        return result
+    # hyperfine: ratio * sqrt((s1/m1)^2 + (s2/m2)^2), rewritten so m1 == 0
+    # does not divide by zero (ratio * s1/m1 == s1/m2).
+    result["ratio_err"] = math.hypot(s_a, ratio * s_b) / abs(m_b)
+    p = _welch_p_value(a, b)
+    result["p_value"] = p
+    result["significant"] = p < alpha
+    change = result["change_pct"]
+    if abs(change) < noise_pct:
+        result["verdict"] = "within noise"
+    elif p >= alpha:
+        result["verdict"] = "no significant difference"
+    else:
+        improved = (change > 0) == higher_is_better
+        result["verdict"] = better_word if improved else worse_word
+    return result
+
+
+def modified_z_scores(values: Sequence[float]) -> list[float]:
+    """Iglewicz-Hoaglin modified z-scores: 0.6745 * (x - median) / MAD.
+
+    MAD == 0 choice: rather than returning all zeros (which would hide e.g. a
+    single cold-cache run among identical ones), fall back to
+    (x - median) / (1.253314 * mean absolute deviation). Only when every value
+    equals the median (mean absolute deviation 0 as well) are all scores 0.0.
+    """
+    arr = _as_floats(values)
+    if arr.size == 0:
+        return []
+    dev = arr - np.median(arr)
+    mad = float(np.median(np.abs(dev)))
+    if mad > 0.0:
+        return [float(z) for z in _MAD_SCALE * dev / mad]
+    mean_ad = float(np.mean(np.abs(dev)))
+    if mean_ad == 0.0:
+        return [0.0] * int(arr.size)
+    return [float(z) for z in dev / (_MEANAD_SCALE * mean_ad)]
+
+
+def outlier_indices(values: Sequence[float], threshold: float = 3.5) -> list[int]:
+    """Indices whose |modified z-score| exceeds threshold (3.5 per Iglewicz-Hoaglin)."""
+    vals = list(values)
+    if len(vals) < 3:
+        # With two runs there is no majority to be an outlier from.
+        return []
+    return [i for i, z in enumerate(modified_z_scores(vals)) if abs(z) > threshold]
+
+
+def runs_needed(
+    values: Sequence[float],
+    *,
+    rel_precision: float = 0.05,
+    confidence: float = 0.95,
+) -> int | None:
+    """Total runs n for the CI half-width t_{n-1} * s / sqrt(n) to be <= rel_precision * |mean|.
+
+    Uses the observed std as if it were the true one. Returns at least 2 (the
+    fewest runs that give a CI at all), RUNS_CAP when even that many would not
+    suffice, and None when n < 2 or the mean is 0 (relative precision undefined).
+    """
+    arr = _as_floats(values)
+    if arr.size < 2:
+        return None
+    mean, std = _mean_std(arr)
+    if mean == 0.0 or std is None:
+        return None
+    if std == 0.0:
+        return 2
+    n = np.arange(2, RUNS_CAP + 1)
+    half = sps.t.ppf(0.5 + confidence / 2.0, n - 1) * std / np.sqrt(n)
+    ok = np.nonzero(half <= rel_precision * abs(mean))[0]
+    return int(n[ok[0]]) if ok.size else RUNS_CAP
+
+
+def warnings_for(
+    metric: str,
+    values: Sequence[float],
+    *,
+    cv_limit: float = 0.10,
+    first_round_index: int | None = 0,
+    rel_precision: float = 0.05,
+) -> list[str]:
+    """Actionable warnings about one metric's runs (values in round order)."""
+    vals = [float(v) for v in values]
+    out: list[str] = []
+    precision = f"+-{rel_precision * 100:g}% precision"
+    if len(vals) < 2:
+        out.append(f"{metric}: only {len(vals)} run(s): noise cannot be estimated; "
+                   f"use --runs 5 or more")
+        return out
+
+    outliers = outlier_indices(vals)
+    first_is_outlier = first_round_index is not None and first_round_index in outliers
+    if first_is_outlier:
+        out.append(f"{metric}: first round is an outlier ({vals[first_round_index]:.4g}): "
+                   f"caches or warm-up; set warmup_rounds: 1")
+    for i in outliers:
+        if first_is_outlier and i == first_round_index:
+            continue
+        out.append(f"{metric}: run {i} is an outlier ({vals[i]:.4g} vs median "
+                   f"{float(np.median(vals)):.4g}): check for background load or "
+                   f"I/O contention and rerun")
+
+    # A warm-up outlier would inflate CV and ask for many runs when the real fix
+    # is warmup_rounds, so judge steady-state noise without it.
+    steady = vals
+    note = ""
+    if first_is_outlier:
+        steady = vals[:first_round_index] + vals[first_round_index + 1:]
+        note = " excluding first round"
+    summary = summarize(steady)
+    needed = runs_needed(steady, rel_precision=rel_precision)
+    cv = summary["cv"]
+    if cv is not None and abs(cv) > cv_limit:
+        out.append(f"{metric}: CV {abs(cv) * 100:.1f}% > {cv_limit * 100:g}%{note}: "
+                   f"results are noisy; use --runs {needed} "
+                   f"(estimated runs for {precision})")
+    elif needed is not None and needed > summary["n"]:
+        out.append(f"{metric}: {summary['n']} runs{note} are too few for {precision} "
+                   f"at 95% confidence; use --runs {needed}")
+    return out

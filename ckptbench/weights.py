@@ -1,0 +1,201 @@
+"""Where the weights come from: LLaMA-shaped presets made in code, or a local checkpoint.
+
+Presets carry published LLaMA-architecture hyperparameters. transformers builds
+`LlamaForCausalLM` on the meta device (no memory, no download) to give the real
+parameter names and shapes; the values are then drawn from a seeded normal
+distribution (std 0.02, LLaMA's initializer), per tensor from a seed derived from
+its name, so every run and every subset sees the same bytes.
+
+Synthetic values have full-entropy mantissas, so they compress less than real
+trained weights (above all ones stored as float32 after an fp16 or bf16
+original). For compression figures that carry over, load a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import ml_dtypes
+import numpy as np
+
+from .errors import UserError
+
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+}
+INIT_STD = 0.02
+SEED = 20240604
+
+
+@dataclass(frozen=True)
+class Preset:
+    """LLaMA-architecture hyperparameters, as published in the model's config.json."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    origin: str
+    head_dim: int | None = None
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(128, 344, 4, 4, 4, 2000, False, "made up for tests (about 5 MB in float32)"),
+    "smollm2-135m": Preset(576, 1536, 30, 9, 3, 49152, True, "HuggingFaceTB/SmolLM2-135M"),
+    "smollm2-360m": Preset(960, 2560, 32, 15, 5, 49152, True, "HuggingFaceTB/SmolLM2-360M"),
+    "tinyllama-1.1b": Preset(2048, 5632, 22, 32, 4, 32000, False, "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"),
+    "llama-3.2-1b": Preset(2048, 8192, 16, 32, 8, 128256, True, "meta-llama/Llama-3.2-1B", head_dim=64),
+    "open_llama_3b": Preset(3200, 8640, 26, 32, 32, 32000, False, "openlm-research/open_llama_3b"),
+    "llama-2-7b": Preset(4096, 11008, 32, 32, 32, 32000, False, "meta-llama/Llama-2-7b-hf"),
+}
+DEFAULT_PRESET = "smollm2-135m"
+
+
+def preset_shapes(name: str) -> list[tuple[str, tuple[int, ...]]]:
+    """Parameter names and shapes of a preset, from transformers on the meta device."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    preset = PRESETS[name]
+    config = LlamaConfig(
+        hidden_size=preset.hidden_size,
+        intermediate_size=preset.intermediate_size,
+        num_hidden_layers=preset.num_hidden_layers,
+        num_attention_heads=preset.num_attention_heads,
+        num_key_value_heads=preset.num_key_value_heads,
+        vocab_size=preset.vocab_size,
+        tie_word_embeddings=preset.tie_word_embeddings,
+        head_dim=preset.head_dim,
+    )
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    # named_parameters lists a tied lm_head once, as save_pretrained stores it.
+    return [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+
+
+@dataclass
+class Weights:
+    """Named tensors, C-contiguous, all in one dtype, plus where they came from."""
+
+    tensors: dict[str, np.ndarray]
+    dtype: str
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_params(self) -> int:
+        return sum(int(a.size) for a in self.tensors.values())
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.tensors.values())
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.source, "dtype": self.dtype, "n_tensors": len(self.tensors),
+                "n_params": self.n_params, "size_bytes": self.size_bytes}
+
+
+def from_preset(name: str, dtype: str = "float32") -> Weights:
+    """Seeded synthetic weights with a preset's real names and shapes."""
+    if name not in PRESETS:
+        raise UserError(f"--model: unknown preset {name!r}; run --list-models to see the presets")
+    target = NUMPY_DTYPES[dtype]
+    tensors = {}
+    for param, shape in preset_shapes(name):
+        rng = np.random.default_rng([SEED, zlib.crc32(param.encode())])
+        values = rng.standard_normal(shape, dtype=np.float32)
+        values *= np.float32(INIT_STD)
+        tensors[param] = np.ascontiguousarray(values.astype(target, copy=False))
+    return Weights(tensors, dtype, {"kind": "preset", "name": name, "origin": PRESETS[name].origin,
+                                    "init": f"normal(0, {INIT_STD}), seed {SEED} + crc32(name)"})
+
+
+def from_directory(path: Path, dtype: str = "float32") -> Weights:
+    """Read a local Hugging Face checkpoint folder (safetensors, sharded or single, or pytorch_model.bin)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"--weights: {path} does not exist; give a local checkpoint folder")
+    if not path.is_dir():
+        raise UserError(f"--weights: {path} is a file; give the folder that holds it")
+    files, loader = _checkpoint_files(path)
+    target = NUMPY_DTYPES[dtype]
+    tensors: dict[str, np.ndarray] = {}
+    for file in files:
+        try:
+            for name, tensor in loader(file):
+                tensors[name] = _to_numpy(tensor, target)
+        except UserError:
+            raise
+        except Exception as exc:  # safetensors and torch raise many types for a damaged file
+            raise UserError(f"--weights: {file} cannot be read ({_first_line(exc)}); is it complete and uncorrupted?") from None
+    if not tensors:
+        raise UserError(f"--weights: {path} holds no tensors; give a folder with model weights")
+    return Weights(tensors, dtype, {"kind": "directory", "path": str(path.resolve()),
+                                    "files": [f.name for f in files]})
+
+
+def _checkpoint_files(path: Path) -> tuple[list[Path], Callable[[Path], Iterator[tuple[str, Any]]]]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"--weights: {index} is not a valid safetensors index (needs a 'weight_map')") from None
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            raise UserError(f"--weights: {index} lists {missing[0]}, which is missing from {path}")
+        return [path / s for s in shards], _read_safetensors
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"], _read_safetensors
+    if (path / "pytorch_model.bin").is_file():
+        return [path / "pytorch_model.bin"], _read_torch
+    raise UserError(
+        f"--weights: {path} holds no model.safetensors.index.json, model.safetensors or pytorch_model.bin"
+    )
+
+
+def _read_safetensors(file: Path) -> Iterator[tuple[str, Any]]:
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as handle:
+        for name in handle.keys():
+            yield name, handle.get_tensor(name)
+
+
+def _read_torch(file: Path) -> Iterator[tuple[str, Any]]:
+    import torch
+
+    state = torch.load(str(file), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise UserError(f"--weights: {file} holds no state dict of tensors")
+    yield from ((n, t) for n, t in state.items() if isinstance(t, torch.Tensor))
+
+
+def _to_numpy(tensor: Any, target: np.dtype) -> np.ndarray:
+    import torch
+
+    if not tensor.is_floating_point():
+        raise UserError(f"--weights: tensor of dtype {tensor.dtype} found; only floating-point weights are benchmarked")
+    if target == NUMPY_DTYPES["bfloat16"]:
+        # numpy has no bfloat16: reinterpret torch's bits as ml_dtypes' bfloat16.
+        bits = tensor.to(torch.bfloat16).contiguous().view(torch.int16).numpy()
+        return np.ascontiguousarray(bits.view(target))
+    return np.ascontiguousarray(tensor.to(torch.float32).numpy().astype(target, copy=False))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def load(model: str, weights_dir: Path | None, dtype: str) -> Weights:
+    """The configured weights: a local folder when given, else the preset."""
+    return from_directory(weights_dir, dtype) if weights_dir is not None else from_preset(model, dtype)

@@ -1,0 +1,16 @@
+#!/usr/bin/env python3
+"""Run the Phase 4 suite from phase4_config.json (next to this script), or compare two results files.
+
+    python run_phase4_streamlined.py            # six tests x 3 runs -> saved_models/phase4_tests/
+    python run_phase4_streamlined.py --help
+    python run_phase4_streamlined.py compare A.json B.json
+"""
+
+import sys
+from pathlib import Path
+
+from ckptbench.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(default_config=Path(__file__).resolve().with_name("phase4_config.json"),
+                  prog="run_phase4_streamlined.py"))
