@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import matplotlib
+import matplotlib.colors
 
 matplotlib.use("Agg")  # files only: no display on servers or CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -23,7 +24,8 @@ ERRORBAR_NOTE = "error bars: 95% CI of the mean"
 
 
 def _labels(names: Sequence[str]) -> list[str]:
-    return ["\n".join(textwrap.wrap(n.replace("_", "_\u200b"), 14)).replace("\u200b", "") for n in names]
+    # Rotated labels fit ~28 characters; longer (sweep) names are wrapped at '_' boundaries.
+    return [n if len(n) <= 28 else "\n".join(textwrap.wrap(n.replace("_", " "), 28)).replace(" ", "_") for n in names]
 
 
 def _mean_and_err(summary: Mapping[str, Any], scale: float = 1.0) -> tuple[float, list[float]]:
@@ -82,14 +84,16 @@ def _heatmap(fig, ax, names, tests) -> None:
     grid = np.array([[-(t["vs_baseline"].get(m) or {}).get("change_pct", 0.0) or 0.0 for m, _ in metrics]
                      for t in tests])
     limit = max(1.0, float(np.nanmax(np.abs(grid)))) if grid.size else 1.0  # symmetric, never clipped
-    image = ax.imshow(grid, cmap="RdYlGn", vmin=-limit, vmax=limit, aspect="auto")
+    # Symmetric log scale: a -500 % gzip save does not wash out the +-20 % effects beside it.
+    norm = matplotlib.colors.SymLogNorm(linthresh=10.0, vmin=-limit, vmax=limit, base=10)
+    image = ax.imshow(grid, cmap="RdYlGn", norm=norm, aspect="auto")
     ax.set_xticks(range(len(metrics)), [label for _, label in metrics])
     ax.set_yticks(range(len(tests)), [n if len(n) <= 22 else n[:21] + "\u2026" for n in names], fontsize=8)
     for (row, col), value in np.ndenumerate(grid):
         ax.text(col, row, f"{value:+.0f}%", ha="center", va="center", fontsize=8,
-                color="white" if abs(value) > 0.6 * limit else "black")
+                color="white" if abs(norm(value) - 0.5) > 0.35 else "black")
     fig.colorbar(image, ax=ax, label="improvement vs baseline (%)")
-    ax.set_title("Optimization impact (green = better)")
+    ax.set_title("Optimization impact, % improvement vs baseline\n(green = better; colour scale symmetric log)", fontsize=10)
 
 
 def draw(document: Mapping[str, Any], path: Path) -> Path:

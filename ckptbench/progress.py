@@ -1,8 +1,13 @@
-"""Live progress on stderr while a suite runs: test, round, phase and ETA (tqdm)."""
+"""Live progress on stderr while a suite runs: test, round, phase and ETA.
+
+On a terminal a tqdm bar; in a log file or CI, where a redrawn bar is noise, one
+line per finished run. Nothing goes to stdout, so reports stay clean.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 
 from tqdm import tqdm
 
@@ -10,11 +15,11 @@ from .measure import PlannedRun, RunRecord
 
 
 class Progress:
-    """Receives the runner's phase callbacks; draws nothing to stdout, so reports stay clean."""
+    """Receives the runner's phase callbacks and shows them."""
 
     def __init__(self, total_runs: int, num_runs: int, enabled: bool = True) -> None:
-        self._num_runs = num_runs
-        # A redrawn bar is noise in a log file or CI: there, print one line per finished run instead.
+        self._num_runs, self._total, self._done = num_runs, total_runs, 0
+        self._started = time.monotonic()
         self._lines = enabled and not sys.stderr.isatty()
         self._bar = tqdm(total=total_runs, unit="run", file=sys.stderr, disable=not enabled or self._lines,
                          bar_format="{l_bar}{bar:20}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] {postfix}")
@@ -25,15 +30,15 @@ class Progress:
         self._bar.set_postfix_str(phase)
 
     def finished(self, record: RunRecord) -> None:
+        self._done += 1
         self._bar.update(1)
         if record.error:
-            self._bar.write(f"  ! {record.test} round {record.round}: {record.error}", file=sys.stderr)
+            self.message(f"  ! {record.test} round {record.round}: {record.error}")
         elif self._lines:
-            done, total = self._bar.n, self._bar.total
-            rate = self._bar.format_dict["elapsed"] / done
-            print(f"[{done}/{total}] {record.test} round {record.round}: save {record.save_s:.2f} s, "
-                  f"load {record.load_s:.2f} s ({record.load_cache}); about {rate * (total - done):.0f} s left",
-                  file=sys.stderr, flush=True)
+            left_s = (time.monotonic() - self._started) / self._done * (self._total - self._done)
+            self.message(f"[{self._done}/{self._total}] {record.test} round {record.round}: "
+                         f"save {record.save_s:.2f} s, load {record.load_s:.2f} s ({record.load_cache}); "
+                         f"about {left_s:.0f} s left")
 
     def message(self, text: str) -> None:
         self._bar.write(text, file=sys.stderr)
