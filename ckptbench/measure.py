@@ -20,12 +20,20 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from . import cache, storage, workspace
-from .config import SuiteConfig
+from .config import SuiteConfig, TestSpec
+
+
+class Backend(Protocol):
+    """A way to write a checkpoint into a folder and read it back: what a test measures."""
+
+    def save(self, tensors: Mapping[str, np.ndarray], directory: Path) -> None: ...
+
+    def load(self, directory: Path) -> dict[str, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,7 @@ Phase = Callable[[PlannedRun, str], None]
 def run_once(
     planned: PlannedRun,
     tensors: Mapping[str, np.ndarray],
-    layout: storage.Layout,
+    backend: Backend,
     config: SuiteConfig,
     on_phase: Phase = lambda run, phase: None,
     keep: bool = False,
@@ -101,7 +109,7 @@ def run_once(
     run_dir = workspace.new_run_dir(config.output_dir, planned.label)
     try:
         on_phase(planned, "save")
-        record.save_s, record.save_cpu_s = _timed(lambda: storage.save(tensors, run_dir, layout, config.max_inflight_bytes))
+        record.save_s, record.save_cpu_s = _timed(lambda: backend.save(tensors, run_dir))
         on_phase(planned, "size")
         record.size_bytes, record.disk_bytes, record.n_files = storage.checkpoint_size(run_dir)
         on_phase(planned, "evict")
@@ -111,7 +119,7 @@ def run_once(
         on_phase(planned, "load")
         loaded: dict[str, np.ndarray] = {}
         record.load_s, record.load_cpu_s = _timed(
-            lambda: loaded.update(storage.load(run_dir, layout, config.max_inflight_bytes))
+            lambda: loaded.update(backend.load(run_dir))
         )
         on_phase(planned, "verify")
         mismatched = mismatches(tensors, loaded)
@@ -157,6 +165,11 @@ def mismatches(source: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray
     return bad
 
 
+def backend_for(test: TestSpec, config: SuiteConfig) -> Backend:
+    """The back end that measures a test."""
+    return storage.TensorStoreBackend(storage.Layout.of(test, config.dtype), config.max_inflight_bytes)
+
+
 def run_suite(
     runs: Sequence[PlannedRun],
     tensors: Mapping[str, np.ndarray],
@@ -165,9 +178,8 @@ def run_suite(
     keep: bool = False,
 ) -> Iterator[RunRecord]:
     """Execute a plan, yielding each run's record as soon as it ends."""
-    dtype = config.dtype
-    layouts = {t.name: storage.Layout.of(t, dtype) for t in config.tests}
+    backends = {t.name: backend_for(t, config) for t in config.tests}
     last_round = max((r.round for r in runs), default=0)
     for planned in runs:
-        yield run_once(planned, tensors, layouts[planned.test], config, on_phase,
+        yield run_once(planned, tensors, backends[planned.test], config, on_phase,
                        keep=keep and planned.round == last_round)

@@ -64,6 +64,20 @@ class Layout:
         }
 
 
+@dataclass(frozen=True)
+class TensorStoreBackend:
+    """A test's way to save and load a checkpoint with TensorStore (see measure.Backend)."""
+
+    layout: Layout
+    max_inflight_bytes: int
+
+    def save(self, tensors: Mapping[str, np.ndarray], directory: Path) -> None:
+        save(tensors, directory, self.layout, self.max_inflight_bytes)
+
+    def load(self, directory: Path) -> dict[str, np.ndarray]:
+        return load(directory, self.layout, self.max_inflight_bytes)
+
+
 def save(tensors: Mapping[str, np.ndarray], directory: Path, layout: Layout, max_inflight_bytes: int) -> None:
     """Write every tensor and the manifest; returns once TensorStore reports all writes durable."""
     directory.mkdir(parents=True, exist_ok=True)
