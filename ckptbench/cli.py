@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import config as config_mod
-from . import environment, measure, plot, report, results, weights, workspace
+from . import capacity, environment, interrupt, journal, measure, plot, report, results, weights, workspace
 from .errors import UserError
 
 DEFAULT_CONFIG = Path("phase4_config.json")
@@ -57,6 +57,8 @@ def run_parser(prog: str | None = None, default_config: Path | None = DEFAULT_CO
     parser.add_argument("--seed", type=int, help="seed of the per-round shuffle (default: random, recorded)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the last run's checkpoint of each test under OUTPUT_DIR/runs for inspection")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted suite in the same output folder, running only missing runs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--list-models", action="store_true", help="list weight presets and exit")
     return parser
@@ -105,33 +107,72 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--model: unknown preset {args.model!r}; run --list-models to see the presets")
     suite = _load_config(args)
     workspace.check_output_dir(suite.output_dir)
+    capacity.check_memory(weights.estimate_bytes(suite.model, suite.weights, suite.dtype))
     source = weights.load(suite.model, suite.weights, suite.dtype)  # converted once, before any timing
     if suite.weights is not None and suite.output_dir.is_relative_to(suite.weights):
         raise UserError(f"--output-dir: {suite.output_dir} is inside the weights folder; choose another folder")
-    output_dir = workspace.prepare_output_dir(suite.output_dir)
+    capacity.check_disk(suite.output_dir, _largest_run_bytes(suite, source), "one run of the largest test")
 
-    seed = suite.seed if suite.seed is not None else measure.new_seed()
-    runs = measure.plan([t.name for t in suite.tests], suite.num_runs, suite.warmup_rounds, seed)
+    fingerprint = journal.fingerprint(suite.to_json(), source.describe())
+    log = journal.Journal(suite.output_dir / journal.JOURNAL_FILE)
+    done: list[measure.RunRecord] = []
+    if args.resume:
+        header, done = log.read()
+        differences = journal.differences(header, fingerprint)
+        if differences:
+            raise UserError(f"--resume: the suite differs from the interrupted one ({'; '.join(differences)}); "
+                            "resume with the same config and weights, or start afresh without --resume")
+        seed = header["seed"]
+    else:
+        seed = suite.seed if suite.seed is not None else measure.new_seed()
+
+    output_dir = workspace.prepare_output_dir(suite.output_dir)  # the first write
+    if not args.resume:
+        log.start(fingerprint, seed)
+    finished = {(r.test, r.round) for r in done}
+    runs = [r for r in measure.plan([t.name for t in suite.tests], suite.num_runs, suite.warmup_rounds, seed)
+            if (r.test, r.round) not in finished]
     env = environment.capture(output_dir)
     progress = _progress(len(runs), suite.num_runs, not args.no_progress)
     progress.message(f"{report_source(source)}; {len(suite.tests)} tests x {suite.num_runs} runs"
-                     f"{f' + {suite.warmup_rounds} warm-up rounds' if suite.warmup_rounds else ''}; seed {seed}")
-    records = []
+                     f"{f' + {suite.warmup_rounds} warm-up rounds' if suite.warmup_rounds else ''}; seed {seed}"
+                     f"{f'; resuming, {len(done)} runs already done' if args.resume else ''}")
+    records = list(done)
+    stopped: interrupt.Interrupted | None = None
     try:
-        for record in measure.run_suite(runs, source.tensors, suite, progress.phase, keep=args.keep):
-            records.append(record)
-            progress.finished(record)
+        with interrupt.signals_raise():
+            for record in measure.run_suite(runs, source.tensors, suite, progress.phase, keep=args.keep):
+                log.append(record)
+                records.append(record)
+                progress.finished(record)
+    except interrupt.Interrupted as signal_received:
+        stopped = signal_received
     finally:
         progress.close()
         workspace.remove_runs_dir_if_empty(output_dir)
 
-    document = results.build(suite, source.describe(), records, env, seed, complete=True)
+    complete = stopped is None and len(records) == len(done) + len(runs)
+    document = results.build(suite, source.describe(), records, env, seed, complete=complete)
     results_path = results.write(document, output_dir)
-    plot_path = plot.draw(document, output_dir / plot.PLOT_FILE)
+    drawn = [plot.draw(document, output_dir / plot.PLOT_FILE)] if any(r.ok for r in records) else []
     print(report.full_report(document))
-    print(f"\nResults: {results_path}\nPlot:    {plot_path}")
+    print(f"\nResults: {results_path}" + "".join(f"\nPlot:    {p}" for p in drawn))
+    if stopped is not None:
+        print(f"error: stopped by {stopped}; {len(records)} runs kept in {log.path}; "
+              f"continue with --resume", file=sys.stderr)
+        return stopped.exit_status
+    if not complete:
+        print(f"error: the suite stopped early after a storage failure; see the warnings; "
+              f"continue with --resume once fixed", file=sys.stderr)
     failed = sum(t["failed_runs"] for t in document["tests"])
-    return 1 if failed else 0
+    return 1 if failed or not complete else 0
+
+
+def _largest_run_bytes(suite: config_mod.SuiteConfig, source: weights.Weights) -> int:
+    shapes = [a.shape for a in source.tensors.values()]
+    itemsize = weights.NUMPY_DTYPES[suite.dtype].itemsize
+    return max(capacity.checkpoint_bytes_upper(shapes, itemsize, t.chunk_budget_elements(itemsize), t.chunk_strategy)
+               for t in suite.tests)
 
 
 def report_source(source: weights.Weights) -> str:

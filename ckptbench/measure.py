@@ -13,10 +13,12 @@ of landing on whichever test ran last.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import random
 import secrets
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,6 +62,8 @@ class RunRecord:
     load_s: float | None = None
     save_cpu_s: float | None = None
     load_cpu_s: float | None = None
+    save_peak_rss_bytes: int | None = None  # above the process's resident size when the save began
+    load_peak_rss_bytes: int | None = None
     size_bytes: int | None = None
     disk_bytes: int | None = None
     n_files: int | None = None
@@ -68,6 +72,7 @@ class RunRecord:
     load_cache: str | None = None  # "cold", "partial" or "warm": what the load read from
     verified: bool | None = None
     error: str | None = None
+    fatal: bool = False  # the storage itself failed (full disk, I/O error): the suite must stop
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -106,10 +111,12 @@ def run_once(
 ) -> RunRecord:
     """One save/evict/load/verify cycle. Failures are recorded in the result, never raised."""
     record = RunRecord(planned.test, planned.round, planned.position, planned.warmup)
-    run_dir = workspace.new_run_dir(config.output_dir, planned.label)
+    run_dir = None
+    settled = False  # True once no TensorStore operation can still be writing into run_dir
     try:
+        run_dir = workspace.new_run_dir(config.output_dir, planned.label)
         on_phase(planned, "save")
-        record.save_s, record.save_cpu_s = _timed(lambda: backend.save(tensors, run_dir))
+        record.save_s, record.save_cpu_s, record.save_peak_rss_bytes = _timed(lambda: backend.save(tensors, run_dir))
         on_phase(planned, "size")
         record.size_bytes, record.disk_bytes, record.n_files = storage.checkpoint_size(run_dir)
         on_phase(planned, "evict")
@@ -118,30 +125,71 @@ def run_once(
         record.load_cache = _cache_state(record.resident_bytes_at_load, record.disk_bytes)
         on_phase(planned, "load")
         loaded: dict[str, np.ndarray] = {}
-        record.load_s, record.load_cpu_s = _timed(
+        record.load_s, record.load_cpu_s, record.load_peak_rss_bytes = _timed(
             lambda: loaded.update(backend.load(run_dir))
         )
         on_phase(planned, "verify")
         mismatched = mismatches(tensors, loaded)
         del loaded
+        settled = True
         record.verified = not mismatched
         if mismatched:
             record.error = f"verification failed: {len(mismatched)} tensor(s) differ, first {mismatched[0]}"
     except Exception as exc:  # a failing test is recorded, and the suite goes on
         record.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    finally:
-        if not (keep and record.ok):
-            workspace.remove_owned(run_dir)
+        record.fatal = storage_failed(exc)
+    finally:  # also on Ctrl-C: no half-written checkpoint is left behind
+        if run_dir is not None and run_dir.exists() and not (keep and record.ok):
+            workspace.remove_owned(run_dir, settle=not settled)
     return record
 
 
-def _timed(operation: Callable[[], Any]) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds, all threads) of one operation."""
+_STORAGE_FAILURES = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS}
+_STORAGE_FAILURE_TEXT = tuple(os.strerror(code) for code in _STORAGE_FAILURES)
+
+
+def storage_failed(exc: BaseException) -> bool:
+    """True for a full disk or an I/O error, however the library reported it (TensorStore puts the OS text in a ValueError)."""
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_FAILURES:
+        return True
+    return any(text in str(exc) for text in _STORAGE_FAILURE_TEXT)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * _PAGE_BYTES
+
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+_RSS_SAMPLE_S = 0.01
+
+
+def _timed(operation: Callable[[], Any]) -> tuple[float, float, int]:
+    """(wall seconds, process CPU seconds over all threads, peak RSS growth in bytes) of one operation.
+
+    RSS is sampled every 10 ms by a thread that sleeps between reads, so the cost it
+    adds to the timing is a few microseconds per sample.
+    """
     gc.collect()  # so a collection of earlier garbage does not land inside the timing
-    cpu0, t0 = os.times(), time.perf_counter()
-    operation()
-    t1, cpu1 = time.perf_counter(), os.times()
-    return t1 - t0, (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    resting = peak = _rss_bytes()
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.wait(_RSS_SAMPLE_S):
+            peak = max(peak, _rss_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        cpu0, t0 = os.times(), time.perf_counter()
+        operation()
+        t1, cpu1 = time.perf_counter(), os.times()
+    finally:
+        stop.set()
+        sampler.join()
+    peak = max(peak, _rss_bytes())
+    return t1 - t0, (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system), peak - resting
 
 
 def _cache_state(resident_bytes: int, disk_bytes: int) -> str:
@@ -177,9 +225,12 @@ def run_suite(
     on_phase: Phase = lambda run, phase: None,
     keep: bool = False,
 ) -> Iterator[RunRecord]:
-    """Execute a plan, yielding each run's record as soon as it ends."""
+    """Execute a plan, yielding each run's record as soon as it ends; stop after a storage failure."""
     backends = {t.name: backend_for(t, config) for t in config.tests}
     last_round = max((r.round for r in runs), default=0)
     for planned in runs:
-        yield run_once(planned, tensors, backends[planned.test], config, on_phase,
-                       keep=keep and planned.round == last_round)
+        record = run_once(planned, tensors, backends[planned.test], config, on_phase,
+                          keep=keep and planned.round == last_round)
+        yield record
+        if record.fatal:
+            return

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import tensorstore as ts
@@ -84,12 +85,12 @@ def save(tensors: Mapping[str, np.ndarray], directory: Path, layout: Layout, max
     names = list(tensors)
     dtype = _dtype_name(next(iter(tensors.values())).dtype) if tensors else "float32"
     context = layout.context()
-    opening = [
-        ts.open(layout.array_spec(directory / name, tensors[name].shape, dtype), context=context) for name in names
-    ]
-    stores = [future.result() for future in opening]
-    _bounded(((tensors[n].nbytes, lambda s=s, n=n: s.write(tensors[n])) for s, n in zip(stores, names)),
-             max_inflight_bytes)
+    with _settled() as track:
+        opening = track([ts.open(layout.array_spec(directory / name, tensors[name].shape, dtype), context=context)
+                         for name in names])
+        stores = [future.result() for future in opening]
+        _bounded(((tensors[n].nbytes, lambda s=s, n=n: s.write(tensors[n])) for s, n in zip(stores, names)),
+                 max_inflight_bytes, track)
     manifest = {"format": "ckptbench-zarr-v2", "dtype": dtype,
                 "tensors": [{"name": n, "shape": list(tensors[n].shape)} for n in names]}
     _write_durably(directory / MANIFEST, json.dumps(manifest, indent=1).encode())
@@ -101,18 +102,49 @@ def load(directory: Path, layout: Layout, max_inflight_bytes: int) -> dict[str, 
     entries = manifest["tensors"]
     itemsize = NUMPY_DTYPES[manifest["dtype"]].itemsize
     context = layout.context()
-    opening = [
-        ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": str(directory / e["name"])}, "open": True},
-                context=context)
-        for e in entries
-    ]
-    stores = [future.result() for future in opening]
-    futures = _bounded(((int(np.prod(e["shape"])) * itemsize, s.read) for s, e in zip(stores, entries)),
-                       max_inflight_bytes)
-    return {e["name"]: np.asarray(f.result()) for e, f in zip(entries, futures)}
+    with _settled() as track:
+        opening = track([
+            ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": str(directory / e["name"])}, "open": True},
+                    context=context)
+            for e in entries
+        ])
+        stores = [future.result() for future in opening]
+        futures = _bounded(((int(np.prod(e["shape"])) * itemsize, s.read) for s, e in zip(stores, entries)),
+                           max_inflight_bytes, track)
+        return {e["name"]: np.asarray(f.result()) for e, f in zip(entries, futures)}
 
 
-def _bounded(operations: Iterable[tuple[int, Callable[[], ts.Future]]], max_inflight_bytes: int) -> list[ts.Future]:
+@contextmanager
+def _settled() -> Iterator[Callable[[list[ts.Future]], list[ts.Future]]]:
+    """Track futures; if anything interrupts (Ctrl-C, an error), cancel and wait for them all.
+
+    TensorStore keeps writing on its own threads after Python stops waiting, so
+    without this a folder could be deleted while files are still being created in it.
+    """
+    tracked: list[ts.Future] = []
+
+    def track(futures: list[ts.Future]) -> list[ts.Future]:
+        tracked.extend(futures)
+        return futures
+
+    try:
+        yield track
+    except BaseException:
+        for future in tracked:
+            future.cancel()
+        for future in tracked:
+            try:
+                future.result(timeout=_SETTLE_TIMEOUT_S)
+            except BaseException:  # cancelled, failed or timed out: all that matters is that it stopped
+                pass
+        raise
+
+
+_SETTLE_TIMEOUT_S = 60.0
+
+
+def _bounded(operations: Iterable[tuple[int, Callable[[], ts.Future]]], max_inflight_bytes: int,
+             track: Callable[[list[ts.Future]], list[ts.Future]] = lambda futures: futures) -> list[ts.Future]:
     """Start operations in order, waiting for the oldest whenever the byte budget would be exceeded."""
     started: list[ts.Future] = []
     inflight: deque[tuple[int, ts.Future]] = deque()
@@ -122,7 +154,7 @@ def _bounded(operations: Iterable[tuple[int, Callable[[], ts.Future]]], max_infl
             done_bytes, future = inflight.popleft()
             future.result()
             inflight_bytes -= done_bytes
-        future = start()
+        future = track([start()])[0]
         started.append(future)
         inflight.append((nbytes, future))
         inflight_bytes += nbytes

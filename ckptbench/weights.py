@@ -14,6 +14,7 @@ original). For compression figures that carry over, load a real checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +195,20 @@ def _to_numpy(tensor: Any, target: np.dtype) -> np.ndarray:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def estimate_bytes(model: str, weights_dir: Path | None, dtype: str) -> int:
+    """Bytes the weights will take in memory, known before loading them (an upper bound for folders)."""
+    itemsize = NUMPY_DTYPES[dtype].itemsize
+    if weights_dir is None:
+        if model not in PRESETS:
+            raise UserError(f"--model: unknown preset {model!r}; run --list-models to see the presets")
+        return sum(math.prod(shape) for _, shape in preset_shapes(model)) * itemsize
+    if not Path(weights_dir).is_dir():
+        return 0  # from_directory gives the precise error
+    stored = sum(f.stat().st_size for f in Path(weights_dir).iterdir()
+                 if f.is_file() and f.suffix in (".safetensors", ".bin"))
+    return stored * itemsize // 2  # stored tensors are at least 2 bytes per element
 
 
 def load(model: str, weights_dir: Path | None, dtype: str) -> Weights:

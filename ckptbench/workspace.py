@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 from .errors import UserError
@@ -59,11 +60,27 @@ def new_run_dir(output_dir: Path, name: str) -> Path:
     return run_dir
 
 
-def remove_owned(path: Path) -> None:
-    """Delete a folder the harness made; refuse (loudly) one it did not."""
+_SETTLE_S = 0.2
+_REMOVE_ATTEMPTS = 50
+
+
+def remove_owned(path: Path, settle: bool = False) -> None:
+    """Delete a folder the harness made; refuse (loudly) one it did not.
+
+    After an interrupted save, I/O already handed to TensorStore's threads can still
+    create files for a moment: with `settle`, removal repeats until the folder stays gone.
+    """
     if not (path / RUN_MARKER).is_file():
         raise RuntimeError(f"refusing to delete {path}: it carries no {RUN_MARKER} marker")
-    shutil.rmtree(path)
+    for _ in range(_REMOVE_ATTEMPTS):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            if settle:
+                time.sleep(_SETTLE_S)
+            if not path.exists():
+                return
+    raise RuntimeError(f"could not remove {path}: files keep appearing in it")
+
 
 
 def remove_runs_dir_if_empty(output_dir: Path) -> None:
