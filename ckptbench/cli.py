@@ -141,10 +141,11 @@ def _run(args: argparse.Namespace) -> int:
     stopped: interrupt.Interrupted | None = None
     try:
         with interrupt.signals_raise():
-            for record in measure.run_suite(runs, source.tensors, suite, progress.phase, keep=args.keep):
+            for record in measure.run_suite(runs, source.tensors, suite, _checked(progress.phase), keep=args.keep):
                 log.append(record)
                 records.append(record)
                 progress.finished(record)
+                interrupt.check()
     except interrupt.Interrupted as signal_received:
         stopped = signal_received
     finally:
@@ -155,6 +156,8 @@ def _run(args: argparse.Namespace) -> int:
     document = results.build(suite, source.describe(), records, env, seed, complete=complete)
     results_path = results.write(document, output_dir)
     drawn = [plot.draw(document, output_dir / plot.PLOT_FILE)] if any(r.ok for r in records) else []
+    if drawn and (claims_png := plot.draw_claims(document, output_dir / plot.CLAIMS_FILE)) is not None:
+        drawn.append(claims_png)
     print(report.full_report(document))
     print(f"\nResults: {results_path}" + "".join(f"\nPlot:    {p}" for p in drawn))
     if stopped is not None:
@@ -166,6 +169,14 @@ def _run(args: argparse.Namespace) -> int:
               f"continue with --resume once fixed", file=sys.stderr)
     failed = sum(t["failed_runs"] for t in document["tests"])
     return 1 if failed or not complete else 0
+
+
+def _checked(on_phase: measure.Phase) -> measure.Phase:
+    """A phase callback that first stops the run if a stop signal's exception was lost."""
+    def checked(run: measure.PlannedRun, phase: str) -> None:
+        interrupt.check()
+        on_phase(run, phase)
+    return checked
 
 
 def _largest_run_bytes(suite: config_mod.SuiteConfig, source: weights.Weights) -> int:

@@ -2,7 +2,9 @@
 
 The first signal raises `Interrupted` in the main thread (TensorStore's waits are
 interruptible); later ones are ignored until the cleanup that follows has finished,
-so a second Ctrl-C cannot leave half a checkpoint behind.
+so a second Ctrl-C cannot leave half a checkpoint behind. Python drops an exception
+raised while a `__del__` runs, so the signal is also remembered, and `check()` at
+each phase boundary raises it if the first raise was lost.
 """
 
 from __future__ import annotations
@@ -26,13 +28,24 @@ class Interrupted(BaseException):
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
+_received: list[Interrupted] = []
+
+
+def check() -> None:
+    """Raise the stop signal received earlier, if any."""
+    if _received:
+        raise _received[0]
+
+
 @contextmanager
 def signals_raise() -> Iterator[None]:
     def handler(signum: int, _frame: object) -> None:
         for sig in SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
-        raise Interrupted(signum)
+        _received.append(Interrupted(signum))
+        raise _received[0]
 
+    _received.clear()
     previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
     try:
         yield

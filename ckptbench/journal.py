@@ -20,8 +20,8 @@ from .measure import RunRecord
 JOURNAL_FILE = "journal.jsonl"
 FORMAT = "ckptbench-journal-1"
 # Settings that may change between an interrupted run and its resumption: where
-# files go and how progress is shown do not change what is measured.
-_NOT_FINGERPRINTED = ("output_dir", "config_path")
+# files go does not change what is measured, and the seed is the journal's own.
+_NOT_FINGERPRINTED = ("output_dir", "config_path", "seed")
 
 
 def fingerprint(config_json: Mapping[str, Any], weights_info: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,8 @@ class Progress:
         which = f"warm-up {abs(run.round)}" if run.warmup else f"round {run.round + 1}/{self._num_runs}"
         self._bar.set_description_str(f"{which} {run.test}", refresh=False)
         self._bar.set_postfix_str(phase)
+        if self._lines and phase in ("save", "load"):
+            self.message(f"  {run.test} {which}: {phase}")
 
     def finished(self, record: RunRecord) -> None:
         self._done += 1

@@ -7,12 +7,18 @@ from typing import Any, Mapping, Sequence
 NA = "-"
 
 
+def markdown_cell(value: object) -> str:
+    """A cell that cannot break a GitHub table: '|' would start a new cell, a newline a new row."""
+    text = " ".join(str(value).split())
+    return text.replace("\\", "\\\\").replace("|", "\\|") or " "
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], fmt: str = "text") -> str:
     """A left-aligned text table, or a GitHub markdown table."""
     if fmt == "markdown":
-        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        return "\n".join(lines)
+        def line(cells: Sequence[object]) -> str:
+            return "| " + " | ".join(markdown_cell(c) for c in cells) + " |"
+        return "\n".join([line(headers), "|" + "|".join("---" for _ in headers) + "|", *(line(r) for r in rows)])
     widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
     def line(cells: Sequence[str]) -> str:
         return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
@@ -33,6 +39,18 @@ def change(comparison: Mapping[str, Any] | None) -> str:
     if not comparison or comparison.get("change_pct") is None:
         return NA
     return f"{comparison['change_pct']:+.1f}% {comparison['verdict']}"
+
+
+def verdict(comparison: Mapping[str, Any], n_runs: int | None = None) -> str:
+    """The verdict, flagged when fewer than 5 runs on a side make the t-test weak.
+
+    Flagged whatever the verdict: with few runs "no significant difference" may just
+    be a test too weak to see one, and a significant one rests on little data.
+    """
+    text = comparison["verdict"]
+    if comparison.get("weak_test") and text != "insufficient data":
+        text += f" (weak: {n_runs} runs)" if n_runs is not None else " (weak: few runs)"
+    return text
 
 
 def ci_pct(comparison: Mapping[str, Any]) -> str:
@@ -65,6 +83,7 @@ def significance_table(document: Mapping[str, Any], fmt: str = "text") -> str:
     """Each non-baseline test and metric: change, 95% interval, p-value and verdict."""
     headers = ["test", "metric", "change %", "95% CI of change %", "ratio", "p (Welch)", "verdict"]
     rows = []
+    baseline = next((t for t in document["tests"] if t["name"] == document["baseline"]), None)
     for test in document["tests"]:
         for metric, comparison in test["vs_baseline"].items():
             p = comparison.get("p_value")
@@ -75,9 +94,15 @@ def significance_table(document: Mapping[str, Any], fmt: str = "text") -> str:
                 ci_pct(comparison),
                 NA if ratio is None else (f"{ratio:.3f} +- {err:.3f}" if err is not None else f"{ratio:.3f}"),
                 NA if p is None else f"{p:.3g}",
-                comparison["verdict"] + (" (weak: few runs)" if comparison.get("weak_test") and comparison.get("significant") else ""),
+                verdict(comparison, _fewest_runs(test, baseline, metric)),
             ])
     return table(headers, rows, fmt) if rows else ""
+
+
+def _fewest_runs(test: Mapping[str, Any], baseline: Mapping[str, Any] | None, metric: str) -> int | None:
+    """Runs on the weaker side of a comparison (the t-test is only as strong as that side)."""
+    counts = [t["stats"][metric]["n"] for t in (test, baseline) if t is not None and metric in t["stats"]]
+    return min(counts) if counts else None
 
 
 def claims_table(document: Mapping[str, Any], fmt: str = "text") -> str:
@@ -106,14 +131,18 @@ def headline(document: Mapping[str, Any]) -> str:
 
 
 def full_report(document: Mapping[str, Any], fmt: str = "text") -> str:
+    # Some markdown renderers only start a table after a blank line; GitHub accepts both.
+    gap = [""] if fmt == "markdown" else []
     parts = [headline(document), "", summary_table(document, fmt)]
     significance = significance_table(document, fmt)
     if significance:
         parts += ["", "Versus baseline (Welch's t-test, alpha 0.05; changes under "
-                  f"{document['protocol']['noise_pct']:g}% are within noise):", significance]
+                  f"{document['protocol']['noise_pct']:g}% are within noise; weak: under 5 runs):",
+                  *gap, significance]
     claims = claims_table(document, fmt)
     if claims:
-        parts += ["", "Claims check (the Phase 4 summary's expected results):", claims]
+        parts += ["", "Claims check (the Phase 4 summary's expected results):", *gap, claims]
     if document["warnings"]:
-        parts += ["", "Warnings:"] + [f"  ! {w}" for w in document["warnings"]]
+        bullet = "- " if fmt == "markdown" else "  ! "
+        parts += ["", "Warnings:", *gap] + [bullet + w for w in document["warnings"]]
     return "\n".join(parts)

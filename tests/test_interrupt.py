@@ -1,0 +1,137 @@
+"""Interrupting a real suite with SIGINT and SIGTERM, then resuming it.
+
+A slow test (tiny chunks, one I/O at a time) gives saves and loads that last long
+enough to be interrupted in the middle; the harness prints a line as each phase
+starts when stderr is not a terminal, and the test signals on that line.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = {
+    "model": "tiny",
+    "testing": {"num_runs": 2},
+    "test_configurations": [
+        {"name": "slow", "chunk_size_elements": 256, "concurrency_limit": 1, "compression": "none"},
+        {"name": "fast", "chunk_size_elements": 262144, "concurrency_limit": 16, "compression": "none"},
+    ],
+}
+
+
+def _start(config: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run_phase4_streamlined.py"), "--config", str(config),
+         "--output-dir", str(out), "--seed", "7", *extra],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _interrupt_at(proc: subprocess.Popen, marker: str, sig: int) -> tuple[int, str]:
+    """Send sig when a stderr line contains marker; return (exit status, stderr)."""
+    seen: list[str] = []
+    for line in proc.stderr:
+        seen.append(line)
+        if marker in line:
+            proc.send_signal(sig)
+            break
+    # Keep draining both pipes so the child never blocks on a full pipe while stopping.
+    rest: list[str] = []
+    drain = threading.Thread(target=lambda: rest.extend(proc.stderr), daemon=True)
+    drain.start()
+    proc.stdout.read()
+    status = proc.wait(timeout=60)
+    drain.join(timeout=5)
+    return status, "".join(seen + rest)
+
+
+def _journal_runs(out: Path) -> list[dict]:
+    lines = (out / "journal.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["type"] == "suite"
+    return [json.loads(line) for line in lines[1:]]
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps(SUITE))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("marker", "sig", "status"),
+    [
+        ("slow round 1/2: save", signal.SIGINT, 130),  # during a save
+        ("slow round 1/2: load", signal.SIGTERM, 143),  # during a load
+        ("[1/4]", signal.SIGINT, 130),  # between runs
+    ],
+    ids=["sigint-during-save", "sigterm-during-load", "sigint-between-runs"],
+)
+def test_interrupt_keeps_finished_runs_and_resume_completes(config: Path, tmp_path: Path, marker: str, sig: int,
+                                                            status: int) -> None:
+    out = tmp_path / "out"
+    code, stderr = _interrupt_at(_start(config, out), marker, sig)
+    assert code == status, stderr
+    assert "--resume" in stderr
+
+    # Nothing half-written is left: no run folders at all.
+    assert not (out / "runs").exists(), list((out / "runs").rglob("*"))
+    journal_runs = _journal_runs(out)
+    assert len(journal_runs) < 4
+    document = json.loads((out / "results.json").read_text())
+    assert document["complete"] is False
+    recorded = sum(len(t["runs"]) for t in document["tests"])
+    assert recorded == len(journal_runs)
+
+    resumed = subprocess.run(
+        [sys.executable, str(ROOT / "run_phase4_streamlined.py"), "--config", str(config),
+         "--output-dir", str(out), "--resume"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    document = json.loads((out / "results.json").read_text())
+    assert document["complete"] is True
+    assert {t["name"]: len(t["runs"]) for t in document["tests"]} == {"slow": 2, "fast": 2}
+    assert sorted((r["test"], r["round"]) for r in _journal_runs(out)) == [
+        ("fast", 0), ("fast", 1), ("slow", 0), ("slow", 1)]
+    assert all(r["verified"] for t in document["tests"] for r in t["runs"])
+    assert not (out / "runs").exists()
+
+
+def test_resume_refuses_a_different_suite(config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, _ = _interrupt_at(_start(config, out), "[1/4]", signal.SIGINT)
+    assert code == 130
+    before = (out / "journal.jsonl").read_bytes()
+    changed = json.loads(config.read_text())
+    changed["test_configurations"][1]["concurrency_limit"] = 8
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(changed))
+    resumed = subprocess.run(
+        [sys.executable, str(ROOT / "run_phase4_streamlined.py"), "--config", str(other),
+         "--output-dir", str(out), "--resume"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert resumed.returncode == 2
+    assert resumed.stderr.count("\n") == 1
+    assert "concurrency_limit" in resumed.stderr or "config.tests" in resumed.stderr
+    assert (out / "journal.jsonl").read_bytes() == before
+
+
+def test_resume_without_a_journal_is_a_user_error(config: Path, tmp_path: Path) -> None:
+    resumed = subprocess.run(
+        [sys.executable, str(ROOT / "run_phase4_streamlined.py"), "--config", str(config),
+         "--output-dir", str(tmp_path / "empty"), "--resume"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert resumed.returncode == 2
+    assert "nothing to resume" in resumed.stderr
+    assert not (tmp_path / "empty").exists()
