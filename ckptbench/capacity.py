@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from . import chunking
+from .config import TestSpec
 from .errors import UserError
 
 BLOCK_BYTES = 4096
@@ -30,6 +31,15 @@ def checkpoint_bytes_upper(shapes: Iterable[Sequence[int]], itemsize: int, budge
         chunk_bytes = math.prod(chunk) * itemsize
         total += n_chunks * math.ceil(chunk_bytes / BLOCK_BYTES) * BLOCK_BYTES + BLOCK_BYTES  # + .zarray
     return total
+
+
+def run_bytes_upper(test: TestSpec, shapes: Sequence[Sequence[int]], itemsize: int) -> int:
+    """Disk bytes one run of a test may take: padded chunks for TensorStore, the raw bytes for references."""
+    if test.backend != "tensorstore":
+        return sum(math.prod(s) for s in shapes) * itemsize + BLOCK_BYTES
+    if test.kvstore == "memory":
+        return BLOCK_BYTES * 2  # only the manifest touches the disk
+    return checkpoint_bytes_upper(shapes, itemsize, test.chunk_budget_elements(itemsize), test.chunk_strategy)
 
 
 def free_bytes(path: Path) -> int:

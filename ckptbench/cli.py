@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import config as config_mod
-from . import capacity, environment, interrupt, journal, measure, plot, report, results, weights, workspace
+from . import capacity, environment, interrupt, journal, measure, plot, report, results, sweep_plot, weights, workspace
 from .errors import UserError
 
 DEFAULT_CONFIG = Path("phase4_config.json")
@@ -156,8 +156,9 @@ def _run(args: argparse.Namespace) -> int:
     document = results.build(suite, source.describe(), records, env, seed, complete=complete)
     results_path = results.write(document, output_dir)
     drawn = [plot.draw(document, output_dir / plot.PLOT_FILE)] if any(r.ok for r in records) else []
-    if drawn and (claims_png := plot.draw_claims(document, output_dir / plot.CLAIMS_FILE)) is not None:
-        drawn.append(claims_png)
+    if drawn:
+        drawn += [p for p in (plot.draw_claims(document, output_dir / plot.CLAIMS_FILE),
+                              sweep_plot.draw_sweep(document, output_dir / sweep_plot.SWEEP_FILE)) if p is not None]
     print(report.full_report(document))
     print(f"\nResults: {results_path}" + "".join(f"\nPlot:    {p}" for p in drawn))
     if stopped is not None:
@@ -182,8 +183,7 @@ def _checked(on_phase: measure.Phase) -> measure.Phase:
 def _largest_run_bytes(suite: config_mod.SuiteConfig, source: weights.Weights) -> int:
     shapes = [a.shape for a in source.tensors.values()]
     itemsize = weights.NUMPY_DTYPES[suite.dtype].itemsize
-    return max(capacity.checkpoint_bytes_upper(shapes, itemsize, t.chunk_budget_elements(itemsize), t.chunk_strategy)
-               for t in suite.tests)
+    return max(capacity.run_bytes_upper(t, shapes, itemsize) for t in suite.tests)
 
 
 def report_source(source: weights.Weights) -> str:

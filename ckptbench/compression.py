@@ -121,3 +121,20 @@ def apply_to_zarr_v2_metadata(metadata: dict[str, Any], compression: dict[str, A
     if compressor is not _OMIT:
         metadata = {**metadata, "compressor": compressor}
     return metadata
+
+
+_ZARR3_SHUFFLE = {-1: "shuffle", 0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}
+
+
+def zarr3_codecs(compression: dict[str, Any] | None, itemsize: int, where: str = "compression") -> list[dict[str, Any]]:
+    """The bytes-to-bytes codecs (after `bytes`) of a zarr3 array; zarr3 has no bz2 or zlib codec."""
+    if compression is None:
+        return []
+    cid = compression["id"]
+    if cid in ("gzip", "zstd"):
+        return [{"name": cid, "configuration": {"level": compression["level"]}}]
+    if cid == "blosc":
+        return [{"name": "blosc", "configuration": {
+            "cname": compression["cname"], "clevel": compression["clevel"],
+            "shuffle": _ZARR3_SHUFFLE[compression["shuffle"]], "typesize": itemsize, "blocksize": 0}}]
+    raise UserError(f"{where}: zarr3 has no {cid!r} codec; use none, gzip, zstd or blosc, or format \"zarr2\"")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +30,60 @@ MAX_CONCURRENCY = 4096
 
 _POSITIVE_INT = {"type": "integer", "minimum": 1}
 _RANGE_PCT = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+# A size is bytes as a whole number, or a string such as "64KB", "1MiB" or "t5x" (64 MiB).
+_SIZE = {"anyOf": [{**_POSITIVE_INT, "maximum": MAX_CHUNK_BYTES},
+                   {"type": "string", "pattern": r"^\s*(t5x|\d+(\.\d+)?\s*([KMG]i?B|B)?)\s*$"}]}
+FORMATS = ("zarr2", "zarr3")
+KVSTORES = ("file", "ocdbt", "memory")
+REFERENCES = ("safetensors", "torch_save", "device_ceiling")
+
+
+def _sweepable(schema: dict[str, Any]) -> dict[str, Any]:
+    """A field that takes one value, or a list of values to sweep over."""
+    return {"anyOf": [schema, {"type": "array", "minItems": 1, "items": schema}]}
+
+
+# Per-test fields that a list turns into a sweep, with the short name used in sweep point names.
+SWEEP_FIELDS: dict[str, str] = {
+    "chunk_size_elements": "elems",
+    "chunk_bytes": "chunk",
+    "chunk_strategy": "strategy",
+    "concurrency_limit": "conc",
+    "compression": "comp",
+    "format": "fmt",
+    "kvstore": "kv",
+    "shard_bytes": "shard",
+    "data_copy_concurrency": "copy",
+    "file_io_sync": "sync",
+}
 
 TEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "concurrency_limit"],
+    "properties": {
+        "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,99}$"},
+        "description": {"type": "string"},
+        "chunk_size_elements": _sweepable({**_POSITIVE_INT, "maximum": MAX_CHUNK_BYTES}),
+        "chunk_bytes": _sweepable(_SIZE),
+        "chunk_strategy": _sweepable({"enum": list(chunking.STRATEGIES)}),
+        "concurrency_limit": _sweepable({**_POSITIVE_INT, "maximum": MAX_CONCURRENCY}),
+        "compression": {"anyOf": [{"type": ["string", "object", "null"]},
+                                  {"type": "array", "minItems": 1, "items": {"type": ["string", "object", "null"]}}]},
+        "format": _sweepable({"enum": list(FORMATS)}),
+        "kvstore": _sweepable({"enum": list(KVSTORES)}),
+        "shard_bytes": _sweepable(_SIZE),
+        "data_copy_concurrency": _sweepable({"type": ["integer", "null"], "minimum": 1, "maximum": MAX_CONCURRENCY}),
+        "file_io_sync": _sweepable({"type": "boolean"}),
+        "expected": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"save_pct": _RANGE_PCT, "load_pct": _RANGE_PCT, "size_pct": _RANGE_PCT},
+        },
+    },
+}
+
+SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": ["name", "concurrency_limit"],
@@ -61,6 +114,11 @@ SCHEMA: dict[str, Any] = {
         "dtype": {"enum": list(DTYPES)},
         "output_dir": {"type": "string", "minLength": 1},
         "baseline": {"type": "string"},
+        "references": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {name: {"type": "boolean"} for name in REFERENCES},
+        },
         "testing": {
             "type": "object",
             "additionalProperties": False,
@@ -80,22 +138,36 @@ SCHEMA: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class TestSpec:
-    """One storage configuration to measure."""
+    """One configuration to measure: a TensorStore layout, or a reference row (`backend`)."""
 
     name: str
-    concurrency_limit: int
+    concurrency_limit: int | None = None
     chunk_size_elements: int | None = None
     chunk_bytes: int | None = None
     chunk_strategy: str = "halve"
     compression: dict[str, Any] | None = None
+    format: str = "zarr2"
+    kvstore: str = "file"
+    shard_bytes: int | None = None
+    data_copy_concurrency: int | None = None  # None: TensorStore's default (one per core)
+    file_io_sync: bool = True
     description: str = ""
     expected: dict[str, list[float]] | None = None
+    backend: str = "tensorstore"  # or a reference: safetensors, torch_save, device_ceiling
+    sweep: dict[str, Any] | None = None  # the swept settings of a sweep point, by field
 
     def chunk_budget_elements(self, itemsize: int) -> int:
         """Elements per chunk: given directly, or the byte budget divided by the item size."""
         if self.chunk_size_elements is not None:
             return self.chunk_size_elements
+        if self.chunk_bytes is None:
+            raise ValueError(f"{self.name} has no chunk size")
         return max(1, self.chunk_bytes // itemsize)
+
+    @property
+    def durable(self) -> bool:
+        """Whether a save's time includes making the data durable (fsync)."""
+        return self.file_io_sync or self.kvstore == "memory"
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,6 +180,7 @@ class SuiteConfig:
     tests: tuple[TestSpec, ...]
     baseline: str
     output_dir: Path
+    skipped: tuple[tuple[str, str], ...] = ()  # sweep points that cannot run: (name, reason)
     model: str = weights.DEFAULT_PRESET
     weights: Path | None = None
     dtype: str = "float32"
@@ -125,6 +198,7 @@ class SuiteConfig:
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["tests"] = [t.to_json() for t in self.tests]
+        out["skipped"] = [list(pair) for pair in self.skipped]
         for key in ("output_dir", "weights", "config_path"):
             out[key] = None if out[key] is None else str(out[key])
         return out
@@ -154,11 +228,28 @@ def from_dict(
     """Validate a parsed config and resolve it."""
     _validate_structure(data, source)
     base_dir = base_dir or Path.cwd()
-    tests = tuple(_test_from_dict(raw, i, source) for i, raw in enumerate(data["test_configurations"]))
+    tests: list[TestSpec] = []
+    skipped: list[tuple[str, str]] = []
+    for raw in data["test_configurations"]:
+        points = expand_sweep(raw)
+        for point in points:
+            try:
+                tests.append(_test_from_dict(point, source))
+            except UserError as exc:
+                if len(points) == 1:
+                    raise
+                skipped.append((point["name"], str(exc).split(": ", 2)[-1]))
+        if len(points) > 1 and not any(t.name.startswith(raw["name"] + "_") for t in tests):
+            raise UserError(f"{source}: test {raw['name']!r}: no combination of the sweep is valid; first: {skipped[-1][1]}")
+    references = data.get("references", {})
+    for ref in REFERENCES:
+        if references.get(ref, False):
+            tests.append(TestSpec(name=ref, backend=ref, description=_REFERENCE_DESCRIPTIONS[ref]))
     names = [t.name for t in tests]
     for i, name in enumerate(names):
         if name in names[:i]:
-            raise UserError(f"{source}: test_configurations[{i}].name: duplicate test name {name!r}; give each test a unique name")
+            why = " (a reference row has that name; rename the test)" if name in REFERENCES else ""
+            raise UserError(f"{source}: test_configurations: duplicate test name {name!r}{why}; give each test a unique name")
     baseline = data.get("baseline", names[0])
     if baseline not in names:
         raise UserError(f"{source}: baseline: no test named {baseline!r}{_suggest(baseline, names)}")
@@ -166,8 +257,9 @@ def from_dict(
     weights_dir = data.get("weights")
     defaults = SuiteConfig(tests=(), baseline="", output_dir=Path())
     return SuiteConfig(
-        tests=tests,
+        tests=tuple(tests),
         baseline=baseline,
+        skipped=tuple(skipped),
         output_dir=(base_dir / data.get("output_dir", DEFAULT_OUTPUT_DIR)).resolve(),
         model=data.get("model", defaults.model),
         weights=None if weights_dir is None else (base_dir / weights_dir).resolve(),
@@ -202,21 +294,99 @@ def with_overrides(config: SuiteConfig, **overrides: Any) -> SuiteConfig:
     return dataclasses.replace(config, **changes)
 
 
-def _test_from_dict(raw: Mapping[str, Any], index: int, source: str) -> TestSpec:
+_REFERENCE_DESCRIPTIONS = {
+    "safetensors": "reference: safetensors save_file + fsync, load_file",
+    "torch_save": "reference: torch.save + fsync, torch.load",
+    "device_ceiling": "reference: one sequential file write + fsync and a cold sequential read of the same bytes",
+}
+
+
+def expand_sweep(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A test whose settings hold lists becomes one test per combination (the cross product)."""
+    swept = [f for f in SWEEP_FIELDS if isinstance(raw.get(f), list)]
+    if not swept:
+        return [dict(raw)]
+    points = []
+    for values in itertools.product(*(raw[f] for f in swept)):
+        point = {**raw, **dict(zip(swept, values))}
+        point["name"] = raw["name"] + "".join(f"_{SWEEP_FIELDS[f]}={_value_label(f, v)}" for f, v in zip(swept, values))
+        point["_sweep"] = dict(zip(swept, values))
+        points.append(point)
+    return points
+
+
+def _value_label(field_name: str, value: Any) -> str:
+    if field_name in ("chunk_bytes", "shard_bytes"):
+        return size_label(parse_size(value, field_name))
+    if field_name == "compression":
+        try:
+            return compression.label(compression.normalize(value))
+        except UserError:
+            return str(value.get("id") if isinstance(value, dict) else value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "default" if value is None else str(value)
+
+
+_UNITS = {"": 1, "B": 1, "KB": 2**10, "KIB": 2**10, "MB": 2**20, "MIB": 2**20, "GB": 2**30, "GIB": 2**30}
+T5X_CHUNK_BYTES = 64 * 2**20  # T5X's _DESIRED_CHUNK_SIZE_BYTES
+
+
+def parse_size(value: int | str, where: str = "size") -> int:
+    """Bytes from 262144, "256KB", "1 MiB" or "t5x" (64 MiB). Sizes are binary: 1 KB = 1024 bytes."""
+    if isinstance(value, int):
+        return value
+    text = value.strip().upper().replace(" ", "")
+    if text == "T5X":
+        return T5X_CHUNK_BYTES
+    number = text.rstrip("KMGIB")
+    size = int(float(number) * _UNITS[text[len(number):]])
+    if not 1 <= size <= MAX_CHUNK_BYTES:
+        raise UserError(f"{where}: {value!r} is out of range; use 1 byte to 4 GB")
+    return size
+
+
+def size_label(size_bytes: int) -> str:
+    """262144 -> '256KB' (binary units, as in the Phase 4 summary)."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if size_bytes >= scale and size_bytes % scale == 0:
+            return f"{size_bytes // scale}{unit}"
+    return f"{size_bytes}B"
+
+
+def _test_from_dict(raw: Mapping[str, Any], source: str) -> TestSpec:
     where = f"{source}: test {raw['name']!r}"
     has_elements, has_bytes = "chunk_size_elements" in raw, "chunk_bytes" in raw
     if has_elements == has_bytes:
         which = "both" if has_elements else "neither"
         raise UserError(f"{where}: has {which} of chunk_size_elements and chunk_bytes; give exactly one")
+    chunk_bytes = parse_size(raw["chunk_bytes"], f"{where} field chunk_bytes") if has_bytes else None
+    shard_bytes = parse_size(raw["shard_bytes"], f"{where} field shard_bytes") if "shard_bytes" in raw else None
+    fmt = raw.get("format", "zarr2")
+    codec = compression.normalize(raw.get("compression"), f"{where} field compression")
+    if fmt == "zarr3":
+        compression.zarr3_codecs(codec, itemsize=4, where=f"{where} field compression")
+    if shard_bytes is not None:
+        if fmt != "zarr3":
+            raise UserError(f"{where}: shard_bytes needs format \"zarr3\" (sharding_indexed); set format or drop shard_bytes")
+        if chunk_bytes is not None and shard_bytes < chunk_bytes:
+            raise UserError(f"{where}: shard_bytes ({shard_bytes}) is smaller than chunk_bytes ({chunk_bytes}); "
+                            "a shard holds whole inner chunks")
     return TestSpec(
         name=raw["name"],
         description=raw.get("description", ""),
         chunk_size_elements=raw.get("chunk_size_elements"),
-        chunk_bytes=raw.get("chunk_bytes"),
+        chunk_bytes=chunk_bytes,
         chunk_strategy=raw.get("chunk_strategy", "halve"),
         concurrency_limit=raw["concurrency_limit"],
-        compression=compression.normalize(raw.get("compression"), f"{where} field compression"),
+        compression=codec,
+        format=fmt,
+        kvstore=raw.get("kvstore", "file"),
+        shard_bytes=shard_bytes,
+        data_copy_concurrency=raw.get("data_copy_concurrency"),
+        file_io_sync=raw.get("file_io_sync", True),
         expected=raw.get("expected"),
+        sweep=raw.get("_sweep"),
     )
 
 
@@ -265,11 +435,30 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return "is empty; list at least one test"
     if kind in ("minItems", "maxItems"):
         return f"expected a [low, high] pair of numbers, got {json.dumps(value)}"
-    if kind == "pattern":
+    if kind == "pattern" and error.absolute_path and error.absolute_path[-1] == "name":
         return f"{shown} is not a valid test name; use letters, digits, '_', '-', '.' or '=' (at most 100)"
+    if kind == "pattern":
+        return f"{shown} is not a size; use a number of bytes or a string like \"64KB\", \"1MB\" or \"t5x\""
+    if kind == "anyOf":
+        return f"expected {_expected(error.validator_value[0])} (or a list of them, to sweep), got {shown}"
     if kind == "minLength":
         return "must not be empty"
     return error.message
+
+
+def _expected(schema: Mapping[str, Any]) -> str:
+    """What a (sub)schema accepts, in words."""
+    if "anyOf" in schema:
+        return " or ".join(_expected(branch) for branch in schema["anyOf"])
+    if "enum" in schema:
+        return "one of " + ", ".join(json.dumps(v) for v in schema["enum"])
+    types = schema.get("type", [])
+    words = " or ".join(_JSON_TYPES[t] for t in (types if isinstance(types, list) else [types]))
+    if schema.get("pattern"):
+        words += " like \"64KB\""
+    if "minimum" in schema and "maximum" in schema:
+        words += f" from {schema['minimum']} to {schema['maximum']}"
+    return words
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:

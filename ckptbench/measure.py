@@ -33,9 +33,19 @@ from .config import SuiteConfig, TestSpec
 class Backend(Protocol):
     """A way to write a checkpoint into a folder and read it back: what a test measures."""
 
+    cold_loads: bool  # False where no page cache stands between a load and its data (memory)
+
     def save(self, tensors: Mapping[str, np.ndarray], directory: Path) -> None: ...
 
     def load(self, directory: Path) -> dict[str, np.ndarray]: ...
+
+    def footprint(self, directory: Path) -> tuple[int, int, int]:
+        """(bytes of data, bytes allocated, number of files or objects) of a saved checkpoint."""
+        ...
+
+    def release(self) -> None:
+        """Drop whatever was kept between a save and its load."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -118,11 +128,14 @@ def run_once(
         on_phase(planned, "save")
         record.save_s, record.save_cpu_s, record.save_peak_rss_bytes = _timed(lambda: backend.save(tensors, run_dir))
         on_phase(planned, "size")
-        record.size_bytes, record.disk_bytes, record.n_files = storage.checkpoint_size(run_dir)
-        on_phase(planned, "evict")
-        record.eviction = cache.evict(run_dir, config.cache_eviction)
-        record.resident_bytes_at_load = cache.resident_bytes(run_dir)
-        record.load_cache = _cache_state(record.resident_bytes_at_load, record.disk_bytes)
+        record.size_bytes, record.disk_bytes, record.n_files = backend.footprint(run_dir)
+        if backend.cold_loads:
+            on_phase(planned, "evict")
+            record.eviction = cache.evict(run_dir, config.cache_eviction)
+            record.resident_bytes_at_load = cache.resident_bytes(run_dir)
+            record.load_cache = _cache_state(record.resident_bytes_at_load, record.disk_bytes)
+        else:
+            record.load_cache = "memory"
         on_phase(planned, "load")
         loaded: dict[str, np.ndarray] = {}
         record.load_s, record.load_cpu_s, record.load_peak_rss_bytes = _timed(
@@ -139,6 +152,7 @@ def run_once(
         record.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         record.fatal = storage_failed(exc)
     finally:  # also on Ctrl-C: no half-written checkpoint is left behind
+        backend.release()
         if run_dir is not None and run_dir.exists() and not (keep and record.ok):
             workspace.remove_owned(run_dir, settle=not settled)
     return record
@@ -214,8 +228,12 @@ def mismatches(source: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray
 
 
 def backend_for(test: TestSpec, config: SuiteConfig) -> Backend:
-    """The back end that measures a test."""
-    return storage.TensorStoreBackend(storage.Layout.of(test, config.dtype), config.max_inflight_bytes)
+    """The back end that measures a test: TensorStore, or a reference row."""
+    if test.backend == "tensorstore":
+        return storage.TensorStoreBackend(storage.Layout.of(test, config.dtype), config.max_inflight_bytes)
+    from . import references
+
+    return references.BACKENDS[test.backend]()
 
 
 def run_suite(

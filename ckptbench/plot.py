@@ -31,6 +31,7 @@ CLAIMS_FILE = "claims_check.png"
 ERRORBAR_NOTE = "error bars: 95% CI of the mean"
 LABEL_LINE_CHARS = 24  # tick labels longer than this are wrapped at '_' boundaries
 MANY_TESTS = 8  # beyond this, tick labels stand upright: slanted ones would overlap their neighbours
+CEILING = "device_ceiling"
 OUTCOME_COLORS = {"confirmed": "#2a9d8f", "contradicted": "#e63946", "inconclusive": "#9a9a9a"}
 
 
@@ -95,6 +96,12 @@ def _bars(ax, names, tests, metric, scale, ylabel, title, color) -> None:
     labels = [_value_label(m, t["stats"][metric]["n"]) for m, t in zip(means, tests)]
     ax.bar_label(bars, labels=labels, padding=2, fontsize=_value_fontsize(len(tests)))
     _mark_missing(ax, means, "failed: no runs", len(tests))
+    ceiling = next((t for t in tests if t["name"] == CEILING), None)
+    if metric in ("save_s", "load_s") and ceiling and ceiling["stats"][metric]["mean"] is not None:
+        # What the disk itself needs for these bytes: no bar can honestly go below this line.
+        ax.axhline(ceiling["stats"][metric]["mean"], color="#c1121f", linestyle="--", linewidth=1,
+                   label="device ceiling (sequential, fsync'd / cold)")
+        ax.legend(loc="upper right", fontsize=8)
     _set_test_ticks(ax, names)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -68,13 +68,30 @@ def summary_table(document: Mapping[str, Any], fmt: str = "text") -> str:
         runs = f"{s['save_s']['n']}" + (f" ({test['failed_runs']} failed)" if test["failed_runs"] else "")
         ok_runs = [r for r in test["runs"] if r["error"] is None]
         rows.append([
-            test["name"] + (" (baseline)" if test["name"] == document["baseline"] else ""),
+            test["name"] + (" (baseline)" if test["name"] == document["baseline"] else "")
+            + "".join(f" ({label})" for label in test.get("labels", [])),
             runs,
             mean_pm(s["save_s"]), mean_pm(s["load_s"]),
             mean_pm(s["save_gbps"]), mean_pm(s["load_gbps"]),
             mean_pm(s["size_bytes"], 1e6, 1),
             str(ok_runs[-1]["n_files"]) if ok_runs else NA,
             change(vs.get("save_s")), change(vs.get("load_s")), change(vs.get("size_bytes")),
+        ])
+    return table(headers, rows, fmt)
+
+
+def cost_table(document: Mapping[str, Any], fmt: str = "text") -> str:
+    """What each test costs besides time, and how close it comes to the device's own speed."""
+    headers = ["test", "save CPU s", "load CPU s", "save peak RSS MB", "load peak RSS MB",
+               "save % of ceiling", "load % of ceiling"]
+    rows = []
+    for test in document["tests"]:
+        s, ceiling = test["stats"], test.get("pct_of_ceiling", {})
+        rows.append([
+            test["name"],
+            mean_pm(s.get("save_cpu_s", {})), mean_pm(s.get("load_cpu_s", {})),
+            mean_pm(s.get("save_peak_rss_bytes", {}), 1e6, 0), mean_pm(s.get("load_peak_rss_bytes", {}), 1e6, 0),
+            *(NA if ceiling.get(m) is None else f"{ceiling[m]:.0f}%" for m in ("save_gbps", "load_gbps")),
         ])
     return table(headers, rows, fmt)
 
@@ -133,7 +150,9 @@ def headline(document: Mapping[str, Any]) -> str:
 def full_report(document: Mapping[str, Any], fmt: str = "text") -> str:
     # Some markdown renderers only start a table after a blank line; GitHub accepts both.
     gap = [""] if fmt == "markdown" else []
-    parts = [headline(document), "", summary_table(document, fmt)]
+    parts = [headline(document), "", summary_table(document, fmt),
+             "", "Cost (CPU over all threads; peak RSS growth during the operation; % of the device ceiling's GB/s):",
+             *gap, cost_table(document, fmt)]
     significance = significance_table(document, fmt)
     if significance:
         parts += ["", "Versus baseline (Welch's t-test, alpha 0.05; changes under "

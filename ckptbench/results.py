@@ -26,6 +26,10 @@ METRICS: dict[str, tuple[bool, str, str]] = {
     "size_bytes": (False, "smaller", "larger"),
 }
 THROUGHPUT = {"save_gbps": "save_s", "load_gbps": "load_s"}
+# What each operation costs besides time: CPU seconds (all threads) and peak memory growth.
+COST = ("save_cpu_s", "load_cpu_s", "save_peak_rss_bytes", "load_peak_rss_bytes")
+CEILING = "device_ceiling"
+NOT_DURABLE = "not durable"
 
 
 def samples(runs: Iterable[Mapping[str, Any]], data_bytes: int) -> dict[str, list[float]]:
@@ -34,6 +38,8 @@ def samples(runs: Iterable[Mapping[str, Any]], data_bytes: int) -> dict[str, lis
     out = {metric: [float(r[metric]) for r in good] for metric in METRICS}
     for name, seconds in THROUGHPUT.items():
         out[name] = [data_bytes / 1e9 / s for s in out[seconds] if s > 0]
+    for metric in COST:
+        out[metric] = [float(r[metric]) for r in good if r.get(metric) is not None]
     return out
 
 
@@ -52,6 +58,7 @@ def build(
     data_bytes = int(weights_info["size_bytes"])
     base = samples(by_test[config.baseline], data_bytes)
     tests = [_test_entry(test, by_test[test.name], base, config, data_bytes) for test in config.tests]
+    _add_ceiling_fractions(tests)
     all_runs = [r for runs in by_test.values() for r in runs if r["error"] is None]
     return {
         "schema_version": SCHEMA_VERSION,
@@ -63,8 +70,20 @@ def build(
         "protocol": _protocol(config, all_runs, seed),
         "baseline": config.baseline,
         "tests": tests,
+        "skipped_tests": [{"name": name, "reason": reason} for name, reason in config.skipped],
         "warnings": _suite_warnings(config, all_runs, tests),
     }
+
+
+def _add_ceiling_fractions(tests: list[dict[str, Any]]) -> None:
+    """Each test's mean throughput as a % of the device ceiling measured in the same run."""
+    ceiling = next((t for t in tests if t["name"] == CEILING), None)
+    for test in tests:
+        test["pct_of_ceiling"] = {}
+        for metric in THROUGHPUT:
+            mine = test["stats"][metric]["mean"]
+            limit = ceiling["stats"][metric]["mean"] if ceiling else None
+            test["pct_of_ceiling"][metric] = None if not (mine and limit) else 100.0 * mine / limit
 
 
 def _test_entry(test, runs: list[dict[str, Any]], base: dict[str, list[float]], config: SuiteConfig,
@@ -74,6 +93,8 @@ def _test_entry(test, runs: list[dict[str, Any]], base: dict[str, list[float]], 
         "name": test.name,
         "description": test.description,
         "settings": {**test.to_json(), "compression_label": compression.label(test.compression)},
+        "durable": test.durable,
+        "labels": [] if test.durable else [NOT_DURABLE],
         "runs": runs,
         "failed_runs": sum(1 for r in runs if r["error"] is not None),
         "stats": {metric: stats.summarize(values) for metric, values in mine.items()},
@@ -93,6 +114,9 @@ def _test_entry(test, runs: list[dict[str, Any]], base: dict[str, list[float]], 
             entry["claims"] = claims.check_claims(test.expected, mine, base)
     for metric in ("save_s", "load_s"):
         entry["warnings"] += [f"{test.name}: {w}" for w in stats.warnings_for(metric, mine[metric])]
+    if not test.durable:
+        entry["warnings"].append(f"{test.name}: file_io_sync is off: its saves are {NOT_DURABLE} "
+                                 "(data may still be in the page cache when the clock stops)")
     for run in runs:
         if run["error"] is not None:
             entry["warnings"].append(f"{test.name}: round {run['round']} failed: {run['error']}")
@@ -100,13 +124,13 @@ def _test_entry(test, runs: list[dict[str, Any]], base: dict[str, list[float]], 
 
 
 def _protocol(config: SuiteConfig, runs: list[dict[str, Any]], seed: int) -> dict[str, Any]:
-    states = sorted({r["load_cache"] for r in runs if r["load_cache"]})
+    states = sorted({r["load_cache"] for r in runs if r["load_cache"] not in (None, "memory")})
     return {
         "save": "timed from the first open until TensorStore reports every write durable "
                 "(file kvstore with file_io_sync on: each file fsync'd), manifest fsync'd",
         "load": "timed from the first open until every array is in memory",
         "cache_eviction_requested": config.cache_eviction,
-        "cache_eviction_used": sorted({r["eviction"] or "none" for r in runs}),
+        "cache_eviction_used": sorted({r["eviction"] or "none" for r in runs if r["load_cache"] != "memory"}),
         "load_cache": states[0] if len(states) == 1 else ("mixed" if states else None),
         "verification": "every load compared bit for bit with the source, outside the timed region",
         "order": "interleaved rounds, each a fresh shuffle of the tests",
@@ -129,6 +153,7 @@ def _suite_warnings(config: SuiteConfig, runs: list[dict[str, Any]], tests: list
             "their load times are optimistic. Run as root for drop_caches, or on a filesystem that honours "
             "posix_fadvise (not tmpfs)."
         )
+    out += [f"sweep point {name} skipped: {reason}" for name, reason in config.skipped]
     failed = sum(t["failed_runs"] for t in tests)
     if failed:
         out.append(f"{failed} run(s) failed and are excluded from the statistics; see each test's runs")

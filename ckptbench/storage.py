@@ -1,23 +1,30 @@
-"""The TensorStore back end: a checkpoint as one zarr v2 array per parameter.
+"""The TensorStore back end: a checkpoint as one array per parameter.
 
-A checkpoint directory holds one array per tensor (the parameter name is the
-array's folder) and `manifest.json` with names, shapes and dtypes, written last so a
-checkpoint with a manifest is complete.
+A checkpoint folder holds one array per tensor (the parameter name is the array's
+key) and `manifest.json` with names, shapes and dtype, written last so a checkpoint
+with a manifest is complete. A test chooses the format (zarr v2, or zarr3 with
+optional `sharding_indexed`), the key-value store (`file`; `ocdbt`, one database per
+checkpoint as Orbax writes; or `memory`, to separate CPU cost from disk cost), the
+chunking, compression and TensorStore's concurrency and fsync settings.
 
 Saves and loads keep every array in flight at once, as a user should: all opens are
 issued together, then writes (or reads) are issued without waiting for each other,
 bounded only by an in-flight byte budget (like T5X's `concurrent_gb`) so that a
 large model does not double its memory. Waiting tensor by tensor would serialise
 the I/O and measure Python, not storage.
+
+Every array is created with `store_data_equal_to_fill_value`, so a chunk of zeros
+is written like any other: sizes and times then count every byte of the model.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -29,7 +36,9 @@ from .config import TestSpec
 from .weights import NUMPY_DTYPES
 
 MANIFEST = "manifest.json"
+OCDBT_DIR = "ocdbt"
 ZARR_V2_DTYPES = {"float32": "<f4", "float16": "<f2", "bfloat16": "bfloat16"}
+_BYTES_CODEC = {"name": "bytes", "configuration": {"endian": "little"}}
 
 
 @dataclass(frozen=True)
@@ -40,76 +49,152 @@ class Layout:
     chunk_strategy: str
     concurrency_limit: int
     compression: dict[str, Any] | None
+    format: str = "zarr2"
+    kvstore: str = "file"
+    shard_budget_elements: int | None = None
+    data_copy_concurrency: int | None = None
+    file_io_sync: bool = True
 
     @classmethod
     def of(cls, test: TestSpec, dtype: str) -> "Layout":
         itemsize = NUMPY_DTYPES[dtype].itemsize
-        return cls(test.chunk_budget_elements(itemsize), test.chunk_strategy, test.concurrency_limit, test.compression)
+        return cls(
+            chunk_budget_elements=test.chunk_budget_elements(itemsize),
+            chunk_strategy=test.chunk_strategy,
+            concurrency_limit=test.concurrency_limit,
+            compression=test.compression,
+            format=test.format,
+            kvstore=test.kvstore,
+            shard_budget_elements=None if test.shard_bytes is None else max(1, test.shard_bytes // itemsize),
+            data_copy_concurrency=test.data_copy_concurrency,
+            file_io_sync=test.file_io_sync,
+        )
 
     def context(self) -> ts.Context:
-        # A fresh context per save or load: no cache is shared between them.
-        return ts.Context({"file_io_concurrency": {"limit": self.concurrency_limit}})
+        """A fresh context: no cache is shared between a save and a load."""
+        spec: dict[str, Any] = {"file_io_concurrency": {"limit": self.concurrency_limit},
+                                "file_io_sync": self.file_io_sync}
+        if self.data_copy_concurrency is not None:
+            spec["data_copy_concurrency"] = {"limit": self.data_copy_concurrency}
+        return ts.Context(spec)
 
-    def array_spec(self, path: Path, shape: tuple[int, ...], dtype: str) -> dict[str, Any]:
-        """TensorStore spec that creates one zarr v2 array."""
-        metadata = {
-            "shape": list(shape),
-            "chunks": chunking.chunk_shape(shape, self.chunk_budget_elements, self.chunk_strategy),
-            "dtype": ZARR_V2_DTYPES[dtype],
-        }
-        return {
-            "driver": "zarr",
-            "kvstore": {"driver": "file", "path": str(path)},
-            "metadata": compression.apply_to_zarr_v2_metadata(metadata, self.compression),
-            "create": True,
-        }
+    def kvstore_spec(self, directory: Path, name: str) -> dict[str, Any]:
+        """Where the array `name` of the checkpoint in `directory` lives."""
+        if self.kvstore == "memory":
+            return {"driver": "memory", "path": f"{directory}/{name}/"}
+        if self.kvstore == "ocdbt":
+            return {"driver": "ocdbt", "base": {"driver": "file", "path": f"{directory / OCDBT_DIR}/"},
+                    "path": f"{name}/"}
+        return {"driver": "file", "path": f"{directory / name}/"}
+
+    def chunk_shape(self, shape: tuple[int, ...]) -> list[int]:
+        return chunking.chunk_shape(shape, self.chunk_budget_elements, self.chunk_strategy)
+
+    def shard_shape(self, shape: tuple[int, ...]) -> list[int] | None:
+        """A shard of whole inner chunks: the chunk grid is itself chunked with the shard budget."""
+        if self.shard_budget_elements is None:
+            return None
+        inner = self.chunk_shape(shape)
+        grid = [math.ceil(d / c) for d, c in zip(shape, inner)]
+        per_shard = max(1, self.shard_budget_elements // max(1, math.prod(inner)))
+        return [g * c for g, c in zip(chunking.chunk_shape(grid, per_shard, self.chunk_strategy), inner)]
+
+    def metadata(self, shape: tuple[int, ...], dtype: str) -> dict[str, Any]:
+        if self.format == "zarr3":
+            itemsize = NUMPY_DTYPES[dtype].itemsize
+            codecs = [_BYTES_CODEC, *compression.zarr3_codecs(self.compression, itemsize)]
+            inner, shard = self.chunk_shape(shape), self.shard_shape(shape)
+            if shard is not None:
+                codecs = [{"name": "sharding_indexed", "configuration": {
+                    "chunk_shape": inner, "codecs": codecs,
+                    "index_codecs": [_BYTES_CODEC, {"name": "crc32c"}]}}]
+            return {"shape": list(shape), "data_type": dtype, "codecs": codecs,
+                    "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": shard or inner}}}
+        metadata = {"shape": list(shape), "chunks": self.chunk_shape(shape), "dtype": ZARR_V2_DTYPES[dtype]}
+        return compression.apply_to_zarr_v2_metadata(metadata, self.compression)
+
+    @property
+    def driver(self) -> str:
+        return "zarr3" if self.format == "zarr3" else "zarr"
+
+    def array_spec(self, directory: Path, name: str, shape: tuple[int, ...], dtype: str) -> dict[str, Any]:
+        """TensorStore spec that creates the array `name` of a checkpoint."""
+        return {"driver": self.driver, "kvstore": self.kvstore_spec(directory, name),
+                "metadata": self.metadata(shape, dtype), "create": True,
+                "store_data_equal_to_fill_value": True}
+
+    def open_spec(self, directory: Path, name: str) -> dict[str, Any]:
+        return {"driver": self.driver, "kvstore": self.kvstore_spec(directory, name), "open": True}
 
 
-@dataclass(frozen=True)
+@dataclass
 class TensorStoreBackend:
     """A test's way to save and load a checkpoint with TensorStore (see measure.Backend)."""
 
     layout: Layout
     max_inflight_bytes: int
+    # The memory kvstore lives in its Context: a save's context must serve the load and the size.
+    _memory_context: ts.Context | None = field(default=None, repr=False)
+
+    @property
+    def cold_loads(self) -> bool:
+        return self.layout.kvstore != "memory"
+
+    def _context(self) -> ts.Context:
+        if self.layout.kvstore != "memory":
+            return self.layout.context()
+        if self._memory_context is None:
+            self._memory_context = self.layout.context()
+        return self._memory_context
 
     def save(self, tensors: Mapping[str, np.ndarray], directory: Path) -> None:
-        save(tensors, directory, self.layout, self.max_inflight_bytes)
+        save(tensors, directory, self.layout, self.max_inflight_bytes, self._context())
 
     def load(self, directory: Path) -> dict[str, np.ndarray]:
-        return load(directory, self.layout, self.max_inflight_bytes)
+        return load(directory, self.layout, self.max_inflight_bytes, self._context())
+
+    def footprint(self, directory: Path) -> tuple[int, int, int]:
+        if self.layout.kvstore != "memory":
+            return checkpoint_size(directory)
+        store = ts.KvStore.open({"driver": "memory", "path": f"{directory}/"}, context=self._context()).result()
+        keys = store.list().result()
+        sizes = [len(read.result().value) for read in [store.read(k) for k in keys]]
+        return sum(sizes), sum(sizes), len(sizes)
+
+    def release(self) -> None:
+        self._memory_context = None
 
 
-def save(tensors: Mapping[str, np.ndarray], directory: Path, layout: Layout, max_inflight_bytes: int) -> None:
-    """Write every tensor and the manifest; returns once TensorStore reports all writes durable."""
+def save(tensors: Mapping[str, np.ndarray], directory: Path, layout: Layout, max_inflight_bytes: int,
+         context: ts.Context | None = None) -> None:
+    """Write every tensor and the manifest; returns once TensorStore reports all writes committed
+    (durable, unless the layout turns file_io_sync off)."""
     directory.mkdir(parents=True, exist_ok=True)
     names = list(tensors)
     dtype = _dtype_name(next(iter(tensors.values())).dtype) if tensors else "float32"
-    context = layout.context()
+    context = context or layout.context()
     with _settled() as track:
-        opening = track([ts.open(layout.array_spec(directory / name, tensors[name].shape, dtype), context=context)
+        opening = track([ts.open(layout.array_spec(directory, name, tensors[name].shape, dtype), context=context)
                          for name in names])
         stores = [future.result() for future in opening]
         _bounded(((tensors[n].nbytes, lambda s=s, n=n: s.write(tensors[n])) for s, n in zip(stores, names)),
                  max_inflight_bytes, track)
-    manifest = {"format": "ckptbench-zarr-v2", "dtype": dtype,
+    manifest = {"format": f"ckptbench-{layout.format}", "dtype": dtype,
                 "tensors": [{"name": n, "shape": list(tensors[n].shape)} for n in names]}
-    _write_durably(directory / MANIFEST, json.dumps(manifest, indent=1).encode())
+    _write_file(directory / MANIFEST, json.dumps(manifest, indent=1).encode(), durable=layout.file_io_sync)
 
 
-def load(directory: Path, layout: Layout, max_inflight_bytes: int) -> dict[str, np.ndarray]:
+def load(directory: Path, layout: Layout, max_inflight_bytes: int,
+         context: ts.Context | None = None) -> dict[str, np.ndarray]:
     """Read a checkpoint written by `save` back into memory."""
     manifest = json.loads((directory / MANIFEST).read_bytes())
     entries = manifest["tensors"]
     itemsize = NUMPY_DTYPES[manifest["dtype"]].itemsize
-    context = layout.context()
+    context = context or layout.context()
     with _settled() as track:
-        opening = track([
-            ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": str(directory / e["name"])}, "open": True},
-                    context=context)
-            for e in entries
-        ])
+        opening = track([ts.open(layout.open_spec(directory, e["name"]), context=context) for e in entries])
         stores = [future.result() for future in opening]
-        futures = _bounded(((int(np.prod(e["shape"])) * itemsize, s.read) for s, e in zip(stores, entries)),
+        futures = _bounded(((math.prod(e["shape"]) * itemsize, s.read) for s, e in zip(stores, entries)),
                            max_inflight_bytes, track)
         return {e["name"]: np.asarray(f.result()) for e, f in zip(entries, futures)}
 
@@ -163,11 +248,14 @@ def _bounded(operations: Iterable[tuple[int, Callable[[], ts.Future]]], max_infl
     return started
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def _write_file(path: Path, data: bytes, durable: bool = True) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
 

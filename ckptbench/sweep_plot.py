@@ -1,0 +1,97 @@
+"""The sweep figure: save and load throughput against the swept setting, from a results document.
+
+x is the chunk size in bytes (log axis) when chunks are swept, otherwise the first
+swept setting; one line per combination of the other swept settings (concurrency,
+compression, ...), with 95% CI error bars. The device ceiling measured in the same
+run is a dashed line: the distance to it is what a configuration leaves on the table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .config import SWEEP_FIELDS  # noqa: E402
+from .plot import CEILING, ERRORBAR_NOTE, _source  # noqa: E402
+
+SWEEP_FILE = "sweep_analysis.png"
+_CHUNK_FIELDS = ("chunk_bytes", "chunk_size_elements")
+
+
+def _chunk_bytes(settings: Mapping[str, Any], itemsize: int) -> int:
+    if settings.get("chunk_bytes") is not None:
+        return settings["chunk_bytes"]
+    return settings["chunk_size_elements"] * itemsize
+
+
+def _label(field: str, settings: Mapping[str, Any]) -> str:
+    value = settings["compression_label"] if field == "compression" else settings.get(field)
+    return f"{SWEEP_FIELDS[field]}={value}"
+
+
+def draw_sweep(document: Mapping[str, Any], path: Path) -> Path | None:
+    """Draw sweep_analysis.png for the swept tests of a document; None when nothing was swept."""
+    swept = [t for t in document["tests"] if t["settings"].get("sweep")]
+    if not swept:
+        return None
+    itemsize = max(1, round(document["weights"]["size_bytes"] / max(1, document["weights"]["n_params"])))
+    fields = list(dict.fromkeys(f for t in swept for f in t["settings"]["sweep"]))
+    x_field = next((f for f in fields if f in _CHUNK_FIELDS), fields[0])
+    series_fields = [f for f in fields if f != x_field]
+
+    def x_of(test: Mapping[str, Any]) -> Any:
+        if x_field in _CHUNK_FIELDS:
+            return _chunk_bytes(test["settings"], itemsize)
+        return _label(x_field, test["settings"]).split("=", 1)[1]
+
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for test in swept:
+        key = ", ".join(_label(f, test["settings"]) for f in series_fields) or "all"
+        groups.setdefault(key, []).append(test)
+    categories = list(dict.fromkeys(x_of(t) for t in swept))
+    ceiling = next((t for t in document["tests"] if t["name"] == CEILING), None)
+
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), constrained_layout=True)
+    for ax, metric, title in ((axes[0], "save_gbps", "Save throughput"), (axes[1], "load_gbps", "Load throughput (cold)")):
+        for key, tests in groups.items():
+            tests = sorted(tests, key=lambda t: categories.index(x_of(t)))
+            xs = [x_of(t) if x_field in _CHUNK_FIELDS else categories.index(x_of(t)) for t in tests]
+            means = [t["stats"][metric]["mean"] for t in tests]
+            errs = [[0.0, 0.0] if t["stats"][metric]["ci95"] is None else
+                    [t["stats"][metric]["mean"] - t["stats"][metric]["ci95"][0],
+                     t["stats"][metric]["ci95"][1] - t["stats"][metric]["mean"]] for t in tests]
+            ax.errorbar(xs, [m if m is not None else float("nan") for m in means],
+                        yerr=list(zip(*errs)) if errs else None, marker="o", capsize=3, label=key)
+        if ceiling and ceiling["stats"][metric]["mean"]:
+            ax.axhline(ceiling["stats"][metric]["mean"], color="#c1121f", linestyle="--",
+                       label=f"device ceiling {ceiling['stats'][metric]['mean']:.2f} GB/s")
+        if x_field in _CHUNK_FIELDS:
+            ax.set_xscale("log", base=2)
+            ticks = sorted({x_of(t) for t in swept})
+            ax.set_xticks(ticks, [_size(b) for b in ticks], rotation=30)
+            ax.set_xlabel("chunk size (bytes, log scale)")
+        else:
+            ax.set_xticks(range(len(categories)), categories, rotation=30)
+            ax.set_xlabel(SWEEP_FIELDS[x_field])
+        ax.set_ylabel("GB/s (tensor bytes / time)")
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{title}\n{ERRORBAR_NOTE}")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Sweep: {_source(document)}", fontsize=12)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _size(size_bytes: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if size_bytes >= scale:
+            value = size_bytes / scale
+            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
+    return f"{size_bytes}B"
