@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import config as config_mod
-from . import capacity, environment, interrupt, journal, measure, plot, report, results, sweep_plot, weights, workspace
+from . import capacity, environment, interrupt, journal, measure, plot, report, results, sweep_plot, targets, weights, workspace
 from .errors import UserError
 
 DEFAULT_CONFIG = Path("phase4_config.json")
@@ -54,6 +54,9 @@ def run_parser(prog: str | None = None, default_config: Path | None = DEFAULT_CO
     parser.add_argument("--weights", help="local Hugging Face checkpoint folder to benchmark instead of a preset")
     parser.add_argument("--dtype", choices=config_mod.DTYPES, help="dtype the weights are stored in")
     parser.add_argument("--tests", help="comma-separated subset of test names to run")
+    parser.add_argument("--storage", help="where checkpoints are written: a folder, s3://BUCKET/PREFIX, "
+                        "gs://BUCKET/PREFIX or memory:// (default: OUTPUT_DIR/runs)")
+    parser.add_argument("--processes", help="worker processes per save and load, e.g. 4, or 1,2,4 to compare")
     parser.add_argument("--seed", type=int, help="seed of the per-round shuffle (default: random, recorded)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the last run's checkpoint of each test under OUTPUT_DIR/runs for inspection")
@@ -67,6 +70,7 @@ def run_parser(prog: str | None = None, default_config: Path | None = DEFAULT_CO
 def main(argv: Sequence[str] | None = None, default_config: Path | None = DEFAULT_CONFIG,
          prog: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    targets.set_http_timeouts()
     try:
         if argv[:1] == ["compare"]:
             from . import compare
@@ -93,11 +97,25 @@ def _load_config(args: argparse.Namespace) -> config_mod.SuiteConfig:
     suite = config_mod.load(path)
     if args.config is None:  # the built-in suite writes where the user runs it
         suite = config_mod.with_overrides(suite, output_dir=config_mod.DEFAULT_OUTPUT_DIR)
-    tests = [t.strip() for t in args.tests.split(",") if t.strip()] if args.tests else None
-    return config_mod.with_overrides(
+    tests = [t.strip() for t in args.tests.split(",") if t.strip()] if args.tests is not None else None
+    if tests is not None and not tests:
+        raise UserError("--tests: no test names given; use --tests NAME[,NAME...]")
+    return config_mod.finalize(config_mod.with_overrides(
         suite, output_dir=args.output_dir, num_runs=args.runs, model=args.model, weights=args.weights,
-        dtype=args.dtype, tests=tests, seed=args.seed,
-    )
+        dtype=args.dtype, tests=tests, seed=args.seed, storage=args.storage, processes=_processes(args.processes),
+    ))
+
+
+def _processes(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or any(not 1 <= n <= 256 for n in counts):
+        raise UserError(f"--processes: {text!r} is not a list of process counts from 1 to 256; use e.g. 4 or 1,2,4")
+    return counts
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -107,11 +125,16 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--model: unknown preset {args.model!r}; run --list-models to see the presets")
     suite = _load_config(args)
     workspace.check_output_dir(suite.output_dir)
+    target = targets.parse(suite.storage, suite.output_dir, suite.storage_options)
+    target.check()  # a remote store: endpoint, credentials and bucket, before anything is written
     capacity.check_memory(weights.estimate_bytes(suite.model, suite.weights, suite.dtype))
     source = weights.load(suite.model, suite.weights, suite.dtype)  # converted once, before any timing
-    if suite.weights is not None and suite.output_dir.is_relative_to(suite.weights):
-        raise UserError(f"--output-dir: {suite.output_dir} is inside the weights folder; choose another folder")
-    capacity.check_disk(suite.output_dir, _largest_run_bytes(suite, source), "one run of the largest test")
+    if suite.weights is not None:
+        for folder, what in ((suite.output_dir, "--output-dir"), (getattr(target, "output_dir", None), "--storage")):
+            if folder is not None and folder.is_relative_to(suite.weights):
+                raise UserError(f"{what}: {folder} is inside the weights folder; choose another folder")
+    if target.kind == "local":
+        capacity.check_disk(target.output_dir, _largest_run_bytes(suite, source), "one run of the largest test")
 
     fingerprint = journal.fingerprint(suite.to_json(), source.describe())
     log = journal.Journal(suite.output_dir / journal.JOURNAL_FILE)
@@ -141,7 +164,8 @@ def _run(args: argparse.Namespace) -> int:
     stopped: interrupt.Interrupted | None = None
     try:
         with interrupt.signals_raise():
-            for record in measure.run_suite(runs, source.tensors, suite, _checked(progress.phase), keep=args.keep):
+            for record in measure.run_suite(runs, source.tensors, suite, _checked(progress.phase), keep=args.keep,
+                                            target=target):
                 log.append(record)
                 records.append(record)
                 progress.finished(record)
@@ -150,15 +174,18 @@ def _run(args: argparse.Namespace) -> int:
         stopped = signal_received
     finally:
         progress.close()
-        workspace.remove_runs_dir_if_empty(output_dir)
+        target.finish()
 
     complete = stopped is None and len(records) == len(done) + len(runs)
-    document = results.build(suite, source.describe(), records, env, seed, complete=complete)
+    document = results.build(suite, source.describe(), records, env, seed, complete=complete,
+                             storage=target.describe())
     results_path = results.write(document, output_dir)
     drawn = [plot.draw(document, output_dir / plot.PLOT_FILE)] if any(r.ok for r in records) else []
     if drawn:
         drawn += [p for p in (plot.draw_claims(document, output_dir / plot.CLAIMS_FILE),
-                              sweep_plot.draw_sweep(document, output_dir / sweep_plot.SWEEP_FILE)) if p is not None]
+                              sweep_plot.draw_sweep(document, output_dir / sweep_plot.SWEEP_FILE),
+                              sweep_plot.draw_scaling(document, output_dir / sweep_plot.SCALING_FILE))
+                   if p is not None]
     print(report.full_report(document))
     print(f"\nResults: {results_path}" + "".join(f"\nPlot:    {p}" for p in drawn))
     if stopped is not None:

@@ -70,7 +70,7 @@ def normalize(value: Any, where: str = "compression") -> dict[str, Any] | None:
         if cname not in BLOSC_CNAMES:
             raise UserError(f"{where}.cname: {cname!r} is not a blosc codec; use one of {', '.join(BLOSC_CNAMES)}")
         shuffle = options.get("shuffle", -1)
-        if isinstance(shuffle, bool) or shuffle not in BLOSC_SHUFFLES:
+        if isinstance(shuffle, bool) or not isinstance(shuffle, int) or shuffle not in BLOSC_SHUFFLES:
             raise UserError(f"{where}.shuffle: {shuffle!r} is not valid; use -1 (auto), 0 (none), 1 (byte) or 2 (bit)")
         return {
             "id": "blosc",

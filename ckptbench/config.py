@@ -26,6 +26,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 CACHE_EVICTION = ("auto", "drop_caches", "fadvise", "none")
 DEFAULT_OUTPUT_DIR = "saved_models/phase4_tests"
 MAX_CHUNK_BYTES = 2**32  # 4 GiB: beyond this one chunk is larger than any tensor worth chunking
+MAX_CHUNK_ELEMENTS = 2**30  # 4 GiB of float32
 MAX_CONCURRENCY = 4096
 
 _POSITIVE_INT = {"type": "integer", "minimum": 1}
@@ -64,7 +65,7 @@ TEST_SCHEMA: dict[str, Any] = {
     "properties": {
         "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,99}$"},
         "description": {"type": "string"},
-        "chunk_size_elements": _sweepable({**_POSITIVE_INT, "maximum": MAX_CHUNK_BYTES}),
+        "chunk_size_elements": _sweepable({**_POSITIVE_INT, "maximum": MAX_CHUNK_ELEMENTS}),
         "chunk_bytes": _sweepable(_SIZE),
         "chunk_strategy": _sweepable({"enum": list(chunking.STRATEGIES)}),
         "concurrency_limit": _sweepable({**_POSITIVE_INT, "maximum": MAX_CONCURRENCY}),
@@ -114,6 +115,14 @@ SCHEMA: dict[str, Any] = {
         "dtype": {"enum": list(DTYPES)},
         "output_dir": {"type": "string", "minLength": 1},
         "baseline": {"type": "string"},
+        "storage": {"type": ["string", "null"]},
+        "storage_options": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"endpoint": {"type": "string"}, "region": {"type": "string"},
+                           "max_retries": {"type": "integer", "minimum": 0, "maximum": 100}},
+        },
+        "processes": _sweepable({"type": "integer", "minimum": 1, "maximum": 256}),
         "references": {
             "type": "object",
             "additionalProperties": False,
@@ -153,6 +162,7 @@ class TestSpec:
     file_io_sync: bool = True
     description: str = ""
     expected: dict[str, list[float]] | None = None
+    processes: int = 1  # worker processes that save and load the checkpoint together
     backend: str = "tensorstore"  # or a reference: safetensors, torch_save, device_ceiling
     sweep: dict[str, Any] | None = None  # the swept settings of a sweep point, by field
 
@@ -181,6 +191,9 @@ class SuiteConfig:
     baseline: str
     output_dir: Path
     skipped: tuple[tuple[str, str], ...] = ()  # sweep points that cannot run: (name, reason)
+    storage: str | None = None  # where checkpoints go: None (OUTPUT_DIR/runs), a folder, s3://, gs://, memory://
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    processes: tuple[int, ...] = (1,)  # each value runs every TensorStore test with that many processes
     model: str = weights.DEFAULT_PRESET
     weights: Path | None = None
     dtype: str = "float32"
@@ -270,8 +283,54 @@ def from_dict(
         cache_eviction=testing.get("cache_eviction", defaults.cache_eviction),
         max_inflight_bytes=testing.get("max_inflight_bytes", defaults.max_inflight_bytes),
         noise_pct=float(testing.get("noise_pct", defaults.noise_pct)),
+        storage=data.get("storage"),
+        storage_options=data.get("storage_options", {}),
+        processes=tuple(_as_list(data.get("processes", 1))),
         config_path=config_path,
     )
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def finalize(config: SuiteConfig) -> SuiteConfig:
+    """Apply the suite-wide settings to the tests: the storage target and the process counts.
+
+    - memory:// puts every TensorStore test on the memory kvstore.
+    - Reference rows write local files: with memory:// or a remote store they are skipped.
+    - Several process counts multiply the TensorStore tests (`name_procs=N`); the memory
+      kvstore cannot be shared between processes, so such points are skipped.
+    Call once, after command-line overrides.
+    """
+    storage = (config.storage or "").split("://", 1)[0] if "://" in (config.storage or "") else "local"
+    tests: list[TestSpec] = []
+    skipped = list(config.skipped)
+    counts = sorted(set(config.processes))
+    for test in config.tests:
+        if test.backend != "tensorstore":
+            if storage == "local":
+                tests.append(test)
+            else:
+                skipped.append((test.name, f"reference rows write local files; not run with --storage {config.storage}"))
+            continue
+        if storage == "memory":
+            test = dataclasses.replace(test, kvstore="memory")
+        for count in counts:
+            name = test.name if len(counts) == 1 else f"{test.name}_procs={count}"
+            if count > 1 and test.kvstore == "memory":
+                skipped.append((name, "the memory kvstore lives in one process; it cannot be shared by several"))
+                continue
+            sweep = test.sweep if len(counts) == 1 else {**(test.sweep or {}), "processes": count}
+            tests.append(dataclasses.replace(test, name=name, processes=count, sweep=sweep))
+    if not tests:
+        raise UserError("no test can run with these settings; see the skipped tests: "
+                        + "; ".join(f"{n}: {r}" for n, r in skipped[:3]))
+    names = [t.name for t in tests]
+    baseline = config.baseline
+    if baseline not in names:
+        baseline = next((n for n in names if n.startswith(f"{baseline}_procs=")), names[0])
+    return dataclasses.replace(config, tests=tuple(tests), skipped=tuple(skipped), baseline=baseline)
 
 
 def with_overrides(config: SuiteConfig, **overrides: Any) -> SuiteConfig:

@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from . import cache, storage, workspace
+from . import cache, storage
+from .targets import LocalTarget, ObjectStoreTarget, RunLocation
 from .config import SuiteConfig, TestSpec
 
 
@@ -35,17 +36,20 @@ class Backend(Protocol):
 
     cold_loads: bool  # False where no page cache stands between a load and its data (memory)
 
-    def save(self, tensors: Mapping[str, np.ndarray], directory: Path) -> None: ...
+    def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None: ...
 
-    def load(self, directory: Path) -> dict[str, np.ndarray]: ...
+    def load(self, location: RunLocation) -> dict[str, np.ndarray]: ...
 
-    def footprint(self, directory: Path) -> tuple[int, int, int]:
+    def footprint(self, location: RunLocation) -> tuple[int, int, int]:
         """(bytes of data, bytes allocated, number of files or objects) of a saved checkpoint."""
         ...
 
     def release(self) -> None:
         """Drop whatever was kept between a save and its load."""
         ...
+
+    # Optional: `verify(tensors, loaded) -> list[str]` where the data is checked elsewhere
+    # (worker processes); otherwise `mismatches` compares the loaded arrays here.
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class RunRecord:
     resident_bytes_at_load: int | None = None
     load_cache: str | None = None  # "cold", "partial" or "warm": what the load read from
     verified: bool | None = None
+    process_save_s: list[float] | None = None  # with several processes: each one's time from the common start
+    process_load_s: list[float] | None = None
     error: str | None = None
     fatal: bool = False  # the storage itself failed (full disk, I/O error): the suite must stop
     started_at: float = field(default_factory=time.time)
@@ -109,6 +115,7 @@ def new_seed() -> int:
 
 
 Phase = Callable[[PlannedRun, str], None]
+Target = LocalTarget | ObjectStoreTarget
 
 
 def run_once(
@@ -118,31 +125,38 @@ def run_once(
     config: SuiteConfig,
     on_phase: Phase = lambda run, phase: None,
     keep: bool = False,
+    target: Target | None = None,
 ) -> RunRecord:
     """One save/evict/load/verify cycle. Failures are recorded in the result, never raised."""
+    target = target or LocalTarget(config.output_dir)
     record = RunRecord(planned.test, planned.round, planned.position, planned.warmup)
-    run_dir = None
-    settled = False  # True once no TensorStore operation can still be writing into run_dir
+    location = None
+    settled = False  # True once no TensorStore operation can still be writing into the run's location
     try:
-        run_dir = workspace.new_run_dir(config.output_dir, planned.label)
+        location = target.new_run(planned.label)
+        getattr(backend, "prepare", lambda: None)()  # e.g. start worker processes, before any clock
         on_phase(planned, "save")
-        record.save_s, record.save_cpu_s, record.save_peak_rss_bytes = _timed(lambda: backend.save(tensors, run_dir))
+        record.save_s, record.save_cpu_s, record.save_peak_rss_bytes = _timed(lambda: backend.save(tensors, location))
+        record.process_save_s, record.save_cpu_s = _worker_figures(backend, record.save_cpu_s)
         on_phase(planned, "size")
-        record.size_bytes, record.disk_bytes, record.n_files = backend.footprint(run_dir)
-        if backend.cold_loads:
-            on_phase(planned, "evict")
-            record.eviction = cache.evict(run_dir, config.cache_eviction)
-            record.resident_bytes_at_load = cache.resident_bytes(run_dir)
-            record.load_cache = _cache_state(record.resident_bytes_at_load, record.disk_bytes)
-        else:
+        record.size_bytes, record.disk_bytes, record.n_files = backend.footprint(location)
+        if not backend.cold_loads:
             record.load_cache = "memory"
+        elif location.local_dir is None:
+            record.load_cache = "remote"  # read from the server: no local cache to drop
+        else:
+            on_phase(planned, "evict")
+            record.eviction = cache.evict(location.local_dir, config.cache_eviction)
+            record.resident_bytes_at_load = cache.resident_bytes(location.local_dir)
+            record.load_cache = _cache_state(record.resident_bytes_at_load, record.disk_bytes)
         on_phase(planned, "load")
         loaded: dict[str, np.ndarray] = {}
         record.load_s, record.load_cpu_s, record.load_peak_rss_bytes = _timed(
-            lambda: loaded.update(backend.load(run_dir))
+            lambda: loaded.update(backend.load(location))
         )
+        record.process_load_s, record.load_cpu_s = _worker_figures(backend, record.load_cpu_s)
         on_phase(planned, "verify")
-        mismatched = mismatches(tensors, loaded)
+        mismatched = getattr(backend, "verify", mismatches)(tensors, loaded)
         del loaded
         settled = True
         record.verified = not mismatched
@@ -153,9 +167,15 @@ def run_once(
         record.fatal = storage_failed(exc)
     finally:  # also on Ctrl-C: no half-written checkpoint is left behind
         backend.release()
-        if run_dir is not None and run_dir.exists() and not (keep and record.ok):
-            workspace.remove_owned(run_dir, settle=not settled)
+        if location is not None and not (keep and record.ok):
+            target.remove(location, settle=not settled)
     return record
+
+
+def _worker_figures(backend: Backend, parent_cpu_s: float) -> tuple[list[float] | None, float]:
+    """Per-process seconds, and CPU seconds including the workers', of a multi-process back end."""
+    worker_cpu_s = getattr(backend, "last_worker_cpu_s", None) or 0.0
+    return getattr(backend, "last_process_s", None), parent_cpu_s + worker_cpu_s
 
 
 _STORAGE_FAILURES = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS}
@@ -227,10 +247,21 @@ def mismatches(source: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray
     return bad
 
 
-def backend_for(test: TestSpec, config: SuiteConfig) -> Backend:
-    """The back end that measures a test: TensorStore, or a reference row."""
+def backend_for(test: TestSpec, config: SuiteConfig, target: Target | None = None,
+                pools: dict[int, Any] | None = None) -> Backend:
+    """The back end that measures a test: TensorStore (in this process or N workers), or a reference row."""
+    target = target or LocalTarget(config.output_dir)
+    if test.backend == "tensorstore" and test.processes > 1:
+        from . import distributed
+
+        pools = {} if pools is None else pools
+        pool = pools.setdefault(test.processes, distributed.Pool(
+            test.processes, config.model, None if config.weights is None else str(config.weights), config.dtype))
+        return distributed.DistributedBackend(storage.Layout.of(test, config.dtype), pool, config.max_inflight_bytes,
+                                              context_extra=target.context_spec(), cold_loads=target.cold_loads)
     if test.backend == "tensorstore":
-        return storage.TensorStoreBackend(storage.Layout.of(test, config.dtype), config.max_inflight_bytes)
+        return storage.TensorStoreBackend(storage.Layout.of(test, config.dtype), config.max_inflight_bytes,
+                                          context_extra=target.context_spec(), cold_loads=target.cold_loads)
     from . import references
 
     return references.BACKENDS[test.backend]()
@@ -242,13 +273,20 @@ def run_suite(
     config: SuiteConfig,
     on_phase: Phase = lambda run, phase: None,
     keep: bool = False,
+    target: Target | None = None,
 ) -> Iterator[RunRecord]:
     """Execute a plan, yielding each run's record as soon as it ends; stop after a storage failure."""
-    backends = {t.name: backend_for(t, config) for t in config.tests}
+    target = target or LocalTarget(config.output_dir)
+    pools: dict[int, Any] = {}
+    backends = {t.name: backend_for(t, config, target, pools) for t in config.tests}
     last_round = max((r.round for r in runs), default=0)
-    for planned in runs:
-        record = run_once(planned, tensors, backends[planned.test], config, on_phase,
-                          keep=keep and planned.round == last_round)
-        yield record
-        if record.fatal:
-            return
+    try:
+        for planned in runs:
+            record = run_once(planned, tensors, backends[planned.test], config, on_phase,
+                              keep=keep and planned.round == last_round, target=target)
+            yield record
+            if record.fatal:
+                return
+    finally:  # also on Ctrl-C: stop every worker process
+        for pool in pools.values():
+            pool.stop()

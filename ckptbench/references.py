@@ -22,6 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from .storage import checkpoint_size
+from .targets import RunLocation, as_location
 
 _BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 _IO_BLOCK_BYTES = 64 * 2**20
@@ -56,14 +57,21 @@ def _to_numpy(tensor) -> np.ndarray:
     return tensor.numpy()
 
 
+def _folder(location: RunLocation | Path) -> Path:
+    folder = as_location(location).local_dir
+    if folder is None:
+        raise ValueError("reference rows write local files; they cannot run on a remote --storage")
+    return folder
+
+
 class _FileReference:
     """One file per checkpoint; loads are cold like TensorStore's."""
 
     cold_loads = True
     filename = "checkpoint"
 
-    def footprint(self, directory: Path) -> tuple[int, int, int]:
-        return checkpoint_size(directory)
+    def footprint(self, location: RunLocation | Path) -> tuple[int, int, int]:
+        return checkpoint_size(_folder(location))
 
     def release(self) -> None:
         pass
@@ -72,13 +80,15 @@ class _FileReference:
 class SafetensorsBackend(_FileReference):
     filename = "model.safetensors"
 
-    def save(self, tensors: Mapping[str, np.ndarray], directory: Path) -> None:
+    def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
+        directory = _folder(location)
         from safetensors.torch import save_file
 
         save_file({name: _to_torch(a) for name, a in tensors.items()}, str(directory / self.filename))
         _durable(directory / self.filename)
 
-    def load(self, directory: Path) -> dict[str, np.ndarray]:
+    def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
+        directory = _folder(location)
         from safetensors.torch import load_file
 
         mapped = load_file(str(directory / self.filename))
@@ -88,13 +98,15 @@ class SafetensorsBackend(_FileReference):
 class TorchSaveBackend(_FileReference):
     filename = "model.pt"
 
-    def save(self, tensors: Mapping[str, np.ndarray], directory: Path) -> None:
+    def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
+        directory = _folder(location)
         import torch
 
         torch.save({name: _to_torch(a) for name, a in tensors.items()}, directory / self.filename)
         _durable(directory / self.filename)
 
-    def load(self, directory: Path) -> dict[str, np.ndarray]:
+    def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
+        directory = _folder(location)
         import torch
 
         state = torch.load(directory / self.filename, map_location="cpu", weights_only=True)
@@ -109,7 +121,8 @@ class DeviceCeilingBackend(_FileReference):
     def __init__(self) -> None:
         self._layout: list[tuple[str, tuple[int, ...], np.dtype]] = []
 
-    def save(self, tensors: Mapping[str, np.ndarray], directory: Path) -> None:
+    def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
+        directory = _folder(location)
         self._layout = [(name, a.shape, a.dtype) for name, a in tensors.items()]
         fd = os.open(directory / self.filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -122,7 +135,8 @@ class DeviceCeilingBackend(_FileReference):
             os.close(fd)
         _fsync_path(directory)
 
-    def load(self, directory: Path) -> dict[str, np.ndarray]:
+    def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
+        directory = _folder(location)
         total = sum(int(np.prod(shape)) * dtype.itemsize for _, shape, dtype in self._layout)
         buffer = np.empty(total, dtype=np.uint8)
         with open(directory / self.filename, "rb", buffering=0) as handle:

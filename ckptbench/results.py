@@ -50,6 +50,7 @@ def build(
     environment: Mapping[str, Any],
     seed: int,
     complete: bool,
+    storage: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole results document for a suite (finished or not)."""
     by_test: dict[str, list[dict[str, Any]]] = {t.name: [] for t in config.tests}
@@ -67,7 +68,7 @@ def build(
         "environment": dict(environment),
         "config": config.to_json(),
         "weights": dict(weights_info),
-        "protocol": _protocol(config, all_runs, seed),
+        "protocol": {**_protocol(config, all_runs, seed), "storage": dict(storage or {"kind": "local"})},
         "baseline": config.baseline,
         "tests": tests,
         "skipped_tests": [{"name": name, "reason": reason} for name, reason in config.skipped],
@@ -124,11 +125,18 @@ def _test_entry(test, runs: list[dict[str, Any]], base: dict[str, list[float]], 
 
 
 def _protocol(config: SuiteConfig, runs: list[dict[str, Any]], seed: int) -> dict[str, Any]:
-    states = sorted({r["load_cache"] for r in runs if r["load_cache"] not in (None, "memory")})
+    states = sorted({r["load_cache"] for r in runs if r["load_cache"] not in (None, "memory", "remote")})
+    if not states and any(r["load_cache"] == "remote" for r in runs):
+        states = ["remote"]
     return {
         "save": "timed from the first open until TensorStore reports every write durable "
                 "(file kvstore with file_io_sync on: each file fsync'd), manifest fsync'd",
         "load": "timed from the first open until every array is in memory",
+        "processes": "with several processes, each writes and reads whole chunk rows of every array; "
+                     "save_s and load_s run from the common start to the slowest process (process_save_s, "
+                     "process_load_s hold each one's); CPU includes the workers', peak RSS is the parent's only",
+        "remote_loads": "with s3:// or gs:// storage there is no page cache to drop: loads read from the server "
+                        "(load_cache 'remote'), and sizes come from listing the run's objects",
         "cache_eviction_requested": config.cache_eviction,
         "cache_eviction_used": sorted({r["eviction"] or "none" for r in runs if r["load_cache"] != "memory"}),
         "load_cache": states[0] if len(states) == 1 else ("mixed" if states else None),

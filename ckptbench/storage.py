@@ -33,7 +33,9 @@ import tensorstore as ts
 
 from . import chunking, compression
 from .config import TestSpec
+from .targets import RunLocation, as_location, footprint_of_store
 from .weights import NUMPY_DTYPES
+from .workspace import RUN_MARKER
 
 MANIFEST = "manifest.json"
 OCDBT_DIR = "ocdbt"
@@ -70,22 +72,27 @@ class Layout:
             file_io_sync=test.file_io_sync,
         )
 
-    def context(self) -> ts.Context:
-        """A fresh context: no cache is shared between a save and a load."""
+    def context(self, extra: Mapping[str, Any] | None = None) -> ts.Context:
+        """A fresh context (no cache is shared between a save and a load); `extra` adds a target's resources."""
         spec: dict[str, Any] = {"file_io_concurrency": {"limit": self.concurrency_limit},
-                                "file_io_sync": self.file_io_sync}
+                                "file_io_sync": self.file_io_sync, **(extra or {})}
         if self.data_copy_concurrency is not None:
             spec["data_copy_concurrency"] = {"limit": self.data_copy_concurrency}
         return ts.Context(spec)
 
-    def kvstore_spec(self, directory: Path, name: str) -> dict[str, Any]:
-        """Where the array `name` of the checkpoint in `directory` lives."""
+    def kvstore_spec(self, location: RunLocation, name: str) -> dict[str, Any]:
+        """Where the array `name` of the checkpoint at `location` lives."""
         if self.kvstore == "memory":
-            return {"driver": "memory", "path": f"{directory}/{name}/"}
+            return {"driver": "memory", "path": f"{location.label}/{name}/"}
         if self.kvstore == "ocdbt":
-            return {"driver": "ocdbt", "base": {"driver": "file", "path": f"{directory / OCDBT_DIR}/"},
-                    "path": f"{name}/"}
-        return {"driver": "file", "path": f"{directory / name}/"}
+            return {"driver": "ocdbt", "base": location.child(f"{OCDBT_DIR}/"), "path": f"{name}/"}
+        return location.child(f"{name}/")
+
+    def manifest_store(self, location: RunLocation) -> dict[str, Any]:
+        """The kvstore holding manifest.json: the run root (in memory for the memory kvstore)."""
+        if self.kvstore == "memory":
+            return {"driver": "memory", "path": f"{location.label}/"}
+        return location.base
 
     def chunk_shape(self, shape: tuple[int, ...]) -> list[int]:
         return chunking.chunk_shape(shape, self.chunk_budget_elements, self.chunk_strategy)
@@ -117,14 +124,14 @@ class Layout:
     def driver(self) -> str:
         return "zarr3" if self.format == "zarr3" else "zarr"
 
-    def array_spec(self, directory: Path, name: str, shape: tuple[int, ...], dtype: str) -> dict[str, Any]:
+    def array_spec(self, location: RunLocation | Path, name: str, shape: tuple[int, ...], dtype: str) -> dict[str, Any]:
         """TensorStore spec that creates the array `name` of a checkpoint."""
-        return {"driver": self.driver, "kvstore": self.kvstore_spec(directory, name),
+        return {"driver": self.driver, "kvstore": self.kvstore_spec(as_location(location), name),
                 "metadata": self.metadata(shape, dtype), "create": True,
                 "store_data_equal_to_fill_value": True}
 
-    def open_spec(self, directory: Path, name: str) -> dict[str, Any]:
-        return {"driver": self.driver, "kvstore": self.kvstore_spec(directory, name), "open": True}
+    def open_spec(self, location: RunLocation | Path, name: str) -> dict[str, Any]:
+        return {"driver": self.driver, "kvstore": self.kvstore_spec(as_location(location), name), "open": True}
 
 
 @dataclass
@@ -133,66 +140,82 @@ class TensorStoreBackend:
 
     layout: Layout
     max_inflight_bytes: int
+    context_extra: Mapping[str, Any] = field(default_factory=dict)  # a remote target's resources
+    cold_loads: bool = True
     # The memory kvstore lives in its Context: a save's context must serve the load and the size.
     _memory_context: ts.Context | None = field(default=None, repr=False)
 
-    @property
-    def cold_loads(self) -> bool:
-        return self.layout.kvstore != "memory"
+    def __post_init__(self) -> None:
+        if self.layout.kvstore == "memory":
+            self.cold_loads = False
 
     def _context(self) -> ts.Context:
         if self.layout.kvstore != "memory":
-            return self.layout.context()
+            return self.layout.context(self.context_extra)
         if self._memory_context is None:
-            self._memory_context = self.layout.context()
+            self._memory_context = self.layout.context(self.context_extra)
         return self._memory_context
 
-    def save(self, tensors: Mapping[str, np.ndarray], directory: Path) -> None:
-        save(tensors, directory, self.layout, self.max_inflight_bytes, self._context())
+    def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
+        save(tensors, location, self.layout, self.max_inflight_bytes, self._context())
 
-    def load(self, directory: Path) -> dict[str, np.ndarray]:
-        return load(directory, self.layout, self.max_inflight_bytes, self._context())
+    def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
+        return load(location, self.layout, self.max_inflight_bytes, self._context())
 
-    def footprint(self, directory: Path) -> tuple[int, int, int]:
-        if self.layout.kvstore != "memory":
-            return checkpoint_size(directory)
-        store = ts.KvStore.open({"driver": "memory", "path": f"{directory}/"}, context=self._context()).result()
-        keys = store.list().result()
-        sizes = [len(read.result().value) for read in [store.read(k) for k in keys]]
-        return sum(sizes), sum(sizes), len(sizes)
+    def footprint(self, location: RunLocation | Path) -> tuple[int, int, int]:
+        location = as_location(location)
+        if location.local_dir is not None and self.layout.kvstore != "memory":
+            return checkpoint_size(location.local_dir)
+        return footprint_of_store(self.layout.manifest_store(location), self._context())
 
     def release(self) -> None:
         self._memory_context = None
 
 
-def save(tensors: Mapping[str, np.ndarray], directory: Path, layout: Layout, max_inflight_bytes: int,
+def save(tensors: Mapping[str, np.ndarray], location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
          context: ts.Context | None = None) -> None:
     """Write every tensor and the manifest; returns once TensorStore reports all writes committed
     (durable, unless the layout turns file_io_sync off)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    location = as_location(location)
+    if location.local_dir is not None:
+        location.local_dir.mkdir(parents=True, exist_ok=True)
     names = list(tensors)
     dtype = _dtype_name(next(iter(tensors.values())).dtype) if tensors else "float32"
     context = context or layout.context()
     with _settled() as track:
-        opening = track([ts.open(layout.array_spec(directory, name, tensors[name].shape, dtype), context=context)
+        opening = track([ts.open(layout.array_spec(location, name, tensors[name].shape, dtype), context=context)
                          for name in names])
         stores = [future.result() for future in opening]
         _bounded(((tensors[n].nbytes, lambda s=s, n=n: s.write(tensors[n])) for s, n in zip(stores, names)),
                  max_inflight_bytes, track)
-    manifest = {"format": f"ckptbench-{layout.format}", "dtype": dtype,
-                "tensors": [{"name": n, "shape": list(tensors[n].shape)} for n in names]}
-    _write_file(directory / MANIFEST, json.dumps(manifest, indent=1).encode(), durable=layout.file_io_sync)
+    write_manifest(location, layout, context, {"format": f"ckptbench-{layout.format}", "dtype": dtype,
+                                               "tensors": [{"name": n, "shape": list(tensors[n].shape)} for n in names]})
 
 
-def load(directory: Path, layout: Layout, max_inflight_bytes: int,
+def write_manifest(location: RunLocation, layout: Layout, context: ts.Context, manifest: Mapping[str, Any]) -> None:
+    """manifest.json, written last through the same kvstore (so fsync'd like the arrays where they are)."""
+    store = ts.KvStore.open(layout.manifest_store(location), context=context).result()
+    store.write(MANIFEST, json.dumps(manifest, indent=1).encode()).result()
+
+
+def read_manifest(location: RunLocation, layout: Layout, context: ts.Context) -> dict[str, Any]:
+    store = ts.KvStore.open(layout.manifest_store(location), context=context).result()
+    found = store.read(MANIFEST).result()
+    if found.state != "value":
+        raise FileNotFoundError(f"no {MANIFEST} in the checkpoint at {location.base.get('path')}")
+    return json.loads(bytes(found.value))
+
+
+def load(location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
          context: ts.Context | None = None) -> dict[str, np.ndarray]:
     """Read a checkpoint written by `save` back into memory."""
-    manifest = json.loads((directory / MANIFEST).read_bytes())
+    location = as_location(location)
+    context = context or layout.context()
+    manifest = read_manifest(location, layout, context)
     entries = manifest["tensors"]
     itemsize = NUMPY_DTYPES[manifest["dtype"]].itemsize
-    context = context or layout.context()
     with _settled() as track:
-        opening = track([ts.open(layout.open_spec(directory, e["name"]), context=context) for e in entries])
+        opening = track([ts.open(layout.open_spec(location, e["name"]), context=context) for e in entries])
         stores = [future.result() for future in opening]
         futures = _bounded(((math.prod(e["shape"]) * itemsize, s.read) for s, e in zip(stores, entries)),
                            max_inflight_bytes, track)
@@ -248,27 +271,18 @@ def _bounded(operations: Iterable[tuple[int, Callable[[], ts.Future]]], max_infl
     return started
 
 
-def _write_file(path: Path, data: bytes, durable: bool = True) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _dtype_name(dtype: np.dtype) -> str:
     return next(name for name, np_dtype in NUMPY_DTYPES.items() if np_dtype == dtype)
 
 
 def checkpoint_size(directory: Path) -> tuple[int, int, int]:
-    """(apparent bytes, allocated bytes, file count) of every file under directory."""
+    """(apparent bytes, allocated bytes, file count) of the checkpoint's files under directory
+    (the harness's own ownership marker is not part of the checkpoint)."""
     size_bytes = disk_bytes = n_files = 0
     for root, _dirs, files in os.walk(directory):
         for name in files:
+            if name == RUN_MARKER:
+                continue
             st = os.lstat(os.path.join(root, name))
             size_bytes += st.st_size
             disk_bytes += st.st_blocks * 512

@@ -20,6 +20,8 @@ from .config import SWEEP_FIELDS  # noqa: E402
 from .plot import CEILING, ERRORBAR_NOTE, _source  # noqa: E402
 
 SWEEP_FILE = "sweep_analysis.png"
+SCALING_FILE = "scaling_analysis.png"
+PROCESSES = "processes"
 _CHUNK_FIELDS = ("chunk_bytes", "chunk_size_elements")
 
 
@@ -31,18 +33,19 @@ def _chunk_bytes(settings: Mapping[str, Any], itemsize: int) -> int:
 
 def _label(field: str, settings: Mapping[str, Any]) -> str:
     value = settings["compression_label"] if field == "compression" else settings.get(field)
-    return f"{SWEEP_FIELDS[field]}={value}"
+    return f"{SWEEP_FIELDS.get(field, field)}={value}"
 
 
 def draw_sweep(document: Mapping[str, Any], path: Path) -> Path | None:
     """Draw sweep_analysis.png for the swept tests of a document; None when nothing was swept."""
-    swept = [t for t in document["tests"] if t["settings"].get("sweep")]
+    swept = [t for t in document["tests"] if set(t["settings"].get("sweep") or {}) - {PROCESSES}]
     if not swept:
         return None
     itemsize = max(1, round(document["weights"]["size_bytes"] / max(1, document["weights"]["n_params"])))
-    fields = list(dict.fromkeys(f for t in swept for f in t["settings"]["sweep"]))
+    fields = list(dict.fromkeys(f for t in swept for f in t["settings"]["sweep"] if f != PROCESSES))
     x_field = next((f for f in fields if f in _CHUNK_FIELDS), fields[0])
-    series_fields = [f for f in fields if f != x_field]
+    series_fields = [f for f in fields if f != x_field] + ([PROCESSES] if any(
+        PROCESSES in t["settings"]["sweep"] for t in swept) else [])
 
     def x_of(test: Mapping[str, Any]) -> Any:
         if x_field in _CHUNK_FIELDS:
@@ -95,3 +98,40 @@ def _size(size_bytes: int) -> str:
             value = size_bytes / scale
             return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
     return f"{size_bytes}B"
+
+
+def draw_scaling(document: Mapping[str, Any], path: Path) -> Path | None:
+    """Aggregate save and load GB/s against the number of processes; None unless several counts ran."""
+    scaled = [t for t in document["tests"] if PROCESSES in (t["settings"].get("sweep") or {})]
+    if len({t["settings"]["processes"] for t in scaled}) < 2:
+        return None
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for test in scaled:
+        groups.setdefault(test["name"].rsplit("_procs=", 1)[0], []).append(test)
+    counts = sorted({t["settings"]["processes"] for t in scaled})
+    ceiling = next((t for t in document["tests"] if t["name"] == CEILING), None)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6), constrained_layout=True)
+    for ax, metric, title in ((axes[0], "save_gbps", "Save: aggregate throughput"),
+                              (axes[1], "load_gbps", "Load (cold): aggregate throughput")):
+        for name, tests in groups.items():
+            tests = sorted(tests, key=lambda t: t["settings"]["processes"])
+            stats = [t["stats"][metric] for t in tests]
+            errs = [[0.0, 0.0] if s["ci95"] is None else [s["mean"] - s["ci95"][0], s["ci95"][1] - s["mean"]]
+                    for s in stats]
+            ax.errorbar([t["settings"]["processes"] for t in tests],
+                        [s["mean"] if s["mean"] is not None else float("nan") for s in stats],
+                        yerr=list(zip(*errs)), marker="o", capsize=3, label=name)
+        if ceiling and ceiling["stats"][metric]["mean"]:
+            ax.axhline(ceiling["stats"][metric]["mean"], color="#c1121f", linestyle="--",
+                       label=f"device ceiling (1 process) {ceiling['stats'][metric]['mean']:.2f} GB/s")
+        ax.set_xticks(counts)
+        ax.set_xlabel("processes (each writes/reads whole chunk rows of every array)")
+        ax.set_ylabel("GB/s (tensor bytes / slowest process time)")
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{title}\n{ERRORBAR_NOTE}")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Scaling: {_source(document)}", fontsize=12)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
