@@ -58,12 +58,16 @@ def available_memory_bytes() -> int | None:
     return None
 
 
+def _human(size_bytes: float) -> str:
+    return f"{size_bytes / 1e9:.2f} GB" if size_bytes >= 1e9 else f"{size_bytes / 1e6:.1f} MB"
+
+
 def check_disk(output_dir: Path, need_bytes: int, what: str) -> None:
     free = free_bytes(output_dir)
     if need_bytes * SAFETY > free:
         raise UserError(
-            f"output_dir: {what} needs about {need_bytes / 1e9:.2f} GB on disk but {output_dir} has "
-            f"{free / 1e9:.2f} GB free; free space, choose another --output-dir, or use a smaller --model or --dtype bfloat16"
+            f"output_dir: {what} needs about {_human(need_bytes)} on disk but {output_dir} has "
+            f"{_human(free)} free; free space, choose another --output-dir, or use a smaller --model or --dtype bfloat16"
         )
 
 
@@ -72,6 +76,6 @@ def check_memory(weights_bytes: int) -> None:
     need = 2 * weights_bytes  # the source weights and one loaded copy
     if available is not None and need * SAFETY > available:
         raise UserError(
-            f"memory: the weights ({weights_bytes / 1e9:.1f} GB) plus one loaded copy need about {need / 1e9:.1f} GB "
-            f"but {available / 1e9:.1f} GB is available; use a smaller --model or --dtype bfloat16"
+            f"memory: the weights ({_human(weights_bytes)}) plus one loaded copy need about {_human(need)} "
+            f"but {_human(available)} is available; use a smaller --model or --dtype bfloat16"
         )

@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None, default_config: Path | None = DEFAUL
             return compare.main(argv[1:], _Parser)
         return _run(run_parser(prog, default_config).parse_args(argv))
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + str(exc).replace("\n", "\\n"), file=sys.stderr)  # one line, whatever a path holds
         return UserError.exit_status
 
 
@@ -152,6 +152,7 @@ def _run(args: argparse.Namespace) -> int:
     output_dir = workspace.prepare_output_dir(suite.output_dir)  # the first write
     if not args.resume:
         log.start(fingerprint, seed)
+    done = [r for r in done if r.ok]  # failed runs (a full disk, say) are run again
     finished = {(r.test, r.round) for r in done}
     runs = [r for r in measure.plan([t.name for t in suite.tests], suite.num_runs, suite.warmup_rounds, seed)
             if (r.test, r.round) not in finished]

@@ -99,7 +99,8 @@ def label(compression: dict[str, Any] | None) -> str:
     if "level" in compression:
         return f"{cid}-{compression['level']}"
     if cid == "blosc":
-        return f"blosc-{compression['cname']}-{compression['clevel']}"
+        shuffle = {-1: "", 0: "-noshuffle", 1: "-shuffle", 2: "-bitshuffle"}[compression["shuffle"]]
+        return f"blosc-{compression['cname']}-{compression['clevel']}{shuffle}"
     return cid
 
 

@@ -1,7 +1,8 @@
 """Many writers: N worker processes, like N hosts, saving and loading one checkpoint together.
 
-Each worker holds the same weights (rebuilt from the same source, so no data is
-shipped between processes) and writes or reads only its own slice of every array:
+Each worker sees the parent's weights through one shared-memory block (no copy per
+worker; where shared memory is too small, as in some containers, each worker rebuilds
+the weights from the same source instead) and writes or reads only its own slice of every array:
 a contiguous range of whole chunks along the first dimension, so no two processes
 ever touch one chunk. An array with fewer chunk rows than processes is split over
 as many processes as it has chunk rows; an array of one chunk row (1-D norms, for
@@ -27,7 +28,9 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,11 +83,9 @@ class Job:
     start_at: float  # the common start (time.perf_counter is system-wide monotonic on Linux)
 
 
-def _worker_main(rank: int, conn, model: str, weights_dir: str | None, dtype: str) -> None:
+def _worker_main(rank: int, conn, source: "SharedTensors | WeightSource") -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
-    from . import weights
-
-    tensors = weights.load(model, Path(weights_dir) if weights_dir else None, dtype).tensors
+    tensors = source.open()
     conn.send(("ready", rank))
     while True:
         job: Job | None = conn.recv()
@@ -133,15 +134,75 @@ class WorkerFailed(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class WeightSource:
+    """Rebuild the weights in the worker from the same source as the parent (deterministic)."""
+
+    model: str
+    weights_dir: str | None
+    dtype: str
+
+    def open(self) -> dict[str, np.ndarray]:
+        from . import weights
+
+        return weights.load(self.model, Path(self.weights_dir) if self.weights_dir else None, self.dtype).tensors
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+@dataclass(frozen=True)
+class SharedTensors:
+    """The parent's tensors copied once into a file on /dev/shm (RAM); workers map read-only views.
+
+    A plain file rather than multiprocessing.shared_memory, whose resource tracker
+    would unlink the block when the first worker exits.
+    """
+
+    path: str
+    entries: tuple[tuple[str, tuple[int, ...], str, int], ...]  # name, shape, dtype name, byte offset
+
+    @classmethod
+    def create(cls, tensors: Mapping[str, np.ndarray]) -> "SharedTensors":
+        from .weights import NUMPY_DTYPES
+
+        names = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
+        total = sum(a.nbytes for a in tensors.values())
+        if not SHM_DIR.is_dir() or shutil.disk_usage(SHM_DIR).free < total * 1.1:
+            raise OSError(f"{SHM_DIR} cannot hold {total} bytes")
+        fd, path = tempfile.mkstemp(prefix="ckptbench-weights-", dir=SHM_DIR)
+        entries, offset = [], 0
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for name, array in tensors.items():
+                    handle.write(memoryview(array.reshape(-1).view(np.uint8)))
+                    entries.append((name, tuple(array.shape), names[array.dtype], offset))
+                    offset += array.nbytes
+        except BaseException:
+            os.unlink(path)
+            raise
+        return cls(path, tuple(entries))
+
+    def open(self) -> dict[str, np.ndarray]:
+        from .weights import NUMPY_DTYPES
+
+        mapped = np.memmap(self.path, dtype=np.uint8, mode="r") if self.entries else np.empty(0, np.uint8)
+        return {name: mapped[offset:offset + int(np.prod(shape)) * NUMPY_DTYPES[dtype].itemsize]
+                .view(NUMPY_DTYPES[dtype]).reshape(shape)
+                for name, shape, dtype, offset in self.entries}
+
+    def remove(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
+
+
 @dataclass
 class Pool:
     """N long-lived worker processes, each holding the weights; restarted after any failure."""
 
     processes: int
-    model: str
-    weights_dir: str | None
-    dtype: str
+    fallback: WeightSource  # used where shared memory cannot hold the weights
     _workers: list[Any] = field(default_factory=list)
+    _shared: Any = None
     _conns: list[Any] = field(default_factory=list)
     _coordinator: Any = None
 
@@ -150,14 +211,18 @@ class Pool:
             self._coordinator = ts.ocdbt.DistributedCoordinatorServer({"bind_addresses": ["127.0.0.1:0"]})
         return f"127.0.0.1:{self._coordinator.port}"
 
-    def start(self) -> None:
+    def start(self, tensors: Mapping[str, np.ndarray]) -> None:
         if self._workers:
             return
+        try:
+            source = self._shared = SharedTensors.create(tensors)
+        except OSError:  # no /dev/shm, or a small one as in some containers
+            source = self.fallback
         spawn = multiprocessing.get_context("spawn")
         for rank in range(self.processes):
             parent_end, child_end = spawn.Pipe()
             worker = spawn.Process(target=_worker_main, name=f"ckptbench-worker-{rank}", daemon=True,
-                                   args=(rank, child_end, self.model, self.weights_dir, self.dtype))
+                                   args=(rank, child_end, source))
             worker.start()
             child_end.close()
             self._workers.append(worker)
@@ -169,9 +234,12 @@ class Pool:
 
     def send(self, jobs: list[Job]) -> None:
         for conn, job in zip(self._conns, jobs):
-            conn.send(job)
+            try:
+                conn.send(job)
+            except OSError:  # a dead worker's pipe; `collect` reports the death with its exit code
+                pass
 
-    def collect(self, expected: str, timeout_s: float) -> list[tuple]:
+    def collect(self, expected: str, timeout_s: float, during: str = "start-up") -> list[tuple]:
         """One message of kind `expected` from every worker; any death, error or timeout fails the run."""
         replies: dict[int, tuple] = {}
         deadline = time.monotonic() + timeout_s
@@ -182,22 +250,23 @@ class Pool:
             if not ready:
                 self.stop()
                 raise WorkerFailed(f"workers {sorted(set(range(self.processes)) - set(replies))} did not "
-                                   f"finish within {timeout_s:.0f} s")
+                                   f"finish {during} within {timeout_s:.0f} s")
             for item in ready:
                 if item in waiting:
                     try:
                         message = item.recv()
-                    except EOFError:
-                        continue  # its sentinel reports the death
+                    except (EOFError, OSError):
+                        continue  # the worker died: its sentinel reports how
                     if message[0] == "error":
                         self.stop()
                         raise WorkerFailed(message[1])
                     replies[waiting[item]] = message
                 elif item in sentinels and sentinels[item] not in replies:
                     rank = sentinels[item]
-                    code = self._workers[rank].exitcode
+                    self._workers[rank].join(timeout=5)  # reap it, so its exit code is known
+                    pid, code = self._workers[rank].pid, self._workers[rank].exitcode
                     self.stop()
-                    raise WorkerFailed(f"worker {rank} exited with code {code} during {expected}")
+                    raise WorkerFailed(f"worker {rank} (pid {pid}) exited with code {code} during {during}")
         return [replies[r] for r in range(self.processes)]
 
     def stop(self) -> None:
@@ -217,7 +286,9 @@ class Pool:
                 worker.join()
         for conn in self._conns:
             conn.close()
-        self._workers, self._conns = [], []
+        if self._shared is not None:
+            self._shared.remove()
+        self._workers, self._conns, self._shared = [], [], None
         self._coordinator = None
 
 
@@ -229,7 +300,7 @@ class DistributedBackend:
     pool: Pool
     max_inflight_bytes: int
     context_extra: dict[str, Any] = field(default_factory=dict)
-    cold_loads: bool = True
+    in_memory = False
     last_process_s: list[float] | None = None
     last_worker_cpu_s: float | None = None
     _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -251,13 +322,13 @@ class DistributedBackend:
 
     def _run(self, op: str, location: RunLocation, start_at: float) -> None:
         self.pool.send(self._jobs(op, location, start_at))
-        replies = self.pool.collect("done", PHASE_TIMEOUT_S)
+        replies = self.pool.collect("done", PHASE_TIMEOUT_S, during=op)
         self.last_process_s = [reply[1] for reply in replies]
         self.last_worker_cpu_s = sum(reply[2] for reply in replies)
 
-    def prepare(self) -> None:
-        """Start the workers (spawn, import, rebuild the weights) before any clock starts."""
-        self.pool.start()
+    def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Start the workers (spawn, import, map the weights) before any clock starts."""
+        self.pool.start(tensors)
 
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None:
         start_at = time.perf_counter()
@@ -280,7 +351,8 @@ class DistributedBackend:
         return {}  # the data stays in the workers, which verify it
 
     def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
-        return sorted({name for reply in self.pool.collect("verified", PHASE_TIMEOUT_S) for name in reply[1]})
+        replies = self.pool.collect("verified", PHASE_TIMEOUT_S, during="verification")
+        return sorted({name for reply in replies for name in reply[1]})
 
     def footprint(self, location: RunLocation) -> tuple[int, int, int]:
         return storage.TensorStoreBackend(self.layout, self.max_inflight_bytes, self.context_extra).footprint(location)

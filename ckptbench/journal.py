@@ -26,10 +26,11 @@ _NOT_FINGERPRINTED = ("output_dir", "config_path", "seed")
 
 def fingerprint(config_json: Mapping[str, Any], weights_info: Mapping[str, Any]) -> dict[str, Any]:
     """What must be identical for runs to belong to one suite."""
-    return {
+    suite = {
         "config": {k: v for k, v in config_json.items() if k not in _NOT_FINGERPRINTED},
         "weights": dict(weights_info),
     }
+    return json.loads(json.dumps(suite))  # as it will read back from the journal (tuples become lists)
 
 
 class Journal:
@@ -46,9 +47,9 @@ class Journal:
         self._write_lines([{"type": "run", **record.to_json()}], mode="a")
 
     def _write_lines(self, entries: list[Mapping[str, Any]], mode: str) -> None:
+        text = "".join(json.dumps(entry, allow_nan=False) + "\n" for entry in entries)  # fail before touching the file
         with open(self.path, mode, encoding="utf-8") as handle:
-            for entry in entries:
-                handle.write(json.dumps(entry, allow_nan=False) + "\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
 

@@ -34,7 +34,7 @@ from .config import SuiteConfig, TestSpec
 class Backend(Protocol):
     """A way to write a checkpoint into a folder and read it back: what a test measures."""
 
-    cold_loads: bool  # False where no page cache stands between a load and its data (memory)
+    in_memory: bool  # True where the checkpoint lives in RAM (memory kvstore): no page cache to drop
 
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None: ...
 
@@ -134,13 +134,13 @@ def run_once(
     settled = False  # True once no TensorStore operation can still be writing into the run's location
     try:
         location = target.new_run(planned.label)
-        getattr(backend, "prepare", lambda: None)()  # e.g. start worker processes, before any clock
+        getattr(backend, "prepare", lambda tensors: None)(tensors)  # e.g. start worker processes, before any clock
         on_phase(planned, "save")
         record.save_s, record.save_cpu_s, record.save_peak_rss_bytes = _timed(lambda: backend.save(tensors, location))
         record.process_save_s, record.save_cpu_s = _worker_figures(backend, record.save_cpu_s)
         on_phase(planned, "size")
         record.size_bytes, record.disk_bytes, record.n_files = backend.footprint(location)
-        if not backend.cold_loads:
+        if backend.in_memory:
             record.load_cache = "memory"
         elif location.local_dir is None:
             record.load_cache = "remote"  # read from the server: no local cache to drop
@@ -255,13 +255,14 @@ def backend_for(test: TestSpec, config: SuiteConfig, target: Target | None = Non
         from . import distributed
 
         pools = {} if pools is None else pools
-        pool = pools.setdefault(test.processes, distributed.Pool(
-            test.processes, config.model, None if config.weights is None else str(config.weights), config.dtype))
+        source = distributed.WeightSource(config.model, None if config.weights is None else str(config.weights),
+                                          config.dtype)
+        pool = pools.setdefault(test.processes, distributed.Pool(test.processes, source))
         return distributed.DistributedBackend(storage.Layout.of(test, config.dtype), pool, config.max_inflight_bytes,
-                                              context_extra=target.context_spec(), cold_loads=target.cold_loads)
+                                              context_extra=target.context_spec())
     if test.backend == "tensorstore":
         return storage.TensorStoreBackend(storage.Layout.of(test, config.dtype), config.max_inflight_bytes,
-                                          context_extra=target.context_spec(), cold_loads=target.cold_loads)
+                                          context_extra=target.context_spec())
     from . import references
 
     return references.BACKENDS[test.backend]()

@@ -67,7 +67,7 @@ def _folder(location: RunLocation | Path) -> Path:
 class _FileReference:
     """One file per checkpoint; loads are cold like TensorStore's."""
 
-    cold_loads = True
+    in_memory = False
     filename = "checkpoint"
 
     def footprint(self, location: RunLocation | Path) -> tuple[int, int, int]:

@@ -116,8 +116,9 @@ def _test_entry(test, runs: list[dict[str, Any]], base: dict[str, list[float]], 
     for metric in ("save_s", "load_s"):
         entry["warnings"] += [f"{test.name}: {w}" for w in stats.warnings_for(metric, mine[metric])]
     if not test.durable:
-        entry["warnings"].append(f"{test.name}: file_io_sync is off: its saves are {NOT_DURABLE} "
-                                 "(data may still be in the page cache when the clock stops)")
+        why = ("it lives in memory and never reaches a disk" if test.kvstore == "memory"
+               else "file_io_sync is off: data may still be in the page cache when the clock stops")
+        entry["warnings"].append(f"{test.name}: its saves are {NOT_DURABLE}: {why}")
     for run in runs:
         if run["error"] is not None:
             entry["warnings"].append(f"{test.name}: round {run['round']} failed: {run['error']}")

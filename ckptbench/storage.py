@@ -141,13 +141,12 @@ class TensorStoreBackend:
     layout: Layout
     max_inflight_bytes: int
     context_extra: Mapping[str, Any] = field(default_factory=dict)  # a remote target's resources
-    cold_loads: bool = True
     # The memory kvstore lives in its Context: a save's context must serve the load and the size.
     _memory_context: ts.Context | None = field(default=None, repr=False)
 
-    def __post_init__(self) -> None:
-        if self.layout.kvstore == "memory":
-            self.cold_loads = False
+    @property
+    def in_memory(self) -> bool:
+        return self.layout.kvstore == "memory"
 
     def _context(self) -> ts.Context:
         if self.layout.kvstore != "memory":

@@ -60,7 +60,6 @@ class LocalTarget:
 
     output_dir: Path
     kind: str = "local"
-    cold_loads: bool = True
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": str(self.output_dir / workspace.RUNS_DIR)}
@@ -91,7 +90,6 @@ class ObjectStoreTarget:
     bucket: str
     prefix: str
     options: Mapping[str, Any] = field(default_factory=dict)
-    cold_loads: bool = False  # no page cache stands between a load and the server
 
     @property
     def url(self) -> str:
@@ -138,7 +136,7 @@ class ObjectStoreTarget:
             raise UserError(f"--storage: {self.url} did not answer within {PREFLIGHT_TIMEOUT_S:.0f} s; "
                             "check the endpoint (AWS_ENDPOINT_URL) and the network") from None
         except Exception as exc:  # TensorStore reports every remote failure as ValueError or similar
-            reason = str(exc).splitlines()[0]
+            reason = str(exc).splitlines()[0].split(" [http_response_body")[0]
             hint = ("create the bucket or fix the URL" if "NoSuchBucket" in reason or "NOT_FOUND" in reason
                     else "check the endpoint, region and credentials (AWS_* variables or storage_options)")
             raise UserError(f"--storage: cannot list {self.url} ({reason[:200]}); {hint}") from None

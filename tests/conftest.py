@@ -1,0 +1,117 @@
+"""Shared helpers: the repository's paths, config files, tiny weights, real HF checkpoints, in-process CLI runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_CONFIG = REPO / "phase4_config.json"
+BUILTIN_CONFIG = REPO / "ckptbench" / "phase4_default.json"
+STREAMLINED = REPO / "run_phase4_streamlined.py"
+FRAMEWORK = REPO / "phase4_optimization_testing.py"
+
+# No test may reach the network; transformers and huggingface_hub honour these.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def minimal_config(**top: Any) -> dict[str, Any]:
+    """A small valid config: a raw baseline and one second test; keyword arguments set top-level keys."""
+    data: dict[str, Any] = {
+        "model": "tiny",
+        "baseline": "baseline",
+        "testing": {"num_runs": 1},
+        "test_configurations": [
+            {"name": "baseline", "chunk_size_elements": 16384, "concurrency_limit": 1, "compression": "none"},
+            {"name": "fast", "chunk_size_elements": 262144, "concurrency_limit": 8,
+             "compression": {"id": "gzip", "level": 1}},
+        ],
+    }
+    data.update(top)
+    return data
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """write_config(dict_or_text, name="config.json") -> path of the file written under tmp_path."""
+
+    def write(content: Any, name: str = "config.json") -> Path:
+        path = tmp_path / name
+        path.write_text(content if isinstance(content, str) else json.dumps(content, indent=1), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def run_cli(capsys) -> Callable[..., tuple[int, str, str]]:
+    """run_cli(*argv) -> (exit status, stdout, stderr) of ckptbench.cli.main, run in this process."""
+    from ckptbench import cli
+
+    def run(*argv: Any) -> tuple[int, str, str]:
+        capsys.readouterr()  # drop whatever came before
+        status = cli.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_weights():
+    """The `tiny` preset in float32, made once per session (read-only: do not modify the arrays)."""
+    from ckptbench import weights
+
+    made = weights.from_preset("tiny", "float32")
+    for array in made.tensors.values():
+        array.flags.writeable = False
+    return made
+
+
+def small_llama_config(tie_word_embeddings: bool = False):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=128, tie_word_embeddings=tie_word_embeddings)
+
+
+@pytest.fixture(scope="session")
+def hf_model():
+    """A tiny LlamaForCausalLM whose every parameter (norms included) holds distinct random values."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(1234)
+    model = LlamaForCausalLM(small_llama_config())
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn_like(param) * 0.02)
+    return model
+
+
+def reference_state(model) -> dict[str, np.ndarray]:
+    """The model's parameters as float32 numpy arrays, keyed as save_pretrained keys them."""
+    return {name: t.detach().cpu().numpy().copy() for name, t in model.state_dict().items()}
+
+
+def bits(array: np.ndarray) -> np.ndarray:
+    """The raw bytes of an array, for bit-for-bit comparison (NaN and -0.0 included)."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+
+def assert_same_bits(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> None:
+    assert sorted(got) == sorted(expected)
+    for name, want in expected.items():
+        assert got[name].dtype == want.dtype, name
+        assert got[name].shape == want.shape, name
+        assert np.array_equal(bits(got[name]), bits(want)), name

@@ -1,0 +1,223 @@
+"""Reference rows (safetensors, torch.save, the device ceiling): real files in temporary folders, one timed run
+through measure.run_once, and an end-to-end CLI run whose results.json reports against the ceiling."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from conftest import assert_same_bits
+from ckptbench import config, measure, references, results, workspace
+
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+FILENAMES = {"safetensors": "model.safetensors", "torch_save": "model.pt", "device_ceiling": "sequential.bin"}
+COST = ("save_cpu_s", "load_cpu_s", "save_peak_rss_bytes", "load_peak_rss_bytes")
+
+
+def _tensors(dtype: str) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    special = np.array([np.nan, -0.0, np.inf, -np.inf, 1e-40], dtype=np.float32)
+    first = rng.standard_normal((33, 17), dtype=np.float32)
+    first.reshape(-1)[: special.size] = special
+    arrays = {"model.embed_tokens.weight": first,
+              "model.norm.weight": rng.standard_normal(129, dtype=np.float32),
+              "lm_head.weight": rng.standard_normal((8, 4, 3), dtype=np.float32)}
+    return {k: np.ascontiguousarray(v.astype(DTYPES[dtype])) for k, v in arrays.items()}
+
+
+@pytest.fixture
+def fsynced(monkeypatch):
+    """The real os.fsync, recording the path of every descriptor it syncs."""
+    paths: list[Path] = []
+    real = os.fsync
+
+    def spy(fd):
+        paths.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return paths
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("name", list(references.BACKENDS))
+def test_reference_round_trip_is_bit_exact_and_durable(tmp_path, name, dtype, fsynced):
+    tensors = _tensors(dtype)
+    backend = references.BACKENDS[name]()
+    directory = tmp_path / name
+    directory.mkdir()
+    backend.save(tensors, directory)
+    file = directory / FILENAMES[name]
+    assert [p.name for p in directory.iterdir()] == [file.name]
+    # the file and its folder were fsync'd (the new directory entry must survive a crash too)
+    assert file in fsynced and directory in fsynced, fsynced
+    loaded = backend.load(directory)
+    assert_same_bits(tensors, loaded)
+    size_bytes, disk_bytes, n_files = backend.footprint(directory)
+    assert (size_bytes, n_files) == (file.stat().st_size, 1)
+    assert disk_bytes == file.stat().st_blocks * 512
+    data_bytes = sum(a.nbytes for a in tensors.values())
+    if name == "device_ceiling":
+        assert size_bytes == data_bytes  # the bytes back to back, nothing else
+    else:
+        assert data_bytes < size_bytes < data_bytes + 64 * 1024  # the data plus a header
+
+
+@pytest.mark.parametrize("name", ["safetensors", "torch_save"])
+def test_reference_files_are_readable_by_their_own_libraries(tmp_path, name):
+    tensors = _tensors("bfloat16")
+    references.BACKENDS[name]().save(tensors, tmp_path)
+    if name == "safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(tmp_path / FILENAMES[name]), framework="pt") as handle:
+            shapes = {key: tuple(handle.get_tensor(key).shape) for key in handle.keys()}
+            dtypes = {str(handle.get_tensor(key).dtype) for key in handle.keys()}
+    else:
+        import torch
+
+        state = torch.load(tmp_path / FILENAMES[name], weights_only=True)
+        shapes = {key: tuple(t.shape) for key, t in state.items()}
+        dtypes = {str(t.dtype) for t in state.values()}
+    assert shapes == {k: v.shape for k, v in tensors.items()}
+    assert dtypes == {"torch.bfloat16"}
+
+
+def test_device_ceiling_file_is_the_tensors_in_order(tmp_path):
+    tensors = _tensors("float32")
+    references.DeviceCeilingBackend().save(tensors, tmp_path)
+    expected = b"".join(a.tobytes() for a in tensors.values())
+    assert (tmp_path / FILENAMES["device_ceiling"]).read_bytes() == expected
+
+
+@pytest.mark.parametrize("name", list(references.BACKENDS))
+def test_run_once_with_a_reference_records_a_cold_verified_load(tmp_path, name):
+    tensors = _tensors("bfloat16")
+    suite = config.from_dict({"dtype": "bfloat16", "references": {name: True}, "test_configurations": [
+        {"name": "raw", "chunk_bytes": "64KB", "concurrency_limit": 1}]}, base_dir=tmp_path)
+    suite = config.with_overrides(suite, output_dir=tmp_path / "out")
+    test = suite.test(name)
+    assert (test.backend, test.durable) == (name, True)
+    backend = measure.backend_for(test, suite)
+    assert isinstance(backend, references.BACKENDS[name])
+    workspace.prepare_output_dir(suite.output_dir)
+    record = measure.run_once(measure.PlannedRun(name, 0, 0), tensors, backend, suite)
+    assert record.error is None, record.error
+    assert record.verified is True
+    assert record.load_cache == "cold"
+    assert record.eviction in ("drop_caches", "fadvise")
+    assert record.save_s > 0 and record.load_s > 0
+    assert all(getattr(record, metric) is not None for metric in COST)
+    assert record.size_bytes >= sum(a.nbytes for a in tensors.values())
+    assert not (suite.output_dir / workspace.RUNS_DIR / "raw-r0").exists()
+    assert not any((suite.output_dir / workspace.RUNS_DIR).glob(f"{name}-r0"))  # the run folder is gone
+
+
+def test_run_once_catches_a_corrupted_reference_load(tmp_path):
+    """The verification a reference run reports is able to fail."""
+    tensors = _tensors("float32")
+
+    class Corrupting(references.TorchSaveBackend):
+        def load(self, location):
+            loaded = super().load(location)
+            loaded["model.norm.weight"] = loaded["model.norm.weight"] + np.float32(1)
+            return loaded
+
+    suite = config.with_overrides(config.from_dict({"references": {"torch_save": True}, "test_configurations": [
+        {"name": "raw", "chunk_bytes": "64KB", "concurrency_limit": 1}]}), output_dir=tmp_path / "out")
+    workspace.prepare_output_dir(suite.output_dir)
+    record = measure.run_once(measure.PlannedRun("torch_save", 0, 0), tensors, Corrupting(), suite)
+    assert record.verified is False
+    assert "model.norm.weight" in record.error
+
+
+# --- end to end: the CLI on the tiny preset -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    """One real CLI run on `tiny`: a raw baseline, gzip, a not-durable test and all three references, 2 runs."""
+    from ckptbench import cli
+
+    root = tmp_path_factory.mktemp("refs")
+    cfg = {
+        "model": "tiny",
+        "baseline": "raw",
+        "references": {"safetensors": True, "torch_save": True, "device_ceiling": True},
+        "testing": {"num_runs": 2, "seed": 7},
+        "test_configurations": [
+            {"name": "raw", "chunk_bytes": "256KB", "concurrency_limit": 8, "compression": "none"},
+            {"name": "gzip", "chunk_bytes": "256KB", "concurrency_limit": 8, "compression": {"id": "gzip", "level": 1}},
+            {"name": "nosync", "chunk_bytes": "256KB", "concurrency_limit": 8, "compression": "none",
+             "file_io_sync": False},
+        ],
+    }
+    path = root / "refs.json"
+    path.write_text(json.dumps(cfg))
+    out = root / "out"
+    status = cli.main(["--config", str(path), "--output-dir", str(out), "--no-progress"])
+    return status, json.loads((out / results.RESULTS_FILE).read_text()), out
+
+
+def _by_name(document):
+    return {t["name"]: t for t in document["tests"]}
+
+
+def test_e2e_runs_every_reference_and_verifies(e2e):
+    status, document, out = e2e
+    assert status == 0
+    assert document["complete"] is True
+    tests = _by_name(document)
+    assert list(tests) == ["raw", "gzip", "nosync", "safetensors", "torch_save", "device_ceiling"]
+    for name in ("safetensors", "torch_save", "device_ceiling"):
+        assert tests[name]["settings"]["backend"] == name
+    for test in tests.values():
+        assert len(test["runs"]) == 2 and test["failed_runs"] == 0, test["name"]
+        assert all(r["verified"] is True for r in test["runs"]), test["name"]
+    assert not (out / workspace.RUNS_DIR).exists()  # every run folder was removed
+
+
+def test_e2e_device_ceiling_is_100_pct_and_everyone_has_a_fraction(e2e):
+    _, document, _ = e2e
+    tests = _by_name(document)
+    assert tests["device_ceiling"]["pct_of_ceiling"] == {"save_gbps": pytest.approx(100.0),
+                                                         "load_gbps": pytest.approx(100.0)}
+    for name, test in tests.items():
+        fractions = test["pct_of_ceiling"]
+        assert set(fractions) == {"save_gbps", "load_gbps"}, name
+        for metric, pct in fractions.items():
+            assert isinstance(pct, float) and pct > 0, (name, metric, pct)
+            # the fraction is the test's mean throughput over the ceiling's, from the same document
+            ratio = test["stats"][metric]["mean"] / tests["device_ceiling"]["stats"][metric]["mean"]
+            assert pct == pytest.approx(100.0 * ratio), (name, metric)
+
+
+def test_e2e_cost_stats_exist_per_test(e2e):
+    _, document, _ = e2e
+    for test in document["tests"]:
+        for metric in COST:
+            summary = test["stats"][metric]
+            assert summary["n"] == 2, (test["name"], metric)
+            assert summary["mean"] is not None and summary["mean"] >= 0, (test["name"], metric)
+            assert all(run[metric] is not None for run in test["runs"]), (test["name"], metric)
+            assert all(isinstance(run[metric], (int, float)) and run[metric] >= 0 for run in test["runs"])
+        assert all(isinstance(run["save_peak_rss_bytes"], int) for run in test["runs"]), test["name"]
+
+
+def test_e2e_not_durable_test_is_labelled_and_warned(e2e):
+    _, document, _ = e2e
+    tests = _by_name(document)
+    nosync = tests["nosync"]
+    assert nosync["durable"] is False
+    assert nosync["settings"]["file_io_sync"] is False
+    assert results.NOT_DURABLE in nosync["labels"]
+    assert any("not durable" in w and w.startswith("nosync:") for w in nosync["warnings"])
+    assert any("nosync" in w and "not durable" in w for w in document["warnings"])
+    for name in ("raw", "gzip", "safetensors", "torch_save", "device_ceiling"):
+        assert tests[name]["durable"] is True and results.NOT_DURABLE not in tests[name]["labels"], name
+        assert not any("not durable" in w for w in tests[name]["warnings"]), name

@@ -1,0 +1,283 @@
+"""Sweeps: expanding lists into a cross product, sizes, invalid points, a real CLI sweep on `tiny`,
+and the example configs shipped in sweeps/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from ckptbench import config, results, sweep_plot
+from ckptbench.errors import UserError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SWEEPS = REPO / "sweeps"
+MiB = 2**20
+
+
+# --- expand_sweep -------------------------------------------------------------------------------------------
+
+
+def test_cross_product_count_names_and_fixed_fields():
+    raw = {"name": "s", "chunk_bytes": ["64KB", "256KB", "1MB"], "concurrency_limit": [1, 32],
+           "compression": "none", "format": "zarr2", "description": "d"}
+    points = config.expand_sweep(raw)
+    assert len(points) == 6
+    assert [p["name"] for p in points] == [
+        "s_chunk=64KB_conc=1", "s_chunk=64KB_conc=32", "s_chunk=256KB_conc=1",
+        "s_chunk=256KB_conc=32", "s_chunk=1MB_conc=1", "s_chunk=1MB_conc=32"]
+    for point in points:
+        assert point["compression"] == "none" and point["format"] == "zarr2" and point["description"] == "d"
+        assert set(point["_sweep"]) == {"chunk_bytes", "concurrency_limit"}
+        assert point["chunk_bytes"] == point["_sweep"]["chunk_bytes"]
+    assert points[3]["_sweep"] == {"chunk_bytes": "256KB", "concurrency_limit": 32}
+    assert raw["chunk_bytes"] == ["64KB", "256KB", "1MB"]  # the input is not modified
+
+
+def test_a_test_without_lists_is_one_point_and_keeps_its_name():
+    raw = {"name": "plain", "chunk_bytes": "1MB", "concurrency_limit": 4, "compression": {"id": "gzip", "level": 6}}
+    assert config.expand_sweep(raw) == [raw]
+
+
+def test_point_names_label_every_swept_field():
+    raw = {"name": "x", "chunk_size_elements": [16384], "chunk_strategy": ["divisor"], "concurrency_limit": 2,
+           "compression": ["none", {"id": "zstd", "level": 3}, {"id": "blosc", "cname": "zstd", "clevel": 3}],
+           "kvstore": ["memory"], "data_copy_concurrency": [None, 2], "file_io_sync": [True, False]}
+    names = [p["name"] for p in config.expand_sweep(raw)]
+    assert len(names) == 1 * 1 * 3 * 1 * 2 * 2
+    assert names[0] == "x_elems=16384_strategy=divisor_comp=none_kv=memory_copy=default_sync=on"
+    assert "x_elems=16384_strategy=divisor_comp=zstd-3_kv=memory_copy=2_sync=off" in names
+    assert "x_elems=16384_strategy=divisor_comp=blosc-zstd-3_kv=memory_copy=default_sync=on" in names
+
+
+def test_loaded_sweep_points_carry_their_settings():
+    suite = config.from_dict({"test_configurations": [
+        {"name": "s", "chunk_bytes": ["64KB", "t5x"], "concurrency_limit": [1, 16], "compression": "gzip"}]})
+    assert [t.name for t in suite.tests] == ["s_chunk=64KB_conc=1", "s_chunk=64KB_conc=16",
+                                             "s_chunk=64MB_conc=1", "s_chunk=64MB_conc=16"]
+    point = suite.test("s_chunk=64MB_conc=16")
+    assert (point.chunk_bytes, point.concurrency_limit) == (64 * MiB, 16)
+    assert point.compression == {"id": "gzip", "level": 1}  # the fixed field, normalized, on every point
+    assert point.sweep == {"chunk_bytes": "t5x", "concurrency_limit": 16}
+    assert suite.baseline == "s_chunk=64KB_conc=1"  # no baseline given: the first point
+    assert suite.skipped == ()
+
+
+# --- sizes --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("64KB", 65536), ("t5x", 64 * MiB), ("T5X", 64 * MiB), ("1MiB", MiB), ("1MB", MiB), ("16MB", 16 * MiB),
+    (" 256 KB ", 262144), ("1.5MB", 3 * MiB // 2), ("2GiB", 2 * 2**30), ("512B", 512), ("4096", 4096), (4096, 4096),
+])
+def test_parse_size(text, expected):
+    assert config.parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0KB", "5GB", "0"])
+def test_parse_size_out_of_range_is_a_user_error(text):
+    with pytest.raises(UserError, match="out of range"):
+        config.parse_size(text, "test 's' field chunk_bytes")
+
+
+@pytest.mark.parametrize("size, label", [(65536, "64KB"), (MiB, "1MB"), (64 * MiB, "64MB"), (2**30, "1GB"),
+                                         (3 * MiB // 2, "1536KB"), (1000, "1000B")])
+def test_size_label(size, label):
+    assert config.size_label(size) == label
+    assert config.parse_size(label) == size
+
+
+def test_a_size_string_that_is_not_a_size_is_rejected_in_a_config():
+    with pytest.raises(UserError, match="not a size"):
+        config.from_dict({"test_configurations": [{"name": "s", "chunk_bytes": ["64KB", "lots"], "concurrency_limit": 1}]})
+
+
+# --- invalid points -----------------------------------------------------------------------------------------
+
+
+def test_invalid_combinations_are_skipped_with_a_reason():
+    suite = config.from_dict({"test_configurations": [
+        {"name": "s", "chunk_bytes": "1MB", "concurrency_limit": 4,
+         "compression": ["none", "bz2", {"id": "zstd", "level": 3}], "format": ["zarr2", "zarr3"]}]})
+    assert [t.name for t in suite.tests] == ["s_comp=none_fmt=zarr2", "s_comp=none_fmt=zarr3", "s_comp=bz2-1_fmt=zarr2",
+                                             "s_comp=zstd-3_fmt=zarr2", "s_comp=zstd-3_fmt=zarr3"]
+    assert len(suite.skipped) == 1
+    name, reason = suite.skipped[0]
+    assert name == "s_comp=bz2-1_fmt=zarr3"
+    assert "zarr3" in reason and "bz2" in reason and "\n" not in reason
+    assert not reason.startswith("config")  # the reason, without the location prefix
+    assert suite.to_json()["skipped"] == [[name, reason]]
+
+
+def test_shard_points_that_cannot_be_sharded_are_skipped():
+    suite = config.from_dict({"test_configurations": [
+        {"name": "sh", "chunk_bytes": "1MB", "concurrency_limit": 4, "shard_bytes": ["64KB", "16MB"],
+         "format": ["zarr2", "zarr3"]}]})
+    assert [t.name for t in suite.tests] == ["sh_fmt=zarr3_shard=16MB"]
+    reasons = dict(suite.skipped)
+    assert set(reasons) == {"sh_fmt=zarr2_shard=64KB", "sh_fmt=zarr2_shard=16MB", "sh_fmt=zarr3_shard=64KB"}
+    assert "zarr3" in reasons["sh_fmt=zarr2_shard=16MB"]
+    assert "smaller than chunk_bytes" in reasons["sh_fmt=zarr3_shard=64KB"]
+
+
+def test_a_sweep_with_no_valid_point_is_a_user_error():
+    with pytest.raises(UserError) as caught:
+        config.from_dict({"test_configurations": [
+            {"name": "dead", "chunk_bytes": "1MB", "concurrency_limit": [1, 8], "compression": "bz2",
+             "format": "zarr3"}]})
+    message = str(caught.value)
+    assert "'dead'" in message and "no combination" in message and "bz2" in message and "\n" not in message
+
+
+def test_a_single_invalid_test_is_an_error_not_a_skip():
+    with pytest.raises(UserError, match="zarr3 has no 'zlib' codec"):
+        config.from_dict({"test_configurations": [
+            {"name": "one", "chunk_bytes": "1MB", "concurrency_limit": 1, "compression": "zlib", "format": "zarr3"}]})
+
+
+def test_the_baseline_can_name_a_sweep_point_but_not_a_skipped_one():
+    raw = {"name": "s", "chunk_bytes": ["64KB", "1MB"], "concurrency_limit": 1, "format": "zarr3",
+           "compression": ["none", "bz2"]}
+    assert config.from_dict({"baseline": "s_chunk=1MB_comp=none", "test_configurations": [raw]}).baseline == \
+        "s_chunk=1MB_comp=none"
+    with pytest.raises(UserError, match="baseline"):
+        config.from_dict({"baseline": "s_chunk=1MB_comp=bz2-1", "test_configurations": [raw]})
+
+
+# --- a real sweep through the CLI ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_sweep(tmp_path_factory):
+    from ckptbench import cli
+
+    root = tmp_path_factory.mktemp("sweep")
+    cfg = {
+        "model": "tiny",
+        "references": {"device_ceiling": True},
+        "testing": {"num_runs": 1, "seed": 3},
+        "test_configurations": [
+            {"name": "s", "chunk_bytes": ["64KB", "1MB"], "concurrency_limit": 16,
+             "compression": ["none", "bz2"], "format": ["zarr2", "zarr3"]},
+        ],
+    }
+    path = root / "sweep.json"
+    path.write_text(json.dumps(cfg))
+    out = root / "out"
+    status = cli.main(["--config", str(path), "--output-dir", str(out), "--no-progress"])
+    return status, json.loads((out / results.RESULTS_FILE).read_text()), out
+
+
+def test_cli_sweep_runs_every_valid_point(cli_sweep):
+    status, document, _ = cli_sweep
+    assert status == 0 and document["complete"] is True
+    names = [t["name"] for t in document["tests"]]
+    assert names == ["s_chunk=64KB_comp=none_fmt=zarr2", "s_chunk=64KB_comp=none_fmt=zarr3",
+                     "s_chunk=64KB_comp=bz2-1_fmt=zarr2", "s_chunk=1MB_comp=none_fmt=zarr2",
+                     "s_chunk=1MB_comp=none_fmt=zarr3", "s_chunk=1MB_comp=bz2-1_fmt=zarr2", "device_ceiling"]
+    assert document["baseline"] == names[0]
+    for test in document["tests"]:
+        assert [r["verified"] for r in test["runs"]] == [True], test["name"]
+        if test["name"] != "device_ceiling":
+            assert set(test["settings"]["sweep"]) == {"chunk_bytes", "compression", "format"}
+    by_name = {t["name"]: t for t in document["tests"]}
+    # 64 KB chunks make more files than 1 MB ones: the swept setting really reached TensorStore
+    assert by_name["s_chunk=64KB_comp=none_fmt=zarr2"]["runs"][0]["n_files"] > \
+        by_name["s_chunk=1MB_comp=none_fmt=zarr2"]["runs"][0]["n_files"]
+    assert by_name["s_chunk=64KB_comp=bz2-1_fmt=zarr2"]["runs"][0]["size_bytes"] < \
+        by_name["s_chunk=64KB_comp=none_fmt=zarr2"]["runs"][0]["size_bytes"]
+
+
+def test_cli_sweep_lists_skipped_points(cli_sweep):
+    _, document, _ = cli_sweep
+    skipped = document["skipped_tests"]
+    assert [s["name"] for s in skipped] == ["s_chunk=64KB_comp=bz2-1_fmt=zarr3", "s_chunk=1MB_comp=bz2-1_fmt=zarr3"]
+    assert all("zarr3" in s["reason"] and "bz2" in s["reason"] for s in skipped)
+    assert sum(w.startswith("sweep point s_chunk=") and "skipped" in w for w in document["warnings"]) == 2
+    assert not any(t["name"] == s["name"] for t in document["tests"] for s in skipped)
+
+
+def test_cli_sweep_draws_the_sweep_figure(cli_sweep):
+    _, _, out = cli_sweep
+    figure = out / sweep_plot.SWEEP_FILE
+    assert figure.name == "sweep_analysis.png"
+    data = figure.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 10_000
+
+
+def test_no_sweep_figure_without_a_sweep(tmp_path):
+    document = {"tests": [{"name": "a", "settings": {"sweep": None}}]}
+    assert sweep_plot.draw_sweep(document, tmp_path / "x.png") is None
+    assert not (tmp_path / "x.png").exists()
+
+
+# --- the example configs in sweeps/ -------------------------------------------------------------------------
+
+REFS = ["safetensors", "torch_save", "device_ceiling"]
+
+
+def test_the_shipped_sweeps_are_exactly_these():
+    assert sorted(p.name for p in SWEEPS.glob("*.json")) == ["chunks_x_concurrency.json", "compression.json",
+                                                             "formats.json"]
+
+
+def test_chunks_x_concurrency_sweep():
+    suite = config.load(SWEEPS / "chunks_x_concurrency.json")
+    data = json.loads((SWEEPS / "chunks_x_concurrency.json").read_text())
+    raw = data["test_configurations"][0]
+    chunks, concurrencies = raw["chunk_bytes"], raw["concurrency_limit"]
+    assert set(chunks) <= {"16KB", "64KB", "256KB", "1MB", "4MB", "16MB", "64MB"} and "64KB" in chunks
+    assert set(concurrencies) <= {1, 16, 64, 256} and 1 in concurrencies
+    assert len(chunks) * len(concurrencies) >= 20  # a trimmed grid still covers most of it
+    assert len(suite.tests) == len(chunks) * len(concurrencies) + 3
+    assert [t.name for t in suite.tests][-3:] == REFS
+    assert suite.baseline == "sweep_chunk=64KB_conc=1"
+    base = suite.test(suite.baseline)
+    assert (base.chunk_bytes, base.concurrency_limit, base.compression, base.format) == (65536, 1, None, "zarr2")
+    assert all(t.compression is None and t.format == "zarr2" for t in suite.tests if t.backend == "tensorstore")
+    assert suite.num_runs == 3 and suite.model == "smollm2-135m" and suite.skipped == ()
+    assert "minutes" in data["description"]  # the runtime estimate
+
+
+def test_compression_sweep():
+    suite = config.load(SWEEPS / "compression.json")
+    swept = [t for t in suite.tests if t.backend == "tensorstore"]
+    assert [t.name for t in swept] == [f"sweep_comp={label}" for label in (
+        "none", "gzip-1", "gzip-6", "zstd-1", "zstd-3", "blosc-lz4-5-shuffle", "blosc-zstd-3-bitshuffle", "bz2-1",
+        "blosc-default")]
+    assert all((t.chunk_bytes, t.concurrency_limit, t.format) == (MiB, 64, "zarr2") for t in swept)
+    assert [t.compression for t in swept][5:7] == [
+        {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1},
+        {"id": "blosc", "cname": "zstd", "clevel": 3, "shuffle": 2}]
+    assert suite.baseline == "sweep_comp=none" and suite.skipped == ()
+    assert len(suite.tests) == 10 and suite.tests[-1].backend == "device_ceiling"
+
+
+def test_formats_sweep():
+    suite = config.load(SWEEPS / "formats.json")
+    assert len(suite.tests) == 10 and [t.name for t in suite.tests][-3:] == REFS
+    tests = {t.name: t for t in suite.tests}
+    sharded = tests["zarr3_sharded"]
+    assert (sharded.format, sharded.chunk_bytes, sharded.shard_bytes) == ("zarr3", 64 * 1024, 16 * MiB)
+    ocdbt = tests["ocdbt_zstd1"]
+    assert (ocdbt.format, ocdbt.kvstore, ocdbt.compression) == ("zarr3", "ocdbt", {"id": "zstd", "level": 1})
+    assert {(t.kvstore, None if t.compression is None else t.compression["id"])
+            for t in suite.tests if t.kvstore == "memory"} == {("memory", None), ("memory", "gzip")}
+    # Not durable: the file_io_sync-off test, and the memory kvstore tests (nothing reaches a disk).
+    assert sorted(t.name for t in suite.tests if not t.durable) == ["memory_gzip", "memory_raw", "zarr2_raw_nosync"]
+    assert (tests["zarr2_raw"].format, tests["zarr3_raw"].format) == ("zarr2", "zarr3")
+    assert suite.baseline == "zarr2_raw"
+
+
+@pytest.mark.parametrize("name", ["compression.json", "formats.json"])
+def test_shipped_sweep_runs_on_tiny(tmp_path, run_cli, name):
+    status, out, err = run_cli("--config", SWEEPS / name, "--model", "tiny", "--runs", 1,
+                               "--output-dir", tmp_path / "out", "--no-progress", "--seed", 1)
+    assert status == 0, err
+    document = json.loads((tmp_path / "out" / results.RESULTS_FILE).read_text())
+    assert document["complete"] is True
+    assert len(document["tests"]) == len(config.load(SWEEPS / name).tests)
+    assert all(r["verified"] is True for t in document["tests"] for r in t["runs"])
+    assert all(t["pct_of_ceiling"]["save_gbps"] is not None for t in document["tests"])
