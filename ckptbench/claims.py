@@ -87,11 +87,11 @@ def check_claim(
     """Judge a claimed % change range against measured runs and their baseline.
 
     confirmed:    CI of the change overlaps the claimed range and the measured
-                  change has the claimed sign (a range straddling 0 accepts either).
+                  change has the claimed sign (a range straddling 0 accepts either),
+                  that sign being established: the CI excludes 0.
     contradicted: CI lies entirely outside the claimed range.
-    inconclusive: otherwise (overlap with the wrong sign, or no CI: too few runs).
-    "confirmed" means "consistent with the claim"; a wide CI can confirm a
-    narrow claim, so the reason notes when the change is not even significant.
+    inconclusive: otherwise (overlap with the wrong sign, a CI that includes 0 for a
+                  claim with a direction, or no CI: too few runs).
     """
     if len(claimed_pct) != 2:
         raise ValueError(f"{metric}: claimed range must be [lo, hi], got {claimed_pct!r}")
@@ -131,11 +131,14 @@ def check_claim(
                             f"but the measured change does not have the claimed sign")
         return result
 
-    result["outcome"] = "confirmed"
-    reason = f"{where} overlaps claimed {_fmt_range(lo, hi)}"
     if ci_lo <= 0.0 <= ci_hi and claimed_sign != 0:
-        reason += "; CI also includes 0, so the change itself is not significant"
-    result["reason"] = reason
+        # The claim says which way the change goes; an interval that includes 0 has not
+        # shown any direction yet, so it cannot confirm one.
+        result["reason"] = (f"{where} overlaps claimed {_fmt_range(lo, hi)}, but the CI also includes 0: "
+                            "the direction is not established; more runs would decide")
+        return result
+    result["outcome"] = "confirmed"
+    result["reason"] = f"{where} overlaps claimed {_fmt_range(lo, hi)}"
     return result
 
 

@@ -100,7 +100,7 @@ def _bars(ax, names, tests, metric, scale, ylabel, title, color) -> None:
     if metric in ("save_s", "load_s") and ceiling and ceiling["stats"][metric]["mean"] is not None:
         # What the disk itself needs for these bytes: no bar can honestly go below this line.
         ax.axhline(ceiling["stats"][metric]["mean"], color="#c1121f", linestyle="--", linewidth=1,
-                   label="device ceiling (sequential, fsync'd / cold)")
+                   label="device ceiling (1 MiB fsync'd writes / 8-stream cold reads)")
         ax.legend(loc="upper right", fontsize=8)
     _set_test_ticks(ax, names)
     ax.set_ylabel(ylabel)

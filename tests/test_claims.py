@@ -144,12 +144,13 @@ def test_claim_straddling_zero_accepts_either_direction():
     assert check_claim("size_bytes", (-5, 5), noisy_down, BASE)["outcome"] == "confirmed"
 
 
-def test_claim_confirmed_but_not_significant_says_so():
+def test_claim_with_a_direction_is_not_confirmed_by_an_interval_that_includes_zero():
     noisy_down = [4.0, 17.0, 8.0, 13.0, 5.0]  # mean 9.4 -> -6 %, CI spans 0
     r = check_claim("save_s", (-30, -25), noisy_down, BASE)
-    assert r["outcome"] == "confirmed"
-    assert "not significant" in r["reason"]
-    assert "not significant" not in check_claim("save_s", (-30, -25), FAST, BASE)["reason"]
+    assert r["outcome"] == "inconclusive"
+    assert "includes 0" in r["reason"]
+    assert check_claim("save_s", (-30, -25), FAST, BASE)["outcome"] in ("confirmed", "contradicted")
+    assert "includes 0" not in check_claim("save_s", (-30, -25), FAST, BASE)["reason"]
 
 
 def test_claim_inconclusive_with_one_run():

@@ -16,6 +16,7 @@ from conftest import FRAMEWORK, REPO, SHIPPED_CONFIG, STREAMLINED
 from ckptbench import results, workspace
 
 SIX = ["baseline", "concurrency_128", "chunks_1mb", "compression_gzip", "concurrency_chunks", "t5x_full"]
+REFERENCES = ["safetensors", "torch_save", "device_ceiling"]  # the shipped config measures them beside the six
 STAT_KEYS = {"mean", "std", "median", "min", "max", "n", "cv", "ci95"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -56,7 +57,7 @@ def test_streamlined_results_document(streamlined):
     assert document["schema_version"] == results.SCHEMA_VERSION == 1
     assert document["complete"] is True
     assert document["baseline"] == "baseline"
-    assert [t["name"] for t in document["tests"]] == SIX
+    assert [t["name"] for t in document["tests"]] == SIX + REFERENCES
     assert document["weights"]["name"] == "tiny" and document["weights"]["n_params"] == 1_303_680
     assert document["config"]["config_path"] == str(SHIPPED_CONFIG)
     for test in document["tests"]:
@@ -143,7 +144,7 @@ def test_framework_script_runs_the_builtin_tests(script_runs):
     assert process.returncode == 0, stderr
     document = json.loads((out / "results.json").read_text())
     assert document["complete"] is True
-    assert [t["name"] for t in document["tests"]] == SIX
+    assert [t["name"] for t in document["tests"]] == SIX + REFERENCES
     assert all(len(t["runs"]) == 1 and t["failed_runs"] == 0 for t in document["tests"])
     assert Path(document["config"]["config_path"]).name == "phase4_default.json"
     assert (out / "optimization_analysis.png").read_bytes()[:8] == PNG_MAGIC

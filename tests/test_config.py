@@ -32,8 +32,9 @@ PHASE4 = {  # name: (chunk_size_elements, concurrency_limit, compression)
 
 def test_shipped_config_holds_the_six_phase4_tests():
     suite = config.load(SHIPPED_CONFIG)
-    assert [t.name for t in suite.tests] == list(PHASE4)
-    for test in suite.tests:
+    assert [t.name for t in suite.tests] == list(PHASE4) + ["safetensors", "torch_save", "device_ceiling"]
+    assert [t.backend for t in suite.tests[6:]] == ["safetensors", "torch_save", "device_ceiling"]
+    for test in suite.tests[:6]:
         elements, concurrency, compressor = PHASE4[test.name]
         assert test.chunk_size_elements == elements, test.name
         assert test.chunk_bytes is None, test.name
