@@ -16,8 +16,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .config import SWEEP_FIELDS  # noqa: E402
-from .plot import CEILING, ERRORBAR_NOTE, _source  # noqa: E402
+from .config import SWEEP_FIELDS, size_label  # noqa: E402
+from .plot import CEILING, ERRORBAR_NOTE, _mean_and_err, _source  # noqa: E402
 
 SWEEP_FILE = "sweep_analysis.png"
 SCALING_FILE = "scaling_analysis.png"
@@ -64,40 +64,42 @@ def draw_sweep(document: Mapping[str, Any], path: Path) -> Path | None:
         for key, tests in groups.items():
             tests = sorted(tests, key=lambda t: categories.index(x_of(t)))
             xs = [x_of(t) if x_field in _CHUNK_FIELDS else categories.index(x_of(t)) for t in tests]
-            means = [t["stats"][metric]["mean"] for t in tests]
-            errs = [[0.0, 0.0] if t["stats"][metric]["ci95"] is None else
-                    [t["stats"][metric]["mean"] - t["stats"][metric]["ci95"][0],
-                     t["stats"][metric]["ci95"][1] - t["stats"][metric]["mean"]] for t in tests]
-            ax.errorbar(xs, [m if m is not None else float("nan") for m in means],
-                        yerr=list(zip(*errs)) if errs else None, marker="o", capsize=3, label=key)
-        if ceiling and ceiling["stats"][metric]["mean"]:
-            ax.axhline(ceiling["stats"][metric]["mean"], color="#c1121f", linestyle="--",
-                       label=f"device ceiling {ceiling['stats'][metric]['mean']:.2f} GB/s")
+            _line(ax, xs, tests, metric, key)
         if x_field in _CHUNK_FIELDS:
             ax.set_xscale("log", base=2)
             ticks = sorted({x_of(t) for t in swept})
-            ax.set_xticks(ticks, [_size(b) for b in ticks], rotation=30)
+            ax.set_xticks(ticks, [size_label(b) for b in ticks], rotation=30)
             ax.set_xlabel("chunk size (bytes, log scale)")
         else:
             ax.set_xticks(range(len(categories)), categories, rotation=30)
             ax.set_xlabel(SWEEP_FIELDS[x_field])
-        ax.set_ylabel("GB/s (tensor bytes / time)")
-        ax.set_ylim(bottom=0)
-        ax.set_title(f"{title}\n{ERRORBAR_NOTE}")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"Sweep: {_source(document)}", fontsize=12)
+        _finish(ax, ceiling, metric, title, "GB/s (tensor bytes / time)")
+    return _save(fig, f"Sweep: {_source(document)}", path)
+
+
+def _line(ax, xs: list, tests: list[Mapping[str, Any]], metric: str, label: str) -> None:
+    """One series: means with their 95% CI (no bar where a point has one run)."""
+    points = [_mean_and_err(t["stats"][metric]) for t in tests]
+    ax.errorbar(xs, [mean for mean, _ in points], yerr=list(zip(*(err for _, err in points))),
+                marker="o", capsize=3, label=label)
+
+
+def _finish(ax, ceiling: Mapping[str, Any] | None, metric: str, title: str, ylabel: str) -> None:
+    if ceiling and ceiling["stats"][metric]["mean"]:
+        ax.axhline(ceiling["stats"][metric]["mean"], color="#c1121f", linestyle="--",
+                   label=f"device ceiling {ceiling['stats'][metric]['mean']:.2f} GB/s")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{title}\n{ERRORBAR_NOTE}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _save(fig, title: str, path: Path) -> Path:
+    fig.suptitle(title, fontsize=12)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _size(size_bytes: int) -> str:
-    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
-        if size_bytes >= scale:
-            value = size_bytes / scale
-            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
-    return f"{size_bytes}B"
 
 
 def draw_scaling(document: Mapping[str, Any], path: Path) -> Path | None:
@@ -115,23 +117,8 @@ def draw_scaling(document: Mapping[str, Any], path: Path) -> Path | None:
                               (axes[1], "load_gbps", "Load (cold): aggregate throughput")):
         for name, tests in groups.items():
             tests = sorted(tests, key=lambda t: t["settings"]["processes"])
-            stats = [t["stats"][metric] for t in tests]
-            errs = [[0.0, 0.0] if s["ci95"] is None else [s["mean"] - s["ci95"][0], s["ci95"][1] - s["mean"]]
-                    for s in stats]
-            ax.errorbar([t["settings"]["processes"] for t in tests],
-                        [s["mean"] if s["mean"] is not None else float("nan") for s in stats],
-                        yerr=list(zip(*errs)), marker="o", capsize=3, label=name)
-        if ceiling and ceiling["stats"][metric]["mean"]:
-            ax.axhline(ceiling["stats"][metric]["mean"], color="#c1121f", linestyle="--",
-                       label=f"device ceiling (1 process) {ceiling['stats'][metric]['mean']:.2f} GB/s")
+            _line(ax, [t["settings"]["processes"] for t in tests], tests, metric, name)
         ax.set_xticks(counts)
         ax.set_xlabel("processes (each writes/reads whole chunk rows of every array)")
-        ax.set_ylabel("GB/s (tensor bytes / slowest process time)")
-        ax.set_ylim(bottom=0)
-        ax.set_title(f"{title}\n{ERRORBAR_NOTE}")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"Scaling: {_source(document)}", fontsize=12)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        _finish(ax, ceiling, metric, title, "GB/s (tensor bytes / slowest process time)")
+    return _save(fig, f"Scaling: {_source(document)}", path)
