@@ -18,6 +18,7 @@ from typing import Sequence
 from . import config as config_mod
 from . import capacity, environment, interrupt, journal, measure, plot, report, results, sweep_plot, targets, weights, workspace
 from .errors import UserError
+from .progress import Progress
 
 DEFAULT_CONFIG = Path("phase4_config.json")
 BUILTIN_CONFIG = Path(__file__).with_name("phase4_default.json")
@@ -157,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
     runs = [r for r in measure.plan([t.name for t in suite.tests], suite.num_runs, suite.warmup_rounds, seed)
             if (r.test, r.round) not in finished]
     env = environment.capture(output_dir)
-    progress = _progress(len(runs), suite.num_runs, not args.no_progress)
+    progress = Progress(len(runs), suite.num_runs, not args.no_progress)
     progress.message(f"{report_source(source)}; {len(suite.tests)} tests x {suite.num_runs} runs"
                      f"{f' + {suite.warmup_rounds} warm-up rounds' if suite.warmup_rounds else ''}; seed {seed}"
                      f"{f'; resuming, {len(done)} runs already done' if args.resume else ''}")
@@ -181,23 +182,29 @@ def _run(args: argparse.Namespace) -> int:
     document = results.build(suite, source.describe(), records, env, seed, complete=complete,
                              storage=target.describe())
     results_path = results.write(document, output_dir)
-    drawn = [plot.draw(document, output_dir / plot.PLOT_FILE)] if any(r.ok for r in records) else []
-    if drawn:
-        drawn += [p for p in (plot.draw_claims(document, output_dir / plot.CLAIMS_FILE),
-                              sweep_plot.draw_sweep(document, output_dir / sweep_plot.SWEEP_FILE),
-                              sweep_plot.draw_scaling(document, output_dir / sweep_plot.SCALING_FILE))
-                   if p is not None]
+    drawn = _draw_figures(document, output_dir)
     print(report.full_report(document))
     print(f"\nResults: {results_path}" + "".join(f"\nPlot:    {p}" for p in drawn))
     if stopped is not None:
         print(f"error: stopped by {stopped}; {len(records)} runs kept in {log.path}; "
-              f"continue with --resume", file=sys.stderr)
+              "continue with --resume", file=sys.stderr)
         return stopped.exit_status
     if not complete:
-        print(f"error: the suite stopped early after a storage failure; see the warnings; "
-              f"continue with --resume once fixed", file=sys.stderr)
+        print("error: the suite stopped early after a storage failure; see the warnings; "
+              "continue with --resume once fixed", file=sys.stderr)
     failed = sum(t["failed_runs"] for t in document["tests"])
     return 1 if failed or not complete else 0
+
+
+def _draw_figures(document: dict, output_dir: Path) -> list[Path]:
+    """Every figure the document has data for (none when no run succeeded)."""
+    if not any(r["error"] is None for t in document["tests"] for r in t["runs"]):
+        return []
+    figures = [plot.draw(document, output_dir / plot.PLOT_FILE),
+               plot.draw_claims(document, output_dir / plot.CLAIMS_FILE),
+               sweep_plot.draw_sweep(document, output_dir / sweep_plot.SWEEP_FILE),
+               sweep_plot.draw_scaling(document, output_dir / sweep_plot.SCALING_FILE)]
+    return [path for path in figures if path is not None]
 
 
 def _checked(on_phase: measure.Phase) -> measure.Phase:
@@ -218,9 +225,3 @@ def report_source(source: weights.Weights) -> str:
     info = source.describe()
     return (f"weights: {info.get('name') or info.get('path')} ({info['n_params'] / 1e6:.1f}M params, "
             f"{info['size_bytes'] / 1e9:.2f} GB {info['dtype']})")
-
-
-def _progress(total: int, num_runs: int, enabled: bool):
-    from .progress import Progress
-
-    return Progress(total, num_runs, enabled)

@@ -333,7 +333,7 @@ class DistributedBackend:
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None:
         start_at = time.perf_counter()
         self._shapes = {name: a.shape for name, a in tensors.items()}
-        dtype = storage._dtype_name(next(iter(tensors.values())).dtype)
+        dtype = storage.dtype_name(next(iter(tensors.values())).dtype)
         context = self.layout.context(self._context_extra())
         if location.local_dir is not None:
             location.local_dir.mkdir(parents=True, exist_ok=True)
@@ -359,6 +359,3 @@ class DistributedBackend:
 
     def release(self) -> None:
         pass
-
-    def close(self) -> None:
-        self.pool.stop()

@@ -167,7 +167,9 @@ def run_once(
         record.fatal = storage_failed(exc)
     finally:  # also on Ctrl-C: no half-written checkpoint is left behind
         backend.release()
-        if location is not None and not (keep and record.ok):
+        if location is None:  # interrupted while the run's folder was being made
+            target.discard(planned.label)
+        elif not (keep and record.ok):
             target.remove(location, settle=not settled)
     return record
 

@@ -179,7 +179,7 @@ def save(tensors: Mapping[str, np.ndarray], location: RunLocation | Path, layout
     if location.local_dir is not None:
         location.local_dir.mkdir(parents=True, exist_ok=True)
     names = list(tensors)
-    dtype = _dtype_name(next(iter(tensors.values())).dtype) if tensors else "float32"
+    dtype = dtype_name(next(iter(tensors.values())).dtype) if tensors else "float32"
     context = context or layout.context()
     with _settled() as track:
         opening = track([ts.open(layout.array_spec(location, name, tensors[name].shape, dtype), context=context)
@@ -270,7 +270,8 @@ def _bounded(operations: Iterable[tuple[int, Callable[[], ts.Future]]], max_infl
     return started
 
 
-def _dtype_name(dtype: np.dtype) -> str:
+def dtype_name(dtype: np.dtype) -> str:
+    """'float32', 'float16' or 'bfloat16' for a numpy dtype."""
     return next(name for name, np_dtype in NUMPY_DTYPES.items() if np_dtype == dtype)
 
 

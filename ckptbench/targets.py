@@ -78,6 +78,14 @@ class LocalTarget:
         if location.local_dir is not None and location.local_dir.exists():
             workspace.remove_owned(location.local_dir, settle=settle)
 
+    def discard(self, label: str) -> None:
+        """Remove a run folder whose making was interrupted: ours if marked, or still empty."""
+        folder = self.output_dir / workspace.RUNS_DIR / label
+        if (folder / workspace.RUN_MARKER).is_file():
+            workspace.remove_owned(folder)
+        elif folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
     def finish(self) -> None:
         workspace.remove_runs_dir_if_empty(self.output_dir)
 
@@ -153,6 +161,14 @@ class ObjectStoreTarget:
         if store.read(MARKER_KEY).result().state != "value":
             raise RuntimeError(f"refusing to delete {location.base['path']}: it carries no {MARKER_KEY} marker")
         store.delete_range(ts.KvStore.KeyRange()).result()
+
+    def discard(self, label: str) -> None:
+        """Remove a run prefix whose making was interrupted, if its marker made it to the store."""
+        location = RunLocation(label, self.kvstore(f"{self.prefix}{label}/"))
+        try:
+            self.remove(location)
+        except RuntimeError:  # no marker: nothing of the run was written
+            pass
 
     def finish(self) -> None:
         pass

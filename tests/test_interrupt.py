@@ -135,3 +135,22 @@ def test_resume_without_a_journal_is_a_user_error(config: Path, tmp_path: Path) 
     assert resumed.returncode == 2
     assert "nothing to resume" in resumed.stderr
     assert not (tmp_path / "empty").exists()
+
+
+def test_a_stop_while_a_run_folder_is_being_made_leaves_nothing(tmp_path: Path, tiny_weights, monkeypatch) -> None:
+    """The signal can land between making a run's folder and marking it; the half-made folder goes too."""
+    from ckptbench import config as config_mod
+    from ckptbench import interrupt, measure, workspace
+
+    suite = config_mod.from_dict({**SUITE, "output_dir": str(tmp_path / "out")})
+    workspace.prepare_output_dir(suite.output_dir)
+
+    def made_then_stopped(output_dir: Path, name: str) -> Path:
+        (output_dir / workspace.RUNS_DIR / name).mkdir(parents=True)  # made, not yet marked
+        raise interrupt.Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(workspace, "new_run_dir", made_then_stopped)
+    planned = measure.plan(["slow"], 1, 0, seed=1)[0]
+    with pytest.raises(interrupt.Interrupted):
+        measure.run_once(planned, tiny_weights.tensors, measure.backend_for(suite.test("slow"), suite), suite)
+    assert list((suite.output_dir / workspace.RUNS_DIR).iterdir()) == []
