@@ -24,7 +24,6 @@ started afresh for the next run, and no process is left behind.
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -40,6 +39,7 @@ import numpy as np
 import tensorstore as ts
 
 from . import storage
+from .measure import timed
 from .targets import RunLocation
 
 PHASE_TIMEOUT_S = 3600.0
@@ -92,13 +92,13 @@ def _worker_main(rank: int, conn, source: "SharedTensors | WeightSource") -> Non
         if job is None:
             return
         try:
-            cpu_start = _cpu_s()
             if job.op == "save":
-                _save_slices(job, tensors)
-                conn.send(("done", time.perf_counter() - job.start_at, _cpu_s() - cpu_start))
+                _, cpu_s, peak = timed(lambda: _save_slices(job, tensors))
+                conn.send(("done", _figures(job, cpu_s, peak)))
             else:
-                loaded = _load_slices(job)
-                conn.send(("done", time.perf_counter() - job.start_at, _cpu_s() - cpu_start))
+                loaded: dict[str, np.ndarray] = {}
+                _, cpu_s, peak = timed(lambda: loaded.update(_load_slices(job)))
+                conn.send(("done", _figures(job, cpu_s, peak)))
                 bad = [name for name, rows in job.slices.items()
                        if not np.array_equal(
                            np.ascontiguousarray(_part(tensors[name], rows, tensors[name].ndim == 0)).reshape(-1).view(np.uint8),
@@ -108,9 +108,9 @@ def _worker_main(rank: int, conn, source: "SharedTensors | WeightSource") -> Non
             conn.send(("error", f"worker {rank}: {type(exc).__name__}: {str(exc).splitlines()[0]}"))
 
 
-def _cpu_s() -> float:
-    times = os.times()
-    return times.user + times.system
+def _figures(job: Job, cpu_s: float, peak_rss_bytes: int) -> dict[str, float]:
+    """A worker's own figures: seconds from the common start to its end, CPU, peak RSS growth."""
+    return {"seconds": time.perf_counter() - job.start_at, "cpu_s": cpu_s, "peak_rss_bytes": peak_rss_bytes}
 
 
 def _save_slices(job: Job, tensors: Mapping[str, np.ndarray]) -> None:
@@ -301,8 +301,7 @@ class DistributedBackend:
     max_inflight_bytes: int
     context_extra: dict[str, Any] = field(default_factory=dict)
     in_memory = False
-    last_process_s: list[float] | None = None
-    last_worker_cpu_s: float | None = None
+    last_workers: list[dict[str, float]] | None = None  # each worker's figures for the last save or load
     _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def _context_extra(self) -> dict[str, Any]:
@@ -322,9 +321,7 @@ class DistributedBackend:
 
     def _run(self, op: str, location: RunLocation, start_at: float) -> None:
         self.pool.send(self._jobs(op, location, start_at))
-        replies = self.pool.collect("done", PHASE_TIMEOUT_S, during=op)
-        self.last_process_s = [reply[1] for reply in replies]
-        self.last_worker_cpu_s = sum(reply[2] for reply in replies)
+        self.last_workers = [reply[1] for reply in self.pool.collect("done", PHASE_TIMEOUT_S, during=op)]
 
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Start the workers (spawn, import, map the weights) before any clock starts."""

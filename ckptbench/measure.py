@@ -1,9 +1,9 @@
 """Running the benchmark: the plan of interleaved rounds, and one timed run.
 
-A run is: save into a fresh folder (timed until TensorStore reports every write
+A run is: save into a fresh location (timed until TensorStore reports every write
 durable; its file kvstore fsyncs each file), measure the size, evict the files from
-the page cache, load (timed), verify bit for bit against the source, delete the
-folder. Only the save and the load sit between clock reads; size walking, eviction
+the page cache, load (timed), verify bit for bit against the source, delete what the
+run wrote. Only the save and the load sit between clock reads; size walking, eviction
 and verification happen outside them.
 
 Rounds are interleaved: round r runs every test once, in an order shuffled per round
@@ -21,18 +21,17 @@ import secrets
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from . import cache, storage
-from .targets import LocalTarget, ObjectStoreTarget, RunLocation
 from .config import SuiteConfig, TestSpec
+from .targets import LocalTarget, ObjectStoreTarget, RunLocation
 
 
 class Backend(Protocol):
-    """A way to write a checkpoint into a folder and read it back: what a test measures."""
+    """A way to write a checkpoint to a run's location and read it back: what a test measures."""
 
     in_memory: bool  # True where the checkpoint lives in RAM (memory kvstore): no page cache to drop
 
@@ -48,8 +47,9 @@ class Backend(Protocol):
         """Drop whatever was kept between a save and its load."""
         ...
 
-    # Optional: `verify(tensors, loaded) -> list[str]` where the data is checked elsewhere
-    # (worker processes); otherwise `mismatches` compares the loaded arrays here.
+    # Optional: `prepare(tensors)`, called before the clock starts (worker processes start
+    # there), and `verify(tensors, loaded) -> list[str]` where the data is checked elsewhere
+    # (in the workers); otherwise `mismatches` compares the loaded arrays here.
 
 
 @dataclass(frozen=True)
@@ -136,8 +136,9 @@ def run_once(
         location = target.new_run(planned.label)
         getattr(backend, "prepare", lambda tensors: None)(tensors)  # e.g. start worker processes, before any clock
         on_phase(planned, "save")
-        record.save_s, record.save_cpu_s, record.save_peak_rss_bytes = _timed(lambda: backend.save(tensors, location))
-        record.process_save_s, record.save_cpu_s = _worker_figures(backend, record.save_cpu_s)
+        record.save_s, record.save_cpu_s, record.save_peak_rss_bytes = timed(lambda: backend.save(tensors, location))
+        record.process_save_s, record.save_cpu_s, record.save_peak_rss_bytes = _with_workers(
+            backend, record.save_cpu_s, record.save_peak_rss_bytes)
         on_phase(planned, "size")
         record.size_bytes, record.disk_bytes, record.n_files = backend.footprint(location)
         if backend.in_memory:
@@ -151,10 +152,11 @@ def run_once(
             record.load_cache = _cache_state(record.resident_bytes_at_load, record.disk_bytes)
         on_phase(planned, "load")
         loaded: dict[str, np.ndarray] = {}
-        record.load_s, record.load_cpu_s, record.load_peak_rss_bytes = _timed(
+        record.load_s, record.load_cpu_s, record.load_peak_rss_bytes = timed(
             lambda: loaded.update(backend.load(location))
         )
-        record.process_load_s, record.load_cpu_s = _worker_figures(backend, record.load_cpu_s)
+        record.process_load_s, record.load_cpu_s, record.load_peak_rss_bytes = _with_workers(
+            backend, record.load_cpu_s, record.load_peak_rss_bytes)
         on_phase(planned, "verify")
         mismatched = getattr(backend, "verify", mismatches)(tensors, loaded)
         del loaded
@@ -174,10 +176,14 @@ def run_once(
     return record
 
 
-def _worker_figures(backend: Backend, parent_cpu_s: float) -> tuple[list[float] | None, float]:
-    """Per-process seconds, and CPU seconds including the workers', of a multi-process back end."""
-    worker_cpu_s = getattr(backend, "last_worker_cpu_s", None) or 0.0
-    return getattr(backend, "last_process_s", None), parent_cpu_s + worker_cpu_s
+def _with_workers(backend: Backend, cpu_s: float, peak_rss_bytes: int) -> tuple[list[float] | None, float, int]:
+    """Per-process seconds, and CPU seconds and peak RSS growth with the workers' added, of a
+    multi-process back end (the peaks are summed: an upper bound of the memory in use at once)."""
+    workers = getattr(backend, "last_workers", None)
+    if not workers:
+        return None, cpu_s, peak_rss_bytes
+    return ([w["seconds"] for w in workers], cpu_s + sum(w["cpu_s"] for w in workers),
+            peak_rss_bytes + sum(w["peak_rss_bytes"] for w in workers))
 
 
 _STORAGE_FAILURES = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS}
@@ -200,7 +206,7 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 _RSS_SAMPLE_S = 0.01
 
 
-def _timed(operation: Callable[[], Any]) -> tuple[float, float, int]:
+def timed(operation: Callable[[], Any]) -> tuple[float, float, int]:
     """(wall seconds, process CPU seconds over all threads, peak RSS growth in bytes) of one operation.
 
     RSS is sampled every 10 ms by a thread that sleeps between reads, so the cost it

@@ -22,7 +22,6 @@ import pytest
 
 from conftest import SHIPPED_CONFIG
 from ckptbench import capacity, config, measure, workspace
-from ckptbench.errors import UserError
 
 KIB, MIB = 2**10, 2**20
 

@@ -4,7 +4,6 @@ and the example configs shipped in sweeps/."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
