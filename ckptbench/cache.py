@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
-METHODS = ("drop_caches", "fadvise")
 
 
 def _files(directory: Path) -> list[str]:

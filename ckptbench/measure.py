@@ -159,7 +159,7 @@ def run_once(
             backend, record.load_cpu_s, record.load_peak_rss_bytes)
         on_phase(planned, "verify")
         mismatched = getattr(backend, "verify", mismatches)(tensors, loaded)
-        del loaded
+        loaded.clear()  # free the loaded copy before the next run
         settled = True
         record.verified = not mismatched
         if mismatched:

@@ -115,3 +115,37 @@ def assert_same_bits(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]
         assert got[name].dtype == want.dtype, name
         assert got[name].shape == want.shape, name
         assert np.array_equal(bits(got[name]), bits(want)), name
+
+
+def act_on_stderr_line(proc, marker: str, act: Callable[[], None], timeout: float = 120) -> tuple[int, str]:
+    """Read a child's stderr until a line holds marker, call act(), then let the child finish.
+
+    Both pipes keep being drained so the child never blocks on a full pipe while it stops.
+    Returns (exit status, everything the child wrote to stderr).
+    """
+    import threading
+
+    seen: list[str] = []
+    for line in proc.stderr:
+        seen.append(line)
+        if marker in line:
+            act()
+            break
+    rest: list[str] = []
+    drain = threading.Thread(target=lambda: rest.extend(proc.stderr), daemon=True)
+    drain.start()
+    proc.stdout.read()
+    status = proc.wait(timeout=timeout)
+    drain.join(timeout=5)
+    return status, "".join(seen + rest)
+
+
+def run_config(root: Path, suite: dict[str, Any], name: str = "suite.json") -> tuple[int, dict[str, Any], Path]:
+    """Write suite to root/name, run the CLI on it in this process: (exit status, results.json, output folder)."""
+    from ckptbench import cli, results
+
+    path = root / name
+    path.write_text(json.dumps(suite))
+    out = root / "out"
+    status = cli.main(["--config", str(path), "--output-dir", str(out), "--no-progress"])
+    return status, json.loads((out / results.RESULTS_FILE).read_text()), out

@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import act_on_stderr_line
 
 from ckptbench import config, distributed, measure, workspace
 
@@ -93,23 +93,15 @@ def test_a_worker_killed_mid_save_fails_the_run_without_hanging(tmp_path: Path) 
          "--output-dir", str(tmp_path / "out"), "--seed", "3", "--tests", "slow,quick"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     workers: list[int] = []
-    lines: list[str] = []
-    for line in harness.stderr:
-        lines.append(line)
-        if "slow round 1/1: save" in line:
-            time.sleep(0.3)  # let the workers start writing
-            workers = [pid for pid in _children(harness.pid)
-                       if "spawn" in Path(f"/proc/{pid}/cmdline").read_text()]
-            os.kill(workers[-1], signal.SIGKILL)
-            break
-    rest: list[str] = []
-    drain = threading.Thread(target=lambda: rest.extend(harness.stderr), daemon=True)
-    drain.start()
-    harness.stdout.read()
-    status = harness.wait(timeout=120)
-    drain.join(timeout=5)
-    assert len(workers) == 2, "".join(lines)
-    assert status == 1, "".join(lines + rest)
+
+    def kill_one_worker() -> None:
+        time.sleep(0.3)  # let the workers start writing
+        workers.extend(pid for pid in _children(harness.pid) if "spawn" in Path(f"/proc/{pid}/cmdline").read_text())
+        os.kill(workers[-1], signal.SIGKILL)
+
+    status, stderr = act_on_stderr_line(harness, "slow round 1/1: save", kill_one_worker)
+    assert len(workers) == 2, stderr
+    assert status == 1, stderr
 
     document = json.loads((tmp_path / "out" / "results.json").read_text())
     slow = next(t for t in document["tests"] if t["name"] == "slow")

@@ -11,10 +11,10 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from conftest import act_on_stderr_line
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = {
@@ -37,20 +37,7 @@ def _start(config: Path, out: Path, *extra: str) -> subprocess.Popen:
 
 def _interrupt_at(proc: subprocess.Popen, marker: str, sig: int) -> tuple[int, str]:
     """Send sig when a stderr line contains marker; return (exit status, stderr)."""
-    seen: list[str] = []
-    for line in proc.stderr:
-        seen.append(line)
-        if marker in line:
-            proc.send_signal(sig)
-            break
-    # Keep draining both pipes so the child never blocks on a full pipe while stopping.
-    rest: list[str] = []
-    drain = threading.Thread(target=lambda: rest.extend(proc.stderr), daemon=True)
-    drain.start()
-    proc.stdout.read()
-    status = proc.wait(timeout=60)
-    drain.join(timeout=5)
-    return status, "".join(seen + rest)
+    return act_on_stderr_line(proc, marker, lambda: proc.send_signal(sig), timeout=60)
 
 
 def _journal_runs(out: Path) -> list[dict]:

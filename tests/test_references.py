@@ -3,13 +3,13 @@ through measure.run_once, and an end-to-end CLI run whose results.json reports a
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 import pytest
+from conftest import run_config
 
 from conftest import assert_same_bits
 from ckptbench import config, measure, references, results, workspace
@@ -142,7 +142,6 @@ def test_run_once_catches_a_corrupted_reference_load(tmp_path):
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
     """One real CLI run on `tiny`: a raw baseline, gzip, a not-durable test and all three references, 2 runs."""
-    from ckptbench import cli
 
     root = tmp_path_factory.mktemp("refs")
     cfg = {
@@ -157,11 +156,7 @@ def e2e(tmp_path_factory):
              "file_io_sync": False},
         ],
     }
-    path = root / "refs.json"
-    path.write_text(json.dumps(cfg))
-    out = root / "out"
-    status = cli.main(["--config", str(path), "--output-dir", str(out), "--no-progress"])
-    return status, json.loads((out / results.RESULTS_FILE).read_text()), out
+    return run_config(root, cfg, "refs.json")
 
 
 def _by_name(document):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_config
 
 from conftest import REPO
 from ckptbench import config, results, sweep_plot
@@ -150,7 +151,6 @@ def test_the_baseline_can_name_a_sweep_point_but_not_a_skipped_one():
 
 @pytest.fixture(scope="module")
 def cli_sweep(tmp_path_factory):
-    from ckptbench import cli
 
     root = tmp_path_factory.mktemp("sweep")
     cfg = {
@@ -162,11 +162,7 @@ def cli_sweep(tmp_path_factory):
              "compression": ["none", "bz2"], "format": ["zarr2", "zarr3"]},
         ],
     }
-    path = root / "sweep.json"
-    path.write_text(json.dumps(cfg))
-    out = root / "out"
-    status = cli.main(["--config", str(path), "--output-dir", str(out), "--no-progress"])
-    return status, json.loads((out / results.RESULTS_FILE).read_text()), out
+    return run_config(root, cfg, "sweep.json")
 
 
 def test_cli_sweep_runs_every_valid_point(cli_sweep):
