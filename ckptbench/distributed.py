@@ -39,7 +39,7 @@ import numpy as np
 import tensorstore as ts
 
 from . import storage
-from .measure import timed
+from .measure import mismatches, timed
 from .targets import RunLocation
 
 PHASE_TIMEOUT_S = 3600.0
@@ -99,11 +99,8 @@ def _worker_main(rank: int, conn, source: "SharedTensors | WeightSource") -> Non
                 loaded: dict[str, np.ndarray] = {}
                 _, cpu_s, peak = timed(lambda: loaded.update(_load_slices(job)))
                 conn.send(("done", _figures(job, cpu_s, peak)))
-                bad = [name for name, rows in job.slices.items()
-                       if not np.array_equal(
-                           np.ascontiguousarray(_part(tensors[name], rows, tensors[name].ndim == 0)).reshape(-1).view(np.uint8),
-                           np.ascontiguousarray(loaded[name]).reshape(-1).view(np.uint8))]
-                conn.send(("verified", bad))
+                mine = {name: _part(tensors[name], rows, tensors[name].ndim == 0) for name, rows in job.slices.items()}
+                conn.send(("verified", mismatches(mine, loaded)))
         except Exception as exc:  # reported to the parent, which fails the run
             conn.send(("error", f"worker {rank}: {type(exc).__name__}: {str(exc).splitlines()[0]}"))
 
@@ -303,6 +300,7 @@ class DistributedBackend:
     in_memory = False
     last_workers: list[dict[str, float]] | None = None  # each worker's figures for the last save or load
     _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    _per_rank: list[dict[str, tuple[int, int]]] = field(default_factory=list)  # each worker's rows, by array
 
     def _context_extra(self) -> dict[str, Any]:
         extra = dict(self.context_extra)
@@ -311,25 +309,25 @@ class DistributedBackend:
         return extra
 
     def _jobs(self, op: str, location: RunLocation, start_at: float) -> list[Job]:
-        per_rank: list[dict[str, tuple[int, int]]] = [{} for _ in range(self.pool.processes)]
-        for name, shape in self._shapes.items():
-            for rank, rows in enumerate(row_slices(shape, _write_unit_rows(self.layout, shape), self.pool.processes)):
-                if rows is not None:
-                    per_rank[rank][name] = rows
         extra = self._context_extra()
-        return [Job(op, self.layout, location, slices, extra, start_at) for slices in per_rank]
+        return [Job(op, self.layout, location, slices, extra, start_at) for slices in self._per_rank]
 
     def _run(self, op: str, location: RunLocation, start_at: float) -> None:
         self.pool.send(self._jobs(op, location, start_at))
         self.last_workers = [reply[1] for reply in self.pool.collect("done", PHASE_TIMEOUT_S, during=op)]
 
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
-        """Start the workers (spawn, import, map the weights) before any clock starts."""
+        """Start the workers (spawn, import, map the weights) and split the arrays, before any clock starts."""
         self.pool.start(tensors)
+        self._shapes = {name: a.shape for name, a in tensors.items()}
+        self._per_rank = [{} for _ in range(self.pool.processes)]
+        for name, shape in self._shapes.items():
+            for rank, rows in enumerate(row_slices(shape, _write_unit_rows(self.layout, shape), self.pool.processes)):
+                if rows is not None:
+                    self._per_rank[rank][name] = rows
 
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None:
         start_at = time.perf_counter()
-        self._shapes = {name: a.shape for name, a in tensors.items()}
         dtype = storage.dtype_name(next(iter(tensors.values())).dtype)
         context = self.layout.context(self._context_extra())
         if location.local_dir is not None:

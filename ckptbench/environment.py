@@ -9,6 +9,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .capacity import free_bytes
+
 PACKAGES = ("tensorstore", "numpy", "torch", "transformers", "safetensors", "scipy", "matplotlib")
 
 
@@ -50,8 +52,7 @@ def filesystem_of(path: Path) -> dict[str, Any]:
                 best = {"mount": mount, "type": fstype, "device": device}
     except OSError:
         pass
-    stat = os.statvfs(path if path.exists() else path.parent)
-    best["free_bytes"] = stat.f_bavail * stat.f_frsize
+    best["free_bytes"] = free_bytes(path)
     return best
 
 
