@@ -1,19 +1,27 @@
 #!/usr/bin/env python3
-"""The Phase 4 framework's front: run the six built-in tests without a config file.
+"""The Phase 4 framework as a library: the six tests of phase4_config.json, from Python.
+
+    import ckptbench
+    suite = ckptbench.load_config("phase4_config.json", model="tiny", num_runs=2, output_dir="saved_models/demo")
+    results = ckptbench.run(suite)          # saves, loads cold, verifies; writes results.json
+    print(results.report())                 # the console tables
+    results.draw(suite.output_dir)          # optimization_analysis.png and the other figures
+
+Run as a script it does what run_phase4_streamlined.py does, with the same flags:
 
     python phase4_optimization_testing.py [--model PRESET] [--runs N] ...
-
-Importable too: the names below are the framework's public pieces.
 """
 
 import sys
+from pathlib import Path
 
-from ckptbench import config, measure, plot, report, results, storage, weights
-from ckptbench.cli import BUILTIN_CONFIG, main
+from ckptbench import load_config, read_results, run
+from ckptbench.cli import main
 from ckptbench.errors import UserError
 
-__all__ = ["BUILTIN_CONFIG", "UserError", "config", "main", "measure", "plot", "report", "results",
-           "storage", "weights"]
+CONFIG = Path(__file__).resolve().with_name("phase4_config.json")  # the one default config
+
+__all__ = ["CONFIG", "UserError", "load_config", "main", "read_results", "run"]
 
 if __name__ == "__main__":
-    sys.exit(main(default_config=None, prog="phase4_optimization_testing.py"))
+    sys.exit(main(default_config=CONFIG, prog="phase4_optimization_testing.py"))

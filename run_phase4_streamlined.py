@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Run the Phase 4 suite from phase4_config.json (next to this script), or compare two results files.
+"""Run the Phase 4 suite from phase4_config.json (next to this script), and the other subcommands.
 
-    python run_phase4_streamlined.py            # six tests x 3 runs -> saved_models/phase4_tests/
+    python run_phase4_streamlined.py            # six tests + references x 3 runs -> saved_models/phase4_tests/
     python run_phase4_streamlined.py --help
     python run_phase4_streamlined.py compare A.json B.json
+    python run_phase4_streamlined.py show saved_models/phase4_tests/results.json
+    python run_phase4_streamlined.py tune --budget 5m
+    python run_phase4_streamlined.py explain
 """
 
 import sys

@@ -1,3 +1,39 @@
-"""ckptbench: honest save/load benchmarks of LLM checkpoints stored with TensorStore."""
+"""ckptbench: honest save/load benchmarks of LLM checkpoints stored with TensorStore.
 
-__version__ = "0.1.0"
+    import ckptbench
+    suite = ckptbench.load_config("phase4_config.json", model="tiny", num_runs=2)
+    results = ckptbench.run(suite)          # also writes OUTPUT_DIR/results.json
+    print(results.report())
+    results.draw(suite.output_dir)          # the PNG figures
+
+Importing the package imports nothing heavy: TensorStore, torch and matplotlib load
+only when a suite runs or a figure is drawn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import UserError
+
+__all__ = ["UserError", "load_config", "read_results", "run", "Results", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "run":
+        from .runner import run
+
+        return run
+    if name == "load_config":
+        from .config import load
+
+        return load
+    if name in ("read_results", "Results"):
+        from . import results
+
+        return results.read if name == "read_results" else results.Results
+    if name == "__version__":
+        from .environment import tool_version
+
+        return tool_version()
+    raise AttributeError(f"module 'ckptbench' has no attribute {name!r}")

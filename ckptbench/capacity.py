@@ -1,25 +1,38 @@
-"""Will it fit? Disk and memory checks before a suite starts.
+"""Will it fit, and is it sensible? Disk, memory, run-count and scale checks before a suite starts.
 
 Disk: one run of the largest test must fit in the output filesystem's free space.
-zarr v2 pads edge chunks to full size and every chunk file occupies whole blocks,
-so the estimate counts padded chunks rounded up to 4 KiB blocks (an upper bound for
-uncompressed data; compressed data is assumed no smaller, to stay safe).
-Memory: the source weights plus one loaded copy must fit in available RAM.
+zarr v2 pads edge chunks to full size and every chunk file occupies whole blocks, so
+the estimate counts padded chunks rounded up to 4 KiB blocks (an upper bound for
+uncompressed data; compressed data is assumed no smaller, to stay safe). The device
+ceiling keeps three copies (its 1-, 4- and 16-stream file sets).
+
+Memory: the whole process's peak resident size, estimated per back end as a multiple
+of the model's bytes plus a fixed part, from peaks measured with `/usr/bin/time -v`
+(see PHASE4_GUIDE.md, "Memory"): the source weights, the loaded copy and what each
+back end holds in flight.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from . import chunking
-from .config import TestSpec
+from . import chunking, system
+from .config import SuiteConfig, TestSpec
 from .errors import UserError
+from .units import human_bytes
 
 BLOCK_BYTES = 4096
 SAFETY = 1.05
+CEILING_COPIES = 3
+# Peak RSS of the whole process = FIXED + multiplier x model bytes (+ the in-flight budget for
+# TensorStore), measured on the default suite and at scale (PHASE4_GUIDE.md, "Memory").
+FIXED_BYTES = 1.0e9  # Python, torch, transformers, TensorStore's threads
+MEMORY_MULTIPLIER = {"tensorstore": 2.0, "safetensors": 2.0, "torch_save": 2.0, "device_ceiling": 2.0}
+MAX_SUITE_S = 7 * 24 * 3600.0  # a suite estimated to run longer than a week is refused
+ESTIMATE_GBPS = 0.5  # for the run-time estimate: a pessimistic disk, fsync'd writes and cold reads
+ESTIMATE_RUN_OVERHEAD_S = 0.5
 
 
 def checkpoint_bytes_upper(shapes: Iterable[Sequence[int]], itemsize: int, budget_elements: int, strategy: str) -> int:
@@ -35,47 +48,90 @@ def checkpoint_bytes_upper(shapes: Iterable[Sequence[int]], itemsize: int, budge
 
 def run_bytes_upper(test: TestSpec, shapes: Sequence[Sequence[int]], itemsize: int) -> int:
     """Disk bytes one run of a test may take: padded chunks for TensorStore, the raw bytes for references."""
-    if test.backend != "tensorstore":
-        return sum(math.prod(s) for s in shapes) * itemsize + BLOCK_BYTES
+    raw = sum(math.prod(s) for s in shapes) * itemsize + BLOCK_BYTES
+    if test.backend == "device_ceiling":
+        return CEILING_COPIES * raw
+    if test.is_reference:
+        return raw
     if test.kvstore == "memory":
         return BLOCK_BYTES * 2  # only the manifest touches the disk
     return checkpoint_bytes_upper(shapes, itemsize, test.chunk_budget_elements(itemsize), test.chunk_strategy)
 
 
-def free_bytes(path: Path) -> int:
-    existing = next(p for p in (Path(path), *Path(path).parents) if p.exists())
-    stat = os.statvfs(existing)
-    return stat.f_bavail * stat.f_frsize
-
-
-def available_memory_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _human(size_bytes: float) -> str:
-    return f"{size_bytes / 1e9:.2f} GB" if size_bytes >= 1e9 else f"{size_bytes / 1e6:.1f} MB"
-
-
 def check_disk(output_dir: Path, need_bytes: int, what: str) -> None:
-    free = free_bytes(output_dir)
+    free = system.free_bytes(output_dir)
     if need_bytes * SAFETY > free:
         raise UserError(
-            f"output_dir: {what} needs about {_human(need_bytes)} on disk but {output_dir} has "
-            f"{_human(free)} free; free space, choose another --output-dir, or use a smaller --model or --dtype bfloat16"
+            f"output_dir: {what} needs about {human_bytes(need_bytes)} on disk but {output_dir} has "
+            f"{human_bytes(free)} free; free space, choose another --output-dir, or use a smaller --model or --dtype bfloat16"
         )
 
 
-def check_memory(weights_bytes: int) -> None:
-    available = available_memory_bytes()
-    need = 2 * weights_bytes  # the source weights and one loaded copy
-    if available is not None and need * SAFETY > available:
-        raise UserError(
-            f"memory: the weights ({_human(weights_bytes)}) plus one loaded copy need about {_human(need)} "
-            f"but {_human(available)} is available; use a smaller --model or --dtype bfloat16"
-        )
+def peak_memory_bytes(test: TestSpec, model_bytes: int, max_inflight_bytes: int) -> int:
+    """Estimated peak resident size of the whole process while a test runs."""
+    need = FIXED_BYTES + MEMORY_MULTIPLIER[test.backend] * model_bytes
+    if not test.is_reference and test.kvstore == "memory":
+        need += model_bytes  # the checkpoint itself lives in RAM
+    if not test.is_reference:
+        need += min(max_inflight_bytes, model_bytes) * _INFLIGHT_COPY
+    return int(need)
+
+
+_INFLIGHT_COPY = 0.0  # TensorStore's write holds no copy beyond the budget's chunks (measured; see the guide)
+
+
+def check_memory(config: SuiteConfig, model_bytes: int) -> None:
+    """Refuse up front a suite whose hungriest test would not fit in RAM, saying what would."""
+    available = system.available_memory_bytes()
+    if available is None or not config.tests:
+        return
+    hungriest = max(config.tests, key=lambda t: peak_memory_bytes(t, model_bytes, config.max_inflight_bytes))
+    need = peak_memory_bytes(hungriest, model_bytes, config.max_inflight_bytes)
+    if need * SAFETY <= available:
+        return
+    alternatives = []
+    if config.dtype == "float32":
+        half = peak_memory_bytes(hungriest, model_bytes // 2, config.max_inflight_bytes)
+        alternatives.append(f"--dtype bfloat16 (needs about {human_bytes(half)})")
+    alternatives.append("a smaller --model (see --list-models)")
+    raise UserError(
+        f"memory: the weights ({human_bytes(model_bytes)}) need about {human_bytes(need)} of RAM at the peak "
+        f"(test {hungriest.name!r}) but {human_bytes(available)} is available; use {' or '.join(alternatives)}"
+    )
+
+
+def estimate_suite_s(n_runs: int, model_bytes: int) -> float:
+    """A rough, pessimistic duration: every run writes and reads the model once."""
+    return n_runs * (2 * model_bytes / (ESTIMATE_GBPS * 1e9) + ESTIMATE_RUN_OVERHEAD_S)
+
+
+def check_duration(n_runs: int, model_bytes: int, what: str = "--runs") -> None:
+    """Refuse a suite whose estimated duration is absurd, with the estimate."""
+    seconds = estimate_suite_s(n_runs, model_bytes)
+    if seconds > MAX_SUITE_S:
+        raise UserError(f"{what}: {n_runs:,} runs of a {human_bytes(model_bytes)} checkpoint would take about "
+                        f"{_duration(seconds)} (at {ESTIMATE_GBPS:g} GB/s); ask for fewer runs")
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("years", 365 * 86400), ("days", 86400), ("hours", 3600)):
+        if seconds >= size:
+            return f"{seconds / size:,.0f} {unit}"
+    return f"{seconds / 60:,.0f} minutes"
+
+
+def suggest_preset(ram_bytes: int | None, dtype: str, config: SuiteConfig) -> str | None:
+    """The smallest preset of at least a quarter of RAM that would still fit in memory here, as flags."""
+    from .weights import PRESETS, NUMPY_DTYPES
+
+    if not ram_bytes:
+        return None
+    for candidate_dtype in dict.fromkeys((dtype, "bfloat16")):
+        itemsize = NUMPY_DTYPES[candidate_dtype].itemsize
+        sized = sorted((PRESETS[name].n_params * itemsize, name) for name in PRESETS)
+        for model_bytes, name in sized:
+            fits = all(peak_memory_bytes(t, model_bytes, config.max_inflight_bytes) * SAFETY <= ram_bytes
+                       for t in config.tests)
+            if model_bytes >= ram_bytes / 4 and fits:
+                return f"--model {name}" + (f" --dtype {candidate_dtype}" if candidate_dtype != dtype else "")
+    return None

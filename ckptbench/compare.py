@@ -1,9 +1,9 @@
 """`compare A.json B.json`: is B faster, slower or the same as A, test by test?
 
 Like pyperf's compare_to: for each test in both files and each metric, A and B as
-mean +- std, the change of B versus A, and a verdict from Welch's t-test on the raw
-runs (the same `stats.compare_to_baseline` a suite uses against its baseline, with A
-as the baseline). Differences that make the comparison unfair (another machine, model
+mean +- std, the change of B versus A with its 95 % CI, and a verdict from Welch's
+t-test on the raw runs (`analysis.compare`, the same function a suite uses against its
+baseline, with A as the baseline). Differences that make the comparison unfair (another machine, model
 or dtype) are warned about on stderr but do not stop it: comparing machines can be
 the point. `--fail-on-regression PCT` turns a significant slowdown or growth beyond
 PCT % into exit status 1, for CI.
@@ -11,17 +11,14 @@ PCT % into exit status 1, for CI.
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import report, results, stats
-from .errors import UserError
+from . import analysis, report, results, stats
 
-# Verdict words that mean "B is worse than A" (see results.METRICS).
-REGRESSION_WORDS = frozenset(worse for _, _, worse in results.METRICS.values())
+# Verdict words that mean "B is worse than A".
+REGRESSION_WORDS = frozenset(worse for _, _, worse, _ in analysis.METRICS.values())
 DEFAULT_NOISE_PCT = 5.0
 # Environment fields that make two machines "the same" for timing purposes.
 MACHINE_FIELDS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
@@ -35,54 +32,7 @@ MODEL_FIELDS = ("name", "path", "n_params")
 _COSMETIC_SETTINGS = frozenset({"name", "description", "expected"})
 
 
-def _non_negative_pct(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a percentage >= 0, got {text}")
-    return value
-
-
-def build_parser(parser_class: type[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    parser = parser_class(
-        prog="compare",
-        description="Compare two results.json files test by test: B versus A, with Welch's t-test on the runs.",
-    )
-    parser.add_argument("a", type=Path, metavar="A.json", help="the reference results file")
-    parser.add_argument("b", type=Path, metavar="B.json", help="the results file judged against A")
-    parser.add_argument("--format", choices=("text", "markdown"), default="text",
-                        help="table format (markdown renders on GitHub)")
-    parser.add_argument("--fail-on-regression", type=_non_negative_pct, metavar="PCT",
-                        help="exit with status 1 when any metric is significantly slower or larger by more than PCT %%")
-    parser.add_argument("--noise-pct", type=_non_negative_pct, metavar="N",
-                        help="changes under N %% are 'within noise' (default: A's noise_pct, else 5)")
-    return parser
-
-
-def main(argv: Sequence[str], parser_class: type[argparse.ArgumentParser]) -> int:
-    args = build_parser(parser_class).parse_args(list(argv))
-    doc_a, doc_b = results.read(args.a), results.read(args.b)
-    noise_pct = args.noise_pct if args.noise_pct is not None else _recorded_noise_pct(doc_a)
-    for warning in mismatch_warnings(doc_a, doc_b):
-        print(f"warning: {warning}", file=sys.stderr)
-    rows = compare_documents(doc_a, doc_b, noise_pct)
-    if not rows:
-        raise UserError(f"{args.a} and {args.b} have no test in common; nothing to compare")
-    print(render(args.a, args.b, doc_a, doc_b, rows, noise_pct, args.format))
-    if args.fail_on_regression is None:
-        return 0
-    bad = regressions(rows, args.fail_on_regression)
-    if bad:
-        print(f"\nRegressions beyond {args.fail_on_regression:g}% (--fail-on-regression):")
-        print("\n".join(f"  {r['test']} {r['metric']}: {r['comparison']['change_pct']:+.1f}% "
-                        f"{r['comparison']['verdict']}" for r in bad))
-        return 1
-    return 0
-
-
-def _recorded_noise_pct(document: Mapping[str, Any]) -> float:
+def recorded_noise_pct(document: Mapping[str, Any]) -> float:
     value = (document.get("protocol") or {}).get("noise_pct")
     return DEFAULT_NOISE_PCT if value is None else float(value)
 
@@ -97,10 +47,8 @@ def compare_documents(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any], noise_
             continue
         samples_a = results.samples(test_a["runs"], int(doc_a["weights"]["size_bytes"]))
         samples_b = results.samples(test_b["runs"], int(doc_b["weights"]["size_bytes"]))
-        for metric, (higher_better, better, worse) in results.METRICS.items():
-            comparison = stats.compare_to_baseline(
-                samples_b[metric], samples_a[metric], noise_pct=noise_pct,
-                higher_is_better=higher_better, better_word=better, worse_word=worse)
+        for metric in results.METRICS:
+            comparison = analysis.compare(samples_b[metric], samples_a[metric], metric=metric, noise_pct=noise_pct)
             rows.append({"test": test_a["name"], "metric": metric, "comparison": comparison,
                          "a": stats.summarize(samples_a[metric]), "b": stats.summarize(samples_b[metric])})
     return rows
@@ -191,6 +139,7 @@ def _table_row(row: Mapping[str, Any]) -> list[str]:
         f"{quantity_pm(a, divisor, unit)} (n={a['n']})",
         f"{quantity_pm(b, divisor, unit)} (n={b['n']})",
         report.NA if change is None else f"{change:+.1f}%",
+        report.ci_pct(comparison),
         report.NA if p is None else f"{p:.3g}",
         report.verdict(comparison, min(a["n"], b["n"])),
     ]
@@ -206,7 +155,8 @@ def _describe(path: Path, document: Mapping[str, Any]) -> str:
 def render(path_a: Path, path_b: Path, doc_a: Mapping[str, Any], doc_b: Mapping[str, Any],
            rows: Sequence[Mapping[str, Any]], noise_pct: float, fmt: str = "text") -> str:
     """The whole comparison: what A and B are, the table, and the tests only one file has."""
-    headers = ["test", "metric", "A: mean +- std", "B: mean +- std", "change (B vs A)", "p (Welch)", "verdict"]
+    headers = ["test", "metric", "A: mean +- std", "B: mean +- std", "change (B vs A)", "95% CI %", "p (Welch)",
+               "verdict"]
     bullet = "- " if fmt == "markdown" else ""
     lines = [f"{bullet}A = {_describe(path_a, doc_a)}", f"{bullet}B = {_describe(path_b, doc_b)}", "",
              f"Welch's t-test on the runs, alpha {stats.ALPHA:g}; changes under {noise_pct:g}% are within noise.",

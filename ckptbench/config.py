@@ -4,6 +4,10 @@ Structure is checked by a JSON Schema (so types, ranges and unknown keys are dat
 not code); meaning (duplicate names, the baseline, compression options) is checked
 after it. Every problem becomes one `UserError` line naming the test and the field.
 Relative paths in a config file are resolved against the file's own folder.
+
+`load` and `from_dict` return a finished suite: command-line overrides applied, sweeps
+expanded, the storage target and process counts applied to the tests. There is no
+later step for a caller to remember.
 """
 
 from __future__ import annotations
@@ -20,23 +24,29 @@ from typing import Any, Mapping, Sequence
 import jsonschema
 from jsonschema.exceptions import best_match
 
-from . import chunking, compression, weights
+from . import chunking, compression, hub, weights
 from .errors import UserError
+from .records import ORDERS
+from .units import MAX_SIZE_BYTES, SIZE_PATTERN, parse_size, size_label
 
 DTYPES = ("float32", "bfloat16", "float16")
 CACHE_EVICTION = ("auto", "drop_caches", "fadvise", "none")
 DEFAULT_OUTPUT_DIR = "saved_models/phase4_tests"
-MAX_CHUNK_BYTES = 2**32  # 4 GiB: beyond this one chunk is larger than any tensor worth chunking
 MAX_CHUNK_ELEMENTS = 2**30  # 4 GiB of float32
 MAX_CONCURRENCY = 4096
+MAX_PROCESSES = 256
 
 _POSITIVE_INT = {"type": "integer", "minimum": 1}
 _RANGE_PCT = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
 # A size is bytes as a whole number, or a string such as "64KB", "1MiB" or "t5x" (64 MiB).
-_SIZE = {"anyOf": [{**_POSITIVE_INT, "maximum": MAX_CHUNK_BYTES},
-                   {"type": "string", "pattern": r"^\s*([tT]5[xX]|\d+(\.\d+)?\s*([KkMmGg][iI]?[Bb]|[Bb])?)\s*$"}]}
+_SIZE = {"anyOf": [{**_POSITIVE_INT, "maximum": MAX_SIZE_BYTES}, {"type": "string", "pattern": SIZE_PATTERN}]}
 FORMATS = ("zarr2", "zarr3")
 KVSTORES = ("file", "ocdbt", "memory")
+# TensorStore's file_io_mode context resource (kvstore/file): how the file kvstore reads.
+# "default" reads with pread through the page cache, "memmap" maps files (still the page
+# cache), "direct" reads with O_DIRECT, around the page cache, where a chunk file's size
+# is a multiple of 4096 bytes (elsewhere TensorStore quietly reads buffered).
+FILE_IO_MODES = ("default", "memmap", "direct")
 REFERENCES = ("safetensors", "torch_save", "device_ceiling")
 
 
@@ -57,6 +67,7 @@ SWEEP_FIELDS: dict[str, str] = {
     "shard_bytes": "shard",
     "data_copy_concurrency": "copy",
     "file_io_sync": "sync",
+    "file_io_mode": "io",
 }
 
 TEST_SCHEMA: dict[str, Any] = {
@@ -77,6 +88,7 @@ TEST_SCHEMA: dict[str, Any] = {
         "shard_bytes": _sweepable(_SIZE),
         "data_copy_concurrency": _sweepable({"type": ["integer", "null"], "minimum": 1, "maximum": MAX_CONCURRENCY}),
         "file_io_sync": _sweepable({"type": "boolean"}),
+        "file_io_mode": _sweepable({"enum": list(FILE_IO_MODES)}),
         "expected": {
             "type": "object",
             "additionalProperties": False,
@@ -94,6 +106,7 @@ SCHEMA: dict[str, Any] = {
         "model": {"enum": sorted(weights.PRESETS)},
         "weights": {"type": ["string", "null"]},
         "dtype": {"enum": list(DTYPES)},
+        "values": {"enum": list(weights.VALUES)},
         "output_dir": {"type": "string", "minLength": 1},
         "baseline": {"type": "string"},
         "storage": {"type": ["string", "null"]},
@@ -103,7 +116,7 @@ SCHEMA: dict[str, Any] = {
             "properties": {"endpoint": {"type": "string"}, "region": {"type": "string"},
                            "max_retries": {"type": "integer", "minimum": 0, "maximum": 100}},
         },
-        "processes": _sweepable({"type": "integer", "minimum": 1, "maximum": 256}),
+        "processes": _sweepable({"type": "integer", "minimum": 1, "maximum": MAX_PROCESSES}),
         "references": {
             "type": "object",
             "additionalProperties": False,
@@ -117,6 +130,7 @@ SCHEMA: dict[str, Any] = {
                 "warmup_rounds": {"type": "integer", "minimum": 0, "maximum": 100},
                 "seed": {"type": ["integer", "null"], "minimum": 0},
                 "cache_eviction": {"enum": list(CACHE_EVICTION)},
+                "order": {"enum": list(ORDERS)},
                 "max_inflight_bytes": {**_POSITIVE_INT, "minimum": 2**20},
                 "noise_pct": {"type": "number", "minimum": 0, "maximum": 100},
             },
@@ -141,6 +155,7 @@ class TestSpec:
     shard_bytes: int | None = None
     data_copy_concurrency: int | None = None  # None: TensorStore's default (one per core)
     file_io_sync: bool = True
+    file_io_mode: str = "default"
     description: str = ""
     expected: dict[str, list[float]] | None = None
     processes: int = 1  # worker processes that save and load the checkpoint together
@@ -160,13 +175,17 @@ class TestSpec:
         """Whether a save's time includes making the data durable (fsync'd to a disk or a server's store)."""
         return self.file_io_sync and self.kvstore != "memory"
 
+    @property
+    def is_reference(self) -> bool:
+        return self.backend != "tensorstore"
+
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
 class SuiteConfig:
-    """Everything a suite needs, resolved: defaults filled, paths absolute."""
+    """Everything a suite needs, resolved: defaults filled, paths absolute, tests expanded."""
 
     tests: tuple[TestSpec, ...]
     baseline: str
@@ -176,12 +195,14 @@ class SuiteConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     processes: tuple[int, ...] = (1,)  # each value runs every TensorStore test with that many processes
     model: str = weights.DEFAULT_PRESET
-    weights: Path | None = None
+    weights: str | None = None  # a local checkpoint folder (absolute) or a Hugging Face id "org/name[@rev]"
     dtype: str = "float32"
+    values: str = "random"  # how preset weights are drawn; see weights.VALUES
     num_runs: int = 3
     warmup_rounds: int = 0
     seed: int | None = None
     cache_eviction: str = "auto"
+    order: str = "interleaved"
     max_inflight_bytes: int = 2 * 2**30
     noise_pct: float = 5.0
     config_path: Path | None = field(default=None, compare=False)
@@ -193,13 +214,18 @@ class SuiteConfig:
         out = dataclasses.asdict(self)
         out["tests"] = [t.to_json() for t in self.tests]
         out["skipped"] = [list(pair) for pair in self.skipped]
-        for key in ("output_dir", "weights", "config_path"):
+        for key in ("output_dir", "config_path"):
             out[key] = None if out[key] is None else str(out[key])
         return out
 
 
-def load(path: Path | str) -> SuiteConfig:
-    """Read and validate a config file."""
+# Command-line overrides `from_dict` and `load` accept (None or absent: not given).
+OVERRIDES = ("output_dir", "num_runs", "model", "weights", "dtype", "values", "tests", "seed", "storage",
+             "processes", "order", "cache_eviction")
+
+
+def load(path: Path | str, **overrides: Any) -> SuiteConfig:
+    """Read and validate a config file, apply overrides (see OVERRIDES) and finish the suite."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such config file; pass --config PATH or create it (see PHASE4_GUIDE.md)")
@@ -213,13 +239,16 @@ def load(path: Path | str) -> SuiteConfig:
         data = json.loads(text)  # NaN and Infinity parse, and the schema then rejects them by field
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    return from_dict(data, base_dir=path.resolve().parent, source=str(path), config_path=path.resolve())
+    return from_dict(data, base_dir=path.resolve().parent, source=str(path), config_path=path.resolve(), **overrides)
 
 
-def from_dict(
-    data: Any, base_dir: Path | None = None, source: str = "config", config_path: Path | None = None
-) -> SuiteConfig:
-    """Validate a parsed config and resolve it."""
+def from_dict(data: Any, base_dir: Path | None = None, source: str = "config", config_path: Path | None = None,
+              **overrides: Any) -> SuiteConfig:
+    """Validate a parsed config, apply overrides (see OVERRIDES) and finish the suite."""
+    unknown = sorted(set(overrides) - set(OVERRIDES))
+    if unknown:
+        raise TypeError(f"unknown override {unknown[0]!r}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     _validate_structure(data, source)
     base_dir = base_dir or Path.cwd()
     for key in ("output_dir", "weights", "storage"):
@@ -254,20 +283,21 @@ def from_dict(
     if baseline not in names:
         raise UserError(f"{source}: baseline: no test named {baseline!r}{_suggest(baseline, names)}")
     testing = data.get("testing", {})
-    weights_dir = data.get("weights")
     defaults = SuiteConfig(tests=(), baseline="", output_dir=Path())
-    return SuiteConfig(
+    suite = SuiteConfig(
         tests=tuple(tests),
         baseline=baseline,
         skipped=tuple(skipped),
         output_dir=(base_dir / data.get("output_dir", DEFAULT_OUTPUT_DIR)).resolve(),
         model=data.get("model", defaults.model),
-        weights=None if weights_dir is None else (base_dir / weights_dir).resolve(),
+        weights=_weights_source(data.get("weights"), base_dir),
         dtype=data.get("dtype", defaults.dtype),
+        values=data.get("values", defaults.values),
         num_runs=testing.get("num_runs", defaults.num_runs),
         warmup_rounds=testing.get("warmup_rounds", defaults.warmup_rounds),
         seed=testing.get("seed", defaults.seed),
         cache_eviction=testing.get("cache_eviction", defaults.cache_eviction),
+        order=testing.get("order", defaults.order),
         max_inflight_bytes=testing.get("max_inflight_bytes", defaults.max_inflight_bytes),
         noise_pct=float(testing.get("noise_pct", defaults.noise_pct)),
         storage=data.get("storage"),
@@ -275,27 +305,81 @@ def from_dict(
         processes=tuple(_as_list(data.get("processes", 1))),
         config_path=config_path,
     )
+    return _finish(_apply_overrides(suite, overrides))
+
+
+def _weights_source(value: str | None, base_dir: Path) -> str | None:
+    """A local folder as an absolute path, or a Hugging Face id as written (a folder that exists wins)."""
+    if value is None:
+        return None
+    local = (base_dir / value).expanduser()
+    if not local.exists() and hub.looks_like_hub_id(value):
+        return value
+    return str(local.resolve())
 
 
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def finalize(config: SuiteConfig) -> SuiteConfig:
+def _apply_overrides(config: SuiteConfig, overrides: Mapping[str, Any]) -> SuiteConfig:
+    """Command-line settings over the file's; `tests` selects a subset by name."""
+    changes = {k: v for k, v in overrides.items() if k != "tests"}
+    _check_override_choices(changes)
+    if "weights" in changes:
+        changes["weights"] = _weights_source(str(changes["weights"]), Path.cwd())
+    if "output_dir" in changes:
+        changes["output_dir"] = Path(changes["output_dir"]).resolve()
+    if "processes" in changes:
+        changes["processes"] = tuple(_as_list(changes["processes"]))
+    selected = overrides.get("tests")
+    if selected is not None:
+        if not selected:
+            raise UserError("--tests: no test names given; use --tests NAME[,NAME...]")
+        names = [t.name for t in config.tests]
+        for name in selected:
+            if name not in names:
+                raise UserError(f"--tests: no test named {name!r}{_suggest(name, names)}")
+        tests = tuple(t for t in config.tests if t.name in selected)
+        changes["tests"] = tests
+        if config.baseline not in selected:
+            changes["baseline"] = tests[0].name
+    return dataclasses.replace(config, **changes)
+
+
+_CHOICES = {"model": tuple(weights.PRESETS), "dtype": DTYPES, "values": weights.VALUES, "order": ORDERS,
+            "cache_eviction": CACHE_EVICTION}
+
+
+def _check_override_choices(changes: Mapping[str, Any]) -> None:
+    for key, choices in _CHOICES.items():
+        if key in changes and changes[key] not in choices:
+            flag = "--" + key.replace("_", "-")
+            hint = "; run --list-models to see the presets" if key == "model" else f"; use one of {', '.join(choices)}"
+            raise UserError(f"{flag}: unknown {key.replace('_', ' ')} {changes[key]!r}{hint}")
+    if "num_runs" in changes and (not isinstance(changes["num_runs"], int) or changes["num_runs"] < 1):
+        raise UserError(f"--runs: must be a whole number of at least 1, got {changes['num_runs']!r}")
+    if "processes" in changes:
+        counts = _as_list(changes["processes"])
+        if not counts or any(not isinstance(n, int) or not 1 <= n <= MAX_PROCESSES for n in counts):
+            raise UserError(f"--processes: {changes['processes']!r} is not a list of process counts from 1 to "
+                            f"{MAX_PROCESSES}; use e.g. 4 or 1,2,4")
+
+
+def _finish(config: SuiteConfig) -> SuiteConfig:
     """Apply the suite-wide settings to the tests: the storage target and the process counts.
 
     - memory:// puts every TensorStore test on the memory kvstore.
     - Reference rows write local files: with memory:// or a remote store they are skipped.
     - Several process counts multiply the TensorStore tests (`name_procs=N`); the memory
       kvstore cannot be shared between processes, so such points are skipped.
-    Call once, after command-line overrides.
     """
     storage = (config.storage or "").split("://", 1)[0] if "://" in (config.storage or "") else "local"
     tests: list[TestSpec] = []
     skipped = list(config.skipped)
     counts = sorted(set(config.processes))
     for test in config.tests:
-        if test.backend != "tensorstore":
+        if test.is_reference:
             if storage == "local":
                 tests.append(test)
             else:
@@ -310,6 +394,8 @@ def finalize(config: SuiteConfig) -> SuiteConfig:
                 continue
             sweep = test.sweep if len(counts) == 1 else {**(test.sweep or {}), "processes": count}
             tests.append(dataclasses.replace(test, name=name, processes=count, sweep=sweep))
+    if config.weights is not None:
+        config = dataclasses.replace(config, values="checkpoint")  # a checkpoint brings its own values
     if not tests:
         raise UserError("no test can run with these settings; see the skipped tests: "
                         + "; ".join(f"{n}: {r}" for n, r in skipped[:3]))
@@ -320,30 +406,11 @@ def finalize(config: SuiteConfig) -> SuiteConfig:
     return dataclasses.replace(config, tests=tuple(tests), skipped=tuple(skipped), baseline=baseline)
 
 
-def with_overrides(config: SuiteConfig, **overrides: Any) -> SuiteConfig:
-    """Apply command-line overrides (None means 'not given'); `tests` selects a subset by name."""
-    changes = {k: v for k, v in overrides.items() if v is not None and k != "tests"}
-    if changes.get("weights") is not None:
-        changes["weights"] = Path(changes["weights"]).resolve()
-    if changes.get("output_dir") is not None:
-        changes["output_dir"] = Path(changes["output_dir"]).resolve()
-    selected = overrides.get("tests")
-    if selected:
-        names = [t.name for t in config.tests]
-        for name in selected:
-            if name not in names:
-                raise UserError(f"--tests: no test named {name!r}{_suggest(name, names)}")
-        tests = tuple(t for t in config.tests if t.name in selected)
-        changes["tests"] = tests
-        if config.baseline not in selected:
-            changes["baseline"] = tests[0].name
-    return dataclasses.replace(config, **changes)
-
-
 _REFERENCE_DESCRIPTIONS = {
-    "safetensors": "reference: safetensors save_file + fsync, load_file",
+    "safetensors": "reference: safetensors save_file + fsync, load_file with every tensor copied out of the map",
     "torch_save": "reference: torch.save + fsync, torch.load",
-    "device_ceiling": "reference: one sequential file write + fsync and a cold sequential read of the same bytes",
+    "device_ceiling": "reference: the same bytes written and read cold in raw files, over a grid of access "
+                      "patterns; the fastest pattern of each run is the ceiling",
 }
 
 
@@ -374,35 +441,6 @@ def _value_label(field_name: str, value: Any) -> str:
     return "default" if value is None else str(value)
 
 
-_UNITS = {"": 1, "B": 1, "KB": 2**10, "KIB": 2**10, "MB": 2**20, "MIB": 2**20, "GB": 2**30, "GIB": 2**30}
-T5X_CHUNK_BYTES = 64 * 2**20  # T5X's _DESIRED_CHUNK_SIZE_BYTES
-
-
-def parse_size(value: int | str, where: str = "size") -> int:
-    """Bytes from 262144, "256KB", "1 MiB" or "t5x" (64 MiB). Sizes are binary: 1 KB = 1024 bytes."""
-    if isinstance(value, int):
-        return value
-    text = value.strip().upper().replace(" ", "")
-    if text == "T5X":
-        return T5X_CHUNK_BYTES
-    number = text.rstrip("KMGIB")
-    try:
-        size = int(float(number) * _UNITS[text[len(number):]])
-    except (ValueError, OverflowError, KeyError):
-        size = 0
-    if not 1 <= size <= MAX_CHUNK_BYTES:
-        raise UserError(f"{where}: {value!r} is out of range; use 1 byte to 4 GB")
-    return size
-
-
-def size_label(size_bytes: int) -> str:
-    """262144 -> '256KB' (binary units, as in the Phase 4 summary)."""
-    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
-        if size_bytes >= scale and size_bytes % scale == 0:
-            return f"{size_bytes // scale}{unit}"
-    return f"{size_bytes}B"
-
-
 def _test_from_dict(raw: Mapping[str, Any], source: str) -> TestSpec:
     where = f"{source}: test {raw['name']!r}"
     has_elements, has_bytes = "chunk_size_elements" in raw, "chunk_bytes" in raw
@@ -421,6 +459,12 @@ def _test_from_dict(raw: Mapping[str, Any], source: str) -> TestSpec:
         if chunk_bytes is not None and shard_bytes < chunk_bytes:
             raise UserError(f"{where}: shard_bytes ({shard_bytes}) is smaller than chunk_bytes ({chunk_bytes}); "
                             "a shard holds whole inner chunks")
+    io_mode = raw.get("file_io_mode", "default")
+    if io_mode != "default" and raw.get("kvstore", "file") == "memory":
+        raise UserError(f"{where}: file_io_mode {io_mode!r} applies to files; the memory kvstore has none")
+    if io_mode == "direct" and codec is not None:
+        raise UserError(f"{where}: file_io_mode \"direct\" reads with O_DIRECT only chunk files whose size is a "
+                        "multiple of 4096 bytes, and compressed chunks are not; use compression \"none\"")
     return TestSpec(
         name=raw["name"],
         description=raw.get("description", ""),
@@ -434,6 +478,7 @@ def _test_from_dict(raw: Mapping[str, Any], source: str) -> TestSpec:
         shard_bytes=shard_bytes,
         data_copy_concurrency=raw.get("data_copy_concurrency"),
         file_io_sync=raw.get("file_io_sync", True),
+        file_io_mode=io_mode,
         expected=raw.get("expected"),
         sweep=raw.get("_sweep"),
     )

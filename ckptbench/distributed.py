@@ -39,8 +39,10 @@ import numpy as np
 import tensorstore as ts
 
 from . import storage
-from .measure import mismatches, timed
+from .backend import Backend
 from .targets import RunLocation
+from .timing import timed
+from .verify import mismatches
 
 PHASE_TIMEOUT_S = 3600.0
 START_TIMEOUT_S = 600.0
@@ -93,12 +95,12 @@ def _worker_main(rank: int, conn, source: "SharedTensors | WeightSource") -> Non
             return
         try:
             if job.op == "save":
-                _, cpu_s, peak = timed(lambda: _save_slices(job, tensors))
-                conn.send(("done", _figures(job, cpu_s, peak)))
+                usage = timed(lambda: _save_slices(job, tensors))
+                conn.send(("done", _figures(job, usage.cpu_s, usage.rss_growth_bytes)))
             else:
                 loaded: dict[str, np.ndarray] = {}
-                _, cpu_s, peak = timed(lambda: loaded.update(_load_slices(job)))
-                conn.send(("done", _figures(job, cpu_s, peak)))
+                usage = timed(lambda: loaded.update(_load_slices(job)))
+                conn.send(("done", _figures(job, usage.cpu_s, usage.rss_growth_bytes)))
                 mine = {name: _part(tensors[name], rows, tensors[name].ndim == 0) for name, rows in job.slices.items()}
                 conn.send(("verified", mismatches(mine, loaded)))
         except Exception as exc:  # reported to the parent, which fails the run
@@ -136,13 +138,14 @@ class WeightSource:
     """Rebuild the weights in the worker from the same source as the parent (deterministic)."""
 
     model: str
-    weights_dir: str | None
+    weights_source: str | None
     dtype: str
+    values: str = "random"
 
     def open(self) -> dict[str, np.ndarray]:
         from . import weights
 
-        return weights.load(self.model, Path(self.weights_dir) if self.weights_dir else None, self.dtype).tensors
+        return weights.load(self.model, self.weights_source, self.dtype, self.values).tensors
 
 
 SHM_DIR = Path("/dev/shm")
@@ -290,14 +293,13 @@ class Pool:
 
 
 @dataclass
-class DistributedBackend:
-    """A TensorStore test run by N processes (see measure.Backend)."""
+class DistributedBackend(Backend):
+    """A TensorStore test run by N processes."""
 
     layout: storage.Layout
     pool: Pool
     max_inflight_bytes: int
     context_extra: dict[str, Any] = field(default_factory=dict)
-    in_memory = False
     last_workers: list[dict[str, float]] | None = None  # each worker's figures for the last save or load
     _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     _per_rank: list[dict[str, tuple[int, int]]] = field(default_factory=list)  # each worker's rows, by array
@@ -352,5 +354,5 @@ class DistributedBackend:
     def footprint(self, location: RunLocation) -> tuple[int, int, int]:
         return storage.TensorStoreBackend(self.layout, self.max_inflight_bytes, self.context_extra).footprint(location)
 
-    def release(self) -> None:
-        pass
+    def worker_figures(self) -> list[dict[str, float]] | None:
+        return self.last_workers

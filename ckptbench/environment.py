@@ -1,15 +1,16 @@
-"""What the numbers were measured on: software versions, machine and filesystem."""
+"""What the numbers were measured on: software versions, machine and filesystem, and the harness itself."""
 
 from __future__ import annotations
 
 import datetime
 import os
 import platform
+import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .capacity import free_bytes
+from .system import free_bytes, ram_bytes
 
 PACKAGES = ("tensorstore", "numpy", "torch", "transformers", "safetensors", "scipy", "matplotlib")
 
@@ -19,16 +20,6 @@ def _version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _meminfo_bytes(key: str) -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _cpu_model() -> str:
@@ -65,7 +56,44 @@ def capture(output_dir: Path) -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "ram_bytes": _meminfo_bytes("MemTotal"),
+        "ram_bytes": ram_bytes(),
         "root": hasattr(os, "geteuid") and os.geteuid() == 0,
         "filesystem": filesystem_of(output_dir),
     }
+
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def tool_version() -> str | None:
+    """The harness's version: from pyproject.toml in a checkout, else the installed package's metadata."""
+    pyproject = CHECKOUT / "pyproject.toml"
+    if pyproject.is_file():
+        import tomllib
+
+        try:
+            return tomllib.loads(pyproject.read_text())["project"]["version"]
+        except (OSError, ValueError, KeyError):
+            pass
+    try:
+        return metadata.version("ckptbench")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout the harness runs from, with '+dirty' for uncommitted changes; None elsewhere."""
+    if not (CHECKOUT / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(CHECKOUT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(CHECKOUT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def tool_info() -> dict[str, Any]:
+    return {"name": "ckptbench", "version": tool_version(), "commit": git_commit()}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import UserError
-from .measure import RunRecord
+from .records import RunRecord
 
 JOURNAL_FILE = "journal.jsonl"
 FORMAT = "ckptbench-journal-1"
@@ -68,8 +68,7 @@ class Journal:
                 raise UserError(f"--resume: {self.path} line {number} is damaged; start afresh without --resume") from None
         if not entries or entries[0].get("type") != "suite" or entries[0].get("format") != FORMAT:
             raise UserError(f"--resume: {self.path} is not a journal this version wrote; start afresh without --resume")
-        fields = set(RunRecord.__dataclass_fields__)
-        runs = [RunRecord(**{k: v for k, v in e.items() if k in fields}) for e in entries[1:] if e.get("type") == "run"]
+        runs = [RunRecord.from_json(e) for e in entries[1:] if e.get("type") == "run"]
         return entries[0], runs
 
 

@@ -1,38 +1,54 @@
 """The figures, drawn from a results document (they measure and compute nothing).
 
-The 6-panel figure: save time, load time and size (means with 95% CI error bars); save
-and load improvement vs baseline in % (bars with the 95% CI of the change, hatched where
-the change is not significant); and a heatmap of improvement per test and metric whose
-colour scale spans the largest value, so nothing is clipped. It widens with the number
-of tests and stands long tick labels upright, wrapped, so sweeps of 20+ tests stay legible.
+The 6-panel figure: save time, load time and size (bars at the mean, each run a dot,
+whiskers the 95 % CI computed on log values so no whisker reaches below zero); save and
+load improvement vs baseline in % (bars with the 95 % CI of the change, hatched where the
+change is not significant); and a heatmap of improvement per test and metric whose colour
+scale spans the largest value, so nothing is clipped. Reference rows (safetensors,
+torch.save, the device ceiling) stand apart after a gap, grey and hatched. The title says
+which layout to use; the winners' bars are outlined in gold.
 
 The claims figure: each claimed % range as a band, the measured change and its 95% CI
 over it, coloured by the claim's outcome.
+
+Figures are matplotlib `Figure` objects saved explicitly: importing this module, or
+drawing, never touches pyplot or the backend of a notebook that imports it.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import matplotlib
-import matplotlib.colors
-import matplotlib.lines
-import matplotlib.patches
-import matplotlib.ticker
+import numpy as np
 
-matplotlib.use("Agg")  # files only: no display on servers or CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .errors import UserError
 
 PLOT_FILE = "optimization_analysis.png"
 CLAIMS_FILE = "claims_check.png"
+TIME_NOTE = "bars: mean; dots: runs; whiskers: 95% CI (log scale)"
 ERRORBAR_NOTE = "error bars: 95% CI of the mean"
 LABEL_LINE_CHARS = 24  # tick labels longer than this are wrapped at '_' boundaries
 MANY_TESTS = 8  # beyond this, tick labels stand upright: slanted ones would overlap their neighbours
+REFERENCE_GAP = 0.8  # extra space between the TensorStore tests and the reference rows
 CEILING = "device_ceiling"
-OUTCOME_COLORS = {"confirmed": "#2a9d8f", "contradicted": "#e63946", "inconclusive": "#9a9a9a"}
+OUTCOME_COLORS = {"confirmed": "#2a9d8f", "contradicted": "#e63946", "consistent, not pinned down": "#f4a261",
+                  "inconclusive": "#9a9a9a"}
+REFERENCE_COLOR = "#c8c8c8"
+WINNER_EDGE = "#d4a017"
+DPI = 100
+
+
+def figure(width_in: float, height_in: float, rows: int = 1, cols: int = 1) -> tuple[Any, Any]:
+    """A Figure and its axes, without pyplot: nothing global changes, in a script or a notebook."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UserError("figures need matplotlib; install it with: pip install matplotlib") from None
+    fig = Figure(figsize=(width_in, height_in), layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 def _wrap_name(name: str, width: int = LABEL_LINE_CHARS) -> str:
@@ -52,30 +68,53 @@ def _labels(names: Sequence[str]) -> list[str]:
     return [n if len(n) <= LABEL_LINE_CHARS else _wrap_name(n) for n in names]
 
 
-def _set_test_ticks(ax, names: Sequence[str]) -> None:
+def positions(tests: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """x of each test: TensorStore tests side by side, then a gap, then the reference rows."""
+    x, out, gap_done = 0.0, [], False
+    for test in tests:
+        if test.get("kind") == "reference" and not gap_done and out:
+            x += REFERENCE_GAP
+            gap_done = True
+        out.append(x)
+        x += 1.0
+    return np.array(out)
+
+
+def _set_test_ticks(ax, names: Sequence[str], xs: np.ndarray) -> None:
     if len(names) > MANY_TESTS:
-        ax.set_xticks(np.arange(len(names)), _labels(names), rotation=90, ha="center", fontsize=7)
+        ax.set_xticks(xs, _labels(names), rotation=90, ha="center", fontsize=7)
     else:
-        ax.set_xticks(np.arange(len(names)), _labels(names), rotation=30, ha="right", fontsize=8)
+        ax.set_xticks(xs, _labels(names), rotation=30, ha="right", fontsize=8)
 
 
 def _value_fontsize(n_tests: int) -> float:
     return 6 if n_tests > MANY_TESTS else 7
 
 
-def _mean_and_err(summary: Mapping[str, Any], scale: float = 1.0) -> tuple[float, list[float]]:
+def _mean_and_err(summary: Mapping[str, Any], scale: float = 1.0, log_ci: bool = False) -> tuple[float, list[float]]:
+    """The mean and the distances to its CI's ends (the log-scale CI where asked: never below zero)."""
     mean = summary.get("mean")
     if mean is None:
         return np.nan, [0.0, 0.0]
-    ci = summary.get("ci95")
+    ci = summary.get("ci95_log") if log_ci else summary.get("ci95")
     if ci is None:
         return mean / scale, [0.0, 0.0]
-    return mean / scale, [(mean - ci[0]) / scale, (ci[1] - mean) / scale]
+    return mean / scale, [max(0.0, (mean - ci[0]) / scale), max(0.0, (ci[1] - mean) / scale)]
 
 
-def _mark_missing(ax, values: Sequence[float], text: str, n_tests: int) -> None:
+def _colors(tests: Sequence[Mapping[str, Any]], color: str) -> list[str]:
+    return [REFERENCE_COLOR if t.get("kind") == "reference" else color for t in tests]
+
+
+def _style_references(bars, tests: Sequence[Mapping[str, Any]]) -> None:
+    for bar, test in zip(bars, tests):
+        if test.get("kind") == "reference":
+            bar.set_hatch("..")
+
+
+def _mark_missing(ax, xs, values: Sequence[float], text: str, n_tests: int) -> None:
     """Write text where a bar is missing: bar_label skips NaN bars, and a gap alone reads as zero."""
-    for x, value in enumerate(values):
+    for x, value in zip(xs, values):
         if not np.isfinite(value):
             ax.text(x, 0, text, rotation=90, ha="center", va="bottom", fontsize=_value_fontsize(n_tests) + 1,
                     color="#b00020")
@@ -84,33 +123,83 @@ def _mark_missing(ax, values: Sequence[float], text: str, n_tests: int) -> None:
 def _value_label(mean: float, n: int) -> str:
     if not np.isfinite(mean):
         return ""
-    # A bar without an error bar needs saying why: one run has no CI.
-    return f"{mean:.3g}" + ("\nn=1" if n == 1 else "")
+    return f"{mean:.3g}" + ("\nn=1" if n == 1 else "")  # a bar without a whisker needs saying why
 
 
-def _bars(ax, names, tests, metric, scale, ylabel, title, color) -> None:
-    means, errs = zip(*(_mean_and_err(t["stats"][metric], scale) for t in tests))
-    x = np.arange(len(tests))
+def _run_values(test: Mapping[str, Any], metric: str) -> list[float]:
+    return [float(r[metric]) for r in test["runs"] if r["error"] is None and not r["warmup"] and r.get(metric) is not None]
+
+
+def _bars(ax, document, tests, metric, scale, ylabel, title, color, winner: str | None) -> None:
+    names = [t["name"] for t in tests]
+    xs = positions(tests)
+    timed = metric in ("save_s", "load_s")
+    means, errs = zip(*(_mean_and_err(t["stats"][metric], scale, log_ci=timed) for t in tests))
     capsize = 2 if len(tests) > MANY_TESTS else 4
-    bars = ax.bar(x, means, yerr=np.array(errs).T, capsize=capsize, color=color, edgecolor="black", linewidth=0.5)
-    labels = [_value_label(m, t["stats"][metric]["n"]) for m, t in zip(means, tests)]
+    bars = ax.bar(xs, means, yerr=np.array(errs).T, capsize=capsize, color=_colors(tests, color),
+                  edgecolor="black", linewidth=0.5, zorder=2)
+    _style_references(bars, tests)
+    for bar, name in zip(bars, names):
+        if name == winner:
+            bar.set_edgecolor(WINNER_EDGE)
+            bar.set_linewidth(2.5)
+    if timed:
+        for x, test in zip(xs, tests):
+            values = np.array(_run_values(test, metric)) / scale
+            ax.scatter(np.full(values.size, x) + np.linspace(-0.18, 0.18, values.size) if values.size > 1 else [x] * values.size,
+                       values, s=9, color="black", zorder=3, linewidths=0)
+    labels = [_value_label(m, t["stats"][metric]["n"]) + (" ★" if t["name"] == winner else "")
+              for m, t in zip(means, tests)]
     ax.bar_label(bars, labels=labels, padding=2, fontsize=_value_fontsize(len(tests)))
-    _mark_missing(ax, means, "failed: no runs", len(tests))
+    tops = [m + e[1] for m, e in zip(means, errs)]
+    runs_top = max([v for t in tests for v in _run_values(t, metric)] or [0.0]) / scale
+    _clip_axis(ax, xs, tops, max([m for m in means if np.isfinite(m)] + [runs_top, 0.0]))
+    _mark_missing(ax, xs, means, "failed: no runs", len(tests))
     ceiling = next((t for t in tests if t["name"] == CEILING), None)
-    if metric in ("save_s", "load_s") and ceiling and ceiling["stats"][metric]["mean"] is not None:
-        # What the disk itself needs for these bytes: no bar can honestly go below this line.
-        ax.axhline(ceiling["stats"][metric]["mean"], color="#c1121f", linestyle="--", linewidth=1,
-                   label="device ceiling (1 MiB fsync'd writes / 8-stream cold reads)")
-        ax.legend(loc="upper right", fontsize=8)
-    _set_test_ticks(ax, names)
+    handles = []
+    if timed and ceiling and ceiling["stats"][metric]["mean"] is not None:
+        # What the disk itself needs for these bytes: a bar below this line read from a cache.
+        handles.append(ax.axhline(ceiling["stats"][metric]["mean"], color="#c1121f", linestyle="--", linewidth=1,
+                                  label="device ceiling (fastest access pattern)"))
+    if any(t.get("kind") == "reference" for t in tests):
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(facecolor=REFERENCE_COLOR, hatch="..", edgecolor="black",
+                             label="reference rows (not TensorStore)"))
+    if winner:
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(facecolor="white", edgecolor=WINNER_EDGE, linewidth=2.5, label="★ best TensorStore test"))
+    if handles:
+        ax.legend(handles=handles, loc="upper right", fontsize=7)
+    _set_test_ticks(ax, names, xs)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.margins(x=0.01, y=0.15)
+    ax.margins(x=0.01)
 
 
-def _improvement(ax, names, tests, baseline, metric, title) -> None:
+def _clip_axis(ax, xs, whisker_tops: Sequence[float], data_top: float, bottom: float | None = 0.0,
+               whisker_bottoms: Sequence[float] = (), data_bottom: float = 0.0) -> None:
+    """Fit the axis to the data, not to whiskers: a 95 % CI of 2 or 3 runs can be 100 times wider than
+    the data. A whisker that leaves the axis ends in an arrow with its end value printed."""
+    span = max(data_top - (data_bottom if bottom is None else 0.0), 1e-12)
+    top = data_top + 0.3 * span
+    low = bottom if bottom is not None else data_bottom - 0.3 * span
+    ax.set_ylim(low, top)
+    for x, value in zip(xs, whisker_tops):
+        if np.isfinite(value) and value > top:
+            ax.annotate(f"CI to {value:.3g}", xy=(x, top), xytext=(0, -2), textcoords="offset points", ha="center",
+                        va="top", fontsize=6, color="#555555", arrowprops={"arrowstyle": "-|>", "color": "#555555"})
+    for x, value in zip(xs, whisker_bottoms):
+        if bottom is None and np.isfinite(value) and value < low:
+            ax.annotate(f"CI to {value:.3g}", xy=(x, low), xytext=(0, 2), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=6, color="#555555", arrowprops={"arrowstyle": "-|>", "color": "#555555"})
+
+
+def _improvement(ax, tests, baseline, metric, title) -> None:
     """Improvement = -change (positive is better), with the change's CI and significance."""
-    x = np.arange(len(tests))
+    names = [t["name"] for t in tests]
+    xs = positions(tests)
     values, lows, highs, hatches = [], [], [], []
     for t in tests:
         comparison = t["vs_baseline"].get(metric) or {}
@@ -121,9 +210,10 @@ def _improvement(ax, names, tests, baseline, metric, title) -> None:
         lows.append(0.0 if ci is None or change is None else value - (-ci[1]))
         highs.append(0.0 if ci is None or change is None else (-ci[0]) - value)
         hatches.append("" if comparison.get("significant") or t["name"] == baseline else "//")
-    colors = ["#2a9d8f" if v >= 0 else "#e76f51" for v in np.nan_to_num(values)]
+    colors = [REFERENCE_COLOR if t.get("kind") == "reference" else ("#2a9d8f" if v >= 0 else "#e76f51")
+              for t, v in zip(tests, np.nan_to_num(values))]
     capsize = 2 if len(tests) > MANY_TESTS else 4
-    bars = ax.bar(x, values, yerr=[lows, highs], capsize=capsize, color=colors, edgecolor="black", linewidth=0.5)
+    bars = ax.bar(xs, values, yerr=[lows, highs], capsize=capsize, color=colors, edgecolor="black", linewidth=0.5)
     for bar, hatch in zip(bars, hatches):
         bar.set_hatch(hatch)
     labels = []
@@ -132,12 +222,15 @@ def _improvement(ax, names, tests, baseline, metric, title) -> None:
         mark = "*" if comparison.get("significant") else ""
         labels.append("base" if t["name"] == baseline else (_pct_text(v) + mark if np.isfinite(v) else ""))
     ax.bar_label(bars, labels=labels, padding=2, fontsize=_value_fontsize(len(tests)))
-    _mark_missing(ax, values, "n/a: no runs", len(tests))
+    _mark_missing(ax, xs, values, "n/a: no runs", len(tests))
+    finite = [v for v in values if np.isfinite(v)] + [0.0]
+    _clip_axis(ax, xs, [v + h for v, h in zip(values, highs)], max(finite), bottom=None,
+               whisker_bottoms=[v - lo for v, lo in zip(values, lows)], data_bottom=min(finite))
     ax.axhline(0, color="black", linewidth=0.8)
-    _set_test_ticks(ax, names)
+    _set_test_ticks(ax, names, xs)
     ax.set_ylabel("improvement vs baseline (%)")
-    ax.set_title(title + "\n(* significant, // not significant; bars: 95% CI)", fontsize=10)
-    ax.margins(x=0.01, y=0.2)
+    ax.set_title(title + "\n(* significant, // not significant; bars: 95% CI; grey: reference rows)", fontsize=10)
+    ax.margins(x=0.01)
 
 
 def _improvement_pct(test: Mapping[str, Any], metric: str) -> float:
@@ -154,7 +247,11 @@ def _pct_text(value: float) -> str:
     return f"{round(value):+d}%"
 
 
-def _heatmap(fig, ax, names, tests) -> None:
+def _heatmap(fig, ax, tests) -> None:
+    import matplotlib
+    import matplotlib.colors
+
+    names = [t["name"] + (" (ref)" if t.get("kind") == "reference" else "") for t in tests]
     metrics = [("save_s", "save"), ("load_s", "load"), ("size_bytes", "size")]
     grid = np.array([[_improvement_pct(t, m) for m, _ in metrics] for t in tests], dtype=float)
     finite = grid[np.isfinite(grid)]
@@ -173,7 +270,8 @@ def _heatmap(fig, ax, names, tests) -> None:
         ax.text(col, row, _pct_text(value), ha="center", va="center", fontsize=8,
                 color="white" if abs(norm(value) - 0.5) > 0.35 else "black")
     fig.colorbar(image, ax=ax, label="improvement vs baseline (%)")
-    ax.set_title("Optimization impact, % improvement vs baseline\n(green = better; colour scale symmetric log)", fontsize=10)
+    ax.set_title("Optimization impact, % improvement vs baseline\n(green = better; colour scale symmetric log)",
+                 fontsize=10)
 
 
 def _figure_size_in(n_tests: int) -> tuple[float, float]:
@@ -182,30 +280,60 @@ def _figure_size_in(n_tests: int) -> tuple[float, float]:
     return 3 * panel_width_in + 1.0, max(10.5, 0.5 * n_tests + 3.0)
 
 
-def _source(document: Mapping[str, Any]) -> str:
-    w, p = document["weights"], document["protocol"]
-    name = w.get("name") or Path(w.get("path", "?")).name
-    return (f"{name} ({w['n_params'] / 1e6:.0f}M params, {w['dtype']}, {w['size_bytes'] / 1e9:.2f} GB), "
-            f"{p['num_runs']} runs/test, loads {p['load_cache']}")
+def source_line(document: Mapping[str, Any]) -> str:
+    w, p, scale = document["weights"], document["protocol"], document.get("scale") or {}
+    name = w.get("repo_id") or w.get("name") or Path(w.get("path", "?")).name
+    text = (f"{name} ({w['n_params'] / 1e6:.0f}M params, {w['dtype']}, values {w.get('values', '?')}, "
+            f"{w['size_bytes'] / 1e9:.2f} GB), {p['num_runs']} runs/test, loads {p['load_cache']}")
+    if scale.get("model_pct_of_ram") is not None:
+        text += (f"; {scale['model_pct_of_ram']:.1f}% of RAM, "
+                 f"{'fits' if scale['fits_in_page_cache'] else 'does not fit'} in the page cache")
+    if scale.get("ceiling_load_pattern"):
+        text += f"; ceiling: write {scale['ceiling_save_pattern']}, read {scale['ceiling_load_pattern']}"
+    return text
+
+
+def advice_line(document: Mapping[str, Any]) -> str:
+    """The answer the figure exists for: which TensorStore layout to use."""
+    best = document.get("best") or {}
+    parts = []
+    for objective, word in (("load", "fastest load"), ("save", "fastest save"), ("balanced", "best save + load"),
+                            ("size", "smallest")):
+        entry = best.get(objective)
+        if entry:
+            tie = "" if entry.get("distinguishable") or not entry.get("runner_up") else f" (tied with {entry['runner_up']})"
+            parts.append(f"{word}: {entry['test']}{tie}")
+    return ("Use → " + ";  ".join(parts)) if parts else ""
 
 
 def draw(document: Mapping[str, Any], path: Path) -> Path:
     """Draw the 6-panel figure for a results document into path (PNG)."""
     tests = document["tests"]
-    names = [t["name"] for t in tests]
-    fig, axes = plt.subplots(2, 3, figsize=_figure_size_in(len(tests)), constrained_layout=True)
-    _bars(axes[0, 0], names, tests, "save_s", 1.0, "seconds", f"Save time (lower is better)\n{ERRORBAR_NOTE}", "#457b9d")
-    _bars(axes[0, 1], names, tests, "load_s", 1.0, "seconds", f"Load time, cold (lower is better)\n{ERRORBAR_NOTE}", "#8ab17d")
-    _bars(axes[0, 2], names, tests, "size_bytes", 1e6, "MB on disk (file bytes)", f"Checkpoint size\n{ERRORBAR_NOTE}", "#e9c46a")
-    _improvement(axes[1, 0], names, tests, document["baseline"], "save_s", "Save time improvement")
-    _improvement(axes[1, 1], names, tests, document["baseline"], "load_s", "Load time improvement")
-    _heatmap(fig, axes[1, 2], names, tests)
-    title = f"TensorStore checkpoint benchmark: {_source(document)}"
+    best = document.get("best") or {}
+    winner = {metric: (best.get(objective) or {}).get("test")
+              for objective, metric in (("save", "save_s"), ("load", "load_s"), ("size", "size_bytes"))}
+    fig, axes = figure(*_figure_size_in(len(tests)), rows=2, cols=3)
+    _bars(axes[0, 0], document, tests, "save_s", 1.0, "seconds", f"Save time (lower is better)\n{TIME_NOTE}",
+          "#457b9d", winner["save_s"])
+    _bars(axes[0, 1], document, tests, "load_s", 1.0, "seconds", f"Load time, cold (lower is better)\n{TIME_NOTE}",
+          "#8ab17d", winner["load_s"])
+    _bars(axes[0, 2], document, tests, "size_bytes", 1e6, "MB on disk (file bytes)", "Checkpoint size", "#e9c46a",
+          winner["size_bytes"])
+    _improvement(axes[1, 0], tests, document["baseline"], "save_s", "Save time improvement")
+    _improvement(axes[1, 1], tests, document["baseline"], "load_s", "Load time improvement")
+    _heatmap(fig, axes[1, 2], tests)
+    title = f"TensorStore checkpoint benchmark: {source_line(document)}"
     if not document.get("complete", True):
         title += "  [INCOMPLETE]"
-    fig.suptitle(title, fontsize=13)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    advice = advice_line(document)
+    width_chars = int(fig.get_figwidth() * 10)
+    lines = textwrap.wrap(title, width_chars) + (textwrap.wrap(advice, width_chars) if advice else [])
+    fig.suptitle("\n".join(lines), fontsize=12)
+    return save(fig, path)
+
+
+def save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI)
     return path
 
 
@@ -228,6 +356,8 @@ def _claim_note(claim: Mapping[str, Any]) -> str:
 def _claims_x_scale(ax, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
     """Linear, unless something passes +-100 %: then linear inside +-100 % and logarithmic beyond,
     so one huge CI (common with 3 noisy runs) cannot squash every claimed band into a sliver."""
+    import matplotlib.ticker
+
     values = [abs(v) for _, c in rows for v in [*c["claimed_pct"], *(c.get("ci_pct") or []), c.get("measured_pct")]
               if v is not None]
     label = "change vs baseline (%)   (negative = less time or size)"
@@ -251,12 +381,19 @@ def _pct_ticks(lo: float, hi: float) -> list[float]:
 
 def draw_claims(document: Mapping[str, Any], path: Path) -> Path | None:
     """Draw each claim's range against the measured change and its 95% CI; None when there are no claims."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     rows = _claim_rows(document)
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(12.0, 1.8 + 0.45 * len(rows)), constrained_layout=True)
+    fig, axes = figure(12.0, 1.8 + 0.45 * len(rows))
+    ax = axes[0, 0]
     for y, (_, claim) in enumerate(rows):
         lo, hi = claim["claimed_pct"]
+        band_lo, band_hi = claim.get("band_pct") or claim["claimed_pct"]
+        if (band_lo, band_hi) != (lo, hi):  # the noise threshold's widening, lighter
+            ax.barh(y, band_hi - band_lo, left=band_lo, height=0.6, color="#e3edf5", edgecolor="none", zorder=1)
         # Zero-width claims (a single value) still get a visible band.
         ax.barh(y, max(hi - lo, 0.5), left=lo if hi > lo else lo - 0.25, height=0.6,
                 color="#bcd4e6", edgecolor="#5b8db8", linewidth=0.8, zorder=1)
@@ -275,14 +412,22 @@ def draw_claims(document: Mapping[str, Any], path: Path) -> Path | None:
     ax.margins(x=0.05)
     _claims_x_scale(ax, rows)
     ax.grid(axis="x", color="#e0e0e0", zorder=0)
-    handles = [matplotlib.patches.Patch(facecolor="#bcd4e6", edgecolor="#5b8db8", label="claimed range")]
-    handles += [matplotlib.lines.Line2D([], [], marker="o", linestyle="", color=c, label=f"measured: {o}")
-                for o, c in OUTCOME_COLORS.items()]
-    handles.append(matplotlib.lines.Line2D([], [], marker="D", linestyle="", color="#555555",
-                                           label="measured, no finite CI"))
+    handles = [Patch(facecolor="#bcd4e6", edgecolor="#5b8db8", label="claimed range"),
+               Patch(facecolor="#e3edf5", label="widened by the noise threshold (times)")]
+    handles += [Line2D([], [], marker="o", linestyle="", color=c, label=o) for o, c in OUTCOME_COLORS.items()]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     ax.set_title(f"Claims check: claimed % change (band) vs measured change (point) with its 95% CI (bar)\n"
-                 f"{_source(document)}", fontsize=11)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+                 f"{source_line(document)}", fontsize=11)
+    return save(fig, path)
+
+
+def draw_all(document: Mapping[str, Any], folder: Path) -> list[Path]:
+    """Every figure the document has data for (none when no run succeeded)."""
+    from . import sweep_plot
+
+    if not any(r["error"] is None for t in document["tests"] for r in t["runs"]):
+        return []
+    drawn = [draw(document, folder / PLOT_FILE), draw_claims(document, folder / CLAIMS_FILE),
+             sweep_plot.draw_sweep(document, folder / sweep_plot.SWEEP_FILE),
+             sweep_plot.draw_scaling(document, folder / sweep_plot.SCALING_FILE)]
+    return [path for path in drawn if path is not None]

@@ -7,13 +7,12 @@ results can go straight into JSON reports without numpy scalars leaking out.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Sequence
 
 import numpy as np
 from scipy import stats as sps
 
-ALPHA = 0.05
+ALPHA = 0.05  # significance level of every test in the harness
 # Iglewicz & Hoaglin (1993): 0.6745 is the 0.75 quantile of N(0, 1), so that
 # 0.6745 * (x - median) / MAD is comparable to a z-score for normal data.
 _MAD_SCALE = 0.6745
@@ -24,11 +23,11 @@ _MEANAD_SCALE = 1.253314
 RUNS_CAP = 1000
 
 
-def _as_floats(values: Sequence[float]) -> np.ndarray:
+def as_floats(values: Sequence[float]) -> np.ndarray:
     return np.asarray(list(values), dtype=float)
 
 
-def _mean_std(arr: np.ndarray) -> tuple[float, float | None]:
+def mean_std(arr: np.ndarray) -> tuple[float, float | None]:
     """Mean and sample std (ddof=1; None when n < 2).
 
     All-equal samples get an exact mean and std 0.0: floating-point summation
@@ -60,25 +59,29 @@ def _median(arr: np.ndarray) -> float:
     return median
 
 
-def _t_halfwidth(std: float, n: int, confidence: float) -> float:
+def t_halfwidth(std: float, n: int, confidence: float) -> float:
     # Student-t half-width of the CI of the mean: t_{(1+c)/2, n-1} * s / sqrt(n).
     if std == 0.0:
         return 0.0
     return float(sps.t.ppf(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
 
 
+SUMMARY_KEYS = ("n", "mean", "std", "median", "min", "max", "cv", "ci95", "ci95_log")
+
+
 def summarize(values: Sequence[float]) -> dict:
-    """n, mean, sample std, median, min, max, cv and Student-t 95% CI of the mean."""
-    arr = _as_floats(values)
+    """n, mean, sample std, median, min, max, cv, the Student-t 95% CI of the mean, and
+    `ci95_log`: the same interval computed on log(values) and mapped back (an interval of
+    the geometric mean), for quantities that cannot be negative: it never reaches below zero."""
+    arr = as_floats(values)
     n = int(arr.size)
     if n == 0:
-        return {k: (0 if k == "n" else None)
-                for k in ("n", "mean", "std", "median", "min", "max", "cv", "ci95")}
-    mean, std = _mean_std(arr)
+        return {k: (0 if k == "n" else None) for k in SUMMARY_KEYS}
+    mean, std = mean_std(arr)
     cv = std / mean if (std is not None and mean != 0.0) else None
     ci95 = None
     if std is not None:
-        half = _t_halfwidth(std, n, 0.95)
+        half = t_halfwidth(std, n, 0.95)
         ci95 = [mean - half, mean + half]
     return {
         "n": n,
@@ -89,70 +92,22 @@ def summarize(values: Sequence[float]) -> dict:
         "max": float(arr.max()),
         "cv": cv,
         "ci95": ci95,
+        "ci95_log": _log_ci(arr),
     }
 
 
-def _welch_p_value(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided Welch t-test p-value; both samples must have n >= 2."""
-    if a.min() == a.max() and b.min() == b.max():
-        # t is undefined (0/0 or x/0); with no noise at all any difference is real.
-        return 0.0 if a[0] != b[0] else 1.0
-    with warnings.catch_warnings():
-        # scipy warns about precision loss for nearly identical data; the
-        # p-value it returns is still the best available answer.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p = float(sps.ttest_ind(a, b, equal_var=False).pvalue)
-    return 1.0 if math.isnan(p) else p
+def _log_ci(arr: np.ndarray, confidence: float = 0.95) -> list[float] | None:
+    if arr.size < 2 or not np.all(arr > 0) or not np.all(np.isfinite(arr)):
+        return None
+    logs = np.log(arr)
+    mean, std = mean_std(logs)
+    half = t_halfwidth(std or 0.0, int(arr.size), confidence)
+    if mean + half > _LOG_MAX:  # beyond what a float holds: no useful interval
+        return None
+    return [float(math.exp(mean - half)), float(math.exp(mean + half))]
 
 
-def compare_to_baseline(
-    values: Sequence[float],
-    baseline: Sequence[float],
-    *,
-    noise_pct: float = 5.0,
-    higher_is_better: bool = False,
-    better_word: str = "faster",
-    worse_word: str = "slower",
-    alpha: float = ALPHA,
-) -> dict:
-    """Compare a sample with its baseline: change, ratio +- error, Welch p-value, verdict.
-
-    verdict, in order: "insufficient data" (n < 2 on either side or baseline
-    mean 0), "within noise" (|change_pct| < noise_pct, even if significant),
-    "no significant difference" (p >= alpha), else better_word / worse_word.
-    """
-    a, b = _as_floats(values), _as_floats(baseline)
-    n_a, n_b = int(a.size), int(b.size)
-    result: dict = {"change_pct": None, "ratio": None, "ratio_err": None,
-                    "p_value": None, "verdict": "insufficient data",
-                    "significant": False, "weak_test": min(n_a, n_b) < 5,
-                    "alpha": alpha}
-    if n_a == 0 or n_b == 0:
-        return result
-    m_a, s_a = _mean_std(a)
-    m_b, s_b = _mean_std(b)
-    if m_b == 0.0:
-        return result
-    ratio = m_a / m_b
-    result["ratio"] = ratio
-    result["change_pct"] = 100.0 * (ratio - 1.0)
-    if s_a is None or s_b is None:
-        return result
-    # hyperfine: ratio * sqrt((s1/m1)^2 + (s2/m2)^2), rewritten so m1 == 0
-    # does not divide by zero (ratio * s1/m1 == s1/m2).
-    result["ratio_err"] = math.hypot(s_a, ratio * s_b) / abs(m_b)
-    p = _welch_p_value(a, b)
-    result["p_value"] = p
-    result["significant"] = p < alpha
-    change = result["change_pct"]
-    if abs(change) < noise_pct:
-        result["verdict"] = "within noise"
-    elif p >= alpha:
-        result["verdict"] = "no significant difference"
-    else:
-        improved = (change > 0) == higher_is_better
-        result["verdict"] = better_word if improved else worse_word
-    return result
+_LOG_MAX = math.log(1e300)
 
 
 def modified_z_scores(values: Sequence[float]) -> list[float]:
@@ -163,7 +118,7 @@ def modified_z_scores(values: Sequence[float]) -> list[float]:
     (x - median) / (1.253314 * mean absolute deviation). Only when every value
     equals the median (mean absolute deviation 0 as well) are all scores 0.0.
     """
-    arr = _as_floats(values)
+    arr = as_floats(values)
     if arr.size == 0:
         return []
     dev = arr - np.median(arr)
@@ -197,10 +152,10 @@ def runs_needed(
     fewest runs that give a CI at all), RUNS_CAP when even that many would not
     suffice, and None when n < 2 or the mean is 0 (relative precision undefined).
     """
-    arr = _as_floats(values)
+    arr = as_floats(values)
     if arr.size < 2:
         return None
-    mean, std = _mean_std(arr)
+    mean, std = mean_std(arr)
     if mean == 0.0 or std is None:
         return None
     if std == 0.0:

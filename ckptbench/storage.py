@@ -32,6 +32,7 @@ import numpy as np
 import tensorstore as ts
 
 from . import chunking, compression
+from .backend import Backend
 from .config import TestSpec
 from .targets import RunLocation, as_location, footprint_of_store
 from .weights import NUMPY_DTYPES
@@ -56,6 +57,7 @@ class Layout:
     shard_budget_elements: int | None = None
     data_copy_concurrency: int | None = None
     file_io_sync: bool = True
+    file_io_mode: str = "default"
 
     @classmethod
     def of(cls, test: TestSpec, dtype: str) -> "Layout":
@@ -70,6 +72,7 @@ class Layout:
             shard_budget_elements=None if test.shard_bytes is None else max(1, test.shard_bytes // itemsize),
             data_copy_concurrency=test.data_copy_concurrency,
             file_io_sync=test.file_io_sync,
+            file_io_mode=test.file_io_mode,
         )
 
     def context(self, extra: Mapping[str, Any] | None = None) -> ts.Context:
@@ -78,6 +81,8 @@ class Layout:
                                 "file_io_sync": self.file_io_sync, **(extra or {})}
         if self.data_copy_concurrency is not None:
             spec["data_copy_concurrency"] = {"limit": self.data_copy_concurrency}
+        if self.file_io_mode != "default":
+            spec["file_io_mode"] = {"mode": self.file_io_mode}
         return ts.Context(spec)
 
     def kvstore_spec(self, location: RunLocation, name: str) -> dict[str, Any]:
@@ -135,8 +140,8 @@ class Layout:
 
 
 @dataclass
-class TensorStoreBackend:
-    """A test's way to save and load a checkpoint with TensorStore (see measure.Backend)."""
+class TensorStoreBackend(Backend):
+    """A test's way to save and load a checkpoint with TensorStore in this process."""
 
     layout: Layout
     max_inflight_bytes: int
@@ -145,8 +150,12 @@ class TensorStoreBackend:
     _memory_context: ts.Context | None = field(default=None, repr=False)
 
     @property
-    def in_memory(self) -> bool:
+    def in_memory(self) -> bool:  # type: ignore[override]
         return self.layout.kvstore == "memory"
+
+    @property
+    def bypasses_page_cache(self) -> bool:  # type: ignore[override]
+        return self.layout.file_io_mode == "direct"
 
     def _context(self) -> ts.Context:
         if self.layout.kvstore != "memory":

@@ -11,13 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .config import SWEEP_FIELDS, size_label  # noqa: E402
-from .plot import CEILING, ERRORBAR_NOTE, _mean_and_err, _source  # noqa: E402
+from .config import SWEEP_FIELDS
+from .plot import CEILING, ERRORBAR_NOTE, _mean_and_err, figure, save, source_line
+from .units import size_label
 
 SWEEP_FILE = "sweep_analysis.png"
 SCALING_FILE = "scaling_analysis.png"
@@ -59,7 +55,8 @@ def draw_sweep(document: Mapping[str, Any], path: Path) -> Path | None:
     categories = list(dict.fromkeys(x_of(t) for t in swept))
     ceiling = next((t for t in document["tests"] if t["name"] == CEILING), None)
 
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), constrained_layout=True)
+    fig, grid = figure(15, 6.5, 1, 2)
+    axes = grid[0]
     for ax, metric, title in ((axes[0], "save_gbps", "Save throughput"), (axes[1], "load_gbps", "Load throughput (cold)")):
         for key, tests in groups.items():
             tests = sorted(tests, key=lambda t: categories.index(x_of(t)))
@@ -74,7 +71,7 @@ def draw_sweep(document: Mapping[str, Any], path: Path) -> Path | None:
             ax.set_xticks(range(len(categories)), categories, rotation=30)
             ax.set_xlabel(SWEEP_FIELDS[x_field])
         _finish(ax, ceiling, metric, title, "GB/s (tensor bytes / time)")
-    return _save(fig, f"Sweep: {_source(document)}", path)
+    return _save(fig, f"Sweep: {source_line(document)}", path)
 
 
 def _line(ax, xs: list, tests: list[Mapping[str, Any]], metric: str, label: str) -> None:
@@ -97,9 +94,7 @@ def _finish(ax, ceiling: Mapping[str, Any] | None, metric: str, title: str, ylab
 
 def _save(fig, title: str, path: Path) -> Path:
     fig.suptitle(title, fontsize=12)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def draw_scaling(document: Mapping[str, Any], path: Path) -> Path | None:
@@ -112,7 +107,8 @@ def draw_scaling(document: Mapping[str, Any], path: Path) -> Path | None:
         groups.setdefault(test["name"].rsplit("_procs=", 1)[0], []).append(test)
     counts = sorted({t["settings"]["processes"] for t in scaled})
     ceiling = next((t for t in document["tests"] if t["name"] == CEILING), None)
-    fig, axes = plt.subplots(1, 2, figsize=(14, 6), constrained_layout=True)
+    fig, grid = figure(14, 6, 1, 2)
+    axes = grid[0]
     for ax, metric, title in ((axes[0], "save_gbps", "Save: aggregate throughput"),
                               (axes[1], "load_gbps", "Load (cold): aggregate throughput")):
         for name, tests in groups.items():
@@ -121,4 +117,4 @@ def draw_scaling(document: Mapping[str, Any], path: Path) -> Path | None:
         ax.set_xticks(counts)
         ax.set_xlabel("processes (each writes/reads whole chunk rows of every array)")
         _finish(ax, ceiling, metric, title, "GB/s (tensor bytes / slowest process time)")
-    return _save(fig, f"Scaling: {_source(document)}", path)
+    return _save(fig, f"Scaling: {source_line(document)}", path)

@@ -26,7 +26,7 @@ import tensorstore as ts
 from . import workspace
 from .errors import UserError
 
-MARKER_KEY = ".ckptbench-run"
+MARKER_KEY = workspace.RUN_MARKER  # the same name marks a local run folder and a remote run prefix
 # TensorStore's HTTP transport reads these once; without them a silent server hangs a load forever.
 CURL_TIMEOUTS = {"TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS": "10", "TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS": "60"}
 PREFLIGHT_TIMEOUT_S = 30.0

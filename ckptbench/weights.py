@@ -1,4 +1,4 @@
-"""Where the weights come from: LLaMA-shaped presets made in code, or a local checkpoint.
+"""Where the weights come from: LLaMA-shaped presets made in code, or a real checkpoint.
 
 Presets carry published LLaMA-architecture hyperparameters. transformers builds
 `LlamaForCausalLM` on the meta device (no memory, no download) to give the real
@@ -6,9 +6,14 @@ parameter names and shapes; the values are then drawn from a seeded normal
 distribution (std 0.02, LLaMA's initializer), per tensor from a seed derived from
 its name, so every run and every subset sees the same bytes.
 
-Synthetic values have full-entropy mantissas, so they compress less than real
-trained weights (above all ones stored as float32 after an fp16 or bf16
-original). For compression figures that carry over, load a real checkpoint.
+How the values are drawn decides how well they compress, so it is a setting:
+- ``random``: float32 draws, full-entropy mantissas (zlib level 1 saves about 7 %);
+- ``float16`` / ``bfloat16``: drawn in that type, then stored in the run's dtype. A
+  checkpoint trained or shipped in half precision and stored as float32 has 13 or 16
+  zero mantissa bits per value, which compressors find (about 37 % / 48 % saved).
+  The original Phase 4 harness stored open_llama_3b's fp16 weights as float32.
+
+A checkpoint folder or a Hugging Face model id (`--weights`) gives the real values.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, Callable, Iterator
 import ml_dtypes
 import numpy as np
 
+from . import hub
 from .errors import UserError
 
 NUMPY_DTYPES: dict[str, np.dtype] = {
@@ -32,6 +38,8 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
 }
 INIT_STD = 0.02
 SEED = 20240604
+VALUES = ("random", "float16", "bfloat16")
+_VALUE_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,17 @@ class Preset:
     tie_word_embeddings: bool
     origin: str
     head_dim: int | None = None
+
+    @property
+    def n_params(self) -> int:
+        """Parameters of LlamaForCausalLM with these hyperparameters (a test checks it against transformers)."""
+        hidden, heads, kv_heads = self.hidden_size, self.num_attention_heads, self.num_key_value_heads
+        head_dim = self.head_dim or hidden // heads
+        attention = hidden * head_dim * (2 * heads + 2 * kv_heads)  # q and o, k and v
+        mlp = 3 * hidden * self.intermediate_size  # gate, up, down
+        per_layer = attention + mlp + 2 * hidden  # + two RMSNorm weights
+        embeddings = self.vocab_size * hidden * (1 if self.tie_word_embeddings else 2)
+        return embeddings + self.num_hidden_layers * per_layer + hidden  # + the final norm
 
 
 PRESETS: dict[str, Preset] = {
@@ -104,19 +123,26 @@ class Weights:
                 "n_params": self.n_params, "size_bytes": self.size_bytes}
 
 
-def from_preset(name: str, dtype: str = "float32") -> Weights:
-    """Seeded synthetic weights with a preset's real names and shapes."""
+def from_preset(name: str, dtype: str = "float32", values: str = "random") -> Weights:
+    """Seeded synthetic weights with a preset's real names and shapes (values: see VALUES)."""
     if name not in PRESETS:
         raise UserError(f"--model: unknown preset {name!r}; run --list-models to see the presets")
+    if values not in VALUES:
+        raise UserError(f"--values: unknown values {values!r}; use one of {', '.join(VALUES)}")
     target = NUMPY_DTYPES[dtype]
     tensors = {}
     for param, shape in preset_shapes(name):
         rng = np.random.default_rng([SEED, zlib.crc32(param.encode())])
-        values = rng.standard_normal(shape, dtype=np.float32)
-        values *= np.float32(INIT_STD)
-        tensors[param] = np.ascontiguousarray(values.astype(target, copy=False))
+        drawn = rng.standard_normal(shape, dtype=np.float32)
+        drawn *= np.float32(INIT_STD)
+        if values in _VALUE_DTYPES:  # round to the half-precision grid first, as a real checkpoint's values are
+            drawn = drawn.astype(_VALUE_DTYPES[values])
+        tensors[param] = np.ascontiguousarray(drawn.astype(target, copy=False))
+        del drawn
     return Weights(tensors, dtype, {"kind": "preset", "name": name, "origin": PRESETS[name].origin,
-                                    "init": f"normal(0, {INIT_STD}), seed {SEED} + crc32(name)"})
+                                    "values": values,
+                                    "init": f"normal(0, {INIT_STD}) drawn as {'float32' if values == 'random' else values}, "
+                                            f"seed {SEED} + crc32(name)"})
 
 
 def from_directory(path: Path, dtype: str = "float32") -> Weights:
@@ -139,27 +165,31 @@ def from_directory(path: Path, dtype: str = "float32") -> Weights:
             raise UserError(f"--weights: {file} cannot be read ({_first_line(exc)}); is it complete and uncorrupted?") from None
     if not tensors:
         raise UserError(f"--weights: {path} holds no tensors; give a folder with model weights")
-    return Weights(tensors, dtype, {"kind": "directory", "path": str(path.resolve()),
+    return Weights(tensors, dtype, {"kind": "directory", "path": str(path.resolve()), "values": "checkpoint",
                                     "files": [f.name for f in files]})
 
 
 def _checkpoint_files(path: Path) -> tuple[list[Path], Callable[[Path], Iterator[tuple[str, Any]]]]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise UserError(f"--weights: {index} is not a valid safetensors index (needs a 'weight_map')") from None
-        missing = [s for s in shards if not (path / s).is_file()]
-        if missing:
-            raise UserError(f"--weights: {index} lists {missing[0]}, which is missing from {path}")
-        return [path / s for s in shards], _read_safetensors
+    """The weight files of a checkpoint folder, sharded (by an index) or single, and their reader."""
+    for index_name, reader in (("model.safetensors.index.json", _read_safetensors),
+                               ("pytorch_model.bin.index.json", _read_torch)):
+        index = path / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise UserError(f"--weights: {index} is not a valid index (needs a 'weight_map')") from None
+            missing = [s for s in shards if not (path / s).is_file()]
+            if missing:
+                raise UserError(f"--weights: {index} lists {missing[0]}, which is missing from {path}")
+            return [path / s for s in shards], reader
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"], _read_safetensors
     if (path / "pytorch_model.bin").is_file():
         return [path / "pytorch_model.bin"], _read_torch
     raise UserError(
-        f"--weights: {path} holds no model.safetensors.index.json, model.safetensors or pytorch_model.bin"
+        f"--weights: {path} holds no model.safetensors.index.json, model.safetensors, pytorch_model.bin.index.json "
+        "or pytorch_model.bin"
     )
 
 
@@ -197,20 +227,42 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def estimate_bytes(model: str, weights_dir: Path | None, dtype: str) -> int:
+def estimate_bytes(model: str, weights_source: str | Path | None, dtype: str) -> int:
     """Bytes the weights will take in memory, known before loading them (an upper bound for folders)."""
     itemsize = NUMPY_DTYPES[dtype].itemsize
-    if weights_dir is None:
+    if weights_source is None:
         if model not in PRESETS:
             raise UserError(f"--model: unknown preset {model!r}; run --list-models to see the presets")
-        return sum(math.prod(shape) for _, shape in preset_shapes(model)) * itemsize
-    if not Path(weights_dir).is_dir():
+        return preset_params(model) * itemsize
+    folder = Path(weights_source)
+    if not folder.is_dir():
         return 0  # from_directory gives the precise error
-    stored = sum(f.stat().st_size for f in Path(weights_dir).iterdir()
+    stored = sum(f.stat().st_size for f in folder.iterdir()
                  if f.is_file() and f.suffix in (".safetensors", ".bin"))
     return stored * itemsize // 2  # stored tensors are at least 2 bytes per element
 
 
-def load(model: str, weights_dir: Path | None, dtype: str) -> Weights:
-    """The configured weights: a local folder when given, else the preset."""
-    return from_directory(weights_dir, dtype) if weights_dir is not None else from_preset(model, dtype)
+def preset_params(model: str) -> int:
+    return PRESETS[model].n_params
+
+
+def resolve(weights_source: str | None) -> tuple[Path | None, dict[str, Any]]:
+    """(local folder, what to record about it) for --weights: a folder, or a Hugging Face id resolved
+    through the local cache (downloaded when there is a network)."""
+    if weights_source is None:
+        return None, {}
+    local = Path(weights_source)
+    if not local.exists() and hub.looks_like_hub_id(weights_source):
+        checkpoint = hub.resolve(weights_source)
+        return checkpoint.path, hub.describe(checkpoint)
+    return local, {}
+
+
+def load(model: str, weights_source: str | Path | None, dtype: str, values: str = "random") -> Weights:
+    """The configured weights: a checkpoint (folder or hub id) when given, else the preset."""
+    if weights_source is None:
+        return from_preset(model, dtype, values)
+    folder, origin = resolve(str(weights_source))
+    made = from_directory(folder, dtype)
+    made.source.update(origin)
+    return made

@@ -54,7 +54,7 @@ def streamlined(script_runs):
 
 def test_streamlined_results_document(streamlined):
     document, _, _ = streamlined
-    assert document["schema_version"] == results.SCHEMA_VERSION == 1
+    assert document["schema_version"] == results.SCHEMA_VERSION == 2
     assert document["complete"] is True
     assert document["baseline"] == "baseline"
     assert [t["name"] for t in document["tests"]] == SIX + REFERENCES
@@ -146,7 +146,7 @@ def test_framework_script_runs_the_builtin_tests(script_runs):
     assert document["complete"] is True
     assert [t["name"] for t in document["tests"]] == SIX + REFERENCES
     assert all(len(t["runs"]) == 1 and t["failed_runs"] == 0 for t in document["tests"])
-    assert Path(document["config"]["config_path"]).name == "phase4_default.json"
+    assert document["config"]["config_path"] == str(SHIPPED_CONFIG)  # the one default config
     assert (out / "optimization_analysis.png").read_bytes()[:8] == PNG_MAGIC
     assert all(name in stdout for name in SIX)
     assert not (out / workspace.RUNS_DIR).exists() or not any(p.is_dir() for p in (out / workspace.RUNS_DIR).iterdir())

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ckptbench import cli, config, results
-from ckptbench.measure import RunRecord
+from ckptbench.records import RunRecord
 
 WEIGHTS = {"kind": "preset", "name": "tiny", "dtype": "float32", "n_tensors": 3, "n_params": 1_000_000,
            "size_bytes": 4_000_000}
@@ -117,7 +117,7 @@ def test_markdown_is_a_github_table(save, compare):
     assert status == 0 and len(table) == 2 + 6  # header, delimiter, 2 tests x 3 metrics
     start = lines.index(table[0])
     assert lines[start - 1] == "" and set(lines[start + 1]) <= set("|-")  # blank line, then a delimiter row
-    assert {line.count("|") for line in table} == {8}  # 7 columns in every row, nothing escaped the cells
+    assert {line.count("|") for line in table} == {9}  # 8 columns in every row, nothing escaped the cells
     assert any("| fast | save_s |" in line and "slower" in line for line in table)
 
 

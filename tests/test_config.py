@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUILTIN_CONFIG, SHIPPED_CONFIG, minimal_config
+from conftest import PACKAGED_CONFIG, SHIPPED_CONFIG, minimal_config
 from ckptbench import compression, config, storage
 from ckptbench.errors import UserError
 
@@ -44,10 +44,10 @@ def test_shipped_config_holds_the_six_phase4_tests():
     assert suite.config_path == SHIPPED_CONFIG.resolve()
 
 
-def test_shipped_config_equals_the_builtin_suite():
-    shipped, builtin = config.load(SHIPPED_CONFIG), config.load(BUILTIN_CONFIG)
-    assert shipped.tests == builtin.tests
-    assert shipped.baseline == builtin.baseline
+def test_there_is_one_default_config():
+    """The package's default (for `pip install .`) is the very file users edit, not a copy."""
+    assert PACKAGED_CONFIG.resolve() == SHIPPED_CONFIG.resolve()
+    assert PACKAGED_CONFIG.read_bytes() == SHIPPED_CONFIG.read_bytes()
 
 
 def test_relative_output_dir_resolves_against_the_config_folder(write_config, tmp_path):

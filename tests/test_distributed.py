@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import act_on_stderr_line
 
-from ckptbench import config, distributed, measure, workspace
+from ckptbench import config, distributed, measure, records, workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def _suite(tmp_path: Path, processes: list[int], **test) -> config.SuiteConfig:
     raw = {"model": "tiny", "processes": processes, "testing": {"num_runs": 1, "cache_eviction": "fadvise"},
            "output_dir": str(tmp_path / "out"),
            "test_configurations": [{"name": "t", "concurrency_limit": 16, **test}]}
-    return config.finalize(config.from_dict(raw))
+    return config.from_dict(raw)
 
 
 @pytest.mark.parametrize("layout", [
@@ -50,10 +50,10 @@ def _suite(tmp_path: Path, processes: list[int], **test) -> config.SuiteConfig:
 def test_processes_round_trip_bit_exact(tmp_path: Path, tiny_weights, layout: dict) -> None:
     suite = _suite(tmp_path, [2, 3], **layout)
     workspace.prepare_output_dir(suite.output_dir)
-    runs = measure.plan([t.name for t in suite.tests], 1, 0, seed=1)
-    records = {r.test: r for r in measure.run_suite(runs, tiny_weights.tensors, suite)}
-    assert set(records) == {"t_procs=2", "t_procs=3"}
-    for name, record in records.items():
+    runs = list(records.plan([t.name for t in suite.tests], 1, 0, seed=1))
+    by_test = {r.test: r for r in measure.run_suite(runs, tiny_weights.tensors, suite)}
+    assert set(by_test) == {"t_procs=2", "t_procs=3"}
+    for name, record in by_test.items():
         processes = int(name.rsplit("=", 1)[1])
         assert record.error is None and record.verified is True, record.error
         assert len(record.process_save_s) == processes and len(record.process_load_s) == processes

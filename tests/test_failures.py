@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SHIPPED_CONFIG
-from ckptbench import capacity, config, measure, workspace
+from ckptbench import capacity, config, measure, records, system, workspace
 
 KIB, MIB = 2**10, 2**20
 
@@ -67,8 +67,7 @@ def _write_json(path: Path, data) -> Path:
 
 
 def _suite_on(output_dir: Path, base_dir: Path) -> config.SuiteConfig:
-    suite = config.from_dict({**TWO_TESTS, "output_dir": str(output_dir)}, base_dir=base_dir)
-    return getattr(config, "finalize", lambda s: s)(suite)
+    return config.from_dict({**TWO_TESTS, "output_dir": str(output_dir)}, base_dir=base_dir)
 
 
 def _free(path: Path) -> int:
@@ -214,7 +213,7 @@ def test_full_disk_during_a_save_is_fatal_and_leaves_nothing(small_fs, tmp_path,
     else:
         backend = _FullDiskSave(backend)
     free_before = _free(fs)
-    planned = measure.PlannedRun("big", 0, 0)
+    planned = records.PlannedRun("big", 0, 0)
     run_dir = suite.output_dir / workspace.RUNS_DIR / planned.label
     existed = []
 
@@ -240,14 +239,14 @@ def test_run_suite_stops_after_a_full_disk(small_fs, tmp_path, tiny_weights, mon
         _fill(fs, leave=512 * KIB)
     else:
         _wrap_backends(monkeypatch, {"*": _FullDiskSave})
-    runs = measure.plan(["big", "small"], num_runs=2, warmup_rounds=0, seed=3)
+    runs = list(records.plan(["big", "small"], num_runs=2, warmup_rounds=0, seed=3))
     attempted = []
-    records = list(measure.run_suite(runs, tiny_weights.tensors, suite,
+    done = list(measure.run_suite(runs, tiny_weights.tensors, suite,
                                      on_phase=lambda run, phase: attempted.append(run) if phase == "save" else None))
     assert len(runs) == 4
-    assert len(records) == 1 and attempted == [runs[0]]  # the other three planned runs were never started
-    assert (records[0].test, records[0].round) == (runs[0].test, runs[0].round)
-    assert records[0].fatal and "No space left on device" in records[0].error
+    assert len(done) == 1 and attempted == [runs[0]]  # the other three planned runs were never started
+    assert (done[0].test, done[0].round) == (runs[0].test, runs[0].round)
+    assert done[0].fatal and "No space left on device" in done[0].error
     assert _run_dirs(suite.output_dir) == []
 
 
@@ -313,7 +312,7 @@ def test_failing_tests_are_recorded_and_the_suite_goes_on(run_cli, tmp_path, mon
     names = [t["name"] for t in FOUR_TESTS["test_configurations"]]
     # a seed whose single round starts with both failing tests, so good runs come after the failures
     seed = next(s for s in range(1000)
-                if [r.test for r in measure.plan(names, 1, 0, s)][:2] in (["corrupt", "blocked"], ["blocked", "corrupt"]))
+                if [r.test for r in list(records.plan(names, 1, 0, s))][:2] in (["corrupt", "blocked"], ["blocked", "corrupt"]))
     _wrap_backends(monkeypatch, {"corrupt": _CorruptAfterSave, "blocked": _BlockedSave})
     out = tmp_path / "out"
     status, stdout, stderr = _cli(run_cli, _write_json(tmp_path / "suite.json", FOUR_TESTS), out, "--seed", str(seed))
@@ -438,7 +437,7 @@ def test_a_foreign_folder_in_a_run_slot_is_not_deleted(tmp_path, tiny_weights):
     squatter.mkdir(parents=True)
     (squatter / "keep.txt").write_text("mine")
     before = _snapshot(squatter)
-    record = measure.run_once(measure.PlannedRun("big", 0, 0), tiny_weights.tensors,
+    record = measure.run_once(records.PlannedRun("big", 0, 0), tiny_weights.tensors,
                               measure.backend_for(suite.test("big"), suite), suite)
     assert not record.ok and "refusing to delete" in record.error and record.fatal is False
     assert _snapshot(squatter) == before
@@ -449,7 +448,7 @@ def test_a_foreign_folder_in_a_run_slot_is_not_deleted(tmp_path, tiny_weights):
 
 @pytest.mark.parametrize("source", ["preset", "weights-folder"])
 def test_memory_precheck_refuses_before_loading(run_cli, tmp_path, monkeypatch, checkpoint, source):
-    monkeypatch.setattr(capacity, "available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(system, "available_memory_bytes", lambda: 1000)
     out = tmp_path / "out"
     if source == "preset":
         extra = ("--model", "tiny")

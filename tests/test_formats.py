@@ -12,7 +12,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ckptbench import chunking, compression, config, measure, storage
+from ckptbench import chunking, compression, config, measure, records, storage, verify
 from ckptbench.errors import UserError
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
@@ -84,10 +84,10 @@ def test_every_zarr2_compressor_round_trips_and_is_on_disk(tmp_path, kind, dtype
     layout = _layout(dtype, written)
     storage.save(tensors, tmp_path / "ckpt", layout, INFLIGHT)
     loaded = storage.load(tmp_path / "ckpt", layout, INFLIGHT)
-    assert measure.mismatches(tensors, loaded) == []
+    assert verify.mismatches(tensors, loaded) == []
     assert {k: v.dtype for k, v in loaded.items()} == {k: np.dtype(DTYPES[dtype]) for k in tensors}
     # the comparison is able to fail
-    assert measure.mismatches(tensors, _flip_one_bit(loaded, "model.norm.weight")) == ["model.norm.weight"]
+    assert verify.mismatches(tensors, _flip_one_bit(loaded, "model.norm.weight")) == ["model.norm.weight"]
     for name, array in tensors.items():
         meta = json.loads((tmp_path / "ckpt" / name / ".zarray").read_text())
         assert "compressor" in meta, (kind, name)  # TensorStore always writes the key back
@@ -128,7 +128,7 @@ def test_zarr3_plain_round_trips(tmp_path, dtype, kind):
     tensors = _tensors(dtype)
     layout = _layout(dtype, kind, format="zarr3")
     storage.save(tensors, tmp_path / "ckpt", layout, INFLIGHT)
-    assert measure.mismatches(tensors, storage.load(tmp_path / "ckpt", layout, INFLIGHT)) == []
+    assert verify.mismatches(tensors, storage.load(tmp_path / "ckpt", layout, INFLIGHT)) == []
     for name, array in tensors.items():
         assert not (tmp_path / "ckpt" / name / ".zarray").exists()
         meta = json.loads((tmp_path / "ckpt" / name / "zarr.json").read_text())
@@ -151,7 +151,7 @@ def test_zarr3_sharding_packs_whole_inner_chunks(tmp_path, dtype):
                                                format="zarr3", shard_bytes=shard_bytes), dtype)
     assert layout.shard_budget_elements == 1000
     storage.save(tensors, tmp_path / "ckpt", layout, INFLIGHT)
-    assert measure.mismatches(tensors, storage.load(tmp_path / "ckpt", layout, INFLIGHT)) == []
+    assert verify.mismatches(tensors, storage.load(tmp_path / "ckpt", layout, INFLIGHT)) == []
     n_shard_files = 0
     for name, array in tensors.items():
         meta = json.loads((tmp_path / "ckpt" / name / "zarr.json").read_text())
@@ -218,7 +218,7 @@ def test_ocdbt_round_trips_into_one_database(tmp_path, dtype):
     backend = storage.TensorStoreBackend(storage.Layout.of(suite.test("orbax"), dtype), INFLIGHT)
     directory = tmp_path / "ckpt"
     backend.save(tensors, directory)
-    assert measure.mismatches(tensors, backend.load(directory)) == []
+    assert verify.mismatches(tensors, backend.load(directory)) == []
     files = _files(directory)
     assert Path(storage.OCDBT_DIR, "manifest.ocdbt") in files
     # everything but the checkpoint's own manifest lives in the database folder: no per-array folders
@@ -238,7 +238,7 @@ def test_memory_kvstore_round_trips_and_counts_its_keys(tmp_path, kind):
     backend = storage.TensorStoreBackend(layout, INFLIGHT)
     directory = tmp_path / "run"
     backend.save(tensors, directory)
-    assert measure.mismatches(tensors, backend.load(directory)) == []
+    assert verify.mismatches(tensors, backend.load(directory)) == []
     # nothing of the arrays touches the disk (at most the checkpoint's manifest)
     on_disk = _files(directory) if directory.exists() else []
     assert set(on_disk) <= {Path(storage.MANIFEST)}, on_disk
@@ -261,12 +261,12 @@ def test_a_timed_run_on_the_memory_kvstore_reads_from_memory(tmp_path):
     from ckptbench import workspace
 
     tensors = _tensors("bfloat16")
-    suite = config.with_overrides(config.from_dict({"dtype": "bfloat16", "test_configurations": [
-        {"name": "mem", "chunk_size_elements": BUDGET, "concurrency_limit": 4, "kvstore": "memory"}]}),
+    suite = config.from_dict({"dtype": "bfloat16", "test_configurations": [
+        {"name": "mem", "chunk_size_elements": BUDGET, "concurrency_limit": 4, "kvstore": "memory"}]},
         output_dir=tmp_path / "out")
     workspace.prepare_output_dir(suite.output_dir)
     backend = measure.backend_for(suite.test("mem"), suite)
-    record = measure.run_once(measure.PlannedRun("mem", 0, 0), tensors, backend, suite)
+    record = measure.run_once(records.PlannedRun("mem", 0, 0), tensors, backend, suite)
     assert record.error is None, record.error
     assert record.verified is True
     assert record.load_cache == "memory" and record.eviction is None  # nothing to evict: no page cache involved
@@ -291,7 +291,7 @@ def test_context_settings_round_trip(tmp_path, dtype, fields):
     assert spec.get("data_copy_concurrency") == ({"limit": fields["data_copy_concurrency"]}
                                                  if "data_copy_concurrency" in fields else None)
     storage.save(tensors, tmp_path / "ckpt", layout, INFLIGHT)
-    assert measure.mismatches(tensors, storage.load(tmp_path / "ckpt", layout, INFLIGHT)) == []
+    assert verify.mismatches(tensors, storage.load(tmp_path / "ckpt", layout, INFLIGHT)) == []
     test = config.TestSpec(name="t", concurrency_limit=1, chunk_bytes=400, **{k: v for k, v in fields.items()
                                                                                 if k != "concurrency_limit"})
     assert test.durable is fields.get("file_io_sync", True)
@@ -313,7 +313,7 @@ def test_a_tensor_of_zeros_is_still_written(tmp_path, fmt):
         meta_file = ".zarray" if fmt == "zarr2" else "zarr.json"
         chunk_files = [f for f in _files(tmp_path / "ckpt" / name) if f.name != meta_file]
         assert len(chunk_files) == _n_chunks(array.shape, chunking.chunk_shape(array.shape, BUDGET)) > 0, name
-    assert measure.mismatches(tensors, storage.load(tmp_path / "ckpt", layout, INFLIGHT)) == []  # -0.0 kept as bits
+    assert verify.mismatches(tensors, storage.load(tmp_path / "ckpt", layout, INFLIGHT)) == []  # -0.0 kept as bits
     _, _, n_files = storage.checkpoint_size(tmp_path / "ckpt")
     assert n_files > len(tensors) + 1  # more than the metadata and the manifest
 
@@ -328,7 +328,7 @@ def test_divisor_chunks_divide_the_shape_and_store_no_padding(tmp_path, dtype):
     layout = _layout(dtype, "none", chunk_strategy="divisor")
     directory = tmp_path / "ckpt"
     storage.save(tensors, directory, layout, INFLIGHT)
-    assert measure.mismatches(tensors, storage.load(directory, layout, INFLIGHT)) == []
+    assert verify.mismatches(tensors, storage.load(directory, layout, INFLIGHT)) == []
     for name, array in tensors.items():
         chunk = json.loads((directory / name / ".zarray").read_text())["chunks"]
         assert all(d % c == 0 for d, c in zip(array.shape, chunk)), (name, chunk)

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from ckptbench import records
 from conftest import act_on_stderr_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +139,7 @@ def test_a_stop_while_a_run_folder_is_being_made_leaves_nothing(tmp_path: Path, 
         raise interrupt.Interrupted(signal.SIGINT)
 
     monkeypatch.setattr(workspace, "new_run_dir", made_then_stopped)
-    planned = measure.plan(["slow"], 1, 0, seed=1)[0]
+    planned = list(records.plan(["slow"], 1, 0, seed=1))[0]
     with pytest.raises(interrupt.Interrupted):
         measure.run_once(planned, tiny_weights.tensors, measure.backend_for(suite.test("slow"), suite), suite)
     assert list((suite.output_dir / workspace.RUNS_DIR).iterdir()) == []

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import minimal_config
-from ckptbench import chunking, config, measure, workspace
+from ckptbench import chunking, config, measure, records, workspace
 
 NAMES = ["baseline", "concurrency_128", "chunks_1mb", "compression_gzip", "concurrency_chunks", "t5x_full"]
 
@@ -19,14 +19,14 @@ NAMES = ["baseline", "concurrency_128", "chunks_1mb", "compression_gzip", "concu
 
 
 def _rounds(runs):
-    by_round: dict[int, list[measure.PlannedRun]] = {}
+    by_round: dict[int, list[records.PlannedRun]] = {}
     for run in runs:
         by_round.setdefault(run.round, []).append(run)
     return by_round
 
 
 def test_each_round_runs_every_test_once():
-    runs = measure.plan(NAMES, num_runs=4, warmup_rounds=0, seed=1)
+    runs = list(records.plan(NAMES, num_runs=4, warmup_rounds=0, seed=1))
     assert len(runs) == 4 * len(NAMES)
     rounds = _rounds(runs)
     assert sorted(rounds) == [0, 1, 2, 3]
@@ -39,23 +39,23 @@ def test_each_round_runs_every_test_once():
 
 def test_order_is_shuffled_between_rounds():
     for seed in range(20):
-        orders = {tuple(m.test for m in members) for members in _rounds(measure.plan(NAMES, 5, 0, seed)).values()}
+        orders = {tuple(m.test for m in members) for members in _rounds(list(records.plan(NAMES, 5, 0, seed))).values()}
         if len(orders) > 1:
             break
     else:
         pytest.fail("20 seeds never gave two rounds different orders")
     # and not always the config's order
-    firsts = Counter(measure.plan(NAMES, 30, 0, seed=3)[i * 6].test for i in range(30))
+    firsts = Counter(list(records.plan(NAMES, 30, 0, seed=3))[i * 6].test for i in range(30))
     assert len(firsts) > 1
 
 
 def test_same_seed_same_plan_other_seed_other_plan():
-    assert measure.plan(NAMES, 3, 1, seed=42) == measure.plan(NAMES, 3, 1, seed=42)
-    assert any(measure.plan(NAMES, 3, 1, seed=42) != measure.plan(NAMES, 3, 1, seed=s) for s in range(43, 50))
+    assert list(records.plan(NAMES, 3, 1, seed=42)) == list(records.plan(NAMES, 3, 1, seed=42))
+    assert any(list(records.plan(NAMES, 3, 1, seed=42)) != list(records.plan(NAMES, 3, 1, seed=s)) for s in range(43, 50))
 
 
 def test_warmup_rounds_come_first_and_are_flagged():
-    runs = measure.plan(NAMES, num_runs=2, warmup_rounds=2, seed=9)
+    runs = list(records.plan(NAMES, num_runs=2, warmup_rounds=2, seed=9))
     assert len(runs) == 4 * len(NAMES)
     warm, measured = runs[: 2 * len(NAMES)], runs[2 * len(NAMES):]
     assert all(r.warmup and r.round < 0 for r in warm)
@@ -67,7 +67,7 @@ def test_warmup_rounds_come_first_and_are_flagged():
 
 
 def test_single_test_plan():
-    assert [(r.test, r.round, r.position) for r in measure.plan(["only"], 2, 0, 5)] == [("only", 0, 0), ("only", 1, 0)]
+    assert [(r.test, r.round, r.position) for r in list(records.plan(["only"], 2, 0, 5))] == [("only", 0, 0), ("only", 1, 0)]
 
 
 # --- one real run ---------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def suite(tmp_path):
 
 
 def _run(suite, tiny_weights, test="baseline", **kwargs):
-    planned = measure.PlannedRun(test, 0, 0)
+    planned = records.PlannedRun(test, 0, 0)
     backend = measure.backend_for(suite.test(test), suite)
     return measure.run_once(planned, tiny_weights.tensors, backend, suite, **kwargs), planned
 
@@ -218,18 +218,18 @@ def test_keep_false_removes_the_checkpoint(suite, tiny_weights):
 
 def test_run_suite_keeps_only_the_last_round(suite, tiny_weights):
     small = {k: v for k, v in tiny_weights.tensors.items() if "layers.0." in k}
-    runs = measure.plan(["baseline", "fast"], num_runs=2, warmup_rounds=1, seed=0)
-    records = list(measure.run_suite(runs, small, suite, keep=True))
-    assert [(r.test, r.round) for r in records] == [(p.test, p.round) for p in runs]
-    assert all(r.ok and r.verified for r in records)
-    assert sum(r.warmup for r in records) == 2
+    runs = list(records.plan(["baseline", "fast"], num_runs=2, warmup_rounds=1, seed=0))
+    done = list(measure.run_suite(runs, small, suite, keep=True))
+    assert [(r.test, r.round) for r in done] == [(p.test, p.round) for p in runs]
+    assert all(r.ok and r.verified for r in done)
+    assert sum(r.warmup for r in done) == 2
     left = sorted(p.name for p in (suite.output_dir / workspace.RUNS_DIR).iterdir() if p.is_dir())
     assert left == ["baseline-r1", "fast-r1"]
 
 
 def test_run_suite_without_keep_leaves_nothing(suite, tiny_weights):
     small = {k: v for k, v in tiny_weights.tensors.items() if "layers.1." in k}
-    runs = measure.plan(["baseline", "fast"], num_runs=1, warmup_rounds=0, seed=0)
+    runs = list(records.plan(["baseline", "fast"], num_runs=1, warmup_rounds=0, seed=0))
     assert all(r.ok for r in measure.run_suite(runs, small, suite))
     runs_dir = suite.output_dir / workspace.RUNS_DIR
     assert not runs_dir.exists() or not [p for p in runs_dir.iterdir() if p.is_dir()]

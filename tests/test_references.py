@@ -12,10 +12,10 @@ import pytest
 from conftest import run_config
 
 from conftest import assert_same_bits
-from ckptbench import config, measure, references, results, workspace
+from ckptbench import config, measure, records, references, results, workspace
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
-FILENAMES = {"safetensors": "model.safetensors", "torch_save": "model.pt", "device_ceiling": "sequential.bin"}
+FILENAMES = {"safetensors": "model.safetensors", "torch_save": "model.pt"}
 COST = ("save_cpu_s", "load_cpu_s", "save_peak_rss_bytes", "load_peak_rss_bytes")
 
 
@@ -45,7 +45,7 @@ def fsynced(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("name", list(references.BACKENDS))
+@pytest.mark.parametrize("name", list(FILENAMES))
 def test_reference_round_trip_is_bit_exact_and_durable(tmp_path, name, dtype, fsynced):
     tensors = _tensors(dtype)
     backend = references.BACKENDS[name]()
@@ -62,10 +62,7 @@ def test_reference_round_trip_is_bit_exact_and_durable(tmp_path, name, dtype, fs
     assert (size_bytes, n_files) == (file.stat().st_size, 1)
     assert disk_bytes == file.stat().st_blocks * 512
     data_bytes = sum(a.nbytes for a in tensors.values())
-    if name == "device_ceiling":
-        assert size_bytes == data_bytes  # the bytes back to back, nothing else
-    else:
-        assert data_bytes < size_bytes < data_bytes + 64 * 1024  # the data plus a header
+    assert data_bytes < size_bytes < data_bytes + 64 * 1024  # the data plus a header
 
 
 @pytest.mark.parametrize("name", ["safetensors", "torch_save"])
@@ -88,25 +85,70 @@ def test_reference_files_are_readable_by_their_own_libraries(tmp_path, name):
     assert dtypes == {"torch.bfloat16"}
 
 
-def test_device_ceiling_file_is_the_tensors_in_order(tmp_path):
-    tensors = _tensors("float32")
-    references.DeviceCeilingBackend().save(tensors, tmp_path)
+def _ceiling_tensors() -> dict[str, np.ndarray]:
+    """996,028 bytes: with 64 KiB blocks the 16-stream set really is 16 files, split inside tensors."""
+    rng = np.random.default_rng(11)
+    return {"a": rng.standard_normal((250, 600), dtype=np.float32), "b": rng.standard_normal(7, dtype=np.float32),
+            "c": rng.standard_normal((99, 1000), dtype=np.float32)}
+
+
+SMALL_BLOCKS = (4096, 65536)
+
+
+def test_device_ceiling_writes_every_pattern_fsyncd_and_in_order(tmp_path, fsynced):
+    tensors = _ceiling_tensors()
+    backend = references.DeviceCeilingBackend("fadvise", streams=(1, 4, 16), blocks=SMALL_BLOCKS)
+    backend.save(tensors, tmp_path)
     expected = b"".join(a.tobytes() for a in tensors.values())
-    assert (tmp_path / FILENAMES["device_ceiling"]).read_bytes() == expected
+    for streams in (1, 4, 16):
+        parts = sorted((tmp_path / f"{streams}-streams").iterdir())
+        assert len(parts) == streams
+        assert b"".join(part.read_bytes() for part in parts) == expected  # the bytes back to back, in order
+        assert all(part in fsynced for part in parts) and (tmp_path / f"{streams}-streams") in fsynced
+    assert set(backend.pattern_seconds()) == {f"{s}x{b // 1024}KiB" for s in (1, 4, 16) for b in SMALL_BLOCKS}
+    assert all(seconds > 0 for seconds in backend.pattern_seconds().values())
+    size_bytes, _, n_files = backend.footprint(tmp_path)
+    assert (size_bytes, n_files) == (len(expected), 1)  # one copy of the bytes counts as the checkpoint
+
+
+def test_device_ceiling_reads_every_pattern_and_an_o_direct_read_bit_exact(tmp_path):
+    tensors = _ceiling_tensors()
+    backend = references.DeviceCeilingBackend("fadvise", blocks=SMALL_BLOCKS)
+    backend.prepare(tensors)
+    backend.save(tensors, tmp_path)
+    loaded = backend.load(tmp_path)
+    assert_same_bits(tensors, loaded)
+    patterns = backend.pattern_seconds()
+    assert len(patterns) == 7 and "direct 16x64KiB" in patterns  # six buffered patterns and the O_DIRECT one
+    backend.release()
+
+
+def test_device_ceiling_run_records_its_fastest_pattern(tmp_path):
+    tensors = _ceiling_tensors()
+    suite = config.from_dict({"references": {"device_ceiling": True}, "testing": {"cache_eviction": "fadvise"},
+                              "test_configurations": [{"name": "raw", "chunk_bytes": "64KB", "concurrency_limit": 1}]},
+                             output_dir=tmp_path / "out")
+    workspace.prepare_output_dir(suite.output_dir)
+    backend = references.DeviceCeilingBackend("fadvise", blocks=SMALL_BLOCKS)
+    record = measure.run_once(records.PlannedRun("device_ceiling", 0, 0), tensors, backend, suite)
+    assert record.ok and record.verified
+    assert record.save_s == min(record.patterns["save"].values())
+    assert record.load_s == min(record.patterns["load"].values())
+    assert len(record.patterns["save"]) == 6 and len(record.patterns["load"]) == 7
 
 
 @pytest.mark.parametrize("name", list(references.BACKENDS))
 def test_run_once_with_a_reference_records_a_cold_verified_load(tmp_path, name):
     tensors = _tensors("bfloat16")
     suite = config.from_dict({"dtype": "bfloat16", "references": {name: True}, "test_configurations": [
-        {"name": "raw", "chunk_bytes": "64KB", "concurrency_limit": 1}]}, base_dir=tmp_path)
-    suite = config.with_overrides(suite, output_dir=tmp_path / "out")
+        {"name": "raw", "chunk_bytes": "64KB", "concurrency_limit": 1}]}, base_dir=tmp_path,
+        output_dir=tmp_path / "out")
     test = suite.test(name)
     assert (test.backend, test.durable) == (name, True)
     backend = measure.backend_for(test, suite)
     assert isinstance(backend, references.BACKENDS[name])
     workspace.prepare_output_dir(suite.output_dir)
-    record = measure.run_once(measure.PlannedRun(name, 0, 0), tensors, backend, suite)
+    record = measure.run_once(records.PlannedRun(name, 0, 0), tensors, backend, suite)
     assert record.error is None, record.error
     assert record.verified is True
     assert record.load_cache == "cold"
@@ -128,10 +170,10 @@ def test_run_once_catches_a_corrupted_reference_load(tmp_path):
             loaded["model.norm.weight"] = loaded["model.norm.weight"] + np.float32(1)
             return loaded
 
-    suite = config.with_overrides(config.from_dict({"references": {"torch_save": True}, "test_configurations": [
-        {"name": "raw", "chunk_bytes": "64KB", "concurrency_limit": 1}]}), output_dir=tmp_path / "out")
+    suite = config.from_dict({"references": {"torch_save": True}, "test_configurations": [
+        {"name": "raw", "chunk_bytes": "64KB", "concurrency_limit": 1}]}, output_dir=tmp_path / "out")
     workspace.prepare_output_dir(suite.output_dir)
-    record = measure.run_once(measure.PlannedRun("torch_save", 0, 0), tensors, Corrupting(), suite)
+    record = measure.run_once(records.PlannedRun("torch_save", 0, 0), tensors, Corrupting(), suite)
     assert record.verified is False
     assert "model.norm.weight" in record.error
 

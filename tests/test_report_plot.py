@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ckptbench import config, plot, report, results
-from ckptbench.measure import RunRecord
+from ckptbench.records import RunRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WEIGHTS = {"kind": "preset", "name": "tiny", "dtype": "float32", "n_tensors": 3, "n_params": 1_000_000,

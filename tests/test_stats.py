@@ -7,7 +7,6 @@ from hypothesis import strategies as st
 from scipy.stats import t as student_t
 
 from ckptbench.stats import (
-    compare_to_baseline,
     modified_z_scores,
     outlier_indices,
     runs_needed,
@@ -16,17 +15,6 @@ from ckptbench.stats import (
 )
 
 T975_DF3 = 3.1824463052837078  # scipy.stats.t.ppf(0.975, 3), also in printed t tables
-
-
-def _welch_by_hand(a, b):
-    """Independent Welch t-test: t statistic, Satterthwaite df, two-sided p."""
-    na, nb = len(a), len(b)
-    ma, mb = sum(a) / na, sum(b) / nb
-    va = sum((x - ma) ** 2 for x in a) / (na - 1) / na
-    vb = sum((x - mb) ** 2 for x in b) / (nb - 1) / nb
-    tstat = (ma - mb) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
-    return 2 * student_t.sf(abs(tstat), df)
 
 
 # --- summarize -------------------------------------------------------------
@@ -48,7 +36,7 @@ def test_summarize_known_sample():
 def test_summarize_returns_plain_json_types():
     s = summarize([1.5, 2.5, 3.5])
     for key, val in s.items():
-        if key == "ci95":
+        if key in ("ci95", "ci95_log"):
             assert all(type(x) is float for x in val)
         elif key == "n":
             assert type(val) is int
@@ -61,7 +49,7 @@ def test_summarize_empty():
     s = summarize([])
     assert s["n"] == 0
     assert all(v is None for k, v in s.items() if k != "n")
-    assert set(s) == {"n", "mean", "std", "median", "min", "max", "cv", "ci95"}
+    assert set(s) == {"n", "mean", "std", "median", "min", "max", "cv", "ci95", "ci95_log"}
 
 
 def test_summarize_single_value():
@@ -75,6 +63,27 @@ def test_summarize_zero_variance_is_exact():
     assert s["mean"] == 0.1  # not 0.10000000000000002
     assert s["std"] == 0.0 and s["cv"] == 0.0
     assert s["ci95"] == [0.1, 0.1]
+
+
+def test_log_ci_never_reaches_zero_and_brackets_the_geometric_mean():
+    values = [0.3, 4.0, 1.1]  # so noisy that the ordinary CI reaches below zero
+    s = summarize(values)
+    assert s["ci95"][0] < 0
+    low, high = s["ci95_log"]
+    geometric_mean = math.exp(sum(math.log(v) for v in values) / 3)
+    assert 0 < low < geometric_mean < high
+    half = T975_DF2 * statistics_stdev([math.log(v) for v in values]) / math.sqrt(3)
+    assert (low, high) == pytest.approx((geometric_mean * math.exp(-half), geometric_mean * math.exp(half)))
+    assert summarize([-1.0, 2.0])["ci95_log"] is None and summarize([2.0])["ci95_log"] is None
+
+
+def statistics_stdev(values):
+    import statistics
+
+    return statistics.stdev(values)
+
+
+T975_DF2 = 4.302652729911275  # scipy.stats.t.ppf(0.975, 2)
 
 
 def test_summarize_zero_mean_has_no_cv():
@@ -96,103 +105,6 @@ def test_ci95_contains_mean(values):
 def test_summarize_never_raises_on_finite_floats(values):
     s = summarize(values)
     assert s["n"] == len(values)
-
-
-# --- compare_to_baseline ---------------------------------------------------
-
-def test_compare_known_values_against_hand_welch():
-    a, b = [9.0, 9.5, 10.0, 9.2, 9.8], [12.0, 12.5, 11.8, 12.2, 12.6]
-    r = compare_to_baseline(a, b)
-    ma, mb = sum(a) / 5, sum(b) / 5
-    sa = math.sqrt(sum((x - ma) ** 2 for x in a) / 4)
-    sb = math.sqrt(sum((x - mb) ** 2 for x in b) / 4)
-    assert r["ratio"] == pytest.approx(ma / mb)
-    assert r["change_pct"] == pytest.approx(100 * (ma / mb - 1))
-    assert r["ratio_err"] == pytest.approx(ma / mb * math.hypot(sa / ma, sb / mb))
-    assert r["p_value"] == pytest.approx(_welch_by_hand(a, b), rel=1e-9)
-    assert r["verdict"] == "faster" and r["significant"] is True
-    assert r["weak_test"] is False and r["alpha"] == 0.05
-
-
-def test_compare_identical_samples():
-    r = compare_to_baseline([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
-    assert r["change_pct"] == 0.0 and r["ratio"] == 1.0
-    assert r["p_value"] == pytest.approx(1.0)
-    assert r["verdict"] == "within noise" and r["significant"] is False
-
-
-def test_compare_one_run_is_insufficient():
-    r = compare_to_baseline([5.0], [10.0, 10.1, 9.9])
-    assert r["verdict"] == "insufficient data"
-    assert r["p_value"] is None and r["ratio_err"] is None
-    assert r["change_pct"] == pytest.approx(-50.0)  # point estimate still reported
-    assert r["weak_test"] is True and r["significant"] is False
-
-
-def test_compare_empty_side():
-    r = compare_to_baseline([], [1.0, 2.0])
-    assert r["verdict"] == "insufficient data" and r["change_pct"] is None
-
-
-def test_compare_zero_variance_both_sides():
-    differ = compare_to_baseline([2.0] * 3, [3.0] * 3)
-    assert differ["p_value"] == 0.0 and differ["verdict"] == "faster"
-    assert differ["ratio_err"] == 0.0
-    same = compare_to_baseline([3.0] * 3, [3.0] * 3)
-    assert same["p_value"] == 1.0 and same["verdict"] == "within noise"
-
-
-def test_compare_zero_variance_one_side():
-    a, b = [10.0] * 5, [11.0, 12.0, 13.0, 11.0, 12.0]
-    r = compare_to_baseline(a, b)
-    assert r["p_value"] == pytest.approx(_welch_by_hand(a, b), rel=1e-9)
-    assert r["verdict"] == "faster"
-
-
-def test_compare_huge_variance_is_not_significant():
-    r = compare_to_baseline([1.0, 50.0, 3.0, 90.0, 2.0], [10.0, 12.0, 9.0, 11.0, 10.0])
-    assert abs(r["change_pct"]) > 5.0
-    assert r["p_value"] > 0.05
-    assert r["verdict"] == "no significant difference"
-
-
-def test_compare_significant_but_within_noise():
-    a = [100.0, 100.1, 99.9, 100.0, 100.05, 99.95]
-    b = [102.0, 102.1, 101.9, 102.0, 102.05, 101.95]
-    r = compare_to_baseline(a, b)
-    assert r["significant"] is True and r["p_value"] < 1e-6
-    assert r["verdict"] == "within noise"
-    # The same data with a tighter noise threshold gets a real verdict.
-    assert compare_to_baseline(a, b, noise_pct=1.0)["verdict"] == "faster"
-
-
-@pytest.mark.parametrize(
-    "higher_is_better, expected",
-    [(False, "slower"), (True, "faster")],
-)
-def test_compare_direction_follows_higher_is_better(higher_is_better, expected):
-    bigger = [20.0, 20.5, 19.5, 20.2, 19.8]
-    base = [10.0, 10.5, 9.5, 10.2, 9.8]
-    r = compare_to_baseline(bigger, base, higher_is_better=higher_is_better)
-    assert r["verdict"] == expected
-
-
-def test_compare_custom_words_for_sizes():
-    r = compare_to_baseline([50.0, 50.0], [100.0, 100.0], better_word="smaller", worse_word="larger")
-    assert r["verdict"] == "smaller"
-    r = compare_to_baseline([150.0, 150.0], [100.0, 100.0], better_word="smaller", worse_word="larger")
-    assert r["verdict"] == "larger"
-
-
-def test_compare_zero_baseline_mean():
-    r = compare_to_baseline([1.0, 2.0, 3.0], [-1.0, 1.0, 0.0])
-    assert r["change_pct"] is None and r["ratio"] is None
-    assert r["verdict"] == "insufficient data"
-
-
-def test_weak_test_boundary():
-    assert compare_to_baseline([1, 2, 3, 4], [1, 2, 3, 4, 5])["weak_test"] is True
-    assert compare_to_baseline([1, 2, 3, 4, 5], [1, 2, 3, 4, 5])["weak_test"] is False
 
 
 # --- outliers --------------------------------------------------------------

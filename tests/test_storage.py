@@ -11,7 +11,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ckptbench import chunking, compression, config, measure, storage
+from ckptbench import chunking, compression, config, measure, storage, verify
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 BUDGET = 100  # elements per chunk: small, so every array below has several chunks
@@ -43,14 +43,14 @@ def test_round_trip_is_bit_exact(tmp_path, dtype, kind):
     layout = _layout(kind, dtype)
     storage.save(tensors, tmp_path / "ckpt", layout, max_inflight_bytes=2**30)
     loaded = storage.load(tmp_path / "ckpt", layout, max_inflight_bytes=2**30)
-    assert measure.mismatches(tensors, loaded) == []
+    assert verify.mismatches(tensors, loaded) == []
     assert {k: (v.dtype, v.shape) for k, v in loaded.items()} == {k: (v.dtype, v.shape) for k, v in tensors.items()}
     # and the check itself is able to fail: one flipped bit is caught
     tampered = dict(loaded)
     flipped = tampered["model.norm.weight"].copy()
     flipped.view(np.uint8)[3] ^= 1
     tampered["model.norm.weight"] = flipped
-    assert measure.mismatches(tensors, tampered) == ["model.norm.weight"]
+    assert verify.mismatches(tensors, tampered) == ["model.norm.weight"]
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -98,7 +98,7 @@ def test_blosc_default_really_gets_blosc(tmp_path):
     meta = json.loads((tmp_path / "b" / "lm_head.weight" / ".zarray").read_text())
     assert meta["compressor"] is not None and meta["compressor"]["id"] == "blosc"
     loaded = storage.load(tmp_path / "b", _layout("blosc-default"), max_inflight_bytes=2**30)
-    assert measure.mismatches(tensors, loaded) == []
+    assert verify.mismatches(tensors, loaded) == []
 
 
 def test_manifest_lists_every_tensor(tmp_path):
@@ -135,7 +135,7 @@ def test_inflight_budget_smaller_than_a_tensor_still_writes_everything(tmp_path,
     layout = _layout("none", concurrency=1)
     storage.save(tensors, tmp_path / "ckpt", layout, max_inflight_bytes)
     loaded = storage.load(tmp_path / "ckpt", layout, max_inflight_bytes)
-    assert measure.mismatches(tensors, loaded) == []
+    assert verify.mismatches(tensors, loaded) == []
 
 
 def test_divisor_layout_round_trips_without_padding(tmp_path):
@@ -145,7 +145,7 @@ def test_divisor_layout_round_trips_without_padding(tmp_path):
     for name, array in tensors.items():
         meta = json.loads((tmp_path / "ckpt" / name / ".zarray").read_text())
         assert all(d % c == 0 for d, c in zip(meta["shape"], meta["chunks"])), name
-    assert measure.mismatches(tensors, storage.load(tmp_path / "ckpt", layout, 2**30)) == []
+    assert verify.mismatches(tensors, storage.load(tmp_path / "ckpt", layout, 2**30)) == []
 
 
 def test_layout_from_chunk_bytes_depends_on_dtype():
@@ -156,13 +156,13 @@ def test_layout_from_chunk_bytes_depends_on_dtype():
 
 def test_mismatches_reports_missing_extra_and_reshaped_tensors():
     a = np.arange(6, dtype=np.float32)
-    assert measure.mismatches({"a": a}, {}) == ["a"]
-    assert measure.mismatches({}, {"a": a}) == ["a"]
-    assert measure.mismatches({"a": a}, {"a": a.reshape(2, 3)}) == ["a"]
-    assert measure.mismatches({"a": a}, {"a": a.astype(np.float16)}) == ["a"]
+    assert verify.mismatches({"a": a}, {}) == ["a"]
+    assert verify.mismatches({}, {"a": a}) == ["a"]
+    assert verify.mismatches({"a": a}, {"a": a.reshape(2, 3)}) == ["a"]
+    assert verify.mismatches({"a": a}, {"a": a.astype(np.float16)}) == ["a"]
     nan = np.array([np.nan, -0.0], dtype=np.float32)
-    assert measure.mismatches({"a": nan}, {"a": nan.copy()}) == []  # NaN equals itself as bits
-    assert measure.mismatches({"a": nan}, {"a": np.array([np.nan, 0.0], dtype=np.float32)}) == ["a"]
+    assert verify.mismatches({"a": nan}, {"a": nan.copy()}) == []  # NaN equals itself as bits
+    assert verify.mismatches({"a": nan}, {"a": np.array([np.nan, 0.0], dtype=np.float32)}) == ["a"]
 
 
 class _FakeFuture:

@@ -1,0 +1,59 @@
+"""`compare A.json B.json`: B against A, test by test (see compare.py)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from .. import compare, results
+from ..errors import UserError
+
+
+def non_negative_pct(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a percentage >= 0, got {text}")
+    return value
+
+
+class Compare:
+    def description(self, context) -> str:
+        return "Compare two results.json files test by test: B versus A, with Welch's t-test on the runs."
+
+    def add_arguments(self, parser: argparse.ArgumentParser, context) -> None:
+        parser.add_argument("a", type=Path, metavar="A.json", help="the reference results file")
+        parser.add_argument("b", type=Path, metavar="B.json", help="the results file judged against A")
+        parser.add_argument("--format", choices=("text", "markdown"), default="text",
+                            help="table format (markdown renders on GitHub)")
+        parser.add_argument("--fail-on-regression", type=non_negative_pct, metavar="PCT",
+                            help="exit with status 1 when any metric is significantly slower or larger by more "
+                                 "than PCT %%")
+        parser.add_argument("--noise-pct", type=non_negative_pct, metavar="N",
+                            help="changes under N %% are 'within noise' (default: A's noise_pct, else 5)")
+
+    def run(self, args: argparse.Namespace, context) -> int:
+        doc_a, doc_b = results.read(args.a).document, results.read(args.b).document
+        noise_pct = args.noise_pct if args.noise_pct is not None else compare.recorded_noise_pct(doc_a)
+        for warning in compare.mismatch_warnings(doc_a, doc_b):
+            print(f"warning: {warning}", file=sys.stderr)
+        rows = compare.compare_documents(doc_a, doc_b, noise_pct)
+        if not rows:
+            raise UserError(f"{args.a} and {args.b} have no test in common; nothing to compare")
+        print(compare.render(args.a, args.b, doc_a, doc_b, rows, noise_pct, args.format))
+        if args.fail_on_regression is None:
+            return 0
+        bad = compare.regressions(rows, args.fail_on_regression)
+        if bad:
+            print(f"\nRegressions beyond {args.fail_on_regression:g}% (--fail-on-regression):")
+            print("\n".join(f"  {r['test']} {r['metric']}: {r['comparison']['change_pct']:+.1f}% "
+                            f"{r['comparison']['verdict']}" for r in bad))
+            return 1
+        return 0
+
+
+COMMAND = Compare()

@@ -1,0 +1,134 @@
+"""The plan of a suite and the raw record of one run: plain data, no I/O.
+
+A plan is the order runs execute in. "interleaved" (the default) runs round after
+round, each round every test once in an order shuffled from a recorded seed, so slow
+drift of the machine spreads over all tests. "blocked" runs each test's rounds back
+to back in config order (AAABBB), as the original Phase 4 harness did; it exists to
+show what that order does to the figures.
+
+The plan is generated lazily: a suite of a million runs costs nothing until it runs.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
+import time
+
+ORDERS = ("interleaved", "blocked")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    test: str
+    round: int  # 0-based; warm-up rounds come first and have negative numbers
+    position: int  # place within its round (interleaved) or within the suite's test list (blocked)
+    warmup: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.test}-{'w' if self.warmup else 'r'}{abs(self.round)}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every run of a suite in execution order, made on demand; `done` runs are left out (a resume)."""
+
+    tests: tuple[str, ...]
+    num_runs: int
+    warmup_rounds: int
+    seed: int
+    order: str = "interleaved"
+    done: frozenset[tuple[str, int]] = frozenset()
+
+    def __iter__(self) -> Iterator[PlannedRun]:
+        if self.order == "blocked":
+            for position, name in enumerate(self.tests):
+                for r in range(-self.warmup_rounds, self.num_runs):
+                    if (name, r) not in self.done:
+                        yield PlannedRun(name, r, position, warmup=r < 0)
+            return
+        rng = random.Random(self.seed)
+        for r in range(-self.warmup_rounds, self.num_runs):
+            order = list(self.tests)
+            rng.shuffle(order)
+            for position, name in enumerate(order):
+                if (name, r) not in self.done:
+                    yield PlannedRun(name, r, position, warmup=r < 0)
+
+    def __len__(self) -> int:
+        total = len(self.tests) * (self.num_runs + self.warmup_rounds)
+        return total - sum(1 for name, r in self.done
+                           if name in self.tests and -self.warmup_rounds <= r < self.num_runs)
+
+    @property
+    def last_round(self) -> int:
+        return self.num_runs - 1
+
+
+def plan(test_names: Sequence[str], num_runs: int, warmup_rounds: int, seed: int, order: str = "interleaved",
+         done: Collection[tuple[str, int]] = ()) -> Plan:
+    """The suite's runs in execution order (see the module docstring)."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}")
+    return Plan(tuple(test_names), num_runs, warmup_rounds, seed, order, frozenset(done))
+
+
+def new_seed() -> int:
+    return secrets.randbits(32)
+
+
+@dataclass
+class RunRecord:
+    """Raw figures of one run: what was measured, nothing derived."""
+
+    test: str
+    round: int
+    position: int
+    warmup: bool
+    save_s: float | None = None
+    load_s: float | None = None
+    save_cpu_s: float | None = None
+    load_cpu_s: float | None = None
+    save_peak_rss_bytes: int | None = None  # growth above the process's RSS when the save began
+    load_peak_rss_bytes: int | None = None
+    # Peak resident memory of the whole process during each operation, split as the kernel
+    # counts it: anonymous (heap, buffers) and file-backed (mapped files such as a
+    # safetensors load's memory map, which the page cache can drop at any time).
+    save_rss_anon_bytes: int | None = None
+    save_rss_file_bytes: int | None = None
+    load_rss_anon_bytes: int | None = None
+    load_rss_file_bytes: int | None = None
+    rss_anon_after_bytes: int | None = None  # once the run is over: growth here across rounds is a leak
+    size_bytes: int | None = None
+    disk_bytes: int | None = None
+    n_files: int | None = None
+    eviction: str | None = None
+    resident_bytes_at_load: int | None = None
+    resident_bytes_after_load: int | None = None  # measured for reads meant to bypass the page cache
+    load_cache: str | None = None  # "cold", "partial", "warm", "memory" or "remote": what the load read from
+    verified: bool | None = None
+    process_save_s: list[float] | None = None  # with several processes: each one's time from the common start
+    process_load_s: list[float] | None = None
+    patterns: dict[str, dict[str, float]] | None = None  # the device ceiling: seconds per access pattern
+    error: str | None = None
+    fatal: bool = False  # the storage itself failed (full disk, I/O error): the suite must stop
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "RunRecord":
+        """A record from its JSON form; keys this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+Phase = Callable[[PlannedRun, str], None]

@@ -1,0 +1,159 @@
+"""`run(config)`: the one function that runs a suite, for the command line and for Python.
+
+    import ckptbench
+    results = ckptbench.run(ckptbench.load_config("phase4_config.json", model="tiny", num_runs=2))
+    print(results.best["load"]["test"])
+
+Order of work: check everything that can be checked (output folder, storage, memory,
+duration, disk, weights) before writing anything; then the journal, the plan, the
+runs (each appended to the journal as it ends), and the results document, written to
+OUTPUT_DIR/results.json. Figures and console tables are the caller's business
+(`Results.draw`, `Results.report`).
+
+A stop signal (Ctrl-C, SIGTERM) ends the suite within seconds: the results so far are
+written (complete: false), then `interrupt.Interrupted` is raised with them attached as
+`.results`, and `run(..., resume=True)` continues later.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from . import capacity, environment, interrupt, journal, measure, results, system, targets, weights, workspace
+from .config import SuiteConfig
+from .errors import UserError
+from .records import Phase, Plan, PlannedRun, RunRecord, new_seed, plan
+
+# glibc's malloc, set before TensorStore's threads start (see system.tune_malloc and the guide's
+# "Memory" section for the measurements behind these values).
+MALLOC_ARENA_MAX = 2
+MALLOC_MMAP_THRESHOLD_BYTES = 1 * 2**20
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a starting suite is about to do, for a progress display."""
+
+    weights: dict[str, Any]
+    n_tests: int
+    num_runs: int
+    warmup_rounds: int
+    total_runs: int
+    seed: int
+    resumed_runs: int
+    scale: dict[str, Any]
+
+
+def _ignore(*_args: Any) -> None:
+    pass
+
+
+def run(
+    config: SuiteConfig,
+    *,
+    resume: bool = False,
+    keep: bool = False,
+    source: weights.Weights | None = None,
+    on_start: Callable[[Start], None] = _ignore,
+    on_phase: Phase = _ignore,
+    on_record: Callable[[RunRecord], None] = _ignore,
+) -> results.Results:
+    """Run a suite (a finished config from `config.load` or `config.from_dict`) and return its results.
+
+    `source`: weights already in memory (they must match the config's model, dtype and values);
+    by default they are made or read here. `keep` leaves each test's last checkpoint on disk.
+    """
+    targets.set_http_timeouts()
+    workspace.check_output_dir(config.output_dir)
+    target = targets.parse(config.storage, config.output_dir, config.storage_options)
+    target.check()  # a remote store: endpoint, credentials and bucket, before anything is written
+    local_weights, origin = weights.resolve(config.weights)  # a hub id: from the cache, or downloaded
+    model_bytes = (source.size_bytes if source is not None
+                   else weights.estimate_bytes(config.model, local_weights, config.dtype))
+    capacity.check_duration(len(config.tests) * (config.num_runs + config.warmup_rounds), model_bytes)
+    capacity.check_memory(config, model_bytes)
+    if local_weights is not None:
+        for folder, what in ((config.output_dir, "--output-dir"), (getattr(target, "output_dir", None), "--storage")):
+            if folder is not None and Path(folder).is_relative_to(local_weights.resolve()):
+                raise UserError(f"{what}: {folder} is inside the weights folder; choose another folder")
+    if source is None:
+        source = weights.load(config.model, local_weights, config.dtype, config.values)  # converted once, untimed
+        source.source.update(origin)
+    if target.kind == "local":
+        capacity.check_disk(target.output_dir, _largest_run_bytes(config, source), "one run of the largest test")
+
+    fingerprint = journal.fingerprint(config.to_json(), source.describe())
+    log = journal.Journal(config.output_dir / journal.JOURNAL_FILE)
+    done: list[RunRecord] = []
+    if resume:
+        header, done = log.read()
+        differences = journal.differences(header, fingerprint)
+        if differences:
+            raise UserError(f"--resume: the suite differs from the interrupted one ({'; '.join(differences)}); "
+                            "resume with the same config and weights, or start afresh without --resume")
+        seed = header["seed"]
+    else:
+        seed = config.seed if config.seed is not None else new_seed()
+
+    output_dir = workspace.prepare_output_dir(config.output_dir)  # the first write
+    if not resume:
+        log.start(fingerprint, seed)
+    done = [r for r in done if r.ok]  # failed runs (a full disk, say) are run again
+    todo = plan([t.name for t in config.tests], config.num_runs, config.warmup_rounds, seed, config.order,
+                done={(r.test, r.round) for r in done})
+    system.tune_malloc(MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_BYTES)
+    env = environment.capture(output_dir)
+    scale = {"suggested_preset": capacity.suggest_preset(env.get("ram_bytes"), config.dtype, config)}
+    on_start(Start(source.describe(), len(config.tests), config.num_runs, config.warmup_rounds, len(todo), seed,
+                   len(done), scale))
+    records = list(done)
+    stopped: interrupt.Interrupted | None = None
+    try:
+        with _signals():
+            for record in measure.run_suite(todo, source.tensors, config, _checked(on_phase), keep=keep,
+                                            target=target):
+                log.append(record)
+                records.append(record)
+                on_record(record)
+                interrupt.check()
+    except interrupt.Interrupted as signal_received:
+        stopped = signal_received
+    finally:
+        target.finish()
+
+    complete = stopped is None and len(records) == len(done) + len(todo)
+    document = results.build(config, source.describe(), records, env, seed, complete=complete,
+                             storage=target.describe(), scale=scale, tool=environment.tool_info())
+    outcome = results.Results(document, results.write(document, output_dir))
+    if stopped is not None:
+        stopped.results = outcome
+        raise stopped
+    return outcome
+
+
+def _signals():
+    """Stop signals become `Interrupted`, where Python lets a handler be installed (the main thread)."""
+    if threading.current_thread() is threading.main_thread():
+        return interrupt.signals_raise()
+    return nullcontext()
+
+
+def _checked(on_phase: Phase) -> Phase:
+    """A phase callback that first stops the run if a stop signal's exception was lost."""
+    def checked(planned: PlannedRun, phase: str) -> None:
+        interrupt.check()
+        on_phase(planned, phase)
+    return checked
+
+
+def _largest_run_bytes(config: SuiteConfig, source: weights.Weights) -> int:
+    shapes = [a.shape for a in source.tensors.values()]
+    itemsize = weights.NUMPY_DTYPES[config.dtype].itemsize
+    return max(capacity.run_bytes_upper(t, shapes, itemsize) for t in config.tests)
+
+
+__all__ = ["Plan", "Start", "run"]

@@ -1,0 +1,86 @@
+"""What the machine has and how this process uses it: RAM, free disk, resident memory, malloc.
+
+Every other module asks here, so /proc is parsed in one place.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from pathlib import Path
+
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def meminfo_bytes(key: str) -> int | None:
+    """A /proc/meminfo field in bytes (MemTotal, MemAvailable, ...), None where there is no /proc."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def ram_bytes() -> int | None:
+    return meminfo_bytes("MemTotal")
+
+
+def available_memory_bytes() -> int | None:
+    return meminfo_bytes("MemAvailable")
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes (for an unprivileged user) on the filesystem that holds path, or would hold it."""
+    existing = next(p for p in (Path(path), *Path(path).parents) if p.exists())
+    stat = os.statvfs(existing)
+    return stat.f_bavail * stat.f_frsize
+
+
+def resident_bytes() -> tuple[int, int]:
+    """(anonymous, file-backed) resident bytes of this process, from /proc/self/statm.
+
+    statm's "shared" column counts file-backed and shared-memory pages: what the page
+    cache can drop. The rest of the resident set is anonymous memory the process owns.
+    """
+    with open("/proc/self/statm") as handle:
+        fields = handle.read().split()
+    resident, shared = int(fields[1]), int(fields[2])
+    return (resident - shared) * PAGE_BYTES, shared * PAGE_BYTES
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+
+
+def release_free_memory() -> bool:
+    """Give memory that malloc holds but no longer uses back to the OS (glibc's malloc_trim)."""
+    libc = _libc()
+    return bool(libc and libc.malloc_trim(0))
+
+
+def tune_malloc(arena_max: int, mmap_threshold_bytes: int) -> bool:
+    """Bound glibc's per-thread arenas and fix the mmap threshold (False where malloc is not glibc's).
+
+    Why: TensorStore's I/O threads each get an arena, and glibc raises its mmap
+    threshold after large frees, so chunk buffers then come from arenas that keep
+    their memory. The process's peak then grows run after run. A fixed threshold sends
+    large buffers to mmap, which returns them on free.
+    """
+    libc = _libc()
+    if libc is None:
+        return False
+    return all(libc.mallopt(option, value) == 1 for option, value in (
+        (_M_ARENA_MAX, arena_max), (_M_MMAP_THRESHOLD, mmap_threshold_bytes)))
