@@ -523,9 +523,19 @@ _JSON_TYPES = {"integer": "a whole number", "number": "a number", "string": "a s
                "array": "a list", "null": "null", "boolean": "true or false"}
 
 
+# Messages for schema errors whose wording depends only on the limit and the value shown.
+_SIMPLE_MESSAGES = {
+    "minimum": "must be at least {limit}, got {shown}",
+    "maximum": "must be at most {limit}, got {shown}; that is beyond any sensible setting",
+    "minLength": "must not be empty",
+}
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
     value, kind = error.instance, error.validator
     shown = json.dumps(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    if kind in _SIMPLE_MESSAGES:
+        return _SIMPLE_MESSAGES[kind].format(limit=error.validator_value, shown=shown)
     if kind == "additionalProperties":
         allowed = list(error.schema.get("properties", {}))
         unknown = sorted(set(value) - set(allowed))[0]
@@ -533,27 +543,21 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if kind == "type":
         types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         return f"expected {' or '.join(_JSON_TYPES[t] for t in types)}, got {shown}"
-    if kind == "minimum":
-        return f"must be at least {error.validator_value}, got {shown}"
-    if kind == "maximum":
-        return f"must be at most {error.validator_value}, got {shown}; that is beyond any sensible setting"
     if kind == "enum":
         return f"{shown} is not allowed; use one of {', '.join(json.dumps(v) for v in error.validator_value)}"
     if kind == "required":
         return f"missing required field {error.message.split(chr(39))[1]!r}"
-    if kind == "minItems" and isinstance(value, list) and not value:
-        return "is empty; list at least one test" if list(error.absolute_path) == ["test_configurations"] \
-            else "is empty; list at least one value"
     if kind in ("minItems", "maxItems"):
+        if not value:
+            return "is empty; list at least one test" if list(error.absolute_path) == ["test_configurations"] \
+                else "is empty; list at least one value"
         return f"expected a [low, high] pair of numbers, got {json.dumps(value)}"
-    if kind == "pattern" and error.absolute_path and error.absolute_path[-1] == "name":
-        return f"{shown} is not a valid test name; use letters, digits, '_', '-', '.' or '=' (at most 100)"
     if kind == "pattern":
+        if error.absolute_path and error.absolute_path[-1] == "name":
+            return f"{shown} is not a valid test name; use letters, digits, '_', '-', '.' or '=' (at most 100)"
         return f"{shown} is not a size; use a number of bytes or a string like \"64KB\", \"1MB\" or \"t5x\""
     if kind == "anyOf":
         return f"expected {_expected(error.validator_value[0])} (or a list of them, to sweep), got {shown}"
-    if kind == "minLength":
-        return "must not be empty"
     return error.message
 
 

@@ -74,7 +74,7 @@ def build(config: Any, weights_info: Mapping[str, Any], records: Iterable[Any], 
                    "durable": t.durable, "runs": by_test[t.name]} for t in config.tests],
         "skipped_tests": [{"name": name, "reason": reason} for name, reason in config.skipped],
     }
-    return derive(document)
+    return derive(json.loads(json.dumps(document)))  # plain JSON types: the document equals its file
 
 
 def _compression_label(codec: Mapping[str, Any] | None) -> str:

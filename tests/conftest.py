@@ -99,6 +99,16 @@ def hf_model():
     return model
 
 
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, hf_model):
+    """A real Hugging Face checkpoint saved twice: single file and sharded (read-only templates; copy before damaging)."""
+    root = tmp_path_factory.mktemp("hf")
+    hf_model.save_pretrained(root / "single")
+    hf_model.save_pretrained(root / "sharded", max_shard_size="40KB")
+    assert len(list((root / "sharded").glob("model-*.safetensors"))) >= 2
+    return root
+
+
 def reference_state(model) -> dict[str, np.ndarray]:
     """The model's parameters as float32 numpy arrays, keyed as save_pretrained keys them."""
     return {name: t.detach().cpu().numpy().copy() for name, t in model.state_dict().items()}
@@ -141,11 +151,13 @@ def act_on_stderr_line(proc, marker: str, act: Callable[[], None], timeout: floa
 
 
 def run_config(root: Path, suite: dict[str, Any], name: str = "suite.json") -> tuple[int, dict[str, Any], Path]:
-    """Write suite to root/name, run the CLI on it in this process: (exit status, results.json, output folder)."""
-    from ckptbench import cli, results
+    """Write suite to root/name and run it with the API (ckptbench.run), figures drawn beside results.json:
+    (0 if every run succeeded else 1, the results document, the output folder)."""
+    import ckptbench
 
     path = root / name
     path.write_text(json.dumps(suite))
     out = root / "out"
-    status = cli.main(["--config", str(path), "--output-dir", str(out), "--no-progress"])
-    return status, json.loads((out / results.RESULTS_FILE).read_text()), out
+    results = ckptbench.run(ckptbench.load_config(path, output_dir=out))
+    results.draw(out)
+    return (1 if results.failed_runs or not results.complete else 0), results.document, out

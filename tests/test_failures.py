@@ -172,16 +172,6 @@ def small_fs(tmp_path):
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, hf_model):
-    """A real Hugging Face checkpoint saved twice: single file and sharded (read-only templates; copy before damaging)."""
-    root = tmp_path_factory.mktemp("hf")
-    hf_model.save_pretrained(root / "single")
-    hf_model.save_pretrained(root / "sharded", max_shard_size="40KB")
-    assert len(list((root / "sharded").glob("model-*.safetensors"))) >= 2
-    return root
-
-
 def _cli(run_cli, cfg: Path, out: Path, *extra):
     return run_cli("--config", cfg, "--output-dir", out, "--runs", "1", "--no-progress", *extra)
 

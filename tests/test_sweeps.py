@@ -214,8 +214,21 @@ REFS = ["safetensors", "torch_save", "device_ceiling"]
 
 
 def test_the_shipped_sweeps_are_exactly_these():
-    assert sorted(p.name for p in SWEEPS.glob("*.json")) == ["chunks_x_concurrency.json", "compression.json",
-                                                             "formats.json"]
+    assert sorted(p.name for p in SWEEPS.glob("*.json")) == ["at_scale.json", "chunks_x_concurrency.json",
+                                                             "compression.json", "formats.json"]
+
+
+def test_at_scale_sweep():
+    """Issue 'numbers that carry over': chunks 1 MiB..64 MiB, concurrency, zarr3 sharding, OCDBT, file_io_mode."""
+    suite = config.load(SWEEPS / "at_scale.json")
+    tensorstore = [t for t in suite.tests if t.backend == "tensorstore"]
+    assert {t.chunk_bytes for t in tensorstore} == {MiB, 4 * MiB, 16 * MiB, 64 * MiB}
+    assert {t.concurrency_limit for t in tensorstore} >= {16, 128}
+    assert any(t.shard_bytes for t in tensorstore) and any(t.kvstore == "ocdbt" for t in tensorstore)
+    assert {t.file_io_mode for t in tensorstore} == {"default", "direct"}
+    assert all(t.compression is None for t in tensorstore)  # O_DIRECT needs raw chunks
+    assert (suite.model, suite.dtype, suite.skipped) == ("tinyllama-1.1b", "bfloat16", ())
+    assert [t.name for t in suite.tests][-3:] == REFS
 
 
 def test_chunks_x_concurrency_sweep():
