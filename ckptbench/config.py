@@ -27,6 +27,7 @@ from jsonschema.exceptions import best_match
 from . import chunking, compression, hub, weights
 from .errors import UserError
 from .records import ORDERS
+from .settings import SWEEP_FIELDS
 from .units import MAX_SIZE_BYTES, SIZE_PATTERN, parse_size, size_label
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -54,21 +55,6 @@ def _sweepable(schema: dict[str, Any]) -> dict[str, Any]:
     """A field that takes one value, or a list of values to sweep over."""
     return {"anyOf": [schema, {"type": "array", "minItems": 1, "items": schema}]}
 
-
-# Per-test fields that a list turns into a sweep, with the short name used in sweep point names.
-SWEEP_FIELDS: dict[str, str] = {
-    "chunk_size_elements": "elems",
-    "chunk_bytes": "chunk",
-    "chunk_strategy": "strategy",
-    "concurrency_limit": "conc",
-    "compression": "comp",
-    "format": "fmt",
-    "kvstore": "kv",
-    "shard_bytes": "shard",
-    "data_copy_concurrency": "copy",
-    "file_io_sync": "sync",
-    "file_io_mode": "io",
-}
 
 TEST_SCHEMA: dict[str, Any] = {
     "type": "object",

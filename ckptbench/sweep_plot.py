@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import SWEEP_FIELDS
 from .plot import CEILING, ERRORBAR_NOTE, _mean_and_err, figure, save, source_line
+from .settings import SWEEP_FIELDS
 from .units import size_label
 
 SWEEP_FILE = "sweep_analysis.png"
