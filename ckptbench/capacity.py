@@ -74,24 +74,33 @@ def peak_memory_bytes(test: TestSpec, model_bytes: int, max_inflight_bytes: int)
         need += model_bytes  # the checkpoint itself lives in RAM
     if not test.is_reference:
         need += min(max_inflight_bytes, model_bytes) * _INFLIGHT_COPY
+    if test.timed_conversion:
+        need += TIMED_CONVERSION_MULTIPLIER * model_bytes
     return int(need)
+
+
+# timed_conversion holds float16 copies (half the model) and, while a load casts, the arrays read
+# beside their copies and casts (up to one more model).
+TIMED_CONVERSION_MULTIPLIER = 1.5
 
 
 _INFLIGHT_COPY = 0.0  # TensorStore's write holds no copy beyond the budget's chunks (measured; see the guide)
 
 
-def check_memory(config: SuiteConfig, model_bytes: int) -> None:
-    """Refuse up front a suite whose hungriest test would not fit in RAM, saying what would."""
+def check_memory(config: SuiteConfig, model_bytes: int, extra_copies: int = 0) -> None:
+    """Refuse up front a suite whose hungriest test would not fit in RAM, saying what would.
+
+    `extra_copies`: further sets of weights held all along (tests with values of their own)."""
     available = system.available_memory_bytes()
     if available is None or not config.tests:
         return
     hungriest = max(config.tests, key=lambda t: peak_memory_bytes(t, model_bytes, config.max_inflight_bytes))
-    need = peak_memory_bytes(hungriest, model_bytes, config.max_inflight_bytes)
+    need = peak_memory_bytes(hungriest, model_bytes, config.max_inflight_bytes) + extra_copies * model_bytes
     if need * SAFETY <= available:
         return
     alternatives = []
     if config.dtype == "float32":
-        half = peak_memory_bytes(hungriest, model_bytes // 2, config.max_inflight_bytes)
+        half = peak_memory_bytes(hungriest, model_bytes // 2, config.max_inflight_bytes) + extra_copies * model_bytes // 2
         alternatives.append(f"--dtype bfloat16 (needs about {human_bytes(half)})")
     alternatives.append("a smaller --model (see --list-models)")
     raise UserError(

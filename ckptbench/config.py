@@ -48,6 +48,10 @@ KVSTORES = ("file", "ocdbt", "memory")
 # cache), "direct" reads with O_DIRECT, around the page cache, where a chunk file's size
 # is a multiple of 4096 bytes (elsewhere TensorStore quietly reads buffered).
 FILE_IO_MODES = ("default", "memmap", "direct")
+# How many tensors a save or load keeps in flight: "all" (every array's writes or reads issued
+# together, bounded by max_inflight_bytes) or "one_tensor" (each tensor's open and write, or
+# read, awaited before the next starts, as the original Phase 4 harness did).
+IN_FLIGHT = ("all", "one_tensor")
 REFERENCES = ("safetensors", "torch_save", "device_ceiling")
 
 
@@ -75,6 +79,11 @@ TEST_SCHEMA: dict[str, Any] = {
         "data_copy_concurrency": _sweepable({"type": ["integer", "null"], "minimum": 1, "maximum": MAX_CONCURRENCY}),
         "file_io_sync": _sweepable({"type": "boolean"}),
         "file_io_mode": _sweepable({"enum": list(FILE_IO_MODES)}),
+        "in_flight": _sweepable({"enum": list(IN_FLIGHT)}),
+        "timed_conversion": _sweepable({"type": "boolean"}),
+        "cache_eviction": _sweepable({"enum": list(CACHE_EVICTION)}),
+        "values": _sweepable({"enum": list(weights.VALUES)}),
+        "block": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,99}$"},
         "expected": {
             "type": "object",
             "additionalProperties": False,
@@ -142,6 +151,14 @@ class TestSpec:
     data_copy_concurrency: int | None = None  # None: TensorStore's default (one per core)
     file_io_sync: bool = True
     file_io_mode: str = "default"
+    in_flight: str = "all"  # see IN_FLIGHT
+    # The original's conversions inside the timers: saves start from float16 copies of the
+    # weights and cast each to float32 (torch .float()) before writing it; loads copy each array
+    # read and cast it to float16 (np.copy, torch.from_numpy, .half()).
+    timed_conversion: bool = False
+    cache_eviction: str | None = None  # None: the suite's testing.cache_eviction
+    values: str | None = None  # None: the suite's values (preset weights only)
+    block: str | None = None  # tests sharing a block run back to back (AAABBB) at a seeded place in the rounds
     description: str = ""
     expected: dict[str, list[float]] | None = None
     processes: int = 1  # worker processes that save and load the checkpoint together
@@ -195,6 +212,23 @@ class SuiteConfig:
 
     def test(self, name: str) -> TestSpec:
         return next(t for t in self.tests if t.name == name)
+
+    def values_for(self, test: TestSpec) -> str:
+        """How the test's weights are drawn: its own `values`, else the suite's."""
+        return test.values or self.values
+
+    def eviction_for(self, test: TestSpec) -> str:
+        """How the test's loads are made cold: its own `cache_eviction`, else the suite's."""
+        return test.cache_eviction or self.cache_eviction
+
+    @property
+    def blocks(self) -> tuple[tuple[str, ...], ...]:
+        """The tests of each `block`, in config order (records.Plan runs each block back to back)."""
+        groups: dict[str, list[str]] = {}
+        for test in self.tests:
+            if test.block is not None:
+                groups.setdefault(test.block, []).append(test.name)
+        return tuple(tuple(names) for names in groups.values())
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -365,6 +399,7 @@ def _finish(config: SuiteConfig) -> SuiteConfig:
     skipped = list(config.skipped)
     counts = sorted(set(config.processes))
     for test in config.tests:
+        _check_conditions(test, config)
         if test.is_reference:
             if storage == "local":
                 tests.append(test)
@@ -378,6 +413,10 @@ def _finish(config: SuiteConfig) -> SuiteConfig:
             if count > 1 and test.kvstore == "memory":
                 skipped.append((name, "the memory kvstore lives in one process; it cannot be shared by several"))
                 continue
+            if count > 1 and (test.in_flight != "all" or test.timed_conversion):
+                skipped.append((name, "in_flight \"one_tensor\" and timed_conversion reproduce the original's single "
+                                      "process; worker processes do neither"))
+                continue
             sweep = test.sweep if len(counts) == 1 else {**(test.sweep or {}), "processes": count}
             tests.append(dataclasses.replace(test, name=name, processes=count, sweep=sweep))
     if config.weights is not None:
@@ -390,6 +429,22 @@ def _finish(config: SuiteConfig) -> SuiteConfig:
     if baseline not in names:
         baseline = next((n for n in names if n.startswith(f"{baseline}_procs=")), names[0])
     return dataclasses.replace(config, tests=tuple(tests), skipped=tuple(skipped), baseline=baseline)
+
+
+def _check_conditions(test: TestSpec, config: SuiteConfig) -> None:
+    """Per-test settings that depend on the suite's weights (known only after the overrides)."""
+    where = f"test {test.name!r}"
+    if test.values is not None and config.weights is not None:
+        raise UserError(f"{where}: field values applies to preset weights; a checkpoint (weights) brings its own "
+                        "values; drop the test's values")
+    if test.timed_conversion:
+        if config.dtype != "float32":
+            raise UserError(f"{where}: timed_conversion casts float16 weights to float32 inside the save timer, as the "
+                            f"original did; it needs dtype \"float32\", got {config.dtype!r}")
+        values = config.values_for(test)
+        if config.weights is None and values != "float16":
+            raise UserError(f"{where}: timed_conversion starts from float16 copies of the weights, which must hold "
+                            f"them exactly; set values \"float16\" (got {values!r})")
 
 
 _REFERENCE_DESCRIPTIONS = {
@@ -465,6 +520,11 @@ def _test_from_dict(raw: Mapping[str, Any], source: str) -> TestSpec:
         data_copy_concurrency=raw.get("data_copy_concurrency"),
         file_io_sync=raw.get("file_io_sync", True),
         file_io_mode=io_mode,
+        in_flight=raw.get("in_flight", "all"),
+        timed_conversion=raw.get("timed_conversion", False),
+        cache_eviction=raw.get("cache_eviction"),
+        values=raw.get("values"),
+        block=raw.get("block"),
         expected=raw.get("expected"),
         sweep=raw.get("_sweep"),
     )

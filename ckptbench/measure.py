@@ -57,7 +57,7 @@ def run_once(
             record.load_cache = "remote"  # read from the server: no local cache to drop
         else:
             on_phase(planned, "evict")
-            record.eviction = cache.evict(location.local_dir, config.cache_eviction)
+            record.eviction = cache.evict(location.local_dir, _eviction(planned.test, config))
             record.resident_bytes_at_load = cache.resident_bytes(location.local_dir)
             record.load_cache = cache_state(record.resident_bytes_at_load, record.disk_bytes)
         on_phase(planned, "load")
@@ -84,6 +84,12 @@ def run_once(
     system.release_free_memory()  # what this run freed goes back to the OS before the next one
     record.rss_anon_after_bytes = system.resident_bytes()[0]
     return record
+
+
+def _eviction(test_name: str, config: SuiteConfig) -> str:
+    """The test's own cache_eviction, else the suite's."""
+    test = next((t for t in config.tests if t.name == test_name), None)
+    return config.cache_eviction if test is None else config.eviction_for(test)
 
 
 def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
@@ -132,7 +138,7 @@ def backend_for(test: TestSpec, config: SuiteConfig, target: Target | None = Non
         from . import distributed
 
         pools = {} if pools is None else pools
-        source = distributed.WeightSource(config.model, config.weights, config.dtype, config.values)
+        source = distributed.WeightSource(config.model, config.weights, config.dtype, config.values_for(test))
         pool = pools.setdefault(test.processes, distributed.Pool(test.processes, source))
         return distributed.DistributedBackend(storage.Layout.of(test, config.dtype), pool, config.max_inflight_bytes,
                                               context_extra=target.context_spec())
@@ -153,19 +159,22 @@ def run_suite(
     on_phase: Phase = _no_phase,
     keep: bool = False,
     target: Target | None = None,
+    sources: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> Iterator[RunRecord]:
     """Execute a plan, yielding each run's record as soon as it ends; stop after a storage failure.
 
-    With `keep`, the checkpoint of each test's last measured round is left in place."""
+    With `keep`, the checkpoint of each test's last measured round is left in place. `sources`:
+    weights by `values`, for tests whose values differ from the suite's (`tensors`)."""
     target = target or LocalTarget(config.output_dir)
     pools: dict[int, Any] = {}
     backends = {t.name: backend_for(t, config, target, pools) for t in config.tests}
+    weights_of = {t.name: (sources or {}).get(config.values_for(t), tensors) for t in config.tests}
     if not isinstance(runs, Plan):
         runs = list(runs)
     last_round = runs.last_round if isinstance(runs, Plan) else max((r.round for r in runs), default=0)
     try:
         for planned in runs:
-            record = run_once(planned, tensors, backends[planned.test], config, on_phase,
+            record = run_once(planned, weights_of[planned.test], backends[planned.test], config, on_phase,
                               keep=keep and planned.round == last_round, target=target)
             yield record
             if record.fatal:

@@ -353,7 +353,7 @@ def _claim_note(claim: Mapping[str, Any]) -> str:
     return f"{text} {claim['outcome']}"
 
 
-def _claims_x_scale(ax, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+def claims_x_scale(ax, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
     """Linear, unless something passes +-100 %: then linear inside +-100 % and logarithmic beyond,
     so one huge CI (common with 3 noisy runs) cannot squash every claimed band into a sliver."""
     import matplotlib.ticker
@@ -410,7 +410,7 @@ def draw_claims(document: Mapping[str, Any], path: Path) -> Path | None:
     ax.axvline(0, color="black", linewidth=0.8, zorder=2)
     ax.use_sticky_edges = False  # bands must not touch the frame
     ax.margins(x=0.05)
-    _claims_x_scale(ax, rows)
+    claims_x_scale(ax, rows)
     ax.grid(axis="x", color="#e0e0e0", zorder=0)
     handles = [Patch(facecolor="#bcd4e6", edgecolor="#5b8db8", label="claimed range"),
                Patch(facecolor="#e3edf5", label="widened by the noise threshold (times)")]

@@ -6,6 +6,12 @@ drift of the machine spreads over all tests. "blocked" runs each test's rounds b
 to back in config order (AAABBB), as the original Phase 4 harness did; it exists to
 show what that order does to the figures.
 
+Blocks mix the two in one suite: the tests of a block run back to back (AAABBB, in
+config order, warm-up runs first) as one stretch, placed between two interleaved
+rounds (or before the first, or after the last) at a position drawn from the seed. The
+other tests are interleaved as usual, with the same shuffles as without blocks. So an
+arm run in the original's order shares the machine with arms run interleaved.
+
 The plan is generated lazily: a suite of a million runs costs nothing until it runs.
 """
 
@@ -24,7 +30,7 @@ ORDERS = ("interleaved", "blocked")
 class PlannedRun:
     test: str
     round: int  # 0-based; warm-up rounds come first and have negative numbers
-    position: int  # place within its round (interleaved) or within the suite's test list (blocked)
+    position: int  # place within its round (interleaved), the suite's test list (blocked) or its block
     warmup: bool = False
 
     @property
@@ -42,19 +48,34 @@ class Plan:
     seed: int
     order: str = "interleaved"
     done: frozenset[tuple[str, int]] = frozenset()
+    blocks: tuple[tuple[str, ...], ...] = ()  # groups of tests run back to back (module docstring)
 
     def __iter__(self) -> Iterator[PlannedRun]:
         if self.order == "blocked":
-            for position, name in enumerate(self.tests):
-                for r in range(-self.warmup_rounds, self.num_runs):
-                    if (name, r) not in self.done:
-                        yield PlannedRun(name, r, position, warmup=r < 0)
+            yield from self._blocked(self.tests)
             return
+        rounds = range(-self.warmup_rounds, self.num_runs)
+        in_blocks = {name for block in self.blocks for name in block}
+        free = [name for name in self.tests if name not in in_blocks]
+        slots = block_slots(len(self.blocks), len(rounds), self.seed)
         rng = random.Random(self.seed)
-        for r in range(-self.warmup_rounds, self.num_runs):
-            order = list(self.tests)
+        for i, r in enumerate(rounds):
+            for block, slot in zip(self.blocks, slots):
+                if slot == i:
+                    yield from self._blocked(block)
+            order = list(free)
             rng.shuffle(order)
             for position, name in enumerate(order):
+                if (name, r) not in self.done:
+                    yield PlannedRun(name, r, position, warmup=r < 0)
+        for block, slot in zip(self.blocks, slots):
+            if slot == len(rounds):
+                yield from self._blocked(block)
+
+    def _blocked(self, names: Sequence[str]) -> Iterator[PlannedRun]:
+        """Each test's rounds back to back, the tests in the given order (AAABBB)."""
+        for position, name in enumerate(names):
+            for r in range(-self.warmup_rounds, self.num_runs):
                 if (name, r) not in self.done:
                     yield PlannedRun(name, r, position, warmup=r < 0)
 
@@ -69,11 +90,24 @@ class Plan:
 
 
 def plan(test_names: Sequence[str], num_runs: int, warmup_rounds: int, seed: int, order: str = "interleaved",
-         done: Collection[tuple[str, int]] = ()) -> Plan:
+         done: Collection[tuple[str, int]] = (), blocks: Sequence[Sequence[str]] = ()) -> Plan:
     """The suite's runs in execution order (see the module docstring)."""
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}")
-    return Plan(tuple(test_names), num_runs, warmup_rounds, seed, order, frozenset(done))
+    grouped = [name for block in blocks for name in block]
+    unknown = sorted(set(grouped) - set(test_names))
+    if unknown or len(grouped) != len(set(grouped)):
+        raise ValueError(f"blocks must hold distinct tests of the plan, got {list(blocks)!r}")
+    return Plan(tuple(test_names), num_runs, warmup_rounds, seed, order, frozenset(done),
+                tuple(tuple(block) for block in blocks if block))
+
+
+def block_slots(n_blocks: int, n_rounds: int, seed: int) -> list[int]:
+    """Per block, how many interleaved rounds run before it (0 to n_rounds), drawn from the seed.
+
+    A generator of its own, so adding a block never changes the interleaved rounds' shuffles."""
+    rng = random.Random(f"ckptbench-blocks-{seed}")
+    return [rng.randint(0, n_rounds) for _ in range(n_blocks)]
 
 
 def new_seed() -> int:

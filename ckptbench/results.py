@@ -31,7 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from . import analysis, stats
+from . import analysis, records, stats
 from .errors import UserError
 from .units import human_bytes
 
@@ -51,6 +51,15 @@ SMALL_FOR_RAM = 0.25  # a checkpoint under a quarter of RAM may be cached by a V
 
 
 # --- building -----------------------------------------------------------------
+
+def _blocks(config: Any, seed: int) -> list[dict[str, Any]]:
+    """Blocks of tests run back to back, and how many interleaved rounds ran before each (records.Plan)."""
+    blocks = getattr(config, "blocks", ())
+    if config.order != "interleaved" or not blocks:
+        return []
+    slots = records.block_slots(len(blocks), config.num_runs + config.warmup_rounds, seed)
+    return [{"tests": list(block), "after_rounds": slot} for block, slot in zip(blocks, slots)]
+
 
 def build(config: Any, weights_info: Mapping[str, Any], records: Iterable[Any], environment: Mapping[str, Any],
           seed: int, complete: bool, storage: Mapping[str, Any] | None = None,
@@ -101,6 +110,7 @@ def _protocol(config: Any, seed: int) -> dict[str, Any]:
         "cache_eviction_requested": config.cache_eviction,
         "verification": "every load compared bit for bit with the source, outside the timed region",
         "order": config.order,
+        "blocks": _blocks(config, seed),
         "seed": seed,
         "num_runs": config.num_runs,
         "warmup_rounds": config.warmup_rounds,
@@ -267,8 +277,10 @@ def _suite_warnings(document: Mapping[str, Any], ceiling: Mapping[str, Any] | No
     tests = document["tests"]
     runs = [r for t in tests for r in t["runs"] if r["error"] is None]
     out = []
-    warm = [r for r in runs if r["load_cache"] in ("warm", "partial")]
-    if warm and document["protocol"].get("cache_eviction_requested") != "none":
+    requested = document["protocol"].get("cache_eviction_requested")
+    warm = [r for t in tests if (t["settings"].get("cache_eviction") or requested) != "none"  # warm on purpose
+            for r in t["runs"] if r["error"] is None and r["load_cache"] in ("warm", "partial")]
+    if warm:
         out.append(f"{len(warm)} of {len(runs)} loads were not cold (the page cache still held the checkpoint): "
                    "their load times are optimistic. Run as root for drop_caches, or on a filesystem that honours "
                    "posix_fadvise (not tmpfs).")

@@ -75,7 +75,8 @@ def run(
     model_bytes = (source.size_bytes if source is not None
                    else weights.estimate_bytes(config.model, local_weights, config.dtype))
     capacity.check_duration(len(config.tests) * (config.num_runs + config.warmup_rounds), model_bytes)
-    capacity.check_memory(config, model_bytes)
+    other_values = sorted({config.values_for(t) for t in config.tests} - {config.values})  # tests' own `values`
+    capacity.check_memory(config, model_bytes, extra_copies=len(other_values))
     if local_weights is not None:
         for folder, what in ((config.output_dir, "--output-dir"), (getattr(target, "output_dir", None), "--storage")):
             if folder is not None and Path(folder).is_relative_to(local_weights.resolve()):
@@ -83,6 +84,7 @@ def run(
     if source is None:
         source = weights.load(config.model, local_weights, config.dtype, config.values)  # converted once, untimed
         source.source.update(origin)
+    sources = {values: weights.from_preset(config.model, config.dtype, values).tensors for values in other_values}
     if target.kind == "local":
         capacity.check_disk(target.output_dir, _largest_run_bytes(config, source), "one run of the largest test")
 
@@ -104,7 +106,7 @@ def run(
         log.start(fingerprint, seed)
     done = [r for r in done if r.ok]  # failed runs (a full disk, say) are run again
     todo = plan([t.name for t in config.tests], config.num_runs, config.warmup_rounds, seed, config.order,
-                done={(r.test, r.round) for r in done})
+                done={(r.test, r.round) for r in done}, blocks=config.blocks)
     system.tune_malloc(MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_BYTES)
     env = environment.capture(output_dir)
     scale = {"suggested_preset": capacity.suggest_preset(env.get("ram_bytes"), config.dtype, config)}
@@ -115,7 +117,7 @@ def run(
     try:
         with _signals():
             for record in measure.run_suite(todo, source.tensors, config, _checked(on_phase), keep=keep,
-                                            target=target):
+                                            target=target, sources=sources):
                 log.append(record)
                 records.append(record)
                 on_record(record)

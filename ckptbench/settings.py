@@ -16,4 +16,8 @@ SWEEP_FIELDS: dict[str, str] = {
     "data_copy_concurrency": "copy",
     "file_io_sync": "sync",
     "file_io_mode": "io",
+    "in_flight": "inflight",
+    "timed_conversion": "conv",
+    "cache_eviction": "evict",
+    "values": "values",
 }

@@ -11,7 +11,14 @@ Saves and loads keep every array in flight at once, as a user should: all opens 
 issued together, then writes (or reads) are issued without waiting for each other,
 bounded only by an in-flight byte budget (like T5X's `concurrent_gb`) so that a
 large model does not double its memory. Waiting tensor by tensor would serialise
-the I/O and measure Python, not storage.
+the I/O and measure Python, not storage; `in_flight: "one_tensor"` does exactly that,
+to reproduce the original Phase 4 harness.
+
+`timed_conversion` reproduces the original's other habit: its weights were float16
+and every save cast each tensor to float32 inside the timer (`.float()`), every load
+copied each array read and cast it back (`np.copy`, `torch.from_numpy`, `.half()`).
+The float16 copies are made before the clock (`prepare`) and loads are verified
+against them.
 
 Every array is created with `store_data_equal_to_fill_value`, so a chunk of zeros
 is written like any other: sizes and times then count every byte of the model.
@@ -58,6 +65,8 @@ class Layout:
     data_copy_concurrency: int | None = None
     file_io_sync: bool = True
     file_io_mode: str = "default"
+    in_flight: str = "all"
+    timed_conversion: bool = False
 
     @classmethod
     def of(cls, test: TestSpec, dtype: str) -> "Layout":
@@ -73,6 +82,8 @@ class Layout:
             data_copy_concurrency=test.data_copy_concurrency,
             file_io_sync=test.file_io_sync,
             file_io_mode=test.file_io_mode,
+            in_flight=test.in_flight,
+            timed_conversion=test.timed_conversion,
         )
 
     def context(self, extra: Mapping[str, Any] | None = None) -> ts.Context:
@@ -148,6 +159,7 @@ class TensorStoreBackend(Backend):
     context_extra: Mapping[str, Any] = field(default_factory=dict)  # a remote target's resources
     # The memory kvstore lives in its Context: a save's context must serve the load and the size.
     _memory_context: ts.Context | None = field(default=None, repr=False)
+    _half: dict[str, Any] | None = field(default=None, repr=False)  # timed_conversion's float16 sources
 
     @property
     def in_memory(self) -> bool:  # type: ignore[override]
@@ -164,11 +176,27 @@ class TensorStoreBackend(Backend):
             self._memory_context = self.layout.context(self.context_extra)
         return self._memory_context
 
+    def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
+        if self.layout.timed_conversion:
+            self._half = half_copies(tensors)
+
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
-        save(tensors, location, self.layout, self.max_inflight_bytes, self._context())
+        if not self.layout.timed_conversion:
+            save(tensors, location, self.layout, self.max_inflight_bytes, self._context())
+            return
+        if self._half is None:  # called without prepare (directly): make the copies now
+            self.prepare(tensors)
+        save(self._half, location, self.layout, self.max_inflight_bytes, self._context(), convert=to_float32,
+             dtype="float32")
 
     def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
-        return load(location, self.layout, self.max_inflight_bytes, self._context())
+        convert = to_float16 if self.layout.timed_conversion else None
+        return load(location, self.layout, self.max_inflight_bytes, self._context(), convert=convert)
+
+    def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
+        if self._half is None:
+            return super().verify(tensors, loaded)
+        return super().verify({name: half.numpy() for name, half in self._half.items()}, loaded)
 
     def footprint(self, location: RunLocation | Path) -> tuple[int, int, int]:
         location = as_location(location)
@@ -178,26 +206,68 @@ class TensorStoreBackend(Backend):
 
     def release(self) -> None:
         self._memory_context = None
+        self._half = None
 
 
-def save(tensors: Mapping[str, np.ndarray], location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
-         context: ts.Context | None = None) -> None:
+def half_copies(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """float16 torch copies of float32 weights, for timed_conversion; refused unless every value
+    survives float16 exactly (the original's weights were float16, so its casts lost nothing)."""
+    import torch
+
+    out = {}
+    for name, array in tensors.items():
+        if array.dtype != np.float32:
+            raise ValueError(f"timed_conversion casts float16 weights to float32; tensor {name} is {array.dtype}")
+        half = array.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32).view(np.uint32), np.ascontiguousarray(array).view(np.uint32)):
+            raise ValueError(f"timed_conversion: tensor {name} is not exactly representable in float16; the "
+                             "original's casts start from float16 weights: use values \"float16\"")
+        out[name] = torch.from_numpy(half)
+    return out
+
+
+def to_float32(half: Any) -> np.ndarray:
+    """The original's save-side cast, timed: param.detach().cpu().float().numpy()."""
+    return half.detach().cpu().float().numpy()
+
+
+def to_float16(array: np.ndarray) -> np.ndarray:
+    """The original's load-side copy and cast, timed: torch.from_numpy(np.copy(a)).half() (as numpy, no copy)."""
+    import torch
+
+    return torch.from_numpy(np.copy(array)).half().numpy()
+
+
+def save(tensors: Mapping[str, Any], location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
+         context: ts.Context | None = None, *, convert: Callable[[Any], np.ndarray] | None = None,
+         dtype: str | None = None) -> None:
     """Write every tensor and the manifest; returns once TensorStore reports all writes committed
-    (durable, unless the layout turns file_io_sync off)."""
+    (durable, unless the layout turns file_io_sync off).
+
+    `convert`, given, turns each tensor into the array written, inside the caller's timer (the
+    original's casts); `dtype` then names what it returns."""
     location = as_location(location)
     if location.local_dir is not None:
         location.local_dir.mkdir(parents=True, exist_ok=True)
     names = list(tensors)
-    dtype = dtype_name(next(iter(tensors.values())).dtype) if tensors else "float32"
+    dtype = dtype or (dtype_name(next(iter(tensors.values())).dtype) if tensors else "float32")
+    shapes = {name: tuple(tensors[name].shape) for name in names}
+    nbytes = {name: math.prod(shapes[name]) * NUMPY_DTYPES[dtype].itemsize for name in names}
+    array = convert or (lambda tensor: tensor)
     context = context or layout.context()
     with _settled() as track:
-        opening = track([ts.open(layout.array_spec(location, name, tensors[name].shape, dtype), context=context)
-                         for name in names])
-        stores = [future.result() for future in opening]
-        _bounded(((tensors[n].nbytes, lambda s=s, n=n: s.write(tensors[n])) for s, n in zip(stores, names)),
-                 max_inflight_bytes, track)
+        if layout.in_flight == "one_tensor":
+            for name in names:
+                store = track([ts.open(layout.array_spec(location, name, shapes[name], dtype), context=context)])[0]
+                track([store.result().write(array(tensors[name]))])[0].result()
+        else:
+            opening = track([ts.open(layout.array_spec(location, name, shapes[name], dtype), context=context)
+                             for name in names])
+            stores = [future.result() for future in opening]
+            _bounded(((nbytes[n], lambda s=s, n=n: s.write(array(tensors[n]))) for s, n in zip(stores, names)),
+                     max_inflight_bytes, track)
     write_manifest(location, layout, context, {"format": f"ckptbench-{layout.format}", "dtype": dtype,
-                                               "tensors": [{"name": n, "shape": list(tensors[n].shape)} for n in names]})
+                                               "tensors": [{"name": n, "shape": list(shapes[n])} for n in names]})
 
 
 def write_manifest(location: RunLocation, layout: Layout, context: ts.Context, manifest: Mapping[str, Any]) -> None:
@@ -215,19 +285,31 @@ def read_manifest(location: RunLocation, layout: Layout, context: ts.Context) ->
 
 
 def load(location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
-         context: ts.Context | None = None) -> dict[str, np.ndarray]:
-    """Read a checkpoint written by `save` back into memory."""
+         context: ts.Context | None = None, *, convert: Callable[[np.ndarray], np.ndarray] | None = None
+         ) -> dict[str, np.ndarray]:
+    """Read a checkpoint written by `save` back into memory (`convert`, given, applied to each array read)."""
     location = as_location(location)
     context = context or layout.context()
     manifest = read_manifest(location, layout, context)
     entries = manifest["tensors"]
     itemsize = NUMPY_DTYPES[manifest["dtype"]].itemsize
+    finish = convert or np.asarray
     with _settled() as track:
+        if layout.in_flight == "one_tensor":
+            return {e["name"]: finish(_read_one(layout.open_spec(location, e["name"]), context, track))
+                    for e in entries}
         opening = track([ts.open(layout.open_spec(location, e["name"]), context=context) for e in entries])
         stores = [future.result() for future in opening]
         futures = _bounded(((math.prod(e["shape"]) * itemsize, s.read) for s, e in zip(stores, entries)),
                            max_inflight_bytes, track)
-        return {e["name"]: np.asarray(f.result()) for e, f in zip(entries, futures)}
+        return {e["name"]: finish(f.result()) for e, f in zip(entries, futures)}
+
+
+def _read_one(spec: Mapping[str, Any], context: ts.Context,
+              track: Callable[[list[ts.Future]], list[ts.Future]]) -> np.ndarray:
+    """Open one array and read it whole, each step awaited (in_flight "one_tensor")."""
+    store = track([ts.open(spec, context=context)])[0].result()
+    return track([store.read()])[0].result()
 
 
 @contextmanager
