@@ -271,6 +271,8 @@ def _suite_tests(setup: Setup, arms: Sequence[Arm]) -> tuple[list[dict[str, Any]
             settings = {k: v for k, v in switched.items() if k not in ("name", "description", "expected")}
             if blocked:
                 settings["block"] = arm.name
+            elif "block" in settings:  # a block of the user's own stays within its arm
+                settings["block"] = f"{arm.name}.{settings['block']}"
             key = json.dumps(settings, sort_keys=True)
             if key not in seen:
                 seen[key] = f"{arm.name}.{test['name']}"
@@ -494,8 +496,9 @@ def summary(entry: Mapping[str, Any], design_: Design, preset_values: bool = Tru
     into = [e for e in effects if e["effect"] == INTO]
     if into:
         first = BY_NAME[into[0]["condition"]]
-        return (f"{label}: reproduced only with {_titles(into)} ({_pair(into[0])}); "
-                f"{first.consequence}")
+        together = ("" if original is None or original["outcome"] == analysis.CONFIRMED else
+                    f" (though not with all the original's conditions together: {_pct(original['measured_pct'])})")
+        return f"{label}: reproduced only with {_titles(into)} ({_pair(into[0])}){together}; {first.consequence}"
     real = [e for e in effects if e["effect"] != NO_MOVE and e["shift_pp"] is not None]
     biggest = max(real, key=lambda e: abs(e["shift_pp"]), default=None)
     moved = (f"; {BY_NAME[biggest['condition']].title} moves it most, {_MOVES[biggest['effect']]} "

@@ -215,7 +215,8 @@ REFS = ["safetensors", "torch_save", "device_ceiling"]
 
 def test_the_shipped_sweeps_are_exactly_these():
     assert sorted(p.name for p in SWEEPS.glob("*.json")) == ["at_scale.json", "chunks_x_concurrency.json",
-                                                             "compression.json", "formats.json"]
+                                                             "compression.json", "formats.json",
+                                                             "original_conditions.json"]
 
 
 def test_at_scale_sweep():
