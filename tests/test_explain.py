@@ -371,3 +371,36 @@ def test_explain_on_the_tiny_model_end_to_end(tmp_path, run_cli):
     assert all(r["verified"] for rs in runs.values() for r in rs)
     assert {t["settings"]["timed_conversion"] for t in results["tests"] if t["name"].startswith("conversions.")} == {True}
     assert not any("were not cold" in w for w in results["warnings"])  # warm on purpose is not warned about
+
+
+def test_explain_with_values_of_its_own_holds_two_sets_of_weights(tmp_path):
+    """Random values in the user's config: the fp16 arm and the timed conversions need float16 values,
+    so the suite holds both sets of weights and each test gets its own."""
+    from ckptbench import results as results_mod
+    from ckptbench import runner
+
+    user = config.from_dict(minimal_config(values="random", testing={"num_runs": 2, "cache_eviction": "fadvise"},
+                                           test_configurations=[
+                                               {"name": "baseline", "chunk_size_elements": 16384, "concurrency_limit": 1,
+                                                "compression": "none"},
+                                               {"name": "gzip", "chunk_size_elements": 16384, "concurrency_limit": 1,
+                                                "compression": "gzip", "expected": {"size_pct": [-40, -30]}}]))
+    design = explain.design(explain.setup_of(user), ["fp16", "conversions"])
+    assert [(a.name, a.conditions) for a in design.arms] == [("true", ()), ("original", ("fp16", "conversions")),
+                                                             ("fp16", ("fp16",))]
+    suite = config.from_dict(explain.suite_data(design, user, tmp_path / "out", 2))
+    outcome = runner.run(suite)
+    tests = {t["name"]: t for t in outcome.tests}
+    assert all(r["verified"] for t in tests.values() for r in t["runs"])
+    assert tests["fp16.gzip"]["settings"]["values"] == "float16" and tests["true.gzip"]["settings"]["values"] is None
+    assert tests["original.gzip"]["settings"]["timed_conversion"] is True
+    sizes = {name: t["stats"]["size_bytes"]["mean"] for name, t in tests.items()}
+    assert sizes["fp16.gzip"] == pytest.approx(sizes["original.gzip"], rel=1e-4)  # gzip's bytes vary by a byte or so
+    assert sizes["fp16.gzip"] < 0.8 * sizes["true.gzip"]  # float16 values compress
+    samples = {t["name"]: results_mod.samples(t["runs"], int(outcome.document["weights"]["size_bytes"]))
+               for t in outcome.tests}
+    claim = explain.document(design, outcome.document, samples)["claims"][0]
+    assert claim["arms"]["true"]["outcome"] == analysis.CONTRADICTED  # random values: gzip saves about 7 %
+    assert claim["arms"]["fp16"]["outcome"] == analysis.CONFIRMED  # float16 values: about 37 %
+    assert {e["condition"]: e["effect"] for e in claim["effects"]} == {"fp16": "into", "conversions": "none"}
+    assert claim["summary"].startswith("gzip size -40..-30 % smaller: reproduced only with float16 values")
