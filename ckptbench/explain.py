@@ -512,8 +512,10 @@ def summary(entry: Mapping[str, Any], design_: Design, preset_values: bool = Tru
     if _undecided(original):
         return (f"{label}: undecided under the original's conditions ({_pct(original['measured_pct'])}, "
                 f"{original['n']} runs); more --runs would decide{moved}")
+    outside = _distance(original["measured_pct"], original["band_pct"]) if original["measured_pct"] is not None else 0
     return (f"{label}: not reproduced even under the original's conditions ({_pct(original['measured_pct'])} there, "
-            f"{_pct(true['measured_pct'])} as measured){moved}; {_why_still(entry, preset_values)}")
+            f"{outside:.1f} points outside the band; {_pct(true['measured_pct'])} as measured){moved}; "
+            f"{_why_still(entry, preset_values)}")
 
 
 def _outcome_words(arm: Mapping[str, Any]) -> str:

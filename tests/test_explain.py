@@ -272,7 +272,8 @@ def test_attribution_finds_the_known_culprit():
     size = claims[("compression_gzip", "size_bytes")]
     assert size["arms"]["original"]["outcome"] == analysis.CONTRADICTED
     assert {e["condition"]: e["effect"] for e in size["effects"]}["blosc"] == "toward"
-    assert "not reproduced even under the original's conditions (-6.0 % there, -37 % as measured)" in size["summary"]
+    assert ("not reproduced even under the original's conditions (-6.0 % there, 1.0 points outside the band; "
+            "-37 % as measured)") in size["summary"]
     assert "the blosc baseline moves it most, toward the band" in size["summary"]
     assert "synthetic" in size["summary"]
 
