@@ -166,6 +166,14 @@ class DeviceCeilingBackend(_FileReference):
     def pattern_seconds(self) -> dict[str, float] | None:
         return self._seconds
 
+    def _evict(self, folder: Path) -> None:
+        """Between patterns: a few large files, so dropping their pages (fadvise) is all a cold read needs;
+        the whole page cache (drop_caches) would also throw out every library the process maps."""
+        if self._eviction == "none":
+            return
+        if not cache.fadvise_dontneed(folder) or cache.resident_bytes(folder):
+            cache.evict(folder, self._eviction)
+
     def footprint(self, location: RunLocation | Path) -> tuple[int, int, int]:
         return checkpoint_size(_folder(location) / _set_name(1))  # one copy of the bytes, as one file
 
@@ -196,14 +204,14 @@ class DeviceCeilingBackend(_FileReference):
             for block in self.blocks:
                 folder = directory / _set_name(streams)
                 if not first:  # the runner evicted before the first pattern; each later one starts cold too
-                    cache.evict(folder, self._eviction)
+                    self._evict(folder)
                 first = False
                 started = time.perf_counter()
                 _read_set(folder, self._buffer, ranges, block, direct=False)
                 self._seconds[pattern_name(streams, block)] = time.perf_counter() - started
         direct_streams, direct_block = max(self.streams), max(self.blocks)
         folder = directory / _set_name(direct_streams)
-        cache.evict(folder, self._eviction)
+        self._evict(folder)
         started = time.perf_counter()
         try:
             _read_set(folder, self._buffer, _ranges(self._total, direct_streams, self._align), direct_block, direct=True)
