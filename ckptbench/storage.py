@@ -88,13 +88,17 @@ class Layout:
 
     def context(self, extra: Mapping[str, Any] | None = None) -> ts.Context:
         """A fresh context (no cache is shared between a save and a load); `extra` adds a target's resources."""
+        return ts.Context(self.context_spec(extra))
+
+    def context_spec(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The context's resources as JSON (what `tune` prints for pasting)."""
         spec: dict[str, Any] = {"file_io_concurrency": {"limit": self.concurrency_limit},
                                 "file_io_sync": self.file_io_sync, **(extra or {})}
         if self.data_copy_concurrency is not None:
             spec["data_copy_concurrency"] = {"limit": self.data_copy_concurrency}
         if self.file_io_mode != "default":
             spec["file_io_mode"] = {"mode": self.file_io_mode}
-        return ts.Context(spec)
+        return spec
 
     def kvstore_spec(self, location: RunLocation, name: str) -> dict[str, Any]:
         """Where the array `name` of the checkpoint at `location` lives."""

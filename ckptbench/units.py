@@ -42,3 +42,30 @@ def size_label(size_bytes: int) -> str:
 def human_bytes(size_bytes: float) -> str:
     """'6.85 GB' or '538.1 MB' (decimal units)."""
     return f"{size_bytes / 1e9:.2f} GB" if size_bytes >= 1e9 else f"{size_bytes / 1e6:.1f} MB"
+
+
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*[hms]\s*)+$|^\s*\d+(\.\d+)?\s*$"
+
+
+def parse_duration(text: str, where: str = "duration") -> float:
+    """Seconds from "10m", "90s", "1h", "1h30m" or a bare number of seconds."""
+    import re
+
+    value = str(text).strip().lower()
+    if not re.fullmatch(DURATION_PATTERN, value):
+        raise UserError(f"{where}: {text!r} is not a duration; use e.g. 90s, 10m, 1h or 1h30m")
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    return sum(float(number) * _DURATION_UNITS[unit]
+               for number, _, unit in re.findall(r"(\d+(\.\d+)?)\s*([hms])", value))
+
+
+def duration_label(seconds: float) -> str:
+    """'4m05s', '52s', '1h02m'."""
+    seconds = max(0, int(round(seconds)))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"

@@ -214,9 +214,10 @@ REFS = ["safetensors", "torch_save", "device_ceiling"]
 
 
 def test_the_shipped_sweeps_are_exactly_these():
+    # tune_space.json is not a suite config but `tune`'s search space (tests/test_tune.py checks it)
     assert sorted(p.name for p in SWEEPS.glob("*.json")) == ["at_scale.json", "chunks_x_concurrency.json",
                                                              "compression.json", "formats.json",
-                                                             "original_conditions.json"]
+                                                             "original_conditions.json", "tune_space.json"]
 
 
 def test_at_scale_sweep():

@@ -1,0 +1,505 @@
+"""`tune`: the search on synthetic measurements (no I/O), the budget model, the space file, a simulated
+tune against a virtual clock, a real tiny-model tune end to end, a resume after SIGINT, and the
+paste-ready spec read back bit for bit."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ckptbench import config, records, results, tune, weights
+from ckptbench.errors import UserError
+from conftest import REPO, STREAMLINED, act_on_stderr_line, assert_same_bits
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# A small space for the real runs: 16 combinations + t5x_full, every one quick on the tiny model.
+SMALL_SPACE = {
+    "description": "test space",
+    "axes": {"chunk_bytes": ["64KB", "1MB"], "concurrency_limit": [1, 16],
+             "compression": ["none", {"id": "zstd", "level": 1}]},
+    "formats": {"zarr2": {"format": "zarr2"}, "zarr3": {"format": "zarr3"}},
+    "always": [{"name": "t5x_full", "chunk_size_elements": 262144, "concurrency_limit": 128,
+                "compression": {"id": "gzip", "level": 1}, "format": "zarr2"}],
+}
+
+
+def _lognormal(rng: np.random.Generator, true_mean: float, log_sd: float) -> float:
+    return float(true_mean * math.exp(rng.normal(0.0, log_sd)))
+
+
+# --- the search on synthetic measurements ----------------------------------------------------------
+
+def test_halve_keeps_the_better_half_and_drops_only_clear_losers():
+    values = {"a": [1.0], "b": [1.05], "c": [1.1], "d": [1.2], "close": [1.3], "slow": [2.0], "slower": [4.0]}
+    noise = tune.noise_model([])  # the prior alone: 10 % spread, 8 degrees of freedom
+    halving = tune.halve(values, noise)
+    assert halving.ranking == ["a", "b", "c", "d", "close", "slow", "slower"]
+    assert halving.cut == "d"  # ceil(7 / 2) = 4 kept by rank
+    # 1.3 vs 1.2 is within the noise (its best case wins): kept; 2.0 and 4.0 lose even at their best.
+    assert halving.kept == ["a", "b", "c", "d", "close"]
+    assert sorted(halving.eliminated) == ["slow", "slower"]
+    reason = halving.eliminated["slow"]
+    assert reason["cut"] == "d" and reason["best_case_pct"] > 0 and "best case" in reason["reason"]
+
+
+def test_halve_drops_nothing_among_ties():
+    values = {name: [1.0 + 0.01 * i] for i, name in enumerate("abcdefgh")}
+    halving = tune.halve(values, tune.noise_model([]))
+    assert halving.eliminated == {}
+    assert sorted(halving.kept) == sorted(values)
+
+
+def test_more_runs_narrow_the_interval_until_a_small_difference_is_dropped():
+    noise = tune.noise_model([])
+    one = tune.halve({"a": [1.0], "b": [1.0], "c": [1.25]}, noise, keep_at_least=2)
+    assert one.eliminated == {}  # 25 % with one run each: the prior's interval is wider
+    many = tune.halve({"a": [1.0] * 8, "b": [1.0] * 8, "c": [1.25] * 8}, noise, keep_at_least=2)
+    assert list(many.eliminated) == ["c"]
+
+
+def test_sizes_have_no_noise_and_equal_sizes_are_kept():
+    noise = tune.noise_model([[5.0, 5.0]], noisy=False)
+    assert noise.log_sd == 0.0 and noise.halfwidth(1, 1) == 0.0
+    halving = tune.halve({"a": [100.0], "b": [100.0], "c": [100.0], "d": [101.0]}, noise, keep_at_least=2)
+    assert halving.kept == ["a", "b", "c"] and list(halving.eliminated) == ["d"]
+
+
+def test_noise_model_pools_the_measured_log_spread_with_the_prior():
+    wide = [math.exp(x) for x in (-0.3, 0.3)]  # log sd 0.424
+    noise = tune.noise_model([wide, wide, [7.0]])  # the single run adds nothing
+    assert noise.measured_df == 2 and noise.df == tune.PRIOR_DF + 2
+    expected = math.sqrt((tune.PRIOR_DF * tune.PRIOR_LOG_SD ** 2 + 2 * (0.6 / math.sqrt(2)) ** 2) / noise.df)
+    assert noise.log_sd == pytest.approx(expected)
+    assert noise.log_sd > tune.PRIOR_LOG_SD
+    assert tune.noise_model([[1.0, 1.0, 1.0]]).log_sd < tune.PRIOR_LOG_SD  # quiet runs lower it
+
+
+def test_rank_breaks_ties_with_the_second_figure():
+    assert tune.rank({"a": [2.0], "b": [2.0], "c": [1.0]}, {"a": [9.0], "b": [3.0], "c": [0.0]}) == ["c", "b", "a"]
+    assert tune.rank({"a": [1.0], "none": []}) == ["a"]
+
+
+def test_separation_by_welch_p_value():
+    tied = tune.separation({"a": [1.0, 1.1, 0.9, 1.05], "b": [1.02, 0.95, 1.1, 1.0]}, "load_s", 5.0)
+    assert tied["separated"] is False and tied["comparison"]["p_value"] > 0.05
+    clear = tune.separation({"a": [1.0, 1.02, 0.98], "b": [1.5, 1.52, 1.49]}, "load_s", 5.0)
+    assert clear["winner"] == "a" and clear["runner_up"] == "b" and clear["separated"] is True
+    single = tune.separation({"a": [1.0]}, "total_s", 5.0)
+    assert single["winner"] == "a" and single["runner_up"] is None and single["separated"] is False
+    sizes = tune.separation({"a": [10.0, 10.0], "b": [11.0, 11.0]}, "size_bytes", 5.0)
+    assert sizes["separated"] is True  # exact figures: any difference is real
+
+
+def _simulated_search(true: dict[str, float], log_sd: float, seed: int, max_final_rounds: int = 30) -> dict:
+    """Successive halving then the final, exactly as tune runs them, on lognormal synthetic runs."""
+    rng = np.random.default_rng(seed)
+    runs: dict[str, list[float]] = {name: [] for name in true}
+    alive = list(true)
+    while len(alive) > tune.FINALISTS:
+        for name in alive:
+            runs[name].append(_lognormal(rng, true[name], log_sd))
+        halving = tune.halve({n: runs[n] for n in alive}, tune.noise_model(runs.values()))
+        alive = halving.kept
+    finalists = tune.rank({n: runs[n] for n in alive})[:tune.FINALISTS]
+    for _ in range(max_final_rounds):
+        decided = tune.separation({n: runs[n] for n in finalists}, "total_s", 5.0)
+        if decided["separated"]:
+            break
+        for name in finalists:
+            runs[name].append(_lognormal(rng, true[name], log_sd))
+    return {**tune.separation({n: runs[n] for n in finalists}, "total_s", 5.0), "runs": runs}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_halving_then_the_final_find_the_known_winner(seed):
+    rng = np.random.default_rng(100 + seed)
+    true = {f"c{i}": float(x) for i, x in enumerate(rng.uniform(1.5, 10.0, size=30))}
+    true["best"] = 1.0  # 33 % faster than anything else, measured with 8 % noise
+    decided = _simulated_search(true, 0.08, seed)
+    assert decided["winner"] == "best"
+    assert decided["separated"] is True
+
+
+def test_two_identical_finalists_end_tied():
+    true = {"a": 1.0, "b": 1.0, **{f"slow{i}": 3.0 + i for i in range(6)}}
+    decided = _simulated_search(true, 0.05, seed=3, max_final_rounds=6)
+    assert {decided["winner"], decided["runner_up"]} == {"a", "b"}
+    assert decided["separated"] is False  # the same distribution: no p < 0.05 (with this seed)
+    assert len(decided["runs"]["a"]) > 2  # the final did repeat them
+
+
+def test_pareto_front():
+    points = {"fast_save": (1.0, 5.0), "fast_load": (4.0, 1.0), "middle": (2.0, 2.0), "dominated": (3.0, 3.0),
+              "worst": (5.0, 5.0)}
+    assert tune.pareto(points) == ["fast_save", "middle", "fast_load"]
+
+
+# --- the budget model -----------------------------------------------------------------------------------
+
+def test_halving_sizes():
+    assert tune.halving_sizes(14) == [14, 7, 4]
+    assert tune.halving_sizes(5) == [5, 3]
+    assert tune.halving_sizes(3) == [3]
+    assert tune.halving_sizes(2) == [2]
+
+
+def test_plan_fits_the_time_and_grows_with_it():
+    plans = [tune.plan_budget(seconds, 5.0, 20.0, 0.5, 2000) for seconds in (100, 300, 600, 1800)]
+    for plan in plans:
+        n = plan.n_candidates
+        used = n * 5.0 + 20.5 + tune.continuation_s(n, 5.0, 20.0, 0.5)
+        more = (n + 1) * 5.0 + 20.5 + tune.continuation_s(n + 1, 5.0, 20.0, 0.5)
+        assert used <= plan.time_left_s < more  # the largest rung 0 that fits
+        assert plan.rung_sizes == (tune.halving_sizes(n) if n else [])
+    assert [p.n_candidates for p in plans] == sorted(p.n_candidates for p in plans)
+    assert plans[0].n_candidates < plans[-1].n_candidates
+    assert tune.plan_budget(10, 5.0, 20.0, 0.5, 2000).n_candidates == 0
+    assert tune.plan_budget(1e6, 5.0, 20.0, 0.5, 7).n_candidates == 7  # no more than the space holds
+
+
+def test_continuation_grows_with_the_first_rung():
+    costs = [tune.continuation_s(n, 4.0, 15.0, 0.5, t5x_s=20.0) for n in range(1, 40)]
+    assert costs == sorted(costs)
+    assert costs[0] == tune.final_s(4.0, 15.0, 0.5, t5x_s=20.0)  # one candidate: only the final follows
+
+
+def test_durations_predict_from_what_was_measured():
+    durations = tune.Durations(model_bytes=int(1e9))
+    assert durations.of("anything") == pytest.approx(tune.prior_run_s(int(1e9)))
+    assert durations.of("device_ceiling") == pytest.approx(tune.prior_reference_s("device_ceiling", int(1e9)))
+    durations.add("a", 2.0)
+    durations.add("a", 4.0)
+    assert durations.of("a") == 3.0
+    assert durations.of("unmeasured") == pytest.approx(tune.prior_run_s(int(1e9)))  # < 3 measured: the prior
+    durations.add("b", 10.0)
+    durations.add("c", 20.0)
+    assert durations.of("unmeasured") == 10.0  # the median of a, b, c
+    durations.overheads += [1.0, 3.0]
+    assert durations.suite_s(["a", "b"]) == 3.0 + 10.0 + 2.0
+    assert tune.fits(10.0, 5.0, 15.0) and not tune.fits(10.0, 5.1, 15.0)
+
+
+# --- the space file ---------------------------------------------------------------------------------
+
+def _settings(tmp_path: Path, **changes) -> tune.Settings:
+    return tune.Settings(**{"output_dir": tmp_path / "out", "model": "tiny", **changes})
+
+
+def test_the_shipped_space(tmp_path):
+    space = tune.load_space(tune.SPACE_FILE)
+    assert (REPO / "sweeps" / "tune_space.json").resolve() == tune.SPACE_FILE.resolve()
+    suite = tune.candidates(space, _settings(tmp_path, model="smollm2-135m"))
+    tests = [t for t in suite.tests if t.name != "t5x_full"]
+    assert len(tests) == 2160  # the valid part of the 3,456 combinations
+    assert len(suite.skipped) == 1296 and all("direct" in reason for _, reason in suite.skipped)
+    assert {t.chunk_bytes for t in tests} == {2 ** k for k in range(18, 27)}  # 256 KiB .. 64 MiB
+    assert {t.concurrency_limit for t in tests} == {1, 4, 16, 64, 128, 256}
+    assert {(t.format, t.kvstore, t.shard_bytes is not None) for t in tests} == {
+        ("zarr2", "file", False), ("zarr3", "file", False), ("zarr3", "file", True), ("zarr3", "ocdbt", False)}
+    assert {json.dumps(t.compression, sort_keys=True) for t in tests} == {
+        "null", '{"id": "zstd", "level": 1}', '{"id": "gzip", "level": 1}',
+        '{"clevel": 5, "cname": "lz4", "id": "blosc", "shuffle": 1}'}
+    assert {t.file_io_mode for t in tests} == {"default", "direct"}
+    assert {t.chunk_strategy for t in tests} == {"halve", "divisor"}
+    t5x = suite.test("t5x_full")
+    assert (t5x.format, t5x.chunk_size_elements, t5x.concurrency_limit, t5x.compression) == (
+        "zarr2", 262144, 128, {"id": "gzip", "level": 1})
+
+
+def test_identical_layouts_are_measured_once(tmp_path):
+    space = tune.load_space(tune.SPACE_FILE)
+    settings = _settings(tmp_path, model="smollm2-135m")
+    shapes = [shape for _, shape in weights.preset_shapes("smollm2-135m")]
+    universe = tune.make_universe(space, tune.candidates(space, settings), shapes)
+    assert universe.always == ("t5x_full",)
+    assert len(universe.tests) + len(universe.duplicates) == 2161
+    assert 0 < len(universe.duplicates) < 2161
+    for name, same in universe.duplicates[:50]:
+        assert tune.layout_key(universe.tests[same], "float32", shapes) is not None
+        assert same in universe.tests and name not in universe.tests
+    # t5x_full's twin in the grid (zarr2, 1 MB, halve, 128, gzip-1, default) is the duplicate, not t5x_full
+    assert any(same == "t5x_full" for _, same in universe.duplicates)
+    # the sample spreads every axis evenly and is the same for the same seed
+    chosen = tune.sample(universe, 40, seed=7)
+    assert chosen == tune.sample(universe, 40, seed=7) != tune.sample(universe, 40, seed=8)
+    assert len(set(chosen)) == 40 and "t5x_full" not in chosen
+    formats = [universe.axes[n]["formats"] for n in chosen]
+    assert all(formats.count(f) == 10 for f in ("zarr2", "zarr3", "zarr3_sharded", "ocdbt"))
+
+
+def test_test_entries_read_back_to_the_same_layout(tmp_path):
+    from ckptbench.storage import Layout
+
+    space = tune.load_space(tune.SPACE_FILE)
+    suite = tune.candidates(space, _settings(tmp_path))
+    for test in suite.tests[::97]:
+        entry = tune.test_entry(test)
+        again = config.from_dict({"model": "tiny", "test_configurations": [entry]}).tests[0]
+        assert Layout.of(again, "float32") == Layout.of(test, "float32"), entry
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda s: s["axes"].update(chunk_byte=["1MB"]), "field axes: unknown key 'chunk_byte'; did you mean 'chunk_bytes'?"),
+    (lambda s: s["axes"].update(concurrency_limit=["many"]), "field axes.concurrency_limit"),
+    (lambda s: s["axes"].update(file_io_mode=["fast"]), "field axes.file_io_mode"),
+    (lambda s: s.update(formats={}), "field formats: is empty"),
+    (lambda s: s["formats"].update({"bad name!": {"format": "zarr2"}}), "format name 'bad name!' is not valid"),
+    (lambda s: s["formats"].update(zarr4={"format": "zarr4"}), "field formats.zarr4.format"),
+    (lambda s: s.pop("formats"), "missing required field 'formats'"),
+    (lambda s: s["axes"].update(compression=["lz5"]), "unknown compression id 'lz5'"),
+    (lambda s: s["axes"].pop("concurrency_limit"), "missing required field 'concurrency_limit'"),
+    (lambda s: s["always"].append(dict(s["always"][0])), "duplicate test name 't5x_full'"),
+])
+def test_bad_space_files_are_one_line_errors(tmp_path, change, expected):
+    space = json.loads(json.dumps(SMALL_SPACE))
+    change(space)
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(space))
+    with pytest.raises(UserError) as caught:
+        tune.candidates(tune.load_space(path), _settings(tmp_path), str(path))
+    message = str(caught.value)
+    assert "\n" not in message and expected in message, message
+
+
+@pytest.mark.parametrize(("text", "expected"), [("{not json", "invalid JSON at line 1"), ("[1, 2]", "top level")])
+def test_unreadable_space_files(tmp_path, text, expected):
+    path = tmp_path / "space.json"
+    path.write_text(text)
+    with pytest.raises(UserError, match=expected):
+        tune.load_space(path)
+    with pytest.raises(UserError, match="no such file"):
+        tune.load_space(tmp_path / "missing.json")
+
+
+def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, run_cli):
+    bad = tmp_path / "space.json"
+    bad.write_text(json.dumps({**SMALL_SPACE, "axes": {**SMALL_SPACE["axes"], "concurrency_limit": [0]}}))
+    out = tmp_path / "out"
+    for argv, field in ((["--space", bad], "concurrency_limit"), (["--budget", "ten minutes"], "--budget"),
+                        (["--budget", "5s"], "--budget"), (["--objective", "speed"], "--objective"),
+                        (["--storage", "memory://"], "--storage"), (["--budget", "10s"], "too short")):
+        status, stdout, stderr = run_cli("tune", "--model", "tiny", "--output-dir", out, "--no-progress", *argv)
+        assert status == 2, (argv, stderr)
+        assert stderr.count("\n") == 1 and field in stderr, stderr
+        assert not out.exists()
+    status, _, stderr = run_cli("tune", "--resume", "--output-dir", out, "--no-progress")
+    assert status == 2 and "no tune to resume" in stderr and not out.exists()
+
+
+# --- a whole tune against a virtual clock -----------------------------------------------------------------
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _true_seconds(test: config.TestSpec) -> tuple[float, float]:
+    """A made-up disk: bigger chunks and more concurrency help, compression costs CPU; seconds for 0.5 GB."""
+    if test.is_reference:
+        return {"safetensors": (1.0, 2.0), "torch_save": (2.4, 1.1), "device_ceiling": (0.4, 0.3)}[test.name]
+    chunk = test.chunk_bytes or test.chunk_size_elements * 4
+    io = 0.3 + 2.0 / math.sqrt(chunk / 2 ** 18) / math.sqrt(test.concurrency_limit)
+    cpu = {None: 0.0, "zstd": 0.6, "blosc": 0.4, "gzip": 5.0}[(test.compression or {}).get("id")]
+    direct = 0.8 if test.file_io_mode == "direct" else 1.0
+    return io + cpu + 0.2 * (test.format == "zarr3"), io * direct + cpu / 3
+
+
+def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path, monkeypatch, tiny_weights):
+    """The whole orchestration (sampling, rungs, the runner's guard, the final, the checkpoint) with a fake
+    runner whose runs take simulated seconds on a virtual clock: the budget is kept, and the answer is the
+    truly fastest of what rung 0 sampled."""
+    from ckptbench import runner
+
+    clock = _Clock()
+    rng = np.random.default_rng(11)
+    measured_by_stage: dict[str, list[str]] = {}
+
+    def fake_run(suite, *, resume=False, source=None, on_phase=None, on_record=None, **_):
+        done = []
+        stopped = None
+        for position, test in enumerate(suite.tests):
+            planned = records.PlannedRun(test.name, 0, position)
+            try:
+                on_phase(planned, "save")
+            except BaseException as exc:  # the guard's stop, as the runner would see it
+                stopped = exc
+                break
+            save_s, load_s = (_lognormal(rng, t, 0.05) for t in _true_seconds(test))
+            seconds = save_s + load_s + 1.5  # + eviction, verification, deletion
+            clock.now += seconds
+            record = records.RunRecord(test.name, 0, position, False, save_s=save_s, load_s=load_s,
+                                       size_bytes=5_000_000, disk_bytes=5_000_000, n_files=10, load_cache="cold",
+                                       verified=True)
+            record.started_at -= seconds
+            done.append(record)
+            on_record(record)
+        measured_by_stage[suite.output_dir.name] = [r.test for r in done]
+        document = results.build(suite, source.describe(), done, {}, 1, complete=stopped is None)
+        outcome = results.Results(document, results.write(document, suite.output_dir))
+        if stopped is not None:
+            stopped.results = outcome
+            raise stopped
+        return outcome
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    budget_s = 600.0
+    tuning = tune.run(tune.Settings(output_dir=tmp_path / "out", model="tiny", budget_s=budget_s, seed=4,
+                                    objective="balanced"), clock=clock)
+    document = tuning.document
+    # the budget: nothing started that would not end in time (the run estimates come from measured runs)
+    assert clock.now <= budget_s * 1.1
+    assert document["budget"]["spent_s"] <= budget_s * 1.1
+    assert clock.now > budget_s * 0.5  # and the budget was used, not wasted
+    # rung 0 sampled more candidates than the prior (0.7 s per run) could tell, and stopped by the budget
+    stages = document["stages"]
+    assert stages[0]["name"] == "rung-0" and stages[0]["status"] == "budget"
+    assert stages[0]["members"][:3] == ["safetensors", "torch_save", "device_ceiling"]
+    assert "t5x_full" in measured_by_stage["rung-0"]
+    assert document["budget"]["corrected"]["run_s_measured"] > 2 * document["budget"]["estimate"]["run_s"]
+    # every halving rung ran the reference rows once, and the final repeated t5x_full
+    for stage in stages:
+        if stage["kind"] == "halving":
+            assert {"safetensors", "torch_save", "device_ceiling"} <= set(measured_by_stage[stage["name"]])
+    assert any(s["kind"] == "final" for s in stages) and "t5x_full" in measured_by_stage["final-1"]
+    # the answer: the truly fastest candidate among those measured
+    universe = {**{n: c for n, c in document["candidates"].items()}}
+    suite = tune.candidates(tune.load_space(tune.SPACE_FILE), tune.Settings(output_dir=tmp_path, model="tiny"))
+    truth = {t.name: sum(_true_seconds(t)) for t in suite.tests if t.name in universe}
+    winner = document["recommendation"]["test"]
+    assert truth[winner] <= min(truth.values()) * 1.05, (winner, sorted(truth.items(), key=lambda kv: kv[1])[:3])
+    assert document["recommendation"]["versus"]["t5x_full"]["verdict"] == "faster"
+    assert document["paste"]["verified"] is True
+    eliminated = [c for c in document["candidates"].values() if c["status"] == "eliminated"]
+    assert eliminated and all("best case" in c["eliminated"]["reason"] for c in eliminated
+                              if not c["eliminated"]["reason"].startswith("failed"))
+
+
+# --- real tunes on the tiny model --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_space(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "space.json"
+    path.write_text(json.dumps(SMALL_SPACE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_tune(tmp_path_factory, small_space):
+    """One real tune of the tiny model through the CLI, in this process: (status, stdout, output folder)."""
+    from ckptbench import cli
+
+    out = tmp_path_factory.mktemp("tune") / "out"
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with redirect_stdout(stdout), redirect_stderr(stderr):
+        status = cli.main(["tune", "--model", "tiny", "--values", "random", "--budget", "40s", "--space",
+                           str(small_space), "--output-dir", str(out), "--seed", "5", "--keep", "--objective", "load"])
+    return status, stdout.getvalue(), stderr.getvalue(), out
+
+
+def test_a_tiny_tune_end_to_end(tiny_tune):
+    status, stdout, stderr, out = tiny_tune
+    assert status == 0, stderr
+    tuning = tune.read(out / tune.TUNING_FILE)
+    document = tuning.document
+    assert document["complete"] is True and document["objective"] == "load" and document["metric"] == "load_s"
+    assert document["budget"]["spent_s"] <= 40 * 1.1 + 5  # the recorded wall time, with one run of slack
+    found = document["recommendation"]
+    assert found["test"] in document["candidates"] and document["candidates"][found["test"]]["status"] == "winner"
+    assert found["objective"]["n"] >= 2 and found["objective"]["ci95"] is not None
+    assert set(found["versus"]) >= {"safetensors", "torch_save"}
+    assert found["pct_of_ceiling"]["load_gbps"] > 0
+    # printed: the recommendation first, then what to paste
+    assert stdout.startswith("Recommendation for tiny")
+    assert stdout.index("TensorStore spec") > stdout.index("runner-up")
+    assert "Phase 4 test entry" in stdout and str(out / tune.TUNING_FILE) in stdout
+    assert "rung-0" in stderr and "candidates left" in stderr and "left" in stderr
+    # every stage is a normal suite: its results.json, every run verified and cold
+    for stage in document["stages"]:
+        suite_document = results.read(out / stage["results"]).document
+        runs = [r for t in suite_document["tests"] for r in t["runs"]]
+        assert runs and all(r["verified"] for r in runs if r["error"] is None)
+        assert {r["load_cache"] for r in runs} <= {"cold"}
+        assert not (out / stage["name"] / "runs").exists()  # the run folders are gone
+    assert (out / "tuning.png").read_bytes()[:8] == PNG_MAGIC
+    assert document["pareto"] and set(document["pareto"]) <= set(document["candidates"])
+    # the state file says it is done; a --resume now only reprints
+    state = json.loads((out / tune.STATE_FILE).read_text())
+    assert state["phase"] == "done"
+
+
+def test_the_pasted_spec_reads_the_tuned_checkpoint_back_bit_for_bit(tiny_tune, tiny_weights):
+    import tensorstore as ts
+
+    status, _, _, out = tiny_tune
+    assert status == 0
+    paste = tune.read(out / tune.TUNING_FILE).document["paste"]
+    assert paste["verified"] is True and paste["checkpoint"] == str(out / tune.CHECKPOINT_DIR)
+    context = ts.Context(paste["context"])
+    # the spec exactly as printed (its metadata must match what is on disk)
+    example = ts.open(paste["spec"], open=True, context=context).result().read().result()
+    assert_same_bits({paste["example_array"]: tiny_weights.tensors[paste["example_array"]]},
+                     {paste["example_array"]: np.asarray(example)})
+    # every other array: its own name in the kvstore path, its shape and chunks from its own metadata
+    loaded = {}
+    for name in tiny_weights.tensors:
+        spec = json.loads(json.dumps(paste["spec"]))
+        spec.pop("metadata")
+        spec["kvstore"]["path"] = spec["kvstore"]["path"].replace(paste["example_array"], name)
+        loaded[name] = np.asarray(ts.open(spec, open=True, context=context).result().read().result())
+    assert_same_bits(tiny_weights.tensors, loaded)
+    # the Phase 4 test entry loads as a config test with the winner's layout
+    from ckptbench.storage import Layout
+
+    entry = paste["test_entry"]
+    pasted = config.from_dict({"model": "tiny", "test_configurations": [entry]}).tests[0]
+    winner = tune.read(out / tune.TUNING_FILE).document["recommendation"]["settings"]
+    again = config.from_dict({"model": "tiny", "test_configurations": [winner]}).tests[0]
+    assert Layout.of(pasted, "float32") == Layout.of(again, "float32")
+
+
+def test_resume_after_sigint(tmp_path, small_space, run_cli):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, str(STREAMLINED), "tune", "--model", "tiny", "--values", "random", "--budget", "35s",
+         "--space", str(small_space), "--output-dir", str(out), "--seed", "9"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    status, stderr = act_on_stderr_line(proc, "[rung-0 5/", lambda: proc.send_signal(signal.SIGINT), timeout=120)
+    assert status == 130, stderr
+    assert "tune --resume" in stderr
+    state = json.loads((out / tune.STATE_FILE).read_text())
+    assert state["stages"][0]["name"] == "rung-0" and state["stages"][0]["status"] == "running"
+    partial = tune.read(out / tune.TUNING_FILE).document
+    assert partial["complete"] is False and partial["stopped_by"] == "interrupted"
+    journal_before = (out / "rung-0" / "journal.jsonl").read_text().splitlines()
+    done_before = [json.loads(line)["test"] for line in journal_before[1:]]
+    assert len(done_before) >= 5
+    assert not (out / "rung-0" / "runs").exists()  # no half-written checkpoint left
+
+    # different settings are refused in one line, and nothing changes
+    status, _, err = run_cli("tune", "--resume", "--output-dir", out, "--model", "smollm2-135m", "--no-progress")
+    assert status == 2 and err.count("\n") == 1 and "model" in err
+    assert (out / "rung-0" / "journal.jsonl").read_text().splitlines() == journal_before
+
+    status, stdout, err = run_cli("tune", "--resume", "--output-dir", out, "--no-progress")
+    assert status == 0, err
+    document = tune.read(out / tune.TUNING_FILE).document
+    assert document["complete"] is True and document["recommendation"] is not None
+    assert document["seed"] == 9
+    lines = (out / "rung-0" / "journal.jsonl").read_text().splitlines()
+    tests = [json.loads(line)["test"] for line in lines[1:]]
+    assert tests[:len(done_before)] == done_before  # the runs before Ctrl-C were kept, not run again
+    assert len(tests) == len(set(tests))
+    assert stdout.startswith("Recommendation for tiny")
