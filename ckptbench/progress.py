@@ -90,8 +90,8 @@ class TuneProgress:
 
         plan, info = data["plan"], data["weights"]
         rungs = " -> ".join(str(n) for n in plan["rung_sizes"])
-        references = (f", the reference rows (safetensors, torch.save, device ceiling) about {plan['references_s']:.0f} s "
-                      "per rung" if data["references"] else "")
+        references = (", the reference rows (safetensors, torch.save, device ceiling) about "
+                      f"{plan['references_s']:.0f} s per rung" if data["references"] else "")
         self.message(
             f"tune: {info.get('repo_id') or info.get('name') or info.get('path')} ({human_bytes(data['model_bytes'])} "
             f"{info['dtype']}, values {info.get('values')}), objective {data['objective']}, budget "
@@ -105,9 +105,9 @@ class TuneProgress:
 
     def _corrected(self, data: dict[str, Any]) -> None:
         measured = data["run_s_measured"]
-        self.message(f"after rung 0: measured {data['measured']} candidates (estimated {data['planned']}); a run took "
-                     f"{measured or 0:.1f} s on average (estimated {data['run_s_estimated']:.1f} s), the reference rows "
-                     f"{data['references_s_measured']:.0f} s; {int(data['time_left_s'])} s left for "
+        self.message(f"after rung 0: measured {data['measured']} candidates (estimated {data['planned']}); a run "
+                     f"took {measured or 0:.1f} s on average (estimated {data['run_s_estimated']:.1f} s), the "
+                     f"reference rows {data['references_s_measured']:.0f} s; {int(data['time_left_s'])} s left for "
                      f"{' -> '.join(str(n) for n in data['next_rungs']) or 'no more rungs'} and the final")
 
     def _stage(self, data: dict[str, Any]) -> None:

@@ -67,13 +67,13 @@ from . import analysis, config as config_mod, interrupt, journal, results, stats
 from .config import REFERENCES, TestSpec
 from .errors import UserError
 from .records import new_seed
-from .units import duration_label, human_bytes, parse_size, size_label
+from .units import duration_label, human_bytes, size_label
 
 SPACE_FILE = Path(__file__).with_name("tune_space.json")  # the package's view of sweeps/tune_space.json
-DEFAULT_OUTPUT_DIR = "saved_models/tune"
 TUNING_FILE = "tuning.json"
 STATE_FILE = "tune_state.json"
-CHECKPOINT_DIR = "tuned_checkpoint"
+CHECKPOINT = "tuned_checkpoint"  # the run label of the weights written in the winning layout
+PLACEHOLDER = "CHECKPOINT_DIR/"
 SCHEMA_FILE = Path(__file__).with_name("tuning.schema.json")
 SCHEMA_VERSION = 1
 STATE_FORMAT = "ckptbench-tune-state-1"
@@ -95,7 +95,7 @@ PRIOR_RUN_S_PER_GB = 12.0
 PRIOR_REFERENCE_S_PER_GB = {"safetensors": 10.0, "torch_save": 11.0, "device_ceiling": 15.0}
 PRIOR_FIXED_S = 0.6
 PRIOR_SUITE_OVERHEAD_S = 0.5  # a suite's own work: pre-flight checks, the journal, results.json
-FINISH_FIXED_S = 4.0  # tuning.json and tuning.png
+FINISH_FIXED_S = 6.0  # tuning.json, and tuning.png (importing matplotlib takes seconds on a small machine)
 OVERPLAN = 3
 FINAL_ROUNDS_RESERVED = 2  # final rounds (after final-1) the plan keeps room for
 
@@ -169,7 +169,8 @@ def load_space(path: Path | str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"--space: {path}: no such file; give a search-space JSON file like sweeps/tune_space.json") from None
+        raise UserError(f"--space: {path}: no such file; give a search-space JSON file like "
+                        "sweeps/tune_space.json") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"--space: {path}: cannot be read ({exc}); check its permissions and encoding") from None
     except json.JSONDecodeError as exc:
@@ -250,7 +251,8 @@ def make_universe(space: Mapping[str, Any], suite: config_mod.SuiteConfig, shape
         tests[test.name] = test
         if test.name not in always:
             fmt = next(k for k in keys if test.name == k or test.name.startswith(k + "_"))
-            axes[test.name] = {"formats": fmt, **{f: json.dumps(v, sort_keys=True) for f, v in (test.sweep or {}).items()}}
+            swept = {f: json.dumps(v, sort_keys=True) for f, v in (test.sweep or {}).items()}
+            axes[test.name] = {"formats": fmt, **swept}
     return Universe(tests, tuple(n for n in always if n in tests), axes, suite.skipped, tuple(duplicates))
 
 
@@ -307,7 +309,8 @@ def describe_layout(test: TestSpec) -> str:
         fmt += f" sharded ({size_label(test.shard_bytes)} shards)"
     chunk = (f"{test.chunk_size_elements:,}-element" if test.chunk_size_elements is not None
              else size_label(test.chunk_bytes or 0))
-    text = f"{fmt}, {chunk} chunks ({test.chunk_strategy}), concurrency {test.concurrency_limit}, {label(test.compression)}"
+    text = (f"{fmt}, {chunk} chunks ({test.chunk_strategy}), concurrency {test.concurrency_limit}, "
+            f"{label(test.compression)}")
     if test.file_io_mode != "default":
         text += f", file_io_mode {test.file_io_mode}"
     return text
@@ -383,8 +386,9 @@ class Noise:
         return self.t * self.log_sd * math.sqrt(1 / n_a + 1 / n_b)
 
     def to_json(self) -> dict[str, Any]:
-        return {"log_sd": self.log_sd, "df": self.df, "measured_df": self.measured_df,
-                "prior_log_sd": PRIOR_LOG_SD if self.log_sd else 0.0, "prior_df": PRIOR_DF if self.log_sd else 0}
+        noisy = math.isfinite(self.df)  # sizes: no noise, no degrees of freedom
+        return {"log_sd": self.log_sd, "df": self.df if noisy else None, "measured_df": self.measured_df,
+                "prior_log_sd": PRIOR_LOG_SD if noisy else 0.0, "prior_df": PRIOR_DF if noisy else 0}
 
 
 def noise_model(groups: Iterable[Sequence[float]], noisy: bool = True) -> Noise:
@@ -646,10 +650,12 @@ def recommend(samples: Mapping[str, Mapping[str, list[float]]], finalists: Seque
     return out
 
 
-def paste_ready(test: TestSpec, dtype: str, example: str, shape: Sequence[int], checkpoint: Path) -> dict[str, Any]:
-    """What to paste: the TensorStore spec of one array (example) of a checkpoint at `checkpoint` in the
-    test's layout (open it with create=True to write, open=True to read; any other array: its own name in
-    the kvstore path), the context JSON, and a test entry for phase4_config.json."""
+def paste_ready(test: TestSpec, dtype: str, example: str, shape: Sequence[int], checkpoint: Any,
+                context_extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What to paste: the TensorStore spec of one array (example) of a checkpoint at `checkpoint` (a folder
+    or a targets.RunLocation) in the test's layout (open it with create=True to write, open=True to read;
+    any other array: its own name in the kvstore path), the context JSON (with a remote target's
+    resources), and a test entry for phase4_config.json."""
     from .storage import Layout
 
     layout = Layout.of(test, dtype)
@@ -657,7 +663,8 @@ def paste_ready(test: TestSpec, dtype: str, example: str, shape: Sequence[int], 
     for key in ("create", "store_data_equal_to_fill_value"):
         spec.pop(key, None)
     entry = test_entry(test, name="tuned", description=f"found by tune: {describe_layout(test)}")
-    return {"spec": spec, "context": layout.context_spec(), "example_array": example, "test_entry": entry}
+    return {"spec": spec, "context": layout.context_spec(context_extra), "example_array": example,
+            "test_entry": entry}
 
 
 def array_spec_for(paste: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -728,9 +735,9 @@ def read(path: Path | str) -> Tuning:
         raise UserError(f"{path}: no such tuning file") from None
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: not a readable tuning file ({exc})") from None
-    if not isinstance(document, dict) or document.get("schema_version") != SCHEMA_VERSION:
-        raise UserError(f"{path}: schema_version {document.get('schema_version') if isinstance(document, dict) else None!r}"
-                        f" is not one this tool reads ({SCHEMA_VERSION})")
+    version = document.get("schema_version") if isinstance(document, dict) else None
+    if version != SCHEMA_VERSION:
+        raise UserError(f"{path}: schema_version {version!r} is not one this tool reads ({SCHEMA_VERSION})")
     validate(document, str(path))
     return Tuning(document, path)
 
@@ -874,13 +881,15 @@ class _Tuner:
             self._load_documents()
         else:
             self._plan()
+        from .runner import _signals  # stop signals become Interrupted, in the main thread
+
         try:
             with _signals():
                 self._loop()
                 return self._finish()
         except interrupt.Interrupted as stop:
             self._save_state()
-            stop.results = self._write_document(complete=False)
+            stop.results = self._write_partial()
             raise
 
     def _make_weights(self):
@@ -954,7 +963,7 @@ class _Tuner:
 
     def _remove_earlier_tune(self) -> None:
         """A fresh tune in an earlier one's folder: the earlier stages go (each folder carries our marker)."""
-        for folder in sorted(self.out.glob("rung-*")) + sorted(self.out.glob("final-*")) + [self.out / CHECKPOINT_DIR]:
+        for folder in sorted(self.out.glob("rung-*")) + sorted(self.out.glob("final-*")):
             if (folder / workspace.RUN_MARKER).is_file():
                 workspace.remove_owned(folder)
         for name in (TUNING_FILE, STATE_FILE):
@@ -1006,7 +1015,9 @@ class _Tuner:
         stages = state["stages"]
         if not stages:
             members = self._references() + state["rung0_order"]
-            stages.append(self._stage("rung-0", "halving", members, self.budget_s - self.finish_reserve_s()))
+            stage = self._stage("rung-0", "halving", members, self.budget_s - self.finish_reserve_s())
+            stage["planned_s"] = state["plan"]["rung0_s"]  # it lists more than it is expected to measure
+            stages.append(stage)
             return state
         ranked = self._ranked(state["alive"])
         if state["phase"] == "halving":
@@ -1162,7 +1173,8 @@ class _Tuner:
             else:
                 alive = [n for n in state["alive"] if n not in failed]
             values = {n: samples[n][metric] for n in alive if samples.get(n, {}).get(metric)}
-            noise = noise_model((v[metric] for v in samples.values()), noisy=analysis.METRICS[compare_metric(metric)][3])
+            noisy = analysis.METRICS[compare_metric(metric)][3]  # sizes have no run-to-run noise
+            noise = noise_model((v[metric] for v in samples.values()), noisy=noisy)
             halving = halve(values, noise, tiebreak=tiebreak, metric=metric)
             for name, why in halving.eliminated.items():
                 state["eliminated"][name] = {"stage": stage["name"], **why}
@@ -1215,57 +1227,53 @@ class _Tuner:
             recommendation["layout"] = describe_layout(self.universe.tests[recommendation["test"]])
             recommendation["settings"] = test_entry(self.universe.tests[recommendation["test"]])
             paste = self._tuned_checkpoint(self.universe.tests[recommendation["test"]])
+        tuning = Tuning(build_document(self.state, self.documents, self.universe, self.settings, complete=True,
+                                       recommendation=recommendation, paste=paste))
+        tuning.draw(self.out)
+        tuning.document["budget"]["spent_s"] = self.elapsed()  # the figure's time counts too
+        validate(tuning.document)
+        tuning.path = _write_json(self.out / TUNING_FILE, tuning.document)
         self.state["phase"] = "done"
         self._save_state()
-        tuning = self._write_document(complete=True, recommendation=recommendation, paste=paste)
-        tuning.draw(self.out)
-        self._save_state()  # the time the figure took counts too
         return tuning
 
     def _tuned_checkpoint(self, test: TestSpec) -> dict[str, Any]:
-        """Write the weights in the winning layout (untimed) and read them back with nothing but the
-        paste-ready spec and context, bit for bit: the printed JSON is known to work. Kept with keep_checkpoint."""
-        from . import storage
+        """Write the weights in the winning layout (untimed) where the runs were written, and read them back
+        with nothing but the paste-ready spec and context, bit for bit: the printed JSON is known to work.
+        Kept (in STORAGE/runs/tuned_checkpoint, OUTPUT_DIR by default) with keep_checkpoint."""
+        from . import storage, targets
         from .verify import mismatches
 
-        folder = self.out / CHECKPOINT_DIR
-        if (folder / workspace.RUN_MARKER).is_file():
-            workspace.remove_owned(folder)
-        folder.mkdir()
-        (folder / workspace.RUN_MARKER).touch()
+        target = targets.parse(self.settings.storage, self.out)
+        target.discard(CHECKPOINT)  # one an earlier tune kept (only if it carries the run marker)
+        location = target.new_run(CHECKPOINT)
+        extra = target.context_spec()
         tensors = self.source.tensors
         example = max(tensors, key=lambda n: tensors[n].size)
-        paste = paste_ready(test, self.settings.dtype, example, tensors[example].shape, folder)
+        paste = paste_ready(test, self.settings.dtype, example, tensors[example].shape, location, extra)
+        layout = storage.Layout.of(test, self.settings.dtype)
         try:
-            storage.save(tensors, folder, storage.Layout.of(test, self.settings.dtype), self.base.max_inflight_bytes)
+            storage.save(tensors, location, layout, self.base.max_inflight_bytes, layout.context(extra))
             bad = mismatches(tensors, read_back(paste, tensors))
             paste["verified"] = not bad
             paste["verify_error"] = f"{len(bad)} arrays differ, first {bad[0]}" if bad else None
         except Exception as exc:  # recorded, not raised: the measurements stand on their own
             paste["verified"], paste["verify_error"] = False, f"{type(exc).__name__}: {exc}".splitlines()[0]
         if self.settings.keep_checkpoint:
-            paste["checkpoint"] = str(folder)
+            paste["checkpoint"] = str(location.local_dir or location.base["path"])
         else:
-            workspace.remove_owned(folder, settle=True)
+            target.remove(location, settle=True)
             paste["checkpoint"] = None
-            paste["spec"] = json.loads(json.dumps(paste["spec"]).replace(str(folder), "CHECKPOINT_DIR"))
+            paste["spec"] = json.loads(json.dumps(paste["spec"]).replace(location.base["path"], PLACEHOLDER))
+        target.finish()
         return paste
 
-    def _write_document(self, complete: bool, recommendation: dict[str, Any] | None = None,
-                        paste: dict[str, Any] | None = None) -> Tuning:
-        document = build_document(self.state, self.documents, self.universe, self.settings,
-                                  complete=complete, recommendation=recommendation, paste=paste)
+    def _write_partial(self) -> Tuning:
+        """tuning.json of an interrupted tune: every stage and candidate so far, no recommendation."""
+        document = build_document(self.state, self.documents, self.universe, self.settings, complete=False,
+                                  recommendation=None, paste=None)
         validate(document)
         return Tuning(document, _write_json(self.out / TUNING_FILE, document))
-
-
-def _signals():
-    import threading
-    from contextlib import nullcontext
-
-    if threading.current_thread() is threading.main_thread():
-        return interrupt.signals_raise()
-    return nullcontext()
 
 
 def _figures(test: Mapping[str, Any]) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def paste(document: Mapping[str, Any]) -> str:
     if block is None:
         return ""
     where = (f"the tuned checkpoint in {block['checkpoint']}" if block.get("checkpoint")
-             else "CHECKPOINT_DIR (replace with your folder)")
+             else "CHECKPOINT_DIR (put your checkpoint's folder there)")
     lines = [f"TensorStore spec of one array ({block['example_array']}) of a checkpoint at {where}; every parameter is "
              "an array like it, its own name in the kvstore path; ts.open(spec, create=True, context=...) writes, "
              "open=True reads:",
@@ -107,7 +107,8 @@ def paste(document: Mapping[str, Any]) -> str:
         lines.append("(checked: the weights were written in this layout and read back bit for bit with exactly this "
                      "spec and context)")
     else:
-        lines.append(f"warning: the tuned checkpoint could not be read back with this spec: {block.get('verify_error')}")
+        lines.append("warning: the tuned checkpoint could not be read back with this spec: "
+                     f"{block.get('verify_error')}")
     return "\n".join(lines)
 
 

@@ -246,7 +246,8 @@ def test_test_entries_read_back_to_the_same_layout(tmp_path):
 
 
 @pytest.mark.parametrize(("change", "expected"), [
-    (lambda s: s["axes"].update(chunk_byte=["1MB"]), "field axes: unknown key 'chunk_byte'; did you mean 'chunk_bytes'?"),
+    (lambda s: s["axes"].update(chunk_byte=["1MB"]),
+     "field axes: unknown key 'chunk_byte'; did you mean 'chunk_bytes'?"),
     (lambda s: s["axes"].update(concurrency_limit=["many"]), "field axes.concurrency_limit"),
     (lambda s: s["axes"].update(file_io_mode=["fast"]), "field axes.file_io_mode"),
     (lambda s: s.update(formats={}), "field formats: is empty"),
@@ -314,10 +315,17 @@ def _true_seconds(test: config.TestSpec) -> tuple[float, float]:
     return io + cpu + 0.2 * (test.format == "zarr3"), io * direct + cpu / 3
 
 
-def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path, monkeypatch, tiny_weights):
+def _true_size(test: config.TestSpec) -> int:
+    codec = (test.compression or {}).get("id")
+    ratio = {None: 1.0, "zstd": 0.93, "blosc": 0.97, "gzip": 0.92}[codec]
+    return int(5_000_000 * ratio) + 4096 * (test.format == "zarr3")
+
+
+@pytest.mark.parametrize(("objective", "budget_s"), [("balanced", 600.0), ("size", 200.0)])
+def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path, monkeypatch, objective, budget_s):
     """The whole orchestration (sampling, rungs, the runner's guard, the final, the checkpoint) with a fake
     runner whose runs take simulated seconds on a virtual clock: the budget is kept, and the answer is the
-    truly fastest of what rung 0 sampled."""
+    truly best of what rung 0 sampled."""
     from ckptbench import runner
 
     clock = _Clock()
@@ -337,9 +345,9 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
             save_s, load_s = (_lognormal(rng, t, 0.05) for t in _true_seconds(test))
             seconds = save_s + load_s + 1.5  # + eviction, verification, deletion
             clock.now += seconds
+            size = 5_000_000 if test.is_reference else _true_size(test)
             record = records.RunRecord(test.name, 0, position, False, save_s=save_s, load_s=load_s,
-                                       size_bytes=5_000_000, disk_bytes=5_000_000, n_files=10, load_cache="cold",
-                                       verified=True)
+                                       size_bytes=size, disk_bytes=size, n_files=10, load_cache="cold", verified=True)
             record.started_at -= seconds
             done.append(record)
             on_record(record)
@@ -352,9 +360,8 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
         return outcome
 
     monkeypatch.setattr(runner, "run", fake_run)
-    budget_s = 600.0
     tuning = tune.run(tune.Settings(output_dir=tmp_path / "out", model="tiny", budget_s=budget_s, seed=4,
-                                    objective="balanced"), clock=clock)
+                                    objective=objective), clock=clock)
     document = tuning.document
     # the budget: nothing started that would not end in time (the run estimates come from measured runs)
     assert clock.now <= budget_s * 1.1
@@ -371,13 +378,17 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
         if stage["kind"] == "halving":
             assert {"safetensors", "torch_save", "device_ceiling"} <= set(measured_by_stage[stage["name"]])
     assert any(s["kind"] == "final" for s in stages) and "t5x_full" in measured_by_stage["final-1"]
-    # the answer: the truly fastest candidate among those measured
-    universe = {**{n: c for n, c in document["candidates"].items()}}
+    # the answer: the truly best candidate among those measured
     suite = tune.candidates(tune.load_space(tune.SPACE_FILE), tune.Settings(output_dir=tmp_path, model="tiny"))
-    truth = {t.name: sum(_true_seconds(t)) for t in suite.tests if t.name in universe}
+    tests = [t for t in suite.tests if t.name in document["candidates"]]
     winner = document["recommendation"]["test"]
-    assert truth[winner] <= min(truth.values()) * 1.05, (winner, sorted(truth.items(), key=lambda kv: kv[1])[:3])
-    assert document["recommendation"]["versus"]["t5x_full"]["verdict"] == "faster"
+    if objective == "size":
+        assert _true_size(suite.test(winner)) == min(_true_size(t) for t in tests)
+        assert document["noise_model"]["last"]["log_sd"] == 0.0
+    else:
+        truth = {t.name: sum(_true_seconds(t)) for t in tests}
+        assert truth[winner] <= min(truth.values()) * 1.05, (winner, sorted(truth.items(), key=lambda kv: kv[1])[:3])
+        assert document["recommendation"]["versus"]["t5x_full"]["verdict"] == "faster"
     assert document["paste"]["verified"] is True
     eliminated = [c for c in document["candidates"].values() if c["status"] == "eliminated"]
     assert eliminated and all("best case" in c["eliminated"]["reason"] for c in eliminated
@@ -446,7 +457,7 @@ def test_the_pasted_spec_reads_the_tuned_checkpoint_back_bit_for_bit(tiny_tune, 
     status, _, _, out = tiny_tune
     assert status == 0
     paste = tune.read(out / tune.TUNING_FILE).document["paste"]
-    assert paste["verified"] is True and paste["checkpoint"] == str(out / tune.CHECKPOINT_DIR)
+    assert paste["verified"] is True and paste["checkpoint"] == str(out / "runs" / tune.CHECKPOINT)
     context = ts.Context(paste["context"])
     # the spec exactly as printed (its metadata must match what is on disk)
     example = ts.open(paste["spec"], open=True, context=context).result().read().result()

@@ -31,17 +31,19 @@ class Tune:
 
     def add_arguments(self, parser: argparse.ArgumentParser, context: Context) -> None:
         add_weight_arguments(parser)
-        parser.add_argument("--budget", help=f"wall time for the whole tune, e.g. 90s, 5m, 1h (default {DEFAULT_BUDGET}); "
-                            "with --resume, a new total (the time already spent counts)")
+        parser.add_argument("--budget", help=f"wall time for the whole tune, e.g. 90s, 5m, 1h (default "
+                            f"{DEFAULT_BUDGET}); with --resume, a new total (the time already spent counts)")
         parser.add_argument("--objective", choices=OBJECTIVES,
                             help="what to minimise: save or load seconds, balanced = save + load seconds (default), "
                                  "or size = bytes on disk")
         parser.add_argument("--output-dir", help=f"where tuning.json, tuning.png and each rung's results go "
                             f"(default: {DEFAULT_OUTPUT_DIR} beside the default config)")
         parser.add_argument("--space", type=Path, help="search-space JSON (default: sweeps/tune_space.json)")
-        parser.add_argument("--seed", type=int, help="seed of the sample and of every shuffle (default: random, recorded)")
+        parser.add_argument("--seed", type=int,
+                            help="seed of the sample and of every shuffle (default: random, recorded)")
         parser.add_argument("--keep", action="store_true",
-                            help="keep the weights written in the winning layout in OUTPUT_DIR/tuned_checkpoint")
+                            help="keep the weights written in the winning layout "
+                                 "(OUTPUT_DIR/runs/tuned_checkpoint, or under --storage)")
         add_output_arguments(parser)
 
     def run(self, args: argparse.Namespace, context: Context) -> int:
