@@ -871,25 +871,28 @@ class _Tuner:
     def start(self) -> Tuning:
         if self.resumed and self.state.get("phase") == "done" and (self.out / TUNING_FILE).is_file():
             return read(self.out / TUNING_FILE)
-        self.source = self._make_weights()
-        self.durations = Durations(self.source.size_bytes)
-        self.universe = make_universe(self.space, self.base, [a.shape for a in self.source.tensors.values()])
-        if self.resumed:
-            self._check_resumed_weights()
-            self.durations.runs = {k: list(v) for k, v in self.state["durations"]["runs"].items()}
-            self.durations.overheads = list(self.state["durations"]["overheads"])
-            self._load_documents()
-        else:
-            self._plan()
         from .runner import _signals  # stop signals become Interrupted, in the main thread
 
+        planned = False
         try:
             with _signals():
+                self.source = self._make_weights()
+                self.durations = Durations(self.source.size_bytes)
+                self.universe = make_universe(self.space, self.base, [a.shape for a in self.source.tensors.values()])
+                if self.resumed:
+                    self._check_resumed_weights()
+                    self.durations.runs = {k: list(v) for k, v in self.state["durations"]["runs"].items()}
+                    self.durations.overheads = list(self.state["durations"]["overheads"])
+                    self._load_documents()
+                else:
+                    self._plan()
+                planned = True
                 self._loop()
                 return self._finish()
         except interrupt.Interrupted as stop:
-            self._save_state()
-            stop.results = self._write_partial()
+            if planned:  # before that, nothing was written
+                self._save_state()
+                stop.results = self._write_partial()
             raise
 
     def _make_weights(self):
@@ -1201,7 +1204,16 @@ class _Tuner:
         """After rung 0: the estimate against what was measured, and what the rest of the budget now holds."""
         plan = state["plan"]
         run_s = [self.durations.of(n) for n in measured]
-        alive = len(state["alive"])
+        # the rungs the rest of the budget holds at the measured durations, before the final
+        survivor_s, references_s = self._survivor_run_s(), sum(self.durations.of(r) for r in self._references())
+        left = self.budget_s - self.elapsed() - self.finish_reserve_s() - final_s(
+            survivor_s, references_s, self.durations.overhead_s(), self.durations.of(T5X))
+        next_rungs = []
+        for size in halving_sizes(len(state["alive"])) if len(state["alive"]) > FINALISTS else []:
+            left -= size * survivor_s + references_s + self.durations.overhead_s()
+            if left < 0:
+                break
+            next_rungs.append(size)
         return {
             "planned": plan["n_candidates"], "listed": len(stage["members"]) - len(self._references()),
             "measured": len(measured),
@@ -1209,7 +1221,7 @@ class _Tuner:
             "references_s_estimated": plan["references_s"],
             "references_s_measured": sum(self.durations.of(r) for r in self._references()),
             "rung0_s": (stage["ended_s"] or 0.0) - (stage["started_s"] or 0.0),
-            "next_rungs": halving_sizes(alive) if alive > FINALISTS else [],
+            "next_rungs": next_rungs,
             "time_left_s": self.budget_s - self.elapsed(),
         }
 

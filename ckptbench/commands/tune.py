@@ -63,8 +63,11 @@ class Tune:
                 tuning = tune.run(_settings(args, context, output_dir, budget_s), on_event=progress.event)
         except interrupt.Interrupted as stop:
             progress.close()
-            print(f"error: stopped by {stop}; everything measured is kept in {output_dir}; continue with "
-                  "tune --resume" + (f" --output-dir {output_dir}" if args.output_dir else ""), file=sys.stderr)
+            if stop.results is None:
+                print(f"error: stopped by {stop} before anything was measured", file=sys.stderr)
+            else:
+                print(f"error: stopped by {stop}; everything measured is kept in {output_dir}; continue with "
+                      "tune --resume" + (f" --output-dir {output_dir}" if args.output_dir else ""), file=sys.stderr)
             return stop.exit_status
         progress.close()
         print(tuning.report())
