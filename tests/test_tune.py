@@ -192,10 +192,17 @@ def _settings(tmp_path: Path, **changes) -> tune.Settings:
     return tune.Settings(**{"output_dir": tmp_path / "out", "model": "tiny", **changes})
 
 
-def test_the_shipped_space(tmp_path):
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """The shipped space and its candidates for smollm2-135m (made once: 2,161 tests to validate)."""
     space = tune.load_space(tune.SPACE_FILE)
+    settings = tune.Settings(output_dir=tmp_path_factory.mktemp("shipped") / "out", model="smollm2-135m")
+    return space, tune.candidates(space, settings)
+
+
+def test_the_shipped_space(shipped):
     assert (REPO / "sweeps" / "tune_space.json").resolve() == tune.SPACE_FILE.resolve()
-    suite = tune.candidates(space, _settings(tmp_path, model="smollm2-135m"))
+    _, suite = shipped
     tests = [t for t in suite.tests if t.name != "t5x_full"]
     assert len(tests) == 2160  # the valid part of the 3,456 combinations
     assert len(suite.skipped) == 1296 and all("direct" in reason for _, reason in suite.skipped)
@@ -213,17 +220,18 @@ def test_the_shipped_space(tmp_path):
         "zarr2", 262144, 128, {"id": "gzip", "level": 1})
 
 
-def test_identical_layouts_are_measured_once(tmp_path):
-    space = tune.load_space(tune.SPACE_FILE)
-    settings = _settings(tmp_path, model="smollm2-135m")
-    shapes = [shape for _, shape in weights.preset_shapes("smollm2-135m")]
-    universe = tune.make_universe(space, tune.candidates(space, settings), shapes)
+def test_identical_layouts_are_measured_once(shipped):
+    space, suite = shipped
+    shapes = sorted({shape for _, shape in weights.preset_shapes("smollm2-135m")})
+    universe = tune.make_universe(space, suite, shapes)
     assert universe.always == ("t5x_full",)
     assert len(universe.tests) + len(universe.duplicates) == 2161
     assert 0 < len(universe.duplicates) < 2161
-    for name, same in universe.duplicates[:50]:
-        assert tune.layout_key(universe.tests[same], "float32", shapes) is not None
-        assert same in universe.tests and name not in universe.tests
+    for name, same in universe.duplicates[::25]:
+        twin, kept = suite.test(name), universe.tests[same]
+        assert name not in universe.tests
+        assert twin.to_json() != kept.to_json()  # different settings...
+        assert tune.layout_key(twin, "float32", shapes) == tune.layout_key(kept, "float32", shapes)  # ...same layout
     # t5x_full's twin in the grid (zarr2, 1 MB, halve, 128, gzip-1, default) is the duplicate, not t5x_full
     assert any(same == "t5x_full" for _, same in universe.duplicates)
     # the sample spreads every axis evenly and is the same for the same seed
@@ -234,11 +242,10 @@ def test_identical_layouts_are_measured_once(tmp_path):
     assert all(formats.count(f) == 10 for f in ("zarr2", "zarr3", "zarr3_sharded", "ocdbt"))
 
 
-def test_test_entries_read_back_to_the_same_layout(tmp_path):
+def test_test_entries_read_back_to_the_same_layout(shipped):
     from ckptbench.storage import Layout
 
-    space = tune.load_space(tune.SPACE_FILE)
-    suite = tune.candidates(space, _settings(tmp_path))
+    _, suite = shipped
     for test in suite.tests[::97]:
         entry = tune.test_entry(test)
         again = config.from_dict({"model": "tiny", "test_configurations": [entry]}).tests[0]
@@ -395,68 +402,123 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
                               if not c["eliminated"]["reason"].startswith("failed"))
 
 
-# --- real tunes on the tiny model --------------------------------------------------------------------
+# --- a real tune of the tiny model: interrupted by SIGINT, resumed, read back ----------------------------
 
-@pytest.fixture(scope="module")
-def small_space(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("space") / "space.json"
-    path.write_text(json.dumps(SMALL_SPACE))
-    return path
+BUDGET = "45s"  # enough for the pre-check on a loaded 2-core machine; a tune's wall time is its budget at most
 
 
 @pytest.fixture(scope="module")
-def tiny_tune(tmp_path_factory, small_space):
-    """One real tune of the tiny model through the CLI, in this process: (status, stdout, output folder)."""
-    from ckptbench import cli
-
-    out = tmp_path_factory.mktemp("tune") / "out"
+def tiny_tune(tmp_path_factory):
+    """One real tune of the tiny model: started as a subprocess of the entry script, stopped by SIGINT in
+    rung 0, refused a resume with other settings, then resumed through the CLI in this process.
+    Returns what each step left, for the tests below to check."""
     import io
     from contextlib import redirect_stderr, redirect_stdout
 
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with redirect_stdout(stdout), redirect_stderr(stderr):
-        status = cli.main(["tune", "--model", "tiny", "--values", "random", "--budget", "40s", "--space",
-                           str(small_space), "--output-dir", str(out), "--seed", "5", "--keep", "--objective", "load"])
-    return status, stdout.getvalue(), stderr.getvalue(), out
+    from ckptbench import cli
+
+    root = tmp_path_factory.mktemp("tune")
+    space = root / "space.json"
+    space.write_text(json.dumps(SMALL_SPACE))
+    out = root / "out"
+    proc = subprocess.Popen(
+        [sys.executable, str(STREAMLINED), "tune", "--model", "tiny", "--values", "random", "--budget", BUDGET,
+         "--space", str(space), "--output-dir", str(out), "--seed", "9", "--keep", "--objective", "load"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    facts: dict = {"out": out}
+    facts["stopped"] = act_on_stderr_line(proc, "[rung-0 5/", lambda: proc.send_signal(signal.SIGINT), timeout=180)
+    facts["state"] = json.loads((out / tune.STATE_FILE).read_text())
+    facts["partial"] = json.loads((out / tune.TUNING_FILE).read_text())
+    facts["journal"] = (out / "rung-0" / "journal.jsonl").read_text().splitlines()
+    facts["runs_left"] = (out / "rung-0" / "runs").exists()
+
+    def cli_run(*argv: str) -> tuple[int, str, str]:
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with redirect_stdout(stdout), redirect_stderr(stderr):
+            status = cli.main([str(a) for a in argv])
+        return status, stdout.getvalue(), stderr.getvalue()
+
+    facts["refused"] = cli_run("tune", "--resume", "--output-dir", out, "--model", "smollm2-135m", "--no-progress")
+    facts["journal_after_refusal"] = (out / "rung-0" / "journal.jsonl").read_text().splitlines()
+    facts["resumed"] = cli_run("tune", "--resume", "--output-dir", out)
+    return facts
+
+
+def test_a_stop_keeps_what_was_measured(tiny_tune):
+    status, stderr = tiny_tune["stopped"]
+    assert status == 130, stderr
+    assert "tune --resume" in stderr
+    state = tiny_tune["state"]
+    assert state["stages"][0]["name"] == "rung-0" and state["stages"][0]["status"] == "running"
+    assert state["durations"]["runs"]  # the measured run times are kept for the budget
+    partial = tiny_tune["partial"]
+    assert partial["complete"] is False and partial["stopped_by"] == "interrupted"
+    assert partial["recommendation"] is None
+    assert len(tiny_tune["journal"]) - 1 >= 5  # the header, then the runs finished before SIGINT
+    assert not tiny_tune["runs_left"]  # no half-written checkpoint left
+
+
+def test_resume_refuses_other_settings_and_changes_nothing(tiny_tune):
+    status, _, err = tiny_tune["refused"]
+    assert status == 2 and err.count("\n") == 1 and "model" in err, err
+    assert tiny_tune["journal_after_refusal"] == tiny_tune["journal"]
+
+
+def test_resume_continues_and_finishes(tiny_tune):
+    status, stdout, stderr = tiny_tune["resumed"]
+    out = tiny_tune["out"]
+    assert status == 0, stderr
+    document = tune.read(out / tune.TUNING_FILE).document
+    assert document["complete"] is True and document["seed"] == 9
+    before = [json.loads(line)["test"] for line in tiny_tune["journal"][1:]]
+    after = [json.loads(line)["test"] for line in (out / "rung-0" / "journal.jsonl").read_text().splitlines()[1:]]
+    assert after[:len(before)] == before  # the runs before SIGINT were kept, not run again
+    assert len(after) == len(set(after)) > len(before)
+    assert stdout.startswith("Recommendation for tiny")
+    assert "resumed" in stderr
 
 
 def test_a_tiny_tune_end_to_end(tiny_tune):
-    status, stdout, stderr, out = tiny_tune
+    status, stdout, stderr = tiny_tune["resumed"]
+    out = tiny_tune["out"]
     assert status == 0, stderr
-    tuning = tune.read(out / tune.TUNING_FILE)
-    document = tuning.document
-    assert document["complete"] is True and document["objective"] == "load" and document["metric"] == "load_s"
-    assert document["budget"]["spent_s"] <= 40 * 1.1 + 5  # the recorded wall time, with one run of slack
+    document = tune.read(out / tune.TUNING_FILE).document
+    assert document["objective"] == "load" and document["metric"] == "load_s"
+    # the wall time of both sessions, as recorded, within the budget (and one run of slack)
+    assert document["budget"]["spent_s"] <= 45 * 1.1 + 5
     found = document["recommendation"]
     assert found["test"] in document["candidates"] and document["candidates"][found["test"]]["status"] == "winner"
     assert found["objective"]["n"] >= 2 and found["objective"]["ci95"] is not None
     assert set(found["versus"]) >= {"safetensors", "torch_save"}
     assert found["pct_of_ceiling"]["load_gbps"] > 0
-    # printed: the recommendation first, then what to paste
-    assert stdout.startswith("Recommendation for tiny")
-    assert stdout.index("TensorStore spec") > stdout.index("runner-up")
-    assert "Phase 4 test entry" in stdout and str(out / tune.TUNING_FILE) in stdout
-    assert "rung-0" in stderr and "candidates left" in stderr and "left" in stderr
-    # every stage is a normal suite: its results.json, every run verified and cold
+    assert found["runner_up"] is not None and isinstance(found["runner_up"]["distinguishable"], bool)
+    # printed: the recommendation first, then what to paste, then how it was found
+    assert stdout.index("runner-up") < stdout.index("TensorStore spec") < stdout.index("Phase 4 test entry")
+    assert str(out / tune.TUNING_FILE) in stdout and "Tuned in" in stdout
+    assert "candidates left" in stderr and "left" in stderr
+    # every stage is a normal suite: its results.json, every run verified and cold, no run folder left
+    assert document["stages"][0]["name"] == "rung-0"
+    assert any(stage["kind"] == "final" for stage in document["stages"])
     for stage in document["stages"]:
         suite_document = results.read(out / stage["results"]).document
         runs = [r for t in suite_document["tests"] for r in t["runs"]]
         assert runs and all(r["verified"] for r in runs if r["error"] is None)
         assert {r["load_cache"] for r in runs} <= {"cold"}
-        assert not (out / stage["name"] / "runs").exists()  # the run folders are gone
+        assert not (out / stage["name"] / "runs").exists()
+    assert {"safetensors", "torch_save", "device_ceiling"} <= set(document["references"])
     assert (out / "tuning.png").read_bytes()[:8] == PNG_MAGIC
     assert document["pareto"] and set(document["pareto"]) <= set(document["candidates"])
-    # the state file says it is done; a --resume now only reprints
-    state = json.loads((out / tune.STATE_FILE).read_text())
-    assert state["phase"] == "done"
+    assert json.loads((out / tune.STATE_FILE).read_text())["phase"] == "done"
 
 
 def test_the_pasted_spec_reads_the_tuned_checkpoint_back_bit_for_bit(tiny_tune, tiny_weights):
     import tensorstore as ts
+    from ckptbench.storage import Layout
 
-    status, _, _, out = tiny_tune
-    assert status == 0
-    paste = tune.read(out / tune.TUNING_FILE).document["paste"]
+    out = tiny_tune["out"]
+    assert tiny_tune["resumed"][0] == 0
+    document = tune.read(out / tune.TUNING_FILE).document
+    paste = document["paste"]
     assert paste["verified"] is True and paste["checkpoint"] == str(out / "runs" / tune.CHECKPOINT)
     context = ts.Context(paste["context"])
     # the spec exactly as printed (its metadata must match what is on disk)
@@ -472,45 +534,6 @@ def test_the_pasted_spec_reads_the_tuned_checkpoint_back_bit_for_bit(tiny_tune, 
         loaded[name] = np.asarray(ts.open(spec, open=True, context=context).result().read().result())
     assert_same_bits(tiny_weights.tensors, loaded)
     # the Phase 4 test entry loads as a config test with the winner's layout
-    from ckptbench.storage import Layout
-
-    entry = paste["test_entry"]
-    pasted = config.from_dict({"model": "tiny", "test_configurations": [entry]}).tests[0]
-    winner = tune.read(out / tune.TUNING_FILE).document["recommendation"]["settings"]
-    again = config.from_dict({"model": "tiny", "test_configurations": [winner]}).tests[0]
-    assert Layout.of(pasted, "float32") == Layout.of(again, "float32")
-
-
-def test_resume_after_sigint(tmp_path, small_space, run_cli):
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, str(STREAMLINED), "tune", "--model", "tiny", "--values", "random", "--budget", "35s",
-         "--space", str(small_space), "--output-dir", str(out), "--seed", "9"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    status, stderr = act_on_stderr_line(proc, "[rung-0 5/", lambda: proc.send_signal(signal.SIGINT), timeout=120)
-    assert status == 130, stderr
-    assert "tune --resume" in stderr
-    state = json.loads((out / tune.STATE_FILE).read_text())
-    assert state["stages"][0]["name"] == "rung-0" and state["stages"][0]["status"] == "running"
-    partial = tune.read(out / tune.TUNING_FILE).document
-    assert partial["complete"] is False and partial["stopped_by"] == "interrupted"
-    journal_before = (out / "rung-0" / "journal.jsonl").read_text().splitlines()
-    done_before = [json.loads(line)["test"] for line in journal_before[1:]]
-    assert len(done_before) >= 5
-    assert not (out / "rung-0" / "runs").exists()  # no half-written checkpoint left
-
-    # different settings are refused in one line, and nothing changes
-    status, _, err = run_cli("tune", "--resume", "--output-dir", out, "--model", "smollm2-135m", "--no-progress")
-    assert status == 2 and err.count("\n") == 1 and "model" in err
-    assert (out / "rung-0" / "journal.jsonl").read_text().splitlines() == journal_before
-
-    status, stdout, err = run_cli("tune", "--resume", "--output-dir", out, "--no-progress")
-    assert status == 0, err
-    document = tune.read(out / tune.TUNING_FILE).document
-    assert document["complete"] is True and document["recommendation"] is not None
-    assert document["seed"] == 9
-    lines = (out / "rung-0" / "journal.jsonl").read_text().splitlines()
-    tests = [json.loads(line)["test"] for line in lines[1:]]
-    assert tests[:len(done_before)] == done_before  # the runs before Ctrl-C were kept, not run again
-    assert len(tests) == len(set(tests))
-    assert stdout.startswith("Recommendation for tiny")
+    pasted = config.from_dict({"model": "tiny", "test_configurations": [paste["test_entry"]]}).tests[0]
+    winner = config.from_dict({"model": "tiny", "test_configurations": [document["recommendation"]["settings"]]})
+    assert Layout.of(pasted, "float32") == Layout.of(winner.tests[0], "float32")
