@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "compare": "compare two results files test by test",
     "show": "reprint the tables and redraw the figures of a results file",
     "list-models": "list the weight presets",
+    "tune": "find the fastest TensorStore layout for a model on this disk, within a time budget",
     "explain": "measure which of the original harness's conditions produced each failed expectation",
 }
 DEFAULT_COMMAND = "run"

@@ -69,7 +69,7 @@ from .errors import UserError
 from .records import new_seed
 from .units import duration_label, human_bytes, size_label
 
-SPACE_FILE = Path(__file__).with_name("tune_space.json")  # the package's view of sweeps/tune_space.json
+SPACE_FILE = Path(__file__).with_name("tune_space.json")  # in the package (pip installs it); sweeps/ links to it
 TUNING_FILE = "tuning.json"
 STATE_FILE = "tune_state.json"
 CHECKPOINT = "tuned_checkpoint"  # the run label of the weights written in the winning layout
@@ -256,48 +256,47 @@ def make_universe(space: Mapping[str, Any], suite: config_mod.SuiteConfig, shape
     return Universe(tests, tuple(n for n in always if n in tests), axes, suite.skipped, tuple(duplicates))
 
 
+# TestSpec fields that do not set up a candidate, or that act only through the chunk and shard shapes
+_NOT_IN_KEY = {"name", "description", "expected", "sweep", "processes", "backend", "chunk_size_elements", "chunk_bytes",
+               "chunk_strategy", "shard_bytes"}
+
+
 def layout_key(test: TestSpec, dtype: str, shapes: Sequence[tuple[int, ...]]) -> tuple:
-    """What decides a checkpoint's layout on disk for tensors of these shapes (chunk budgets only through
-    the chunk and shard shapes they give)."""
+    """What a candidate does to tensors of these shapes: every setting, with the chunk settings only
+    through the chunk and shard shapes they give."""
     from .storage import Layout
 
     layout = Layout.of(test, dtype)
-    return (layout.format, layout.kvstore, json.dumps(layout.compression, sort_keys=True), layout.concurrency_limit,
-            layout.data_copy_concurrency, layout.file_io_sync, layout.file_io_mode,
-            tuple(tuple(layout.chunk_shape(s)) for s in shapes),
+    settings = tuple((f.name, json.dumps(getattr(test, f.name), sort_keys=True))
+                     for f in dataclasses.fields(TestSpec) if f.name not in _NOT_IN_KEY)
+    return (settings, tuple(tuple(layout.chunk_shape(s)) for s in shapes),
             tuple(tuple(layout.shard_shape(s) or ()) for s in shapes))
 
 
+_ALWAYS_WRITTEN = ("chunk_strategy", "concurrency_limit", "compression", "format")  # a pasted entry reads on its own
+_SIZES = ("chunk_bytes", "shard_bytes")
+
+
 def test_entry(test: TestSpec, name: str | None = None, description: str | None = None) -> dict[str, Any]:
-    """A test as a suite-config entry (phase4_config.json's test_configurations); `config.from_dict` reads it
-    back to the same layout."""
+    """A test as a suite-config entry (phase4_config.json's test_configurations): every setting the config
+    schema knows that differs from its default; `config.from_dict` reads it back to the same test."""
+    defaults = TestSpec(name="")
     entry: dict[str, Any] = {"name": name or test.name}
     text = test.description if description is None else description
     if text:
         entry["description"] = text
-    if test.chunk_size_elements is not None:
-        entry["chunk_size_elements"] = test.chunk_size_elements
-    else:
-        entry["chunk_bytes"] = _size(test.chunk_bytes)
-    entry["chunk_strategy"] = test.chunk_strategy
-    entry["concurrency_limit"] = test.concurrency_limit
-    entry["compression"] = test.compression if test.compression is not None else "none"
-    entry["format"] = test.format
-    if test.kvstore != "file":
-        entry["kvstore"] = test.kvstore
-    if test.shard_bytes is not None:
-        entry["shard_bytes"] = _size(test.shard_bytes)
-    if test.data_copy_concurrency is not None:
-        entry["data_copy_concurrency"] = test.data_copy_concurrency
-    if not test.file_io_sync:
-        entry["file_io_sync"] = False
-    if test.file_io_mode != "default":
-        entry["file_io_mode"] = test.file_io_mode
+    for key in config_mod.TEST_SCHEMA["properties"]:
+        if key in ("name", "description", "expected"):
+            continue
+        value = getattr(test, key)
+        if key not in _ALWAYS_WRITTEN and value == getattr(defaults, key):
+            continue
+        if key == "compression" and value is None:
+            value = "none"  # written out: an omitted compressor is not raw storage in zarr v2
+        elif key in _SIZES and value is not None:
+            value = size_label(value)  # "1MB", or "1000B": both read back to the same bytes
+        entry[key] = value
     return entry
-
-
-def _size(size_bytes: int | None) -> str:
-    return size_label(int(size_bytes or 0))  # "1MB", or "1000B": both read back to the same bytes
 
 
 def describe_layout(test: TestSpec) -> str:
