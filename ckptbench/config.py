@@ -310,7 +310,7 @@ def from_dict(data: Any, base_dir: Path | None = None, source: str = "config", c
         skipped=tuple(skipped),
         output_dir=(base_dir / data.get("output_dir", DEFAULT_OUTPUT_DIR)).resolve(),
         model=data.get("model", defaults.model),
-        weights=_weights_source(data.get("weights"), base_dir),
+        weights=weights_source(data.get("weights"), base_dir),
         dtype=data.get("dtype", defaults.dtype),
         values=data.get("values", defaults.values),
         num_runs=testing.get("num_runs", defaults.num_runs),
@@ -328,7 +328,7 @@ def from_dict(data: Any, base_dir: Path | None = None, source: str = "config", c
     return _finish(_apply_overrides(suite, overrides))
 
 
-def _weights_source(value: str | None, base_dir: Path) -> str | None:
+def weights_source(value: str | None, base_dir: Path) -> str | None:
     """A local folder as an absolute path, or a Hugging Face id as written (a folder that exists wins)."""
     if value is None:
         return None
@@ -347,7 +347,7 @@ def _apply_overrides(config: SuiteConfig, overrides: Mapping[str, Any]) -> Suite
     changes = {k: v for k, v in overrides.items() if k != "tests"}
     _check_override_choices(changes)
     if "weights" in changes:
-        changes["weights"] = _weights_source(str(changes["weights"]), Path.cwd())
+        changes["weights"] = weights_source(str(changes["weights"]), Path.cwd())
     if "output_dir" in changes:
         changes["output_dir"] = Path(changes["output_dir"]).resolve()
     if "processes" in changes:
@@ -539,7 +539,7 @@ def _is_number(_checker: Any, value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-_Validator = jsonschema.validators.extend(
+Validator = jsonschema.validators.extend(
     jsonschema.Draft202012Validator,
     type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
         {"integer": _is_integer, "number": _is_number}),
@@ -549,9 +549,9 @@ _Validator = jsonschema.validators.extend(
 def _validate_structure(data: Any, source: str) -> None:
     if not isinstance(data, dict):
         raise UserError(f"{source}: the top level must be a JSON object {{...}}, got {type(data).__name__}")
-    error = best_match(_Validator(SCHEMA).iter_errors(data))
+    error = best_match(Validator(SCHEMA).iter_errors(data))
     if error is not None:
-        raise UserError(f"{source}: {_where(data, list(error.absolute_path))}: {_describe(error)}")
+        raise UserError(f"{source}: {_where(data, list(error.absolute_path))}: {describe_error(error)}")
 
 
 def _where(data: Mapping[str, Any], path: Sequence[Any]) -> str:
@@ -577,7 +577,7 @@ _SIMPLE_MESSAGES = {
 }
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def describe_error(error: jsonschema.ValidationError) -> str:
     value, kind = error.instance, error.validator
     shown = json.dumps(value) if not isinstance(value, (dict, list)) else type(value).__name__
     if kind in _SIMPLE_MESSAGES:

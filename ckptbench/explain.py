@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import analysis, chunking, compression
+from . import analysis, chunking, compression, documents
 from .errors import UserError
 from .units import parse_size
 from .weights import NUMPY_DTYPES
@@ -60,54 +60,14 @@ class Condition:
     default: bool = True  # measured unless --conditions leaves it out
 
 
-CONDITIONS: tuple[Condition, ...] = (
-    Condition("blosc", "the blosc baseline", "raw baseline", "blosc baseline",
-              "its \"no compression\" omitted the compressor key, so TensorStore compressed with blosc (lz4, level 5)",
-              "the original's uncompressed tests were compressed"),
-    Condition("warm", "warm loads", "cold", "warm",
-              "its loads read what the save had just left in the page cache",
-              "page-cache reads are not your disk's reads"),
-    Condition("fp16", "float16 values", "your values", "fp16 values",
-              "its weights were open_llama_3b's float16 values, stored as float32",
-              "float16-origin values compress far better than full-precision ones"),
-    Condition("blocked", "the blocked order", "interleaved", "blocked",
-              "each test's runs ran back to back (AAABBB), the tests in config order",
-              "back-to-back runs let the machine's drift land on one test"),
-    Condition("serial", "one tensor at a time", "all in flight", "one at a time",
-              "each tensor's open and write (or read) was awaited before the next began",
-              "waiting for each tensor serialises the I/O"),
-    Condition("conversions", "timed conversions", "untimed", "timed casts",
-              "the fp16->fp32 cast sat inside the save timer; np.copy, torch.from_numpy and .half() inside the load "
-              "timer",
-              "a fixed cost in every test shrinks every relative change", requires=("fp16",)),
-    Condition("chunks64", "the original's 64-element chunks", "your chunks", "64-element chunks",
-              "baseline, concurrency_128 and compression_gzip used 64-element chunks (halved with floor division)",
-              "a baseline of tiny chunks is so slow that every change looks large", default=False),
-)
+# The original's conditions, as data (original_harness.json: what it did, read from its public copy).
+_HARNESS = json.loads(Path(__file__).with_name("original_harness.json").read_text())
+CONDITIONS: tuple[Condition, ...] = tuple(
+    Condition(**{**c, "requires": tuple(c["requires"])}) for c in _HARNESS["conditions"])
 BY_NAME = {c.name: c for c in CONDITIONS}
 
 # What the original did that is not a setting, and why it cannot move a claim here.
-NOT_MODELLED: tuple[dict[str, str], ...] = (
-    {"what": "np.std with ddof=0",
-     "why": "it changes the reported spread, not the means a claimed change is a ratio of"},
-    {"what": "no verification of what was loaded",
-     "why": "verification runs outside the timers here, so it adds nothing to a figure"},
-    {"what": "one TensorStore context per run, shared by its save and load",
-     "why": "the context had no cache_pool (TensorStore's default), so the load could not read from it"},
-    {"what": "every run's checkpoint kept on disk",
-     "why": "it matters only when the kept checkpoints crowd the page cache; explain deletes each after its run"},
-    {"what": "only 100 of open_llama_3b's 237 tensors saved (the rest were on the meta device)",
-     "why": "the same shapes in a smaller number; relative changes follow the per-tensor costs, not the count"},
-    {"what": "GPU-to-CPU copies (.cpu()) inside the save timer",
-     "why": "not reproducible on a machine without a GPU; like the timed casts, a fixed cost that shrinks every "
-            "relative change"},
-    {"what": "sizes in GiB (1024^3), .zarray and metadata.json counted",
-     "why": "a unit and a few small files: relative sizes are unchanged"},
-    {"what": "ts.open(create=True, delete_existing=True) per tensor inside the save timer",
-     "why": "deleting from a fresh, empty folder lists nothing; explain's saves open each array with create too"},
-    {"what": "chunks equal to the fill value (all zeros) not written (no store_data_equal_to_fill_value)",
-     "why": "drawn weights hold no all-zero chunk, so every chunk is written either way"},
-)
+NOT_MODELLED: tuple[dict[str, str], ...] = tuple(_HARNESS["not_modelled"])
 
 
 @dataclass(frozen=True)
@@ -596,23 +556,12 @@ def document(design_: Design, results: Mapping[str, Any], samples: Mapping[str, 
     }
 
 
-def validate(document_: Any) -> None:
+def validate(document_: Any, source: str = "explain.json") -> None:
     """Raise a one-line UserError naming the first field that breaks explain.schema.json."""
-    import jsonschema
-    from jsonschema.exceptions import best_match
-
-    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
-    error = best_match(jsonschema.Draft202012Validator(schema).iter_errors(document_))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "top level"
-        raise UserError(f"not a valid explain.json: {where}: {error.message.splitlines()[0][:200]}")
+    documents.validate(document_, SCHEMA_FILE, source, "explanation")
 
 
 def write(document_: Mapping[str, Any], folder: Path) -> Path:
     """Validate and write explain.json atomically."""
     validate(document_)
-    path = Path(folder) / EXPLAIN_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(document_, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return documents.write_json(Path(folder) / EXPLAIN_FILE, document_)

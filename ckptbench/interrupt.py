@@ -10,6 +10,7 @@ each phase boundary raises it if the first raise was lost.
 from __future__ import annotations
 
 import signal
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -40,6 +41,12 @@ def check() -> None:
 
 @contextmanager
 def signals_raise() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise `Interrupted` (in the main thread; elsewhere Python
+    lets no handler be installed, and the block changes nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
     def handler(signum: int, _frame: object) -> None:
         for sig in SIGNALS:
             signal.signal(sig, signal.SIG_IGN)

@@ -15,11 +15,32 @@ from .records import PlannedRun, RunRecord
 from .units import human_bytes
 
 
-class Progress:
+class _Display:
+    """Lines (and a tqdm bar on a terminal) on stderr; nothing when disabled."""
+
     def __init__(self, enabled: bool = True) -> None:
         self._enabled = enabled
         self._lines = enabled and not sys.stderr.isatty()
         self._bar: Any = None
+
+    def message(self, text: str) -> None:
+        if not self._enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class Progress(_Display):
+    def __init__(self, enabled: bool = True) -> None:
+        super().__init__(enabled)
         self._num_runs, self._total, self._done = 0, 0, 0
         self._started = time.monotonic()
 
@@ -59,28 +80,9 @@ class Progress:
                          f"save {record.save_s:.2f} s, load {record.load_s:.2f} s ({record.load_cache}); "
                          f"about {left_s:.0f} s left")
 
-    def message(self, text: str) -> None:
-        if not self._enabled:
-            return
-        if self._bar is not None:
-            self._bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr)
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-class TuneProgress:
+class TuneProgress(_Display):
     """`tune`'s progress: the budget estimate, then per stage a bar (or, in a log, a line per run) showing
     the rung, the candidates left and the time left. It receives `tune.run`'s events and measures nothing."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self._enabled = enabled
-        self._lines = enabled and not sys.stderr.isatty()
-        self._bar: Any = None
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
         getattr(self, f"_{kind}", lambda _data: None)(data)
@@ -159,21 +161,6 @@ class TuneProgress:
 
     def _postfix(self, data: dict[str, Any]) -> None:
         self._bar.set_postfix_str(f"{data['candidates_left']} candidates left, {_left(data['time_left_s'])} left")
-
-    def message(self, text: str) -> None:
-        if not self._enabled:
-            return
-        if self._bar is not None:
-            self._bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr)
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
 
 def _left(seconds: float) -> str:
     from .units import duration_label

@@ -25,13 +25,13 @@ Version history (bump SCHEMA_VERSION whenever a field changes meaning):
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from . import analysis, records, stats
+from . import analysis, documents, records, stats
+from .documents import Document, first_line, read_json, write_json
 from .errors import UserError
 from .units import human_bytes
 
@@ -338,16 +338,8 @@ def _all_cold(test: Mapping[str, Any]) -> bool:
 
 # --- reading and writing --------------------------------------------------------
 
-class Results:
+class Results(Document):
     """A results document, as `ckptbench.run` returns it and `read` loads it."""
-
-    def __init__(self, document: dict[str, Any], path: Path | None = None) -> None:
-        self.document = document
-        self.path = path
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.document["complete"])
 
     @property
     def tests(self) -> list[dict[str, Any]]:
@@ -378,25 +370,12 @@ class Results:
 
 def write(document: Mapping[str, Any], output_dir: Path) -> Path:
     """Write results.json atomically (a reader never sees half a file)."""
-    path = Path(output_dir) / RESULTS_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(Path(output_dir) / RESULTS_FILE, document)
 
 
 def read(path: Path | str) -> Results:
     """Read, upgrade and validate a results file of any version this tool has written."""
-    path = Path(path)
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such results file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder; give its results.json") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable results file ({_first_line(exc)})") from None
-    return Results(upgrade(document, str(path)), path)
+    return Results(upgrade(read_json(path, "results"), str(path)), Path(path))
 
 
 def upgrade(document: Any, source: str = "results") -> dict[str, Any]:
@@ -413,7 +392,7 @@ def upgrade(document: Any, source: str = "results") -> dict[str, Any]:
             document = _UPGRADES[old](document)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UserError(f"{source}: a damaged version-{old} results file ({type(exc).__name__}: "
-                            f"{_first_line(exc)[:120]}); it cannot be upgraded") from None
+                            f"{first_line(exc)[:120]}); it cannot be upgraded") from None
     validate(document, source)
     return document
 
@@ -444,33 +423,21 @@ def _upgrade_1_to_2(document: dict[str, Any]) -> dict[str, Any]:
 _UPGRADES = {1: _upgrade_1_to_2}
 
 
-@lru_cache(maxsize=None)
-def _validator(version: int) -> Any:
-    import jsonschema
-
-    schema = json.loads(SCHEMA_FILE.read_text())
-    if version != SCHEMA_VERSION:  # an older document: the parts every version shares, before its upgrade
-        schema = {"type": "object", "required": list(_SHARED),
-                  "properties": {**{key: {"type": kind} for key, kind in _SHARED.items()},
-                                 "schema_version": {"const": version}}}
-    return jsonschema.Draft202012Validator(schema)
-
-
+# Before its upgrade, an older document is checked only for the parts every version shares.
 _SHARED = {"schema_version": "integer", "tool": "object", "complete": "boolean", "environment": "object",
            "config": "object", "weights": "object", "protocol": "object", "baseline": "string", "tests": "array"}
 
 
+@lru_cache(maxsize=None)
+def _older_validator(version: int) -> Any:
+    import jsonschema
+
+    return jsonschema.Draft202012Validator({
+        "type": "object", "required": list(_SHARED),
+        "properties": {**{key: {"type": kind} for key, kind in _SHARED.items()}, "schema_version": {"const": version}}})
+
+
 def validate(document: Any, source: str = "results", version: int = SCHEMA_VERSION) -> None:
     """Raise a one-line UserError naming the first field that breaks the contract."""
-    from jsonschema.exceptions import best_match
-
-    error = best_match(_validator(version).iter_errors(document))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "top level"
-        raise UserError(f"{source}: not a valid ckptbench results file: {where}: {_first_line(error.message)[:200]}")
-
-
-def _first_line(exc: Any) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
+    documents.validate(document, SCHEMA_FILE if version == SCHEMA_VERSION else _older_validator(version), source,
+                       "results")

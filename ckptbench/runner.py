@@ -17,8 +17,6 @@ written (complete: false), then `interrupt.Interrupted` is raised with them atta
 
 from __future__ import annotations
 
-import threading
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -115,7 +113,7 @@ def run(
     records = list(done)
     stopped: interrupt.Interrupted | None = None
     try:
-        with _signals():
+        with interrupt.signals_raise():
             for record in measure.run_suite(todo, source.tensors, config, _checked(on_phase), keep=keep,
                                             target=target, sources=sources):
                 log.append(record)
@@ -135,13 +133,6 @@ def run(
         stopped.results = outcome
         raise stopped
     return outcome
-
-
-def _signals():
-    """Stop signals become `Interrupted`, where Python lets a handler be installed (the main thread)."""
-    if threading.current_thread() is threading.main_thread():
-        return interrupt.signals_raise()
-    return nullcontext()
 
 
 def _checked(on_phase: Phase) -> Phase:

@@ -51,7 +51,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import random
 import time
 import zlib
@@ -63,7 +62,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from . import analysis, config as config_mod, interrupt, journal, results, stats, workspace
+from . import analysis, config as config_mod, documents, interrupt, journal, results, stats, workspace
 from .config import REFERENCES, TestSpec
 from .errors import UserError
 from .records import new_seed
@@ -185,7 +184,7 @@ def validate_space(data: Any, source: str = "space") -> None:
 
     if not isinstance(data, dict):
         raise UserError(f"{source}: the top level must be a JSON object {{...}}, got {type(data).__name__}")
-    error = best_match(config_mod._Validator(SPACE_SCHEMA).iter_errors(data))
+    error = best_match(config_mod.Validator(SPACE_SCHEMA).iter_errors(data))
     if error is None:
         return
     where = ".".join(str(p) for p in error.absolute_path)
@@ -195,7 +194,7 @@ def validate_space(data: Any, source: str = "space") -> None:
     elif error.validator == "minProperties":
         text = "is empty; give at least one format, e.g. {\"zarr2\": {\"format\": \"zarr2\"}}"
     else:
-        text = config_mod._describe(error)
+        text = config_mod.describe_error(error)
     raise UserError(f"{source}: {'field ' + where if where else 'top level'}: {text}")
 
 
@@ -689,16 +688,8 @@ def read_back(paste: Mapping[str, Any], names: Iterable[str]) -> dict[str, np.nd
 
 # --- the tuning document --------------------------------------------------------------------------------
 
-class Tuning:
+class Tuning(documents.Document):
     """A tuning document, as `tune.run` returns it and `read` loads it."""
-
-    def __init__(self, document: dict[str, Any], path: Path | None = None) -> None:
-        self.document = document
-        self.path = path
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.document["complete"])
 
     @property
     def recommendation(self) -> dict[str, Any] | None:
@@ -716,46 +707,16 @@ class Tuning:
 
 
 def validate(document: Any, source: str = "tuning") -> None:
-    import jsonschema
-    from jsonschema.exceptions import best_match
-
-    schema = json.loads(SCHEMA_FILE.read_text())
-    error = best_match(jsonschema.Draft202012Validator(schema).iter_errors(document))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "top level"
-        raise UserError(f"{source}: not a valid ckptbench tuning file: {where}: {error.message.splitlines()[0][:200]}")
+    documents.validate(document, SCHEMA_FILE, source, "tuning")
 
 
 def read(path: Path | str) -> Tuning:
-    path = Path(path)
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such tuning file") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable tuning file ({exc})") from None
+    document = documents.read_json(path, "tuning")
     version = document.get("schema_version") if isinstance(document, dict) else None
     if version != SCHEMA_VERSION:
         raise UserError(f"{path}: schema_version {version!r} is not one this tool reads ({SCHEMA_VERSION})")
     validate(document, str(path))
-    return Tuning(document, path)
-
-
-def _write_json(path: Path, document: Any) -> Path:
-    """Atomically and durably: a reader (or a resume after a crash) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    text = json.dumps(document, indent=1, allow_nan=False) + "\n"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return path
+    return Tuning(document, Path(path))
 
 
 # --- running it -----------------------------------------------------------------------------------------
@@ -810,7 +771,7 @@ def resume(output_dir: Path | str, *, given: Mapping[str, Any] | None = None, bu
 
 def _normalized(key: str, value: Any) -> Any:
     if key == "weights" and value is not None:
-        return config_mod._weights_source(str(value), Path.cwd())
+        return config_mod.weights_source(str(value), Path.cwd())
     return value
 
 
@@ -870,11 +831,10 @@ class _Tuner:
     def start(self) -> Tuning:
         if self.resumed and self.state.get("phase") == "done" and (self.out / TUNING_FILE).is_file():
             return read(self.out / TUNING_FILE)
-        from .runner import _signals  # stop signals become Interrupted, in the main thread
 
         planned = False
         try:
-            with _signals():
+            with interrupt.signals_raise():
                 self.source = self._make_weights()
                 self.durations = Durations(self.source.size_bytes)
                 self.universe = make_universe(self.space, self.base, [a.shape for a in self.source.tensors.values()])
@@ -988,7 +948,7 @@ class _Tuner:
     def _save_state(self) -> None:
         self.state["spent_s"] = self.elapsed()
         self.state["durations"] = self.durations.to_json()
-        _write_json(self.out / STATE_FILE, self.state)
+        documents.write_json(self.out / STATE_FILE, self.state)
 
     def _loop(self) -> None:
         """Run stages until the plan says stop. A stage stays "running" until its decision is made, and each
@@ -1243,7 +1203,7 @@ class _Tuner:
         tuning.draw(self.out)
         tuning.document["budget"]["spent_s"] = self.elapsed()  # the figure's time counts too
         validate(tuning.document)
-        tuning.path = _write_json(self.out / TUNING_FILE, tuning.document)
+        tuning.path = documents.write_json(self.out / TUNING_FILE, tuning.document)
         self.state["phase"] = "done"
         self._save_state()
         return tuning
@@ -1284,7 +1244,7 @@ class _Tuner:
         document = build_document(self.state, self.documents, self.universe, self.settings, complete=False,
                                   recommendation=None, paste=None)
         validate(document)
-        return Tuning(document, _write_json(self.out / TUNING_FILE, document))
+        return Tuning(document, documents.write_json(self.out / TUNING_FILE, document))
 
 
 def _figures(test: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,6 @@ A checkpoint folder or a Hugging Face model id (`--weights`) gives the real valu
 from __future__ import annotations
 
 import json
-import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path

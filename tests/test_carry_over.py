@@ -8,7 +8,6 @@ import os
 import time
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 import pytest
 

@@ -11,7 +11,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ckptbench import chunking, compression, config, measure, storage, verify
+from ckptbench import chunking, compression, config, storage, verify
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 BUDGET = 100  # elements per chunk: small, so every array below has several chunks

@@ -25,7 +25,6 @@ from typing import Any
 from .. import config as config_mod
 from .. import interrupt
 from ..cli import Context
-from ..errors import UserError
 from .run import add_weight_arguments, config_path, parse_tests, positive_int, weight_overrides
 
 DEFAULT_BUDGET_S = 20 * 60.0  # a guard: the default model's explain needs about 13-14 min on a quiet 2-core machine
