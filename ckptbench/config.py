@@ -206,7 +206,7 @@ class SuiteConfig:
     seed: int | None = None
     cache_eviction: str = "auto"
     order: str = "interleaved"
-    max_inflight_bytes: int = 2 * 2**30
+    max_inflight_bytes: int = 512 * 2**20  # TensorStore's write copies what is in flight: this bounds the copy
     noise_pct: float = 5.0
     config_path: Path | None = field(default=None, compare=False)
 

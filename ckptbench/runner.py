@@ -21,16 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import capacity, environment, interrupt, journal, measure, results, system, targets, weights, workspace
+from . import capacity, environment, interrupt, journal, measure, results, targets, weights, workspace
 from .config import SuiteConfig
 from .errors import UserError
 from .records import Phase, Plan, PlannedRun, RunRecord, new_seed, plan
-
-# glibc's malloc, set before TensorStore's threads start (see system.tune_malloc and the guide's
-# "Memory" section for the measurements behind these values).
-MALLOC_ARENA_MAX = 2
-MALLOC_MMAP_THRESHOLD_BYTES = 1 * 2**20
-
 
 @dataclass(frozen=True)
 class Start:
@@ -105,7 +99,6 @@ def run(
     done = [r for r in done if r.ok]  # failed runs (a full disk, say) are run again
     todo = plan([t.name for t in config.tests], config.num_runs, config.warmup_rounds, seed, config.order,
                 done={(r.test, r.round) for r in done}, blocks=config.blocks)
-    system.tune_malloc(MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_BYTES)
     env = environment.capture(output_dir)
     scale = {"suggested_preset": capacity.suggest_preset(env.get("ram_bytes"), config.dtype, config)}
     on_start(Start(source.describe(), len(config.tests), config.num_runs, config.warmup_rounds, len(todo), seed,
