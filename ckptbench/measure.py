@@ -57,7 +57,7 @@ def run_once(
             record.load_cache = "remote"  # read from the server: no local cache to drop
         else:
             on_phase(planned, "evict")
-            record.eviction = cache.evict(location.local_dir, _eviction(planned.test, config))
+            record.eviction = backend.evict(location.local_dir, _eviction(planned.test, config))
             record.resident_bytes_at_load = cache.resident_bytes(location.local_dir)
             record.load_cache = cache_state(record.resident_bytes_at_load, record.disk_bytes)
         on_phase(planned, "load")
@@ -139,7 +139,8 @@ def backend_for(test: TestSpec, config: SuiteConfig, target: Target | None = Non
 
         pools = {} if pools is None else pools
         source = distributed.WeightSource(config.model, config.weights, config.dtype, config.values_for(test))
-        pool = pools.setdefault(test.processes, distributed.Pool(test.processes, source))
+        # One set of writers per count and values: each holds the weights it was started with.
+        pool = pools.setdefault((test.processes, source.values), distributed.pool_for(test.processes, source))
         return distributed.DistributedBackend(storage.Layout.of(test, config.dtype), pool, config.max_inflight_bytes,
                                               context_extra=target.context_spec())
     if test.backend == "tensorstore":
