@@ -262,13 +262,16 @@ class WriterPool:
         return mine
 
     def settle(self) -> None:
-        """Finish the job in progress after a failure on this side: the other ranks still send every round."""
+        """Finish the job in progress after a failure on this side: the other ranks still send every round,
+        and the run's folder may be removed only once nobody writes into it any more."""
         while self._rounds and self.world is not None and not self.world.broken:
             try:
                 self.collect(self._rounds[0], PHASE_TIMEOUT_S, during=self._during)
             except WorkerFailed:
                 pass
         self._rounds, self._replies = [], None
+        if self.world is not None and self.world.broken:
+            self.stop()
 
     def evict_elsewhere(self, directory: Path, method: str) -> list[dict[str, Any]]:
         """Evict a checkpoint from the page cache of every other host that wrote it (one rank per host)."""
@@ -405,7 +408,9 @@ class LaunchedPool(WriterPool):
         self._tensors = tensors
 
     def stop(self) -> None:
-        self._rounds, self._replies = [], None  # the launch itself ends with the suite (ranks.run)
+        # The launch itself ends with the suite (ranks.run); a broken one, with its launcher, which stops
+        # every rank (so none still writes into a run folder rank 0 removes).
+        self._rounds, self._replies = [], None
 
     def _lost(self, broken: "ranks.Broken", during: str) -> BaseException:
         if broken.who:

@@ -39,6 +39,7 @@ import json
 import os
 import pickle
 import re
+import signal
 import socket
 import sys
 import time
@@ -478,9 +479,11 @@ def _check_same_suite(world: World, config: Any) -> None:
 
 def _serve(world: World, config: Any) -> int:
     """A rank other than 0: check what it can, load its weights, then save and load slices until rank 0 stops."""
-    from . import distributed, runner, system, targets
+    from . import distributed, targets
 
-    system.tune_malloc(runner.MALLOC_ARENA_MAX, runner.MALLOC_MMAP_THRESHOLD_BYTES)
+    # A stop signal ends this rank at once, mid-write if need be: the launcher (torchrun, srun, mpirun) sends
+    # it to every rank, and rank 0 removes the run's folder once no rank writes into it any more.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     problem, tensors = None, None
     try:
         targets.set_http_timeouts()
@@ -496,9 +499,8 @@ def _serve(world: World, config: Any) -> int:
         tensors = share_weights(world, tensors, problem, config)
         return distributed.serve(world, tensors, label=f"rank {world.rank}")
     except Broken as exc:
-        if "rank 0" not in str(exc):
-            print(f"error: rank {world.rank}: the launch broke ({exc}); rank 0 reports which rank failed",
-                  file=sys.stderr)
+        print(f"error: rank {world.rank}: the launch broke ({exc}); rank 0 keeps the runs so far",
+              file=sys.stderr)
         return 1
 
 
