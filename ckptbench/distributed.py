@@ -245,7 +245,10 @@ class WriterPool:
 
     def collect(self, expected: str, timeout_s: float, during: str = "start-up") -> list[tuple]:
         """One round of the job in progress: every target's reply (rank 0's own included); any error fails the run."""
-        own = next(self._replies) if self._replies is not None else ("idle", None)
+        if self._replies is None:
+            own: tuple[str, Any] = ("idle", None)
+        else:  # rank 0's own job; one a stop signal cut short still answers every round
+            own = next(self._replies, None) or ("error", f"{self.label(self.world.rank)}: stopped")
         if own[0] == "done" and "cpu_s" in own[1]:  # rank 0's usage is already in the figures of its own clock
             own = ("done", {**own[1], "cpu_s": 0.0, "peak_rss_bytes": 0})
         try:
@@ -253,6 +256,8 @@ class WriterPool:
         except ranks.Broken as exc:
             raise self._lost(exc, during) from None
         self._rounds.pop(0)
+        if not self._rounds:
+            self._replies = None  # the job is over: what rank 0 loaded is freed
         for reply in replies:
             if reply[0] == "error":
                 raise WorkerFailed(reply[1])
