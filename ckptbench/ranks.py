@@ -3,13 +3,13 @@
 Each launcher tells a process who it is through environment variables; `detect` maps
 them onto one `Launch`:
 
-| meaning          | torchrun (or any launcher setting RANK/WORLD_SIZE) | SLURM `srun`                                  | Open MPI `mpirun`             |
-|------------------|------------------------|---------------------------------------------------------------|-------------------------------|
-| rank             | `RANK`                 | `SLURM_PROCID`                                                | `OMPI_COMM_WORLD_RANK`        |
-| world size       | `WORLD_SIZE`           | `SLURM_STEP_NUM_TASKS` (else `SLURM_NTASKS`)                  | `OMPI_COMM_WORLD_SIZE`        |
-| rank on its host | `LOCAL_RANK`           | `SLURM_LOCALID`                                               | `OMPI_COMM_WORLD_LOCAL_RANK`  |
-| rendezvous host  | `MASTER_ADDR`          | `MASTER_ADDR`, else the first host of `SLURM_STEP_NODELIST` (or `SLURM_JOB_NODELIST`) | `MASTER_ADDR`; 127.0.0.1 when every rank is on one host |
-| rendezvous port  | `MASTER_PORT`          | `MASTER_PORT`, else 20000 + `SLURM_JOB_ID` mod 20000          | `MASTER_PORT`, else 29500     |
+| meaning          | torchrun (or anything setting RANK, WORLD_SIZE) | SLURM `srun`                            | Open MPI `mpirun`            |
+|------------------|-------------------------------------------------|-----------------------------------------|------------------------------|
+| rank             | `RANK`                                          | `SLURM_PROCID`                          | `OMPI_COMM_WORLD_RANK`       |
+| world size       | `WORLD_SIZE`                                    | `SLURM_STEP_NUM_TASKS`, else `SLURM_NTASKS` | `OMPI_COMM_WORLD_SIZE`   |
+| rank on its host | `LOCAL_RANK`                                    | `SLURM_LOCALID`                         | `OMPI_COMM_WORLD_LOCAL_RANK` |
+| rank 0's host    | `MASTER_ADDR`                                   | `MASTER_ADDR`, else the step's first host (`SLURM_STEP_NODELIST`, `SLURM_JOB_NODELIST`) | `MASTER_ADDR`; 127.0.0.1 when all ranks share one host |
+| rendezvous port  | `MASTER_PORT`                                   | `MASTER_PORT`, else 20000 + `SLURM_JOB_ID` mod 20000 | `MASTER_PORT`, else 29500 |
 
 `RANK`/`WORLD_SIZE` win over the others (torchrun started by srun sets both), and Open
 MPI's win over SLURM's (mpirun inside an allocation). SLURM's are used only inside an
@@ -42,6 +42,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -53,8 +54,7 @@ START_TIMEOUT_S = 600.0  # every rank must join (and load its weights) within th
 IDLE_TIMEOUT_S = 6 * 3600.0  # a rank waits this long for rank 0's next step (rank 0 may run reference rows meanwhile)
 SLURM_PORT_BASE = 20000
 DEFAULT_PORT = 29500
-_POLL_MAX_S = 0.002  # rank 0 polls its collectives, so that Ctrl-C and SIGTERM are handled while it waits
-_LIVENESS_EVERY_S = 0.2
+_LIVENESS_EVERY_S = 0.2  # how often rank 0, waiting for the others, checks that its host's ranks live
 
 
 @dataclass(frozen=True)
@@ -232,26 +232,22 @@ class World:
                                                                 during="start-up")]
         return world
 
-    # --- collectives: rank 0 polls (signals stay live, deadlines name late ranks); the others block ---
+    # --- collectives: rank 0 waits interruptibly, with deadlines that name late ranks; the others block ---
 
     def _wait(self, work: Any, timeout_s: float, during: str) -> None:
         if self.broken:
             raise Broken(self.broken)
         try:
-            if self.rank == 0:
+            if self.rank == 0:  # woken the moment the step completes; signals are handled meanwhile
+                done = threading.Event()
+                work.get_future().add_done_callback(lambda _: done.set())
                 deadline = time.monotonic() + timeout_s
-                pause, checked = 1e-4, time.monotonic()
-                while not work.is_completed():
-                    now = time.monotonic()
-                    if now > deadline:
+                while not done.wait(_LIVENESS_EVERY_S):
+                    if time.monotonic() > deadline:
                         late = self.late_ranks()
                         raise Broken(f"did not answer within {timeout_s:.0f} s", self.name(late) if late else
                                      "the other ranks")
-                    if now - checked > _LIVENESS_EVERY_S:
-                        self.liveness()
-                        checked = now
-                    time.sleep(pause)
-                    pause = min(2 * pause, _POLL_MAX_S)
+                    self.liveness()
             work.wait()
         except Broken as exc:
             self.broken = str(exc)
@@ -490,8 +486,8 @@ def _serve(world: World, config: Any) -> int:
         targets.parse(config.storage, config.output_dir, config.storage_options).check()
         if world.leader(world.rank) == world.rank:
             tensors = load_weights(config)
-    except (UserError, OSError, ValueError) as exc:
-        problem = str(exc).splitlines()[0]
+    except Exception as exc:  # reported by rank 0, in one line naming this rank
+        problem = first_line(exc)
     try:
         step = world.broadcast(during="start-up")
         if step[0] == "stop":
@@ -537,8 +533,8 @@ def share_weights(world: World, tensors: Mapping[str, Any] | None, problem: str 
             try:
                 offer = offers[world.leader(world.rank)][1]
                 tensors = offer.open() if offer is not None else load_weights(config)
-            except (UserError, OSError, ValueError) as exc:
-                problem = str(exc).splitlines()[0]
+            except Exception as exc:  # reported by rank 0
+                problem = first_line(exc)
         reports = world.all_gather((problem, identity(tensors)), timeout_s=START_TIMEOUT_S, during="start-up")
     finally:
         if shared is not None:
