@@ -36,6 +36,7 @@ coordinator, a server rank 0 runs; its address travels in every job.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import multiprocessing
 import os
 import shutil
@@ -128,12 +129,12 @@ def _work(job: Job, tensors: Mapping[str, np.ndarray], start_at: float) -> Itera
         directory = job.location.local_dir
         yield "done", {"eviction": cache.evict(directory, job.eviction), "host": socket.gethostname(),
                        "resident_bytes": cache.resident_bytes(directory)}
-    elif job.op == "save":
+    elif job.op == "save":  # the clock runs from the common start: no garbage collection inside it
         _check_visible(job.location)
-        yield "done", _figures(start_at, timed(lambda: _save_slices(job, tensors)))
+        yield "done", _figures(start_at, timed(lambda: _save_slices(job, tensors), collect_garbage=False))
     else:
         loaded: dict[str, np.ndarray] = {}
-        yield "done", _figures(start_at, timed(lambda: loaded.update(_load_slices(job))))
+        yield "done", _figures(start_at, timed(lambda: loaded.update(_load_slices(job)), collect_garbage=False))
         mine = {name: _part(tensors[name], rows, tensors[name].ndim == 0) for name, rows in job.slices.items()}
         yield "verified", mismatches(mine, loaded)
 
@@ -185,6 +186,7 @@ def serve(world: "ranks.World", tensors: Mapping[str, np.ndarray], label: str) -
                    else iter([("idle", None)] * len(ROUNDS[op])))
         for reply in replies:
             world.all_gather(reply)
+        gc.collect()  # the job's garbage, now, outside every clock (timed() does not collect for writers)
 
 
 # --- rank 0: driving the writers ----------------------------------------------------------------------
@@ -370,13 +372,14 @@ class Pool(WriterPool):
     def stop(self) -> None:
         """Stop every worker: ask, then terminate, then kill; none is left behind."""
         world, self.world = self.world, None
-        if world is not None and not world.broken:
+        asked = world is not None and not world.broken  # a broken world cannot carry the request: terminate
+        if asked:
             try:
                 world.broadcast(("stop", 0), timeout_s=10, during="stop")
             except ranks.Broken:
-                pass
+                asked = False
         for worker in self._workers:
-            worker.join(timeout=2)
+            worker.join(timeout=2 if asked else 0)
             if worker.is_alive():
                 worker.terminate()
                 worker.join(timeout=3)
