@@ -153,19 +153,24 @@ def _figures(start_at: float, usage: Timed) -> dict[str, float]:
 
 def _save_slices(job: Job, tensors: Mapping[str, np.ndarray]) -> None:
     context = job.layout.context(job.context_extra)
-    opened = {name: ts.open(job.layout.open_spec(job.location, name), context=context) for name in job.slices}
-    writes = [_part(opened[name].result(), rows, tensors[name].ndim == 0).write(_part(tensors[name], rows, tensors[name].ndim == 0))
-              for name, rows in job.slices.items()]
-    for write in writes:
-        write.result()
+    with storage.settled() as track:  # a stop signal leaves no write running into a folder about to be removed
+        opened = dict(zip(job.slices, track([ts.open(job.layout.open_spec(job.location, name), context=context)
+                                             for name in job.slices])))
+        writes = track([_part(opened[name].result(), rows, tensors[name].ndim == 0).write(
+                            _part(tensors[name], rows, tensors[name].ndim == 0)) for name, rows in job.slices.items()])
+        for write in writes:
+            write.result()
 
 
 def _load_slices(job: Job) -> dict[str, np.ndarray]:
     context = job.layout.context(job.context_extra)
-    opened = {name: ts.open(job.layout.open_spec(job.location, name), context=context) for name in job.slices}
-    stores = {name: future.result() for name, future in opened.items()}
-    reads = {name: _part(store, job.slices[name], store.rank == 0).read() for name, store in stores.items()}
-    return {name: np.asarray(read.result()) for name, read in reads.items()}
+    with storage.settled() as track:
+        opened = dict(zip(job.slices, track([ts.open(job.layout.open_spec(job.location, name), context=context)
+                                             for name in job.slices])))
+        stores = {name: future.result() for name, future in opened.items()}
+        reads = dict(zip(stores, track([_part(store, job.slices[name], store.rank == 0).read()
+                                        for name, store in stores.items()])))
+        return {name: np.asarray(read.result()) for name, read in reads.items()}
 
 
 def serve(world: "ranks.World", tensors: Mapping[str, np.ndarray], label: str) -> int:
@@ -274,7 +279,7 @@ class WriterPool:
         while self._rounds and self.world is not None and not self.world.broken:
             try:
                 self.collect(self._rounds[0], PHASE_TIMEOUT_S, during=self._during)
-            except WorkerFailed:
+            except (WorkerFailed, ranks.RankLost):  # the run has failed already; a lost rank shows at the next job
                 pass
         self._rounds, self._replies = [], None
         if self.world is not None and self.world.broken:
@@ -421,6 +426,7 @@ class LaunchedPool(WriterPool):
         self._rounds, self._replies = [], None
 
     def _lost(self, broken: "ranks.Broken", during: str) -> BaseException:
+        ranks.ignore_stop_signals()  # the launcher's SIGTERM must not cut short the cleanup that follows
         if broken.who:
             return ranks.RankLost(f"the loss of {broken.who}, which {broken.what} during {during}")
         return ranks.RankLost(f"a broken launch during {during}: {broken.what}")
@@ -532,10 +538,11 @@ class DistributedBackend(Backend):
         context = self.layout.context(self._context_extra())
         if location.local_dir is not None:
             location.local_dir.mkdir(parents=True, exist_ok=True)
-        creating = [ts.open(self.layout.array_spec(location, name, shape, dtype), context=context)
-                    for name, shape in self._shapes.items()]
-        for future in creating:
-            future.result()
+        with storage.settled() as track:
+            creating = track([ts.open(self.layout.array_spec(location, name, shape, dtype), context=context)
+                              for name, shape in self._shapes.items()])
+            for future in creating:
+                future.result()
         self._run("save", location)
         storage.write_manifest(location, self.layout, context, {
             "format": f"ckptbench-{self.layout.format}", "dtype": dtype, "processes": self.pool.processes,

@@ -165,6 +165,30 @@ class RankLost(interrupt.Interrupted):
         return 1
 
 
+_lost = False  # set once a rank of this launch is lost
+
+
+def ignore_stop_signals() -> None:
+    """A launch whose rank is lost ends: stop signals (the launcher's SIGTERM to every rank) are ignored from
+    now on, so that rank 0 removes the run in progress and writes what finished (as after a first Ctrl-C)."""
+    global _lost
+    _lost = True
+    if threading.current_thread() is threading.main_thread():
+        for sig in interrupt.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _stop_signal(signum: int, frame: Any) -> None:
+    """Rank 0's handler outside the runs (where interrupt.signals_raise has its own): the default action,
+    unless the launch is lost, when the launcher's SIGTERM must not cut short the results and the last line."""
+    if _lost:
+        return
+    if signum == signal.SIGINT:
+        signal.default_int_handler(signum, frame)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as handle:
@@ -399,9 +423,10 @@ def launched() -> bool:
 def run(config: Any, run_suite: Callable[..., Any], **options: Any) -> Any:
     """Run a suite under a launcher: rank 0 runs `run_suite(config, **options)` (runner.run) and drives the
     other ranks, which serve it and return None (or exit with rank 0's status when it stopped on an error)."""
-    global _current
+    global _current, _lost
     launch = detect()
     assert launch is not None
+    _lost = False
     world = World.join(launch)
     _current = world
     status = 1
@@ -412,7 +437,12 @@ def run(config: Any, run_suite: Callable[..., Any], **options: Any) -> Any:
             if status:
                 raise SystemExit(status)  # rank 0 said why
             return None
-        outcome = run_suite(_for_world(config, launch), **options)
+        handlers = _install(_stop_signal)
+        try:
+            outcome = run_suite(_for_world(config, launch), **options)
+        finally:
+            if not _lost:  # a lost launch keeps ignoring the launcher's SIGTERM until the last line is out
+                _install(handlers)
         status = 0
         return outcome
     except UserError:
@@ -422,6 +452,7 @@ def run(config: Any, run_suite: Callable[..., Any], **options: Any) -> Any:
         status = stop.exit_status
         dead = world.dead_ranks() if not isinstance(stop, RankLost) else []
         if dead:  # the launcher stopped rank 0 because another rank died: say which
+            ignore_stop_signals()
             lost = RankLost(f"the loss of {world.name(dead)}, which exited; the launcher then stopped this rank")
             lost.results = stop.results
             raise lost from None
@@ -434,6 +465,14 @@ def run(config: Any, run_suite: Callable[..., Any], **options: Any) -> Any:
                 pass
         world.close()
         _current = None
+
+
+def _install(handler: Any) -> dict[int, Any]:
+    """Set the stop signals' handler (one, or one per signal), returning the ones it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    handlers = handler if isinstance(handler, dict) else {sig: handler for sig in interrupt.SIGNALS}
+    return {sig: signal.signal(sig, h) for sig, h in handlers.items()}
 
 
 def _for_world(config: Any, launch: Launch) -> Any:
