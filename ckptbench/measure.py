@@ -129,7 +129,7 @@ def cache_state(resident_bytes: int, disk_bytes: int) -> str:
 
 
 def backend_for(test: TestSpec, config: SuiteConfig, target: Target | None = None,
-                pools: dict[int, Any] | None = None) -> Backend:
+                pools: dict[Any, Any] | None = None) -> Backend:
     """The back end that measures a test: TensorStore (in this process or N workers), or a reference row."""
     from . import storage
 
@@ -167,7 +167,7 @@ def run_suite(
     With `keep`, the checkpoint of each test's last measured round is left in place. `sources`:
     weights by `values`, for tests whose values differ from the suite's (`tensors`)."""
     target = target or LocalTarget(config.output_dir)
-    pools: dict[int, Any] = {}
+    pools: dict[Any, Any] = {}  # writers by process count and values
     backends = {t.name: backend_for(t, config, target, pools) for t in config.tests}
     weights_of = {t.name: (sources or {}).get(config.values_for(t), tensors) for t in config.tests}
     if not isinstance(runs, Plan):

@@ -439,7 +439,7 @@ def run(config: Any, run_suite: Callable[..., Any], **options: Any) -> Any:
             return None
         handlers = _install(_stop_signal)
         try:
-            outcome = run_suite(_for_world(config, launch), **options)
+            outcome = run_suite(suite_for_launch(config, launch), **options)
         finally:
             if not _lost:  # a lost launch keeps ignoring the launcher's SIGTERM until the last line is out
                 _install(handlers)
@@ -475,13 +475,18 @@ def _install(handler: Any) -> dict[int, Any]:
     return {sig: signal.signal(sig, h) for sig, h in handlers.items()}
 
 
-def _for_world(config: Any, launch: Launch) -> Any:
+def suite_for_launch(config: Any, launch: Launch) -> Any:
     """The suite with every TensorStore test run by the launch's ranks (they are its processes)."""
     from . import config as config_mod
 
     if tuple(config.processes) not in ((1,), (launch.world_size,)):
         raise UserError(f"--processes: started by {launch.launcher} with {launch.world_size} ranks, the ranks are "
                         "the processes; drop --processes (and the config's processes), or run without the launcher")
+    for test in config.tests:  # the other ranks hold the suite's weights only
+        if not test.is_reference and config.values_for(test) != config.values:
+            raise UserError(f"test {test.name!r}: its own values ({config.values_for(test)!r}) under a launcher, "
+                            f"whose ranks hold the suite's weights (values {config.values!r}); drop the test's "
+                            "values, or run it without the launcher")
     return config_mod.with_processes(config, launch.world_size)
 
 

@@ -244,7 +244,7 @@ def test_a_frozen_worker_is_named_within_the_timeout(tmp_path: Path, tiny_weight
 
     def freeze_worker_1(run: records.PlannedRun, phase: str) -> None:
         if phase == "save":  # the workers are up (prepare ran); worker 1 stops answering
-            frozen.append(pools[2].pids()[1])
+            frozen.append(next(iter(pools.values())).pids()[1])
             os.kill(frozen[0], signal.SIGSTOP)
 
     started = time.monotonic()
@@ -257,7 +257,7 @@ def test_a_frozen_worker_is_named_within_the_timeout(tmp_path: Path, tiny_weight
     # The next run starts a fresh pool and succeeds.
     again = measure.run_once(records.PlannedRun("t", 1, 0), tiny_weights.tensors, backend, suite)
     assert again.error is None and again.verified is True
-    pools[2].stop()
+    next(iter(pools.values())).stop()
 
 
 
@@ -283,3 +283,24 @@ def test_launches_of_several_world_sizes_draw_one_scaling_figure(tmp_path: Path)
     assert cli.main(["compare", str(paths[0]), str(paths[0]), "--scaling-plot", str(tmp_path / "no.png")]) == 2
     assert not (tmp_path / "no.png").exists()
 
+
+
+def test_what_a_launch_refuses_before_joining(tmp_path: Path, run_cli, monkeypatch) -> None:
+    launch = ranks.Launch("torchrun", 0, 2, 0, "127.0.0.1", 29500)
+    raw = {"model": "tiny", "output_dir": str(tmp_path / "out"),
+           "test_configurations": [{"name": "a", "chunk_bytes": "1MB", "concurrency_limit": 8},
+                                   {"name": "b", "chunk_bytes": "1MB", "concurrency_limit": 8, "values": "float16"}]}
+    with pytest.raises(UserError, match="test 'b': its own values"):  # the other ranks hold the suite's weights
+        ranks.suite_for_launch(config.from_dict(raw), launch)
+    with pytest.raises(UserError, match="^--processes: started by torchrun with 2 ranks"):
+        ranks.suite_for_launch(config.from_dict(raw, processes=[1, 4], tests=["a"]), launch)
+    suite = ranks.suite_for_launch(config.from_dict(raw, tests=["a"]), launch)
+    assert [(t.name, t.processes) for t in suite.tests] == [("a", 2)]
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    for name in ("tune", "explain"):  # they plan suites from earlier results: one host only
+        status, _, err = run_cli(name, "--output-dir", tmp_path / name)
+        assert status == 2 and err.startswith(f"error: {name}: runs on one host") and err.count("\n") == 1
+        assert not (tmp_path / name).exists()
