@@ -8,6 +8,7 @@ the runner calls them all unconditionally.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
@@ -36,6 +37,13 @@ class Backend(ABC):
     @abstractmethod
     def footprint(self, location: "RunLocation") -> tuple[int, int, int]:
         """(bytes of data, bytes allocated, number of files or objects) of a saved checkpoint."""
+
+    def evict(self, directory: Path, method: str) -> str | None:
+        """Drop a saved checkpoint from the page cache before it is loaded; the method that worked, or None.
+        Back ends whose writers run on other hosts evict there too."""
+        from . import cache
+
+        return cache.evict(directory, method)
 
     def release(self) -> None:
         """Drop whatever was kept between a save and its load."""

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "explain": "measure which of the original harness's conditions produced each failed expectation",
 }
 DEFAULT_COMMAND = "run"
+ONE_HOST = ("tune", "explain")  # they plan suites from the results of earlier ones: not under a launcher
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ def main(argv: Sequence[str] | None = None, default_config: Path | None = None, 
     name = argv[0] if argv and argv[0] in COMMANDS else DEFAULT_COMMAND
     rest = argv[1:] if argv and argv[0] in COMMANDS else argv
     try:
+        if name in ONE_HOST:
+            _refuse_launch(name)
         command = load_command(name)
         parser = Parser(prog=f"{context.prog} {name}" if name != DEFAULT_COMMAND else context.prog,
                         description=command.description(context))
@@ -63,6 +66,15 @@ def main(argv: Sequence[str] | None = None, default_config: Path | None = None, 
     except UserError as exc:
         print("error: " + str(exc).replace("\n", "\\n"), file=sys.stderr)  # one line, whatever a path holds
         return UserError.exit_status
+
+
+def _refuse_launch(name: str) -> None:
+    from . import ranks
+
+    launch = ranks.detect()
+    if launch is not None:
+        raise UserError(f"{name}: runs on one host, and {launch.launcher} started {launch.world_size} ranks; start "
+                        f"{name} without the launcher (run, the default subcommand, is the one that uses ranks)")
 
 
 def load_command(name: str) -> Any:

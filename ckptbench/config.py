@@ -386,6 +386,12 @@ def _check_override_choices(changes: Mapping[str, Any]) -> None:
                             f"{MAX_PROCESSES}; use e.g. 4 or 1,2,4")
 
 
+def with_processes(config: SuiteConfig, count: int) -> SuiteConfig:
+    """A finished suite of one process count with every TensorStore test run by `count` processes instead
+    (the ranks of a launch)."""
+    return _finish(dataclasses.replace(config, processes=(count,)))
+
+
 def _finish(config: SuiteConfig) -> SuiteConfig:
     """Apply the suite-wide settings to the tests: the storage target and the process counts.
 

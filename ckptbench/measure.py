@@ -57,7 +57,7 @@ def run_once(
             record.load_cache = "remote"  # read from the server: no local cache to drop
         else:
             on_phase(planned, "evict")
-            record.eviction = cache.evict(location.local_dir, _eviction(planned.test, config))
+            record.eviction = backend.evict(location.local_dir, _eviction(planned.test, config))
             record.resident_bytes_at_load = cache.resident_bytes(location.local_dir)
             record.load_cache = cache_state(record.resident_bytes_at_load, record.disk_bytes)
         on_phase(planned, "load")
@@ -129,7 +129,7 @@ def cache_state(resident_bytes: int, disk_bytes: int) -> str:
 
 
 def backend_for(test: TestSpec, config: SuiteConfig, target: Target | None = None,
-                pools: dict[int, Any] | None = None) -> Backend:
+                pools: dict[Any, Any] | None = None) -> Backend:
     """The back end that measures a test: TensorStore (in this process or N workers), or a reference row."""
     from . import storage
 
@@ -139,7 +139,8 @@ def backend_for(test: TestSpec, config: SuiteConfig, target: Target | None = Non
 
         pools = {} if pools is None else pools
         source = distributed.WeightSource(config.model, config.weights, config.dtype, config.values_for(test))
-        pool = pools.setdefault(test.processes, distributed.Pool(test.processes, source))
+        # One set of writers per count and values: each holds the weights it was started with.
+        pool = pools.setdefault((test.processes, source.values), distributed.pool_for(test.processes, source))
         return distributed.DistributedBackend(storage.Layout.of(test, config.dtype), pool, config.max_inflight_bytes,
                                               context_extra=target.context_spec())
     if test.backend == "tensorstore":
@@ -166,7 +167,7 @@ def run_suite(
     With `keep`, the checkpoint of each test's last measured round is left in place. `sources`:
     weights by `values`, for tests whose values differ from the suite's (`tensors`)."""
     target = target or LocalTarget(config.output_dir)
-    pools: dict[int, Any] = {}
+    pools: dict[Any, Any] = {}  # writers by process count and values
     backends = {t.name: backend_for(t, config, target, pools) for t in config.tests}
     weights_of = {t.name: (sources or {}).get(config.values_for(t), tensors) for t in config.tests}
     if not isinstance(runs, Plan):

@@ -99,7 +99,9 @@ def _protocol(config: Any, seed: int) -> dict[str, Any]:
         "load": "timed from the first open until every array is in memory",
         "processes": "with several processes, each writes and reads whole chunk rows of every array; "
                      "save_s and load_s run from the common start to the slowest process (process_save_s, "
-                     "process_load_s hold each one's); CPU includes the workers', peak RSS growth too (summed)",
+                     "process_load_s hold each one's); CPU includes the workers', peak RSS growth too (summed); "
+                     "under a launcher (environment.launch) the processes are its ranks, rank 0 among them, and "
+                     "each rank's time runs from a barrier all ranks leave together",
         "remote_loads": "with s3:// or gs:// storage there is no page cache to drop: loads read from the server "
                         "(load_cache 'remote'), and sizes come from listing the run's objects",
         "ceiling": "device_ceiling: the same bytes in raw files written (fsync'd) and read cold with 1, 4 and 16 "

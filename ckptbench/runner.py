@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import capacity, environment, interrupt, journal, measure, results, targets, weights, workspace
+from . import capacity, environment, interrupt, journal, measure, ranks, results, targets, weights, workspace
 from .config import SuiteConfig
 from .errors import UserError
 from .records import Phase, Plan, PlannedRun, RunRecord, new_seed, plan
@@ -53,12 +53,18 @@ def run(
     on_start: Callable[[Start], None] = _ignore,
     on_phase: Phase = _ignore,
     on_record: Callable[[RunRecord], None] = _ignore,
-) -> results.Results:
+) -> results.Results | None:
     """Run a suite (a finished config from `config.load` or `config.from_dict`) and return its results.
 
     `source`: weights already in memory (they must match the config's model, dtype and values);
     by default they are made or read here. `keep` leaves each test's last checkpoint on disk.
+
+    Started by torchrun, srun or mpirun, every rank calls this: rank 0 runs the suite and returns its
+    results, the other ranks save and load their slices for it and return None (see ranks.py).
     """
+    if ranks.launched():
+        return ranks.run(config, run, resume=resume, keep=keep, source=source, on_start=on_start,
+                         on_phase=on_phase, on_record=on_record)
     targets.set_http_timeouts()
     workspace.check_output_dir(config.output_dir)
     target = targets.parse(config.storage, config.output_dir, config.storage_options)
@@ -79,6 +85,7 @@ def run(
     sources = {values: weights.from_preset(config.model, config.dtype, values).tensors for values in other_values}
     if target.kind == "local":
         capacity.check_disk(target.output_dir, _largest_run_bytes(config, source), "one run of the largest test")
+    ranks.wait_ready(source.tensors)  # under a launcher: every rank has its weights and reaches the storage
 
     fingerprint = journal.fingerprint(config.to_json(), source.describe())
     log = journal.Journal(config.output_dir / journal.JOURNAL_FILE)
@@ -100,6 +107,8 @@ def run(
     todo = plan([t.name for t in config.tests], config.num_runs, config.warmup_rounds, seed, config.order,
                 done={(r.test, r.round) for r in done}, blocks=config.blocks)
     env = environment.capture(output_dir)
+    if ranks.current() is not None:
+        env["launch"] = ranks.current().describe()  # world size, hosts and ranks per host
     scale = {"suggested_preset": capacity.suggest_preset(env.get("ram_bytes"), config.dtype, config)}
     on_start(Start(source.describe(), len(config.tests), config.num_runs, config.warmup_rounds, len(todo), seed,
                    len(done), scale))

@@ -259,7 +259,7 @@ def save(tensors: Mapping[str, Any], location: RunLocation | Path, layout: Layou
     nbytes = {name: math.prod(shapes[name]) * NUMPY_DTYPES[dtype].itemsize for name in names}
     array = convert or (lambda tensor: tensor)
     context = context or layout.context()
-    with _settled() as track:
+    with settled() as track:
         if layout.in_flight == "one_tensor":
             for name in names:
                 store = track([ts.open(layout.array_spec(location, name, shapes[name], dtype), context=context)])[0]
@@ -298,7 +298,7 @@ def load(location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
     entries = manifest["tensors"]
     itemsize = NUMPY_DTYPES[manifest["dtype"]].itemsize
     finish = convert or np.asarray
-    with _settled() as track:
+    with settled() as track:
         if layout.in_flight == "one_tensor":
             return {e["name"]: finish(_read_one(layout.open_spec(location, e["name"]), context, track))
                     for e in entries}
@@ -317,7 +317,7 @@ def _read_one(spec: Mapping[str, Any], context: ts.Context,
 
 
 @contextmanager
-def _settled() -> Iterator[Callable[[list[ts.Future]], list[ts.Future]]]:
+def settled() -> Iterator[Callable[[list[ts.Future]], list[ts.Future]]]:
     """Track futures; if anything interrupts (Ctrl-C, an error), cancel and wait for them all.
 
     TensorStore keeps writing on its own threads after Python stops waiting, so

@@ -9,7 +9,7 @@ run is a dashed line: the distance to it is what a configuration leaves on the t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .plot import CEILING, ERRORBAR_NOTE, _mean_and_err, figure, save, source_line
 from .settings import SWEEP_FIELDS
@@ -115,6 +115,24 @@ def draw_scaling(document: Mapping[str, Any], path: Path) -> Path | None:
             tests = sorted(tests, key=lambda t: t["settings"]["processes"])
             _line(ax, [t["settings"]["processes"] for t in tests], tests, metric, name)
         ax.set_xticks(counts)
-        ax.set_xlabel("processes (each writes/reads whole chunk rows of every array)")
+        ax.set_xlabel("writers: processes or ranks (each writes and reads whole chunk rows of every array)")
         _finish(ax, ceiling, metric, title, "GB/s (tensor bytes / slowest process time)")
     return _save(fig, f"Scaling: {source_line(document)}", path)
+
+
+def scaling_document(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One document for `draw_scaling` from results files of one suite run with different numbers of writers:
+    one launch per world size (torchrun, srun, mpirun), or --processes runs. Each TensorStore test becomes
+    `name_procs=N`; the first file gives the weights and protocol the figure's title shows."""
+    tests = []
+    for document in documents:
+        for test in document["tests"]:
+            if test.get("kind", "tensorstore") != "tensorstore":
+                continue
+            settings = test["settings"]
+            count = settings.get("processes") or 1
+            swept = {**(settings.get("sweep") or {})}
+            name = test["name"] if PROCESSES in swept else f"{test['name']}_procs={count}"
+            swept.setdefault(PROCESSES, count)
+            tests.append({**test, "name": name, "settings": {**settings, "sweep": swept}})
+    return {**documents[0], "tests": tests}

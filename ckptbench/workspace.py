@@ -61,25 +61,29 @@ def new_run_dir(output_dir: Path, name: str) -> Path:
 
 
 _SETTLE_S = 0.2
-_REMOVE_ATTEMPTS = 50
+_REMOVE_WITHIN_S = 60.0
 
 
 def remove_owned(path: Path, settle: bool = False) -> None:
     """Delete a folder the harness made; refuse (loudly) one it did not.
 
     After an interrupted save, I/O already handed to TensorStore's threads can still
-    create files for a moment: with `settle`, removal repeats until the folder stays gone.
+    create files for a while (a cancelled write goes on with the chunks it has begun):
+    with `settle`, removal repeats, a moment apart, until the folder stays gone.
     """
     if not (path / RUN_MARKER).is_file():
         raise RuntimeError(f"refusing to delete {path}: it carries no {RUN_MARKER} marker")
-    for _ in range(_REMOVE_ATTEMPTS):
+    deadline = time.monotonic() + _REMOVE_WITHIN_S
+    while True:
         shutil.rmtree(path, ignore_errors=True)
         if not path.exists():
             if settle:
                 time.sleep(_SETTLE_S)
             if not path.exists():
                 return
-    raise RuntimeError(f"could not remove {path}: files keep appearing in it")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"could not remove {path}: files keep appearing in it")
+        time.sleep(_SETTLE_S)
 
 
 

@@ -27,7 +27,8 @@ class Compare:
 
     def add_arguments(self, parser: argparse.ArgumentParser, context) -> None:
         parser.add_argument("a", type=Path, metavar="A.json", help="the reference results file")
-        parser.add_argument("b", type=Path, metavar="B.json", help="the results file judged against A")
+        parser.add_argument("b", type=Path, nargs="+", metavar="B.json",
+                            help="the results file judged against A (several: each judged against A)")
         parser.add_argument("--format", choices=("text", "markdown"), default="text",
                             help="table format (markdown renders on GitHub)")
         parser.add_argument("--fail-on-regression", type=non_negative_pct, metavar="PCT",
@@ -35,25 +36,50 @@ class Compare:
                                  "than PCT %%")
         parser.add_argument("--noise-pct", type=non_negative_pct, metavar="N",
                             help="changes under N %% are 'within noise' (default: A's noise_pct, else 5)")
+        parser.add_argument("--scaling-plot", type=Path, metavar="PNG",
+                            help="also draw GB/s against the number of writers (processes or ranks) of every "
+                                 "file given: one launch per world size")
 
     def run(self, args: argparse.Namespace, context) -> int:
-        doc_a, doc_b = results.read(args.a).document, results.read(args.b).document
+        doc_a = results.read(args.a).document
+        others = [(path, results.read(path).document) for path in args.b]
         noise_pct = args.noise_pct if args.noise_pct is not None else compare.recorded_noise_pct(doc_a)
-        for warning in compare.mismatch_warnings(doc_a, doc_b):
-            print(f"warning: {warning}", file=sys.stderr)
-        rows = compare.compare_documents(doc_a, doc_b, noise_pct)
-        if not rows:
-            raise UserError(f"{args.a} and {args.b} have no test in common; nothing to compare")
-        print(compare.render(args.a, args.b, doc_a, doc_b, rows, noise_pct, args.format))
-        if args.fail_on_regression is None:
-            return 0
-        bad = compare.regressions(rows, args.fail_on_regression)
+        compared = [(path, doc_b, compare.compare_documents(doc_a, doc_b, noise_pct)) for path, doc_b in others]
+        for path, _, rows in compared:
+            if not rows:
+                raise UserError(f"{args.a} and {path} have no test in common; nothing to compare")
+        scaling = _scaling(args.scaling_plot, [doc_a, *(doc for _, doc in others)])
+        bad = []
+        for index, (path, doc_b, rows) in enumerate(compared):
+            for warning in compare.mismatch_warnings(doc_a, doc_b):
+                print(f"warning: {warning}", file=sys.stderr)
+            print(("\n" if index else "") + compare.render(args.a, path, doc_a, doc_b, rows, noise_pct, args.format))
+            if args.fail_on_regression is not None:
+                bad += compare.regressions(rows, args.fail_on_regression)
+        if scaling is not None:
+            from .. import sweep_plot
+
+            print(f"\nPlot:    {sweep_plot.draw_scaling(scaling, args.scaling_plot)}")
         if bad:
             print(f"\nRegressions beyond {args.fail_on_regression:g}% (--fail-on-regression):")
             print("\n".join(f"  {r['test']} {r['metric']}: {r['comparison']['change_pct']:+.1f}% "
                             f"{r['comparison']['verdict']}" for r in bad))
             return 1
         return 0
+
+
+def _scaling(path: Path | None, documents: list) -> dict | None:
+    """The document --scaling-plot draws, checked before anything is printed or written."""
+    if path is None:
+        return None
+    from .. import sweep_plot
+
+    document = sweep_plot.scaling_document(documents)
+    counts = sorted({t["settings"]["sweep"][sweep_plot.PROCESSES] for t in document["tests"]})
+    if len(counts) < 2:
+        raise UserError(f"--scaling-plot: every file was run with {counts[0] if counts else 'no'} writer(s); give "
+                        "results of launches with different world sizes (or --processes counts)")
+    return document
 
 
 COMMAND = Compare()

@@ -125,6 +125,8 @@ class Run:
                   f"{suite.output_dir / 'journal.jsonl'}; continue with --resume", file=sys.stderr)
             return stop.exit_status
         progress.close()
+        if results is None:  # a rank other than 0 of a launch: it served rank 0, which reports
+            return 0
         show(results)
         if not results.complete:
             print("error: the suite stopped early after a storage failure; see the warnings; "
