@@ -176,8 +176,11 @@ def serve(world: "ranks.World", tensors: Mapping[str, np.ndarray], label: str) -
     """Every rank but 0: do each job rank 0 broadcasts, until it says stop; returns the status it sends.
 
     Raises ranks.Broken when the world fails (rank 0 then reports which rank)."""
+    import gc
+
     from . import system
 
+    gc.freeze()  # the weights and modules stay: the collections between jobs skip them
     while True:
         step = world.broadcast()
         if step[0] == "stop":

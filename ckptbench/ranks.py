@@ -251,6 +251,8 @@ class World:
                             f"{launch.world_size - 1} ranks within {timeout_s:.0f} s ({first_line(exc)}); "
                             "start every rank with the same world size and MASTER_ADDR/MASTER_PORT") from None
         world = cls(launch, store, group)
+        if launch.rank != 0:
+            _start_heartbeat(launch)
         here = Member(launch.rank, socket.gethostname(), os.getpid(), launch.local_rank)
         world.members = [Member(**m) for m in world.all_gather(dataclasses.asdict(here), timeout_s=timeout_s,
                                                                 during="start-up")]
@@ -268,7 +270,7 @@ class World:
                 deadline = time.monotonic() + timeout_s
                 while not done.wait(_LIVENESS_EVERY_S):
                     if time.monotonic() > deadline:
-                        late = self.late_ranks()
+                        late = self.late_ranks() or self.stalled_ranks()
                         raise Broken(f"did not answer within {timeout_s:.0f} s", self.name(late) if late else
                                      "the other ranks")
                     self.liveness()
@@ -306,6 +308,19 @@ class World:
         except RuntimeError:
             return []
         return [r for r, step in enumerate(steps) if r != self.rank and step < self._round]
+
+    def stalled_ranks(self) -> list[int]:
+        """Ranks whose heartbeat stopped: a process that is stopped or frozen, though it reported reaching
+        the step (a counter each rank's thread bumps, compared over a few beats: no clocks compared)."""
+        keys = [_heartbeat_key(self.launch, r) for r in range(self.size) if r != self.rank]
+        try:
+            before = self._store.multi_get(keys)
+            time.sleep(3 * HEARTBEAT_S)
+            after = self._store.multi_get(keys)
+        except RuntimeError:
+            return []
+        others = [r for r in range(self.size) if r != self.rank]
+        return [r for r, a, b in zip(others, before, after) if a == b]
 
     def _step(self) -> None:
         """Every collective is one step, on every rank; each rank reports reaching it before it waits."""
@@ -393,6 +408,31 @@ class World:
         self._group = None
         self._store = None
         self.broken = self.broken or "closed"
+
+
+HEARTBEAT_S = 0.5
+
+
+def _heartbeat_key(launch: Launch, rank: int) -> str:
+    return f"ckptbench/{launch.store_prefix}/heartbeat/{rank}"
+
+
+def _start_heartbeat(launch: Launch) -> None:
+    """A thread of this rank that bumps its counter in the store every HEARTBEAT_S, on a connection of its
+    own, so that rank 0 can tell a rank that stopped running from one that is only slow."""
+    key = _heartbeat_key(launch, launch.rank)
+    client = connect_store(launch)
+    client.set(key, "0")
+
+    def beat() -> None:
+        while True:
+            try:
+                client.add(key, 1)
+            except RuntimeError:  # the store is gone: the launch is over
+                return
+            time.sleep(HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="ckptbench-heartbeat", daemon=True).start()
 
 
 def _progress_key(launch: Launch, rank: int) -> str:
