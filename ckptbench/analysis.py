@@ -23,7 +23,6 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
-from scipy.special import stdtr  # Student's t CDF: scipy.stats costs a second to import
 
 from .stats import ALPHA, as_floats, mean_std, t_quantile
 
@@ -97,6 +96,8 @@ def _verdict(out: dict[str, Any], noise_pct: float, alpha: float, higher_is_bett
 
 def welch_p_value(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided Welch t-test p-value (what scipy.stats.ttest_ind(equal_var=False) gives); n >= 2 each."""
+    from scipy.special import stdtr  # Student's t CDF (see stats.t_quantile on why not scipy.stats)
+
     if a.min() == a.max() and b.min() == b.max():
         # t is undefined (0/0 or x/0); with no noise at all any difference is real.
         return 0.0 if a[0] != b[0] else 1.0
