@@ -75,24 +75,40 @@ def evict(directory: Path, method: str = "auto") -> str | None:
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 _PAGE = mmap.PAGESIZE
+_MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def resident_bytes(directory: Path) -> int:
-    """Bytes of directory's files now in the page cache (by mincore), rounded up to pages."""
+    """Bytes of directory's files now in the page cache (by mincore), rounded up to pages.
+
+    Straight libc calls on a descriptor, no Python mmap object per file: a checkpoint of 10,000
+    chunk files is checked in a fraction of a second.
+    """
     total = 0
+    vector = np.empty(0, dtype=np.uint8)
     for path in _files(directory):
-        size = os.path.getsize(path)
-        if size == 0:
-            continue
-        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), size, prot=mmap.PROT_READ) as mapped:
-            view = np.frombuffer(mapped, dtype=np.uint8)  # only to learn the mapping's address
-            address = view.__array_interface__["data"][0]
-            pages = (ctypes.c_ubyte * ((size + _PAGE - 1) // _PAGE))()
-            status = _libc.mincore(ctypes.c_void_p(address), size, pages)
-            del view  # the mmap cannot close while a view exports its buffer
-            if status != 0:
-                raise OSError(ctypes.get_errno(), "mincore failed", path)
-            total += sum(page & 1 for page in pages) * _PAGE
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                continue
+            n_pages = (size + _PAGE - 1) // _PAGE
+            if vector.size < n_pages:
+                vector = np.empty(n_pages, dtype=np.uint8)
+            address = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            if address in (None, _MAP_FAILED):
+                raise OSError(ctypes.get_errno(), "mmap failed", path)
+            try:
+                if _libc.mincore(address, size, vector.ctypes.data) != 0:
+                    raise OSError(ctypes.get_errno(), "mincore failed", path)
+            finally:
+                _libc.munmap(address, size)
+            total += int(np.count_nonzero(vector[:n_pages] & 1)) * _PAGE
+        finally:
+            os.close(fd)
     return total

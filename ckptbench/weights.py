@@ -1,8 +1,8 @@
 """Where the weights come from: LLaMA-shaped presets made in code, or a real checkpoint.
 
-Presets carry published LLaMA-architecture hyperparameters. transformers builds
-`LlamaForCausalLM` on the meta device (no memory, no download) to give the real
-parameter names and shapes; the values are then drawn from a seeded normal
+Presets carry published LLaMA-architecture hyperparameters and the real parameter
+names and shapes of `LlamaForCausalLM` (written out here; a test checks them against
+transformers' model on the meta device); the values are drawn from a seeded normal
 distribution (std 0.02, LLaMA's initializer), per tensor from a seed derived from
 its name, so every run and every subset sees the same bytes.
 
@@ -80,25 +80,32 @@ DEFAULT_PRESET = "smollm2-135m"
 
 
 def preset_shapes(name: str) -> list[tuple[str, tuple[int, ...]]]:
-    """Parameter names and shapes of a preset, from transformers on the meta device."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """Parameter names and shapes of a preset, in the order LlamaForCausalLM.named_parameters() lists
+    them (a tied lm_head once, as save_pretrained stores it).
 
+    Written out from the architecture rather than built by transformers on the meta device:
+    importing transformers costs seconds in every run. A test checks every preset against
+    transformers' own model.
+    """
     preset = PRESETS[name]
-    config = LlamaConfig(
-        hidden_size=preset.hidden_size,
-        intermediate_size=preset.intermediate_size,
-        num_hidden_layers=preset.num_hidden_layers,
-        num_attention_heads=preset.num_attention_heads,
-        num_key_value_heads=preset.num_key_value_heads,
-        vocab_size=preset.vocab_size,
-        tie_word_embeddings=preset.tie_word_embeddings,
-        head_dim=preset.head_dim,
-    )
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    # named_parameters lists a tied lm_head once, as save_pretrained stores it.
-    return [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+    hidden, heads, kv_heads = preset.hidden_size, preset.num_attention_heads, preset.num_key_value_heads
+    head_dim = preset.head_dim or hidden // heads
+    shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (preset.vocab_size, hidden))]
+    for layer in range(preset.num_hidden_layers):
+        prefix = f"model.layers.{layer}."
+        shapes += [(prefix + "self_attn.q_proj.weight", (heads * head_dim, hidden)),
+                   (prefix + "self_attn.k_proj.weight", (kv_heads * head_dim, hidden)),
+                   (prefix + "self_attn.v_proj.weight", (kv_heads * head_dim, hidden)),
+                   (prefix + "self_attn.o_proj.weight", (hidden, heads * head_dim)),
+                   (prefix + "mlp.gate_proj.weight", (preset.intermediate_size, hidden)),
+                   (prefix + "mlp.up_proj.weight", (preset.intermediate_size, hidden)),
+                   (prefix + "mlp.down_proj.weight", (hidden, preset.intermediate_size)),
+                   (prefix + "input_layernorm.weight", (hidden,)),
+                   (prefix + "post_attention_layernorm.weight", (hidden,))]
+    shapes.append(("model.norm.weight", (hidden,)))
+    if not preset.tie_word_embeddings:
+        shapes.append(("lm_head.weight", (preset.vocab_size, hidden)))
+    return shapes
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 
 import ml_dtypes
@@ -22,17 +23,26 @@ TINY_PARAMS = 2 * 2000 * 128 + 128 + 4 * (4 * 128 * 128 + 3 * 128 * 344 + 2 * 12
 # --- presets ---------------------------------------------------------------------------
 
 
-def test_tiny_shapes_are_transformers_llama_shapes():
+@pytest.mark.parametrize("name", list(weights.PRESETS))
+def test_every_preset_has_transformers_llama_names_and_shapes(name):
+    """The presets' names, shapes and order are written out in weights.py; transformers is the judge."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
-                      num_key_value_heads=4, vocab_size=2000, tie_word_embeddings=False)
+    preset = weights.PRESETS[name]
+    cfg = LlamaConfig(hidden_size=preset.hidden_size, intermediate_size=preset.intermediate_size,
+                      num_hidden_layers=preset.num_hidden_layers, num_attention_heads=preset.num_attention_heads,
+                      num_key_value_heads=preset.num_key_value_heads, vocab_size=preset.vocab_size,
+                      tie_word_embeddings=preset.tie_word_embeddings, head_dim=preset.head_dim)
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
-    expected = [(name, tuple(p.shape)) for name, p in model.named_parameters()]
-    assert weights.preset_shapes("tiny") == expected
-    assert len(expected) == 3 + 4 * 9  # embed, norm, lm_head; per layer q k v o, gate up down, 2 norms
-    shapes = dict(expected)
+    expected = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+    assert weights.preset_shapes(name) == expected
+    assert preset.n_params == sum(math.prod(shape) for _, shape in expected)
+
+
+def test_tiny_shapes():
+    shapes = dict(weights.preset_shapes("tiny"))
+    assert len(shapes) == 3 + 4 * 9  # embed, norm, lm_head; per layer q k v o, gate up down, 2 norms
     assert shapes["model.embed_tokens.weight"] == (2000, 128)
     assert shapes["model.layers.3.mlp.down_proj.weight"] == (128, 344)
     assert shapes["lm_head.weight"] == (2000, 128)
