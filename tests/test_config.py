@@ -50,6 +50,41 @@ def test_there_is_one_default_config():
     assert PACKAGED_CONFIG.read_bytes() == SHIPPED_CONFIG.read_bytes()
 
 
+def _guide_suite_table() -> tuple[str, list[list[str]]]:
+    """The guide's "The shipped suite" subsection: its prose and its table's rows."""
+    guide = (SHIPPED_CONFIG.parent / "PHASE4_GUIDE.md").read_text()
+    section = guide.split("### The shipped suite", 1)[1].split("\n### ", 1)[0]
+    rows = [[cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| `")]
+    return section, rows
+
+
+def _range_text(expected: dict | None, key: str) -> str:
+    if not expected or key not in expected:
+        return ""
+    low, high = expected[key]
+    return f"{low:g}..{high:g}"
+
+
+def test_the_guide_describes_the_suite_the_runner_runs_by_default():
+    """The guide's table of the shipped suite is the default config the command line loads, field by field."""
+    from ckptbench.commands.run import PACKAGED_CONFIG as runner_default
+
+    suite = config.load(runner_default)
+    prose, rows = _guide_suite_table()
+    tensorstore_tests = [t for t in suite.tests if t.backend == "tensorstore"]
+    assert [row[0] for row in rows] == [t.name for t in tensorstore_tests]
+    for row, test in zip(rows, tensorstore_tests):
+        compressor = test.compression
+        compression_text = "none" if compressor is None else f"{compressor['id']}-{compressor['level']}"
+        assert row[1:] == [str(test.chunk_size_elements), str(test.concurrency_limit), compression_text,
+                           _range_text(test.expected, "save_pct"), _range_text(test.expected, "load_pct"),
+                           _range_text(test.expected, "size_pct")], test.name
+    for fact in (f"{suite.num_runs} runs each", f"`{suite.model}`", f"`{suite.dtype}`", f"`{suite.values}` values"):
+        assert fact in " ".join(prose.split()), fact
+    assert len(suite.tests) - len(tensorstore_tests) == 3 and "three reference rows" in prose
+
+
 def test_relative_output_dir_resolves_against_the_config_folder(write_config, tmp_path):
     path = write_config(minimal_config(output_dir="results/here"), name="suite.json")
     assert config.load(path).output_dir == (tmp_path / "results" / "here").resolve()
