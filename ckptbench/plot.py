@@ -62,21 +62,17 @@ _LINE_IN = 1.25 / 72  # a line's height per point of font size
 
 def _tick_label_height_in(labels: Sequence[str], rotation: float, fontsize: float) -> float:
     """Height below the axes that rotated, possibly wrapped, tick labels need."""
-    import math as _math
-
     worst = 0.0
     for label in labels:
         lines = label.split("\n")
         width, height = max(map(len, lines)) * _CHAR_IN * fontsize, len(lines) * _LINE_IN * fontsize
-        angle = _math.radians(rotation)
-        worst = max(worst, width * _math.sin(angle) + height * _math.cos(angle))
+        angle = math.radians(rotation)
+        worst = max(worst, width * math.sin(angle) + height * math.cos(angle))
     return worst + 0.12
 
 
 def _six_panels(fig, tests: Sequence[Mapping[str, Any]], title_lines: int) -> Any:
     """The 2 x 3 axes of the main figure, placed in inches (see the note above)."""
-    import numpy as _np
-
     width, height = fig.get_figwidth(), fig.get_figheight()
     names = [t["name"] for t in tests]
     many = len(names) > MANY_TESTS
@@ -89,7 +85,7 @@ def _six_panels(fig, tests: Sequence[Mapping[str, Any]], title_lines: int) -> An
     heat_in = width - 2 * (ylabel_in + bars_in) - heat_labels_in - colorbar_in
     lefts = [ylabel_in, 2 * ylabel_in + bars_in, 2 * (ylabel_in + bars_in) + heat_labels_in]
     widths = [bars_in, bars_in, heat_in]
-    axes = _np.empty((2, 3), dtype=object)
+    axes = np.empty((2, 3), dtype=object)
     for row in range(2):
         top = title_in + axes_title_in + row * (row_in + ticks_in + axes_title_in)
         for col in range(3):

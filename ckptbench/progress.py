@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from .records import PlannedRun, RunRecord
-from .units import human_bytes
+from .units import duration_label, human_bytes
 
 
 class _Display:
@@ -88,7 +88,6 @@ class TuneProgress(_Display):
         getattr(self, f"_{kind}", lambda _data: None)(data)
 
     def _estimate(self, data: dict[str, Any]) -> None:
-        from .units import duration_label
 
         plan, info = data["plan"], data["weights"]
         rungs = " -> ".join(str(n) for n in plan["rung_sizes"])
@@ -163,6 +162,5 @@ class TuneProgress(_Display):
         self._bar.set_postfix_str(f"{data['candidates_left']} candidates left, {_left(data['time_left_s'])} left")
 
 def _left(seconds: float) -> str:
-    from .units import duration_label
 
     return duration_label(max(0.0, seconds))

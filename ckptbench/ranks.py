@@ -47,7 +47,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from . import interrupt
+from . import documents, interrupt
 from .errors import UserError
 
 START_TIMEOUT_S = 600.0  # every rank must join (and load its weights) within this
@@ -216,8 +216,8 @@ def connect_store(launch: Launch, timeout_s: float = START_TIMEOUT_S) -> Any:
 
 
 def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
+    """An error's first line, cut to 300 characters for a one-line message between ranks."""
+    return documents.first_line(exc)[:300]
 
 
 class World:

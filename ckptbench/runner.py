@@ -108,8 +108,9 @@ def run(
     todo = plan([t.name for t in config.tests], config.num_runs, config.warmup_rounds, seed, config.order,
                 done={(r.test, r.round) for r in done}, blocks=config.blocks)
     env = environment.capture(output_dir)
-    if ranks.current() is not None:
-        env["launch"] = ranks.current().describe()  # world size, hosts and ranks per host
+    world = ranks.current()
+    if world is not None:
+        env["launch"] = world.describe()  # world size, hosts and ranks per host
     scale = {"suggested_preset": capacity.suggest_preset(env.get("ram_bytes"), config.dtype, config)}
     on_start(Start(source.describe(), len(config.tests), config.num_runs, config.warmup_rounds, len(todo), seed,
                    len(done), scale))

@@ -60,7 +60,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-from scipy import stats as sps
 
 from . import analysis, config as config_mod, documents, interrupt, journal, results, stats, workspace
 from .config import REFERENCES, TestSpec
@@ -377,7 +376,7 @@ class Noise:
 
     @property
     def t(self) -> float:
-        return float(sps.t.ppf(1 - ALPHA / 2, self.df)) if self.log_sd > 0 else 0.0
+        return float(stats.t_quantile(1 - ALPHA / 2, self.df)) if self.log_sd > 0 else 0.0
 
     def halfwidth(self, n_a: int, n_b: int) -> float:
         """Half the 95 % interval of log(mean_a / mean_b) for means of n_a and n_b runs."""
@@ -398,7 +397,7 @@ def noise_model(groups: Iterable[Sequence[float]], noisy: bool = True) -> Noise:
         positive = [float(v) for v in values if v > 0]
         if len(positive) < 2:
             continue
-        spread = stats.summarize(np.log(positive))["std"]
+        spread = stats.mean_std(np.log(positive))[1]
         squares += (len(positive) - 1) * spread ** 2
         df += len(positive) - 1
         measured += len(positive) - 1
@@ -406,7 +405,7 @@ def noise_model(groups: Iterable[Sequence[float]], noisy: bool = True) -> Noise:
 
 
 def mean(values: Sequence[float]) -> float:
-    return stats.summarize(values)["mean"]
+    return stats.mean_std(stats.as_floats(values))[0]
 
 
 def rank(values: Mapping[str, Sequence[float]], tiebreak: Mapping[str, Sequence[float]] | None = None) -> list[str]:
@@ -525,30 +524,28 @@ class Durations:
         return {"runs": self.runs, "overheads": self.overheads}
 
 
-def halving_sizes(n: int, finalists: int = FINALISTS) -> list[int]:
-    """Rung sizes of successive halving from n candidates until finalists are left: 14 -> [14, 7, 4]."""
+def halving_sizes(n: int) -> list[int]:
+    """Rung sizes of successive halving from n candidates until FINALISTS are left: 14 -> [14, 7, 4]."""
     sizes = []
-    while n > finalists:
+    while n > FINALISTS:
         sizes.append(n)
-        n = max(finalists, math.ceil(n / 2))
+        n = max(FINALISTS, math.ceil(n / 2))
     return sizes or [n]
 
 
-def final_s(run_s: float, references_s: float, overhead_s: float, t5x_s: float | None = None,
-            finalists: int = FINALISTS) -> float:
+def final_s(run_s: float, references_s: float, overhead_s: float, t5x_s: float | None = None) -> float:
     """The final the budget keeps room for: final-1 (the finalists, t5x_full and the reference rows),
     then FINAL_ROUNDS_RESERVED rounds of the finalists."""
-    first = finalists * run_s + (run_s if t5x_s is None else t5x_s) + references_s + overhead_s
-    return first + FINAL_ROUNDS_RESERVED * (finalists * run_s + overhead_s)
+    first = FINALISTS * run_s + (run_s if t5x_s is None else t5x_s) + references_s + overhead_s
+    return first + FINAL_ROUNDS_RESERVED * (FINALISTS * run_s + overhead_s)
 
 
-def continuation_s(n: int, run_s: float, references_s: float, overhead_s: float, t5x_s: float | None = None,
-                   finalists: int = FINALISTS) -> float:
+def continuation_s(n: int, run_s: float, references_s: float, overhead_s: float, t5x_s: float | None = None) -> float:
     """What follows a rung 0 of n candidates: the later halving rungs (each with the reference rows) and
     the final, where a survivor's run takes run_s. Rung 0 goes on while this still fits after its next run."""
-    later = halving_sizes(n, finalists)[1:] if n > finalists else []
+    later = halving_sizes(n)[1:]  # [n] alone when n <= FINALISTS: no later rung
     return (sum(size * run_s + references_s + overhead_s for size in later)
-            + final_s(run_s, references_s, overhead_s, t5x_s, finalists))
+            + final_s(run_s, references_s, overhead_s, t5x_s))
 
 
 @dataclass(frozen=True)
@@ -568,20 +565,18 @@ class Plan:
         return dataclasses.asdict(self)
 
 
-def plan_budget(time_left_s: float, run_s: float, references_s: float, overhead_s: float, n_available: int,
-                finalists: int = FINALISTS) -> Plan:
+def plan_budget(time_left_s: float, run_s: float, references_s: float, overhead_s: float, n_available: int) -> Plan:
     """The largest rung 0 that, with what must follow it (`continuation_s`), fits the time left."""
     def total(n: int) -> float:
-        return n * run_s + references_s + overhead_s + continuation_s(n, run_s, references_s, overhead_s,
-                                                                      finalists=finalists)
+        return n * run_s + references_s + overhead_s + continuation_s(n, run_s, references_s, overhead_s)
 
     fit = 0
     for n in range(1, n_available + 1):
         if total(n) > time_left_s:
             break
         fit = n
-    return Plan(fit, halving_sizes(fit, finalists) if fit else [], run_s, references_s, overhead_s,
-                final_s(run_s, references_s, overhead_s, finalists=finalists),
+    return Plan(fit, halving_sizes(fit) if fit else [], run_s, references_s, overhead_s,
+                final_s(run_s, references_s, overhead_s),
                 (fit * run_s + references_s + overhead_s) if fit else 0.0, time_left_s)
 
 
@@ -690,6 +685,8 @@ def read_back(paste: Mapping[str, Any], names: Iterable[str]) -> dict[str, np.nd
 
 class Tuning(documents.Document):
     """A tuning document, as `tune.run` returns it and `read` loads it."""
+
+    plot_path: Path | None = None  # tuning.png, once drawn (None: nothing measured to draw)
 
     @property
     def recommendation(self) -> dict[str, Any] | None:
@@ -1178,7 +1175,7 @@ class _Tuner:
             "measured": len(measured),
             "run_s_estimated": plan["run_s"], "run_s_measured": mean(run_s) if run_s else None,
             "references_s_estimated": plan["references_s"],
-            "references_s_measured": sum(self.durations.of(r) for r in self._references()),
+            "references_s_measured": references_s,
             "rung0_s": (stage["ended_s"] or 0.0) - (stage["started_s"] or 0.0),
             "next_rungs": next_rungs,
             "time_left_s": self.budget_s - self.elapsed(),
@@ -1200,7 +1197,7 @@ class _Tuner:
             paste = self._tuned_checkpoint(self.universe.tests[recommendation["test"]])
         tuning = Tuning(build_document(self.state, self.documents, self.universe, self.settings, complete=True,
                                        recommendation=recommendation, paste=paste))
-        tuning.draw(self.out)
+        tuning.plot_path = tuning.draw(self.out)
         tuning.document["budget"]["spent_s"] = self.elapsed()  # the figure's time counts too
         validate(tuning.document)
         tuning.path = documents.write_json(self.out / TUNING_FILE, tuning.document)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import ml_dtypes
 import numpy as np
 
-from . import hub
+from . import documents, hub
 from .errors import UserError
 
 NUMPY_DTYPES: dict[str, np.dtype] = {
@@ -168,7 +168,7 @@ def from_directory(path: Path, dtype: str = "float32") -> Weights:
         except UserError:
             raise
         except Exception as exc:  # safetensors and torch raise many types for a damaged file
-            raise UserError(f"--weights: {file} cannot be read ({_first_line(exc)}); is it complete and uncorrupted?") from None
+            raise UserError(f"--weights: {file} cannot be read ({documents.first_line(exc)}); is it complete and uncorrupted?") from None
     if not tensors:
         raise UserError(f"--weights: {path} holds no tensors; give a folder with model weights")
     return Weights(tensors, dtype, {"kind": "directory", "path": str(path.resolve()), "values": "checkpoint",
@@ -226,11 +226,6 @@ def _to_numpy(tensor: Any, target: np.dtype) -> np.ndarray:
         bits = tensor.to(torch.bfloat16).contiguous().view(torch.int16).numpy()
         return np.ascontiguousarray(bits.view(target))
     return np.ascontiguousarray(tensor.to(torch.float32).numpy().astype(target, copy=False))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def estimate_bytes(model: str, weights_source: str | Path | None, dtype: str) -> int:

@@ -17,7 +17,7 @@ from ..errors import UserError
 from .run import add_output_arguments, add_weight_arguments, config_path, weight_overrides
 
 OBJECTIVES = ("save", "load", "balanced", "size")  # tune.OBJECTIVES's keys, without importing numpy for --help
-DEFAULT_BUDGET = "10m"
+DEFAULT_BUDGET = "10m"  # tune.DEFAULT_BUDGET_S as written in --help (tune is not imported for --help)
 DEFAULT_OUTPUT_DIR = "saved_models/tune"
 
 
@@ -71,7 +71,7 @@ class Tune:
             return stop.exit_status
         progress.close()
         print(tuning.report())
-        print(f"Tuning: {tuning.path}\nPlot:   {tuning.path.parent / 'tuning.png'}")
+        print(f"Tuning: {tuning.path}" + (f"\nPlot:   {tuning.plot_path}" if tuning.plot_path else ""))
         return 0 if tuning.recommendation is not None else 1
 
 
@@ -84,7 +84,6 @@ def _default_output_dir(context: Context) -> Path:
 def _settings(args: argparse.Namespace, context: Context, output_dir: Path, budget_s: float | None):
     """The tune's settings: the flags, else the default config's model, dtype and values (those `run` uses)."""
     from .. import tune
-    from ..units import parse_duration
 
     weights = weight_overrides(args)
     path, _ = config_path(args, context)
@@ -101,7 +100,7 @@ def _settings(args: argparse.Namespace, context: Context, output_dir: Path, budg
         values=weights["values"] or (defaults.values if defaults.values in config_mod.weights.VALUES else "random"),
         storage=args.storage,
         objective=args.objective or tune.DEFAULT_OBJECTIVE,
-        budget_s=budget_s if budget_s is not None else parse_duration(DEFAULT_BUDGET),
+        budget_s=budget_s if budget_s is not None else tune.DEFAULT_BUDGET_S,
         seed=args.seed,
         space_path=args.space or tune.SPACE_FILE,
         cache_eviction=defaults.cache_eviction,
