@@ -82,6 +82,7 @@ TEST_SCHEMA: dict[str, Any] = {
         "in_flight": _sweepable({"enum": list(IN_FLIGHT)}),
         "timed_conversion": _sweepable({"type": "boolean"}),
         "cache_eviction": _sweepable({"enum": list(CACHE_EVICTION)}),
+        "warm_load": {"type": "boolean"},
         "values": _sweepable({"enum": list(weights.VALUES)}),
         "block": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,99}$"},
         "expected": {
@@ -157,6 +158,9 @@ class TestSpec:
     # read and cast it to float16 (np.copy, torch.from_numpy, .half()).
     timed_conversion: bool = False
     cache_eviction: str | None = None  # None: the suite's testing.cache_eviction
+    # Also time a load right after the save, from the page cache, before the eviction and the
+    # timed (cold) load: one save gives both figures (warm_load_s), as `explain` uses them.
+    warm_load: bool = False
     values: str | None = None  # None: the suite's values (preset weights only)
     block: str | None = None  # tests sharing a block run back to back (AAABBB) at a seeded place in the rounds
     description: str = ""
@@ -414,6 +418,10 @@ def _finish(config: SuiteConfig) -> SuiteConfig:
             continue
         if storage == "memory":
             test = dataclasses.replace(test, kvstore="memory")
+        if test.warm_load and (storage not in ("local", "file") or test.kvstore == "memory"):
+            where = "the memory kvstore" if test.kvstore == "memory" or storage == "memory" else config.storage
+            raise UserError(f"test {test.name!r}: warm_load times a read from the page cache, and {where} has none; "
+                            "drop warm_load")
         for count in counts:
             name = test.name if len(counts) == 1 else f"{test.name}_procs={count}"
             if count > 1 and test.kvstore == "memory":
@@ -443,6 +451,9 @@ def _check_conditions(test: TestSpec, config: SuiteConfig) -> None:
     if test.values is not None and config.weights is not None:
         raise UserError(f"{where}: field values applies to preset weights; a checkpoint (weights) brings its own "
                         "values; drop the test's values")
+    if test.warm_load and config.eviction_for(test) == "none":
+        raise UserError(f"{where}: warm_load adds a load from the page cache before the eviction, and the test's "
+                        "cache_eviction is \"none\", so its loads are warm already; drop warm_load")
     if test.timed_conversion:
         if config.dtype != "float32":
             raise UserError(f"{where}: timed_conversion casts float16 weights to float32 inside the save timer, as the "
@@ -529,6 +540,7 @@ def _test_from_dict(raw: Mapping[str, Any], source: str) -> TestSpec:
         in_flight=raw.get("in_flight", "all"),
         timed_conversion=raw.get("timed_conversion", False),
         cache_eviction=raw.get("cache_eviction"),
+        warm_load=raw.get("warm_load", False),
         values=raw.get("values"),
         block=raw.get("block"),
         expected=raw.get("expected"),

@@ -12,7 +12,8 @@ under several arms, all interleaved in one suite so they share the machine's sta
   without: timed conversions need float16 values).
 
 A condition the user's config already shares with the original gets no arm (it is
-reported as shared). Identical tests of two arms are measured once. Each arm's claim
+reported as shared). Identical tests of two arms are measured once, and a test that differs
+from an earlier arm's only by warm loads takes them in that test's runs, from the same save. Each arm's claim
 outcome comes from `analysis.compare` (the one analysis path); a condition is then
 credited with what switching it does to the claim: moving the measured change into the
 claimed band or out of it, toward it or away from it.
@@ -89,6 +90,13 @@ class Arm:
     name: str
     conditions: tuple[str, ...]  # switched to the original's
     tests: dict[str, str] = field(default_factory=dict)  # the user's test -> the suite test measuring it here
+    # User tests whose loads here are the suite test's warm loads (warm_load_s): the same save, loaded
+    # from the page cache before the eviction, since warm loads change no save
+    warm_loads: tuple[str, ...] = ()
+
+    def metric(self, test: str, metric: str) -> str:
+        """The suite test's metric that holds this arm's figure of `metric` for `test`."""
+        return "warm_load_s" if metric == "load_s" and test in self.warm_loads else metric
 
 
 @dataclass(frozen=True)
@@ -203,8 +211,8 @@ def design(setup: Setup, chosen: Sequence[str] | None = None) -> Design:
     for name, conditions in sets:
         if all(set(a.conditions) != set(conditions) for a in arms):
             arms.append(Arm(name, conditions))
-    suite_tests, measured_by = _suite_tests(setup, arms)
-    arms = [Arm(a.name, a.conditions, measured_by[a.name]) for a in arms]
+    suite_tests, measured_by, warm_loads = _suite_tests(setup, arms)
+    arms = [Arm(a.name, a.conditions, measured_by[a.name], warm_loads[a.name]) for a in arms]
     conditions = [*(statuses[c.name] for c in CONDITIONS), _dtype_status(setup)]
     return Design(setup.baseline, tuple(arms), tuple(conditions), tuple(_claims(setup)), tuple(suite_tests))
 
@@ -219,31 +227,52 @@ def _claims(setup: Setup) -> list[Claim]:
     return out
 
 
-def _suite_tests(setup: Setup, arms: Sequence[Arm]) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
-    """Every arm's tests in one list; a test identical to an earlier arm's is measured once, under the
-    earlier arm's name (arms that run blocked have a block of their own, so theirs are never shared)."""
-    tests: list[dict[str, Any]] = []
+def _suite_tests(setup: Setup, arms: Sequence[Arm]) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]],
+                                                               dict[str, tuple[str, ...]]]:
+    """Every arm's tests in one list, and per arm which suite test measures each user test.
+
+    A test identical to an earlier arm's is measured once, under the earlier arm's name. A test that
+    differs from an earlier arm's only by warm loads is measured by that test too: its runs also load
+    from the page cache right after each save (`warm_load`), before the eviction, so both arms' loads
+    come from one save. Arms that run blocked have a block of their own, so theirs are never shared."""
+    tests: dict[str, dict[str, Any]] = {}
     seen: dict[str, str] = {}
     measured_by: dict[str, dict[str, str]] = {}
+    warm_loads: dict[str, tuple[str, ...]] = {}
     for arm in arms:
-        measured_by[arm.name] = {}
+        measured_by[arm.name], warm = {}, []
         blocked = "blocked" in arm.conditions or setup.order == "blocked"
         for test in setup.tests:
-            switched = dict(test)
-            for name in arm.conditions:
-                switched = _switch(name, switched, setup)
-            settings = {k: v for k, v in switched.items() if k not in ("name", "description", "expected")}
-            if blocked:
-                settings["block"] = arm.name
-            elif "block" in settings:  # a block of the user's own stays within its arm
-                settings["block"] = f"{arm.name}.{settings['block']}"
+            settings = _arm_settings(test, arm.name, arm.conditions, blocked, setup)
             key = json.dumps(settings, sort_keys=True)
+            cold = [c for c in arm.conditions if c != "warm"]
+            cold_key = json.dumps(_arm_settings(test, arm.name, cold, blocked, setup), sort_keys=True)
+            if key not in seen and cold_key in seen and not blocked and "block" not in settings:
+                tests[seen[cold_key]]["warm_load"] = True
+                warm.append(test["name"])
+                measured_by[arm.name][test["name"]] = seen[cold_key]
+                continue
             if key not in seen:
                 seen[key] = f"{arm.name}.{test['name']}"
                 what = ", ".join(BY_NAME[c].title for c in arm.conditions) or "your config as given"
-                tests.append({"name": seen[key], "description": f"{test['name']} with {what}", **settings})
+                tests[seen[key]] = {"name": seen[key], "description": f"{test['name']} with {what}", **settings}
             measured_by[arm.name][test["name"]] = seen[key]
-    return tests, measured_by
+        warm_loads[arm.name] = tuple(warm)
+    return list(tests.values()), measured_by, warm_loads
+
+
+def _arm_settings(test: Mapping[str, Any], arm: str, conditions: Sequence[str], blocked: bool,
+                  setup: Setup) -> dict[str, Any]:
+    """A user test's settings with the conditions switched, as the arm's suite test runs them."""
+    switched = dict(test)
+    for name in conditions:
+        switched = _switch(name, switched, setup)
+    settings = {k: v for k, v in switched.items() if k not in ("name", "description", "expected")}
+    if blocked:
+        settings["block"] = arm
+    elif "block" in settings:  # a block of the user's own stays within its arm
+        settings["block"] = f"{arm}.{settings['block']}"
+    return settings
 
 
 def _original_test(setup: Setup, name: str) -> dict[str, Any]:
@@ -376,12 +405,13 @@ def judge(design_: Design, samples: Mapping[str, Mapping[str, Sequence[float]]],
 
 def _arm_outcome(arm: Arm, claim: Claim, baseline: str, samples: Mapping[str, Mapping[str, Sequence[float]]],
                  noise_pct: float) -> dict[str, Any]:
-    values = list((samples.get(arm.tests[claim.test]) or {}).get(claim.metric, []))
-    base = list((samples.get(arm.tests[baseline]) or {}).get(claim.metric, []))
+    values = list((samples.get(arm.tests[claim.test]) or {}).get(arm.metric(claim.test, claim.metric), []))
+    base = list((samples.get(arm.tests[baseline]) or {}).get(arm.metric(baseline, claim.metric), []))
     comparison = analysis.compare(values, base, metric=claim.metric, noise_pct=noise_pct,
                                   claimed_pct=claim.claimed_pct)
     judged = comparison["claim"]
     return {"conditions": list(arm.conditions), "test": arm.tests[claim.test], "baseline": arm.tests[baseline],
+            "figure": arm.metric(claim.test, claim.metric),
             "outcome": judged["outcome"], "measured_pct": comparison["change_pct"],
             "ci_pct": comparison["change_ci95_pct"], "band_pct": judged["band_pct"], "verdict": comparison["verdict"],
             "n": len(values), "n_baseline": len(base), "reason": judged["reason"]}
@@ -551,7 +581,8 @@ def document(design_: Design, results: Mapping[str, Any], samples: Mapping[str, 
         "baseline": design_.baseline,
         "conditions": [dict(c) for c in design_.conditions],
         "not_modelled": [dict(n) for n in NOT_MODELLED],
-        "arms": [{"name": a.name, "conditions": list(a.conditions), "tests": dict(a.tests)} for a in design_.arms],
+        "arms": [{"name": a.name, "conditions": list(a.conditions), "tests": dict(a.tests),
+                  "warm_loads": list(a.warm_loads)} for a in design_.arms],
         "claims": judge(design_, samples, float(protocol["noise_pct"]), preset_values=preset),
     }
 

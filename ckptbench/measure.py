@@ -2,9 +2,10 @@
 
 A run is: save into a fresh location (timed until every write is durable; TensorStore's
 file kvstore fsyncs each file), measure the size, evict the files from the page cache,
-load (timed), verify bit for bit against the source, delete what the run wrote. Only
-the save and the load sit between clock reads; size walking, eviction and verification
-happen outside them. Failures are recorded in the run's record, never raised, so one
+load (timed), verify bit for bit against the source, delete what the run wrote. A test
+with `warm_load` also loads (timed, verified) before the eviction, from the page cache
+the save left, so one save gives a warm and a cold load. Only the save and the loads
+sit between clock reads; size walking, eviction and verification happen outside them. Failures are recorded in the run's record, never raised, so one
 broken test does not stop the others; a failing disk (full, I/O error) stops the suite.
 """
 
@@ -20,7 +21,7 @@ from . import cache, system
 from .backend import Backend
 from .config import SuiteConfig, TestSpec
 from .records import Phase, Plan, PlannedRun, RunRecord
-from .targets import LocalTarget, ObjectStoreTarget
+from .targets import LocalTarget, ObjectStoreTarget, RunLocation
 from .timing import Timed, timed
 
 Target = LocalTarget | ObjectStoreTarget
@@ -51,27 +52,12 @@ def run_once(
         _note(record, "save", timed(lambda: backend.save(tensors, location)), backend)
         on_phase(planned, "size")
         record.size_bytes, record.disk_bytes, record.n_files = backend.footprint(location)
-        if backend.in_memory:
-            record.load_cache = "memory"
-        elif location.local_dir is None:
-            record.load_cache = "remote"  # read from the server: no local cache to drop
-        else:
-            on_phase(planned, "evict")
-            record.eviction = backend.evict(location.local_dir, _eviction(planned.test, config))
-            record.resident_bytes_at_load = cache.resident_bytes(location.local_dir)
-            record.load_cache = cache_state(record.resident_bytes_at_load, record.disk_bytes)
-        on_phase(planned, "load")
-        loaded: dict[str, np.ndarray] = {}
-        _note(record, "load", timed(lambda: loaded.update(backend.load(location))), backend)
-        if backend.bypasses_page_cache and location.local_dir is not None:
-            record.resident_bytes_after_load = cache.resident_bytes(location.local_dir)
-        on_phase(planned, "verify")
-        mismatched = backend.verify(tensors, loaded)
-        loaded.clear()  # free the loaded copy before the next run
+        if _spec(planned.test, config).warm_load and location.local_dir is not None and not backend.in_memory:
+            on_phase(planned, "warm load")
+            _warm_load(record, backend, tensors, location)
+        if record.error is None:  # a wrong warm load: the cold one could only repeat it
+            _load(record, planned, backend, tensors, location, config, on_phase)
         settled = True
-        record.verified = not mismatched
-        if mismatched:
-            record.error = f"verification failed: {len(mismatched)} tensor(s) differ, first {mismatched[0]}"
     except Exception as exc:  # a failing test is recorded, and the suite goes on
         record.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         record.fatal = storage_failed(exc)
@@ -86,10 +72,54 @@ def run_once(
     return record
 
 
+def _warm_load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None:
+    """Load (timed) from the page cache the save left, and verify."""
+    record.warm_load_cache = cache_state(cache.resident_bytes(location.local_dir), record.disk_bytes)
+    warm: dict[str, np.ndarray] = {}
+    usage = timed(lambda: warm.update(backend.load(location)))
+    record.warm_load_s = usage.wall_s
+    record.warm_load_cpu_s = usage.cpu_s + sum(w["cpu_s"] for w in backend.worker_figures() or [])
+    _verify(record, backend, tensors, warm, "the warm load")
+
+
+def _load(record: RunRecord, planned: PlannedRun, backend: Backend, tensors: Mapping[str, np.ndarray],
+          location: RunLocation, config: SuiteConfig, on_phase: Phase) -> None:
+    """Evict the run's files (as the test says), load (timed), verify."""
+    if backend.in_memory:
+        record.load_cache = "memory"
+    elif location.local_dir is None:
+        record.load_cache = "remote"  # read from the server: no local cache to drop
+    else:
+        on_phase(planned, "evict")
+        record.eviction = backend.evict(location.local_dir, _eviction(planned.test, config))
+        record.resident_bytes_at_load = cache.resident_bytes(location.local_dir)
+        record.load_cache = cache_state(record.resident_bytes_at_load, record.disk_bytes)
+    on_phase(planned, "load")
+    loaded: dict[str, np.ndarray] = {}
+    _note(record, "load", timed(lambda: loaded.update(backend.load(location))), backend)
+    if backend.bypasses_page_cache and location.local_dir is not None:
+        record.resident_bytes_after_load = cache.resident_bytes(location.local_dir)
+    on_phase(planned, "verify")
+    _verify(record, backend, tensors, loaded, "the load")
+
+
+def _spec(test_name: str, config: SuiteConfig) -> TestSpec:
+    return next((t for t in config.tests if t.name == test_name), TestSpec(test_name))
+
+
 def _eviction(test_name: str, config: SuiteConfig) -> str:
     """The test's own cache_eviction, else the suite's."""
-    test = next((t for t in config.tests if t.name == test_name), None)
-    return config.cache_eviction if test is None else config.eviction_for(test)
+    return config.eviction_for(_spec(test_name, config))
+
+
+def _verify(record: RunRecord, backend: Backend, tensors: Mapping[str, np.ndarray],
+            loaded: dict[str, np.ndarray], what: str) -> None:
+    """Compare a load with the source bit for bit, then free the loaded copy before anything else runs."""
+    mismatched = backend.verify(tensors, loaded)
+    loaded.clear()
+    record.verified = not mismatched
+    if mismatched:
+        record.error = f"verification failed: {what}: {len(mismatched)} tensor(s) differ, first {mismatched[0]}"
 
 
 def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:

@@ -75,9 +75,10 @@ class Progress(_Display):
         if record.error:
             self.message(f"  ! {record.test} round {record.round}: {record.error}")
         elif self._lines:
+            warm = "" if record.warm_load_s is None else f"warm load {record.warm_load_s:.2f} s, "
             left_s = (time.monotonic() - self._started) / self._done * max(0, self._total - self._done)
             self.message(f"[{self._done}/{self._total}] {record.test} round {record.round}: "
-                         f"save {record.save_s:.2f} s, load {record.load_s:.2f} s ({record.load_cache}); "
+                         f"save {record.save_s:.2f} s, {warm}load {record.load_s:.2f} s ({record.load_cache}); "
                          f"about {left_s:.0f} s left")
 
 class TuneProgress(_Display):

@@ -143,6 +143,10 @@ class RunRecord:
     resident_bytes_at_load: int | None = None
     resident_bytes_after_load: int | None = None  # measured for reads meant to bypass the page cache
     load_cache: str | None = None  # "cold", "partial", "warm", "memory" or "remote": what the load read from
+    # A test with warm_load also loads right after the save, before the eviction (from the page cache).
+    warm_load_s: float | None = None
+    warm_load_cpu_s: float | None = None
+    warm_load_cache: str | None = None  # what that load read from: "warm", or "partial" if pages were dropped
     verified: bool | None = None
     process_save_s: list[float] | None = None  # with several processes: each one's time from the common start
     process_load_s: list[float] | None = None

@@ -173,6 +173,9 @@ def samples(runs: Iterable[Mapping[str, Any]], data_bytes: int) -> dict[str, lis
         out[name] = [data_bytes / 1e9 / s for s in out[seconds] if s > 0]
     for metric in COST:
         out[metric] = [float(r[metric]) for r in good if r.get(metric) is not None]
+    warm = [float(r["warm_load_s"]) for r in good if r.get("warm_load_s") is not None]
+    if warm:  # a test with warm_load: its loads from the page cache, right after each save
+        out["warm_load_s"] = warm
     return out
 
 

@@ -75,6 +75,13 @@ def test_per_test_conditions_are_validated_and_fall_back_to_the_suite():
         _config([{**base, "in_flight": "some"}])
     with pytest.raises(UserError, match="a checkpoint"):
         config.from_dict(minimal_config(test_configurations=[{**base, "values": "float16"}]), weights=str(REPO))
+    assert not plain.warm_load and _config([base, {**base, "name": "w", "warm_load": True}]).test("w").warm_load
+    with pytest.raises(UserError, match="test 'w': warm_load .* cache_eviction is \"none\""):
+        _config([base, {**base, "name": "w", "warm_load": True, "cache_eviction": "none"}])
+    with pytest.raises(UserError, match="test 'w': warm_load .* the memory kvstore has none"):
+        _config([base, {**base, "name": "w", "warm_load": True, "kvstore": "memory"}])
+    with pytest.raises(UserError, match="warm_load"):
+        _config([base, {**base, "name": "w", "warm_load": "yes"}])
     swept = _config([base, {**base, "name": "s", "in_flight": ["all", "one_tensor"]}], processes=[1, 2])
     names = [t.name for t in swept.tests]
     assert "s_inflight=one_tensor_procs=1" in names and "s_inflight=one_tensor_procs=2" not in names
@@ -181,12 +188,18 @@ def test_design_of_the_shipped_config():
     blosc = design.arm("blosc").tests
     assert blosc["compression_gzip"] == "true.compression_gzip" and blosc["baseline"] == "blosc.baseline"
     assert tests["blosc.baseline"]["compression"] == "blosc-default"
-    assert tests["warm.chunks_1mb"]["cache_eviction"] == "none"
+    # warm loads change no save: the warm arm's loads are taken in the true arm's runs, right after each save
+    warm = design.arm("warm")
+    assert warm.tests == design.arm("true").tests and set(warm.warm_loads) == set(SIX)
+    assert warm.metric("chunks_1mb", "load_s") == "warm_load_s" and warm.metric("chunks_1mb", "save_s") == "save_s"
+    assert all(tests[f"true.{name}"]["warm_load"] is True for name in SIX)
+    assert not any(t.get("warm_load") for n, t in tests.items() if not n.startswith("true."))
+    assert design.arm("original").warm_loads == ()  # the original arm runs in a block of its own
     assert tests["serial.t5x_full"]["in_flight"] == "one_tensor"
     assert tests["conversions.baseline"]["timed_conversion"] is True
     assert {t.get("block") for n, t in tests.items() if n.startswith(("blocked.", "original."))} == {"blocked", "original"}
     assert not any("block" in t for n, t in tests.items() if not n.startswith(("blocked.", "original.")))
-    assert len(tests) == 7 * 6 - 2
+    assert len(tests) == 6 * 6 - 2
     assert not any("expected" in t for t in tests.values())
     original = tests["original.baseline"]
     assert (original["compression"], original["cache_eviction"], original["in_flight"], original["timed_conversion"]) \
@@ -199,7 +212,8 @@ def test_the_one_suite_is_a_valid_config_with_the_arms_blocked_and_interleaved(t
     made = config.from_dict(explain.suite_data(design, suite, tmp_path, 3))
     assert made.order == "interleaved" and made.baseline == "true.baseline" and made.num_runs == 3
     assert sorted(len(b) for b in made.blocks) == [6, 6]
-    assert made.eviction_for(made.test("warm.baseline")) == "none"
+    assert made.eviction_for(made.test("original.baseline")) == "none"
+    assert made.test("true.baseline").warm_load and not made.test("serial.baseline").warm_load
 
 
 def test_conditions_the_user_already_shares_or_cannot_switch():
@@ -227,17 +241,19 @@ def test_conditions_the_user_already_shares_or_cannot_switch():
 
 
 def _samples(design, means: dict[tuple[str, str, str], float], default: dict[str, float]) -> dict:
-    """Three runs per suite test and metric around the given mean (per (arm, test, metric)), else default;
-    a test two arms share is measured once, by the first arm (as the design measures it)."""
+    """Three runs per suite test and figure around the given mean (per (arm, test, metric)), else default;
+    a figure two arms share is measured once, by the first arm (as the design measures it), and an arm's
+    warm loads are the warm_load_s of the suite test it shares."""
     out: dict[str, dict[str, list[float]]] = {}
     for arm in design.arms:
         for test, measured_by in arm.tests.items():
-            if measured_by in out:
-                continue
             for metric in ("save_s", "load_s", "size_bytes"):
+                figures = out.setdefault(measured_by, {})
+                if arm.metric(test, metric) in figures:
+                    continue
                 mean = means.get((arm.name, test, metric), default[metric])
                 spread = 0.0 if metric == "size_bytes" else 0.005 * mean
-                out.setdefault(measured_by, {})[metric] = [mean - spread, mean, mean + spread]
+                figures[arm.metric(test, metric)] = [mean - spread, mean, mean + spread]
     return out
 
 
@@ -283,8 +299,9 @@ def test_attribution_finds_the_known_culprit():
 def test_a_move_within_the_noise_is_not_credited():
     design = explain.design(_shipped_setup(), ["warm"])
     samples = _samples(design, {}, {"save_s": 10.0, "load_s": 10.0, "size_bytes": 1.0})
-    warm = design.arm("original").tests["chunks_1mb"]
-    samples[warm]["load_s"] = [4.0, 13.0, 22.0]  # a mean of +30 %, but runs all over the place
+    original = design.arm("original")  # with one condition, the original arm is the warm arm
+    assert original.warm_loads and original.tests["chunks_1mb"] == "true.chunks_1mb"
+    samples["true.chunks_1mb"][original.metric("chunks_1mb", "load_s")] = [4.0, 13.0, 22.0]  # +30 %, all over the place
     claim = next(c for c in explain.judge(design, samples, 5.0) if (c["test"], c["metric"]) == ("chunks_1mb", "load_s"))
     assert claim["effects"][0]["effect"] == "none" and claim["effects"][0]["shift_pp"] == pytest.approx(30.0)
 
@@ -366,9 +383,17 @@ def test_explain_on_the_tiny_model_end_to_end(tmp_path, run_cli):
         names = [order[i] for i in mine]
         assert names == sorted(names, key=lambda n: ["baseline", "compression_gzip"].index(n.split(".")[1]))
     runs = {t["name"]: t["runs"] for t in results["tests"]}
-    warm = runs["warm.compression_gzip"]  # not evicted (another process's drop_caches may still take pages)
-    assert {r["eviction"] for r in warm} == {None} and {r["load_cache"] for r in warm} <= {"warm", "partial"}
-    assert {r["eviction"] for r in runs["true.compression_gzip"]} == {"fadvise"}
+    assert "warm.compression_gzip" not in runs  # the warm arm's loads come from the true arm's saves
+    true = runs["true.compression_gzip"]  # warm load first (another process's drop_caches may still take pages)
+    assert {r["warm_load_cache"] for r in true} <= {"warm", "partial"} and all(r["warm_load_s"] > 0 for r in true)
+    assert {r["eviction"] for r in true} == {"fadvise"}
+    warm_arm = next(a for a in document["arms"] if a["name"] == "warm")
+    assert warm_arm["tests"]["compression_gzip"] == "true.compression_gzip" and warm_arm["warm_loads"]
+    load = next(c for c in document["claims"] if c["metric"] == "load_s")
+    assert load["arms"]["warm"]["figure"] == "warm_load_s" and load["arms"]["true"]["figure"] == "load_s"
+    original = runs["original.compression_gzip"]  # the original arm is blocked: saves and warm loads of its own
+    assert {r["eviction"] for r in original} == {None} and {r["load_cache"] for r in original} <= {"warm", "partial"}
+    assert {r["warm_load_s"] for r in original} == {None}
     assert all(r["verified"] for rs in runs.values() for r in rs)
     assert {t["settings"]["timed_conversion"] for t in results["tests"] if t["name"].startswith("conversions.")} == {True}
     assert not any("were not cold" in w for w in results["warnings"])  # warm on purpose is not warned about

@@ -160,6 +160,45 @@ def test_eviction_method_is_recorded(tmp_path, suite, tiny_weights):
     assert record.ok and record.eviction is None
 
 
+def _warm_load_suite(tmp_path):
+    data = minimal_config(output_dir=str(tmp_path / "out"), testing={"num_runs": 1, "cache_eviction": "fadvise"})
+    data["test_configurations"][0]["warm_load"] = True
+    made = config.from_dict(data, base_dir=tmp_path)
+    workspace.prepare_output_dir(made.output_dir)
+    return made
+
+
+def test_warm_load_times_a_load_from_the_save_before_the_eviction(tmp_path, tiny_weights):
+    suite = _warm_load_suite(tmp_path)
+    phases = []
+    record, planned = _run(suite, tiny_weights, on_phase=lambda run, phase: phases.append(phase))
+    assert record.ok and record.verified
+    assert phases == ["save", "size", "warm load", "evict", "load", "verify"]
+    assert record.warm_load_s > 0 and record.warm_load_cpu_s is not None
+    # the save left its files in the page cache (another process's drop_caches may still take some)
+    assert record.warm_load_cache in ("warm", "partial")
+    assert record.eviction == "fadvise" and record.load_s > 0  # then the usual evicted load
+    other, _ = _run(suite, tiny_weights, "fast")
+    assert other.ok and other.warm_load_s is None and phases.count("warm load") == 1
+    assert not (suite.output_dir / workspace.RUNS_DIR / planned.label).exists()
+
+
+def test_a_wrong_warm_load_fails_the_run_before_the_cold_load(tmp_path, tiny_weights):
+    suite = _warm_load_suite(tmp_path)
+    phases = []
+
+    def on_phase(run, phase):
+        phases.append(phase)
+        if phase == "warm load":
+            _corrupt_a_chunk(suite.output_dir / workspace.RUNS_DIR / run.label)
+
+    record, planned = _run(suite, tiny_weights, on_phase=on_phase)
+    assert not record.ok and record.verified is False
+    assert record.error.startswith("verification failed: the warm load: 1 tensor(s) differ")
+    assert "load" not in phases and record.load_s is None
+    assert not (suite.output_dir / workspace.RUNS_DIR / planned.label).exists()
+
+
 def _corrupt_a_chunk(run_dir: Path) -> Path:
     """Flip every byte at the start of one raw chunk file (same length, so it still reads)."""
     chunk = sorted(p for p in (run_dir / "model.embed_tokens.weight").iterdir() if not p.name.startswith("."))[0]
