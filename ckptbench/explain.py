@@ -571,7 +571,7 @@ def document(design_: Design, results: Mapping[str, Any], samples: Mapping[str, 
         "complete": bool(results["complete"]),
         "results_file": "results.json",
         "weights": dict(weights),
-        "weights_label": f"{weights.get('name') or weights.get('repo_id') or weights.get('path')} "
+        "weights_label": f"{documents.weights_name(weights)} "
                          f"({weights['dtype']}, values {weights.get('values')})",
         "num_runs": protocol["num_runs"],
         "seed": protocol["seed"],

@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any
 
+from .documents import weights_name
 from .records import PlannedRun, RunRecord
 from .units import duration_label, human_bytes
 
@@ -54,7 +55,7 @@ class Progress(_Display):
         info = start.weights
         warmup = f" + {start.warmup_rounds} warm-up rounds" if start.warmup_rounds else ""
         resumed = f"; resuming, {start.resumed_runs} runs already done" if start.resumed_runs else ""
-        self.message(f"weights: {info.get('repo_id') or info.get('name') or info.get('path')} "
+        self.message(f"weights: {weights_name(info)} "
                      f"({info['n_params'] / 1e6:.1f}M params, {human_bytes(info['size_bytes'])} {info['dtype']}, "
                      f"values {info.get('values')}); {start.n_tests} tests x {start.num_runs} runs{warmup}; "
                      f"seed {start.seed}{resumed}")
@@ -95,7 +96,7 @@ class TuneProgress(_Display):
         references = (", the reference rows (safetensors, torch.save, device ceiling) about "
                       f"{plan['references_s']:.0f} s per rung" if data["references"] else "")
         self.message(
-            f"tune: {info.get('repo_id') or info.get('name') or info.get('path')} ({human_bytes(data['model_bytes'])} "
+            f"tune: {weights_name(info)} ({human_bytes(data['model_bytes'])} "
             f"{info['dtype']}, values {info.get('values')}), objective {data['objective']}, budget "
             f"{duration_label(data['budget_s'])}, seed {data['seed']}\n"
             f"space: {data['n_candidates']:,} candidates ({data['n_skipped']:,} invalid combinations skipped, "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from .documents import weights_name
+
 NA = "-"
 
 
@@ -181,7 +183,7 @@ def claims_table(document: Mapping[str, Any], fmt: str = "text") -> str:
 def headline(document: Mapping[str, Any]) -> str:
     """Two lines: what was measured, on what, how; and the scale that decides whether it carries over."""
     w, p, scale = document["weights"], document["protocol"], document.get("scale") or {}
-    source = w.get("repo_id") or w.get("name") or w.get("path")
+    source = weights_name(w)
     first = (f"{source}: {w['n_params'] / 1e6:.0f}M params, {w['dtype']}, {w['size_bytes'] / 1e9:.2f} GB, values "
              f"{w.get('values', '?')}; {p['num_runs']} runs/test, {p.get('order', 'interleaved')} order, loads "
              f"{p['load_cache']} ({', '.join(p['cache_eviction_used'])}), seed {p['seed']}")

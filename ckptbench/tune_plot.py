@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from .documents import weights_name
 from .plot import figure, save
 from .units import human_bytes
 
@@ -66,7 +67,7 @@ def draw(document: Mapping[str, Any], path: Path) -> Path | None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left", markerscale=0.5)
     weights = document["weights"]
-    source = weights.get("repo_id") or weights.get("name") or weights.get("path", "?")
+    source = weights_name(weights)
     ax.set_title(f"every candidate measured, at the mean of its runs; marker area: bytes on disk (largest "
                  f"{human_bytes(largest)}); faded: eliminated\nreference rows and the device ceiling: dashed at their "
                  "save time, dotted at their load time", fontsize=9)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+from .documents import weights_name
 from .units import duration_label, human_bytes
 
 OBJECTIVE_WORDS = {"save_s": "save seconds", "load_s": "cold-load seconds", "total_s": "save + load seconds",
@@ -49,7 +50,7 @@ def text(document: Mapping[str, Any]) -> str:
 def recommendation(document: Mapping[str, Any]) -> str:
     metric = document["metric"]
     weights = document["weights"]
-    name = weights.get("repo_id") or weights.get("name") or weights.get("path", "?")
+    name = weights_name(weights)
     head = (f"Recommendation for {name} ({human_bytes(weights['size_bytes'])} {weights['dtype']}), objective "
             f"{document['objective']} ({OBJECTIVE_WORDS[metric]})")
     found = document["recommendation"]

@@ -56,9 +56,13 @@ def parse_duration(text: str, where: str = "duration") -> float:
     if not re.fullmatch(DURATION_PATTERN, value):
         raise UserError(f"{where}: {text!r} is not a duration; use e.g. 90s, 10m, 1h or 1h30m")
     if re.fullmatch(r"\d+(\.\d+)?", value):
-        return float(value)
-    return sum(float(number) * _DURATION_UNITS[unit]
-               for number, _, unit in re.findall(r"(\d+(\.\d+)?)\s*([hms])", value))
+        seconds = float(value)
+    else:
+        seconds = sum(float(number) * _DURATION_UNITS[unit]
+                      for number, _, unit in re.findall(r"(\d+(\.\d+)?)\s*([hms])", value))
+    if seconds <= 0:
+        raise UserError(f"{where}: {text!r} is no time at all; use e.g. 90s, 10m, 1h or 1h30m")
+    return seconds
 
 
 def duration_label(seconds: float) -> str:

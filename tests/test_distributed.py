@@ -43,7 +43,7 @@ def _suite(tmp_path: Path, processes: list[int], **test) -> config.SuiteConfig:
 
 
 @pytest.mark.parametrize("layout", [
-    {"chunk_bytes": "16KB"},
+    {"chunk_bytes": "16KB", "warm_load": True},
     {"chunk_bytes": "16KB", "format": "zarr3", "kvstore": "ocdbt", "compression": "zstd"},
     {"chunk_bytes": "4KB", "shard_bytes": "64KB", "format": "zarr3"},
 ], ids=["zarr2", "ocdbt-coordinator", "zarr3-sharded"])
@@ -61,8 +61,24 @@ def test_processes_round_trip_bit_exact(tmp_path: Path, tiny_weights, layout: di
         assert record.save_s >= max(record.process_save_s) > 0
         assert record.load_s >= max(record.process_load_s) > 0
         assert record.n_files > 0 and record.size_bytes > 0
+        # a warm load (before the eviction) is verified by the writers like the cold one
+        assert (record.warm_load_s is not None and record.warm_load_s > 0) == bool(layout.get("warm_load"))
     runs_dir = suite.output_dir / workspace.RUNS_DIR
     assert not runs_dir.exists() or {p.name for p in runs_dir.iterdir()} <= {workspace.RUN_MARKER}
+
+
+def test_the_ocdbt_coordinator_starts_before_the_clock(tmp_path: Path, tiny_weights) -> None:
+    suite = _suite(tmp_path, [2], chunk_bytes="16KB", format="zarr3", kvstore="ocdbt")
+    pools: dict = {}
+    backend = measure.backend_for(suite.tests[0], suite, pools=pools)
+    try:
+        assert backend.pool._coordinator is None
+        backend.prepare(tiny_weights.tensors)  # what run_once does before the save's clock starts
+        assert backend.pool._coordinator is not None
+    finally:
+        backend.release()
+        for pool in pools.values():
+            pool.stop()
 
 
 def _children(pid: int) -> list[int]:

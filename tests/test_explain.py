@@ -399,6 +399,14 @@ def test_explain_on_the_tiny_model_end_to_end(tmp_path, run_cli):
     assert not any("were not cold" in w for w in results["warnings"])  # warm on purpose is not warned about
 
 
+def test_a_budget_that_is_no_duration_is_refused_before_anything_is_written(tmp_path, run_cli):
+    out = tmp_path / "explain"
+    for budget in ("0", "0m", "ten minutes"):
+        status, _stdout, stderr = run_cli("explain", "--model", "tiny", "--output-dir", out, "--budget", budget)
+        assert status == 2 and stderr.count("\n") == 1 and "--budget" in stderr, stderr
+        assert not out.exists()
+
+
 def test_explain_with_values_of_its_own_holds_two_sets_of_weights(tmp_path):
     """Random values in the user's config: the fp16 arm and the timed conversions need float16 values,
     so the suite holds both sets of weights and each test gets its own."""

@@ -16,7 +16,6 @@ Exit status: 0 explained in full; 1 stopped by the budget or some runs failed;
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,20 +24,12 @@ from typing import Any
 from .. import config as config_mod
 from .. import interrupt
 from ..cli import Context
+from ..units import parse_duration
 from .run import add_weight_arguments, config_path, parse_tests, positive_int, weight_overrides
 
-DEFAULT_BUDGET_S = 20 * 60.0  # a guard: the default model's explain needs about 13-14 min on a quiet 2-core machine
+DEFAULT_BUDGET_S = 20 * 60.0  # a guard: the default model's explain took 12 min on a quiet 2-core machine
 DEFAULT_RUNS = 3
 OUTPUT_NAME = "explain"  # beside the config's output folder: saved_models/explain by default
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$", re.IGNORECASE)
-
-
-def parse_budget(text: str) -> float:
-    """Seconds from '15m', '900s', '1.5h' or a bare number of minutes."""
-    match = _DURATION.match(text)
-    if not match or float(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a duration such as 15m, 900s or 1h, got {text!r}")
-    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "": 60}[match.group(2).lower()]
 
 
 def parse_conditions(text: str | None) -> list[str] | None:
@@ -82,9 +73,8 @@ class Explain:
                                             "range); the baseline is always measured")
         parser.add_argument("--conditions", help="comma-separated conditions to switch, or 'all' (default: every "
                                                  "one but chunks64): " + ", ".join(c.name for c in explain.CONDITIONS))
-        parser.add_argument("--budget", type=parse_budget, default=DEFAULT_BUDGET_S,
-                            help="stop after this long, keeping and explaining the runs so far: 15m, 900s, 1h "
-                                 "(a bare number is minutes; default 20m)")
+        parser.add_argument("--budget", help="stop after this long, keeping and explaining the runs so far: 15m, "
+                                              "900s, 1h (a bare number is seconds, as in tune; default 20m)")
         parser.add_argument("--seed", type=int, help="seed of the rounds' shuffles and the blocks' places "
                                                      "(default: random, recorded)")
         parser.add_argument("--resume", action="store_true",
@@ -95,6 +85,7 @@ class Explain:
         from .. import explain, runner, weights
         from ..progress import Progress
 
+        budget_s = DEFAULT_BUDGET_S if args.budget is None else parse_duration(args.budget, "--budget")
         path, implied = config_path(args, context)
         user = config_mod.load(path, **{**implied, **weight_overrides(args), "seed": args.seed})
         output_dir = Path(args.output_dir).resolve() if args.output_dir else user.output_dir.parent / OUTPUT_NAME
@@ -103,7 +94,7 @@ class Explain:
         suite = config_mod.from_dict(explain.suite_data(design, user, output_dir, args.runs or DEFAULT_RUNS),
                                      source="explain")
         progress = Progress(enabled=not args.no_progress)
-        pace = _Pace(args.budget, progress)
+        pace = _Pace(budget_s, progress)
         stopped: interrupt.Interrupted | None = None
         try:
             outcome = runner.run(suite, resume=args.resume, on_start=pace.start, on_phase=progress.phase,
