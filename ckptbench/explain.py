@@ -12,8 +12,9 @@ under several arms, all interleaved in one suite so they share the machine's sta
   without: timed conversions need float16 values).
 
 A condition the user's config already shares with the original gets no arm (it is
-reported as shared). Identical tests of two arms are measured once, and a test that differs
-from an earlier arm's only by warm loads takes them in that test's runs, from the same save. Each arm's claim
+reported as shared). Identical tests of two arms are measured once, and a test that
+differs from an earlier arm's only by warm loads takes them in that test's runs, from
+the same save. Each arm's claim
 outcome comes from `analysis.compare` (the one analysis path); a condition is then
 credited with what switching it does to the claim: moving the measured change into the
 claimed band or out of it, toward it or away from it.

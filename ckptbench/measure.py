@@ -5,8 +5,9 @@ file kvstore fsyncs each file), measure the size, evict the files from the page 
 load (timed), verify bit for bit against the source, delete what the run wrote. A test
 with `warm_load` also loads (timed, verified) before the eviction, from the page cache
 the save left, so one save gives a warm and a cold load. Only the save and the loads
-sit between clock reads; size walking, eviction and verification happen outside them. Failures are recorded in the run's record, never raised, so one
-broken test does not stop the others; a failing disk (full, I/O error) stops the suite.
+sit between clock reads; size walking, eviction and verification happen outside them.
+Failures are recorded in the run's record, never raised, so one broken test does not
+stop the others; a failing disk (full, I/O error) stops the suite.
 """
 
 from __future__ import annotations

@@ -270,12 +270,15 @@ def test_launches_of_several_world_sizes_draw_one_scaling_figure(tmp_path: Path)
 
     paths = []
     for world_size, factor in ((1, 1.0), (2, 0.6), (4, 0.4)):
-        document = make_document({"base": [s * factor for s in RUNS_S]})
+        document = make_document({"base": [s * factor for s in RUNS_S], "device_ceiling": [0.1] * len(RUNS_S)})
         document["tests"][0]["settings"]["processes"] = world_size  # what a launch of that many ranks records
+        document["tests"][1]["settings"]["backend"] = "device_ceiling"  # a reference row, as a suite records it
+        document["tests"][1]["kind"] = "reference"
         (tmp_path / str(world_size)).mkdir()
         paths.append(results.write(document, tmp_path / str(world_size)))
     merged = sweep_plot.scaling_document([results.read(p).document for p in paths])
-    assert [(t["name"], t["settings"]["sweep"]) for t in merged["tests"]] == [
+    assert [(t["name"], t["settings"].get("sweep")) for t in merged["tests"]] == [
+        ("device_ceiling", None),  # once, for the dashed line
         ("base_procs=1", {"processes": 1}), ("base_procs=2", {"processes": 2}), ("base_procs=4", {"processes": 4})]
     assert cli.main(["compare", *map(str, paths), "--scaling-plot", str(tmp_path / "scaling.png")]) == 0
     assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
