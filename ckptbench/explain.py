@@ -246,9 +246,11 @@ def _suite_tests(setup: Setup, arms: Sequence[Arm]) -> tuple[list[dict[str, Any]
         for test in setup.tests:
             settings = _arm_settings(test, arm.name, arm.conditions, blocked, setup)
             key = json.dumps(settings, sort_keys=True)
-            cold = [c for c in arm.conditions if c != "warm"]
-            cold_key = json.dumps(_arm_settings(test, arm.name, cold, blocked, setup), sort_keys=True)
-            if key not in seen and cold_key in seen and not blocked and "block" not in settings:
+            cold_key = None  # the same test without warm loads, where this arm could share its saves
+            if "warm" in arm.conditions and not blocked and "block" not in settings:
+                cold = [c for c in arm.conditions if c != "warm"]
+                cold_key = json.dumps(_arm_settings(test, arm.name, cold, blocked, setup), sort_keys=True)
+            if key not in seen and cold_key in seen:
                 tests[seen[cold_key]]["warm_load"] = True
                 warm.append(test["name"])
                 measured_by[arm.name][test["name"]] = seen[cold_key]

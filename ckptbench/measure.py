@@ -53,11 +53,12 @@ def run_once(
         _note(record, "save", timed(lambda: backend.save(tensors, location)), backend)
         on_phase(planned, "size")
         record.size_bytes, record.disk_bytes, record.n_files = backend.footprint(location)
-        if _spec(planned.test, config).warm_load and location.local_dir is not None and not backend.in_memory:
+        spec = _spec(planned.test, config)
+        if spec.warm_load and location.local_dir is not None and not backend.in_memory:
             on_phase(planned, "warm load")
             _warm_load(record, backend, tensors, location)
         if record.error is None:  # a wrong warm load: the cold one could only repeat it
-            _load(record, planned, backend, tensors, location, config, on_phase)
+            _load(record, planned, backend, tensors, location, config.eviction_for(spec), on_phase)
         settled = True
     except Exception as exc:  # a failing test is recorded, and the suite goes on
         record.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -79,20 +80,20 @@ def _warm_load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.nda
     warm: dict[str, np.ndarray] = {}
     usage = timed(lambda: warm.update(backend.load(location)))
     record.warm_load_s = usage.wall_s
-    record.warm_load_cpu_s = usage.cpu_s + sum(w["cpu_s"] for w in backend.worker_figures() or [])
+    record.warm_load_cpu_s = usage.cpu_s + _workers_cpu_s(backend.worker_figures())
     _verify(record, backend, tensors, warm, "the warm load")
 
 
 def _load(record: RunRecord, planned: PlannedRun, backend: Backend, tensors: Mapping[str, np.ndarray],
-          location: RunLocation, config: SuiteConfig, on_phase: Phase) -> None:
-    """Evict the run's files (as the test says), load (timed), verify."""
+          location: RunLocation, eviction: str, on_phase: Phase) -> None:
+    """Evict the run's files (`eviction`: the test's cache_eviction), load (timed), verify."""
     if backend.in_memory:
         record.load_cache = "memory"
     elif location.local_dir is None:
         record.load_cache = "remote"  # read from the server: no local cache to drop
     else:
         on_phase(planned, "evict")
-        record.eviction = backend.evict(location.local_dir, _eviction(planned.test, config))
+        record.eviction = backend.evict(location.local_dir, eviction)
         record.resident_bytes_at_load = cache.resident_bytes(location.local_dir)
         record.load_cache = cache_state(record.resident_bytes_at_load, record.disk_bytes)
     on_phase(planned, "load")
@@ -105,12 +106,8 @@ def _load(record: RunRecord, planned: PlannedRun, backend: Backend, tensors: Map
 
 
 def _spec(test_name: str, config: SuiteConfig) -> TestSpec:
+    """The run's test; one the suite does not list takes every default (the suite's eviction among them)."""
     return next((t for t in config.tests if t.name == test_name), TestSpec(test_name))
-
-
-def _eviction(test_name: str, config: SuiteConfig) -> str:
-    """The test's own cache_eviction, else the suite's."""
-    return config.eviction_for(_spec(test_name, config))
 
 
 def _verify(record: RunRecord, backend: Backend, tensors: Mapping[str, np.ndarray],
@@ -129,7 +126,7 @@ def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
     workers = backend.worker_figures()
     if workers:
         setattr(record, f"process_{op}_s", [w["seconds"] for w in workers])
-        cpu_s += sum(w["cpu_s"] for w in workers)
+        cpu_s += _workers_cpu_s(workers)
         growth += sum(w["peak_rss_bytes"] for w in workers)  # summed: an upper bound of what was in use at once
     patterns = backend.pattern_seconds()
     if patterns:  # the device ceiling: its time is the fastest pattern's
@@ -140,6 +137,11 @@ def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
     setattr(record, f"{op}_peak_rss_bytes", growth)
     setattr(record, f"{op}_rss_anon_bytes", usage.rss_anon_peak_bytes)
     setattr(record, f"{op}_rss_file_bytes", usage.rss_file_peak_bytes)
+
+
+def _workers_cpu_s(workers: list[dict[str, float]] | None) -> float:
+    """CPU seconds the worker processes (if any) spent on the last save or load."""
+    return sum(w["cpu_s"] for w in workers or [])
 
 
 _STORAGE_FAILURES = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS}

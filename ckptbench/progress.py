@@ -90,7 +90,6 @@ class TuneProgress(_Display):
         getattr(self, f"_{kind}", lambda _data: None)(data)
 
     def _estimate(self, data: dict[str, Any]) -> None:
-
         plan, info = data["plan"], data["weights"]
         rungs = " -> ".join(str(n) for n in plan["rung_sizes"])
         references = (", the reference rows (safetensors, torch.save, device ceiling) about "
@@ -164,5 +163,4 @@ class TuneProgress(_Display):
         self._bar.set_postfix_str(f"{data['candidates_left']} candidates left, {_left(data['time_left_s'])} left")
 
 def _left(seconds: float) -> str:
-
     return duration_label(max(0.0, seconds))

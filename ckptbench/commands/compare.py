@@ -75,7 +75,7 @@ def _scaling(path: Path | None, documents: list) -> dict | None:
     from .. import sweep_plot
 
     document = sweep_plot.scaling_document(documents)
-    counts = sorted({(t["settings"].get("sweep") or {})[sweep_plot.PROCESSES] for t in document["tests"]
+    counts = sorted({t["settings"]["sweep"][sweep_plot.PROCESSES] for t in document["tests"]
                      if t["name"] != sweep_plot.CEILING})
     if len(counts) < 2:
         raise UserError(f"--scaling-plot: every file was run with {counts[0] if counts else 'no'} writer(s); give "
