@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ckptbench import load_config, read_results, run
 from ckptbench.cli import main
-from ckptbench.errors import UserError
+from ckptbench.core.errors import UserError
 
 CONFIG = Path(__file__).resolve().with_name("phase4_config.json")  # the one default config
 

@@ -14,26 +14,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import UserError
+from ckptbench.core.errors import UserError
 
 __all__ = ["UserError", "load_config", "read_results", "run", "Results", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "run":
-        from .runner import run
+        from ckptbench.bench.suite import run
 
         return run
     if name == "load_config":
-        from .config import load
+        from ckptbench.spec.config import load
 
         return load
     if name in ("read_results", "Results"):
-        from . import results
+        from ckptbench.documents import results
 
         return results.read if name == "read_results" else results.Results
     if name == "__version__":
-        from .environment import tool_version
+        from ckptbench.bench.environment import tool_version
 
         return tool_version()
     raise AttributeError(f"module 'ckptbench' has no attribute {name!r}")

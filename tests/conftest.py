@@ -56,7 +56,7 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def run_cli(capsys) -> Callable[..., tuple[int, str, str]]:
     """run_cli(*argv) -> (exit status, stdout, stderr) of ckptbench.cli.main, run in this process."""
-    from ckptbench import cli
+    from ckptbench.cli import app as cli
 
     def run(*argv: Any) -> tuple[int, str, str]:
         capsys.readouterr()  # drop whatever came before
@@ -70,7 +70,7 @@ def run_cli(capsys) -> Callable[..., tuple[int, str, str]]:
 @pytest.fixture(scope="session")
 def tiny_weights():
     """The `tiny` preset in float32, made once per session (read-only: do not modify the arrays)."""
-    from ckptbench import weights
+    from ckptbench.sources import weights
 
     made = weights.from_preset("tiny", "float32")
     for array in made.tensors.values():

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SHIPPED_CONFIG
-from ckptbench import analysis, cli, compare, results
-from ckptbench.errors import UserError
+from ckptbench.analysis import change as analysis, versus as compare
+from ckptbench.cli import app as cli
+from ckptbench.documents import results
+from ckptbench.core.errors import UserError
 
 V1_FIXTURE = REPO / "tests" / "fixtures" / "results_v1.json"
 HEAVY = ("tensorstore", "torch", "transformers")
@@ -26,7 +28,7 @@ def _heavy_modules_after(argv: list[str], cwd: Path) -> tuple[int, list[str], st
     """Run cli.main(argv) in a fresh interpreter; (status, heavy modules it imported, stderr)."""
     script = textwrap.dedent(f"""
         import json, sys
-        from ckptbench import cli
+        from ckptbench.cli import app as cli
         try:
             status = cli.main({argv!r})
         except SystemExit as stop:  # --help
@@ -54,8 +56,8 @@ def test_help_compare_and_show_import_no_tensorstore_torch_or_transformers(tmp_p
 
 
 def test_importing_the_package_changes_nothing_global():
-    script = ("import os, sys; before = dict(os.environ); import ckptbench, ckptbench.cli, ckptbench.plot, "
-              "ckptbench.results; assert dict(os.environ) == before; assert 'matplotlib' not in sys.modules; "
+    script = ("import os, sys; before = dict(os.environ); import ckptbench, ckptbench.cli, ckptbench.figures.plot, "
+              "ckptbench.documents.results; assert dict(os.environ) == before; assert 'matplotlib' not in sys.modules; "
               "print('ok')")
     done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=60)

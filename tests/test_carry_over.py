@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 
 from conftest import SHIPPED_CONFIG, minimal_config
-from ckptbench import capacity, config, measure, records, results, storage, system, timing, weights, workspace
-from ckptbench.errors import UserError
-from ckptbench.records import RunRecord
+from ckptbench.bench import capacity, measure, storage, timing, workspace
+from ckptbench.spec import config
+from ckptbench.core import records, system
+from ckptbench.documents import results
+from ckptbench.sources import weights
+from ckptbench.core.errors import UserError
+from ckptbench.core.records import RunRecord
 
 # --- values that compress like a real checkpoint's ---------------------------------------------------------
 
@@ -63,7 +67,7 @@ def test_values_are_a_setting_recorded_in_the_results(tmp_path):
     assert config.from_dict(minimal_config(), values="float16").values == "float16"
     document = ckptbench.run(suite).document
     assert document["weights"]["values"] == document["protocol"]["values"] == "bfloat16"
-    from ckptbench import plot
+    from ckptbench.figures import plot
 
     assert "values bfloat16" in plot.source_line(document)
     with pytest.raises(UserError, match="values"):

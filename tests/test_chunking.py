@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckptbench.chunking import STRATEGIES, chunk_shape, padded_elements
+from ckptbench.spec.chunking import STRATEGIES, chunk_shape, padded_elements
 
 # Worked by hand from the docstring. halve: halve the largest chunk dimension (the
 # first of equals), rounding up, until the chunk fits.

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FRAMEWORK, REPO, SHIPPED_CONFIG, STREAMLINED
-from ckptbench import results, workspace
+from ckptbench.documents import results
+from ckptbench.bench import workspace
 
 SIX = ["baseline", "concurrency_128", "chunks_1mb", "compression_gzip", "concurrency_chunks", "t5x_full"]
 REFERENCES = ["safetensors", "torch_save", "device_ceiling"]  # the shipped config measures them beside the six

@@ -13,8 +13,12 @@ from typing import Any
 
 import pytest
 
-from ckptbench import cli, config, results
-from ckptbench.records import RunRecord
+from ckptbench.cli import app as cli
+
+from ckptbench.spec import config
+
+from ckptbench.documents import results
+from ckptbench.core.records import RunRecord
 
 WEIGHTS = {"kind": "preset", "name": "tiny", "dtype": "float32", "n_tensors": 3, "n_params": 1_000_000,
            "size_bytes": 4_000_000}

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import PACKAGED_CONFIG, SHIPPED_CONFIG, minimal_config
-from ckptbench import compression, config, storage
-from ckptbench.errors import UserError
+from ckptbench.spec import compression, config
+from ckptbench.bench import storage
+from ckptbench.core.errors import UserError
 
 PHASE4 = {  # name: (chunk_size_elements, concurrency_limit, compression)
     "baseline": (16384, 1, None),
@@ -68,7 +69,7 @@ def _range_text(expected: dict | None, key: str) -> str:
 
 def test_the_guide_describes_the_suite_the_runner_runs_by_default():
     """The guide's table of the shipped suite is the default config the command line loads, field by field."""
-    from ckptbench.commands.run import PACKAGED_CONFIG as runner_default
+    from ckptbench.cli.commands.run import PACKAGED_CONFIG as runner_default
 
     suite = config.load(runner_default)
     prose, rows = _guide_suite_table()

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 from conftest import act_on_stderr_line
 
-from ckptbench import config, distributed, measure, records, workspace
+from ckptbench.spec import config
+
+from ckptbench.parallel import distributed
+
+from ckptbench.bench import measure, workspace
+
+from ckptbench.core import records
 
 ROOT = Path(__file__).resolve().parents[1]
 

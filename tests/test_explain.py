@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SHIPPED_CONFIG, assert_same_bits, minimal_config
-from ckptbench import analysis, chunking, config, explain, records, storage, weights
-from ckptbench.errors import UserError
+from ckptbench.analysis import change as analysis
+from ckptbench.spec import chunking, config
+from ckptbench.explain import core as explain
+from ckptbench.core import records
+from ckptbench.bench import storage
+from ckptbench.sources import weights
+from ckptbench.core.errors import UserError
 
 SIX = ["baseline", "concurrency_128", "chunks_1mb", "compression_gzip", "concurrency_chunks", "t5x_full"]
 
@@ -410,8 +415,8 @@ def test_a_budget_that_is_no_duration_is_refused_before_anything_is_written(tmp_
 def test_explain_with_values_of_its_own_holds_two_sets_of_weights(tmp_path):
     """Random values in the user's config: the fp16 arm and the timed conversions need float16 values,
     so the suite holds both sets of weights and each test gets its own."""
-    from ckptbench import results as results_mod
-    from ckptbench import runner
+    from ckptbench.documents import results as results_mod
+    from ckptbench.bench import suite as runner
 
     user = config.from_dict(minimal_config(values="random", testing={"num_runs": 2, "cache_eviction": "fadvise"},
                                            test_configurations=[

@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from conftest import SHIPPED_CONFIG
-from ckptbench import capacity, config, measure, records, system, workspace
+from ckptbench.bench import capacity, measure, workspace
+from ckptbench.spec import config
+from ckptbench.core import records, system
 
 KIB, MIB = 2**10, 2**20
 

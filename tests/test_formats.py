@@ -12,8 +12,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ckptbench import chunking, compression, config, measure, records, storage, verify
-from ckptbench.errors import UserError
+from ckptbench.spec import chunking, compression, config
+
+from ckptbench.bench import measure, storage, verify
+
+from ckptbench.core import records
+from ckptbench.core.errors import UserError
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 ITEMSIZE = {"float32": 4, "bfloat16": 2}
@@ -258,7 +262,7 @@ def test_memory_kvstore_round_trips_and_counts_its_keys(tmp_path, kind):
 
 
 def test_a_timed_run_on_the_memory_kvstore_reads_from_memory(tmp_path):
-    from ckptbench import workspace
+    from ckptbench.bench import workspace
 
     tensors = _tensors("bfloat16")
     suite = config.from_dict({"dtype": "bfloat16", "test_configurations": [

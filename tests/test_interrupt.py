@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptbench import records
+from ckptbench.core import records
 from conftest import act_on_stderr_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,8 +128,9 @@ def test_resume_without_a_journal_is_a_user_error(config: Path, tmp_path: Path) 
 
 def test_a_stop_while_a_run_folder_is_being_made_leaves_nothing(tmp_path: Path, tiny_weights, monkeypatch) -> None:
     """The signal can land between making a run's folder and marking it; the half-made folder goes too."""
-    from ckptbench import config as config_mod
-    from ckptbench import interrupt, measure, workspace
+    from ckptbench.spec import config as config_mod
+    from ckptbench.core import interrupt
+    from ckptbench.bench import measure, workspace
 
     suite = config_mod.from_dict({**SUITE, "output_dir": str(tmp_path / "out")})
     workspace.prepare_output_dir(suite.output_dir)

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import minimal_config
-from ckptbench import chunking, config, measure, records, workspace
+from ckptbench.spec import chunking, config
+from ckptbench.bench import measure, workspace
+from ckptbench.core import records
 
 NAMES = ["baseline", "concurrency_128", "chunks_1mb", "compression_gzip", "concurrency_chunks", "t5x_full"]
 

@@ -20,8 +20,14 @@ import pytest
 from conftest import act_on_stderr_line, assert_same_bits
 from test_remote import BUCKET, _keys, s3_env  # noqa: F401  (s3_env is a fixture)
 
-from ckptbench import config, distributed, measure, ranks, records, storage, targets, workspace
-from ckptbench.errors import UserError
+from ckptbench.spec import config
+
+from ckptbench.parallel import distributed, ranks
+
+from ckptbench.bench import measure, storage, targets, workspace
+
+from ckptbench.core import records
+from ckptbench.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHM = Path("/dev/shm")
@@ -266,7 +272,11 @@ def test_a_frozen_worker_is_named_within_the_timeout(tmp_path: Path, tiny_weight
 def test_launches_of_several_world_sizes_draw_one_scaling_figure(tmp_path: Path) -> None:
     from test_compare import RUNS_S, make_document
 
-    from ckptbench import cli, results, sweep_plot
+    from ckptbench.cli import app as cli
+
+    from ckptbench.documents import results
+
+    from ckptbench.figures import sweep as sweep_plot
 
     paths = []
     for world_size, factor in ((1, 1.0), (2, 0.6), (4, 0.4)):

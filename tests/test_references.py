@@ -12,7 +12,10 @@ import pytest
 from conftest import run_config
 
 from conftest import assert_same_bits
-from ckptbench import config, measure, records, references, results, workspace
+from ckptbench.spec import config
+from ckptbench.bench import measure, references, workspace
+from ckptbench.core import records
+from ckptbench.documents import results
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 FILENAMES = {"safetensors": "model.safetensors", "torch_save": "model.pt"}

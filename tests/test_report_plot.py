@@ -10,8 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from ckptbench import config, plot, report, results
-from ckptbench.records import RunRecord
+from ckptbench.spec import config
+
+from ckptbench.figures import plot
+
+from ckptbench.reports import results as report
+
+from ckptbench.documents import results
+from ckptbench.core.records import RunRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WEIGHTS = {"kind": "preset", "name": "tiny", "dtype": "float32", "n_tensors": 3, "n_params": 1_000_000,

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import t as student_t
 
-from ckptbench.stats import (
+from ckptbench.analysis.stats import (
     modified_z_scores,
     outlier_indices,
     runs_needed,

@@ -11,7 +11,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ckptbench import chunking, compression, config, storage, verify
+from ckptbench.spec import chunking, compression, config
+
+from ckptbench.bench import storage, verify
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 BUDGET = 100  # elements per chunk: small, so every array below has several chunks

@@ -9,8 +9,10 @@ import pytest
 from conftest import run_config
 
 from conftest import REPO
-from ckptbench import config, results, sweep_plot
-from ckptbench.errors import UserError
+from ckptbench.spec import config
+from ckptbench.documents import results
+from ckptbench.figures import sweep as sweep_plot
+from ckptbench.core.errors import UserError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SWEEPS = REPO / "sweeps"

@@ -14,8 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ckptbench import config, records, results, tune, weights
-from ckptbench.errors import UserError
+from ckptbench.spec import config
+
+from ckptbench.core import records
+
+from ckptbench.documents import results
+
+from ckptbench.tune import core as tune
+
+from ckptbench.sources import weights
+from ckptbench.core.errors import UserError
 from conftest import REPO, STREAMLINED, act_on_stderr_line, assert_same_bits
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -243,7 +251,7 @@ def test_identical_layouts_are_measured_once(shipped):
 
 
 def test_test_entries_read_back_to_the_same_layout(shipped):
-    from ckptbench.storage import Layout
+    from ckptbench.bench.storage import Layout
 
     _, suite = shipped
     for test in suite.tests[::97]:
@@ -333,7 +341,7 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
     """The whole orchestration (sampling, rungs, the runner's guard, the final, the checkpoint) with a fake
     runner whose runs take simulated seconds on a virtual clock: the budget is kept, and the answer is the
     truly best of what rung 0 sampled."""
-    from ckptbench import runner
+    from ckptbench.bench import suite as runner
 
     clock = _Clock()
     rng = np.random.default_rng(11)
@@ -415,7 +423,7 @@ def tiny_tune(tmp_path_factory):
     import io
     from contextlib import redirect_stderr, redirect_stdout
 
-    from ckptbench import cli
+    from ckptbench.cli import app as cli
 
     root = tmp_path_factory.mktemp("tune")
     space = root / "space.json"
@@ -513,7 +521,7 @@ def test_a_tiny_tune_end_to_end(tiny_tune):
 
 def test_the_pasted_spec_reads_the_tuned_checkpoint_back_bit_for_bit(tiny_tune, tiny_weights):
     import tensorstore as ts
-    from ckptbench.storage import Layout
+    from ckptbench.bench.storage import Layout
 
     out = tiny_tune["out"]
     assert tiny_tune["resumed"][0] == 0

@@ -1,0 +1,174 @@
+"""`compare A.json B.json`: is B faster, slower or the same as A, test by test?
+
+Like pyperf's compare_to: for each test in both files and each metric, A and B as
+mean +- std, the change of B versus A with its 95 % CI, and a verdict from Welch's
+t-test on the raw runs (`analysis.compare`, the same function a suite uses against its
+baseline, with A as the baseline). Differences that make the comparison unfair (another machine, model
+or dtype) are warned about on stderr but do not stop it: comparing machines can be
+the point. `--fail-on-regression PCT` turns a significant slowdown or growth beyond
+PCT % into exit status 1, for CI.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ckptbench.analysis import change as analysis, stats
+from ckptbench.reports import results as report
+from ckptbench.documents import results
+from ckptbench.documents.store import weights_name
+
+# Verdict words that mean "B is worse than A".
+REGRESSION_WORDS = frozenset(worse for _, _, worse, _ in analysis.METRICS.values())
+DEFAULT_NOISE_PCT = 5.0
+# Environment fields that make two machines "the same" for timing purposes.
+MACHINE_FIELDS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "cpu_model": lambda env: env.get("cpu_model"),
+    "cpu_count": lambda env: env.get("cpu_count"),
+    "ram_bytes": lambda env: env.get("ram_bytes"),
+    "filesystem type": lambda env: (env.get("filesystem") or {}).get("type"),
+}
+MODEL_FIELDS = ("name", "path", "n_params")
+# Test settings that do not change what is measured.
+_COSMETIC_SETTINGS = frozenset({"name", "description", "expected"})
+
+
+def recorded_noise_pct(document: Mapping[str, Any]) -> float:
+    value = (document.get("protocol") or {}).get("noise_pct")
+    return DEFAULT_NOISE_PCT if value is None else float(value)
+
+
+def compare_documents(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any], noise_pct: float) -> list[dict[str, Any]]:
+    """One row per test in both documents (A's order) and metric: both summaries and the comparison."""
+    tests_b = {t["name"]: t for t in doc_b["tests"]}
+    rows = []
+    for test_a in doc_a["tests"]:
+        test_b = tests_b.get(test_a["name"])
+        if test_b is None:
+            continue
+        samples_a = results.samples(test_a["runs"], int(doc_a["weights"]["size_bytes"]))
+        samples_b = results.samples(test_b["runs"], int(doc_b["weights"]["size_bytes"]))
+        for metric in results.METRICS:
+            comparison = analysis.compare(samples_b[metric], samples_a[metric], metric=metric, noise_pct=noise_pct)
+            rows.append({"test": test_a["name"], "metric": metric, "comparison": comparison,
+                         "a": stats.summarize(samples_a[metric]), "b": stats.summarize(samples_b[metric])})
+    return rows
+
+
+def only_in(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """Test names only in A, and only in B, each in its file's order."""
+    names_a = [t["name"] for t in doc_a["tests"]]
+    names_b = [t["name"] for t in doc_b["tests"]]
+    return [n for n in names_a if n not in names_b], [n for n in names_b if n not in names_a]
+
+
+def regressions(rows: Sequence[Mapping[str, Any]], threshold_pct: float) -> list[Mapping[str, Any]]:
+    """Rows significantly worse in B by more than threshold_pct (verdicts already require p < alpha)."""
+    return [r for r in rows
+            if r["comparison"]["verdict"] in REGRESSION_WORDS and r["comparison"]["change_pct"] > threshold_pct]
+
+
+def mismatch_warnings(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[str]:
+    """One line per difference that makes A and B measure different things."""
+    out = []
+    env_a, env_b = doc_a.get("environment") or {}, doc_b.get("environment") or {}
+    for field, get in MACHINE_FIELDS.items():
+        if get(env_a) != get(env_b):
+            out.append(f"machines differ: {field} {get(env_a)!r} in A, {get(env_b)!r} in B")
+    w_a, w_b = doc_a.get("weights") or {}, doc_b.get("weights") or {}
+    for field in MODEL_FIELDS:
+        if w_a.get(field) != w_b.get(field):
+            out.append(f"models differ: {field} {w_a.get(field)!r} in A, {w_b.get(field)!r} in B")
+    if w_a.get("dtype") != w_b.get("dtype"):
+        out.append(f"dtypes differ: {w_a.get('dtype')!r} in A, {w_b.get('dtype')!r} in B; sizes and times are not comparable")
+    # Warm loads read from memory, so a cold-vs-warm pair compares the cache, not the storage.
+    cache_a, cache_b = (doc.get("protocol", {}).get("load_cache") for doc in (doc_a, doc_b))
+    if cache_a != cache_b:
+        out.append(f"loads differ: {cache_a!r} page cache in A, {cache_b!r} in B; load times are not comparable")
+    tests_b = {t["name"]: t for t in doc_b["tests"]}
+    for test_a in doc_a["tests"]:
+        test_b = tests_b.get(test_a["name"])
+        if test_b is not None:
+            changed = _settings_changes(test_a.get("settings") or {}, test_b.get("settings") or {})
+            if changed:
+                out.append(f"test {test_a['name']}: settings differ: {'; '.join(changed)}")
+    return out
+
+
+def _settings_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    keys = sorted((set(a) | set(b)) - _COSMETIC_SETTINGS)
+    return [f"{k} {a.get(k)!r} in A, {b.get(k)!r} in B" for k in keys if a.get(k) != b.get(k)]
+
+
+# --- rendering -------------------------------------------------------------
+
+def _unit(metric: str, magnitude: float) -> tuple[float, str]:
+    """(divisor, unit) that shows magnitude with a few digits before the point."""
+    if metric == "size_bytes":
+        for divisor, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+            if magnitude >= divisor:
+                return divisor, unit
+        return 1.0, "B"
+    return (1.0, "s") if magnitude >= 1.0 else (1e-3, "ms")
+
+
+def _decimals(value: float, significant: int = 3) -> int:
+    if value == 0 or not math.isfinite(value):
+        return 0
+    return max(0, significant - 1 - math.floor(math.log10(abs(value))))
+
+
+def quantity_pm(summary: Mapping[str, Any], divisor: float, unit: str) -> str:
+    """'13.1 ms +- 0.4 ms' (pyperf style); '-' without runs, '+- ?' with one run."""
+    mean, std = summary.get("mean"), summary.get("std")
+    if mean is None:
+        return report.NA
+    digits = _decimals(mean / divisor)
+    text = f"{mean / divisor:.{digits}f} {unit}"
+    return text + (f" +- {std / divisor:.{digits}f} {unit}" if std is not None else " +- ?")
+
+
+def _table_row(row: Mapping[str, Any]) -> list[str]:
+    a, b, comparison = row["a"], row["b"], row["comparison"]
+    # One unit per row so A and B read side by side.
+    magnitude = max((abs(s["mean"]) for s in (a, b) if s["mean"] is not None), default=0.0)
+    divisor, unit = _unit(row["metric"], magnitude)
+    change = comparison.get("change_pct")
+    p = comparison.get("p_value")
+    return [
+        row["test"], row["metric"],
+        f"{quantity_pm(a, divisor, unit)} (n={a['n']})",
+        f"{quantity_pm(b, divisor, unit)} (n={b['n']})",
+        report.NA if change is None else f"{change:+.1f}%",
+        report.ci_pct(comparison),
+        report.NA if p is None else f"{p:.3g}",
+        report.verdict(comparison, min(a["n"], b["n"])),
+    ]
+
+
+def _describe(path: Path, document: Mapping[str, Any]) -> str:
+    w, p = document.get("weights") or {}, document.get("protocol") or {}
+    when = (document.get("environment") or {}).get("timestamp", "?")
+    return (f"{path}: {weights_name(w)}, {w.get('dtype')}, "
+            f"{p.get('num_runs')} runs/test, loads {p.get('load_cache')}, {when}")
+
+
+def render(path_a: Path, path_b: Path, doc_a: Mapping[str, Any], doc_b: Mapping[str, Any],
+           rows: Sequence[Mapping[str, Any]], noise_pct: float, fmt: str = "text") -> str:
+    """The whole comparison: what A and B are, the table, and the tests only one file has."""
+    headers = ["test", "metric", "A: mean +- std", "B: mean +- std", "change (B vs A)", "95% CI %", "p (Welch)",
+               "verdict"]
+    bullet = "- " if fmt == "markdown" else ""
+    lines = [f"{bullet}A = {_describe(path_a, doc_a)}", f"{bullet}B = {_describe(path_b, doc_b)}", "",
+             f"Welch's t-test on the runs, alpha {stats.ALPHA:g}; changes under {noise_pct:g}% are within noise.",
+             "", report.table(headers, [_table_row(r) for r in rows], fmt)]
+    a_only, b_only = only_in(doc_a, doc_b)
+    if a_only or b_only:
+        lines.append("")
+    if a_only:
+        lines.append(f"{bullet}Only in A, not compared: {', '.join(a_only)}")
+    if b_only:
+        lines.append(f"{bullet}Only in B, not compared: {', '.join(b_only)}")
+    return "\n".join(lines)

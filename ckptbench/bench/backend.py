@@ -1,0 +1,62 @@
+"""What a test measures: a way to write a checkpoint to a run's location and read it back.
+
+Every back end (TensorStore in this process or in N workers, safetensors, torch.save,
+the device ceiling) derives from `Backend`. The optional hooks have defaults here, so
+the runner calls them all unconditionally.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+import numpy as np
+
+from ckptbench.bench.verify import mismatches
+
+if TYPE_CHECKING:
+    from ckptbench.bench.targets import RunLocation
+
+
+class Backend(ABC):
+    in_memory: bool = False  # True where the checkpoint lives in RAM (memory kvstore): no page cache to drop
+    bypasses_page_cache: bool = False  # True where loads are meant to read around the page cache (O_DIRECT)
+
+    def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Called before the clock starts (worker processes start here, buffers are allocated)."""
+
+    @abstractmethod
+    def save(self, tensors: Mapping[str, np.ndarray], location: "RunLocation") -> None:
+        """Write a checkpoint; return once it is durable (unless the test turns durability off)."""
+
+    @abstractmethod
+    def load(self, location: "RunLocation") -> dict[str, np.ndarray]:
+        """Read a checkpoint back into memory."""
+
+    @abstractmethod
+    def footprint(self, location: "RunLocation") -> tuple[int, int, int]:
+        """(bytes of data, bytes allocated, number of files or objects) of a saved checkpoint."""
+
+    def evict(self, directory: Path, method: str) -> str | None:
+        """Drop a saved checkpoint from the page cache before it is loaded; the method that worked, or None.
+        Back ends whose writers run on other hosts evict there too."""
+        from ckptbench.bench import cache
+
+        return cache.evict(directory, method)
+
+    def release(self) -> None:
+        """Drop whatever was kept between a save and its load."""
+
+    def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
+        """Names of tensors that did not come back bit for bit (workers verify their own slices)."""
+        return mismatches(tensors, loaded)
+
+    def worker_figures(self) -> list[dict[str, float]] | None:
+        """Each worker's seconds, CPU seconds and peak RSS growth for the last save or load, if any."""
+        return None
+
+    def pattern_seconds(self) -> dict[str, float] | None:
+        """Seconds per access pattern of the last save or load, for back ends that time several
+        patterns inside one operation (the device ceiling); the fastest is the operation's time."""
+        return None

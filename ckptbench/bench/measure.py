@@ -1,0 +1,219 @@
+"""Running the benchmark: one timed run, and a plan's runs one after another.
+
+A run is: save into a fresh location (timed until every write is durable; TensorStore's
+file kvstore fsyncs each file), measure the size, evict the files from the page cache,
+load (timed), verify bit for bit against the source, delete what the run wrote. A test
+with `warm_load` also loads (timed, verified) before the eviction, from the page cache
+the save left, so one save gives a warm and a cold load. Only the save and the loads
+sit between clock reads; size walking, eviction and verification happen outside them.
+Failures are recorded in the run's record, never raised, so one broken test does not
+stop the others; a failing disk (full, I/O error) stops the suite.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from ckptbench.bench import cache
+from ckptbench.core import system
+from ckptbench.bench.backend import Backend
+from ckptbench.spec.config import SuiteConfig, TestSpec
+from ckptbench.core.records import Phase, Plan, PlannedRun, RunRecord
+from ckptbench.bench.targets import LocalTarget, ObjectStoreTarget, RunLocation
+from ckptbench.bench.timing import Timed, timed
+
+Target = LocalTarget | ObjectStoreTarget
+
+
+def _no_phase(run: PlannedRun, phase: str) -> None:
+    pass
+
+
+def run_once(
+    planned: PlannedRun,
+    tensors: Mapping[str, np.ndarray],
+    backend: Backend,
+    config: SuiteConfig,
+    on_phase: Phase = _no_phase,
+    keep: bool = False,
+    target: Target | None = None,
+) -> RunRecord:
+    """One save/evict/load/verify cycle. Failures are recorded in the result, never raised."""
+    target = target or LocalTarget(config.output_dir)
+    record = RunRecord(planned.test, planned.round, planned.position, planned.warmup)
+    location = None
+    settled = False  # True once no TensorStore operation can still be writing into the run's location
+    try:
+        location = target.new_run(planned.label)
+        backend.prepare(tensors)  # e.g. start worker processes, allocate buffers: before any clock
+        on_phase(planned, "save")
+        _note(record, "save", timed(lambda: backend.save(tensors, location)), backend)
+        on_phase(planned, "size")
+        record.size_bytes, record.disk_bytes, record.n_files = backend.footprint(location)
+        spec = _spec(planned.test, config)
+        if spec.warm_load and location.local_dir is not None and not backend.in_memory:
+            on_phase(planned, "warm load")
+            _warm_load(record, backend, tensors, location)
+        if record.error is None:  # a wrong warm load: the cold one could only repeat it
+            _load(record, planned, backend, tensors, location, config.eviction_for(spec), on_phase)
+        settled = True
+    except Exception as exc:  # a failing test is recorded, and the suite goes on
+        record.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        record.fatal = storage_failed(exc)
+    finally:  # also on Ctrl-C: no half-written checkpoint is left behind
+        backend.release()
+        if location is None:  # interrupted while the run's folder was being made
+            target.discard(planned.label)
+        elif not (keep and record.ok):
+            target.remove(location, settle=not settled)
+    system.release_free_memory()  # what this run freed goes back to the OS before the next one
+    record.rss_anon_after_bytes = system.resident_bytes()[0]
+    return record
+
+
+def _warm_load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None:
+    """Load (timed) from the page cache the save left, and verify."""
+    record.warm_load_cache = cache_state(cache.resident_bytes(location.local_dir), record.disk_bytes)
+    warm: dict[str, np.ndarray] = {}
+    usage = timed(lambda: warm.update(backend.load(location)))
+    record.warm_load_s = usage.wall_s
+    record.warm_load_cpu_s = usage.cpu_s + _workers_cpu_s(backend.worker_figures())
+    _verify(record, backend, tensors, warm, "the warm load")
+
+
+def _load(record: RunRecord, planned: PlannedRun, backend: Backend, tensors: Mapping[str, np.ndarray],
+          location: RunLocation, eviction: str, on_phase: Phase) -> None:
+    """Evict the run's files (`eviction`: the test's cache_eviction), load (timed), verify."""
+    if backend.in_memory:
+        record.load_cache = "memory"
+    elif location.local_dir is None:
+        record.load_cache = "remote"  # read from the server: no local cache to drop
+    else:
+        on_phase(planned, "evict")
+        record.eviction = backend.evict(location.local_dir, eviction)
+        record.resident_bytes_at_load = cache.resident_bytes(location.local_dir)
+        record.load_cache = cache_state(record.resident_bytes_at_load, record.disk_bytes)
+    on_phase(planned, "load")
+    loaded: dict[str, np.ndarray] = {}
+    _note(record, "load", timed(lambda: loaded.update(backend.load(location))), backend)
+    if backend.bypasses_page_cache and location.local_dir is not None:
+        record.resident_bytes_after_load = cache.resident_bytes(location.local_dir)
+    on_phase(planned, "verify")
+    _verify(record, backend, tensors, loaded, "the load")
+
+
+def _spec(test_name: str, config: SuiteConfig) -> TestSpec:
+    """The run's test; one the suite does not list takes every default (the suite's eviction among them)."""
+    return next((t for t in config.tests if t.name == test_name), TestSpec(test_name))
+
+
+def _verify(record: RunRecord, backend: Backend, tensors: Mapping[str, np.ndarray],
+            loaded: dict[str, np.ndarray], what: str) -> None:
+    """Compare a load with the source bit for bit, then free the loaded copy before anything else runs."""
+    mismatched = backend.verify(tensors, loaded)
+    loaded.clear()
+    record.verified = not mismatched
+    if mismatched:
+        record.error = f"verification failed: {what}: {len(mismatched)} tensor(s) differ, first {mismatched[0]}"
+
+
+def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
+    """Put one operation's figures in the record, the workers' (if any) included."""
+    seconds, cpu_s, growth = usage.wall_s, usage.cpu_s, usage.rss_growth_bytes
+    workers = backend.worker_figures()
+    if workers:
+        setattr(record, f"process_{op}_s", [w["seconds"] for w in workers])
+        cpu_s += _workers_cpu_s(workers)
+        growth += sum(w["peak_rss_bytes"] for w in workers)  # summed: an upper bound of what was in use at once
+    patterns = backend.pattern_seconds()
+    if patterns:  # the device ceiling: its time is the fastest pattern's
+        record.patterns = {**(record.patterns or {}), op: dict(patterns)}
+        seconds = min(patterns.values())
+    setattr(record, f"{op}_s", seconds)
+    setattr(record, f"{op}_cpu_s", cpu_s)
+    setattr(record, f"{op}_peak_rss_bytes", growth)
+    setattr(record, f"{op}_rss_anon_bytes", usage.rss_anon_peak_bytes)
+    setattr(record, f"{op}_rss_file_bytes", usage.rss_file_peak_bytes)
+
+
+def _workers_cpu_s(workers: list[dict[str, float]] | None) -> float:
+    """CPU seconds the worker processes (if any) spent on the last save or load."""
+    return sum(w["cpu_s"] for w in workers or [])
+
+
+_STORAGE_FAILURES = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS}
+_STORAGE_FAILURE_TEXT = tuple(os.strerror(code) for code in _STORAGE_FAILURES)
+
+
+def storage_failed(exc: BaseException) -> bool:
+    """True for a full disk or an I/O error, however the library reported it (TensorStore puts the OS text in a ValueError)."""
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_FAILURES:
+        return True
+    return any(text in str(exc) for text in _STORAGE_FAILURE_TEXT)
+
+
+def cache_state(resident_bytes: int, disk_bytes: int) -> str:
+    if resident_bytes == 0:
+        return "cold"
+    return "warm" if resident_bytes >= 0.9 * disk_bytes else "partial"
+
+
+def backend_for(test: TestSpec, config: SuiteConfig, target: Target | None = None,
+                pools: dict[Any, Any] | None = None) -> Backend:
+    """The back end that measures a test: TensorStore (in this process or N workers), or a reference row."""
+    from ckptbench.bench import storage
+
+    target = target or LocalTarget(config.output_dir)
+    if test.backend == "tensorstore" and test.processes > 1:
+        from ckptbench.parallel import distributed
+
+        pools = {} if pools is None else pools
+        source = distributed.WeightSource(config.model, config.weights, config.dtype, config.values_for(test))
+        # One set of writers per count and values: each holds the weights it was started with.
+        pool = pools.setdefault((test.processes, source.values), distributed.pool_for(test.processes, source))
+        return distributed.DistributedBackend(storage.Layout.of(test, config.dtype), pool, config.max_inflight_bytes,
+                                              context_extra=target.context_spec())
+    if test.backend == "tensorstore":
+        return storage.TensorStoreBackend(storage.Layout.of(test, config.dtype), config.max_inflight_bytes,
+                                          context_extra=target.context_spec())
+    from ckptbench.bench import references
+
+    if test.backend == "device_ceiling":
+        return references.DeviceCeilingBackend(config.cache_eviction)
+    return references.BACKENDS[test.backend]()
+
+
+def run_suite(
+    runs: Iterable[PlannedRun],
+    tensors: Mapping[str, np.ndarray],
+    config: SuiteConfig,
+    on_phase: Phase = _no_phase,
+    keep: bool = False,
+    target: Target | None = None,
+    sources: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+) -> Iterator[RunRecord]:
+    """Execute a plan, yielding each run's record as soon as it ends; stop after a storage failure.
+
+    With `keep`, the checkpoint of each test's last measured round is left in place. `sources`:
+    weights by `values`, for tests whose values differ from the suite's (`tensors`)."""
+    target = target or LocalTarget(config.output_dir)
+    pools: dict[Any, Any] = {}  # writers by process count and values
+    backends = {t.name: backend_for(t, config, target, pools) for t in config.tests}
+    weights_of = {t.name: (sources or {}).get(config.values_for(t), tensors) for t in config.tests}
+    if not isinstance(runs, Plan):
+        runs = list(runs)
+    last_round = runs.last_round if isinstance(runs, Plan) else max((r.round for r in runs), default=0)
+    try:
+        for planned in runs:
+            record = run_once(planned, weights_of[planned.test], backends[planned.test], config, on_phase,
+                              keep=keep and planned.round == last_round, target=target)
+            yield record
+            if record.fatal:
+                return
+    finally:  # also on Ctrl-C: stop every worker process
+        for pool in pools.values():
+            pool.stop()

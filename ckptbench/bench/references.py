@@ -1,0 +1,310 @@
+"""Reference rows, measured with the same protocol as the TensorStore tests.
+
+- `safetensors`: what most users store LLaMA weights in today.
+- `torch_save`: the PyTorch default.
+- `device_ceiling`: the same bytes in raw files, written (fsync'd) and read cold over
+  a small grid of access patterns (1, 4 and 16 parallel streams over as many files, in
+  1 MiB and 16 MiB blocks, like fio jobs), plus an O_DIRECT read that no page cache can
+  serve: what the disk itself can do, so every test can be reported as a fraction of it.
+
+Each save ends with an fsync of the file and its folder, as TensorStore's file
+kvstore does, and each load leaves every byte in private memory: safetensors'
+`load_file` maps the file lazily, so its reference copies each tensor out of the
+mapping inside the timed region (otherwise the load would read nothing).
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Mapping
+
+import ml_dtypes
+import numpy as np
+
+from ckptbench.bench import cache
+from ckptbench.bench.backend import Backend
+from ckptbench.bench.storage import checkpoint_size
+from ckptbench.bench.targets import RunLocation, as_location
+
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+# dd's bs=1M and fio's large sequential blocks. One 64 MiB read stream ran at a sixth of
+# the speed of 1-8 MiB reads on the machines we measured, so no single block size is "the"
+# device's speed: the grid finds the best one.
+_IO_BLOCK_BYTES = 2**20
+_BIG_BLOCK_BYTES = 16 * 2**20
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _durable(file: Path) -> None:
+    _fsync_path(file)
+    _fsync_path(file.parent)  # the new directory entry must survive a crash too
+
+
+def _to_torch(array: np.ndarray):
+    import torch
+
+    if array.dtype == _BFLOAT16:  # torch cannot take numpy's bfloat16; share the bits instead
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def _to_numpy(tensor) -> np.ndarray:
+    import torch
+
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(_BFLOAT16)
+    return tensor.numpy()
+
+
+def _folder(location: RunLocation | Path) -> Path:
+    folder = as_location(location).local_dir
+    if folder is None:
+        raise ValueError("reference rows write local files; they cannot run on a remote --storage")
+    return folder
+
+
+class _FileReference(Backend):
+    """Plain files in the run's folder; loads are cold like TensorStore's."""
+
+    filename = "checkpoint"
+
+    def footprint(self, location: RunLocation | Path) -> tuple[int, int, int]:
+        return checkpoint_size(_folder(location))
+
+
+class SafetensorsBackend(_FileReference):
+    filename = "model.safetensors"
+
+    def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
+        directory = _folder(location)
+        from safetensors.torch import save_file
+
+        save_file({name: _to_torch(a) for name, a in tensors.items()}, str(directory / self.filename))
+        _durable(directory / self.filename)
+
+    def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
+        directory = _folder(location)
+        from safetensors.torch import load_file
+
+        mapped = load_file(str(directory / self.filename))
+        return {name: _to_numpy(t.clone()) for name, t in mapped.items()}
+
+
+class TorchSaveBackend(_FileReference):
+    filename = "model.pt"
+
+    def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
+        directory = _folder(location)
+        import torch
+
+        torch.save({name: _to_torch(a) for name, a in tensors.items()}, directory / self.filename)
+        _durable(directory / self.filename)
+
+    def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
+        directory = _folder(location)
+        import torch
+
+        state = torch.load(directory / self.filename, map_location="cpu", weights_only=True)
+        return {name: _to_numpy(t) for name, t in state.items()}
+
+
+class DeviceCeilingBackend(_FileReference):
+    """The model's bytes, back to back, written and read in raw files over a grid of access patterns.
+
+    Writes: 1, 4 and 16 parallel streams, each writing its own file, in 1 MiB and 16 MiB
+    blocks, every file fsync'd. Reads, cold: the same grid, each pattern after an
+    eviction, plus an O_DIRECT read (16 streams, 16 MiB blocks) that no page cache can
+    serve. Each pattern is timed alone; the run's save and load times are the fastest
+    pattern's, and every pattern's time is recorded.
+    """
+
+    def __init__(self, eviction: str = "auto", streams: tuple[int, ...] = (1, 4, 16),
+                 blocks: tuple[int, ...] = (_IO_BLOCK_BYTES, _BIG_BLOCK_BYTES)) -> None:
+        self._eviction = eviction
+        self.streams, self.blocks = streams, blocks
+        self._align = max(blocks)  # every file starts at a multiple of the largest block
+        self._layout: list[tuple[str, tuple[int, ...], np.dtype, int]] = []  # name, shape, dtype, offset
+        self._total = 0
+        self._buffer: np.ndarray | None = None
+        self._mapping: mmap.mmap | None = None
+        self._seconds: dict[str, float] | None = None
+
+    def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Allocate and touch the read buffer before any clock starts: the ceiling is the device's
+        speed, not the kernel's cost of mapping fresh pages (which halved the read speed we saw).
+        An anonymous mapping is page-aligned, as O_DIRECT needs."""
+        self._note_layout(tensors)
+        size = -(-max(self._total, 1) // self._align) * self._align  # room for O_DIRECT's whole last block
+        self._mapping = mmap.mmap(-1, size)
+        self._buffer = np.frombuffer(self._mapping, dtype=np.uint8)
+        self._buffer[::mmap.PAGESIZE] = 0
+
+    def _note_layout(self, tensors: Mapping[str, np.ndarray]) -> None:
+        self._layout, offset = [], 0
+        for name, array in tensors.items():
+            self._layout.append((name, array.shape, array.dtype, offset))
+            offset += array.nbytes
+        self._total = offset
+
+    def release(self) -> None:
+        # Not closed explicitly: loaded arrays may still view it; it goes with its last reference.
+        self._buffer = self._mapping = None
+
+    def pattern_seconds(self) -> dict[str, float] | None:
+        return self._seconds
+
+    def _evict(self, folder: Path) -> None:
+        """Between patterns: a few large files, so dropping their pages (fadvise) is all a cold read needs;
+        the whole page cache (drop_caches) would also throw out every library the process maps."""
+        if self._eviction == "none":
+            return
+        if not cache.fadvise_dontneed(folder) or cache.resident_bytes(folder):
+            cache.evict(folder, self._eviction)
+
+    def footprint(self, location: RunLocation | Path) -> tuple[int, int, int]:
+        return checkpoint_size(_folder(location) / _set_name(1))  # one copy of the bytes, as one file
+
+    def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
+        directory = _folder(location)
+        self._note_layout(tensors)
+        pieces = [memoryview(a.reshape(-1).view(np.uint8)) for a in tensors.values()]
+        self._seconds = {}
+        for streams in self.streams:
+            ranges = _ranges(self._total, streams, self._align)
+            for block in self.blocks:
+                folder = directory / _set_name(streams)
+                if folder.exists():
+                    shutil.rmtree(folder)  # the same stream count, written again with the other block size
+                folder.mkdir()
+                started = time.perf_counter()
+                _write_set(folder, pieces, ranges, block)
+                self._seconds[pattern_name(streams, block)] = time.perf_counter() - started
+
+    def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
+        directory = _folder(location)
+        if self._buffer is None:  # loading without `prepare` (a direct call): allocate now
+            self.prepare({name: np.empty(shape, dtype) for name, shape, dtype, _ in self._layout})
+        self._seconds = {}
+        first = True
+        for streams in self.streams:
+            ranges = _ranges(self._total, streams, self._align)
+            for block in self.blocks:
+                folder = directory / _set_name(streams)
+                if not first:  # the runner evicted before the first pattern; each later one starts cold too
+                    self._evict(folder)
+                first = False
+                started = time.perf_counter()
+                _read_set(folder, self._buffer, ranges, block, direct=False)
+                self._seconds[pattern_name(streams, block)] = time.perf_counter() - started
+        direct_streams, direct_block = max(self.streams), max(self.blocks)
+        folder = directory / _set_name(direct_streams)
+        self._evict(folder)
+        started = time.perf_counter()
+        try:
+            _read_set(folder, self._buffer, _ranges(self._total, direct_streams, self._align), direct_block, direct=True)
+            self._seconds[DIRECT_PREFIX + pattern_name(direct_streams, direct_block)] = time.perf_counter() - started
+        except OSError as exc:  # a filesystem without O_DIRECT (tmpfs): the buffered patterns still stand
+            if exc.errno != errno.EINVAL:
+                raise
+        return {name: self._buffer[offset:offset + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+                for name, shape, dtype, offset in self._layout}
+
+
+DIRECT_PREFIX = "direct "
+
+
+def pattern_name(streams: int, block_bytes: int) -> str:
+    """'4x16MiB': 4 streams (files) in 16 MiB blocks."""
+    if block_bytes % 2**20:
+        return f"{streams}x{block_bytes // 2**10}KiB"
+    return f"{streams}x{block_bytes // 2**20}MiB"
+
+
+def _set_name(streams: int) -> str:
+    return f"{streams}-streams"
+
+
+def _ranges(total: int, streams: int, align: int) -> list[tuple[int, int]]:
+    """Split [0, total) into at most `streams` contiguous ranges (one per file) whose starts are
+    aligned to `align` (the largest block), so that every block size reads the same files."""
+    step = max(align, -(-(-(-total // streams)) // align) * align)
+    return [(start, min(start + step, total)) for start in range(0, total, step)] or [(0, 0)]
+
+
+def _segments(pieces: list[memoryview], start: int, stop: int) -> list[memoryview]:
+    """The parts of the back-to-back pieces that cover bytes [start, stop)."""
+    out, offset = [], 0
+    for piece in pieces:
+        end = offset + len(piece)
+        if end > start and offset < stop:
+            out.append(piece[max(start - offset, 0):min(stop - offset, len(piece))])
+        offset = end
+        if offset >= stop:
+            break
+    return out
+
+
+def _write_file(path: Path, pieces: list[memoryview], start: int, stop: int, block: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for offset in range(start, stop, block):
+            buffers = _segments(pieces, offset, min(offset + block, stop))
+            while buffers:
+                written = os.writev(fd, buffers)
+                while buffers and written >= len(buffers[0]):
+                    written -= len(buffers[0])
+                    buffers.pop(0)
+                if buffers:
+                    buffers[0] = buffers[0][written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_set(folder: Path, pieces: list[memoryview], ranges: list[tuple[int, int]], block: int) -> None:
+    with ThreadPoolExecutor(len(ranges)) as pool:
+        list(pool.map(lambda i: _write_file(folder / f"part-{i:02d}.bin", pieces, *ranges[i], block),
+                      range(len(ranges))))
+    _fsync_path(folder)
+
+
+def _read_file(path: Path, buffer: np.ndarray, start: int, stop: int, block: int, direct: bool) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
+    view = memoryview(buffer)
+    try:
+        position = start
+        while position < stop:
+            # O_DIRECT reads whole aligned blocks; the last one returns short at the end of the file
+            length = block if direct else min(block, stop - position)
+            got = os.preadv(fd, [view[position:position + length]], position - start)
+            if got == 0:
+                raise EOFError(f"{path} ended at byte {position - start} of {stop - start}")
+            position += got
+    finally:
+        os.close(fd)
+
+
+def _read_set(folder: Path, buffer: np.ndarray, ranges: list[tuple[int, int]], block: int, direct: bool) -> None:
+    with ThreadPoolExecutor(len(ranges)) as pool:
+        list(pool.map(lambda i: _read_file(folder / f"part-{i:02d}.bin", buffer, *ranges[i], block, direct),
+                      range(len(ranges))))
+
+
+BACKENDS: dict[str, Callable[..., Backend]] = {
+    "safetensors": SafetensorsBackend,
+    "torch_save": TorchSaveBackend,
+    "device_ceiling": DeviceCeilingBackend,
+}

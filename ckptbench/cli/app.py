@@ -1,0 +1,86 @@
+"""The command line: a subcommand name, then that subcommand's flags.
+
+    ckptbench [run] [flags]            run a suite (the default: no name means run)
+    ckptbench compare A.json B.json    compare two results files
+    ckptbench show RESULTS.json        reprint the tables and redraw the figures of a results file
+    ckptbench list-models              the weight presets
+    ckptbench tune [flags]             find the fastest layout for a model on this disk
+    ckptbench explain [flags]          attribute the original Phase 4 expectations to its conditions
+
+Each subcommand lives in its own module under `commands/`, imported only when named,
+so `--help`, `compare` and `show` never import TensorStore, torch or transformers.
+A `UserError` anywhere is printed as one line and exits with status 2 (as asv does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ckptbench.core.errors import UserError
+
+COMMANDS: dict[str, str] = {
+    "run": "run a suite from a config (the default)",
+    "compare": "compare two results files test by test",
+    "show": "reprint the tables and redraw the figures of a results file",
+    "list-models": "list the weight presets",
+    "tune": "find the fastest TensorStore layout for a model on this disk, within a time budget",
+    "explain": "measure which of the original harness's conditions produced each failed expectation",
+}
+DEFAULT_COMMAND = "run"
+ONE_HOST = ("tune", "explain")  # they plan suites from the results of earlier ones: not under a launcher
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an entry point tells the subcommands: its name and its default config file."""
+
+    prog: str = "ckptbench"
+    default_config: Path | None = None  # None: ./phase4_config.json, else the packaged default
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as a UserError (one line, exit 2) instead of usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message}; see --help")
+
+
+def main(argv: Sequence[str] | None = None, default_config: Path | None = None, prog: str | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    context = Context(prog or "ckptbench", default_config)
+    name = argv[0] if argv and argv[0] in COMMANDS else DEFAULT_COMMAND
+    rest = argv[1:] if argv and argv[0] in COMMANDS else argv
+    try:
+        if name in ONE_HOST:
+            _refuse_launch(name)
+        command = load_command(name)
+        parser = Parser(prog=f"{context.prog} {name}" if name != DEFAULT_COMMAND else context.prog,
+                        description=command.description(context))
+        command.add_arguments(parser, context)
+        return command.run(parser.parse_args(rest), context)
+    except UserError as exc:
+        print("error: " + str(exc).replace("\n", "\\n"), file=sys.stderr)  # one line, whatever a path holds
+        return UserError.exit_status
+
+
+def _refuse_launch(name: str) -> None:
+    from ckptbench.parallel import ranks
+
+    launch = ranks.detect()
+    if launch is not None:
+        raise UserError(f"{name}: runs on one host, and {launch.launcher} started {launch.world_size} ranks; start "
+                        f"{name} without the launcher (run, the default subcommand, is the one that uses ranks)")
+
+
+def load_command(name: str) -> Any:
+    """The command object of a subcommand (its module's COMMAND), imported on demand."""
+    return importlib.import_module(f".commands.{name.replace('-', '_')}", __package__).COMMAND
+
+
+def subcommand_help() -> str:
+    return "subcommands: " + "; ".join(f"{name}: {text}" for name, text in COMMANDS.items())

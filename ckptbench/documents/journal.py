@@ -1,0 +1,88 @@
+"""The run journal: every finished run appended (and fsync'd) the moment it ends.
+
+`journal.jsonl` in the output folder holds one header line (the suite's fingerprint:
+config, weight source, seed) and then one line per finished run. A crash, Ctrl-C or
+SIGTERM loses at most the run in progress, and `--resume` continues from it: it
+refuses when the config or the weights differ from the header, then runs only what
+is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from ckptbench.core.errors import UserError
+from ckptbench.core.records import RunRecord
+
+JOURNAL_FILE = "journal.jsonl"
+FORMAT = "ckptbench-journal-1"
+# Settings that may change between an interrupted run and its resumption: where
+# files go does not change what is measured, and the seed is the journal's own.
+_NOT_FINGERPRINTED = ("output_dir", "config_path", "seed")
+
+
+def fingerprint(config_json: Mapping[str, Any], weights_info: Mapping[str, Any]) -> dict[str, Any]:
+    """What must be identical for runs to belong to one suite."""
+    suite = {
+        "config": {k: v for k, v in config_json.items() if k not in _NOT_FINGERPRINTED},
+        "weights": dict(weights_info),
+    }
+    return json.loads(json.dumps(suite))  # as it will read back from the journal (tuples become lists)
+
+
+class Journal:
+    """Append-only, fsync'd JSON lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def start(self, suite_fingerprint: Mapping[str, Any], seed: int) -> None:
+        """Begin a new journal (replacing one of an earlier suite in this folder)."""
+        self._write_lines([{"type": "suite", "format": FORMAT, "seed": seed, **suite_fingerprint}], mode="w")
+
+    def append(self, record: RunRecord) -> None:
+        self._write_lines([{"type": "run", **record.to_json()}], mode="a")
+
+    def _write_lines(self, entries: list[Mapping[str, Any]], mode: str) -> None:
+        text = "".join(json.dumps(entry, allow_nan=False) + "\n" for entry in entries)  # fail before touching the file
+        with open(self.path, mode, encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def read(self) -> tuple[dict[str, Any], list[RunRecord]]:
+        """(header, finished runs). A torn last line (a crash mid-write) is ignored."""
+        if not self.path.is_file():
+            raise UserError(f"--resume: no {JOURNAL_FILE} in {self.path.parent}; there is nothing to resume there")
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        entries = []
+        for number, line in enumerate(lines, 1):
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                if number == len(lines):
+                    break  # the run being written when the process died
+                raise UserError(f"--resume: {self.path} line {number} is damaged; start afresh without --resume") from None
+        if not entries or entries[0].get("type") != "suite" or entries[0].get("format") != FORMAT:
+            raise UserError(f"--resume: {self.path} is not a journal this version wrote; start afresh without --resume")
+        runs = [RunRecord.from_json(e) for e in entries[1:] if e.get("type") == "run"]
+        return entries[0], runs
+
+
+def differences(header: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Human-readable list of what differs between a journal's suite and the current one."""
+    found = []
+    for section in ("config", "weights"):
+        old, new = header.get(section, {}), current.get(section, {})
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                found.append(f"{section}.{key}: was {_short(old.get(key))}, now {_short(new.get(key))}")
+    return found
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,450 @@
+"""The results document: raw runs in, statistics added, versioned JSON out.
+
+A document has two parts. The raw part is what was measured and how: the config, the
+weights, the machine, the protocol, and every run's figures. The derived part is
+computed from the raw part alone by `derive`: statistics, changes versus the baseline,
+claims, the ceiling, the best configuration, warnings. Reports and plots only read a
+derived document. Because `derive` needs nothing but the document, a file written by
+an older version is upgraded by filling in its raw part and deriving afresh, so `show`
+and `compare` read every version this tool has written.
+
+`results.schema.json` (shipped beside this module) is the contract: `read` validates
+every document against it and answers one line on a mismatch.
+
+Version history (bump SCHEMA_VERSION whenever a field changes meaning):
+- 1 (ckptbench 0.1.0): first format. `n_files` stopped counting the run's marker file
+  in b50a8a8 without a version bump, so version-1 counts may be one too high.
+- 2 (ckptbench 0.2.0): runs record RSS split into anonymous and file-backed memory and
+  the RSS after each run; the device ceiling's save_s/load_s are the fastest pattern of
+  a grid (version 1: one sequential write, an 8-stream read) and each pattern's time is
+  in `patterns`; claims have four outcomes (version 1's "confirmed" meant only that the
+  CI overlapped the claimed range); stats gain `ci95_log`; tests gain `kind`; weights
+  gain `values`; new `scale` and `best` sections; `protocol.order`; `tool.commit`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ckptbench.analysis import change as analysis, stats
+from ckptbench.documents import store as documents
+from ckptbench.core import records
+from ckptbench.documents.store import Document, first_line, read_json, write_json
+from ckptbench.core.errors import UserError
+from ckptbench.core.units import human_bytes
+
+SCHEMA_VERSION = 2
+RESULTS_FILE = "results.json"
+SCHEMA_FILE = Path(__file__).with_name("schemas") / "results.schema.json"
+METRICS = tuple(analysis.METRICS)  # save_s, load_s, size_bytes
+THROUGHPUT = {"save_gbps": "save_s", "load_gbps": "load_s"}
+# What each operation costs besides time: CPU seconds (all threads) and memory.
+COST = ("save_cpu_s", "load_cpu_s", "save_peak_rss_bytes", "load_peak_rss_bytes",
+        "save_rss_anon_bytes", "load_rss_anon_bytes", "save_rss_file_bytes", "load_rss_file_bytes")
+CEILING = "device_ceiling"
+DIRECT_PREFIX = "direct "  # a ceiling pattern read with O_DIRECT (see references.py)
+NOT_DURABLE = "not durable"
+OBJECTIVES = {"save": "save_s", "load": "load_s", "balanced": "total_s", "size": "size_bytes"}
+SMALL_FOR_RAM = 0.25  # a checkpoint under a quarter of RAM may be cached by a VM's host
+
+
+# --- building -----------------------------------------------------------------
+
+def _blocks(config: Any, seed: int) -> list[dict[str, Any]]:
+    """Blocks of tests run back to back, and how many interleaved rounds ran before each (records.Plan)."""
+    blocks = getattr(config, "blocks", ())
+    if config.order != "interleaved" or not blocks:
+        return []
+    slots = records.block_slots(len(blocks), config.num_runs + config.warmup_rounds, seed)
+    return [{"tests": list(block), "after_rounds": slot} for block, slot in zip(blocks, slots)]
+
+
+def build(config: Any, weights_info: Mapping[str, Any], records: Iterable[Any], environment: Mapping[str, Any],
+          seed: int, complete: bool, storage: Mapping[str, Any] | None = None,
+          scale: Mapping[str, Any] | None = None, tool: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The whole results document of a suite (finished or not): its raw part, then `derive`."""
+    by_test: dict[str, list[dict[str, Any]]] = {t.name: [] for t in config.tests}
+    for record in records:
+        by_test[record.test].append(record.to_json())
+    document = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": dict(tool or {"name": "ckptbench", "version": None, "commit": None}),
+        "complete": complete,
+        "environment": dict(environment),
+        "config": config.to_json(),
+        "weights": dict(weights_info),
+        "scale": dict(scale or {}),
+        "protocol": {**_protocol(config, seed), "storage": dict(storage or {"kind": "local"})},
+        "baseline": config.baseline,
+        "tests": [{"name": t.name, "description": t.description, "kind": "reference" if t.is_reference else "tensorstore",
+                   "settings": {**t.to_json(), "compression_label": _compression_label(t.compression)},
+                   "durable": t.durable, "runs": by_test[t.name]} for t in config.tests],
+        "skipped_tests": [{"name": name, "reason": reason} for name, reason in config.skipped],
+    }
+    return derive(json.loads(json.dumps(document)))  # plain JSON types: the document equals its file
+
+
+def _compression_label(codec: Mapping[str, Any] | None) -> str:
+    from ckptbench.spec.compression import label
+
+    return label(codec)
+
+
+def _protocol(config: Any, seed: int) -> dict[str, Any]:
+    return {
+        "save": "timed from the first open until TensorStore reports every write durable "
+                "(file kvstore with file_io_sync on: each file fsync'd), manifest fsync'd",
+        "load": "timed from the first open until every array is in memory",
+        "processes": "with several processes, each writes and reads whole chunk rows of every array; "
+                     "save_s and load_s run from the common start to the slowest process (process_save_s, "
+                     "process_load_s hold each one's); CPU includes the workers', peak RSS growth too (summed); "
+                     "under a launcher (environment.launch) the processes are its ranks, rank 0 among them, and "
+                     "each rank's time runs from a barrier all ranks leave together",
+        "remote_loads": "with s3:// or gs:// storage there is no page cache to drop: loads read from the server "
+                        "(load_cache 'remote'), and sizes come from listing the run's objects",
+        "ceiling": "device_ceiling: the same bytes in raw files written (fsync'd) and read cold with 1, 4 and 16 "
+                   "streams over as many files in 1 MiB and 16 MiB blocks, plus an O_DIRECT read; each run's "
+                   "save_s and load_s are its fastest pattern",
+        "memory": "rss_anon/rss_file: peak anonymous and file-backed resident bytes of the whole process during "
+                  "the operation (/proc/self/statm, sampled every 10 ms); peak_rss: growth above the start",
+        "cache_eviction_requested": config.cache_eviction,
+        "verification": "every load compared bit for bit with the source, outside the timed region",
+        "order": config.order,
+        "blocks": _blocks(config, seed),
+        "seed": seed,
+        "num_runs": config.num_runs,
+        "warmup_rounds": config.warmup_rounds,
+        "noise_pct": config.noise_pct,
+        "values": config.values,
+        "std": "sample standard deviation (ddof=1)",
+        "ci": "95% Student-t confidence interval of the mean; ci95_log: the same on log values",
+        "throughput": "GB/s = tensor bytes / 1e9 / seconds",
+    }
+
+
+# --- deriving -------------------------------------------------------------------
+
+def derive(document: dict[str, Any]) -> dict[str, Any]:
+    """Fill every derived section of a document from its raw part (in place; returns it)."""
+    data_bytes = int(document["weights"]["size_bytes"])
+    noise_pct = float(document["protocol"]["noise_pct"])
+    tests = document["tests"]
+    baseline = next((t for t in tests if t["name"] == document["baseline"]), None)
+    base = samples(baseline["runs"], data_bytes) if baseline else {}
+    for test in tests:
+        mine = samples(test["runs"], data_bytes)
+        test["labels"] = [] if test["durable"] else [NOT_DURABLE]
+        test["failed_runs"] = sum(1 for r in test["runs"] if r["error"] is not None)
+        test["stats"] = {metric: stats.summarize(values) for metric, values in mine.items()}
+        test["vs_baseline"], test["claims"] = {}, []
+        if baseline is not None and test is not baseline:
+            expected = test["settings"].get("expected") or {}
+            claimed = {analysis.CLAIM_METRICS[k]: v for k, v in expected.items()}
+            for metric in METRICS:
+                comparison = analysis.compare(mine[metric], base[metric], metric=metric, noise_pct=noise_pct,
+                                              claimed_pct=claimed.get(metric))
+                claim = comparison.pop("claim", None)
+                test["vs_baseline"][metric] = comparison
+                if claim is not None:
+                    test["claims"].append(claim)
+        test["warnings"] = _test_warnings(test, mine)
+    ceiling = next((t for t in tests if t["name"] == CEILING), None)
+    if ceiling is not None:
+        ceiling["ceiling"] = _ceiling_patterns(ceiling["runs"], data_bytes)
+    for test in tests:
+        test["pct_of_ceiling"] = {m: _pct(test, ceiling, m) for m in THROUGHPUT}
+    document["protocol"]["load_cache"] = _load_cache(tests)
+    document["protocol"]["cache_eviction_used"] = sorted({r["eviction"] or "none" for t in tests for r in t["runs"]
+                                                          if r["error"] is None and r["load_cache"] != "memory"})
+    document["scale"] = _scale(document, ceiling)
+    document["best"] = best_configurations(tests, noise_pct)
+    document["warnings"] = _suite_warnings(document, ceiling)
+    return document
+
+
+def samples(runs: Iterable[Mapping[str, Any]], data_bytes: int) -> dict[str, list[float]]:
+    """Per-metric values of the measured (not warm-up), successful runs, in round order."""
+    good = sorted((r for r in runs if r["error"] is None and not r["warmup"]), key=lambda r: r["round"])
+    out = {metric: [float(r[metric]) for r in good] for metric in METRICS}
+    out["total_s"] = [float(r["save_s"]) + float(r["load_s"]) for r in good]
+    for name, seconds in THROUGHPUT.items():
+        out[name] = [data_bytes / 1e9 / s for s in out[seconds] if s > 0]
+    for metric in COST:
+        out[metric] = [float(r[metric]) for r in good if r.get(metric) is not None]
+    warm = [float(r["warm_load_s"]) for r in good if r.get("warm_load_s") is not None]
+    if warm:  # a test with warm_load: its loads from the page cache, right after each save
+        out["warm_load_s"] = warm
+    return out
+
+
+def _pct(test: Mapping[str, Any], ceiling: Mapping[str, Any] | None, metric: str) -> float | None:
+    mine = test["stats"][metric]["mean"]
+    limit = ceiling["stats"][metric]["mean"] if ceiling else None
+    return None if not (mine and limit) else 100.0 * mine / limit
+
+
+def _ceiling_patterns(runs: list[Mapping[str, Any]], data_bytes: int) -> dict[str, Any]:
+    """Each access pattern's GB/s over the runs, and which pattern was fastest most often."""
+    good = [r for r in runs if r["error"] is None and not r["warmup"] and r.get("patterns")]
+    out: dict[str, Any] = {}
+    for op in ("save", "load"):
+        names = list(dict.fromkeys(n for r in good for n in r["patterns"].get(op, {})))
+        out[op] = {n: stats.summarize([data_bytes / 1e9 / r["patterns"][op][n] for r in good
+                                       if r["patterns"].get(op, {}).get(n)]) for n in names}
+        fastest = Counter(min(r["patterns"][op], key=r["patterns"][op].get) for r in good if r["patterns"].get(op))
+        out[f"{op}_pattern"] = fastest.most_common(1)[0][0] if fastest else None
+    direct = [n for n in out["load"] if n.startswith(DIRECT_PREFIX)]
+    out["direct_load_gbps"] = out["load"][direct[0]] if direct else None
+    return out
+
+
+def _load_cache(tests: list[Mapping[str, Any]]) -> str | None:
+    runs = [r for t in tests for r in t["runs"] if r["error"] is None]
+    states = sorted({r["load_cache"] for r in runs if r["load_cache"] not in (None, "memory", "remote")})
+    if not states and any(r["load_cache"] == "remote" for r in runs):
+        states = ["remote"]
+    return states[0] if len(states) == 1 else ("mixed" if states else None)
+
+
+def _scale(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a reader needs to judge whether the figures carry over to their own checkpoint."""
+    scale = dict(document.get("scale") or {})
+    model_bytes = int(document["weights"]["size_bytes"])
+    ram = (document.get("environment") or {}).get("ram_bytes")
+    scale["model_bytes"] = model_bytes
+    scale["ram_bytes"] = ram
+    scale["model_pct_of_ram"] = None if not ram else 100.0 * model_bytes / ram
+    # The harness holds the source and a loaded copy: the page cache gets what is left.
+    scale["fits_in_page_cache"] = None if not ram else model_bytes <= ram - 2 * model_bytes
+    scale["small_for_ram"] = None if not ram else model_bytes < SMALL_FOR_RAM * ram
+    patterns = (ceiling or {}).get("ceiling") or {}
+    scale["ceiling_save_pattern"] = patterns.get("save_pattern")
+    scale["ceiling_load_pattern"] = patterns.get("load_pattern")
+    return scale
+
+
+def best_configurations(tests: list[Mapping[str, Any]], noise_pct: float) -> dict[str, Any]:
+    """Per objective, the TensorStore test with the lowest mean, its runner-up, and whether the two differ."""
+    candidates = [t for t in tests if t["kind"] == "tensorstore" and t["stats"]["save_s"]["n"] > 0]
+    out: dict[str, Any] = {}
+    for objective, metric in OBJECTIVES.items():
+        ranked = sorted(candidates, key=lambda t: t["stats"][metric]["mean"])
+        if not ranked:
+            continue
+        winner = ranked[0]
+        entry: dict[str, Any] = {"test": winner["name"], "metric": metric, "mean": winner["stats"][metric]["mean"],
+                                 "runner_up": None, "runner_up_mean": None, "comparison": None,
+                                 "distinguishable": None}
+        if len(ranked) > 1:
+            second = ranked[1]
+            # judged as a time (or a size): the runner-up against the winner
+            comparison = analysis.compare(_metric_runs(second, metric), _metric_runs(winner, metric),
+                                          metric="size_bytes" if metric == "size_bytes" else "save_s",
+                                          noise_pct=noise_pct)
+            entry.update(runner_up=second["name"], runner_up_mean=second["stats"][metric]["mean"],
+                         comparison=comparison,
+                         distinguishable=comparison["verdict"] in ("slower", "larger"))
+        out[objective] = entry
+    return out
+
+
+def _metric_runs(test: Mapping[str, Any], metric: str) -> list[float]:
+    good = [r for r in test["runs"] if r["error"] is None and not r["warmup"]]
+    if metric == "total_s":
+        return [float(r["save_s"]) + float(r["load_s"]) for r in good]
+    return [float(r[metric]) for r in good]
+
+
+def _test_warnings(test: Mapping[str, Any], mine: Mapping[str, list[float]]) -> list[str]:
+    name = test["name"]
+    out = [f"{name}: {w}" for metric in ("save_s", "load_s") for w in stats.warnings_for(metric, mine[metric])]
+    settings = test["settings"]
+    if not test["durable"]:
+        why = ("it lives in memory and never reaches a disk" if settings.get("kvstore") == "memory"
+               else "file_io_sync is off: data may still be in the page cache when the clock stops")
+        out.append(f"{name}: its saves are {NOT_DURABLE}: {why}")
+    if settings.get("file_io_mode") == "direct":
+        leaked = [r for r in test["runs"] if r["error"] is None and r.get("resident_bytes_after_load")
+                  and r["resident_bytes_after_load"] > 0.1 * (r.get("disk_bytes") or 0)]
+        if leaked:
+            out.append(f"{name}: file_io_mode \"direct\" left {human_bytes(leaked[0]['resident_bytes_after_load'])} "
+                       "of the checkpoint in the page cache: TensorStore read those chunk files buffered (it reads "
+                       "with O_DIRECT only files whose size is a multiple of 4096 bytes); its load figures are buffered reads")
+    for run in test["runs"]:
+        if run["error"] is not None:
+            out.append(f"{name}: round {run['round']} failed: {run['error']}")
+    return out
+
+
+def _suite_warnings(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> list[str]:
+    tests = document["tests"]
+    runs = [r for t in tests for r in t["runs"] if r["error"] is None]
+    out = []
+    requested = document["protocol"].get("cache_eviction_requested")
+    warm = [r for t in tests if (t["settings"].get("cache_eviction") or requested) != "none"  # warm on purpose
+            for r in t["runs"] if r["error"] is None and r["load_cache"] in ("warm", "partial")]
+    if warm:
+        out.append(f"{len(warm)} of {len(runs)} loads were not cold (the page cache still held the checkpoint): "
+                   "their load times are optimistic. Run as root for drop_caches, or on a filesystem that honours "
+                   "posix_fadvise (not tmpfs).")
+    out += _ceiling_warnings(tests, ceiling)
+    scale = document["scale"]
+    if scale.get("small_for_ram"):
+        suggestion = scale.get("suggested_preset")
+        hint = (f"; to avoid it on this machine, run a checkpoint of at least a quarter of RAM, e.g. {suggestion}"
+                if suggestion else "; run a checkpoint of at least a quarter of RAM to avoid it")
+        out.append(f"the checkpoint ({human_bytes(scale['model_bytes'])}) is under a quarter of this machine's RAM "
+                   f"({human_bytes(scale['ram_bytes'])}): on a virtual machine the host may cache it below the OS, "
+                   f"so 'cold' loads can be faster than the disk{hint}")
+    out += [f"sweep point {s['name']} skipped: {s['reason']}" for s in document.get("skipped_tests", [])]
+    failed = sum(t["failed_runs"] for t in tests)
+    if failed:
+        out.append(f"{failed} run(s) failed and are excluded from the statistics; see each test's runs")
+    return out + [w for t in tests for w in t["warnings"]]
+
+
+def _ceiling_warnings(tests: list[Mapping[str, Any]], ceiling: Mapping[str, Any] | None) -> list[str]:
+    if ceiling is None:
+        return []
+    out = []
+    for metric, what in (("save_gbps", "saved"), ("load_gbps", "loaded")):
+        limit = ceiling["stats"][metric]["mean"]
+        for test in tests:
+            summary = test["stats"][metric]
+            if test is ceiling or not limit or summary["mean"] is None:
+                continue
+            low = summary["ci95"][0] if summary["ci95"] else summary["mean"]
+            if low > limit:
+                meaning = ("its saves may not all be durable when the clock stops, or the ceiling's patterns miss "
+                           "what this disk does best" if metric == "save_gbps" else
+                           "a cache (the page cache or the host's, below this VM) served part of its reads")
+                out.append(f"{test['name']} {what} at {summary['mean']:.2f} GB/s, above the device ceiling "
+                           f"({limit:.2f} GB/s) by more than its 95% CI: {meaning}; treat its figure as optimistic "
+                           "and check it on a checkpoint of at least a quarter of RAM")
+    direct = (ceiling.get("ceiling") or {}).get("direct_load_gbps") or {}
+    if direct.get("mean"):
+        faster = [t for t in tests if t is not ceiling and t["stats"]["load_gbps"]["mean"] is not None
+                  and _all_cold(t) and (t["stats"]["load_gbps"]["ci95"] or [t["stats"]["load_gbps"]["mean"]])[0]
+                  > direct["mean"]]
+        if faster:
+            names = ", ".join(t["name"] for t in faster[:4]) + (" and others" if len(faster) > 4 else "")
+            out.append(f"cold loads of {names} ran faster than the O_DIRECT read of the same bytes "
+                       f"({direct['mean']:.2f} GB/s): a cache below the OS (the VM host's) is probably serving "
+                       "them, so these load times flatter a real disk; use a checkpoint of at least a quarter of RAM")
+    return out
+
+
+def _all_cold(test: Mapping[str, Any]) -> bool:
+    states = {r["load_cache"] for r in test["runs"] if r["error"] is None}
+    return states == {"cold"}
+
+
+# --- reading and writing --------------------------------------------------------
+
+class Results(Document):
+    """A results document, as `ckptbench.run` returns it and `read` loads it."""
+
+    @property
+    def tests(self) -> list[dict[str, Any]]:
+        return self.document["tests"]
+
+    @property
+    def best(self) -> dict[str, Any]:
+        return self.document["best"]
+
+    def test(self, name: str) -> dict[str, Any]:
+        return next(t for t in self.tests if t["name"] == name)
+
+    @property
+    def failed_runs(self) -> int:
+        return sum(t["failed_runs"] for t in self.tests)
+
+    def report(self, fmt: str = "text") -> str:
+        from ckptbench.reports import results as report
+
+        return report.full_report(self.document, fmt)
+
+    def draw(self, folder: Path) -> list[Path]:
+        """Every figure the document has data for, as PNG files in folder."""
+        from ckptbench.figures import plot
+
+        return plot.draw_all(self.document, Path(folder))
+
+
+def write(document: Mapping[str, Any], output_dir: Path) -> Path:
+    """Write results.json atomically (a reader never sees half a file)."""
+    return write_json(Path(output_dir) / RESULTS_FILE, document)
+
+
+def read(path: Path | str) -> Results:
+    """Read, upgrade and validate a results file of any version this tool has written."""
+    return Results(upgrade(read_json(path, "results"), str(path)), Path(path))
+
+
+def upgrade(document: Any, source: str = "results") -> dict[str, Any]:
+    """Bring a document of any known version to the current one, then validate it."""
+    version = document.get("schema_version") if isinstance(document, dict) else None
+    if version not in _UPGRADES and version != SCHEMA_VERSION:
+        known = ", ".join(str(v) for v in [*_UPGRADES, SCHEMA_VERSION])
+        raise UserError(f"{source}: schema_version {version!r} is not one this tool reads ({known}); "
+                        "is it a ckptbench results.json? A newer ckptbench may read it")
+    while document["schema_version"] != SCHEMA_VERSION:
+        old = document["schema_version"]
+        validate(document, source, old)
+        try:
+            document = _UPGRADES[old](document)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"{source}: a damaged version-{old} results file ({type(exc).__name__}: "
+                            f"{first_line(exc)[:120]}); it cannot be upgraded") from None
+    validate(document, source)
+    return document
+
+
+def _upgrade_1_to_2(document: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 to 2: new raw fields get their version-1 meaning, then everything is derived again."""
+    document = json.loads(json.dumps(document))  # a copy
+    document["schema_version"] = 2
+    document["tool"].setdefault("commit", None)
+    weights = document["weights"]
+    weights.setdefault("values", "checkpoint" if weights.get("kind") == "directory" else "random")
+    document["protocol"].setdefault("order", "interleaved")
+    document["protocol"]["order"] = "interleaved"  # version 1 only ran interleaved rounds
+    document["protocol"].setdefault("values", weights["values"])
+    document["config"].setdefault("values", weights["values"])
+    document["config"].setdefault("order", "interleaved")
+    document["scale"] = {}
+    for test in document["tests"]:
+        test["kind"] = "reference" if test["settings"].get("backend", "tensorstore") != "tensorstore" else "tensorstore"
+        test["settings"].setdefault("file_io_mode", "default")
+        for run in test["runs"]:
+            for key in ("save_rss_anon_bytes", "save_rss_file_bytes", "load_rss_anon_bytes", "load_rss_file_bytes",
+                        "rss_anon_after_bytes", "resident_bytes_after_load", "patterns"):
+                run.setdefault(key, None)
+    return derive(document)
+
+
+_UPGRADES = {1: _upgrade_1_to_2}
+
+
+# Before its upgrade, an older document is checked only for the parts every version shares.
+_SHARED = {"schema_version": "integer", "tool": "object", "complete": "boolean", "environment": "object",
+           "config": "object", "weights": "object", "protocol": "object", "baseline": "string", "tests": "array"}
+
+
+@lru_cache(maxsize=None)
+def _older_validator(version: int) -> Any:
+    import jsonschema
+
+    return jsonschema.Draft202012Validator({
+        "type": "object", "required": list(_SHARED),
+        "properties": {**{key: {"type": kind} for key, kind in _SHARED.items()}, "schema_version": {"const": version}}})
+
+
+def validate(document: Any, source: str = "results", version: int = SCHEMA_VERSION) -> None:
+    """Raise a one-line UserError naming the first field that breaks the contract."""
+    documents.validate(document, SCHEMA_FILE if version == SCHEMA_VERSION else _older_validator(version), source,
+                       "results")

@@ -1,0 +1,166 @@
+"""Live progress on stderr while a suite runs: test, round, phase and ETA.
+
+On a terminal a tqdm bar; in a log file or CI, where a redrawn bar is noise, one
+line per finished run. Nothing goes to stdout, so reports stay clean. It receives the
+runner's callbacks (`start`, `phase`, `finished`) and measures nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from ckptbench.documents.store import weights_name
+from ckptbench.core.records import PlannedRun, RunRecord
+from ckptbench.core.units import duration_label, human_bytes
+
+
+class _Display:
+    """Lines (and a tqdm bar on a terminal) on stderr; nothing when disabled."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self._enabled = enabled
+        self._lines = enabled and not sys.stderr.isatty()
+        self._bar: Any = None
+
+    def message(self, text: str) -> None:
+        if not self._enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class Progress(_Display):
+    def __init__(self, enabled: bool = True) -> None:
+        super().__init__(enabled)
+        self._num_runs, self._total, self._done = 0, 0, 0
+        self._started = time.monotonic()
+
+    def start(self, start: Any) -> None:
+        from tqdm import tqdm
+
+        self._num_runs, self._total = start.num_runs, start.total_runs
+        self._started = time.monotonic()
+        self._bar = tqdm(total=start.total_runs, unit="run", file=sys.stderr, disable=not self._enabled or self._lines,
+                         bar_format="{l_bar}{bar:20}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] {postfix}")
+        info = start.weights
+        warmup = f" + {start.warmup_rounds} warm-up rounds" if start.warmup_rounds else ""
+        resumed = f"; resuming, {start.resumed_runs} runs already done" if start.resumed_runs else ""
+        self.message(f"weights: {weights_name(info)} "
+                     f"({info['n_params'] / 1e6:.1f}M params, {human_bytes(info['size_bytes'])} {info['dtype']}, "
+                     f"values {info.get('values')}); {start.n_tests} tests x {start.num_runs} runs{warmup}; "
+                     f"seed {start.seed}{resumed}")
+
+    def phase(self, run: PlannedRun, phase: str) -> None:
+        if self._bar is None:
+            return
+        which = f"warm-up {abs(run.round)}" if run.warmup else f"round {run.round + 1}/{self._num_runs}"
+        self._bar.set_description_str(f"{which} {run.test}", refresh=False)
+        self._bar.set_postfix_str(phase)
+        if self._lines and phase in ("save", "load"):
+            self.message(f"  {run.test} {which}: {phase}")
+
+    def finished(self, record: RunRecord) -> None:
+        self._done += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        if record.error:
+            self.message(f"  ! {record.test} round {record.round}: {record.error}")
+        elif self._lines:
+            warm = "" if record.warm_load_s is None else f"warm load {record.warm_load_s:.2f} s, "
+            left_s = (time.monotonic() - self._started) / self._done * max(0, self._total - self._done)
+            self.message(f"[{self._done}/{self._total}] {record.test} round {record.round}: "
+                         f"save {record.save_s:.2f} s, {warm}load {record.load_s:.2f} s ({record.load_cache}); "
+                         f"about {left_s:.0f} s left")
+
+class TuneProgress(_Display):
+    """`tune`'s progress: the budget estimate, then per stage a bar (or, in a log, a line per run) showing
+    the rung, the candidates left and the time left. It receives `tune.run`'s events and measures nothing."""
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        getattr(self, f"_{kind}", lambda _data: None)(data)
+
+    def _estimate(self, data: dict[str, Any]) -> None:
+        plan, info = data["plan"], data["weights"]
+        rungs = " -> ".join(str(n) for n in plan["rung_sizes"])
+        references = (", the reference rows (safetensors, torch.save, device ceiling) about "
+                      f"{plan['references_s']:.0f} s per rung" if data["references"] else "")
+        self.message(
+            f"tune: {weights_name(info)} ({human_bytes(data['model_bytes'])} "
+            f"{info['dtype']}, values {info.get('values')}), objective {data['objective']}, budget "
+            f"{duration_label(data['budget_s'])}, seed {data['seed']}\n"
+            f"space: {data['n_candidates']:,} candidates ({data['n_skipped']:,} invalid combinations skipped, "
+            f"{data['n_duplicates']:,} identical in effect for this model)\n"
+            f"estimate from the model's size: a run takes about {plan['run_s']:.1f} s{references}; after "
+            f"{data['setup_s']:.0f} s of setup and {plan['final_reserve_s']:.0f} s kept for the final, about "
+            f"{plan['n_candidates']} candidates fit (rungs {rungs}, then the final); rung 0 lists {data['n_listed']} "
+            "and measures them while the rest of the plan still fits, by the durations measured as it goes")
+
+    def _corrected(self, data: dict[str, Any]) -> None:
+        measured = data["run_s_measured"]
+        self.message(f"after rung 0: measured {data['measured']} candidates (estimated {data['planned']}); a run "
+                     f"took {measured or 0:.1f} s on average (estimated {data['run_s_estimated']:.1f} s), the "
+                     f"reference rows {data['references_s_measured']:.0f} s; {int(data['time_left_s'])} s left for "
+                     f"{' -> '.join(str(n) for n in data['next_rungs']) or 'no more rungs'} and the final")
+
+    def _stage(self, data: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        self.close()
+        self._bar = tqdm(total=data["n_tests"], unit="run", file=sys.stderr, disable=not self._enabled or self._lines,
+                         desc=data["name"], bar_format="{l_bar}{bar:20}| {n_fmt}/{total_fmt} {postfix}")
+        self._postfix(data)
+        resumed = ", resumed" if data["resumed"] else ""
+        self.message(f"{data['name']}: {data['n_tests']} runs ({data['candidates_left']} candidates left{resumed}), "
+                     f"planned {data['planned_s']:.0f} s, {_left(data['time_left_s'])} of the budget left")
+
+    def _phase(self, data: dict[str, Any]) -> None:
+        if self._bar is not None:
+            self._bar.set_description_str(f"{data['stage']} {data['test'][:40]} {data['phase']}", refresh=True)
+        if self._lines and data["phase"] in ("save", "load"):
+            self.message(f"  {data['stage']} {data['test']}: {data['phase']}")
+
+    def _run(self, data: dict[str, Any]) -> None:
+        record = data["record"]
+        if self._bar is not None:
+            self._bar.update(1)
+            self._postfix(data)
+        if record.error:
+            self.message(f"  ! {data['stage']} {record.test}: {record.error}")
+        elif self._lines:
+            self.message(f"[{data['stage']} {data['done']}/{data['total']}] {record.test}: save {record.save_s:.2f} s, "
+                         f"load {record.load_s:.2f} s ({record.load_cache}); {data['candidates_left']} candidates "
+                         f"left, {_left(data['time_left_s'])} left")
+
+    def _stage_end(self, data: dict[str, Any]) -> None:
+        decision = data["decision"] or {}
+        cut = " (stopped by the budget)" if data["status"] == "budget" else ""
+        if data["kind"] == "halving":
+            self.message(f"{data['name']} done{cut}: {len(decision.get('kept', []))} kept, "
+                         f"{data['eliminated']} eliminated; {_left(data['time_left_s'])} left")
+        else:
+            p = decision.get("p_value")
+            state = ("separated" if decision.get("separated") else "not yet separated") + (
+                f" (p = {p:.2g})" if p is not None else "")
+            self.message(f"{data['name']} done{cut}: leader {decision.get('winner')}, runner-up "
+                         f"{decision.get('runner_up')}: {state}; {_left(data['time_left_s'])} left")
+
+    def _finishing(self, data: dict[str, Any]) -> None:
+        self.close()
+        self.message(f"writing the tuned checkpoint and reading it back with the printed spec; "
+                     f"{_left(data['time_left_s'])} left")
+
+    def _postfix(self, data: dict[str, Any]) -> None:
+        self._bar.set_postfix_str(f"{data['candidates_left']} candidates left, {_left(data['time_left_s'])} left")
+
+def _left(seconds: float) -> str:
+    return duration_label(max(0.0, seconds))

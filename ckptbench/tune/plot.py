@@ -1,0 +1,95 @@
+"""tuning.png: every measured candidate's save time against its load time, from a tuning document.
+
+Log axes; marker area grows with the bytes on disk; eliminated candidates are faded; the
+Pareto front (no other candidate both saves and loads faster) is a line; the reference
+rows and the device ceiling are dashed lines at their save time (vertical) and load time
+(horizontal); the winner, the runner-up and t5x_full are labelled. Drawing computes
+nothing: the front and the statuses come from tuning.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from ckptbench.documents.store import weights_name
+from ckptbench.figures.plot import figure, save
+from ckptbench.core.units import human_bytes
+
+PLOT_FILE = "tuning.png"
+STYLE = {  # status -> (colour, alpha)
+    "winner": ("#d4a017", 1.0),
+    "runner-up": ("#e76f51", 0.95),
+    "finalist": ("#2a6f97", 0.9),
+    "survivor": ("#2a6f97", 0.6),
+    "not a finalist": ("#2a6f97", 0.45),
+    "eliminated": ("#8d99ae", 0.2),
+}
+REFERENCE_COLORS = {"safetensors": "#6a4c93", "torch_save": "#1b998b", "device_ceiling": "#c1121f"}
+REFERENCE_NAMES = {"safetensors": "safetensors", "torch_save": "torch.save", "device_ceiling": "device ceiling"}
+MIN_AREA, MAX_AREA = 25.0, 400.0
+
+
+def draw(document: Mapping[str, Any], path: Path) -> Path | None:
+    """Draw the figure; None when no candidate was measured."""
+    points = {name: c for name, c in document["candidates"].items() if c["stats"]["save_s"]["n"]}
+    if not points:
+        return None
+    fig, grid = figure(11, 8)
+    ax = grid[0][0]
+    sizes = [c["stats"]["size_bytes"]["mean"] or 0 for c in points.values()]
+    largest = max(sizes) or 1.0
+    for status, (color, alpha) in STYLE.items():
+        group = [(n, c) for n, c in points.items() if c["status"] == status]
+        if not group:
+            continue
+        ax.scatter([c["stats"]["save_s"]["mean"] for _, c in group], [c["stats"]["load_s"]["mean"] for _, c in group],
+                   s=[_area(c, largest) for _, c in group], color=color, alpha=alpha, edgecolors="black",
+                   linewidths=0.4, label=f"{status} ({len(group)})", zorder=3 if status != "eliminated" else 2)
+    front = [points[n] for n in document["pareto"] if n in points]
+    if len(front) > 1:
+        ax.step([c["stats"]["save_s"]["mean"] for c in front], [c["stats"]["load_s"]["mean"] for c in front],
+                where="post", color="#2a6f97", linewidth=1.2, alpha=0.8, label="Pareto front (save, load)", zorder=2)
+    for name, reference in document["references"].items():
+        figures = reference["stats"]
+        save_s, load_s = figures["save_s"]["mean"], figures["load_s"]["mean"]
+        if save_s is None or load_s is None:
+            continue
+        color = REFERENCE_COLORS.get(name, "black")
+        ax.axvline(save_s, color=color, linestyle="--", linewidth=1,
+                   label=f"{REFERENCE_NAMES.get(name, name)}: save {save_s:.2g} s | load {load_s:.2g} s")
+        ax.axhline(load_s, color=color, linestyle=":", linewidth=1)
+    _label(ax, document, points)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("save time, s (fsync'd; log scale)")
+    ax.set_ylabel("load time, s (cold; log scale)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left", markerscale=0.5)
+    weights = document["weights"]
+    source = weights_name(weights)
+    ax.set_title(f"every candidate measured, at the mean of its runs; marker area: bytes on disk (largest "
+                 f"{human_bytes(largest)}); faded: eliminated\nreference rows and the device ceiling: dashed at their "
+                 "save time, dotted at their load time", fontsize=9)
+    found = document.get("recommendation")
+    headline = f"winner {found['test']}" if found else "no candidate measured"
+    fig.suptitle(f"tune: {source} ({human_bytes(weights['size_bytes'])} {weights['dtype']}), objective "
+                 f"{document['objective']}: {headline}", fontsize=11)
+    return save(fig, path)
+
+
+def _area(candidate: Mapping[str, Any], largest: float) -> float:
+    size = candidate["stats"]["size_bytes"]["mean"] or 0
+    return MIN_AREA + (MAX_AREA - MIN_AREA) * size / largest
+
+
+def _label(ax, document: Mapping[str, Any], points: Mapping[str, Mapping[str, Any]]) -> None:
+    found = document.get("recommendation") or {}
+    marks = {found.get("test"): "winner", (found.get("runner_up") or {}).get("test"): "runner-up",
+             "t5x_full": "t5x_full"}
+    for offset, (name, role) in enumerate((n, r) for n, r in marks.items() if n in points):
+        stats = points[name]["stats"]
+        text = name if role != "winner" else f"winner: {name}"
+        ax.annotate(text, (stats["save_s"]["mean"], stats["load_s"]["mean"]), xytext=(12, 14 - 16 * offset),
+                    textcoords="offset points", fontsize=8, fontweight="bold" if role == "winner" else "normal",
+                    arrowprops={"arrowstyle": "-", "linewidth": 0.6})
