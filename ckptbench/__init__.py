@@ -20,18 +20,14 @@ __all__ = ["UserError", "load_config", "read_results", "run", "Results", "__vers
 
 
 def __getattr__(name: str) -> Any:
-    if name == "run":
-        from ckptbench.bench.suite import run
+    if name in ("run", "read_results", "Results"):
+        from ckptbench import api
 
-        return run
+        return getattr(api, name)
     if name == "load_config":
         from ckptbench.spec.config import load
 
         return load
-    if name in ("read_results", "Results"):
-        from ckptbench.documents import results
-
-        return results.read if name == "read_results" else results.Results
     if name == "__version__":
         from ckptbench.bench.environment import tool_version
 

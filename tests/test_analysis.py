@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import t as student_t
 
-from ckptbench.analysis.change import (CONFIRMED, CONTRADICTED, INCONCLUSIVE, NOT_PINNED, compare,
-                                fieller_change_ci_pct)
+from ckptbench.analysis.change import CONFIRMED, CONTRADICTED, INCONCLUSIVE, NOT_PINNED, compare, fieller_change_ci_pct
 
 BASE = [10.0, 10.1, 9.9, 10.2, 9.8]  # mean 10.0
 FAST = [7.2, 7.4, 7.3, 7.5, 7.1]  # mean 7.3 -> -27 %

@@ -12,12 +12,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SHIPPED_CONFIG
-from ckptbench.analysis import change as analysis, versus as compare
+
+from ckptbench.analysis import change as analysis
+from ckptbench.analysis import versus as compare
 from ckptbench.cli import app as cli
-from ckptbench.documents import results
 from ckptbench.core.errors import UserError
+from ckptbench.documents import results
 
 V1_FIXTURE = REPO / "tests" / "fixtures" / "results_v1.json"
 HEAVY = ("tensorstore", "torch", "transformers")
@@ -56,7 +57,7 @@ def test_help_compare_and_show_import_no_tensorstore_torch_or_transformers(tmp_p
 
 
 def test_importing_the_package_changes_nothing_global():
-    script = ("import os, sys; before = dict(os.environ); import ckptbench, ckptbench.cli, ckptbench.figures.plot, "
+    script = ("import os, sys; before = dict(os.environ); import ckptbench, ckptbench.cli, ckptbench.figures.drawing, "
               "ckptbench.documents.results; assert dict(os.environ) == before; assert 'matplotlib' not in sys.modules; "
               "print('ok')")
     done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)},

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import FRAMEWORK, REPO, SHIPPED_CONFIG, STREAMLINED
-from ckptbench.documents import results
+
 from ckptbench.bench import workspace
+from ckptbench.documents import results
 
 SIX = ["baseline", "concurrency_128", "chunks_1mb", "compression_gzip", "concurrency_chunks", "t5x_full"]
 REFERENCES = ["safetensors", "torch_save", "device_ceiling"]  # the shipped config measures them beside the six
@@ -55,7 +55,7 @@ def streamlined(script_runs):
 
 def test_streamlined_results_document(streamlined):
     document, _, _ = streamlined
-    assert document["schema_version"] == results.SCHEMA_VERSION == 2
+    assert document["schema_version"] == results.SCHEMA_VERSION == 3
     assert document["complete"] is True
     assert document["baseline"] == "baseline"
     assert [t["name"] for t in document["tests"]] == SIX + REFERENCES

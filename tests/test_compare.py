@@ -14,11 +14,9 @@ from typing import Any
 import pytest
 
 from ckptbench.cli import app as cli
-
-from ckptbench.spec import config
-
-from ckptbench.documents import results
 from ckptbench.core.records import RunRecord
+from ckptbench.documents import results
+from ckptbench.spec import config
 
 WEIGHTS = {"kind": "preset", "name": "tiny", "dtype": "float32", "n_tensors": 3, "n_params": 1_000_000,
            "size_bytes": 4_000_000}

@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import PACKAGED_CONFIG, SHIPPED_CONFIG, minimal_config
-from ckptbench.spec import compression, config
+
 from ckptbench.bench import storage
 from ckptbench.core.errors import UserError
+from ckptbench.spec import compression, config
 
 PHASE4 = {  # name: (chunk_size_elements, concurrency_limit, compression)
     "baseline": (16384, 1, None),

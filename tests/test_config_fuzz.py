@@ -18,13 +18,13 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import minimal_config
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import minimal_config
 from ckptbench.cli import app as cli
-from ckptbench.spec import config
 from ckptbench.core.errors import UserError
+from ckptbench.spec import config
 
 BASE_DIR = Path("/nonexistent/ckptbench-fuzz")
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

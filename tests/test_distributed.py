@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import act_on_stderr_line
 
-from ckptbench.spec import config
-
-from ckptbench.parallel import distributed
-
 from ckptbench.bench import measure, workspace
-
 from ckptbench.core import records
+from ckptbench.parallel import slices
+from ckptbench.parallel.local import LocalWriters
+from ckptbench.spec import config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(("rows", "chunk_rows", "processes"), [(100, 10, 3), (7, 3, 2), (5, 5, 3), (960, 960, 4),
                                                                (49152, 6, 4), (1, 1, 2)])
 def test_row_slices_are_disjoint_whole_chunks_covering_every_row(rows: int, chunk_rows: int, processes: int) -> None:
-    owned = distributed.row_slices((rows, 8), chunk_rows, processes)
+    owned = slices.row_slices((rows, 8), chunk_rows, processes)
     assert len(owned) == processes
     covered = []
     for rows_of in owned:
@@ -57,7 +55,11 @@ def test_processes_round_trip_bit_exact(tmp_path: Path, tiny_weights, layout: di
     suite = _suite(tmp_path, [2, 3], **layout)
     workspace.prepare_output_dir(suite.output_dir)
     runs = list(records.plan([t.name for t in suite.tests], 1, 0, seed=1))
-    by_test = {r.test: r for r in measure.run_suite(runs, tiny_weights.tensors, suite)}
+    writers = LocalWriters()
+    try:
+        by_test = {r.test: r for r in measure.run_plan(runs, tiny_weights.tensors, suite, writers=writers)}
+    finally:
+        writers.close()
     assert set(by_test) == {"t_procs=2", "t_procs=3"}
     for name, record in by_test.items():
         processes = int(name.rsplit("=", 1)[1])
@@ -75,8 +77,9 @@ def test_processes_round_trip_bit_exact(tmp_path: Path, tiny_weights, layout: di
 
 def test_the_ocdbt_coordinator_starts_before_the_clock(tmp_path: Path, tiny_weights) -> None:
     suite = _suite(tmp_path, [2], chunk_bytes="16KB", format="zarr3", kvstore="ocdbt")
-    pools: dict = {}
-    backend = measure.backend_for(suite.tests[0], suite, pools=pools)
+    writers = LocalWriters()
+    pools = writers.pools
+    backend = measure.backend_for(suite.tests[0], suite, writers=writers)
     try:
         assert backend.pool._coordinator is None
         backend.prepare(tiny_weights.tensors)  # what run_once does before the save's clock starts

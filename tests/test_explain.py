@@ -9,15 +9,15 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import REPO, SHIPPED_CONFIG, assert_same_bits, minimal_config
+
+from ckptbench import explain
 from ckptbench.analysis import change as analysis
-from ckptbench.spec import chunking, config
-from ckptbench.explain import core as explain
-from ckptbench.core import records
 from ckptbench.bench import storage
-from ckptbench.sources import weights
+from ckptbench.core import records
 from ckptbench.core.errors import UserError
+from ckptbench.sources import weights
+from ckptbench.spec import chunking, config
 
 SIX = ["baseline", "concurrency_128", "chunks_1mb", "compression_gzip", "concurrency_chunks", "t5x_full"]
 
@@ -202,7 +202,8 @@ def test_design_of_the_shipped_config():
     assert design.arm("original").warm_loads == ()  # the original arm runs in a block of its own
     assert tests["serial.t5x_full"]["in_flight"] == "one_tensor"
     assert tests["conversions.baseline"]["timed_conversion"] is True
-    assert {t.get("block") for n, t in tests.items() if n.startswith(("blocked.", "original."))} == {"blocked", "original"}
+    assert {t.get("block") for n, t in tests.items() if n.startswith(("blocked.", "original."))} \
+        == {"blocked", "original"}
     assert not any("block" in t for n, t in tests.items() if not n.startswith(("blocked.", "original.")))
     assert len(tests) == 6 * 6 - 2
     assert not any("expected" in t for t in tests.values())
@@ -214,7 +215,7 @@ def test_design_of_the_shipped_config():
 def test_the_one_suite_is_a_valid_config_with_the_arms_blocked_and_interleaved(tmp_path):
     suite = config.load(SHIPPED_CONFIG)
     design = explain.design(explain.setup_of(suite))
-    made = config.from_dict(explain.suite_data(design, suite, tmp_path, 3))
+    made = explain.build_suite(design, suite, tmp_path, 3)
     assert made.order == "interleaved" and made.baseline == "true.baseline" and made.num_runs == 3
     assert sorted(len(b) for b in made.blocks) == [6, 6]
     assert made.eviction_for(made.test("original.baseline")) == "none"
@@ -311,15 +312,20 @@ def test_a_move_within_the_noise_is_not_credited():
     assert claim["effects"][0]["effect"] == "none" and claim["effects"][0]["shift_pp"] == pytest.approx(30.0)
 
 
-def test_explain_document_validates_and_the_answer_is_short(tmp_path):
+def _shipped_document() -> dict:
+    """explain.json of the shipped config's design, judged on flat made-up samples."""
     design = explain.design(_shipped_setup())
     samples = _samples(design, {}, {"save_s": 10.0, "load_s": 10.0, "size_bytes": 1000.0})
     results = {"complete": True, "weights": {"kind": "preset", "name": "smollm2-135m", "dtype": "float32",
                                              "values": "float16", "size_bytes": 1},
                "protocol": {"num_runs": 3, "seed": 1, "noise_pct": 5.0, "blocks": []}}
-    document = explain.document(design, results, samples)
+    return explain.build(design, results, samples)
+
+
+def test_explain_document_validates_and_the_answer_is_short(tmp_path):
+    document = _shipped_document()
     path = explain.write(document, tmp_path)
-    assert json.loads(path.read_text())["explain_version"] == explain.EXPLAIN_VERSION
+    assert json.loads(path.read_text())["schema_version"] == explain.EXPLAIN_VERSION
     lines = explain.answer(document)
     assert lines[0].startswith("explain: 7 arms x 6 tests x 3 runs on smollm2-135m")
     assert len(lines) == 3 + 12  # header, shared, left out, one line per claim
@@ -327,6 +333,18 @@ def test_explain_document_validates_and_the_answer_is_short(tmp_path):
     broken["claims"][0]["arms"]["true"]["outcome"] = "sort of"
     with pytest.raises(UserError, match="claims/0/arms/true/outcome"):
         explain.write(broken, tmp_path)
+
+
+def test_a_version_1_explain_json_reads_as_the_current_version(tmp_path):
+    document = _shipped_document()
+    assert list(document)[:2] == ["kind", "schema_version"]
+    version_1 = {"explain_version": 1, **{k: v for k, v in document.items() if k not in ("kind", "schema_version")}}
+    (tmp_path / "v1.json").write_text(json.dumps(version_1))
+    assert explain.read(tmp_path / "v1.json") == document
+    assert explain.read(explain.write(document, tmp_path)) == document
+    (tmp_path / "other.json").write_text(json.dumps({"kind": "results", "schema_version": 3}))
+    with pytest.raises(UserError, match="a ckptbench results file, not an? explanation file"):
+        explain.read(tmp_path / "other.json")
 
 
 def test_original_conditions_file_holds_the_originals_six_tests():
@@ -346,7 +364,8 @@ def test_original_conditions_file_holds_the_originals_six_tests():
     assert all(t.in_flight == "one_tensor" and t.timed_conversion and t.chunk_strategy == "halve_floor"
                for t in original.tests)
     shipped = config.load(SHIPPED_CONFIG)
-    assert {t.name: t.expected for t in original.tests} == {t.name: t.expected for t in shipped.tests if not t.is_reference}
+    assert {t.name: t.expected for t in original.tests} \
+        == {t.name: t.expected for t in shipped.tests if not t.is_reference}
 
 
 # --- end to end on the tiny model ------------------------------------------------------------
@@ -380,7 +399,8 @@ def test_explain_on_the_tiny_model_end_to_end(tmp_path, run_cli):
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"]["order"] == "interleaved"
     blocks = {tuple(b["tests"]) for b in results["protocol"]["blocks"]}
-    assert blocks == {("original.baseline", "original.compression_gzip"), ("blocked.baseline", "blocked.compression_gzip")}
+    assert blocks == {("original.baseline", "original.compression_gzip"),
+                      ("blocked.baseline", "blocked.compression_gzip")}
     journal = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()[1:]]
     order = [r["test"] for r in journal]
     for prefix in ("original.", "blocked."):  # each blocked arm ran AAABBB in one stretch (the resume aside)
@@ -400,7 +420,8 @@ def test_explain_on_the_tiny_model_end_to_end(tmp_path, run_cli):
     assert {r["eviction"] for r in original} == {None} and {r["load_cache"] for r in original} <= {"warm", "partial"}
     assert {r["warm_load_s"] for r in original} == {None}
     assert all(r["verified"] for rs in runs.values() for r in rs)
-    assert {t["settings"]["timed_conversion"] for t in results["tests"] if t["name"].startswith("conversions.")} == {True}
+    assert {t["settings"]["timed_conversion"] for t in results["tests"]
+            if t["name"].startswith("conversions.")} == {True}
     assert not any("were not cold" in w for w in results["warnings"])  # warm on purpose is not warned about
 
 
@@ -415,20 +436,19 @@ def test_a_budget_that_is_no_duration_is_refused_before_anything_is_written(tmp_
 def test_explain_with_values_of_its_own_holds_two_sets_of_weights(tmp_path):
     """Random values in the user's config: the fp16 arm and the timed conversions need float16 values,
     so the suite holds both sets of weights and each test gets its own."""
-    from ckptbench.documents import results as results_mod
     from ckptbench.bench import suite as runner
+    from ckptbench.documents import results as results_mod
 
+    configured = [{"name": "baseline", "chunk_size_elements": 16384, "concurrency_limit": 1, "compression": "none"},
+                  {"name": "gzip", "chunk_size_elements": 16384, "concurrency_limit": 1, "compression": "gzip",
+                   "expected": {"size_pct": [-40, -30]}}]
     user = config.from_dict(minimal_config(values="random", testing={"num_runs": 2, "cache_eviction": "fadvise"},
-                                           test_configurations=[
-                                               {"name": "baseline", "chunk_size_elements": 16384, "concurrency_limit": 1,
-                                                "compression": "none"},
-                                               {"name": "gzip", "chunk_size_elements": 16384, "concurrency_limit": 1,
-                                                "compression": "gzip", "expected": {"size_pct": [-40, -30]}}]))
+                                           test_configurations=configured))
     design = explain.design(explain.setup_of(user), ["fp16", "conversions"])
     assert [(a.name, a.conditions) for a in design.arms] == [("true", ()), ("original", ("fp16", "conversions")),
                                                              ("fp16", ("fp16",))]
-    suite = config.from_dict(explain.suite_data(design, user, tmp_path / "out", 2))
-    outcome = runner.run(suite)
+    suite = explain.build_suite(design, user, tmp_path / "out", 2)
+    outcome = runner.run_suite(suite)
     tests = {t["name"]: t for t in outcome.tests}
     assert all(r["verified"] for t in tests.values() for r in t["runs"])
     assert tests["fp16.gzip"]["settings"]["values"] == "float16" and tests["true.gzip"]["settings"]["values"] is None
@@ -438,7 +458,7 @@ def test_explain_with_values_of_its_own_holds_two_sets_of_weights(tmp_path):
     assert sizes["fp16.gzip"] < 0.8 * sizes["true.gzip"]  # float16 values compress
     samples = {t["name"]: results_mod.samples(t["runs"], int(outcome.document["weights"]["size_bytes"]))
                for t in outcome.tests}
-    claim = explain.document(design, outcome.document, samples)["claims"][0]
+    claim = explain.build(design, outcome.document, samples)["claims"][0]
     assert claim["arms"]["true"]["outcome"] == analysis.CONTRADICTED  # random values: gzip saves about 7 %
     assert claim["arms"]["fp16"]["outcome"] == analysis.CONFIRMED  # float16 values: about 37 %
     assert {e["condition"]: e["effect"] for e in claim["effects"]} == {"fp16": "into", "conversions": "none"}

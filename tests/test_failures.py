@@ -19,11 +19,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import SHIPPED_CONFIG
+
 from ckptbench.bench import capacity, measure, workspace
-from ckptbench.spec import config
 from ckptbench.core import records, system
+from ckptbench.spec import config
 
 KIB, MIB = 2**10, 2**20
 
@@ -233,7 +233,7 @@ def test_run_suite_stops_after_a_full_disk(small_fs, tmp_path, tiny_weights, mon
         _wrap_backends(monkeypatch, {"*": _FullDiskSave})
     runs = list(records.plan(["big", "small"], num_runs=2, warmup_rounds=0, seed=3))
     attempted = []
-    done = list(measure.run_suite(runs, tiny_weights.tensors, suite,
+    done = list(measure.run_plan(runs, tiny_weights.tensors, suite,
                                      on_phase=lambda run, phase: attempted.append(run) if phase == "save" else None))
     assert len(runs) == 4
     assert len(done) == 1 and attempted == [runs[0]]  # the other three planned runs were never started
@@ -247,18 +247,18 @@ def test_cli_full_disk_after_the_precheck_stops_and_resume_retries(small_fs, run
     """The pre-check passes; then the disk fills up (another writer) and the first save hits ENOSPC."""
     shapes = [a.shape for a in tiny_weights.tensors.values()]
     suite = _suite_on(tmp_path / "unused", tmp_path)
-    need = max(capacity.run_bytes_upper(t, shapes, 4) for t in suite.tests)
+    need = max(capacity.run_bytes_upper(t, shapes, 4) for t in suite.tests) + tiny_weights.size_bytes  # + the source
     fs, mounted = small_fs(f"{math.ceil(need * 1.3 / MIB) + 1}m")
     out = fs / "out"
     fillers = []
-    real_check = capacity.check_disk
+    real_run_plan = measure.run_plan
 
-    def check_then_fill(*args, **kwargs):
-        real_check(*args, **kwargs)  # passes: one run fits
+    def fill_then_run(*args, **kwargs):  # the pre-check passed and the source weights are written
         if mounted:
             fillers.append(_fill(fs, leave=384 * KIB))
+        return real_run_plan(*args, **kwargs)
 
-    monkeypatch.setattr(capacity, "check_disk", check_then_fill)
+    monkeypatch.setattr(measure, "run_plan", fill_then_run)
     if not mounted:
         _wrap_backends(monkeypatch, {"*": _FullDiskSave})
     cfg = _write_json(tmp_path / "suite.json", TWO_TESTS)

@@ -12,12 +12,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ckptbench.spec import chunking, compression, config
-
 from ckptbench.bench import measure, storage, verify
-
 from ckptbench.core import records
 from ckptbench.core.errors import UserError
+from ckptbench.spec import chunking, compression, config
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 ITEMSIZE = {"float32": 4, "bfloat16": 2}

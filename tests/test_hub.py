@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import assert_same_bits, reference_state
 
-from ckptbench.sources import hub, weights
 from ckptbench.core.errors import UserError
+from ckptbench.sources import hub, weights
 
 REPO_ID = "org/name"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import act_on_stderr_line
 
 from ckptbench.core import records
-from conftest import act_on_stderr_line
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = {
@@ -128,19 +128,19 @@ def test_resume_without_a_journal_is_a_user_error(config: Path, tmp_path: Path) 
 
 def test_a_stop_while_a_run_folder_is_being_made_leaves_nothing(tmp_path: Path, tiny_weights, monkeypatch) -> None:
     """The signal can land between making a run's folder and marking it; the half-made folder goes too."""
-    from ckptbench.spec import config as config_mod
-    from ckptbench.core import interrupt
     from ckptbench.bench import measure, workspace
+    from ckptbench.core.errors import Stopped
+    from ckptbench.spec import config as config_mod
 
     suite = config_mod.from_dict({**SUITE, "output_dir": str(tmp_path / "out")})
     workspace.prepare_output_dir(suite.output_dir)
 
     def made_then_stopped(output_dir: Path, name: str) -> Path:
         (output_dir / workspace.RUNS_DIR / name).mkdir(parents=True)  # made, not yet marked
-        raise interrupt.Interrupted(signal.SIGINT)
+        raise Stopped.by_signal(signal.SIGINT)
 
     monkeypatch.setattr(workspace, "new_run_dir", made_then_stopped)
     planned = list(records.plan(["slow"], 1, 0, seed=1))[0]
-    with pytest.raises(interrupt.Interrupted):
+    with pytest.raises(Stopped):
         measure.run_once(planned, tiny_weights.tensors, measure.backend_for(suite.test("slow"), suite), suite)
     assert list((suite.output_dir / workspace.RUNS_DIR).iterdir()) == []

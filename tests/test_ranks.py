@@ -20,14 +20,14 @@ import pytest
 from conftest import act_on_stderr_line, assert_same_bits
 from test_remote import BUCKET, _keys, s3_env  # noqa: F401  (s3_env is a fixture)
 
-from ckptbench.spec import config
-
-from ckptbench.parallel import distributed, ranks
-
 from ckptbench.bench import measure, storage, targets, workspace
-
 from ckptbench.core import records
 from ckptbench.core.errors import UserError
+from ckptbench.parallel import launch as launch_mod
+from ckptbench.parallel import session
+from ckptbench.parallel import writers as writers_mod
+from ckptbench.parallel.local import LocalWriters
+from ckptbench.spec import config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHM = Path("/dev/shm")
@@ -39,50 +39,50 @@ TESTS = [{"name": "zarr2", "chunk_bytes": "16KB", "concurrency_limit": 16},
 # --- the launchers' variables ---------------------------------------------------------------------
 
 def test_torchrun_variables() -> None:
-    launch = ranks.detect({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node0",
+    launch = launch_mod.detect({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node0",
                            "MASTER_PORT": "29400", "TORCHELASTIC_RUN_ID": "abc", "TORCHELASTIC_RESTART_COUNT": "2",
                            "TORCHELASTIC_USE_AGENT_STORE": "True"})
-    assert launch == ranks.Launch("torchrun", 1, 4, 1, "node0", 29400, agent_store=True, store_prefix="abc/2")
-    plain = ranks.detect({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1234"})
+    assert launch == launch_mod.Launch("torchrun", 1, 4, 1, "node0", 29400, agent_store=True, store_prefix="abc/2")
+    plain = launch_mod.detect({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1234"})
     assert (plain.launcher, plain.local_rank, plain.agent_store) == ("env", None, False)
 
 
 def test_slurm_variables() -> None:
     env = {"SLURM_PROCID": "5", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "8", "SLURM_NTASKS": "16",
            "SLURM_LOCALID": "1", "SLURM_STEP_NODELIST": "gpu[007-010,12],cpu1", "SLURM_JOB_ID": "123456"}
-    launch = ranks.detect(env)
+    launch = launch_mod.detect(env)
     assert (launch.launcher, launch.rank, launch.world_size, launch.local_rank) == ("slurm", 5, 8, 1)
     assert launch.master_addr == "gpu007"  # the step's first host, zero padding kept
-    assert launch.master_port == ranks.SLURM_PORT_BASE + 123456 % 20000  # one job's port differs from another's
-    assert ranks.detect({**env, "MASTER_ADDR": "login", "MASTER_PORT": "5000"}).master_addr == "login"
+    assert launch.master_port == launch_mod.SLURM_PORT_BASE + 123456 % 20000  # one job's port differs from another's
+    assert launch_mod.detect({**env, "MASTER_ADDR": "login", "MASTER_PORT": "5000"}).master_addr == "login"
     # The batch script itself (no srun step) is not a rank, even inside an allocation of many tasks.
-    assert ranks.detect({k: v for k, v in env.items() if k != "SLURM_STEP_ID"}) is None
+    assert launch_mod.detect({k: v for k, v in env.items() if k != "SLURM_STEP_ID"}) is None
 
 
 def test_open_mpi_variables() -> None:
     one_host = {"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "2",
                 "OMPI_COMM_WORLD_LOCAL_SIZE": "4"}
-    launch = ranks.detect(one_host)
+    launch = launch_mod.detect(one_host)
     assert (launch.launcher, launch.rank, launch.world_size, launch.local_rank) == ("mpi", 2, 4, 2)
-    assert (launch.master_addr, launch.master_port) == ("127.0.0.1", ranks.DEFAULT_PORT)
+    assert (launch.master_addr, launch.master_port) == ("127.0.0.1", launch_mod.DEFAULT_PORT)
     with pytest.raises(UserError, match="MASTER_ADDR: not set"):  # several hosts: rank 0's host must be named
-        ranks.detect({**one_host, "OMPI_COMM_WORLD_LOCAL_SIZE": "2"})
+        launch_mod.detect({**one_host, "OMPI_COMM_WORLD_LOCAL_SIZE": "2"})
 
 
 def test_which_launcher_wins_and_bad_values() -> None:
     torchrun_under_srun = {"RANK": "3", "WORLD_SIZE": "4", "MASTER_ADDR": "a", "MASTER_PORT": "1",
                            "SLURM_PROCID": "0", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "1"}
-    assert ranks.detect(torchrun_under_srun).launcher == "env"
+    assert launch_mod.detect(torchrun_under_srun).launcher == "env"
     mpirun_under_slurm = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "MASTER_ADDR": "a",
                           "SLURM_PROCID": "0", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "1"}
-    assert ranks.detect(mpirun_under_slurm).rank == 1
-    assert ranks.detect({}) is None
-    assert ranks.detect({"RANK": "0", "WORLD_SIZE": "1"}) is None  # one rank: an ordinary run
+    assert launch_mod.detect(mpirun_under_slurm).rank == 1
+    assert launch_mod.detect({}) is None
+    assert launch_mod.detect({"RANK": "0", "WORLD_SIZE": "1"}) is None  # one rank: an ordinary run
     with pytest.raises(UserError, match="^RANK: 'x' is not a whole number"):
-        ranks.detect({"RANK": "x", "WORLD_SIZE": "2"})
+        launch_mod.detect({"RANK": "x", "WORLD_SIZE": "2"})
     with pytest.raises(UserError, match="rank 2 is outside the world of 2"):
-        ranks.detect({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "1"})
-    assert ranks.first_host("node1") == "node1" and ranks.first_host("a,b") == "a"
+        launch_mod.detect({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "1"})
+    assert launch_mod.first_host("node1") == "node1" and launch_mod.first_host("a,b") == "a"
 
 
 # --- real launches --------------------------------------------------------------------------------
@@ -239,14 +239,15 @@ def test_a_rank_given_another_config_is_refused(tmp_path: Path) -> None:
 # --- a hang, on the same world code, with --processes workers ------------------------------------------
 
 def test_a_frozen_worker_is_named_within_the_timeout(tmp_path: Path, tiny_weights, monkeypatch) -> None:
-    monkeypatch.setattr(distributed, "PHASE_TIMEOUT_S", 3.0)
+    monkeypatch.setattr(writers_mod, "PHASE_TIMEOUT_S", 3.0)
     suite = config.from_dict({"model": "tiny", "processes": 2, "output_dir": str(tmp_path / "out"),
                               "testing": {"num_runs": 1, "cache_eviction": "fadvise"},
                               "test_configurations": [{"name": "t", "chunk_bytes": "16KB", "concurrency_limit": 8}]})
     workspace.prepare_output_dir(suite.output_dir)
     frozen: list[int] = []
-    pools: dict = {}
-    backend = measure.backend_for(suite.tests[0], suite, pools=pools)
+    writers = LocalWriters()
+    pools = writers.pools
+    backend = measure.backend_for(suite.tests[0], suite, writers=writers)
 
     def freeze_worker_1(run: records.PlannedRun, phase: str) -> None:
         if phase == "save":  # the workers are up (prepare ran); worker 1 stops answering
@@ -273,10 +274,8 @@ def test_launches_of_several_world_sizes_draw_one_scaling_figure(tmp_path: Path)
     from test_compare import RUNS_S, make_document
 
     from ckptbench.cli import app as cli
-
     from ckptbench.documents import results
-
-    from ckptbench.figures import sweep as sweep_plot
+    from ckptbench.figures import scaling as sweep_plot
 
     paths = []
     for world_size, factor in ((1, 1.0), (2, 0.6), (4, 0.4)):
@@ -299,15 +298,15 @@ def test_launches_of_several_world_sizes_draw_one_scaling_figure(tmp_path: Path)
 
 
 def test_what_a_launch_refuses_before_joining(tmp_path: Path, run_cli, monkeypatch) -> None:
-    launch = ranks.Launch("torchrun", 0, 2, 0, "127.0.0.1", 29500)
+    launch = launch_mod.Launch("torchrun", 0, 2, 0, "127.0.0.1", 29500)
     raw = {"model": "tiny", "output_dir": str(tmp_path / "out"),
            "test_configurations": [{"name": "a", "chunk_bytes": "1MB", "concurrency_limit": 8},
                                    {"name": "b", "chunk_bytes": "1MB", "concurrency_limit": 8, "values": "float16"}]}
     with pytest.raises(UserError, match="test 'b': its own values"):  # the other ranks hold the suite's weights
-        ranks.suite_for_launch(config.from_dict(raw), launch)
+        session.suite_for_launch(config.from_dict(raw), launch)
     with pytest.raises(UserError, match="^--processes: started by torchrun with 2 ranks"):
-        ranks.suite_for_launch(config.from_dict(raw, processes=[1, 4], tests=["a"]), launch)
-    suite = ranks.suite_for_launch(config.from_dict(raw, tests=["a"]), launch)
+        session.suite_for_launch(config.from_dict(raw, processes=[1, 4], tests=["a"]), launch)
+    suite = session.suite_for_launch(config.from_dict(raw, tests=["a"]), launch)
     assert [(t.name, t.processes) for t in suite.tests] == [("a", 2)]
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -9,13 +9,12 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import run_config
+from conftest import assert_same_bits, run_config
 
-from conftest import assert_same_bits
-from ckptbench.spec import config
 from ckptbench.bench import measure, references, workspace
 from ckptbench.core import records
 from ckptbench.documents import results
+from ckptbench.spec import config
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 FILENAMES = {"safetensors": "model.safetensors", "torch_save": "model.pt"}

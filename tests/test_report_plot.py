@@ -10,14 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from ckptbench.spec import config
-
-from ckptbench.figures import plot
-
-from ckptbench.reports import results as report
-
-from ckptbench.documents import results
 from ckptbench.core.records import RunRecord
+from ckptbench.documents import results
+from ckptbench.figures import claims, main
+from ckptbench.reports import results as report
+from ckptbench.spec import config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WEIGHTS = {"kind": "preset", "name": "tiny", "dtype": "float32", "n_tensors": 3, "n_params": 1_000_000,
@@ -58,7 +55,7 @@ def test_draw_claims_writes_png_for_claims(tmp_path):
         expected={"fast": {"save_pct": [-55, -45], "load_pct": [-10, -5]}, "slow": {"save_pct": [-10, 0]}})
     outcomes = {c["outcome"] for t in document["tests"] for c in t["claims"]}
     assert {"confirmed", "contradicted"} <= outcomes  # the figure has more than one colour to show
-    path = plot.draw_claims(document, tmp_path / plot.CLAIMS_FILE)
+    path = claims.draw_claims(document, tmp_path / claims.CLAIMS_FILE)
     assert path == tmp_path / "claims_check.png"
     assert _is_png(path)
 
@@ -67,13 +64,13 @@ def test_draw_claims_copes_with_claims_without_ci(tmp_path):
     document = make_document({"base": [1.0], "fast": [0.5]}, expected={"fast": {"save_pct": [-55, -45]}})
     claim = document["tests"][1]["claims"][0]
     assert claim["ci_pct"] is None and claim["outcome"] == "inconclusive"
-    assert _is_png(plot.draw_claims(document, tmp_path / plot.CLAIMS_FILE))
+    assert _is_png(claims.draw_claims(document, tmp_path / claims.CLAIMS_FILE))
 
 
 def test_draw_claims_returns_none_without_claims(tmp_path):
     document = make_document({"base": [1.0, 1.1], "other": [0.5, 0.6]})
-    assert plot.draw_claims(document, tmp_path / plot.CLAIMS_FILE) is None
-    assert not (tmp_path / plot.CLAIMS_FILE).exists()
+    assert claims.draw_claims(document, tmp_path / claims.CLAIMS_FILE) is None
+    assert not (tmp_path / claims.CLAIMS_FILE).exists()
 
 
 # --- draw -------------------------------------------------------------------
@@ -82,7 +79,7 @@ def test_draw_many_long_named_tests(tmp_path):
     names = ["baseline"] + [f"sweep_chunk={kb}KB_conc={c}_comp=zstd-3" for kb in (64, 256, 1024, 4096, 16384)
                             for c in (1, 8, 32, 128)][:19]
     times = {n: [1.0 + 0.05 * i, 1.05 + 0.05 * i, 0.95 + 0.05 * i] for i, n in enumerate(names)}
-    path = plot.draw(make_document(times), tmp_path / plot.PLOT_FILE)
+    path = main.draw(make_document(times), tmp_path / main.PLOT_FILE)
     assert len(names) == 20 and _is_png(path)
 
 
@@ -91,7 +88,7 @@ def test_draw_failed_test_and_single_run(tmp_path):
     broken, once = document["tests"][1], document["tests"][2]
     assert broken["stats"]["save_s"]["mean"] is None and broken["vs_baseline"]["save_s"]["change_pct"] is None
     assert once["stats"]["save_s"]["n"] == 1 and once["stats"]["save_s"]["ci95"] is None
-    assert _is_png(plot.draw(document, tmp_path / plot.PLOT_FILE))
+    assert _is_png(main.draw(document, tmp_path / main.PLOT_FILE))
 
 
 # --- report -------------------------------------------------------------------

@@ -11,9 +11,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ckptbench.spec import chunking, compression, config
-
 from ckptbench.bench import storage, verify
+from ckptbench.spec import chunking, compression, config
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 BUDGET = 100  # elements per chunk: small, so every array below has several chunks

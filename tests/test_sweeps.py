@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_config
+from conftest import REPO, run_config
 
-from conftest import REPO
-from ckptbench.spec import config
+from ckptbench.core import units
+from ckptbench.core.errors import UserError
 from ckptbench.documents import results
 from ckptbench.figures import sweep as sweep_plot
-from ckptbench.core.errors import UserError
+from ckptbench.spec import config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SWEEPS = REPO / "sweeps"
@@ -75,20 +75,20 @@ def test_loaded_sweep_points_carry_their_settings():
     (" 256 KB ", 262144), ("1.5MB", 3 * MiB // 2), ("2GiB", 2 * 2**30), ("512B", 512), ("4096", 4096), (4096, 4096),
 ])
 def test_parse_size(text, expected):
-    assert config.parse_size(text) == expected
+    assert units.parse_size(text) == expected
 
 
 @pytest.mark.parametrize("text", ["0KB", "5GB", "0"])
 def test_parse_size_out_of_range_is_a_user_error(text):
     with pytest.raises(UserError, match="out of range"):
-        config.parse_size(text, "test 's' field chunk_bytes")
+        units.parse_size(text, "test 's' field chunk_bytes")
 
 
 @pytest.mark.parametrize("size, label", [(65536, "64KB"), (MiB, "1MB"), (64 * MiB, "64MB"), (2**30, "1GB"),
                                          (3 * MiB // 2, "1536KB"), (1000, "1000B")])
 def test_size_label(size, label):
-    assert config.size_label(size) == label
-    assert config.parse_size(label) == size
+    assert units.size_label(size) == label
+    assert units.parse_size(label) == size
 
 
 def test_a_size_string_that_is_not_a_size_is_rejected_in_a_config():

@@ -13,18 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from ckptbench.spec import config
-
-from ckptbench.core import records
-
-from ckptbench.documents import results
-
-from ckptbench.tune import core as tune
-
-from ckptbench.sources import weights
-from ckptbench.core.errors import UserError
 from conftest import REPO, STREAMLINED, act_on_stderr_line, assert_same_bits
+
+from ckptbench import tune
+from ckptbench.core import records
+from ckptbench.core.errors import UserError
+from ckptbench.documents import results
+from ckptbench.sources import weights
+from ckptbench.spec import config, fields
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # A small space for the real runs: 16 combinations + t5x_full, every one quick on the tiny model.
@@ -255,7 +251,7 @@ def test_test_entries_read_back_to_the_same_layout(shipped):
 
     _, suite = shipped
     for test in suite.tests[::97]:
-        entry = tune.test_entry(test)
+        entry = fields.entry(test)
         again = config.from_dict({"model": "tiny", "test_configurations": [entry]}).tests[0]
         assert Layout.of(again, "float32") == Layout.of(test, "float32"), entry
 
@@ -309,7 +305,58 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, run_cli):
     assert status == 2 and "no tune to resume" in stderr and not out.exists()
 
 
+# --- the files the previous version wrote --------------------------------------------------------------
+
+# tune_state.json (version 1) and tuning.json (version 1) of a tune stopped by SIGINT in its second final round
+V1 = Path(__file__).with_name("fixtures") / "tune_v1.json"
+
+
+def test_a_state_the_previous_version_wrote_reads_for_a_resume(tmp_path):
+    from ckptbench.tune import state as tune_state
+
+    old = json.loads(V1.read_text())["tune_state"]
+    (tmp_path / tune.STATE_FILE).write_text(json.dumps(old))
+    state = tune_state.load(tmp_path)
+    assert state.phase == "final" and [(s.name, s.status) for s in state.stages] == [
+        ("rung-0", "budget"), ("final-1", "complete"), ("final-2", "running")]
+    assert state.durations.runs == old["durations"]["runs"] and state.plan.to_json() == old["plan"]
+    assert state.to_json() == {key: value for key, value in old.items() if key != "format"}  # nothing lost
+    tune_state.save(state, tmp_path)
+    saved = json.loads((tmp_path / tune.STATE_FILE).read_text())
+    assert (saved["kind"], saved["schema_version"]) == ("tune state", 2)
+    assert tune_state.load(tmp_path).to_json() == state.to_json()
+
+
+def test_a_tuning_document_the_previous_version_wrote_reads(tmp_path):
+    old = json.loads(V1.read_text())["tuning"]
+    path = tmp_path / tune.TUNING_FILE
+    path.write_text(json.dumps(old))
+    document = tune.read(path).document
+    assert (document["kind"], document["schema_version"]) == ("tuning", 2)
+    assert {k: v for k, v in document.items() if k != "kind"} == {**old, "schema_version": 2}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("{not json", "not a readable tune state file"),
+    ('{"kind": "results", "schema_version": 3}', "a ckptbench results file, not a tune state file"),
+    ('{"format": "ckptbench-tune-state-0"}', "schema_version None is not one this tool reads"),
+    ('{"format": "ckptbench-tune-state-1", "seed": 1}', "not a valid ckptbench tune state file: top level: 'settings'"),
+])
+def test_a_state_that_cannot_be_read_is_one_line_saying_start_afresh(tmp_path, text, expected):
+    from ckptbench.tune import state as tune_state
+
+    (tmp_path / tune.STATE_FILE).write_text(text)
+    with pytest.raises(UserError) as caught:
+        tune_state.load(tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and expected in message and message.endswith("start afresh without --resume"), message
+
+
 # --- a whole tune against a virtual clock -----------------------------------------------------------------
+
+# What results.json's schema requires of a machine (results.write validates); no decision reads it.
+_ENVIRONMENT = {"timestamp": "2025-01-01T00:00:00", "cpu_count": 2, "ram_bytes": 8 * 2**30}
+
 
 class _Clock:
     def __init__(self) -> None:
@@ -341,22 +388,22 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
     """The whole orchestration (sampling, rungs, the runner's guard, the final, the checkpoint) with a fake
     runner whose runs take simulated seconds on a virtual clock: the budget is kept, and the answer is the
     truly best of what rung 0 sampled."""
-    from ckptbench.bench import suite as runner
+    from ckptbench.core.errors import Stopped
 
     clock = _Clock()
     rng = np.random.default_rng(11)
     measured_by_stage: dict[str, list[str]] = {}
 
-    def fake_run(suite, *, resume=False, source=None, on_phase=None, on_record=None, **_):
+    def fake_run(suite, *, resume=False, source=None, on_phase=None, on_record=None, may_start=None, **_):
         done = []
         stopped = None
         for position, test in enumerate(suite.tests):
             planned = records.PlannedRun(test.name, 0, position)
-            try:
-                on_phase(planned, "save")
-            except BaseException as exc:  # the guard's stop, as the runner would see it
-                stopped = exc
+            reason = may_start(planned)
+            if reason is not None:  # the guard's stop, as the runner raises it
+                stopped = Stopped.by_budget(reason)
                 break
+            on_phase(planned, "save")
             save_s, load_s = (_lognormal(rng, t, 0.05) for t in _true_seconds(test))
             seconds = save_s + load_s + 1.5  # + eviction, verification, deletion
             clock.now += seconds
@@ -367,16 +414,15 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
             done.append(record)
             on_record(record)
         measured_by_stage[suite.output_dir.name] = [r.test for r in done]
-        document = results.build(suite, source.describe(), done, {}, 1, complete=stopped is None)
+        document = results.build(suite, source.describe(), done, _ENVIRONMENT, 1, complete=stopped is None)
         outcome = results.Results(document, results.write(document, suite.output_dir))
         if stopped is not None:
-            stopped.results = outcome
+            stopped.partial = outcome
             raise stopped
         return outcome
 
-    monkeypatch.setattr(runner, "run", fake_run)
     tuning = tune.run(tune.Settings(output_dir=tmp_path / "out", model="tiny", budget_s=budget_s, seed=4,
-                                    objective=objective), clock=clock)
+                                    objective=objective), clock=clock, execute=fake_run)
     document = tuning.document
     # the budget: nothing started that would not end in time (the run estimates come from measured runs)
     assert clock.now <= budget_s * 1.1
@@ -521,6 +567,7 @@ def test_a_tiny_tune_end_to_end(tiny_tune):
 
 def test_the_pasted_spec_reads_the_tuned_checkpoint_back_bit_for_bit(tiny_tune, tiny_weights):
     import tensorstore as ts
+
     from ckptbench.bench.storage import Layout
 
     out = tiny_tune["out"]

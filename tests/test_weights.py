@@ -11,10 +11,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_same_bits, reference_state
-from ckptbench.sources import weights
+
 from ckptbench.core.errors import UserError
+from ckptbench.sources import weights
 
 # tiny: hidden 128, intermediate 344, 4 layers, 4 heads (4 KV heads), vocab 2000, untied
 TINY_PARAMS = 2 * 2000 * 128 + 128 + 4 * (4 * 128 * 128 + 3 * 128 * 344 + 2 * 128)

@@ -11,14 +11,11 @@ PCT % into exit status 1, for CI.
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ckptbench.analysis import change as analysis, stats
-from ckptbench.reports import results as report
-from ckptbench.documents import results
-from ckptbench.documents.store import weights_name
+from ckptbench.analysis import change as analysis
+from ckptbench.analysis import stats
+from ckptbench.analysis.samples import METRICS, samples
 
 # Verdict words that mean "B is worse than A".
 REGRESSION_WORDS = frozenset(worse for _, _, worse, _ in analysis.METRICS.values())
@@ -48,9 +45,9 @@ def compare_documents(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any], noise_
         test_b = tests_b.get(test_a["name"])
         if test_b is None:
             continue
-        samples_a = results.samples(test_a["runs"], int(doc_a["weights"]["size_bytes"]))
-        samples_b = results.samples(test_b["runs"], int(doc_b["weights"]["size_bytes"]))
-        for metric in results.METRICS:
+        samples_a = samples(test_a["runs"], int(doc_a["weights"]["size_bytes"]))
+        samples_b = samples(test_b["runs"], int(doc_b["weights"]["size_bytes"]))
+        for metric in METRICS:
             comparison = analysis.compare(samples_b[metric], samples_a[metric], metric=metric, noise_pct=noise_pct)
             rows.append({"test": test_a["name"], "metric": metric, "comparison": comparison,
                          "a": stats.summarize(samples_a[metric]), "b": stats.summarize(samples_b[metric])})
@@ -82,7 +79,8 @@ def mismatch_warnings(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> lis
         if w_a.get(field) != w_b.get(field):
             out.append(f"models differ: {field} {w_a.get(field)!r} in A, {w_b.get(field)!r} in B")
     if w_a.get("dtype") != w_b.get("dtype"):
-        out.append(f"dtypes differ: {w_a.get('dtype')!r} in A, {w_b.get('dtype')!r} in B; sizes and times are not comparable")
+        out.append(f"dtypes differ: {w_a.get('dtype')!r} in A, {w_b.get('dtype')!r} in B; sizes and times are not "
+                   "comparable")
     # Warm loads read from memory, so a cold-vs-warm pair compares the cache, not the storage.
     cache_a, cache_b = (doc.get("protocol", {}).get("load_cache") for doc in (doc_a, doc_b))
     if cache_a != cache_b:
@@ -100,75 +98,3 @@ def mismatch_warnings(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> lis
 def _settings_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     keys = sorted((set(a) | set(b)) - _COSMETIC_SETTINGS)
     return [f"{k} {a.get(k)!r} in A, {b.get(k)!r} in B" for k in keys if a.get(k) != b.get(k)]
-
-
-# --- rendering -------------------------------------------------------------
-
-def _unit(metric: str, magnitude: float) -> tuple[float, str]:
-    """(divisor, unit) that shows magnitude with a few digits before the point."""
-    if metric == "size_bytes":
-        for divisor, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-            if magnitude >= divisor:
-                return divisor, unit
-        return 1.0, "B"
-    return (1.0, "s") if magnitude >= 1.0 else (1e-3, "ms")
-
-
-def _decimals(value: float, significant: int = 3) -> int:
-    if value == 0 or not math.isfinite(value):
-        return 0
-    return max(0, significant - 1 - math.floor(math.log10(abs(value))))
-
-
-def quantity_pm(summary: Mapping[str, Any], divisor: float, unit: str) -> str:
-    """'13.1 ms +- 0.4 ms' (pyperf style); '-' without runs, '+- ?' with one run."""
-    mean, std = summary.get("mean"), summary.get("std")
-    if mean is None:
-        return report.NA
-    digits = _decimals(mean / divisor)
-    text = f"{mean / divisor:.{digits}f} {unit}"
-    return text + (f" +- {std / divisor:.{digits}f} {unit}" if std is not None else " +- ?")
-
-
-def _table_row(row: Mapping[str, Any]) -> list[str]:
-    a, b, comparison = row["a"], row["b"], row["comparison"]
-    # One unit per row so A and B read side by side.
-    magnitude = max((abs(s["mean"]) for s in (a, b) if s["mean"] is not None), default=0.0)
-    divisor, unit = _unit(row["metric"], magnitude)
-    change = comparison.get("change_pct")
-    p = comparison.get("p_value")
-    return [
-        row["test"], row["metric"],
-        f"{quantity_pm(a, divisor, unit)} (n={a['n']})",
-        f"{quantity_pm(b, divisor, unit)} (n={b['n']})",
-        report.NA if change is None else f"{change:+.1f}%",
-        report.ci_pct(comparison),
-        report.NA if p is None else f"{p:.3g}",
-        report.verdict(comparison, min(a["n"], b["n"])),
-    ]
-
-
-def _describe(path: Path, document: Mapping[str, Any]) -> str:
-    w, p = document.get("weights") or {}, document.get("protocol") or {}
-    when = (document.get("environment") or {}).get("timestamp", "?")
-    return (f"{path}: {weights_name(w)}, {w.get('dtype')}, "
-            f"{p.get('num_runs')} runs/test, loads {p.get('load_cache')}, {when}")
-
-
-def render(path_a: Path, path_b: Path, doc_a: Mapping[str, Any], doc_b: Mapping[str, Any],
-           rows: Sequence[Mapping[str, Any]], noise_pct: float, fmt: str = "text") -> str:
-    """The whole comparison: what A and B are, the table, and the tests only one file has."""
-    headers = ["test", "metric", "A: mean +- std", "B: mean +- std", "change (B vs A)", "95% CI %", "p (Welch)",
-               "verdict"]
-    bullet = "- " if fmt == "markdown" else ""
-    lines = [f"{bullet}A = {_describe(path_a, doc_a)}", f"{bullet}B = {_describe(path_b, doc_b)}", "",
-             f"Welch's t-test on the runs, alpha {stats.ALPHA:g}; changes under {noise_pct:g}% are within noise.",
-             "", report.table(headers, [_table_row(r) for r in rows], fmt)]
-    a_only, b_only = only_in(doc_a, doc_b)
-    if a_only or b_only:
-        lines.append("")
-    if a_only:
-        lines.append(f"{bullet}Only in A, not compared: {', '.join(a_only)}")
-    if b_only:
-        lines.append(f"{bullet}Only in B, not compared: {', '.join(b_only)}")
-    return "\n".join(lines)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from ckptbench.bench import cache
+from ckptbench.bench.targets import RunLocation
 from ckptbench.bench.verify import mismatches
-
-if TYPE_CHECKING:
-    from ckptbench.bench.targets import RunLocation
+from ckptbench.core.records import RunRecord
+from ckptbench.spec.fields import TestSpec
+from ckptbench.spec.suite import SuiteConfig
 
 
 class Backend(ABC):
@@ -27,23 +29,25 @@ class Backend(ABC):
         """Called before the clock starts (worker processes start here, buffers are allocated)."""
 
     @abstractmethod
-    def save(self, tensors: Mapping[str, np.ndarray], location: "RunLocation") -> None:
+    def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None:
         """Write a checkpoint; return once it is durable (unless the test turns durability off)."""
 
     @abstractmethod
-    def load(self, location: "RunLocation") -> dict[str, np.ndarray]:
+    def load(self, location: RunLocation) -> dict[str, np.ndarray]:
         """Read a checkpoint back into memory."""
 
     @abstractmethod
-    def footprint(self, location: "RunLocation") -> tuple[int, int, int]:
+    def footprint(self, location: RunLocation) -> tuple[int, int, int]:
         """(bytes of data, bytes allocated, number of files or objects) of a saved checkpoint."""
 
     def evict(self, directory: Path, method: str) -> str | None:
         """Drop a saved checkpoint from the page cache before it is loaded; the method that worked, or None.
         Back ends whose writers run on other hosts evict there too."""
-        from ckptbench.bench import cache
-
         return cache.evict(directory, method)
+
+    def before_run(self, earlier: Sequence[RunRecord]) -> None:
+        """Told the test's earlier runs (this suite's, a resumed journal's, an earlier suite's) before each run:
+        the device ceiling runs its full grid only until one run of it has succeeded."""
 
     def release(self) -> None:
         """Drop whatever was kept between a save and its load."""
@@ -60,3 +64,39 @@ class Backend(ABC):
         """Seconds per access pattern of the last save or load, for back ends that time several
         patterns inside one operation (the device ceiling); the fastest is the operation's time."""
         return None
+
+
+class Writers(Protocol):
+    """Who saves and loads the tests run by several processes: chosen once, where the process's role is
+    chosen (the command line, or the Python API), and handed to `bench.suite.run_suite`. This package never
+    starts or joins processes itself: `parallel.LocalWriters` spawns workers on this host,
+    `parallel.session.LaunchWriters` uses the ranks of a launch."""
+
+    def backend(self, test: TestSpec, config: SuiteConfig, target: Any) -> Backend:
+        """The back end of a test with processes > 1."""
+
+    def ready(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Before anything is written: every writer has its weights and reaches the storage."""
+
+    def describe(self) -> dict[str, Any] | None:
+        """What results.json records about the writers (a launch's hosts and ranks), if anything."""
+
+    def close(self) -> None:
+        """After the suite: stop every writer this object started."""
+
+
+class ThisProcess:
+    """Writers of a suite whose tests all run in this process."""
+
+    def backend(self, test: TestSpec, config: SuiteConfig, target: Any) -> Backend:
+        raise ValueError(f"test {test.name!r} needs {test.processes} processes; run the suite with writers that "
+                         "start them (parallel.LocalWriters)")
+
+    def ready(self, tensors: Mapping[str, np.ndarray]) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
+        pass

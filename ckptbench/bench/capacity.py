@@ -1,15 +1,17 @@
 """Will it fit, and is it sensible? Disk, memory, run-count and scale checks before a suite starts.
 
-Disk: one run of the largest test must fit in the output filesystem's free space.
-zarr v2 pads edge chunks to full size and every chunk file occupies whole blocks, so
-the estimate counts padded chunks rounded up to 4 KiB blocks (an upper bound for
-uncompressed data; compressed data is assumed no smaller, to stay safe). The device
-ceiling keeps three copies (its 1-, 4- and 16-stream file sets).
+Disk: the source weights and one run of the largest test must fit in the output
+filesystem's free space. zarr v2 pads edge chunks to full size and every chunk file
+occupies whole blocks, so the estimate counts padded chunks rounded up to 4 KiB blocks
+(an upper bound for uncompressed data; compressed data is assumed no smaller, to stay
+safe). The device ceiling keeps three copies (its 1-, 4- and 16-stream file sets).
 
-Memory: the whole process's peak resident size, estimated per back end as a multiple
-of the model's bytes plus a fixed part, from peaks measured with `/usr/bin/time -v`
-(see PHASE4_GUIDE.md, "Memory"): the source weights, the loaded copy and what each
-back end holds in flight.
+Memory: the peak anonymous memory of the whole process, estimated per row as a fixed
+part plus what the row holds (measured with the per-operation split of resident memory;
+docs/measurements/memory.md). The source weights are a mapped file, page cache the
+kernel can drop, so they are not counted: a load holds the loaded copy (1x the model),
+and TensorStore's reads and writes hold at most `max_inflight_bytes` in flight besides.
+The bound this keeps is 1.25 x the model + 1 GB.
 """
 
 from __future__ import annotations
@@ -18,22 +20,22 @@ import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ckptbench.spec import chunking
 from ckptbench.core import system
-from ckptbench.spec.config import SuiteConfig, TestSpec
 from ckptbench.core.errors import UserError
 from ckptbench.core.units import human_bytes
+from ckptbench.spec import chunking
+from ckptbench.spec.fields import TestSpec
+from ckptbench.spec.references import REFERENCES
+from ckptbench.spec.suite import SuiteConfig
 
 BLOCK_BYTES = 4096
 SAFETY = 1.05
 CEILING_COPIES = 3
-# Peak anonymous memory of the whole process = FIXED + multiplier x model bytes, measured with
-# /usr/bin/time -v and the per-operation RSS split (PHASE4_GUIDE.md, "Memory"): the source
-# weights (1x) and the loaded copy (1x), plus what a back end frees during a load and glibc
-# does not hand back until the operation ends (about 0.1x for TensorStore). File-backed
-# pages (safetensors' memory map) are page cache the kernel can drop: not counted.
-FIXED_BYTES = 1.0e9  # Python, torch, transformers, TensorStore's threads
-MEMORY_MULTIPLIER = {"tensorstore": 2.1, "safetensors": 2.1, "torch_save": 2.1, "device_ceiling": 2.0}
+# Peak anonymous memory of the whole process = FIXED + multiplier x model bytes (+ TensorStore's bytes in
+# flight). The multipliers are the reference registry's (spec.references), TensorStore's is the loaded copy.
+FIXED_BYTES = 1.0e9  # Python, torch, TensorStore's threads: 0.2-0.3 GB measured; the bound allows 1 GB
+TENSORSTORE_MULTIPLIER = 1.0
+BOUND_MULTIPLIER = 1.25  # the bound the design keeps: 1.25 x the model + FIXED_BYTES
 MAX_SUITE_S = 7 * 24 * 3600.0  # a suite estimated to run longer than a week is refused
 ESTIMATE_GBPS = 0.5  # for the run-time estimate: a pessimistic disk, fsync'd writes and cold reads
 ESTIMATE_RUN_OVERHEAD_S = 0.5
@@ -67,16 +69,18 @@ def check_disk(output_dir: Path, need_bytes: int, what: str) -> None:
     if need_bytes * SAFETY > free:
         raise UserError(
             f"output_dir: {what} needs about {human_bytes(need_bytes)} on disk but {output_dir} has "
-            f"{human_bytes(free)} free; free space, choose another --output-dir, or use a smaller --model or --dtype bfloat16"
+            f"{human_bytes(free)} free; free space, choose another --output-dir, or use a smaller --model or "
+            "--dtype bfloat16"
         )
 
 
 def peak_memory_bytes(test: TestSpec, model_bytes: int, max_inflight_bytes: int) -> int:
     """Estimated peak anonymous memory of the whole process while a test runs."""
-    need = MEMORY_MULTIPLIER[test.backend] * model_bytes
-    if not test.is_reference:
-        # A save holds the source and TensorStore's copy of what is in flight; a load the source and the result.
-        need = max(need, model_bytes + min(max_inflight_bytes, model_bytes))
+    if test.is_reference:
+        need = REFERENCES[test.backend].memory_multiplier * model_bytes
+    else:
+        # The loaded copy, and what TensorStore holds in flight besides (a read's chunks, a write's copies).
+        need = TENSORSTORE_MULTIPLIER * model_bytes + min(max_inflight_bytes, model_bytes)
         if test.kvstore == "memory":
             need += model_bytes  # the checkpoint itself lives in RAM
     if test.timed_conversion:
@@ -89,20 +93,22 @@ def peak_memory_bytes(test: TestSpec, model_bytes: int, max_inflight_bytes: int)
 TIMED_CONVERSION_MULTIPLIER = 1.5
 
 
-def check_memory(config: SuiteConfig, model_bytes: int, extra_copies: int = 0) -> None:
+def check_memory(config: SuiteConfig, model_bytes: int) -> None:
     """Refuse up front a suite whose hungriest test would not fit in RAM, saying what would.
 
-    `extra_copies`: further sets of weights held all along (tests with values of their own)."""
+    What this process already holds counts as available: it is part of the estimate's fixed part (a later
+    stage of tune or explain must not be refused for memory its own process holds)."""
     available = system.available_memory_bytes()
     if available is None or not config.tests:
         return
+    available += system.resident_bytes()[0]
     hungriest = max(config.tests, key=lambda t: peak_memory_bytes(t, model_bytes, config.max_inflight_bytes))
-    need = peak_memory_bytes(hungriest, model_bytes, config.max_inflight_bytes) + extra_copies * model_bytes
+    need = peak_memory_bytes(hungriest, model_bytes, config.max_inflight_bytes)
     if need * SAFETY <= available:
         return
     alternatives = []
     if config.dtype == "float32":
-        half = peak_memory_bytes(hungriest, model_bytes // 2, config.max_inflight_bytes) + extra_copies * model_bytes // 2
+        half = peak_memory_bytes(hungriest, model_bytes // 2, config.max_inflight_bytes)
         alternatives.append(f"--dtype bfloat16 (needs about {human_bytes(half)})")
     alternatives.append("a smaller --model (see --list-models)")
     raise UserError(
@@ -133,7 +139,7 @@ def _duration(seconds: float) -> str:
 
 def suggest_preset(ram_bytes: int | None, dtype: str, config: SuiteConfig) -> str | None:
     """The smallest preset of at least a quarter of RAM that would still fit in memory here, as flags."""
-    from ckptbench.sources.weights import PRESETS, NUMPY_DTYPES
+    from ckptbench.sources.weights import NUMPY_DTYPES, PRESETS
 
     if not ram_bytes:
         return None

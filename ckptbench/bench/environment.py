@@ -49,7 +49,7 @@ def filesystem_of(path: Path) -> dict[str, Any]:
 
 def capture(output_dir: Path) -> dict[str, Any]:
     return {
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "packages": {name: _version(name) for name in PACKAGES},
         "os": f"{platform.system()} {platform.release()}",

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ckptbench.bench import cache
-from ckptbench.core import system
-from ckptbench.bench.backend import Backend
-from ckptbench.spec.config import SuiteConfig, TestSpec
-from ckptbench.core.records import Phase, Plan, PlannedRun, RunRecord
+from ckptbench.bench import cache, references, storage
+from ckptbench.bench.backend import Backend, ThisProcess, Writers
 from ckptbench.bench.targets import LocalTarget, ObjectStoreTarget, RunLocation
 from ckptbench.bench.timing import Timed, timed
+from ckptbench.core import system
+from ckptbench.core.records import Phase, Plan, PlannedRun, RunRecord
+from ckptbench.sources.source_file import SourceTensors
+from ckptbench.spec.fields import TestSpec
+from ckptbench.spec.references import CEILING
+from ckptbench.spec.suite import SuiteConfig
 
 Target = LocalTarget | ObjectStoreTarget
 
@@ -49,6 +52,8 @@ def run_once(
     settled = False  # True once no TensorStore operation can still be writing into the run's location
     try:
         location = target.new_run(planned.label)
+        if isinstance(tensors, SourceTensors):
+            tensors.make_resident()  # a source file the last eviction dropped is read back: before any clock
         backend.prepare(tensors)  # e.g. start worker processes, allocate buffers: before any clock
         on_phase(planned, "save")
         _note(record, "save", timed(lambda: backend.save(tensors, location)), backend)
@@ -150,7 +155,8 @@ _STORAGE_FAILURE_TEXT = tuple(os.strerror(code) for code in _STORAGE_FAILURES)
 
 
 def storage_failed(exc: BaseException) -> bool:
-    """True for a full disk or an I/O error, however the library reported it (TensorStore puts the OS text in a ValueError)."""
+    """True for a full disk or an I/O error, however the library reported it (TensorStore puts the OS text in a
+    ValueError)."""
     if isinstance(exc, OSError) and exc.errno in _STORAGE_FAILURES:
         return True
     return any(text in str(exc) for text in _STORAGE_FAILURE_TEXT)
@@ -163,31 +169,22 @@ def cache_state(resident_bytes: int, disk_bytes: int) -> str:
 
 
 def backend_for(test: TestSpec, config: SuiteConfig, target: Target | None = None,
-                pools: dict[Any, Any] | None = None) -> Backend:
-    """The back end that measures a test: TensorStore (in this process or N workers), or a reference row."""
-    from ckptbench.bench import storage
-
+                writers: Writers | None = None) -> Backend:
+    """The back end that measures a test: TensorStore in this process, the writers' for several processes, or a
+    reference row."""
     target = target or LocalTarget(config.output_dir)
     if test.backend == "tensorstore" and test.processes > 1:
-        from ckptbench.parallel import distributed
-
-        pools = {} if pools is None else pools
-        source = distributed.WeightSource(config.model, config.weights, config.dtype, config.values_for(test))
-        # One set of writers per count and values: each holds the weights it was started with.
-        pool = pools.setdefault((test.processes, source.values), distributed.pool_for(test.processes, source))
-        return distributed.DistributedBackend(storage.Layout.of(test, config.dtype), pool, config.max_inflight_bytes,
-                                              context_extra=target.context_spec())
+        writers = writers or ThisProcess()
+        return writers.backend(test, config, target)
     if test.backend == "tensorstore":
         return storage.TensorStoreBackend(storage.Layout.of(test, config.dtype), config.max_inflight_bytes,
                                           context_extra=target.context_spec())
-    from ckptbench.bench import references
-
-    if test.backend == "device_ceiling":
+    if test.backend == CEILING:
         return references.DeviceCeilingBackend(config.cache_eviction)
     return references.BACKENDS[test.backend]()
 
 
-def run_suite(
+def run_plan(
     runs: Iterable[PlannedRun],
     tensors: Mapping[str, np.ndarray],
     config: SuiteConfig,
@@ -195,25 +192,29 @@ def run_suite(
     keep: bool = False,
     target: Target | None = None,
     sources: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    writers: Writers | None = None,
+    earlier: Sequence[RunRecord] = (),
 ) -> Iterator[RunRecord]:
     """Execute a plan, yielding each run's record as soon as it ends; stop after a storage failure.
 
     With `keep`, the checkpoint of each test's last measured round is left in place. `sources`:
-    weights by `values`, for tests whose values differ from the suite's (`tensors`)."""
+    weights by `values`, for tests whose values differ from the suite's (`tensors`). `writers`: who runs the
+    tests with several processes (the caller stops them). `earlier`: runs before these (a resumed journal's,
+    an earlier suite's), which each back end is told of before a run of its test."""
     target = target or LocalTarget(config.output_dir)
-    pools: dict[Any, Any] = {}  # writers by process count and values
-    backends = {t.name: backend_for(t, config, target, pools) for t in config.tests}
+    backends = {t.name: backend_for(t, config, target, writers) for t in config.tests}
     weights_of = {t.name: (sources or {}).get(config.values_for(t), tensors) for t in config.tests}
     if not isinstance(runs, Plan):
         runs = list(runs)
     last_round = runs.last_round if isinstance(runs, Plan) else max((r.round for r in runs), default=0)
-    try:
-        for planned in runs:
-            record = run_once(planned, weights_of[planned.test], backends[planned.test], config, on_phase,
-                              keep=keep and planned.round == last_round, target=target)
-            yield record
-            if record.fatal:
-                return
-    finally:  # also on Ctrl-C: stop every worker process
-        for pool in pools.values():
-            pool.stop()
+    history: dict[str, list[RunRecord]] = {t.name: [] for t in config.tests}
+    for record in earlier:
+        history.setdefault(record.test, []).append(record)
+    for planned in runs:
+        backends[planned.test].before_run(history[planned.test])
+        record = run_once(planned, weights_of[planned.test], backends[planned.test], config, on_phase,
+                          keep=keep and planned.round == last_round, target=target)
+        history[planned.test].append(record)
+        yield record
+        if record.fatal:
+            return

@@ -38,12 +38,12 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 import tensorstore as ts
 
-from ckptbench.spec import chunking, compression
 from ckptbench.bench.backend import Backend
-from ckptbench.spec.config import TestSpec
 from ckptbench.bench.targets import RunLocation, as_location, footprint_of_store
-from ckptbench.sources.weights import NUMPY_DTYPES
 from ckptbench.bench.workspace import RUN_MARKER
+from ckptbench.sources.weights import NUMPY_DTYPES
+from ckptbench.spec import chunking, compression
+from ckptbench.spec.config import TestSpec
 
 MANIFEST = "manifest.json"
 OCDBT_DIR = "ocdbt"
@@ -69,7 +69,7 @@ class Layout:
     timed_conversion: bool = False
 
     @classmethod
-    def of(cls, test: TestSpec, dtype: str) -> "Layout":
+    def of(cls, test: TestSpec, dtype: str) -> Layout:
         itemsize = NUMPY_DTYPES[dtype].itemsize
         return cls(
             chunk_budget_elements=test.chunk_budget_elements(itemsize),

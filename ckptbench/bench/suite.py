@@ -1,8 +1,8 @@
-"""`run(config)`: the one function that runs a suite, for the command line and for Python.
+"""`run_suite(config, writers)`: the one function that runs a suite, for every caller.
 
-    import ckptbench
-    results = ckptbench.run(ckptbench.load_config("phase4_config.json", model="tiny", num_runs=2))
-    print(results.best["load"]["test"])
+The command line, the Python API (`ckptbench.run`), `tune` and `explain` all call it. It
+knows nothing of launchers: who saves and loads the tests run by several processes is
+the `writers` it is given (bench.backend.Writers), chosen once by the caller.
 
 Order of work: check everything that can be checked (output folder, storage, memory,
 duration, disk, weights) before writing anything; then the journal, the plan, the
@@ -10,9 +10,9 @@ runs (each appended to the journal as it ends), and the results document, writte
 OUTPUT_DIR/results.json. Figures and console tables are the caller's business
 (`Results.draw`, `Results.report`).
 
-A stop signal (Ctrl-C, SIGTERM) ends the suite within seconds: the results so far are
-written (complete: false), then `interrupt.Interrupted` is raised with them attached as
-`.results`, and `run(..., resume=True)` continues later.
+A stop (Ctrl-C, SIGTERM, a budget's `may_start`, a lost rank) ends the suite within
+seconds: the results so far are written (complete: false), then `Stopped` is raised with
+them attached as `.partial`, and `run_suite(..., resume=True)` continues later.
 """
 
 from __future__ import annotations
@@ -20,16 +20,17 @@ from __future__ import annotations
 import gc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ckptbench.bench import capacity, environment, measure, targets, workspace
+from ckptbench.bench.backend import ThisProcess, Writers
 from ckptbench.core import interrupt
-from ckptbench.documents import journal, results
-from ckptbench.parallel import ranks
-from ckptbench.sources import weights
-from ckptbench.spec.config import SuiteConfig
-from ckptbench.core.errors import UserError
+from ckptbench.core.errors import Stopped, UserError
 from ckptbench.core.records import Phase, Plan, PlannedRun, RunRecord, new_seed, plan
+from ckptbench.documents import journal, results
+from ckptbench.sources import weights
+from ckptbench.spec.suite import SuiteConfig
+
 
 @dataclass(frozen=True)
 class Start:
@@ -49,8 +50,13 @@ def _ignore(*_args: Any) -> None:
     pass
 
 
-def run(
+def _always(_planned: PlannedRun) -> str | None:
+    return None
+
+
+def run_suite(
     config: SuiteConfig,
+    writers: Writers = ThisProcess(),
     *,
     resume: bool = False,
     keep: bool = False,
@@ -58,18 +64,17 @@ def run(
     on_start: Callable[[Start], None] = _ignore,
     on_phase: Phase = _ignore,
     on_record: Callable[[RunRecord], None] = _ignore,
-) -> results.Results | None:
+    may_start: Callable[[PlannedRun], str | None] = _always,
+    history: Sequence[RunRecord] = (),
+) -> results.Results:
     """Run a suite (a finished config from `config.load` or `config.from_dict`) and return its results.
 
-    `source`: weights already in memory (they must match the config's model, dtype and values);
-    by default they are made or read here. `keep` leaves each test's last checkpoint on disk.
-
-    Started by torchrun, srun or mpirun, every rank calls this: rank 0 runs the suite and returns its
-    results, the other ranks save and load their slices for it and return None (see ranks.py).
+    `writers`: who runs the tests with processes > 1 (the suite stops them at its end). `source`: weights
+    already in memory (they must match the config's model, dtype and values); by default they are made or
+    read here. `keep` leaves each test's last checkpoint on disk. `may_start(run)` is asked before each
+    run: a reason (a spent budget) stops the suite there, as a stop signal does. `history`: runs of earlier
+    suites whose back ends' choices carry over (tune's stages: the device ceiling's fastest patterns).
     """
-    if ranks.launched():
-        return ranks.run(config, run, resume=resume, keep=keep, source=source, on_start=on_start,
-                         on_phase=on_phase, on_record=on_record)
     targets.set_http_timeouts()
     workspace.check_output_dir(config.output_dir)
     target = targets.parse(config.storage, config.output_dir, config.storage_options)
@@ -79,20 +84,20 @@ def run(
                    else weights.estimate_bytes(config.model, local_weights, config.dtype))
     capacity.check_duration(len(config.tests) * (config.num_runs + config.warmup_rounds), model_bytes)
     other_values = sorted({config.values_for(t) for t in config.tests} - {config.values})  # tests' own `values`
-    capacity.check_memory(config, model_bytes, extra_copies=len(other_values))
+    capacity.check_memory(config, model_bytes)
     if local_weights is not None:
         for folder, what in ((config.output_dir, "--output-dir"), (getattr(target, "output_dir", None), "--storage")):
             if folder is not None and Path(folder).is_relative_to(local_weights.resolve()):
                 raise UserError(f"{what}: {folder} is inside the weights folder; choose another folder")
-    if source is None:
-        source = weights.load(config.model, local_weights, config.dtype, config.values)  # converted once, untimed
-        source.source.update(origin)
-    sources = {values: weights.from_preset(config.model, config.dtype, values).tensors for values in other_values}
+    planned = weights.plan(config.model, local_weights, config.dtype, config.values, origin)  # reads the headers
+    model_bytes = source.size_bytes if source is not None else planned.size_bytes
+    shapes = [shape for _, shape in planned.shapes] if source is None else [a.shape for a in source.tensors.values()]
     if target.kind == "local":
-        capacity.check_disk(target.output_dir, _largest_run_bytes(config, source), "one run of the largest test")
-    ranks.wait_ready(source.tensors)  # under a launcher: every rank has its weights and reaches the storage
-
-    fingerprint = journal.fingerprint(config.to_json(), source.describe())
+        sources_bytes = (source is None) * model_bytes + len(other_values) * model_bytes
+        capacity.check_disk(target.output_dir, _largest_run_bytes(config, shapes) + sources_bytes,
+                            "one run of the largest test and the source weights")
+    described = source.describe() if source is not None else planned.describe()
+    fingerprint = journal.fingerprint(config.to_json(), described)
     log = journal.Journal(config.output_dir / journal.JOURNAL_FILE)
     done: list[RunRecord] = []
     if resume:
@@ -106,31 +111,59 @@ def run(
         seed = config.seed if config.seed is not None else new_seed()
 
     output_dir = workspace.prepare_output_dir(config.output_dir)  # the first write
+    made: list[Path] = []  # source folders this suite makes, and removes at its end
+    try:
+        if source is None:  # converted once, untimed, written one tensor at a time into a file and mapped
+            source = planned.to_file(_source_dir(output_dir, config.values, made))
+        sources = {values: weights.plan(config.model, None, config.dtype, values).to_file(
+                       _source_dir(output_dir, values, made)).tensors for values in other_values}
+        writers.ready(source.tensors)  # e.g. every rank of a launch has its weights and reaches the storage
+        return _measure(config, writers, source, sources, log, done, seed, resume, keep, target, output_dir,
+                        on_start, on_phase, on_record, may_start, history)
+    finally:
+        writers.close()  # also on Ctrl-C: stop every worker process
+        for folder in made:
+            workspace.remove_owned(folder)
+
+
+def _source_dir(output_dir: Path, values: str, made: list[Path]) -> Path:
+    folder = workspace.new_owned_dir(output_dir, f"source-{values}")
+    made.append(folder)
+    return folder
+
+
+def _measure(config: SuiteConfig, writers: Writers, source: weights.Weights, sources: dict[str, Any],
+             log: journal.Journal, done: list[RunRecord], seed: int, resume: bool, keep: bool,
+             target: targets.LocalTarget | targets.ObjectStoreTarget, output_dir: Path,
+             on_start: Callable[[Start], None], on_phase: Phase, on_record: Callable[[RunRecord], None],
+             may_start: Callable[[PlannedRun], str | None], history: Sequence[RunRecord]) -> results.Results:
+    """The runs of a checked suite, each appended to the journal as it ends, then the results document."""
     if not resume:
-        log.start(fingerprint, seed)
+        log.start(journal.fingerprint(config.to_json(), source.describe()), seed)
     done = [r for r in done if r.ok]  # failed runs (a full disk, say) are run again
     todo = plan([t.name for t in config.tests], config.num_runs, config.warmup_rounds, seed, config.order,
                 done={(r.test, r.round) for r in done}, blocks=config.blocks)
     env = environment.capture(output_dir)
-    world = ranks.current()
-    if world is not None:
-        env["launch"] = world.describe()  # world size, hosts and ranks per host
+    launch = writers.describe()
+    if launch is not None:
+        env["launch"] = launch  # world size, hosts and ranks per host
     scale = {"suggested_preset": capacity.suggest_preset(env.get("ram_bytes"), config.dtype, config)}
     on_start(Start(source.describe(), len(config.tests), config.num_runs, config.warmup_rounds, len(todo), seed,
                    len(done), scale))
     records = list(done)
-    stopped: interrupt.Interrupted | None = None
+    stopped: Stopped | None = None
     gc.freeze()  # the weights and every module stay for the whole suite: collections skip them (0.2 s -> 0)
     try:
         with interrupt.signals_raise():
-            for record in measure.run_suite(todo, source.tensors, config, _checked(on_phase), keep=keep,
-                                            target=target, sources=sources):
+            for record in measure.run_plan(todo, source.tensors, config, _checked(on_phase, may_start), keep=keep,
+                                           target=target, sources=sources, writers=writers,
+                                           earlier=[*history, *done]):
                 log.append(record)
                 records.append(record)
                 on_record(record)
                 interrupt.check()
-    except interrupt.Interrupted as signal_received:
-        stopped = signal_received
+    except Stopped as stop:
+        stopped = stop
     finally:
         gc.unfreeze()
         target.finish()
@@ -140,23 +173,27 @@ def run(
                              storage=target.describe(), scale=scale, tool=environment.tool_info())
     outcome = results.Results(document, results.write(document, output_dir))
     if stopped is not None:
-        stopped.results = outcome
+        stopped.partial = outcome
         raise stopped
     return outcome
 
 
-def _checked(on_phase: Phase) -> Phase:
-    """A phase callback that first stops the run if a stop signal's exception was lost."""
+def _checked(on_phase: Phase, may_start: Callable[[PlannedRun], str | None]) -> Phase:
+    """A phase callback that first stops the run if a stop signal's exception was lost, and before a run's
+    save, if `may_start` gives a reason not to start it."""
     def checked(planned: PlannedRun, phase: str) -> None:
         interrupt.check()
+        if phase == "save":
+            reason = may_start(planned)
+            if reason is not None:
+                raise Stopped.by_budget(reason)
         on_phase(planned, phase)
     return checked
 
 
-def _largest_run_bytes(config: SuiteConfig, source: weights.Weights) -> int:
-    shapes = [a.shape for a in source.tensors.values()]
+def _largest_run_bytes(config: SuiteConfig, shapes: list[tuple[int, ...]]) -> int:
     itemsize = weights.NUMPY_DTYPES[config.dtype].itemsize
     return max(capacity.run_bytes_upper(t, shapes, itemsize) for t in config.tests)
 
 
-__all__ = ["Plan", "Start", "run"]
+__all__ = ["Plan", "Start", "run_suite"]

@@ -45,12 +45,12 @@ class RunLocation:
         return {**self.base, "path": self.base["path"] + suffix}
 
     @classmethod
-    def local(cls, directory: Path) -> "RunLocation":
+    def local(cls, directory: Path) -> RunLocation:
         directory = Path(directory)
         return cls(directory.name, {"driver": "file", "path": f"{directory}/"}, directory)
 
 
-def as_location(where: "RunLocation | Path | str") -> RunLocation:
+def as_location(where: RunLocation | Path | str) -> RunLocation:
     return where if isinstance(where, RunLocation) else RunLocation.local(Path(where))
 
 
@@ -108,7 +108,8 @@ class ObjectStoreTarget:
                 **({"endpoint": self._endpoint()} if self.kind == "s3" and self._endpoint() else {})}
 
     def _endpoint(self) -> str | None:
-        return self.options.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return (self.options.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3")
+                or os.environ.get("AWS_ENDPOINT_URL"))
 
     def _region(self) -> str:
         return (self.options.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
@@ -186,7 +187,8 @@ def footprint_of_store(location_spec: Mapping[str, Any], context: ts.Context) ->
     return sum(sizes), sum(sizes), len(sizes)
 
 
-def parse(url: str | None, output_dir: Path, options: Mapping[str, Any] | None = None) -> LocalTarget | ObjectStoreTarget:
+def parse(url: str | None, output_dir: Path,
+          options: Mapping[str, Any] | None = None) -> LocalTarget | ObjectStoreTarget:
     """The target a --storage URL names (None or a plain path: local)."""
     if not url:
         return LocalTarget(output_dir)

@@ -1,4 +1,9 @@
-"""Bit-for-bit verification of a loaded checkpoint against its source."""
+"""Bit-for-bit verification of a loaded checkpoint against its source.
+
+Each loaded tensor's xxh3-128 digest is compared with the source's (sources.source_file):
+recorded when the source file was written, so verifying never reads the source back (it
+may have left the page cache for the load), and no model-sized temporary is made.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,24 @@ from typing import Mapping
 
 import numpy as np
 
-_BLOCK_BYTES = 16 * 2**20  # compared a block at a time, so verifying adds no model-sized temporary
+from ckptbench.sources.source_file import Box, digest, expected_digest, select
 
 
-def mismatches(source: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
-    """Names whose loaded bytes, shape or dtype differ from the source (NaN and -0.0 compared as bits)."""
-    bad = [name for name in source if name not in loaded]
-    for name, expected in source.items():
+def mismatches(source: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray],
+               boxes: Mapping[str, Box] | None = None) -> list[str]:
+    """Names whose loaded bytes, shape or dtype differ from the source (NaN and -0.0 compared as bits).
+
+    `boxes`: a process that loaded parts of tensors (a writer's rows, a tensor-parallel rank's slice) checks
+    each loaded part against the same part of the source; only the tensors named are expected then."""
+    expected_names = list(source) if boxes is None else list(boxes)
+    bad = [name for name in expected_names if name not in loaded]
+    for name in expected_names:
         got = loaded.get(name)
         if got is None:
             continue
-        if got.dtype != expected.dtype or got.shape != expected.shape or not same_bytes(expected, got):
+        box = () if boxes is None else boxes[name]
+        want = select(source[name], box)  # a view: only its shape and dtype are read here
+        if got.dtype != want.dtype or got.shape != want.shape or digest(got) != expected_digest(source, name, box):
             bad.append(name)
-    bad.extend(name for name in loaded if name not in source)
+    bad.extend(name for name in loaded if name not in expected_names)
     return bad
-
-
-def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
-    left = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-    right = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
-    if left.size != right.size:
-        return False
-    return all(np.array_equal(left[i:i + _BLOCK_BYTES], right[i:i + _BLOCK_BYTES])
-               for i in range(0, left.size, _BLOCK_BYTES))

@@ -53,12 +53,17 @@ def new_run_dir(output_dir: Path, name: str) -> Path:
     runs = output_dir / RUNS_DIR
     runs.mkdir(exist_ok=True)
     (runs / RUN_MARKER).touch()
-    run_dir = runs / name
-    if run_dir.exists():
-        remove_owned(run_dir)
-    run_dir.mkdir()
-    (run_dir / RUN_MARKER).touch()
-    return run_dir
+    return new_owned_dir(runs, name)
+
+
+def new_owned_dir(parent: Path, name: str) -> Path:
+    """A fresh folder parent/name, marked as ours (one of ours already there is replaced)."""
+    folder = parent / name
+    if folder.exists():
+        remove_owned(folder)
+    folder.mkdir()
+    (folder / RUN_MARKER).touch()
+    return folder
 
 
 _SETTLE_S = 0.2

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import random
 import secrets
+import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
-import time
 
 ORDERS = ("interleaved", "blocked")
 
@@ -163,7 +163,7 @@ class RunRecord:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "RunRecord":
+    def from_json(cls, data: Mapping[str, Any]) -> RunRecord:
         """A record from its JSON form; keys this version does not know are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -11,8 +11,6 @@ import gc
 import os
 from pathlib import Path
 
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-
 
 def meminfo_bytes(key: str) -> int | None:
     """A /proc/meminfo field in bytes (MemTotal, MemAvailable, ...), None where there is no /proc."""
@@ -42,15 +40,19 @@ def free_bytes(path: Path) -> int:
 
 
 def resident_bytes() -> tuple[int, int]:
-    """(anonymous, file-backed) resident bytes of this process, from /proc/self/statm.
+    """(anonymous, file-backed) resident bytes of this process, from /proc/self/status.
 
-    statm's "shared" column counts file-backed and shared-memory pages: what the page
-    cache can drop. The rest of the resident set is anonymous memory the process owns.
+    File-backed pages (mapped files: the source weights, a safetensors load's map) are page
+    cache the kernel can drop. Everything else counts as anonymous: heap, buffers, and shared
+    memory (an anonymous shared map, /dev/shm), which without swap cannot be dropped either.
     """
-    with open("/proc/self/statm") as handle:
-        fields = handle.read().split()
-    resident, shared = int(fields[1]), int(fields[2])
-    return (resident - shared) * PAGE_BYTES, shared * PAGE_BYTES
+    fields = {}
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+                key, value = line.split(":", 1)
+                fields[key] = int(value.split()[0]) * 1024
+    return fields.get("RssAnon", 0) + fields.get("RssShmem", 0), fields.get("RssFile", 0)
 
 
 def _libc() -> ctypes.CDLL | None:

@@ -1,7 +1,8 @@
 """The run journal: every finished run appended (and fsync'd) the moment it ends.
 
 `journal.jsonl` in the output folder holds one header line (the suite's fingerprint:
-config, weight source, seed) and then one line per finished run. A crash, Ctrl-C or
+config, weight source, seed; a document of kind "journal", documents.store.Kind) and then
+one line per finished run. A crash, Ctrl-C or
 SIGTERM loses at most the run in progress, and `--resume` continues from it: it
 refuses when the config or the weights differ from the header, then runs only what
 is missing.
@@ -16,9 +17,19 @@ from typing import Any, Mapping
 
 from ckptbench.core.errors import UserError
 from ckptbench.core.records import RunRecord
+from ckptbench.documents.store import Kind
 
 JOURNAL_FILE = "journal.jsonl"
-FORMAT = "ckptbench-journal-1"
+
+
+def _upgrade_1_to_2(header: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 named its format in `format`; the rest is unchanged."""
+    return {k: v for k, v in header.items() if k != "format"}
+
+
+# Version 1 (ckptbench 0.2.0): {"type": "suite", "format": "ckptbench-journal-1", ...}.
+JOURNAL = Kind("journal", 2, "journal.schema.json", upgrades={1: _upgrade_1_to_2},
+               legacy_version=lambda header: 1 if header.get("format") == "ckptbench-journal-1" else None)
 # Settings that may change between an interrupted run and its resumption: where
 # files go does not change what is measured, and the seed is the journal's own.
 _NOT_FINGERPRINTED = ("output_dir", "config_path", "seed")
@@ -41,7 +52,9 @@ class Journal:
 
     def start(self, suite_fingerprint: Mapping[str, Any], seed: int) -> None:
         """Begin a new journal (replacing one of an earlier suite in this folder)."""
-        self._write_lines([{"type": "suite", "format": FORMAT, "seed": seed, **suite_fingerprint}], mode="w")
+        header = JOURNAL.stamp({"type": "suite", "seed": seed, **suite_fingerprint})  # each line says what it is
+        JOURNAL.validate(header, str(self.path))
+        self._write_lines([header], mode="w")
 
     def append(self, record: RunRecord) -> None:
         self._write_lines([{"type": "run", **record.to_json()}], mode="a")
@@ -65,11 +78,16 @@ class Journal:
             except ValueError:
                 if number == len(lines):
                     break  # the run being written when the process died
-                raise UserError(f"--resume: {self.path} line {number} is damaged; start afresh without --resume") from None
-        if not entries or entries[0].get("type") != "suite" or entries[0].get("format") != FORMAT:
+                raise UserError(f"--resume: {self.path} line {number} is damaged; start afresh without "
+                                "--resume") from None
+        if not entries or not isinstance(entries[0], dict):
             raise UserError(f"--resume: {self.path} is not a journal this version wrote; start afresh without --resume")
+        try:
+            header = JOURNAL.upgrade(entries[0], f"--resume: {self.path}")
+        except UserError as exc:
+            raise UserError(f"{exc}; start afresh without --resume") from None
         runs = [RunRecord.from_json(e) for e in entries[1:] if e.get("type") == "run"]
-        return entries[0], runs
+        return header, runs
 
 
 def differences(header: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -20,31 +20,27 @@ Version history (bump SCHEMA_VERSION whenever a field changes meaning):
   in `patterns`; claims have four outcomes (version 1's "confirmed" meant only that the
   CI overlapped the claimed range); stats gain `ci95_log`; tests gain `kind`; weights
   gain `values`; new `scale` and `best` sections; `protocol.order`; `tool.commit`.
+- 3 (ckptbench 0.3.0): the document names its kind (`"kind": "results"`), as every file the
+  harness writes does (documents.store.Kind); nothing else changed.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ckptbench.analysis import change as analysis, stats
-from ckptbench.documents import store as documents
+from ckptbench.analysis import change as analysis
+from ckptbench.analysis import stats
+from ckptbench.analysis.samples import METRICS, THROUGHPUT, samples
 from ckptbench.core import records
-from ckptbench.documents.store import Document, first_line, read_json, write_json
-from ckptbench.core.errors import UserError
 from ckptbench.core.units import human_bytes
+from ckptbench.documents import store as documents
+from ckptbench.documents.store import Document
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RESULTS_FILE = "results.json"
-SCHEMA_FILE = Path(__file__).with_name("schemas") / "results.schema.json"
-METRICS = tuple(analysis.METRICS)  # save_s, load_s, size_bytes
-THROUGHPUT = {"save_gbps": "save_s", "load_gbps": "load_s"}
-# What each operation costs besides time: CPU seconds (all threads) and memory.
-COST = ("save_cpu_s", "load_cpu_s", "save_peak_rss_bytes", "load_peak_rss_bytes",
-        "save_rss_anon_bytes", "load_rss_anon_bytes", "save_rss_file_bytes", "load_rss_file_bytes")
 CEILING = "device_ceiling"
 DIRECT_PREFIX = "direct "  # a ceiling pattern read with O_DIRECT (see references.py)
 NOT_DURABLE = "not durable"
@@ -71,6 +67,7 @@ def build(config: Any, weights_info: Mapping[str, Any], records: Iterable[Any], 
     for record in records:
         by_test[record.test].append(record.to_json())
     document = {
+        "kind": RESULTS.name,
         "schema_version": SCHEMA_VERSION,
         "tool": dict(tool or {"name": "ckptbench", "version": None, "commit": None}),
         "complete": complete,
@@ -80,7 +77,8 @@ def build(config: Any, weights_info: Mapping[str, Any], records: Iterable[Any], 
         "scale": dict(scale or {}),
         "protocol": {**_protocol(config, seed), "storage": dict(storage or {"kind": "local"})},
         "baseline": config.baseline,
-        "tests": [{"name": t.name, "description": t.description, "kind": "reference" if t.is_reference else "tensorstore",
+        "tests": [{"name": t.name, "description": t.description,
+                   "kind": "reference" if t.is_reference else "tensorstore",
                    "settings": {**t.to_json(), "compression_label": _compression_label(t.compression)},
                    "durable": t.durable, "runs": by_test[t.name]} for t in config.tests],
         "skipped_tests": [{"name": name, "reason": reason} for name, reason in config.skipped],
@@ -164,21 +162,6 @@ def derive(document: dict[str, Any]) -> dict[str, Any]:
     document["best"] = best_configurations(tests, noise_pct)
     document["warnings"] = _suite_warnings(document, ceiling)
     return document
-
-
-def samples(runs: Iterable[Mapping[str, Any]], data_bytes: int) -> dict[str, list[float]]:
-    """Per-metric values of the measured (not warm-up), successful runs, in round order."""
-    good = sorted((r for r in runs if r["error"] is None and not r["warmup"]), key=lambda r: r["round"])
-    out = {metric: [float(r[metric]) for r in good] for metric in METRICS}
-    out["total_s"] = [float(r["save_s"]) + float(r["load_s"]) for r in good]
-    for name, seconds in THROUGHPUT.items():
-        out[name] = [data_bytes / 1e9 / s for s in out[seconds] if s > 0]
-    for metric in COST:
-        out[metric] = [float(r[metric]) for r in good if r.get(metric) is not None]
-    warm = [float(r["warm_load_s"]) for r in good if r.get("warm_load_s") is not None]
-    if warm:  # a test with warm_load: its loads from the page cache, right after each save
-        out["warm_load_s"] = warm
-    return out
 
 
 def _pct(test: Mapping[str, Any], ceiling: Mapping[str, Any] | None, metric: str) -> float | None:
@@ -273,7 +256,8 @@ def _test_warnings(test: Mapping[str, Any], mine: Mapping[str, list[float]]) -> 
         if leaked:
             out.append(f"{name}: file_io_mode \"direct\" left {human_bytes(leaked[0]['resident_bytes_after_load'])} "
                        "of the checkpoint in the page cache: TensorStore read those chunk files buffered (it reads "
-                       "with O_DIRECT only files whose size is a multiple of 4096 bytes); its load figures are buffered reads")
+                       "with O_DIRECT only files whose size is a multiple of 4096 bytes); its load figures are "
+                       "buffered reads")
     for run in test["runs"]:
         if run["error"] is not None:
             out.append(f"{name}: round {run['round']} failed: {run['error']}")
@@ -363,45 +347,25 @@ class Results(Document):
     def failed_runs(self) -> int:
         return sum(t["failed_runs"] for t in self.tests)
 
-    def report(self, fmt: str = "text") -> str:
-        from ckptbench.reports import results as report
-
-        return report.full_report(self.document, fmt)
-
-    def draw(self, folder: Path) -> list[Path]:
-        """Every figure the document has data for, as PNG files in folder."""
-        from ckptbench.figures import plot
-
-        return plot.draw_all(self.document, Path(folder))
-
 
 def write(document: Mapping[str, Any], output_dir: Path) -> Path:
     """Write results.json atomically (a reader never sees half a file)."""
-    return write_json(Path(output_dir) / RESULTS_FILE, document)
+    return RESULTS.write(Path(output_dir) / RESULTS_FILE, document)
 
 
 def read(path: Path | str) -> Results:
     """Read, upgrade and validate a results file of any version this tool has written."""
-    return Results(upgrade(read_json(path, "results"), str(path)), Path(path))
+    return Results(RESULTS.read(path), Path(path))
 
 
 def upgrade(document: Any, source: str = "results") -> dict[str, Any]:
     """Bring a document of any known version to the current one, then validate it."""
-    version = document.get("schema_version") if isinstance(document, dict) else None
-    if version not in _UPGRADES and version != SCHEMA_VERSION:
-        known = ", ".join(str(v) for v in [*_UPGRADES, SCHEMA_VERSION])
-        raise UserError(f"{source}: schema_version {version!r} is not one this tool reads ({known}); "
-                        "is it a ckptbench results.json? A newer ckptbench may read it")
-    while document["schema_version"] != SCHEMA_VERSION:
-        old = document["schema_version"]
-        validate(document, source, old)
-        try:
-            document = _UPGRADES[old](document)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UserError(f"{source}: a damaged version-{old} results file ({type(exc).__name__}: "
-                            f"{first_line(exc)[:120]}); it cannot be upgraded") from None
-    validate(document, source)
-    return document
+    return RESULTS.upgrade(document, source)
+
+
+def validate(document: Any, source: str = "results") -> None:
+    """Raise a one-line UserError naming the first field that breaks the contract."""
+    RESULTS.validate(document, source)
 
 
 def _upgrade_1_to_2(document: dict[str, Any]) -> dict[str, Any]:
@@ -427,7 +391,9 @@ def _upgrade_1_to_2(document: dict[str, Any]) -> dict[str, Any]:
     return derive(document)
 
 
-_UPGRADES = {1: _upgrade_1_to_2}
+def _upgrade_2_to_3(document: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 to 3: the kind is named (Kind.upgrade stamps it); nothing else changed."""
+    return document
 
 
 # Before its upgrade, an older document is checked only for the parts every version shares.
@@ -435,16 +401,22 @@ _SHARED = {"schema_version": "integer", "tool": "object", "complete": "boolean",
            "config": "object", "weights": "object", "protocol": "object", "baseline": "string", "tests": "array"}
 
 
-@lru_cache(maxsize=None)
-def _older_validator(version: int) -> Any:
-    import jsonschema
+def _checked_first(version: int, upgrade: Any) -> Any:
+    """An upgrade that first checks the parts every version shares (a damaged file is named, not upgraded)."""
+    def checked(document: dict[str, Any]) -> dict[str, Any]:
+        import jsonschema
 
-    return jsonschema.Draft202012Validator({
-        "type": "object", "required": list(_SHARED),
-        "properties": {**{key: {"type": kind} for key, kind in _SHARED.items()}, "schema_version": {"const": version}}})
+        validator = jsonschema.Draft202012Validator({
+            "type": "object", "required": list(_SHARED),
+            "properties": {**{key: {"type": kind} for key, kind in _SHARED.items()},
+                           "schema_version": {"const": version}}})
+        problem = documents.schema_error(document, validator)
+        if problem is not None:
+            raise ValueError(f"not a valid version-{version} results file: {problem}")
+        return upgrade(document)
+    return checked
 
 
-def validate(document: Any, source: str = "results", version: int = SCHEMA_VERSION) -> None:
-    """Raise a one-line UserError naming the first field that breaks the contract."""
-    documents.validate(document, SCHEMA_FILE if version == SCHEMA_VERSION else _older_validator(version), source,
-                       "results")
+RESULTS = documents.Kind("results", SCHEMA_VERSION, "results.schema.json",
+                         upgrades={1: _checked_first(1, _upgrade_1_to_2), 2: _checked_first(2, _upgrade_2_to_3)},
+                         legacy_version=lambda document: document.get("schema_version"))

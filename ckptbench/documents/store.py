@@ -1,19 +1,26 @@
-"""The JSON documents the harness writes and reads back (results, tuning, explanation, state).
+"""The files the harness writes and reads back, all by one convention (results, tuning, explanation,
+the run journal, a tune's state).
 
-One way to do each: written atomically and durably (a reader, or a resume after a crash,
-never sees half a file), read with one-line errors, checked against a JSON Schema that
-ships beside the code, with the first broken field named.
+Every file is of a `Kind`: its first two keys name the kind and its `schema_version`; a
+JSON Schema shipped in documents/schemas/ is its contract; and an upgrade chain brings
+every older version this tool wrote to the current one (files written before kinds were
+named are recognised by each kind's `legacy_version`). One way to do each step: written
+atomically and durably (a reader, or a resume after a crash, never sees half a file),
+read with one-line errors, checked against the schema with the first broken field named.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from ckptbench.core.errors import UserError
+from ckptbench.core.errors import UserError, first_line
+
+SCHEMAS = Path(__file__).with_name("schemas")
 
 
 class Document:
@@ -64,7 +71,7 @@ def read_json(path: Path | str, what: str) -> Any:
         raise UserError(f"{path}: not a readable {what} file ({first_line(exc)})") from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(schema_file: Path) -> Any:
     import jsonschema
 
@@ -90,6 +97,71 @@ def validate(document: Any, schema: Path | Any, source: str, what: str) -> None:
         raise UserError(f"{source}: not a valid ckptbench {what} file: {problem}")
 
 
-def first_line(exc: Any) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def _a(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def _not_legacy(_document: Mapping[str, Any]) -> int | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of file: its name, the version this tool writes, its schema and its upgrade chain."""
+
+    name: str  # "results", "tuning", "explanation", "journal", "tune state"
+    version: int
+    schema: str | None  # a file in documents/schemas/ (None: the kind checks itself)
+    upgrades: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] = field(default_factory=dict)  # v -> v + 1
+    legacy_version: Callable[[Mapping[str, Any]], int | None] = _not_legacy  # files written before kinds had names
+
+    def stamp(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        """The document with its kind and version first."""
+        rest = {k: v for k, v in document.items() if k not in ("kind", "schema_version")}
+        return {"kind": self.name, "schema_version": self.version, **rest}
+
+    def version_of(self, document: Any, source: str) -> int:
+        if not isinstance(document, dict):
+            raise UserError(f"{source}: not a ckptbench {self.name} file: its top level is no object with a kind and "
+                            "a schema_version")
+        found = document.get("kind")
+        if found is None:
+            version = self.legacy_version(document)
+        elif found == self.name:
+            version = document.get("schema_version")
+        else:
+            what = f"{_a(found)} ckptbench {found} file" if isinstance(found, str) else "not a ckptbench file"
+            raise UserError(f"{source}: {what}, not {_a(self.name)} {self.name} file; give {_a(self.name)} "
+                            f"{self.name} file")
+        known = [*self.upgrades, self.version]
+        if version not in known:
+            raise UserError(f"{source}: {self.name} schema_version {version!r} is not one this tool reads "
+                            f"({', '.join(map(str, known))}); a newer ckptbench may read it")
+        return version
+
+    def upgrade(self, document: Any, source: str) -> dict[str, Any]:
+        """Bring a document of any version this tool wrote to the current one, then validate it."""
+        version = self.version_of(document, source)
+        while version != self.version:
+            try:
+                document = self.upgrades[version](json.loads(json.dumps(document)))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise UserError(f"{source}: a damaged version-{version} {self.name} file ({type(exc).__name__}: "
+                                f"{first_line(exc)[:120]}); it cannot be upgraded") from None
+            version += 1
+            document = {**document, "kind": self.name, "schema_version": version}
+        self.validate(document, source)
+        return document
+
+    def validate(self, document: Any, source: str | None = None) -> None:
+        if self.schema is not None:
+            validate(document, SCHEMAS / self.schema, source or self.name, self.name)
+
+    def read(self, path: Path | str) -> dict[str, Any]:
+        return self.upgrade(read_json(path, self.name), str(path))
+
+    def write(self, path: Path, document: Mapping[str, Any]) -> Path:
+        """Stamp, validate and write atomically."""
+        stamped = self.stamp(document)
+        self.validate(stamped, str(path))
+        return write_json(path, stamped)

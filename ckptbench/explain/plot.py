@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Mapping
 
-from ckptbench.figures import plot
+from ckptbench.figures import common as plot
 
 PLOT_FILE = "explain.png"
 PANEL_COLUMNS = 3
@@ -40,7 +40,8 @@ def draw(document: Mapping[str, Any], path: Path) -> Path:
     handles = [Patch(facecolor="#bcd4e6", edgecolor="#5b8db8", label="claimed range"),
                Patch(facecolor="#e3edf5", label="widened by the noise threshold (times)")]
     handles += [Line2D([], [], marker="o", linestyle="", color=c, label=o) for o, c in plot.OUTCOME_COLORS.items()]
-    handles.append(Line2D([], [], marker="*", linestyle="", color="black", label="this arm's condition moves it into the band"))
+    handles.append(Line2D([], [], marker="*", linestyle="", color="black",
+                          label="this arm's condition moves it into the band"))
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     title = (f"Why the original's expectations differ: {document.get('weights_label', '')}, "
              f"{document['num_runs']} runs per test and arm; rows: arms (true = your config, original = all of "

@@ -1,4 +1,4 @@
-"""The sweep figure: save and load throughput against the swept setting, from a results document.
+"""sweep_analysis.png: save and load throughput against the swept setting, from a results document.
 
 x is the chunk size in bytes (log axis) when chunks are swept, otherwise the first
 swept setting; one line per combination of the other swept settings (concurrency,
@@ -9,14 +9,13 @@ run is a dashed line: the distance to it is what a configuration leaves on the t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from ckptbench.figures.plot import CEILING, ERRORBAR_NOTE, _mean_and_err, figure, save, source_line
-from ckptbench.spec.settings import SWEEP_FIELDS
 from ckptbench.core.units import size_label
+from ckptbench.figures.common import CEILING, ERRORBAR_NOTE, figure, mean_and_err, save, source_line
+from ckptbench.spec.fields import SWEEP_FIELDS
 
 SWEEP_FILE = "sweep_analysis.png"
-SCALING_FILE = "scaling_analysis.png"
 PROCESSES = "processes"
 _CHUNK_FIELDS = ("chunk_bytes", "chunk_size_elements")
 
@@ -57,11 +56,12 @@ def draw_sweep(document: Mapping[str, Any], path: Path) -> Path | None:
 
     fig, grid = figure(15, 6.5, 1, 2)
     axes = grid[0]
-    for ax, metric, title in ((axes[0], "save_gbps", "Save throughput"), (axes[1], "load_gbps", "Load throughput (cold)")):
+    panels = ((axes[0], "save_gbps", "Save throughput"), (axes[1], "load_gbps", "Load throughput (cold)"))
+    for ax, metric, title in panels:
         for key, tests in groups.items():
             tests = sorted(tests, key=lambda t: categories.index(x_of(t)))
             xs = [x_of(t) if x_field in _CHUNK_FIELDS else categories.index(x_of(t)) for t in tests]
-            _line(ax, xs, tests, metric, key)
+            line(ax, xs, tests, metric, key)
         if x_field in _CHUNK_FIELDS:
             ax.set_xscale("log", base=2)
             ticks = sorted({x_of(t) for t in swept})
@@ -70,18 +70,18 @@ def draw_sweep(document: Mapping[str, Any], path: Path) -> Path | None:
         else:
             ax.set_xticks(range(len(categories)), categories, rotation=30)
             ax.set_xlabel(SWEEP_FIELDS[x_field])
-        _finish(ax, ceiling, metric, title, "GB/s (tensor bytes / time)")
-    return _save(fig, f"Sweep: {source_line(document)}", path)
+        finish_axes(ax, ceiling, metric, title, "GB/s (tensor bytes / time)")
+    return save_titled(fig, f"Sweep: {source_line(document)}", path)
 
 
-def _line(ax, xs: list, tests: list[Mapping[str, Any]], metric: str, label: str) -> None:
+def line(ax, xs: list, tests: list[Mapping[str, Any]], metric: str, label: str) -> None:
     """One series: means with their 95% CI (no bar where a point has one run)."""
-    points = [_mean_and_err(t["stats"][metric]) for t in tests]
+    points = [mean_and_err(t["stats"][metric]) for t in tests]
     ax.errorbar(xs, [mean for mean, _ in points], yerr=list(zip(*(err for _, err in points))),
                 marker="o", capsize=3, label=label)
 
 
-def _finish(ax, ceiling: Mapping[str, Any] | None, metric: str, title: str, ylabel: str) -> None:
+def finish_axes(ax, ceiling: Mapping[str, Any] | None, metric: str, title: str, ylabel: str) -> None:
     if ceiling and ceiling["stats"][metric]["mean"]:
         ax.axhline(ceiling["stats"][metric]["mean"], color="#c1121f", linestyle="--",
                    label=f"device ceiling {ceiling['stats'][metric]['mean']:.2f} GB/s")
@@ -92,49 +92,6 @@ def _finish(ax, ceiling: Mapping[str, Any] | None, metric: str, title: str, ylab
     ax.grid(alpha=0.3)
 
 
-def _save(fig, title: str, path: Path) -> Path:
+def save_titled(fig, title: str, path: Path) -> Path:
     fig.suptitle(title, fontsize=12)
     return save(fig, path)
-
-
-def draw_scaling(document: Mapping[str, Any], path: Path) -> Path | None:
-    """Aggregate save and load GB/s against the number of processes; None unless several counts ran."""
-    scaled = [t for t in document["tests"] if PROCESSES in (t["settings"].get("sweep") or {})]
-    if len({t["settings"]["processes"] for t in scaled}) < 2:
-        return None
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for test in scaled:
-        groups.setdefault(test["name"].rsplit("_procs=", 1)[0], []).append(test)
-    counts = sorted({t["settings"]["processes"] for t in scaled})
-    ceiling = next((t for t in document["tests"] if t["name"] == CEILING), None)
-    fig, grid = figure(14, 6, 1, 2)
-    axes = grid[0]
-    for ax, metric, title in ((axes[0], "save_gbps", "Save: aggregate throughput"),
-                              (axes[1], "load_gbps", "Load (cold): aggregate throughput")):
-        for name, tests in groups.items():
-            tests = sorted(tests, key=lambda t: t["settings"]["processes"])
-            _line(ax, [t["settings"]["processes"] for t in tests], tests, metric, name)
-        ax.set_xticks(counts)
-        ax.set_xlabel("writers: processes or ranks (each writes and reads whole chunk rows of every array)")
-        _finish(ax, ceiling, metric, title, "GB/s (tensor bytes / slowest process time)")
-    return _save(fig, f"Scaling: {source_line(document)}", path)
-
-
-def scaling_document(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One document for `draw_scaling` from results files of one suite run with different numbers of writers:
-    one launch per world size (torchrun, srun, mpirun), or --processes runs. Each TensorStore test becomes
-    `name_procs=N`; the first file gives the weights and protocol the figure's title shows, and the
-    device ceiling its dashed line (one disk: any file's ceiling is the disk's)."""
-    ceilings = [t for d in documents for t in d["tests"] if t["name"] == CEILING]
-    tests = ceilings[:1]
-    for document in documents:
-        for test in document["tests"]:
-            if test.get("kind", "tensorstore") != "tensorstore":
-                continue
-            settings = test["settings"]
-            count = settings.get("processes") or 1
-            swept = {**(settings.get("sweep") or {})}
-            name = test["name"] if PROCESSES in swept else f"{test['name']}_procs={count}"
-            swept.setdefault(PROCESSES, count)
-            tests.append({**test, "name": name, "settings": {**settings, "sweep": swept}})
-    return {**documents[0], "tests": tests}

@@ -11,9 +11,9 @@ import sys
 import time
 from typing import Any
 
-from ckptbench.documents.store import weights_name
 from ckptbench.core.records import PlannedRun, RunRecord
 from ckptbench.core.units import duration_label, human_bytes
+from ckptbench.documents.store import weights_name
 
 
 class _Display:

@@ -38,19 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ckptbench.core.errors import UserError
+from ckptbench.core.errors import UserError, first_line
+from ckptbench.spec.hub_id import DEFAULT_REVISION, looks_like_hub_id, parse
 
-DEFAULT_REVISION = "main"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 ALLOW_PATTERNS: tuple[str, ...] = ("*.safetensors", SAFETENSORS_INDEX, "pytorch_model*.bin", BIN_INDEX, "config.json")
 DEFAULT_TIMEOUT = 10.0  # seconds; huggingface_hub's own default for metadata requests
 
-# Hub repo-id rules: two names of letters, digits, '-', '_', '.', neither starting nor
-# ending with '-' or '.', no '--' or '..', at most 96 characters in all. A revision is a
-# branch, tag, commit or ref such as refs/pr/3 (so it alone may hold '/').
-_NAME = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
-_SPEC = re.compile(rf"(?P<repo>{_NAME}/{_NAME})(?:@(?P<revision>[A-Za-z0-9_][A-Za-z0-9_./-]*))?")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's truthy environment values
 
@@ -65,26 +60,9 @@ class HubCheckpoint:
     path: Path  # the snapshot folder: weights.from_directory reads it
 
 
-def looks_like_hub_id(text: str) -> bool:
-    """True when text reads as `org/name[@revision]` and is not a local path.
-
-    A path that exists always wins, so a folder `org/name` under the working directory is
-    read as that folder; text shaped like a path (absolute, `./`, `../`, `~`, a backslash,
-    more than one '/' before '@') is never a hub id.
-    """
-    if not text or text.startswith((".", "/", "~")) or "\\" in text:
-        return False
-    if _parse(text) is None:
-        return False
-    try:
-        return not Path(text).expanduser().exists()
-    except OSError:  # a name the file system refuses (too long, ...) is no local path
-        return True
-
-
 def resolve(spec: str) -> HubCheckpoint:
     """The cached snapshot of a hub checkpoint, downloaded first only if needed and allowed."""
-    parsed = _parse(spec) if looks_like_hub_id(spec) else None
+    parsed = parse(spec) if looks_like_hub_id(spec) else None
     if parsed is None:
         raise UserError(f"--weights: {spec!r} is neither an existing folder nor a Hugging Face repo id"
                         " (org/name or org/name@revision); check the spelling")
@@ -162,16 +140,6 @@ def _offline_setting() -> str | None:
     return "HF_HUB_OFFLINE=1 (when huggingface_hub was imported)" if constants.HF_HUB_OFFLINE else None
 
 
-def _parse(text: str) -> tuple[str, str] | None:
-    match = _SPEC.fullmatch(text)
-    if match is None:
-        return None
-    repo_id, revision = match["repo"], match["revision"] or DEFAULT_REVISION
-    if len(repo_id) > 96 or "--" in repo_id or ".." in repo_id or ".." in revision or revision.endswith("/"):
-        return None
-    return repo_id, revision
-
-
 def _name(repo_id: str, revision: str) -> str:
     return repo_id if revision == DEFAULT_REVISION else f"{repo_id}@{revision}"
 
@@ -245,9 +213,9 @@ def _hub_unreachable(repo_id: str, revision: str) -> str | None:
         if exc.response is not None and exc.response.status_code == 401:
             raise UserError(f"--weights: the hub refused the token for {repo_id} (401); `hf auth login` again"
                             " or fix HF_TOKEN") from None
-        return f"{type(exc).__name__}: {_first_line(exc)}"
+        return f"{type(exc).__name__}: {first_line(exc)}"
     except _unreachable_errors() as exc:
-        return f"{type(exc).__name__}: {_first_line(exc)}"
+        return f"{type(exc).__name__}: {first_line(exc)}"
     return None
 
 
@@ -267,7 +235,7 @@ def _download(repo_id: str, revision: str, cache_dir: str) -> Path:
         raise _gated(repo_id) from None
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, *_unreachable_errors()) as exc:
         raise UserError(f"--weights: downloading {_name(repo_id, revision)} into {cache_dir} failed"
-                        f" ({type(exc).__name__}: {_first_line(exc)}); run again to resume, or fetch it with"
+                        f" ({type(exc).__name__}: {first_line(exc)}); run again to resume, or fetch it with"
                         f" {fetch_command(repo_id, revision)}") from None
 
 
@@ -303,8 +271,3 @@ def _unreachable_errors() -> tuple[type[BaseException], ...]:
         except (ImportError, AttributeError):
             pass
     return tuple(types)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

@@ -1,8 +1,7 @@
 """Where the weights come from: LLaMA-shaped presets made in code, or a real checkpoint.
 
-Presets carry published LLaMA-architecture hyperparameters and the real parameter
-names and shapes of `LlamaForCausalLM` (written out here; a test checks them against
-transformers' model on the meta device); the values are drawn from a seeded normal
+Presets (spec.presets) carry published LLaMA-architecture hyperparameters and the real
+parameter names and shapes of `LlamaForCausalLM`; the values are drawn from a seeded normal
 distribution (std 0.02, LLaMA's initializer), per tensor from a seed derived from
 its name, so every run and every subset sees the same bytes.
 
@@ -19,103 +18,40 @@ A checkpoint folder or a Hugging Face model id (`--weights`) gives the real valu
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import ml_dtypes
 import numpy as np
 
-from ckptbench.documents import store as documents
+from ckptbench.core.errors import UserError, first_line
 from ckptbench.sources import hub
-from ckptbench.core.errors import UserError
+from ckptbench.sources.source_file import SourceFile
+from ckptbench.spec.hub_id import looks_like_hub_id
+from ckptbench.spec.presets import DEFAULT_PRESET, NUMPY_DTYPES, PRESETS, VALUES, Preset, preset_shapes
 
-NUMPY_DTYPES: dict[str, np.dtype] = {
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-}
+__all__ = ["DEFAULT_PRESET", "NUMPY_DTYPES", "PRESETS", "VALUES", "Preset", "Weights", "estimate_bytes",
+           "from_directory", "from_preset", "load", "preset_params", "preset_shapes", "resolve"]
+
 INIT_STD = 0.02
 SEED = 20240604
-VALUES = ("random", "float16", "bfloat16")
 _VALUE_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
-
-
-@dataclass(frozen=True)
-class Preset:
-    """LLaMA-architecture hyperparameters, as published in the model's config.json."""
-
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    vocab_size: int
-    tie_word_embeddings: bool
-    origin: str
-    head_dim: int | None = None
-
-    @property
-    def n_params(self) -> int:
-        """Parameters of LlamaForCausalLM with these hyperparameters (a test checks it against transformers)."""
-        hidden, heads, kv_heads = self.hidden_size, self.num_attention_heads, self.num_key_value_heads
-        head_dim = self.head_dim or hidden // heads
-        attention = hidden * head_dim * (2 * heads + 2 * kv_heads)  # q and o, k and v
-        mlp = 3 * hidden * self.intermediate_size  # gate, up, down
-        per_layer = attention + mlp + 2 * hidden  # + two RMSNorm weights
-        embeddings = self.vocab_size * hidden * (1 if self.tie_word_embeddings else 2)
-        return embeddings + self.num_hidden_layers * per_layer + hidden  # + the final norm
-
-
-PRESETS: dict[str, Preset] = {
-    "tiny": Preset(128, 344, 4, 4, 4, 2000, False, "made up for tests (about 5 MB in float32)"),
-    "smollm2-135m": Preset(576, 1536, 30, 9, 3, 49152, True, "HuggingFaceTB/SmolLM2-135M"),
-    "smollm2-360m": Preset(960, 2560, 32, 15, 5, 49152, True, "HuggingFaceTB/SmolLM2-360M"),
-    "tinyllama-1.1b": Preset(2048, 5632, 22, 32, 4, 32000, False, "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"),
-    "llama-3.2-1b": Preset(2048, 8192, 16, 32, 8, 128256, True, "meta-llama/Llama-3.2-1B", head_dim=64),
-    "open_llama_3b": Preset(3200, 8640, 26, 32, 32, 32000, False, "openlm-research/open_llama_3b"),
-    "llama-2-7b": Preset(4096, 11008, 32, 32, 32, 32000, False, "meta-llama/Llama-2-7b-hf"),
-}
-DEFAULT_PRESET = "smollm2-135m"
-
-
-def preset_shapes(name: str) -> list[tuple[str, tuple[int, ...]]]:
-    """Parameter names and shapes of a preset, in the order LlamaForCausalLM.named_parameters() lists
-    them (a tied lm_head once, as save_pretrained stores it).
-
-    Written out from the architecture rather than built by transformers on the meta device:
-    importing transformers costs seconds in every run. A test checks every preset against
-    transformers' own model.
-    """
-    preset = PRESETS[name]
-    hidden, heads, kv_heads = preset.hidden_size, preset.num_attention_heads, preset.num_key_value_heads
-    head_dim = preset.head_dim or hidden // heads
-    shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (preset.vocab_size, hidden))]
-    for layer in range(preset.num_hidden_layers):
-        prefix = f"model.layers.{layer}."
-        shapes += [(prefix + "self_attn.q_proj.weight", (heads * head_dim, hidden)),
-                   (prefix + "self_attn.k_proj.weight", (kv_heads * head_dim, hidden)),
-                   (prefix + "self_attn.v_proj.weight", (kv_heads * head_dim, hidden)),
-                   (prefix + "self_attn.o_proj.weight", (hidden, heads * head_dim)),
-                   (prefix + "mlp.gate_proj.weight", (preset.intermediate_size, hidden)),
-                   (prefix + "mlp.up_proj.weight", (preset.intermediate_size, hidden)),
-                   (prefix + "mlp.down_proj.weight", (hidden, preset.intermediate_size)),
-                   (prefix + "input_layernorm.weight", (hidden,)),
-                   (prefix + "post_attention_layernorm.weight", (hidden,))]
-    shapes.append(("model.norm.weight", (hidden,)))
-    if not preset.tie_word_embeddings:
-        shapes.append(("lm_head.weight", (preset.vocab_size, hidden)))
-    return shapes
 
 
 @dataclass
 class Weights:
-    """Named tensors, C-contiguous, all in one dtype, plus where they came from."""
+    """Named tensors, C-contiguous, all in one dtype, plus where they came from.
 
-    tensors: dict[str, np.ndarray]
+    `tensors` are arrays in memory (`load`), or read-only views of a source file (`load_to_file`), which
+    the kernel can drop from memory while a load fills it; `file` is then that file."""
+
+    tensors: Mapping[str, np.ndarray]
     dtype: str
     source: dict[str, Any] = field(default_factory=dict)
+    file: SourceFile | None = None
 
     @property
     def n_params(self) -> int:
@@ -130,50 +66,83 @@ class Weights:
                 "n_params": self.n_params, "size_bytes": self.size_bytes}
 
 
-def from_preset(name: str, dtype: str = "float32", values: str = "random") -> Weights:
-    """Seeded synthetic weights with a preset's real names and shapes (values: see VALUES)."""
+def _preset_origin(name: str, values: str) -> dict[str, Any]:
+    return {"kind": "preset", "name": name, "origin": PRESETS[name].origin, "values": values,
+            "init": f"normal(0, {INIT_STD}) drawn as {'float32' if values == 'random' else values}, "
+                    f"seed {SEED} + crc32(name)"}
+
+
+def _check_preset(name: str, values: str) -> None:
     if name not in PRESETS:
         raise UserError(f"--model: unknown preset {name!r}; run --list-models to see the presets")
     if values not in VALUES:
         raise UserError(f"--values: unknown values {values!r}; use one of {', '.join(VALUES)}")
-    target = NUMPY_DTYPES[dtype]
-    tensors = {}
+
+
+def preset_tensors(name: str, dtype: str = "float32", values: str = "random") -> Iterator[tuple[str, np.ndarray]]:
+    """Seeded synthetic weights with a preset's real names and shapes, made one tensor at a time."""
+    _check_preset(name, values)
+    return _drawn(name, NUMPY_DTYPES[dtype], values)
+
+
+def _drawn(name: str, target: np.dtype, values: str) -> Iterator[tuple[str, np.ndarray]]:
     for param, shape in preset_shapes(name):
         rng = np.random.default_rng([SEED, zlib.crc32(param.encode())])
         drawn = rng.standard_normal(shape, dtype=np.float32)
         drawn *= np.float32(INIT_STD)
         if values in _VALUE_DTYPES:  # round to the half-precision grid first, as a real checkpoint's values are
             drawn = drawn.astype(_VALUE_DTYPES[values])
-        tensors[param] = np.ascontiguousarray(drawn.astype(target, copy=False))
-        del drawn
-    return Weights(tensors, dtype, {"kind": "preset", "name": name, "origin": PRESETS[name].origin,
-                                    "values": values,
-                                    "init": f"normal(0, {INIT_STD}) drawn as {'float32' if values == 'random' else values}, "
-                                            f"seed {SEED} + crc32(name)"})
+        yield param, np.ascontiguousarray(drawn.astype(target, copy=False))
 
 
-def from_directory(path: Path, dtype: str = "float32") -> Weights:
-    """Read a local Hugging Face checkpoint folder (safetensors, sharded or single, or pytorch_model.bin)."""
+def from_preset(name: str, dtype: str = "float32", values: str = "random") -> Weights:
+    """Seeded synthetic weights with a preset's real names and shapes (values: see VALUES), in memory."""
+    return Weights(dict(preset_tensors(name, dtype, values)), dtype, _preset_origin(name, values))
+
+
+def _checkpoint_folder(path: Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise UserError(f"--weights: {path} does not exist; give a local checkpoint folder")
     if not path.is_dir():
         raise UserError(f"--weights: {path} is a file; give the folder that holds it")
+    return path
+
+
+def _directory_origin(path: Path) -> dict[str, Any]:
+    files, _ = _checkpoint_files(path)
+    return {"kind": "directory", "path": str(path.resolve()), "values": "checkpoint", "files": [f.name for f in files]}
+
+
+def directory_tensors(path: Path, dtype: str = "float32") -> Iterator[tuple[str, np.ndarray]]:
+    """A local Hugging Face checkpoint folder's tensors (safetensors, sharded or single, or pytorch_model.bin),
+    converted to `dtype` one at a time."""
+    path = _checkpoint_folder(path)
     files, loader = _checkpoint_files(path)
-    target = NUMPY_DTYPES[dtype]
-    tensors: dict[str, np.ndarray] = {}
+    return _converted(path, files, loader, NUMPY_DTYPES[dtype])
+
+
+def _converted(path: Path, files: list[Path], loader: Callable[[Path], Iterator[tuple[str, Any]]],
+               target: np.dtype) -> Iterator[tuple[str, np.ndarray]]:
+    found = False
     for file in files:
         try:
             for name, tensor in loader(file):
-                tensors[name] = _to_numpy(tensor, target)
+                found = True
+                yield name, _to_numpy(tensor, target)
         except UserError:
             raise
         except Exception as exc:  # safetensors and torch raise many types for a damaged file
-            raise UserError(f"--weights: {file} cannot be read ({documents.first_line(exc)}); is it complete and uncorrupted?") from None
-    if not tensors:
+            raise UserError(f"--weights: {file} cannot be read ({first_line(exc)}); is it complete and "
+                            "uncorrupted?") from None
+    if not found:
         raise UserError(f"--weights: {path} holds no tensors; give a folder with model weights")
-    return Weights(tensors, dtype, {"kind": "directory", "path": str(path.resolve()), "values": "checkpoint",
-                                    "files": [f.name for f in files]})
+
+
+def from_directory(path: Path, dtype: str = "float32") -> Weights:
+    """Read a local Hugging Face checkpoint folder into memory (see directory_tensors)."""
+    path = _checkpoint_folder(path)
+    return Weights(dict(directory_tensors(path, dtype)), dtype, _directory_origin(path))
 
 
 def _checkpoint_files(path: Path) -> tuple[list[Path], Callable[[Path], Iterator[tuple[str, Any]]]]:
@@ -254,17 +223,111 @@ def resolve(weights_source: str | None) -> tuple[Path | None, dict[str, Any]]:
     if weights_source is None:
         return None, {}
     local = Path(weights_source)
-    if not local.exists() and hub.looks_like_hub_id(weights_source):
+    if not local.exists() and looks_like_hub_id(weights_source):
         checkpoint = hub.resolve(weights_source)
         return checkpoint.path, hub.describe(checkpoint)
     return local, {}
 
 
-def load(model: str, weights_source: str | Path | None, dtype: str, values: str = "random") -> Weights:
-    """The configured weights: a checkpoint (folder or hub id) when given, else the preset."""
+def _tensors_and_origin(model: str, weights_source: str | Path | None, dtype: str,
+                       values: str) -> tuple[Iterator[tuple[str, np.ndarray]], dict[str, Any]]:
     if weights_source is None:
-        return from_preset(model, dtype, values)
+        return preset_tensors(model, dtype, values), _preset_origin(model, values)
     folder, origin = resolve(str(weights_source))
-    made = from_directory(folder, dtype)
-    made.source.update(origin)
-    return made
+    folder = _checkpoint_folder(folder)
+    return directory_tensors(folder, dtype), {**_directory_origin(folder), **origin}
+
+
+def load(model: str, weights_source: str | Path | None, dtype: str, values: str = "random") -> Weights:
+    """The configured weights in memory: a checkpoint (folder or hub id) when given, else the preset."""
+    tensors, origin = _tensors_and_origin(model, weights_source, dtype, values)
+    return Weights(dict(tensors), dtype, origin)
+
+
+def load_to_file(model: str, weights_source: str | Path | None, dtype: str, values: str, folder: Path) -> Weights:
+    """The configured weights written one tensor at a time into a source file in `folder`, and mapped: only
+    one tensor is ever in anonymous memory (sources.source_file says why)."""
+    tensors, origin = _tensors_and_origin(model, weights_source, dtype, values)
+    written = SourceFile.write(folder, tensors)
+    return Weights(written.tensors, dtype, origin, written)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The weights a suite will use, known before any is made: where they come from, and every tensor's shape.
+
+    The checks that must come before anything is written (memory, disk, a resumed journal's fingerprint) read
+    this; `to_file` or `in_memory` then makes the weights."""
+
+    model: str
+    folder: Path | None  # a local checkpoint folder (a hub id resolved through the cache), or None: the preset
+    dtype: str
+    values: str
+    origin: dict[str, Any]
+    shapes: tuple[tuple[str, tuple[int, ...]], ...]
+
+    @property
+    def n_params(self) -> int:
+        return sum(math.prod(shape) for _, shape in self.shapes)
+
+    @property
+    def size_bytes(self) -> int:
+        return self.n_params * NUMPY_DTYPES[self.dtype].itemsize
+
+    def describe(self) -> dict[str, Any]:
+        """What Weights.describe() of the made weights gives."""
+        return {**self.origin, "dtype": self.dtype, "n_tensors": len(self.shapes), "n_params": self.n_params,
+                "size_bytes": self.size_bytes}
+
+    def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
+        if self.folder is None:
+            return preset_tensors(self.model, self.dtype, self.values)
+        return directory_tensors(self.folder, self.dtype)
+
+    def in_memory(self) -> Weights:
+        return Weights(dict(self.tensors()), self.dtype, dict(self.origin))
+
+    def to_file(self, folder: Path) -> Weights:
+        """The weights written one tensor at a time into a source file in `folder`, and mapped: only one tensor
+        is ever in anonymous memory (sources.source_file says why)."""
+        written = SourceFile.write(folder, self.tensors())
+        return Weights(written.tensors, self.dtype, dict(self.origin), written)
+
+
+def plan(model: str, weights_source: str | Path | None, dtype: str, values: str = "random",
+         origin: Mapping[str, Any] | None = None) -> Planned:
+    """The weights a config names, planned: a hub id is resolved through the cache (downloaded when there is
+    a network and it is missing; `origin` is what `resolve` recorded when the caller resolved it already),
+    a checkpoint's shapes read from its headers, a preset's from its table."""
+    if weights_source is None:
+        _check_preset(model, values)
+        return Planned(model, None, dtype, values, _preset_origin(model, values), tuple(preset_shapes(model)))
+    if origin is None:
+        weights_source, origin = resolve(str(weights_source))
+    folder = _checkpoint_folder(Path(weights_source))
+    return Planned(model, folder, dtype, "checkpoint", {**_directory_origin(folder), **origin},
+                   tuple(_checkpoint_shapes(folder)))
+
+
+def _checkpoint_shapes(path: Path) -> list[tuple[str, tuple[int, ...]]]:
+    """Every floating-point tensor's name and shape, from the files' headers (no tensor is read)."""
+    files, loader = _checkpoint_files(path)
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    for file in files:
+        try:
+            if loader is _read_safetensors:
+                from safetensors import safe_open
+
+                with safe_open(str(file), framework="pt") as handle:
+                    shapes += [(name, tuple(handle.get_slice(name).get_shape())) for name in handle.keys()]
+            else:
+                import torch
+
+                state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+                shapes += [(n, tuple(t.shape)) for n, t in state.items() if isinstance(t, torch.Tensor)]
+        except Exception as exc:  # safetensors and torch raise many types for a damaged file
+            raise UserError(f"--weights: {file} cannot be read ({first_line(exc)}); is it complete and "
+                            "uncorrupted?") from None
+    if not shapes:
+        raise UserError(f"--weights: {path} holds no tensors; give a folder with model weights")
+    return shapes

@@ -1,9 +1,9 @@
 """The suite configuration: phase4_config.json, validated before anything runs.
 
-Structure is checked by a JSON Schema (so types, ranges and unknown keys are data,
-not code); meaning (duplicate names, the baseline, compression options) is checked
-after it. Every problem becomes one `UserError` line naming the test and the field.
-Relative paths in a config file are resolved against the file's own folder.
+Structure is checked by the JSON Schema (spec.schema); meaning (duplicate names, the
+baseline, settings that contradict each other) is checked after it. Every problem
+becomes one `UserError` line naming the test and the field. Relative paths in a config
+file are resolved against the file's own folder.
 
 `load` and `from_dict` return a finished suite: command-line overrides applied, sweeps
 expanded, the storage target and process counts applied to the tests. There is no
@@ -13,238 +13,27 @@ later step for a caller to remember.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import itertools
 import json
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-import jsonschema
-from jsonschema.exceptions import best_match
-
-from ckptbench.spec import chunking, compression
-from ckptbench.sources import hub, weights
 from ckptbench.core.errors import UserError
 from ckptbench.core.records import ORDERS
-from ckptbench.spec.settings import SWEEP_FIELDS
-from ckptbench.core.units import MAX_SIZE_BYTES, SIZE_PATTERN, parse_size, size_label
+from ckptbench.spec import compression
+from ckptbench.spec.fields import CACHE_EVICTION, SWEEP_FIELDS, TEST_SCHEMA, TestSpec, read_test
+from ckptbench.spec.hub_id import looks_like_hub_id
+from ckptbench.spec.presets import PRESETS, VALUES
+from ckptbench.spec.references import REFERENCES
+from ckptbench.spec.schema import SCHEMA, Validator, describe_error, suggest, validate_structure
+from ckptbench.spec.suite import DEFAULT_OUTPUT_DIR, DTYPES, MAX_PROCESSES, SuiteConfig
+from ckptbench.spec.sweep import count_points, expand_sweep, iter_sweep, swept_fields
 
-DTYPES = ("float32", "bfloat16", "float16")
-CACHE_EVICTION = ("auto", "drop_caches", "fadvise", "none")
-DEFAULT_OUTPUT_DIR = "saved_models/phase4_tests"
-MAX_CHUNK_ELEMENTS = 2**30  # 4 GiB of float32
-MAX_CONCURRENCY = 4096
-MAX_PROCESSES = 256
-
-_POSITIVE_INT = {"type": "integer", "minimum": 1}
-_RANGE_PCT = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
-# A size is bytes as a whole number, or a string such as "64KB", "1MiB" or "t5x" (64 MiB).
-_SIZE = {"anyOf": [{**_POSITIVE_INT, "maximum": MAX_SIZE_BYTES}, {"type": "string", "pattern": SIZE_PATTERN}]}
-FORMATS = ("zarr2", "zarr3")
-KVSTORES = ("file", "ocdbt", "memory")
-# TensorStore's file_io_mode context resource (kvstore/file): how the file kvstore reads.
-# "default" reads with pread through the page cache, "memmap" maps files (still the page
-# cache), "direct" reads with O_DIRECT, around the page cache, where a chunk file's size
-# is a multiple of 4096 bytes (elsewhere TensorStore quietly reads buffered).
-FILE_IO_MODES = ("default", "memmap", "direct")
-# How many tensors a save or load keeps in flight: "all" (every array's writes or reads issued
-# together, bounded by max_inflight_bytes) or "one_tensor" (each tensor's open and write, or
-# read, awaited before the next starts, as the original Phase 4 harness did).
-IN_FLIGHT = ("all", "one_tensor")
-REFERENCES = ("safetensors", "torch_save", "device_ceiling")
-
-
-def _sweepable(schema: dict[str, Any]) -> dict[str, Any]:
-    """A field that takes one value, or a list of values to sweep over."""
-    return {"anyOf": [schema, {"type": "array", "minItems": 1, "items": schema}]}
-
-
-TEST_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "concurrency_limit"],
-    "properties": {
-        "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,99}$"},
-        "description": {"type": "string"},
-        "chunk_size_elements": _sweepable({**_POSITIVE_INT, "maximum": MAX_CHUNK_ELEMENTS}),
-        "chunk_bytes": _sweepable(_SIZE),
-        "chunk_strategy": _sweepable({"enum": list(chunking.STRATEGIES)}),
-        "concurrency_limit": _sweepable({**_POSITIVE_INT, "maximum": MAX_CONCURRENCY}),
-        "compression": {"anyOf": [{"type": ["string", "object", "null"]},
-                                  {"type": "array", "minItems": 1, "items": {"type": ["string", "object", "null"]}}]},
-        "format": _sweepable({"enum": list(FORMATS)}),
-        "kvstore": _sweepable({"enum": list(KVSTORES)}),
-        "shard_bytes": _sweepable(_SIZE),
-        "data_copy_concurrency": _sweepable({"type": ["integer", "null"], "minimum": 1, "maximum": MAX_CONCURRENCY}),
-        "file_io_sync": _sweepable({"type": "boolean"}),
-        "file_io_mode": _sweepable({"enum": list(FILE_IO_MODES)}),
-        "in_flight": _sweepable({"enum": list(IN_FLIGHT)}),
-        "timed_conversion": _sweepable({"type": "boolean"}),
-        "cache_eviction": _sweepable({"enum": list(CACHE_EVICTION)}),
-        "warm_load": {"type": "boolean"},
-        "values": _sweepable({"enum": list(weights.VALUES)}),
-        "block": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,99}$"},
-        "expected": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"save_pct": _RANGE_PCT, "load_pct": _RANGE_PCT, "size_pct": _RANGE_PCT},
-        },
-    },
-}
-
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["test_configurations"],
-    "properties": {
-        "description": {"type": "string"},
-        "model": {"enum": sorted(weights.PRESETS)},
-        "weights": {"type": ["string", "null"]},
-        "dtype": {"enum": list(DTYPES)},
-        "values": {"enum": list(weights.VALUES)},
-        "output_dir": {"type": "string", "minLength": 1},
-        "baseline": {"type": "string"},
-        "storage": {"type": ["string", "null"]},
-        "storage_options": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"endpoint": {"type": "string"}, "region": {"type": "string"},
-                           "max_retries": {"type": "integer", "minimum": 0, "maximum": 100}},
-        },
-        "processes": _sweepable({"type": "integer", "minimum": 1, "maximum": MAX_PROCESSES}),
-        "references": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {name: {"type": "boolean"} for name in REFERENCES},
-        },
-        "testing": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "num_runs": {**_POSITIVE_INT, "maximum": 1000},
-                "warmup_rounds": {"type": "integer", "minimum": 0, "maximum": 100},
-                "seed": {"type": ["integer", "null"], "minimum": 0},
-                "cache_eviction": {"enum": list(CACHE_EVICTION)},
-                "order": {"enum": list(ORDERS)},
-                "max_inflight_bytes": {**_POSITIVE_INT, "minimum": 2**20},
-                "noise_pct": {"type": "number", "minimum": 0, "maximum": 100},
-            },
-        },
-        "test_configurations": {"type": "array", "minItems": 1, "items": TEST_SCHEMA},
-    },
-}
-
-
-@dataclass(frozen=True)
-class TestSpec:
-    """One configuration to measure: a TensorStore layout, or a reference row (`backend`)."""
-
-    name: str
-    concurrency_limit: int | None = None
-    chunk_size_elements: int | None = None
-    chunk_bytes: int | None = None
-    chunk_strategy: str = "halve"
-    compression: dict[str, Any] | None = None
-    format: str = "zarr2"
-    kvstore: str = "file"
-    shard_bytes: int | None = None
-    data_copy_concurrency: int | None = None  # None: TensorStore's default (one per core)
-    file_io_sync: bool = True
-    file_io_mode: str = "default"
-    in_flight: str = "all"  # see IN_FLIGHT
-    # The original's conversions inside the timers: saves start from float16 copies of the
-    # weights and cast each to float32 (torch .float()) before writing it; loads copy each array
-    # read and cast it to float16 (np.copy, torch.from_numpy, .half()).
-    timed_conversion: bool = False
-    cache_eviction: str | None = None  # None: the suite's testing.cache_eviction
-    # Also time a load right after the save, from the page cache, before the eviction and the
-    # timed (cold) load: one save gives both figures (warm_load_s), as `explain` uses them.
-    warm_load: bool = False
-    values: str | None = None  # None: the suite's values (preset weights only)
-    block: str | None = None  # tests sharing a block run back to back (AAABBB) at a seeded place in the rounds
-    description: str = ""
-    expected: dict[str, list[float]] | None = None
-    processes: int = 1  # worker processes that save and load the checkpoint together
-    backend: str = "tensorstore"  # or a reference: safetensors, torch_save, device_ceiling
-    sweep: dict[str, Any] | None = None  # the swept settings of a sweep point, by field
-
-    def chunk_budget_elements(self, itemsize: int) -> int:
-        """Elements per chunk: given directly, or the byte budget divided by the item size."""
-        if self.chunk_size_elements is not None:
-            return self.chunk_size_elements
-        if self.chunk_bytes is None:
-            raise ValueError(f"{self.name} has no chunk size")
-        return max(1, self.chunk_bytes // itemsize)
-
-    @property
-    def durable(self) -> bool:
-        """Whether a save's time includes making the data durable (fsync'd to a disk or a server's store)."""
-        return self.file_io_sync and self.kvstore != "memory"
-
-    @property
-    def is_reference(self) -> bool:
-        return self.backend != "tensorstore"
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class SuiteConfig:
-    """Everything a suite needs, resolved: defaults filled, paths absolute, tests expanded."""
-
-    tests: tuple[TestSpec, ...]
-    baseline: str
-    output_dir: Path
-    skipped: tuple[tuple[str, str], ...] = ()  # sweep points that cannot run: (name, reason)
-    storage: str | None = None  # where checkpoints go: None (OUTPUT_DIR/runs), a folder, s3://, gs://, memory://
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    processes: tuple[int, ...] = (1,)  # each value runs every TensorStore test with that many processes
-    model: str = weights.DEFAULT_PRESET
-    weights: str | None = None  # a local checkpoint folder (absolute) or a Hugging Face id "org/name[@rev]"
-    dtype: str = "float32"
-    values: str = "random"  # how preset weights are drawn; see weights.VALUES
-    num_runs: int = 3
-    warmup_rounds: int = 0
-    seed: int | None = None
-    cache_eviction: str = "auto"
-    order: str = "interleaved"
-    max_inflight_bytes: int = 512 * 2**20  # TensorStore's write copies what is in flight: this bounds the copy
-    noise_pct: float = 5.0
-    config_path: Path | None = field(default=None, compare=False)
-
-    def test(self, name: str) -> TestSpec:
-        return next(t for t in self.tests if t.name == name)
-
-    def values_for(self, test: TestSpec) -> str:
-        """How the test's weights are drawn: its own `values`, else the suite's."""
-        return test.values or self.values
-
-    def eviction_for(self, test: TestSpec) -> str:
-        """How the test's loads are made cold: its own `cache_eviction`, else the suite's."""
-        return test.cache_eviction or self.cache_eviction
-
-    @property
-    def blocks(self) -> tuple[tuple[str, ...], ...]:
-        """The tests of each `block`, in config order (records.Plan runs each block back to back)."""
-        groups: dict[str, list[str]] = {}
-        for test in self.tests:
-            if test.block is not None:
-                groups.setdefault(test.block, []).append(test.name)
-        return tuple(tuple(names) for names in groups.values())
-
-    def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["tests"] = [t.to_json() for t in self.tests]
-        out["skipped"] = [list(pair) for pair in self.skipped]
-        for key in ("output_dir", "config_path"):
-            out[key] = None if out[key] is None else str(out[key])
-        return out
-
+__all__ = ["CACHE_EVICTION", "DEFAULT_OUTPUT_DIR", "DTYPES", "OVERRIDES", "REFERENCES", "SCHEMA", "SWEEP_FIELDS",
+           "TEST_SCHEMA", "SuiteConfig", "TestSpec", "Validator", "describe_error", "expand_sweep", "from_dict", "load",
+           "weights_source", "with_processes"]
 
 # Command-line overrides `from_dict` and `load` accept (None or absent: not given).
+MAX_TESTS = 10_000  # more tests than this is a search, not a suite: `tune` samples such spaces
 OVERRIDES = ("output_dir", "num_runs", "model", "weights", "dtype", "values", "tests", "seed", "storage",
              "processes", "order", "cache_eviction")
 
@@ -268,45 +57,49 @@ def load(path: Path | str, **overrides: Any) -> SuiteConfig:
 
 
 def from_dict(data: Any, base_dir: Path | None = None, source: str = "config", config_path: Path | None = None,
-              **overrides: Any) -> SuiteConfig:
-    """Validate a parsed config, apply overrides (see OVERRIDES) and finish the suite."""
+              max_tests: int = MAX_TESTS, **overrides: Any) -> SuiteConfig:
+    """Validate a parsed config, apply overrides (see OVERRIDES) and finish the suite. A suite of more than
+    `max_tests` tests is refused before any is made (tune, which measures a sample, allows more)."""
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
         raise TypeError(f"unknown override {unknown[0]!r}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    _validate_structure(data, source)
+    validate_structure(data, source)
     base_dir = base_dir or Path.cwd()
     for key in ("output_dir", "weights", "storage"):
         if isinstance(data.get(key), str) and "\0" in data[key]:
             raise UserError(f"{source}: field {key}: contains a NUL character; give a plain path")
+    _check_plan_size(data, overrides, source, max_tests)
     tests: list[TestSpec] = []
     skipped: list[tuple[str, str]] = []
     for raw in data["test_configurations"]:
-        points = expand_sweep(raw)
-        invalid: list[tuple[str, str]] = []
-        for point in points:
+        n_points, invalid = count_points(raw), []
+        for point in iter_sweep(raw):
             try:
-                tests.append(_test_from_dict(point, source))
+                tests.append(_read_test(point, source))
             except UserError as exc:
-                if len(points) == 1:
+                if n_points == 1:
                     raise
                 invalid.append((point["name"], str(exc).split(": ", 2)[-1]))
-        if invalid and len(invalid) == len(points):
+        if invalid and len(invalid) == n_points:
             raise UserError(f"{source}: test {raw['name']!r}: no combination of the sweep is valid; "
                             f"first: {invalid[0][0]}: {invalid[0][1]}")
         skipped += invalid
     references = data.get("references", {})
-    for ref in REFERENCES:
-        if references.get(ref, False):
-            tests.append(TestSpec(name=ref, backend=ref, description=_REFERENCE_DESCRIPTIONS[ref]))
+    for kind, reference in REFERENCES.items():
+        if references.get(kind, False):
+            tests.append(TestSpec(name=kind, backend=kind, description=reference.description))
     names = [t.name for t in tests]
-    for i, name in enumerate(names):
-        if name in names[:i]:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
             why = " (a reference row has that name; rename the test)" if name in REFERENCES else ""
-            raise UserError(f"{source}: test_configurations: duplicate test name {name!r}{why}; give each test a unique name")
+            raise UserError(f"{source}: test_configurations: duplicate test name {name!r}{why}; give each test a "
+                            "unique name")
+        seen.add(name)
     baseline = data.get("baseline", names[0])
     if baseline not in names:
-        raise UserError(f"{source}: baseline: no test named {baseline!r}{_suggest(baseline, names)}")
+        raise UserError(f"{source}: baseline: no test named {baseline!r}{suggest(baseline, names)}")
     testing = data.get("testing", {})
     defaults = SuiteConfig(tests=(), baseline="", output_dir=Path())
     suite = SuiteConfig(
@@ -333,12 +126,28 @@ def from_dict(data: Any, base_dir: Path | None = None, source: str = "config", c
     return _finish(_apply_overrides(suite, overrides))
 
 
+def _check_plan_size(data: Mapping[str, Any], overrides: Mapping[str, Any], source: str, max_tests: int) -> None:
+    """Refuse, in one line and before expanding anything, a suite of more tests than anyone can mean to run."""
+    counts = [count_points(raw) for raw in data["test_configurations"]]
+    processes = len(_as_list(overrides.get("processes", data.get("processes", 1))))
+    total = sum(counts) * processes
+    if total <= max_tests:
+        return
+    largest = max(range(len(counts)), key=counts.__getitem__)
+    raw = data["test_configurations"][largest]
+    axes = " x ".join(f"{len(raw[f])} {f}" for f in swept_fields(raw))
+    raise UserError(f"{source}: test {raw['name']!r}: the sweep expands to {counts[largest]:,} tests ({axes})"
+                    + (f", x {processes} process counts" if processes > 1 else "")
+                    + f", {total:,} in all; a suite holds at most {max_tests:,}: sweep fewer values, or let `tune` "
+                    "search the space")
+
+
 def weights_source(value: str | None, base_dir: Path) -> str | None:
     """A local folder as an absolute path, or a Hugging Face id as written (a folder that exists wins)."""
     if value is None:
         return None
     local = (base_dir / value).expanduser()
-    if not local.exists() and hub.looks_like_hub_id(value):
+    if not local.exists() and looks_like_hub_id(value):
         return value
     return str(local.resolve())
 
@@ -364,7 +173,7 @@ def _apply_overrides(config: SuiteConfig, overrides: Mapping[str, Any]) -> Suite
         names = [t.name for t in config.tests]
         for name in selected:
             if name not in names:
-                raise UserError(f"--tests: no test named {name!r}{_suggest(name, names)}")
+                raise UserError(f"--tests: no test named {name!r}{suggest(name, names)}")
         tests = tuple(t for t in config.tests if t.name in selected)
         changes["tests"] = tests
         if config.baseline not in selected:
@@ -372,7 +181,7 @@ def _apply_overrides(config: SuiteConfig, overrides: Mapping[str, Any]) -> Suite
     return dataclasses.replace(config, **changes)
 
 
-_CHOICES = {"model": tuple(weights.PRESETS), "dtype": DTYPES, "values": weights.VALUES, "order": ORDERS,
+_CHOICES = {"model": tuple(PRESETS), "dtype": DTYPES, "values": VALUES, "order": ORDERS,
             "cache_eviction": CACHE_EVICTION}
 
 
@@ -415,7 +224,8 @@ def _finish(config: SuiteConfig) -> SuiteConfig:
             if storage == "local":
                 tests.append(test)
             else:
-                skipped.append((test.name, f"reference rows write local files; not run with --storage {config.storage}"))
+                skipped.append((test.name, "reference rows write local files; not run with --storage "
+                                           f"{config.storage}"))
             continue
         if storage == "memory":
             test = dataclasses.replace(test, kvstore="memory")
@@ -465,182 +275,51 @@ def _check_conditions(test: TestSpec, config: SuiteConfig) -> None:
                             f"them exactly; set values \"float16\" (got {values!r})")
 
 
-_REFERENCE_DESCRIPTIONS = {
-    "safetensors": "reference: safetensors save_file + fsync, load_file with every tensor copied out of the map",
-    "torch_save": "reference: torch.save + fsync, torch.load",
-    "device_ceiling": "reference: the same bytes written and read cold in raw files, over a grid of access "
-                      "patterns; the fastest pattern of each run is the ceiling",
-}
-
-
-def expand_sweep(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A test whose settings hold lists becomes one test per combination (the cross product)."""
-    swept = [f for f in SWEEP_FIELDS if isinstance(raw.get(f), list)]
-    if not swept:
-        return [dict(raw)]
-    points = []
-    for values in itertools.product(*(raw[f] for f in swept)):
-        point = {**raw, **dict(zip(swept, values))}
-        point["name"] = raw["name"] + "".join(f"_{SWEEP_FIELDS[f]}={_value_label(f, v)}" for f, v in zip(swept, values))
-        point["_sweep"] = dict(zip(swept, values))
-        points.append(point)
-    return points
-
-
-def _value_label(field_name: str, value: Any) -> str:
-    if field_name in ("chunk_bytes", "shard_bytes"):
-        return size_label(parse_size(value, field_name))
-    if field_name == "compression":
-        try:
-            return compression.label(compression.normalize(value))
-        except UserError:
-            return str(value.get("id") if isinstance(value, dict) else value)
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return "default" if value is None else str(value)
-
-
-def _test_from_dict(raw: Mapping[str, Any], source: str) -> TestSpec:
+def _read_test(raw: Mapping[str, Any], source: str) -> TestSpec:
+    """A sweep point's TestSpec (fields.read_test), with the checks that span several fields."""
     where = f"{source}: test {raw['name']!r}"
     has_elements, has_bytes = "chunk_size_elements" in raw, "chunk_bytes" in raw
     if has_elements == has_bytes:
         which = "both" if has_elements else "neither"
         raise UserError(f"{where}: has {which} of chunk_size_elements and chunk_bytes; give exactly one")
-    chunk_bytes = parse_size(raw["chunk_bytes"], f"{where} field chunk_bytes") if has_bytes else None
-    shard_bytes = parse_size(raw["shard_bytes"], f"{where} field shard_bytes") if "shard_bytes" in raw else None
-    fmt = raw.get("format", "zarr2")
-    codec = compression.normalize(raw.get("compression"), f"{where} field compression")
-    if fmt == "zarr3":
-        compression.zarr3_codecs(codec, itemsize=4, where=f"{where} field compression")
-    if shard_bytes is not None:
-        if fmt != "zarr3":
-            raise UserError(f"{where}: shard_bytes needs format \"zarr3\" (sharding_indexed); set format or drop shard_bytes")
-        if chunk_bytes is not None and shard_bytes < chunk_bytes:
-            raise UserError(f"{where}: shard_bytes ({shard_bytes}) is smaller than chunk_bytes ({chunk_bytes}); "
-                            "a shard holds whole inner chunks")
-    io_mode = raw.get("file_io_mode", "default")
-    if io_mode != "default" and raw.get("kvstore", "file") == "memory":
-        raise UserError(f"{where}: file_io_mode {io_mode!r} applies to files; the memory kvstore has none")
-    if io_mode == "direct" and codec is not None:
+    test = read_test(raw, where)
+    if test.format == "zarr3":
+        compression.zarr3_codecs(test.compression, itemsize=4, where=f"{where} field compression")
+    if test.shard_bytes is not None:
+        if test.format != "zarr3":
+            raise UserError(f"{where}: shard_bytes needs format \"zarr3\" (sharding_indexed); set format or drop "
+                            "shard_bytes")
+        if test.chunk_bytes is not None and test.shard_bytes < test.chunk_bytes:
+            raise UserError(f"{where}: shard_bytes ({test.shard_bytes}) is smaller than chunk_bytes "
+                            f"({test.chunk_bytes}); a shard holds whole inner chunks")
+    if test.file_io_mode != "default" and test.kvstore == "memory":
+        raise UserError(f"{where}: file_io_mode {test.file_io_mode!r} applies to files; the memory kvstore has none")
+    if test.file_io_mode == "direct" and test.compression is not None:
         raise UserError(f"{where}: file_io_mode \"direct\" reads with O_DIRECT only chunk files whose size is a "
                         "multiple of 4096 bytes, and compressed chunks are not; use compression \"none\"")
-    return TestSpec(
-        name=raw["name"],
-        description=raw.get("description", ""),
-        chunk_size_elements=raw.get("chunk_size_elements"),
-        chunk_bytes=chunk_bytes,
-        chunk_strategy=raw.get("chunk_strategy", "halve"),
-        concurrency_limit=raw["concurrency_limit"],
-        compression=codec,
-        format=fmt,
-        kvstore=raw.get("kvstore", "file"),
-        shard_bytes=shard_bytes,
-        data_copy_concurrency=raw.get("data_copy_concurrency"),
-        file_io_sync=raw.get("file_io_sync", True),
-        file_io_mode=io_mode,
-        in_flight=raw.get("in_flight", "all"),
-        timed_conversion=raw.get("timed_conversion", False),
-        cache_eviction=raw.get("cache_eviction"),
-        warm_load=raw.get("warm_load", False),
-        values=raw.get("values"),
-        block=raw.get("block"),
-        expected=raw.get("expected"),
-        sweep=raw.get("_sweep"),
-    )
+    return test
 
 
-def _is_integer(_checker: Any, value: Any) -> bool:
-    # JSON Schema counts 2.0 as an integer; a count or a size must be written as a whole number.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(_checker: Any, value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
-        {"integer": _is_integer, "number": _is_number}),
-)
-
-
-def _validate_structure(data: Any, source: str) -> None:
-    if not isinstance(data, dict):
-        raise UserError(f"{source}: the top level must be a JSON object {{...}}, got {type(data).__name__}")
-    error = best_match(Validator(SCHEMA).iter_errors(data))
-    if error is not None:
-        raise UserError(f"{source}: {_where(data, list(error.absolute_path))}: {describe_error(error)}")
-
-
-def _where(data: Mapping[str, Any], path: Sequence[Any]) -> str:
-    """'test "chunks_1mb" field concurrency_limit' style location of a schema error."""
-    if len(path) >= 2 and path[0] == "test_configurations":
-        test = data["test_configurations"][path[1]]
-        name = test.get("name") if isinstance(test, dict) else None
-        who = f"test {name!r}" if isinstance(name, str) else f"test_configurations[{path[1]}]"
-        rest = ".".join(str(p) for p in path[2:])
-        return f"{who} field {rest}" if rest else who
-    return "field " + ".".join(str(p) for p in path) if path else "top level"
-
-
-_JSON_TYPES = {"integer": "a whole number", "number": "a number", "string": "a string", "object": "an object",
-               "array": "a list", "null": "null", "boolean": "true or false"}
-
-
-# Messages for schema errors whose wording depends only on the limit and the value shown.
-_SIMPLE_MESSAGES = {
-    "minimum": "must be at least {limit}, got {shown}",
-    "maximum": "must be at most {limit}, got {shown}; that is beyond any sensible setting",
-    "minLength": "must not be empty",
-}
-
-
-def describe_error(error: jsonschema.ValidationError) -> str:
-    value, kind = error.instance, error.validator
-    shown = json.dumps(value) if not isinstance(value, (dict, list)) else type(value).__name__
-    if kind in _SIMPLE_MESSAGES:
-        return _SIMPLE_MESSAGES[kind].format(limit=error.validator_value, shown=shown)
-    if kind == "additionalProperties":
-        allowed = list(error.schema.get("properties", {}))
-        unknown = sorted(set(value) - set(allowed))[0]
-        return f"unknown key {unknown!r}{_suggest(unknown, allowed)}"
-    if kind == "type":
-        types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        return f"expected {' or '.join(_JSON_TYPES[t] for t in types)}, got {shown}"
-    if kind == "enum":
-        return f"{shown} is not allowed; use one of {', '.join(json.dumps(v) for v in error.validator_value)}"
-    if kind == "required":
-        return f"missing required field {error.message.split(chr(39))[1]!r}"
-    if kind in ("minItems", "maxItems"):
-        if not value:
-            return "is empty; list at least one test" if list(error.absolute_path) == ["test_configurations"] \
-                else "is empty; list at least one value"
-        return f"expected a [low, high] pair of numbers, got {json.dumps(value)}"
-    if kind == "pattern":
-        if error.absolute_path and error.absolute_path[-1] == "name":
-            return f"{shown} is not a valid test name; use letters, digits, '_', '-', '.' or '=' (at most 100)"
-        return f"{shown} is not a size; use a number of bytes or a string like \"64KB\", \"1MB\" or \"t5x\""
-    if kind == "anyOf":
-        return f"expected {_expected(error.validator_value[0])} (or a list of them, to sweep), got {shown}"
-    return error.message
-
-
-def _expected(schema: Mapping[str, Any]) -> str:
-    """What a (sub)schema accepts, in words."""
-    if "anyOf" in schema:
-        return " or ".join(_expected(branch) for branch in schema["anyOf"])
-    if "enum" in schema:
-        return "one of " + ", ".join(json.dumps(v) for v in schema["enum"])
-    types = schema.get("type", [])
-    words = " or ".join(_JSON_TYPES[t] for t in (types if isinstance(types, list) else [types]))
-    if schema.get("pattern"):
-        words += " like \"64KB\""
-    if "minimum" in schema and "maximum" in schema:
-        words += f" from {schema['minimum']} to {schema['maximum']}"
-    return words
-
-
-def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(choices)}"
+def suite_data(tests: list[dict[str, Any]], *, output_dir: Path, testing: Mapping[str, Any], model: str | None = None,
+               weights: str | None = None, dtype: str | None = None, values: str | None = None,
+               storage: str | None = None, references: tuple[str, ...] = (), baseline: str | None = None,
+               description: str | None = None) -> dict[str, Any]:
+    """A suite config as a config file holds it (for `from_dict`): what tune and explain build their suites
+    with. Settings left None are left out (the file's defaults); a checkpoint (`weights`) brings its own values."""
+    data: dict[str, Any] = {}
+    if description is not None:
+        data["description"] = description
+    data["output_dir"] = str(output_dir)
+    for key, value in (("model", model), ("dtype", dtype), ("storage", storage)):
+        if value is not None:
+            data[key] = value
+    if weights is not None:
+        data["weights"] = weights
+    elif values is not None:
+        data["values"] = values
+    data["references"] = {kind: kind in references for kind in REFERENCES}
+    data["testing"] = dict(testing)
+    if baseline is not None or tests:
+        data["baseline"] = baseline if baseline is not None else tests[0]["name"]
+    data["test_configurations"] = tests
+    return data

@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ckptbench.documents.store import weights_name
-from ckptbench.figures.plot import figure, save
 from ckptbench.core.units import human_bytes
+from ckptbench.documents.store import weights_name
+from ckptbench.figures.common import figure, save
+from ckptbench.spec.references import REFERENCES, label
+from ckptbench.tune.space import T5X
 
 PLOT_FILE = "tuning.png"
 STYLE = {  # status -> (colour, alpha)
@@ -25,8 +27,6 @@ STYLE = {  # status -> (colour, alpha)
     "not a finalist": ("#2a6f97", 0.45),
     "eliminated": ("#8d99ae", 0.2),
 }
-REFERENCE_COLORS = {"safetensors": "#6a4c93", "torch_save": "#1b998b", "device_ceiling": "#c1121f"}
-REFERENCE_NAMES = {"safetensors": "safetensors", "torch_save": "torch.save", "device_ceiling": "device ceiling"}
 MIN_AREA, MAX_AREA = 25.0, 400.0
 
 
@@ -55,9 +55,9 @@ def draw(document: Mapping[str, Any], path: Path) -> Path | None:
         save_s, load_s = figures["save_s"]["mean"], figures["load_s"]["mean"]
         if save_s is None or load_s is None:
             continue
-        color = REFERENCE_COLORS.get(name, "black")
+        color = REFERENCES[name].colour if name in REFERENCES else "black"
         ax.axvline(save_s, color=color, linestyle="--", linewidth=1,
-                   label=f"{REFERENCE_NAMES.get(name, name)}: save {save_s:.2g} s | load {load_s:.2g} s")
+                   label=f"{label(name)}: save {save_s:.2g} s | load {load_s:.2g} s")
         ax.axhline(load_s, color=color, linestyle=":", linewidth=1)
     _label(ax, document, points)
     ax.set_xscale("log")
@@ -86,7 +86,7 @@ def _area(candidate: Mapping[str, Any], largest: float) -> float:
 def _label(ax, document: Mapping[str, Any], points: Mapping[str, Mapping[str, Any]]) -> None:
     found = document.get("recommendation") or {}
     marks = {found.get("test"): "winner", (found.get("runner_up") or {}).get("test"): "runner-up",
-             "t5x_full": "t5x_full"}
+             T5X: T5X}
     for offset, (name, role) in enumerate((n, r) for n, r in marks.items() if n in points):
         stats = points[name]["stats"]
         text = name if role != "winner" else f"winner: {name}"

@@ -6,12 +6,19 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from ckptbench.documents.store import weights_name
 from ckptbench.core.units import duration_label, human_bytes
+from ckptbench.documents.store import weights_name
+from ckptbench.spec.references import label
+from ckptbench.tune.space import T5X
 
 OBJECTIVE_WORDS = {"save_s": "save seconds", "load_s": "cold-load seconds", "total_s": "save + load seconds",
                    "size_bytes": "bytes on disk"}
-NAMES = {"safetensors": "safetensors", "torch_save": "torch.save", "t5x_full": "t5x_full (the T5X default)"}
+
+
+def name_of(test: str) -> str:
+    """A test the winner is compared with, in words: a reference row's label, or t5x_full said to be the
+    T5X default."""
+    return f"{T5X} (the T5X default)" if test == T5X else label(test)
 
 
 def value(metric: str, number: float | None) -> str:
@@ -71,9 +78,9 @@ def recommendation(document: Mapping[str, Any]) -> str:
     for other, comparison in found["versus"].items():
         ratio = comparison.get("ratio")
         times = (f"{ratio:.2f}x its {OBJECTIVE_WORDS[metric]}" if ratio is not None else "?")
-        if ratio and other == "t5x_full" and ratio < 1:
+        if ratio and other == T5X and ratio < 1:
             times += f", {1 / ratio:.1f}x better"
-        lines.append(f"    vs {NAMES.get(other, other)}: {times}, {change(comparison)}: {comparison['verdict']}")
+        lines.append(f"    vs {name_of(other)}: {times}, {change(comparison)}: {comparison['verdict']}")
     second = found.get("runner_up")
     if second is None:
         lines.append("  runner-up: none measured")

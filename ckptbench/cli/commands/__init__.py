@@ -1,2 +1,2 @@
-"""One module per subcommand, each exposing COMMAND: an object with `description(context)`,
-`add_arguments(parser, context)` and `run(args, context) -> exit status` (asv's shape)."""
+"""One module per subcommand, each exposing COMMAND: a `cli.app.Command` (asv's shape) with its `description`,
+`add_arguments(parser, context)`, `execute(args, context) -> exit status`, and `run(**options)` for Python."""

@@ -1,4 +1,4 @@
-"""`compare A.json B.json`: B against A, test by test (see compare.py)."""
+"""`compare A.json B.json`: B against A, test by test (analysis.versus judges, reports.compare writes)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 from ckptbench.analysis import versus as compare
-from ckptbench.documents import results
+from ckptbench.cli.app import Command
 from ckptbench.core.errors import UserError
+from ckptbench.documents import results
+from ckptbench.reports import compare as compare_report
 
 
 def non_negative_pct(text: str) -> float:
@@ -22,9 +24,10 @@ def non_negative_pct(text: str) -> float:
     return value
 
 
-class Compare:
-    def description(self, context) -> str:
-        return "Compare two results.json files test by test: B versus A, with Welch's t-test on the runs."
+class Compare(Command):
+    name = "compare"
+
+    summary = "Compare two results.json files test by test: B versus A, with Welch's t-test on the runs."
 
     def add_arguments(self, parser: argparse.ArgumentParser, context) -> None:
         parser.add_argument("a", type=Path, metavar="A.json", help="the reference results file")
@@ -41,7 +44,7 @@ class Compare:
                             help="also draw GB/s against the number of writers (processes or ranks) of every "
                                  "file given: one launch per world size")
 
-    def run(self, args: argparse.Namespace, context) -> int:
+    def execute(self, args: argparse.Namespace, context) -> int:
         doc_a = results.read(args.a).document
         others = [(path, results.read(path).document) for path in args.b]
         noise_pct = args.noise_pct if args.noise_pct is not None else compare.recorded_noise_pct(doc_a)
@@ -54,11 +57,12 @@ class Compare:
         for index, (path, doc_b, rows) in enumerate(compared):
             for warning in compare.mismatch_warnings(doc_a, doc_b):
                 print(f"warning: {warning}", file=sys.stderr)
-            print(("\n" if index else "") + compare.render(args.a, path, doc_a, doc_b, rows, noise_pct, args.format))
+            text = compare_report.render(args.a, path, doc_a, doc_b, rows, noise_pct, args.format)
+            print(("\n" if index else "") + text)
             if args.fail_on_regression is not None:
                 bad += compare.regressions(rows, args.fail_on_regression)
         if scaling is not None:
-            from ckptbench.figures import sweep as sweep_plot
+            from ckptbench.figures import scaling as sweep_plot
 
             print(f"\nPlot:    {sweep_plot.draw_scaling(scaling, args.scaling_plot)}")
         if bad:
@@ -73,7 +77,7 @@ def _scaling(path: Path | None, documents: list) -> dict | None:
     """The document --scaling-plot draws, checked before anything is printed or written."""
     if path is None:
         return None
-    from ckptbench.figures import sweep as sweep_plot
+    from ckptbench.figures import scaling as sweep_plot
 
     document = sweep_plot.scaling_document(documents)
     counts = sorted({t["settings"]["sweep"][sweep_plot.PROCESSES] for t in document["tests"]

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from ckptbench.reports import results as report
-from ckptbench.sources import weights
+from ckptbench.cli.app import Command
+from ckptbench.reports import tables as report
+from ckptbench.spec import presets as weights
 
 
-class ListModels:
-    def description(self, context) -> str:
-        return "List the weight presets with parameter counts and sizes."
+class ListModels(Command):
+    name = "list-models"
+
+    summary = "List the weight presets with parameter counts and sizes."
 
     def add_arguments(self, parser: argparse.ArgumentParser, context) -> None:
         pass
 
-    def run(self, args: argparse.Namespace, context) -> int:
+    def execute(self, args: argparse.Namespace, context) -> int:
         print(models_table())
         return 0
 

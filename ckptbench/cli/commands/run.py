@@ -11,80 +11,28 @@ import argparse
 import sys
 from pathlib import Path
 
+from ckptbench.cli.app import Command, Context, subcommand_help
+from ckptbench.cli.options import (
+    CONFIG_NAME,
+    PACKAGED_CONFIG,
+    add_output_arguments,
+    add_weight_arguments,
+    config_path,
+    parse_processes,
+    parse_tests,
+    positive_int,
+    weight_overrides,
+)
 from ckptbench.spec import config as config_mod
-from ckptbench.cli.app import Context, subcommand_help
-from ckptbench.core.errors import UserError
 
-PACKAGED_CONFIG = Path(__file__).resolve().parents[2] / "phase4_config.json"
-CONFIG_NAME = "phase4_config.json"
+__all__ = ["CONFIG_NAME", "COMMAND", "PACKAGED_CONFIG", "Run", "add_output_arguments", "add_weight_arguments",
+           "config_path", "parse_tests", "positive_int", "show", "weight_overrides"]
 
+class Run(Command):
+    name = "run"
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def add_weight_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags that choose the weights, shared by run, tune and explain."""
-    from ckptbench.sources import weights
-
-    parser.add_argument("--model", help="weight preset (see list-models)")
-    parser.add_argument("--weights", help="a local Hugging Face checkpoint folder, or a model id org/name[@revision] "
-                        "taken from the Hugging Face cache (downloaded when there is a network)")
-    parser.add_argument("--dtype", choices=config_mod.DTYPES, help="dtype the weights are stored in")
-    parser.add_argument("--values", choices=weights.VALUES,
-                        help="how preset values are drawn: random float32, or float16/bfloat16 values (which "
-                             "compress like a real half-precision checkpoint)")
-
-
-def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage", help="where checkpoints are written: a folder, s3://BUCKET/PREFIX, "
-                        "gs://BUCKET/PREFIX or memory:// (default: OUTPUT_DIR/runs)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted suite in the same output folder, running only missing runs")
-    parser.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
-
-
-def config_path(args: argparse.Namespace, context: Context) -> tuple[Path, dict]:
-    """The config file to read and the overrides that follow from where it was found."""
-    if getattr(args, "config", None) is not None:
-        return Path(args.config), {}
-    if context.default_config is not None:
-        return context.default_config, {}
-    local = Path.cwd() / CONFIG_NAME
-    if local.is_file():
-        return local, {}
-    return PACKAGED_CONFIG, {"output_dir": str(Path.cwd() / config_mod.DEFAULT_OUTPUT_DIR)}
-
-
-def weight_overrides(args: argparse.Namespace) -> dict:
-    if args.values is not None and args.weights is not None:
-        raise UserError("--values: a checkpoint (--weights) has its own values; drop --values")
-    return {"model": args.model, "weights": args.weights, "dtype": args.dtype, "values": args.values}
-
-
-def parse_processes(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise UserError(f"--processes: {text!r} is not a list of process counts; use e.g. 4 or 1,2,4") from None
-
-
-def parse_tests(text: str | None) -> list[str] | None:
-    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
-
-
-class Run:
-    def description(self, context: Context) -> str:
-        return ("Benchmark saving and loading LLaMA weights as TensorStore zarr arrays: every test of the config, "
-                "with cold loads, bit-exact verification and interleaved rounds. " + subcommand_help())
+    summary = ("Benchmark saving and loading LLaMA weights as TensorStore zarr arrays: every test of the config, "
+               "with cold loads, bit-exact verification and interleaved rounds. " + subcommand_help())
 
     def add_arguments(self, parser: argparse.ArgumentParser, context: Context) -> None:
         default = context.default_config or f"./{CONFIG_NAME}, else the packaged default"
@@ -104,30 +52,46 @@ class Run:
         add_output_arguments(parser)
         parser.add_argument("--list-models", action="store_true", help="list weight presets and exit")
 
-    def run(self, args: argparse.Namespace, context: Context) -> int:
+    def execute(self, args: argparse.Namespace, context: Context) -> int:
         if args.list_models:
             from ckptbench.cli.commands.list_models import COMMAND as list_models
 
-            return list_models.run(args, context)
+            return list_models.execute(args, context)
         path, implied = config_path(args, context)
+        from ckptbench.parallel.launch import detect
+
+        launch = detect()  # the process's role, chosen once: a run on this host, or a rank of a launch
         suite = config_mod.load(path, **{**implied, **_overrides(args)})
-        from ckptbench.core import interrupt
-        from ckptbench.bench import suite as runner
+        from ckptbench.bench.suite import run_suite
+        from ckptbench.core.errors import Stopped
         from ckptbench.reports.progress import Progress
 
         progress = Progress(enabled=not args.no_progress)
+        options = {"resume": args.resume, "keep": args.keep, "on_start": progress.start, "on_phase": progress.phase,
+                   "on_record": progress.finished}
         try:
-            results = runner.run(suite, resume=args.resume, keep=args.keep, on_start=progress.start,
-                                 on_phase=progress.phase, on_record=progress.finished)
-        except interrupt.Interrupted as stop:
+            if launch is None:
+                from ckptbench.parallel.local import LocalWriters
+
+                results = run_suite(suite, LocalWriters(), **options)
+            else:
+                from ckptbench.parallel.session import Session
+
+                with Session(launch) as session:
+                    session.check_same_suite(suite)
+                    if not session.is_rank0:  # it serves rank 0, which reports
+                        status = session.serve(suite)
+                        if status:
+                            raise SystemExit(status)  # rank 0 said why
+                        return 0
+                    results = session.run(suite, lambda launched, writers: run_suite(launched, writers, **options))
+        except Stopped as stop:
             progress.close()
-            show(stop.results)
+            show(stop.partial)
             print(f"error: stopped by {stop}; the runs so far are kept in "
                   f"{suite.output_dir / 'journal.jsonl'}; continue with --resume", file=sys.stderr)
             return stop.exit_status
         progress.close()
-        if results is None:  # a rank other than 0 of a launch: it served rank 0, which reports
-            return 0
         show(results)
         if not results.complete:
             print("error: the suite stopped early after a storage failure; see the warnings; "
@@ -143,8 +107,11 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def show(results) -> None:
     """The console tables, then the figures beside results.json."""
-    drawn = results.draw(results.path.parent) if results.path is not None else []
-    print(results.report())
+    from ckptbench.figures.drawing import draw_all
+    from ckptbench.reports.results import full_report
+
+    drawn = draw_all(results.document, results.path.parent) if results.path is not None else []
+    print(full_report(results.document))
     print(f"\nResults: {results.path}" + "".join(f"\nPlot:    {p}" for p in drawn))
 
 

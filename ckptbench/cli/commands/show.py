@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ckptbench.cli.app import Command
 from ckptbench.documents import results
 
 
-class Show:
-    def description(self, context) -> str:
-        return "Reprint the tables and redraw every figure of a results.json (any version this tool wrote)."
+class Show(Command):
+    name = "show"
+
+    summary = "Reprint the tables and redraw every figure of a results.json (any version this tool wrote)."
 
     def add_arguments(self, parser: argparse.ArgumentParser, context) -> None:
         parser.add_argument("results", type=Path, metavar="RESULTS.json", help="a results file")
@@ -23,13 +25,16 @@ class Show:
         parser.add_argument("--format", choices=("text", "markdown"), default="text", help="table format")
         parser.add_argument("--no-figures", action="store_true", help="print the tables only")
 
-    def run(self, args: argparse.Namespace, context) -> int:
+    def execute(self, args: argparse.Namespace, context) -> int:
+        from ckptbench.figures.drawing import draw_all
+        from ckptbench.reports.results import full_report
+
         loaded = results.read(args.results)
-        print(loaded.report(args.format))
+        print(full_report(loaded.document, args.format))
         if not args.no_figures:
             folder = args.output_dir or args.results.resolve().parent
             folder.mkdir(parents=True, exist_ok=True)
-            drawn = loaded.draw(folder)
+            drawn = draw_all(loaded.document, folder)
             print("".join(f"\nPlot:    {p}" for p in drawn))
         return 0
 

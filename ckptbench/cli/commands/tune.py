@@ -10,24 +10,31 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 
-from ckptbench.spec import config as config_mod
-from ckptbench.cli.app import Context
-from ckptbench.core.errors import UserError
+from ckptbench.cli.app import Command, Context
 from ckptbench.cli.commands.run import add_output_arguments, add_weight_arguments, config_path, weight_overrides
+from ckptbench.core.errors import UserError
+from ckptbench.spec import config as config_mod
+from ckptbench.spec.presets import PRESETS, VALUES
+
+if TYPE_CHECKING:  # tune imports numpy: not for --help
+    from ckptbench import tune
 
 OBJECTIVES = ("save", "load", "balanced", "size")  # tune.OBJECTIVES's keys, without importing numpy for --help
 DEFAULT_BUDGET = "10m"  # tune.DEFAULT_BUDGET_S as written in --help (tune is not imported for --help)
 DEFAULT_OUTPUT_DIR = "saved_models/tune"
 
 
-class Tune:
-    def description(self, context: Context) -> str:
-        return ("Find the fastest TensorStore layout for a model on this disk within a time budget: successive "
-                "halving over a search space (sweeps/tune_space.json: chunk size, concurrency, format, compression, "
-                "file_io_mode, chunk strategy), every run fsync'd, loaded cold and verified; safetensors, torch.save "
-                "and the device ceiling measured alongside. Prints the winner with its confidence intervals and the "
-                "TensorStore spec, context and Phase 4 test entry to paste; writes tuning.json and tuning.png.")
+class Tune(Command):
+    name = "tune"
+
+    summary = ("Find the fastest TensorStore layout for a model on this disk within a time budget: successive "
+               "halving over a search space (sweeps/tune_space.json: chunk size, concurrency, format, compression, "
+               "file_io_mode, chunk strategy), every run fsync'd, loaded cold and verified; safetensors, "
+               "torch.save and the device ceiling measured alongside. Prints the winner with its confidence "
+               "intervals and the TensorStore spec, context and Phase 4 test entry to paste; writes tuning.json "
+               "and tuning.png.")
 
     def add_arguments(self, parser: argparse.ArgumentParser, context: Context) -> None:
         add_weight_arguments(parser)
@@ -46,11 +53,12 @@ class Tune:
                                  "(OUTPUT_DIR/runs/tuned_checkpoint, or under --storage)")
         add_output_arguments(parser)
 
-    def run(self, args: argparse.Namespace, context: Context) -> int:
-        from ckptbench.core import interrupt
-        from ckptbench.tune import core as tune
-        from ckptbench.reports.progress import TuneProgress
+    def execute(self, args: argparse.Namespace, context: Context) -> int:
+        from ckptbench import tune
+        from ckptbench.core.errors import Stopped
         from ckptbench.core.units import parse_duration
+        from ckptbench.reports.progress import TuneProgress
+        from ckptbench.tune import report
 
         budget_s = None if args.budget is None else parse_duration(args.budget, "--budget")
         output_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(context)
@@ -59,19 +67,21 @@ class Tune:
             if args.resume:
                 given = {**weight_overrides(args), "storage": args.storage, "objective": args.objective}
                 tuning = tune.resume(output_dir, given=given, budget_s=budget_s,
-                                     keep_checkpoint=True if args.keep else None, on_event=progress.event)
+                                     keep_checkpoint=True if args.keep else None, on_event=progress.event,
+                                     draw=_draw)
             else:
-                tuning = tune.run(_settings(args, context, output_dir, budget_s), on_event=progress.event)
-        except interrupt.Interrupted as stop:
+                tuning = tune.run(_settings(args, context, output_dir, budget_s), on_event=progress.event,
+                                  draw=_draw)
+        except Stopped as stop:
             progress.close()
-            if stop.results is None:
+            if stop.partial is None:
                 print(f"error: stopped by {stop} before anything was measured", file=sys.stderr)
             else:
                 print(f"error: stopped by {stop}; everything measured is kept in {output_dir}; continue with "
                       "tune --resume" + (f" --output-dir {output_dir}" if args.output_dir else ""), file=sys.stderr)
             return stop.exit_status
         progress.close()
-        print(tuning.report())
+        print(report.text(tuning.document))
         print(f"Tuning: {tuning.path}" + (f"\nPlot:   {tuning.plot_path}" if tuning.plot_path else ""))
         return 0 if tuning.recommendation is not None else 1
 
@@ -82,23 +92,30 @@ def _default_output_dir(context: Context) -> Path:
     return base / DEFAULT_OUTPUT_DIR
 
 
-def _settings(args: argparse.Namespace, context: Context, output_dir: Path, budget_s: float | None):
+def _draw(document: Mapping[str, Any], folder: Path) -> Path | None:
+    """tuning.png in the tune's folder: drawn by the tune as it finishes, so its time counts in the budget."""
+    from ckptbench.tune import plot
+
+    return plot.draw(document, folder / plot.PLOT_FILE)
+
+
+def _settings(args: argparse.Namespace, context: Context, output_dir: Path, budget_s: float | None) -> tune.Settings:
     """The tune's settings: the flags, else the default config's model, dtype and values (those `run` uses)."""
-    from ckptbench.tune import core as tune
+    from ckptbench import tune
 
     weights = weight_overrides(args)
     path, _ = config_path(args, context)
     defaults = config_mod.load(path)
     if weights["weights"] is None and weights["model"] is None and defaults.weights is not None:
         weights["weights"] = defaults.weights
-    if weights["model"] is not None and weights["model"] not in config_mod.weights.PRESETS:
+    if weights["model"] is not None and weights["model"] not in PRESETS:
         raise UserError(f"--model: unknown preset {weights['model']!r}; run --list-models to see the presets")
     return tune.Settings(
         output_dir=output_dir,
         model=weights["model"] or defaults.model,
         weights=weights["weights"],
         dtype=weights["dtype"] or defaults.dtype,
-        values=weights["values"] or (defaults.values if defaults.values in config_mod.weights.VALUES else "random"),
+        values=weights["values"] or (defaults.values if defaults.values in VALUES else "random"),
         storage=args.storage,
         objective=args.objective or tune.DEFAULT_OBJECTIVE,
         budget_s=budget_s if budget_s is not None else tune.DEFAULT_BUDGET_S,

@@ -1,57 +1,32 @@
-"""The figures, drawn from a results document (they measure and compute nothing).
+"""optimization_analysis.png, the 6-panel figure, drawn from a results document (it measures and computes
+nothing).
 
-The 6-panel figure: save time, load time and size (bars at the mean, each run a dot,
-whiskers the 95 % CI computed on log values so no whisker reaches below zero); save and
-load improvement vs baseline in % (bars with the 95 % CI of the change, hatched where the
-change is not significant); and a heatmap of improvement per test and metric whose colour
-scale spans the largest value, so nothing is clipped. Reference rows (safetensors,
-torch.save, the device ceiling) stand apart after a gap, grey and hatched. The title says
-which layout to use; the winners' bars are outlined in gold.
-
-The claims figure: each claimed % range as a band, the measured change and its 95% CI
-over it, coloured by the claim's outcome.
-
-Figures are matplotlib `Figure` objects saved explicitly: importing this module, or
-drawing, never touches pyplot or the backend of a notebook that imports it.
+Save time, load time and size (bars at the mean, each run a dot, whiskers the 95 % CI
+computed on log values so no whisker reaches below zero); save and load improvement vs
+baseline in % (bars with the 95 % CI of the change, hatched where the change is not
+significant); and a heatmap of improvement per test and metric whose colour scale spans
+the largest value, so nothing is clipped. Reference rows (safetensors, torch.save, the
+device ceiling) stand apart after a gap, grey and hatched. The title says which layout
+to use; the winners' bars are outlined in gold.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ckptbench.core.errors import UserError
+from ckptbench.figures.common import CEILING, REFERENCE_COLOR, figure, mean_and_err, save, source_line
 
 PLOT_FILE = "optimization_analysis.png"
-CLAIMS_FILE = "claims_check.png"
 TIME_NOTE = "bars: mean; dots: runs; whiskers: 95% CI (log scale)"
-ERRORBAR_NOTE = "error bars: 95% CI of the mean"
 LABEL_LINE_CHARS = 24  # tick labels longer than this are wrapped at '_' boundaries
 MANY_TESTS = 8  # beyond this, tick labels stand upright: slanted ones would overlap their neighbours
 REFERENCE_GAP = 0.8  # extra space between the TensorStore tests and the reference rows
-CEILING = "device_ceiling"
-OUTCOME_COLORS = {"confirmed": "#2a9d8f", "contradicted": "#e63946", "consistent, not pinned down": "#f4a261",
-                  "inconclusive": "#9a9a9a"}
-REFERENCE_COLOR = "#c8c8c8"
 WINNER_EDGE = "#d4a017"
-DPI = 100
-
-
-def figure(width_in: float, height_in: float, rows: int = 1, cols: int = 1, layout: str | None = "constrained"
-           ) -> tuple[Any, Any]:
-    """A Figure and its axes, without pyplot: nothing global changes, in a script or a notebook.
-    `layout=None` leaves the axes to be placed by the caller."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise UserError("figures need matplotlib; install it with: pip install matplotlib") from None
-    fig = Figure(figsize=(width_in, height_in), layout=layout)
-    return fig, (fig.subplots(rows, cols, squeeze=False) if layout else None)
 
 
 # The 6-panel figure is laid out by hand, in inches, from its labels' lengths: matplotlib's
@@ -137,17 +112,6 @@ def _value_fontsize(n_tests: int) -> float:
     return 6 if n_tests > MANY_TESTS else 7
 
 
-def _mean_and_err(summary: Mapping[str, Any], scale: float = 1.0, log_ci: bool = False) -> tuple[float, list[float]]:
-    """The mean and the distances to its CI's ends (the log-scale CI where asked: never below zero)."""
-    mean = summary.get("mean")
-    if mean is None:
-        return np.nan, [0.0, 0.0]
-    ci = summary.get("ci95_log") if log_ci else summary.get("ci95")
-    if ci is None:
-        return mean / scale, [0.0, 0.0]
-    return mean / scale, [max(0.0, (mean - ci[0]) / scale), max(0.0, (ci[1] - mean) / scale)]
-
-
 def _colors(tests: Sequence[Mapping[str, Any]], color: str) -> list[str]:
     return [REFERENCE_COLOR if t.get("kind") == "reference" else color for t in tests]
 
@@ -173,14 +137,15 @@ def _value_label(mean: float, n: int) -> str:
 
 
 def _run_values(test: Mapping[str, Any], metric: str) -> list[float]:
-    return [float(r[metric]) for r in test["runs"] if r["error"] is None and not r["warmup"] and r.get(metric) is not None]
+    return [float(r[metric]) for r in test["runs"]
+            if r["error"] is None and not r["warmup"] and r.get(metric) is not None]
 
 
 def _bars(ax, document, tests, metric, scale, ylabel, title, color, winner: str | None) -> None:
     names = [t["name"] for t in tests]
     xs = positions(tests)
     timed = metric in ("save_s", "load_s")
-    means, errs = zip(*(_mean_and_err(t["stats"][metric], scale, log_ci=timed) for t in tests))
+    means, errs = zip(*(mean_and_err(t["stats"][metric], scale, log_ci=timed) for t in tests))
     capsize = 2 if len(tests) > MANY_TESTS else 4
     bars = ax.bar(xs, means, yerr=np.array(errs).T, capsize=capsize, color=_colors(tests, color),
                   edgecolor="black", linewidth=0.5, zorder=2)
@@ -192,7 +157,8 @@ def _bars(ax, document, tests, metric, scale, ylabel, title, color, winner: str 
     if timed:
         for x, test in zip(xs, tests):
             values = np.array(_run_values(test, metric)) / scale
-            ax.scatter(np.full(values.size, x) + np.linspace(-0.18, 0.18, values.size) if values.size > 1 else [x] * values.size,
+            spread = np.linspace(-0.18, 0.18, values.size) if values.size > 1 else np.zeros(values.size)
+            ax.scatter(np.full(values.size, x) + spread,
                        values, s=9, color="black", zorder=3, linewidths=0)
     labels = [_value_label(m, t["stats"][metric]["n"]) + (" ★" if t["name"] == winner else "")
               for m, t in zip(means, tests)]
@@ -326,19 +292,6 @@ def _figure_size_in(n_tests: int) -> tuple[float, float]:
     return 3 * panel_width_in + 1.0, max(10.5, 0.5 * n_tests + 3.0)
 
 
-def source_line(document: Mapping[str, Any]) -> str:
-    w, p, scale = document["weights"], document["protocol"], document.get("scale") or {}
-    name = w.get("repo_id") or w.get("name") or Path(w.get("path", "?")).name
-    text = (f"{name} ({w['n_params'] / 1e6:.0f}M params, {w['dtype']}, values {w.get('values', '?')}, "
-            f"{w['size_bytes'] / 1e9:.2f} GB), {p['num_runs']} runs/test, loads {p['load_cache']}")
-    if scale.get("model_pct_of_ram") is not None:
-        text += (f"; {scale['model_pct_of_ram']:.1f}% of RAM, "
-                 f"{'fits' if scale['fits_in_page_cache'] else 'does not fit'} in the page cache")
-    if scale.get("ceiling_load_pattern"):
-        text += f"; ceiling: write {scale['ceiling_save_pattern']}, read {scale['ceiling_load_pattern']}"
-    return text
-
-
 def advice_line(document: Mapping[str, Any]) -> str:
     """The answer the figure exists for: which TensorStore layout to use."""
     best = document.get("best") or {}
@@ -347,7 +300,8 @@ def advice_line(document: Mapping[str, Any]) -> str:
                             ("size", "smallest")):
         entry = best.get(objective)
         if entry:
-            tie = "" if entry.get("distinguishable") or not entry.get("runner_up") else f" (tied with {entry['runner_up']})"
+            tied = not entry.get("distinguishable") and entry.get("runner_up")
+            tie = f" (tied with {entry['runner_up']})" if tied else ""
             parts.append(f"{word}: {entry['test']}{tie}")
     return ("Use → " + ";  ".join(parts)) if parts else ""
 
@@ -377,144 +331,3 @@ def draw(document: Mapping[str, Any], path: Path) -> Path:
     _improvement(axes[1, 1], tests, document["baseline"], "load_s", "Load time improvement")
     _heatmap(fig, axes[1, 2], tests)
     return save(fig, path)
-
-
-def save(fig, path: Path) -> Path:
-    # zlib level 1: a tenth of the drawing time was PNG compression at the default level
-    fig.savefig(path, dpi=DPI, pil_kwargs={"compress_level": 1})
-    return path
-
-
-# --- claims figure -----------------------------------------------------------
-
-def _claim_rows(document: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
-    return [(f"{t['name']}: {c['metric']}", c) for t in document["tests"] for c in t.get("claims") or []]
-
-
-def _claim_note(claim: Mapping[str, Any]) -> str:
-    """The numbers behind a row, printed beside it (a CI may run off a compressed axis)."""
-    measured, ci = claim.get("measured_pct"), claim.get("ci_pct")
-    if measured is None:
-        return f"not measured: {claim['outcome']}"
-    text = f"{measured:+.1f}%"
-    text += f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci is not None else " (no finite CI)"
-    return f"{text} {claim['outcome']}"
-
-
-def claims_x_scale(ax, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
-    """Linear, unless something passes +-100 %: then linear inside +-100 % and logarithmic beyond,
-    so one huge CI (common with 3 noisy runs) cannot squash every claimed band into a sliver."""
-    import matplotlib.ticker
-
-    values = [abs(v) for _, c in rows for v in [*c["claimed_pct"], *(c.get("ci_pct") or []), c.get("measured_pct")]
-              if v is not None]
-    label = "change vs baseline (%)   (negative = less time or size)"
-    if max(values, default=0.0) > 100.0:
-        ax.set_xscale("symlog", linthresh=100.0, linscale=1.0)
-        ax.set_xticks(_pct_ticks(*ax.get_xlim()))
-        label += ";  linear within +-100%, logarithmic beyond"
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:+g}%" if v else "0"))
-    ax.set_xlabel(label)
-
-
-def _pct_ticks(lo: float, hi: float) -> list[float]:
-    """Every 50 % inside the linear +-100 % region; beyond it 200 and 500 when the axis ends before
-    1000 %, else only powers of ten (closer ticks would print on top of each other)."""
-    log_decades = math.log10(max(abs(lo), abs(hi), 100.0) / 100.0)
-    multiples = (2, 5) if log_decades <= 0.8 else (10,)
-    ticks = [float(v) for v in range(-100, 101, 50)]
-    ticks += [sign * m * 10.0**k for k in range(2, 7) for m in multiples for sign in (-1, 1)]
-    return sorted(v for v in ticks if lo <= v <= hi)
-
-
-def draw_claims(document: Mapping[str, Any], path: Path) -> Path | None:
-    """Draw each claim's range against the measured change and its 95% CI; None when there are no claims."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    rows = _claim_rows(document)
-    if not rows:
-        return None
-    fig, axes = figure(12.0, 1.8 + 0.45 * len(rows))
-    ax = axes[0, 0]
-    for y, (_, claim) in enumerate(rows):
-        lo, hi = claim["claimed_pct"]
-        band_lo, band_hi = claim.get("band_pct") or claim["claimed_pct"]
-        if (band_lo, band_hi) != (lo, hi):  # the noise threshold's widening, lighter
-            ax.barh(y, band_hi - band_lo, left=band_lo, height=0.6, color="#e3edf5", edgecolor="none", zorder=1)
-        # Zero-width claims (a single value) still get a visible band.
-        ax.barh(y, max(hi - lo, 0.5), left=lo if hi > lo else lo - 0.25, height=0.6,
-                color="#bcd4e6", edgecolor="#5b8db8", linewidth=0.8, zorder=1)
-        measured, ci = claim.get("measured_pct"), claim.get("ci_pct")
-        color = OUTCOME_COLORS.get(claim["outcome"], "black")
-        if measured is not None:
-            xerr = None if ci is None else [[measured - ci[0]], [ci[1] - measured]]
-            ax.errorbar(measured, y, xerr=xerr, fmt="o" if ci is not None else "D", color=color,
-                        markersize=6, capsize=4, elinewidth=1.6, zorder=3)
-        ax.annotate(_claim_note(claim), xy=(1.01, y), xycoords=("axes fraction", "data"),
-                    va="center", fontsize=8, color=color)
-    ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
-    ax.set_ylim(len(rows) - 0.5, -0.5)  # first claim on top, in document order
-    ax.axvline(0, color="black", linewidth=0.8, zorder=2)
-    ax.use_sticky_edges = False  # bands must not touch the frame
-    ax.margins(x=0.05)
-    claims_x_scale(ax, rows)
-    ax.grid(axis="x", color="#e0e0e0", zorder=0)
-    handles = [Patch(facecolor="#bcd4e6", edgecolor="#5b8db8", label="claimed range"),
-               Patch(facecolor="#e3edf5", label="widened by the noise threshold (times)")]
-    handles += [Line2D([], [], marker="o", linestyle="", color=c, label=o) for o, c in OUTCOME_COLORS.items()]
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
-    ax.set_title(f"Claims check: claimed % change (band) vs measured change (point) with its 95% CI (bar)\n"
-                 f"{source_line(document)}", fontsize=11)
-    return save(fig, path)
-
-
-def draw_all(document: Mapping[str, Any], folder: Path) -> list[Path]:
-    """Every figure the document has data for (none when no run succeeded).
-
-    Where it is safe to fork (no TensorStore threads in this process, as in `show`), the other
-    figures are drawn by a child process while this one draws the main figure: on two cores
-    that halves the wait. A child that fails leaves its figures to be drawn here."""
-    from ckptbench.figures import sweep as sweep_plot
-
-    if not any(r["error"] is None for t in document["tests"] for r in t["runs"]):
-        return []
-    others = [(draw_claims, CLAIMS_FILE), (sweep_plot.draw_sweep, sweep_plot.SWEEP_FILE),
-              (sweep_plot.draw_scaling, sweep_plot.SCALING_FILE)]
-    child = _fork_drawing(document, folder, others) if _can_fork() else None
-    drawn = [draw(document, folder / PLOT_FILE)]
-    if child is not None and _child_succeeded(child):
-        drawn += [folder / name for _, name in others if (folder / name).is_file()]
-    else:
-        drawn += [function(document, folder / name) for function, name in others]
-    return [path for path in drawn if path is not None]
-
-
-def _can_fork() -> bool:
-    import sys
-
-    # TensorStore aborts a process that forks after its threads started (as in `run`).
-    return hasattr(os, "fork") and "tensorstore" not in sys.modules and (os.cpu_count() or 1) > 1
-
-
-def _fork_drawing(document: Mapping[str, Any], folder: Path, jobs: Sequence[tuple[Any, str]]) -> int | None:
-    for _, name in jobs:  # what the child does not draw must not be taken for its work
-        (folder / name).unlink(missing_ok=True)
-    try:
-        pid = os.fork()
-    except OSError:
-        return None
-    if pid == 0:  # the child: draw, and leave at once without running the parent's cleanups
-        status = 0
-        try:
-            for function, name in jobs:
-                function(document, folder / name)
-        except BaseException:  # noqa: BLE001 - the parent draws them instead
-            status = 1
-        os._exit(status)
-    return pid
-
-
-def _child_succeeded(pid: int) -> bool:
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 0

@@ -1,0 +1,51 @@
+"""The Python API: run a suite on this host and read its results, tables and figures.
+
+    import ckptbench
+    suite = ckptbench.load_config("phase4_config.json", model="tiny", num_runs=2)
+    results = ckptbench.run(suite)          # also writes OUTPUT_DIR/results.json
+    print(results.report())
+    results.draw(suite.output_dir)          # the PNG figures
+
+Every subcommand is also a Python call: `ckptbench.cli.commands.<name>.COMMAND.run(...)`.
+Under a launcher (torchrun, srun, mpirun) the ranks are joined by the command line
+(`run_phase4_streamlined.py`), which chooses each process's role once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ckptbench.documents import results as results_doc
+from ckptbench.spec.suite import SuiteConfig
+
+
+class Results(results_doc.Results):
+    """A results document with its console report and figures."""
+
+    def report(self, fmt: str = "text") -> str:
+        from ckptbench.reports import results as report
+
+        return report.full_report(self.document, fmt)
+
+    def draw(self, folder: Path | str) -> list[Path]:
+        """Every figure the document has data for, as PNG files in folder."""
+        from ckptbench.figures.drawing import draw_all
+
+        return draw_all(self.document, Path(folder))
+
+
+def run(config: SuiteConfig, **options: Any) -> Results:
+    """Run a suite on this host (bench.suite.run_suite's options: resume, keep, source, on_start, on_phase,
+    on_record); tests with several processes get workers spawned here."""
+    from ckptbench.bench.suite import run_suite
+    from ckptbench.parallel.local import LocalWriters
+
+    outcome = run_suite(config, LocalWriters(), **options)
+    return Results(outcome.document, outcome.path)
+
+
+def read_results(path: Path | str) -> Results:
+    """Read, upgrade and validate a results file of any version this tool has written."""
+    outcome = results_doc.read(path)
+    return Results(outcome.document, outcome.path)

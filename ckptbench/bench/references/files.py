@@ -1,0 +1,68 @@
+"""What the reference rows that write plain files share: durable writes, their folder, torch's views of arrays.
+
+Each save ends with an fsync of the file and its folder, as TensorStore's file kvstore
+does, and each load leaves every byte in memory of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from ckptbench.bench.backend import Backend
+from ckptbench.bench.storage import checkpoint_size
+from ckptbench.bench.targets import RunLocation, as_location
+
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable(file: Path) -> None:
+    fsync_path(file)
+    fsync_path(file.parent)  # the new directory entry must survive a crash too
+
+
+def to_torch(array: np.ndarray):
+    """A torch tensor sharing the array's memory (the source file's read-only pages: it is only read)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        if array.dtype == BFLOAT16:  # torch cannot take numpy's bfloat16; share the bits instead
+            return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(array)
+
+
+def to_numpy(tensor) -> np.ndarray:
+    import torch
+
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(BFLOAT16)
+    return tensor.numpy()
+
+
+def folder_of(location: RunLocation | Path) -> Path:
+    folder = as_location(location).local_dir
+    if folder is None:
+        raise ValueError("reference rows write local files; they cannot run on a remote --storage")
+    return folder
+
+
+class FileReference(Backend):
+    """Plain files in the run's folder; loads are cold like TensorStore's."""
+
+    filename = "checkpoint"
+
+    def footprint(self, location: RunLocation | Path) -> tuple[int, int, int]:
+        return checkpoint_size(folder_of(location))

@@ -1,0 +1,67 @@
+"""claims_check.png: each claimed % range as a band, the measured change and its 95 % CI over it,
+coloured by the claim's outcome (drawn from a results document; it measures and computes nothing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from ckptbench.figures.common import OUTCOME_COLORS, claims_x_scale, figure, save, source_line
+
+CLAIMS_FILE = "claims_check.png"
+
+
+def _claim_rows(document: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    return [(f"{t['name']}: {c['metric']}", c) for t in document["tests"] for c in t.get("claims") or []]
+
+
+def _claim_note(claim: Mapping[str, Any]) -> str:
+    """The numbers behind a row, printed beside it (a CI may run off a compressed axis)."""
+    measured, ci = claim.get("measured_pct"), claim.get("ci_pct")
+    if measured is None:
+        return f"not measured: {claim['outcome']}"
+    text = f"{measured:+.1f}%"
+    text += f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci is not None else " (no finite CI)"
+    return f"{text} {claim['outcome']}"
+
+
+def draw_claims(document: Mapping[str, Any], path: Path) -> Path | None:
+    """Draw each claim's range against the measured change and its 95% CI; None when there are no claims."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    rows = _claim_rows(document)
+    if not rows:
+        return None
+    fig, axes = figure(12.0, 1.8 + 0.45 * len(rows))
+    ax = axes[0, 0]
+    for y, (_, claim) in enumerate(rows):
+        lo, hi = claim["claimed_pct"]
+        band_lo, band_hi = claim.get("band_pct") or claim["claimed_pct"]
+        if (band_lo, band_hi) != (lo, hi):  # the noise threshold's widening, lighter
+            ax.barh(y, band_hi - band_lo, left=band_lo, height=0.6, color="#e3edf5", edgecolor="none", zorder=1)
+        # Zero-width claims (a single value) still get a visible band.
+        ax.barh(y, max(hi - lo, 0.5), left=lo if hi > lo else lo - 0.25, height=0.6,
+                color="#bcd4e6", edgecolor="#5b8db8", linewidth=0.8, zorder=1)
+        measured, ci = claim.get("measured_pct"), claim.get("ci_pct")
+        color = OUTCOME_COLORS.get(claim["outcome"], "black")
+        if measured is not None:
+            xerr = None if ci is None else [[measured - ci[0]], [ci[1] - measured]]
+            ax.errorbar(measured, y, xerr=xerr, fmt="o" if ci is not None else "D", color=color,
+                        markersize=6, capsize=4, elinewidth=1.6, zorder=3)
+        ax.annotate(_claim_note(claim), xy=(1.01, y), xycoords=("axes fraction", "data"),
+                    va="center", fontsize=8, color=color)
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # first claim on top, in document order
+    ax.axvline(0, color="black", linewidth=0.8, zorder=2)
+    ax.use_sticky_edges = False  # bands must not touch the frame
+    ax.margins(x=0.05)
+    claims_x_scale(ax, rows)
+    ax.grid(axis="x", color="#e0e0e0", zorder=0)
+    handles = [Patch(facecolor="#bcd4e6", edgecolor="#5b8db8", label="claimed range"),
+               Patch(facecolor="#e3edf5", label="widened by the noise threshold (times)")]
+    handles += [Line2D([], [], marker="o", linestyle="", color=c, label=o) for o, c in OUTCOME_COLORS.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+    ax.set_title(f"Claims check: claimed % change (band) vs measured change (point) with its 95% CI (bar)\n"
+                 f"{source_line(document)}", fontsize=11)
+    return save(fig, path)

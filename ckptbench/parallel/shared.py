@@ -1,0 +1,101 @@
+"""The weights every writer needs, handed to the other processes of a host once.
+
+The suite's source file (sources.source_file), when there is one: every process maps the
+same file, so a host holds one copy, in the page cache. Weights held in memory instead
+(the Python API's `source=`) are copied once into a file on /dev/shm; where /dev/shm is
+too small, as in some containers, each process makes them again from the same source.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from ckptbench.sources.source_file import SourceFile, SourceTensors
+from ckptbench.spec.presets import NUMPY_DTYPES
+
+
+@dataclass(frozen=True)
+class MappedSource:
+    """The suite's source file: another process of this host maps the very same file."""
+
+    folder: str
+
+    def open(self) -> SourceTensors:
+        return SourceFile.open(Path(self.folder)).tensors
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Rebuild the weights in the worker from the same source as the parent (deterministic)."""
+
+    model: str
+    weights_source: str | None
+    dtype: str
+    values: str = "random"
+
+    def open(self) -> dict[str, np.ndarray]:
+        from ckptbench.sources import weights
+
+        return weights.load(self.model, self.weights_source, self.dtype, self.values).tensors
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+@dataclass(frozen=True)
+class SharedTensors:
+    """The parent's tensors copied once into a file on /dev/shm (RAM); workers map read-only views.
+
+    A plain file rather than multiprocessing.shared_memory, whose resource tracker
+    would unlink the block when the first worker exits.
+    """
+
+    path: str
+    entries: tuple[tuple[str, tuple[int, ...], str, int], ...]  # name, shape, dtype name, byte offset
+
+    @classmethod
+    def create(cls, tensors: Mapping[str, np.ndarray]) -> SharedTensors:
+        names = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
+        total = sum(a.nbytes for a in tensors.values())
+        if not SHM_DIR.is_dir() or shutil.disk_usage(SHM_DIR).free < total * 1.1:
+            raise OSError(f"{SHM_DIR} cannot hold {total} bytes")
+        fd, path = tempfile.mkstemp(prefix="ckptbench-weights-", dir=SHM_DIR)
+        entries, offset = [], 0
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for name, array in tensors.items():
+                    handle.write(memoryview(array.reshape(-1).view(np.uint8)))
+                    entries.append((name, tuple(array.shape), names[array.dtype], offset))
+                    offset += array.nbytes
+        except BaseException:
+            os.unlink(path)
+            raise
+        return cls(path, tuple(entries))
+
+    def open(self) -> dict[str, np.ndarray]:
+        mapped = np.memmap(self.path, dtype=np.uint8, mode="r") if self.entries else np.empty(0, np.uint8)
+        return {name: mapped[offset:offset + int(np.prod(shape)) * NUMPY_DTYPES[dtype].itemsize]
+                .view(NUMPY_DTYPES[dtype]).reshape(shape)
+                for name, shape, dtype, offset in self.entries}
+
+    def remove(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
+
+
+def handoff(tensors: Mapping[str, np.ndarray],
+            fallback: WeightSource | None) -> MappedSource | SharedTensors | WeightSource | None:
+    """How another process of this host gets the same weights: the source file, else a copy on /dev/shm, else
+    made again (`fallback`)."""
+    if isinstance(tensors, SourceTensors) and tensors.folder is not None:
+        return MappedSource(str(tensors.folder))
+    try:
+        return SharedTensors.create(tensors)
+    except OSError:  # no /dev/shm, or a small one as in some containers
+        return fallback

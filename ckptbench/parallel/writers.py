@@ -1,0 +1,284 @@
+"""Many writers: N processes saving and loading one checkpoint together, like N hosts.
+
+Each writer writes or reads only its own slice of every array: a contiguous range of
+whole chunks along the first dimension, so no two processes ever touch one chunk
+(slices.py). The writers and the process that runs the suite form one gloo world
+(world.py), and everything after that is one code path:
+- rank 0 creates every array's metadata, then broadcasts one `Job` per writer;
+- all ranks meet at a barrier, the common start, and each does its job (`perform`);
+- rank 0 all-gathers every writer's figures: its seconds from the common start, CPU
+  and peak memory growth; for a save it then writes the manifest.
+A save lasts from before the metadata until every writer reports its writes durable
+(and the manifest is written); a load from the common start until the slowest writer
+has its slices in memory, as MLPerf Storage reports checkpoints. Writers verify their
+slices bit for bit after the clock has stopped, in a second round of the same job.
+
+Two kinds of pool give rank 0 its writers: `spawned.Pool` (--processes N: workers this
+process starts) and `LaunchedPool` (the ranks of a launch, rank 0 among them).
+For OCDBT, all writers share one database through TensorStore's distributed
+coordinator, a server rank 0 runs; its address travels in every job.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import tensorstore as ts
+
+from ckptbench.bench import cache, storage
+from ckptbench.bench.targets import RunLocation
+from ckptbench.bench.timing import Timed, timed
+from ckptbench.bench.verify import mismatches
+from ckptbench.bench.workspace import RUN_MARKER
+from ckptbench.core import system
+from ckptbench.core.errors import Stopped
+from ckptbench.parallel.slices import part
+from ckptbench.parallel.world import Broken, World, short_error
+
+PHASE_TIMEOUT_S = 3600.0
+LOOPBACK = "127.0.0.1"
+# The replies a job's writers send, one per round: a load's data stays with its writer until verified.
+ROUNDS: dict[str, tuple[str, ...]] = {"save": ("done",), "load": ("done", "verified"), "evict": ("done",)}
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one rank is asked to do for one save, load or eviction."""
+
+    op: str  # "save", "load" or "evict"
+    location: RunLocation
+    layout: storage.Layout | None = None
+    slices: dict[str, tuple[int, int]] = field(default_factory=dict)  # this rank's [start, stop) rows by array
+    context_extra: dict[str, Any] = field(default_factory=dict)
+    eviction: str = "none"  # an eviction's method (see cache.evict)
+
+
+class WorkerFailed(RuntimeError):
+    pass
+
+
+# --- what every writer does -------------------------------------------------------------------------
+
+def perform(job: Job, tensors: Mapping[str, np.ndarray], start_at: float, label: str) -> Iterator[tuple[str, Any]]:
+    """One rank's replies to a job, exactly one per round of ROUNDS[job.op]: an error fills the rounds left,
+    so every rank always takes part in every round."""
+    sent = 0
+    try:
+        for reply in _work(job, tensors, start_at):
+            sent += 1
+            yield reply
+    except Exception as exc:  # reported to rank 0, which fails the run
+        error = ("error", f"{label}: {type(exc).__name__}: {short_error(exc)}")
+        for _ in range(len(ROUNDS[job.op]) - sent):
+            yield error
+
+
+def _work(job: Job, tensors: Mapping[str, np.ndarray], start_at: float) -> Iterator[tuple[str, Any]]:
+    if job.op == "evict":  # this host's page cache, for the host's ranks
+        directory = job.location.local_dir
+        yield "done", {"eviction": cache.evict(directory, job.eviction), "host": socket.gethostname(),
+                       "resident_bytes": cache.resident_bytes(directory)}
+    elif job.op == "save":  # the clock runs from the common start: no garbage collection inside it
+        _check_visible(job.location)
+        yield "done", _figures(start_at, timed(lambda: _save_slices(job, tensors), collect_garbage=False))
+    else:
+        loaded: dict[str, np.ndarray] = {}
+        yield "done", _figures(start_at, timed(lambda: loaded.update(_load_slices(job)), collect_garbage=False))
+        yield "verified", mismatches(tensors, loaded, {name: (rows,) for name, rows in job.slices.items()})
+
+
+def _check_visible(location: RunLocation) -> None:
+    """A local run folder is made by rank 0: a rank on another host must see the very same folder."""
+    if location.local_dir is not None and not (location.local_dir / RUN_MARKER).is_file():
+        raise FileNotFoundError(f"{location.local_dir} (made by rank 0) is not visible on {socket.gethostname()}; "
+                                "every host must see the checkpoint folder: a shared --storage folder, or s3://")
+
+
+def _figures(start_at: float, usage: Timed) -> dict[str, float]:
+    """A writer's own figures: seconds from the common start to its end, CPU, peak RSS growth."""
+    return {"seconds": time.perf_counter() - start_at, "cpu_s": usage.cpu_s, "peak_rss_bytes": usage.rss_growth_bytes}
+
+
+def _save_slices(job: Job, tensors: Mapping[str, np.ndarray]) -> None:
+    context = job.layout.context(job.context_extra)
+    with storage.settled() as track:  # a stop signal leaves no write running into a folder about to be removed
+        opened = dict(zip(job.slices, track([ts.open(job.layout.open_spec(job.location, name), context=context)
+                                             for name in job.slices])))
+        writes = track([part(opened[name].result(), rows, tensors[name].ndim == 0).write(
+                            part(tensors[name], rows, tensors[name].ndim == 0)) for name, rows in job.slices.items()])
+        for write in writes:
+            write.result()
+
+
+def _load_slices(job: Job) -> dict[str, np.ndarray]:
+    context = job.layout.context(job.context_extra)
+    with storage.settled() as track:
+        opened = dict(zip(job.slices, track([ts.open(job.layout.open_spec(job.location, name), context=context)
+                                             for name in job.slices])))
+        stores = {name: future.result() for name, future in opened.items()}
+        reads = dict(zip(stores, track([part(store, job.slices[name], store.rank == 0).read()
+                                        for name, store in stores.items()])))
+        return {name: np.asarray(read.result()) for name, read in reads.items()}
+
+
+def serve(world: World, tensors: Mapping[str, np.ndarray], label: str) -> int:
+    """Every rank but 0: do each job rank 0 broadcasts, until it says stop; returns the status it sends.
+
+    Raises Broken when the world fails (rank 0 then reports which rank)."""
+    import gc
+
+    gc.freeze()  # the weights and modules stay: the collections between jobs skip them
+    while True:
+        step = world.broadcast()
+        if step[0] == "stop":
+            return int(step[1])
+        _, op, jobs = step
+        world.barrier()  # the common start
+        job = jobs[world.rank]
+        replies = (perform(job, tensors, time.perf_counter(), label) if job is not None
+                   else iter([("idle", None)] * len(ROUNDS[op])))
+        for reply in replies:
+            world.all_gather(reply)
+        # The job's garbage, and what TensorStore freed, go now, outside every clock (timed() does not do
+        # it for writers, whose clock started at the barrier).
+        system.release_free_memory()
+
+
+# --- rank 0: driving the writers ----------------------------------------------------------------------
+
+class WriterPool:
+    """Rank 0's side of a world of writers: one job per writer out, one reply per writer and round back."""
+
+    def __init__(self, world: World | None = None) -> None:
+        self.world = world
+        self._tensors: Mapping[str, np.ndarray] = {}
+        self._replies: Iterator[tuple[str, Any]] | None = None  # rank 0's own replies, when it writes
+        self._rounds: list[str] = []  # rounds of the job in progress not yet collected
+        self._targets: list[int] = []  # ranks with a job in progress
+        self._during = ""
+        self._coordinator: Any = None
+
+    @property
+    def writers(self) -> list[int]:
+        raise NotImplementedError
+
+    @property
+    def processes(self) -> int:
+        return len(self.writers)
+
+    def label(self, rank: int) -> str:
+        return f"rank {rank}"
+
+    def _lost(self, broken: Broken, during: str) -> BaseException:
+        raise NotImplementedError
+
+    def coordinator_address(self) -> str:
+        """TensorStore's OCDBT coordinator, run by rank 0: loopback when every rank is on this host."""
+        one_host = len(self.world.hosts()) <= 1 if self.world is not None else True
+        if self._coordinator is None:
+            bind = f"{LOOPBACK}:0" if one_host else "[::]:0"
+            self._coordinator = ts.ocdbt.DistributedCoordinatorServer({"bind_addresses": [bind]})
+        host = LOOPBACK if one_host else self.world.members[0].host
+        return f"{host}:{self._coordinator.port}"
+
+    def send(self, jobs: list[Job]) -> None:
+        """Start one job per writer (in writer order) at a common start."""
+        by_rank: list[Job | None] = [None] * self.world.size
+        for rank, job in zip(self.writers, jobs):
+            by_rank[rank] = job
+        self._start(jobs[0].op, by_rank)
+
+    def _start(self, op: str, by_rank: list[Job | None]) -> None:
+        self._targets = [rank for rank, job in enumerate(by_rank) if job is not None]
+        self._during, self._rounds, self._replies = op, list(ROUNDS[op]), None
+        try:
+            self.world.broadcast(("jobs", op, by_rank), timeout_s=PHASE_TIMEOUT_S, during=op)
+            self.world.barrier(timeout_s=PHASE_TIMEOUT_S, during=op)
+        except Broken as exc:
+            raise self._lost(exc, op) from None
+        mine = by_rank[self.world.rank]
+        if mine is not None:
+            self._replies = perform(mine, self._tensors, time.perf_counter(), self.label(self.world.rank))
+
+    def collect(self, expected: str, timeout_s: float, during: str = "start-up") -> list[tuple]:
+        """One round of the job in progress: every target's reply (rank 0's own included); any error fails the run."""
+        if self._replies is None:
+            own: tuple[str, Any] = ("idle", None)
+        else:  # rank 0's own job; one a stop signal cut short still answers every round
+            own = next(self._replies, None) or ("error", f"{self.label(self.world.rank)}: stopped")
+        if own[0] == "done" and "cpu_s" in own[1]:  # rank 0's usage is already in the figures of its own clock
+            own = ("done", {**own[1], "cpu_s": 0.0, "peak_rss_bytes": 0})
+        try:
+            replies = self.world.all_gather(own, timeout_s=timeout_s, during=during)
+        except Broken as exc:
+            raise self._lost(exc, during) from None
+        self._rounds.pop(0)
+        if not self._rounds:
+            self._replies = None  # the job is over: what rank 0 loaded is freed
+        for reply in replies:
+            if reply[0] == "error":
+                raise WorkerFailed(reply[1])
+        mine = [replies[rank] for rank in self._targets]
+        if any(reply[0] != expected for reply in mine):
+            raise WorkerFailed(f"expected {expected!r} from every writer, got {[r[0] for r in mine]}")
+        return mine
+
+    def settle(self) -> None:
+        """Finish the job in progress after a failure on this side: the other ranks still send every round,
+        and the run's folder may be removed only once nobody writes into it any more."""
+        while self._rounds and self.world is not None and not self.world.broken:
+            try:
+                self.collect(self._rounds[0], PHASE_TIMEOUT_S, during=self._during)
+            except WorkerFailed:  # the run has failed already
+                pass
+            except Stopped as stop:  # a lost rank shows at the next job; a signal goes on up
+                if stop.cause != Stopped.LOST_RANK:
+                    raise
+        self._rounds, self._replies = [], None
+        if self.world is not None and self.world.broken:
+            self.stop()
+
+    def evict_elsewhere(self, directory: Path, method: str) -> list[dict[str, Any]]:
+        """Evict a checkpoint from the page cache of every other host that wrote it (one rank per host)."""
+        leaders = sorted({self.world.leader(r) for r in range(self.world.size)} - {self.world.leader(0)})
+        if not leaders:
+            return []
+        by_rank: list[Job | None] = [None] * self.world.size
+        for rank in leaders:
+            by_rank[rank] = Job("evict", RunLocation.local(directory), eviction=method)
+        self._start("evict", by_rank)
+        return [reply[1] for reply in self.collect("done", PHASE_TIMEOUT_S, during="eviction")]
+
+
+class LaunchedPool(WriterPool):
+    """The ranks of a launch (torchrun, srun, mpirun): rank 0, this process, runs the suite and writes too.
+
+    `on_lost` is called when a rank is lost, before the stop is raised: the launch ends then, and its
+    session must not let the launcher's SIGTERM cut short the cleanup that follows."""
+
+    def __init__(self, world: World, on_lost: Callable[[], None]) -> None:
+        super().__init__(world)
+        self._on_lost = on_lost
+
+    @property
+    def writers(self) -> list[int]:
+        return list(range(self.world.size))
+
+    def start(self, tensors: Mapping[str, np.ndarray]) -> None:
+        self._tensors = tensors
+
+    def stop(self) -> None:
+        # The launch itself ends with the suite (session.Session); a broken one, with its launcher, which stops
+        # every rank (so none still writes into a run folder rank 0 removes).
+        self._rounds, self._replies = [], None
+
+    def _lost(self, broken: Broken, during: str) -> BaseException:
+        self._on_lost()
+        if broken.who:
+            return Stopped.by_lost_rank(f"the loss of {broken.who}, which {broken.what} during {during}")
+        return Stopped.by_lost_rank(f"a broken launch during {during}: {broken.what}")

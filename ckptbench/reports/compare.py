@@ -1,0 +1,86 @@
+"""The text of `compare A.json B.json`: what A and B are, one table of B against A, the tests only one has.
+
+It reads the rows analysis.versus computed and formats them, pyperf style; it computes
+nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ckptbench.analysis import stats
+from ckptbench.analysis.versus import only_in
+from ckptbench.documents.store import weights_name
+from ckptbench.reports import tables as report
+
+
+def _unit(metric: str, magnitude: float) -> tuple[float, str]:
+    """(divisor, unit) that shows magnitude with a few digits before the point."""
+    if metric == "size_bytes":
+        for divisor, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+            if magnitude >= divisor:
+                return divisor, unit
+        return 1.0, "B"
+    return (1.0, "s") if magnitude >= 1.0 else (1e-3, "ms")
+
+
+def _decimals(value: float, significant: int = 3) -> int:
+    if value == 0 or not math.isfinite(value):
+        return 0
+    return max(0, significant - 1 - math.floor(math.log10(abs(value))))
+
+
+def quantity_pm(summary: Mapping[str, Any], divisor: float, unit: str) -> str:
+    """'13.1 ms +- 0.4 ms' (pyperf style); '-' without runs, '+- ?' with one run."""
+    mean, std = summary.get("mean"), summary.get("std")
+    if mean is None:
+        return report.NA
+    digits = _decimals(mean / divisor)
+    text = f"{mean / divisor:.{digits}f} {unit}"
+    return text + (f" +- {std / divisor:.{digits}f} {unit}" if std is not None else " +- ?")
+
+
+def _table_row(row: Mapping[str, Any]) -> list[str]:
+    a, b, comparison = row["a"], row["b"], row["comparison"]
+    # One unit per row so A and B read side by side.
+    magnitude = max((abs(s["mean"]) for s in (a, b) if s["mean"] is not None), default=0.0)
+    divisor, unit = _unit(row["metric"], magnitude)
+    change = comparison.get("change_pct")
+    p = comparison.get("p_value")
+    return [
+        row["test"], row["metric"],
+        f"{quantity_pm(a, divisor, unit)} (n={a['n']})",
+        f"{quantity_pm(b, divisor, unit)} (n={b['n']})",
+        report.NA if change is None else f"{change:+.1f}%",
+        report.ci_pct(comparison),
+        report.NA if p is None else f"{p:.3g}",
+        report.verdict(comparison, min(a["n"], b["n"])),
+    ]
+
+
+def _describe(path: Path, document: Mapping[str, Any]) -> str:
+    w, p = document.get("weights") or {}, document.get("protocol") or {}
+    when = (document.get("environment") or {}).get("timestamp", "?")
+    return (f"{path}: {weights_name(w)}, {w.get('dtype')}, "
+            f"{p.get('num_runs')} runs/test, loads {p.get('load_cache')}, {when}")
+
+
+def render(path_a: Path, path_b: Path, doc_a: Mapping[str, Any], doc_b: Mapping[str, Any],
+           rows: Sequence[Mapping[str, Any]], noise_pct: float, fmt: str = "text") -> str:
+    """The whole comparison: what A and B are, the table, and the tests only one file has."""
+    headers = ["test", "metric", "A: mean +- std", "B: mean +- std", "change (B vs A)", "95% CI %", "p (Welch)",
+               "verdict"]
+    bullet = "- " if fmt == "markdown" else ""
+    lines = [f"{bullet}A = {_describe(path_a, doc_a)}", f"{bullet}B = {_describe(path_b, doc_b)}", "",
+             f"Welch's t-test on the runs, alpha {stats.ALPHA:g}; changes under {noise_pct:g}% are within noise.",
+             "", report.table(headers, [_table_row(r) for r in rows], fmt)]
+    a_only, b_only = only_in(doc_a, doc_b)
+    if a_only or b_only:
+        lines.append("")
+    if a_only:
+        lines.append(f"{bullet}Only in A, not compared: {', '.join(a_only)}")
+    if b_only:
+        lines.append(f"{bullet}Only in B, not compared: {', '.join(b_only)}")
+    return "\n".join(lines)

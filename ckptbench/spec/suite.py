@@ -1,0 +1,70 @@
+"""A finished suite: its tests and every suite-wide setting, resolved (defaults filled, paths absolute)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckptbench.core.records import ORDERS
+from ckptbench.spec.fields import CACHE_EVICTION, TestSpec
+from ckptbench.spec.presets import DEFAULT_PRESET
+
+DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_OUTPUT_DIR = "saved_models/phase4_tests"
+MAX_PROCESSES = 256
+__all__ = ["CACHE_EVICTION", "DEFAULT_OUTPUT_DIR", "DTYPES", "MAX_PROCESSES", "ORDERS", "SuiteConfig", "TestSpec"]
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """Everything a suite needs, resolved: defaults filled, paths absolute, tests expanded."""
+
+    tests: tuple[TestSpec, ...]
+    baseline: str
+    output_dir: Path
+    skipped: tuple[tuple[str, str], ...] = ()  # sweep points that cannot run: (name, reason)
+    storage: str | None = None  # where checkpoints go: None (OUTPUT_DIR/runs), a folder, s3://, gs://, memory://
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    processes: tuple[int, ...] = (1,)  # each value runs every TensorStore test with that many processes
+    model: str = DEFAULT_PRESET
+    weights: str | None = None  # a local checkpoint folder (absolute) or a Hugging Face id "org/name[@rev]"
+    dtype: str = "float32"
+    values: str = "random"  # how preset weights are drawn; see presets.VALUES
+    num_runs: int = 3
+    warmup_rounds: int = 0
+    seed: int | None = None
+    cache_eviction: str = "auto"
+    order: str = "interleaved"
+    max_inflight_bytes: int = 512 * 2**20  # TensorStore's write copies what is in flight: this bounds the copy
+    noise_pct: float = 5.0
+    config_path: Path | None = field(default=None, compare=False)
+
+    def test(self, name: str) -> TestSpec:
+        return next(t for t in self.tests if t.name == name)
+
+    def values_for(self, test: TestSpec) -> str:
+        """How the test's weights are drawn: its own `values`, else the suite's."""
+        return test.values or self.values
+
+    def eviction_for(self, test: TestSpec) -> str:
+        """How the test's loads are made cold: its own `cache_eviction`, else the suite's."""
+        return test.cache_eviction or self.cache_eviction
+
+    @property
+    def blocks(self) -> tuple[tuple[str, ...], ...]:
+        """The tests of each `block`, in config order (records.Plan runs each block back to back)."""
+        groups: dict[str, list[str]] = {}
+        for test in self.tests:
+            if test.block is not None:
+                groups.setdefault(test.block, []).append(test.name)
+        return tuple(tuple(names) for names in groups.values())
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["tests"] = [t.to_json() for t in self.tests]
+        out["skipped"] = [list(pair) for pair in self.skipped]
+        for key in ("output_dir", "config_path"):
+            out[key] = None if out[key] is None else str(out[key])
+        return out

@@ -1,0 +1,115 @@
+"""The answer of a tune: the recommendation, and what to paste (the TensorStore spec and context of the
+winning layout and its Phase 4 test entry), and reading a checkpoint back with nothing but that.
+
+The paste is checked by use: `checkpoint.write_tuned` writes the weights in the winning
+layout and reads them back with `read_back`, so the printed JSON is known to work.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ckptbench.analysis import change as analysis
+from ckptbench.analysis import stats
+from ckptbench.core.units import size_label
+from ckptbench.spec.fields import TestSpec, entry
+from ckptbench.tune.budget import mean
+from ckptbench.tune.policy import FIGURES, Samples, compare_metric, separation
+from ckptbench.tune.space import T5X
+
+
+def summaries(samples: Mapping[str, Sequence[float]]) -> dict[str, Any]:
+    """Every figure's summary (mean, CI, ...) of one test."""
+    return {metric: stats.summarize(samples.get(metric, [])) for metric in FIGURES}
+
+
+def recommend(samples: Samples, finalists: Sequence[str], metric: str, noise_pct: float) -> dict[str, Any] | None:
+    """The winner among the finalists, its figures with CIs, its place against the ceiling, the references
+    and t5x_full, and the runner-up with whether the two can be told apart (all by analysis.compare)."""
+    values = {n: samples[n][metric] for n in finalists if n in samples and samples[n][metric]}
+    tiebreak = {n: samples[n]["total_s"] for n in values}
+    decided = separation(values, metric, noise_pct, tiebreak)
+    winner = decided["winner"]
+    if winner is None:
+        return None
+    mine = samples[winner]
+    out: dict[str, Any] = {"test": winner, "metric": metric, "figures": summaries(mine),
+                           "objective": stats.summarize(mine[metric])}
+    ceiling = samples.get("device_ceiling")
+    out["pct_of_ceiling"] = {}
+    if ceiling:
+        for rate in ("save_gbps", "load_gbps"):
+            limit = stats.summarize(ceiling[rate])["mean"]
+            out["pct_of_ceiling"][rate] = None if not limit else 100.0 * out["figures"][rate]["mean"] / limit
+        if metric != "size_bytes" and ceiling[metric]:
+            out["pct_of_ceiling"][metric] = 100.0 * mean(ceiling[metric]) / out["objective"]["mean"]
+    out["versus"] = {}
+    for other in ("safetensors", "torch_save", T5X):
+        if other == winner or other not in samples or not samples[other][metric]:
+            continue
+        comparison = analysis.compare(mine[metric], samples[other][metric], metric=compare_metric(metric),
+                                      noise_pct=noise_pct)
+        out["versus"][other] = {"mean": mean(samples[other][metric]), "n": len(samples[other][metric]), **comparison}
+    out["runner_up"] = None
+    if decided["runner_up"] is not None:
+        second = decided["runner_up"]
+        out["runner_up"] = {"test": second, "objective": stats.summarize(samples[second][metric]),
+                            "comparison": decided["comparison"], "distinguishable": decided["separated"]}
+    return out
+
+
+def describe_layout(test: TestSpec) -> str:
+    """'zarr3 on ocdbt, 4MB chunks (halve), concurrency 128, zstd-1, file_io_mode direct'."""
+    from ckptbench.spec.compression import label
+
+    fmt = test.format + (" on ocdbt" if test.kvstore == "ocdbt" else "")
+    if test.shard_bytes is not None:
+        fmt += f" sharded ({size_label(test.shard_bytes)} shards)"
+    chunk = (f"{test.chunk_size_elements:,}-element" if test.chunk_size_elements is not None
+             else size_label(test.chunk_bytes or 0))
+    text = (f"{fmt}, {chunk} chunks ({test.chunk_strategy}), concurrency {test.concurrency_limit}, "
+            f"{label(test.compression)}")
+    if test.file_io_mode != "default":
+        text += f", file_io_mode {test.file_io_mode}"
+    return text
+
+
+def paste_ready(test: TestSpec, dtype: str, example: str, shape: Sequence[int], checkpoint: Any,
+                context_extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What to paste: the TensorStore spec of one array (example) of a checkpoint at `checkpoint` (a folder
+    or a targets.RunLocation) in the test's layout (open it with create=True to write, open=True to read;
+    any other array: its own name in the kvstore path), the context JSON (with a remote target's
+    resources), and a test entry for phase4_config.json."""
+    from ckptbench.bench.storage import Layout
+
+    layout = Layout.of(test, dtype)
+    spec = layout.array_spec(checkpoint, example, tuple(int(d) for d in shape), dtype)
+    for key in ("create", "store_data_equal_to_fill_value"):
+        spec.pop(key, None)
+    test_entry = entry(test, name="tuned", description=f"found by tune: {describe_layout(test)}")
+    return {"spec": spec, "context": layout.context_spec(context_extra), "example_array": example,
+            "test_entry": test_entry}
+
+
+def array_spec_for(paste: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The pasted spec for another array of the same checkpoint: its name in the kvstore path, no metadata
+    (each array's shape and chunks are read from its own metadata)."""
+    spec = json.loads(json.dumps({k: v for k, v in paste["spec"].items() if k != "metadata"}))
+    kvstore = spec["kvstore"]
+    example = paste["example_array"]
+    kvstore["path"] = kvstore["path"].replace(example, name)
+    return spec
+
+
+def read_back(paste: Mapping[str, Any], names: Iterable[str]) -> dict[str, np.ndarray]:
+    """Read a checkpoint's arrays with nothing but the pasted spec and context."""
+    import tensorstore as ts
+
+    context = ts.Context(paste["context"])
+    opened = {n: ts.open(array_spec_for(paste, n), open=True, context=context) for n in names}
+    stores = {n: future.result() for n, future in opened.items()}
+    reads = {n: store.read() for n, store in stores.items()}
+    return {n: np.asarray(future.result()) for n, future in reads.items()}

@@ -1,0 +1,221 @@
+"""The budget of a tune, as arithmetic on seconds: no clock, no I/O (callers pass the time spent).
+
+Budget. Everything counts: making the weights, every suite, writing the tuned
+checkpoint and the report. Before rung 0 the run time is estimated from the model's
+size (PRIOR_RUN_S_PER_GB, measured on a 2-core virtual machine), and from it how many
+candidates fit: the halving's runs (n + n/2 + ... until FINALISTS are left) plus a
+reference set per rung, after reserving the final. Rung 0 is planned OVERPLAN times
+larger and stopped when its share of the budget is spent, so a wrong prior changes
+how many candidates rung 0 measures, not the total time. Later stages are planned from
+each test's measured durations; no run starts that is not expected to end in time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ckptbench.analysis import stats
+from ckptbench.core.errors import UserError
+from ckptbench.core.units import duration_label, human_bytes
+from ckptbench.spec.references import REFERENCES
+from ckptbench.tune.space import T5X
+
+FINALISTS = 2  # the halving stops at this many, and the final compares them
+# Seconds per run = fixed + per GB of model, before anything is measured. A run is a save, a size walk, an
+# eviction, a cold load, a bit-for-bit check and a delete. Measured on a 2-core VM with the 0.54 GB
+# smollm2-135m: 7 s/GB for raw 1 MB chunks at concurrency 128, 25 s/GB for 256 KB chunks at concurrency 1,
+# 36 s/GB with gzip. The reference rows' priors are each kind's own (spec.references: prior_s_per_gb).
+PRIOR_RUN_S_PER_GB = 12.0
+PRIOR_FIXED_S = 0.6
+PRIOR_SUITE_OVERHEAD_S = 0.5  # a suite's own work: pre-flight checks, the journal, results.json
+FINISH_FIXED_S = 6.0  # tuning.json, and tuning.png (importing matplotlib takes seconds on a small machine)
+OVERPLAN = 3
+FINAL_ROUNDS_RESERVED = 2  # final rounds (after final-1) the plan keeps room for
+
+
+def mean(values: Sequence[float]) -> float:
+    return stats.mean_std(stats.as_floats(values))[0]
+
+
+def prior_run_s(model_bytes: int) -> float:
+    """A candidate's run before any is measured."""
+    return PRIOR_FIXED_S + PRIOR_RUN_S_PER_GB * model_bytes / 1e9
+
+
+def prior_reference_s(name: str, model_bytes: int) -> float:
+    """A reference row's run before it is measured (each kind's own seconds per GB)."""
+    return PRIOR_FIXED_S + REFERENCES[name].prior_s_per_gb * model_bytes / 1e9
+
+
+@dataclass
+class Durations:
+    """Measured wall seconds per run of each test and per suite's own overhead; predictions from them."""
+
+    model_bytes: int
+    runs: dict[str, list[float]] = field(default_factory=dict)
+    overheads: list[float] = field(default_factory=list)
+
+    def add(self, test: str, seconds: float) -> None:
+        self.runs.setdefault(test, []).append(float(seconds))
+
+    def typical_candidate_s(self) -> float:
+        """An unmeasured candidate: the median of the measured candidates' runs (>= 3), else the prior."""
+        measured = [mean(v) for k, v in self.runs.items() if k not in REFERENCES and v]
+        return float(np.median(measured)) if len(measured) >= 3 else prior_run_s(self.model_bytes)
+
+    def of(self, test: str) -> float:
+        if self.runs.get(test):
+            return mean(self.runs[test])
+        if test in REFERENCES:
+            return prior_reference_s(test, self.model_bytes)
+        return self.typical_candidate_s()
+
+    def overhead_s(self) -> float:
+        return mean(self.overheads) if self.overheads else PRIOR_SUITE_OVERHEAD_S
+
+    def suite_s(self, tests: Iterable[str]) -> float:
+        return sum(self.of(t) for t in tests) + self.overhead_s()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"runs": self.runs, "overheads": self.overheads}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], model_bytes: int) -> Durations:
+        return cls(model_bytes, {k: [float(s) for s in v] for k, v in data["runs"].items()},
+                   [float(s) for s in data["overheads"]])
+
+
+def halving_sizes(n: int) -> list[int]:
+    """Rung sizes of successive halving from n candidates until FINALISTS are left: 14 -> [14, 7, 4]."""
+    sizes = []
+    while n > FINALISTS:
+        sizes.append(n)
+        n = max(FINALISTS, math.ceil(n / 2))
+    return sizes or [n]
+
+
+def final_s(run_s: float, references_s: float, overhead_s: float, t5x_s: float | None = None) -> float:
+    """The final the budget keeps room for: final-1 (the finalists, t5x_full and the reference rows),
+    then FINAL_ROUNDS_RESERVED rounds of the finalists."""
+    first = FINALISTS * run_s + (run_s if t5x_s is None else t5x_s) + references_s + overhead_s
+    return first + FINAL_ROUNDS_RESERVED * (FINALISTS * run_s + overhead_s)
+
+
+def continuation_s(n: int, run_s: float, references_s: float, overhead_s: float, t5x_s: float | None = None) -> float:
+    """What follows a rung 0 of n candidates: the later halving rungs (each with the reference rows) and
+    the final, where a survivor's run takes run_s. Rung 0 goes on while this still fits after its next run."""
+    later = halving_sizes(n)[1:]  # [n] alone when n <= FINALISTS: no later rung
+    return (sum(size * run_s + references_s + overhead_s for size in later)
+            + final_s(run_s, references_s, overhead_s, t5x_s))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the budget is meant to be spent, estimated before rung 0 from the model's size."""
+
+    n_candidates: int  # candidates expected to fit in rung 0
+    rung_sizes: list[int]
+    run_s: float
+    references_s: float
+    overhead_s: float
+    final_reserve_s: float
+    rung0_s: float
+    time_left_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Plan:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def plan_budget(time_left_s: float, run_s: float, references_s: float, overhead_s: float, n_available: int) -> Plan:
+    """The largest rung 0 that, with what must follow it (`continuation_s`), fits the time left."""
+    def total(n: int) -> float:
+        return n * run_s + references_s + overhead_s + continuation_s(n, run_s, references_s, overhead_s)
+
+    fit = 0
+    for n in range(1, n_available + 1):
+        if total(n) > time_left_s:
+            break
+        fit = n
+    return Plan(fit, halving_sizes(fit) if fit else [], run_s, references_s, overhead_s,
+                final_s(run_s, references_s, overhead_s),
+                (fit * run_s + references_s + overhead_s) if fit else 0.0, time_left_s)
+
+
+def first_plan(budget_s: float, setup_s: float, model_bytes: int, references: Sequence[str], n_available: int) -> Plan:
+    """The plan from the priors, after the setup already spent, the finish and one run of slack; a budget
+    in which not even FINALISTS + 1 candidates fit is refused with the budget that would do (rounded up to
+    30 s), before anything is written."""
+    run_s = prior_run_s(model_bytes)
+    references_s = sum(prior_reference_s(r, model_bytes) for r in references)
+    left_s = budget_s - setup_s - FINISH_FIXED_S - run_s
+    plan = plan_budget(left_s, run_s, references_s, PRIOR_SUITE_OVERHEAD_S, n_available)
+    if plan.n_candidates < min(n_available, FINALISTS + 1):
+        need_s = setup_s + FINISH_FIXED_S + run_s + plan.final_reserve_s + (
+            (FINALISTS + 1) * run_s + references_s + PRIOR_SUITE_OVERHEAD_S)
+        raise UserError(f"--budget: {duration_label(budget_s)} is too short for {human_bytes(model_bytes)} of "
+                        f"weights: a run takes about {run_s:.0f} s and the reference rows about {references_s:.0f} s "
+                        f"per rung; give at least --budget {duration_label(math.ceil(need_s / 30) * 30)}")
+    return plan
+
+
+def fits(elapsed_s: float, predicted_s: float, deadline_s: float) -> bool:
+    """Whether something predicted to take predicted_s, started now, ends by the deadline (budget time)."""
+    return elapsed_s + predicted_s <= deadline_s
+
+
+def finish_reserve_s(durations: Durations, finalists: Sequence[str]) -> float:
+    """Writing and checking the tuned checkpoint (about one run of a finalist), tuning.json, the figure."""
+    return FINISH_FIXED_S + max([durations.of(n) for n in finalists] or [durations.typical_candidate_s()])
+
+
+def final_needs_s(durations: Durations, finalists: Sequence[str], also_first: Sequence[str]) -> float:
+    """The final these finalists would need: final-1 with `also_first` (t5x_full and the reference rows), then
+    the reserved rounds of the finalists alone. A halving rung may start only if this still fits after it."""
+    return (durations.suite_s(list(finalists) + list(also_first))
+            + FINAL_ROUNDS_RESERVED * durations.suite_s(finalists))
+
+
+def survivor_run_s(durations: Durations, metric: str) -> float:
+    """A run of a survivor of rung 0: for a time objective the survivors are the faster candidates, so the
+    mean of the faster half of those measured; for size, the median (small is not fast)."""
+    measured = sorted(mean(v) for k, v in durations.runs.items() if k not in REFERENCES and k != T5X and v)
+    if len(measured) < 2:
+        return durations.typical_candidate_s()
+    if metric == "size_bytes":
+        return float(np.median(measured))
+    return mean(measured[:len(measured) // 2])
+
+
+def rung0_fits(durations: Durations, test: str, n_measured: int, elapsed_s: float, deadline_s: float,
+               references: Sequence[str], metric: str, has_t5x: bool) -> bool:
+    """Rung 0 measures candidates while what must follow (`continuation_s`, from the durations measured so far,
+    for the n_measured candidates it will have) still fits after the next run: a wrong prior changes how many
+    it measures, not the total."""
+    rest_s = continuation_s(n_measured, survivor_run_s(durations, metric),
+                            sum(durations.of(r) for r in references), durations.overhead_s(),
+                            t5x_s=durations.of(T5X) if has_t5x else None)
+    return fits(elapsed_s, durations.of(test) + rest_s, deadline_s)
+
+
+def rungs_left(durations: Durations, n_alive: int, time_left_s: float, references: Sequence[str],
+               metric: str) -> list[int]:
+    """The halving rungs the time left holds at the measured durations, after the final: what rung 0's
+    measurements say of the rest of the plan."""
+    survivor_s, references_s = survivor_run_s(durations, metric), sum(durations.of(r) for r in references)
+    left_s = time_left_s - final_s(survivor_s, references_s, durations.overhead_s(), durations.of(T5X))
+    sizes = []
+    for size in halving_sizes(n_alive) if n_alive > FINALISTS else []:
+        left_s -= size * survivor_s + references_s + durations.overhead_s()
+        if left_s < 0:
+            break
+        sizes.append(size)
+    return sizes

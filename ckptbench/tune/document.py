@@ -1,0 +1,137 @@
+"""tuning.json: the answer first, then how it was found (every stage, every candidate, the budget).
+
+It is a file of kind "tuning" (documents.store.Kind): it names its kind and `schema_version`
+first, `documents/schemas/tuning.schema.json` is its contract, and every version this tool wrote
+reads back through the upgrade chain. The console text (tune.report) and the figure (tune.plot)
+read it and compute nothing, so everything they show is in here.
+
+Version history:
+- 1 (ckptbench 0.2.0): first format, `schema_version: 1` and no kind.
+- 2: `"kind": "tuning", "schema_version": 2`, as every file the harness writes; nothing else changed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping
+
+from ckptbench.analysis import stats
+from ckptbench.documents import results
+from ckptbench.documents.store import Document, Kind
+from ckptbench.spec.fields import entry
+from ckptbench.spec.references import REFERENCES
+from ckptbench.tune.answer import describe_layout, summaries
+from ckptbench.tune.policy import PRIOR_DF, PRIOR_LOG_SD, gather, pareto
+from ckptbench.tune.settings import Settings
+from ckptbench.tune.space import Universe
+from ckptbench.tune.state import TuneState
+
+TUNING_FILE = "tuning.json"
+SCHEMA_VERSION = 2
+_STAGE_KEYS = ("name", "kind", "members", "seed", "status", "started_s", "ended_s", "planned_s", "deadline_s",
+               "decision", "figures")
+
+
+def _upgrade_1_to_2(document: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 had no kind; Kind.upgrade stamps it and the new version, and nothing else changed."""
+    return document
+
+
+TUNING = Kind("tuning", SCHEMA_VERSION, "tuning.schema.json", upgrades={1: _upgrade_1_to_2},
+              legacy_version=lambda document: 1 if document.get("schema_version") == 1 else None)
+
+
+class Tuning(Document):
+    """A tuning document, as `tune.run` returns it and `read` loads it."""
+
+    plot_path: Path | None = None  # tuning.png, once drawn (None: not drawn, or nothing measured to draw)
+
+    @property
+    def recommendation(self) -> dict[str, Any] | None:
+        return self.document["recommendation"]
+
+
+def validate(document: Any, source: str = "tuning") -> None:
+    """Raise a one-line UserError naming the first field that breaks tuning.schema.json."""
+    TUNING.validate(document, source)
+
+
+def write(document: Mapping[str, Any], folder: Path) -> Path:
+    """Validate and write folder/tuning.json atomically (a reader never sees half a file)."""
+    return TUNING.write(Path(folder) / TUNING_FILE, document)
+
+
+def read(path: Path | str) -> Tuning:
+    """A tuning.json of any version this tool wrote, upgraded to the current one and validated."""
+    return Tuning(TUNING.read(path), Path(path))
+
+
+def _status(name: str, state: TuneState, winner: str | None, runner_up: str | None) -> str:
+    if name == winner:
+        return "winner"
+    if name == runner_up:
+        return "runner-up"
+    if name in state.finalists:
+        return "finalist"
+    if name in state.eliminated:
+        return "eliminated"
+    if name in state.alive:
+        return "survivor"
+    return "not a finalist"
+
+
+def build(state: TuneState, documents: Mapping[str, Mapping[str, Any]], universe: Universe, settings: Settings, *,
+          complete: bool, recommendation: dict[str, Any] | None, paste: dict[str, Any] | None) -> dict[str, Any]:
+    """tuning.json from the state and every stage's results document (stage name -> results.json)."""
+    from ckptbench.bench.environment import tool_info
+
+    samples = gather(documents.values())
+    winner = (recommendation or {}).get("test")
+    runner_up = ((recommendation or {}).get("runner_up") or {}).get("test")
+    ran = {t["name"] for document in documents.values() for t in document["tests"] if t["runs"]}
+    measured = [n for n in samples if n in ran and n not in REFERENCES and n in universe.tests]
+    candidates = {}
+    for name in measured:
+        candidates[name] = {
+            "settings": entry(universe.tests[name]), "layout": describe_layout(universe.tests[name]),
+            "status": _status(name, state, winner, runner_up), "eliminated": state.eliminated.get(name),
+            "stages": [s.name for s in state.stages if name in s.members and s.name in documents],
+            "stats": {m: stats.summarize(samples[name][m]) for m in ("save_s", "load_s", "total_s", "size_bytes")},
+        }
+    points = {n: (c["stats"]["save_s"]["mean"], c["stats"]["load_s"]["mean"]) for n, c in candidates.items()
+              if c["stats"]["save_s"]["n"]}
+    first = documents.get("rung-0") or next(iter(documents.values()), None)
+    skipped_reasons: dict[str, int] = defaultdict(int)
+    for _, reason in universe.skipped:
+        skipped_reasons[reason] += 1
+    return TUNING.stamp({
+        "tool": tool_info(),
+        "complete": complete,
+        "objective": settings.objective,
+        "metric": settings.metric,
+        "seed": state.seed,
+        "recommendation": recommendation,
+        "paste": paste,
+        "stopped_by": state.stopped_by if complete else "interrupted",
+        "weights": state.weights,
+        "environment": (first or {}).get("environment"),
+        "storage": ((first or {}).get("protocol") or {}).get("storage"),
+        "budget": {"budget_s": state.budget_s, "spent_s": state.spent_s, "setup_s": state.setup_s,
+                   "estimate": state.plan.to_json(), "corrected": state.corrected,
+                   "durations": state.durations.to_json()},
+        "noise_model": {"kind": "pooled log-scale spread of repeated runs, with a prior",
+                        "prior_log_sd": PRIOR_LOG_SD, "prior_df": PRIOR_DF,
+                        "last": next((s.decision["noise"] for s in reversed(state.stages)
+                                      if s.decision and s.decision.get("noise")), None)},
+        "space": {"path": state.space_path, "data": state.space,
+                  "n_candidates": len(universe.tests), "n_skipped": len(universe.skipped),
+                  "skipped_reasons": dict(skipped_reasons), "n_duplicates": len(universe.duplicates),
+                  "sampled": state.rung0_order, "not_measured": state.not_measured},
+        "stages": [{key: getattr(stage, key) for key in _STAGE_KEYS}
+                   | {"results": f"{stage.name}/{results.RESULTS_FILE}"} for stage in state.stages],
+        "finalists": state.finalists,
+        "candidates": candidates,
+        "references": {name: {"stats": summaries(samples[name])} for name in REFERENCES if name in samples},
+        "pareto": pareto(points),
+    })

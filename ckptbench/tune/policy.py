@@ -1,0 +1,336 @@
+"""The search's decisions: pure functions of the tune's state and the measured samples (no clock, no I/O).
+
+- rung-0, rung-1, ...: successive halving. A rung runs every surviving candidate once
+  and the reference rows (safetensors, torch.save, the device ceiling) once. It keeps
+  the better half on the objective; a candidate below the cut is dropped only when it
+  loses even in its best case (the noise model below).
+- final-1, final-2, ...: one round each of the two finalists and t5x_full (final-1 with
+  the reference rows too), until the winner and the runner-up differ at p < 0.05 by
+  `analysis.compare` (Welch), or the budget ends: then they are reported as tied.
+  t5x_full is left out of later rounds once the winner's lead over it is significant.
+
+Noise model. With one run per candidate there is no per-candidate interval, so the
+run-to-run spread is pooled on the log scale: the variance of log(value) within every
+group with two runs or more (candidates, and the reference rows, which run once per
+rung), pooled with a prior of PRIOR_LOG_SD (10 %, pyperf's "noisy" threshold) weighted as
+PRIOR_DF degrees of freedom. A candidate below the cut is dropped when the 95 % interval
+of log(its mean / the cut's mean), t(df) x sd x sqrt(1/n + 1/n_cut), lies wholly above
+zero. Sizes have no run-to-run noise: the larger one loses outright.
+
+`next_stage` and `conclude` take a state and return a new one, leaving the one given as it
+was: the loop replaces its state in one assignment, so a stop at any moment leaves a state
+that resumes consistently.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ckptbench.analysis import change as analysis
+from ckptbench.analysis import stats
+from ckptbench.documents import results
+from ckptbench.spec.references import REFERENCES
+from ckptbench.tune import budget
+from ckptbench.tune.budget import FINALISTS, fits, mean
+from ckptbench.tune.space import T5X, shuffled, stage_seed
+from ckptbench.tune.state import FINAL, HALVING, Stage, TuneState
+
+ALPHA = stats.ALPHA
+PRIOR_LOG_SD = 0.10
+PRIOR_DF = 8
+FIGURES = ("save_s", "load_s", "total_s", "size_bytes", "save_gbps", "load_gbps")
+
+Samples = Mapping[str, Mapping[str, Sequence[float]]]  # test -> metric -> values, over every stage so far
+
+
+def gather(documents: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Every test's per-metric values over several results documents (results.samples of each)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for document in documents:
+        data_bytes = int(document["weights"]["size_bytes"])
+        for test in document["tests"]:
+            mine = results.samples(test["runs"], data_bytes)
+            merged = out.setdefault(test["name"], {m: [] for m in FIGURES})
+            for metric in FIGURES:
+                merged[metric] += mine[metric]
+    return out
+
+
+# --- ranking, halving, separation ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Noise:
+    """Run-to-run spread on the log scale, pooled over groups with >= 2 runs and a prior (module docstring)."""
+
+    log_sd: float
+    df: float
+    measured_df: int = 0
+
+    @property
+    def t(self) -> float:
+        return float(stats.t_quantile(1 - ALPHA / 2, self.df)) if self.log_sd > 0 else 0.0
+
+    def halfwidth(self, n_a: int, n_b: int) -> float:
+        """Half the 95 % interval of log(mean_a / mean_b) for means of n_a and n_b runs."""
+        return self.t * self.log_sd * math.sqrt(1 / n_a + 1 / n_b)
+
+    def to_json(self) -> dict[str, Any]:
+        noisy = math.isfinite(self.df)  # sizes: no noise, no degrees of freedom
+        return {"log_sd": self.log_sd, "df": self.df if noisy else None, "measured_df": self.measured_df,
+                "prior_log_sd": PRIOR_LOG_SD if noisy else 0.0, "prior_df": PRIOR_DF if noisy else 0}
+
+
+def noise_model(groups: Iterable[Sequence[float]], noisy: bool = True) -> Noise:
+    """The pooled log-scale spread of repeated runs (each group: one test's values); none for sizes."""
+    if not noisy:
+        return Noise(0.0, math.inf)
+    squares, df, measured = PRIOR_DF * PRIOR_LOG_SD ** 2, float(PRIOR_DF), 0
+    for values in groups:
+        positive = [float(v) for v in values if v > 0]
+        if len(positive) < 2:
+            continue
+        spread = stats.mean_std(np.log(positive))[1]
+        squares += (len(positive) - 1) * spread ** 2
+        df += len(positive) - 1
+        measured += len(positive) - 1
+    return Noise(math.sqrt(squares / df), df, measured)
+
+
+def rank(values: Mapping[str, Sequence[float]], tiebreak: Mapping[str, Sequence[float]] | None = None) -> list[str]:
+    """Names from best to worst by mean (lower is better), ties broken by `tiebreak`'s mean, then name."""
+    def key(name: str) -> tuple[float, float, str]:
+        second = mean(tiebreak[name]) if tiebreak and tiebreak.get(name) else 0.0
+        return (mean(values[name]), second, name)
+    return sorted((n for n in values if len(values[n])), key=key)
+
+
+@dataclass(frozen=True)
+class Halving:
+    ranking: list[str]
+    kept: list[str]
+    eliminated: dict[str, dict[str, Any]]  # name -> {reason, mean, cut_mean, change_pct, best_case_pct}
+    cut: str | None
+
+
+def halve(values: Mapping[str, Sequence[float]], noise: Noise, *, keep_at_least: int = FINALISTS,
+          tiebreak: Mapping[str, Sequence[float]] | None = None, metric: str = "total_s") -> Halving:
+    """Keep the better half (at least keep_at_least); of the rest, drop only those that lose even in their
+    best case against the cut (the last kept), by the noise model."""
+    ranking = rank(values, tiebreak)
+    keep = max(keep_at_least, math.ceil(len(ranking) / 2))
+    if len(ranking) <= keep:
+        return Halving(ranking, list(ranking), {}, None)
+    cut = ranking[keep - 1]
+    cut_mean, cut_n = mean(values[cut]), len(values[cut])
+    kept, eliminated = list(ranking[:keep]), {}
+    for name in ranking[keep:]:
+        mine, n = mean(values[name]), len(values[name])
+        loss = math.log(mine / cut_mean) if cut_mean > 0 and mine > 0 else 0.0
+        best_case = loss - noise.halfwidth(n, cut_n)
+        if best_case > 0 or (noise.log_sd == 0 and mine > cut_mean):
+            change, best = 100 * (mine / cut_mean - 1), 100 * math.expm1(best_case)
+            eliminated[name] = {
+                "reason": f"{metric} {mine:.4g} ({n} run{'s' if n > 1 else ''}) vs {cut_mean:.4g} for {cut}, the last "
+                          f"kept: {change:+.1f}%; even its best case ({best:+.1f}% at the 95% bound, pooled spread "
+                          f"{100 * noise.log_sd:.1f}%) loses",
+                "mean": mine, "n": n, "cut": cut, "cut_mean": cut_mean, "change_pct": change, "best_case_pct": best}
+        else:
+            kept.append(name)
+    return Halving(ranking, kept, eliminated, cut)
+
+
+def compare_metric(metric: str) -> str:
+    """analysis.compare judges sizes as sizes and every time (total_s too) as a time."""
+    return "size_bytes" if metric == "size_bytes" else "save_s"
+
+
+def separation(values: Mapping[str, Sequence[float]], metric: str, noise_pct: float,
+               tiebreak: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
+    """The leader, the runner-up and whether they differ (p < ALPHA, Welch, by analysis.compare)."""
+    ranking = rank(values, tiebreak)
+    out: dict[str, Any] = {"winner": ranking[0] if ranking else None, "runner_up": None, "comparison": None,
+                           "separated": False, "ranking": ranking}
+    if len(ranking) >= 2:
+        comparison = analysis.compare(values[ranking[1]], values[ranking[0]], metric=compare_metric(metric),
+                                      noise_pct=noise_pct)
+        out.update(runner_up=ranking[1], comparison=comparison,
+                   separated=comparison["p_value"] is not None and comparison["p_value"] < ALPHA)
+    return out
+
+
+def pareto(points: Mapping[str, tuple[float, float]]) -> list[str]:
+    """Names not dominated in both coordinates (lower is better), by the first coordinate."""
+    ordered = sorted(points, key=lambda n: (points[n][0], points[n][1]))
+    front, best_y = [], math.inf
+    for name in ordered:
+        if points[name][1] < best_y:
+            front.append(name)
+            best_y = points[name][1]
+    return front
+
+
+def ranked(names: Iterable[str], samples: Samples, metric: str) -> list[str]:
+    """The measured ones of `names`, best first on the metric (ties: by save + load seconds)."""
+    values = {n: samples[n][metric] for n in names if n in samples and samples[n][metric]}
+    return rank(values, {n: samples[n]["total_s"] for n in values})
+
+
+# --- what comes next, and what a stage concludes ------------------------------------------------
+
+@dataclass(frozen=True)
+class Situation:
+    """What a decision reads besides the state: the settings it decides by, the budget time spent, and the
+    stages' results documents (their samples gathered only when a decision asks for them)."""
+
+    documents: Mapping[str, Mapping[str, Any]]  # stage name -> its results.json
+    metric: str
+    noise_pct: float
+    seed: int
+    elapsed_s: float
+    references: Sequence[str]
+    has_t5x: bool  # whether t5x_full is a candidate of this space
+
+    @cached_property
+    def samples(self) -> dict[str, dict[str, list[float]]]:
+        return gather(self.documents.values())
+
+
+def finish_reserve_s(state: TuneState, situation: Situation) -> float:
+    """The time kept for the finish: about one run of the slower of the finalists (or of the two leaders)."""
+    names = state.finalists or ranked(state.alive, situation.samples, situation.metric)[:FINALISTS]
+    return budget.finish_reserve_s(state.durations, names)
+
+
+def may_start(state: TuneState, stage: Stage, test: str, situation: Situation) -> bool:
+    """No run starts that is not expected to end by the stage's deadline; in rung 0, none that would leave too
+    little for what must follow it (`budget.rung0_fits`)."""
+    durations = state.durations
+    if not fits(situation.elapsed_s, durations.of(test), stage.deadline_s):
+        return False
+    if stage.name != "rung-0":
+        return True
+    n_measured = sum(1 for n in state.rung0_order if durations.runs.get(n)) + (0 if test in REFERENCES else 1)
+    return budget.rung0_fits(durations, test, n_measured, situation.elapsed_s,
+                             state.budget_s - finish_reserve_s(state, situation), situation.references,
+                             situation.metric, situation.has_t5x)
+
+
+def _new_stage(state: TuneState, name: str, kind: str, members: list[str], deadline_s: float) -> Stage:
+    return Stage(name, kind, members, stage_seed(state.seed, name), deadline_s,
+                 planned_s=state.durations.suite_s(members))
+
+
+def next_stage(state: TuneState, situation: Situation) -> TuneState:
+    """A new state with the next stage appended, or with why the search ends (then no stage is added)."""
+    state = copy.deepcopy(state)
+    stages, references, elapsed_s = state.stages, list(situation.references), situation.elapsed_s
+    if not stages:
+        stage = _new_stage(state, "rung-0", HALVING, references + state.rung0_order,
+                           state.budget_s - finish_reserve_s(state, situation))
+        stage.planned_s = state.plan.rung0_s  # it lists more than it is expected to measure
+        stages.append(stage)
+        return state
+    leaders = ranked(state.alive, situation.samples, situation.metric)
+    if state.phase == "halving":
+        finalists = leaders[:FINALISTS]
+        rung = f"rung-{sum(1 for s in stages if s.kind == HALVING)}"
+        if len(leaders) > FINALISTS:
+            members = shuffled(leaders + references, state.seed, rung)
+            t5x = [T5X] if situation.has_t5x and T5X not in finalists else []
+            deadline_s = (state.budget_s - finish_reserve_s(state, situation)
+                          - budget.final_needs_s(state.durations, finalists, t5x + references))
+            if fits(elapsed_s, state.durations.suite_s(members), deadline_s):
+                stages.append(_new_stage(state, rung, HALVING, members, deadline_s))
+                return state
+        state.phase = "final"
+        state.finalists = finalists
+    finalists = state.finalists
+    if len(finalists) < 2:
+        state.stopped_by = "one candidate measured" if finalists else "nothing measured"
+        return state
+    finals = [s for s in stages if s.kind == FINAL]
+    if finals and finals[-1].decision["separated"]:
+        state.stopped_by = "separated"
+        return state
+    name = f"final-{len(finals) + 1}"
+    t5x = [T5X] if situation.has_t5x and T5X not in finalists and not t5x_settled(finalists, situation) else []
+    extra = [] if finals else references
+    deadline_s = state.budget_s - finish_reserve_s(state, situation)
+    # When the whole round does not fit, the finalists come first: the references (measured in every
+    # rung already), then t5x_full, are left out of it.
+    for members in (finalists + t5x + extra, finalists + t5x, finalists):
+        if fits(elapsed_s, state.durations.suite_s(members), deadline_s):
+            stages.append(_new_stage(state, name, FINAL, shuffled(members, state.seed, name), deadline_s))
+            return state
+    state.stopped_by = "budget"
+    return state
+
+
+def t5x_settled(finalists: Sequence[str], situation: Situation) -> bool:
+    """Whether the leading finalist's difference from t5x_full is already significant (then the final stops
+    measuring t5x_full, whose only purpose there is that comparison)."""
+    samples, metric = situation.samples, situation.metric
+    leader = ranked(finalists, samples, metric)[:1]
+    if not leader or T5X not in samples or len(samples[T5X][metric]) < 2:
+        return False
+    comparison = analysis.compare(samples[T5X][metric], samples[leader[0]][metric],
+                                  metric=compare_metric(metric), noise_pct=situation.noise_pct)
+    return comparison["p_value"] is not None and comparison["p_value"] < ALPHA
+
+
+def conclude(state: TuneState, status: str, situation: Situation) -> TuneState:
+    """A new state after the latest stage ran (its results among situation.documents): who stays (halving)
+    or whether the final is decided, with reasons. A candidate whose every run failed is eliminated."""
+    state = copy.deepcopy(state)
+    stage = state.stages[-1]
+    samples, metric = situation.samples, situation.metric
+    ran = {t["name"]: t for t in situation.documents[stage.name]["tests"]}
+    stage.status = status
+    stage.figures = {name: run_figures(t) for name, t in ran.items() if t["runs"]}
+    failed = {name: t["runs"][-1]["error"] for name, t in ran.items()
+              if name not in REFERENCES and t["runs"] and all(r["error"] is not None for r in t["runs"])}
+    for name, error in failed.items():
+        state.eliminated[name] = {"stage": stage.name, "reason": f"failed: {error}"}
+    tiebreak = {n: samples[n]["total_s"] for n in samples}
+    if stage.kind == FINAL:
+        values = {n: samples[n][metric] for n in state.finalists if samples.get(n, {}).get(metric)}
+        decided = separation(values, metric, situation.noise_pct, tiebreak)
+        stage.decision = {"winner": decided["winner"], "runner_up": decided["runner_up"],
+                          "separated": decided["separated"],
+                          "p_value": (decided["comparison"] or {}).get("p_value")}
+        return state
+    if stage.name == "rung-0":
+        measured = [n for n in stage.members if n not in REFERENCES and ran.get(n, {}).get("runs")]
+        state.not_measured = [n for n in stage.members if n not in REFERENCES and n not in measured]
+        alive = [n for n in measured if n not in failed]
+    else:
+        alive = [n for n in state.alive if n not in failed]
+    values = {n: samples[n][metric] for n in alive if samples.get(n, {}).get(metric)}
+    noisy = analysis.METRICS[compare_metric(metric)][3]  # sizes have no run-to-run noise
+    noise = noise_model((v[metric] for v in samples.values()), noisy=noisy)
+    halving = halve(values, noise, tiebreak=tiebreak, metric=metric)
+    for name, why in halving.eliminated.items():
+        state.eliminated[name] = {"stage": stage.name, **why}
+    state.alive = halving.kept
+    stage.decision = {"ranking": halving.ranking, "kept": halving.kept, "cut": halving.cut,
+                      "eliminated": sorted(halving.eliminated), "failed": sorted(failed), "noise": noise.to_json()}
+    return state
+
+
+def rung0_measured(state: TuneState) -> list[str]:
+    """The candidates rung 0 measured, in its running order (after `conclude` has recorded it)."""
+    stage = state.stages[0]
+    return [n for n in stage.members if n not in REFERENCES and n not in state.not_measured]
+
+
+def run_figures(test: Mapping[str, Any]) -> dict[str, Any]:
+    """One test's runs in one stage: the figures of each, or its error."""
+    runs = [r for r in test["runs"] if not r["warmup"]]
+    return {"runs": [{"save_s": r["save_s"], "load_s": r["load_s"], "size_bytes": r["size_bytes"],
+                      "load_cache": r["load_cache"], "error": r["error"]} for r in runs]}

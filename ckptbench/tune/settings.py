@@ -1,0 +1,88 @@
+"""What a tune measures and how long it may take: the settings, their defaults and their checks.
+
+Every other tune module reads a `Settings`; none of them changes one. The settings also build
+the suites a tune runs (`Settings.suite_data`), so every stage's suite and the space's
+candidates share one testing block: one run per test, no warm-up, blocked order, the
+config's cache eviction and noise threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ckptbench.core.errors import UserError
+from ckptbench.core.units import duration_label
+from ckptbench.documents.results import OBJECTIVES
+from ckptbench.spec.config import suite_data
+from ckptbench.spec.references import REFERENCES
+
+SPACE_FILE = Path(__file__).with_name("tune_space.json")  # in the package (pip installs it); sweeps/ links to it
+DEFAULT_OBJECTIVE = "balanced"
+DEFAULT_BUDGET_S = 600.0
+MIN_BUDGET_S = 10.0
+
+__all__ = ["DEFAULT_BUDGET_S", "DEFAULT_OBJECTIVE", "MIN_BUDGET_S", "OBJECTIVES", "SPACE_FILE", "Settings",
+           "check_settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a tune measures and how long it may take."""
+
+    output_dir: Path
+    model: str | None = None
+    weights: str | None = None
+    dtype: str = "float32"
+    values: str = "random"
+    storage: str | None = None
+    objective: str = DEFAULT_OBJECTIVE
+    budget_s: float = DEFAULT_BUDGET_S
+    seed: int | None = None
+    space_path: Path = SPACE_FILE
+    cache_eviction: str = "auto"
+    noise_pct: float = 5.0
+    keep_checkpoint: bool = False
+
+    @property
+    def metric(self) -> str:
+        """The figure the objective minimises: save -> save_s, load -> load_s, balanced -> total_s, size ->
+        size_bytes."""
+        return OBJECTIVES[self.objective]
+
+    @property
+    def references(self) -> list[str]:
+        """The reference rows measured beside the candidates. They write local files, so they are not run
+        with an object store (the suite would skip them anyway; leaving them out keeps the budget honest)."""
+        return list(REFERENCES) if "://" not in (self.storage or "") else []
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed tune must share with the interrupted one: what changes the measurements. The budget,
+        the seed and keeping the checkpoint may change on resume; the output folder is where it is resumed."""
+        return {"model": self.model, "weights": self.weights, "dtype": self.dtype, "values": self.values,
+                "storage": self.storage, "objective": self.objective, "cache_eviction": self.cache_eviction,
+                "noise_pct": self.noise_pct}
+
+    def suite_data(self, tests: list[dict[str, Any]], output_dir: Path, *, references: bool,
+                   seed: int) -> dict[str, Any]:
+        """A suite config (as `config.from_dict` reads it) of `tests` run once each, in the order given: one run
+        a stage is what successive halving asks for, and blocked order keeps the order the tune chose."""
+        testing = {"num_runs": 1, "warmup_rounds": 0, "seed": seed, "order": "blocked",
+                   "cache_eviction": self.cache_eviction, "noise_pct": self.noise_pct}
+        return suite_data(tests, output_dir=output_dir, testing=testing, model=self.model, weights=self.weights,
+                          dtype=self.dtype, values=self.values, storage=self.storage,
+                          references=tuple(REFERENCES) if references else ())
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse, in one line naming the flag, what cannot give an answer: an unknown objective, a budget too
+    short for anything, or memory:// (which measures no disk, and the tune looks for the best layout on one)."""
+    if settings.objective not in OBJECTIVES:
+        raise UserError(f"--objective: {settings.objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if not settings.budget_s >= MIN_BUDGET_S:
+        raise UserError(f"--budget: {duration_label(settings.budget_s)} is too short; give at least "
+                        f"{duration_label(MIN_BUDGET_S)} (e.g. 5m)")
+    if (settings.storage or "").startswith("memory://"):
+        raise UserError("--storage: memory:// measures no disk, and tune looks for the best layout on a disk; "
+                        "give a folder or an object store")

@@ -1,0 +1,195 @@
+"""The search space of `tune`: the file, its candidates for one model, and the sample rung 0 measures.
+
+The search space is data (`sweeps/tune_space.json`): axes (any per-test field of a suite
+config, one value or a list), formats (fields fixed together: zarr2, zarr3, zarr3 with
+sharding, OCDBT) and `always` entries (t5x_full). Every combination is a candidate test;
+`config.from_dict` expands and validates them exactly as it does a sweep, so invalid
+combinations are skipped with its reasons. Candidates that lay this model out the same
+way (identical chunk and shard shapes for every tensor) are measured once.
+
+Rung 0 samples the space: seeded, each axis' values spread evenly along the sample,
+t5x_full always in it. Every later shuffle is seeded by the tune's seed and the stage's
+name, so a resumed tune makes the same choices as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from ckptbench.core.errors import UserError
+from ckptbench.spec import config as config_mod
+from ckptbench.spec.fields import SWEEP_FIELDS, TEST_SCHEMA, TestSpec, layout_settings
+from ckptbench.spec.schema import Validator, describe_error
+from ckptbench.spec.suite import SuiteConfig
+from ckptbench.tune.settings import Settings
+
+T5X = "t5x_full"  # the T5X default: an `always` candidate, measured in every rung and the first final
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,39}$"
+_FIELDS = {f: TEST_SCHEMA["properties"][f] for f in SWEEP_FIELDS}
+SPACE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["axes", "formats"],
+    "properties": {
+        "description": {"type": "string"},
+        "axes": {"type": "object", "additionalProperties": False, "properties": _FIELDS},
+        "formats": {"type": "object", "minProperties": 1, "propertyNames": {"pattern": _NAME},
+                    "additionalProperties": {"type": "object", "additionalProperties": False,
+                                             "properties": {**_FIELDS, "description": {"type": "string"}}}},
+        "always": {"type": "array", "items": TEST_SCHEMA},
+    },
+}
+
+
+def load_space(path: Path | str) -> dict[str, Any]:
+    """Read and validate a search-space file; every problem is one UserError line naming the field."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"--space: {path}: no such file; give a search-space JSON file like "
+                        "sweeps/tune_space.json") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--space: {path}: cannot be read ({exc}); check its permissions and encoding") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--space: {path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    validate_space(data, str(path))
+    return data
+
+
+def validate_space(data: Any, source: str = "space") -> None:
+    """The space's structure against SPACE_SCHEMA (its values with the config's own schema pieces, so a value
+    the config refuses is refused here with the config's words)."""
+    from jsonschema.exceptions import best_match
+
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: the top level must be a JSON object {{...}}, got {type(data).__name__}")
+    error = best_match(Validator(SPACE_SCHEMA).iter_errors(data))
+    if error is None:
+        return
+    where = ".".join(str(p) for p in error.absolute_path)
+    if "propertyNames" in error.schema_path:
+        text = (f"format name {error.instance!r} is not valid; use letters, digits, '_', '-', '.' or '=' "
+                "(at most 40)")
+    elif error.validator == "minProperties":
+        text = "is empty; give at least one format, e.g. {\"zarr2\": {\"format\": \"zarr2\"}}"
+    else:
+        text = describe_error(error)
+    raise UserError(f"{source}: {'field ' + where if where else 'top level'}: {text}")
+
+
+@dataclass(frozen=True)
+class Universe:
+    """Every candidate of a space for one model: measurable tests by name, in space order (always first)."""
+
+    tests: dict[str, TestSpec]
+    always: tuple[str, ...]
+    axes: dict[str, dict[str, str]]  # candidate -> {axis: value}: what balanced sampling spreads
+    skipped: tuple[tuple[str, str], ...]  # invalid combinations, with config's reasons
+    duplicates: tuple[tuple[str, str], ...]  # (candidate, the candidate laying this model out the same way)
+
+    @property
+    def pool(self) -> list[str]:
+        """Candidates rung 0 samples from (the `always` ones are added to every sample)."""
+        return [n for n in self.tests if n not in self.always]
+
+
+def space_tests(space: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The space as suite-config test entries: the `always` entries, then one sweep per format."""
+    tests = [dict(entry) for entry in space.get("always", [])]
+    for key, fixed in space["formats"].items():
+        tests.append({"name": key, **space["axes"], **{k: v for k, v in fixed.items() if k != "description"}})
+    return tests
+
+
+def candidates(space: Mapping[str, Any], settings: Settings, source: str = "space") -> SuiteConfig:
+    """Every valid combination of the space, validated and expanded by `config.from_dict` (no I/O)."""
+    data = settings.suite_data(space_tests(space), settings.output_dir, references=False, seed=0)
+    try:
+        return config_mod.from_dict(data, source=source)
+    except UserError as exc:
+        raise UserError(f"--space: {exc}") from None
+
+
+def make_universe(space: Mapping[str, Any], suite: SuiteConfig, shapes: Iterable[Sequence[int]]) -> Universe:
+    """The space's candidates (`suite`, from `candidates`) for a model whose tensors have `shapes`, with
+    effective duplicates removed: measuring two candidates that write the same files would spend the
+    budget twice on one answer."""
+    always = tuple(entry["name"] for entry in space.get("always", []))
+    keys = sorted(space["formats"], key=len, reverse=True)  # longest first: "zarr3_sharded" before "zarr3"
+    unique_shapes = sorted({tuple(int(d) for d in s) for s in shapes})
+    seen: dict[tuple, str] = {}
+    tests: dict[str, TestSpec] = {}
+    axes: dict[str, dict[str, str]] = {}
+    duplicates: list[tuple[str, str]] = []
+    for test in suite.tests:
+        key = layout_key(test, suite.dtype, unique_shapes)
+        if key in seen:
+            duplicates.append((test.name, seen[key]))
+            continue
+        seen[key] = test.name
+        tests[test.name] = test
+        if test.name not in always:
+            fmt = next(k for k in keys if test.name == k or test.name.startswith(k + "_"))
+            swept = {f: json.dumps(v, sort_keys=True) for f, v in (test.sweep or {}).items()}
+            axes[test.name] = {"formats": fmt, **swept}
+    return Universe(tests, tuple(n for n in always if n in tests), axes, suite.skipped, tuple(duplicates))
+
+
+def layout_key(test: TestSpec, dtype: str, shapes: Sequence[tuple[int, ...]]) -> tuple:
+    """What a candidate does to tensors of these shapes: every setting that decides what a save writes
+    (`fields.layout_settings`), with the chunk settings only through the chunk and shard shapes they give."""
+    from ckptbench.bench.storage import Layout
+
+    layout = Layout.of(test, dtype)
+    settings = tuple((key, json.dumps(value, sort_keys=True)) for key, value in layout_settings(test))
+    return (settings, tuple(tuple(layout.chunk_shape(s)) for s in shapes),
+            tuple(tuple(layout.shard_shape(s) or ()) for s in shapes))
+
+
+def sample(universe: Universe, n: int, seed: int) -> list[str]:
+    """n candidates from the pool, seeded, chosen one after another so that every prefix spreads each
+    axis' values evenly (the least-seen values first; ties broken by a seeded shuffle). Rung 0 stops when
+    its share of the budget is spent, so whatever prefix it measures is a balanced sample."""
+    rng = random.Random(f"ckptbench-tune-sample-{seed}")
+    pool = universe.pool
+    rng.shuffle(pool)
+    seen: dict[tuple[str, str], int] = defaultdict(int)
+    chosen: list[str] = []
+    while pool and len(chosen) < n:
+        best = min(range(len(pool)), key=lambda i: sum(seen[item] for item in universe.axes[pool[i]].items()))
+        name = pool.pop(best)
+        chosen.append(name)
+        for item in universe.axes[name].items():
+            seen[item] += 1
+    return chosen
+
+
+def rung0_order(universe: Universe, n_listed: int, n_fit: int, seed: int) -> list[str]:
+    """Rung 0's sample in running order, each `always` candidate at a seeded place among the first n_fit
+    (those the budget is expected to hold), so it is measured however early rung 0 stops."""
+    always = universe.always
+    order = sample(universe, max(0, n_listed - len(always)), seed)
+    rng = random.Random(stage_seed(seed, "rung-0-always"))
+    for name in always:
+        order.insert(rng.randrange(0, max(1, min(n_fit, len(order)) + 1)), name)
+    return order
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """A stage's own seed: the suite's seed and every shuffle of the stage, from the tune's seed and its name."""
+    return zlib.crc32(f"{seed}:{stage}".encode())
+
+
+def shuffled(names: Sequence[str], seed: int, stage: str) -> list[str]:
+    """The stage's tests in a seeded random order, so no candidate always runs first (or last) in a rung."""
+    out = list(names)
+    random.Random(stage_seed(seed, stage)).shuffle(out)
+    return out

@@ -1,0 +1,133 @@
+"""The state of a tune: everything a resumed tune needs, as typed fields, saved after every run.
+
+State. `tune_state.json` (written atomically and fsync'd after every run) holds the
+settings, the space, the seed, every stage's members and status, the survivors and the
+eliminated with their reasons, and the measured durations. Ctrl-C keeps everything;
+`resume` continues the interrupted stage through its journal, then goes on. A resumed
+tune has what was left of its budget (or a new --budget, counting what was spent).
+
+The file is of kind "tune state" (documents.store.Kind, `tune_state.schema.json`).
+Version history:
+- 1 (ckptbench 0.2.0): `"format": "ckptbench-tune-state-1"`, no kind.
+- 2: `"kind": "tune state", "schema_version": 2`, as every file the harness writes; nothing else
+  changed, so a tune interrupted by version 1 resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ckptbench.core.errors import UserError
+from ckptbench.documents.store import Kind
+from ckptbench.tune.budget import Durations, Plan
+
+STATE_FILE = "tune_state.json"
+STATE_VERSION = 2
+RUNNING, COMPLETE, BUDGET = "running", "complete", "budget"  # a stage's status (BUDGET: stopped by the budget)
+HALVING, FINAL = "halving", "final"  # a stage's kind
+
+
+@dataclass
+class Stage:
+    """One suite of the search: a halving rung (rung-N) or a final round (final-N)."""
+
+    name: str
+    kind: str  # HALVING or FINAL
+    members: list[str]  # the suite's tests in running order, the reference rows among them
+    seed: int
+    deadline_s: float  # budget time by which its last run must end
+    status: str = RUNNING  # RUNNING until its decision is made, then COMPLETE or BUDGET
+    started_s: float | None = None
+    ended_s: float | None = None
+    planned_s: float = 0.0
+    decision: dict[str, Any] | None = None  # halving: ranking, kept, cut, eliminated...; final: winner, separated...
+    figures: dict[str, Any] | None = None  # each test's runs in this stage
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TuneState:
+    """Everything a tune has decided and measured so far (module docstring); the loop replaces it whole."""
+
+    settings: dict[str, Any]  # Settings.fingerprint(): what a resumed tune must share with the interrupted one
+    seed: int
+    budget_s: float
+    spent_s: float
+    setup_s: float | None  # making the weights and the universe, before the plan
+    keep_checkpoint: bool
+    space_path: str
+    space: dict[str, Any]  # the space file's data, so a resume needs no file
+    weights: dict[str, Any]  # the weights' description, checked again on resume
+    plan: Plan
+    rung0_order: list[str]
+    durations: Durations
+    stages: list[Stage] = field(default_factory=list)
+    phase: str = "halving"  # halving rungs, then final rounds, then "finishing" (writing the answer), then "done"
+    alive: list[str] = field(default_factory=list)  # the candidates the halving keeps
+    finalists: list[str] = field(default_factory=list)
+    eliminated: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {stage, reason, ...}
+    not_measured: list[str] = field(default_factory=list)  # listed in rung 0, but the budget ended first
+    corrected: dict[str, Any] | None = None  # rung 0's estimate against its measurements
+    stopped_by: str | None = None  # why the search ended
+
+    @property
+    def stage(self) -> Stage | None:
+        """The latest stage, if any."""
+        return self.stages[-1] if self.stages else None
+
+    def stage_names(self) -> list[str]:
+        return [stage.name for stage in self.stages]
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's body (version 1's layout, which version 2 keeps)."""
+        return {"settings": self.settings, "seed": self.seed, "budget_s": self.budget_s, "spent_s": self.spent_s,
+                "setup_s": self.setup_s, "keep_checkpoint": self.keep_checkpoint,
+                "space": {"path": self.space_path, "data": self.space}, "weights": self.weights,
+                "plan": self.plan.to_json(), "rung0_order": self.rung0_order, "corrected": self.corrected,
+                "stages": [stage.to_json() for stage in self.stages], "phase": self.phase, "alive": self.alive,
+                "finalists": self.finalists, "eliminated": self.eliminated, "not_measured": self.not_measured,
+                "stopped_by": self.stopped_by, "durations": self.durations.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TuneState:
+        """A state from a validated file body (`TUNE_STATE.read`)."""
+        return cls(
+            settings=dict(data["settings"]), seed=int(data["seed"]), budget_s=float(data["budget_s"]),
+            spent_s=float(data["spent_s"]), setup_s=data["setup_s"], keep_checkpoint=bool(data["keep_checkpoint"]),
+            space_path=data["space"]["path"], space=data["space"]["data"], weights=dict(data["weights"]),
+            plan=Plan.from_json(data["plan"]), rung0_order=list(data["rung0_order"]),
+            durations=Durations.from_json(data["durations"], int(data["weights"]["size_bytes"])),
+            stages=[Stage(**stage) for stage in data["stages"]],
+            phase=data["phase"], alive=list(data["alive"]), finalists=list(data["finalists"]),
+            eliminated=dict(data["eliminated"]), not_measured=list(data["not_measured"]),
+            corrected=data["corrected"], stopped_by=data["stopped_by"])
+
+
+def _upgrade_1_to_2(document: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 named its format in `format`; Kind.upgrade stamps the kind and the new version."""
+    return {k: v for k, v in document.items() if k != "format"}
+
+
+TUNE_STATE = Kind("tune state", STATE_VERSION, "tune_state.schema.json", upgrades={1: _upgrade_1_to_2},
+                  legacy_version=lambda document: 1 if document.get("format") == "ckptbench-tune-state-1" else None)
+
+
+def save(state: TuneState, folder: Path) -> Path:
+    """Write folder/tune_state.json atomically and durably: a stop at any moment leaves the last whole state."""
+    return TUNE_STATE.write(Path(folder) / STATE_FILE, state.to_json())
+
+
+def load(folder: Path) -> TuneState:
+    """The state of the tune interrupted in folder, of any version this tool wrote; one line saying what to
+    do when there is none or it cannot be read."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise UserError(f"--resume: no {STATE_FILE} in {folder}; there is no tune to resume there")
+    try:
+        return TuneState.from_json(TUNE_STATE.read(path))
+    except UserError as exc:
+        raise UserError(f"--resume: {exc}; start afresh without --resume") from None

@@ -1,0 +1,165 @@
+"""The reshaped code gives the answers the code before the reshape gave, on the same measurements.
+
+`tests/fixtures/same_answers.json` holds what the code before the package was reshaped
+answered for a few runs on the tiny model and a made-up disk (`tests/synthetic.py`: each
+run's figures are a function of the test's settings and a noise seeded by the stage, the
+test and the round, so the same suite gives the same figures in any order). Each test
+here runs the same thing through today's code with the same made-up disk and compares
+the same fields, rounded to 9 significant digits as the fixture keeps them. A decision
+that changed (a rung, an elimination, a winner) fails here by name.
+
+One test per command: the suite executor each one injects is `fake_suite` (what a real
+`bench.suite.run_suite` does, with the made-up disk's records and a virtual clock).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pytest
+import synthetic
+from conftest import SHIPPED_CONFIG
+
+from ckptbench import explain, tune
+from ckptbench.bench.suite import Start
+from ckptbench.core import records
+from ckptbench.core.errors import Stopped
+from ckptbench.documents import results
+from ckptbench.sources import weights
+
+FIXTURE = Path(__file__).with_name("fixtures") / "same_answers.json"
+SIGNIFICANT_DIGITS = 9
+# What results.json's schema requires of a machine (bench.environment.capture's keys); no answer reads it.
+ENVIRONMENT = {"timestamp": "2025-01-01T00:00:00", "cpu_count": 2, "ram_bytes": 8 * 2**30}
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, Any]:
+    return json.loads(FIXTURE.read_text(encoding="utf-8"))
+
+
+def rounded(value: Any) -> Any:
+    """Floats to SIGNIFICANT_DIGITS, everywhere in a JSON value (how the fixture keeps them)."""
+    if isinstance(value, float):
+        return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+    if isinstance(value, Mapping):
+        return {key: rounded(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(item) for item in value]
+    return value
+
+
+class Clock:
+    """A virtual clock: a run's seconds pass when the fake suite says so, nothing else takes time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fake_suite(clock: Clock) -> Callable[..., results.Results]:
+    """An executor with run_suite's signature whose runs are the made-up disk's: each run's record comes from
+    synthetic.record_for, its seconds pass on `clock`, and `may_start` stops the suite as run_suite does."""
+
+    def execute(suite, writers=None, *, resume=False, keep=False, source=None, on_start=lambda start: None,
+                on_phase=lambda planned, phase: None, on_record=lambda record: None,
+                may_start=lambda planned: None, history=()) -> results.Results:
+        source = source or weights.load(suite.model, None, suite.dtype, suite.values)
+        seed = suite.seed
+        todo = records.plan([t.name for t in suite.tests], suite.num_runs, suite.warmup_rounds, seed, suite.order,
+                            blocks=suite.blocks)
+        on_start(Start(source.describe(), len(suite.tests), suite.num_runs, suite.warmup_rounds, len(todo), seed,
+                       0, {}))
+        done, stopped = [], None
+        stage = suite.output_dir.name
+        for planned in todo:
+            reason = may_start(planned)
+            if reason is not None:
+                stopped = Stopped.by_budget(reason)
+                break
+            on_phase(planned, "save")
+            record, seconds = synthetic.record_for(records.RunRecord, suite, stage, suite.test(planned.test), planned)
+            clock.now += seconds
+            record.started_at = time.time() - seconds
+            done.append(record)
+            on_record(record)
+        suite.output_dir.mkdir(parents=True, exist_ok=True)
+        document = results.build(suite, source.describe(), done, ENVIRONMENT, seed, complete=stopped is None)
+        outcome = results.Results(document, results.write(document, suite.output_dir))
+        if stopped is not None:
+            stopped.partial = outcome
+            raise stopped
+        return outcome
+
+    return execute
+
+
+# --- tune ------------------------------------------------------------------------------------------------
+
+def tune_answers(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of tuning.json the fixture keeps: the answer, every stage's decision, every candidate's
+    status, the Pareto front."""
+    found = document["recommendation"]
+    second = (found or {}).get("runner_up") or {}
+    return rounded({
+        "recommendation": None if found is None else {
+            "test": found["test"], "runner_up": second.get("test"), "distinguishable": second.get("distinguishable"),
+            "objective_mean": found["objective"]["mean"],
+            "versus": {name: {"ratio": versus["ratio"], "verdict": versus["verdict"]}
+                       for name, versus in found["versus"].items()}},
+        "stopped_by": document["stopped_by"],
+        "finalists": document["finalists"],
+        "stages": [{key: stage[key] for key in ("name", "kind", "members", "status", "decision")}
+                   for stage in document["stages"]],
+        "candidates": {name: candidate["status"] for name, candidate in document["candidates"].items()},
+        "pareto": document["pareto"],
+    })
+
+
+@pytest.mark.parametrize(("objective", "budget_s"), [("balanced", 600.0), ("load", 300.0), ("size", 200.0)])
+def test_tune_gives_the_same_answers(tmp_path, golden, objective, budget_s):
+    clock = Clock()
+    tuning = tune.run(tune.Settings(output_dir=tmp_path / f"tune-{objective}", model="tiny", budget_s=budget_s,
+                                    seed=4, objective=objective), clock=clock, execute=fake_suite(clock))
+    answers, expected = tune_answers(tuning.document), golden[f"tune-{objective}"]
+    for key in ("recommendation", "stopped_by", "finalists", "pareto"):
+        assert answers[key] == expected[key], key
+    assert [s["name"] for s in answers["stages"]] == [s["name"] for s in expected["stages"]]
+    for stage, wanted in zip(answers["stages"], expected["stages"]):
+        assert stage == wanted, stage["name"]
+    assert answers["candidates"] == expected["candidates"]
+
+
+# --- explain ---------------------------------------------------------------------------------------------
+
+def explain_answers(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of explain.json the fixture keeps: the arms, the conditions, and per claim its label, its
+    summary, its outcome under each arm and the effect of switching each condition."""
+    return rounded({
+        "arms": document["arms"],
+        "conditions": document["conditions"],
+        "claims": [{key: claim[key] for key in ("label", "summary", "arms", "effects")}
+                   for claim in document["claims"]],
+    })
+
+
+def test_explain_gives_the_same_answers(tmp_path, golden):
+    """`explain --model tiny --seed 4 --runs 3 --conditions all` with the shipped config. The budget runs on
+    the real clock, as it did when the fixture was made: the made-up runs take no real time, so it is never
+    spent (on the made-up disk's clock, the 64-element chunks alone would spend it)."""
+    settings = explain.Settings(config=SHIPPED_CONFIG, overrides={"model": "tiny", "seed": 4},
+                                output_dir=tmp_path / "explain",  # the folder's name seeds the made-up noise
+                                num_runs=3, conditions=tuple(c.name for c in explain.CONDITIONS))
+    explained = explain.run(settings, execute=fake_suite(Clock()))
+    assert explained.complete and explain.read(explained.path) == explained.document
+    answers, expected = explain_answers(explained.document), golden["explain"]
+    assert answers["arms"] == expected["arms"]
+    assert answers["conditions"] == expected["conditions"]
+    assert [c["label"] for c in answers["claims"]] == [c["label"] for c in expected["claims"]]
+    for claim, wanted in zip(answers["claims"], expected["claims"]):
+        assert claim == wanted, claim["label"]
