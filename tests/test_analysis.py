@@ -1,4 +1,5 @@
-"""The one analysis path: change, Fieller CI, Welch p, verdict and claim outcome (analysis.compare)."""
+"""The one analysis path: change, its interval on the log scale, the p-value of the same test, verdict and claim
+outcome (analysis.compare, analysis.change.ratio_interval)."""
 
 import json
 import math
@@ -9,7 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import t as student_t
 
-from ckptbench.analysis.change import CONFIRMED, CONTRADICTED, INCONCLUSIVE, NOT_PINNED, compare, fieller_change_ci_pct
+from ckptbench.analysis.change import (
+    CONFIRMED,
+    CONTRADICTED,
+    INCONCLUSIVE,
+    NOT_PINNED,
+    TOO_FEW,
+    compare,
+    ratio_interval,
+    ratio_words,
+)
 
 BASE = [10.0, 10.1, 9.9, 10.2, 9.8]  # mean 10.0
 FAST = [7.2, 7.4, 7.3, 7.5, 7.1]  # mean 7.3 -> -27 %
@@ -21,49 +31,40 @@ def _moments(x):
     return m, sum((v - m) ** 2 for v in x) / (n - 1) / n, n  # mean, var of mean, n
 
 
-def _welch_by_hand(a, b):
-    """Independent Welch t-test: t statistic, Satterthwaite df, two-sided p."""
-    na, nb = len(a), len(b)
-    ma, mb = sum(a) / na, sum(b) / nb
-    va = sum((x - ma) ** 2 for x in a) / (na - 1) / na
-    vb = sum((x - mb) ** 2 for x in b) / (nb - 1) / nb
-    tstat = (ma - mb) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
-    return 2 * student_t.sf(abs(tstat), df)
+def _log_delta_by_hand(a, b, confidence=0.95):
+    """Independently: the delta method on log(mean_a / mean_b), Welch-Satterthwaite df: (low, high) of the ratio
+    and the two-sided p of the same t statistic."""
+    (ma, va, na), (mb, vb, nb) = _moments(a), _moments(b)
+    ua, ub = va / ma**2, vb / mb**2  # var(log mean) = var(mean) / mean^2
+    se = math.sqrt(ua + ub)
+    df = (ua + ub) ** 2 / (ua**2 / (na - 1) + ub**2 / (nb - 1))
+    t = student_t.ppf(0.5 + confidence / 2, df)
+    log_ratio = math.log(ma / mb)
+    return math.exp(log_ratio - t * se), math.exp(log_ratio + t * se), 2 * student_t.sf(abs(log_ratio) / se, df)
 
 
-# --- fieller_change_ci_pct ---------------------------------------------------------
+# --- ratio_interval: the one interval of a change ------------------------------------
 
-def test_ci_endpoints_solve_fieller_equation():
-    """Each end r of the CI satisfies (m1 - r m2)^2 = t^2 (v1 + r^2 v2)."""
+def test_interval_is_the_delta_method_on_the_log_ratio():
     a, b = [9.0, 9.5, 10.0, 9.2, 9.8], [12.0, 12.5, 11.8, 12.2, 12.6, 12.1]
-    m1, v1, n1 = _moments(a)
-    m2, v2, n2 = _moments(b)
-    q = m1 / m2
-    var = v1 + q * q * v2
-    df = var**2 / (v1**2 / (n1 - 1) + (q * q * v2) ** 2 / (n2 - 1))
-    t = student_t.ppf(0.975, df)
-    lo, hi = fieller_change_ci_pct(a, b)
-    for pct in (lo, hi):
-        r = 1 + pct / 100
-        assert (m1 - r * m2) ** 2 == pytest.approx(t * t * (v1 + r * r * v2), rel=1e-9)
-    assert lo < 100 * (q - 1) < hi
+    found = ratio_interval(a, b)
+    low, high, p = _log_delta_by_hand(a, b)
+    assert found.status == "ok"
+    assert (found.low, found.high) == pytest.approx((low, high), rel=1e-9)
+    assert found.p_value == pytest.approx(p, rel=1e-9)
+    assert math.sqrt(found.low * found.high) == pytest.approx(found.ratio)  # the ratio at its geometric centre
+    assert found.change_pct == pytest.approx([100 * (low - 1), 100 * (high - 1)])
 
 
-def test_ci_matches_delta_method_for_small_noise():
-    rng = np.random.default_rng(1)
-    a = list(80.0 + rng.normal(0, 0.05, 10))
-    b = list(100.0 + rng.normal(0, 0.05, 10))
-    m1, v1, _ = _moments(a)
-    m2, v2, _ = _moments(b)
-    q = m1 / m2
-    se = q * math.sqrt(v1 / m1**2 + v2 / m2**2)
-    lo, hi = fieller_change_ci_pct(a, b)
-    half_pct = (hi - lo) / 2
-    # Fieller centres on q / g with g slightly below 1, so only nearly symmetric.
-    assert 100 * (q - 1) == pytest.approx((lo + hi) / 2, abs=1e-4)
-    # t quantile lies between the normal one and that for the smallest df (9).
-    assert 1.96 * 100 * se < half_pct < student_t.ppf(0.975, 9) * 100 * se
+def test_a_noisy_change_stays_above_minus_100_percent():
+    """The issue's case: 3 runs with a CV above 50 % gave Fieller intervals below -100 % (or none)."""
+    noisy_base = [13.0, 2.5, 27.7]  # CV 91 %
+    fast = [0.63, 0.9, 0.4]
+    comparison = compare(fast, noisy_base)
+    low, high = comparison["change_ci95_pct"]
+    assert -100 < low < comparison["change_pct"] < high
+    lo_r, hi_r = comparison["ratio_ci95"]
+    assert 0 < lo_r < comparison["ratio"] < hi_r
 
 
 def test_ci_coverage_is_close_to_nominal():
@@ -73,43 +74,53 @@ def test_ci_coverage_is_close_to_nominal():
     for _ in range(trials):
         a = rng.normal(8.0, 0.8, 6)
         b = rng.normal(10.0, 0.3, 8)  # unequal variances and sizes
-        lo, hi = fieller_change_ci_pct(a, b)
+        lo, hi = ratio_interval(a, b).change_pct
         hits += lo <= true_pct <= hi
     assert 0.93 <= hits / trials <= 0.97
 
 
 def test_ci_edges():
-    assert fieller_change_ci_pct([1.0], [1.0, 2.0]) is None
-    assert fieller_change_ci_pct([1.0, 2.0], [3.0]) is None
-    assert fieller_change_ci_pct([1.0, 2.0], [-1.0, 1.0]) is None  # baseline mean 0
-    assert fieller_change_ci_pct([1.0, 2.0], [-1.0, 1.2, 0.1]) is None  # unbounded Fieller set
-    assert fieller_change_ci_pct([3.0, 3.0], [4.0, 4.0, 4.0]) == pytest.approx((-25.0, -25.0))
-    lo, hi = fieller_change_ci_pct([3.0, 3.0, 3.0], [3.9, 4.0, 4.1])  # only baseline noisy
+    assert ratio_interval([1.0], [1.0, 2.0, 3.0]).status == "insufficient data"
+    assert ratio_interval([1.0, 2.0, 3.0], []).status == "insufficient data"
+    assert ratio_interval([1.0, 2.0, 3.0], [-1.0, 1.0, 0.0]).status == "insufficient data"  # baseline mean 0
+    two = ratio_interval([1.0, 2.0], [3.0, 3.5, 4.0])
+    assert two.status == TOO_FEW and two.low is None and two.p_value is None and two.ratio == pytest.approx(1.5 / 3.5)
+    exact = ratio_interval([3.0, 3.0], [4.0, 4.0, 4.0])  # no spread: exact even with 2 runs
+    assert exact.status == "exact" and exact.change_pct == pytest.approx([-25.0, -25.0]) and exact.p_value == 0.0
+    lo, hi = ratio_interval([3.0, 3.0, 3.0], [3.9, 4.0, 4.1]).change_pct  # only the baseline noisy
     assert lo < -25.0 < hi
 
 
 def test_ci_wider_at_higher_confidence():
-    lo90, hi90 = fieller_change_ci_pct(FAST, BASE, confidence=0.90)
-    lo99, hi99 = fieller_change_ci_pct(FAST, BASE, confidence=0.99)
+    lo90, hi90 = ratio_interval(FAST, BASE, confidence=0.90).change_pct
+    lo99, hi99 = ratio_interval(FAST, BASE, confidence=0.99).change_pct
     assert lo99 < lo90 and hi99 > hi90
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.floats(min_value=1e-3, max_value=1e3), min_size=2, max_size=12),
-       st.lists(st.floats(min_value=1e-3, max_value=1e3), min_size=2, max_size=12))
-def test_ci_contains_point_change(a, b):
-    ci = fieller_change_ci_pct(a, b)
-    point = compare(a, b)["change_pct"]
-    if ci is None:
+positive = st.floats(min_value=1e-3, max_value=1e3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(positive, min_size=2, max_size=12), st.lists(positive, min_size=2, max_size=12))
+def test_the_interval_holds_the_change_never_reaches_minus_100_and_agrees_with_the_verdict(a, b):
+    comparison = compare(a, b, noise_pct=0.0)
+    point, ci = comparison["change_pct"], comparison["change_ci95_pct"]
+    if min(len(a), len(b)) < 3 and (max(a) != min(a) or max(b) != min(b)):
+        assert ci is None and comparison["verdict"] == TOO_FEW and comparison["p_value"] is None
         return
     lo, hi = ci
     tol = 1e-9 * max(1.0, abs(point))
-    assert lo - tol <= point <= hi + tol
+    assert -100 < lo and lo - tol <= point <= hi + tol
+    excludes_zero = lo > 0 or hi < 0
+    assert comparison["significant"] == (comparison["p_value"] < 0.05)
+    if lo != hi:  # the same t statistic: a CI excluding 0 exactly when the change is significant
+        assert excludes_zero == comparison["significant"] or abs(lo) < 1e-6 or abs(hi) < 1e-6
+    assert (comparison["verdict"] in ("faster", "slower")) == (comparison["significant"] and point != 0)
 
 
 # --- compare: change, ratio, p-value, verdict ----------------------------------
 
-def test_compare_known_values_against_hand_welch():
+def test_compare_known_values_against_the_log_scale_test_by_hand():
     a, b = [9.0, 9.5, 10.0, 9.2, 9.8], [12.0, 12.5, 11.8, 12.2, 12.6]
     r = compare(a, b)
     ma, mb = sum(a) / 5, sum(b) / 5
@@ -118,7 +129,9 @@ def test_compare_known_values_against_hand_welch():
     assert r["ratio"] == pytest.approx(ma / mb)
     assert r["change_pct"] == pytest.approx(100 * (ma / mb - 1))
     assert r["ratio_err"] == pytest.approx(ma / mb * math.hypot(sa / ma, sb / mb))
-    assert r["p_value"] == pytest.approx(_welch_by_hand(a, b), rel=1e-9)
+    low, high, p = _log_delta_by_hand(a, b)
+    assert r["p_value"] == pytest.approx(p, rel=1e-9)
+    assert r["ratio_ci95"] == pytest.approx([low, high], rel=1e-9)
     assert r["verdict"] == "faster" and r["significant"] is True
     assert r["weak_test"] is False and r["alpha"] == 0.05
 
@@ -154,7 +167,7 @@ def test_compare_zero_variance_both_sides():
 def test_compare_zero_variance_one_side():
     a, b = [10.0] * 5, [11.0, 12.0, 13.0, 11.0, 12.0]
     r = compare(a, b)
-    assert r["p_value"] == pytest.approx(_welch_by_hand(a, b), rel=1e-9)
+    assert r["p_value"] == pytest.approx(_log_delta_by_hand(a, b)[2], rel=1e-9)
     assert r["verdict"] == "faster"
 
 
@@ -249,12 +262,14 @@ def test_sizes_are_exact_and_are_not_widened():
     assert _claim([97.0] * 3, same, (-5, -2), metric="size_bytes")["outcome"] == CONFIRMED
 
 
-def test_claim_inconclusive_with_one_run_or_no_ci():
+def test_claim_inconclusive_with_one_or_two_runs_or_no_ci():
     r = _claim([7.3], BASE, (-30, -25))
     assert r["outcome"] == INCONCLUSIVE and r["reason"].startswith("too few runs") and r["ci_pct"] is None
     assert r["measured_pct"] == pytest.approx(-27.0)
-    unbounded = _claim([1.0, 2.0], [-1.0, 1.2, 0.1], (-30, -25))
-    assert unbounded["outcome"] == INCONCLUSIVE and "no finite" in unbounded["reason"]
+    two = _claim([7.2, 7.4], BASE, (-30, -25))
+    assert two["outcome"] == INCONCLUSIVE and two["reason"].startswith("too few runs") and two["ci_pct"] is None
+    no_mean = _claim([1.0, 2.0, 3.0], [-1.0, 1.0, 0.0], (-30, -25))  # a baseline mean of 0: no ratio at all
+    assert no_mean["outcome"] == INCONCLUSIVE and "no confidence interval" in no_mean["reason"]
 
 
 def test_claim_bad_range_rejected():
@@ -277,3 +292,17 @@ def test_claim_outcomes_follow_their_definitions(values, baseline, low, width):
     expected = (CONFIRMED if inside else CONTRADICTED if outside
                 else NOT_PINNED if ci[1] - ci[0] > band_hi - band_lo else INCONCLUSIVE)
     assert claim["outcome"] == expected
+
+
+# --- the comparison in words ------------------------------------------------------
+
+def test_ratio_words_name_the_other_row_with_the_interval_and_the_verdict():
+    slower = compare([1.2, 1.25, 1.15, 1.22], [1.0, 1.02, 0.98, 1.01], metric="load_s")
+    assert ratio_words(slower, "runai_streamer", "load_s") == "1.2x slower than runai_streamer (95% CI 1.1-1.3x)"
+    faster = compare([0.5, 0.55, 0.45], [1.0, 1.1, 0.9])
+    assert ratio_words(faster, "baseline").startswith("2.0x faster than baseline (95% CI 1.6-2.5x")
+    unclear = compare([1.0, 1.5, 0.7], [1.0, 1.1, 0.9])
+    assert ratio_words(unclear, "x").endswith("not significant)")
+    assert ratio_words(compare([1.2, 1.25], [1.0, 1.1]), "x") == "1.2x slower than x (too few runs for a CI)"
+    size = compare([50.0, 50.0], [100.0, 100.0], metric="size_bytes")
+    assert ratio_words(size, "baseline", "size_bytes") == "0.50x the size of baseline (exact)"

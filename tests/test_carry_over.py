@@ -3,6 +3,7 @@ and bounds, file_io_mode, the scale of a run, and refusing what cannot work."""
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import time
@@ -235,6 +236,18 @@ def test_an_absurd_run_count_is_refused_at_once_with_an_estimate(run_cli, tmp_pa
     status, out, err = run_cli("--model", "tiny", "--runs", "100000000", "--output-dir", tmp_path / "out")
     assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert "--runs" in err and "would take about" in err and "years" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_absurd_sweep_is_refused_at_once_before_it_is_expanded(run_cli, tmp_path):
+    """240 chunk sizes x 256 concurrency limits: 61,440 tests, counted from the axes, not expanded."""
+    sweep = {"name": "s", "chunk_bytes": [f"{64 * (i + 1)}KB" for i in range(240)],
+             "concurrency_limit": list(range(1, 257)), "compression": "none"}
+    path = tmp_path / "absurd.json"
+    path.write_text(json.dumps({"model": "tiny", "test_configurations": [sweep]}))
+    status, out, err = run_cli("--config", path, "--output-dir", tmp_path / "out")
+    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "61,440 tests" in err and "'s'" in err and "at most 10,000" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -17,7 +17,8 @@ from ckptbench.bench import workspace
 from ckptbench.documents import results
 
 SIX = ["baseline", "concurrency_128", "chunks_1mb", "compression_gzip", "concurrency_chunks", "t5x_full"]
-REFERENCES = ["safetensors", "torch_save", "device_ceiling"]  # the shipped config measures them beside the six
+# the shipped config measures them beside the six (fastsafetensors is there, off)
+REFERENCES = ["safetensors", "torch_save", "runai_streamer", "torch_dcp", "device_ceiling"]
 STAT_KEYS = {"mean", "std", "median", "min", "max", "n", "cv", "ci95"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -55,7 +56,7 @@ def streamlined(script_runs):
 
 def test_streamlined_results_document(streamlined):
     document, _, _ = streamlined
-    assert document["schema_version"] == results.SCHEMA_VERSION == 3
+    assert document["schema_version"] == results.SCHEMA_VERSION == 4
     assert document["complete"] is True
     assert document["baseline"] == "baseline"
     assert [t["name"] for t in document["tests"]] == SIX + REFERENCES
@@ -127,10 +128,28 @@ def test_streamlined_draws_a_real_png(streamlined):
 
 def test_streamlined_console_table_names_every_test(streamlined):
     _, stdout, out = streamlined
-    table = stdout.split("\n\n")[1]  # headline, blank line, the summary table
+    table = stdout.split("\n\n")[2]  # headline, blank line, the answer, blank line, the table
     for name in SIX:
         assert re.search(rf"^{re.escape(name)}\b", table, re.MULTILINE), name
     assert f"Results: {out / 'results.json'}" in stdout
+
+
+def test_streamlined_console_is_short_with_the_answer_first(streamlined):
+    """The default console a person reads in ten seconds: 40 lines at most (tables, Results and Plot lines
+    included), the answer within the first 12, "too few runs" where 2 runs allow no interval, no interval of a
+    change below -100 %, and every figure the run drew named."""
+    document, stdout, out = streamlined
+    lines = stdout.splitlines()
+    assert len(lines) <= 40, stdout
+    answer = next(i for i, line in enumerate(lines) if line.startswith("Answer:"))
+    objectives = [i for i, line in enumerate(lines) if re.match(r"  (save|load|save \+ load|size):", line)]
+    assert len(objectives) == 4 and answer < min(objectives) and max(objectives) < 12, stdout
+    assert "too few runs" in stdout and "Cost (CPU" not in stdout and "Versus baseline" not in stdout
+    assert sum(line.startswith("  ! ") for line in lines) <= 5
+    assert lines[-1].startswith("Plot:") and f"Plot:    {out / 'optimization_analysis.png'}" in stdout
+    for test in document["tests"]:
+        for comparison in test["vs_baseline"].values():
+            assert comparison["change_ci95_pct"] is None or comparison["change_ci95_pct"][0] > -100
 
 
 def test_streamlined_leaves_no_run_folders(streamlined):

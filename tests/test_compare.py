@@ -84,6 +84,11 @@ def test_clear_2x_slowdown_is_slower(save, compare):
         assert "1.00 s +- 0.02 s (n=5)" in row and "2.00 s +- 0.03 s (n=5)" in row
     assert "within noise" in _row(out, "fast", "size_bytes") and "5.00 MB" in _row(out, "fast", "size_bytes")
     assert "within noise" in _row(out, "base", "save_s")
+    # the answer first: what changed, and the largest regression with its ratio and interval
+    answer = out.splitlines()[3:5]
+    assert answer[0].startswith("Answer: B against A, 6 figures: 0 better, 2 worse, 4 unchanged")
+    assert answer[1].startswith("  largest regression: fast save_s 2.0x slower than in A (95% CI 1.95-2.05x)")
+    assert "A's own answer" not in out and "A's own answer" in compare(a, b, "--details")[1]
 
 
 def test_identical_files_are_within_noise(save, compare):
@@ -234,7 +239,17 @@ def test_fail_on_regression_exits_0_without_one(save, compare):
 
 
 def test_insignificant_slowdown_is_not_a_regression(save, compare):
-    a = save(make_document({"base": [1.0, 3.0]}), "a")
-    b = save(make_document({"base": [1.5, 3.5]}), "b")  # +25 %, far inside the noise of 2 runs
+    a = save(make_document({"base": [1.0, 3.0, 2.0]}), "a")
+    b = save(make_document({"base": [1.5, 3.5, 2.5]}), "b")  # +25 %, far inside the noise of 3 runs
     status, out, _ = compare(a, b, "--fail-on-regression", 10)
     assert status == 0 and "no significant difference" in _row(out, "base", "save_s")
+
+
+def test_two_runs_are_too_few_for_an_interval_or_a_verdict(save, compare):
+    a = save(make_document({"base": [1.0, 3.0]}), "a")
+    b = save(make_document({"base": [1.5, 3.5]}), "b")  # +25 % with 2 runs a side: no interval means anything
+    status, out, _ = compare(a, b, "--fail-on-regression", 10)
+    row = _row(out, "base", "save_s")
+    assert status == 0 and "+25.0%" in row and row.count("too few runs") == 2 and "[" not in row
+    assert "weak" not in row
+    assert "[+0.0, +0.0]" in _row(out, "base", "size_bytes")  # sizes without spread keep their exact ratio

@@ -33,8 +33,9 @@ PHASE4 = {  # name: (chunk_size_elements, concurrency_limit, compression)
 
 def test_shipped_config_holds_the_six_phase4_tests():
     suite = config.load(SHIPPED_CONFIG)
-    assert [t.name for t in suite.tests] == list(PHASE4) + ["safetensors", "torch_save", "device_ceiling"]
-    assert [t.backend for t in suite.tests[6:]] == ["safetensors", "torch_save", "device_ceiling"]
+    references = ["safetensors", "torch_save", "runai_streamer", "torch_dcp", "device_ceiling"]
+    assert [t.name for t in suite.tests] == list(PHASE4) + references
+    assert [t.backend for t in suite.tests[6:]] == references
     for test in suite.tests[:6]:
         elements, concurrency, compressor = PHASE4[test.name]
         assert test.chunk_size_elements == elements, test.name
@@ -83,7 +84,7 @@ def test_the_guide_describes_the_suite_the_runner_runs_by_default():
                            _range_text(test.expected, "size_pct")], test.name
     for fact in (f"{suite.num_runs} runs each", f"`{suite.model}`", f"`{suite.dtype}`", f"`{suite.values}` values"):
         assert fact in " ".join(prose.split()), fact
-    assert len(suite.tests) - len(tensorstore_tests) == 3 and "three reference rows" in prose
+    assert len(suite.tests) - len(tensorstore_tests) == 5 and "five reference rows" in prose
 
 
 def test_relative_output_dir_resolves_against_the_config_folder(write_config, tmp_path):

@@ -335,6 +335,17 @@ def test_explain_document_validates_and_the_answer_is_short(tmp_path):
         explain.write(broken, tmp_path)
 
 
+def test_explain_prints_one_table_row_per_claim_and_with_details_one_per_arm():
+    from ckptbench.explain import words
+
+    document = _shipped_document()
+    rows = words.table(document).splitlines()[2:]
+    assert len(rows) == 12 and all("[" in row or "%" in row for row in rows)
+    assert len(words.table(document, details=True).splitlines()) == 2 + 12 * len(document["arms"])
+    assert all(line.startswith(("Warnings:", "  ! ")) for line in words.warnings(document, failed_runs=2))
+    assert len(words.warnings(document, failed_runs=2)) <= 6
+
+
 def test_a_version_1_explain_json_reads_as_the_current_version(tmp_path):
     document = _shipped_document()
     assert list(document)[:2] == ["kind", "schema_version"]
@@ -442,12 +453,12 @@ def test_explain_with_values_of_its_own_holds_two_sets_of_weights(tmp_path):
     configured = [{"name": "baseline", "chunk_size_elements": 16384, "concurrency_limit": 1, "compression": "none"},
                   {"name": "gzip", "chunk_size_elements": 16384, "concurrency_limit": 1, "compression": "gzip",
                    "expected": {"size_pct": [-40, -30]}}]
-    user = config.from_dict(minimal_config(values="random", testing={"num_runs": 2, "cache_eviction": "fadvise"},
+    user = config.from_dict(minimal_config(values="random", testing={"num_runs": 3, "cache_eviction": "fadvise"},
                                            test_configurations=configured))
     design = explain.design(explain.setup_of(user), ["fp16", "conversions"])
     assert [(a.name, a.conditions) for a in design.arms] == [("true", ()), ("original", ("fp16", "conversions")),
                                                              ("fp16", ("fp16",))]
-    suite = explain.build_suite(design, user, tmp_path / "out", 2)
+    suite = explain.build_suite(design, user, tmp_path / "out", 3)  # 3: sizes vary by a byte, and 2 runs give no interval
     outcome = runner.run_suite(suite)
     tests = {t["name"]: t for t in outcome.tests}
     assert all(r["verified"] for t in tests.values() for r in t["runs"])

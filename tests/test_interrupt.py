@@ -42,6 +42,14 @@ def _interrupt_at(proc: subprocess.Popen, marker: str, sig: int) -> tuple[int, s
     return act_on_stderr_line(proc, marker, lambda: proc.send_signal(sig), timeout=60)
 
 
+def _resume(config: Path, out: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run_phase4_streamlined.py"), "--config", str(config),
+         "--output-dir", str(out), "--resume"],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+
+
 def _journal_runs(out: Path) -> list[dict]:
     lines = (out / "journal.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["type"] == "suite"
@@ -80,11 +88,7 @@ def test_interrupt_keeps_finished_runs_and_resume_completes(config: Path, tmp_pa
     recorded = sum(len(t["runs"]) for t in document["tests"])
     assert recorded == len(journal_runs)
 
-    resumed = subprocess.run(
-        [sys.executable, str(ROOT / "run_phase4_streamlined.py"), "--config", str(config),
-         "--output-dir", str(out), "--resume"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
+    resumed = _resume(config, out)
     assert resumed.returncode == 0, resumed.stderr
     document = json.loads((out / "results.json").read_text())
     assert document["complete"] is True
@@ -104,11 +108,7 @@ def test_resume_refuses_a_different_suite(config: Path, tmp_path: Path) -> None:
     changed["test_configurations"][1]["concurrency_limit"] = 8
     other = tmp_path / "other.json"
     other.write_text(json.dumps(changed))
-    resumed = subprocess.run(
-        [sys.executable, str(ROOT / "run_phase4_streamlined.py"), "--config", str(other),
-         "--output-dir", str(out), "--resume"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
+    resumed = _resume(other, out, timeout=120)
     assert resumed.returncode == 2
     assert resumed.stderr.count("\n") == 1
     assert "concurrency_limit" in resumed.stderr or "config.tests" in resumed.stderr
@@ -144,3 +144,23 @@ def test_a_stop_while_a_run_folder_is_being_made_leaves_nothing(tmp_path: Path, 
     with pytest.raises(Stopped):
         measure.run_once(planned, tiny_weights.tensors, measure.backend_for(suite.test("slow"), suite), suite)
     assert list((suite.output_dir / workspace.RUNS_DIR).iterdir()) == []
+
+
+def test_a_journal_written_before_new_settings_existed_still_resumes(config: Path, tmp_path: Path) -> None:
+    """A suite interrupted by the previous version: its journal's config lacks the settings added since (tp,
+    tp_save, load_into). They take their defaults, so the suite resumes; a setting that differs still refuses."""
+    out = tmp_path / "out"
+    code, _ = _interrupt_at(_start(config, out), "[1/4]", signal.SIGINT)
+    assert code == 130
+    lines = (out / "journal.jsonl").read_text().splitlines()
+    header = json.loads(lines[0])
+    header["config"].pop("tp")
+    for test in header["config"]["tests"]:
+        for key in ("tp", "tp_save", "load_into"):
+            test.pop(key)
+    (out / "journal.jsonl").write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    resumed = _resume(config, out)
+    assert resumed.returncode == 0, resumed.stderr
+    document = json.loads((out / "results.json").read_text())
+    assert document["complete"] is True and {t["name"]: len(t["runs"]) for t in document["tests"]} == {"slow": 2,
+                                                                                                      "fast": 2}

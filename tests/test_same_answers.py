@@ -1,12 +1,21 @@
-"""The reshaped code gives the answers the code before the reshape gave, on the same measurements.
+"""tune and explain give the same answers on the same measurements: a change that moves a decision fails here.
 
-`tests/fixtures/same_answers.json` holds what the code before the package was reshaped
-answered for a few runs on the tiny model and a made-up disk (`tests/synthetic.py`: each
-run's figures are a function of the test's settings and a noise seeded by the stage, the
-test and the round, so the same suite gives the same figures in any order). Each test
-here runs the same thing through today's code with the same made-up disk and compares
-the same fields, rounded to 9 significant digits as the fixture keeps them. A decision
-that changed (a rung, an elimination, a winner) fails here by name.
+`tests/fixtures/same_answers.json` holds what the code answered for a few runs on the tiny
+model and a made-up disk (`tests/synthetic.py`: each run's figures are a function of the
+test's settings and a noise seeded by the stage, the test and the round, so the same suite
+gives the same figures in any order). Each test here runs the same thing through today's
+code with the same made-up disk and compares the same fields, rounded to 9 significant
+digits as the fixture keeps them. A decision that changed (a rung, an elimination, a
+winner) fails here by name.
+
+The fixture was written by the code before the package was reshaped into subpackages, and
+the reshaped code gave the same answers (commit 4ea566c). Entries are written again only
+when a decision rule changes on purpose, by `python tests/test_same_answers.py --write KEY`,
+and the commit says why: the tune entries when tune's cost model changed (the reference rows
+in rung 0 and the final only, the device ceiling's grid once), and again when rung 0 put the
+device ceiling after its first three candidates and the final kept the fastest peer until
+it has the three runs an interval needs; the explain entry when every change's interval
+became the one on the log of the ratio (results schema 4).
 
 One test per command: the suite executor each one injects is `fake_suite` (what a real
 `bench.suite.run_suite` does, with the made-up disk's records and a virtual clock).
@@ -163,3 +172,32 @@ def test_explain_gives_the_same_answers(tmp_path, golden):
     assert [c["label"] for c in answers["claims"]] == [c["label"] for c in expected["claims"]]
     for claim, wanted in zip(answers["claims"], expected["claims"]):
         assert claim == wanted, claim["label"]
+
+
+def _write(keys: list[str]) -> None:
+    """Write the fixture's entries again from today's code (see the module docstring for when)."""
+    import tempfile
+
+    fixture = json.loads(FIXTURE.read_text(encoding="utf-8"))
+    with tempfile.TemporaryDirectory() as tmp:
+        for objective, budget_s in (("balanced", 600.0), ("load", 300.0), ("size", 200.0)):
+            key = f"tune-{objective}"
+            if key in keys:
+                clock = Clock()
+                tuning = tune.run(tune.Settings(output_dir=Path(tmp) / key, model="tiny", budget_s=budget_s, seed=4,
+                                                objective=objective), clock=clock, execute=fake_suite(clock))
+                fixture[key] = tune_answers(tuning.document)
+        if "explain" in keys:
+            settings = explain.Settings(config=SHIPPED_CONFIG, overrides={"model": "tiny", "seed": 4},
+                                        output_dir=Path(tmp) / "explain", num_runs=3,
+                                        conditions=tuple(c.name for c in explain.CONDITIONS))
+            fixture["explain"] = explain_answers(explain.run(settings, execute=fake_suite(Clock())).document)
+    FIXTURE.write_text(json.dumps(fixture, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["--write"] or len(sys.argv) < 3:
+        raise SystemExit("usage: python tests/test_same_answers.py --write tune-balanced|tune-load|tune-size|explain ...")
+    _write(sys.argv[2:])

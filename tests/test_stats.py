@@ -65,16 +65,21 @@ def test_summarize_zero_variance_is_exact():
     assert s["ci95"] == [0.1, 0.1]
 
 
-def test_log_ci_never_reaches_zero_and_brackets_the_geometric_mean():
+def test_log_ci_never_reaches_zero_and_brackets_the_mean():
+    """ci95_log: the mean's interval on the log scale, mean * exp(+- t * cv / sqrt(n)) (the delta method, as
+    every change's interval), so it cannot reach zero and the mean is its geometric centre."""
     values = [0.3, 4.0, 1.1]  # so noisy that the ordinary CI reaches below zero
     s = summarize(values)
     assert s["ci95"][0] < 0
     low, high = s["ci95_log"]
-    geometric_mean = math.exp(sum(math.log(v) for v in values) / 3)
-    assert 0 < low < geometric_mean < high
-    half = T975_DF2 * statistics_stdev([math.log(v) for v in values]) / math.sqrt(3)
-    assert (low, high) == pytest.approx((geometric_mean * math.exp(-half), geometric_mean * math.exp(half)))
-    assert summarize([-1.0, 2.0])["ci95_log"] is None and summarize([2.0])["ci95_log"] is None
+    mean = sum(values) / 3
+    assert 0 < low < mean < high
+    assert math.sqrt(low * high) == pytest.approx(mean)
+    half = T975_DF2 * statistics_stdev(values) / mean / math.sqrt(3)
+    assert (low, high) == pytest.approx((mean * math.exp(-half), mean * math.exp(half)))
+    assert summarize([-1.0, 2.0, 3.0])["ci95_log"] is None and summarize([2.0])["ci95_log"] is None
+    assert summarize([1.0, 2.0])["ci95_log"] is None  # two runs: too few for an interval
+    assert summarize([0.1, 0.1, 0.1])["ci95_log"] == [0.1, 0.1]
 
 
 def statistics_stdev(values):

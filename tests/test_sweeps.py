@@ -219,7 +219,46 @@ def test_the_shipped_sweeps_are_exactly_these():
     # tune_space.json is not a suite config but `tune`'s search space (tests/test_tune.py checks it)
     assert sorted(p.name for p in SWEEPS.glob("*.json")) == ["at_scale.json", "chunks_x_concurrency.json",
                                                              "compression.json", "formats.json",
-                                                             "original_conditions.json", "tune_space.json"]
+                                                             "llama2_7b_memory.json", "original_conditions.json",
+                                                             "tensor_parallel.json", "tune_space.json",
+                                                             "versus_peers.json"]
+
+
+def test_the_peers_sweep_measures_every_peer_beside_tensorstore():
+    """Issue 19: TensorStore's fastest loading layouts and every reference row, in one run, on open_llama_3b."""
+    suite = config.load(SWEEPS / "versus_peers.json")
+    assert (suite.model, suite.dtype, suite.num_runs) == ("open_llama_3b", "bfloat16", 3)
+    from ckptbench.spec.references import REFERENCES
+    assert {t.backend for t in suite.tests if t.is_reference} == set(REFERENCES)
+    mine = [t for t in suite.tests if not t.is_reference]
+    assert {t.file_io_mode for t in mine} == {"default", "direct"} and {t.load_into for t in mine} == {"new",
+                                                                                                    "preallocated"}
+    assert {t.format for t in mine} == {"zarr2", "zarr3"} and any(t.shard_bytes for t in mine)
+
+
+def test_the_memory_sweep_runs_every_reference_row_and_the_heaviest_tensorstore_rows():
+    """Issue 20: llama-2-7b in bfloat16, the reference rows and two TensorStore rows, 2 runs each."""
+    from ckptbench.bench import capacity
+    from ckptbench.spec.references import REFERENCES
+
+    suite = config.load(SWEEPS / "llama2_7b_memory.json")
+    assert (suite.model, suite.dtype, suite.num_runs) == ("llama-2-7b", "bfloat16", 2)
+    assert {t.backend for t in suite.tests if t.is_reference} == set(REFERENCES)
+    model_bytes = 13_476_839_424
+    need, hungriest = capacity.memory_need(suite, model_bytes)
+    assert hungriest == "torch_dcp" and need < 24 * 2**30  # fits the 24 GB machine it was measured on
+
+
+def test_tensor_parallel_sweep():
+    """Issue 21: tp 1, 2, 4 on tiny; row chunks against tp_aligned; zarr3 sharded; get_slice, torch.load, DCP."""
+    suite = config.load(SWEEPS / "tensor_parallel.json")
+    assert suite.model == "tiny"
+    assert {t.tp for t in suite.tests} == {1, 2, 4} and all(t.processes == t.tp for t in suite.tests)
+    strategies = {t.chunk_strategy for t in suite.tests if t.backend == "tensorstore"}
+    assert strategies == {"rows", "tp_aligned"} and any(t.shard_bytes for t in suite.tests)
+    assert {t.backend for t in suite.tests} >= {"safetensors", "torch_save", "torch_dcp", "device_ceiling"}
+    assert suite.skipped == ()
+    assert suite.baseline == "zarr2_rows"
 
 
 def test_at_scale_sweep():

@@ -21,6 +21,7 @@ from ckptbench.core.errors import UserError
 from ckptbench.documents import results
 from ckptbench.sources import weights
 from ckptbench.spec import config, fields
+from ckptbench.tune.settings import DEFAULT_REFERENCES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # A small space for the real runs: 16 combinations + t5x_full, every one quick on the tiny model.
@@ -175,13 +176,14 @@ def test_continuation_grows_with_the_first_rung():
 
 
 def test_durations_predict_from_what_was_measured():
-    durations = tune.Durations(model_bytes=int(1e9))
-    assert durations.of("anything") == pytest.approx(tune.prior_run_s(int(1e9)))
+    prior_s = tune.prior_candidate_s([config.TestSpec("t", concurrency_limit=1, chunk_bytes=2**20)], int(1e9), 4)
+    durations = tune.Durations(model_bytes=int(1e9), prior_s=prior_s)
+    assert durations.of("anything") == pytest.approx(prior_s)
     assert durations.of("device_ceiling") == pytest.approx(tune.prior_reference_s("device_ceiling", int(1e9)))
     durations.add("a", 2.0)
     durations.add("a", 4.0)
     assert durations.of("a") == 3.0
-    assert durations.of("unmeasured") == pytest.approx(tune.prior_run_s(int(1e9)))  # < 3 measured: the prior
+    assert durations.of("unmeasured") == pytest.approx(prior_s)  # < 3 measured: the prior
     durations.add("b", 10.0)
     durations.add("c", 20.0)
     assert durations.of("unmeasured") == 10.0  # the median of a, b, c
@@ -198,7 +200,7 @@ def _settings(tmp_path: Path, **changes) -> tune.Settings:
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
-    """The shipped space and its candidates for smollm2-135m (made once: 2,161 tests to validate)."""
+    """The shipped space and its candidates for smollm2-135m (made once: 4,321 tests to validate)."""
     space = tune.load_space(tune.SPACE_FILE)
     settings = tune.Settings(output_dir=tmp_path_factory.mktemp("shipped") / "out", model="smollm2-135m")
     return space, tune.candidates(space, settings)
@@ -208,8 +210,8 @@ def test_the_shipped_space(shipped):
     assert (REPO / "sweeps" / "tune_space.json").resolve() == tune.SPACE_FILE.resolve()
     _, suite = shipped
     tests = [t for t in suite.tests if t.name != "t5x_full"]
-    assert len(tests) == 2160  # the valid part of the 3,456 combinations
-    assert len(suite.skipped) == 1296 and all("direct" in reason for _, reason in suite.skipped)
+    assert len(tests) == 4320  # the valid part of the 6,912 combinations
+    assert len(suite.skipped) == 2592 and all("direct" in reason for _, reason in suite.skipped)
     assert {t.chunk_bytes for t in tests} == {2 ** k for k in range(18, 27)}  # 256 KiB .. 64 MiB
     assert {t.concurrency_limit for t in tests} == {1, 4, 16, 64, 128, 256}
     assert {(t.format, t.kvstore, t.shard_bytes is not None) for t in tests} == {
@@ -218,6 +220,7 @@ def test_the_shipped_space(shipped):
         "null", '{"id": "zstd", "level": 1}', '{"id": "gzip", "level": 1}',
         '{"clevel": 5, "cname": "lz4", "id": "blosc", "shuffle": 1}'}
     assert {t.file_io_mode for t in tests} == {"default", "direct"}
+    assert {t.load_into for t in tests} == {"new", "preallocated"}
     assert {t.chunk_strategy for t in tests} == {"halve", "divisor"}
     t5x = suite.test("t5x_full")
     assert (t5x.format, t5x.chunk_size_elements, t5x.concurrency_limit, t5x.compression) == (
@@ -229,8 +232,8 @@ def test_identical_layouts_are_measured_once(shipped):
     shapes = sorted({shape for _, shape in weights.preset_shapes("smollm2-135m")})
     universe = tune.make_universe(space, suite, shapes)
     assert universe.always == ("t5x_full",)
-    assert len(universe.tests) + len(universe.duplicates) == 2161
-    assert 0 < len(universe.duplicates) < 2161
+    assert len(universe.tests) + len(universe.duplicates) == 4321
+    assert 0 < len(universe.duplicates) < 4321
     for name, same in universe.duplicates[::25]:
         twin, kept = suite.test(name), universe.tests[same]
         assert name not in universe.tests
@@ -320,7 +323,10 @@ def test_a_state_the_previous_version_wrote_reads_for_a_resume(tmp_path):
     assert state.phase == "final" and [(s.name, s.status) for s in state.stages] == [
         ("rung-0", "budget"), ("final-1", "complete"), ("final-2", "running")]
     assert state.durations.runs == old["durations"]["runs"] and state.plan.to_json() == old["plan"]
-    assert state.to_json() == {key: value for key, value in old.items() if key != "format"}  # nothing lost
+    expected = {key: value for key, value in old.items() if key != "format"}
+    # nothing lost; the upgrade adds the reference rows version 1 always ran
+    expected["settings"] = {"reference_kinds": ["safetensors", "torch_save", "device_ceiling"], **old["settings"]}
+    assert state.to_json() == expected
     tune_state.save(state, tmp_path)
     saved = json.loads((tmp_path / tune.STATE_FILE).read_text())
     assert (saved["kind"], saved["schema_version"]) == ("tune state", 2)
@@ -369,7 +375,8 @@ class _Clock:
 def _true_seconds(test: config.TestSpec) -> tuple[float, float]:
     """A made-up disk: bigger chunks and more concurrency help, compression costs CPU; seconds for 0.5 GB."""
     if test.is_reference:
-        return {"safetensors": (1.0, 2.0), "torch_save": (2.4, 1.1), "device_ceiling": (0.4, 0.3)}[test.name]
+        return {"safetensors": (1.0, 2.0), "torch_save": (2.4, 1.1), "device_ceiling": (0.4, 0.3),
+                "runai_streamer": (1.0, 0.9)}[test.name]
     chunk = test.chunk_bytes or test.chunk_size_elements * 4
     io = 0.3 + 2.0 / math.sqrt(chunk / 2 ** 18) / math.sqrt(test.concurrency_limit)
     cpu = {None: 0.0, "zstd": 0.6, "blosc": 0.4, "gzip": 5.0}[(test.compression or {}).get("id")]
@@ -431,13 +438,27 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
     # rung 0 sampled more candidates than the prior (0.7 s per run) could tell, and stopped by the budget
     stages = document["stages"]
     assert stages[0]["name"] == "rung-0" and stages[0]["status"] == "budget"
-    assert stages[0]["members"][:3] == ["safetensors", "torch_save", "device_ceiling"]
+    # the peers first, then the candidates the plan expects, the ceiling, the rest (the ceiling is what a slow
+    # machine leaves out, not the candidates)
+    peers = [r for r in DEFAULT_REFERENCES if r != "device_ceiling"]
+    members = stages[0]["members"]
+    assert members[:len(peers)] == peers
+    assert members.index("device_ceiling") == len(peers) + 3
     assert "t5x_full" in measured_by_stage["rung-0"]
     assert document["budget"]["corrected"]["run_s_measured"] > 2 * document["budget"]["estimate"]["run_s"]
-    # every halving rung ran the reference rows once, and the final repeated t5x_full
+    # the reference rows all ran in rung 0; the final repeats only rung 0's fastest peer on the objective (what
+    # the answer needs: the winner against it), in final-1 and until it has 3 runs; halving rungs run none; the final repeated t5x_full
+    references = set(tune.DEFAULT_REFERENCES)
+    peers = references - {"device_ceiling"}
     for stage in stages:
-        if stage["kind"] == "halving":
-            assert {"safetensors", "torch_save", "device_ceiling"} <= set(measured_by_stage[stage["name"]])
+        ran = set(measured_by_stage[stage["name"]])
+        if stage["name"] == "rung-0":
+            assert references <= ran
+        elif stage["kind"] == "final":
+            assert len(ran & peers) <= 1 and "device_ceiling" not in ran, ran
+            assert stage["name"] != "final-1" or len(ran & peers) == 1
+        else:
+            assert not references & ran
     assert any(s["kind"] == "final" for s in stages) and "t5x_full" in measured_by_stage["final-1"]
     # the answer: the truly best candidate among those measured
     suite = tune.candidates(tune.load_space(tune.SPACE_FILE), tune.Settings(output_dir=tmp_path, model="tiny"))
@@ -449,7 +470,15 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
     else:
         truth = {t.name: sum(_true_seconds(t)) for t in tests}
         assert truth[winner] <= min(truth.values()) * 1.05, (winner, sorted(truth.items(), key=lambda kv: kv[1])[:3])
-        assert document["recommendation"]["versus"]["t5x_full"]["verdict"] == "faster"
+        # the fastest peer got the runs an interval needs before the final stopped on separation
+        fastest_peer = document["recommendation"]["peers"][document["metric"]]
+        peer_runs = fastest_peer["n"]
+        assert peer_runs >= 3 or document["stopped_by"] == "budget", (peer_runs, document["stopped_by"])
+        assert (fastest_peer["ratio_ci95"] is not None) == (peer_runs >= 3), fastest_peer
+        versus_t5x = document["recommendation"]["versus"]["t5x_full"]
+        # the final stops once the finalists separate; t5x_full measured twice has no interval then
+        assert versus_t5x["verdict"] == ("faster" if versus_t5x["n"] > 2 else "too few runs"), versus_t5x
+        assert versus_t5x["ratio"] < 1.0
     assert document["paste"]["verified"] is True
     eliminated = [c for c in document["candidates"].values() if c["status"] == "eliminated"]
     assert eliminated and all("best case" in c["eliminated"]["reason"] for c in eliminated
@@ -480,7 +509,7 @@ def tiny_tune(tmp_path_factory):
          "--space", str(space), "--output-dir", str(out), "--seed", "9", "--keep", "--objective", "load"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     facts: dict = {"out": out}
-    facts["stopped"] = act_on_stderr_line(proc, "[rung-0 5/", lambda: proc.send_signal(signal.SIGINT), timeout=180)
+    facts["stopped"] = act_on_stderr_line(proc, "[rung-0 7/", lambda: proc.send_signal(signal.SIGINT), timeout=180)
     facts["state"] = json.loads((out / tune.STATE_FILE).read_text())
     facts["partial"] = json.loads((out / tune.TUNING_FILE).read_text())
     facts["journal"] = (out / "rung-0" / "journal.jsonl").read_text().splitlines()
@@ -543,7 +572,7 @@ def test_a_tiny_tune_end_to_end(tiny_tune):
     found = document["recommendation"]
     assert found["test"] in document["candidates"] and document["candidates"][found["test"]]["status"] == "winner"
     assert found["objective"]["n"] >= 2 and found["objective"]["ci95"] is not None
-    assert set(found["versus"]) >= {"safetensors", "torch_save"}
+    assert set(found["versus"]) >= set(DEFAULT_REFERENCES) - {"device_ceiling"}
     assert found["pct_of_ceiling"]["load_gbps"] > 0
     assert found["runner_up"] is not None and isinstance(found["runner_up"]["distinguishable"], bool)
     # printed: the recommendation first, then what to paste, then how it was found
@@ -559,7 +588,7 @@ def test_a_tiny_tune_end_to_end(tiny_tune):
         assert runs and all(r["verified"] for r in runs if r["error"] is None)
         assert {r["load_cache"] for r in runs} <= {"cold"}
         assert not (out / stage["name"] / "runs").exists()
-    assert {"safetensors", "torch_save", "device_ceiling"} <= set(document["references"])
+    assert set(DEFAULT_REFERENCES) <= set(document["references"])
     assert (out / "tuning.png").read_bytes()[:8] == PNG_MAGIC
     assert document["pareto"] and set(document["pareto"]) <= set(document["candidates"])
     assert json.loads((out / tune.STATE_FILE).read_text())["phase"] == "done"

@@ -80,8 +80,8 @@ SUMMARY_KEYS = ("n", "mean", "std", "median", "min", "max", "cv", "ci95", "ci95_
 
 def summarize(values: Sequence[float]) -> dict:
     """n, mean, sample std, median, min, max, cv, the Student-t 95% CI of the mean, and
-    `ci95_log`: the same interval computed on log(values) and mapped back (an interval of
-    the geometric mean), for quantities that cannot be negative: it never reaches below zero."""
+    `ci95_log`: the 95% CI of the mean computed on the log scale (`log_mean_ci`), for
+    quantities that cannot be negative: it never reaches below zero. None with 2 runs or fewer."""
     arr = as_floats(values)
     n = int(arr.size)
     if n == 0:
@@ -101,19 +101,33 @@ def summarize(values: Sequence[float]) -> dict:
         "max": float(arr.max()),
         "cv": cv,
         "ci95": ci95,
-        "ci95_log": _log_ci(arr),
+        "ci95_log": log_mean_ci(arr),
     }
 
 
-def _log_ci(arr: np.ndarray, confidence: float = 0.95) -> list[float] | None:
-    if arr.size < 2 or not np.all(arr > 0) or not np.all(np.isfinite(arr)):
+LOG_CI_MIN_RUNS = 3  # as analysis.change.MIN_RUNS_FOR_CI: two runs give no meaningful interval
+
+
+def log_mean_ci(values: Sequence[float], confidence: float = 0.95) -> list[float] | None:
+    """The CI of a positive mean on the log scale: mean * exp(+- t_{n-1} * cv / sqrt(n)).
+
+    The delta method on log(mean), the one-sample case of `analysis.change.ratio_interval` (the
+    interval of every change), so a bar's whisker and a change's interval are made alike: never
+    below zero, the mean at its geometric centre. None with fewer than 3 runs (a t quantile at
+    1 or 2 degrees of freedom makes it meaningless) unless they have no spread ([mean, mean]: exact), a
+    value that is not positive, or one that is not finite."""
+    arr = as_floats(values)
+    if arr.size < 2 or not np.all(np.isfinite(arr)) or not np.all(arr > 0):
         return None
-    logs = np.log(arr)
-    mean, std = mean_std(logs)
-    half = t_halfwidth(std or 0.0, int(arr.size), confidence)
-    if mean + half > _LOG_MAX:  # beyond what a float holds: no useful interval
+    mean, std = mean_std(arr)
+    if std == 0.0:
+        return [mean, mean]  # no spread (a size): exact, as a change without spread is
+    if arr.size < LOG_CI_MIN_RUNS:
         return None
-    return [float(math.exp(mean - half)), float(math.exp(mean + half))]
+    half = t_halfwidth(std / mean, int(arr.size), confidence)
+    if math.log(mean) + half > _LOG_MAX:  # beyond what a float holds: no useful interval
+        return None
+    return [float(mean * math.exp(-half)), float(mean * math.exp(half))]
 
 
 _LOG_MAX = math.log(1e300)

@@ -17,6 +17,7 @@ from ckptbench.bench import cache
 from ckptbench.bench.targets import RunLocation
 from ckptbench.bench.verify import mismatches
 from ckptbench.core.records import RunRecord
+from ckptbench.sources.source_file import Box
 from ckptbench.spec.fields import TestSpec
 from ckptbench.spec.suite import SuiteConfig
 
@@ -27,6 +28,11 @@ class Backend(ABC):
 
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Called before the clock starts (worker processes start here, buffers are allocated)."""
+
+    def before_load(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Called after the save and before each load, outside every clock: a back end that loads into memory
+        that exists before the load (a model's parameters) allocates and touches it here, so the save does not
+        hold it too."""
 
     @abstractmethod
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None:
@@ -55,6 +61,12 @@ class Backend(ABC):
     def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
         """Names of tensors that did not come back bit for bit (workers verify their own slices)."""
         return mismatches(tensors, loaded)
+
+    def load_slices(self, location: RunLocation, boxes: Mapping[str, Box], rank: int, ranks: int
+                    ) -> dict[str, np.ndarray]:
+        """One tensor-parallel reader's load (rank `rank` of `ranks`): the part `boxes` selects of each tensor, as
+        arrays of its own. Reference rows that can run under tp define it (spec.references: tp_load)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot load tensor-parallel slices")
 
     def worker_figures(self) -> list[dict[str, float]] | None:
         """Each worker's seconds, CPU seconds and peak RSS growth for the last save or load, if any."""

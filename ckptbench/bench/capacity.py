@@ -17,6 +17,7 @@ The bound this keeps is 1.25 x the model + 1 GB.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -26,30 +27,30 @@ from ckptbench.core.units import human_bytes
 from ckptbench.spec import chunking
 from ckptbench.spec.fields import TestSpec
 from ckptbench.spec.references import REFERENCES
-from ckptbench.spec.suite import SuiteConfig
+from ckptbench.spec.suite import MEMORY_BOUND_FIXED_BYTES, SuiteConfig
 
 BLOCK_BYTES = 4096
 SAFETY = 1.05
 CEILING_COPIES = 3
 # Peak anonymous memory of the whole process = FIXED + multiplier x model bytes (+ TensorStore's bytes in
 # flight). The multipliers are the reference registry's (spec.references), TensorStore's is the loaded copy.
-FIXED_BYTES = 1.0e9  # Python, torch, TensorStore's threads: 0.2-0.3 GB measured; the bound allows 1 GB
+FIXED_BYTES = MEMORY_BOUND_FIXED_BYTES  # Python, torch, TensorStore's threads: 0.2-0.3 GB measured
 TENSORSTORE_MULTIPLIER = 1.0
-BOUND_MULTIPLIER = 1.25  # the bound the design keeps: 1.25 x the model + FIXED_BYTES
 MAX_SUITE_S = 7 * 24 * 3600.0  # a suite estimated to run longer than a week is refused
-ESTIMATE_GBPS = 0.5  # for the run-time estimate: a pessimistic disk, fsync'd writes and cold reads
-ESTIMATE_RUN_OVERHEAD_S = 0.5
 
 
 def checkpoint_bytes_upper(shapes: Iterable[Sequence[int]], itemsize: int, budget_elements: int, strategy: str) -> int:
     """Bytes on disk of one zarr v2 checkpoint at most (before compression)."""
-    total = 0
-    for shape in shapes:
-        chunk = chunking.chunk_shape(shape, budget_elements, strategy)
-        n_chunks = math.prod(math.ceil(d / c) for d, c in zip(shape, chunk)) if shape else 1
-        chunk_bytes = math.prod(chunk) * itemsize
-        total += n_chunks * math.ceil(chunk_bytes / BLOCK_BYTES) * BLOCK_BYTES + BLOCK_BYTES  # + .zarray
-    return total
+    return sum(_array_bytes_upper(tuple(int(d) for d in shape), itemsize, budget_elements, strategy)
+               for shape in shapes)
+
+
+@lru_cache(maxsize=65536)  # a sweep of thousands of tests asks for the same few shapes and budgets
+def _array_bytes_upper(shape: tuple[int, ...], itemsize: int, budget_elements: int, strategy: str) -> int:
+    chunk = chunking.chunk_shape(shape, budget_elements, strategy)
+    n_chunks = math.prod(math.ceil(d / c) for d, c in zip(shape, chunk)) if shape else 1
+    chunk_bytes = math.prod(chunk) * itemsize
+    return n_chunks * math.ceil(chunk_bytes / BLOCK_BYTES) * BLOCK_BYTES + BLOCK_BYTES  # + .zarray
 
 
 def run_bytes_upper(test: TestSpec, shapes: Sequence[Sequence[int]], itemsize: int) -> int:
@@ -64,20 +65,26 @@ def run_bytes_upper(test: TestSpec, shapes: Sequence[Sequence[int]], itemsize: i
     return checkpoint_bytes_upper(shapes, itemsize, test.chunk_budget_elements(itemsize), test.chunk_strategy)
 
 
-def check_disk(output_dir: Path, need_bytes: int, what: str) -> None:
+def disk_refusal(output_dir: Path, need_bytes: int, what: str) -> str | None:
+    """Why the output filesystem cannot hold `need_bytes`, or None."""
     free = system.free_bytes(output_dir)
-    if need_bytes * SAFETY > free:
-        raise UserError(
-            f"output_dir: {what} needs about {human_bytes(need_bytes)} on disk but {output_dir} has "
+    if need_bytes * SAFETY <= free:
+        return None
+    return (f"output_dir: {what} needs about {human_bytes(need_bytes)} on disk but {output_dir} has "
             f"{human_bytes(free)} free; free space, choose another --output-dir, or use a smaller --model or "
-            "--dtype bfloat16"
-        )
+            "--dtype bfloat16")
+
+
+def check_disk(output_dir: Path, need_bytes: int, what: str) -> None:
+    refusal = disk_refusal(output_dir, need_bytes, what)
+    if refusal is not None:
+        raise UserError(refusal)
 
 
 def peak_memory_bytes(test: TestSpec, model_bytes: int, max_inflight_bytes: int) -> int:
     """Estimated peak anonymous memory of the whole process while a test runs."""
     if test.is_reference:
-        need = REFERENCES[test.backend].memory_multiplier * model_bytes
+        need = REFERENCES[test.backend].memory_bytes(test.reference_settings, model_bytes)
     else:
         # The loaded copy, and what TensorStore holds in flight besides (a read's chunks, a write's copies).
         need = TENSORSTORE_MULTIPLIER * model_bytes + min(max_inflight_bytes, model_bytes)
@@ -93,44 +100,89 @@ def peak_memory_bytes(test: TestSpec, model_bytes: int, max_inflight_bytes: int)
 TIMED_CONVERSION_MULTIPLIER = 1.5
 
 
-def check_memory(config: SuiteConfig, model_bytes: int) -> None:
-    """Refuse up front a suite whose hungriest test would not fit in RAM, saying what would.
-
-    What this process already holds counts as available: it is part of the estimate's fixed part (a later
-    stage of tune or explain must not be refused for memory its own process holds)."""
-    available = system.available_memory_bytes()
-    if available is None or not config.tests:
-        return
-    available += system.resident_bytes()[0]
+def memory_need(config: SuiteConfig, model_bytes: int) -> tuple[int, str]:
+    """(peak anonymous bytes, the test that sets the peak) of a suite."""
     hungriest = max(config.tests, key=lambda t: peak_memory_bytes(t, model_bytes, config.max_inflight_bytes))
-    need = peak_memory_bytes(hungriest, model_bytes, config.max_inflight_bytes)
+    return peak_memory_bytes(hungriest, model_bytes, config.max_inflight_bytes), hungriest.name
+
+
+def memory_available_bytes() -> int | None:
+    """What this process may use: what the kernel could give it, and what it already holds (part of every
+    estimate's fixed part: a later stage of tune or explain is not refused for memory its own process holds)."""
+    available = system.available_memory_bytes()
+    return None if available is None else available + system.resident_bytes()[0]
+
+
+def memory_refusal(config: SuiteConfig, model_bytes: int) -> str | None:
+    """Why the suite's hungriest test would not fit in RAM, saying what would; None when it fits."""
+    available = memory_available_bytes()
+    if available is None or not config.tests:
+        return None
+    need, hungriest = memory_need(config, model_bytes)
     if need * SAFETY <= available:
-        return
+        return None
     alternatives = []
     if config.dtype == "float32":
-        half = peak_memory_bytes(hungriest, model_bytes // 2, config.max_inflight_bytes)
+        half, _ = memory_need(config, model_bytes // 2)
         alternatives.append(f"--dtype bfloat16 (needs about {human_bytes(half)})")
     alternatives.append("a smaller --model (see --list-models)")
-    raise UserError(
-        f"memory: the weights ({human_bytes(model_bytes)}) need about {human_bytes(need)} of RAM at the peak "
-        f"(test {hungriest.name!r}) but {human_bytes(available)} is available; use {' or '.join(alternatives)}"
-    )
+    return (f"memory: the weights ({human_bytes(model_bytes)}) need about {human_bytes(need)} of RAM at the peak "
+            f"(test {hungriest!r}) but {human_bytes(available)} is available; use {' or '.join(alternatives)}")
 
 
-def estimate_suite_s(n_runs: int, model_bytes: int) -> float:
-    """A rough, pessimistic duration: every run writes and reads the model once."""
-    return n_runs * (2 * model_bytes / (ESTIMATE_GBPS * 1e9) + ESTIMATE_RUN_OVERHEAD_S)
+def check_memory(config: SuiteConfig, model_bytes: int) -> None:
+    """Refuse up front a suite whose hungriest test would not fit in RAM, saying what would."""
+    refusal = memory_refusal(config, model_bytes)
+    if refusal is not None:
+        raise UserError(refusal)
 
 
-def check_duration(n_runs: int, model_bytes: int, what: str = "--runs") -> None:
-    """Refuse a suite whose estimated duration is absurd, with the estimate."""
-    seconds = estimate_suite_s(n_runs, model_bytes)
-    if seconds > MAX_SUITE_S:
-        raise UserError(f"{what}: {n_runs:,} runs of a {human_bytes(model_bytes)} checkpoint would take about "
-                        f"{_duration(seconds)} (at {ESTIMATE_GBPS:g} GB/s); ask for fewer runs")
+# Seconds of one run before anything is measured: a fixed part, and seconds per GB of model by what the run
+# does. Measured on a 2-core VM (smollm2-135m at 0.54 GB, open_llama_3b in bfloat16 at 6.85 GB; the guide's
+# tables): raw chunks of 1 MiB or more cost about 3 s/GB (save + cold load); chunks under 256 KiB cost 20 s/GB
+# more with one I/O at a time, 6 with many; gzip, zlib and bz2 add 14 s/GB (CPU), zstd 3, blosc 2. Each run
+# also makes the source resident again, verifies and deletes: about 1 s/GB.
+PRIOR_FIXED_S = 0.6
+PRIOR_RUN_OVERHEAD_S_PER_GB = 1.0
+PRIOR_RAW_S_PER_GB = 3.0
+PRIOR_SMALL_CHUNK_BYTES = 256 * 2**10
+PRIOR_SMALL_CHUNK_S_PER_GB = {True: 20.0, False: 6.0}  # one I/O at a time or not
+PRIOR_CODEC_S_PER_GB = {"gzip": 14.0, "zlib": 14.0, "bz2": 14.0, "zstd": 3.0, "blosc": 2.0, "blosc-default": 2.0}
+PRIOR_SOURCE_S_PER_GB = 8.0  # making the weights (drawn, or read and converted) and writing the source file
 
 
-def _duration(seconds: float) -> str:
+def prior_run_s(test: TestSpec, model_bytes: int, itemsize: int = 4, first: bool = True) -> float:
+    """One run of a test, before any is measured (`first`: the device ceiling's first run runs its whole grid)."""
+    gb = model_bytes / 1e9
+    if test.is_reference:
+        kind = REFERENCES[test.backend]
+        per_gb = kind.prior_s_per_gb if first else kind.prior_later_s_per_gb
+        return PRIOR_FIXED_S + (per_gb + PRIOR_RUN_OVERHEAD_S_PER_GB) * gb
+    per_gb = PRIOR_RAW_S_PER_GB + PRIOR_CODEC_S_PER_GB.get((test.compression or {}).get("id"), 0.0)
+    if test.chunk_budget_elements(itemsize) * itemsize < PRIOR_SMALL_CHUNK_BYTES:
+        per_gb += PRIOR_SMALL_CHUNK_S_PER_GB[test.concurrency_limit == 1]
+    return PRIOR_FIXED_S + (per_gb + PRIOR_RUN_OVERHEAD_S_PER_GB) * gb
+
+
+def estimate_suite_s(config: SuiteConfig, model_bytes: int, itemsize: int = 4) -> float:
+    """A suite's wall time before anything is measured: the source weights, then every run by its prior."""
+    rounds = config.num_runs + config.warmup_rounds
+    runs_s = sum(prior_run_s(t, model_bytes, itemsize) + (rounds - 1) * prior_run_s(t, model_bytes, itemsize, False)
+                 for t in config.tests)
+    return PRIOR_SOURCE_S_PER_GB * model_bytes / 1e9 + runs_s
+
+
+def duration_refusal(config: SuiteConfig, model_bytes: int, itemsize: int = 4, what: str = "--runs") -> str | None:
+    """Why a suite is absurdly long, with the estimate; None when it is not."""
+    seconds = estimate_suite_s(config, model_bytes, itemsize)
+    if seconds <= MAX_SUITE_S:
+        return None
+    n_runs = len(config.tests) * (config.num_runs + config.warmup_rounds)
+    return (f"{what}: {n_runs:,} runs of a {human_bytes(model_bytes)} checkpoint would take about "
+            f"{duration_words(seconds)}; ask for fewer runs or tests")
+
+
+def duration_words(seconds: float) -> str:
     for unit, size in (("years", 365 * 86400), ("days", 86400), ("hours", 3600)):
         if seconds >= size:
             return f"{seconds / size:,.0f} {unit}"

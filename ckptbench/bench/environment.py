@@ -12,7 +12,8 @@ from typing import Any
 
 from ckptbench.core.system import free_bytes, ram_bytes
 
-PACKAGES = ("tensorstore", "numpy", "torch", "transformers", "safetensors", "scipy", "matplotlib")
+PACKAGES = ("tensorstore", "numpy", "torch", "transformers", "safetensors", "scipy", "matplotlib",
+            "runai-model-streamer", "fastsafetensors")  # the last two: the peer reference rows
 
 
 def _version(package: str) -> str | None:

@@ -84,6 +84,7 @@ def _warm_load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.nda
     """Load (timed) from the page cache the save left, and verify."""
     record.warm_load_cache = cache_state(cache.resident_bytes(location.local_dir), record.disk_bytes)
     warm: dict[str, np.ndarray] = {}
+    backend.before_load(tensors)
     usage = timed(lambda: warm.update(backend.load(location)))
     record.warm_load_s = usage.wall_s
     record.warm_load_cpu_s = usage.cpu_s + _workers_cpu_s(backend.worker_figures())
@@ -93,6 +94,7 @@ def _warm_load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.nda
 def _load(record: RunRecord, planned: PlannedRun, backend: Backend, tensors: Mapping[str, np.ndarray],
           location: RunLocation, eviction: str, on_phase: Phase) -> None:
     """Evict the run's files (`eviction`: the test's cache_eviction), load (timed), verify."""
+    backend.before_load(tensors)  # before the eviction: memory it touches cannot bring the files back
     if backend.in_memory:
         record.load_cache = "memory"
     elif location.local_dir is None:
@@ -132,6 +134,9 @@ def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
     workers = backend.worker_figures()
     if workers:
         setattr(record, f"process_{op}_s", [w["seconds"] for w in workers])
+        for key in ("read_bytes", "rchar_bytes", "slice_bytes"):  # a load's readers' bytes (writers.perform)
+            if all(key in w for w in workers):
+                setattr(record, f"process_{op}_{key}", [int(w[key]) for w in workers])
         cpu_s += _workers_cpu_s(workers)
         growth += sum(w["peak_rss_bytes"] for w in workers)  # summed: an upper bound of what was in use at once
     patterns = backend.pattern_seconds()
@@ -170,10 +175,10 @@ def cache_state(resident_bytes: int, disk_bytes: int) -> str:
 
 def backend_for(test: TestSpec, config: SuiteConfig, target: Target | None = None,
                 writers: Writers | None = None) -> Backend:
-    """The back end that measures a test: TensorStore in this process, the writers' for several processes, or a
-    reference row."""
+    """The back end that measures a test: TensorStore in this process, the writers' for several processes (a
+    tensor-parallel load's readers among them, a reference row's too), or a reference row."""
     target = target or LocalTarget(config.output_dir)
-    if test.backend == "tensorstore" and test.processes > 1:
+    if test.processes > 1:
         writers = writers or ThisProcess()
         return writers.backend(test, config, target)
     if test.backend == "tensorstore":
@@ -181,7 +186,7 @@ def backend_for(test: TestSpec, config: SuiteConfig, target: Target | None = Non
                                           context_extra=target.context_spec())
     if test.backend == CEILING:
         return references.DeviceCeilingBackend(config.cache_eviction)
-    return references.BACKENDS[test.backend]()
+    return references.BACKENDS[test.backend](**(test.reference_settings or {}))
 
 
 def run_plan(

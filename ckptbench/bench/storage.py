@@ -42,7 +42,7 @@ from ckptbench.bench.backend import Backend
 from ckptbench.bench.targets import RunLocation, as_location, footprint_of_store
 from ckptbench.bench.workspace import RUN_MARKER
 from ckptbench.sources.weights import NUMPY_DTYPES
-from ckptbench.spec import chunking, compression
+from ckptbench.spec import chunking, compression, tensor_parallel
 from ckptbench.spec.config import TestSpec
 
 MANIFEST = "manifest.json"
@@ -67,6 +67,8 @@ class Layout:
     file_io_mode: str = "default"
     in_flight: str = "all"
     timed_conversion: bool = False
+    load_into: str = "new"
+    tp: int = 1  # tensor-parallel ranks: what chunk_strategy "tp_aligned" aligns chunk boundaries to
 
     @classmethod
     def of(cls, test: TestSpec, dtype: str) -> Layout:
@@ -84,6 +86,8 @@ class Layout:
             file_io_mode=test.file_io_mode,
             in_flight=test.in_flight,
             timed_conversion=test.timed_conversion,
+            load_into=test.load_into,
+            tp=test.tp,
         )
 
     def context(self, extra: Mapping[str, Any] | None = None) -> ts.Context:
@@ -114,30 +118,37 @@ class Layout:
             return {"driver": "memory", "path": f"{location.label}/"}
         return location.base
 
-    def chunk_shape(self, shape: tuple[int, ...]) -> list[int]:
-        return chunking.chunk_shape(shape, self.chunk_budget_elements, self.chunk_strategy)
+    def _split(self, name: str, shape: tuple[int, ...]) -> tuple[int, int] | None:
+        """The tensor-parallel split tp_aligned aligns to: (dimension, ranks), or None."""
+        dim = tensor_parallel.split_dim(name, shape) if self.tp > 1 else None
+        return None if dim is None else (dim, self.tp)
 
-    def shard_shape(self, shape: tuple[int, ...]) -> list[int] | None:
+    def chunk_shape(self, shape: tuple[int, ...], name: str = "") -> list[int]:
+        """The chunk shape of the array `name` (tp_aligned needs the name: it says how the tensor is split)."""
+        return chunking.chunk_shape(shape, self.chunk_budget_elements, self.chunk_strategy, self._split(name, shape))
+
+    def shard_shape(self, shape: tuple[int, ...], name: str = "") -> list[int] | None:
         """A shard of whole inner chunks: the chunk grid is itself chunked with the shard budget."""
         if self.shard_budget_elements is None:
             return None
-        inner = self.chunk_shape(shape)
+        inner = self.chunk_shape(shape, name)
         grid = [math.ceil(d / c) for d, c in zip(shape, inner)]
         per_shard = max(1, self.shard_budget_elements // max(1, math.prod(inner)))
-        return [g * c for g, c in zip(chunking.chunk_shape(grid, per_shard, self.chunk_strategy), inner)]
+        return [g * c for g, c in zip(chunking.chunk_shape(grid, per_shard, self.chunk_strategy,
+                                                           self._split(name, shape)), inner)]
 
-    def metadata(self, shape: tuple[int, ...], dtype: str) -> dict[str, Any]:
+    def metadata(self, shape: tuple[int, ...], dtype: str, name: str = "") -> dict[str, Any]:
         if self.format == "zarr3":
             itemsize = NUMPY_DTYPES[dtype].itemsize
             codecs = [_BYTES_CODEC, *compression.zarr3_codecs(self.compression, itemsize)]
-            inner, shard = self.chunk_shape(shape), self.shard_shape(shape)
+            inner, shard = self.chunk_shape(shape, name), self.shard_shape(shape, name)
             if shard is not None:
                 codecs = [{"name": "sharding_indexed", "configuration": {
                     "chunk_shape": inner, "codecs": codecs,
                     "index_codecs": [_BYTES_CODEC, {"name": "crc32c"}]}}]
             return {"shape": list(shape), "data_type": dtype, "codecs": codecs,
                     "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": shard or inner}}}
-        metadata = {"shape": list(shape), "chunks": self.chunk_shape(shape), "dtype": ZARR_V2_DTYPES[dtype]}
+        metadata = {"shape": list(shape), "chunks": self.chunk_shape(shape, name), "dtype": ZARR_V2_DTYPES[dtype]}
         return compression.apply_to_zarr_v2_metadata(metadata, self.compression)
 
     @property
@@ -147,7 +158,7 @@ class Layout:
     def array_spec(self, location: RunLocation | Path, name: str, shape: tuple[int, ...], dtype: str) -> dict[str, Any]:
         """TensorStore spec that creates the array `name` of a checkpoint."""
         return {"driver": self.driver, "kvstore": self.kvstore_spec(as_location(location), name),
-                "metadata": self.metadata(shape, dtype), "create": True,
+                "metadata": self.metadata(shape, dtype, name), "create": True,
                 "store_data_equal_to_fill_value": True}
 
     def open_spec(self, location: RunLocation | Path, name: str) -> dict[str, Any]:
@@ -164,6 +175,7 @@ class TensorStoreBackend(Backend):
     # The memory kvstore lives in its Context: a save's context must serve the load and the size.
     _memory_context: ts.Context | None = field(default=None, repr=False)
     _half: dict[str, Any] | None = field(default=None, repr=False)  # timed_conversion's float16 sources
+    _into: dict[str, np.ndarray] | None = field(default=None, repr=False)  # load_into "preallocated": the arrays
 
     @property
     def in_memory(self) -> bool:  # type: ignore[override]
@@ -184,6 +196,10 @@ class TensorStoreBackend(Backend):
         if self.layout.timed_conversion:
             self._half = half_copies(tensors)
 
+    def before_load(self, tensors: Mapping[str, np.ndarray]) -> None:
+        if self.layout.load_into == "preallocated" and self._into is None:
+            self._into = preallocated(tensors)
+
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
         if not self.layout.timed_conversion:
             save(tensors, location, self.layout, self.max_inflight_bytes, self._context())
@@ -195,12 +211,19 @@ class TensorStoreBackend(Backend):
 
     def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
         convert = to_float16 if self.layout.timed_conversion else None
-        return load(location, self.layout, self.max_inflight_bytes, self._context(), convert=convert)
+        if self.layout.load_into == "preallocated" and self._into is None:
+            raise ValueError("load_into \"preallocated\": the arrays are allocated in before_load(), before the "
+                             "clock; call before_load(tensors) first")
+        return load(location, self.layout, self.max_inflight_bytes, self._context(), convert=convert,
+                    into=self._into)
 
     def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
-        if self._half is None:
-            return super().verify(tensors, loaded)
-        return super().verify({name: half.numpy() for name, half in self._half.items()}, loaded)
+        if self._half is not None:
+            tensors = {name: half.numpy() for name, half in self._half.items()}
+        bad = super().verify(tensors, loaded)
+        if self._into is not None:  # a second load into the same arrays (warm, then cold) must fill them again
+            poison(self._into)
+        return bad
 
     def footprint(self, location: RunLocation | Path) -> tuple[int, int, int]:
         location = as_location(location)
@@ -211,6 +234,25 @@ class TensorStoreBackend(Backend):
     def release(self) -> None:
         self._memory_context = None
         self._half = None
+        self._into = None
+
+
+POISON = 0xFF  # every byte of a preallocated array before a load: NaN in every float type, never a weight
+
+
+def preallocated(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Arrays shaped and typed like the tensors, every page touched (filled with POISON), for a load to fill in
+    place: what a model's parameters are when a checkpoint is loaded into them. The kernel maps and zeroes
+    their pages here, outside any clock (TensorStore's own output arrays pay that inside the load); a load that
+    left a byte unwritten fails verification."""
+    out = {name: np.empty(array.shape, array.dtype) for name, array in tensors.items()}
+    poison(out)
+    return out
+
+
+def poison(arrays: Mapping[str, np.ndarray]) -> None:
+    for array in arrays.values():
+        array.reshape(-1).view(np.uint8).fill(POISON)
 
 
 def half_copies(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -289,31 +331,64 @@ def read_manifest(location: RunLocation, layout: Layout, context: ts.Context) ->
 
 
 def load(location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
-         context: ts.Context | None = None, *, convert: Callable[[np.ndarray], np.ndarray] | None = None
-         ) -> dict[str, np.ndarray]:
-    """Read a checkpoint written by `save` back into memory (`convert`, given, applied to each array read)."""
+         context: ts.Context | None = None, *, convert: Callable[[np.ndarray], np.ndarray] | None = None,
+         into: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Read a checkpoint written by `save` back into memory (`convert`, given, applied to each array read).
+
+    `into`, given, holds an array per tensor (shaped and typed as stored) that each read fills in place, as
+    TensorStore 0.1.86 does it (its read has no `out=`): the store is written into a TensorStore view of the
+    array, `ts.array(out, copy=False, write=True).write(store)`. Those arrays are returned."""
     location = as_location(location)
     context = context or layout.context()
     manifest = read_manifest(location, layout, context)
     entries = manifest["tensors"]
     itemsize = NUMPY_DTYPES[manifest["dtype"]].itemsize
+    if into is not None:
+        if convert is not None:
+            raise ValueError("load: a load into preallocated arrays cannot also convert what it reads")
+        _check_into(into, entries, manifest["dtype"])
+    out = {e["name"]: None if into is None else into[e["name"]] for e in entries}
     finish = convert or np.asarray
     with settled() as track:
         if layout.in_flight == "one_tensor":
-            return {e["name"]: finish(_read_one(layout.open_spec(location, e["name"]), context, track))
+            return {e["name"]: _read_one(layout.open_spec(location, e["name"]), context, track, out[e["name"]], finish)
                     for e in entries}
         opening = track([ts.open(layout.open_spec(location, e["name"]), context=context) for e in entries])
         stores = [future.result() for future in opening]
-        futures = _bounded(((math.prod(e["shape"]) * itemsize, s.read) for s, e in zip(stores, entries)),
-                           max_inflight_bytes, track)
+        futures = _bounded(((math.prod(e["shape"]) * itemsize, _reading(store, out[e["name"]], context))
+                            for store, e in zip(stores, entries)), max_inflight_bytes, track)
+        if into is not None:
+            for future in futures:
+                future.result()
+            return {e["name"]: into[e["name"]] for e in entries}
         return {e["name"]: finish(f.result()) for e, f in zip(entries, futures)}
 
 
-def _read_one(spec: Mapping[str, Any], context: ts.Context,
-              track: Callable[[list[ts.Future]], list[ts.Future]]) -> np.ndarray:
-    """Open one array and read it whole, each step awaited (in_flight "one_tensor")."""
+def _reading(store: ts.TensorStore, out: np.ndarray | None, context: ts.Context) -> Callable[[], Any]:
+    """A read of the whole store: into a new array, or into `out` in place (the store copied into a
+    TensorStore view of `out`)."""
+    if out is None:
+        return store.read
+    return lambda: ts.array(out, copy=False, write=True, context=context).write(store)
+
+
+def _check_into(into: Mapping[str, np.ndarray], entries: list[dict[str, Any]], dtype: str) -> None:
+    """Preallocated arrays must match the checkpoint: one per tensor, its shape and dtype, contiguous."""
+    for e in entries:
+        out = into.get(e["name"])
+        if out is None or tuple(out.shape) != tuple(e["shape"]) or out.dtype != NUMPY_DTYPES[dtype]:
+            found = "none" if out is None else f"{out.dtype}{list(out.shape)}"
+            raise ValueError(f"load_into: tensor {e['name']} is {dtype}{e['shape']} in the checkpoint; the "
+                             f"preallocated array is {found}")
+
+
+def _read_one(spec: Mapping[str, Any], context: ts.Context, track: Callable[[list[ts.Future]], list[ts.Future]],
+              out: np.ndarray | None = None, finish: Callable[[np.ndarray], np.ndarray] = np.asarray) -> Any:
+    """Open one array and read it whole (into `out`, if given), each step awaited (in_flight "one_tensor");
+    `finish` is applied to an array read before the next tensor starts."""
     store = track([ts.open(spec, context=context)])[0].result()
-    return track([store.read()])[0].result()
+    read = track([_reading(store, out, context)()])[0].result()
+    return out if out is not None else finish(read)
 
 
 @contextmanager

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ckptbench.bench import capacity, environment, measure, targets, workspace
+from ckptbench.bench import capacity, environment, measure, preflight, targets, workspace
 from ckptbench.bench.backend import ThisProcess, Writers
-from ckptbench.core import interrupt
+from ckptbench.core import interrupt, system
 from ckptbench.core.errors import Stopped, UserError
 from ckptbench.core.records import Phase, Plan, PlannedRun, RunRecord, new_seed, plan
 from ckptbench.documents import journal, results
@@ -75,29 +75,11 @@ def run_suite(
     run: a reason (a spent budget) stops the suite there, as a stop signal does. `history`: runs of earlier
     suites whose back ends' choices carry over (tune's stages: the device ceiling's fastest patterns).
     """
-    targets.set_http_timeouts()
-    workspace.check_output_dir(config.output_dir)
-    target = targets.parse(config.storage, config.output_dir, config.storage_options)
-    target.check()  # a remote store: endpoint, credentials and bucket, before anything is written
-    local_weights, origin = weights.resolve(config.weights)  # a hub id: from the cache, or downloaded
-    model_bytes = (source.size_bytes if source is not None
-                   else weights.estimate_bytes(config.model, local_weights, config.dtype))
-    capacity.check_duration(len(config.tests) * (config.num_runs + config.warmup_rounds), model_bytes)
-    other_values = sorted({config.values_for(t) for t in config.tests} - {config.values})  # tests' own `values`
-    capacity.check_memory(config, model_bytes)
-    if local_weights is not None:
-        for folder, what in ((config.output_dir, "--output-dir"), (getattr(target, "output_dir", None), "--storage")):
-            if folder is not None and Path(folder).is_relative_to(local_weights.resolve()):
-                raise UserError(f"{what}: {folder} is inside the weights folder; choose another folder")
-    planned = weights.plan(config.model, local_weights, config.dtype, config.values, origin)  # reads the headers
-    model_bytes = source.size_bytes if source is not None else planned.size_bytes
-    shapes = [shape for _, shape in planned.shapes] if source is None else [a.shape for a in source.tensors.values()]
-    if target.kind == "local":
-        sources_bytes = (source is None) * model_bytes + len(other_values) * model_bytes
-        capacity.check_disk(target.output_dir, _largest_run_bytes(config, shapes) + sources_bytes,
-                            "one run of the largest test and the source weights")
-    described = source.describe() if source is not None else planned.describe()
-    fingerprint = journal.fingerprint(config.to_json(), described)
+    checked = preflight.check(config, source)
+    if checked.refusal is not None:
+        raise UserError(checked.refusal)
+    target, planned, other_values = checked.target, checked.planned, checked.other_values
+    fingerprint = journal.fingerprint(config.to_json(), checked.weights)
     log = journal.Journal(config.output_dir / journal.JOURNAL_FILE)
     done: list[RunRecord] = []
     if resume:
@@ -144,6 +126,7 @@ def _measure(config: SuiteConfig, writers: Writers, source: weights.Weights, sou
     todo = plan([t.name for t in config.tests], config.num_runs, config.warmup_rounds, seed, config.order,
                 done={(r.test, r.round) for r in done}, blocks=config.blocks)
     env = environment.capture(output_dir)
+    env["rss_anon_at_start_bytes"] = system.resident_bytes()[0]  # the fixed part: weights mapped, nothing loaded
     launch = writers.describe()
     if launch is not None:
         env["launch"] = launch  # world size, hosts and ranks per host
@@ -189,11 +172,6 @@ def _checked(on_phase: Phase, may_start: Callable[[PlannedRun], str | None]) -> 
                 raise Stopped.by_budget(reason)
         on_phase(planned, phase)
     return checked
-
-
-def _largest_run_bytes(config: SuiteConfig, shapes: list[tuple[int, ...]]) -> int:
-    itemsize = weights.NUMPY_DTYPES[config.dtype].itemsize
-    return max(capacity.run_bytes_upper(t, shapes, itemsize) for t in config.tests)
 
 
 __all__ = ["Plan", "Start", "run_suite"]

@@ -70,5 +70,15 @@ def parse_processes(text: str | None) -> tuple[int, ...] | None:
         raise UserError(f"--processes: {text!r} is not a list of process counts; use e.g. 4 or 1,2,4") from None
 
 
+def parse_tp(text: str | None) -> int | None:
+    """--tp N: tensor-parallel readers for every test (checked against the model by the config)."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"--tp: {text!r} is not a number of tensor-parallel ranks; use e.g. 2") from None
+
+
 def parse_tests(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]

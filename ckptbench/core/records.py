@@ -150,6 +150,12 @@ class RunRecord:
     verified: bool | None = None
     process_save_s: list[float] | None = None  # with several processes: each one's time from the common start
     process_load_s: list[float] | None = None
+    # Each reader's bytes in a load by several processes (a tensor-parallel load's readers): what it caused to be
+    # read from the device (/proc/self/io read_bytes), what its read calls returned (rchar: page-cache hits
+    # counted, reads through a memory map not), and the bytes of the parts it was asked for (its slices).
+    process_load_read_bytes: list[int] | None = None
+    process_load_rchar_bytes: list[int] | None = None
+    process_load_slice_bytes: list[int] | None = None
     patterns: dict[str, dict[str, float]] | None = None  # the device ceiling: seconds per access pattern
     error: str | None = None
     fatal: bool = False  # the storage itself failed (full disk, I/O error): the suite must stop

@@ -10,6 +10,7 @@ is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any, Mapping
 from ckptbench.core.errors import UserError
 from ckptbench.core.records import RunRecord
 from ckptbench.documents.store import Kind
+from ckptbench.spec.fields import TestSpec
+from ckptbench.spec.suite import SuiteConfig
 
 JOURNAL_FILE = "journal.jsonl"
 
@@ -90,11 +93,27 @@ class Journal:
         return header, runs
 
 
+def _as_today(config_json: Mapping[str, Any]) -> dict[str, Any]:
+    """A journal's config as today's code writes it: a setting added since the journal was written takes its
+    default, so a suite interrupted before an upgrade resumes when it set none of the new settings. (A header
+    without a config, as tune's weights-only check gives, stays empty.)"""
+    if not config_json:
+        return {}
+    suite_defaults = {f.name: f.default for f in dataclasses.fields(SuiteConfig)
+                      if f.default is not dataclasses.MISSING}
+    test_defaults = json.loads(json.dumps(TestSpec(name="").to_json()))
+    tests = [{**test_defaults, **test} for test in config_json.get("tests", [])]
+    out = {**{k: v for k, v in suite_defaults.items() if k not in _NOT_FINGERPRINTED}, **config_json}
+    return json.loads(json.dumps({**out, "tests": tests}, default=str))
+
+
 def differences(header: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Human-readable list of what differs between a journal's suite and the current one."""
     found = []
     for section in ("config", "weights"):
         old, new = header.get(section, {}), current.get(section, {})
+        if section == "config":
+            old = _as_today(old)
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key):
                 found.append(f"{section}.{key}: was {_short(old.get(key))}, now {_short(new.get(key))}")

@@ -22,11 +22,24 @@ Version history (bump SCHEMA_VERSION whenever a field changes meaning):
   gain `values`; new `scale` and `best` sections; `protocol.order`; `tool.commit`.
 - 3 (ckptbench 0.3.0): the document names its kind (`"kind": "results"`), as every file the
   harness writes does (documents.store.Kind); nothing else changed.
+- 4: one interval method for every change (analysis.change.ratio_interval: the ratio of means on
+  the log scale, inside (-100 %, +inf)): `change_ci95_pct` and the claims' `ci_pct` are no longer
+  Fieller's, comparisons gain `ratio_ci95`, `p_value` is the same log-scale test's (so the
+  verdict and the interval agree), and with 2 runs or fewer on a side there is no interval and
+  the verdict is "too few runs"; stats' `ci95_log` is the mean's interval by the same method
+  (version 3: the geometric mean's), None under 3 runs. `best` entries gain `against` (the winner
+  against the baseline, the fastest peer and the device ceiling) and `beaten_by`; new `alerts`
+  (what threatens the answer, most serious first) and `noise`. The raw runs are kept, so an
+  upgrade from 3 derives everything again.
+  Later, without a bump (optional fields, derived afresh from raw runs that lack them as None):
+  runs' `process_load_read_bytes`, `process_load_rchar_bytes`, `process_load_slice_bytes` (each
+  reader's bytes) and tests' `tensor_parallel` (tp > 1: the read amplification).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -35,15 +48,16 @@ from ckptbench.analysis import change as analysis
 from ckptbench.analysis import stats
 from ckptbench.analysis.samples import METRICS, THROUGHPUT, samples
 from ckptbench.core import records
-from ckptbench.core.units import human_bytes
+from ckptbench.documents import findings
 from ckptbench.documents import store as documents
+from ckptbench.documents.findings import NOT_DURABLE, metric_runs
 from ckptbench.documents.store import Document
+from ckptbench.spec.references import CEILING, REFERENCES
+from ckptbench.spec.suite import MEMORY_BOUND_FIXED_BYTES, MEMORY_BOUND_MULTIPLIER
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 RESULTS_FILE = "results.json"
-CEILING = "device_ceiling"
 DIRECT_PREFIX = "direct "  # a ceiling pattern read with O_DIRECT (see references.py)
-NOT_DURABLE = "not durable"
 OBJECTIVES = {"save": "save_s", "load": "load_s", "balanced": "total_s", "size": "size_bytes"}
 SMALL_FOR_RAM = 0.25  # a checkpoint under a quarter of RAM may be cached by a VM's host
 
@@ -102,6 +116,12 @@ def _protocol(config: Any, seed: int) -> dict[str, Any]:
                      "process_load_s hold each one's); CPU includes the workers', peak RSS growth too (summed); "
                      "under a launcher (environment.launch) the processes are its ranks, rank 0 among them, and "
                      "each rank's time runs from a barrier all ranks leave together",
+        "tensor_parallel": "with tp N, N reader processes load from a common start, each only its slice of every "
+                           "tensor (q/k/v/gate/up, lm_head and the embedding split on dim 0, o/down on dim 1, the "
+                           "rest whole); load_s runs to the slowest reader; each reader's device bytes "
+                           "(process_load_read_bytes: /proc/self/io read_bytes, readahead included, a page another "
+                           "reader of the host brought in not), its read calls' bytes (rchar) and its slices' bytes; "
+                           "tensor_parallel.read_amplification = sum of read_bytes / sum of slice bytes",
         "remote_loads": "with s3:// or gs:// storage there is no page cache to drop: loads read from the server "
                         "(load_cache 'remote'), and sizes come from listing the run's objects",
         "ceiling": "device_ceiling: the same bytes in raw files written (fsync'd) and read cold with 1, 4 and 16 "
@@ -119,7 +139,10 @@ def _protocol(config: Any, seed: int) -> dict[str, Any]:
         "noise_pct": config.noise_pct,
         "values": config.values,
         "std": "sample standard deviation (ddof=1)",
-        "ci": "95% Student-t confidence interval of the mean; ci95_log: the same on log values",
+        "ci": "ci95: 95% Student-t confidence interval of the mean; ci95_log: the mean's 95% interval on the log "
+              "scale (mean * exp(+- t * cv / sqrt(n)), none under 3 runs)",
+        "change": "every change's 95% interval and p-value: the ratio of means on the log scale (delta method, "
+                  "Welch-Satterthwaite df; analysis.change.ratio_interval), none with 2 runs or fewer on a side",
         "throughput": "GB/s = tensor bytes / 1e9 / seconds",
     }
 
@@ -149,7 +172,8 @@ def derive(document: dict[str, Any]) -> dict[str, Any]:
                 test["vs_baseline"][metric] = comparison
                 if claim is not None:
                     test["claims"].append(claim)
-        test["warnings"] = _test_warnings(test, mine)
+        test["warnings"] = findings.test_warnings(test, mine)
+        test["tensor_parallel"] = tensor_parallel(test)
     ceiling = next((t for t in tests if t["name"] == CEILING), None)
     if ceiling is not None:
         ceiling["ceiling"] = _ceiling_patterns(ceiling["runs"], data_bytes)
@@ -159,9 +183,42 @@ def derive(document: dict[str, Any]) -> dict[str, Any]:
     document["protocol"]["cache_eviction_used"] = sorted({r["eviction"] or "none" for t in tests for r in t["runs"]
                                                           if r["error"] is None and r["load_cache"] != "memory"})
     document["scale"] = _scale(document, ceiling)
-    document["best"] = best_configurations(tests, noise_pct)
-    document["warnings"] = _suite_warnings(document, ceiling)
+    document["best"] = best_configurations(tests, noise_pct, document["baseline"])
+    document["warnings"] = findings.suite_warnings(document, ceiling)
+    document["alerts"] = findings.alerts(document, ceiling)
+    document["noise"] = findings.noise(document)
     return document
+
+
+def tensor_parallel(test: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A tensor-parallel load's bytes (tp > 1), over its measured runs: the read amplification, the device bytes
+    its readers read (read_bytes) over the bytes of their slices, for the row (sum over sum) and per reader;
+    the same from what their read calls returned (rchar: page-cache hits counted, so a reader's own figure
+    even where another reader of the host brought a page in; 0 for loaders that read through a memory map).
+    Medians over runs. None for a test without readers' bytes."""
+    tp = int((test.get("settings") or {}).get("tp") or 1)
+    runs = [r for r in test["runs"] if r["error"] is None and not r["warmup"] and r.get("process_load_slice_bytes")]
+    if tp <= 1 or not runs:
+        return None
+
+    def ratio(key: str, reader: int | None = None) -> float | None:
+        values = []
+        for run in runs:
+            got, wanted = run.get(key), run["process_load_slice_bytes"]
+            if got is None:
+                return None
+            got, wanted = (got, wanted) if reader is None else ([got[reader]], [wanted[reader]])
+            if sum(wanted):
+                values.append(sum(got) / sum(wanted))
+        return statistics.median(values) if values else None
+
+    readers = len(runs[0]["process_load_slice_bytes"])
+    return {"tp": tp, "runs": len(runs), "slice_bytes": list(runs[0]["process_load_slice_bytes"]),
+            "read_amplification": ratio("process_load_read_bytes"),
+            "rchar_amplification": ratio("process_load_rchar_bytes"),
+            "reader_read_amplification": [ratio("process_load_read_bytes", i) for i in range(readers)],
+            "reader_rchar_amplification": [ratio("process_load_rchar_bytes", i) for i in range(readers)],
+            "reader_load_s": [statistics.median([r["process_load_s"][i] for r in runs]) for i in range(readers)]}
 
 
 def _pct(test: Mapping[str, Any], ceiling: Mapping[str, Any] | None, metric: str) -> float | None:
@@ -201,130 +258,68 @@ def _scale(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> di
     scale["model_bytes"] = model_bytes
     scale["ram_bytes"] = ram
     scale["model_pct_of_ram"] = None if not ram else 100.0 * model_bytes / ram
-    # The harness holds the source and a loaded copy: the page cache gets what is left.
+    # The harness holds a loaded copy, and its source file is page cache too: the checkpoint gets what is left.
     scale["fits_in_page_cache"] = None if not ram else model_bytes <= ram - 2 * model_bytes
     scale["small_for_ram"] = None if not ram else model_bytes < SMALL_FOR_RAM * ram
+    # Anonymous memory (the part that cannot be dropped): its peak over every run against the bound the
+    # harness keeps, 1.25 x the model + 1 GB; the process's own at the start is the fixed part's measure.
+    peaks = [run[key] for test in document["tests"] for run in test["runs"]
+             for key in ("save_rss_anon_bytes", "load_rss_anon_bytes") if run.get(key) is not None]
+    scale["anon_at_start_bytes"] = (document.get("environment") or {}).get("rss_anon_at_start_bytes")
+    scale["anon_peak_bytes"] = max(peaks) if peaks else None
+    scale["anon_bound_bytes"] = int(MEMORY_BOUND_MULTIPLIER * model_bytes + MEMORY_BOUND_FIXED_BYTES)
     patterns = (ceiling or {}).get("ceiling") or {}
     scale["ceiling_save_pattern"] = patterns.get("save_pattern")
     scale["ceiling_load_pattern"] = patterns.get("load_pattern")
     return scale
 
 
-def best_configurations(tests: list[Mapping[str, Any]], noise_pct: float) -> dict[str, Any]:
-    """Per objective, the TensorStore test with the lowest mean, its runner-up, and whether the two differ."""
+def is_peer(test: Mapping[str, Any]) -> bool:
+    """A reference row a user could pick instead of TensorStore (spec.references: not the device ceiling)."""
+    kind = (test.get("settings") or {}).get("backend") or test["name"]
+    return test.get("kind") == "reference" and kind in REFERENCES and REFERENCES[kind].peer
+
+
+def best_configurations(tests: list[Mapping[str, Any]], noise_pct: float, baseline: str | None = None
+                        ) -> dict[str, Any]:
+    """Per objective, the TensorStore test with the lowest mean, its runner-up, and whether the two differ;
+    and the winner against the baseline, the fastest peer (the lowest mean of the reference rows a user
+    could pick instead) and the device ceiling, each by analysis.compare; `beaten_by`: the peers whose
+    mean is lower than the winner's (TensorStore is then not the fastest)."""
     candidates = [t for t in tests if t["kind"] == "tensorstore" and t["stats"]["save_s"]["n"] > 0]
+    peers = [t for t in tests if is_peer(t) and t["stats"]["save_s"]["n"] > 0]
+    by_name = {t["name"]: t for t in tests}
     out: dict[str, Any] = {}
     for objective, metric in OBJECTIVES.items():
         ranked = sorted(candidates, key=lambda t: t["stats"][metric]["mean"])
         if not ranked:
             continue
         winner = ranked[0]
+        judged_as = "size_bytes" if metric == "size_bytes" else "save_s"  # total_s is judged as a time
         entry: dict[str, Any] = {"test": winner["name"], "metric": metric, "mean": winner["stats"][metric]["mean"],
+                                 "n": winner["stats"][metric]["n"], "ci95": winner["stats"][metric]["ci95_log"],
                                  "runner_up": None, "runner_up_mean": None, "comparison": None,
                                  "distinguishable": None}
         if len(ranked) > 1:
             second = ranked[1]
             # judged as a time (or a size): the runner-up against the winner
-            comparison = analysis.compare(_metric_runs(second, metric), _metric_runs(winner, metric),
-                                          metric="size_bytes" if metric == "size_bytes" else "save_s",
-                                          noise_pct=noise_pct)
+            comparison = analysis.compare(metric_runs(second, metric), metric_runs(winner, metric),
+                                          metric=judged_as, noise_pct=noise_pct)
             entry.update(runner_up=second["name"], runner_up_mean=second["stats"][metric]["mean"],
                          comparison=comparison,
                          distinguishable=comparison["verdict"] in ("slower", "larger"))
+        fastest_peer = min(peers, key=lambda t: t["stats"][metric]["mean"], default=None)
+        against = {"baseline": by_name.get(baseline) if baseline != winner["name"] else None,
+                   "peer": fastest_peer, "ceiling": by_name.get(CEILING)}
+        entry["against"] = {role: None if other is None or other["stats"][metric]["n"] == 0 else
+                            {"test": other["name"], "mean": other["stats"][metric]["mean"],
+                             **analysis.compare(metric_runs(winner, metric), metric_runs(other, metric),
+                                                metric=judged_as, noise_pct=noise_pct)}
+                            for role, other in against.items()}
+        entry["beaten_by"] = [t["name"] for t in sorted(peers, key=lambda t: t["stats"][metric]["mean"])
+                              if t["stats"][metric]["mean"] < entry["mean"]]
         out[objective] = entry
     return out
-
-
-def _metric_runs(test: Mapping[str, Any], metric: str) -> list[float]:
-    good = [r for r in test["runs"] if r["error"] is None and not r["warmup"]]
-    if metric == "total_s":
-        return [float(r["save_s"]) + float(r["load_s"]) for r in good]
-    return [float(r[metric]) for r in good]
-
-
-def _test_warnings(test: Mapping[str, Any], mine: Mapping[str, list[float]]) -> list[str]:
-    name = test["name"]
-    out = [f"{name}: {w}" for metric in ("save_s", "load_s") for w in stats.warnings_for(metric, mine[metric])]
-    settings = test["settings"]
-    if not test["durable"]:
-        why = ("it lives in memory and never reaches a disk" if settings.get("kvstore") == "memory"
-               else "file_io_sync is off: data may still be in the page cache when the clock stops")
-        out.append(f"{name}: its saves are {NOT_DURABLE}: {why}")
-    if settings.get("file_io_mode") == "direct":
-        leaked = [r for r in test["runs"] if r["error"] is None and r.get("resident_bytes_after_load")
-                  and r["resident_bytes_after_load"] > 0.1 * (r.get("disk_bytes") or 0)]
-        if leaked:
-            out.append(f"{name}: file_io_mode \"direct\" left {human_bytes(leaked[0]['resident_bytes_after_load'])} "
-                       "of the checkpoint in the page cache: TensorStore read those chunk files buffered (it reads "
-                       "with O_DIRECT only files whose size is a multiple of 4096 bytes); its load figures are "
-                       "buffered reads")
-    for run in test["runs"]:
-        if run["error"] is not None:
-            out.append(f"{name}: round {run['round']} failed: {run['error']}")
-    return out
-
-
-def _suite_warnings(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> list[str]:
-    tests = document["tests"]
-    runs = [r for t in tests for r in t["runs"] if r["error"] is None]
-    out = []
-    requested = document["protocol"].get("cache_eviction_requested")
-    warm = [r for t in tests if (t["settings"].get("cache_eviction") or requested) != "none"  # warm on purpose
-            for r in t["runs"] if r["error"] is None and r["load_cache"] in ("warm", "partial")]
-    if warm:
-        out.append(f"{len(warm)} of {len(runs)} loads were not cold (the page cache still held the checkpoint): "
-                   "their load times are optimistic. Run as root for drop_caches, or on a filesystem that honours "
-                   "posix_fadvise (not tmpfs).")
-    out += _ceiling_warnings(tests, ceiling)
-    scale = document["scale"]
-    if scale.get("small_for_ram"):
-        suggestion = scale.get("suggested_preset")
-        hint = (f"; to avoid it on this machine, run a checkpoint of at least a quarter of RAM, e.g. {suggestion}"
-                if suggestion else "; run a checkpoint of at least a quarter of RAM to avoid it")
-        out.append(f"the checkpoint ({human_bytes(scale['model_bytes'])}) is under a quarter of this machine's RAM "
-                   f"({human_bytes(scale['ram_bytes'])}): on a virtual machine the host may cache it below the OS, "
-                   f"so 'cold' loads can be faster than the disk{hint}")
-    out += [f"sweep point {s['name']} skipped: {s['reason']}" for s in document.get("skipped_tests", [])]
-    failed = sum(t["failed_runs"] for t in tests)
-    if failed:
-        out.append(f"{failed} run(s) failed and are excluded from the statistics; see each test's runs")
-    return out + [w for t in tests for w in t["warnings"]]
-
-
-def _ceiling_warnings(tests: list[Mapping[str, Any]], ceiling: Mapping[str, Any] | None) -> list[str]:
-    if ceiling is None:
-        return []
-    out = []
-    for metric, what in (("save_gbps", "saved"), ("load_gbps", "loaded")):
-        limit = ceiling["stats"][metric]["mean"]
-        for test in tests:
-            summary = test["stats"][metric]
-            if test is ceiling or not limit or summary["mean"] is None:
-                continue
-            low = summary["ci95"][0] if summary["ci95"] else summary["mean"]
-            if low > limit:
-                meaning = ("its saves may not all be durable when the clock stops, or the ceiling's patterns miss "
-                           "what this disk does best" if metric == "save_gbps" else
-                           "a cache (the page cache or the host's, below this VM) served part of its reads")
-                out.append(f"{test['name']} {what} at {summary['mean']:.2f} GB/s, above the device ceiling "
-                           f"({limit:.2f} GB/s) by more than its 95% CI: {meaning}; treat its figure as optimistic "
-                           "and check it on a checkpoint of at least a quarter of RAM")
-    direct = (ceiling.get("ceiling") or {}).get("direct_load_gbps") or {}
-    if direct.get("mean"):
-        faster = [t for t in tests if t is not ceiling and t["stats"]["load_gbps"]["mean"] is not None
-                  and _all_cold(t) and (t["stats"]["load_gbps"]["ci95"] or [t["stats"]["load_gbps"]["mean"]])[0]
-                  > direct["mean"]]
-        if faster:
-            names = ", ".join(t["name"] for t in faster[:4]) + (" and others" if len(faster) > 4 else "")
-            out.append(f"cold loads of {names} ran faster than the O_DIRECT read of the same bytes "
-                       f"({direct['mean']:.2f} GB/s): a cache below the OS (the VM host's) is probably serving "
-                       "them, so these load times flatter a real disk; use a checkpoint of at least a quarter of RAM")
-    return out
-
-
-def _all_cold(test: Mapping[str, Any]) -> bool:
-    states = {r["load_cache"] for r in test["runs"] if r["error"] is None}
-    return states == {"cold"}
 
 
 # --- reading and writing --------------------------------------------------------
@@ -396,6 +391,13 @@ def _upgrade_2_to_3(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+def _upgrade_3_to_4(document: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 to 4: one interval method for every change, the answer's comparisons, alerts and noise; the raw
+    runs are kept, so everything is derived again."""
+    document["schema_version"] = 4
+    return derive(document)
+
+
 # Before its upgrade, an older document is checked only for the parts every version shares.
 _SHARED = {"schema_version": "integer", "tool": "object", "complete": "boolean", "environment": "object",
            "config": "object", "weights": "object", "protocol": "object", "baseline": "string", "tests": "array"}
@@ -418,5 +420,6 @@ def _checked_first(version: int, upgrade: Any) -> Any:
 
 
 RESULTS = documents.Kind("results", SCHEMA_VERSION, "results.schema.json",
-                         upgrades={1: _checked_first(1, _upgrade_1_to_2), 2: _checked_first(2, _upgrade_2_to_3)},
+                         upgrades={1: _checked_first(1, _upgrade_1_to_2), 2: _checked_first(2, _upgrade_2_to_3),
+                                   3: _checked_first(3, _upgrade_3_to_4)},
                          legacy_version=lambda document: document.get("schema_version"))

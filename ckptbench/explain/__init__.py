@@ -24,10 +24,11 @@ from ckptbench.explain.conditions import BY_NAME, CONDITIONS, NOT_MODELLED, Cond
 from ckptbench.explain.design import Arm, Claim, Design, Setup, build_suite, chunk_files, design, setup_of
 from ckptbench.explain.document import EXPLAIN_FILE, EXPLAIN_VERSION, EXPLANATION, build, read, validate, write
 from ckptbench.explain.judge import judge
-from ckptbench.explain.run import DEFAULT_BUDGET_S, DEFAULT_RUNS, OUTPUT_NAME, Explanation, Settings, run
+from ckptbench.explain.run import DEFAULT_BUDGET_S, DEFAULT_RUNS, OUTPUT_NAME, Explanation, Settings, designed, run
 from ckptbench.explain.words import answer, claim_label, summary
 
 __all__ = ["Arm", "BY_NAME", "CONDITIONS", "Claim", "Condition", "DEFAULT_BUDGET_S", "DEFAULT_RUNS", "Design",
            "EXPLAIN_FILE", "EXPLAIN_VERSION", "EXPLANATION", "Explanation", "NOT_MODELLED", "OUTPUT_NAME", "Settings",
-           "Setup", "answer", "build", "build_suite", "chunk_files", "claim_label", "design", "judge", "load_original",
+           "Setup", "answer", "build", "build_suite", "chunk_files", "claim_label", "design", "designed", "judge",
+           "load_original",
            "read", "run", "setup_of", "summary", "validate", "write"]

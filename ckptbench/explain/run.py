@@ -100,11 +100,7 @@ def run(settings: Settings, *, execute: Executor | None = None, writers: Any = N
         from ckptbench.parallel.local import LocalWriters
 
         writers = LocalWriters()
-    user = config_mod.load(settings.config, **settings.overrides)
-    output_dir = Path(settings.output_dir).resolve() if settings.output_dir else user.output_dir.parent / OUTPUT_NAME
-    shapes = None if user.weights is not None else [s for _, s in weights.preset_shapes(user.model)]
-    design_ = design(setup_of(user, settings.tests, shapes), settings.conditions)
-    suite = build_suite(design_, user, output_dir, settings.num_runs)
+    design_, suite = designed(settings)
     pace = _Pace(settings.budget_s, clock, on_start, on_record, on_message)
     try:
         outcome = execute(suite, writers, resume=settings.resume, on_start=pace.start, on_phase=on_phase,
@@ -114,6 +110,15 @@ def run(settings: Settings, *, execute: Executor | None = None, writers: Any = N
             stop.partial = _explain(design_, stop.partial)
         raise
     return _explain(design_, outcome)
+
+
+def designed(settings: Settings) -> tuple[Design, Any]:
+    """The design of an explain and the one suite that measures it (spec.suite.SuiteConfig), from its settings."""
+    user = config_mod.load(settings.config, **settings.overrides)
+    output_dir = Path(settings.output_dir).resolve() if settings.output_dir else user.output_dir.parent / OUTPUT_NAME
+    shapes = None if user.weights is not None else [s for _, s in weights.preset_shapes(user.model)]
+    design_ = design(setup_of(user, settings.tests, shapes), settings.conditions)
+    return design_, build_suite(design_, user, output_dir, settings.num_runs)
 
 
 def _explain(design_: Design, outcome: Any) -> Explanation:

@@ -1,4 +1,5 @@
-"""explain's words: a claim's label, its one-sentence summary, and the console's short answer.
+"""explain's words: a claim's label, its one-sentence summary, the console's short answer, its table and
+its warnings.
 
 The sentences are built from a judged claim (judge.py) alone, so explain.json holds each summary
 beside the figures it states and the console prints the same words. A summary answers the question a
@@ -128,3 +129,58 @@ def answer(document: Mapping[str, Any]) -> list[str]:
             lines.append(f"{status}: " + "; ".join(f"{', '.join(t)} ({r})" for r, t in by_reason.items()))
     lines += [claim["summary"] for claim in document["claims"]]
     return lines
+
+
+def _change(arm: Mapping[str, Any] | None) -> str:
+    """'-27 % [-29, -25] confirmed': an arm's change with its interval (none: too few runs) and outcome."""
+    if arm is None:
+        return "-"
+    if arm["measured_pct"] is None:
+        return f"not measured: {arm['outcome']}"
+    ci = arm.get("ci_pct")
+    few = arm.get("reason", "").startswith(analysis.TOO_FEW)
+    interval = (f" [{ci[0]:+.0f}, {ci[1]:+.0f}]" if ci is not None and ci[0] != ci[1] else
+                "" if ci is not None else " (too few runs)" if few else "")
+    words = {analysis.NOT_PINNED: "not pinned"}
+    return f"{_pct(arm['measured_pct'])}{interval} {words.get(arm['outcome'], arm['outcome'])}"
+
+
+def table(document: Mapping[str, Any], details: bool = False) -> str:
+    """One row per claim: as measured (the true arm), under all of the original's conditions, and the condition
+    that moves it most; with `details`, a row per claim and arm."""
+    from ckptbench.reports.tables import table as render
+
+    rows = []
+    if details:
+        for claim in document["claims"]:
+            for name, arm in claim["arms"].items():
+                rows.append([claim["label"], name, _change(arm), str(arm["n"]), arm.get("reason", "")])
+        return render(["claim", "arm", "change % [95% CI] outcome", "runs", "why"], rows)
+    for claim in document["claims"]:
+        real = [e for e in claim["effects"] if e["effect"] != NO_MOVE and e["shift_pp"] is not None]
+        biggest = max(real, key=lambda e: abs(e["shift_pp"]), default=None)
+        moves = "-" if biggest is None else f"{BY_NAME[biggest['condition']].title}: {_MOVES[biggest['effect']]}"
+        rows.append([claim["label"], _change(claim["arms"].get(TRUE)), _change(claim["arms"].get(ORIGINAL)), moves])
+    return render(["claim", "as measured (95% CI)", "under the original's conditions", "moved most by"], rows)
+
+
+def warnings(document: Mapping[str, Any], failed_runs: int = 0, most: int = 6) -> list[str]:
+    """What threatens the answer, at most `most` lines: an explain stopped early, failed runs, claims judged on
+    too few runs."""
+    out = []
+    if not document.get("complete", True):
+        out.append("stopped early: the claims use the runs so far; continue with --resume (same flags)")
+    if failed_runs:
+        out.append(f"{failed_runs} run(s) failed and are left out")
+    few = [c["label"] for c in document["claims"]
+           if any(a["outcome"] == analysis.INCONCLUSIVE and a.get("reason", "").startswith(analysis.TOO_FEW)
+                  for a in c["arms"].values())]
+    if few:
+        out.append(f"{len(few)} claim(s) have arms with too few runs for an interval (3 or more each): use --runs 3 "
+                   "or more")
+    undecided = [c["label"] for c in document["claims"] if _undecided(c["arms"][TRUE])]
+    if undecided:
+        out.append(f"{len(undecided)} claim(s) undecided as measured: more --runs would decide")
+    if not out:
+        return []
+    return ["Warnings:", *(f"  ! {line}" for line in out[:most - 1])]

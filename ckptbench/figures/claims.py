@@ -3,6 +3,7 @@ coloured by the claim's outcome (drawn from a results document; it measures and 
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,7 +22,10 @@ def _claim_note(claim: Mapping[str, Any]) -> str:
     if measured is None:
         return f"not measured: {claim['outcome']}"
     text = f"{measured:+.1f}%"
-    text += f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci is not None else " (no finite CI)"
+    if ci is not None:
+        text += f" [{ci[0]:+.1f}, {ci[1]:+.1f}]"
+    else:
+        text += " (too few runs)" if claim.get("reason", "").startswith("too few runs") else " (no CI)"
     return f"{text} {claim['outcome']}"
 
 
@@ -49,19 +53,22 @@ def draw_claims(document: Mapping[str, Any], path: Path) -> Path | None:
             xerr = None if ci is None else [[measured - ci[0]], [ci[1] - measured]]
             ax.errorbar(measured, y, xerr=xerr, fmt="o" if ci is not None else "D", color=color,
                         markersize=6, capsize=4, elinewidth=1.6, zorder=3)
-        ax.annotate(_claim_note(claim), xy=(1.01, y), xycoords=("axes fraction", "data"),
-                    va="center", fontsize=8, color=color)
     ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
     ax.set_ylim(len(rows) - 0.5, -0.5)  # first claim on top, in document order
+    notes = ax.twinx()  # the numbers as tick labels on the right: the layout makes room for them
+    notes.set_ylim(ax.get_ylim())
+    notes.set_yticks(range(len(rows)), [_claim_note(claim) for _, claim in rows], fontsize=8)
+    for tick, (_, claim) in zip(notes.get_yticklabels(), rows):
+        tick.set_color(OUTCOME_COLORS.get(claim["outcome"], "black"))
+    notes.tick_params(axis="y", length=0)
     ax.axvline(0, color="black", linewidth=0.8, zorder=2)
-    ax.use_sticky_edges = False  # bands must not touch the frame
-    ax.margins(x=0.05)
     claims_x_scale(ax, rows)
     ax.grid(axis="x", color="#e0e0e0", zorder=0)
     handles = [Patch(facecolor="#bcd4e6", edgecolor="#5b8db8", label="claimed range"),
                Patch(facecolor="#e3edf5", label="widened by the noise threshold (times)")]
     handles += [Line2D([], [], marker="o", linestyle="", color=c, label=o) for o, c in OUTCOME_COLORS.items()]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
-    ax.set_title(f"Claims check: claimed % change (band) vs measured change (point) with its 95% CI (bar)\n"
-                 f"{source_line(document)}", fontsize=11)
+    title = ("Claims check: claimed % change (band) vs measured change (point) with its 95% CI (bar)\n"
+             + "\n".join(textwrap.wrap(source_line(document), int(fig.get_figwidth() * 11))))
+    fig.suptitle(title, fontsize=11)
     return save(fig, path)

@@ -8,7 +8,6 @@ imported only when a figure is drawn.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -17,7 +16,7 @@ import numpy as np
 from ckptbench.core.errors import UserError
 from ckptbench.spec.references import CEILING
 
-ERRORBAR_NOTE = "error bars: 95% CI of the mean"
+ERRORBAR_NOTE = "error bars: 95% CI of the mean, log scale (none with 2 runs or fewer)"
 OUTCOME_COLORS = {"confirmed": "#2a9d8f", "contradicted": "#e63946", "consistent, not pinned down": "#f4a261",
                   "inconclusive": "#9a9a9a"}
 REFERENCE_COLOR = "#c8c8c8"
@@ -68,27 +67,46 @@ def source_line(document: Mapping[str, Any]) -> str:
     return text
 
 
+# A change of a positive quantity lies in (-100 %, +inf): the claims' axis is the log of the ratio, labelled in %.
+_PCT_TICKS = (-99.9, -99.0, -95.0, -90.0, -80.0, -50.0, -25.0, -10.0, 0.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0,
+              1e3, 2e3, 5e3, 1e4, 1e5, 1e6)
+_SMALLEST_RATIO = 1e-6  # where a band widened past -100 % is drawn
+
+
+def pct_to_log(pct):
+    """A change in % to the log of its ratio (the claims' axis); -100 % and below to the axis's far left."""
+    return np.log(np.maximum(1.0 + np.asarray(pct, dtype=float) / 100.0, _SMALLEST_RATIO))
+
+
+def log_to_pct(value):
+    return 100.0 * np.expm1(np.asarray(value, dtype=float))
+
+
 def claims_x_scale(ax, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
-    """Linear, unless something passes +-100 %: then linear inside +-100 % and logarithmic beyond,
-    so one huge CI (common with 3 noisy runs) cannot squash every claimed band into a sliver."""
+    """The log of the ratio, labelled as the change in %: every change's interval is made on that scale
+    (analysis.change.ratio_interval), so halving and doubling lie equally far from 0 and no interval can reach
+    -100 %. Ticks are thinned to about ten."""
     import matplotlib.ticker
 
-    values = [abs(v) for _, c in rows for v in [*c["claimed_pct"], *(c.get("ci_pct") or []), c.get("measured_pct")]
-              if v is not None]
-    label = "change vs baseline (%)   (negative = less time or size)"
-    if max(values, default=0.0) > 100.0:
-        ax.set_xscale("symlog", linthresh=100.0, linscale=1.0)
-        ax.set_xticks(_pct_ticks(*ax.get_xlim()))
-        label += ";  linear within +-100%, logarithmic beyond"
+    ax.set_xscale("function", functions=(pct_to_log, log_to_pct))
+    values = [v for _, c in rows for v in [*c["claimed_pct"], *(c.get("band_pct") or []), *(c.get("ci_pct") or []),
+                                           c.get("measured_pct")] if v is not None] + [0.0]
+    low, high = float(pct_to_log(min(values))), float(pct_to_log(max(values)))
+    pad = 0.08 * max(high - low, 0.1)
+    ax.set_xlim(float(log_to_pct(low - pad)), float(log_to_pct(high + pad)))
+    ax.set_xticks(_pct_ticks(*ax.get_xlim()))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:+g}%" if v else "0"))
-    ax.set_xlabel(label)
+    ax.set_xlabel("change vs baseline (%, log scale of the ratio); negative = less time or size")
 
 
 def _pct_ticks(lo: float, hi: float) -> list[float]:
-    """Every 50 % inside the linear +-100 % region; beyond it 200 and 500 when the axis ends before
-    1000 %, else only powers of ten (closer ticks would print on top of each other)."""
-    log_decades = math.log10(max(abs(lo), abs(hi), 100.0) / 100.0)
-    multiples = (2, 5) if log_decades <= 0.8 else (10,)
-    ticks = [float(v) for v in range(-100, 101, 50)]
-    ticks += [sign * m * 10.0**k for k in range(2, 7) for m in multiples for sign in (-1, 1)]
-    return sorted(v for v in ticks if lo <= v <= hi)
+    """The candidate ticks inside [lo, hi], no two closer than a tenth of the axis (on its log scale)."""
+    span = float(pct_to_log(hi) - pct_to_log(lo))
+    ticks: list[float] = []
+    for tick in (t for t in _PCT_TICKS if lo <= t <= hi):
+        if not ticks or float(pct_to_log(tick) - pct_to_log(ticks[-1])) >= span / 10 or tick == 0.0:
+            if ticks and tick == 0.0 and float(pct_to_log(0.0) - pct_to_log(ticks[-1])) < span / 10:
+                ticks.pop()  # 0 is always shown
+            ticks.append(tick)
+    return ticks

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ckptbench.figures import claims, main, scaling, sweep
+from ckptbench.figures import claims, main, scaling, sweep, tensor_parallel
 
 
 def draw_all(document: Mapping[str, Any], folder: Path) -> list[Path]:
@@ -19,7 +19,8 @@ def draw_all(document: Mapping[str, Any], folder: Path) -> list[Path]:
     if not any(r["error"] is None for t in document["tests"] for r in t["runs"]):
         return []
     others = [(claims.draw_claims, claims.CLAIMS_FILE), (sweep.draw_sweep, sweep.SWEEP_FILE),
-              (scaling.draw_scaling, scaling.SCALING_FILE)]
+              (scaling.draw_scaling, scaling.SCALING_FILE),
+              (tensor_parallel.draw_tensor_parallel, tensor_parallel.TENSOR_PARALLEL_FILE)]
     child = _fork_drawing(document, folder, others) if _can_fork() else None
     drawn = [main.draw(document, folder / main.PLOT_FILE)]
     if child is not None and _child_succeeded(child):

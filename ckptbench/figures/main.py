@@ -1,13 +1,15 @@
 """optimization_analysis.png, the 6-panel figure, drawn from a results document (it measures and computes
 nothing).
 
-Save time, load time and size (bars at the mean, each run a dot, whiskers the 95 % CI
-computed on log values so no whisker reaches below zero); save and load improvement vs
-baseline in % (bars with the 95 % CI of the change, hatched where the change is not
-significant); and a heatmap of improvement per test and metric whose colour scale spans
-the largest value, so nothing is clipped. Reference rows (safetensors, torch.save, the
-device ceiling) stand apart after a gap, grey and hatched. The title says which layout
-to use; the winners' bars are outlined in gold.
+Save time, load time and size (bars at the mean, each run a dot, whiskers the mean's 95 %
+CI on the log scale so no whisker reaches below zero; none with 2 runs or fewer); save and
+load time versus the baseline (the ratio of means on a log axis labelled as the change in %,
+with the change's 95 % CI, hatched where it is not significant: the same interval and test as
+the tables, so no whisker reaches -100 %); and a heatmap of the change per test and metric
+coloured by the log of the ratio, whose colour scale spans the largest value, so nothing is
+clipped. Reference rows (the peers and the device ceiling) stand apart after a gap, grey and
+hatched. The title gives TensorStore's best layout per objective beside the fastest peer; the
+winners' bars are outlined in gold.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ckptbench.analysis.change import TOO_FEW, ratio_words
 from ckptbench.figures.common import CEILING, REFERENCE_COLOR, figure, mean_and_err, save, source_line
 
 PLOT_FILE = "optimization_analysis.png"
 TIME_NOTE = "bars: mean; dots: runs; whiskers: 95% CI (log scale)"
+FEW_NOTE = "bars: mean; dots: runs; whiskers: 95% CI, none: too few runs"  # TIME_NOTE with 2 runs or fewer
 LABEL_LINE_CHARS = 24  # tick labels longer than this are wrapped at '_' boundaries
 MANY_TESTS = 8  # beyond this, tick labels stand upright: slanted ones would overlap their neighbours
 REFERENCE_GAP = 0.8  # extra space between the TensorStore tests and the reference rows
@@ -54,7 +58,7 @@ def _six_panels(fig, tests: Sequence[Mapping[str, Any]], title_lines: int) -> An
     ticks_in = _tick_label_height_in(_labels(names), 90 if many else 30, 7 if many else 8)
     heat_names = [n + " (ref)" for n in names]
     heat_labels_in = max(map(len, heat_names)) * _CHAR_IN * (7 if many else 8) + 0.15
-    title_in, axes_title_in, ylabel_in, colorbar_in = 0.25 + 0.2 * title_lines, 0.5, 0.75, 1.1
+    title_in, axes_title_in, ylabel_in, colorbar_in = 0.25 + 0.2 * title_lines, 0.5, 0.85, 1.1
     row_in = (height - title_in - 2 * axes_title_in - 2 * ticks_in - 0.15) / 2
     bars_in = (width - 3 * ylabel_in - heat_labels_in - colorbar_in) / 2.4  # the heatmap gets 0.4 of a panel more
     heat_in = width - 2 * (ylabel_in + bars_in) - heat_labels_in - colorbar_in
@@ -186,7 +190,8 @@ def _bars(ax, document, tests, metric, scale, ylabel, title, color, winner: str 
         ax.legend(handles=handles, loc="upper right", fontsize=7)
     _set_test_ticks(ax, names, xs)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    few = timed and any(0 < t["stats"][metric]["n"] <= 2 for t in tests)
+    ax.set_title(title.replace(TIME_NOTE, FEW_NOTE) if few else title)
     ax.margins(x=0.01)
 
 
@@ -208,82 +213,128 @@ def _clip_axis(ax, xs, whisker_tops: Sequence[float], data_top: float, bottom: f
                         va="bottom", fontsize=6, color="#555555", arrowprops={"arrowstyle": "-|>", "color": "#555555"})
 
 
-def _improvement(ax, tests, baseline, metric, title) -> None:
-    """Improvement = -change (positive is better), with the change's CI and significance."""
+def _ratio_text(ratio: float) -> str:
+    """A ratio as a change in %: 0.5 -> '-50%', 3 -> '+200%', 0.001 -> '-99.9%': decimals enough that a change
+    near -100 % never prints as -100 % (round(): never '-0%')."""
+    if ratio >= 0.01:
+        return f"{round(100 * (ratio - 1)):+d}%"
+    decimals = min(6, math.ceil(-math.log10(ratio)) - 1) if ratio > 0 else 6
+    return f"{100 * (ratio - 1):+.{decimals}f}%"
+
+
+def _change_axis(ax, low: float, high: float) -> None:
+    """A log axis of ratios labelled as changes in %: a change cannot reach -100 % on it, as it cannot in fact."""
+    import matplotlib.ticker
+
+    ax.set_yscale("log")
+    ax.set_ylim(low, high)
+    decades = math.log10(high / low)
+    subs = (1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,)
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=subs))
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: "0" if abs(v - 1) < 1e-9
+                                                                 else _ratio_text(v)))
+
+
+def _change(ax, tests, baseline, metric, title) -> None:
+    """Each test's mean against the baseline's as a ratio on a log axis, labelled as the change in % (below 1 is
+    better), with the change's 95 % interval and significance: the very numbers the tables print."""
     names = [t["name"] for t in tests]
     xs = positions(tests)
-    values, lows, highs, hatches = [], [], [], []
+    ratios, lows, highs, hatches = [], [], [], []
     for t in tests:
         comparison = t["vs_baseline"].get(metric) or {}
-        change = comparison.get("change_pct")
-        ci = comparison.get("change_ci95_pct")
-        value = np.nan if change is None else -change
-        values.append(0.0 if t["name"] == baseline else value)
-        lows.append(0.0 if ci is None or change is None else value - (-ci[1]))
-        highs.append(0.0 if ci is None or change is None else (-ci[0]) - value)
+        ratio = 1.0 if t["name"] == baseline else comparison.get("ratio")
+        ratio = np.nan if ratio is None else ratio
+        interval = comparison.get("ratio_ci95")
+        ratios.append(ratio)
+        lows.append(ratio if interval is None else interval[0])
+        highs.append(ratio if interval is None else interval[1])
         hatches.append("" if comparison.get("significant") or t["name"] == baseline else "//")
-    colors = [REFERENCE_COLOR if t.get("kind") == "reference" else ("#2a9d8f" if v >= 0 else "#e76f51")
-              for t, v in zip(tests, np.nan_to_num(values))]
-    capsize = 2 if len(tests) > MANY_TESTS else 4
-    bars = ax.bar(xs, values, yerr=[lows, highs], capsize=capsize, color=colors, edgecolor="black", linewidth=0.5)
+    ratios_arr = np.array(ratios, dtype=float)
+    colors = [REFERENCE_COLOR if t.get("kind") == "reference" else ("#2a9d8f" if r <= 1 else "#e76f51")
+              for t, r in zip(tests, np.nan_to_num(ratios_arr, nan=1.0))]
+    finite = ratios_arr[np.isfinite(ratios_arr)]
+    data_low, data_high = min([1.0, *finite]), max([1.0, *finite])
+    low, high = data_low / 1.8, data_high * 1.8  # room for labels; whiskers beyond end in an arrow
+    heights = np.where(np.isfinite(ratios_arr), ratios_arr - 1.0, 0.0)
+    bars = ax.bar(xs, heights, bottom=1.0, color=colors, edgecolor="black", linewidth=0.5, zorder=2)
     for bar, hatch in zip(bars, hatches):
         bar.set_hatch(hatch)
-    labels = []
-    for t, v in zip(tests, values):
+    capsize = 2 if len(tests) > MANY_TESTS else 4
+    shown = np.isfinite(ratios_arr)
+    ax.errorbar(np.asarray(xs)[shown], ratios_arr[shown],
+                yerr=[np.clip(ratios_arr[shown] - np.array(lows)[shown], 0, None),
+                      np.clip(np.array(highs)[shown] - ratios_arr[shown], 0, None)],
+                fmt="none", ecolor="black", elinewidth=1, capsize=capsize, zorder=3)
+    for x, t, r in zip(xs, tests, ratios_arr):
         comparison = t["vs_baseline"].get(metric) or {}
-        mark = "*" if comparison.get("significant") else ""
-        labels.append("base" if t["name"] == baseline else (_pct_text(v) + mark if np.isfinite(v) else ""))
-    ax.bar_label(bars, labels=labels, padding=2, fontsize=_value_fontsize(len(tests)))
-    _mark_missing(ax, xs, values, "n/a: no runs", len(tests))
-    finite = [v for v in values if np.isfinite(v)] + [0.0]
-    _clip_axis(ax, xs, [v + h for v, h in zip(values, highs)], max(finite), bottom=None,
-               whisker_bottoms=[v - lo for v, lo in zip(values, lows)], data_bottom=min(finite))
-    ax.axhline(0, color="black", linewidth=0.8)
+        if t["name"] == baseline:
+            text = "base"
+        elif not np.isfinite(r):
+            ax.text(x, 1.0, "n/a: no runs", rotation=90, ha="center", va="bottom",
+                    fontsize=_value_fontsize(len(tests)) + 1, color="#b00020")
+            continue
+        else:
+            text = _ratio_text(r) + ("*" if comparison.get("significant") else "")
+        ax.annotate(text, (x, r), xytext=(0, 2 if r >= 1 else -2), textcoords="offset points", ha="center",
+                    va="bottom" if r >= 1 else "top", fontsize=_value_fontsize(len(tests)))
+    _change_axis(ax, low, high)
+    for x, lo, hi in zip(xs, lows, highs):
+        for end, edge, va, dy in ((hi, high, "top", -2), (lo, low, "bottom", 2)):
+            if np.isfinite(end) and (end > edge if edge == high else end < edge):
+                ax.annotate(_ratio_text(end), xy=(x, edge), xytext=(0, dy), textcoords="offset points",
+                            ha="center", va=va, fontsize=6, color="#555555",
+                            arrowprops={"arrowstyle": "-|>", "color": "#555555"})
+    ax.axhline(1.0, color="black", linewidth=0.8)
     _set_test_ticks(ax, names, xs)
-    ax.set_ylabel("improvement vs baseline (%)")
-    ax.set_title(title + "\n(* significant, // not significant; bars: 95% CI; grey: reference rows)", fontsize=10)
+    ax.set_ylabel("change vs baseline (%)")
+    few = any((t["vs_baseline"].get(metric) or {}).get("verdict") == TOO_FEW for t in tests)
+    ax.set_title(title + "\n(* significant, // not; whiskers: 95% CI" + (", none: too few runs" if few else "")
+                 + "; grey: references)", fontsize=10)
+    ax.grid(axis="y", color="#e0e0e0", zorder=0)
     ax.margins(x=0.01)
 
 
-def _improvement_pct(test: Mapping[str, Any], metric: str) -> float:
-    """-change_pct; NaN when there is no change to show (baseline rows are 0, failed tests NaN)."""
+def _ratio(test: Mapping[str, Any], metric: str) -> float:
+    """The mean's ratio to the baseline's; 1 for the baseline, NaN when there is none (a failed test)."""
     comparison = test["vs_baseline"].get(metric)
     if comparison is None:
-        return 0.0  # the baseline compares with nothing
-    change = comparison.get("change_pct")
-    return np.nan if change is None else -change
-
-
-def _pct_text(value: float) -> str:
-    # round() returns an int, so a change of -0.0001 % prints "+0%", not "-0%".
-    return f"{round(value):+d}%"
+        return 1.0  # the baseline compares with nothing
+    ratio = comparison.get("ratio")
+    return np.nan if ratio is None else ratio
 
 
 def _heatmap(fig, ax, tests) -> None:
     import matplotlib
     import matplotlib.colors
+    import matplotlib.ticker
 
     names = [t["name"] + (" (ref)" if t.get("kind") == "reference" else "") for t in tests]
     metrics = [("save_s", "save"), ("load_s", "load"), ("size_bytes", "size")]
-    grid = np.array([[_improvement_pct(t, m) for m, _ in metrics] for t in tests], dtype=float)
-    finite = grid[np.isfinite(grid)]
-    limit = max(1.0, float(np.max(np.abs(finite)))) if finite.size else 1.0  # symmetric, never clipped
-    # Symmetric log scale: a -500 % gzip save does not wash out the +-20 % effects beside it.
-    norm = matplotlib.colors.SymLogNorm(linthresh=10.0, vmin=-limit, vmax=limit, base=10)
-    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="#d9d9d9")  # grey: nothing measured
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto")
+    grid = np.array([[_ratio(t, m) for m, _ in metrics] for t in tests], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log10(grid)
+    finite = logs[np.isfinite(logs)]
+    limit = max(math.log10(1.1), float(np.max(np.abs(finite)))) if finite.size else 1.0  # symmetric, never clipped
+    # Colour by log ratio: halving and doubling are equally strong, and -100 % lies at infinity, as in the tables.
+    norm = matplotlib.colors.Normalize(vmin=-limit, vmax=limit)
+    cmap = matplotlib.colormaps["RdYlGn_r"].with_extremes(bad="#d9d9d9")  # green: less time or size; grey: n/a
+    image = ax.imshow(np.ma.masked_invalid(logs), cmap=cmap, norm=norm, aspect="auto")
     ax.set_xticks(range(len(metrics)), [label for _, label in metrics])
     # Full names, never truncated: sweep names often differ only at the end.
     ax.set_yticks(range(len(tests)), names, fontsize=7 if len(tests) > MANY_TESTS else 8)
-    for (row, col), value in np.ndenumerate(grid):
+    for (row, col), value in np.ndenumerate(logs):
         if not np.isfinite(value):
             ax.text(col, row, "n/a", ha="center", va="center", fontsize=8)
             continue
-        ax.text(col, row, _pct_text(value), ha="center", va="center", fontsize=8,
+        ax.text(col, row, _ratio_text(grid[row, col]), ha="center", va="center", fontsize=8,
                 color="white" if abs(norm(value) - 0.5) > 0.35 else "black")
-    fig.colorbar(image, ax=ax, label="improvement vs baseline (%)", fraction=0.08, pad=0.03)
-    ax.set_title("Optimization impact, % improvement vs baseline\n(green = better; colour scale symmetric log)",
-                 fontsize=10)
+    bar = fig.colorbar(image, ax=ax, label="change vs baseline (%, log scale)", fraction=0.08, pad=0.03)
+    steps = (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1000.0) if limit > 1.0 else (0.1, 0.5, 0.8, 1.0, 1.25, 2.0, 10.0)
+    nice = [r for r in steps if abs(math.log10(r)) <= limit]
+    bar.set_ticks([math.log10(r) for r in nice], labels=[_ratio_text(r) for r in nice])
+    ax.set_title("Change vs baseline, %\n(green = less time or size; colour: log of the ratio)", fontsize=10)
 
 
 def _figure_size_in(n_tests: int) -> tuple[float, float]:
@@ -292,18 +343,24 @@ def _figure_size_in(n_tests: int) -> tuple[float, float]:
     return 3 * panel_width_in + 1.0, max(10.5, 0.5 * n_tests + 3.0)
 
 
-def advice_line(document: Mapping[str, Any]) -> str:
-    """The answer the figure exists for: which TensorStore layout to use."""
+def advice_lines(document: Mapping[str, Any]) -> list[str]:
+    """The answer the figure exists for: TensorStore's best layout per objective, and beside it the fastest peer
+    (a reference row a user could pick instead) as a ratio with its 95 % CI and verdict. TensorStore is never
+    called the fastest: a peer may be faster."""
     best = document.get("best") or {}
-    parts = []
-    for objective, word in (("load", "fastest load"), ("save", "fastest save"), ("balanced", "best save + load"),
-                            ("size", "smallest")):
+    out = []
+    for objective, word in (("save", "save"), ("load", "load"), ("balanced", "save + load"), ("size", "size")):
         entry = best.get(objective)
-        if entry:
-            tied = not entry.get("distinguishable") and entry.get("runner_up")
-            tie = f" (tied with {entry['runner_up']})" if tied else ""
-            parts.append(f"{word}: {entry['test']}{tie}")
-    return ("Use → " + ";  ".join(parts)) if parts else ""
+        if not entry:
+            continue
+        tied = not entry.get("distinguishable") and entry.get("runner_up")
+        text = f"TensorStore's best {word}: {entry['test']}" + (f" (tied with {entry['runner_up']})" if tied else "")
+        peer = (entry.get("against") or {}).get("peer")
+        if peer is not None:
+            metric = "size_bytes" if objective == "size" else "save_s"
+            text += "; it is " + ratio_words(peer, f"{peer['test']}, the fastest peer", metric)
+        out.append(text)
+    return out
 
 
 def draw(document: Mapping[str, Any], path: Path) -> Path:
@@ -315,10 +372,10 @@ def draw(document: Mapping[str, Any], path: Path) -> Path:
     title = f"TensorStore checkpoint benchmark: {source_line(document)}"
     if not document.get("complete", True):
         title += "  [INCOMPLETE]"
-    advice = advice_line(document)
     fig, _ = figure(*_figure_size_in(len(tests)), layout=None)
     width_chars = int(fig.get_figwidth() * 10)
-    lines = textwrap.wrap(title, width_chars) + (textwrap.wrap(advice, width_chars) if advice else [])
+    lines = textwrap.wrap(title, width_chars) + [wrapped for line in advice_lines(document)
+                                                 for wrapped in textwrap.wrap(line, width_chars)]
     fig.suptitle("\n".join(lines), fontsize=12, y=1 - 0.1 / fig.get_figheight(), va="top")
     axes = _six_panels(fig, tests, len(lines))
     _bars(axes[0, 0], document, tests, "save_s", 1.0, "seconds", f"Save time (lower is better)\n{TIME_NOTE}",
@@ -327,7 +384,7 @@ def draw(document: Mapping[str, Any], path: Path) -> Path:
           "#8ab17d", winner["load_s"])
     _bars(axes[0, 2], document, tests, "size_bytes", 1e6, "MB on disk (file bytes)", "Checkpoint size", "#e9c46a",
           winner["size_bytes"])
-    _improvement(axes[1, 0], tests, document["baseline"], "save_s", "Save time improvement")
-    _improvement(axes[1, 1], tests, document["baseline"], "load_s", "Load time improvement")
+    _change(axes[1, 0], tests, document["baseline"], "save_s", "Save time vs baseline (lower is better)")
+    _change(axes[1, 1], tests, document["baseline"], "load_s", "Load time vs baseline (lower is better)")
     _heatmap(fig, axes[1, 2], tests)
     return save(fig, path)

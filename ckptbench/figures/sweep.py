@@ -2,12 +2,14 @@
 
 x is the chunk size in bytes (log axis) when chunks are swept, otherwise the first
 swept setting; one line per combination of the other swept settings (concurrency,
-compression, ...), with 95% CI error bars. The device ceiling measured in the same
-run is a dashed line: the distance to it is what a configuration leaves on the table.
+compression, ...), with the mean's 95% CI on the log scale as error bars (none with 2
+runs or fewer). The device ceiling measured in the same run is a dashed line: the distance
+to it is what a configuration leaves on the table.
 """
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -76,7 +78,7 @@ def draw_sweep(document: Mapping[str, Any], path: Path) -> Path | None:
 
 def line(ax, xs: list, tests: list[Mapping[str, Any]], metric: str, label: str) -> None:
     """One series: means with their 95% CI (no bar where a point has one run)."""
-    points = [mean_and_err(t["stats"][metric]) for t in tests]
+    points = [mean_and_err(t["stats"][metric], log_ci=True) for t in tests]
     ax.errorbar(xs, [mean for mean, _ in points], yerr=list(zip(*(err for _, err in points))),
                 marker="o", capsize=3, label=label)
 
@@ -93,5 +95,6 @@ def finish_axes(ax, ceiling: Mapping[str, Any] | None, metric: str, title: str, 
 
 
 def save_titled(fig, title: str, path: Path) -> Path:
-    fig.suptitle(title, fontsize=12)
+    """Save with the title wrapped to the figure's width (a long model name must not run off its edges)."""
+    fig.suptitle("\n".join(textwrap.wrap(title, int(fig.get_figwidth() * 9))), fontsize=12)
     return save(fig, path)

@@ -1,4 +1,10 @@
-"""A TensorStore test run by several writers: the back end `measure` runs, whatever pool holds them."""
+"""Tests run by several processes: the back ends `measure` runs, whatever pool holds the processes.
+
+`DistributedBackend`: a TensorStore test saved and loaded by several writers, each its rows of
+every array; or, with tp > 1, loaded by tp readers, each its tensor-parallel slice (saved whole
+by the first writer, as one trainer writes, or with tp_save by the tp ranks, each its slice).
+`TensorParallelReference`: a reference row under tp > 1: saved here by the row's own back end,
+loaded by the tp readers with the row's own loader (`Backend.load_slices`)."""
 
 from __future__ import annotations
 
@@ -9,12 +15,15 @@ from typing import Any, Mapping
 import numpy as np
 import tensorstore as ts
 
-from ckptbench.bench import cache, storage
+from ckptbench.bench import cache, references, storage
 from ckptbench.bench.backend import Backend
 from ckptbench.bench.targets import RunLocation
 from ckptbench.parallel import writers
-from ckptbench.parallel.slices import row_slices, write_unit_rows
+from ckptbench.parallel.slices import row_boxes
 from ckptbench.parallel.writers import Job, WriterPool
+from ckptbench.sources.source_file import Box
+from ckptbench.spec.references import CEILING
+from ckptbench.spec.tensor_parallel import rank_boxes
 
 _EVICTION_STRENGTH = {"drop_caches": 2, "fadvise": 1, None: 0}
 
@@ -28,8 +37,10 @@ class DistributedBackend(Backend):
     max_inflight_bytes: int
     context_extra: dict[str, Any] = field(default_factory=dict)
     last_workers: list[dict[str, float]] | None = None  # each writer's figures for the last save or load
+    tp: int = 1  # > 1: loads by tp readers (the pool's processes), each reading its tensor-parallel slice
+    tp_save: bool = False  # with tp > 1: the save written by the tp ranks, each its slice
     _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    _per_rank: list[dict[str, tuple[int, int]]] = field(default_factory=list)  # each writer's rows, by array
+    _per_rank: dict[str, list[dict[str, Box]]] = field(default_factory=dict)  # by op, each writer's box by array
 
     def _context_extra(self) -> dict[str, Any]:
         extra = dict(self.context_extra)
@@ -39,7 +50,8 @@ class DistributedBackend(Backend):
 
     def _run(self, op: str, location: RunLocation) -> None:
         extra = self._context_extra()
-        self.pool.send([Job(op, location, self.layout, slices, extra) for slices in self._per_rank])
+        self.pool.send([Job(op, location, self.layout, boxes, extra, reader=(rank, self.pool.processes))
+                        for rank, boxes in enumerate(self._per_rank[op])])
         self.last_workers = [reply[1] for reply in self.pool.collect("done", writers.PHASE_TIMEOUT_S, during=op)]
 
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
@@ -48,11 +60,22 @@ class DistributedBackend(Backend):
         if self.layout.kvstore == "ocdbt":
             self.pool.coordinator_address()  # rank 0's coordinator starts here, not inside the first timed save
         self._shapes = {name: a.shape for name, a in tensors.items()}
-        self._per_rank = [{} for _ in range(self.pool.processes)]
-        for name, shape in self._shapes.items():
-            for rank, rows in enumerate(row_slices(shape, write_unit_rows(self.layout, shape), self.pool.processes)):
-                if rows is not None:
-                    self._per_rank[rank][name] = rows
+        self._per_rank = self.boxes()
+
+    def boxes(self) -> dict[str, list[dict[str, Box]]]:
+        """Per op ("save", "load"), each writer's box of every array it writes or reads."""
+        rows = row_boxes(self.layout, self._shapes, self.pool.processes)
+        if self.tp <= 1:
+            return {"save": rows, "load": rows}
+        if self.pool.processes != self.tp:
+            raise ValueError(f"tp {self.tp} needs {self.tp} readers, the pool has {self.pool.processes}")
+        sliced = rank_boxes(self._shapes, self.tp)
+        if self.tp_save:  # each rank writes its slice; a replicated tensor once, by rank 0 (tp_aligned: no chunk
+            # is shared, config checks it)
+            save = [{n: b for n, b in boxes.items() if b or rank == 0} for rank, boxes in enumerate(sliced)]
+        else:  # written whole by the first writer, as one trainer writes a checkpoint
+            save = [{name: () for name in self._shapes}] + [{} for _ in range(self.tp - 1)]
+        return {"save": save, "load": sliced}
 
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None:
         dtype = storage.dtype_name(next(iter(tensors.values())).dtype)
@@ -90,3 +113,73 @@ class DistributedBackend(Backend):
 
     def worker_figures(self) -> list[dict[str, float]] | None:
         return self.last_workers
+
+
+@dataclass
+class TensorParallelReference(Backend):
+    """A reference row under tp > 1: the row's back end saves here; the pool's tp readers load, each its slice with
+    the row's loader (`Backend.load_slices`), from a common start, and verify it."""
+
+    inner: Backend
+    kind: str
+    settings: dict[str, Any]
+    pool: WriterPool
+    tp: int
+    last_workers: list[dict[str, float]] | None = None
+    _boxes: list[dict[str, Box]] = field(default_factory=list)
+    _patterns: dict[str, float] | None = None
+
+    def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
+        self.pool.start(tensors)
+        self.inner.prepare(tensors)
+        self._boxes = rank_boxes({name: a.shape for name, a in tensors.items()}, self.tp)
+
+    def before_run(self, earlier: Any) -> None:
+        self.inner.before_run(earlier)
+
+    def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None:
+        self.last_workers = None
+        self.inner.save(tensors, location)
+        self._patterns = self.inner.pattern_seconds()  # the ceiling's write patterns
+
+    def load(self, location: RunLocation) -> dict[str, np.ndarray]:
+        self._patterns = None  # a tensor-parallel load is one pattern: tp readers, each its share
+        ceiling = self.kind == CEILING  # its readers read shares of raw bytes, not named slices
+        self.pool.send([Job("load", location, boxes={} if ceiling else boxes, reference=(self.kind, self.settings),
+                            reader=(rank, self.tp)) for rank, boxes in enumerate(self._boxes)])
+        self.last_workers = [reply[1] for reply in self.pool.collect("done", writers.PHASE_TIMEOUT_S, during="load")]
+        return {}  # the data stays with the readers, which verify it
+
+    def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
+        replies = self.pool.collect("verified", writers.PHASE_TIMEOUT_S, during="verification")
+        return sorted({name for reply in replies for name in reply[1]})
+
+    def evict(self, directory: Path, method: str) -> str | None:
+        return self.inner.evict(directory, method)
+
+    def release(self) -> None:
+        self.pool.settle()
+        self.inner.release()
+
+    def footprint(self, location: RunLocation) -> tuple[int, int, int]:
+        return self.inner.footprint(location)
+
+    def worker_figures(self) -> list[dict[str, float]] | None:
+        return self.last_workers
+
+    def pattern_seconds(self) -> dict[str, float] | None:
+        return self._patterns
+
+
+def backend_of(test: Any, config: Any, target: Any, pool: WriterPool) -> Backend:
+    """The back end of a test run by a pool's processes: a TensorStore test's writers (or tp readers), or a
+    reference row's tp readers."""
+    if test.is_reference:
+        settings = dict(test.reference_settings or {})
+        inner = (references.DeviceCeilingBackend(config.cache_eviction) if test.backend == CEILING
+                 else references.BACKENDS[test.backend](**settings))
+        if test.backend == CEILING:
+            settings = {"eviction": config.cache_eviction}
+        return TensorParallelReference(inner, test.backend, settings, pool, test.tp)
+    return DistributedBackend(storage.Layout.of(test, config.dtype), pool, config.max_inflight_bytes,
+                              context_extra=target.context_spec(), tp=test.tp, tp_save=test.tp_save)

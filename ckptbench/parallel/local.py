@@ -1,12 +1,11 @@
-"""The writers of a run on this host: tests with `processes` N are run by N workers this process spawns."""
+"""The writers of a run on this host: tests with `processes` N (tp N) are run by N workers this process spawns."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ckptbench.bench import storage
 from ckptbench.bench.backend import Backend
-from ckptbench.parallel.backend import DistributedBackend
+from ckptbench.parallel.backend import backend_of
 from ckptbench.parallel.shared import WeightSource
 from ckptbench.parallel.spawned import Pool
 from ckptbench.spec.suite import SuiteConfig
@@ -23,8 +22,7 @@ class LocalWriters:
         key = (test.processes, source.values)  # each pool's workers hold the weights they were started with
         if key not in self.pools:
             self.pools[key] = Pool(test.processes, source)
-        return DistributedBackend(storage.Layout.of(test, config.dtype), self.pools[key], config.max_inflight_bytes,
-                                  context_extra=target.context_spec())
+        return backend_of(test, config, target, self.pools[key])
 
     def ready(self, tensors: Mapping[str, Any]) -> None:
         pass  # workers start with the first run of a test that needs them

@@ -27,12 +27,12 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ckptbench.bench import storage, targets
+from ckptbench.bench import targets
 from ckptbench.bench.backend import Backend
 from ckptbench.core import interrupt
 from ckptbench.core.errors import Stopped, UserError
 from ckptbench.documents import journal
-from ckptbench.parallel.backend import DistributedBackend
+from ckptbench.parallel.backend import backend_of
 from ckptbench.parallel.launch import Launch
 from ckptbench.parallel.shared import SharedTensors, handoff
 from ckptbench.parallel.world import START_TIMEOUT_S, Broken, World, short_error
@@ -180,8 +180,7 @@ class LaunchWriters:
         self.pool = LaunchedPool(session.world, on_lost=session.lose)
 
     def backend(self, test: Any, config: SuiteConfig, target: Any) -> Backend:
-        return DistributedBackend(storage.Layout.of(test, config.dtype), self.pool, config.max_inflight_bytes,
-                                  context_extra=target.context_spec())
+        return backend_of(test, config, target, self.pool)
 
     def ready(self, tensors: Mapping[str, Any]) -> None:
         self.session.wait_ready(tensors)
@@ -211,6 +210,11 @@ def suite_for_launch(config: SuiteConfig, launch: Launch) -> SuiteConfig:
             raise UserError(f"test {test.name!r}: its own values ({config.values_for(test)!r}) under a launcher, "
                             f"whose ranks hold the suite's weights (values {config.values!r}); drop the test's "
                             "values, or run it without the launcher")
+    for test in config.tests:  # a tensor-parallel load's readers are the ranks
+        if test.tp > 1 and test.tp != launch.world_size:
+            raise UserError(f"test {test.name!r}: tp {test.tp} under {launch.launcher} with {launch.world_size} ranks; "
+                            f"the ranks are the tensor-parallel readers: start {test.tp} ranks, or use --tp "
+                            f"{launch.world_size}")
     return config_mod.with_processes(config, launch.world_size)
 
 

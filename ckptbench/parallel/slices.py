@@ -1,8 +1,11 @@
-"""Which rows of each array a writer owns, so that no two processes ever touch one chunk."""
+"""Which part of each array a writer owns (so that no two processes ever touch one chunk), and a part's view."""
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Sequence
+
 from ckptbench.bench import storage
+from ckptbench.sources.source_file import Box
 
 
 def row_slices(shape: tuple[int, ...], chunk_rows: int, processes: int) -> list[tuple[int, int] | None]:
@@ -20,11 +23,24 @@ def row_slices(shape: tuple[int, ...], chunk_rows: int, processes: int) -> list[
     return owned
 
 
-def part(array, rows: tuple[int, int], scalar: bool):
-    return array if scalar else array[rows[0]:rows[1]]
+def row_boxes(layout: storage.Layout, shapes: Mapping[str, Sequence[int]], processes: int) -> list[dict[str, Box]]:
+    """Per process, the box of each array it owns: whole write units (shards, else chunks) of rows; a scalar, whole,
+    by process 0."""
+    owned: list[dict[str, Box]] = [{} for _ in range(processes)]
+    for name, shape in shapes.items():
+        shape = tuple(shape)
+        for rank, rows in enumerate(row_slices(shape, write_unit_rows(layout, shape, name), processes)):
+            if rows is not None:
+                owned[rank][name] = (rows,) if shape else ()
+    return owned
 
 
-def write_unit_rows(layout: storage.Layout, shape: tuple[int, ...]) -> int:
+def part(array: Any, box: Box) -> Any:
+    """The part of an array (numpy) or a TensorStore a box selects; () is all of it."""
+    return array[tuple(slice(start, stop) for start, stop in box)] if box else array
+
+
+def write_unit_rows(layout: storage.Layout, shape: tuple[int, ...], name: str = "") -> int:
     """Rows of the smallest unit two processes must not share: the shard if sharded, else the chunk."""
-    unit = layout.shard_shape(shape) or layout.chunk_shape(shape)
+    unit = layout.shard_shape(shape, name) or layout.chunk_shape(shape, name)
     return unit[0] if unit else 1

@@ -1,8 +1,11 @@
 """Many writers: N processes saving and loading one checkpoint together, like N hosts.
 
-Each writer writes or reads only its own slice of every array: a contiguous range of
+Each writer writes or reads only its own part of every array, a box: a contiguous range of
 whole chunks along the first dimension, so no two processes ever touch one chunk
-(slices.py). The writers and the process that runs the suite form one gloo world
+(slices.py); or, for a tensor-parallel load (spec.tensor_parallel), its rank's slice of
+each tensor on its split dimension and every replicated tensor whole. A reference row's
+tensor-parallel readers read their slices with the row's own loader (`Job.reference`).
+The writers and the process that runs the suite form one gloo world
 (world.py), and everything after that is one code path:
 - rank 0 creates every array's metadata, then broadcasts one `Job` per writer;
 - all ranks meet at a barrier, the common start, and each does its job (`perform`);
@@ -30,7 +33,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import tensorstore as ts
 
-from ckptbench.bench import cache, storage
+from ckptbench.bench import cache, references, storage
 from ckptbench.bench.targets import RunLocation
 from ckptbench.bench.timing import Timed, timed
 from ckptbench.bench.verify import mismatches
@@ -39,6 +42,7 @@ from ckptbench.core import system
 from ckptbench.core.errors import Stopped
 from ckptbench.parallel.slices import part
 from ckptbench.parallel.world import Broken, World, short_error
+from ckptbench.sources.source_file import Box
 
 PHASE_TIMEOUT_S = 3600.0
 LOOPBACK = "127.0.0.1"
@@ -53,9 +57,11 @@ class Job:
     op: str  # "save", "load" or "evict"
     location: RunLocation
     layout: storage.Layout | None = None
-    slices: dict[str, tuple[int, int]] = field(default_factory=dict)  # this rank's [start, stop) rows by array
+    boxes: dict[str, Box] = field(default_factory=dict)  # this rank's part of each array it writes or reads
     context_extra: dict[str, Any] = field(default_factory=dict)
     eviction: str = "none"  # an eviction's method (see cache.evict)
+    reference: tuple[str, dict[str, Any]] | None = None  # a reference row's kind and settings: its loader reads
+    reader: tuple[int, int] = (0, 1)  # this rank's place among the readers, and how many (the ceiling's share)
 
 
 class WorkerFailed(RuntimeError):
@@ -88,8 +94,11 @@ def _work(job: Job, tensors: Mapping[str, np.ndarray], start_at: float) -> Itera
         yield "done", _figures(start_at, timed(lambda: _save_slices(job, tensors), collect_garbage=False))
     else:
         loaded: dict[str, np.ndarray] = {}
-        yield "done", _figures(start_at, timed(lambda: loaded.update(_load_slices(job)), collect_garbage=False))
-        yield "verified", mismatches(tensors, loaded, {name: (rows,) for name, rows in job.slices.items()})
+        before = system.io_bytes()
+        usage = timed(lambda: loaded.update(_load_slices(job)), collect_garbage=False)
+        yield "done", {**_figures(start_at, usage), **_read_figures(before, system.io_bytes(), loaded)}
+        # A job without boxes read raw bytes (the ceiling's share): nothing to verify by name
+        yield "verified", mismatches(tensors, loaded, job.boxes) if job.boxes else []
 
 
 def _check_visible(location: RunLocation) -> None:
@@ -104,25 +113,36 @@ def _figures(start_at: float, usage: Timed) -> dict[str, float]:
     return {"seconds": time.perf_counter() - start_at, "cpu_s": usage.cpu_s, "peak_rss_bytes": usage.rss_growth_bytes}
 
 
+def _read_figures(before: Mapping[str, int], after: Mapping[str, int], loaded: Mapping[str, np.ndarray]
+                  ) -> dict[str, int]:
+    """A reader's bytes: what it caused to be read from the device (read_bytes: cold loads only, since a page
+    another reader of this host brought in is a hit), what its read calls returned (rchar), and the bytes of
+    the parts it was asked for (its slices)."""
+    return {"read_bytes": after["read_bytes"] - before["read_bytes"], "rchar_bytes": after["rchar"] - before["rchar"],
+            "slice_bytes": sum(int(array.nbytes) for array in loaded.values())}
+
+
 def _save_slices(job: Job, tensors: Mapping[str, np.ndarray]) -> None:
     context = job.layout.context(job.context_extra)
     with storage.settled() as track:  # a stop signal leaves no write running into a folder about to be removed
-        opened = dict(zip(job.slices, track([ts.open(job.layout.open_spec(job.location, name), context=context)
-                                             for name in job.slices])))
-        writes = track([part(opened[name].result(), rows, tensors[name].ndim == 0).write(
-                            part(tensors[name], rows, tensors[name].ndim == 0)) for name, rows in job.slices.items()])
+        opened = dict(zip(job.boxes, track([ts.open(job.layout.open_spec(job.location, name), context=context)
+                                            for name in job.boxes])))
+        writes = track([part(opened[name].result(), box).write(part(tensors[name], box))
+                        for name, box in job.boxes.items()])
         for write in writes:
             write.result()
 
 
 def _load_slices(job: Job) -> dict[str, np.ndarray]:
+    if job.reference is not None:  # a reference row's readers: its own loader reads each slice
+        kind, settings = job.reference
+        return references.BACKENDS[kind](**settings).load_slices(job.location, job.boxes, *job.reader)
     context = job.layout.context(job.context_extra)
     with storage.settled() as track:
-        opened = dict(zip(job.slices, track([ts.open(job.layout.open_spec(job.location, name), context=context)
-                                             for name in job.slices])))
+        opened = dict(zip(job.boxes, track([ts.open(job.layout.open_spec(job.location, name), context=context)
+                                            for name in job.boxes])))
         stores = {name: future.result() for name, future in opened.items()}
-        reads = dict(zip(stores, track([part(store, job.slices[name], store.rank == 0).read()
-                                        for name, store in stores.items()])))
+        reads = dict(zip(stores, track([part(store, job.boxes[name]).read() for name, store in stores.items()])))
         return {name: np.asarray(read.result()) for name, read in reads.items()}
 
 

@@ -1,7 +1,10 @@
-"""The text of `compare A.json B.json`: what A and B are, one table of B against A, the tests only one has.
+"""The text of `compare A.json B.json`, in the order every report follows: what A and B are, the answer (how
+many of B's figures are faster, slower or unchanged against A, its largest regression, and B's TensorStore
+best beside its fastest peer), one table of B against A, the tests only one has; `details` adds A's
+answer and B's warnings.
 
-It reads the rows analysis.versus computed and formats them, pyperf style; it computes
-nothing.
+It reads the rows analysis.versus computed and the documents' own comparisons and formats them, pyperf
+style; it computes nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ckptbench.analysis import stats
-from ckptbench.analysis.versus import only_in
+from ckptbench.analysis.change import INSUFFICIENT, NOT_SIGNIFICANT, TOO_FEW, WITHIN_NOISE, ratio_words
+from ckptbench.analysis.versus import REGRESSION_WORDS, only_in
 from ckptbench.documents.store import weights_name
 from ckptbench.reports import tables as report
 
@@ -67,14 +71,46 @@ def _describe(path: Path, document: Mapping[str, Any]) -> str:
             f"{p.get('num_runs')} runs/test, loads {p.get('load_cache')}, {when}")
 
 
+def answer_lines(rows: Sequence[Mapping[str, Any]], doc_b: Mapping[str, Any], which: str = "B") -> list[str]:
+    """B against A in two lines, then B's TensorStore best beside its fastest peer for save, load and save + load."""
+    verdicts = [r["comparison"]["verdict"] for r in rows]
+    same = sum(v in (WITHIN_NOISE, NOT_SIGNIFICANT) for v in verdicts)
+    few = sum(v in (TOO_FEW, INSUFFICIENT) for v in verdicts)
+    worse = [r for r in rows if r["comparison"]["verdict"] in REGRESSION_WORDS]
+    better = len(verdicts) - same - few - len(worse)
+    lines = [f"Answer: B against A, {len(rows)} figures: {better} better, {len(worse)} worse, {same} unchanged "
+             f"(within noise or not significant), {few} with too few runs to tell"]
+    if worse:
+        top = max(worse, key=lambda r: r["comparison"]["change_pct"])
+        lines.append(f"  largest regression: {top['test']} {top['metric']} "
+                     + ratio_words(top["comparison"], "in A", "size_bytes" if top["metric"] == "size_bytes"
+                                   else "save_s"))
+    lines += peer_lines(doc_b, which)
+    return lines
+
+
+def peer_lines(document: Mapping[str, Any], which: str) -> list[str]:
+    """A file's TensorStore best beside its fastest peer, for save, load and save + load (its `best`)."""
+    out = []
+    for objective, verb in (("save", "saves"), ("load", "loads"), ("balanced", "saves + loads")):
+        entry = (document.get("best") or {}).get(objective) or {}
+        peer = (entry.get("against") or {}).get("peer")
+        if peer is not None:
+            out.append(f"  {which}: TensorStore's best {verb} ({entry['test']}) "
+                       + ratio_words(peer, f"{peer['test']}, the fastest peer"))
+    return out
+
+
 def render(path_a: Path, path_b: Path, doc_a: Mapping[str, Any], doc_b: Mapping[str, Any],
-           rows: Sequence[Mapping[str, Any]], noise_pct: float, fmt: str = "text") -> str:
-    """The whole comparison: what A and B are, the table, and the tests only one file has."""
-    headers = ["test", "metric", "A: mean +- std", "B: mean +- std", "change (B vs A)", "95% CI %", "p (Welch)",
+           rows: Sequence[Mapping[str, Any]], noise_pct: float, fmt: str = "text", details: bool = False) -> str:
+    """The whole comparison: what A and B are, the answer, the table, and the tests only one file has."""
+    headers = ["test", "metric", "A: mean +- std", "B: mean +- std", "change (B vs A)", "95% CI %", "p",
                "verdict"]
     bullet = "- " if fmt == "markdown" else ""
     lines = [f"{bullet}A = {_describe(path_a, doc_a)}", f"{bullet}B = {_describe(path_b, doc_b)}", "",
-             f"Welch's t-test on the runs, alpha {stats.ALPHA:g}; changes under {noise_pct:g}% are within noise.",
+             *answer_lines(rows, doc_b), "",
+             f"Ratio of means on the log scale, Welch-Satterthwaite t, alpha {stats.ALPHA:g}; changes under "
+             f"{noise_pct:g}% are within noise; no interval with 2 runs or fewer.",
              "", report.table(headers, [_table_row(r) for r in rows], fmt)]
     a_only, b_only = only_in(doc_a, doc_b)
     if a_only or b_only:
@@ -83,4 +119,9 @@ def render(path_a: Path, path_b: Path, doc_a: Mapping[str, Any], doc_b: Mapping[
         lines.append(f"{bullet}Only in A, not compared: {', '.join(a_only)}")
     if b_only:
         lines.append(f"{bullet}Only in B, not compared: {', '.join(b_only)}")
+    if details:
+        lines += ["", "A's own answer:", *peer_lines(doc_a, "A")]
+        warnings = doc_b.get("warnings") or []
+        if warnings:
+            lines += ["", "B's warnings:", *(f"  ! {w}" for w in warnings)]
     return "\n".join(lines)

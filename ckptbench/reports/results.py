@@ -1,11 +1,174 @@
-"""The console report of a results document: text or markdown tables; nothing is measured or computed here."""
+"""The console report of a results document: text or markdown; nothing is measured or computed here.
+
+`console` is what `run` and `show` print: a two-line header, the answer (TensorStore's best per
+objective against the baseline, the fastest peer and the device ceiling), one table, one line of
+claims, and the warnings that threaten the answer, grouped in at most six lines. `full_report`
+(`--details`, and the Python API's `Results.report`) adds every table and every warning.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ckptbench.analysis.change import INSUFFICIENT, OUTCOMES, TOO_FEW, ratio_words
 from ckptbench.documents.store import weights_name
-from ckptbench.reports.tables import NA, change, ci_pct, mean_pm, table, verdict
+from ckptbench.reports.tables import NA, change, ci_pct, mean_pm, ratio_ci, table, verdict
+
+OBJECTIVE_WORDS = {"save": "save", "load": "load", "balanced": "save + load", "size": "size"}
+MAX_WARNING_LINES = 6
+
+
+def answer_lines(document: Mapping[str, Any]) -> list[str]:
+    """TensorStore's best per objective against the baseline, the fastest peer and the device ceiling: ratios
+    of means with their 95 % intervals and verdicts (documents.results.best_configurations)."""
+    best = document.get("best") or {}
+    if not best:
+        return ["Answer: no TensorStore test has a successful run"]
+    width = max(len(OBJECTIVE_WORDS[o]) for o in best) + 1
+    lines = ["Answer: TensorStore's best per objective, against the baseline | the fastest peer | the device "
+             "ceiling (ratios of means, 95% CIs):"]
+    for objective, entry in best.items():
+        metric = entry["metric"]
+        parts = [_against(entry, role, metric) for role in ("baseline", "peer", "ceiling")]
+        lines.append(f"  {(OBJECTIVE_WORDS[objective] + ':').ljust(width)} {entry['test']} "
+                     f"{_quantity(entry['mean'], metric)}: " + " | ".join(p for p in parts if p))
+    return lines
+
+
+def _against(entry: Mapping[str, Any], role: str, metric: str) -> str:
+    comparison = (entry.get("against") or {}).get(role)
+    if role == "baseline" and comparison is None:
+        return "is the baseline" if "against" in entry else ""
+    if comparison is None:
+        return "no peer measured" if role == "peer" else ""
+    words_metric = "size_bytes" if metric == "size_bytes" else "save_s"
+    if role == "ceiling" and metric == "size_bytes":
+        return f"{comparison['ratio']:.2f}x the raw bytes"
+    return ratio_words(comparison, comparison["test"], words_metric, ci_label="", note="peer" if role == "peer" else "")
+
+
+def _quantity(value: float | None, metric: str) -> str:
+    if value is None:
+        return NA
+    return f"{value / 1e6:.1f} MB" if metric == "size_bytes" else f"{value:.3g} s"
+
+
+def _num(value: float) -> str:
+    """Three significant digits, without an exponent: 0.631, 13.5, 630, 1234."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _mean_ci(summary: Mapping[str, Any]) -> str:
+    """'0.631 [0.402-0.99]': the mean and its 95 % interval on the log scale; 'too few runs' without one."""
+    mean = summary.get("mean") if summary else None
+    if mean is None:
+        return NA
+    interval = summary.get("ci95_log")
+    if interval is None:
+        return f"{_num(mean)}, too few runs" if summary["n"] <= 2 else _num(mean)
+    return f"{_num(mean)} [{_num(interval[0])}-{_num(interval[1])}]"
+
+
+_SHORT = {"within noise": "same", "no significant difference": "n.s.", INSUFFICIENT: "-", TOO_FEW: "too few runs"}
+
+
+def _versus(comparison: Mapping[str, Any] | None) -> str:
+    """'-35% faster', '+3% n.s.', '+0% same', '-20% too few runs'."""
+    if not comparison or comparison.get("change_pct") is None:
+        return NA
+    word = comparison["verdict"]
+    return f"{round(comparison['change_pct']):+d}% {_SHORT.get(word, word)}"  # round(): never "-0%"
+
+
+def main_table(document: Mapping[str, Any], fmt: str = "text") -> str:
+    """The one table of the default console: times with their intervals, throughput, share of the ceiling,
+    size, and the verdict against the baseline."""
+    headers = ["test", "save s [95% CI]", "load s [95% CI]", "GB/s save/load", "% of ceiling", "size MB",
+               "save vs base", "load vs base", "size vs base"]
+    rows = []
+    for test in document["tests"]:
+        s, vs = test["stats"], test["vs_baseline"]
+        pct = test.get("pct_of_ceiling") or {}
+        rates = [s[m]["mean"] for m in ("save_gbps", "load_gbps")]
+        rows.append([
+            _row_name(document, test),
+            _mean_ci(s["save_s"]), _mean_ci(s["load_s"]),
+            NA if None in rates else f"{rates[0]:.3g}/{rates[1]:.3g}",
+            NA if pct.get("save_gbps") is None or pct.get("load_gbps") is None
+            else f"{pct['save_gbps']:.0f}/{pct['load_gbps']:.0f}",
+            NA if s["size_bytes"]["mean"] is None else f"{s['size_bytes']['mean'] / 1e6:.1f}",
+            *(_versus(vs.get(m)) for m in ("save_s", "load_s", "size_bytes")),
+        ])
+    return table(headers, rows, fmt)
+
+
+def _row_name(document: Mapping[str, Any], test: Mapping[str, Any]) -> str:
+    name = test["name"] + (" (baseline)" if test["name"] == document["baseline"] else "")
+    name += " (ref)" if test.get("kind") == "reference" else ""
+    name += "".join(f" ({label})" for label in test.get("labels", []))
+    if test.get("failed_runs"):
+        name += f" ({test['failed_runs']} failed)"
+    return name
+
+
+def claims_line(document: Mapping[str, Any]) -> str | None:
+    """One line: how many of the summary's claims were confirmed, contradicted, ... and where the figure is."""
+    claims = [c for t in document["tests"] for c in t["claims"]]
+    if not claims:
+        return None
+    counts = {o: sum(1 for c in claims if c["outcome"] == o) for o in OUTCOMES}
+    words = {"consistent, not pinned down": "consistent"}
+    text = ", ".join(f"{n} {words.get(o, o)}" for o, n in counts.items())
+    return (f"Claims check ({len(claims)} expected results of the Phase 4 summary): {text}; figure claims_check.png, "
+            "table --details")
+
+
+def warning_lines(document: Mapping[str, Any], most: int = MAX_WARNING_LINES) -> list[str]:
+    """What threatens the answer first (documents.results' alerts), then the noise in one line: at most `most`
+    lines, the header included."""
+    alerts = document.get("alerts") or []
+    noise = _noise_line(document.get("noise") or {})
+    total = len(document.get("warnings") or [])
+    if not alerts and noise is None:
+        return []
+    lines = [f"Warnings ({total} in all; --details lists each):"]
+    room = most - 1 - (noise is not None)
+    shown = alerts[:room]
+    if len(alerts) > room:
+        shown = alerts[:room - 1]
+        rest = alerts[room - 1:]
+        shown.append({"text": f"{len(rest)} more: " + "; ".join(a["kind"] for a in rest) + " (--details)"})
+    lines += [f"  ! {a['text']}" for a in shown]
+    if noise is not None:
+        lines.append(f"  ! {noise}")
+    return lines
+
+
+def _noise_line(noise: Mapping[str, Any]) -> str | None:
+    if not noise or not noise.get("n_metrics"):
+        return None
+    noisy = len(noise["noisy"])
+    needed, runs = noise.get("runs_for_precision"), noise.get("runs")
+    if not noisy and (needed is None or runs is None or needed <= runs):
+        return None
+    text = (f"noise: {noisy} of {noise['n_metrics']} save/load times have a CV above {noise.get('cv_limit_pct', 10):g}%"
+            + (f", {noise['outliers']} outlier run(s)" if noise.get("outliers") else ""))
+    if needed is not None and (runs is None or needed > runs):
+        rows = ", ".join(noise["answer_rows"][:3]) + (" ..." if len(noise["answer_rows"]) > 3 else "")
+        text += f"; +-{noise['precision_pct']:g}% on the answer's rows ({rows}) needs --runs {needed}"
+    return text
+
+
+def console(document: Mapping[str, Any], fmt: str = "text") -> str:
+    """The default console: header, answer, one table, the claims in a line, the warnings grouped."""
+    parts = [headline(document), "", *answer_lines(document), "", main_table(document, fmt)]
+    claims = claims_line(document)
+    if claims:
+        parts += ["", claims]
+    warnings = warning_lines(document)
+    if warnings:
+        parts += ["", *warnings]
+    return "\n".join(parts)
 
 
 def summary_table(document: Mapping[str, Any], fmt: str = "text") -> str:
@@ -71,8 +234,7 @@ def ceiling_table(document: Mapping[str, Any], fmt: str = "text") -> str:
 
 def best_lines(document: Mapping[str, Any]) -> list[str]:
     """Which TensorStore test to use, per objective, and whether it beats the runner-up."""
-    words = {"save": "fastest save", "load": "fastest load", "balanced": "fastest save + load",
-             "size": "smallest on disk"}
+    words = {"save": "best save", "load": "best load", "balanced": "best save + load", "size": "smallest on disk"}
     out = []
     for objective, entry in (document.get("best") or {}).items():
         unit, scale = ("MB", 1e6) if entry["metric"] == "size_bytes" else ("s", 1.0)
@@ -86,18 +248,17 @@ def best_lines(document: Mapping[str, Any]) -> list[str]:
 
 def significance_table(document: Mapping[str, Any], fmt: str = "text") -> str:
     """Each non-baseline test and metric: change, 95% interval, p-value and verdict."""
-    headers = ["test", "metric", "change %", "95% CI of change %", "ratio", "p (Welch)", "verdict"]
+    headers = ["test", "metric", "change %", "95% CI of change %", "ratio [95% CI]", "p", "verdict"]
     rows = []
     baseline = next((t for t in document["tests"] if t["name"] == document["baseline"]), None)
     for test in document["tests"]:
         for metric, comparison in test["vs_baseline"].items():
             p = comparison.get("p_value")
-            ratio, err = comparison.get("ratio"), comparison.get("ratio_err")
             rows.append([
                 test["name"], metric,
                 NA if comparison.get("change_pct") is None else f"{comparison['change_pct']:+.1f}",
                 ci_pct(comparison),
-                NA if ratio is None else (f"{ratio:.3f} +- {err:.3f}" if err is not None else f"{ratio:.3f}"),
+                ratio_ci(comparison),
                 NA if p is None else f"{p:.3g}",
                 verdict(comparison, _fewest_runs(test, baseline, metric)),
             ])
@@ -122,7 +283,8 @@ def claims_table(document: Mapping[str, Any], fmt: str = "text") -> str:
             rows.append([
                 test["name"], claim["metric"], f"{lo:+.0f} .. {hi:+.0f}", f"{band[0]:+.0f} .. {band[1]:+.0f}",
                 NA if claim["measured_pct"] is None else f"{claim['measured_pct']:+.1f}",
-                NA if ci is None else f"{ci[0]:+.1f} .. {ci[1]:+.1f}",
+                (TOO_FEW if claim["reason"].startswith(TOO_FEW) else NA) if ci is None
+                else f"{ci[0]:+.1f} .. {ci[1]:+.1f}",
                 claim["outcome"],
             ])
     return table(headers, rows, fmt) if rows else ""
@@ -151,14 +313,17 @@ def scale_line(scale: Mapping[str, Any]) -> str:
 
 
 def full_report(document: Mapping[str, Any], fmt: str = "text") -> str:
+    """Everything (`--details`): the header, the answer, the table, then every other table and every warning."""
     # Some markdown renderers only start a table after a blank line; GitHub accepts both.
     gap = [""] if fmt == "markdown" else []
     bullet = "- " if fmt == "markdown" else "  "
-    parts = [headline(document), "", summary_table(document, fmt)]
+    parts = [headline(document), "", *answer_lines(document), "", main_table(document, fmt)]
+    parts += ["", "Per test (mean +- std over the runs; changes versus the baseline):", *gap,
+              summary_table(document, fmt)]
     best = best_lines(document)
     if best:
-        parts += ["", "Which layout to use (TensorStore tests; 'ahead of' means Welch's t-test separates the two):",
-                  *gap, *(bullet + line for line in best)]
+        parts += ["", "Which layout to use (TensorStore tests; 'ahead of' means the runner-up is significantly "
+                  "slower):", *gap, *(bullet + line for line in best)]
     parts += ["", "Cost (CPU over all threads; peak resident GB of the whole process, anonymous / file-backed; "
               "% of the device ceiling's GB/s):", *gap, cost_table(document, fmt)]
     ceiling = ceiling_table(document, fmt)
@@ -166,9 +331,9 @@ def full_report(document: Mapping[str, Any], fmt: str = "text") -> str:
         parts += ["", "Device ceiling, per access pattern:", *gap, ceiling]
     significance = significance_table(document, fmt)
     if significance:
-        parts += ["", "Versus baseline (Welch's t-test, alpha 0.05; changes under "
-                  f"{document['protocol']['noise_pct']:g}% are within noise; weak: under 5 runs):",
-                  *gap, significance]
+        parts += ["", "Versus baseline (ratio of means on the log scale, Welch-Satterthwaite t, alpha 0.05; changes "
+                  f"under {document['protocol']['noise_pct']:g}% are within noise; weak: under 5 runs; no interval "
+                  "with 2 runs or fewer):", *gap, significance]
     claims = claims_table(document, fmt)
     if claims:
         parts += ["", "Claims check (the Phase 4 summary's expected results; times are judged against the claimed "

@@ -48,11 +48,30 @@ def verdict(comparison: Mapping[str, Any], n_runs: int | None = None) -> str:
     be a test too weak to see one, and a significant one rests on little data.
     """
     text = comparison["verdict"]
-    if comparison.get("weak_test") and text != "insufficient data":
+    if comparison.get("weak_test") and text not in ("insufficient data", "too few runs"):
         text += f" (weak: {n_runs} runs)" if n_runs is not None else " (weak: few runs)"
     return text
 
 
 def ci_pct(comparison: Mapping[str, Any]) -> str:
+    """The change's 95 % interval in %, or why there is none ('too few runs' with 2 runs or fewer on a side)."""
     interval = comparison.get("change_ci95_pct")
-    return NA if interval is None else f"[{interval[0]:+.1f}, {interval[1]:+.1f}]"
+    if interval is None:
+        return _no_interval(comparison)
+    return f"[{interval[0]:+.1f}, {interval[1]:+.1f}]"
+
+
+def ratio_ci(comparison: Mapping[str, Any]) -> str:
+    """'0.512 [0.401, 0.654]': the ratio of means and its 95 % interval; 'exact' without spread."""
+    ratio, interval = comparison.get("ratio"), comparison.get("ratio_ci95")
+    if ratio is None:
+        return NA
+    if interval is None:
+        return f"{ratio:.3f} ({_no_interval(comparison)})"
+    if interval[0] == interval[1]:
+        return f"{ratio:.3f} (exact)"
+    return f"{ratio:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def _no_interval(comparison: Mapping[str, Any]) -> str:
+    return "too few runs" if comparison.get("verdict") in ("too few runs", "insufficient data") else NA

@@ -13,6 +13,14 @@ and holds at most `max(budget, 1)` elements (a chunk holds at least one element)
 - ``divisor`` (T5X's idea): start from the whole array and, while the chunk is too
   large, shrink its largest dimension to the next smaller divisor of that array
   dimension. Chunks then divide the array evenly and nothing is padded.
+- ``rows``: the same halving, always of the first dimension until it is one row, so chunks
+  are runs of whole rows (they span dim 1), as a row-major file lays a tensor out: a rank
+  that needs a column slice (row-parallel o/down projections) reads every chunk.
+- ``tp_aligned``: ``divisor``, with the dimension a tensor-parallel load splits N ways
+  (`split`: the dimension and N) starting from one rank's part and shrinking to divisors
+  of that part, so chunk boundaries fall on the N-way split: a rank's slice is whole chunks
+  and no chunk is read by two ranks. Without a split (replicated tensors, tp 1) it is
+  ``divisor``.
 """
 
 from __future__ import annotations
@@ -21,25 +29,36 @@ import math
 from functools import lru_cache
 from typing import Sequence
 
-STRATEGIES = ("halve", "halve_floor", "divisor")
+STRATEGIES = ("halve", "halve_floor", "divisor", "rows", "tp_aligned")
 
 
-def chunk_shape(shape: Sequence[int], budget_elements: int, strategy: str = "halve") -> list[int]:
-    """Chunk shape for an array of `shape` holding at most `budget_elements` elements."""
+def chunk_shape(shape: Sequence[int], budget_elements: int, strategy: str = "halve",
+                split: tuple[int, int] | None = None) -> list[int]:
+    """Chunk shape for an array of `shape` holding at most `budget_elements` elements. `split` (tp_aligned
+    only): the dimension a tensor-parallel load splits and into how many parts."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown chunk strategy {strategy!r}")
     chunk = [max(1, int(d)) for d in shape]
     if not chunk:  # a scalar is one chunk of one element
         return []
+    # The extents chunks must divide: the array's, or along the split dimension one rank's part of it
+    # (a part N does not divide evenly cannot be aligned: its dimension is then chunked as divisor would).
+    extents = list(chunk)
+    if strategy == "tp_aligned" and split is not None:
+        dim, parts = split
+        if parts > 1 and extents[dim] % parts == 0:
+            extents[dim] = chunk[dim] = extents[dim] // parts
     budget = max(1, int(budget_elements))
     while math.prod(chunk) > budget:
         axis = max(range(len(chunk)), key=lambda i: chunk[i])  # first of the largest
-        if strategy == "halve":
+        if strategy == "rows" and chunk[0] > 1:
+            axis = 0
+        if strategy in ("halve", "rows"):
             chunk[axis] = (chunk[axis] + 1) // 2
         elif strategy == "halve_floor":
             chunk[axis] = max(1, chunk[axis] // 2)
-        else:
-            chunk[axis] = _next_smaller_divisor(int(shape[axis]), chunk[axis])
+        else:  # divisor, tp_aligned
+            chunk[axis] = _next_smaller_divisor(extents[axis], chunk[axis])
     return chunk
 
 

@@ -19,11 +19,11 @@ from typing import Any, Mapping
 
 from ckptbench.core.errors import UserError
 from ckptbench.core.records import ORDERS
-from ckptbench.spec import compression
+from ckptbench.spec import compression, tensor_parallel
 from ckptbench.spec.fields import CACHE_EVICTION, SWEEP_FIELDS, TEST_SCHEMA, TestSpec, read_test
 from ckptbench.spec.hub_id import looks_like_hub_id
 from ckptbench.spec.presets import PRESETS, VALUES
-from ckptbench.spec.references import REFERENCES
+from ckptbench.spec.references import REFERENCES, settings_of, unavailable
 from ckptbench.spec.schema import SCHEMA, Validator, describe_error, suggest, validate_structure
 from ckptbench.spec.suite import DEFAULT_OUTPUT_DIR, DTYPES, MAX_PROCESSES, SuiteConfig
 from ckptbench.spec.sweep import count_points, expand_sweep, iter_sweep, swept_fields
@@ -35,7 +35,7 @@ __all__ = ["CACHE_EVICTION", "DEFAULT_OUTPUT_DIR", "DTYPES", "OVERRIDES", "REFER
 # Command-line overrides `from_dict` and `load` accept (None or absent: not given).
 MAX_TESTS = 10_000  # more tests than this is a search, not a suite: `tune` samples such spaces
 OVERRIDES = ("output_dir", "num_runs", "model", "weights", "dtype", "values", "tests", "seed", "storage",
-             "processes", "order", "cache_eviction")
+             "processes", "tp", "order", "cache_eviction")
 
 
 def load(path: Path | str, **overrides: Any) -> SuiteConfig:
@@ -87,8 +87,10 @@ def from_dict(data: Any, base_dir: Path | None = None, source: str = "config", c
         skipped += invalid
     references = data.get("references", {})
     for kind, reference in REFERENCES.items():
-        if references.get(kind, False):
-            tests.append(TestSpec(name=kind, backend=kind, description=reference.description))
+        settings = settings_of(kind, references.get(kind, False))
+        if settings is not None:
+            tests.append(TestSpec(name=kind, backend=kind, description=reference.description,
+                                  reference_settings=settings or None))
     names = [t.name for t in tests]
     seen: set[str] = set()
     for name in names:
@@ -121,6 +123,7 @@ def from_dict(data: Any, base_dir: Path | None = None, source: str = "config", c
         storage=data.get("storage"),
         storage_options=data.get("storage_options", {}),
         processes=tuple(_as_list(data.get("processes", 1))),
+        tp=tuple(_as_list(data["tp"])) if "tp" in data else None,
         config_path=config_path,
     )
     return _finish(_apply_overrides(suite, overrides))
@@ -130,6 +133,7 @@ def _check_plan_size(data: Mapping[str, Any], overrides: Mapping[str, Any], sour
     """Refuse, in one line and before expanding anything, a suite of more tests than anyone can mean to run."""
     counts = [count_points(raw) for raw in data["test_configurations"]]
     processes = len(_as_list(overrides.get("processes", data.get("processes", 1))))
+    processes *= len(_as_list(overrides.get("tp", data.get("tp", 1))))
     total = sum(counts) * processes
     if total <= max_tests:
         return
@@ -166,6 +170,8 @@ def _apply_overrides(config: SuiteConfig, overrides: Mapping[str, Any]) -> Suite
         changes["output_dir"] = Path(changes["output_dir"]).resolve()
     if "processes" in changes:
         changes["processes"] = tuple(_as_list(changes["processes"]))
+    if "tp" in changes:
+        changes["tp"] = tuple(_as_list(changes["tp"]))
     selected = overrides.get("tests")
     if selected is not None:
         if not selected:
@@ -198,6 +204,13 @@ def _check_override_choices(changes: Mapping[str, Any]) -> None:
         if not counts or any(not isinstance(n, int) or not 1 <= n <= MAX_PROCESSES for n in counts):
             raise UserError(f"--processes: {changes['processes']!r} is not a list of process counts from 1 to "
                             f"{MAX_PROCESSES}; use e.g. 4 or 1,2,4")
+    if "tp" in changes:
+        for tp in _as_list(changes["tp"]):
+            why = tensor_parallel.refusal(tp, None, {}, flag="--tp")  # the count; the model is checked in _finish
+            if why is None and tp > MAX_PROCESSES:
+                why = f"--tp {tp}: at most {MAX_PROCESSES} tensor-parallel readers"
+            if why is not None:
+                raise UserError(why)
 
 
 def with_processes(config: SuiteConfig, count: int) -> SuiteConfig:
@@ -210,7 +223,9 @@ def _finish(config: SuiteConfig) -> SuiteConfig:
     """Apply the suite-wide settings to the tests: the storage target and the process counts.
 
     - memory:// puts every TensorStore test on the memory kvstore.
-    - Reference rows write local files: with memory:// or a remote store they are skipped.
+    - Reference rows write local files: with memory:// or a remote store they are skipped. A row whose library
+      cannot be imported here (spec.references.unavailable: not installed, or a native library that does not
+      load) is skipped with the reason, so the suite goes on without it.
     - Several process counts multiply the TensorStore tests (`name_procs=N`); the memory
       kvstore cannot be shared between processes, so such points are skipped.
     """
@@ -218,14 +233,21 @@ def _finish(config: SuiteConfig) -> SuiteConfig:
     tests: list[TestSpec] = []
     skipped = list(config.skipped)
     counts = sorted(set(config.processes))
-    for test in config.tests:
+    for test in _with_tp(config):
         _check_conditions(test, config)
+        if test.tp > 1:
+            why = _tp_refusal(test, config, counts)
+            if why is not None:
+                skipped.append((test.name, why))
+                continue
         if test.is_reference:
-            if storage == "local":
-                tests.append(test)
-            else:
+            if storage != "local":
                 skipped.append((test.name, "reference rows write local files; not run with --storage "
                                            f"{config.storage}"))
+            elif (why := unavailable(test.backend)) is not None:
+                skipped.append((test.name, why))
+            else:
+                tests.append(dataclasses.replace(test, processes=test.tp))  # tp > 1: its readers are processes
             continue
         if storage == "memory":
             test = dataclasses.replace(test, kvstore="memory")
@@ -235,12 +257,20 @@ def _finish(config: SuiteConfig) -> SuiteConfig:
                             "drop warm_load")
         for count in counts:
             name = test.name if len(counts) == 1 else f"{test.name}_procs={count}"
+            if test.tp > 1 and count not in (1, test.tp):
+                skipped.append((name, f"tp {test.tp} loads with {test.tp} reader processes, not {count}"))
+                continue
+            count = max(count, test.tp)  # tp N: the load's N readers are the test's processes
             if count > 1 and test.kvstore == "memory":
                 skipped.append((name, "the memory kvstore lives in one process; it cannot be shared by several"))
                 continue
             if count > 1 and (test.in_flight != "all" or test.timed_conversion):
                 skipped.append((name, "in_flight \"one_tensor\" and timed_conversion reproduce the original's single "
                                       "process; worker processes do neither"))
+                continue
+            if count > 1 and test.load_into == "preallocated":
+                skipped.append((name, "load_into \"preallocated\" reads into arrays this process allocated before "
+                                      "the clock; worker processes read their rows into new arrays"))
                 continue
             sweep = test.sweep if len(counts) == 1 else {**(test.sweep or {}), "processes": count}
             tests.append(dataclasses.replace(test, name=name, processes=count, sweep=sweep))
@@ -252,8 +282,49 @@ def _finish(config: SuiteConfig) -> SuiteConfig:
     names = [t.name for t in tests]
     baseline = config.baseline
     if baseline not in names:
-        baseline = next((n for n in names if n.startswith(f"{baseline}_procs=")), names[0])
-    return dataclasses.replace(config, tests=tuple(tests), skipped=tuple(skipped), baseline=baseline)
+        baseline = next((n for n in names if n.startswith((f"{baseline}_procs=", f"{baseline}_tp="))), names[0])
+    # The suite's tp is in its tests now: finishing the suite again (a launch's process count) keeps them
+    return dataclasses.replace(config, tests=tuple(tests), skipped=tuple(skipped), baseline=baseline, tp=None)
+
+
+def _with_tp(config: SuiteConfig) -> list[TestSpec]:
+    """The tests with the suite's tp (--tp, or the config's top-level tp) applied: each value loads every test and
+    reference row tensor-parallel. With several values, the points of tp > 1 are named `name_tp=N` (tp 1 keeps
+    the name: the baseline and the device ceiling stay where every report looks for them)."""
+    if config.tp is None:
+        return list(config.tests)
+    values = sorted(set(config.tp))
+    return [dataclasses.replace(test, tp=tp, name=test.name if len(values) == 1 or tp == 1 else f"{test.name}_tp={tp}",
+                                sweep=test.sweep if len(values) == 1 else {**(test.sweep or {}), "tp": tp},
+                                description=_tp_description(test, tp))
+            for test in config.tests for tp in values]
+
+
+def _tp_description(test: TestSpec, tp: int) -> str:
+    """A reference row's description says how its tp readers read (spec.references' tp_load)."""
+    if tp == 1 or not test.is_reference or not REFERENCES[test.backend].tp_load:
+        return test.description
+    return f"{test.description}; tp {tp}: {REFERENCES[test.backend].tp_load}"
+
+
+def _tp_refusal(test: TestSpec, config: SuiteConfig, counts: list[int]) -> str | None:
+    """Why a test cannot load tensor-parallel here (a reference kind that cannot read slices), or None; raises
+    when the test's tp does not suit the model or the process counts (a sweep point of tp is skipped instead)."""
+    flag = "--tp" if config.tp is not None else f"test {test.name!r}: field tp"
+    why = tensor_parallel.refusal(test.tp, config.model if config.weights is None else None, None, flag=flag)
+    if why is None and not any(count in (1, test.tp) for count in counts):
+        why = (f"{flag}: tp {test.tp} loads with {test.tp} reader processes, and the suite runs "
+               f"{', '.join(map(str, counts))} processes; drop --processes or set it to {test.tp}")
+    if why is not None:
+        if test.sweep and "tp" in test.sweep and config.tp is None:
+            return why  # one point of a sweep over tp: skipped, the others run
+        raise UserError(why)
+    if test.is_reference:
+        return REFERENCES[test.backend].tp_unsupported
+    if test.tp_save and test.chunk_strategy != "tp_aligned":
+        raise UserError(f"test {test.name!r}: tp_save writes each rank's slice from its own process, so no two may "
+                        "share a chunk; set chunk_strategy \"tp_aligned\" or drop tp_save")
+    return None
 
 
 def _check_conditions(test: TestSpec, config: SuiteConfig) -> None:
@@ -294,6 +365,9 @@ def _read_test(raw: Mapping[str, Any], source: str) -> TestSpec:
                             f"({test.chunk_bytes}); a shard holds whole inner chunks")
     if test.file_io_mode != "default" and test.kvstore == "memory":
         raise UserError(f"{where}: file_io_mode {test.file_io_mode!r} applies to files; the memory kvstore has none")
+    if test.load_into == "preallocated" and test.timed_conversion:
+        raise UserError(f"{where}: load_into \"preallocated\" reads into arrays of the stored dtype, and "
+                        "timed_conversion copies and casts each array read, as the original did; use one of them")
     if test.file_io_mode == "direct" and test.compression is not None:
         raise UserError(f"{where}: file_io_mode \"direct\" reads with O_DIRECT only chunk files whose size is a "
                         "multiple of 4096 bytes, and compressed chunks are not; use compression \"none\"")

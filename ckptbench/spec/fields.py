@@ -23,9 +23,10 @@ from ckptbench.spec import chunking, compression
 from ckptbench.spec.presets import VALUES
 
 OPTION = "ckptbench.option"
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,99}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,199}$"  # sweep points of many axes have long names
 MAX_CHUNK_ELEMENTS = 2**30  # 4 GiB of float32
 MAX_CONCURRENCY = 4096
+MAX_TP = 256  # as many readers as processes (spec.suite.MAX_PROCESSES)
 CACHE_EVICTION = ("auto", "drop_caches", "fadvise", "none")
 FORMATS = ("zarr2", "zarr3")
 KVSTORES = ("file", "ocdbt", "memory")
@@ -38,6 +39,10 @@ FILE_IO_MODES = ("default", "memmap", "direct")
 # together, bounded by max_inflight_bytes) or "one_tensor" (each tensor's open and write, or
 # read, awaited before the next starts, as the original Phase 4 harness did).
 IN_FLIGHT = ("all", "one_tensor")
+# Where a load puts what it reads: "new" (arrays TensorStore allocates as it reads, as `store.read()` gives) or
+# "preallocated" (arrays allocated and touched before the clock, as a model's parameters already exist, filled
+# in place: `ts.array(out, copy=False, write=True).write(store)`).
+LOAD_INTO = ("new", "preallocated")
 
 _POSITIVE_INT = {"type": "integer", "minimum": 1}
 _RANGE_PCT = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
@@ -98,6 +103,7 @@ class TestSpec:
     file_io_sync: bool = option(True, schema={"type": "boolean"}, sweep="sync")
     file_io_mode: str = option("default", schema={"enum": list(FILE_IO_MODES)}, sweep="io")
     in_flight: str = option("all", schema={"enum": list(IN_FLIGHT)}, sweep="inflight")
+    load_into: str = option("new", schema={"enum": list(LOAD_INTO)}, sweep="into")
     # The original's conversions inside the timers: saves start from float16 copies of the
     # weights and cast each to float32 (torch .float()) before writing it; loads copy each array
     # read and cast it to float16 (np.copy, torch.from_numpy, .half()).
@@ -110,12 +116,18 @@ class TestSpec:
     values: str | None = option(None, schema={"enum": list(VALUES)}, sweep="values")  # None: the suite's
     # tests sharing a block run back to back (AAABBB) at a seeded place in the rounds
     block: str | None = option(None, schema={"type": "string", "pattern": NAME_PATTERN})
+    # Tensor parallelism (spec.tensor_parallel): loads by `tp` readers together, each reading only its slice of
+    # every tensor; 1 is one whole load. With tp_save the save is written by the tp ranks too, each its slice
+    # (Megatron's sharded save); without it the checkpoint is written whole, as one trainer writes it.
+    tp: int = option(1, schema={**_POSITIVE_INT, "maximum": MAX_TP}, sweep="tp", layout=False)
+    tp_save: bool = option(False, schema={"type": "boolean"}, sweep="tpsave", layout=False)
     expected: dict[str, list[float]] | None = option(None, layout=False, schema={
         "type": "object", "additionalProperties": False,
         "properties": {"save_pct": _RANGE_PCT, "load_pct": _RANGE_PCT, "size_pct": _RANGE_PCT}})
     # Set by the suite, not by a config entry:
     processes: int = 1  # worker processes that save and load the checkpoint together
     backend: str = "tensorstore"  # or a reference row's kind (spec.references)
+    reference_settings: dict[str, Any] | None = None  # a reference row's settings (spec.references), defaults filled
     sweep: dict[str, Any] | None = None  # the swept settings of a sweep point, by field
 
     def chunk_budget_elements(self, itemsize: int) -> int:

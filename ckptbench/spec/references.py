@@ -8,9 +8,20 @@ The code that measures each kind is `bench.references`, keyed by the same names.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 CEILING = "device_ceiling"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a reference row: its JSON Schema, its default (the library's own) and what it does."""
+
+    schema: dict[str, Any]
+    default: Any
+    meaning: str
 
 
 @dataclass(frozen=True)
@@ -19,23 +30,143 @@ class Reference:
     label: str  # in words
     description: str  # what one run does, for results.json
     memory_multiplier: float  # peak anonymous memory of the whole process per byte of model (bench.capacity)
-    prior_s_per_gb: float  # seconds of one run per GB of model, before anything is measured (tune's budget)
+    prior_s_per_gb: float  # seconds of one run's save and load per GB of model, before any is measured
     colour: str
     peer: bool = True  # a loader a user could pick instead of TensorStore (the ceiling is not one)
+    later_s_per_gb: float | None = None  # a later run's, where it does less than the first (None: the same)
+    # A config's `references` block takes, per kind, true or an object of these (defaults filled in; the back
+    # end gets them, results.json records them in the test's settings as `reference_settings`).
+    settings: Mapping[str, Setting] = field(default_factory=dict)
+    # What must import for the row to run here (a package, a native library it loads); else it is skipped
+    package: str | None = None  # the distribution that brings it (requirements.txt pins it), for the reason
+    modules: tuple[str, ...] = ()
+    # Anonymous bytes some settings add to the multiplier's (from the row's settings and the model's bytes)
+    extra_memory: Callable[[Mapping[str, Any], int], float] | None = None
+    # Under tp > 1 (spec.tensor_parallel): how each rank reads its slice, or why the row cannot (it is skipped)
+    tp_load: str = ""
+    tp_unsupported: str | None = None
+
+    def memory_bytes(self, settings: Mapping[str, Any] | None, model_bytes: int) -> float:
+        """Peak anonymous memory of a row with these settings, beyond the process's fixed part (bench.capacity)."""
+        need = self.memory_multiplier * model_bytes
+        if self.extra_memory is not None:
+            need += self.extra_memory({**{k: s.default for k, s in self.settings.items()}, **(settings or {})},
+                                      model_bytes)
+        return need
+
+    @property
+    def prior_later_s_per_gb(self) -> float:
+        return self.prior_s_per_gb if self.later_s_per_gb is None else self.later_s_per_gb
 
 
-# Multipliers (anonymous memory per byte of model, beyond the process's fixed part) and priors measured on a
-# 2-core VM with the 0.54 GB smollm2-135m (docs/measurements/memory.md): each holds its loaded copy (the
-# ceiling, its read buffer); the source weights are a mapped file, not counted.
+def _threads(default: int, meaning: str) -> Setting:
+    return Setting({"type": "integer", "minimum": 1, "maximum": 1024}, default, meaning)
+
+
+def _runai_buffers(settings: Mapping[str, Any], model_bytes: int) -> float:
+    """Run:ai with owned false keeps its read buffers besides the copies it hands out: up to its memory limit
+    (-1: unlimited), so a limit of at most a quarter of the model keeps the harness's memory bound."""
+    if settings["owned"]:
+        return 0.0  # the buffers are the loaded copy
+    limit = settings["memory_limit"]
+    return float(model_bytes if limit < 0 else min(limit, model_bytes))
+
+
+# Run:ai's settings: two environment variables its C++ core reads (an empty value breaks it), and `owned`.
+_RUNAI_SETTINGS = {
+    "concurrency": _threads(16, "RUNAI_STREAMER_CONCURRENCY: its C++ core's reader threads, read when a streamer "
+                                "is made"),
+    "memory_limit": Setting({"type": "integer", "minimum": -1, "maximum": 2**50}, 40_000_000_000,
+                            "RUNAI_STREAMER_MEMORY_LIMIT: bytes of its read buffers (-1: unlimited; 0: one "
+                            "tensor's), read at each stream_files call"),
+    "owned": Setting({"type": "boolean"}, True,
+                     "true: each tensor it yields is the caller's (its buffers are not reused); false: buffers are "
+                     "reused, so the load copies each tensor out"),
+}
+
+
+# Multipliers (anonymous memory per byte of model, beyond the process's fixed part) measured on a 2-core VM
+# with the 0.54 GB smollm2-135m (docs/measurements/memory.md): each holds its loaded copy (the ceiling, its read
+# buffer); the source weights are a mapped file, not counted. Priors (seconds per GB of a run's save and load)
+# from open_llama_3b in bfloat16 (6.85 GB) on the same machine; the ceiling's full grid is 13 passes over the
+# bytes, its later runs 3 to 5.
+# The peers (Run:ai streamer, fastsafetensors, torch DCP), at their default settings, peak above the anonymous
+# memory before each run (results.json's save/load_rss_anon_bytes, 3 runs each) on smollm2-135m in float32
+# (0.54 GB) and tinyllama-1.1b in bfloat16 (2.2 GB): Run:ai 1.01 and 1.01 (its buffers are the loaded copy),
+# fastsafetensors 1.03 and 1.01 (one buffer of the file), DCP 1.21 and 1.12 (the preallocated tensors, and one
+# tensor's bytes read from the file before they are copied in: the embeddings are 21 % of smollm2); their saves
+# (safetensors' save_file) 0.00, DCP's 1.00 while it allocated the tensors it loads into before its save (they
+# are allocated after it now, in before_load). Run:ai with owned false keeps its
+# buffers besides the copies: 2.0 at its default 40 GB limit, 1.24 with a 512 MiB one (on tinyllama). Their
+# priors are safetensors' scaled by the ratio of their save + load seconds to its, measured in the same suites.
 REFERENCES: dict[str, Reference] = {ref.kind: ref for ref in (
     Reference("safetensors", "safetensors",
               "reference: safetensors save_file + fsync, load_file with every tensor copied out of the map",
-              1.05, 10.0, "#6a4c93"),
-    Reference("torch_save", "torch.save", "reference: torch.save + fsync, torch.load", 1.05, 11.0, "#1b998b"),
+              1.05, 3.0, "#6a4c93",
+              tp_load="each rank: safe_open(...).get_slice(name)[its slice], as vLLM loads a shard"),
+    Reference("torch_save", "torch.save", "reference: torch.save + fsync, torch.load", 1.05, 3.0, "#1b998b",
+              tp_load="each rank: torch.load of the whole file (mmap off), then its slice copied out"),
+    Reference("runai_streamer", "Run:ai streamer",
+              "reference: safetensors save_file + fsync; Run:ai Model Streamer streams the file (O_DIRECT reads "
+              "through io_uring) into tensors it hands over (owned), or copies each out of buffers it reuses",
+              1.05, 1.5, "#ff7f0e", package="runai-model-streamer", modules=("runai_model_streamer",),
+              settings=_RUNAI_SETTINGS, extra_memory=_runai_buffers,
+              tp_load="each rank: streams the whole file (it has no slice request), then copies its slice out"),
+    Reference("fastsafetensors", "fastsafetensors", "reference: safetensors save_file + fsync; fastsafetensors on "
+              "the CPU (nogds: pread through a bounce buffer) reads the file into one buffer, the tensors views of it",
+              1.05, 1.5, "#8c564b", package="fastsafetensors", modules=("fastsafetensors",),
+              settings={"max_threads": _threads(16, "SafeTensorsFileLoader's max_threads")},
+              tp_unsupported="fastsafetensors under tp is not measured yet: its slices come from a process group's "
+                             "shards (get_sharded), which the harness's readers do not form"),
+    Reference("torch_dcp", "torch DCP",
+              "reference: torch.distributed.checkpoint save (FileSystemWriter, every file fsync'd) and load into "
+              "preallocated tensors (FileSystemReader), one process, no process group", 1.25, 3.5, "#3a86ff",
+              package="torch", modules=("torch.distributed.checkpoint",),
+              settings={"thread_count": _threads(1, "FileSystemWriter's thread_count: writing threads, a file each")},
+              tp_load="each rank: dcp.load of tensors of its slices' shapes, no process group, with a planner "
+                      "asking for each slice at its offsets (as a DTensor shard would); the FileSystemReader reads "
+                      "each saved tensor whole, then narrows it"),
     Reference(CEILING, "device ceiling",
               "reference: the same bytes written and read cold in raw files, over a grid of access patterns; the "
-              "fastest pattern of each run is the ceiling", 1.05, 15.0, "#c1121f", peer=False),
+              "fastest pattern of each run is the ceiling", 1.05, 12.0, "#c1121f", peer=False, later_s_per_gb=4.0,
+              tp_load="N reader processes from a common start, each reading 1/N of the bytes (one file, 16 MiB "
+                      "blocks, cold)"),
 )}
+
+
+def defaults(kind: str) -> dict[str, Any]:
+    """A kind's settings at their defaults (the library's own)."""
+    return {name: setting.default for name, setting in REFERENCES[kind].settings.items()}
+
+
+def config_schema(kind: str) -> dict[str, Any]:
+    """What a config's `references` block takes for a kind: true or false, or an object of its settings."""
+    properties = {name: setting.schema for name, setting in REFERENCES[kind].settings.items()}
+    if not properties:
+        return {"type": "boolean"}
+    return {"anyOf": [{"type": "boolean"},
+                      {"type": "object", "additionalProperties": False, "properties": properties}]}
+
+
+def settings_of(kind: str, value: Any) -> dict[str, Any] | None:
+    """A row's settings from its `references` value (checked by config_schema): None when it is off."""
+    if value is False or value is None:
+        return None
+    return {**defaults(kind), **(value if isinstance(value, Mapping) else {})}
+
+
+def unavailable(kind: str) -> str | None:
+    """Why a kind cannot run here (its package missing, or a native library it loads failing), or None.
+    Imports its modules: a row is skipped with this reason before anything is written."""
+    for module in REFERENCES[kind].modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # ImportError, or OSError from a native library, or anything its import raises
+            text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            package = REFERENCES[kind].package or module
+            return (f"{package} cannot be used here ({text}): not installed, or not made for this platform; "
+                    "requirements.txt installs it on Linux")
+    return None
 
 
 def label(kind: str) -> str:

@@ -18,7 +18,7 @@ from ckptbench.core.errors import UserError
 from ckptbench.core.records import ORDERS
 from ckptbench.spec.fields import CACHE_EVICTION, TEST_SCHEMA, sweepable
 from ckptbench.spec.presets import PRESETS, VALUES
-from ckptbench.spec.references import REFERENCES
+from ckptbench.spec.references import REFERENCES, config_schema
 from ckptbench.spec.suite import DTYPES, MAX_PROCESSES
 
 _POSITIVE_INT = {"type": "integer", "minimum": 1}
@@ -43,10 +43,12 @@ SCHEMA: dict[str, Any] = {
                            "max_retries": {"type": "integer", "minimum": 0, "maximum": 100}},
         },
         "processes": sweepable({"type": "integer", "minimum": 1, "maximum": MAX_PROCESSES}),
+        # --tp's config form: every test and reference row loaded by each of these tensor-parallel rank counts
+        "tp": sweepable({"type": "integer", "minimum": 1, "maximum": MAX_PROCESSES}),
         "references": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {name: {"type": "boolean"} for name in REFERENCES},
+            "properties": {name: config_schema(name) for name in REFERENCES},
         },
         "testing": {
             "type": "object",
@@ -136,10 +138,13 @@ def describe_error(error: jsonschema.ValidationError) -> str:
         return f"expected a [low, high] pair of numbers, got {json.dumps(value)}"
     if kind == "pattern":
         if error.absolute_path and error.absolute_path[-1] == "name":
-            return f"{shown} is not a valid test name; use letters, digits, '_', '-', '.' or '=' (at most 100)"
+            return f"{shown} is not a valid test name; use letters, digits, '_', '-', '.' or '=' (at most 200)"
         return f"{shown} is not a size; use a number of bytes or a string like \"64KB\", \"1MB\" or \"t5x\""
     if kind == "anyOf":
-        return f"expected {_expected(error.validator_value[0])} (or a list of them, to sweep), got {shown}"
+        branches = error.validator_value
+        if not any(branch.get("type") == "array" for branch in branches):  # not a sweepable field
+            return f"expected {' or '.join(_expected(branch) for branch in branches)}, got {shown}"
+        return f"expected {_expected(branches[0])} (or a list of them, to sweep), got {shown}"
     return error.message
 
 
@@ -151,6 +156,8 @@ def _expected(schema: Mapping[str, Any]) -> str:
         return "one of " + ", ".join(json.dumps(v) for v in schema["enum"])
     types = schema.get("type", [])
     words = " or ".join(_JSON_TYPES[t] for t in (types if isinstance(types, list) else [types]))
+    if schema.get("properties"):
+        words += " of " + ", ".join(schema["properties"])
     if schema.get("pattern"):
         words += " like \"64KB\""
     if "minimum" in schema and "maximum" in schema:

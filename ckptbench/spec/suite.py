@@ -14,7 +14,12 @@ from ckptbench.spec.presets import DEFAULT_PRESET
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_OUTPUT_DIR = "saved_models/phase4_tests"
 MAX_PROCESSES = 256
-__all__ = ["CACHE_EVICTION", "DEFAULT_OUTPUT_DIR", "DTYPES", "MAX_PROCESSES", "ORDERS", "SuiteConfig", "TestSpec"]
+# The bound on the whole process's anonymous memory that the harness keeps, over every row of a suite: the
+# loaded copy and what is in flight within 1.25 x the model, Python, torch and TensorStore within 1 GB.
+MEMORY_BOUND_MULTIPLIER = 1.25
+MEMORY_BOUND_FIXED_BYTES = 1.0e9
+__all__ = ["CACHE_EVICTION", "DEFAULT_OUTPUT_DIR", "DTYPES", "MAX_PROCESSES", "MEMORY_BOUND_FIXED_BYTES",
+           "MEMORY_BOUND_MULTIPLIER", "ORDERS", "SuiteConfig", "TestSpec"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,7 @@ class SuiteConfig:
     storage: str | None = None  # where checkpoints go: None (OUTPUT_DIR/runs), a folder, s3://, gs://, memory://
     storage_options: dict[str, Any] = field(default_factory=dict)
     processes: tuple[int, ...] = (1,)  # each value runs every TensorStore test with that many processes
+    tp: tuple[int, ...] | None = None  # each value loads every test (references too) tensor-parallel; None: tests' own
     model: str = DEFAULT_PRESET
     weights: str | None = None  # a local checkpoint folder (absolute) or a Hugging Face id "org/name[@rev]"
     dtype: str = "float32"

@@ -34,16 +34,17 @@ from ckptbench.tune.budget import (
     fits,
     halving_sizes,
     plan_budget,
+    prior_candidate_s,
     prior_reference_s,
-    prior_run_s,
 )
 from ckptbench.tune.checkpoint import CHECKPOINT
 from ckptbench.tune.document import TUNING, TUNING_FILE, Tuning, read
 from ckptbench.tune.policy import PRIOR_DF, PRIOR_LOG_SD, Halving, Noise, halve, noise_model, pareto, rank, separation
-from ckptbench.tune.session import resume, run
+from ckptbench.tune.session import dry_run, resume, run
 from ckptbench.tune.settings import (
     DEFAULT_BUDGET_S,
     DEFAULT_OBJECTIVE,
+    DEFAULT_REFERENCES,
     OBJECTIVES,
     SPACE_FILE,
     Settings,
@@ -52,9 +53,9 @@ from ckptbench.tune.settings import (
 from ckptbench.tune.space import T5X, Universe, candidates, layout_key, load_space, make_universe, sample
 from ckptbench.tune.state import STATE_FILE, TUNE_STATE, TuneState
 
-__all__ = ["CHECKPOINT", "DEFAULT_BUDGET_S", "DEFAULT_OBJECTIVE", "Durations", "FINALISTS", "Halving", "Noise",
-           "OBJECTIVES", "PRIOR_DF", "PRIOR_LOG_SD", "Plan", "SPACE_FILE", "STATE_FILE", "Settings", "T5X",
-           "TUNE_STATE", "TUNING", "TUNING_FILE", "TuneState", "Tuning", "Universe", "candidates", "check_settings",
-           "continuation_s", "final_s", "fits", "halve", "halving_sizes", "layout_key", "load_space",
-           "make_universe", "noise_model", "pareto", "plan_budget", "prior_reference_s", "prior_run_s", "rank",
-           "read", "resume", "run", "sample", "separation"]
+__all__ = ["CHECKPOINT", "DEFAULT_BUDGET_S", "DEFAULT_OBJECTIVE", "DEFAULT_REFERENCES", "Durations", "FINALISTS",
+           "Halving", "Noise", "OBJECTIVES", "PRIOR_DF", "PRIOR_LOG_SD", "Plan", "SPACE_FILE", "STATE_FILE",
+           "Settings", "T5X", "TUNE_STATE", "TUNING", "TUNING_FILE", "TuneState", "Tuning", "Universe", "candidates",
+           "check_settings", "continuation_s", "dry_run", "final_s", "fits", "halve", "halving_sizes", "layout_key",
+           "load_space", "make_universe", "noise_model", "pareto", "plan_budget", "prior_candidate_s",
+           "prior_reference_s", "rank", "read", "resume", "run", "sample", "separation"]

@@ -16,6 +16,7 @@ from ckptbench.analysis import change as analysis
 from ckptbench.analysis import stats
 from ckptbench.core.units import size_label
 from ckptbench.spec.fields import TestSpec, entry
+from ckptbench.spec.references import REFERENCES
 from ckptbench.tune.budget import mean
 from ckptbench.tune.policy import FIGURES, Samples, compare_metric, separation
 from ckptbench.tune.space import T5X
@@ -27,8 +28,9 @@ def summaries(samples: Mapping[str, Sequence[float]]) -> dict[str, Any]:
 
 
 def recommend(samples: Samples, finalists: Sequence[str], metric: str, noise_pct: float) -> dict[str, Any] | None:
-    """The winner among the finalists, its figures with CIs, its place against the ceiling, the references
-    and t5x_full, and the runner-up with whether the two can be told apart (all by analysis.compare)."""
+    """The winner among the finalists, its figures with CIs, its place against the ceiling, the peers and
+    t5x_full, the fastest peer for save, load and save + load (`peers`), and the runner-up with whether the two
+    can be told apart (all by analysis.compare)."""
     values = {n: samples[n][metric] for n in finalists if n in samples and samples[n][metric]}
     tiebreak = {n: samples[n]["total_s"] for n in values}
     decided = separation(values, metric, noise_pct, tiebreak)
@@ -47,17 +49,35 @@ def recommend(samples: Samples, finalists: Sequence[str], metric: str, noise_pct
         if metric != "size_bytes" and ceiling[metric]:
             out["pct_of_ceiling"][metric] = 100.0 * mean(ceiling[metric]) / out["objective"]["mean"]
     out["versus"] = {}
-    for other in ("safetensors", "torch_save", T5X):
+    for other in [*(kind for kind, ref in REFERENCES.items() if ref.peer), T5X]:
         if other == winner or other not in samples or not samples[other][metric]:
             continue
         comparison = analysis.compare(mine[metric], samples[other][metric], metric=compare_metric(metric),
                                       noise_pct=noise_pct)
         out["versus"][other] = {"mean": mean(samples[other][metric]), "n": len(samples[other][metric]), **comparison}
+    out["peers"] = fastest_peers(samples, winner, noise_pct)
     out["runner_up"] = None
     if decided["runner_up"] is not None:
         second = decided["runner_up"]
         out["runner_up"] = {"test": second, "objective": stats.summarize(samples[second][metric]),
                             "comparison": decided["comparison"], "distinguishable": decided["separated"]}
+    return out
+
+
+def fastest_peers(samples: Samples, winner: str, noise_pct: float) -> dict[str, Any]:
+    """For save, load and save + load: the fastest peer measured (a reference row a user could pick instead of
+    TensorStore; not the device ceiling) and the winner against it (analysis.compare), or None."""
+    out: dict[str, Any] = {}
+    for metric in ("save_s", "load_s", "total_s"):
+        peers = {kind: samples[kind][metric] for kind, ref in REFERENCES.items()
+                 if ref.peer and kind in samples and samples[kind][metric]}
+        if not peers or not samples[winner][metric]:
+            out[metric] = None
+            continue
+        fastest = min(peers, key=lambda kind: mean(peers[kind]))
+        out[metric] = {"test": fastest, "mean": mean(peers[fastest]), "n": len(peers[fastest]),
+                       **analysis.compare(samples[winner][metric], peers[fastest], metric=compare_metric(metric),
+                                          noise_pct=noise_pct)}
     return out
 
 

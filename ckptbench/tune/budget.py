@@ -2,9 +2,11 @@
 
 Budget. Everything counts: making the weights, every suite, writing the tuned
 checkpoint and the report. Before rung 0 the run time is estimated from the model's
-size (PRIOR_RUN_S_PER_GB, measured on a 2-core virtual machine), and from it how many
-candidates fit: the halving's runs (n + n/2 + ... until FINALISTS are left) plus a
-reference set per rung, after reserving the final. Rung 0 is planned OVERPLAN times
+size and each test's layout (bench.capacity.prior_run_s: the same priors as a suite's
+estimate; a candidate's is the median of the space's), and from it how many candidates
+fit: the halving's runs (n + n/2 + ... until FINALISTS are left), the reference rows in
+rung 0 and in the final's first round (their full cost in rung 0: the device ceiling's
+grid runs there once; after it, its fastest patterns only), after reserving the final. Rung 0 is planned OVERPLAN times
 larger and stopped when its share of the budget is spent, so a wrong prior changes
 how many candidates rung 0 measures, not the total time. Later stages are planned from
 each test's measured durations; no run starts that is not expected to end in time.
@@ -20,18 +22,14 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ckptbench.analysis import stats
+from ckptbench.bench import capacity
 from ckptbench.core.errors import UserError
 from ckptbench.core.units import duration_label, human_bytes
+from ckptbench.spec.fields import TestSpec
 from ckptbench.spec.references import REFERENCES
 from ckptbench.tune.space import T5X
 
 FINALISTS = 2  # the halving stops at this many, and the final compares them
-# Seconds per run = fixed + per GB of model, before anything is measured. A run is a save, a size walk, an
-# eviction, a cold load, a bit-for-bit check and a delete. Measured on a 2-core VM with the 0.54 GB
-# smollm2-135m: 7 s/GB for raw 1 MB chunks at concurrency 128, 25 s/GB for 256 KB chunks at concurrency 1,
-# 36 s/GB with gzip. The reference rows' priors are each kind's own (spec.references: prior_s_per_gb).
-PRIOR_RUN_S_PER_GB = 12.0
-PRIOR_FIXED_S = 0.6
 PRIOR_SUITE_OVERHEAD_S = 0.5  # a suite's own work: pre-flight checks, the journal, results.json
 FINISH_FIXED_S = 6.0  # tuning.json, and tuning.png (importing matplotlib takes seconds on a small machine)
 OVERPLAN = 3
@@ -42,14 +40,15 @@ def mean(values: Sequence[float]) -> float:
     return stats.mean_std(stats.as_floats(values))[0]
 
 
-def prior_run_s(model_bytes: int) -> float:
-    """A candidate's run before any is measured."""
-    return PRIOR_FIXED_S + PRIOR_RUN_S_PER_GB * model_bytes / 1e9
+def prior_candidate_s(tests: Iterable[TestSpec], model_bytes: int, itemsize: int) -> float:
+    """An unmeasured candidate's run: the median of the space's candidates' priors (bench.capacity)."""
+    priors = [capacity.prior_run_s(t, model_bytes, itemsize) for t in tests]
+    return float(np.median(priors)) if priors else capacity.PRIOR_FIXED_S
 
 
-def prior_reference_s(name: str, model_bytes: int) -> float:
-    """A reference row's run before it is measured (each kind's own seconds per GB)."""
-    return PRIOR_FIXED_S + REFERENCES[name].prior_s_per_gb * model_bytes / 1e9
+def prior_reference_s(name: str, model_bytes: int, first: bool = True) -> float:
+    """A reference row's run before it is measured (`first`: its first run, which may do more)."""
+    return capacity.prior_run_s(TestSpec(name, backend=name), model_bytes, first=first)
 
 
 @dataclass
@@ -59,6 +58,7 @@ class Durations:
     model_bytes: int
     runs: dict[str, list[float]] = field(default_factory=dict)
     overheads: list[float] = field(default_factory=list)
+    prior_s: float = 0.0  # an unmeasured candidate's run (prior_candidate_s); not saved: recomputed on resume
 
     def add(self, test: str, seconds: float) -> None:
         self.runs.setdefault(test, []).append(float(seconds))
@@ -66,13 +66,19 @@ class Durations:
     def typical_candidate_s(self) -> float:
         """An unmeasured candidate: the median of the measured candidates' runs (>= 3), else the prior."""
         measured = [mean(v) for k, v in self.runs.items() if k not in REFERENCES and v]
-        return float(np.median(measured)) if len(measured) >= 3 else prior_run_s(self.model_bytes)
+        return float(np.median(measured)) if len(measured) >= 3 else self.prior_s
 
     def of(self, test: str) -> float:
-        if self.runs.get(test):
-            return mean(self.runs[test])
+        """A run's predicted seconds. A reference row measured once has run as a first run: its later runs are
+        predicted from that by the ratio of its priors (the device ceiling's full grid runs once)."""
+        measured = self.runs.get(test)
+        if measured and test in REFERENCES:
+            kind = REFERENCES[test]
+            return measured[-1] * (kind.prior_later_s_per_gb / kind.prior_s_per_gb if len(measured) == 1 else 1.0)
+        if measured:
+            return mean(measured)
         if test in REFERENCES:
-            return prior_reference_s(test, self.model_bytes)
+            return prior_reference_s(test, self.model_bytes)  # its first run
         return self.typical_candidate_s()
 
     def overhead_s(self) -> float:
@@ -85,9 +91,9 @@ class Durations:
         return {"runs": self.runs, "overheads": self.overheads}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], model_bytes: int) -> Durations:
+    def from_json(cls, data: Mapping[str, Any], model_bytes: int, prior_s: float = 0.0) -> Durations:
         return cls(model_bytes, {k: [float(s) for s in v] for k, v in data["runs"].items()},
-                   [float(s) for s in data["overheads"]])
+                   [float(s) for s in data["overheads"]], prior_s)
 
 
 def halving_sizes(n: int) -> list[int]:
@@ -100,17 +106,19 @@ def halving_sizes(n: int) -> list[int]:
 
 
 def final_s(run_s: float, references_s: float, overhead_s: float, t5x_s: float | None = None) -> float:
-    """The final the budget keeps room for: final-1 (the finalists, t5x_full and the reference rows),
-    then FINAL_ROUNDS_RESERVED rounds of the finalists."""
+    """The final the budget keeps room for: final-1 (the finalists, t5x_full and the peer they are compared
+    with), then FINAL_ROUNDS_RESERVED rounds of the finalists, one of them with the peer's third run (what its
+    interval needs: rung 0 and final-1 gave it two)."""
     first = FINALISTS * run_s + (run_s if t5x_s is None else t5x_s) + references_s + overhead_s
-    return first + FINAL_ROUNDS_RESERVED * (FINALISTS * run_s + overhead_s)
+    return first + FINAL_ROUNDS_RESERVED * (FINALISTS * run_s + overhead_s) + references_s
 
 
 def continuation_s(n: int, run_s: float, references_s: float, overhead_s: float, t5x_s: float | None = None) -> float:
-    """What follows a rung 0 of n candidates: the later halving rungs (each with the reference rows) and
-    the final, where a survivor's run takes run_s. Rung 0 goes on while this still fits after its next run."""
+    """What follows a rung 0 of n candidates: the later halving rungs (candidates only) and the final (its
+    first round with the reference rows, `references_s`), where a survivor's run takes run_s. Rung 0 goes on
+    while this still fits after its next run."""
     later = halving_sizes(n)[1:]  # [n] alone when n <= FINALISTS: no later rung
-    return (sum(size * run_s + references_s + overhead_s for size in later)
+    return (sum(size * run_s + overhead_s for size in later)
             + final_s(run_s, references_s, overhead_s, t5x_s))
 
 
@@ -135,10 +143,14 @@ class Plan:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
 
 
-def plan_budget(time_left_s: float, run_s: float, references_s: float, overhead_s: float, n_available: int) -> Plan:
-    """The largest rung 0 that, with what must follow it (`continuation_s`), fits the time left."""
+def plan_budget(time_left_s: float, run_s: float, references_s: float, overhead_s: float, n_available: int,
+                later_references_s: float | None = None) -> Plan:
+    """The largest rung 0 that, with what must follow it (`continuation_s`), fits the time left. The reference
+    rows cost `references_s` in rung 0 and `later_references_s` (default the same) in the final."""
+    later = references_s if later_references_s is None else later_references_s
+
     def total(n: int) -> float:
-        return n * run_s + references_s + overhead_s + continuation_s(n, run_s, references_s, overhead_s)
+        return n * run_s + references_s + overhead_s + continuation_s(n, run_s, later, overhead_s)
 
     fit = 0
     for n in range(1, n_available + 1):
@@ -146,18 +158,22 @@ def plan_budget(time_left_s: float, run_s: float, references_s: float, overhead_
             break
         fit = n
     return Plan(fit, halving_sizes(fit) if fit else [], run_s, references_s, overhead_s,
-                final_s(run_s, references_s, overhead_s),
+                final_s(run_s, later, overhead_s),
                 (fit * run_s + references_s + overhead_s) if fit else 0.0, time_left_s)
 
 
-def first_plan(budget_s: float, setup_s: float, model_bytes: int, references: Sequence[str], n_available: int) -> Plan:
-    """The plan from the priors, after the setup already spent, the finish and one run of slack; a budget
-    in which not even FINALISTS + 1 candidates fit is refused with the budget that would do (rounded up to
-    30 s), before anything is written."""
-    run_s = prior_run_s(model_bytes)
+def first_plan(budget_s: float, setup_s: float, model_bytes: int, references: Sequence[str], n_available: int,
+               run_s: float) -> Plan:
+    """The plan from the priors (`run_s`: an unmeasured candidate's run), after the setup spent or still to
+    come (making the weights), the finish and one run of slack; a budget in which not even FINALISTS + 1
+    candidates fit is refused with the budget that would do (rounded up to 30 s), before anything is made
+    or written."""
     references_s = sum(prior_reference_s(r, model_bytes) for r in references)
+    # the final measures one peer again (rung 0's fastest, not known yet: the slowest to plan for)
+    later_s = max([prior_reference_s(r, model_bytes, first=False) for r in references if REFERENCES[r].peer],
+                  default=0.0)
     left_s = budget_s - setup_s - FINISH_FIXED_S - run_s
-    plan = plan_budget(left_s, run_s, references_s, PRIOR_SUITE_OVERHEAD_S, n_available)
+    plan = plan_budget(left_s, run_s, references_s, PRIOR_SUITE_OVERHEAD_S, n_available, later_s)
     if plan.n_candidates < min(n_available, FINALISTS + 1):
         need_s = setup_s + FINISH_FIXED_S + run_s + plan.final_reserve_s + (
             (FINALISTS + 1) * run_s + references_s + PRIOR_SUITE_OVERHEAD_S)
@@ -180,8 +196,9 @@ def finish_reserve_s(durations: Durations, finalists: Sequence[str]) -> float:
 def final_needs_s(durations: Durations, finalists: Sequence[str], also_first: Sequence[str]) -> float:
     """The final these finalists would need: final-1 with `also_first` (t5x_full and the reference rows), then
     the reserved rounds of the finalists alone. A halving rung may start only if this still fits after it."""
+    peers = [n for n in also_first if n in REFERENCES]
     return (durations.suite_s(list(finalists) + list(also_first))
-            + FINAL_ROUNDS_RESERVED * durations.suite_s(finalists))
+            + FINAL_ROUNDS_RESERVED * durations.suite_s(finalists) + sum(durations.of(p) for p in peers))
 
 
 def survivor_run_s(durations: Durations, metric: str) -> float:
@@ -214,7 +231,7 @@ def rungs_left(durations: Durations, n_alive: int, time_left_s: float, reference
     left_s = time_left_s - final_s(survivor_s, references_s, durations.overhead_s(), durations.of(T5X))
     sizes = []
     for size in halving_sizes(n_alive) if n_alive > FINALISTS else []:
-        left_s -= size * survivor_s + references_s + durations.overhead_s()
+        left_s -= size * survivor_s + durations.overhead_s()
         if left_s < 0:
             break
         sizes.append(size)

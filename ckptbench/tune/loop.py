@@ -199,9 +199,9 @@ def _corrected(session: Session, state: TuneState) -> dict[str, Any]:
         "measured": len(measured),
         "run_s_estimated": plan.run_s, "run_s_measured": budget.mean(run_s) if run_s else None,
         "references_s_estimated": plan.references_s,
-        "references_s_measured": sum(durations.of(r) for r in references),
+        "references_s_measured": sum(durations.runs[r][0] for r in references if durations.runs.get(r)),
         "rung0_s": (stage.ended_s or 0.0) - (stage.started_s or 0.0),
-        "next_rungs": budget.rungs_left(durations, len(state.alive), time_left_s - reserve_s, references,
-                                        situation.metric),
+        "next_rungs": budget.rungs_left(durations, len(state.alive), time_left_s - reserve_s,
+                                        policy.final_references(state, situation), situation.metric),
         "time_left_s": time_left_s,
     }

@@ -9,13 +9,16 @@ nothing: the front and the statuses come from tuning.json.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping
 
+from ckptbench.analysis.change import ratio_words
 from ckptbench.core.units import human_bytes
 from ckptbench.documents.store import weights_name
 from ckptbench.figures.common import figure, save
 from ckptbench.spec.references import REFERENCES, label
+from ckptbench.tune.report import VERBS
 from ckptbench.tune.space import T5X
 
 PLOT_FILE = "tuning.png"
@@ -71,11 +74,23 @@ def draw(document: Mapping[str, Any], path: Path) -> Path | None:
     ax.set_title(f"every candidate measured, at the mean of its runs; marker area: bytes on disk (largest "
                  f"{human_bytes(largest)}); faded: eliminated\nreference rows and the device ceiling: dashed at their "
                  "save time, dotted at their load time", fontsize=9)
+    import matplotlib.ticker
+
+    for axis in (ax.xaxis, ax.yaxis):  # plain seconds (not 3 x 10^0); minor ticks labelled at 2, 3 and 5
+        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+            lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "235" else ""))
     found = document.get("recommendation")
     headline = f"winner {found['test']}" if found else "no candidate measured"
-    fig.suptitle(f"tune: {source} ({human_bytes(weights['size_bytes'])} {weights['dtype']}), objective "
-                 f"{document['objective']}: {headline}", fontsize=11)
+    peer = ((found or {}).get("peers") or {}).get(document["metric"])
+    title = (f"tune: {source} ({human_bytes(weights['size_bytes'])} {weights['dtype']}), objective "
+             f"{document['objective']}: {headline}")
+    if peer is not None:
+        title += (f"; TensorStore's best {VERBS[document['metric']]} "
+                  + ratio_words(peer, f"{label(peer['test'])}, the fastest peer", document["metric"]))
+    fig.suptitle("\n".join(textwrap.wrap(title, int(fig.get_figwidth() * 11))), fontsize=11)
     return save(fig, path)
+
 
 
 def _area(candidate: Mapping[str, Any], largest: float) -> float:

@@ -1,18 +1,20 @@
 """The search's decisions: pure functions of the tune's state and the measured samples (no clock, no I/O).
 
-- rung-0, rung-1, ...: successive halving. A rung runs every surviving candidate once
-  and the reference rows (safetensors, torch.save, the device ceiling) once. It keeps
-  the better half on the objective; a candidate below the cut is dropped only when it
-  loses even in its best case (the noise model below).
-- final-1, final-2, ...: one round each of the two finalists and t5x_full (final-1 with
-  the reference rows too), until the winner and the runner-up differ at p < 0.05 by
-  `analysis.compare` (Welch), or the budget ends: then they are reported as tied.
+- rung-0: the peers (safetensors, the Run:ai streamer by default), three candidates, the
+  device ceiling, then more candidates while the rest still fits (`rung0_members`).
+  rung-1, ...: successive halving of the candidates alone. Each keeps the better half on
+  the objective; a candidate below the cut is dropped only when it loses even in its best
+  case (the noise model below).
+- final-1, final-2, ...: one round each of the two finalists and t5x_full, with rung 0's
+  fastest peer until it has the runs an interval needs (3), until the winner and the
+  runner-up differ at p < 0.05 by `analysis.compare` (the interval on the log of the
+  ratio) and the peer has its runs, or the budget ends: then they are reported as tied.
   t5x_full is left out of later rounds once the winner's lead over it is significant.
 
 Noise model. With one run per candidate there is no per-candidate interval, so the
 run-to-run spread is pooled on the log scale: the variance of log(value) within every
-group with two runs or more (candidates, and the reference rows, which run once per
-rung), pooled with a prior of PRIOR_LOG_SD (10 %, pyperf's "noisy" threshold) weighted as
+group with two runs or more (candidates, and the fastest peer, which runs in rung 0 and
+final-1), pooled with a prior of PRIOR_LOG_SD (10 %, pyperf's "noisy" threshold) weighted as
 PRIOR_DF degrees of freedom. A candidate below the cut is dropped when the 95 % interval
 of log(its mean / the cut's mean), t(df) x sd x sqrt(1/n + 1/n_cut), lies wholly above
 zero. Sizes have no run-to-run noise: the larger one loses outright.
@@ -34,8 +36,9 @@ import numpy as np
 
 from ckptbench.analysis import change as analysis
 from ckptbench.analysis import stats
+from ckptbench.analysis.change import MIN_RUNS_FOR_CI
 from ckptbench.documents import results
-from ckptbench.spec.references import REFERENCES
+from ckptbench.spec.references import CEILING, REFERENCES
 from ckptbench.tune import budget
 from ckptbench.tune.budget import FINALISTS, fits, mean
 from ckptbench.tune.space import T5X, shuffled, stage_seed
@@ -207,6 +210,31 @@ def finish_reserve_s(state: TuneState, situation: Situation) -> float:
     return budget.finish_reserve_s(state.durations, names)
 
 
+CANDIDATES_BEFORE_CEILING = FINALISTS + 1
+
+
+def rung0_members(state: TuneState, references: Sequence[str]) -> list[str]:
+    """Rung 0's order: the peers (the answer compares the winner with the fastest of them), the first
+    candidates (the two finalists and one to halve), then the device ceiling, then the rest of the sample.
+    The ceiling's grid is the costliest reference run and only gives context (% of the ceiling), so on a
+    machine slower than the priors it is what the budget leaves out, not the first candidates."""
+    peers = [r for r in references if r != CEILING]
+    ceiling = [r for r in references if r == CEILING]
+    first = CANDIDATES_BEFORE_CEILING
+    return peers + state.rung0_order[:first] + ceiling + state.rung0_order[first:]
+
+
+def final_references(state: TuneState, situation: Situation) -> list[str]:
+    """The reference row the final measures again beside the finalists: rung 0's fastest peer on the objective
+    (the loader the winner is compared with). Before rung 0 has measured any, the peer expected to take longest,
+    so that a plan made then keeps room for whichever it will be. The device ceiling runs in rung 0 only."""
+    peers = [r for r in situation.references if REFERENCES[r].peer]
+    measured = [r for r in peers if situation.samples.get(r, {}).get(situation.metric)]
+    if measured:
+        return ranked(measured, situation.samples, situation.metric)[:1]
+    return [max(peers, key=state.durations.of)] if peers else []
+
+
 def may_start(state: TuneState, stage: Stage, test: str, situation: Situation) -> bool:
     """No run starts that is not expected to end by the stage's deadline; in rung 0, none that would leave too
     little for what must follow it (`budget.rung0_fits`)."""
@@ -217,8 +245,8 @@ def may_start(state: TuneState, stage: Stage, test: str, situation: Situation) -
         return True
     n_measured = sum(1 for n in state.rung0_order if durations.runs.get(n)) + (0 if test in REFERENCES else 1)
     return budget.rung0_fits(durations, test, n_measured, situation.elapsed_s,
-                             state.budget_s - finish_reserve_s(state, situation), situation.references,
-                             situation.metric, situation.has_t5x)
+                             state.budget_s - finish_reserve_s(state, situation),
+                             final_references(state, situation), situation.metric, situation.has_t5x)
 
 
 def _new_stage(state: TuneState, name: str, kind: str, members: list[str], deadline_s: float) -> Stage:
@@ -231,7 +259,7 @@ def next_stage(state: TuneState, situation: Situation) -> TuneState:
     state = copy.deepcopy(state)
     stages, references, elapsed_s = state.stages, list(situation.references), situation.elapsed_s
     if not stages:
-        stage = _new_stage(state, "rung-0", HALVING, references + state.rung0_order,
+        stage = _new_stage(state, "rung-0", HALVING, rung0_members(state, references),
                            state.budget_s - finish_reserve_s(state, situation))
         stage.planned_s = state.plan.rung0_s  # it lists more than it is expected to measure
         stages.append(stage)
@@ -241,10 +269,11 @@ def next_stage(state: TuneState, situation: Situation) -> TuneState:
         finalists = leaders[:FINALISTS]
         rung = f"rung-{sum(1 for s in stages if s.kind == HALVING)}"
         if len(leaders) > FINALISTS:
-            members = shuffled(leaders + references, state.seed, rung)
+            members = shuffled(leaders, state.seed, rung)  # the reference rows: in rung 0 and the final only
             t5x = [T5X] if situation.has_t5x and T5X not in finalists else []
             deadline_s = (state.budget_s - finish_reserve_s(state, situation)
-                          - budget.final_needs_s(state.durations, finalists, t5x + references))
+                          - budget.final_needs_s(state.durations, finalists,
+                                                 t5x + final_references(state, situation)))
             if fits(elapsed_s, state.durations.suite_s(members), deadline_s):
                 stages.append(_new_stage(state, rung, HALVING, members, deadline_s))
                 return state
@@ -255,16 +284,20 @@ def next_stage(state: TuneState, situation: Situation) -> TuneState:
         state.stopped_by = "one candidate measured" if finalists else "nothing measured"
         return state
     finals = [s for s in stages if s.kind == FINAL]
-    if finals and finals[-1].decision["separated"]:
+    peer = final_references(state, situation)
+    # The winner is compared with the fastest peer by an interval, which needs MIN_RUNS_FOR_CI runs of it.
+    peer_short = [p for p in peer if situation.metric != "size_bytes"  # sizes are exact: no interval to wait for
+                  and len(situation.samples.get(p, {}).get(situation.metric, ())) < MIN_RUNS_FOR_CI]
+    if finals and finals[-1].decision["separated"] and not peer_short:
         state.stopped_by = "separated"
         return state
     name = f"final-{len(finals) + 1}"
     t5x = [T5X] if situation.has_t5x and T5X not in finalists and not t5x_settled(finalists, situation) else []
-    extra = [] if finals else references
+    extra = peer if not finals or peer_short else []
     deadline_s = state.budget_s - finish_reserve_s(state, situation)
-    # When the whole round does not fit, the finalists come first: the references (measured in every
-    # rung already), then t5x_full, are left out of it.
-    for members in (finalists + t5x + extra, finalists + t5x, finalists):
+    # When the whole round does not fit, the finalists come first, then the fastest peer (the answer compares
+    # the winner with it), then t5x_full.
+    for members in (finalists + t5x + extra, finalists + extra, finalists + t5x, finalists):
         if fits(elapsed_s, state.durations.suite_s(members), deadline_s):
             stages.append(_new_stage(state, name, FINAL, shuffled(members, state.seed, name), deadline_s))
             return state

@@ -1,18 +1,24 @@
-"""The console text of a tuning document: the recommendation first, then what to paste, then how it was
-found. It reads tuning.json's figures and computes nothing."""
+"""The console text of a tuning document, in the order every report follows: the header and the answer (the
+recommendation, beside the fastest peer for save, load and save + load), one table (the finalists beside the
+rows they are judged against), the warnings that matter, then what to paste and how it was found; `details`
+adds the winner against every peer and a row for every candidate measured. It reads tuning.json's figures and
+computes nothing: every comparison in it was made by analysis.compare."""
 
 from __future__ import annotations
 
 import json
 from typing import Any, Mapping
 
+from ckptbench.analysis.change import TOO_FEW, ratio_words
 from ckptbench.core.units import duration_label, human_bytes
 from ckptbench.documents.store import weights_name
-from ckptbench.spec.references import label
+from ckptbench.spec.references import CEILING, label
 from ckptbench.tune.space import T5X
 
 OBJECTIVE_WORDS = {"save_s": "save seconds", "load_s": "cold-load seconds", "total_s": "save + load seconds",
                    "size_bytes": "bytes on disk"}
+VERBS = {"save_s": "saves", "load_s": "loads", "total_s": "saves + loads"}
+MAX_WARNING_LINES = 6
 
 
 def name_of(test: str) -> str:
@@ -28,33 +34,54 @@ def value(metric: str, number: float | None) -> str:
 
 
 def with_ci(metric: str, summary: Mapping[str, Any]) -> str:
-    """'1.41 s (95% CI 1.32-1.50, n=7)'."""
+    """'1.41 s (95% CI 1.32-1.50 s, n=7)': the mean and its interval on the log scale; 'too few runs' under 3."""
     if not summary or not summary.get("n"):
         return "not measured"
-    ci = summary.get("ci95")
+    ci = summary.get("ci95_log")
     if ci is None:
-        return f"{value(metric, summary['mean'])} (n={summary['n']}, no CI)"
+        why = "too few runs for a CI" if summary["n"] <= 2 else "no CI"
+        return f"{value(metric, summary['mean'])} (n={summary['n']}, {why})"
+    if ci[0] == ci[1]:
+        return f"{value(metric, summary['mean'])} (exact, n={summary['n']})"
     return f"{value(metric, summary['mean'])} (95% CI {value(metric, ci[0])}-{value(metric, ci[1])}, n={summary['n']})"
 
 
 def change(comparison: Mapping[str, Any]) -> str:
-    """'-53% (95% CI [-58%, -47%], p = 0.0001)'."""
+    """'-53% (95% CI [-58%, -47%], p = 0.0001)'; '(too few runs for a CI)' with 2 runs or fewer on a side."""
     text = f"{comparison['change_pct']:+.1f}%"
     if comparison.get("change_ci95_pct"):
         lo, hi = comparison["change_ci95_pct"]
         text += f" (95% CI [{lo:+.1f}%, {hi:+.1f}%]"
+    elif comparison.get("verdict") in (TOO_FEW, "insufficient data"):
+        text += " (too few runs for a CI"
     else:
-        text += " (no finite CI"
+        text += " (no CI"
     if comparison.get("p_value") is not None:
         text += f", p = {comparison['p_value']:.2g}"
     return text + ")"
 
 
-def text(document: Mapping[str, Any]) -> str:
-    return "\n".join([recommendation(document), "", paste(document), "", how(document)]).rstrip() + "\n"
+def text(document: Mapping[str, Any], details: bool = False) -> str:
+    parts = [recommendation(document, details), "", table(document, details)]
+    warnings = warning_lines(document)
+    if warnings:
+        parts += ["", *warnings]
+    parts += ["", paste(document), "", how(document)]
+    return "\n".join(parts).rstrip() + "\n"
 
 
-def recommendation(document: Mapping[str, Any]) -> str:
+def peer_lines(found: Mapping[str, Any]) -> list[str]:
+    """'TensorStore's best loads 1.2x slower than Run:ai streamer, the fastest peer (95% CI 1.1-1.3x)', for save,
+    load and save + load."""
+    out = []
+    for metric, peer in (found.get("peers") or {}).items():
+        if peer is not None:
+            out.append(f"TensorStore's best {VERBS[metric]} "
+                       + ratio_words(peer, f"{label(peer['test'])}, the fastest peer", metric))
+    return out
+
+
+def recommendation(document: Mapping[str, Any], details: bool = False) -> str:
     metric = document["metric"]
     weights = document["weights"]
     name = weights_name(weights)
@@ -68,6 +95,7 @@ def recommendation(document: Mapping[str, Any]) -> str:
              f"    {OBJECTIVE_WORDS[metric]}: {with_ci(metric, found['objective'])}"]
     others = [m for m in ("save_s", "load_s", "size_bytes") if m != metric]
     lines.append("    " + "; ".join(f"{m.split('_')[0]} {with_ci(m, figures[m])}" for m in others))
+    lines += [f"    {line}" for line in peer_lines(found)]
     ceiling = found.get("pct_of_ceiling") or {}
     if ceiling.get("save_gbps") is not None and ceiling.get("load_gbps") is not None:
         line = (f"    device ceiling: {ceiling['save_gbps']:.0f}% of its save throughput, "
@@ -75,12 +103,11 @@ def recommendation(document: Mapping[str, Any]) -> str:
         if ceiling.get(metric) is not None and metric == "total_s":
             line += f" ({ceiling[metric]:.0f}% of its save + load speed)"
         lines.append(line)
+    judged = "size_bytes" if metric == "size_bytes" else "save_s"
+    peers = {(p or {}).get("test") for p in (found.get("peers") or {}).values()}
     for other, comparison in found["versus"].items():
-        ratio = comparison.get("ratio")
-        times = (f"{ratio:.2f}x its {OBJECTIVE_WORDS[metric]}" if ratio is not None else "?")
-        if ratio and other == T5X and ratio < 1:
-            times += f", {1 / ratio:.1f}x better"
-        lines.append(f"    vs {name_of(other)}: {times}, {change(comparison)}: {comparison['verdict']}")
+        if other == T5X or details or (not found.get("peers") and other not in peers):
+            lines.append(f"    against {name_of(other)}: {ratio_words(comparison, 'it', judged)}")
     second = found.get("runner_up")
     if second is None:
         lines.append("  runner-up: none measured")
@@ -95,6 +122,73 @@ def recommendation(document: Mapping[str, Any]) -> str:
             lines.append(f"    NOT distinguishable from the winner, so they are tied: {change(comparison)} against the "
                          f"winner; {cause}; either will do")
     return "\n".join(lines)
+
+
+def _interval(summary: Mapping[str, Any] | None, metric: str) -> str:
+    if not summary or not summary.get("n"):
+        return "-"
+    mean, ci = summary["mean"], summary.get("ci95_log")
+    scale = 1e6 if metric == "size_bytes" else 1.0
+    text = f"{mean / scale:.3g}"
+    if ci is None:
+        return text + (", too few runs" if summary["n"] <= 2 else "")
+    return text if ci[0] == ci[1] else f"{text} [{ci[0] / scale:.3g}-{ci[1] / scale:.3g}]"
+
+
+def table(document: Mapping[str, Any], details: bool = False) -> str:
+    """The finalists beside the rows they are judged against (the fastest peers, the device ceiling, t5x_full);
+    with `details`, every candidate measured and every reference row."""
+    from ckptbench.reports.tables import table as render
+
+    found = document.get("recommendation") or {}
+    candidates, references = document["candidates"], document["references"]
+    if details:
+        names = list(candidates)
+        refs = list(references)
+    else:
+        names = [n for n in [found.get("test"), (found.get("runner_up") or {}).get("test"), *document["finalists"],
+                             T5X] if n in candidates]
+        refs = [p["test"] for p in (found.get("peers") or {}).values() if p] + [CEILING]
+    rows = []
+    for name in dict.fromkeys(names):
+        stats = candidates[name]["stats"]
+        rows.append([name, candidates[name]["status"], str(stats["save_s"]["n"]),
+                     *(_interval(stats.get(m), m) for m in ("save_s", "load_s", "total_s", "size_bytes"))])
+    for name in dict.fromkeys(r for r in refs if r in references):
+        stats = references[name]["stats"]
+        rows.append([name, "reference", str(stats["save_s"]["n"]),
+                     *(_interval(stats.get(m), m) for m in ("save_s", "load_s", "total_s", "size_bytes"))])
+    headers = ["test", "status", "runs", "save s [95% CI]", "load s [95% CI]", "save + load s", "size MB"]
+    return render(headers, rows)
+
+
+def warning_lines(document: Mapping[str, Any]) -> list[str]:
+    """What threatens the recommendation, at most six lines: a paste not checked, a tie left by the budget, peers
+    compared on too few runs."""
+    found = document.get("recommendation")
+    out = []
+    block = document.get("paste")
+    if block is not None and not block.get("verified"):
+        out.append(f"the pasted spec could not read the tuned checkpoint back: {block.get('verify_error')}")
+    if not document.get("complete", True):
+        out.append("the tune was interrupted: continue with tune --resume")
+    if found is not None:
+        second = found.get("runner_up")
+        if second is not None and not second["distinguishable"] and found.get("stopped_by") == "budget":
+            out.append(f"the winner and {second['test']} are tied: the budget ended first; a larger --budget may "
+                       "separate them")
+        few = sorted({label(p["test"]) for p in (found.get("peers") or {}).values()
+                      if p and p.get("verdict") in (TOO_FEW, "insufficient data")})
+        if few:
+            out.append(f"{', '.join(few)} measured too few times for a CI against the winner; a larger --budget "
+                       "measures the fastest peer again in the final")
+        ceiling = (document.get("references") or {}).get(CEILING)
+        if ceiling is not None and not ceiling["stats"]["load_s"]["n"]:
+            out.append("the device ceiling was not measured: rung 0 ran out of budget before its grid (the "
+                       "candidates come first); a larger --budget gives the winner's % of the ceiling")
+    if not out:
+        return []
+    return ["Warnings:", *(f"  ! {line}" for line in out[:MAX_WARNING_LINES - 1])]
 
 
 def paste(document: Mapping[str, Any]) -> str:
@@ -139,4 +233,25 @@ def how(document: Mapping[str, Any]) -> str:
     eliminated = sum(1 for c in document["candidates"].values() if c["status"] == "eliminated")
     if eliminated:
         lines.append(f"{eliminated} candidates were eliminated; tuning.json holds every rung's figures and reasons.")
+    return "\n".join(lines)
+
+
+def dry_run_text(info: Mapping[str, Any]) -> str:
+    """What a tune would do (tune.dry_run), in a few lines: nothing was measured or written."""
+    weights, plan, checked = info["weights"], info["plan"], info["preflight"]
+    lines = [f"dry run of tune: {weights_name(weights)} ({human_bytes(weights['size_bytes'])} {weights['dtype']}), "
+             f"objective {info['objective']}, budget {duration_label(info['budget_s'])}; nothing is measured or "
+             "written",
+             f"space: {info['n_candidates']:,} candidates ({info['n_skipped']:,} invalid combinations skipped, "
+             f"{info['n_duplicates']:,} identical in effect for this model)",
+             f"estimate: making the weights about {info['setup_s']:.0f} s; a candidate's run about "
+             f"{info['run_s']:.0f} s; the reference rows ({', '.join(info['references']) or 'none'}) in rung 0 "
+             "and the final"]
+    if plan is not None:
+        rungs = " -> ".join(str(n) for n in plan["rung_sizes"])
+        lines.append(f"plan: about {plan['n_candidates']} candidates fit (rungs {rungs}, then the final; "
+                     f"{plan['final_reserve_s']:.0f} s kept for the final)")
+    lines.append(f"disk: about {human_bytes(checked['disk_need_bytes'] or 0)} at once; memory: about "
+                 f"{human_bytes(checked['memory_need_bytes'])} at the peak (candidate {checked['hungriest']!r})")
+    lines.append("pre-check: passes" if info["refusal"] is None else f"pre-check: refused: {info['refusal']}")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ckptbench.bench import workspace
+from ckptbench.bench import capacity, preflight, workspace
 from ckptbench.bench.suite import run_suite
 from ckptbench.core import interrupt
 from ckptbench.core.errors import Stopped, UserError
@@ -28,6 +28,7 @@ from ckptbench.documents import journal, results
 from ckptbench.sources import weights
 from ckptbench.spec import config as config_mod
 from ckptbench.spec.fields import entry
+from ckptbench.spec.presets import NUMPY_DTYPES
 from ckptbench.spec.suite import SuiteConfig
 from ckptbench.tune import budget, document, policy
 from ckptbench.tune import state as tune_state
@@ -55,6 +56,33 @@ def run(settings: Settings, *, on_event: Event = _ignore, clock: Callable[[], fl
     folder)` draws the figure into folder (none without it)."""
     check_settings(settings)
     return _start(settings, None, on_event, clock, execute, draw)
+
+
+def dry_run(settings: Settings) -> dict[str, Any]:
+    """What a tune would do, written nowhere: the space, the budget's first plan (or why the budget cannot
+    fit, with the budget that would), and the pre-check of its heaviest candidates' disk and memory."""
+    check_settings(settings)
+    workspace.check_output_dir(Path(settings.output_dir).resolve())
+    space = load_space(settings.space_path)
+    base = candidates(space, settings, str(settings.space_path))
+    planned = weights.plan(base.model, base.weights, base.dtype, base.values)
+    universe = make_universe(space, base, [shape for _, shape in planned.shapes])
+    itemsize = NUMPY_DTYPES[base.dtype].itemsize
+    prior_s = budget.prior_candidate_s(universe.tests.values(), planned.size_bytes, itemsize)
+    setup_s = capacity.PRIOR_SOURCE_S_PER_GB * planned.size_bytes / 1e9
+    plan, refusal = None, None
+    try:
+        plan = budget.first_plan(settings.budget_s, setup_s, planned.size_bytes, settings.references,
+                                 len(universe.tests), prior_s).to_json()
+    except UserError as exc:
+        refusal = str(exc)
+    suite = dataclasses.replace(base, tests=tuple(universe.tests.values()))
+    checked = preflight.check(suite, whole=False)
+    return {"weights": planned.describe(), "budget_s": settings.budget_s, "objective": settings.objective,
+            "n_candidates": len(universe.tests), "n_skipped": len(universe.skipped),
+            "n_duplicates": len(universe.duplicates), "run_s": prior_s, "setup_s": setup_s,
+            "references": list(settings.references), "plan": plan, "preflight": checked.to_json(),
+            "refusal": refusal or checked.refusal}
 
 
 def resume(output_dir: Path | str, *, given: Mapping[str, Any] | None = None, budget_s: float | None = None,
@@ -109,10 +137,13 @@ def _start(settings: Settings, state: TuneState | None, emit: Event, clock: Call
         with interrupt.signals_raise():
             planned = weights.plan(base.model, base.weights, base.dtype, base.values)  # no weights made yet
             universe = make_universe(space, base, [shape for _, shape in planned.shapes])
+            itemsize = NUMPY_DTYPES[base.dtype].itemsize
+            prior_s = budget.prior_candidate_s(universe.tests.values(), planned.size_bytes, itemsize)
             if state is not None:
                 _check_resumed_weights(state, planned)
             else:
-                state = _plan(settings, out, universe, planned, space, space_source, emit, elapsed_s)
+                state = _plan(settings, out, universe, planned, space, space_source, elapsed_s, prior_s)
+            state.durations.prior_s = prior_s
             # The weights every suite shares, made (or read) once into a source file, untimed by the suites.
             source_dir = workspace.new_owned_dir(out, SOURCE_DIR)
             source = planned.to_file(source_dir)
@@ -133,12 +164,15 @@ def _start(settings: Settings, state: TuneState | None, emit: Event, clock: Call
 
 
 def _plan(settings: Settings, out: Path, universe: Universe, planned: weights.Planned, space: dict[str, Any],
-          space_source: str, emit: Event, elapsed_s: Stopwatch) -> TuneState:
+          space_source: str, elapsed_s: Stopwatch, prior_s: float) -> TuneState:
     """Estimate what fits the budget (a budget that cannot fit is refused before any weights are made), then
     write the first state (the tune's first write)."""
     model_bytes = planned.size_bytes
-    setup_s = elapsed_s()
-    plan = budget.first_plan(settings.budget_s, setup_s, model_bytes, settings.references, len(universe.tests))
+    # The setup: what is spent, and making the weights, still to come (they are made once the budget is known
+    # to fit, so a budget that cannot fit is refused before they are made).
+    setup_s = elapsed_s() + capacity.PRIOR_SOURCE_S_PER_GB * model_bytes / 1e9
+    plan = budget.first_plan(settings.budget_s, setup_s, model_bytes, settings.references, len(universe.tests),
+                             prior_s)
     workspace.prepare_output_dir(out)
     _remove_earlier_tune(out)
     n_listed = min(len(universe.tests), budget.OVERPLAN * plan.n_candidates)
@@ -146,7 +180,7 @@ def _plan(settings: Settings, out: Path, universe: Universe, planned: weights.Pl
                       setup_s=setup_s, keep_checkpoint=settings.keep_checkpoint, space_path=space_source, space=space,
                       weights=json.loads(json.dumps(planned.describe())), plan=plan,
                       rung0_order=rung0_order(universe, n_listed, plan.n_candidates, settings.seed),
-                      durations=budget.Durations(model_bytes))
+                      durations=budget.Durations(model_bytes, prior_s=prior_s))
     state.spent_s = elapsed_s()
     tune_state.save(state, out)
     return state

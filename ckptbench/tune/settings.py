@@ -15,6 +15,7 @@ from typing import Any
 from ckptbench.core.errors import UserError
 from ckptbench.core.units import duration_label
 from ckptbench.documents.results import OBJECTIVES
+from ckptbench.spec import tensor_parallel
 from ckptbench.spec.config import suite_data
 from ckptbench.spec.references import REFERENCES
 
@@ -22,9 +23,14 @@ SPACE_FILE = Path(__file__).with_name("tune_space.json")  # in the package (pip 
 DEFAULT_OBJECTIVE = "balanced"
 DEFAULT_BUDGET_S = 600.0
 MIN_BUDGET_S = 10.0
+# The reference rows a tune measures unless told otherwise: the format most checkpoints ship in, the fastest
+# streaming loader measured here (docs/measurements), and the disk's own ceiling. Each costs a run of the
+# model's size in rung 0 (the ceiling its whole grid), so the default keeps a tune of a 7 GB model within
+# 12 minutes; `--references all` measures every kind.
+DEFAULT_REFERENCES = ("safetensors", "runai_streamer", "device_ceiling")
 
-__all__ = ["DEFAULT_BUDGET_S", "DEFAULT_OBJECTIVE", "MIN_BUDGET_S", "OBJECTIVES", "SPACE_FILE", "Settings",
-           "check_settings"]
+__all__ = ["DEFAULT_BUDGET_S", "DEFAULT_OBJECTIVE", "DEFAULT_REFERENCES", "MIN_BUDGET_S", "OBJECTIVES", "SPACE_FILE",
+           "Settings", "check_settings"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,8 @@ class Settings:
     cache_eviction: str = "auto"
     noise_pct: float = 5.0
     keep_checkpoint: bool = False
+    reference_kinds: tuple[str, ...] = DEFAULT_REFERENCES
+    tp: int = 1  # > 1: every candidate (and reference row) loaded by tp readers, each its tensor-parallel slice
 
     @property
     def metric(self) -> str:
@@ -55,14 +63,15 @@ class Settings:
     def references(self) -> list[str]:
         """The reference rows measured beside the candidates. They write local files, so they are not run
         with an object store (the suite would skip them anyway; leaving them out keeps the budget honest)."""
-        return list(REFERENCES) if "://" not in (self.storage or "") else []
+        return [k for k in REFERENCES if k in self.reference_kinds] if "://" not in (self.storage or "") else []
 
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed tune must share with the interrupted one: what changes the measurements. The budget,
         the seed and keeping the checkpoint may change on resume; the output folder is where it is resumed."""
         return {"model": self.model, "weights": self.weights, "dtype": self.dtype, "values": self.values,
                 "storage": self.storage, "objective": self.objective, "cache_eviction": self.cache_eviction,
-                "noise_pct": self.noise_pct}
+                "noise_pct": self.noise_pct, "reference_kinds": list(self.reference_kinds),
+                **({"tp": self.tp} if self.tp > 1 else {})}  # a tune of tp 1 keeps the fingerprint it had
 
     def suite_data(self, tests: list[dict[str, Any]], output_dir: Path, *, references: bool,
                    seed: int) -> dict[str, Any]:
@@ -70,19 +79,28 @@ class Settings:
         a stage is what successive halving asks for, and blocked order keeps the order the tune chose."""
         testing = {"num_runs": 1, "warmup_rounds": 0, "seed": seed, "order": "blocked",
                    "cache_eviction": self.cache_eviction, "noise_pct": self.noise_pct}
-        return suite_data(tests, output_dir=output_dir, testing=testing, model=self.model, weights=self.weights,
+        data = suite_data(tests, output_dir=output_dir, testing=testing, model=self.model, weights=self.weights,
                           dtype=self.dtype, values=self.values, storage=self.storage,
-                          references=tuple(REFERENCES) if references else ())
+                          references=tuple(self.references) if references else ())
+        if self.tp > 1:
+            data["tp"] = self.tp
+        return data
 
 
 def check_settings(settings: Settings) -> None:
     """Refuse, in one line naming the flag, what cannot give an answer: an unknown objective, a budget too
     short for anything, or memory:// (which measures no disk, and the tune looks for the best layout on one)."""
+    unknown = sorted(set(settings.reference_kinds) - set(REFERENCES))
+    if unknown:
+        raise UserError(f"--references: no reference row {unknown[0]!r}; use some of {', '.join(REFERENCES)}, or all")
     if settings.objective not in OBJECTIVES:
         raise UserError(f"--objective: {settings.objective!r} is not one of {', '.join(OBJECTIVES)}")
     if not settings.budget_s >= MIN_BUDGET_S:
         raise UserError(f"--budget: {duration_label(settings.budget_s)} is too short; give at least "
                         f"{duration_label(MIN_BUDGET_S)} (e.g. 5m)")
+    why = tensor_parallel.refusal(settings.tp, settings.model if settings.weights is None else None, None)
+    if why is not None:
+        raise UserError(why)
     if (settings.storage or "").startswith("memory://"):
         raise UserError("--storage: memory:// measures no disk, and tune looks for the best layout on a disk; "
                         "give a folder or an object store")

@@ -29,6 +29,7 @@ from ckptbench.spec.schema import Validator, describe_error
 from ckptbench.spec.suite import SuiteConfig
 from ckptbench.tune.settings import Settings
 
+MAX_CANDIDATES = 100_000  # a space rung 0 samples from (a suite holds at most config.MAX_TESTS)
 T5X = "t5x_full"  # the T5X default: an `always` candidate, measured in every rung and the first final
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,39}$"
@@ -109,11 +110,24 @@ def space_tests(space: Mapping[str, Any]) -> list[dict[str, Any]]:
     return tests
 
 
+def for_tp(space: Mapping[str, Any], tp: int) -> dict[str, Any]:
+    """The space a tune of tensor-parallel loads searches: with tp > 1 the chunk strategies gain tp_aligned
+    (chunk boundaries on the tp-way split), the layout that objective favours; tp 1 leaves the space as it is."""
+    strategies = space.get("axes", {}).get("chunk_strategy")
+    if tp <= 1 or strategies is None:
+        return dict(space)
+    strategies = strategies if isinstance(strategies, list) else [strategies]
+    if "tp_aligned" in strategies:
+        return dict(space)
+    return {**space, "axes": {**space["axes"], "chunk_strategy": [*strategies, "tp_aligned"]}}
+
+
 def candidates(space: Mapping[str, Any], settings: Settings, source: str = "space") -> SuiteConfig:
     """Every valid combination of the space, validated and expanded by `config.from_dict` (no I/O)."""
-    data = settings.suite_data(space_tests(space), settings.output_dir, references=False, seed=0)
+    data = settings.suite_data(space_tests(for_tp(space, settings.tp)), settings.output_dir, references=False,
+                               seed=0)
     try:
-        return config_mod.from_dict(data, source=source)
+        return config_mod.from_dict(data, source=source, max_tests=MAX_CANDIDATES)
     except UserError as exc:
         raise UserError(f"--space: {exc}") from None
 
@@ -150,6 +164,8 @@ def layout_key(test: TestSpec, dtype: str, shapes: Sequence[tuple[int, ...]]) ->
 
     layout = Layout.of(test, dtype)
     settings = tuple((key, json.dumps(value, sort_keys=True)) for key, value in layout_settings(test))
+    if layout.chunk_strategy == "tp_aligned":  # its chunks depend on each tensor's name, not only its shape
+        settings += (("tp_aligned", str(layout.tp)),)
     return (settings, tuple(tuple(layout.chunk_shape(s)) for s in shapes),
             tuple(tuple(layout.shard_shape(s) or ()) for s in shapes))
 

@@ -108,8 +108,12 @@ class TuneState:
 
 
 def _upgrade_1_to_2(document: dict[str, Any]) -> dict[str, Any]:
-    """Version 1 named its format in `format`; Kind.upgrade stamps the kind and the new version."""
-    return {k: v for k, v in document.items() if k != "format"}
+    """Version 1 named its format in `format`, and measured the three reference rows it knew; Kind.upgrade stamps
+    the kind and the new version."""
+    out = {k: v for k, v in document.items() if k != "format"}
+    if isinstance(out.get("settings"), dict):  # else the schema names what is missing
+        out["settings"] = {"reference_kinds": ["safetensors", "torch_save", "device_ceiling"], **out["settings"]}
+    return out
 
 
 TUNE_STATE = Kind("tune state", STATE_VERSION, "tune_state.schema.json", upgrades={1: _upgrade_1_to_2},

@@ -52,6 +52,15 @@ def to_numpy(tensor) -> np.ndarray:
     return tensor.numpy()
 
 
+def owned_part(tensor, box: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """The part of a torch tensor a box selects (sources.source_file.Box), as a contiguous array of its own:
+    what a tensor-parallel rank keeps of a tensor it had to read whole."""
+    import torch
+
+    part = tensor[tuple(slice(start, stop) for start, stop in box)] if box else tensor
+    return to_numpy(part.clone(memory_format=torch.contiguous_format))
+
+
 def folder_of(location: RunLocation | Path) -> Path:
     folder = as_location(location).local_dir
     if folder is None:

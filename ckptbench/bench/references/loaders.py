@@ -11,8 +11,9 @@ from typing import Mapping
 
 import numpy as np
 
-from ckptbench.bench.references.files import FileReference, durable, folder_of, to_numpy, to_torch
+from ckptbench.bench.references.files import FileReference, durable, folder_of, owned_part, to_numpy, to_torch
 from ckptbench.bench.targets import RunLocation
+from ckptbench.sources.source_file import Box
 
 
 class SafetensorsBackend(FileReference):
@@ -32,6 +33,16 @@ class SafetensorsBackend(FileReference):
         mapped = load_file(str(directory / self.filename))
         return {name: to_numpy(t.clone()) for name, t in mapped.items()}
 
+    def load_slices(self, location: RunLocation | Path, boxes: Mapping[str, Box], rank: int, ranks: int
+                    ) -> dict[str, np.ndarray]:
+        """A rank's slices as vLLM reads a shard: safe_open, then get_slice(name)[its slice] (only those bytes
+        are copied out of the file's map)."""
+        from safetensors import safe_open
+
+        with safe_open(str(folder_of(location) / self.filename), framework="pt") as opened:
+            return {name: to_numpy(opened.get_slice(name)[tuple(slice(a, b) for a, b in box)] if box
+                                   else opened.get_tensor(name)) for name, box in boxes.items()}
+
 
 class TorchSaveBackend(FileReference):
     filename = "model.pt"
@@ -49,3 +60,11 @@ class TorchSaveBackend(FileReference):
 
         state = torch.load(directory / self.filename, map_location="cpu", weights_only=True)
         return {name: to_numpy(t) for name, t in state.items()}
+
+    def load_slices(self, location: RunLocation | Path, boxes: Mapping[str, Box], rank: int, ranks: int
+                    ) -> dict[str, np.ndarray]:
+        """torch.load has no slice request: every rank reads the whole file (mmap off), then copies its slice out."""
+        import torch
+
+        state = torch.load(folder_of(location) / self.filename, map_location="cpu", weights_only=True)
+        return {name: owned_part(state[name], box) for name, box in boxes.items()}

@@ -40,6 +40,7 @@ class Compare(Command):
                                  "than PCT %%")
         parser.add_argument("--noise-pct", type=non_negative_pct, metavar="N",
                             help="changes under N %% are 'within noise' (default: A's noise_pct, else 5)")
+        parser.add_argument("--details", action="store_true", help="also A's answer and B's warnings in full")
         parser.add_argument("--scaling-plot", type=Path, metavar="PNG",
                             help="also draw GB/s against the number of writers (processes or ranks) of every "
                                  "file given: one launch per world size")
@@ -57,7 +58,7 @@ class Compare(Command):
         for index, (path, doc_b, rows) in enumerate(compared):
             for warning in compare.mismatch_warnings(doc_a, doc_b):
                 print(f"warning: {warning}", file=sys.stderr)
-            text = compare_report.render(args.a, path, doc_a, doc_b, rows, noise_pct, args.format)
+            text = compare_report.render(args.a, path, doc_a, doc_b, rows, noise_pct, args.format, args.details)
             print(("\n" if index else "") + text)
             if args.fail_on_regression is not None:
                 bad += compare.regressions(rows, args.fail_on_regression)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ckptbench.cli.app import Command, Context
+from ckptbench.cli.commands.run import dry_run
 from ckptbench.cli.options import add_weight_arguments, config_path, parse_tests, positive_int, weight_overrides
 from ckptbench.core.errors import Stopped
 from ckptbench.core.units import parse_duration
@@ -66,12 +67,19 @@ class Explain(Command):
         parser.add_argument("--resume", action="store_true",
                             help="continue an interrupted explain in the same output folder (same flags)")
         parser.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
+        parser.add_argument("--details", action="store_true", help="a row per claim and arm, not only per claim")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="print the plan (arms x tests x runs, estimated wall time, disk, peak memory) and the "
+                                 "pre-check's verdict, and write nothing: exit 0, or 2 when it refuses")
 
     def execute(self, args: argparse.Namespace, context: Context) -> int:
         from ckptbench import explain
         from ckptbench.reports.progress import Progress
 
         settings = settings_of(args, context)
+        if args.dry_run:
+            design_, suite = explain.designed(settings)
+            return dry_run(suite, f"explain's suite ({len(design_.arms)} arms x {len(design_.claims)} claims)")
         progress = Progress(enabled=not args.no_progress)
         stopped: Stopped | None = None
         try:
@@ -83,7 +91,7 @@ class Explain(Command):
             progress.close()
         if explained is None:  # stopped before any result was written
             return stopped.exit_status if stopped is not None else 1
-        return show(explained, stopped)
+        return show(explained, stopped, args.details)
 
 
 def settings_of(args: argparse.Namespace, context: Context) -> Settings:
@@ -100,12 +108,14 @@ def settings_of(args: argparse.Namespace, context: Context) -> Settings:
         budget_s=budget_s, resume=args.resume)
 
 
-def show(explained: Explanation, stopped: Stopped | None) -> int:
-    """Draw explain.png, print the answer and where everything is; the exit status."""
-    from ckptbench.explain import plot
+def show(explained: Explanation, stopped: Stopped | None, details: bool = False) -> int:
+    """Draw explain.png, print the answer, its table and warnings and where everything is; the exit status."""
+    from ckptbench.explain import plot, words
 
     figure = plot.draw(explained.document, explained.path.parent / plot.PLOT_FILE)
-    print("\n".join(explained.answer()))
+    warnings = words.warnings(explained.document, explained.failed_runs)
+    print("\n".join([*explained.answer(), "", words.table(explained.document, details),
+                     *([""] + warnings if warnings else [])]))
     print(f"\nExplained: {explained.path}\nPlot:      {figure}\nRuns:      {explained.results.path}")
     if stopped is not None:
         print(f"error: stopped by {stopped} before every run; the claims above use the runs so far; "

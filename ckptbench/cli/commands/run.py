@@ -20,13 +20,14 @@ from ckptbench.cli.options import (
     config_path,
     parse_processes,
     parse_tests,
+    parse_tp,
     positive_int,
     weight_overrides,
 )
 from ckptbench.spec import config as config_mod
 
 __all__ = ["CONFIG_NAME", "COMMAND", "PACKAGED_CONFIG", "Run", "add_output_arguments", "add_weight_arguments",
-           "config_path", "parse_tests", "positive_int", "show", "weight_overrides"]
+           "config_path", "dry_run", "parse_tests", "positive_int", "show", "weight_overrides"]
 
 class Run(Command):
     name = "run"
@@ -42,6 +43,9 @@ class Run(Command):
         add_weight_arguments(parser)
         parser.add_argument("--tests", help="comma-separated subset of test names to run")
         parser.add_argument("--processes", help="worker processes per save and load, e.g. 4, or 1,2,4 to compare")
+        parser.add_argument("--tp", help="tensor-parallel load: N readers together, each reading only its slice of "
+                                         "every tensor (Megatron's split; norms whole), for every test and reference "
+                                         "row; N must divide the model's heads and kv heads")
         parser.add_argument("--seed", type=int, help="seed of the per-round shuffle (default: random, recorded)")
         parser.add_argument("--order", choices=("interleaved", "blocked"),
                             help="interleaved rounds (default) or each test's runs back to back, as the original")
@@ -51,6 +55,12 @@ class Run(Command):
                             help="keep the last run's checkpoint of each test under OUTPUT_DIR/runs for inspection")
         add_output_arguments(parser)
         parser.add_argument("--list-models", action="store_true", help="list weight presets and exit")
+        parser.add_argument("--details", action="store_true",
+                            help="print every table and warning (the cost, the ceiling's patterns, every comparison "
+                                 "and claim), not only the answer, one table and the warnings that matter")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="print the plan (tests x runs, estimated wall time, disk, peak memory) and the "
+                                 "pre-check's verdict, and write nothing: exit 0, or 2 when the pre-check refuses")
 
     def execute(self, args: argparse.Namespace, context: Context) -> int:
         if args.list_models:
@@ -62,6 +72,8 @@ class Run(Command):
 
         launch = detect()  # the process's role, chosen once: a run on this host, or a rank of a launch
         suite = config_mod.load(path, **{**implied, **_overrides(args)})
+        if args.dry_run:
+            return dry_run(suite)
         from ckptbench.bench.suite import run_suite
         from ckptbench.core.errors import Stopped
         from ckptbench.reports.progress import Progress
@@ -87,12 +99,12 @@ class Run(Command):
                     results = session.run(suite, lambda launched, writers: run_suite(launched, writers, **options))
         except Stopped as stop:
             progress.close()
-            show(stop.partial)
+            show(stop.partial, args.details)
             print(f"error: stopped by {stop}; the runs so far are kept in "
                   f"{suite.output_dir / 'journal.jsonl'}; continue with --resume", file=sys.stderr)
             return stop.exit_status
         progress.close()
-        show(results)
+        show(results, args.details)
         if not results.complete:
             print("error: the suite stopped early after a storage failure; see the warnings; "
                   "continue with --resume once fixed", file=sys.stderr)
@@ -102,17 +114,28 @@ class Run(Command):
 def _overrides(args: argparse.Namespace) -> dict:
     return {"output_dir": args.output_dir, "num_runs": args.runs, "tests": parse_tests(args.tests),
             "seed": args.seed, "storage": args.storage, "processes": parse_processes(args.processes),
+            "tp": parse_tp(args.tp),
             "order": args.order, "cache_eviction": args.cache_eviction, **weight_overrides(args)}
 
 
-def show(results) -> None:
-    """The console tables, then the figures beside results.json."""
+def show(results, details: bool = False) -> None:
+    """The console (every table with `details`), then the figures beside results.json."""
     from ckptbench.figures.drawing import draw_all
-    from ckptbench.reports.results import full_report
+    from ckptbench.reports.results import console, full_report
 
     drawn = draw_all(results.document, results.path.parent) if results.path is not None else []
-    print(full_report(results.document))
+    print((full_report if details else console)(results.document))
     print(f"\nResults: {results.path}" + "".join(f"\nPlot:    {p}" for p in drawn))
 
 
 COMMAND = Run()
+
+
+def dry_run(suite: config_mod.SuiteConfig, what: str = "the suite") -> int:
+    """Print a suite's plan and the pre-check's verdict, writing nothing; the exit status (2: refused)."""
+    from ckptbench.bench import preflight
+    from ckptbench.reports import plan
+
+    checked = preflight.check(suite)
+    print(plan.text(checked.to_json(), what))
+    return 0 if checked.refusal is None else 2

@@ -16,7 +16,7 @@ from ckptbench.documents import results
 class Show(Command):
     name = "show"
 
-    summary = "Reprint the tables and redraw every figure of a results.json (any version this tool wrote)."
+    summary = "Reprint the answer and tables and redraw every figure of a results.json (any version this tool wrote)."
 
     def add_arguments(self, parser: argparse.ArgumentParser, context) -> None:
         parser.add_argument("results", type=Path, metavar="RESULTS.json", help="a results file")
@@ -24,13 +24,16 @@ class Show(Command):
                             help="draw the figures here (default: the folder of RESULTS.json)")
         parser.add_argument("--format", choices=("text", "markdown"), default="text", help="table format")
         parser.add_argument("--no-figures", action="store_true", help="print the tables only")
+        parser.add_argument("--details", action="store_true",
+                            help="print every table and warning, not only the answer, one table and the warnings "
+                                 "that matter")
 
     def execute(self, args: argparse.Namespace, context) -> int:
         from ckptbench.figures.drawing import draw_all
-        from ckptbench.reports.results import full_report
+        from ckptbench.reports.results import console, full_report
 
         loaded = results.read(args.results)
-        print(full_report(loaded.document, args.format))
+        print((full_report if args.details else console)(loaded.document, args.format))
         if not args.no_figures:
             folder = args.output_dir or args.results.resolve().parent
             folder.mkdir(parents=True, exist_ok=True)

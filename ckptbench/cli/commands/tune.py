@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from ckptbench.cli.app import Command, Context
 from ckptbench.cli.commands.run import add_output_arguments, add_weight_arguments, config_path, weight_overrides
+from ckptbench.cli.options import parse_tp
 from ckptbench.core.errors import UserError
 from ckptbench.spec import config as config_mod
 from ckptbench.spec.presets import PRESETS, VALUES
@@ -52,6 +53,15 @@ class Tune(Command):
                             help="keep the weights written in the winning layout "
                                  "(OUTPUT_DIR/runs/tuned_checkpoint, or under --storage)")
         add_output_arguments(parser)
+        parser.add_argument("--details", action="store_true",
+                            help="also the winner against every peer, and a row for every candidate measured")
+        parser.add_argument("--references", help="comma-separated reference rows measured beside the candidates, or "
+                                                  "all (default: safetensors,runai_streamer,device_ceiling)")
+        parser.add_argument("--tp", help="search for tensor-parallel loads: every candidate loaded by N readers, "
+                                         "each reading its slice; adds chunk_strategy tp_aligned to the space")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="print the plan (the space, what fits the budget, disk, peak memory) and the "
+                                 "pre-check's verdict, and write nothing: exit 0, or 2 when it refuses")
 
     def execute(self, args: argparse.Namespace, context: Context) -> int:
         from ckptbench import tune
@@ -62,6 +72,10 @@ class Tune(Command):
 
         budget_s = None if args.budget is None else parse_duration(args.budget, "--budget")
         output_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(context)
+        if args.dry_run:
+            info = tune.dry_run(_settings(args, context, output_dir, budget_s))
+            print(report.dry_run_text(info))
+            return 0 if info["refusal"] is None else 2
         progress = TuneProgress(enabled=not args.no_progress)
         try:
             if args.resume:
@@ -81,7 +95,7 @@ class Tune(Command):
                       "tune --resume" + (f" --output-dir {output_dir}" if args.output_dir else ""), file=sys.stderr)
             return stop.exit_status
         progress.close()
-        print(report.text(tuning.document))
+        print(report.text(tuning.document, args.details))
         print(f"Tuning: {tuning.path}" + (f"\nPlot:   {tuning.plot_path}" if tuning.plot_path else ""))
         return 0 if tuning.recommendation is not None else 1
 
@@ -124,7 +138,15 @@ def _settings(args: argparse.Namespace, context: Context, output_dir: Path, budg
         cache_eviction=defaults.cache_eviction,
         noise_pct=defaults.noise_pct,
         keep_checkpoint=args.keep,
+        tp=1 if args.tp is None else parse_tp(args.tp),
+        **({} if args.references is None else {"reference_kinds": _reference_kinds(args.references)}),
     )
+
+
+def _reference_kinds(text: str) -> tuple[str, ...]:
+    from ckptbench.spec.references import REFERENCES
+
+    return tuple(REFERENCES) if text.strip() == "all" else tuple(k.strip() for k in text.split(",") if k.strip())
 
 
 COMMAND = Tune()

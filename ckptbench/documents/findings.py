@@ -1,0 +1,223 @@
+"""What threatens a results document's answer, derived from its raw runs and statistics (`results.derive` calls
+these): every warning in full (per test and for the suite), the alerts the console shows (most serious first,
+one short line each) and how noisy the times are.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ckptbench.analysis import stats
+from ckptbench.analysis.samples import samples
+from ckptbench.core.units import human_bytes
+from ckptbench.spec.references import CEILING
+
+NOT_DURABLE = "not durable"
+
+
+def metric_runs(test: Mapping[str, Any], metric: str) -> list[float]:
+    good = [r for r in test["runs"] if r["error"] is None and not r["warmup"]]
+    if metric == "total_s":
+        return [float(r["save_s"]) + float(r["load_s"]) for r in good]
+    return [float(r[metric]) for r in good]
+
+
+def test_warnings(test: Mapping[str, Any], mine: Mapping[str, list[float]]) -> list[str]:
+    name = test["name"]
+    out = [f"{name}: {w}" for metric in ("save_s", "load_s") for w in stats.warnings_for(metric, mine[metric])]
+    settings = test["settings"]
+    if not test["durable"]:
+        why = ("it lives in memory and never reaches a disk" if settings.get("kvstore") == "memory"
+               else "file_io_sync is off: data may still be in the page cache when the clock stops")
+        out.append(f"{name}: its saves are {NOT_DURABLE}: {why}")
+    if settings.get("file_io_mode") == "direct":
+        leaked = [r for r in test["runs"] if r["error"] is None and r.get("resident_bytes_after_load")
+                  and r["resident_bytes_after_load"] > 0.1 * (r.get("disk_bytes") or 0)]
+        if leaked:
+            out.append(f"{name}: file_io_mode \"direct\" left {human_bytes(leaked[0]['resident_bytes_after_load'])} "
+                       "of the checkpoint in the page cache: TensorStore read those chunk files buffered (it reads "
+                       "with O_DIRECT only files whose size is a multiple of 4096 bytes); its load figures are "
+                       "buffered reads")
+    for run in test["runs"]:
+        if run["error"] is not None:
+            out.append(f"{name}: round {run['round']} failed: {run['error']}")
+    return out
+
+
+def suite_warnings(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> list[str]:
+    tests = document["tests"]
+    runs = [r for t in tests for r in t["runs"] if r["error"] is None]
+    out = []
+    scale = document["scale"]
+    if scale.get("anon_peak_bytes") and scale["anon_peak_bytes"] > scale["anon_bound_bytes"]:
+        out.append(f"anonymous memory peaked at {human_bytes(scale['anon_peak_bytes'])}, above the "
+                   f"{human_bytes(scale['anon_bound_bytes'])} the harness keeps to (1.25 x the model + 1 GB); "
+                   "the memory pre-check may let through a checkpoint that does not fit")
+    requested = document["protocol"].get("cache_eviction_requested")
+    warm = [r for t in tests if (t["settings"].get("cache_eviction") or requested) != "none"  # warm on purpose
+            for r in t["runs"] if r["error"] is None and r["load_cache"] in ("warm", "partial")]
+    if warm:
+        out.append(f"{len(warm)} of {len(runs)} loads were not cold (the page cache still held the checkpoint): "
+                   "their load times are optimistic. Run as root for drop_caches, or on a filesystem that honours "
+                   "posix_fadvise (not tmpfs).")
+    out += _ceiling_warnings(tests, ceiling)
+    scale = document["scale"]
+    if scale.get("small_for_ram"):
+        suggestion = scale.get("suggested_preset")
+        hint = (f"; to avoid it on this machine, run a checkpoint of at least a quarter of RAM, e.g. {suggestion}"
+                if suggestion else "; run a checkpoint of at least a quarter of RAM to avoid it")
+        out.append(f"the checkpoint ({human_bytes(scale['model_bytes'])}) is under a quarter of this machine's RAM "
+                   f"({human_bytes(scale['ram_bytes'])}): on a virtual machine the host may cache it below the OS, "
+                   f"so 'cold' loads can be faster than the disk{hint}")
+    out += [f"sweep point {s['name']} skipped: {s['reason']}" for s in document.get("skipped_tests", [])]
+    failed = sum(t["failed_runs"] for t in tests)
+    if failed:
+        out.append(f"{failed} run(s) failed and are excluded from the statistics; see each test's runs")
+    return out + [w for t in tests for w in t["warnings"]]
+
+
+# What threatens the answer, most serious first: a cache serving the "cold" loads, a ceiling beaten (the
+# figures are not the disk's), runs that failed, rows skipped, memory beyond its bound; then the rest.
+ALERT_ORDER = ("host cache", "warm loads", "ceiling beaten", "failed runs", "skipped", "memory", "other")
+NOISY_CV = 0.10  # stats.warnings_for's limit: a metric whose runs differ more is noisy
+
+
+def alerts(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The warnings that threaten the answer, one short line each, most serious first (the console prints
+    these; `warnings` keeps every one in full)."""
+    tests, scale = document["tests"], document["scale"]
+    out: list[dict[str, Any]] = []
+    direct = ((ceiling or {}).get("ceiling") or {}).get("direct_load_gbps") or {}
+    beat_direct = [t["name"] for t in tests if not _a_ceiling(t) and direct.get("mean") and _all_cold(t)
+                   and t["stats"]["load_gbps"]["mean"] is not None
+                   and _low(t["stats"]["load_gbps"]) > direct["mean"]]
+    if scale.get("small_for_ram") or beat_direct:
+        why = []
+        if scale.get("small_for_ram"):
+            why.append(f"the checkpoint ({human_bytes(scale['model_bytes'])}) is {scale['model_pct_of_ram']:.1f}% "
+                       "of RAM")
+        if beat_direct:
+            why.append(f"{_names(beat_direct)} loaded faster than the O_DIRECT read ({direct['mean']:.2f} GB/s)")
+        fix = scale.get("suggested_preset")
+        out.append({"kind": "host cache", "tests": beat_direct,
+                    "text": f"host cache: {' and '.join(why)}: a VM host's cache may serve the 'cold' loads; "
+                            "use a checkpoint of at least a quarter of RAM" + (f" ({fix})" if fix else "")})
+    requested = document["protocol"].get("cache_eviction_requested")
+    warm = sorted({t["name"] for t in tests if (t["settings"].get("cache_eviction") or requested) != "none"
+                   for r in t["runs"] if r["error"] is None and r["load_cache"] in ("warm", "partial")})
+    if warm:
+        out.append({"kind": "warm loads", "tests": warm,
+                    "text": f"warm loads: {_names(warm)} loaded with the checkpoint still in the page cache; run as "
+                            "root (drop_caches) or on a filesystem that honours posix_fadvise"})
+    if ceiling is not None:
+        for metric, what in (("save_gbps", "saved"), ("load_gbps", "loaded")):
+            limit = ceiling["stats"][metric]["mean"]
+            beaten = [t["name"] for t in tests if not _a_ceiling(t) and limit
+                      and t["stats"][metric]["mean"] is not None and _low(t["stats"][metric]) > limit]
+            if beaten:
+                out.append({"kind": "ceiling beaten", "tests": beaten,
+                            "text": f"ceiling beaten: {_names(beaten)} {what} faster than the device ceiling "
+                                    f"({limit:.2f} GB/s): {'not durable, or' if metric == 'save_gbps' else 'a cache'} "
+                                    "flatters the figure"})
+    failed = [t["name"] for t in tests if t["failed_runs"]]
+    if failed:
+        count = sum(t["failed_runs"] for t in tests)
+        out.append({"kind": "failed runs", "tests": failed,
+                    "text": f"failed runs: {count} in {_names(failed)}, left out of the statistics"})
+    skipped = [s["name"] for s in document.get("skipped_tests", [])]
+    if skipped:
+        out.append({"kind": "skipped", "tests": skipped,
+                    "text": f"skipped: {_names(skipped)} ({document['skipped_tests'][0]['reason']})"})
+    if scale.get("anon_peak_bytes") and scale["anon_peak_bytes"] > scale["anon_bound_bytes"]:
+        out.append({"kind": "memory", "tests": [],
+                    "text": f"memory: anonymous memory peaked at {human_bytes(scale['anon_peak_bytes'])}, above the "
+                            f"{human_bytes(scale['anon_bound_bytes'])} bound (1.25 x the model + 1 GB)"})
+    other = [t["name"] for t in tests if not t["durable"]]
+    if other:
+        out.append({"kind": "other", "tests": other,
+                    "text": f"not durable: {_names(other)} (its saves may not reach the disk before the clock stops)"})
+    return out
+
+
+def _low(summary: Mapping[str, Any]) -> float:
+    """The lower end of a rate's interval (its mean without one): a row is past a limit only when that is."""
+    interval = summary.get("ci95_log") or summary.get("ci95")
+    return interval[0] if interval else summary["mean"]
+
+
+def _names(names: list[str], most: int = 3) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def noise(document: Mapping[str, Any]) -> dict[str, Any]:
+    """How noisy the times are: how many of the tests' save and load times have a CV above 10 %, how many runs
+    were outliers, and the runs that would pin the answer's rows (the winners' objective times and the rows
+    they are compared with) to +-5 % at 95 % confidence."""
+    data_bytes = int(document["weights"]["size_bytes"])
+    noisy, metrics, outliers = [], 0, 0
+    for test in document["tests"]:
+        mine = samples(test["runs"], data_bytes)
+        for metric in ("save_s", "load_s"):
+            if len(mine[metric]) < 2:
+                continue
+            metrics += 1
+            cv = test["stats"][metric]["cv"]
+            if cv is not None and abs(cv) > NOISY_CV:
+                noisy.append(f"{test['name']} {metric}")
+            outliers += len(stats.outlier_indices(mine[metric]))
+    by_name = {t["name"]: t for t in document["tests"]}
+    rows: dict[str, str] = {}
+    for entry in (document.get("best") or {}).values():
+        if entry["metric"] == "size_bytes":
+            continue
+        rows.setdefault(entry["test"], entry["metric"])
+        peer = (entry.get("against") or {}).get("peer")
+        if peer:
+            rows.setdefault(peer["test"], entry["metric"])
+    needed = [stats.runs_needed(metric_runs(by_name[name], metric)) for name, metric in rows.items()]
+    needed = [n for n in needed if n is not None]
+    return {"cv_limit_pct": 100 * NOISY_CV, "noisy": noisy, "n_metrics": metrics, "outliers": outliers,
+            "answer_rows": list(rows), "precision_pct": 5.0, "runs_for_precision": max(needed) if needed else None,
+            "runs": document["protocol"]["num_runs"]}
+
+
+def _ceiling_warnings(tests: list[Mapping[str, Any]], ceiling: Mapping[str, Any] | None) -> list[str]:
+    if ceiling is None:
+        return []
+    out = []
+    for metric, what in (("save_gbps", "saved"), ("load_gbps", "loaded")):
+        limit = ceiling["stats"][metric]["mean"]
+        for test in tests:
+            summary = test["stats"][metric]
+            if _a_ceiling(test) or not limit or summary["mean"] is None:
+                continue
+            low = summary["ci95"][0] if summary["ci95"] else summary["mean"]
+            if low > limit:
+                meaning = ("its saves may not all be durable when the clock stops, or the ceiling's patterns miss "
+                           "what this disk does best" if metric == "save_gbps" else
+                           "a cache (the page cache or the host's, below this VM) served part of its reads")
+                out.append(f"{test['name']} {what} at {summary['mean']:.2f} GB/s, above the device ceiling "
+                           f"({limit:.2f} GB/s) by more than its 95% CI: {meaning}; treat its figure as optimistic "
+                           "and check it on a checkpoint of at least a quarter of RAM")
+    direct = (ceiling.get("ceiling") or {}).get("direct_load_gbps") or {}
+    if direct.get("mean"):
+        faster = [t for t in tests if not _a_ceiling(t) and t["stats"]["load_gbps"]["mean"] is not None
+                  and _all_cold(t) and (t["stats"]["load_gbps"]["ci95"] or [t["stats"]["load_gbps"]["mean"]])[0]
+                  > direct["mean"]]
+        if faster:
+            names = ", ".join(t["name"] for t in faster[:4]) + (" and others" if len(faster) > 4 else "")
+            out.append(f"cold loads of {names} ran faster than the O_DIRECT read of the same bytes "
+                       f"({direct['mean']:.2f} GB/s): a cache below the OS (the VM host's) is probably serving "
+                       "them, so these load times flatter a real disk; use a checkpoint of at least a quarter of RAM")
+    return out
+
+
+def _a_ceiling(test: Mapping[str, Any]) -> bool:
+    """The device ceiling's row, or another of its points (its tp > 1 reads, `device_ceiling_tp=N`)."""
+    return test["name"] == CEILING or (test.get("settings") or {}).get("backend") == CEILING
+
+
+def _all_cold(test: Mapping[str, Any]) -> bool:
+    states = {r["load_cache"] for r in test["runs"] if r["error"] is None}
+    return states == {"cold"}

@@ -1,0 +1,81 @@
+"""tensor_parallel_analysis.png: tensor-parallel loads, from a results document with tp > 1 tests.
+
+Left: the load's seconds (common start to the slowest reader) against tp, one line per
+format (a test and its `_tp=N` points), each point labelled with its read amplification
+(device bytes read over the bytes of the readers' slices, `tests[].tensor_parallel`); the
+device ceiling's N-stream read (N readers, each 1/N of the bytes) is a dashed line. Right:
+what the readers' read calls returned over their slices (rchar): a reader's own over-read,
+whether or not another reader of the host had brought the pages in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from ckptbench.figures.common import CEILING, ERRORBAR_NOTE, figure, mean_and_err, source_line
+from ckptbench.figures.sweep import save_titled
+
+TENSOR_PARALLEL_FILE = "tensor_parallel_analysis.png"
+_SUFFIX = "_tp="
+
+
+def _tp(test: Mapping[str, Any]) -> int:
+    return int(test["settings"].get("tp") or 1)
+
+
+def groups(document: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]]]:
+    """Tests by format (the name without its `_tp=N`), each group ordered by tp; only formats with a tp > 1 point."""
+    by_name: dict[str, list[Mapping[str, Any]]] = {}
+    for test in document["tests"]:
+        if test["stats"]["load_s"]["mean"] is None:
+            continue
+        by_name.setdefault(test["name"].split(_SUFFIX, 1)[0], []).append(test)
+    return {name: sorted(tests, key=_tp) for name, tests in by_name.items() if any(_tp(t) > 1 for t in tests)}
+
+
+def _amplification(test: Mapping[str, Any], key: str) -> float | None:
+    return (test.get("tensor_parallel") or {}).get(key)
+
+
+def draw_tensor_parallel(document: Mapping[str, Any], path: Path) -> Path | None:
+    """Draw the figure; None unless some test loaded tensor-parallel."""
+    grouped = groups(document)
+    if not grouped:
+        return None
+    fig, grid = figure(15, 6.5, 1, 2)
+    seconds_ax, rchar_ax = grid[0]
+    for name, tests in grouped.items():
+        xs = [_tp(t) for t in tests]
+        points = [mean_and_err(t["stats"]["load_s"], log_ci=True) for t in tests]
+        ceiling = name == CEILING
+        style = {"color": "#c1121f", "linestyle": "--"} if ceiling else {}
+        label = "device ceiling: N streams, 1/N of the bytes each" if ceiling else name
+        seconds_ax.errorbar(xs, [m for m, _ in points], yerr=list(zip(*(e for _, e in points))), marker="o",
+                            capsize=3, label=label, **style)
+        for x, (mean, _), test in zip(xs, points, tests):
+            amplification = _amplification(test, "read_amplification")
+            if amplification is not None:
+                seconds_ax.annotate(f"x{amplification:.2f}", (x, mean), textcoords="offset points", xytext=(4, 4),
+                                    fontsize=7)
+        rchar = [(x, _amplification(t, "rchar_amplification")) for x, t in zip(xs, tests)]
+        rchar = [(x, a) for x, a in rchar if a and a > 0.05]  # ~0: a loader reading through a memory map
+        if rchar and not ceiling:
+            rchar_ax.plot([x for x, _ in rchar], [a for _, a in rchar], marker="o", label=name)
+    ticks = sorted({_tp(t) for tests in grouped.values() for t in tests})
+    for ax in (seconds_ax, rchar_ax):
+        ax.set_xticks(ticks)
+        ax.set_xlabel("tp: reader processes, each reading its tensor-parallel slice")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    seconds_ax.set_ylim(bottom=0)
+    seconds_ax.set_ylabel("load s (common start to the slowest reader)")
+    seconds_ax.set_title("Load (cold) by tp readers; labels: device read amplification\n"
+                         "(sum of read_bytes / sum of slice bytes)")
+    seconds_ax.text(0.01, -0.14, ERRORBAR_NOTE, transform=seconds_ax.transAxes, fontsize=7)
+    rchar_ax.axhline(1.0, color="grey", linewidth=0.8)
+    rchar_ax.set_ylabel("bytes returned by read calls / slice bytes (rchar)")
+    rchar_ax.set_title("What each format makes its readers read\n(mmap readers, such as safetensors, count 0: "
+                       "not drawn)")
+    return save_titled(fig, f"Tensor-parallel loads: {source_line(document)}", path)

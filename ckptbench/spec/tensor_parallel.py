@@ -1,0 +1,106 @@
+"""Tensor parallelism: which part of each LLaMA tensor a rank of N needs, and which N a model allows.
+
+With HF's [out_features, in_features] layout (Megatron's rule, as vLLM shards LLaMA):
+- column-parallel q/k/v/gate/up projections, lm_head and the embedding split their rows (dim 0);
+- row-parallel o/down projections split their columns (dim 1);
+- everything else (the RMSNorm weights, any other 1-D tensor) is replicated whole to every rank.
+
+A rank's part is a box: [start, stop) along each of a tensor's first dimensions, as
+`sources.source_file.Box` (verification selects the same part of the source with it); () is
+the whole tensor. A split dimension N does not divide (a vocabulary, say) is split as evenly
+as possible, the lower ranks taking one more row.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from ckptbench.spec.presets import PRESETS, preset_shapes
+
+Box = tuple[tuple[int, int], ...]  # the same as sources.source_file.Box (spec sits below sources)
+
+COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "lm_head", "embed_tokens")
+ROW_PARALLEL = ("o_proj", "down_proj")
+
+
+def module_of(name: str) -> str:
+    """The module a parameter belongs to: "model.layers.0.self_attn.o_proj.weight" -> "o_proj"."""
+    parts = name.split(".")
+    return parts[-2] if len(parts) >= 2 else parts[0]
+
+
+def split_dim(name: str, shape: Sequence[int]) -> int | None:
+    """The dimension a tensor is split on across ranks, or None: replicated whole."""
+    module = module_of(name)
+    if module in COLUMN_PARALLEL and len(shape) >= 1:
+        return 0  # a column-parallel bias splits with its rows too
+    if module in ROW_PARALLEL and len(shape) >= 2:
+        return 1  # a row-parallel bias is added after the all-reduce: replicated
+    return None
+
+
+def bounds(size: int, tp: int, rank: int) -> tuple[int, int]:
+    """Rank `rank`'s [start, stop) of `size` split `tp` ways, as evenly as possible."""
+    base, extra = divmod(size, tp)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def rank_box(name: str, shape: Sequence[int], tp: int, rank: int) -> Box:
+    """The part of a tensor rank `rank` of `tp` reads: its slice of the split dimension, or () (all of it)."""
+    dim = split_dim(name, shape) if tp > 1 else None
+    if dim is None:
+        return ()
+    return tuple((0, int(shape[d])) for d in range(dim)) + (bounds(int(shape[dim]), tp, rank),)
+
+
+def rank_boxes(shapes: Mapping[str, Sequence[int]], tp: int) -> list[dict[str, Box]]:
+    """Per rank, the box of every tensor it reads (every tensor: replicated ones whole)."""
+    return [{name: rank_box(name, shape, tp, rank) for name, shape in shapes.items()} for rank in range(tp)]
+
+
+def box_elements(shape: Sequence[int], box: Box) -> int:
+    """Elements of the part of a tensor of `shape` that `box` selects."""
+    total = 1
+    for d, size in enumerate(shape):
+        start, stop = box[d] if d < len(box) else (0, size)
+        total *= stop - start
+    return total
+
+
+def refusal(tp: int, model: str | None, shapes: Mapping[str, Sequence[int]] | None = None,
+            flag: str = "--tp") -> str | None:
+    """Why `tp` cannot shard this model (one line naming the fix), or None.
+
+    `model`: a preset's name, whose heads and kv heads must split evenly (a rank holds whole heads); None for
+    a checkpoint (no head counts known), whose split dimensions (`shapes`) must each split evenly. No split
+    dimension may be smaller than tp."""
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        return f"{flag}: {tp!r} is not a number of tensor-parallel ranks; use 1 or more (1: one whole load)"
+    if tp == 1:
+        return None
+    if model is not None:
+        preset = PRESETS[model]
+        heads, kv_heads = preset.num_attention_heads, preset.num_key_value_heads
+        if heads % tp or kv_heads % tp:
+            fits = [n for n in range(2, kv_heads + 1) if heads % n == 0 and kv_heads % n == 0]
+            others = [name for name, p in PRESETS.items()
+                      if name != model and p.num_attention_heads % tp == 0 and p.num_key_value_heads % tp == 0]
+            fixes = [f"{flag} {' or '.join(map(str, fits[:3]))}"] if fits else []
+            fixes += [f"--model {' or '.join(others[:2])}"] if others else []
+            return (f"{flag} {tp}: model {model} has {heads} attention heads and {kv_heads} kv heads, and a rank "
+                    f"holds whole heads; use {', or '.join(fixes) or 'a smaller ' + flag}")
+        if shapes is None:
+            shapes = dict(preset_shapes(model))
+    for name, shape in (shapes or {}).items():
+        dim = split_dim(name, shape)
+        if dim is None:
+            continue
+        size = int(shape[dim])
+        if size < tp:
+            return (f"{flag} {tp}: tensor {name} has {size} rows along its split dimension {dim}, fewer than "
+                    f"{tp} ranks; use {flag} {size} or less")
+        if model is None and size % tp:
+            return (f"{flag} {tp}: tensor {name} has {size} along its split dimension {dim}, which {tp} ranks "
+                    f"cannot split evenly; use a {flag} that divides it")
+    return None

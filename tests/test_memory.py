@@ -1,0 +1,139 @@
+"""Any checkpoint that fits in RAM: the anonymous peak within 1.25 x the model + 1 GB, the source weights as
+a mapped file, the memory pre-check counting what the process holds, the device ceiling's grid measured
+once, and dry runs that print the plan and write nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, STREAMLINED, minimal_config
+
+from ckptbench.bench import capacity, measure, workspace
+from ckptbench.bench.suite import run_suite
+from ckptbench.core import records, system
+from ckptbench.core.errors import Stopped
+from ckptbench.sources import weights
+from ckptbench.spec import config
+
+MODEL = "smollm2-135m"  # 0.54 GB in float32: large enough that holding the source twice would show
+
+
+def test_the_anonymous_peak_stays_within_the_bound(tmp_path):
+    """Every row of a suite, in a process of its own: the whole process's anonymous peak stays within the bound
+    (1.25 x the model + 1 GB), and each operation's growth above the process's anonymous memory at the start
+    (the fixed part) stays well under the 2 x of a design that holds the source weights and the loaded copy:
+    the source is a mapped file, file-backed memory reported apart."""
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({
+        "model": MODEL, "references": {"safetensors": True, "torch_save": True, "device_ceiling": True},
+        "testing": {"num_runs": 1, "max_inflight_bytes": 2**26, "cache_eviction": "fadvise"},
+        "test_configurations": [{"name": "ts", "chunk_bytes": "1MB", "concurrency_limit": 16}]}))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(STREAMLINED), "--config", str(suite), "--output-dir", str(out),
+                           "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    document = json.loads((out / "results.json").read_text())
+    model_bytes = document["weights"]["size_bytes"]
+    start = document["environment"]["rss_anon_at_start_bytes"]
+    scale = document["scale"]
+    assert scale["anon_bound_bytes"] == int(1.25 * model_bytes + 1e9)
+    assert scale["anon_peak_bytes"] <= scale["anon_bound_bytes"]
+    for test in document["tests"]:
+        run = test["runs"][0]
+        assert run["verified"] is True
+        for op in ("save", "load"):
+            assert run[f"{op}_rss_anon_bytes"] <= scale["anon_bound_bytes"]
+            growth = run[f"{op}_rss_anon_bytes"] - start  # the loaded copy, and a tensor's chunks in flight
+            assert growth <= 1.5 * model_bytes, (test["name"], op, growth / model_bytes)
+        # the source file is mapped: while a save reads it, it is file-backed memory of the process
+        assert run["save_rss_file_bytes"] >= 0.9 * model_bytes
+    assert not any("anonymous memory peaked" in w for w in document["warnings"])
+    assert not list(out.glob("source-*"))  # the suite removed the source file it made
+
+
+def test_memory_the_process_already_holds_counts_as_available(monkeypatch):
+    """A later stage of tune or explain runs in a process that already holds memory: the pre-check counts it
+    as available (it is part of the estimate's fixed part), so the stage is not refused for it."""
+    suite = config.from_dict(minimal_config(model=MODEL))
+    model_bytes = weights.PRESETS[MODEL].n_params * 4
+    need, _ = capacity.memory_need(suite, model_bytes)
+    held = np.ones(300 * 2**20, dtype=np.uint8)  # 300 MB of anonymous memory this process holds
+    available = int(need * capacity.SAFETY) - 200 * 2**20  # what the kernel reports: 200 MB short of the need
+    monkeypatch.setattr(system, "available_memory_bytes", lambda: available)
+    capacity.check_memory(suite, model_bytes)  # no refusal: the 300 MB held count
+    del held
+    monkeypatch.setattr(system, "resident_bytes", lambda: (0, 0))  # a process holding nothing is refused
+    assert capacity.memory_refusal(suite, model_bytes) is not None
+
+
+def _ceiling_suite(tmp_path, runs: int):
+    return config.from_dict({"model": "tiny", "references": {"device_ceiling": True}, "output_dir": str(tmp_path),
+                             "testing": {"num_runs": runs, "cache_eviction": "fadvise", "seed": 2},
+                             "test_configurations": [{"name": "t", "chunk_bytes": "1MB", "concurrency_limit": 4}]})
+
+
+def _patterns(document, op: str) -> list[list[str]]:
+    runs = sorted(next(t for t in document["tests"] if t["name"] == "device_ceiling")["runs"],
+                  key=lambda r: r["round"])
+    return [sorted(r["patterns"][op]) for r in runs]
+
+
+def test_the_device_ceiling_runs_its_grid_once_and_a_resume_keeps_it_so(tmp_path):
+    """The full grid in the first round; later rounds the fastest write, the fastest read and the O_DIRECT
+    read. A suite stopped after the first round and resumed narrows from the journal's first run."""
+    suite = _ceiling_suite(tmp_path / "out", 3)
+    document = run_suite(suite).document
+    saves, loads = _patterns(document, "save"), _patterns(document, "load")
+    assert len(saves[0]) == 6 and len(loads[0]) >= 6  # 3 stream counts x 2 block sizes (+ O_DIRECT)
+    ceiling = next(t for t in document["tests"] if t["name"] == "device_ceiling")
+    first = min(ceiling["runs"], key=lambda r: r["round"])["patterns"]["save"]
+    fastest_write = min(first, key=first.get)
+    for later in saves[1:]:
+        assert later == [fastest_write]
+    for later in loads[1:]:
+        assert len([p for p in later if not p.startswith("direct")]) == 1
+
+    stopped_suite = _ceiling_suite(tmp_path / "again", 2)
+
+    def first_round_only(planned: records.PlannedRun) -> str | None:
+        return "stop after round 1" if planned.round >= 1 else None
+
+    with pytest.raises(Stopped):
+        run_suite(stopped_suite, may_start=first_round_only)
+    resumed = run_suite(stopped_suite, resume=True).document
+    saves = _patterns(resumed, "save")
+    assert [len(s) for s in saves] == [6, 1]  # the resumed round measured the fastest pattern only
+
+
+def test_the_ceiling_backend_narrows_from_earlier_records(tmp_path, tiny_weights):
+    suite = _ceiling_suite(tmp_path / "out", 1)
+    workspace.prepare_output_dir(suite.output_dir)
+    backend = measure.backend_for(suite.test("device_ceiling"), suite)
+    first = measure.run_once(records.PlannedRun("device_ceiling", 0, 0), tiny_weights.tensors, backend, suite)
+    assert first.ok and len(first.patterns["save"]) == 6
+    backend.before_run([first])
+    second = measure.run_once(records.PlannedRun("device_ceiling", 1, 0), tiny_weights.tensors, backend, suite)
+    assert second.ok and second.verified and len(second.patterns["save"]) == 1
+    assert second.size_bytes == first.size_bytes
+
+
+@pytest.mark.parametrize("argv, status", [
+    (["--model", "tiny"], 0),
+    (["--model", "llama-2-7b", "--dtype", "float32"], 2),  # 27 GB: refused, and said why
+    (["tune", "--model", "tiny", "--budget", "5m"], 0),
+    (["tune", "--model", "open_llama_3b", "--dtype", "bfloat16", "--budget", "2m"], 2),
+    (["explain", "--model", "tiny"], 0),
+])
+def test_a_dry_run_prints_the_plan_and_writes_nothing(run_cli, tmp_path, argv, status, monkeypatch):
+    monkeypatch.setattr(system, "available_memory_bytes", lambda: int(23.5e9))
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(*argv, "--output-dir", out, "--dry-run")
+    assert code == status, stderr
+    assert stdout.startswith("dry run of ") and "nothing is measured or written" in stdout
+    assert ("pre-check: passes" in stdout) == (status == 0)
+    assert "estimated wall time" in stdout or "estimate:" in stdout
+    assert not out.exists()
