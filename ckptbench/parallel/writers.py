@@ -24,6 +24,7 @@ coordinator, a server rank 0 runs; its address travels in every job.
 
 from __future__ import annotations
 
+import importlib
 import socket
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from ckptbench.core.errors import Stopped
 from ckptbench.parallel.slices import part
 from ckptbench.parallel.world import Broken, World, short_error
 from ckptbench.sources.source_file import Box
+from ckptbench.spec.references import REFERENCES
 
 PHASE_TIMEOUT_S = 3600.0
 LOOPBACK = "127.0.0.1"
@@ -133,6 +135,14 @@ def _save_slices(job: Job, tensors: Mapping[str, np.ndarray]) -> None:
             write.result()
 
 
+def ready(job: Job | None) -> None:
+    """Before the common start: a reference row's readers import its library (a first import costs seconds,
+    which the clock, started at the barrier, must not count)."""
+    if job is not None and job.reference is not None:
+        for module in REFERENCES[job.reference[0]].modules:
+            importlib.import_module(module)
+
+
 def _load_slices(job: Job) -> dict[str, np.ndarray]:
     if job.reference is not None:  # a reference row's readers: its own loader reads each slice
         kind, settings = job.reference
@@ -158,8 +168,9 @@ def serve(world: World, tensors: Mapping[str, np.ndarray], label: str) -> int:
         if step[0] == "stop":
             return int(step[1])
         _, op, jobs = step
-        world.barrier()  # the common start
         job = jobs[world.rank]
+        ready(job)
+        world.barrier()  # the common start
         replies = (perform(job, tensors, time.perf_counter(), label) if job is not None
                    else iter([("idle", None)] * len(ROUNDS[op])))
         for reply in replies:
@@ -218,6 +229,7 @@ class WriterPool:
         self._during, self._rounds, self._replies = op, list(ROUNDS[op]), None
         try:
             self.world.broadcast(("jobs", op, by_rank), timeout_s=PHASE_TIMEOUT_S, during=op)
+            ready(by_rank[self.world.rank])
             self.world.barrier(timeout_s=PHASE_TIMEOUT_S, during=op)
         except Broken as exc:
             raise self._lost(exc, op) from None
