@@ -213,12 +213,18 @@ def test_row_chunks_make_a_row_parallel_reader_read_tp_times_its_slice(tmp_path:
         location = RunLocation.local(tmp_path / strategy)
         storage.TensorStoreBackend(layout, 2**30).save(tensors, location)
         perform(Job("load", location, layout, boxes), tensors, time.perf_counter(), "warm-up")  # imports, once
-        _drop_caches_or_skip()
-        done, verified = list(perform(Job("load", location, layout, boxes), tensors, time.perf_counter(), "r"))
-        assert done[0] == "done" and verified == ("verified", [])
-        figures = done[1]
-        assert figures["slice_bytes"] == sum(a.nbytes for a in tensors.values()) // tp
-        amplification[strategy] = figures["read_bytes"] / figures["slice_bytes"]
+        read_bytes = []
+        # Device bytes can only be inflated by what else the process faults in from disk (code pages a reclaimer
+        # paged out, say), never deflated below the chunks read, so the least of three cold reads is the estimate
+        for attempt in range(3):
+            _drop_caches_or_skip()
+            done, verified = list(perform(Job("load", location, layout, boxes), tensors, time.perf_counter(),
+                                          f"r{attempt}"))
+            assert done[0] == "done" and verified == ("verified", [])
+            figures = done[1]
+            assert figures["slice_bytes"] == sum(a.nbytes for a in tensors.values()) // tp
+            read_bytes.append(figures["read_bytes"])
+        amplification[strategy] = min(read_bytes) / figures["slice_bytes"]
     assert amplification["rows"] == pytest.approx(tp, rel=0.2)
     assert amplification["tp_aligned"] == pytest.approx(1.0, abs=0.2)
 
