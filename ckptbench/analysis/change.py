@@ -219,6 +219,8 @@ def ratio_words(comparison: dict[str, Any] | None, other: str, metric: str = "sa
     digits = 2
     while _x(low, digits) == _x(high, digits) and digits < 4:  # a narrow interval gets the digits to show it
         digits += 1
+    if _x(low, digits) == _x(high, digits):  # a spread of bytes in a gzip stream, say: equal to 4 digits
+        return head + lead + "the same to 4 digits in every run)"
     text = f"{head}{lead}{ci_label}{_x(low, digits)[:-1]}-{_x(high, digits)}"
     if verdict == NOT_SIGNIFICANT or not comparison.get("significant"):
         text += ", not significant"
