@@ -137,3 +137,46 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(run_cli, tmp_path, argv, s
     assert ("pre-check: passes" in stdout) == (status == 0)
     assert "estimated wall time" in stdout or "estimate:" in stdout
     assert not out.exists()
+
+
+def test_a_tp_load_counts_every_reader_of_the_host(tmp_path, write_config, run_cli):
+    """--tp 3: each run records the host's anonymous peak, every reader process's included. torch.load has no slice
+    request, so each of its readers holds the whole model before it copies its slice out: about tp - 1 models more
+    than safetensors' get_slice readers, whose slices add up to one. The pre-check's estimate covers both."""
+    path = write_config({"model": MODEL, "dtype": "bfloat16",
+                         "references": {"safetensors": True, "torch_save": True},
+                         "testing": {"num_runs": 1, "cache_eviction": "fadvise"},
+                         "test_configurations": [{"name": "aligned", "chunk_bytes": "1MB", "concurrency_limit": 16,
+                                                  "chunk_strategy": "tp_aligned", "compression": "none"}]})
+    out = tmp_path / "out"
+    status, _, err = run_cli("run", "--config", path, "--tp", "3", "--output-dir", out, "--no-progress")
+    assert status == 0, err
+    document = json.loads((out / "results.json").read_text())
+    model_bytes = document["weights"]["size_bytes"]
+    suite = config.from_dict(json.loads(path.read_text()), tp=[3])
+    host = {}
+    for test in document["tests"]:
+        run = test["runs"][0]
+        assert run["verified"] is True
+        # three reader processes besides this one, each with Python and its libraries (0.1 GB at least)
+        assert run["load_host_rss_anon_bytes"] >= run["load_rss_anon_bytes"] + 3 * 10**8, test["name"]
+        estimate = capacity.peak_memory_bytes(suite.test(test["name"]), model_bytes, suite.max_inflight_bytes)
+        assert run["load_host_rss_anon_bytes"] <= estimate, (test["name"], run["load_host_rss_anon_bytes"], estimate)
+        host[test["name"].split("_tp=")[0]] = run["load_host_rss_anon_bytes"]
+    assert host["torch_save"] - host["safetensors"] >= 0.8 * 2 * model_bytes
+    assert document["scale"]["anon_peak_bytes"] >= host["torch_save"]
+    _, hungriest = capacity.memory_need(suite, model_bytes)
+    assert hungriest.split("_tp=")[0] == "torch_save"
+
+
+def test_a_whole_file_reader_under_tp_is_refused_naming_the_row(monkeypatch):
+    """Four torch.load readers of a 6.85 GB checkpoint hold four copies: refused on 24 GB, the row named."""
+    raw = {"model": "open_llama_3b", "dtype": "bfloat16", "references": {"safetensors": True, "torch_save": True},
+           "test_configurations": [{"name": "a", "chunk_bytes": "16MB", "concurrency_limit": 16,
+                                    "chunk_strategy": "tp_aligned"}]}
+    monkeypatch.setattr(system, "available_memory_bytes", lambda: 24 * 10**9)
+    model_bytes = weights.PRESETS["open_llama_3b"].n_params * 2
+    refusal = capacity.memory_refusal(config.from_dict(raw, tp=[4]), model_bytes)
+    assert refusal is not None and "(test 'torch_save')" in refusal and "references.torch_save: false" in refusal
+    raw["references"]["torch_save"] = False  # slices only: the model once, and four readers' own parts
+    assert capacity.memory_refusal(config.from_dict(raw, tp=[4]), model_bytes) is None

@@ -10,7 +10,8 @@ METRICS = tuple(JUDGED)  # save_s, load_s, size_bytes
 THROUGHPUT = {"save_gbps": "save_s", "load_gbps": "load_s"}
 # What each operation costs besides time: CPU seconds (all threads) and memory.
 COST = ("save_cpu_s", "load_cpu_s", "save_peak_rss_bytes", "load_peak_rss_bytes",
-        "save_rss_anon_bytes", "load_rss_anon_bytes", "save_rss_file_bytes", "load_rss_file_bytes")
+        "save_rss_anon_bytes", "load_rss_anon_bytes", "save_rss_file_bytes", "load_rss_file_bytes",
+        "save_host_rss_anon_bytes", "load_host_rss_anon_bytes")
 
 
 def samples(runs: Iterable[Mapping[str, Any]], data_bytes: int) -> dict[str, list[float]]:

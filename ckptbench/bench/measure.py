@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Iterable, Iterator, Mapping, Sequence
+import socket
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -139,6 +140,7 @@ def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
                 setattr(record, f"process_{op}_{key}", [int(w[key]) for w in workers])
         cpu_s += _workers_cpu_s(workers)
         growth += sum(w["peak_rss_bytes"] for w in workers)  # summed: an upper bound of what was in use at once
+        setattr(record, f"{op}_host_rss_anon_bytes", usage.rss_anon_peak_bytes + _others_anon_bytes(workers))
     patterns = backend.pattern_seconds()
     if patterns:  # the device ceiling: its time is the fastest pattern's
         record.patterns = {**(record.patterns or {}), op: dict(patterns)}
@@ -148,6 +150,13 @@ def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
     setattr(record, f"{op}_peak_rss_bytes", growth)
     setattr(record, f"{op}_rss_anon_bytes", usage.rss_anon_peak_bytes)
     setattr(record, f"{op}_rss_file_bytes", usage.rss_file_peak_bytes)
+
+
+def _others_anon_bytes(workers: list[dict[str, Any]]) -> int:
+    """The peak anonymous bytes of the other processes of this host that took part (workers, tp readers, a
+    launch's ranks here): this process's own are in its own figures, other hosts' are on theirs."""
+    host, pid = socket.gethostname(), os.getpid()
+    return sum(int(w.get("peak_anon_bytes", 0)) for w in workers if w.get("host") == host and w.get("pid") != pid)
 
 
 def _workers_cpu_s(workers: list[dict[str, float]] | None) -> float:

@@ -136,6 +136,10 @@ class RunRecord:
     load_rss_anon_bytes: int | None = None
     load_rss_file_bytes: int | None = None
     rss_anon_after_bytes: int | None = None  # once the run is over: growth here across rounds is a leak
+    # Run by several processes: this host's anonymous peak, this process's and every other process's of this
+    # host that took part, each at its own peak (summed: an upper bound of what was held at once)
+    save_host_rss_anon_bytes: int | None = None
+    load_host_rss_anon_bytes: int | None = None
     size_bytes: int | None = None
     disk_bytes: int | None = None
     n_files: int | None = None

@@ -262,9 +262,11 @@ def _scale(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> di
     scale["fits_in_page_cache"] = None if not ram else model_bytes <= ram - 2 * model_bytes
     scale["small_for_ram"] = None if not ram else model_bytes < SMALL_FOR_RAM * ram
     # Anonymous memory (the part that cannot be dropped): its peak over every run against the bound the
-    # harness keeps, 1.25 x the model + 1 GB; the process's own at the start is the fixed part's measure.
-    peaks = [run[key] for test in document["tests"] for run in test["runs"]
-             for key in ("save_rss_anon_bytes", "load_rss_anon_bytes") if run.get(key) is not None]
+    # harness keeps, 1.25 x the model + 1 GB; the process's own at the start is the fixed part's measure. A run
+    # by several processes counts the host's: every process of this host that took part.
+    peaks = [run.get(f"{op}_host_rss_anon_bytes") or run[f"{op}_rss_anon_bytes"]
+             for test in document["tests"] for run in test["runs"] for op in ("save", "load")
+             if run.get(f"{op}_rss_anon_bytes") is not None]
     scale["anon_at_start_bytes"] = (document.get("environment") or {}).get("rss_anon_at_start_bytes")
     scale["anon_peak_bytes"] = max(peaks) if peaks else None
     scale["anon_bound_bytes"] = int(MEMORY_BOUND_MULTIPLIER * model_bytes + MEMORY_BOUND_FIXED_BYTES)

@@ -25,6 +25,7 @@ coordinator, a server rank 0 runs; its address travels in every job.
 from __future__ import annotations
 
 import importlib
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -110,9 +111,11 @@ def _check_visible(location: RunLocation) -> None:
                                 "every host must see the checkpoint folder: a shared --storage folder, or s3://")
 
 
-def _figures(start_at: float, usage: Timed) -> dict[str, float]:
-    """A writer's own figures: seconds from the common start to its end, CPU, peak RSS growth."""
-    return {"seconds": time.perf_counter() - start_at, "cpu_s": usage.cpu_s, "peak_rss_bytes": usage.rss_growth_bytes}
+def _figures(start_at: float, usage: Timed) -> dict[str, Any]:
+    """A writer's own figures: seconds from the common start to its end, CPU, peak RSS growth, and its process's
+    peak anonymous memory with where that process runs (the host's sum: bench.measure)."""
+    return {"seconds": time.perf_counter() - start_at, "cpu_s": usage.cpu_s, "peak_rss_bytes": usage.rss_growth_bytes,
+            "peak_anon_bytes": usage.rss_anon_peak_bytes, "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def _read_figures(before: Mapping[str, int], after: Mapping[str, int], loaded: Mapping[str, np.ndarray]

@@ -211,8 +211,10 @@ def cost_table(document: Mapping[str, Any], fmt: str = "text") -> str:
 
 
 def _anon_file(stats: Mapping[str, Any], op: str) -> str:
-    """Peak anonymous / file-backed resident GB of the process during an operation (the runs' largest)."""
+    """Peak anonymous / file-backed resident GB of the process during an operation (the runs' largest); run by
+    several processes, the anonymous GB of every process of this host that took part."""
     anon, file = (stats.get(f"{op}_rss_{kind}_bytes") or {} for kind in ("anon", "file"))
+    anon = stats.get(f"{op}_host_rss_anon_bytes") or anon
     if anon.get("max") is None:
         return NA
     return f"{anon['max'] / 1e9:.2f} / {file['max'] / 1e9:.2f}"
@@ -324,8 +326,8 @@ def full_report(document: Mapping[str, Any], fmt: str = "text") -> str:
     if best:
         parts += ["", "Which layout to use (TensorStore tests; 'ahead of' means the runner-up is significantly "
                   "slower):", *gap, *(bullet + line for line in best)]
-    parts += ["", "Cost (CPU over all threads; peak resident GB of the whole process, anonymous / file-backed; "
-              "% of the device ceiling's GB/s):", *gap, cost_table(document, fmt)]
+    parts += ["", "Cost (CPU over all threads; peak resident GB of the whole process, anonymous / file-backed, "
+              "the anonymous of every process of this host for a run by several; % of the device ceiling's GB/s):", *gap, cost_table(document, fmt)]
     ceiling = ceiling_table(document, fmt)
     if ceiling:
         parts += ["", "Device ceiling, per access pattern:", *gap, ceiling]

@@ -45,6 +45,7 @@ class Reference:
     # Under tp > 1 (spec.tensor_parallel): how each rank reads its slice, or why the row cannot (it is skipped)
     tp_load: str = ""
     tp_unsupported: str | None = None
+    tp_reads_whole: bool = False  # each tp reader holds the whole model before it copies its slice out
 
     def memory_bytes(self, settings: Mapping[str, Any] | None, model_bytes: int) -> float:
         """Peak anonymous memory of a row with these settings, beyond the process's fixed part (bench.capacity)."""
@@ -105,13 +106,15 @@ REFERENCES: dict[str, Reference] = {ref.kind: ref for ref in (
               1.05, 3.0, "#6a4c93",
               tp_load="each rank: safe_open(...).get_slice(name)[its slice], as vLLM loads a shard"),
     Reference("torch_save", "torch.save", "reference: torch.save + fsync, torch.load", 1.05, 3.0, "#1b998b",
-              tp_load="each rank: torch.load of the whole file (mmap off), then its slice copied out"),
+              tp_load="each rank: torch.load of the whole file (mmap off), then its slice copied out",
+              tp_reads_whole=True),
     Reference("runai_streamer", "Run:ai streamer",
               "reference: safetensors save_file + fsync; Run:ai Model Streamer streams the file (O_DIRECT reads "
               "through io_uring) into tensors it hands over (owned), or copies each out of buffers it reuses",
               1.05, 1.5, "#ff7f0e", package="runai-model-streamer", modules=("runai_model_streamer",),
               settings=_RUNAI_SETTINGS, extra_memory=_runai_buffers,
-              tp_load="each rank: streams the whole file (it has no slice request), then copies its slice out"),
+              tp_load="each rank: streams the whole file (it has no slice request), then copies its slice out",
+              tp_reads_whole=True),
     Reference("fastsafetensors", "fastsafetensors", "reference: safetensors save_file + fsync; fastsafetensors on "
               "the CPU (nogds: pread through a bounce buffer) reads the file into one buffer, the tensors views of it",
               1.05, 1.5, "#8c564b", package="fastsafetensors", modules=("fastsafetensors",),
