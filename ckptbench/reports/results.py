@@ -327,7 +327,8 @@ def full_report(document: Mapping[str, Any], fmt: str = "text") -> str:
         parts += ["", "Which layout to use (TensorStore tests; 'ahead of' means the runner-up is significantly "
                   "slower):", *gap, *(bullet + line for line in best)]
     parts += ["", "Cost (CPU over all threads; peak resident GB of the whole process, anonymous / file-backed, "
-              "the anonymous of every process of this host for a run by several; % of the device ceiling's GB/s):", *gap, cost_table(document, fmt)]
+              "the anonymous of every process of this host for a run by several; % of the device ceiling's GB/s):",
+              *gap, cost_table(document, fmt)]
     ceiling = ceiling_table(document, fmt)
     if ceiling:
         parts += ["", "Device ceiling, per access pattern:", *gap, ceiling]
