@@ -102,10 +102,15 @@ def peak_memory_bytes(test: TestSpec, model_bytes: int, max_inflight_bytes: int)
         # The workers (tp readers) at once, all on this host as spawned ones are (a launch has at most as many
         # per host): their parts add up to the model, which `need` counts, each with its own fixed part ...
         need += test.processes * WORKER_FIXED_BYTES
-    if test.tp > 1 and test.is_reference and REFERENCES[test.backend].tp_reads_whole:
+    if _reads_whole_files(test):
         # ... but a reader of the whole file holds all of it before it copies its slice out
         need += (test.tp - 1) * REFERENCES[test.backend].memory_bytes(test.reference_settings, model_bytes)
     return int(FIXED_BYTES + need)
+
+
+def _reads_whole_files(test: TestSpec) -> bool:
+    """A tp row whose every reader loads the whole file (torch.load, the Run:ai streamer), then its slice."""
+    return test.tp > 1 and test.is_reference and REFERENCES[test.backend].tp_reads_whole
 
 
 # timed_conversion holds float16 copies (half the model) and, while a load casts, the arrays read
@@ -136,7 +141,7 @@ def memory_refusal(config: SuiteConfig, model_bytes: int) -> str | None:
         return None
     alternatives = []
     row = next(t for t in config.tests if t.name == hungriest)
-    if row.tp > 1 and row.is_reference and REFERENCES[row.backend].tp_reads_whole:
+    if _reads_whole_files(row):
         alternatives.append(f"references.{row.backend}: false (each of its {row.tp} tp readers holds the whole model)")
     if config.dtype == "float32":
         half, _ = memory_need(config, model_bytes // 2)
