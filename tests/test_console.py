@@ -86,9 +86,9 @@ def test_no_interval_of_a_change_in_results_json_leaves_the_possible(noisy):
                 # the interval and the verdict come from the same test
                 assert comparison["significant"] == (low > 1 or high < 1) or low == high
         for summary in test["stats"].values():
-            if summary["ci95_log"] is not None:
-                assert 0 < summary["ci95_log"][0] <= summary["mean"] <= summary["ci95_log"][1]
-    # the upgrade path derives the same: a version-4 document read back is identical
+            if summary["ci95"] is not None:
+                assert 0 < summary["ci95"][0] <= summary["mean"] <= summary["ci95"][1]
+    # the upgrade path derives the same: a current document read back is identical
     assert results.upgrade(noisy) == noisy
 
 
@@ -162,7 +162,7 @@ def test_two_runs_say_too_few_runs_instead_of_an_interval():
     fast = document["tests"][1]
     assert fast["vs_baseline"]["save_s"]["change_ci95_pct"] is None
     assert fast["vs_baseline"]["save_s"]["verdict"] == "too few runs"
-    assert fast["stats"]["save_s"]["ci95_log"] is None
+    assert fast["stats"]["save_s"]["ci95"] is None
     assert fast["vs_baseline"]["size_bytes"]["change_ci95_pct"] == [0.0, 0.0]  # sizes: exact, no spread
     assert fast["claims"][0]["reason"].startswith("too few runs")
     text = report.console(document)

@@ -119,7 +119,7 @@ def test_run_once_records_a_verified_run_and_cleans_up(tmp_path, tiny_weights):
     record, planned = _run(suite, tiny_weights, on_phase=on_phase)
     assert record.error is None and record.ok
     assert record.verified is True
-    assert record.save_s > 0 and record.load_s > 0
+    # what save_s and load_s hold, and nothing more: test_timed_region.py
     assert record.save_cpu_s is not None and record.load_cpu_s is not None
     assert record.n_files == seen_files["n"]
     assert record.size_bytes == seen_files["bytes"]
@@ -176,10 +176,10 @@ def test_warm_load_times_a_load_from_the_save_before_the_eviction(tmp_path, tiny
     record, planned = _run(suite, tiny_weights, on_phase=lambda run, phase: phases.append(phase))
     assert record.ok and record.verified
     assert phases == ["save", "size", "warm load", "evict", "load", "verify"]
-    assert record.warm_load_s > 0 and record.warm_load_cpu_s is not None
+    assert record.warm_load_cpu_s is not None  # what warm_load_s holds: test_timed_region.py
     # the save left its files in the page cache (another process's drop_caches may still take some)
     assert record.warm_load_cache in ("warm", "partial")
-    assert record.eviction == "fadvise" and record.load_s > 0  # then the usual evicted load
+    assert record.eviction == "fadvise" and record.load_cache == "cold"  # then the usual evicted load
     other, _ = _run(suite, tiny_weights, "fast")
     assert other.ok and other.warm_load_s is None and phases.count("warm load") == 1
     assert not (suite.output_dir / workspace.RUNS_DIR / planned.label).exists()

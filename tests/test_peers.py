@@ -81,7 +81,6 @@ def test_peer_run_is_cold_verified_and_cleaned_up(tmp_path, tiny, name):
     record, _ = _run(suite, name, tiny["bfloat16"].tensors)
     assert record.ok and record.verified is True, record.error
     assert (record.load_cache, record.eviction) == ("cold", "fadvise")
-    assert record.save_s > 0 and record.load_s > 0
     assert record.load_rss_anon_bytes is not None and record.load_cpu_s is not None
     assert not (suite.output_dir / workspace.RUNS_DIR / records.PlannedRun(name, 0, 0).label).exists()
 

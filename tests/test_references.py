@@ -155,7 +155,6 @@ def test_run_once_with_a_reference_records_a_cold_verified_load(tmp_path, name):
     assert record.verified is True
     assert record.load_cache == "cold"
     assert record.eviction in ("drop_caches", "fadvise")
-    assert record.save_s > 0 and record.load_s > 0
     assert all(getattr(record, metric) is not None for metric in COST)
     assert record.size_bytes >= sum(a.nbytes for a in tensors.values())
     assert not (suite.output_dir / workspace.RUNS_DIR / "raw-r0").exists()

@@ -29,14 +29,15 @@ def test_summarize_known_sample():
     assert s["median"] == pytest.approx(2.5)
     assert (s["min"], s["max"]) == (1.0, 4.0)
     assert s["cv"] == pytest.approx(std / 2.5)
-    assert s["ci95"] == pytest.approx([2.5 - half, 2.5 + half])
-    assert s["ci95"] == pytest.approx([0.44574, 4.55426], abs=1e-5)
+    half_log = half / 2.5  # positive values: the interval on the log scale, t * cv / sqrt(n) either side
+    assert s["ci95"] == pytest.approx([2.5 * math.exp(-half_log), 2.5 * math.exp(half_log)])
+    assert s["ci95"] == pytest.approx([1.09920, 5.68593], abs=1e-5)
 
 
 def test_summarize_returns_plain_json_types():
     s = summarize([1.5, 2.5, 3.5])
     for key, val in s.items():
-        if key in ("ci95", "ci95_log"):
+        if key == "ci95":
             assert all(type(x) is float for x in val)
         elif key == "n":
             assert type(val) is int
@@ -49,7 +50,7 @@ def test_summarize_empty():
     s = summarize([])
     assert s["n"] == 0
     assert all(v is None for k, v in s.items() if k != "n")
-    assert set(s) == {"n", "mean", "std", "median", "min", "max", "cv", "ci95", "ci95_log"}
+    assert set(s) == {"n", "mean", "std", "median", "min", "max", "cv", "ci95"}
 
 
 def test_summarize_single_value():
@@ -65,21 +66,31 @@ def test_summarize_zero_variance_is_exact():
     assert s["ci95"] == [0.1, 0.1]
 
 
-def test_log_ci_never_reaches_zero_and_brackets_the_mean():
-    """ci95_log: the mean's interval on the log scale, mean * exp(+- t * cv / sqrt(n)) (the delta method, as
-    every change's interval), so it cannot reach zero and the mean is its geometric centre."""
-    values = [0.3, 4.0, 1.1]  # so noisy that the ordinary CI reaches below zero
-    s = summarize(values)
-    assert s["ci95"][0] < 0
-    low, high = s["ci95_log"]
+def test_a_positive_quantitys_ci_is_on_the_log_scale_and_never_reaches_zero():
+    """ci95 of positive values: the mean's interval on the log scale, mean * exp(+- t * cv / sqrt(n)) (the delta
+    method, as every change's interval), so it cannot reach zero and the mean is its geometric centre."""
+    values = [0.3, 4.0, 1.1]  # so noisy that the symmetric Student-t interval would reach below zero
     mean = sum(values) / 3
+    assert mean - T975_DF2 * statistics_stdev(values) / math.sqrt(3) < 0
+    low, high = summarize(values)["ci95"]
     assert 0 < low < mean < high
     assert math.sqrt(low * high) == pytest.approx(mean)
     half = T975_DF2 * statistics_stdev(values) / mean / math.sqrt(3)
     assert (low, high) == pytest.approx((mean * math.exp(-half), mean * math.exp(half)))
-    assert summarize([-1.0, 2.0, 3.0])["ci95_log"] is None and summarize([2.0])["ci95_log"] is None
-    assert summarize([1.0, 2.0])["ci95_log"] is None  # two runs: too few for an interval
-    assert summarize([0.1, 0.1, 0.1])["ci95_log"] == [0.1, 0.1]
+    assert summarize([2.0])["ci95"] is None
+    assert summarize([1.0, 2.0])["ci95"] is None  # two runs: too few for an interval
+    assert summarize([0.1, 0.1, 0.1])["ci95"] == [0.1, 0.1]
+
+
+def test_a_ci_of_values_not_all_positive_is_student_t_cut_at_zero_where_none_is_negative():
+    """A 0 among the values (a memory growth of 0, a CPU time under the clock's tick): no log scale; the
+    Student-t interval, its lower end cut at 0, since the mean of values that are never negative is not; values
+    that can be negative keep the whole interval."""
+    half = T975_DF2 * 1.0 / math.sqrt(3)  # [0, 1, 2]: mean 1, std 1
+    assert summarize([0.0, 1.0, 2.0])["ci95"] == pytest.approx([0.0, 1.0 + half])
+    assert summarize([-1.0, 1.0, 3.0])["ci95"] == pytest.approx([1.0 - 2 * half, 1.0 + 2 * half])
+    assert summarize([-1.0, 1.0, 3.0])["ci95"][0] < 0
+    assert summarize([0.0, 1.0])["ci95"] is None and summarize([0.0, 0.0, 0.0])["ci95"] == [0.0, 0.0]
 
 
 def statistics_stdev(values):
@@ -97,11 +108,12 @@ def test_summarize_zero_mean_has_no_cv():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.floats(min_value=-1e100, max_value=1e100), min_size=2, max_size=30))
+@given(st.lists(st.floats(min_value=-1e100, max_value=1e100), min_size=3, max_size=30))
 def test_ci95_contains_mean(values):
     s = summarize(values)
     low, high = s["ci95"]
     assert low <= s["mean"] <= high
+    assert low >= 0 or min(values) < 0  # no interval of values that are never negative reaches below zero
     assert s["min"] <= s["median"] <= s["max"]
 
 

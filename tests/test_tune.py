@@ -338,8 +338,20 @@ def test_a_tuning_document_the_previous_version_wrote_reads(tmp_path):
     path = tmp_path / tune.TUNING_FILE
     path.write_text(json.dumps(old))
     document = tune.read(path).document
-    assert (document["kind"], document["schema_version"]) == ("tuning", 2)
-    assert {k: v for k, v in document.items() if k != "kind"} == {**old, "schema_version": 2}
+    assert (document["kind"], document["schema_version"]) == ("tuning", 3)
+    # every summary's symmetric ci95 gives way to its log-scale interval, which version 2 held as ci95_log
+    text = json.dumps(document)
+    assert "ci95_log" not in text and text.count('"ci95"') == json.dumps(old).count('"ci95_log"') > 0
+    for name, candidate in old["candidates"].items():
+        assert {m: s["ci95"] for m, s in document["candidates"][name]["stats"].items()} == {
+            m: s["ci95_log"] for m, s in candidate["stats"].items()}
+
+    def without_intervals(node):
+        if isinstance(node, dict):
+            return {k: without_intervals(v) for k, v in node.items() if k not in ("ci95", "ci95_log", "kind")}
+        return [without_intervals(v) for v in node] if isinstance(node, list) else node
+
+    assert without_intervals(document) == without_intervals({**old, "schema_version": 3})  # nothing else changed
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -75,23 +75,18 @@ def t_halfwidth(std: float, n: int, confidence: float) -> float:
     return float(t_quantile(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
 
 
-SUMMARY_KEYS = ("n", "mean", "std", "median", "min", "max", "cv", "ci95", "ci95_log")
+SUMMARY_KEYS = ("n", "mean", "std", "median", "min", "max", "cv", "ci95")
 
 
 def summarize(values: Sequence[float]) -> dict:
-    """n, mean, sample std, median, min, max, cv, the Student-t 95% CI of the mean, and
-    `ci95_log`: the 95% CI of the mean computed on the log scale (`log_mean_ci`), for
-    quantities that cannot be negative: it never reaches below zero. None with 2 runs or fewer."""
+    """n, mean, sample std, median, min, max, cv, and `ci95`: the mean's 95% CI by `mean_ci` (on the log scale
+    for positive quantities, so it never reaches zero)."""
     arr = as_floats(values)
     n = int(arr.size)
     if n == 0:
         return {k: (0 if k == "n" else None) for k in SUMMARY_KEYS}
     mean, std = mean_std(arr)
     cv = std / mean if (std is not None and mean != 0.0) else None
-    ci95 = None
-    if std is not None:
-        half = t_halfwidth(std, n, 0.95)
-        ci95 = [mean - half, mean + half]
     return {
         "n": n,
         "mean": mean,
@@ -100,34 +95,39 @@ def summarize(values: Sequence[float]) -> dict:
         "min": float(arr.min()),
         "max": float(arr.max()),
         "cv": cv,
-        "ci95": ci95,
-        "ci95_log": log_mean_ci(arr),
+        "ci95": mean_ci(arr),
     }
 
 
-LOG_CI_MIN_RUNS = 3  # as analysis.change.MIN_RUNS_FOR_CI: two runs give no meaningful interval
+CI_MIN_RUNS = 3  # as analysis.change.MIN_RUNS_FOR_CI: two runs give no meaningful interval
 
 
-def log_mean_ci(values: Sequence[float], confidence: float = 0.95) -> list[float] | None:
-    """The CI of a positive mean on the log scale: mean * exp(+- t_{n-1} * cv / sqrt(n)).
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> list[float] | None:
+    """The CI of a mean: one method for positive quantities, and what is right for the others.
 
-    The delta method on log(mean), the one-sample case of `analysis.change.ratio_interval` (the
-    interval of every change), so a bar's whisker and a change's interval are made alike: never
-    below zero, the mean at its geometric centre. None with fewer than 3 runs (a t quantile at
-    1 or 2 degrees of freedom makes it meaningless) unless they have no spread ([mean, mean]: exact), a
-    value that is not positive, or one that is not finite."""
+    Every value positive (times, sizes, rates, memory): on the log scale, mean * exp(+- t_{n-1} * cv / sqrt(n)),
+    the delta method on log(mean), the one-sample case of `analysis.change.ratio_interval` (the interval of
+    every change): never below zero, the mean at its geometric centre. A value of 0 or less (a CPU time under the
+    clock's tick, a memory growth of 0, a quantity that can be negative): the Student-t interval,
+    mean +- t_{n-1} * s / sqrt(n), its lower end cut at 0 when no value is negative (such a mean cannot be below
+    0). None with fewer than 3 runs (a t quantile at 1 or 2 degrees of freedom makes it meaningless) unless they
+    have no spread ([mean, mean]: exact), or with a value that is not finite."""
     arr = as_floats(values)
-    if arr.size < 2 or not np.all(np.isfinite(arr)) or not np.all(arr > 0):
+    if arr.size < 2 or not np.all(np.isfinite(arr)):
         return None
     mean, std = mean_std(arr)
     if std == 0.0:
         return [mean, mean]  # no spread (a size): exact, as a change without spread is
-    if arr.size < LOG_CI_MIN_RUNS:
+    if arr.size < CI_MIN_RUNS:
         return None
-    half = t_halfwidth(std / mean, int(arr.size), confidence)
-    if math.log(mean) + half > _LOG_MAX:  # beyond what a float holds: no useful interval
-        return None
-    return [float(mean * math.exp(-half)), float(mean * math.exp(half))]
+    if np.all(arr > 0):
+        half = t_halfwidth(std / mean, int(arr.size), confidence)
+        if math.log(mean) + half > _LOG_MAX:  # beyond what a float holds: no useful interval
+            return None
+        return [float(mean * math.exp(-half)), float(mean * math.exp(half))]
+    half = t_halfwidth(std, int(arr.size), confidence)
+    low = mean - half
+    return [max(low, 0.0) if np.all(arr >= 0) else low, mean + half]
 
 
 _LOG_MAX = math.log(1e300)

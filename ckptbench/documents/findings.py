@@ -141,7 +141,7 @@ def alerts(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> li
 
 def _low(summary: Mapping[str, Any]) -> float:
     """The lower end of a rate's interval (its mean without one): a row is past a limit only when that is."""
-    interval = summary.get("ci95_log") or summary.get("ci95")
+    interval = summary.get("ci95")
     return interval[0] if interval else summary["mean"]
 
 

@@ -34,6 +34,10 @@ Version history (bump SCHEMA_VERSION whenever a field changes meaning):
   Later, without a bump (optional fields, derived afresh from raw runs that lack them as None):
   runs' `process_load_read_bytes`, `process_load_rchar_bytes`, `process_load_slice_bytes` (each
   reader's bytes) and tests' `tensor_parallel` (tp > 1: the read amplification).
+- 5: one interval per summary: `ci95` is the mean's interval by analysis.stats.mean_ci (on the log scale
+  for positive quantities, so never below zero; version 4's `ci95` was the symmetric Student-t one, which
+  went below zero) and `ci95_log` is gone (it was the same interval). The raw runs are kept, so an upgrade
+  from 4 derives everything again.
 """
 
 from __future__ import annotations
@@ -55,11 +59,15 @@ from ckptbench.documents.store import Document
 from ckptbench.spec.references import CEILING, REFERENCES
 from ckptbench.spec.suite import MEMORY_BOUND_FIXED_BYTES, MEMORY_BOUND_MULTIPLIER
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 RESULTS_FILE = "results.json"
 DIRECT_PREFIX = "direct "  # a ceiling pattern read with O_DIRECT (see references.py)
 OBJECTIVES = {"save": "save_s", "load": "load_s", "balanced": "total_s", "size": "size_bytes"}
 SMALL_FOR_RAM = 0.25  # a checkpoint under a quarter of RAM may be cached by a VM's host
+CI_PROTOCOL = ("ci95: the mean's 95% interval (the only one); every value positive (times, sizes, rates, memory): "
+               "on the log scale, mean * exp(+- t * cv / sqrt(n)), never below zero; a value of 0 or less: "
+               "Student-t, mean +- t * s / sqrt(n), cut at 0 when no value is negative; none under 3 runs unless "
+               "all are equal")
 
 
 # --- building -----------------------------------------------------------------
@@ -139,8 +147,7 @@ def _protocol(config: Any, seed: int) -> dict[str, Any]:
         "noise_pct": config.noise_pct,
         "values": config.values,
         "std": "sample standard deviation (ddof=1)",
-        "ci": "ci95: 95% Student-t confidence interval of the mean; ci95_log: the mean's 95% interval on the log "
-              "scale (mean * exp(+- t * cv / sqrt(n)), none under 3 runs)",
+        "ci": CI_PROTOCOL,
         "change": "every change's 95% interval and p-value: the ratio of means on the log scale (delta method, "
                   "Welch-Satterthwaite df; analysis.change.ratio_interval), none with 2 runs or fewer on a side",
         "throughput": "GB/s = tensor bytes / 1e9 / seconds",
@@ -299,7 +306,7 @@ def best_configurations(tests: list[Mapping[str, Any]], noise_pct: float, baseli
         winner = ranked[0]
         judged_as = "size_bytes" if metric == "size_bytes" else "save_s"  # total_s is judged as a time
         entry: dict[str, Any] = {"test": winner["name"], "metric": metric, "mean": winner["stats"][metric]["mean"],
-                                 "n": winner["stats"][metric]["n"], "ci95": winner["stats"][metric]["ci95_log"],
+                                 "n": winner["stats"][metric]["n"], "ci95": winner["stats"][metric]["ci95"],
                                  "runner_up": None, "runner_up_mean": None, "comparison": None,
                                  "distinguishable": None}
         if len(ranked) > 1:
@@ -400,6 +407,14 @@ def _upgrade_3_to_4(document: dict[str, Any]) -> dict[str, Any]:
     return derive(document)
 
 
+def _upgrade_4_to_5(document: dict[str, Any]) -> dict[str, Any]:
+    """Version 4 to 5: one interval per summary (the symmetric `ci95` went below zero); the raw runs are kept, so
+    everything is derived again, and the protocol says what the interval is now."""
+    document["schema_version"] = 5
+    document["protocol"]["ci"] = CI_PROTOCOL
+    return derive(document)
+
+
 # Before its upgrade, an older document is checked only for the parts every version shares.
 _SHARED = {"schema_version": "integer", "tool": "object", "complete": "boolean", "environment": "object",
            "config": "object", "weights": "object", "protocol": "object", "baseline": "string", "tests": "array"}
@@ -423,5 +438,5 @@ def _checked_first(version: int, upgrade: Any) -> Any:
 
 RESULTS = documents.Kind("results", SCHEMA_VERSION, "results.schema.json",
                          upgrades={1: _checked_first(1, _upgrade_1_to_2), 2: _checked_first(2, _upgrade_2_to_3),
-                                   3: _checked_first(3, _upgrade_3_to_4)},
+                                   3: _checked_first(3, _upgrade_3_to_4), 4: _checked_first(4, _upgrade_4_to_5)},
                          legacy_version=lambda document: document.get("schema_version"))

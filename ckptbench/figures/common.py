@@ -43,12 +43,12 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-def mean_and_err(summary: Mapping[str, Any], scale: float = 1.0, log_ci: bool = False) -> tuple[float, list[float]]:
-    """The mean and the distances to its CI's ends (the log-scale CI where asked: never below zero)."""
+def mean_and_err(summary: Mapping[str, Any], scale: float = 1.0) -> tuple[float, list[float]]:
+    """The mean and the distances to its CI's ends (a positive quantity's: on the log scale, never below zero)."""
     mean = summary.get("mean")
     if mean is None:
         return np.nan, [0.0, 0.0]
-    ci = summary.get("ci95_log") if log_ci else summary.get("ci95")
+    ci = summary.get("ci95")
     if ci is None:
         return mean / scale, [0.0, 0.0]
     return mean / scale, [max(0.0, (mean - ci[0]) / scale), max(0.0, (ci[1] - mean) / scale)]

@@ -149,7 +149,7 @@ def _bars(ax, document, tests, metric, scale, ylabel, title, color, winner: str 
     names = [t["name"] for t in tests]
     xs = positions(tests)
     timed = metric in ("save_s", "load_s")
-    means, errs = zip(*(mean_and_err(t["stats"][metric], scale, log_ci=timed) for t in tests))
+    means, errs = zip(*(mean_and_err(t["stats"][metric], scale) for t in tests))
     capsize = 2 if len(tests) > MANY_TESTS else 4
     bars = ax.bar(xs, means, yerr=np.array(errs).T, capsize=capsize, color=_colors(tests, color),
                   edgecolor="black", linewidth=0.5, zorder=2)

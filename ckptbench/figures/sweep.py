@@ -78,7 +78,7 @@ def draw_sweep(document: Mapping[str, Any], path: Path) -> Path | None:
 
 def line(ax, xs: list, tests: list[Mapping[str, Any]], metric: str, label: str) -> None:
     """One series: means with their 95% CI (no bar where a point has one run)."""
-    points = [mean_and_err(t["stats"][metric], log_ci=True) for t in tests]
+    points = [mean_and_err(t["stats"][metric]) for t in tests]
     ax.errorbar(xs, [mean for mean, _ in points], yerr=list(zip(*(err for _, err in points))),
                 marker="o", capsize=3, label=label)
 

@@ -47,7 +47,7 @@ def draw_tensor_parallel(document: Mapping[str, Any], path: Path) -> Path | None
     seconds_ax, rchar_ax = grid[0]
     for name, tests in grouped.items():
         xs = [_tp(t) for t in tests]
-        points = [mean_and_err(t["stats"]["load_s"], log_ci=True) for t in tests]
+        points = [mean_and_err(t["stats"]["load_s"]) for t in tests]
         ceiling = name == CEILING
         style = {"color": "#c1121f", "linestyle": "--"} if ceiling else {}
         label = "device ceiling: N streams, 1/N of the bytes each" if ceiling else name

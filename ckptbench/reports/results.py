@@ -63,7 +63,7 @@ def _mean_ci(summary: Mapping[str, Any]) -> str:
     mean = summary.get("mean") if summary else None
     if mean is None:
         return NA
-    interval = summary.get("ci95_log")
+    interval = summary.get("ci95")
     if interval is None:
         return f"{_num(mean)}, too few runs" if summary["n"] <= 2 else _num(mean)
     return f"{_num(mean)} [{_num(interval[0])}-{_num(interval[1])}]"

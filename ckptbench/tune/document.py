@@ -8,6 +8,9 @@ read it and compute nothing, so everything they show is in here.
 Version history:
 - 1 (ckptbench 0.2.0): first format, `schema_version: 1` and no kind.
 - 2: `"kind": "tuning", "schema_version": 2`, as every file the harness writes; nothing else changed.
+- 3: one interval per summary, as results.json's version 5: `ci95` is the mean's interval by
+  analysis.stats.mean_ci (on the log scale for positive quantities, never below zero) and `ci95_log`
+  is gone. Version 2's `ci95_log` was that interval, so the upgrade moves it into `ci95`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ckptbench.tune.space import Universe
 from ckptbench.tune.state import TuneState
 
 TUNING_FILE = "tuning.json"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _STAGE_KEYS = ("name", "kind", "members", "seed", "status", "started_s", "ended_s", "planned_s", "deadline_s",
                "decision", "figures")
 
@@ -38,7 +41,18 @@ def _upgrade_1_to_2(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-TUNING = Kind("tuning", SCHEMA_VERSION, "tuning.schema.json", upgrades={1: _upgrade_1_to_2},
+def _upgrade_2_to_3(document: Any) -> Any:
+    """Every summary's symmetric `ci95` is replaced by its `ci95_log`, the log-scale interval of the same runs."""
+    if isinstance(document, list):
+        return [_upgrade_2_to_3(item) for item in document]
+    if not isinstance(document, dict):
+        return document
+    if "ci95_log" in document and "ci95" in document:
+        document["ci95"] = document.pop("ci95_log")
+    return {key: _upgrade_2_to_3(value) for key, value in document.items()}
+
+
+TUNING = Kind("tuning", SCHEMA_VERSION, "tuning.schema.json", upgrades={1: _upgrade_1_to_2, 2: _upgrade_2_to_3},
               legacy_version=lambda document: 1 if document.get("schema_version") == 1 else None)
 
 

@@ -37,7 +37,7 @@ def with_ci(metric: str, summary: Mapping[str, Any]) -> str:
     """'1.41 s (95% CI 1.32-1.50 s, n=7)': the mean and its interval on the log scale; 'too few runs' under 3."""
     if not summary or not summary.get("n"):
         return "not measured"
-    ci = summary.get("ci95_log")
+    ci = summary.get("ci95")
     if ci is None:
         why = "too few runs for a CI" if summary["n"] <= 2 else "no CI"
         return f"{value(metric, summary['mean'])} (n={summary['n']}, {why})"
@@ -127,7 +127,7 @@ def recommendation(document: Mapping[str, Any], details: bool = False) -> str:
 def _interval(summary: Mapping[str, Any] | None, metric: str) -> str:
     if not summary or not summary.get("n"):
         return "-"
-    mean, ci = summary["mean"], summary.get("ci95_log")
+    mean, ci = summary["mean"], summary.get("ci95")
     scale = 1e6 if metric == "size_bytes" else 1.0
     text = f"{mean / scale:.3g}"
     if ci is None:

@@ -18,6 +18,7 @@ from ckptbench.sources.source_file import Box
 
 class SafetensorsBackend(FileReference):
     filename = "model.safetensors"
+    libraries = ("safetensors.torch",)
 
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
         directory = folder_of(location)
@@ -46,6 +47,7 @@ class SafetensorsBackend(FileReference):
 
 class TorchSaveBackend(FileReference):
     filename = "model.pt"
+    libraries = ("torch",)
 
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
         directory = folder_of(location)

@@ -21,7 +21,6 @@ loaded copy is memory the load owns when the clock stops:
 
 from __future__ import annotations
 
-import importlib
 import os
 import warnings
 from contextlib import contextmanager
@@ -67,13 +66,11 @@ class RunaiStreamerBackend(SafetensorsBackend):
     """safetensors save_file + fsync; Run:ai Model Streamer streams the file back."""
 
     bypasses_page_cache = True  # O_DIRECT reads: the record says how much of the file entered the page cache
+    libraries = ("safetensors.torch", "runai_model_streamer")
 
     def __init__(self, concurrency: int = _RUNAI["concurrency"], memory_limit: int = _RUNAI["memory_limit"],
                  owned: bool = _RUNAI["owned"]) -> None:
         self.concurrency, self.memory_limit, self.owned = concurrency, memory_limit, owned
-
-    def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
-        importlib.import_module("runai_model_streamer")
 
     def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
         from runai_model_streamer import SafetensorsStreamer
@@ -99,11 +96,10 @@ class RunaiStreamerBackend(SafetensorsBackend):
 class FastSafetensorsBackend(SafetensorsBackend):
     """safetensors save_file + fsync; fastsafetensors reads the file on the CPU (no GPUDirect)."""
 
+    libraries = ("safetensors.torch", "fastsafetensors")
+
     def __init__(self, max_threads: int = 16) -> None:
         self.max_threads = max_threads
-
-    def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
-        importlib.import_module("fastsafetensors")
 
     def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
         import torch
@@ -124,12 +120,11 @@ class FastSafetensorsBackend(SafetensorsBackend):
 class TorchDCPBackend(FileReference):
     """torch.distributed.checkpoint: save with FileSystemWriter (fsync'd), load into preallocated tensors."""
 
+    libraries = ("torch.distributed.checkpoint",)
+
     def __init__(self, thread_count: int = 1) -> None:
         self.thread_count = thread_count
         self._into: dict[str, np.ndarray] | None = None
-
-    def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
-        importlib.import_module("torch.distributed.checkpoint")
 
     def before_load(self, tensors: Mapping[str, np.ndarray]) -> None:
         if self._into is None:
