@@ -33,7 +33,9 @@ Version history (bump SCHEMA_VERSION whenever a field changes meaning):
   upgrade from 3 derives everything again.
   Later, without a bump (optional fields, derived afresh from raw runs that lack them as None):
   runs' `process_load_read_bytes`, `process_load_rchar_bytes`, `process_load_slice_bytes` (each
-  reader's bytes) and tests' `tensor_parallel` (tp > 1: the read amplification).
+  reader's bytes) and tests' `tensor_parallel` (tp > 1: the read amplification); runs' `load_clock`
+  ("readers": a load by several processes timed by the readers' own stamps, the latest end less the
+  earliest start; absent: by the suite process's clock around the job, sending and gathering included).
 """
 
 from __future__ import annotations
@@ -112,8 +114,11 @@ def _protocol(config: Any, seed: int) -> dict[str, Any]:
                 "(file kvstore with file_io_sync on: each file fsync'd), manifest fsync'd",
         "load": "timed from the first open until every array is in memory",
         "processes": "with several processes, each writes and reads whole chunk rows of every array; "
-                     "save_s and load_s run from the common start to the slowest process (process_save_s, "
-                     "process_load_s hold each one's); CPU includes the workers', peak RSS growth too (summed); "
+                     "save_s runs from the first metadata write until the slowest process is durable and the "
+                     "manifest written; load_s from the common start (the barrier's release) to the slowest "
+                     "process's end, from the processes' own stamps on the host's monotonic clock: the latest end "
+                     "less the earliest start per host, the slowest host's (load_clock 'readers'); process_save_s, "
+                     "process_load_s hold each one's own; CPU includes the workers', peak RSS growth too (summed); "
                      "under a launcher (environment.launch) the processes are its ranks, rank 0 among them, and "
                      "each rank's time runs from a barrier all ranks leave together",
         "tensor_parallel": "with tp N, N reader processes load from a common start, each only its slice of every "

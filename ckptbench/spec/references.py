@@ -40,6 +40,9 @@ class Reference:
     # What must import for the row to run here (a package, a native library it loads); else it is skipped
     package: str | None = None  # the distribution that brings it (requirements.txt pins it), for the reason
     modules: tuple[str, ...] = ()
+    # What its loader imports on first use besides `modules` (a tp reader imports both before the common start;
+    # a required package, so not checked by `unavailable`, which would import torch into the suite's process)
+    load_modules: tuple[str, ...] = ()
     # Anonymous bytes some settings add to the multiplier's (from the row's settings and the model's bytes)
     extra_memory: Callable[[Mapping[str, Any], int], float] | None = None
     # Under tp > 1 (spec.tensor_parallel): how each rank reads its slice, or why the row cannot (it is skipped)
@@ -103,9 +106,10 @@ _RUNAI_SETTINGS = {
 REFERENCES: dict[str, Reference] = {ref.kind: ref for ref in (
     Reference("safetensors", "safetensors",
               "reference: safetensors save_file + fsync, load_file with every tensor copied out of the map",
-              1.05, 3.0, "#6a4c93",
+              1.05, 3.0, "#6a4c93", load_modules=("safetensors", "safetensors.torch"),
               tp_load="each rank: safe_open(...).get_slice(name)[its slice], as vLLM loads a shard"),
     Reference("torch_save", "torch.save", "reference: torch.save + fsync, torch.load", 1.05, 3.0, "#1b998b",
+              load_modules=("torch",),
               tp_load="each rank: torch.load of the whole file (mmap off), then its slice copied out",
               tp_reads_whole=True),
     Reference("runai_streamer", "Run:ai streamer",
