@@ -49,6 +49,7 @@ class Reference:
     tp_load: str = ""
     tp_unsupported: str | None = None
     tp_reads_whole: bool = False  # each tp reader holds the whole model before it copies its slice out
+    reads_direct: bool = False  # its loads read with O_DIRECT, around the page cache the readers of a host share
 
     def memory_bytes(self, settings: Mapping[str, Any] | None, model_bytes: int) -> float:
         """Peak anonymous memory of a row with these settings, beyond the process's fixed part (bench.capacity)."""
@@ -118,7 +119,7 @@ REFERENCES: dict[str, Reference] = {ref.kind: ref for ref in (
               1.05, 1.5, "#ff7f0e", package="runai-model-streamer", modules=("runai_model_streamer",),
               settings=_RUNAI_SETTINGS, extra_memory=_runai_buffers,
               tp_load="each rank: streams the whole file (it has no slice request), then copies its slice out",
-              tp_reads_whole=True),
+              tp_reads_whole=True, reads_direct=True),
     Reference("fastsafetensors", "fastsafetensors", "reference: safetensors save_file + fsync; fastsafetensors on "
               "the CPU (nogds: pread through a bounce buffer) reads the file into one buffer, the tensors views of it",
               1.05, 1.5, "#8c564b", package="fastsafetensors", modules=("fastsafetensors",),
