@@ -125,7 +125,9 @@ def _protocol(config: Any, seed: int) -> dict[str, Any]:
                      "each rank's time runs from a barrier all ranks leave together",
         "tensor_parallel": "with tp N, N reader processes load from a common start, each only its slice of every "
                            "tensor (q/k/v/gate/up, lm_head and the embedding split on dim 0, o/down on dim 1, the "
-                           "rest whole); load_s runs to the slowest reader; each reader's device bytes "
+                           "rest whole), its library imported before the common start; load_s runs from the common "
+                           "start to the slowest reader's end, by the readers' own stamps (processes, above), and "
+                           "process_load_s holds each reader's own; each reader's device bytes "
                            "(process_load_read_bytes: /proc/self/io read_bytes, readahead included, a page another "
                            "reader of the host brought in not), its read calls' bytes (rchar) and its slices' bytes; "
                            "tensor_parallel.read_amplification = sum of read_bytes / sum of slice bytes; below 1, "
