@@ -193,3 +193,45 @@ def test_the_refusal_names_the_tp_values_that_divide_every_split_dimension() -> 
     assert tensor_parallel.refusal(6, None, shapes) is None
     # a preset whose every split dimension divides: tp_aligned is accepted
     assert tensor_parallel.refusal(4, "tinyllama-1.1b", aligned=True) is None
+
+
+# --- every library a reader's load needs is imported before the common start ---------------------------------
+
+_FIRST_LOAD = """
+import sys
+import torch.distributed  # a reader has joined its gloo world
+from ckptbench.bench import references
+from ckptbench.bench.targets import RunLocation
+from ckptbench.parallel import spawned, writers
+from ckptbench.spec import tensor_parallel
+kind, folder, shapes = sys.argv[1], sys.argv[2], eval(sys.argv[3])
+boxes = tensor_parallel.rank_boxes(shapes, 2)[1]
+job = writers.Job("load", RunLocation.local(folder), boxes=boxes, reference=(kind, {}), reader=(1, 2))
+writers.ready(job)  # before the barrier
+before = set(sys.modules)
+writers._load_slices(job)  # the timed load
+print(sorted(name for name in set(sys.modules) - before if not name.startswith("ckptbench")))
+"""
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "torch_save", "torch_dcp", "runai_streamer"])
+def test_a_readers_first_load_imports_nothing(tmp_path: Path, tiny_weights, kind: str) -> None:
+    """In a fresh process like a spawned reader's: after `ready`, the reference row's first slice load imports no
+    module, so no first import lands between the barrier and the reader's end."""
+    import subprocess
+    import sys
+
+    from ckptbench.bench import references
+    from ckptbench.bench.targets import RunLocation
+    from ckptbench.spec.references import REFERENCES, unavailable
+
+    if REFERENCES[kind].modules and unavailable(kind):
+        pytest.skip(f"{kind} cannot run here")
+    backend = references.BACKENDS[kind]()
+    backend.prepare(tiny_weights.tensors)
+    backend.save(tiny_weights.tensors, RunLocation.local(tmp_path))
+    shapes = {n: a.shape for n, a in tiny_weights.tensors.items()}
+    done = subprocess.run([sys.executable, "-c", _FIRST_LOAD, kind, str(tmp_path), repr(shapes)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout

@@ -110,7 +110,7 @@ REFERENCES: dict[str, Reference] = {ref.kind: ref for ref in (
               1.05, 3.0, "#6a4c93", load_modules=("safetensors", "safetensors.torch"),
               tp_load="each rank: safe_open(...).get_slice(name)[its slice], as vLLM loads a shard"),
     Reference("torch_save", "torch.save", "reference: torch.save + fsync, torch.load", 1.05, 3.0, "#1b998b",
-              load_modules=("torch",),
+              load_modules=("torch", "torch.utils.serialization"),
               tp_load="each rank: torch.load of the whole file (mmap off), then its slice copied out",
               tp_reads_whole=True),
     Reference("runai_streamer", "Run:ai streamer",
@@ -129,7 +129,7 @@ REFERENCES: dict[str, Reference] = {ref.kind: ref for ref in (
     Reference("torch_dcp", "torch DCP",
               "reference: torch.distributed.checkpoint save (FileSystemWriter, every file fsync'd) and load into "
               "preallocated tensors (FileSystemReader), one process, no process group", 1.25, 3.5, "#3a86ff",
-              package="torch", modules=("torch.distributed.checkpoint",),
+              package="torch", modules=("torch.distributed.checkpoint",), load_modules=("torch.utils.serialization",),
               settings={"thread_count": _threads(1, "FileSystemWriter's thread_count: writing threads, a file each")},
               tp_load="each rank: dcp.load of tensors of its slices' shapes, no process group, with a planner "
                       "asking for each slice at its offsets (as a DTensor shard would); the FileSystemReader reads "
