@@ -276,6 +276,9 @@ def test_tp2_under_torchrun_with_two_ranks(tmp_path: Path) -> None:
         run = tested[name]["runs"][0]
         assert run["verified"] is True and len(run["process_load_read_bytes"]) == 2, (name, run)
         assert tested[name]["tensor_parallel"]["reader_rchar_amplification"][0] is not None
+        # the ranks' own clock: from the barrier's release to the slowest rank's end, rank 0 a reader too
+        assert run["load_clock"] == "readers" and run["eviction"] == "fadvise"
+        assert max(run["process_load_s"]) <= run["load_s"] <= max(run["process_load_s"]) + 0.05, run
     assert tested["aligned"]["tensor_parallel"]["rchar_amplification"] == pytest.approx(1.0, abs=0.1)
 
 

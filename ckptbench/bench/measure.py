@@ -87,7 +87,8 @@ def _warm_load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.nda
     warm: dict[str, np.ndarray] = {}
     backend.before_load(tensors)
     usage = timed(lambda: warm.update(backend.load(location)))
-    record.warm_load_s = usage.wall_s
+    span_s = readers_span_s(backend.worker_figures())
+    record.warm_load_s = usage.wall_s if span_s is None else span_s
     record.warm_load_cpu_s = usage.cpu_s + _workers_cpu_s(backend.worker_figures())
     _verify(record, backend, tensors, warm, "the warm load")
 
@@ -141,6 +142,9 @@ def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
         cpu_s += _workers_cpu_s(workers)
         growth += sum(w["peak_rss_bytes"] for w in workers)  # summed: an upper bound of what was in use at once
         setattr(record, f"{op}_host_rss_anon_bytes", usage.rss_anon_peak_bytes + _others_anon_bytes(workers))
+        span_s = readers_span_s(workers) if op == "load" else None
+        if span_s is not None:  # the readers' own clock, not this process's around sending the job and gathering it
+            seconds, record.load_clock = span_s, "readers"
     patterns = backend.pattern_seconds()
     if patterns:  # the device ceiling: its time is the fastest pattern's
         record.patterns = {**(record.patterns or {}), op: dict(patterns)}
@@ -150,6 +154,19 @@ def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
     setattr(record, f"{op}_peak_rss_bytes", growth)
     setattr(record, f"{op}_rss_anon_bytes", usage.rss_anon_peak_bytes)
     setattr(record, f"{op}_rss_file_bytes", usage.rss_file_peak_bytes)
+
+
+def readers_span_s(workers: Sequence[Mapping[str, Any]] | None) -> float | None:
+    """A load by several readers, from their own stamps (parallel.writers): the latest end less the earliest start
+    (the barrier's release) of each host's readers, on that host's monotonic clock, which all its processes share;
+    the slowest host's. Hosts share no clock, so with one reader per host this is the slowest reader's own time.
+    None without stamps (one process)."""
+    if not workers or any("started_s" not in w or "ended_s" not in w for w in workers):
+        return None
+    by_host: dict[Any, list[Mapping[str, Any]]] = {}
+    for worker in workers:
+        by_host.setdefault(worker.get("host"), []).append(worker)
+    return max(max(w["ended_s"] for w in mine) - min(w["started_s"] for w in mine) for mine in by_host.values())
 
 
 def _others_anon_bytes(workers: list[dict[str, Any]]) -> int:

@@ -153,7 +153,10 @@ class RunRecord:
     warm_load_cache: str | None = None  # what that load read from: "warm", or "partial" if pages were dropped
     verified: bool | None = None
     process_save_s: list[float] | None = None  # with several processes: each one's time from the common start
-    process_load_s: list[float] | None = None
+    process_load_s: list[float] | None = None  # each reader's own: from the barrier's release to its slices in memory
+    # "readers": load_s (and warm_load_s) is the readers' own span, the latest end less the earliest start on the
+    # host's monotonic clock (bench.measure.readers_span_s); None: this process's clock around the load
+    load_clock: str | None = None
     # Each reader's bytes in a load by several processes (a tensor-parallel load's readers): what it caused to be
     # read from the device (/proc/self/io read_bytes), what its read calls returned (rchar: page-cache hits
     # counted, reads through a memory map not), and the bytes of the parts it was asked for (its slices).

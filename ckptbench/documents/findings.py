@@ -38,6 +38,12 @@ def test_warnings(test: Mapping[str, Any], mine: Mapping[str, list[float]]) -> l
                        "of the checkpoint in the page cache: TensorStore read those chunk files buffered (it reads "
                        "with O_DIRECT only files whose size is a multiple of 4096 bytes); its load figures are "
                        "buffered reads")
+    parallel = test.get("tensor_parallel") or {}
+    if parallel.get("unaccounted_bytes"):
+        out.append(f"{name}: its readers' device reads sum to x{parallel['read_amplification']:.2f} of their slices: "
+                   f"{human_bytes(parallel['unaccounted_bytes'])} of the slices came from no device read they were "
+                   "counted for (pages an eviction left in the page cache, or read by another process); not a "
+                   "saving: the row's read amplification is unknown")
     for run in test["runs"]:
         if run["error"] is not None:
             out.append(f"{name}: round {run['round']} failed: {run['error']}")

@@ -33,7 +33,11 @@ Version history (bump SCHEMA_VERSION whenever a field changes meaning):
   upgrade from 3 derives everything again.
   Later, without a bump (optional fields, derived afresh from raw runs that lack them as None):
   runs' `process_load_read_bytes`, `process_load_rchar_bytes`, `process_load_slice_bytes` (each
-  reader's bytes) and tests' `tensor_parallel` (tp > 1: the read amplification).
+  reader's bytes) and tests' `tensor_parallel` (tp > 1: the read amplification); runs' `load_clock`
+  ("readers": a load by several processes timed by the readers' own stamps, the latest end less the
+  earliest start; absent: by the suite process's clock around the job, sending and gathering included);
+  `tensor_parallel.reads` (O_DIRECT or buffered) and `tensor_parallel.unaccounted_bytes` (amplification
+  below 1), derived afresh on read.
 - 5: one interval per summary: `ci95` is the mean's interval by analysis.stats.mean_ci (on the log scale
   for positive quantities, so never below zero; version 4's `ci95` was the symmetric Student-t one, which
   went below zero) and `ci95_log` is gone (it was the same interval). The raw runs are kept, so an upgrade
@@ -120,16 +124,26 @@ def _protocol(config: Any, seed: int) -> dict[str, Any]:
                 "(file kvstore with file_io_sync on: each file fsync'd), manifest fsync'd",
         "load": "timed from the first open until every array is in memory",
         "processes": "with several processes, each writes and reads whole chunk rows of every array; "
-                     "save_s and load_s run from the common start to the slowest process (process_save_s, "
-                     "process_load_s hold each one's); CPU includes the workers', peak RSS growth too (summed); "
+                     "save_s runs from the first metadata write until the slowest process is durable and the "
+                     "manifest written; load_s from the common start (the barrier's release) to the slowest "
+                     "process's end, from the processes' own stamps on the host's monotonic clock: the latest end "
+                     "less the earliest start per host, the slowest host's (load_clock 'readers'); process_save_s, "
+                     "process_load_s hold each one's own; CPU includes the workers', peak RSS growth too (summed); "
                      "under a launcher (environment.launch) the processes are its ranks, rank 0 among them, and "
                      "each rank's time runs from a barrier all ranks leave together",
         "tensor_parallel": "with tp N, N reader processes load from a common start, each only its slice of every "
                            "tensor (q/k/v/gate/up, lm_head and the embedding split on dim 0, o/down on dim 1, the "
-                           "rest whole); load_s runs to the slowest reader; each reader's device bytes "
+                           "rest whole), its library imported before the common start; load_s runs from the common "
+                           "start to the slowest reader's end, by the readers' own stamps (processes, above), and "
+                           "process_load_s holds each reader's own; each reader's device bytes "
                            "(process_load_read_bytes: /proc/self/io read_bytes, readahead included, a page another "
                            "reader of the host brought in not), its read calls' bytes (rchar) and its slices' bytes; "
-                           "tensor_parallel.read_amplification = sum of read_bytes / sum of slice bytes",
+                           "tensor_parallel.read_amplification = sum of read_bytes / sum of slice bytes; below 1, "
+                           "tensor_parallel.unaccounted_bytes: slice bytes no counted device read brought in; "
+                           "tensor_parallel.reads: O_DIRECT rows read around the page cache the buffered rows' "
+                           "readers share, so their amplifications are not comparable; loads under tp are made cold "
+                           "with fadvise unless cache_eviction names a method (drop_caches would also drop the "
+                           "readers' libraries, read back in the load)",
         "remote_loads": "with s3:// or gs:// storage there is no page cache to drop: loads read from the server "
                         "(load_cache 'remote'), and sizes come from listing the run's objects",
         "ceiling": "device_ceiling: the same bytes in raw files written (fsync'd) and read cold with 1, 4 and 16 "
@@ -179,8 +193,8 @@ def derive(document: dict[str, Any]) -> dict[str, Any]:
                 test["vs_baseline"][metric] = comparison
                 if claim is not None:
                     test["claims"].append(claim)
-        test["warnings"] = findings.test_warnings(test, mine)
         test["tensor_parallel"] = tensor_parallel(test)
+        test["warnings"] = findings.test_warnings(test, mine)
     ceiling = next((t for t in tests if t["name"] == CEILING), None)
     if ceiling is not None:
         ceiling["ceiling"] = _ceiling_patterns(ceiling["runs"], data_bytes)
@@ -202,7 +216,11 @@ def tensor_parallel(test: Mapping[str, Any]) -> dict[str, Any] | None:
     its readers read (read_bytes) over the bytes of their slices, for the row (sum over sum) and per reader;
     the same from what their read calls returned (rchar: page-cache hits counted, so a reader's own figure
     even where another reader of the host brought a page in; 0 for loaders that read through a memory map).
-    Medians over runs. None for a test without readers' bytes."""
+    Medians over runs. `reads`: "O_DIRECT" where the loader reads around the page cache (each reader's bytes then
+    come from the device, none from another reader's pages), else "buffered": the two amplifications mean
+    different things. `unaccounted_bytes`: where the device reads sum to less than the slices (amplification
+    below 1), the slice bytes no counted device read brought in (pages an eviction left, a read by another
+    process): a gap in the accounting, not a saving. None for a test without readers' bytes."""
     tp = int((test.get("settings") or {}).get("tp") or 1)
     runs = [r for r in test["runs"] if r["error"] is None and not r["warmup"] and r.get("process_load_slice_bytes")]
     if tp <= 1 or not runs:
@@ -220,12 +238,26 @@ def tensor_parallel(test: Mapping[str, Any]) -> dict[str, Any] | None:
         return statistics.median(values) if values else None
 
     readers = len(runs[0]["process_load_slice_bytes"])
+    read_amplification = ratio("process_load_read_bytes")
+    unaccounted = None
+    if read_amplification is not None and read_amplification < 1:
+        unaccounted = int(statistics.median(sum(r["process_load_slice_bytes"]) - sum(r["process_load_read_bytes"])
+                                            for r in runs))
     return {"tp": tp, "runs": len(runs), "slice_bytes": list(runs[0]["process_load_slice_bytes"]),
-            "read_amplification": ratio("process_load_read_bytes"),
+            "reads": "O_DIRECT" if reads_direct(test["settings"]) else "buffered",
+            "unaccounted_bytes": unaccounted,
+            "read_amplification": read_amplification,
             "rchar_amplification": ratio("process_load_rchar_bytes"),
             "reader_read_amplification": [ratio("process_load_read_bytes", i) for i in range(readers)],
             "reader_rchar_amplification": [ratio("process_load_rchar_bytes", i) for i in range(readers)],
             "reader_load_s": [statistics.median([r["process_load_s"][i] for r in runs]) for i in range(readers)]}
+
+
+def reads_direct(settings: Mapping[str, Any]) -> bool:
+    """Whether a test's loads read with O_DIRECT (a reference kind that does, or TensorStore's file_io_mode
+    "direct", which still reads buffered the files whose size is not a multiple of 4096 bytes)."""
+    kind = settings.get("backend")
+    return REFERENCES[kind].reads_direct if kind in REFERENCES else settings.get("file_io_mode") == "direct"
 
 
 def _pct(test: Mapping[str, Any], ceiling: Mapping[str, Any] | None, metric: str) -> float | None:

@@ -2,7 +2,8 @@
 
 Left: the load's seconds (common start to the slowest reader) against tp, one line per
 format (a test and its `_tp=N` points), each point labelled with its read amplification
-(device bytes read over the bytes of the readers' slices, `tests[].tensor_parallel`); the
+(device bytes read over the bytes of the readers' slices, `tests[].tensor_parallel`; an O_DIRECT
+row's label says so, and a sum below 1 is labelled as bytes unaccounted, not as a figure); the
 device ceiling's N-stream read (N readers, each 1/N of the bytes) is a dashed line. Right:
 what the readers' read calls returned over their slices (rchar): a reader's own over-read,
 whether or not another reader of the host had brought the pages in.
@@ -38,6 +39,17 @@ def _amplification(test: Mapping[str, Any], key: str) -> float | None:
     return (test.get("tensor_parallel") or {}).get(key)
 
 
+def amplification_label(test: Mapping[str, Any]) -> str:
+    """A point's device read amplification: O_DIRECT rows say so (their readers share no page cache), and a sum
+    below 1 is not a figure but a gap in the accounting (results.tensor_parallel)."""
+    parallel = test.get("tensor_parallel") or {}
+    amplification = parallel.get("read_amplification")
+    if amplification is None:
+        return ""
+    text = f"x{amplification:.2f}" + (" O_DIRECT" if parallel.get("reads") == "O_DIRECT" else "")
+    return text + " (bytes unaccounted)" if parallel.get("unaccounted_bytes") else text
+
+
 def draw_tensor_parallel(document: Mapping[str, Any], path: Path) -> Path | None:
     """Draw the figure; None unless some test loaded tensor-parallel."""
     grouped = groups(document)
@@ -54,10 +66,9 @@ def draw_tensor_parallel(document: Mapping[str, Any], path: Path) -> Path | None
         seconds_ax.errorbar(xs, [m for m, _ in points], yerr=list(zip(*(e for _, e in points))), marker="o",
                             capsize=3, label=label, **style)
         for x, (mean, _), test in zip(xs, points, tests):
-            amplification = _amplification(test, "read_amplification")
-            if amplification is not None:
-                seconds_ax.annotate(f"x{amplification:.2f}", (x, mean), textcoords="offset points", xytext=(4, 4),
-                                    fontsize=7)
+            text = amplification_label(test)
+            if text:
+                seconds_ax.annotate(text, (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
         rchar = [(x, _amplification(t, "rchar_amplification")) for x, t in zip(xs, tests)]
         rchar = [(x, a) for x, a in rchar if a and a > 0.05]  # ~0: a loader reading through a memory map
         if rchar and not ceiling:
@@ -72,7 +83,8 @@ def draw_tensor_parallel(document: Mapping[str, Any], path: Path) -> Path | None
     seconds_ax.set_ylim(bottom=0)
     seconds_ax.set_ylabel("load s (common start to the slowest reader)")
     seconds_ax.set_title("Load (cold) by tp readers; labels: device read amplification\n"
-                         "(sum of read_bytes / sum of slice bytes)")
+                         "(sum of read_bytes / sum of slice bytes; O_DIRECT rows share no page cache; below 1: "
+                         "bytes unaccounted)")
     seconds_ax.text(0.01, -0.14, ERRORBAR_NOTE, transform=seconds_ax.transAxes, fontsize=7)
     rchar_ax.axhline(1.0, color="grey", linewidth=0.8)
     rchar_ax.set_ylabel("bytes returned by read calls / slice bytes (rchar)")

@@ -129,6 +129,10 @@ class TensorParallelReference(Backend):
     _boxes: list[dict[str, Box]] = field(default_factory=list)
     _patterns: dict[str, float] | None = None
 
+    @property
+    def bypasses_page_cache(self) -> bool:  # type: ignore[override]
+        return self.inner.bypasses_page_cache  # O_DIRECT readers (Run:ai): the record says what entered the cache
+
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
         self.pool.start(tensors)
         self.inner.prepare(tensors)

@@ -37,6 +37,11 @@ class Pool(WriterPool):
     def writers(self) -> list[int]:
         return list(range(1, self.n_workers + 1))
 
+    @staticmethod
+    def worker_main(launch: Launch, source: MappedSource | SharedTensors | WeightSource) -> None:
+        """What each spawned worker runs (picklable by name: a test's pool runs an instrumented one)."""
+        _worker_main(launch, source)
+
     def label(self, rank: int) -> str:
         return f"worker {rank - 1}"
 
@@ -53,7 +58,7 @@ class Pool(WriterPool):
         spawn = multiprocessing.get_context("spawn")
         try:
             for rank in self.writers:
-                worker = spawn.Process(target=_worker_main, name=f"ckptbench-worker-{rank - 1}", daemon=True,
+                worker = spawn.Process(target=self.worker_main, name=f"ckptbench-worker-{rank - 1}", daemon=True,
                                        args=(dataclasses.replace(launch, rank=rank, local_rank=rank), source))
                 worker.start()
                 self._workers.append(worker)

@@ -8,13 +8,17 @@ tensor-parallel readers read their slices with the row's own loader (`Job.refere
 The writers and the process that runs the suite form one gloo world
 (world.py), and everything after that is one code path:
 - rank 0 creates every array's metadata, then broadcasts one `Job` per writer;
-- all ranks meet at a barrier, the common start, and each does its job (`perform`);
-- rank 0 all-gathers every writer's figures: its seconds from the common start, CPU
-  and peak memory growth; for a save it then writes the manifest.
+- every rank imports what its job needs (`ready`), then all meet at a barrier, the common start, and
+  each does its job (`perform`);
+- rank 0 all-gathers every writer's figures: its start (the barrier's release) and end on the host's
+  monotonic clock, which every process of a host shares, its seconds between the two, CPU and peak memory
+  growth; for a save it then writes the manifest.
 A save lasts from before the metadata until every writer reports its writes durable
 (and the manifest is written); a load from the common start until the slowest writer
-has its slices in memory, as MLPerf Storage reports checkpoints. Writers verify their
-slices bit for bit after the clock has stopped, in a second round of the same job.
+has its slices in memory, as MLPerf Storage reports checkpoints: the latest end less the
+earliest start of the readers' own stamps (bench.measure), never rank 0's clock around the
+job, which also holds sending it, the imports, the barrier and gathering the replies. Writers
+verify their slices bit for bit after the clock has stopped, in a second round of the same job.
 
 Two kinds of pool give rank 0 its writers: `spawned.Pool` (--processes N: workers this
 process starts) and `LaunchedPool` (the ranks of a launch, rank 0 among them).
@@ -94,12 +98,19 @@ def _work(job: Job, tensors: Mapping[str, np.ndarray], start_at: float) -> Itera
                        "resident_bytes": cache.resident_bytes(directory)}
     elif job.op == "save":  # the clock runs from the common start: no garbage collection inside it
         _check_visible(job.location)
-        yield "done", _figures(start_at, timed(lambda: _save_slices(job, tensors), collect_garbage=False))
+        usage = timed(lambda: _save_slices(job, tensors), collect_garbage=False)
+        yield "done", _figures(start_at, time.monotonic(), usage)
     else:
         loaded: dict[str, np.ndarray] = {}
+        ended_at: list[float] = []
+
+        def load() -> None:
+            loaded.update(_load_slices(job))
+            ended_at.append(time.monotonic())  # the end: the slices in memory, nothing after
+
         before = system.io_bytes()
-        usage = timed(lambda: loaded.update(_load_slices(job)), collect_garbage=False)
-        yield "done", {**_figures(start_at, usage), **_read_figures(before, system.io_bytes(), loaded)}
+        usage = timed(load, collect_garbage=False)
+        yield "done", {**_figures(start_at, ended_at[0], usage), **_read_figures(before, system.io_bytes(), loaded)}
         # A job without boxes read raw bytes (the ceiling's share): nothing to verify by name
         yield "verified", mismatches(tensors, loaded, job.boxes) if job.boxes else []
 
@@ -111,11 +122,13 @@ def _check_visible(location: RunLocation) -> None:
                                 "every host must see the checkpoint folder: a shared --storage folder, or s3://")
 
 
-def _figures(start_at: float, usage: Timed) -> dict[str, Any]:
-    """A writer's own figures: seconds from the common start to its end, CPU, peak RSS growth, and its process's
-    peak anonymous memory with where that process runs (the host's sum: bench.measure)."""
-    return {"seconds": time.perf_counter() - start_at, "cpu_s": usage.cpu_s, "peak_rss_bytes": usage.rss_growth_bytes,
-            "peak_anon_bytes": usage.rss_anon_peak_bytes, "host": socket.gethostname(), "pid": os.getpid()}
+def _figures(start_at: float, end_at: float, usage: Timed) -> dict[str, Any]:
+    """A writer's own figures: its start (the barrier's release) and end on the host's monotonic clock and the
+    seconds between them, CPU, peak RSS growth, and its process's peak anonymous memory with where that process
+    runs (the host: bench.measure sums a host's memory and compares stamps of one host only)."""
+    return {"seconds": end_at - start_at, "started_s": start_at, "ended_s": end_at, "cpu_s": usage.cpu_s,
+            "peak_rss_bytes": usage.rss_growth_bytes, "peak_anon_bytes": usage.rss_anon_peak_bytes,
+            "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def _read_figures(before: Mapping[str, int], after: Mapping[str, int], loaded: Mapping[str, np.ndarray]
@@ -140,9 +153,10 @@ def _save_slices(job: Job, tensors: Mapping[str, np.ndarray]) -> None:
 
 def ready(job: Job | None) -> None:
     """Before the common start: a reference row's readers import its library (a first import costs seconds,
-    which the clock, started at the barrier, must not count)."""
+    which the clock, started at the barrier, must not count); TensorStore's readers have it imported already."""
     if job is not None and job.reference is not None:
-        for module in REFERENCES[job.reference[0]].modules:
+        reference = REFERENCES[job.reference[0]]
+        for module in reference.modules + reference.load_modules:
             importlib.import_module(module)
 
 
@@ -174,7 +188,7 @@ def serve(world: World, tensors: Mapping[str, np.ndarray], label: str) -> int:
         job = jobs[world.rank]
         ready(job)
         world.barrier()  # the common start
-        replies = (perform(job, tensors, time.perf_counter(), label) if job is not None
+        replies = (perform(job, tensors, time.monotonic(), label) if job is not None
                    else iter([("idle", None)] * len(ROUNDS[op])))
         for reply in replies:
             world.all_gather(reply)
@@ -238,7 +252,7 @@ class WriterPool:
             raise self._lost(exc, op) from None
         mine = by_rank[self.world.rank]
         if mine is not None:
-            self._replies = perform(mine, self._tensors, time.perf_counter(), self.label(self.world.rank))
+            self._replies = perform(mine, self._tensors, time.monotonic(), self.label(self.world.rank))
 
     def collect(self, expected: str, timeout_s: float, during: str = "start-up") -> list[tuple]:
         """One round of the job in progress: every target's reply (rank 0's own included); any error fails the run."""

@@ -311,7 +311,8 @@ def _tp_refusal(test: TestSpec, config: SuiteConfig, counts: list[int]) -> str |
     """Why a test cannot load tensor-parallel here (a reference kind that cannot read slices), or None; raises
     when the test's tp does not suit the model or the process counts (a sweep point of tp is skipped instead)."""
     flag = "--tp" if config.tp is not None else f"test {test.name!r}: field tp"
-    why = tensor_parallel.refusal(test.tp, config.model if config.weights is None else None, None, flag=flag)
+    why = tensor_parallel.refusal(test.tp, config.model if config.weights is None else None, None, flag=flag,
+                                  aligned=test.chunk_strategy == "tp_aligned")
     if why is None and not any(count in (1, test.tp) for count in counts):
         why = (f"{flag}: tp {test.tp} loads with {test.tp} reader processes, and the suite runs "
                f"{', '.join(map(str, counts))} processes; drop --processes or set it to {test.tp}")

@@ -108,7 +108,7 @@ class TestSpec:
     # weights and cast each to float32 (torch .float()) before writing it; loads copy each array
     # read and cast it to float16 (np.copy, torch.from_numpy, .half()).
     timed_conversion: bool = option(False, schema={"type": "boolean"}, sweep="conv")
-    # None: the suite's testing.cache_eviction
+    # None: the suite's testing.cache_eviction ("auto" under tp > 1 is fadvise: SuiteConfig.eviction_for)
     cache_eviction: str | None = option(None, schema={"enum": list(CACHE_EVICTION)}, sweep="evict")
     # Also time a load right after the save, from the page cache, before the eviction and the
     # timed (cold) load: one save gives both figures (warm_load_s), as `explain` uses them.

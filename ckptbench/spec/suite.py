@@ -55,8 +55,11 @@ class SuiteConfig:
         return test.values or self.values
 
     def eviction_for(self, test: TestSpec) -> str:
-        """How the test's loads are made cold: its own `cache_eviction`, else the suite's."""
-        return test.cache_eviction or self.cache_eviction
+        """How the test's loads are made cold: its own `cache_eviction`, else the suite's. "auto" under tp > 1 is
+        "fadvise": drop_caches also drops the libraries the readers have mapped, whose pages they then read back
+        during the load, in its time and in their read_bytes; fadvise drops only the checkpoint's files."""
+        method = test.cache_eviction or self.cache_eviction
+        return "fadvise" if method == "auto" and test.tp > 1 else method
 
     @property
     def blocks(self) -> tuple[tuple[str, ...], ...]:

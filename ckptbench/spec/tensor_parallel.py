@@ -13,7 +13,8 @@ as possible, the lower ranks taking one more row.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import math
+from typing import Iterable, Mapping, Sequence
 
 from ckptbench.spec.presets import PRESETS, preset_shapes
 
@@ -69,12 +70,15 @@ def box_elements(shape: Sequence[int], box: Box) -> int:
 
 
 def refusal(tp: int, model: str | None, shapes: Mapping[str, Sequence[int]] | None = None,
-            flag: str = "--tp") -> str | None:
+            flag: str = "--tp", aligned: bool = False) -> str | None:
     """Why `tp` cannot shard this model (one line naming the fix), or None.
 
-    `model`: a preset's name, whose heads and kv heads must split evenly (a rank holds whole heads); None for
-    a checkpoint (no head counts known), whose split dimensions (`shapes`) must each split evenly. No split
-    dimension may be smaller than tp."""
+    `model`: a preset's name, whose heads and kv heads must split evenly (a rank holds whole heads), and whose
+    shapes are its own; None for a checkpoint (no head counts known), whose split dimensions (`shapes`) must each
+    split evenly. `aligned` (chunk_strategy "tp_aligned"): chunk boundaries go on the tp-way split, which needs
+    every split dimension (a preset's vocabulary and intermediate size too) to divide evenly. No split dimension
+    may be smaller than tp. A refusal of a dimension names the tensor, the dimension and the tp values that
+    divide every split dimension."""
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
         return f"{flag}: {tp!r} is not a number of tensor-parallel ranks; use 1 or more (1: one whole load)"
     if tp == 1:
@@ -92,15 +96,28 @@ def refusal(tp: int, model: str | None, shapes: Mapping[str, Sequence[int]] | No
                     f"holds whole heads; use {', or '.join(fixes) or 'a smaller ' + flag}")
         if shapes is None:
             shapes = dict(preset_shapes(model))
-    for name, shape in (shapes or {}).items():
-        dim = split_dim(name, shape)
-        if dim is None:
-            continue
-        size = int(shape[dim])
+    splits = {name: (dim, int(shape[dim])) for name, shape in (shapes or {}).items()
+              if (dim := split_dim(name, shape)) is not None}
+    even = model is None or aligned  # a preset's dimension tp does not divide is split as evenly as possible
+    for name, (dim, size) in splits.items():
         if size < tp:
             return (f"{flag} {tp}: tensor {name} has {size} rows along its split dimension {dim}, fewer than "
                     f"{tp} ranks; use {flag} {size} or less")
-        if model is None and size % tp:
-            return (f"{flag} {tp}: tensor {name} has {size} along its split dimension {dim}, which {tp} ranks "
-                    f"cannot split evenly; use a {flag} that divides it")
+        if even and size % tp:
+            by_chunks = aligned and model is not None  # a preset's uneven split is refused for tp_aligned only
+            why = "chunk_strategy \"tp_aligned\" puts chunk boundaries on the split, and " if by_chunks else ""
+            other = ", or a chunk_strategy other than \"tp_aligned\"" if by_chunks else ""
+            return (f"{flag} {tp}: {why}tensor {name} has {size} along its split dimension {dim}, which {tp} ranks "
+                    f"cannot split evenly; {_dividing(model, splits.values(), flag)}{other}")
     return None
+
+
+def _dividing(model: str | None, splits: Iterable[tuple[int, int]], flag: str) -> str:
+    """The tp values (up to 64) that divide every split dimension, and a preset's heads and kv heads, in words."""
+    common = math.gcd(*(size for _, size in splits))
+    if model is not None:
+        common = math.gcd(common, PRESETS[model].num_attention_heads, PRESETS[model].num_key_value_heads)
+    fits = [n for n in range(2, min(common, 64) + 1) if common % n == 0]
+    if not fits:
+        return f"no tp above 1 divides them all; use {flag} 1"
+    return f"use {flag} {', '.join(map(str, fits[:-1]))}{' or ' if len(fits) > 1 else ''}{fits[-1]}"

@@ -45,7 +45,9 @@ class Run(Command):
         parser.add_argument("--processes", help="worker processes per save and load, e.g. 4, or 1,2,4 to compare")
         parser.add_argument("--tp", help="tensor-parallel load: N readers together, each reading only its slice of "
                                          "every tensor (Megatron's split; norms whole), for every test and reference "
-                                         "row; N must divide the model's heads and kv heads")
+                                         "row; N must divide the model's heads and kv heads (with tp_aligned "
+                                         "chunks, every split dimension); loads are evicted with fadvise unless "
+                                         "--cache-eviction names a method")
         parser.add_argument("--seed", type=int, help="seed of the per-round shuffle (default: random, recorded)")
         parser.add_argument("--order", choices=("interleaved", "blocked"),
                             help="interleaved rounds (default) or each test's runs back to back, as the original")
