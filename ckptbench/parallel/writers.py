@@ -49,7 +49,6 @@ from ckptbench.core.errors import Stopped
 from ckptbench.parallel.slices import part
 from ckptbench.parallel.world import Broken, World, short_error
 from ckptbench.sources.source_file import Box
-from ckptbench.spec.references import REFERENCES
 
 PHASE_TIMEOUT_S = 3600.0
 LOOPBACK = "127.0.0.1"
@@ -155,8 +154,7 @@ def ready(job: Job | None) -> None:
     """Before the common start: a reference row's readers import its library (a first import costs seconds,
     which the clock, started at the barrier, must not count); TensorStore's readers have it imported already."""
     if job is not None and job.reference is not None:
-        reference = REFERENCES[job.reference[0]]
-        for module in reference.modules + reference.load_modules:
+        for module in getattr(references.BACKENDS[job.reference[0]], "libraries", ()):
             importlib.import_module(module)
 
 

@@ -74,8 +74,8 @@ class FileReference(Backend):
     """Plain files in the run's folder; loads are cold like TensorStore's."""
 
     filename = "checkpoint"
-    # What the row's save and load import, imported in `prepare`, before any clock: the first import of torch
-    # costs a second, which would land in the row's first save.
+    # What the row's save and load import, imported in `prepare` (and by each tp reader before the common start),
+    # before any clock: the first import of torch costs a second, which would land in the row's first save.
     libraries: tuple[str, ...] = ()
 
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:

@@ -47,7 +47,7 @@ class SafetensorsBackend(FileReference):
 
 class TorchSaveBackend(FileReference):
     filename = "model.pt"
-    libraries = ("torch",)
+    libraries = ("torch", "torch.utils.serialization")  # torch.load imports the latter on first use
 
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
         directory = folder_of(location)

@@ -120,7 +120,7 @@ class FastSafetensorsBackend(SafetensorsBackend):
 class TorchDCPBackend(FileReference):
     """torch.distributed.checkpoint: save with FileSystemWriter (fsync'd), load into preallocated tensors."""
 
-    libraries = ("torch.distributed.checkpoint",)
+    libraries = ("torch.distributed.checkpoint", "torch.utils.serialization")
 
     def __init__(self, thread_count: int = 1) -> None:
         self.thread_count = thread_count
