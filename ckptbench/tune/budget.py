@@ -42,8 +42,18 @@ def mean(values: Sequence[float]) -> float:
 
 def prior_candidate_s(tests: Iterable[TestSpec], model_bytes: int, itemsize: int) -> float:
     """An unmeasured candidate's run: the median of the space's candidates' priors (bench.capacity)."""
-    priors = [capacity.prior_run_s(t, model_bytes, itemsize) for t in tests]
+    return typical_prior_s([capacity.prior_run_s(t, model_bytes, itemsize) for t in tests])
+
+
+def typical_prior_s(priors_s: Iterable[float]) -> float:
+    """The median of candidates' priors (`candidate_priors_s`): an unmeasured candidate's run."""
+    priors = list(priors_s)
     return float(np.median(priors)) if priors else capacity.PRIOR_FIXED_S
+
+
+def candidate_priors_s(tests: Mapping[str, TestSpec], model_bytes: int, itemsize: int) -> dict[str, float]:
+    """Each candidate's run before it is measured (bench.capacity's priors), by name."""
+    return {name: capacity.prior_run_s(test, model_bytes, itemsize) for name, test in tests.items()}
 
 
 def prior_reference_s(name: str, model_bytes: int, first: bool = True) -> float:
