@@ -141,7 +141,7 @@ def test_rung0_runs_the_cheap_candidates_first_and_the_always_one_after_the_ceil
               "t5x_full": 90.0}
     axes = {n: {"formats": "zarr2", "compression": n[:4]} for n in names}
     universe = Universe({n: None for n in ["t5x_full", *names]}, ("t5x_full",), axes, (), ())
-    order = rung0_order(universe, 13, 9, seed=3, priors_s=priors)
+    order = rung0_order(universe, 13, seed=3, priors_s=priors)
     assert order.index("t5x_full") == CANDIDATES_BEFORE_CEILING
     rest = [n for n in order if n != "t5x_full"]
     assert all(n.startswith("cheap") for n in rest[:8]) and all(n.startswith("gzip") for n in rest[8:])

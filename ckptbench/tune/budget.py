@@ -33,6 +33,8 @@ FINALISTS = 2  # the halving stops at this many, and the final compares them
 PRIOR_SUITE_OVERHEAD_S = 0.5  # a suite's own work: pre-flight checks, the journal, results.json
 FINISH_FIXED_S = 6.0  # tuning.json, and tuning.png (importing matplotlib takes seconds on a small machine)
 OVERPLAN = 3
+RUNG0_MIN_LISTED = 12  # rung 0 lists at least this many: a pessimistic prior, or candidates skipped as hopeless,
+# must not leave it without candidates to measure while the budget holds more
 FINAL_ROUNDS_RESERVED = 2  # final rounds (after final-1) the plan keeps room for
 
 

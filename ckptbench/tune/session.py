@@ -176,12 +176,11 @@ def _plan(settings: Settings, out: Path, universe: Universe, planned: weights.Pl
                              prior_s)
     workspace.prepare_output_dir(out)
     _remove_earlier_tune(out)
-    n_listed = min(len(universe.tests), budget.OVERPLAN * plan.n_candidates)
+    n_listed = min(len(universe.tests), max(budget.OVERPLAN * plan.n_candidates, budget.RUNG0_MIN_LISTED))
     state = TuneState(settings=settings.fingerprint(), seed=settings.seed, budget_s=settings.budget_s, spent_s=0.0,
                       setup_s=setup_s, keep_checkpoint=settings.keep_checkpoint, space_path=space_source, space=space,
                       weights=json.loads(json.dumps(planned.describe())), plan=plan,
-                      rung0_order=rung0_order(universe, n_listed, plan.n_candidates, settings.seed,
-                                              priors_s),
+                      rung0_order=rung0_order(universe, n_listed, settings.seed, priors_s),
                       durations=budget.Durations(model_bytes, prior_s=prior_s))
     state.spent_s = elapsed_s()
     tune_state.save(state, out)
