@@ -174,3 +174,43 @@ def test_a_skip_from_may_start_drops_that_run_and_the_suite_goes_on(tmp_path: Pa
     assert document["complete"] is True
     assert len(tests["kept"]["runs"]) == 1 and tests["kept"]["runs"][0]["error"] is None
     assert tests["skipped"]["runs"] == []
+
+
+def _point(save_s: float, load_s: float, status: str) -> dict:
+    return {"status": status, "stats": {"save_s": {"n": 2, "mean": save_s}, "load_s": {"n": 2, "mean": load_s},
+                                        "size_bytes": {"n": 2, "mean": 5e6}}}
+
+
+def test_the_figure_labels_points_with_letters_and_names_them_inside_the_figure(tmp_path, monkeypatch):
+    """The issue's figure: a 95-character winner's name beside its point ran off the plot and squeezed the axes
+    until the subtitle was clipped. Now: letters beside the points, the names in a key, every text inside."""
+    from ckptbench.tune import plot
+
+    long_winner = "zarr2_chunk=256KB_strategy=halve_conc=16_comp=blosc-lz4-5-shuffle_io=default_into=preallocated"
+    long_second = "zarr3_chunk=256KB_strategy=halve_conc=16_comp=blosc-lz4-5-shuffle_io=default_into=new"
+    candidates = {long_winner: _point(0.9, 1.0, "winner"), long_second: _point(9.0, 9.5, "runner-up"),
+                  "t5x_full": _point(12.0, 3.0, "eliminated")}
+    document = {"candidates": candidates, "pareto": [long_winner], "metric": "total_s", "objective": "balanced",
+                "references": {"safetensors": {"stats": {"save_s": {"mean": 1.5}, "load_s": {"mean": 0.7}}}},
+                "weights": {"name": "tiny", "size_bytes": 5_200_000, "dtype": "float32"},
+                "recommendation": {"test": long_winner, "runner_up": {"test": long_second}, "peers": {}}}
+    drawn = []
+    real_save = plot.save
+    monkeypatch.setattr(plot, "save", lambda fig, path: drawn.append(fig) or real_save(fig, path))
+    assert plot.draw(document, tmp_path / "tuning.png").is_file()
+    fig = drawn[0]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # the constrained layout, as savefig placed it
+    renderer = canvas.get_renderer()
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.texts if hasattr(t, "xy")]  # the annotations
+    assert sorted(labels) == ["R", "T", "W"]
+    key = next(t.get_text() for t in ax.texts if not hasattr(t, "xy"))
+    assert f"W = winner: {long_winner}" in key and f"R = runner-up: {long_second}" in key
+    page = fig.bbox
+    for text in [*ax.texts, ax.title, fig._suptitle]:
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= page.x0 - 1 and box.x1 <= page.x1 + 1, (text.get_text()[:40], box, page)
+    assert ax.get_position().width > 0.7  # the axes keep the figure's width, not squeezed by a long label
