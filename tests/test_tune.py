@@ -447,6 +447,14 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
     assert members[:len(peers)] == peers
     assert members.index("device_ceiling") == len(peers) + 3
     assert "t5x_full" in measured_by_stage["rung-0"]
+    # on a time objective, once t5x_full's gzip measured more than 4x the best, rung 0 skips the other gzip
+    # candidates before they run, each recorded with its prediction (and not as "not measured")
+    skipped = document["space"]["predicted_hopeless"]
+    assert bool(skipped) == (objective != "size")
+    for name, why in skipped.items():
+        assert name not in measured_by_stage["rung-0"] and name not in document["candidates"]
+        assert name not in document["space"]["not_measured"] and "comp=gzip" in name
+        assert why["predicted"] > 4 * why["best_mean"] and "skipped before running" in why["reason"]
     assert document["budget"]["corrected"]["run_s_measured"] > 2 * document["budget"]["estimate"]["run_s"]
     # the reference rows all ran in rung 0; the final repeats only rung 0's fastest peer on the objective (what
     # the answer needs: the winner against it), in final-1 and until it has 3 runs; halving rungs run none; the final repeated t5x_full
@@ -592,6 +600,12 @@ def test_a_tiny_tune_end_to_end(tiny_tune):
     assert set(found["versus"]) >= set(DEFAULT_REFERENCES) - {"device_ceiling"}
     assert found["pct_of_ceiling"]["load_gbps"] > 0
     assert found["runner_up"] is not None and isinstance(found["runner_up"]["distinguishable"], bool)
+    # "tied" is printed only when Welch's test ran on both (two runs a side at least) and did not separate them
+    second = found["runner_up"]
+    runs = (found["objective"]["n"], second["objective"]["n"])
+    assert second["judgement"] == ("not compared" if min(runs) < 2 else
+                                   "separated" if second["comparison"]["p_value"] < 0.05 else "not distinguishable")
+    assert ("tied" in stdout) == (second["judgement"] == "not distinguishable"), stdout
     # printed: the recommendation first, then what to paste, then how it was found
     assert stdout.index("runner-up") < stdout.index("TensorStore spec") < stdout.index("Phase 4 test entry")
     assert str(out / tune.TUNING_FILE) in stdout and "Tuned in" in stdout
