@@ -14,7 +14,10 @@ when a decision rule changes on purpose, by `python tests/test_same_answers.py -
 and the commit says why: the tune entries when tune's cost model changed (the reference rows
 in rung 0 and the final only, the device ceiling's grid once), and again when rung 0 put the
 device ceiling after its first three candidates and the final kept the fastest peer until
-it has the three runs an interval needs; the explain entry when every change's interval
+it has the three runs an interval needs; and again when rung 0 ran the cheap candidates first
+(t5x_full after the device ceiling, at least 12 listed), skipped those its measured codecs predict
+more than 4x slower than the best, did not run again those measured that slow, and the final
+judged the runner-up by Welch's test from two runs a side; the explain entry when every change's interval
 became the one on the log of the ratio (results schema 4).
 
 One test per command: the suite executor each one injects is `fake_suite` (what a real
@@ -35,7 +38,7 @@ from conftest import SHIPPED_CONFIG
 from ckptbench import explain, tune
 from ckptbench.bench.suite import Start
 from ckptbench.core import records
-from ckptbench.core.errors import Stopped
+from ckptbench.core.errors import Skip, Stopped
 from ckptbench.documents import results
 from ckptbench.sources import weights
 
@@ -88,6 +91,8 @@ def fake_suite(clock: Clock) -> Callable[..., results.Results]:
         stage = suite.output_dir.name
         for planned in todo:
             reason = may_start(planned)
+            if isinstance(reason, Skip):  # this run alone is not run, as run_suite does
+                continue
             if reason is not None:
                 stopped = Stopped.by_budget(reason)
                 break

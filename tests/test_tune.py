@@ -407,7 +407,7 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
     """The whole orchestration (sampling, rungs, the runner's guard, the final, the checkpoint) with a fake
     runner whose runs take simulated seconds on a virtual clock: the budget is kept, and the answer is the
     truly best of what rung 0 sampled."""
-    from ckptbench.core.errors import Stopped
+    from ckptbench.core.errors import Skip, Stopped
 
     clock = _Clock()
     rng = np.random.default_rng(11)
@@ -419,6 +419,8 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
         for position, test in enumerate(suite.tests):
             planned = records.PlannedRun(test.name, 0, position)
             reason = may_start(planned)
+            if isinstance(reason, Skip):  # this run alone is skipped, as the runner does
+                continue
             if reason is not None:  # the guard's stop, as the runner raises it
                 stopped = Stopped.by_budget(reason)
                 break
@@ -457,6 +459,14 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
     assert members[:len(peers)] == peers
     assert members.index("device_ceiling") == len(peers) + 3
     assert "t5x_full" in measured_by_stage["rung-0"]
+    # on a time objective, once t5x_full's gzip measured more than 4x the best, rung 0 skips the other gzip
+    # candidates before they run, each recorded with its prediction (and not as "not measured")
+    skipped = document["space"]["predicted_hopeless"]
+    assert bool(skipped) == (objective != "size")
+    for name, why in skipped.items():
+        assert name not in measured_by_stage["rung-0"] and name not in document["candidates"]
+        assert name not in document["space"]["not_measured"] and "comp=gzip" in name
+        assert why["predicted"] > 4 * why["best_mean"] and "skipped before running" in why["reason"]
     assert document["budget"]["corrected"]["run_s_measured"] > 2 * document["budget"]["estimate"]["run_s"]
     # the reference rows all ran in rung 0; the final repeats only rung 0's fastest peer on the objective (what
     # the answer needs: the winner against it), in final-1 and until it has 3 runs; halving rungs run none; the final repeated t5x_full
@@ -471,7 +481,14 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
             assert stage["name"] != "final-1" or len(ran & peers) == 1
         else:
             assert not references & ran
-    assert any(s["kind"] == "final" for s in stages) and "t5x_full" in measured_by_stage["final-1"]
+    assert any(s["kind"] == "final" for s in stages)
+    # t5x_full is repeated in the final unless it measured more than 4x slower than the leader: then it is not run
+    # again (the simulated gzip costs 5 s against about 1 s)
+    metric = document["metric"]
+    t5x = document["candidates"]["t5x_full"]["stats"][metric]
+    best = min(c["stats"][metric]["mean"] for c in document["candidates"].values())
+    if "t5x_full" not in measured_by_stage["final-1"]:
+        assert t5x["n"] == 1 and t5x["mean"] > 3.5 * best, (t5x, best)
     # the answer: the truly best candidate among those measured
     suite = tune.candidates(tune.load_space(tune.SPACE_FILE), tune.Settings(output_dir=tmp_path, model="tiny"))
     tests = [t for t in suite.tests if t.name in document["candidates"]]
@@ -488,13 +505,21 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
         assert peer_runs >= 3 or document["stopped_by"] == "budget", (peer_runs, document["stopped_by"])
         assert (fastest_peer["ratio_ci95"] is not None) == (peer_runs >= 3), fastest_peer
         versus_t5x = document["recommendation"]["versus"]["t5x_full"]
-        # the final stops once the finalists separate; t5x_full measured twice has no interval then
-        assert versus_t5x["verdict"] == ("faster" if versus_t5x["n"] > 2 else "too few runs"), versus_t5x
+        # the final stops once the finalists separate; t5x_full measured twice has no interval then, once (not run
+        # again, more than 4x slower) no test
+        expected = {1: "insufficient data", 2: "too few runs"}.get(versus_t5x["n"], "faster")
+        assert versus_t5x["verdict"] == expected, versus_t5x
         assert versus_t5x["ratio"] < 1.0
     assert document["paste"]["verified"] is True
     eliminated = [c for c in document["candidates"].values() if c["status"] == "eliminated"]
-    assert eliminated and all("best case" in c["eliminated"]["reason"] for c in eliminated
-                              if not c["eliminated"]["reason"].startswith("failed"))
+    # each eliminated for a reason: its best case loses, or it measured more than 4x slower than the best (not run
+    # again, the figures its runs gave), or every run failed
+    assert eliminated and all("best case" in c["eliminated"]["reason"] or c["eliminated"].get("censored")
+                              for c in eliminated if not c["eliminated"]["reason"].startswith("failed"))
+    for candidate in eliminated:
+        if candidate["eliminated"].get("censored"):
+            assert candidate["eliminated"]["mean"] > 4 * candidate["eliminated"]["best_mean"]
+            assert "more than 4x slower" in candidate["eliminated"]["reason"]
 
 
 # --- a real tune of the tiny model: interrupted by SIGINT, resumed, read back ----------------------------
@@ -587,6 +612,12 @@ def test_a_tiny_tune_end_to_end(tiny_tune):
     assert set(found["versus"]) >= set(DEFAULT_REFERENCES) - {"device_ceiling"}
     assert found["pct_of_ceiling"]["load_gbps"] > 0
     assert found["runner_up"] is not None and isinstance(found["runner_up"]["distinguishable"], bool)
+    # "tied" is printed only when Welch's test ran on both (two runs a side at least) and did not separate them
+    second = found["runner_up"]
+    runs = (found["objective"]["n"], second["objective"]["n"])
+    assert second["judgement"] == ("not compared" if min(runs) < 2 else
+                                   "separated" if second["comparison"]["p_value"] < 0.05 else "not distinguishable")
+    assert ("tied" in stdout) == (second["judgement"] == "not distinguishable"), stdout
     # printed: the recommendation first, then what to paste, then how it was found
     assert stdout.index("runner-up") < stdout.index("TensorStore spec") < stdout.index("Phase 4 test entry")
     assert str(out / tune.TUNING_FILE) in stdout and "Tuned in" in stdout

@@ -145,6 +145,7 @@ def compare(
     noise_pct: float = 5.0,
     claimed_pct: Sequence[float] | None = None,
     alpha: float = ALPHA,
+    min_runs: int = MIN_RUNS_FOR_CI,
 ) -> dict[str, Any]:
     """Judge `values` against `baseline` (both raw runs of one metric); see the module docstring.
 
@@ -152,10 +153,14 @@ def compare(
     positive), "too few runs" (2 runs on a side, with spread: no interval, no test), "within
     noise" (|change| < noise_pct, even if significant), "no significant difference" (p >=
     alpha, the interval holds 0), else the metric's better/worse word ("faster", "slower", ...).
+
+    `min_runs`: the runs a side needs for the interval and the test (`ratio_interval`). A decision between
+    two samples (tune's) passes 2: Welch's test is defined there, and a wide interval still separates runs
+    that lie far apart.
     """
     higher_is_better, better_word, worse_word, noisy = METRICS[metric]
     a, b = as_floats(values), as_floats(baseline)
-    found = ratio_interval(a, b, 1.0 - alpha)
+    found = ratio_interval(a, b, 1.0 - alpha, min_runs)
     out: dict[str, Any] = {"change_pct": None, "change_ci95_pct": found.change_pct, "ratio": found.ratio,
                            "ratio_ci95": None if found.low is None else [found.low, found.high],
                            "ratio_err": None, "p_value": found.p_value, "verdict": found.status,

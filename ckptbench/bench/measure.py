@@ -24,6 +24,7 @@ from ckptbench.bench.backend import Backend, ThisProcess, Writers
 from ckptbench.bench.targets import LocalTarget, ObjectStoreTarget, RunLocation
 from ckptbench.bench.timing import Timed, timed
 from ckptbench.core import system
+from ckptbench.core.errors import RunSkipped
 from ckptbench.core.records import Phase, Plan, PlannedRun, RunRecord
 from ckptbench.sources.source_file import SourceTensors
 from ckptbench.spec.fields import TestSpec
@@ -67,6 +68,8 @@ def run_once(
         if record.error is None:  # a wrong warm load: the cold one could only repeat it
             _load(record, planned, backend, tensors, location, config.eviction_for(spec), on_phase)
         settled = True
+    except RunSkipped:  # skipped before its save: nothing measured, nothing to record
+        raise
     except Exception as exc:  # a failing test is recorded, and the suite goes on
         record.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         record.fatal = storage_failed(exc)
@@ -231,7 +234,8 @@ def run_plan(
     With `keep`, the checkpoint of each test's last measured round is left in place. `sources`:
     weights by `values`, for tests whose values differ from the suite's (`tensors`). `writers`: who runs the
     tests with several processes (the caller stops them). `earlier`: runs before these (a resumed journal's,
-    an earlier suite's), which each back end is told of before a run of its test."""
+    an earlier suite's), which each back end is told of before a run of its test. A run that `on_phase` skips
+    (RunSkipped, raised before its save) yields no record."""
     target = target or LocalTarget(config.output_dir)
     backends = {t.name: backend_for(t, config, target, writers) for t in config.tests}
     weights_of = {t.name: (sources or {}).get(config.values_for(t), tensors) for t in config.tests}
@@ -243,8 +247,11 @@ def run_plan(
         history.setdefault(record.test, []).append(record)
     for planned in runs:
         backends[planned.test].before_run(history[planned.test])
-        record = run_once(planned, weights_of[planned.test], backends[planned.test], config, on_phase,
-                          keep=keep and planned.round == last_round, target=target)
+        try:
+            record = run_once(planned, weights_of[planned.test], backends[planned.test], config, on_phase,
+                              keep=keep and planned.round == last_round, target=target)
+        except RunSkipped:  # on_phase skipped it before its save (a caller's `may_start`)
+            continue
         history[planned.test].append(record)
         yield record
         if record.fatal:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 from ckptbench.bench import capacity, environment, measure, preflight, targets, workspace
 from ckptbench.bench.backend import ThisProcess, Writers
 from ckptbench.core import interrupt, system
-from ckptbench.core.errors import Stopped, UserError
+from ckptbench.core.errors import RunSkipped, Skip, Stopped, UserError
 from ckptbench.core.records import Phase, Plan, PlannedRun, RunRecord, new_seed, plan
 from ckptbench.documents import journal, results
 from ckptbench.sources import weights
@@ -72,7 +72,8 @@ def run_suite(
     `writers`: who runs the tests with processes > 1 (the suite stops them at its end). `source`: weights
     already in memory (they must match the config's model, dtype and values); by default they are made or
     read here. `keep` leaves each test's last checkpoint on disk. `may_start(run)` is asked before each
-    run: a reason (a spent budget) stops the suite there, as a stop signal does. `history`: runs of earlier
+    run: a reason (a spent budget) stops the suite there, as a stop signal does; a `core.errors.Skip` reason
+    skips that run alone (not measured, not recorded; the suite goes on). `history`: runs of earlier
     suites whose back ends' choices carry over (tune's stages: the device ceiling's fastest patterns).
     """
     checked = preflight.check(config, source)
@@ -134,12 +135,13 @@ def _measure(config: SuiteConfig, writers: Writers, source: weights.Weights, sou
     on_start(Start(source.describe(), len(config.tests), config.num_runs, config.warmup_rounds, len(todo), seed,
                    len(done), scale))
     records = list(done)
+    skipped: list[PlannedRun] = []
     stopped: Stopped | None = None
     gc.freeze()  # the weights and every module stay for the whole suite: collections skip them (0.2 s -> 0)
     try:
         with interrupt.signals_raise():
-            for record in measure.run_plan(todo, source.tensors, config, _checked(on_phase, may_start), keep=keep,
-                                           target=target, sources=sources, writers=writers,
+            for record in measure.run_plan(todo, source.tensors, config, _checked(on_phase, may_start, skipped),
+                                           keep=keep, target=target, sources=sources, writers=writers,
                                            earlier=[*history, *done]):
                 log.append(record)
                 records.append(record)
@@ -151,7 +153,7 @@ def _measure(config: SuiteConfig, writers: Writers, source: weights.Weights, sou
         gc.unfreeze()
         target.finish()
 
-    complete = stopped is None and len(records) == len(done) + len(todo)
+    complete = stopped is None and len(records) + len(skipped) == len(done) + len(todo)
     document = results.build(config, source.describe(), records, env, seed, complete=complete,
                              storage=target.describe(), scale=scale, tool=environment.tool_info())
     outcome = results.Results(document, results.write(document, output_dir))
@@ -161,13 +163,17 @@ def _measure(config: SuiteConfig, writers: Writers, source: weights.Weights, sou
     return outcome
 
 
-def _checked(on_phase: Phase, may_start: Callable[[PlannedRun], str | None]) -> Phase:
+def _checked(on_phase: Phase, may_start: Callable[[PlannedRun], str | None], skipped: list[PlannedRun]) -> Phase:
     """A phase callback that first stops the run if a stop signal's exception was lost, and before a run's
-    save, if `may_start` gives a reason not to start it."""
+    save, if `may_start` gives a reason not to start it: a `Skip` drops that run (noted in `skipped`), any
+    other reason stops the suite."""
     def checked(planned: PlannedRun, phase: str) -> None:
         interrupt.check()
         if phase == "save":
             reason = may_start(planned)
+            if isinstance(reason, Skip):
+                skipped.append(planned)
+                raise RunSkipped(reason)
             if reason is not None:
                 raise Stopped.by_budget(reason)
         on_phase(planned, phase)

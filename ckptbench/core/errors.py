@@ -45,6 +45,15 @@ class Stopped(BaseException):
         return cls(reason, 1, cause=cls.LOST_RANK)
 
 
+class Skip(str):
+    """A reason a suite's `may_start` gives to skip one run, not to stop the suite: the run is neither measured
+    nor recorded, and the suite goes on with the next (tune skips a candidate predicted hopeless)."""
+
+
+class RunSkipped(Exception):
+    """Raised before a run's save when `may_start` gave a `Skip`; the runner drops the run and goes on."""
+
+
 def first_line(exc: Any) -> str:
     """An error's first non-empty line (its type's name when it has no text)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

@@ -141,12 +141,18 @@ class TuneProgress(_Display):
                          f"load {record.load_s:.2f} s ({record.load_cache}); {data['candidates_left']} candidates "
                          f"left, {_left(data['time_left_s'])} left")
 
+    def _skipped(self, data: dict[str, Any]) -> None:
+        self.message(f"  {data['stage']} {data['test']}: {data['reason']}")
+
     def _stage_end(self, data: dict[str, Any]) -> None:
         decision = data["decision"] or {}
         cut = " (stopped by the budget)" if data["status"] == "budget" else ""
         if data["kind"] == "halving":
+            censored, skipped = len(decision.get("censored", [])), len(decision.get("skipped", []))
+            also = (f" ({censored} of them too slow to run again)" if censored else "") + (
+                f", {skipped} skipped as predicted too slow" if skipped else "")
             self.message(f"{data['name']} done{cut}: {len(decision.get('kept', []))} kept, "
-                         f"{data['eliminated']} eliminated; {_left(data['time_left_s'])} left")
+                         f"{data['eliminated']} eliminated{also}; {_left(data['time_left_s'])} left")
         else:
             p = decision.get("p_value")
             state = ("separated" if decision.get("separated") else "not yet separated") + (

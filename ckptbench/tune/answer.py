@@ -27,10 +27,12 @@ def summaries(samples: Mapping[str, Sequence[float]]) -> dict[str, Any]:
     return {metric: stats.summarize(samples.get(metric, [])) for metric in FIGURES}
 
 
-def recommend(samples: Samples, finalists: Sequence[str], metric: str, noise_pct: float) -> dict[str, Any] | None:
+def recommend(samples: Samples, finalists: Sequence[str], metric: str, noise_pct: float,
+              confirmation: Samples | None = None) -> dict[str, Any] | None:
     """The winner among the finalists, its figures with CIs, its place against the ceiling, the peers and
-    t5x_full, the fastest peer for save, load and save + load (`peers`), and the runner-up with whether the two
-    can be told apart (all by analysis.compare)."""
+    t5x_full, the fastest peer for save, load and save + load (`peers`, from `confirmation`: the final rounds'
+    samples, when they hold enough of the winner's runs), and the runner-up with whether the two can be told
+    apart (all by analysis.compare)."""
     values = {n: samples[n][metric] for n in finalists if n in samples and samples[n][metric]}
     tiebreak = {n: samples[n]["total_s"] for n in values}
     decided = separation(values, metric, noise_pct, tiebreak)
@@ -55,18 +57,30 @@ def recommend(samples: Samples, finalists: Sequence[str], metric: str, noise_pct
         comparison = analysis.compare(mine[metric], samples[other][metric], metric=compare_metric(metric),
                                       noise_pct=noise_pct)
         out["versus"][other] = {"mean": mean(samples[other][metric]), "n": len(samples[other][metric]), **comparison}
-    out["peers"] = fastest_peers(samples, winner, noise_pct)
+    out["peers"] = fastest_peers(samples, winner, noise_pct, confirmation)
     out["runner_up"] = None
     if decided["runner_up"] is not None:
         second = decided["runner_up"]
         out["runner_up"] = {"test": second, "objective": stats.summarize(samples[second][metric]),
-                            "comparison": decided["comparison"], "distinguishable": decided["separated"]}
+                            "comparison": decided["comparison"], "distinguishable": decided["separated"],
+                            "judgement": decided["judgement"]}
     return out
 
 
-def fastest_peers(samples: Samples, winner: str, noise_pct: float) -> dict[str, Any]:
+MIN_CONFIRMATION_RUNS = 2  # the winner's runs after it was chosen that the answer against the peer stands on
+
+
+def fastest_peers(samples: Samples, winner: str, noise_pct: float,
+                  confirmation: Samples | None = None) -> dict[str, Any]:
     """For save, load and save + load: the fastest peer measured (a reference row a user could pick instead of
-    TensorStore; not the device ceiling) and the winner against it (analysis.compare), or None."""
+    TensorStore; not the device ceiling) and the winner against it (analysis.compare), or None.
+
+    The winner was chosen as the best of every candidate measured, so its runs up to then favour it. The
+    comparison stands on its runs in the final rounds (`confirmation`, made after it was a finalist) when it has
+    MIN_CONFIRMATION_RUNS of them; else on all its runs, and `basis` says it is the best of K, selected from
+    these runs."""
+    n_candidates = sum(1 for name in samples if name not in REFERENCES and samples[name].get("save_s"))
+    confirmed = (confirmation or {}).get(winner) or {}
     out: dict[str, Any] = {}
     for metric in ("save_s", "load_s", "total_s"):
         peers = {kind: samples[kind][metric] for kind, ref in REFERENCES.items()
@@ -75,9 +89,15 @@ def fastest_peers(samples: Samples, winner: str, noise_pct: float) -> dict[str, 
             out[metric] = None
             continue
         fastest = min(peers, key=lambda kind: mean(peers[kind]))
-        out[metric] = {"test": fastest, "mean": mean(peers[fastest]), "n": len(peers[fastest]),
-                       **analysis.compare(samples[winner][metric], peers[fastest], metric=compare_metric(metric),
-                                          noise_pct=noise_pct)}
+        if len(confirmed.get(metric, ())) >= MIN_CONFIRMATION_RUNS:
+            mine = confirmed[metric]
+            basis = f"from the winner's {len(mine)} runs in the final rounds, after it was chosen"
+        else:
+            mine = samples[winner][metric]
+            basis = f"best of {n_candidates} candidates, selected from these runs"
+        out[metric] = {"test": fastest, "mean": mean(peers[fastest]), "n": len(peers[fastest]), "basis": basis,
+                       "winner_n": len(mine),
+                       **analysis.compare(mine, peers[fastest], metric=compare_metric(metric), noise_pct=noise_pct)}
     return out
 
 

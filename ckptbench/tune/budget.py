@@ -33,6 +33,8 @@ FINALISTS = 2  # the halving stops at this many, and the final compares them
 PRIOR_SUITE_OVERHEAD_S = 0.5  # a suite's own work: pre-flight checks, the journal, results.json
 FINISH_FIXED_S = 6.0  # tuning.json, and tuning.png (importing matplotlib takes seconds on a small machine)
 OVERPLAN = 3
+RUNG0_MIN_LISTED = 12  # rung 0 lists at least this many: a pessimistic prior, or candidates skipped as hopeless,
+# must not leave it without candidates to measure while the budget holds more
 FINAL_ROUNDS_RESERVED = 2  # final rounds (after final-1) the plan keeps room for
 
 
@@ -42,8 +44,18 @@ def mean(values: Sequence[float]) -> float:
 
 def prior_candidate_s(tests: Iterable[TestSpec], model_bytes: int, itemsize: int) -> float:
     """An unmeasured candidate's run: the median of the space's candidates' priors (bench.capacity)."""
-    priors = [capacity.prior_run_s(t, model_bytes, itemsize) for t in tests]
+    return typical_prior_s([capacity.prior_run_s(t, model_bytes, itemsize) for t in tests])
+
+
+def typical_prior_s(priors_s: Iterable[float]) -> float:
+    """The median of candidates' priors (`candidate_priors_s`): an unmeasured candidate's run."""
+    priors = list(priors_s)
     return float(np.median(priors)) if priors else capacity.PRIOR_FIXED_S
+
+
+def candidate_priors_s(tests: Mapping[str, TestSpec], model_bytes: int, itemsize: int) -> dict[str, float]:
+    """Each candidate's run before it is measured (bench.capacity's priors), by name."""
+    return {name: capacity.prior_run_s(test, model_bytes, itemsize) for name, test in tests.items()}
 
 
 def prior_reference_s(name: str, model_bytes: int, first: bool = True) -> float:

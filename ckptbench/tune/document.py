@@ -141,7 +141,8 @@ def build(state: TuneState, documents: Mapping[str, Mapping[str, Any]], universe
         "space": {"path": state.space_path, "data": state.space,
                   "n_candidates": len(universe.tests), "n_skipped": len(universe.skipped),
                   "skipped_reasons": dict(skipped_reasons), "n_duplicates": len(universe.duplicates),
-                  "sampled": state.rung0_order, "not_measured": state.not_measured},
+                  "sampled": state.rung0_order, "not_measured": state.not_measured,
+                  "predicted_hopeless": {n: e for n, e in state.eliminated.items() if e.get("skipped")}},
         "stages": [{key: getattr(stage, key) for key in _STAGE_KEYS}
                    | {"results": f"{stage.name}/{results.RESULTS_FILE}"} for stage in state.stages],
         "finalists": state.finalists,

@@ -18,15 +18,17 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
 from ckptbench.bench import workspace
-from ckptbench.core.errors import Stopped
+from ckptbench.core.errors import Skip, Stopped
 from ckptbench.core.records import PlannedRun, RunRecord
 from ckptbench.documents import journal
 from ckptbench.documents.results import Results
 from ckptbench.spec import config as config_mod
+from ckptbench.spec.compression import label as compression_label
 from ckptbench.spec.fields import entry
 from ckptbench.spec.references import CEILING, REFERENCES
 from ckptbench.spec.suite import SuiteConfig
@@ -71,7 +73,13 @@ class Session:
     def situation(self) -> policy.Situation:
         """What a decision reads now, besides the state."""
         return policy.Situation(self.documents, self.settings.metric, self.settings.noise_pct, self.state.seed,
-                                self.elapsed_s(), self.settings.references, T5X in self.universe.tests)
+                                self.elapsed_s(), self.settings.references, T5X in self.universe.tests,
+                                self.codecs, self.state.durations.model_bytes)
+
+    @cached_property
+    def codecs(self) -> dict[str, str]:
+        """Each candidate's compression, in words: what predicts a candidate from those measured before it."""
+        return {name: compression_label(test.compression) for name, test in self.universe.tests.items()}
 
     def save(self) -> None:
         """The state with the time spent so far, written atomically: after every run and every decision."""
@@ -130,6 +138,13 @@ def _run_stage(session: Session, stage: Stage, execute: Executor) -> str:
     started_s, runs_s, done = session.elapsed_s(), [0.0], [0]
 
     def may_start(planned: PlannedRun) -> str | None:
+        # a hopeless candidate is skipped, not a reason to end the stage (the cheaper ones after it may fit)
+        skip = policy.skip_reason(session.state, stage, planned.test, session.situation())
+        if skip is not None:
+            session.state.eliminated[planned.test] = skip
+            session.save()
+            session.emit("skipped", {"stage": stage.name, "test": planned.test, "reason": skip["reason"]})
+            return Skip(skip["reason"])
         return None if policy.may_start(session.state, stage, planned.test, session.situation()) else BUDGET
 
     def on_phase(planned: PlannedRun, phase: str) -> None:
@@ -141,6 +156,7 @@ def _run_stage(session: Session, stage: Stage, execute: Executor) -> str:
         done[0] += 1
         if record.ok:
             durations.add(record.test, seconds)
+        _note_run(session, stage.name, record)
         session.save()
         session.emit("run", {"stage": stage.name, "record": record, "seconds": seconds, "done": done[0],
                              "total": len(suite.tests), "candidates_left": left,
@@ -151,6 +167,8 @@ def _run_stage(session: Session, stage: Stage, execute: Executor) -> str:
         outcome = execute(suite, resume=again, source=session.source, on_phase=on_phase, on_record=on_record,
                           may_start=may_start, history=_earlier_ceiling_runs(session))
     except Stopped as stop:
+        if stop.partial is not None:  # the suite's own results replace the runs noted as they ended
+            session.documents[stage.name] = stop.partial.document
         if stop.cause != Stopped.BUDGET:
             raise
         outcome, status = stop.partial, stop.reason
@@ -159,6 +177,21 @@ def _run_stage(session: Session, stage: Stage, execute: Executor) -> str:
     stage.ended_s = session.elapsed_s()
     session.documents[stage.name] = outcome.document
     return status
+
+
+def _note_run(session: Session, stage_name: str, record: RunRecord) -> None:
+    """Add a run to the running stage's results as the decisions read them until run_suite returns its own
+    document, which replaces this one (rung 0's skips compare a candidate with the best measured before it,
+    in this stage too)."""
+    document = session.documents.get(stage_name)
+    if document is None:
+        document = {"weights": {"size_bytes": session.state.durations.model_bytes}, "tests": []}
+        session.documents[stage_name] = document
+    test = next((t for t in document["tests"] if t["name"] == record.test), None)
+    if test is None:
+        test = {"name": record.test, "runs": []}
+        document["tests"].append(test)
+    test["runs"].append(record.to_json())
 
 
 def _earlier_ceiling_runs(session: Session) -> list[RunRecord]:

@@ -3,7 +3,8 @@
 Log axes; marker area grows with the bytes on disk; eliminated candidates are faded; the
 Pareto front (no other candidate both saves and loads faster) is a line; the reference
 rows and the device ceiling are dashed lines at their save time (vertical) and load time
-(horizontal); the winner, the runner-up and t5x_full are labelled. Drawing computes
+(horizontal); the winner, the runner-up and t5x_full are labelled W, R and T, and named in a
+key under the plot (a candidate's name is too long to sit beside its point). Drawing computes
 nothing: the front and the statuses come from tuning.json.
 """
 
@@ -87,7 +88,8 @@ def draw(document: Mapping[str, Any], path: Path) -> Path | None:
              f"{document['objective']}: {headline}")
     if peer is not None:
         title += (f"; TensorStore's best {VERBS[document['metric']]} "
-                  + ratio_words(peer, f"{label(peer['test'])}, the fastest peer", document["metric"]))
+                  + ratio_words(peer, f"{label(peer['test'])}, the fastest peer", document["metric"])
+                  + (f", {peer['basis']}" if peer.get("basis") else ""))
     fig.suptitle("\n".join(textwrap.wrap(title, int(fig.get_figwidth() * 11))), fontsize=11)
     return save(fig, path)
 
@@ -98,13 +100,26 @@ def _area(candidate: Mapping[str, Any], largest: float) -> float:
     return MIN_AREA + (MAX_AREA - MIN_AREA) * size / largest
 
 
+SHORT_NAMES = {"winner": "W", "runner-up": "R", T5X: "T"}  # the points' labels; the key under the plot names them
+
+
 def _label(ax, document: Mapping[str, Any], points: Mapping[str, Mapping[str, Any]]) -> None:
+    """Label the winner, the runner-up and t5x_full with a letter beside the point, and name them in a key under
+    the axes (a candidate's name runs to 100 characters: beside the point it would leave the plot)."""
     found = document.get("recommendation") or {}
-    marks = {found.get("test"): "winner", (found.get("runner_up") or {}).get("test"): "runner-up",
-             T5X: T5X}
-    for offset, (name, role) in enumerate((n, r) for n, r in marks.items() if n in points):
+    marks = {found.get("test"): "winner", (found.get("runner_up") or {}).get("test"): "runner-up", T5X: T5X}
+    key = []
+    for name, role in ((n, r) for n, r in marks.items() if n in points):
         stats = points[name]["stats"]
-        text = name if role != "winner" else f"winner: {name}"
-        ax.annotate(text, (stats["save_s"]["mean"], stats["load_s"]["mean"]), xytext=(12, 14 - 16 * offset),
-                    textcoords="offset points", fontsize=8, fontweight="bold" if role == "winner" else "normal",
-                    arrowprops={"arrowstyle": "-", "linewidth": 0.6})
+        short = SHORT_NAMES[role]
+        ax.annotate(short, (stats["save_s"]["mean"], stats["load_s"]["mean"]), xytext=(7, 7),
+                    textcoords="offset points", fontsize=9, fontweight="bold" if role == "winner" else "normal",
+                    annotation_clip=True)
+        words = "t5x_full, the T5X default" if role == T5X else f"{role}: {name}"
+        key.append("\n      ".join(textwrap.wrap(f"{short} = {words}", KEY_WIDTH)))
+    if key:
+        ax.text(0.0, -0.09, "\n".join(key), transform=ax.transAxes, va="top", ha="left", fontsize=8,
+                family="monospace")
+
+
+KEY_WIDTH = 120  # characters of a line of the key under the plot

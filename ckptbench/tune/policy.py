@@ -1,15 +1,22 @@
 """The search's decisions: pure functions of the tune's state and the measured samples (no clock, no I/O).
 
 - rung-0: the peers (safetensors, the Run:ai streamer by default), three candidates, the
-  device ceiling, then more candidates while the rest still fits (`rung0_members`).
+  device ceiling, then more candidates while the rest still fits (`rung0_members`); the
+  candidates cheap by their priors first (space.rung0_order). On a time objective a
+  candidate is skipped before it runs when the candidates already measured with its
+  compression are all more than HOPELESS_FACTOR (4) times the best (`skip_reason`: its
+  codec's throughput measured in this tune predicts it hopeless), and after any halving
+  rung a candidate more than HOPELESS_FACTOR times the best is not run again (`censored`).
   rung-1, ...: successive halving of the candidates alone. Each keeps the better half on
   the objective; a candidate below the cut is dropped only when it loses even in its best
   case (the noise model below).
 - final-1, final-2, ...: one round each of the two finalists and t5x_full, with rung 0's
   fastest peer until it has the runs an interval needs (3), until the winner and the
-  runner-up differ at p < 0.05 by `analysis.compare` (the interval on the log of the
-  ratio) and the peer has its runs, or the budget ends: then they are reported as tied.
-  t5x_full is left out of later rounds once the winner's lead over it is significant.
+  runner-up differ at p < 0.05 by Welch's test (`judge`: analysis.compare on the log of the
+  ratio, defined from two runs a side) and the peer has its runs, or the budget ends. Only a
+  test that ran and found p >= 0.05 makes them tied; with fewer than two runs a side they
+  are "not compared". t5x_full is left out of later rounds once the winner's lead over it is
+  significant, or it is more than HOPELESS_FACTOR times slower.
 
 Noise model. With one run per candidate there is no per-candidate interval, so the
 run-to-run spread is pooled on the log scale: the variance of log(value) within every
@@ -27,6 +34,7 @@ that resumes consistently.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -37,16 +45,18 @@ import numpy as np
 from ckptbench.analysis import change as analysis
 from ckptbench.analysis import stats
 from ckptbench.analysis.change import MIN_RUNS_FOR_CI
+from ckptbench.core.units import human_bytes
 from ckptbench.documents import results
 from ckptbench.spec.references import CEILING, REFERENCES
 from ckptbench.tune import budget
 from ckptbench.tune.budget import FINALISTS, fits, mean
-from ckptbench.tune.space import T5X, shuffled, stage_seed
+from ckptbench.tune.space import CANDIDATES_BEFORE_CEILING, T5X, shuffled, stage_seed
 from ckptbench.tune.state import FINAL, HALVING, Stage, TuneState
 
 ALPHA = stats.ALPHA
 PRIOR_LOG_SD = 0.10
 PRIOR_DF = 8
+HOPELESS_FACTOR = 4.0  # on a time objective, a candidate this many times the best so far is not run (again)
 FIGURES = ("save_s", "load_s", "total_s", "size_bytes", "save_gbps", "load_gbps")
 
 Samples = Mapping[str, Mapping[str, Sequence[float]]]  # test -> metric -> values, over every stage so far
@@ -153,17 +163,36 @@ def compare_metric(metric: str) -> str:
     return "size_bytes" if metric == "size_bytes" else "save_s"
 
 
+MIN_RUNS_FOR_TEST = 2  # Welch's test is defined at two runs a side (its interval is wide there, its p-value holds)
+SEPARATED, NOT_DISTINGUISHABLE, NOT_COMPARED = "separated", "not distinguishable", "not compared"
+
+
+def judge(values: Sequence[float], baseline: Sequence[float], metric: str, noise_pct: float) -> dict[str, Any]:
+    """values against baseline by analysis.compare, with the test from two runs a side (MIN_RUNS_FOR_TEST): a
+    candidate ten times slower in both of its two runs is slower, not "too few runs"."""
+    return analysis.compare(values, baseline, metric=compare_metric(metric), noise_pct=noise_pct,
+                            min_runs=MIN_RUNS_FOR_TEST)
+
+
+def judgement(comparison: Mapping[str, Any] | None) -> str:
+    """What a comparison lets one say: SEPARATED (p < ALPHA), NOT_DISTINGUISHABLE (the test ran, p >= ALPHA: only
+    then are two tests tied), or NOT_COMPARED (fewer than two runs on a side: no test, so no verdict)."""
+    p_value = (comparison or {}).get("p_value")
+    if p_value is None:
+        return NOT_COMPARED
+    return SEPARATED if p_value < ALPHA else NOT_DISTINGUISHABLE
+
+
 def separation(values: Mapping[str, Sequence[float]], metric: str, noise_pct: float,
                tiebreak: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
-    """The leader, the runner-up and whether they differ (p < ALPHA, Welch, by analysis.compare)."""
+    """The leader, the runner-up and whether they differ (`judge`, `judgement`)."""
     ranking = rank(values, tiebreak)
     out: dict[str, Any] = {"winner": ranking[0] if ranking else None, "runner_up": None, "comparison": None,
-                           "separated": False, "ranking": ranking}
+                           "separated": False, "judgement": NOT_COMPARED, "ranking": ranking}
     if len(ranking) >= 2:
-        comparison = analysis.compare(values[ranking[1]], values[ranking[0]], metric=compare_metric(metric),
-                                      noise_pct=noise_pct)
-        out.update(runner_up=ranking[1], comparison=comparison,
-                   separated=comparison["p_value"] is not None and comparison["p_value"] < ALPHA)
+        comparison = judge(values[ranking[1]], values[ranking[0]], metric, noise_pct)
+        verdict = judgement(comparison)
+        out.update(runner_up=ranking[1], comparison=comparison, judgement=verdict, separated=verdict == SEPARATED)
     return out
 
 
@@ -198,6 +227,8 @@ class Situation:
     elapsed_s: float
     references: Sequence[str]
     has_t5x: bool  # whether t5x_full is a candidate of this space
+    codecs: Mapping[str, str] = dataclasses.field(default_factory=dict)  # candidate -> its compression's label
+    model_bytes: int = 0
 
     @cached_property
     def samples(self) -> dict[str, dict[str, list[float]]]:
@@ -208,9 +239,6 @@ def finish_reserve_s(state: TuneState, situation: Situation) -> float:
     """The time kept for the finish: about one run of the slower of the finalists (or of the two leaders)."""
     names = state.finalists or ranked(state.alive, situation.samples, situation.metric)[:FINALISTS]
     return budget.finish_reserve_s(state.durations, names)
-
-
-CANDIDATES_BEFORE_CEILING = FINALISTS + 1
 
 
 def rung0_members(state: TuneState, references: Sequence[str]) -> list[str]:
@@ -246,7 +274,55 @@ def may_start(state: TuneState, stage: Stage, test: str, situation: Situation) -
     n_measured = sum(1 for n in state.rung0_order if durations.runs.get(n)) + (0 if test in REFERENCES else 1)
     return budget.rung0_fits(durations, test, n_measured, situation.elapsed_s,
                              state.budget_s - finish_reserve_s(state, situation),
-                             final_references(state, situation), situation.metric, situation.has_t5x)
+                             final_references(state, situation), situation.metric, t5x_in_final(situation))
+
+
+def skip_reason(state: TuneState, stage: Stage, test: str, situation: Situation) -> dict[str, Any] | None:
+    """Why a candidate of rung 0 is skipped before it runs, or None: on a time objective, the best measured so far
+    (this tune, this stage included) of the candidates with its compression is more than HOPELESS_FACTOR times the
+    best candidate's, so its codec's measured throughput predicts it hopeless. The `always` candidate (t5x_full,
+    the answer's point of comparison), reference rows and later stages are never skipped; a codec not measured
+    yet predicts nothing."""
+    metric, codecs = situation.metric, situation.codecs
+    if stage.name != "rung-0" or test in REFERENCES or test == T5X or metric == "size_bytes" or test not in codecs:
+        return None
+    means = {n: mean(situation.samples[n][metric]) for n in codecs
+             if n != test and situation.samples.get(n, {}).get(metric)}
+    same = [value for n, value in means.items() if codecs[n] == codecs[test]]
+    if not same:
+        return None
+    best = min(means, key=means.__getitem__)
+    predicted_s = min(same)
+    if predicted_s <= HOPELESS_FACTOR * means[best]:
+        return None
+    rate = f", {human_bytes(situation.model_bytes / predicted_s)}/s of weights" if situation.model_bytes else ""
+    return {"stage": stage.name, "skipped": True, "predicted": predicted_s, "best": best, "best_mean": means[best],
+            "factor": HOPELESS_FACTOR,
+            "reason": f"skipped before running: {metric} predicted at least {predicted_s:.3g} s by its compression "
+                      f"({codecs[test]}) as measured earlier in this tune{rate}, more than {HOPELESS_FACTOR:g}x "
+                      f"the best so far ({means[best]:.3g} s, {best})"}
+
+
+def censored(values: Mapping[str, Sequence[float]], metric: str, stage: str,
+             keep_at_least: int = FINALISTS) -> dict[str, dict[str, Any]]:
+    """On a time objective, the candidates whose mean is more than HOPELESS_FACTOR times the best's: not run again
+    (eliminated, as "more than kx slower"), whatever the halving would keep, leaving at least keep_at_least."""
+    if metric == "size_bytes" or not values:
+        return {}
+    means = {n: mean(v) for n, v in values.items() if len(v)}
+    ranking = sorted(means, key=means.__getitem__)
+    best = ranking[0] if ranking else None
+    out = {}
+    for name in ranking[keep_at_least:]:
+        ratio = means[name] / means[best] if means[best] > 0 else math.inf
+        if ratio > HOPELESS_FACTOR:
+            n = len(values[name])
+            out[name] = {"stage": stage, "censored": True, "factor": HOPELESS_FACTOR, "mean": means[name], "n": n,
+                         "best": best, "best_mean": means[best],
+                         "reason": f"more than {HOPELESS_FACTOR:g}x slower than the best ({metric} {means[name]:.3g} s "
+                                   f"in {n} run{'s' if n > 1 else ''} against {means[best]:.3g} s for {best}): not "
+                                   "run again"}
+    return out
 
 
 def _new_stage(state: TuneState, name: str, kind: str, members: list[str], deadline_s: float) -> Stage:
@@ -270,7 +346,7 @@ def next_stage(state: TuneState, situation: Situation) -> TuneState:
         rung = f"rung-{sum(1 for s in stages if s.kind == HALVING)}"
         if len(leaders) > FINALISTS:
             members = shuffled(leaders, state.seed, rung)  # the reference rows: in rung 0 and the final only
-            t5x = [T5X] if situation.has_t5x and T5X not in finalists else []
+            t5x = [T5X] if t5x_in_final(situation) and T5X not in finalists else []
             deadline_s = (state.budget_s - finish_reserve_s(state, situation)
                           - budget.final_needs_s(state.durations, finalists,
                                                  t5x + final_references(state, situation)))
@@ -305,16 +381,30 @@ def next_stage(state: TuneState, situation: Situation) -> TuneState:
     return state
 
 
+def t5x_in_final(situation: Situation) -> bool:
+    """Whether the final is to measure t5x_full (so the budget keeps room for it): a candidate of this space, not
+    measured more than HOPELESS_FACTOR times slower than the best candidate so far (`censored`)."""
+    if not situation.has_t5x:
+        return False
+    metric = situation.metric
+    values = {n: situation.samples[n][metric] for n in situation.codecs if situation.samples.get(n, {}).get(metric)}
+    return T5X not in values or T5X not in censored(values, metric, "", keep_at_least=1)
+
+
 def t5x_settled(finalists: Sequence[str], situation: Situation) -> bool:
-    """Whether the leading finalist's difference from t5x_full is already significant (then the final stops
-    measuring t5x_full, whose only purpose there is that comparison)."""
+    """Whether the leading finalist's difference from t5x_full is already significant, or t5x_full is more than
+    HOPELESS_FACTOR times slower (then the final stops measuring t5x_full, whose only purpose there is that
+    comparison)."""
     samples, metric = situation.samples, situation.metric
     leader = ranked(finalists, samples, metric)[:1]
-    if not leader or T5X not in samples or len(samples[T5X][metric]) < 2:
+    if not leader or T5X not in samples:
         return False
-    comparison = analysis.compare(samples[T5X][metric], samples[leader[0]][metric],
-                                  metric=compare_metric(metric), noise_pct=situation.noise_pct)
-    return comparison["p_value"] is not None and comparison["p_value"] < ALPHA
+    if censored({T5X: samples[T5X][metric], leader[0]: samples[leader[0]][metric]}, metric, "", keep_at_least=1):
+        return True  # more than HOPELESS_FACTOR times slower: not run again
+    if len(samples[T5X][metric]) < 2:
+        return False
+    return judgement(judge(samples[T5X][metric], samples[leader[0]][metric], metric,
+                           situation.noise_pct)) == SEPARATED
 
 
 def conclude(state: TuneState, status: str, situation: Situation) -> TuneState:
@@ -335,12 +425,13 @@ def conclude(state: TuneState, status: str, situation: Situation) -> TuneState:
         values = {n: samples[n][metric] for n in state.finalists if samples.get(n, {}).get(metric)}
         decided = separation(values, metric, situation.noise_pct, tiebreak)
         stage.decision = {"winner": decided["winner"], "runner_up": decided["runner_up"],
-                          "separated": decided["separated"],
+                          "separated": decided["separated"], "judgement": decided["judgement"],
                           "p_value": (decided["comparison"] or {}).get("p_value")}
         return state
     if stage.name == "rung-0":
         measured = [n for n in stage.members if n not in REFERENCES and ran.get(n, {}).get("runs")]
-        state.not_measured = [n for n in stage.members if n not in REFERENCES and n not in measured]
+        state.not_measured = [n for n in stage.members if n not in REFERENCES and n not in measured
+                              and not state.eliminated.get(n, {}).get("skipped")]
         alive = [n for n in measured if n not in failed]
     else:
         alive = [n for n in state.alive if n not in failed]
@@ -350,9 +441,13 @@ def conclude(state: TuneState, status: str, situation: Situation) -> TuneState:
     halving = halve(values, noise, tiebreak=tiebreak, metric=metric)
     for name, why in halving.eliminated.items():
         state.eliminated[name] = {"stage": stage.name, **why}
-    state.alive = halving.kept
-    stage.decision = {"ranking": halving.ranking, "kept": halving.kept, "cut": halving.cut,
-                      "eliminated": sorted(halving.eliminated), "failed": sorted(failed), "noise": noise.to_json()}
+    hopeless = censored({n: values[n] for n in halving.kept}, metric, stage.name)
+    state.eliminated.update(hopeless)
+    state.alive = [n for n in halving.kept if n not in hopeless]
+    skipped = sorted(n for n in stage.members if state.eliminated.get(n, {}).get("skipped"))
+    stage.decision = {"ranking": halving.ranking, "kept": state.alive, "cut": halving.cut,
+                      "eliminated": sorted([*halving.eliminated, *hopeless]), "censored": sorted(hopeless),
+                      "skipped": skipped, "failed": sorted(failed), "noise": noise.to_json()}
     return state
 
 

@@ -76,8 +76,9 @@ def peer_lines(found: Mapping[str, Any]) -> list[str]:
     out = []
     for metric, peer in (found.get("peers") or {}).items():
         if peer is not None:
+            basis = f"; {peer['basis']}" if peer.get("basis") else ""
             out.append(f"TensorStore's best {VERBS[metric]} "
-                       + ratio_words(peer, f"{label(peer['test'])}, the fastest peer", metric))
+                       + ratio_words(peer, f"{label(peer['test'])}, the fastest peer", metric) + basis)
     return out
 
 
@@ -112,16 +113,35 @@ def recommendation(document: Mapping[str, Any], details: bool = False) -> str:
     if second is None:
         lines.append("  runner-up: none measured")
     else:
-        comparison = second["comparison"]
         lines.append(f"  runner-up: {second['test']}: {with_ci(metric, second['objective'])}")
-        if second["distinguishable"]:
-            lines.append(f"    distinguishable: {change(comparison)} against the winner: {comparison['verdict']}")
-        else:
-            cause = ("the budget ended before more runs could tell them apart" if found.get("stopped_by") == "budget"
-                     else f"stopped: {found.get('stopped_by')}")
-            lines.append(f"    NOT distinguishable from the winner, so they are tied: {change(comparison)} against the "
-                         f"winner; {cause}; either will do")
+        lines.append(f"    {runner_up_words(second, found.get('stopped_by'))}")
     return "\n".join(lines)
+
+
+def runner_up_judgement(second: Mapping[str, Any]) -> str:
+    """The runner-up's judgement against the winner; a document without one (before "judgement" was written)
+    was separated or not by the same p-value."""
+    if second.get("judgement"):
+        return second["judgement"]
+    if second["distinguishable"]:
+        return "separated"
+    return "not compared" if second["comparison"].get("p_value") is None else "not distinguishable"
+
+
+def runner_up_words(second: Mapping[str, Any], stopped_by: str | None) -> str:
+    """The runner-up against the winner, saying "tied" only when Welch's test ran and could not tell them apart;
+    with fewer than two runs on a side there is no test, and it says so."""
+    comparison, verdict = second["comparison"], runner_up_judgement(second)
+    if verdict == "separated":
+        return f"distinguishable: {change(comparison)} against the winner: {comparison['verdict']}"
+    cause = ("the budget ended before more runs could tell them apart" if stopped_by == "budget"
+             else f"stopped: {stopped_by}")
+    if verdict == "not compared":
+        return (f"not compared with the winner: {comparison['change_pct']:+.1f}% on fewer than 2 runs a side, "
+                f"where Welch's test is not defined; {cause}" if comparison.get("change_pct") is not None else
+                f"not compared with the winner: fewer than 2 runs a side; {cause}")
+    return (f"NOT distinguishable from the winner (Welch's test), so they are tied: {change(comparison)} against "
+            f"the winner; {cause}; either will do")
 
 
 def _interval(summary: Mapping[str, Any] | None, metric: str) -> str:
@@ -174,9 +194,13 @@ def warning_lines(document: Mapping[str, Any]) -> list[str]:
         out.append("the tune was interrupted: continue with tune --resume")
     if found is not None:
         second = found.get("runner_up")
-        if second is not None and not second["distinguishable"] and found.get("stopped_by") == "budget":
+        verdict = runner_up_judgement(second) if second is not None else None
+        if verdict == "not distinguishable" and found.get("stopped_by") == "budget":
             out.append(f"the winner and {second['test']} are tied: the budget ended first; a larger --budget may "
                        "separate them")
+        elif verdict == "not compared":
+            out.append(f"the winner and {second['test']} were not compared (fewer than 2 runs a side); a larger "
+                       "--budget runs both again")
         few = sorted({label(p["test"]) for p in (found.get("peers") or {}).values()
                       if p and p.get("verdict") in (TOO_FEW, "insufficient data")})
         if few:
@@ -231,6 +255,16 @@ def how(document: Mapping[str, Any]) -> str:
                      f"{estimate['run_s']:.1f} s), then {halving - 1} more halving rung(s) and {finals} final "
                      f"round(s); stopped: {document['stopped_by']}.")
     eliminated = sum(1 for c in document["candidates"].values() if c["status"] == "eliminated")
+    censored = [n for n, c in document["candidates"].items() if (c.get("eliminated") or {}).get("censored")]
+    skipped = space.get("predicted_hopeless") or {}
+    if censored:
+        factor = document["candidates"][censored[0]]["eliminated"]["factor"]
+        lines.append(f"{len(censored)} measured more than {factor:g}x slower than the best and were not run again "
+                     "(their figures are of their runs; they were not timed out).")
+    if skipped:
+        factor = next(iter(skipped.values()))["factor"]
+        lines.append(f"{len(skipped)} skipped before running: their compression, measured earlier in this tune, "
+                     f"predicted them more than {factor:g}x slower than the best (no time is reported for them).")
     if eliminated:
         lines.append(f"{eliminated} candidates were eliminated; tuning.json holds every rung's figures and reasons.")
     return "\n".join(lines)

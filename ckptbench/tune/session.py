@@ -138,11 +138,12 @@ def _start(settings: Settings, state: TuneState | None, emit: Event, clock: Call
             planned = weights.plan(base.model, base.weights, base.dtype, base.values)  # no weights made yet
             universe = make_universe(space, base, [shape for _, shape in planned.shapes])
             itemsize = NUMPY_DTYPES[base.dtype].itemsize
-            prior_s = budget.prior_candidate_s(universe.tests.values(), planned.size_bytes, itemsize)
+            priors_s = budget.candidate_priors_s(universe.tests, planned.size_bytes, itemsize)
+            prior_s = budget.typical_prior_s(priors_s.values())
             if state is not None:
                 _check_resumed_weights(state, planned)
             else:
-                state = _plan(settings, out, universe, planned, space, space_source, elapsed_s, prior_s)
+                state = _plan(settings, out, universe, planned, space, space_source, elapsed_s, priors_s)
             state.durations.prior_s = prior_s
             # The weights every suite shares, made (or read) once into a source file, untimed by the suites.
             source_dir = workspace.new_owned_dir(out, SOURCE_DIR)
@@ -164,10 +165,10 @@ def _start(settings: Settings, state: TuneState | None, emit: Event, clock: Call
 
 
 def _plan(settings: Settings, out: Path, universe: Universe, planned: weights.Planned, space: dict[str, Any],
-          space_source: str, elapsed_s: Stopwatch, prior_s: float) -> TuneState:
+          space_source: str, elapsed_s: Stopwatch, priors_s: Mapping[str, float]) -> TuneState:
     """Estimate what fits the budget (a budget that cannot fit is refused before any weights are made), then
     write the first state (the tune's first write)."""
-    model_bytes = planned.size_bytes
+    model_bytes, prior_s = planned.size_bytes, budget.typical_prior_s(priors_s.values())
     # The setup: what is spent, and making the weights, still to come (they are made once the budget is known
     # to fit, so a budget that cannot fit is refused before they are made).
     setup_s = elapsed_s() + capacity.PRIOR_SOURCE_S_PER_GB * model_bytes / 1e9
@@ -175,11 +176,11 @@ def _plan(settings: Settings, out: Path, universe: Universe, planned: weights.Pl
                              prior_s)
     workspace.prepare_output_dir(out)
     _remove_earlier_tune(out)
-    n_listed = min(len(universe.tests), budget.OVERPLAN * plan.n_candidates)
+    n_listed = min(len(universe.tests), max(budget.OVERPLAN * plan.n_candidates, budget.RUNG0_MIN_LISTED))
     state = TuneState(settings=settings.fingerprint(), seed=settings.seed, budget_s=settings.budget_s, spent_s=0.0,
                       setup_s=setup_s, keep_checkpoint=settings.keep_checkpoint, space_path=space_source, space=space,
                       weights=json.loads(json.dumps(planned.describe())), plan=plan,
-                      rung0_order=rung0_order(universe, n_listed, plan.n_candidates, settings.seed),
+                      rung0_order=rung0_order(universe, n_listed, settings.seed, priors_s),
                       durations=budget.Durations(model_bytes, prior_s=prior_s))
     state.spent_s = elapsed_s()
     tune_state.save(state, out)
@@ -235,7 +236,10 @@ def _finish(session: Session, base: SuiteConfig, draw: Draw | None) -> Tuning:
     session.emit("finishing", {"time_left_s": session.time_left_s()})
     samples = policy.gather(session.documents.values())
     finalists = state.finalists or policy.ranked(state.alive, samples, settings.metric)[:budget.FINALISTS]
-    recommendation = recommend(samples, finalists, settings.metric, settings.noise_pct)
+    # the final rounds' runs: the winner's runs after it was chosen, what the answer against the peer stands on
+    finals = [session.documents[stage.name] for stage in state.stages
+              if stage.kind == tune_state.FINAL and stage.name in session.documents]
+    recommendation = recommend(samples, finalists, settings.metric, settings.noise_pct, policy.gather(finals))
     paste = None
     if recommendation is not None:
         test = universe.tests[recommendation["test"]]

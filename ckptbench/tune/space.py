@@ -188,14 +188,28 @@ def sample(universe: Universe, n: int, seed: int) -> list[str]:
     return chosen
 
 
-def rung0_order(universe: Universe, n_listed: int, n_fit: int, seed: int) -> list[str]:
-    """Rung 0's sample in running order, each `always` candidate at a seeded place among the first n_fit
-    (those the budget is expected to hold), so it is measured however early rung 0 stops."""
+CANDIDATES_BEFORE_CEILING = 3  # rung 0 runs the device ceiling after this many candidates (policy.rung0_members)
+DEFERRED_FACTOR = 2.0  # a candidate whose prior is more than this times the cheapest listed one's runs late
+
+
+def rung0_order(universe: Universe, n_listed: int, seed: int, priors_s: Mapping[str, float] | None = None) -> list[str]:
+    """Rung 0's sample in running order: the balanced sample (`sample`), with the candidates expected to cost more
+    than DEFERRED_FACTOR times the cheapest listed (`priors_s`: a slow codec, tiny chunks) moved after the others,
+    each part in the sample's order; so the budget measures many candidates before it meets one that may be
+    hopeless, and the first of a slow codec measured tells the tune to skip the rest of it
+    (`policy.skip_reason`). Each `always` candidate comes right after the first CANDIDATES_BEFORE_CEILING cheap
+    ones and the device ceiling (`policy.rung0_members`): measured early, but not before the ceiling, which gives
+    every answer its context."""
     always = universe.always
     order = sample(universe, max(0, n_listed - len(always)), seed)
-    rng = random.Random(stage_seed(seed, "rung-0-always"))
+    priors_s = priors_s or {}
+    cheapest_s = min((priors_s[n] for n in order if n in priors_s), default=0.0)
+    cheap = [n for n in order if priors_s.get(n, 0.0) <= DEFERRED_FACTOR * cheapest_s]
+    order = cheap + [n for n in order if n not in cheap]
+    place = min(len(cheap), CANDIDATES_BEFORE_CEILING)
     for name in always:
-        order.insert(rng.randrange(0, max(1, min(n_fit, len(order)) + 1)), name)
+        order.insert(place, name)
+        place += 1
     return order
 
 
