@@ -94,12 +94,18 @@ def _ceiling_tensors() -> dict[str, np.ndarray]:
             "c": rng.standard_normal((99, 1000), dtype=np.float32)}
 
 
-SMALL_BLOCKS = (4096, 65536)
+SMALL_GRID = tuple((streams, block) for streams in (1, 4, 16) for block in (4096, 65536))
+SMALL_DIRECT = (16, 65536)
+
+
+def _small_ceiling(fio=None) -> references.DeviceCeilingBackend:
+    """The ceiling over a grid for a 1 MB model (fio None: without fio's pattern)."""
+    return references.DeviceCeilingBackend("fadvise", grid=SMALL_GRID, direct=SMALL_DIRECT, fio=fio)
 
 
 def test_device_ceiling_writes_every_pattern_fsyncd_and_in_order(tmp_path, fsynced):
     tensors = _ceiling_tensors()
-    backend = references.DeviceCeilingBackend("fadvise", streams=(1, 4, 16), blocks=SMALL_BLOCKS)
+    backend = _small_ceiling()
     backend.save(tensors, tmp_path)
     expected = b"".join(a.tobytes() for a in tensors.values())
     for streams in (1, 4, 16):
@@ -107,7 +113,7 @@ def test_device_ceiling_writes_every_pattern_fsyncd_and_in_order(tmp_path, fsync
         assert len(parts) == streams
         assert b"".join(part.read_bytes() for part in parts) == expected  # the bytes back to back, in order
         assert all(part in fsynced for part in parts) and (tmp_path / f"{streams}-streams") in fsynced
-    assert set(backend.pattern_seconds()) == {f"{s}x{b // 1024}KiB" for s in (1, 4, 16) for b in SMALL_BLOCKS}
+    assert set(backend.pattern_seconds()) == {f"{s}x{b // 1024}KiB" for s, b in SMALL_GRID}
     assert all(seconds > 0 for seconds in backend.pattern_seconds().values())
     size_bytes, _, n_files = backend.footprint(tmp_path)
     assert (size_bytes, n_files) == (len(expected), 1)  # one copy of the bytes counts as the checkpoint
@@ -115,13 +121,69 @@ def test_device_ceiling_writes_every_pattern_fsyncd_and_in_order(tmp_path, fsync
 
 def test_device_ceiling_reads_every_pattern_and_an_o_direct_read_bit_exact(tmp_path):
     tensors = _ceiling_tensors()
-    backend = references.DeviceCeilingBackend("fadvise", blocks=SMALL_BLOCKS)
+    backend = _small_ceiling()
     backend.prepare(tensors)
     backend.save(tensors, tmp_path)
     loaded = backend.load(tmp_path)
     assert_same_bits(tensors, loaded)
     patterns = backend.pattern_seconds()
     assert len(patterns) == 7 and "direct 16x64KiB" in patterns  # six buffered patterns and the O_DIRECT one
+    assert backend.bypass_resident_bytes(10**9) == 0  # its O_DIRECT read's files: no page entered the cache
+    backend.release()
+
+
+def test_device_ceiling_default_grid_has_deeper_queues_than_16_streams_of_16_mib():
+    names = {references.pattern_name(*p) for p in references.ceiling.GRID}
+    assert {"32x16MiB", "16x64MiB"} <= names and {"1x1MiB", "16x16MiB"} <= names
+
+
+def test_device_ceiling_without_fio_on_path_runs_its_own_patterns_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-programs"))
+    tensors = _ceiling_tensors()
+    backend = _small_ceiling(fio=references.ceiling.FIO)
+    assert not backend.uses_fio
+    backend.prepare(tensors)
+    backend.save(tensors, tmp_path)
+    backend.load(tmp_path)
+    assert not any(n.startswith(references.ceiling.FIO_PREFIX) for n in backend.pattern_seconds())
+    assert not (tmp_path / "fio").exists()
+
+
+def test_device_ceiling_with_fio_times_its_io_uring_pattern(tmp_path):
+    if references.ceiling.fio_program() is None:
+        pytest.skip("fio is not on PATH (apt-get install fio): its pattern cannot run here")
+    tensors = _ceiling_tensors()
+    backend = _small_ceiling(fio=references.ceiling.FIO)
+    backend.prepare(tensors)
+    backend.save(tensors, tmp_path)
+    name = references.ceiling.fio_pattern_name(references.ceiling.FIO)
+    if not backend.uses_fio:
+        pytest.skip("fio is on PATH but failed here (io_uring or O_DIRECT refused); its message is on stderr")
+    assert backend.pattern_seconds()[name] > 0
+    files = sorted((tmp_path / "fio").iterdir())
+    assert sum(f.stat().st_size for f in files) >= sum(a.nbytes for a in tensors.values())
+    loaded = backend.load(tmp_path)
+    assert backend.pattern_seconds()[name] > 0
+    assert_same_bits(tensors, loaded)  # the buffer is the grid's reads', untouched by fio
+    backend.release()
+
+
+def test_device_ceiling_after_its_full_grid_runs_its_two_fastest_patterns_fio_and_o_direct(tmp_path):
+    """Later rounds: the grid's two fastest writes and reads (lowest mean over the full-grid runs)."""
+    names = [references.pattern_name(*p) for p in SMALL_GRID]
+    seconds = {name: 1.0 + index for index, name in enumerate(names)}
+    seconds["4x64KiB"], seconds["16x4KiB"] = 0.1, 0.2  # the two fastest writes
+    reads = {**{name: 1.0 for name in names}, "1x4KiB": 0.3, "16x64KiB": 0.1, "direct 16x64KiB": 0.01}
+    full = records.RunRecord("device_ceiling", 0, 0, False, save_s=0.1, load_s=0.01,
+                             patterns={"save": seconds, "load": reads})
+    backend = _small_ceiling()
+    backend.before_run([full])
+    tensors = _ceiling_tensors()
+    backend.prepare(tensors)
+    backend.save(tensors, tmp_path)
+    assert set(backend.pattern_seconds()) == {"4x64KiB", "16x4KiB"}
+    assert_same_bits(tensors, backend.load(tmp_path))
+    assert set(backend.pattern_seconds()) == {"16x64KiB", "1x4KiB", "direct 16x64KiB"}
     backend.release()
 
 
@@ -131,12 +193,14 @@ def test_device_ceiling_run_records_its_fastest_pattern(tmp_path):
                               "test_configurations": [{"name": "raw", "chunk_bytes": "64KB", "concurrency_limit": 1}]},
                              output_dir=tmp_path / "out")
     workspace.prepare_output_dir(suite.output_dir)
-    backend = references.DeviceCeilingBackend("fadvise", blocks=SMALL_BLOCKS)
+    backend = _small_ceiling()
     record = measure.run_once(records.PlannedRun("device_ceiling", 0, 0), tensors, backend, suite)
     assert record.ok and record.verified
     assert record.save_s == min(record.patterns["save"].values())
     assert record.load_s == min(record.patterns["load"].values())
     assert len(record.patterns["save"]) == 6 and len(record.patterns["load"]) == 7
+    assert record.resident_bytes_after_load > 0  # the buffered patterns' pages: every row's figure is recorded
+    assert record.bypass_resident_bytes == 0  # the O_DIRECT read's claim, measured on its own files
 
 
 @pytest.mark.parametrize("name", list(references.BACKENDS))
