@@ -235,7 +235,7 @@ def _finish(session: Session, base: SuiteConfig, draw: Draw | None) -> Tuning:
     session.emit("finishing", {"time_left_s": session.time_left_s()})
     samples = policy.gather(session.documents.values())
     finalists = state.finalists or policy.ranked(state.alive, samples, settings.metric)[:budget.FINALISTS]
-    recommendation = recommend(samples, finalists, settings.metric, settings.noise_pct)
+    recommendation = recommend(samples, finalists, settings.metric, settings.noise_pct, session.documents.values())
     paste = None
     if recommendation is not None:
         test = universe.tests[recommendation["test"]]

@@ -52,6 +52,17 @@ def fio_program() -> str | None:
     return shutil.which("fio")
 
 
+def fio_version() -> str | None:
+    """'fio-3.33', or None where fio is not on PATH (or does not answer)."""
+    program = fio_program()
+    if program is None:
+        return None
+    try:
+        return subprocess.run([program, "--version"], capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 class FioFailed(RuntimeError):
     """fio ran but did not move every byte (io_uring refused in a container, O_DIRECT refused by tmpfs)."""
 
