@@ -199,7 +199,7 @@ def test_device_ceiling_run_records_its_fastest_pattern(tmp_path):
     assert record.save_s == min(record.patterns["save"].values())
     assert record.load_s == min(record.patterns["load"].values())
     assert len(record.patterns["save"]) == 6 and len(record.patterns["load"]) == 7
-    assert record.resident_bytes_after_load > 0  # the buffered patterns' pages: every row's figure is recorded
+    assert record.resident_bytes_after_load is not None  # every row's figure is recorded (here: the whole folder)
     assert record.bypass_resident_bytes == 0  # the O_DIRECT read's claim, measured on its own files
 
 
