@@ -58,6 +58,11 @@ class Backend(ABC):
     def release(self) -> None:
         """Drop whatever was kept between a save and its load."""
 
+    def bypass_resident_bytes(self, resident_after_load: int) -> int | None:
+        """A load meant to read around the page cache: the bytes of the files it read left in the page cache
+        right after it (given: the whole run folder's), so the claim is measured; None where there is no claim."""
+        return resident_after_load if self.bypasses_page_cache else None
+
     def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
         """Names of tensors that did not come back bit for bit (workers verify their own slices)."""
         return mismatches(tensors, loaded)

@@ -4,7 +4,8 @@ Disk: the source weights and one run of the largest test must fit in the output
 filesystem's free space. zarr v2 pads edge chunks to full size and every chunk file
 occupies whole blocks, so the estimate counts padded chunks rounded up to 4 KiB blocks
 (an upper bound for uncompressed data; compressed data is assumed no smaller, to stay
-safe). The device ceiling keeps three copies (its 1-, 4- and 16-stream file sets).
+safe). The device ceiling keeps five copies (its 1-, 4-, 16- and 32-stream file sets and fio's, whose
+files are whole 1 MiB blocks).
 
 Memory: the peak anonymous memory of the whole process, estimated per row as a fixed
 part plus what the row holds (measured with the per-operation split of resident memory;
@@ -34,7 +35,8 @@ from ckptbench.spec.suite import MEMORY_BOUND_FIXED_BYTES, SuiteConfig
 
 BLOCK_BYTES = 4096
 SAFETY = 1.05
-CEILING_COPIES = 3
+CEILING_COPIES = 5
+_FIO_ROUNDING_BYTES = 16 * 2**20  # fio's 16 files, each rounded up to a whole 1 MiB block
 # Peak anonymous memory of the whole process = FIXED + multiplier x model bytes (+ TensorStore's bytes in
 # flight). The multipliers are the reference registry's (spec.references), TensorStore's is the loaded copy.
 FIXED_BYTES = MEMORY_BOUND_FIXED_BYTES  # Python, torch, TensorStore's threads: 0.2-0.3 GB measured
@@ -63,7 +65,7 @@ def run_bytes_upper(test: TestSpec, shapes: Sequence[Sequence[int]], itemsize: i
     """Disk bytes one run of a test may take: padded chunks for TensorStore, the raw bytes for references."""
     raw = sum(math.prod(s) for s in shapes) * itemsize + BLOCK_BYTES
     if test.backend == "device_ceiling":
-        return CEILING_COPIES * raw
+        return CEILING_COPIES * raw + _FIO_ROUNDING_BYTES
     if test.is_reference:
         return raw
     if test.kvstore == "memory":

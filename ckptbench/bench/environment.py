@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ckptbench.bench.references.ceiling import fio_version
 from ckptbench.core.system import free_bytes, ram_bytes
 
 PACKAGES = ("tensorstore", "numpy", "torch", "transformers", "safetensors", "scipy", "matplotlib",
@@ -60,6 +61,7 @@ def capture(output_dir: Path) -> dict[str, Any]:
         "ram_bytes": ram_bytes(),
         "root": hasattr(os, "geteuid") and os.geteuid() == 0,
         "filesystem": filesystem_of(output_dir),
+        "fio": fio_version(),  # None: not on PATH, so the device ceiling ran its own patterns only
     }
 
 

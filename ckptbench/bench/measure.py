@@ -112,8 +112,9 @@ def _load(record: RunRecord, planned: PlannedRun, backend: Backend, tensors: Map
     on_phase(planned, "load")
     loaded: dict[str, np.ndarray] = {}
     _note(record, "load", timed(lambda: loaded.update(backend.load(location))), backend)
-    if backend.bypasses_page_cache and location.local_dir is not None:
+    if location.local_dir is not None:  # after the clock, before anything else reads or evicts the files
         record.resident_bytes_after_load = cache.resident_bytes(location.local_dir)
+        record.bypass_resident_bytes = backend.bypass_resident_bytes(record.resident_bytes_after_load)
     on_phase(planned, "verify")
     _verify(record, backend, tensors, loaded, "the load")
 

@@ -145,7 +145,10 @@ class RunRecord:
     n_files: int | None = None
     eviction: str | None = None
     resident_bytes_at_load: int | None = None
-    resident_bytes_after_load: int | None = None  # measured for reads meant to bypass the page cache
+    resident_bytes_after_load: int | None = None  # of the run's files, right after the load's clock stopped
+    # A load meant to read around the page cache (O_DIRECT): the bytes of the files it read left in the page cache
+    # right after it (the device ceiling: its O_DIRECT read's files); None where the row makes no such claim
+    bypass_resident_bytes: int | None = None
     load_cache: str | None = None  # "cold", "partial", "warm", "memory" or "remote": what the load read from
     # A test with warm_load also loads right after the save, before the eviction (from the page cache).
     warm_load_s: float | None = None

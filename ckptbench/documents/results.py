@@ -38,6 +38,11 @@ Version history (bump SCHEMA_VERSION whenever a field changes meaning):
   earliest start; absent: by the suite process's clock around the job, sending and gathering included);
   `tensor_parallel.reads` (O_DIRECT or buffered) and `tensor_parallel.unaccounted_bytes` (amplification
   below 1), derived afresh on read.
+  Also later: runs' `resident_bytes_after_load` for every row with local files (before: only rows
+  meant to bypass the page cache) and `bypass_resident_bytes` (that claim, measured), tests'
+  `page_cache` (documents.findings); the environment's `fio`; the ceiling's `rounds`
+  (documents.ceiling) and `pct_of_ceiling` as the mean share of each round's fastest figure (before:
+  the ratio of the row's mean GB/s to the ceiling's, which could pass 100).
 - 5: one interval per summary: `ci95` is the mean's interval by analysis.stats.mean_ci (on the log scale
   for positive quantities, so never below zero; version 4's `ci95` was the symmetric Student-t one, which
   went below zero) and `ci95_log` is gone (it was the same interval). The raw runs are kept, so an upgrade
@@ -56,6 +61,7 @@ from ckptbench.analysis import change as analysis
 from ckptbench.analysis import stats
 from ckptbench.analysis.samples import METRICS, THROUGHPUT, samples
 from ckptbench.core import records
+from ckptbench.documents import ceiling as ceiling_rounds
 from ckptbench.documents import findings
 from ckptbench.documents import store as documents
 from ckptbench.documents.findings import NOT_DURABLE, metric_runs
@@ -146,9 +152,13 @@ def _protocol(config: Any, seed: int) -> dict[str, Any]:
                            "readers' libraries, read back in the load)",
         "remote_loads": "with s3:// or gs:// storage there is no page cache to drop: loads read from the server "
                         "(load_cache 'remote'), and sizes come from listing the run's objects",
-        "ceiling": "device_ceiling: the same bytes in raw files written (fsync'd) and read cold with 1, 4 and 16 "
-                   "streams over as many files in 1 MiB and 16 MiB blocks, plus an O_DIRECT read; each run's "
-                   "save_s and load_s are its fastest pattern",
+        "ceiling": "device_ceiling: the same bytes in raw files written (fsync'd) and read cold over a grid of "
+                   "streams (files) and blocks (1-32 streams, 1-64 MiB), plus an O_DIRECT read, and fio's io_uring "
+                   "O_DIRECT queues where fio is on PATH (environment.fio); the first run runs the whole grid, "
+                   "later ones its two fastest writes and reads, fio's and the O_DIRECT read; each run's save_s and "
+                   "load_s are its fastest pattern. pct_of_ceiling: the mean over rounds of a row's GB/s as a share "
+                   "of the fastest figure of its round, the ceiling's or a row's that beat it "
+                   "(ceiling.rounds names every such row), so never above 100",
         "memory": "rss_anon/rss_file: peak anonymous and file-backed resident bytes of the whole process during "
                   "the operation (/proc/self/statm, sampled every 10 ms); peak_rss: growth above the start",
         "cache_eviction_requested": config.cache_eviction,
@@ -193,13 +203,16 @@ def derive(document: dict[str, Any]) -> dict[str, Any]:
                 test["vs_baseline"][metric] = comparison
                 if claim is not None:
                     test["claims"].append(claim)
+        test["page_cache"] = findings.page_cache(test)
         test["tensor_parallel"] = tensor_parallel(test)
         test["warnings"] = findings.test_warnings(test, mine)
     ceiling = next((t for t in tests if t["name"] == CEILING), None)
+    by_round = ceiling_rounds.rounds(tests, data_bytes)
     if ceiling is not None:
-        ceiling["ceiling"] = _ceiling_patterns(ceiling["runs"], data_bytes)
+        ceiling["ceiling"] = {**_ceiling_patterns(ceiling["runs"], data_bytes), "rounds": by_round}
     for test in tests:
-        test["pct_of_ceiling"] = {m: _pct(test, ceiling, m) for m in THROUGHPUT}
+        pct = ceiling_rounds.pct_of_ceiling(test, by_round, data_bytes)
+        test["pct_of_ceiling"] = {m: pct[m] for m in THROUGHPUT}
     document["protocol"]["load_cache"] = _load_cache(tests)
     document["protocol"]["cache_eviction_used"] = sorted({r["eviction"] or "none" for t in tests for r in t["runs"]
                                                           if r["error"] is None and r["load_cache"] != "memory"})
@@ -254,16 +267,13 @@ def tensor_parallel(test: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def reads_direct(settings: Mapping[str, Any]) -> bool:
-    """Whether a test's loads read with O_DIRECT (a reference kind that does, or TensorStore's file_io_mode
-    "direct", which still reads buffered the files whose size is not a multiple of 4096 bytes)."""
+    """Whether a test's loads read with O_DIRECT: a reference kind that claims to read around the page cache
+    (the ceiling's claim covers one pattern of its own, not its tp readers), or TensorStore's file_io_mode
+    "direct", which still reads buffered the files whose size is not a multiple of 4096 bytes."""
     kind = settings.get("backend")
-    return REFERENCES[kind].reads_direct if kind in REFERENCES else settings.get("file_io_mode") == "direct"
-
-
-def _pct(test: Mapping[str, Any], ceiling: Mapping[str, Any] | None, metric: str) -> float | None:
-    mine = test["stats"][metric]["mean"]
-    limit = ceiling["stats"][metric]["mean"] if ceiling else None
-    return None if not (mine and limit) else 100.0 * mine / limit
+    if kind in REFERENCES:
+        return kind != CEILING and bool(REFERENCES[kind].bypass_claim)
+    return settings.get("file_io_mode") == "direct"
 
 
 def _ceiling_patterns(runs: list[Mapping[str, Any]], data_bytes: int) -> dict[str, Any]:

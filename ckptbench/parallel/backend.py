@@ -42,6 +42,10 @@ class DistributedBackend(Backend):
     _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     _per_rank: dict[str, list[dict[str, Box]]] = field(default_factory=dict)  # by op, each writer's box by array
 
+    @property
+    def bypasses_page_cache(self) -> bool:  # type: ignore[override]
+        return self.layout.file_io_mode == "direct"
+
     def _context_extra(self) -> dict[str, Any]:
         extra = dict(self.context_extra)
         if self.layout.kvstore == "ocdbt":

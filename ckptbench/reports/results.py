@@ -123,6 +123,22 @@ def claims_line(document: Mapping[str, Any]) -> str | None:
             "table --details")
 
 
+def page_cache_line(document: Mapping[str, Any]) -> str | None:
+    """One line: each claim to read around the page cache (O_DIRECT), as measured after the row's loads."""
+    parts = []
+    for test in document["tests"]:
+        cache = test.get("page_cache") or {}
+        if cache.get("claim_held") is None:
+            continue
+        verdict = "held" if cache["claim_held"] else f"broken in {cache['claim_broken_runs']} of"
+        parts.append(f"{test['name']} ({cache['claim']}) {verdict} {cache['claim_runs']} loads, at most "
+                     f"{cache['claim_resident_pct_max']:.0f}% resident")
+    if not parts:
+        return None
+    limit = next(t["page_cache"]["limit_pct"] for t in document["tests"] if (t.get("page_cache") or {}).get("claim"))
+    return f"Page-cache claims, measured right after each load (limit {limit:g}%): " + "; ".join(parts)
+
+
 def warning_lines(document: Mapping[str, Any], most: int = MAX_WARNING_LINES) -> list[str]:
     """What threatens the answer first (documents.results' alerts), then the noise in one line: at most `most`
     lines, the header included."""
@@ -162,9 +178,9 @@ def _noise_line(noise: Mapping[str, Any]) -> str | None:
 def console(document: Mapping[str, Any], fmt: str = "text") -> str:
     """The default console: header, answer, one table, the claims in a line, the warnings grouped."""
     parts = [headline(document), "", *answer_lines(document), "", main_table(document, fmt)]
-    claims = claims_line(document)
+    claims = [line for line in (claims_line(document), page_cache_line(document)) if line]
     if claims:
-        parts += ["", claims]
+        parts += ["", *claims]
     warnings = warning_lines(document)
     if warnings:
         parts += ["", *warnings]
@@ -232,6 +248,19 @@ def ceiling_table(document: Mapping[str, Any], fmt: str = "text") -> str:
             mark = " (fastest most often)" if name == patterns.get(f"{op}_pattern") else ""
             rows.append([op, name + mark, mean_pm(summary), str(summary["n"])])
     return table(["operation", "pattern (streams x block)", "GB/s", "runs"], rows, fmt)
+
+
+def ceiling_rounds_table(document: Mapping[str, Any], fmt: str = "text") -> str:
+    """Each round's ceiling: the ceiling's own fastest pattern, and every row that beat it."""
+    ceiling = next((t for t in document["tests"] if t["name"] == "device_ceiling"), None)
+    by_round = ((ceiling or {}).get("ceiling") or {}).get("rounds") or {}
+    rows = []
+    for rate, op in (("save_gbps", "save"), ("load_gbps", "load")):
+        for entry in by_round.get(rate, []):
+            beaten = ", ".join(f"{name} {gbps:.3g}" for name, gbps in entry["beaten_by"].items()) or "-"
+            rows.append([str(entry["round"]), op, f"{entry['ceiling_gbps']:.3g}", entry["ceiling_pattern"] or NA,
+                         beaten])
+    return table(["round", "operation", "ceiling GB/s", "its pattern", "rows faster (GB/s)"], rows, fmt) if rows else ""
 
 
 def best_lines(document: Mapping[str, Any]) -> list[str]:
@@ -331,7 +360,14 @@ def full_report(document: Mapping[str, Any], fmt: str = "text") -> str:
               *gap, cost_table(document, fmt)]
     ceiling = ceiling_table(document, fmt)
     if ceiling:
-        parts += ["", "Device ceiling, per access pattern:", *gap, ceiling]
+        fio = (document.get("environment") or {}).get("fio")
+        tools = (f"{fio}'s io_uring pattern among them" if fio else
+                 "fio was not on PATH: the harness's own threads' patterns only, listed here")
+        parts += ["", f"Device ceiling, per access pattern ({tools}):", *gap, ceiling]
+        by_round = ceiling_rounds_table(document, fmt)
+        if by_round:
+            parts += ["", "Device ceiling, per round (% of ceiling is of each round's fastest figure; a row faster "
+                      "than the ceiling's own patterns is named):", *gap, by_round]
     significance = significance_table(document, fmt)
     if significance:
         parts += ["", "Versus baseline (ratio of means on the log scale, Welch-Satterthwaite t, alpha 0.05; changes "

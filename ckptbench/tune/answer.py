@@ -15,11 +15,14 @@ import numpy as np
 from ckptbench.analysis import change as analysis
 from ckptbench.analysis import stats
 from ckptbench.core.units import size_label
+from ckptbench.documents.ceiling import pooled_pct_of_ceiling
 from ckptbench.spec.fields import TestSpec, entry
 from ckptbench.spec.references import REFERENCES
 from ckptbench.tune.budget import mean
 from ckptbench.tune.policy import FIGURES, Samples, compare_metric, separation
 from ckptbench.tune.space import T5X
+
+_AS_RATE = {"save_s": "save_gbps", "load_s": "load_gbps", "total_s": "total_gbps"}
 
 
 def summaries(samples: Mapping[str, Sequence[float]]) -> dict[str, Any]:
@@ -28,11 +31,12 @@ def summaries(samples: Mapping[str, Sequence[float]]) -> dict[str, Any]:
 
 
 def recommend(samples: Samples, finalists: Sequence[str], metric: str, noise_pct: float,
-              confirmation: Samples | None = None) -> dict[str, Any] | None:
-    """The winner among the finalists, its figures with CIs, its place against the ceiling, the peers and
-    t5x_full, the fastest peer for save, load and save + load (`peers`, from `confirmation`: the final rounds'
-    samples, when they hold enough of the winner's runs), and the runner-up with whether the two can be told
-    apart (all by analysis.compare)."""
+              confirmation: Samples | None = None, documents: Iterable[Mapping[str, Any]] = ()
+              ) -> dict[str, Any] | None:
+    """The winner among the finalists, its figures with CIs, its place against the ceiling (each round's fastest
+    figure over the stages' results `documents`: documents.ceiling), the peers and t5x_full, the fastest peer for
+    save, load and save + load (`peers`, from `confirmation`: the final rounds' samples, when they hold enough of
+    the winner's runs), and the runner-up with whether the two can be told apart (all by analysis.compare)."""
     values = {n: samples[n][metric] for n in finalists if n in samples and samples[n][metric]}
     tiebreak = {n: samples[n]["total_s"] for n in values}
     decided = separation(values, metric, noise_pct, tiebreak)
@@ -42,14 +46,12 @@ def recommend(samples: Samples, finalists: Sequence[str], metric: str, noise_pct
     mine = samples[winner]
     out: dict[str, Any] = {"test": winner, "metric": metric, "figures": summaries(mine),
                            "objective": stats.summarize(mine[metric])}
-    ceiling = samples.get("device_ceiling")
+    pct = pooled_pct_of_ceiling(documents, winner)
     out["pct_of_ceiling"] = {}
-    if ceiling:
-        for rate in ("save_gbps", "load_gbps"):
-            limit = stats.summarize(ceiling[rate])["mean"]
-            out["pct_of_ceiling"][rate] = None if not limit else 100.0 * out["figures"][rate]["mean"] / limit
-        if metric != "size_bytes" and ceiling[metric]:
-            out["pct_of_ceiling"][metric] = 100.0 * mean(ceiling[metric]) / out["objective"]["mean"]
+    if any(value is not None for value in pct.values()):
+        out["pct_of_ceiling"] = {"save_gbps": pct["save_gbps"], "load_gbps": pct["load_gbps"]}
+        if metric in _AS_RATE:  # the objective as a speed: save + load over total_s
+            out["pct_of_ceiling"][metric] = pct[_AS_RATE[metric]]
     out["versus"] = {}
     for other in [*(kind for kind, ref in REFERENCES.items() if ref.peer), T5X]:
         if other == winner or other not in samples or not samples[other][metric]:

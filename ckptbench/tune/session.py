@@ -239,7 +239,8 @@ def _finish(session: Session, base: SuiteConfig, draw: Draw | None) -> Tuning:
     # the final rounds' runs: the winner's runs after it was chosen, what the answer against the peer stands on
     finals = [session.documents[stage.name] for stage in state.stages
               if stage.kind == tune_state.FINAL and stage.name in session.documents]
-    recommendation = recommend(samples, finalists, settings.metric, settings.noise_pct, policy.gather(finals))
+    recommendation = recommend(samples, finalists, settings.metric, settings.noise_pct, policy.gather(finals),
+                               session.documents.values())
     paste = None
     if recommendation is not None:
         test = universe.tests[recommendation["test"]]

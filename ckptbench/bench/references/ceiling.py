@@ -1,21 +1,25 @@
 """The device's own ceiling: the model's bytes written and read cold in raw files, over a grid of access patterns.
 
-What the disk itself can do, so every test can be reported as a fraction of it: 1, 4 and
-16 parallel streams over as many files, in 1 MiB and 16 MiB blocks, like fio jobs, plus an
-O_DIRECT read that no page cache can serve. The full grid runs in the suite's first ceiling
-run; later runs repeat only the fastest write, the fastest read and the O_DIRECT read
-(`before_run`), so the ceiling costs what its answer needs.
+What the disk itself can do, so every test can be reported as a fraction of it: 1, 4, 16 and 32
+parallel streams over as many files, in 1, 16 and 64 MiB blocks, like fio jobs, an O_DIRECT read
+that no page cache can serve, and, where `fio` is on PATH, fio's own deep queues (io_uring,
+O_DIRECT, 16 jobs of 1 MiB blocks at queue depth 32). The full grid runs in the suite's first
+ceiling run; later runs repeat the grid's two fastest writes and reads, fio's pattern and the
+O_DIRECT read (`before_run`), so each round's ceiling is the fastest of a few strong candidates
+rather than one pattern whose noise would become every row's "% of ceiling".
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import math
 import mmap
 import os
 import shutil
+import subprocess
+import sys
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -29,63 +33,100 @@ from ckptbench.bench.targets import RunLocation
 from ckptbench.core.records import RunRecord
 from ckptbench.sources.source_file import Box
 
-# dd's bs=1M and fio's large sequential blocks. One 64 MiB read stream ran at a sixth of
-# the speed of 1-8 MiB reads on the machines we measured, so no single block size is "the"
-# device's speed: the grid finds the best one.
-_IO_BLOCK_BYTES = 2**20
-_BIG_BLOCK_BYTES = 16 * 2**20
+_MIB = 2**20
+# (streams, block bytes). dd's bs=1M and fio's large sequential blocks over 1-16 streams, and deeper queues:
+# 64 MiB blocks over 16 streams, 32 streams. One 64 MiB read stream ran at a sixth of the speed of 1-8 MiB
+# reads on the machines we measured, so no single pattern is "the" device's speed: the grid finds the best.
+GRID = ((1, _MIB), (1, 16 * _MIB), (4, _MIB), (4, 16 * _MIB), (16, _MIB), (16, 16 * _MIB), (16, 64 * _MIB),
+        (32, 16 * _MIB))
+DIRECT = (16, 16 * _MIB)  # the O_DIRECT read: 16 streams, 16 MiB blocks
+FIO = (16, _MIB, 32)  # fio's pattern: 16 jobs (a file each), 1 MiB blocks, 32 in flight per job, io_uring, O_DIRECT
+LATER = 2  # after a full grid: its fastest LATER writes and reads run (with fio's and the O_DIRECT read)
+DIRECT_PREFIX = "direct "
+FIO_PREFIX = "fio "
+_FIO_SET = "fio"
+
+
+def fio_program() -> str | None:
+    """fio's path, or None where it is not on PATH (the ceiling then runs its own patterns only)."""
+    return shutil.which("fio")
+
+
+def fio_version() -> str | None:
+    """'fio-3.33', or None where fio is not on PATH (or does not answer)."""
+    program = fio_program()
+    if program is None:
+        return None
+    try:
+        return subprocess.run([program, "--version"], capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class FioFailed(RuntimeError):
+    """fio ran but did not move every byte (io_uring refused in a container, O_DIRECT refused by tmpfs)."""
 
 
 class DeviceCeilingBackend(FileReference):
     """The model's bytes, back to back, written and read in raw files over a grid of access patterns.
 
-    Writes: 1, 4 and 16 parallel streams, each writing its own file, in 1 MiB and 16 MiB
-    blocks, every file fsync'd. Reads, cold: the same grid, each pattern after an
-    eviction, plus an O_DIRECT read (16 streams, 16 MiB blocks) that no page cache can
-    serve. Each pattern is timed alone; the run's save and load times are the fastest
-    pattern's, and every pattern that ran has its time in the record. After a run with the
-    full grid, only the fastest write and read patterns and the O_DIRECT read run (the
-    files their reads need are written untimed).
+    Writes: each pattern of `grid` (streams, block bytes), every stream writing its own file, every file
+    fsync'd. Reads, cold: the same patterns, each after an eviction, plus an O_DIRECT read (`direct`) that no
+    page cache can serve. Where fio is on PATH, its pattern (`fio`: jobs, block bytes, queue depth) writes and
+    reads a set of its own through io_uring with O_DIRECT, timed by fio's own clock (run_fio). Each pattern
+    is timed alone; the run's save and load times are the
+    fastest pattern's, and every pattern that ran has its time in the record. After a run with the full grid,
+    only the grid's LATER fastest writes and reads run, with fio's pattern and the O_DIRECT read (the files
+    their reads need are written untimed).
     """
 
-    def __init__(self, eviction: str = "auto", streams: tuple[int, ...] = (1, 4, 16),
-                 blocks: tuple[int, ...] = (_IO_BLOCK_BYTES, _BIG_BLOCK_BYTES)) -> None:
+    def __init__(self, eviction: str = "auto", grid: Sequence[tuple[int, int]] = GRID,
+                 direct: tuple[int, int] = DIRECT, fio: tuple[int, int, int] | None = FIO) -> None:
         self._eviction = eviction
-        self.streams, self.blocks = streams, blocks
-        self._align = max(blocks)  # every file starts at a multiple of the largest block
+        self.grid, self.direct, self.fio = tuple(grid), direct, fio
+        self._fio_program = fio_program() if fio else None
         self._layout: list[tuple[str, tuple[int, ...], np.dtype, int]] = []  # name, shape, dtype, offset
         self._total = 0
         self._buffer: np.ndarray | None = None
         self._mapping: mmap.mmap | None = None
         self._seconds: dict[str, float] | None = None
-        self._only: tuple[str, str] | None = None  # (write, read) patterns after a full grid, else None
+        self._later: tuple[list[str], list[str]] | None = None  # (writes, reads) after a full grid, else None
+        self._direct_resident: int | None = None
+
+    @property
+    def uses_fio(self) -> bool:
+        return self._fio_program is not None
 
     def before_run(self, earlier: Sequence[RunRecord]) -> None:
-        """The full grid until a run of it succeeded; then its fastest write and read patterns only."""
-        full = [r for r in earlier if r.ok and r.patterns and len(r.patterns.get("save", {})) > 1]
+        """The full grid until a run of it succeeded; then its LATER fastest write and read patterns only."""
+        names = {pattern_name(*p) for p in self.grid}
+        full = [r for r in earlier if r.ok and r.patterns and names <= set(r.patterns.get("save", {}))]
         if not full:
-            self._only = None
+            self._later = None
             return
         read = [r for r in full if r.patterns.get("load")]  # none under tp > 1: its readers time one share each
-        write = fastest(full, "save")
-        self._only = (write, fastest(read, "load") if read else write)
+        writes = best_patterns(full, "save", names, LATER)
+        self._later = (writes, best_patterns(read, "load", names, LATER) if read else writes)
 
     def _write_patterns(self) -> list[tuple[int, int]]:
-        if self._only is None:
-            return [(s, b) for s in self.streams for b in self.blocks]
-        return [_parse_pattern(self._only[0])]
+        return list(self.grid) if self._later is None else [_parse_pattern(n) for n in self._later[0]]
 
     def _read_patterns(self) -> list[tuple[int, int]]:
-        if self._only is None:
-            return [(s, b) for s in self.streams for b in self.blocks]
-        return [_parse_pattern(self._only[1])]
+        return list(self.grid) if self._later is None else [_parse_pattern(n) for n in self._later[1]]
+
+    def _ranges(self, streams: int) -> list[tuple[int, int]]:
+        """A set's files: the O_DIRECT read's set starts each file at a multiple of its block (so every read
+        is whole aligned blocks), the others at a page."""
+        align = self.direct[1] if streams == self.direct[0] else mmap.PAGESIZE
+        return _ranges(self._total, streams, align)
 
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Allocate and touch the read buffer before any clock starts: the ceiling is the device's
         speed, not the kernel's cost of mapping fresh pages (which halved the read speed we saw).
         An anonymous mapping is page-aligned, as O_DIRECT needs."""
         self._note_layout(tensors)
-        size = -(-max(self._total, 1) // self._align) * self._align  # room for O_DIRECT's whole last block
+        align = self.direct[1]
+        size = -(-max(self._total, 1) // align) * align  # room for O_DIRECT's whole last block
         self._mapping = mmap.mmap(-1, size)
         self._buffer = np.frombuffer(self._mapping, dtype=np.uint8)
         self._buffer[::mmap.PAGESIZE] = 0
@@ -103,6 +144,11 @@ class DeviceCeilingBackend(FileReference):
 
     def pattern_seconds(self) -> dict[str, float] | None:
         return self._seconds
+
+    def bypass_resident_bytes(self, resident_after_load: int) -> int | None:
+        """The bytes of the O_DIRECT read's files in the page cache right after that read (None: it could not
+        run); the whole folder's figure holds the buffered patterns' pages too."""
+        return self._direct_resident
 
     def _evict(self, folder: Path) -> None:
         """Between patterns: a few large files, so dropping their pages (fadvise) is all a cold read needs;
@@ -124,51 +170,74 @@ class DeviceCeilingBackend(FileReference):
         for streams, block in self._write_patterns():
             folder = directory / _set_name(streams)
             if folder.exists():
-                shutil.rmtree(folder)  # the same stream count, written again with the other block size
+                shutil.rmtree(folder)  # the same stream count, written again with another block size
             folder.mkdir()
             started = time.perf_counter()
-            _write_set(folder, pieces, _ranges(self._total, streams, self._align), block)
+            _write_set(folder, pieces, self._ranges(streams), block)
             self._seconds[pattern_name(streams, block)] = time.perf_counter() - started
         # The files the reads need that no timed write made (untimed: not part of any pattern).
-        needed = {s for s, _ in self._read_patterns()} | {max(self.streams)}
+        needed = {s for s, _ in self._read_patterns()} | {self.direct[0]}
         for streams in sorted(needed - {s for s, _ in self._write_patterns()}):
             folder = directory / _set_name(streams)
             folder.mkdir()
-            _write_set(folder, pieces, _ranges(self._total, streams, self._align), max(self.blocks))
+            _write_set(folder, pieces, self._ranges(streams), self.direct[1])
+        if self.uses_fio:
+            folder = directory / _FIO_SET
+            folder.mkdir()
+            self._time_fio(folder, "write")
+
+    def _time_fio(self, folder: Path, rw: str) -> None:
+        """fio's pattern over its set, timed by fio; a failure drops fio for the rest of the suite."""
+        jobs, block, depth = self.fio
+        sizes = [-(-(stop - start) // block) * block for start, stop in _ranges(self._total, jobs, block)]
+        try:
+            seconds = run_fio(self._fio_program, folder, sizes, rw, block, depth)
+            if rw == "write":  # the new directory entries, as every other write's
+                started = time.perf_counter()
+                fsync_path(folder)
+                seconds += time.perf_counter() - started
+        except (FioFailed, OSError) as exc:
+            print(f"device ceiling: fio failed ({exc}); its pattern is left out of this suite's ceiling",
+                  file=sys.stderr)
+            self._fio_program = None
+            return
+        self._seconds[fio_pattern_name(self.fio)] = seconds
 
     def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
         directory = folder_of(location)
         if self._buffer is None:  # loading without `prepare` (a direct call): allocate now
             self.prepare({name: np.empty(shape, dtype) for name, shape, dtype, _ in self._layout})
-        self._seconds = {}
+        self._seconds, self._direct_resident = {}, None
         for index, (streams, block) in enumerate(self._read_patterns()):
             folder = directory / _set_name(streams)
             if index:  # the runner evicted before the first pattern; each later one starts cold too
                 self._evict(folder)
             started = time.perf_counter()
-            _read_set(folder, self._buffer, _ranges(self._total, streams, self._align), block, direct=False)
+            _read_set(folder, self._buffer, self._ranges(streams), block, direct=False)
             self._seconds[pattern_name(streams, block)] = time.perf_counter() - started
-        direct_streams, direct_block = max(self.streams), max(self.blocks)
+        if self.uses_fio and (directory / _FIO_SET).is_dir():
+            self._evict(directory / _FIO_SET)
+            self._time_fio(directory / _FIO_SET, "read")
+        direct_streams, direct_block = self.direct
         folder = directory / _set_name(direct_streams)
         self._evict(folder)
         started = time.perf_counter()
         try:
-            _read_set(folder, self._buffer, _ranges(self._total, direct_streams, self._align), direct_block,
-                      direct=True)
+            _read_set(folder, self._buffer, self._ranges(direct_streams), direct_block, direct=True)
             self._seconds[DIRECT_PREFIX + pattern_name(direct_streams, direct_block)] = time.perf_counter() - started
+            self._direct_resident = cache.resident_bytes(folder)  # after the clock: did O_DIRECT keep out?
         except OSError as exc:  # a filesystem without O_DIRECT (tmpfs): the buffered patterns still stand
             if exc.errno != errno.EINVAL:
                 raise
         return {name: self._buffer[offset:offset + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
                 for name, shape, dtype, offset in self._layout}
 
-
     def load_slices(self, location: RunLocation | Path, boxes: Mapping[str, Box], rank: int, ranks: int
                     ) -> dict[str, np.ndarray]:
         """One of N parallel readers (a tensor-parallel load's ceiling): rank `rank` reads its 1/N of the bytes,
-        buffered in 16 MiB blocks, from the set of files every save writes (the most streams'). Raw bytes: there
-        is nothing to verify by name."""
-        folder = folder_of(location) / _set_name(max(self.streams))
+        buffered in 16 MiB blocks, from the set of files every save writes (the O_DIRECT read's). Raw bytes:
+        there is nothing to verify by name."""
+        folder = folder_of(location) / _set_name(self.direct[0])
         files = sorted(folder.glob("part-*.bin"))
         sizes = [f.stat().st_size for f in files]
         total = sum(sizes)
@@ -179,7 +248,7 @@ class DeviceCeilingBackend(FileReference):
         for path, size in zip(files, sizes):  # the part of [start, stop) each file holds
             lo, hi = max(start, offset), min(stop, offset + size)
             if lo < hi:
-                _read_range(path, memoryview(buffer)[lo - start:hi - start], lo - offset, _BIG_BLOCK_BYTES)
+                _read_range(path, memoryview(buffer)[lo - start:hi - start], lo - offset, 16 * _MIB)
             offset += size
         return {"share": buffer}
 
@@ -188,11 +257,44 @@ def _aligned(value: int, align: int) -> int:
     return value // align * align
 
 
-def fastest(records: Sequence[RunRecord], op: str) -> str:
-    """The buffered pattern of an operation that was fastest in most of the records (ties: the lower mean)."""
-    times = [{n: s for n, s in r.patterns[op].items() if not n.startswith(DIRECT_PREFIX)} for r in records]
-    wins = Counter(min(t, key=t.get) for t in times if t)
-    return min(wins, key=lambda n: (-wins[n], sum(t.get(n, 0.0) for t in times)))
+def best_patterns(records: Sequence[RunRecord], op: str, names: set[str], count: int) -> list[str]:
+    """The `count` grid patterns (of `names`) of an operation with the lowest mean seconds over the records."""
+    seconds: dict[str, list[float]] = {}
+    for record in records:
+        for name, value in record.patterns[op].items():
+            if name in names:
+                seconds.setdefault(name, []).append(value)
+    return sorted(seconds, key=lambda n: sum(seconds[n]) / len(seconds[n]))[:count]
+
+
+def run_fio(program: str, folder: Path, sizes: list[int], rw: str, block: int, depth: int) -> float:
+    """fio writes or reads one file per job in `folder` (part-NN.bin, `sizes` bytes each, whole blocks) through
+    io_uring with O_DIRECT, `depth` blocks in flight per job; the seconds by fio's own clock, the slowest job's
+    runtime (its jobs start together; a write's runtime includes its end_fsync), as fio reports a group's
+    bandwidth: fio's start-up (16 processes, about 0.7 s on a 2-core VM) is not the device's time. Raises
+    FioFailed unless every byte moved."""
+    command = [program, "--output-format=json", "--ioengine=io_uring", "--direct=1", f"--rw={rw}",
+               f"--bs={block}", f"--iodepth={depth}", f"--directory={folder}"]
+    if rw == "write":
+        command.append("--end_fsync=1")  # durable when the clock stops, like the other writes
+    for index, size in enumerate(sizes):
+        command += [f"--name=part-{index:02d}", f"--filename=part-{index:02d}.bin", f"--size={size}"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    report_text = done.stdout[done.stdout.find("{"):] if "{" in done.stdout else ""
+    if done.returncode != 0 or not report_text:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise FioFailed(f"exit status {done.returncode}: {lines[-1] if lines else 'no output'}")
+    jobs = json.loads(report_text)["jobs"]
+    moved = sum(int(job[rw]["io_bytes"]) for job in jobs)
+    if any(job.get("error") for job in jobs) or moved < sum(sizes):
+        raise FioFailed(f"it moved {moved} of {sum(sizes)} bytes")
+    return max(int(job["job_runtime"]) for job in jobs) / 1000.0 or 0.001  # milliseconds; a tiny set may take 0
+
+
+def fio_pattern_name(fio: tuple[int, int, int]) -> str:
+    """'fio io_uring 16x1MiB qd32'."""
+    jobs, block, depth = fio
+    return f"{FIO_PREFIX}io_uring {pattern_name(jobs, block)} qd{depth}"
 
 
 def _parse_pattern(name: str) -> tuple[int, int]:
@@ -200,9 +302,6 @@ def _parse_pattern(name: str) -> tuple[int, int]:
     streams, size = name.split("x", 1)
     unit = 2**20 if size.endswith("MiB") else 2**10
     return int(streams), int(size[:-3]) * unit
-
-
-DIRECT_PREFIX = "direct "
 
 
 def pattern_name(streams: int, block_bytes: int) -> str:
@@ -218,7 +317,7 @@ def _set_name(streams: int) -> str:
 
 def _ranges(total: int, streams: int, align: int) -> list[tuple[int, int]]:
     """Split [0, total) into at most `streams` contiguous ranges (one per file) whose starts are
-    aligned to `align` (the largest block), so that every block size reads the same files."""
+    aligned to `align`; a set's files depend on its stream count only, so every block size reads the same files."""
     per_stream = math.ceil(total / streams)
     step = max(align, math.ceil(per_stream / align) * align)
     return [(start, min(start + step, total)) for start in range(0, total, step)] or [(0, 0)]
