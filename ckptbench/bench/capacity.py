@@ -190,7 +190,25 @@ def estimate_suite_s(config: SuiteConfig, model_bytes: int, itemsize: int = 4) -
     rounds = config.num_runs + config.warmup_rounds
     runs_s = sum(prior_run_s(t, model_bytes, itemsize) + (rounds - 1) * prior_run_s(t, model_bytes, itemsize, False)
                  for t in config.tests)
-    return PRIOR_SOURCE_S_PER_GB * model_bytes / 1e9 + runs_s
+    return PRIOR_SOURCE_S_PER_GB * model_bytes / 1e9 + runs_s + _confirmation_s(config, model_bytes, itemsize)
+
+
+def confirmation_runs_upper(config: SuiteConfig) -> int:
+    """At most how many confirmation runs a suite makes: per objective its best and its fastest peer, and the
+    ceiling, each confirm_rounds x confirm_blocks times (the finalists are known only after the rounds)."""
+    if not config.confirm_rounds:
+        return 0
+    finalists = min(len(config.tests), 2 * len(config.confirm_objectives) + 1)
+    return finalists * config.confirm_rounds * config.confirm_blocks
+
+
+def _confirmation_s(config: SuiteConfig, model_bytes: int, itemsize: int) -> float:
+    """The confirmation rounds' time by the tests' mean prior, and the pauses between their blocks."""
+    runs = confirmation_runs_upper(config)
+    if not runs:
+        return 0.0
+    per_run_s = sum(prior_run_s(t, model_bytes, itemsize, False) for t in config.tests) / len(config.tests)
+    return runs * per_run_s + (config.confirm_blocks - 1) * config.confirm_pause_s
 
 
 def duration_refusal(config: SuiteConfig, model_bytes: int, itemsize: int = 4, what: str = "--runs") -> str | None:

@@ -33,7 +33,10 @@ Version history (bump SCHEMA_VERSION whenever a field changes meaning):
   upgrade from 3 derives everything again.
   Later, without a bump (optional fields, derived afresh from raw runs that lack them as None):
   runs' `process_load_read_bytes`, `process_load_rchar_bytes`, `process_load_slice_bytes` (each
-  reader's bytes) and tests' `tensor_parallel` (tp > 1: the read amplification).
+  reader's bytes) and tests' `tensor_parallel` (tp > 1: the read amplification). `confirmation`
+  (documents.confirmation: the answer's finalists measured again in blocks of fresh rounds; null or absent:
+  none), runs' `confirm_block`, and `best` entries' `selected_from`, `confirmation` and, in `against`, the
+  confirmed comparisons' `runs`, `blocks`, `block_ratio_range` and `blocks_disagree`.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from ckptbench.analysis import change as analysis
 from ckptbench.analysis import stats
 from ckptbench.analysis.samples import METRICS, THROUGHPUT, samples
 from ckptbench.core import records
-from ckptbench.documents import findings
+from ckptbench.documents import confirmation, findings
 from ckptbench.documents import store as documents
 from ckptbench.documents.findings import NOT_DURABLE, metric_runs
 from ckptbench.documents.store import Document
@@ -78,8 +81,9 @@ def build(config: Any, weights_info: Mapping[str, Any], records: Iterable[Any], 
           scale: Mapping[str, Any] | None = None, tool: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The whole results document of a suite (finished or not): its raw part, then `derive`."""
     by_test: dict[str, list[dict[str, Any]]] = {t.name: [] for t in config.tests}
+    confirming: list[dict[str, Any]] = []  # the confirmation rounds' runs: apart, out of every test's statistics
     for record in records:
-        by_test[record.test].append(record.to_json())
+        (by_test[record.test] if record.confirm_block is None else confirming).append(record.to_json())
     document = {
         "kind": RESULTS.name,
         "schema_version": SCHEMA_VERSION,
@@ -96,6 +100,7 @@ def build(config: Any, weights_info: Mapping[str, Any], records: Iterable[Any], 
                    "settings": {**t.to_json(), "compression_label": _compression_label(t.compression)},
                    "durable": t.durable, "runs": by_test[t.name]} for t in config.tests],
         "skipped_tests": [{"name": name, "reason": reason} for name, reason in config.skipped],
+        "confirmation": confirmation.raw(config, confirming),
     }
     return derive(json.loads(json.dumps(document)))  # plain JSON types: the document equals its file
 
@@ -184,6 +189,7 @@ def derive(document: dict[str, Any]) -> dict[str, Any]:
                                                           if r["error"] is None and r["load_cache"] != "memory"})
     document["scale"] = _scale(document, ceiling)
     document["best"] = best_configurations(tests, noise_pct, document["baseline"])
+    confirmation.derive(document, noise_pct)  # the answer's comparisons from the confirmation rounds, if any
     document["warnings"] = findings.suite_warnings(document, ceiling)
     document["alerts"] = findings.alerts(document, ceiling)
     document["noise"] = findings.noise(document)
@@ -320,6 +326,8 @@ def best_configurations(tests: list[Mapping[str, Any]], noise_pct: float, baseli
                             for role, other in against.items()}
         entry["beaten_by"] = [t["name"] for t in sorted(peers, key=lambda t: t["stats"][metric]["mean"])
                               if t["stats"][metric]["mean"] < entry["mean"]]
+        # the winner and the fastest peer are the least of these many means: the same runs flatter both
+        entry["selected_from"] = {"tensorstore": len(candidates), "peer": len(peers)}
         out[objective] = entry
     return out
 

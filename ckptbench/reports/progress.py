@@ -64,6 +64,8 @@ class Progress(_Display):
         if self._bar is None:
             return
         which = f"warm-up {abs(run.round)}" if run.warmup else f"round {run.round + 1}/{self._num_runs}"
+        if run.confirm_block is not None:  # after the rounds: not counted in the bar's total
+            which = f"confirmation block {run.confirm_block}, round {run.round + 1}"
         self._bar.set_description_str(f"{which} {run.test}", refresh=False)
         self._bar.set_postfix_str(phase)
         if self._lines and phase in ("save", "load"):
