@@ -216,19 +216,26 @@ def ratio_words(comparison: dict[str, Any] | None, other: str, metric: str = "sa
         return head + lead + "exact)"
     if ratio < 1.0 and metric != "size_bytes":
         low, high = 1 / high, 1 / low
-    digits = 2
-    # a narrow interval gets the digits to show it
-    while ratio_text(low, digits) == ratio_text(high, digits) and digits < 4:
-        digits += 1
-    # a spread of bytes in a gzip stream, say: equal to 4 digits
-    if ratio_text(low, digits) == ratio_text(high, digits):
+    shown = range_text(low, high)
+    if shown is None:  # a spread of bytes in a gzip stream, say: equal to 4 digits
         return head + lead + "the same to 4 digits in every run)"
-    text = f"{head}{lead}{ci_label}{ratio_text(low, digits)[:-1]}-{ratio_text(high, digits)}"
+    text = f"{head}{lead}{ci_label}{shown}"
     if verdict == NOT_SIGNIFICANT or not comparison.get("significant"):
         text += ", not significant"
     elif verdict == WITHIN_NOISE:
         text += ", within noise"
     return text + ")"
+
+
+def range_text(low: float, high: float) -> str | None:
+    """'1.1-1.3x', with the digits a narrow range needs to show both ends (up to 4); None if they are equal even
+    then."""
+    digits = 2
+    while ratio_text(low, digits) == ratio_text(high, digits) and digits < 4:
+        digits += 1
+    if ratio_text(low, digits) == ratio_text(high, digits):
+        return None
+    return f"{ratio_text(low, digits)[:-1]}-{ratio_text(high, digits)}"
 
 
 def ratio_text(value: float, digits: int = 2) -> str:

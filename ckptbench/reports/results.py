@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ckptbench.analysis.change import INSUFFICIENT, OUTCOMES, TOO_FEW, ratio_text, ratio_words, verdict_direction
+from ckptbench.analysis.change import (
+    INSUFFICIENT,
+    OUTCOMES,
+    TOO_FEW,
+    range_text,
+    ratio_text,
+    ratio_words,
+    verdict_direction,
+)
 from ckptbench.documents.store import weights_name
 from ckptbench.reports.tables import NA, change, ci_pct, mean_pm, ratio_ci, table, verdict
 
@@ -90,7 +98,7 @@ def _against(entry: Mapping[str, Any], role: str, metric: str) -> str:
     if spread:
         flip = comparison["ratio"] < 1.0  # the blocks' ratios the way the words read: >= 1 for the pooled one
         ends = sorted(1 / r if flip else r for r in spread)
-        words += f" [blocks {ratio_text(ends[0])[:-1]}-{ratio_text(ends[1])}]"
+        words += f" [blocks {range_text(*ends) or ratio_text(ends[0]) + ' each'}]"
     return words
 
 
@@ -106,7 +114,7 @@ def _block_words(comparison: Mapping[str, Any]) -> str:
     if not interval:
         return f"{ratio_text(shown)}{word} (too few runs for a CI)"
     low, high = (1 / interval[1], 1 / interval[0]) if flip else interval
-    return (f"{ratio_text(shown)}{word} ({ratio_text(low)[:-1]}-{ratio_text(high)}"
+    return (f"{ratio_text(shown)}{word} ({range_text(low, high) or ratio_text(low)}"
             + (")" if word else f", {_SHORT[comparison['verdict']]})"))
 
 
