@@ -220,3 +220,15 @@ def test_without_confirmation_the_console_says_the_winners_were_selected_from_th
     lines = report.answer_lines(document)
     assert lines[-1] == ("  save, load, save + load: best of 3 TensorStore tests and of 2 peers, selected from these "
                          "runs, which flatters both; testing.confirm_rounds measures them again in fresh rounds")
+
+
+def test_a_suite_without_peers_or_ceiling_has_nothing_to_confirm(tmp_path: Path):
+    """Only TensorStore tests: no ratio of the answer needs confirming, so no confirmation run is made, and the
+    console says where the winner was selected from."""
+    suite = config.from_dict({**SUITE, "output_dir": str(tmp_path / "out"), "references": {},
+                              "testing": {**SUITE["testing"], "num_runs": 2}})
+    document = run_suite(suite).document
+    assert document["confirmation"]["runs"] == [] and document["confirmation"]["selected"] == {}
+    text = report.console(document)
+    assert "load: best of 2 TensorStore tests, selected from these runs, which flatters it;" in text
+    assert "did not run" not in text

@@ -37,15 +37,17 @@ def raw(config: Any, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None
 
 def selected(best: Mapping[str, Any], objectives: Sequence[str]) -> dict[str, dict[str, str | None]]:
     """Per objective, the tests to measure again: TensorStore's best, the fastest peer and the device ceiling
-    of `best` (documents.results.best_configurations, from the suite's rounds)."""
+    of `best` (documents.results.best_configurations, from the suite's rounds); none for an objective without a
+    peer or a ceiling to compare with."""
     out = {}
     for objective in objectives:
         entry = best.get(objective)
         if entry is None:
             continue
         against = entry.get("against") or {}
-        out[objective] = {"tensorstore": entry["test"],
-                          **{role: (against.get(role) or {}).get("test") for role in ROLES}}
+        others = {role: (against.get(role) or {}).get("test") for role in ROLES}
+        if any(others.values()):
+            out[objective] = {"tensorstore": entry["test"], **others}
     return out
 
 

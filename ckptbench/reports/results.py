@@ -66,9 +66,11 @@ def _selection_lines(document: Mapping[str, Any]) -> list[str]:
                      + (", which flatters it)" if _of(best[confirmed[0]], "") else ""))
     if timed:
         of = _of(best[timed[0]], "", " and of {peer} peers") or " of K"
-        stopped = " (the confirmation rounds did not run)" if section and not confirmed else ""
+        stopped = " (the confirmation rounds did not run)" if section.get("selected") and not confirmed else ""
+        flattered = "both" if (best[timed[0]].get("selected_from") or {}).get("peer", 1) else "it"
         lines.append(f"  {', '.join(OBJECTIVE_WORDS[o] for o in timed)}: best{of}, selected from these runs, "
-                     f"which flatters both{stopped}; testing.confirm_rounds measures them again in fresh rounds")
+                     f"which flatters {flattered}{stopped}; testing.confirm_rounds measures them again in fresh "
+                     "rounds")
     return lines
 
 
@@ -77,7 +79,8 @@ def _of(entry: Mapping[str, Any], lead: str, peers: str = "") -> str:
     counts = entry.get("selected_from") or {}
     if not counts.get("tensorstore"):
         return ""
-    return f"{lead} of {counts['tensorstore']} TensorStore tests" + peers.format(peer=counts.get("peer"))
+    return f"{lead} of {counts['tensorstore']} TensorStore tests" + (peers.format(peer=counts["peer"])
+                                                                     if counts.get("peer") else "")
 
 
 def _against(entry: Mapping[str, Any], role: str, metric: str) -> str:
