@@ -293,12 +293,15 @@ def verdict_direction(comparison: dict[str, Any]) -> str | None:
     return None if verdict in (TOO_FEW, INSUFFICIENT, None) else verdict
 
 
-def blocks_disagree(comparisons: Sequence[dict[str, Any]]) -> bool:
-    """Whether the comparisons of the same two tests in separate blocks of rounds disagree: their verdicts point
-    different ways (faster in one, the same or slower in another), or two of their intervals do not overlap.
-    Each block's interval is conditional on that block's machine state, so such blocks give no one verdict."""
+def blocks_disagree(comparisons: Sequence[dict[str, Any]]) -> str | None:
+    """How the comparisons of the same two tests in separate blocks of rounds disagree, or None: their verdicts
+    point different ways (slower in one, the same or faster in another), or two of their intervals do not
+    overlap. Each block's interval is conditional on that block's machine state, so such blocks give no one
+    verdict."""
     directions = {d for d in (verdict_direction(c) for c in comparisons) if d is not None}
     if len(directions) > 1:
-        return True
+        return "their verdicts differ"
     intervals = [c["ratio_ci95"] for c in comparisons if c.get("ratio_ci95")]
-    return any(a[1] < b[0] or b[1] < a[0] for i, a in enumerate(intervals) for b in intervals[i + 1:])
+    if any(a[1] < b[0] or b[1] < a[0] for i, a in enumerate(intervals) for b in intervals[i + 1:]):
+        return "their intervals do not overlap"
+    return None

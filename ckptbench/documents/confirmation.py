@@ -13,7 +13,7 @@ confirmation run (each with its `confirm_block`), kept out of the tests' runs so
 mixes them in. Derived: `confirmation.selected`, per objective the tests measured again ("tensorstore",
 "peer", "ceiling"); and per confirmed objective of `best`, `confirmation` (the winner's mean over these runs)
 and `against.peer` / `against.ceiling` from these runs (`runs: "confirmation"`, `blocks`, `block_ratio_range`,
-`blocks_disagree`).
+`blocks_disagree`: how the blocks disagree, or null).
 """
 
 from __future__ import annotations
@@ -103,4 +103,4 @@ def _confirmed(mine: Sequence[Mapping[str, Any]], theirs: Sequence[Mapping[str, 
     return {"test": other, "mean": statistics.fmean(metric_runs({"runs": theirs}, metric)),
             **compared(mine, theirs), "runs": "confirmation", "blocks": per_block,
             "block_ratio_range": [min(ratios), max(ratios)] if len(ratios) > 1 else None,
-            "blocks_disagree": len(per_block) > 1 and analysis.blocks_disagree(per_block)}
+            "blocks_disagree": analysis.blocks_disagree(per_block) if len(per_block) > 1 else None}

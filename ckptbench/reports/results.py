@@ -62,8 +62,7 @@ def _selection_lines(document: Mapping[str, Any]) -> list[str]:
         plural = "s" if blocks > 1 else ""
         lines.append(f"  {', '.join(OBJECTIVE_WORDS[o] for o in confirmed)}: the peer and ceiling ratios come only "
                      f"from {blocks} block{plural} of {section['rounds']} fresh interleaved rounds after the selection"
-                     f"{pause}; the baseline's from the runs it was selected from" + _of(best[confirmed[0]], " (best")
-                     + (", which flatters it)" if _of(best[confirmed[0]], "") else ""))
+                     f"{pause}" + _baseline_note([best[o] for o in confirmed]))
     if timed:
         of = _of(best[timed[0]], "", " and of {peer} peers") or " of K"
         stopped = " (the confirmation rounds did not run)" if section.get("selected") and not confirmed else ""
@@ -72,6 +71,16 @@ def _selection_lines(document: Mapping[str, Any]) -> list[str]:
                      f"which flatters {flattered}{stopped}; testing.confirm_rounds measures them again in fresh "
                      "rounds")
     return lines
+
+
+def _baseline_note(confirmed: list[Mapping[str, Any]]) -> str:
+    """The baseline's ratio is not measured again: where it comes from, if a confirmed winner has one."""
+    entry = next((e for e in confirmed if (e.get("against") or {}).get("baseline")), None)
+    if entry is None:
+        return ""
+    counts = _of(entry, " (best")
+    return ("; the baseline's from the runs it was selected from" + counts
+            + (", which flatters it)" if counts else ""))
 
 
 def _of(entry: Mapping[str, Any], lead: str, peers: str = "") -> str:
@@ -94,7 +103,8 @@ def _against(entry: Mapping[str, Any], role: str, metric: str) -> str:
         return f"{comparison['ratio']:.2f}x the raw bytes"
     note = "peer" if role == "peer" else ""
     if comparison.get("blocks_disagree"):
-        return (f"blocks disagree against {comparison['test']}" + (f" ({note})" if note else "") + ": "
+        return (f"blocks disagree against {comparison['test']}" + (f" ({note})" if note else "")
+                + f", {comparison['blocks_disagree']}: "
                 + ", ".join(f"block {c['block']} {_block_words(c)}" for c in comparison["blocks"]))
     words = ratio_words(comparison, comparison["test"], words_metric, ci_label="", note=note)
     spread = comparison.get("block_ratio_range")
