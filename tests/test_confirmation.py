@@ -237,3 +237,34 @@ def test_a_suite_without_peers_or_ceiling_has_nothing_to_confirm(tmp_path: Path)
     text = report.console(document)
     assert "load: best of 2 TensorStore tests, selected from these runs, which flatters it;" in text
     assert "did not run" not in text
+
+
+# --- compare: two invocations as two blocks ---------------------------------------------------------------
+
+def test_compare_joins_two_files_as_blocks_and_says_when_they_disagree():
+    from ckptbench.analysis import versus
+    from ckptbench.reports import compare as compare_report
+
+    ceiling = {"device_ceiling": [[0.5, 0.51, 0.49]]}
+    first = _document({"fast": [[1.40, 1.42, 1.38]], PEER: [[1.0, 1.01, 0.99]], **ceiling})  # 1.4x slower
+    later = _document({"fast": [[3.53, 3.82, 4.23]], PEER: [[4.12, 5.22, 2.89]], **ceiling})  # the same
+    again = _document({"fast": [[1.45, 1.47, 1.43]], PEER: [[1.0, 1.02, 0.98]], **ceiling})
+
+    def text(doc_a: dict, doc_b: dict) -> str:
+        rows = versus.compare_documents(doc_a, doc_b, 5.0)
+        return compare_report.render(Path("a.json"), Path("b.json"), doc_a, doc_b, rows, 5.0)
+
+    line = next(x for x in text(first, later).splitlines() if x.startswith("  load: fast against runai_streamer"))
+    assert line == ("  load: fast against runai_streamer (peer): A 1.4x slower (1.36-1.44x), B 0.95x (0.50-1.8x, n.s.): "
+                    "the files disagree (their verdicts differ): no one verdict")
+    line = next(x for x in text(first, again).splitlines() if x.startswith("  load: fast against runai_streamer"))
+    assert line.endswith(": they agree [ratios 1.40-1.45x]") and "disagree" not in line
+    unconfirmed = make_unconfirmed()
+    line = next(x for x in text(unconfirmed, unconfirmed).splitlines() if x.startswith("  load: fast against"))
+    assert "[best of K, selected from these runs]" in line
+
+
+def make_unconfirmed() -> dict:
+    from test_console import make_document
+
+    return make_document({"base": [2.0, 2.1, 1.9], "fast": [1.0, 1.02, 0.98], PEER: [1.3, 1.31, 1.29]})

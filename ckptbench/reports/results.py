@@ -17,10 +17,9 @@ from ckptbench.analysis.change import (
     range_text,
     ratio_text,
     ratio_words,
-    verdict_direction,
 )
 from ckptbench.documents.store import weights_name
-from ckptbench.reports.tables import NA, change, ci_pct, mean_pm, ratio_ci, table, verdict
+from ckptbench.reports.tables import NA, change, ci_pct, mean_pm, ratio_brief, ratio_ci, table, verdict
 
 OBJECTIVE_WORDS = {"save": "save", "load": "load", "balanced": "save + load", "size": "size"}
 MAX_WARNING_LINES = 6
@@ -105,7 +104,7 @@ def _against(entry: Mapping[str, Any], role: str, metric: str) -> str:
     if comparison.get("blocks_disagree"):
         return (f"blocks disagree against {comparison['test']}" + (f" ({note})" if note else "")
                 + f", {comparison['blocks_disagree']}: "
-                + ", ".join(f"block {c['block']} {_block_words(c)}" for c in comparison["blocks"]))
+                + ", ".join(f"block {c['block']} {ratio_brief(c)}" for c in comparison["blocks"]))
     words = ratio_words(comparison, comparison["test"], words_metric, ci_label="", note=note)
     spread = comparison.get("block_ratio_range")
     if spread:
@@ -113,22 +112,6 @@ def _against(entry: Mapping[str, Any], role: str, metric: str) -> str:
         ends = sorted(1 / r if flip else r for r in spread)
         words += f" [blocks {range_text(*ends) or ratio_text(ends[0]) + ' each'}]"
     return words
-
-
-def _block_words(comparison: Mapping[str, Any]) -> str:
-    """One block's comparison, without the other's name: '1.4x slower (1.3-1.5x)', '1.0x (0.70-1.5x, n.s.)'."""
-    ratio, interval = comparison["ratio"], comparison.get("ratio_ci95")
-    if ratio is None:
-        return "no runs"
-    direction = verdict_direction(comparison)
-    flip = ratio < 1.0 and direction not in ("same", None)
-    shown = 1 / ratio if flip else ratio
-    word = "" if direction in ("same", None) else f" {direction}"
-    if not interval:
-        return f"{ratio_text(shown)}{word} (too few runs for a CI)"
-    low, high = (1 / interval[1], 1 / interval[0]) if flip else interval
-    return (f"{ratio_text(shown)}{word} ({range_text(low, high) or ratio_text(low)}"
-            + (")" if word else f", {_SHORT[comparison['verdict']]})"))
 
 
 def _quantity(value: float | None, metric: str) -> str:
