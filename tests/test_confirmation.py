@@ -201,6 +201,10 @@ def test_blocks_that_disagree_print_the_disagreement_not_a_verdict():
                            "slower (")
     assert "block 2 0.95x (0.50-1.8x, n.s.)" in part and part.endswith(", n.s.)")
     assert "than runai_streamer" not in part  # no one verdict
+    from ckptbench.figures import main
+
+    assert main.advice_lines(document)[1] == ("TensorStore's best load: fast; against runai_streamer, the fastest "
+                                              "peer, its confirmation blocks disagree")
 
 
 def test_blocks_disagree_when_their_intervals_do_not_overlap():
@@ -257,6 +261,9 @@ def test_compare_joins_two_files_as_blocks_and_says_when_they_disagree():
     line = next(x for x in text(first, later).splitlines() if x.startswith("  load: fast against runai_streamer"))
     assert line == ("  load: fast against runai_streamer (peer): A 1.4x slower (1.36-1.44x), B 0.95x (0.50-1.8x, n.s.): "
                     "the files disagree (their verdicts differ): no one verdict")
+    split = _document(DISAGREE)  # a file whose own blocks disagree: B's answer says so, not one ratio
+    assert ("  B: TensorStore's best loads (fast) against runai_streamer, the fastest peer: its confirmation blocks "
+            "disagree, block 1 1.4x slower (1.36-1.44x), block 2 0.95x (0.50-1.8x, n.s.)") in text(first, split)
     line = next(x for x in text(first, again).splitlines() if x.startswith("  load: fast against runai_streamer"))
     assert line.endswith(": they agree [ratios 1.40-1.45x]") and "disagree" not in line
     unconfirmed = make_unconfirmed()

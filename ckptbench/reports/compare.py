@@ -125,7 +125,11 @@ def peer_lines(document: Mapping[str, Any], which: str) -> list[str]:
     for objective, verb in (("save", "saves"), ("load", "loads"), ("balanced", "saves + loads")):
         entry = (document.get("best") or {}).get(objective) or {}
         peer = (entry.get("against") or {}).get("peer")
-        if peer is not None:
+        if peer is not None and peer.get("blocks_disagree"):  # confirmation blocks that give no one verdict
+            out.append(f"  {which}: TensorStore's best {verb} ({entry['test']}) against {peer['test']}, the fastest "
+                       "peer: its confirmation blocks disagree, "
+                       + ", ".join(f"block {c['block']} {ratio_brief(c)}" for c in peer["blocks"]))
+        elif peer is not None:
             out.append(f"  {which}: TensorStore's best {verb} ({entry['test']}) "
                        + ratio_words(peer, f"{peer['test']}, the fastest peer"))
     return out
