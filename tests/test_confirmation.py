@@ -275,3 +275,18 @@ def make_unconfirmed() -> dict:
     from test_console import make_document
 
     return make_document({"base": [2.0, 2.1, 1.9], "fast": [1.0, 1.02, 0.98], PEER: [1.3, 1.31, 1.29]})
+
+
+def test_the_plan_counts_the_confirmation_runs_at_most():
+    from ckptbench.bench import capacity
+
+    suite = config.from_dict({**SUITE, "output_dir": "/tmp/unused"})  # 2 TensorStore tests, a peer, the ceiling
+    assert capacity.confirmation_runs_upper(suite) == 3 * 3 * 2  # load: the best, the peer, the ceiling
+    wider = config.from_dict({**SUITE, "output_dir": "/tmp/unused",
+                              "testing": {**SUITE["testing"], "confirm_objectives": ["save", "load"]}})
+    assert capacity.confirmation_runs_upper(wider) == (2 + 1 + 1) * 3 * 2  # no more winners than tests
+    alone = config.from_dict({**SUITE, "output_dir": "/tmp/unused", "references": {}})
+    assert capacity.confirmation_runs_upper(alone) == 0
+    off = config.from_dict({**SUITE, "output_dir": "/tmp/unused", "testing": {"num_runs": 3}})
+    assert capacity.confirmation_runs_upper(off) == 0 and off.confirm_rounds == 0
+    assert capacity.estimate_suite_s(suite, 10**8) > capacity.estimate_suite_s(off, 10**8) + 0.3  # runs, pause

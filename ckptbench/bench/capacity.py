@@ -29,7 +29,7 @@ from ckptbench.core.errors import UserError
 from ckptbench.core.units import human_bytes
 from ckptbench.spec import chunking
 from ckptbench.spec.fields import TestSpec
-from ckptbench.spec.references import REFERENCES
+from ckptbench.spec.references import CEILING, REFERENCES
 from ckptbench.spec.suite import MEMORY_BOUND_FIXED_BYTES, SuiteConfig
 
 BLOCK_BYTES = 4096
@@ -196,9 +196,13 @@ def estimate_suite_s(config: SuiteConfig, model_bytes: int, itemsize: int = 4) -
 def confirmation_runs_upper(config: SuiteConfig) -> int:
     """At most how many confirmation runs a suite makes: per objective its best and its fastest peer, and the
     ceiling, each confirm_rounds x confirm_blocks times (the finalists are known only after the rounds)."""
-    if not config.confirm_rounds:
+    references = [t for t in config.tests if t.is_reference]
+    if not config.confirm_rounds or not references:  # nothing to compare a winner with: nothing to confirm
         return 0
-    finalists = min(len(config.tests), 2 * len(config.confirm_objectives) + 1)
+    objectives = len(config.confirm_objectives)
+    ceiling = any(t.backend == CEILING for t in references)
+    finalists = (min(len(config.tests) - len(references), objectives) + min(len(references) - ceiling, objectives)
+                 + ceiling)
     return finalists * config.confirm_rounds * config.confirm_blocks
 
 

@@ -47,6 +47,7 @@ class Start:
     seed: int
     resumed_runs: int
     scale: dict[str, Any]
+    confirmation_runs: int = 0  # at most this many after the rounds (the finalists are known only then)
 
 
 def _ignore(*_args: Any) -> None:
@@ -135,7 +136,7 @@ def _measure(config: SuiteConfig, writers: Writers, source: weights.Weights, sou
         env["launch"] = launch  # world size, hosts and ranks per host
     scale = {"suggested_preset": capacity.suggest_preset(env.get("ram_bytes"), config.dtype, config)}
     on_start(Start(source.describe(), len(config.tests), config.num_runs, config.warmup_rounds, len(todo), seed,
-                   len(done), scale))
+                   len(done), scale, capacity.confirmation_runs_upper(config)))
     records = list(done)
     stopped: Stopped | None = None
     complete = False

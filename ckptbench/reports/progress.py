@@ -55,6 +55,8 @@ class Progress(_Display):
         info = start.weights
         warmup = f" + {start.warmup_rounds} warm-up rounds" if start.warmup_rounds else ""
         resumed = f"; resuming, {start.resumed_runs} runs already done" if start.resumed_runs else ""
+        confirming = getattr(start, "confirmation_runs", 0)
+        warmup += f", then up to {confirming} confirmation runs (not in the bar)" if confirming else ""
         self.message(f"weights: {weights_name(info)} "
                      f"({info['n_params'] / 1e6:.1f}M params, {human_bytes(info['size_bytes'])} {info['dtype']}, "
                      f"values {info.get('values')}); {start.n_tests} tests x {start.num_runs} runs{warmup}; "
