@@ -205,11 +205,11 @@ def ratio_words(comparison: dict[str, Any] | None, other: str, metric: str = "sa
     if ratio == 1.0:
         head = f"the same as {other}"
     elif metric == "size_bytes":
-        head = f"{_x(ratio)} the size of {other}"
+        head = f"{ratio_text(ratio)} the size of {other}"
     else:
         less = ratio < 1.0
         word = better if less != higher_is_better else worse
-        head = f"{_x(1 / ratio if less else ratio)} {word} than {other}"
+        head = f"{ratio_text(1 / ratio if less else ratio)} {word} than {other}"
     verdict = comparison.get("verdict")
     lead = f" ({note}; " if note else " ("
     if interval is None:
@@ -221,12 +221,10 @@ def ratio_words(comparison: dict[str, Any] | None, other: str, metric: str = "sa
         return head + lead + "exact)"
     if ratio < 1.0 and metric != "size_bytes":
         low, high = 1 / high, 1 / low
-    digits = 2
-    while _x(low, digits) == _x(high, digits) and digits < 4:  # a narrow interval gets the digits to show it
-        digits += 1
-    if _x(low, digits) == _x(high, digits):  # a spread of bytes in a gzip stream, say: equal to 4 digits
+    shown = range_text(low, high)
+    if shown is None:  # a spread of bytes in a gzip stream, say: equal to 4 digits
         return head + lead + "the same to 4 digits in every run)"
-    text = f"{head}{lead}{ci_label}{_x(low, digits)[:-1]}-{_x(high, digits)}"
+    text = f"{head}{lead}{ci_label}{shown}"
     if verdict == NOT_SIGNIFICANT or not comparison.get("significant"):
         text += ", not significant"
     elif verdict == WITHIN_NOISE:
@@ -234,7 +232,18 @@ def ratio_words(comparison: dict[str, Any] | None, other: str, metric: str = "sa
     return text + ")"
 
 
-def _x(value: float, digits: int = 2) -> str:
+def range_text(low: float, high: float) -> str | None:
+    """'1.1-1.3x', with the digits a narrow range needs to show both ends (up to 4); None if they are equal even
+    then."""
+    digits = 2
+    while ratio_text(low, digits) == ratio_text(high, digits) and digits < 4:
+        digits += 1
+    if ratio_text(low, digits) == ratio_text(high, digits):
+        return None
+    return f"{ratio_text(low, digits)[:-1]}-{ratio_text(high, digits)}"
+
+
+def ratio_text(value: float, digits: int = 2) -> str:
     """A ratio with two significant digits (more when asked), whole from 10 up: 1.2x, 0.95x, 21x."""
     if value >= 10 ** (digits - 1) - 0.05:
         return f"{value:.0f}x"
@@ -278,3 +287,26 @@ def judge_claim(metric: str, claimed_pct: Sequence[float], comparison: dict[str,
     else:
         claim["reason"] = f"{where} straddles an edge of {band}"
     return claim
+
+
+def verdict_direction(comparison: dict[str, Any]) -> str | None:
+    """A verdict reduced to its direction: the metric's better or worse word, "same" (within noise or not
+    significant), or None when there is no test (too few runs, no data)."""
+    verdict = comparison.get("verdict")
+    if verdict in (WITHIN_NOISE, NOT_SIGNIFICANT):
+        return "same"
+    return None if verdict in (TOO_FEW, INSUFFICIENT, None) else verdict
+
+
+def blocks_disagree(comparisons: Sequence[dict[str, Any]]) -> str | None:
+    """How the comparisons of the same two tests in separate blocks of rounds disagree, or None: their verdicts
+    point different ways (slower in one, the same or faster in another), or two of their intervals do not
+    overlap. Each block's interval is conditional on that block's machine state, so such blocks give no one
+    verdict."""
+    directions = {d for d in (verdict_direction(c) for c in comparisons) if d is not None}
+    if len(directions) > 1:
+        return "their verdicts differ"
+    intervals = [c["ratio_ci95"] for c in comparisons if c.get("ratio_ci95")]
+    if any(a[1] < b[0] or b[1] < a[0] for i, a in enumerate(intervals) for b in intervals[i + 1:]):
+        return "their intervals do not overlap"
+    return None

@@ -98,3 +98,29 @@ def mismatch_warnings(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> lis
 def _settings_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     keys = sorted((set(a) | set(b)) - _COSMETIC_SETTINGS)
     return [f"{k} {a.get(k)!r} in A, {b.get(k)!r} in B" for k in keys if a.get(k) != b.get(k)]
+
+
+JOINED_OBJECTIVES = ("save", "load", "balanced")
+
+
+def joined_answers(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The two files as two blocks of one measurement: per objective and role (the fastest peer, the device
+    ceiling) where both files pit the same TensorStore test against the same other test, each file's comparison
+    (from its confirmation rounds where it has them, else from the runs that selected them), the range of their
+    ratios, and whether they disagree (analysis.change.blocks_disagree). Two invocations at different times are
+    two machine states: where they disagree, neither file's interval is the answer."""
+    out = []
+    for objective in JOINED_OBJECTIVES:
+        entry_a = (doc_a.get("best") or {}).get(objective) or {}
+        entry_b = (doc_b.get("best") or {}).get(objective) or {}
+        if not entry_a or entry_a.get("test") != entry_b.get("test"):
+            continue
+        for role in ("peer", "ceiling"):
+            a = (entry_a.get("against") or {}).get(role)
+            b = (entry_b.get("against") or {}).get(role)
+            if a is None or b is None or a["test"] != b["test"] or None in (a["ratio"], b["ratio"]):
+                continue
+            out.append({"objective": objective, "role": role, "test": entry_a["test"], "other": a["test"],
+                        "a": a, "b": b, "ratio_range": sorted([a["ratio"], b["ratio"]]),
+                        "disagree": analysis.blocks_disagree([a, b])})
+    return out

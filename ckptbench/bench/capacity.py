@@ -30,7 +30,7 @@ from ckptbench.core.errors import UserError
 from ckptbench.core.units import human_bytes
 from ckptbench.spec import chunking
 from ckptbench.spec.fields import TestSpec
-from ckptbench.spec.references import REFERENCES
+from ckptbench.spec.references import CEILING, REFERENCES
 from ckptbench.spec.suite import MEMORY_BOUND_FIXED_BYTES, SuiteConfig
 
 BLOCK_BYTES = 4096
@@ -192,7 +192,29 @@ def estimate_suite_s(config: SuiteConfig, model_bytes: int, itemsize: int = 4) -
     rounds = config.num_runs + config.warmup_rounds
     runs_s = sum(prior_run_s(t, model_bytes, itemsize) + (rounds - 1) * prior_run_s(t, model_bytes, itemsize, False)
                  for t in config.tests)
-    return PRIOR_SOURCE_S_PER_GB * model_bytes / 1e9 + runs_s
+    return PRIOR_SOURCE_S_PER_GB * model_bytes / 1e9 + runs_s + _confirmation_s(config, model_bytes, itemsize)
+
+
+def confirmation_runs_upper(config: SuiteConfig) -> int:
+    """At most how many confirmation runs a suite makes: per objective its best and its fastest peer, and the
+    ceiling, each confirm_rounds x confirm_blocks times (the finalists are known only after the rounds)."""
+    references = [t for t in config.tests if t.is_reference]
+    if not config.confirm_rounds or not references:  # nothing to compare a winner with: nothing to confirm
+        return 0
+    objectives = len(config.confirm_objectives)
+    ceiling = any(t.backend == CEILING for t in references)
+    finalists = (min(len(config.tests) - len(references), objectives) + min(len(references) - ceiling, objectives)
+                 + ceiling)
+    return finalists * config.confirm_rounds * config.confirm_blocks
+
+
+def _confirmation_s(config: SuiteConfig, model_bytes: int, itemsize: int) -> float:
+    """The confirmation rounds' time by the tests' mean prior, and the pauses between their blocks."""
+    runs = confirmation_runs_upper(config)
+    if not runs:
+        return 0.0
+    per_run_s = sum(prior_run_s(t, model_bytes, itemsize, False) for t in config.tests) / len(config.tests)
+    return runs * per_run_s + (config.confirm_blocks - 1) * config.confirm_pause_s
 
 
 def duration_refusal(config: SuiteConfig, model_bytes: int, itemsize: int = 4, what: str = "--runs") -> str | None:

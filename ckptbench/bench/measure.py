@@ -49,7 +49,8 @@ def run_once(
 ) -> RunRecord:
     """One save/evict/load/verify cycle. Failures are recorded in the result, never raised."""
     target = target or LocalTarget(config.output_dir)
-    record = RunRecord(planned.test, planned.round, planned.position, planned.warmup)
+    record = RunRecord(planned.test, planned.round, planned.position, planned.warmup,
+                       confirm_block=planned.confirm_block)
     location = None
     settled = False  # True once no TensorStore operation can still be writing into the run's location
     try:

@@ -44,6 +44,7 @@ class Preflight:
     def to_json(self) -> dict[str, Any]:
         """The plan as a dry run reports it."""
         return {"tests": len(self.config.tests), "runs_per_test": self.config.num_runs + self.config.warmup_rounds,
+                "confirmation_runs": capacity.confirmation_runs_upper(self.config),
                 "runs": self.n_runs, "order": self.config.order, "weights": self.weights,
                 "estimate_s": self.estimate_s, "disk_need_bytes": self.disk_need_bytes,
                 "disk_free_bytes": self.disk_free_bytes, "output_dir": str(self.config.output_dir),
@@ -91,7 +92,8 @@ def check(config: SuiteConfig, source: weights.Weights | None = None, whole: boo
                                                    "one run of the largest test and the source weights")
     memory_need, hungriest = capacity.memory_need(config, model_bytes)
     return Preflight(config, target, planned, described, model_bytes,
-                     len(config.tests) * (config.num_runs + config.warmup_rounds),
+                     len(config.tests) * (config.num_runs + config.warmup_rounds)
+                     + capacity.confirmation_runs_upper(config),
                      capacity.estimate_suite_s(config, model_bytes, itemsize), disk_need, disk_free, memory_need,
                      capacity.memory_available_bytes(), hungriest, other_values, refusal)
 

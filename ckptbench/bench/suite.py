@@ -17,17 +17,20 @@ them attached as `.partial`, and `run_suite(..., resume=True)` continues later.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ckptbench.bench import capacity, environment, measure, preflight, targets, workspace
 from ckptbench.bench.backend import ThisProcess, Writers
 from ckptbench.core import interrupt, system
 from ckptbench.core.errors import RunSkipped, Skip, Stopped, UserError
 from ckptbench.core.records import Phase, Plan, PlannedRun, RunRecord, new_seed, plan
-from ckptbench.documents import journal, results
+from ckptbench.core.records import confirmation_plan as plan_confirmation
+from ckptbench.documents import confirmation, journal, results
 from ckptbench.sources import weights
 from ckptbench.spec.suite import SuiteConfig
 
@@ -44,6 +47,7 @@ class Start:
     seed: int
     resumed_runs: int
     scale: dict[str, Any]
+    confirmation_runs: int = 0  # at most this many after the rounds (the finalists are known only then)
 
 
 def _ignore(*_args: Any) -> None:
@@ -133,27 +137,27 @@ def _measure(config: SuiteConfig, writers: Writers, source: weights.Weights, sou
         env["launch"] = launch  # world size, hosts and ranks per host
     scale = {"suggested_preset": capacity.suggest_preset(env.get("ram_bytes"), config.dtype, config)}
     on_start(Start(source.describe(), len(config.tests), config.num_runs, config.warmup_rounds, len(todo), seed,
-                   len(done), scale))
+                   len(done), scale, capacity.confirmation_runs_upper(config)))
     records = list(done)
     skipped: list[PlannedRun] = []
     stopped: Stopped | None = None
+    complete = False
     gc.freeze()  # the weights and every module stay for the whole suite: collections skip them (0.2 s -> 0)
     try:
         with interrupt.signals_raise():
-            for record in measure.run_plan(todo, source.tensors, config, _checked(on_phase, may_start, skipped),
-                                           keep=keep, target=target, sources=sources, writers=writers,
-                                           earlier=[*history, *done]):
-                log.append(record)
-                records.append(record)
-                on_record(record)
-                interrupt.check()
+            ran = measure.run_plan(todo, source.tensors, config, _checked(on_phase, may_start, skipped), keep=keep,
+                                   target=target, sources=sources, writers=writers, earlier=[*history, *done])
+            complete = _record(ran, log, records, on_record)
+            if complete and config.confirm_rounds:
+                complete = _confirm(config, Context(source, sources, target, writers, seed),
+                                    records, log, _checked(on_phase, may_start, skipped), on_record, history)
     except Stopped as stop:
         stopped = stop
     finally:
         gc.unfreeze()
         target.finish()
 
-    complete = stopped is None and len(records) + len(skipped) == len(done) + len(todo)
+    complete = stopped is None and complete
     document = results.build(config, source.describe(), records, env, seed, complete=complete,
                              storage=target.describe(), scale=scale, tool=environment.tool_info())
     outcome = results.Results(document, results.write(document, output_dir))
@@ -161,6 +165,55 @@ def _measure(config: SuiteConfig, writers: Writers, source: weights.Weights, sou
         stopped.partial = outcome
         raise stopped
     return outcome
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every run of a suite measures with: the weights, the target, the writers, the seed."""
+
+    source: weights.Weights
+    sources: dict[str, Any]
+    target: targets.LocalTarget | targets.ObjectStoreTarget
+    writers: Writers
+    seed: int
+
+
+def _record(ran: Iterable[RunRecord], log: journal.Journal, records: list[RunRecord],
+            on_record: Callable[[RunRecord], None]) -> bool:
+    """Journal and keep each run as it ends; False when a storage failure ended the runs early."""
+    for record in ran:
+        log.append(record)
+        records.append(record)
+        on_record(record)
+        interrupt.check()
+        if record.fatal:
+            return False
+    return True
+
+
+def _confirm(config: SuiteConfig, context: Context, records: list[RunRecord], log: journal.Journal,
+             on_phase: Phase, on_record: Callable[[RunRecord], None], history: Sequence[RunRecord]) -> bool:
+    """The confirmation rounds (documents.confirmation): the finalists chosen from the suite's rounds measured
+    again, block after block, `confirm_pause_s` apart; False when a storage failure ended them early."""
+    main = [r for r in records if r.confirm_block is None]
+    chosen = results.build(config, context.source.describe(), main, {}, context.seed, complete=True)["best"]
+    names = confirmation.finalists(chosen, config.confirm_objectives)
+    if not names:
+        return True
+    done = {(r.test, r.round) for r in records if r.confirm_block is not None and r.ok}
+    blocks = plan_confirmation(names, config.confirm_rounds, config.confirm_blocks, config.num_runs, context.seed,
+                               done=done)
+    confirming = dataclasses.replace(config, tests=tuple(config.test(name) for name in names))
+    for number, runs in enumerate(blocks):
+        if not runs:
+            continue  # a resumed suite's finished block
+        if number and config.confirm_pause_s:
+            time.sleep(config.confirm_pause_s)  # blocks apart in time: the machine's state may change between them
+        ran = measure.run_plan(runs, context.source.tensors, confirming, on_phase, target=context.target,
+                               sources=context.sources, writers=context.writers, earlier=[*history, *records])
+        if not _record(ran, log, records, on_record):
+            return False
+    return True
 
 
 def _checked(on_phase: Phase, may_start: Callable[[PlannedRun], str | None], skipped: list[PlannedRun]) -> Phase:

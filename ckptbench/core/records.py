@@ -13,6 +13,10 @@ other tests are interleaved as usual, with the same shuffles as without blocks. 
 arm run in the original's order shares the machine with arms run interleaved.
 
 The plan is generated lazily: a suite of a million runs costs nothing until it runs.
+
+Confirmation rounds (`confirmation_plan`) come after a suite's rounds: the tests chosen from those rounds
+measured again, interleaved, in blocks; their runs carry their block's number (`confirm_block`), so the
+answer can be computed from them alone and the rounds it was chosen from stay as they were.
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ class PlannedRun:
     round: int  # 0-based; warm-up rounds come first and have negative numbers
     position: int  # place within its round (interleaved), the suite's test list (blocked) or its block
     warmup: bool = False
+    confirm_block: int | None = None  # 1, 2, ...: a confirmation block's run (module docstring); None: a suite's
 
     @property
     def label(self) -> str:
-        return f"{self.test}-{'w' if self.warmup else 'r'}{abs(self.round)}"
+        block = "" if self.confirm_block is None else f"c{self.confirm_block}"
+        return f"{self.test}-{block}{'w' if self.warmup else 'r'}{abs(self.round)}"
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,25 @@ def block_slots(n_blocks: int, n_rounds: int, seed: int) -> list[int]:
     return [rng.randint(0, n_rounds) for _ in range(n_blocks)]
 
 
+def confirmation_plan(test_names: Sequence[str], rounds: int, blocks: int, first_round: int, seed: int,
+                      done: Collection[tuple[str, int]] = ()) -> list[list[PlannedRun]]:
+    """Per confirmation block, its runs: `rounds` interleaved rounds of the tests, each round in an order
+    shuffled from the seed (a generator of its own: the suite's rounds keep their shuffles). Rounds are numbered
+    on from `first_round` (the suite's last round + 1), block after block; `done` runs (a resume) are left out."""
+    rng = random.Random(f"ckptbench-confirm-{seed}")
+    out = []
+    for block in range(1, blocks + 1):
+        runs = []
+        for i in range(rounds):
+            r = first_round + (block - 1) * rounds + i
+            order = list(test_names)
+            rng.shuffle(order)
+            runs.extend(PlannedRun(name, r, position, confirm_block=block)
+                        for position, name in enumerate(order) if (name, r) not in done)
+        out.append(runs)
+    return out
+
+
 def new_seed() -> int:
     return secrets.randbits(32)
 
@@ -169,6 +194,7 @@ class RunRecord:
     patterns: dict[str, dict[str, float]] | None = None  # the device ceiling: seconds per access pattern
     error: str | None = None
     fatal: bool = False  # the storage itself failed (full disk, I/O error): the suite must stop
+    confirm_block: int | None = None  # a confirmation block's run (1, 2, ...); None: a run of the suite's rounds
     started_at: float = field(default_factory=time.time)
 
     @property

@@ -43,6 +43,10 @@ Version history (bump SCHEMA_VERSION whenever a field changes meaning):
   `page_cache` (documents.findings); the environment's `fio`; the ceiling's `rounds`
   (documents.ceiling) and `pct_of_ceiling` as the mean share of each round's fastest figure (before:
   the ratio of the row's mean GB/s to the ceiling's, which could pass 100).
+  Also later: `confirmation`
+  (documents.confirmation: the answer's finalists measured again in blocks of fresh rounds; null or absent:
+  none), runs' `confirm_block`, and `best` entries' `selected_from`, `confirmation` and, in `against`, the
+  confirmed comparisons' `runs`, `blocks`, `block_ratio_range` and `blocks_disagree`.
 - 5: one interval per summary: `ci95` is the mean's interval by analysis.stats.mean_ci (on the log scale
   for positive quantities, so never below zero; version 4's `ci95` was the symmetric Student-t one, which
   went below zero) and `ci95_log` is gone (it was the same interval). The raw runs are kept, so an upgrade
@@ -62,7 +66,7 @@ from ckptbench.analysis import stats
 from ckptbench.analysis.samples import METRICS, THROUGHPUT, samples
 from ckptbench.core import records
 from ckptbench.documents import ceiling as ceiling_rounds
-from ckptbench.documents import findings
+from ckptbench.documents import confirmation, findings
 from ckptbench.documents import store as documents
 from ckptbench.documents.findings import NOT_DURABLE, metric_runs
 from ckptbench.documents.store import Document
@@ -96,8 +100,9 @@ def build(config: Any, weights_info: Mapping[str, Any], records: Iterable[Any], 
           scale: Mapping[str, Any] | None = None, tool: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The whole results document of a suite (finished or not): its raw part, then `derive`."""
     by_test: dict[str, list[dict[str, Any]]] = {t.name: [] for t in config.tests}
+    confirming: list[dict[str, Any]] = []  # the confirmation rounds' runs: apart, out of every test's statistics
     for record in records:
-        by_test[record.test].append(record.to_json())
+        (by_test[record.test] if record.confirm_block is None else confirming).append(record.to_json())
     document = {
         "kind": RESULTS.name,
         "schema_version": SCHEMA_VERSION,
@@ -114,6 +119,7 @@ def build(config: Any, weights_info: Mapping[str, Any], records: Iterable[Any], 
                    "settings": {**t.to_json(), "compression_label": _compression_label(t.compression)},
                    "durable": t.durable, "runs": by_test[t.name]} for t in config.tests],
         "skipped_tests": [{"name": name, "reason": reason} for name, reason in config.skipped],
+        "confirmation": confirmation.raw(config, confirming),
     }
     return derive(json.loads(json.dumps(document)))  # plain JSON types: the document equals its file
 
@@ -218,6 +224,7 @@ def derive(document: dict[str, Any]) -> dict[str, Any]:
                                                           if r["error"] is None and r["load_cache"] != "memory"})
     document["scale"] = _scale(document, ceiling)
     document["best"] = best_configurations(tests, noise_pct, document["baseline"])
+    confirmation.derive(document, noise_pct)  # the answer's comparisons from the confirmation rounds, if any
     document["warnings"] = findings.suite_warnings(document, ceiling)
     document["alerts"] = findings.alerts(document, ceiling)
     document["noise"] = findings.noise(document)
@@ -369,6 +376,8 @@ def best_configurations(tests: list[Mapping[str, Any]], noise_pct: float, baseli
                             for role, other in against.items()}
         entry["beaten_by"] = [t["name"] for t in sorted(peers, key=lambda t: t["stats"][metric]["mean"])
                               if t["stats"][metric]["mean"] < entry["mean"]]
+        # the winner and the fastest peer are the least of these many means: the same runs flatter both
+        entry["selected_from"] = {"tensorstore": len(candidates), "peer": len(peers)}
         out[objective] = entry
     return out
 

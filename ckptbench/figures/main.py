@@ -356,7 +356,9 @@ def advice_lines(document: Mapping[str, Any]) -> list[str]:
         tied = not entry.get("distinguishable") and entry.get("runner_up")
         text = f"TensorStore's best {word}: {entry['test']}" + (f" (tied with {entry['runner_up']})" if tied else "")
         peer = (entry.get("against") or {}).get("peer")
-        if peer is not None:
+        if peer is not None and peer.get("blocks_disagree"):  # confirmation blocks that give no one verdict
+            text += f"; against {peer['test']}, the fastest peer, its confirmation blocks disagree"
+        elif peer is not None:
             metric = "size_bytes" if objective == "size" else "save_s"
             text += "; it is " + ratio_words(peer, f"{peer['test']}, the fastest peer", metric)
         out.append(text)

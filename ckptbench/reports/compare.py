@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ckptbench.analysis import stats
-from ckptbench.analysis.change import INSUFFICIENT, NOT_SIGNIFICANT, TOO_FEW, WITHIN_NOISE, ratio_words
-from ckptbench.analysis.versus import REGRESSION_WORDS, only_in
+from ckptbench.analysis.change import INSUFFICIENT, NOT_SIGNIFICANT, TOO_FEW, WITHIN_NOISE, range_text, ratio_words
+from ckptbench.analysis.versus import REGRESSION_WORDS, joined_answers, only_in
 from ckptbench.documents.store import weights_name
 from ckptbench.reports import tables as report
+from ckptbench.reports.tables import ratio_brief
 
 
 def _unit(metric: str, magnitude: float) -> tuple[float, str]:
@@ -89,13 +90,46 @@ def answer_lines(rows: Sequence[Mapping[str, Any]], doc_b: Mapping[str, Any], wh
     return lines
 
 
+def joined_lines(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[str]:
+    """A and B as two blocks of one measurement (analysis.versus.joined_answers): each file's ratio of the same
+    winner to the same peer or ceiling, and whether the two agree."""
+    joined = joined_answers(doc_a, doc_b)
+    if not joined:
+        return []
+    lines = ["A and B as two blocks (the same winner against the same peer or ceiling in both; each file's ratio "
+             "from its confirmation rounds where it has them):"]
+    for item in joined:
+        a, b = item["a"], item["b"]
+        head = (f"  {_OBJECTIVE_WORDS[item['objective']]}: {item['test']} against {item['other']}"
+                + (" (peer)" if item["role"] == "peer" else "") + f": A {ratio_brief(a)}{_source(a)}, "
+                f"B {ratio_brief(b)}{_source(b)}")
+        if item["disagree"]:
+            lines.append(f"{head}: the files disagree ({item['disagree']}): no one verdict")
+        else:
+            low, high = item["ratio_range"]
+            spread = range_text(1 / high, 1 / low) if high < 1.0 else range_text(low, high)  # as the words read
+            lines.append(f"{head}: they agree" + (f" [ratios {spread}]" if spread else ""))
+    return lines
+
+
+_OBJECTIVE_WORDS = {"save": "save", "load": "load", "balanced": "save + load"}
+
+
+def _source(comparison: Mapping[str, Any]) -> str:
+    return "" if comparison.get("runs") == "confirmation" else " [best of K, selected from these runs]"
+
+
 def peer_lines(document: Mapping[str, Any], which: str) -> list[str]:
     """A file's TensorStore best beside its fastest peer, for save, load and save + load (its `best`)."""
     out = []
     for objective, verb in (("save", "saves"), ("load", "loads"), ("balanced", "saves + loads")):
         entry = (document.get("best") or {}).get(objective) or {}
         peer = (entry.get("against") or {}).get("peer")
-        if peer is not None:
+        if peer is not None and peer.get("blocks_disagree"):  # confirmation blocks that give no one verdict
+            out.append(f"  {which}: TensorStore's best {verb} ({entry['test']}) against {peer['test']}, the fastest "
+                       "peer: its confirmation blocks disagree, "
+                       + ", ".join(f"block {c['block']} {ratio_brief(c)}" for c in peer["blocks"]))
+        elif peer is not None:
             out.append(f"  {which}: TensorStore's best {verb} ({entry['test']}) "
                        + ratio_words(peer, f"{peer['test']}, the fastest peer"))
     return out
@@ -108,7 +142,7 @@ def render(path_a: Path, path_b: Path, doc_a: Mapping[str, Any], doc_b: Mapping[
                "verdict"]
     bullet = "- " if fmt == "markdown" else ""
     lines = [f"{bullet}A = {_describe(path_a, doc_a)}", f"{bullet}B = {_describe(path_b, doc_b)}", "",
-             *answer_lines(rows, doc_b), "",
+             *answer_lines(rows, doc_b), *joined_lines(doc_a, doc_b), "",
              f"Ratio of means on the log scale, Welch-Satterthwaite t, alpha {stats.ALPHA:g}; changes under "
              f"{noise_pct:g}% are within noise; no interval with 2 runs or fewer.",
              "", report.table(headers, [_table_row(r) for r in rows], fmt)]

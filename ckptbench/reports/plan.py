@@ -12,7 +12,10 @@ def text(plan: Mapping[str, Any], what: str = "the suite") -> str:
     """A preflight's plan (bench.preflight.Preflight.to_json) in a few lines."""
     w = plan["weights"]
     values = f", values {w['values']}" if w.get("values") else ""
-    lines = [f"dry run of {what}: {plan['tests']} tests x {plan['runs_per_test']} runs = {plan['runs']:,} runs, "
+    confirming = plan.get("confirmation_runs")
+    confirming = f" + at most {confirming} confirmation runs" if confirming else ""
+    lines = [f"dry run of {what}: {plan['tests']} tests x {plan['runs_per_test']} runs{confirming} = {plan['runs']:,} "
+             "runs, "
              f"{plan['order']} order; nothing is measured or written",
              f"weights: {weights_name(w)} ({human_bytes(w['size_bytes'])} {w['dtype']}{values})",
              f"estimated wall time: about {duration_label(plan['estimate_s'])} (priors measured on a 2-core VM; a "

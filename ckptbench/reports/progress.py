@@ -55,6 +55,8 @@ class Progress(_Display):
         info = start.weights
         warmup = f" + {start.warmup_rounds} warm-up rounds" if start.warmup_rounds else ""
         resumed = f"; resuming, {start.resumed_runs} runs already done" if start.resumed_runs else ""
+        confirming = getattr(start, "confirmation_runs", 0)
+        warmup += f", then up to {confirming} confirmation runs (not in the bar)" if confirming else ""
         self.message(f"weights: {weights_name(info)} "
                      f"({info['n_params'] / 1e6:.1f}M params, {human_bytes(info['size_bytes'])} {info['dtype']}, "
                      f"values {info.get('values')}); {start.n_tests} tests x {start.num_runs} runs{warmup}; "
@@ -64,6 +66,8 @@ class Progress(_Display):
         if self._bar is None:
             return
         which = f"warm-up {abs(run.round)}" if run.warmup else f"round {run.round + 1}/{self._num_runs}"
+        if run.confirm_block is not None:  # after the rounds: not counted in the bar's total
+            which = f"confirmation block {run.confirm_block}, round {run.round + 1}"
         self._bar.set_description_str(f"{which} {run.test}", refresh=False)
         self._bar.set_postfix_str(phase)
         if self._lines and phase in ("save", "load"):

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ckptbench.analysis.change import INSUFFICIENT, OUTCOMES, TOO_FEW, ratio_words
+from ckptbench.analysis.change import (
+    INSUFFICIENT,
+    OUTCOMES,
+    TOO_FEW,
+    range_text,
+    ratio_text,
+    ratio_words,
+)
 from ckptbench.documents.store import weights_name
-from ckptbench.reports.tables import NA, change, ci_pct, mean_pm, ratio_ci, table, verdict
+from ckptbench.reports.tables import NA, change, ci_pct, mean_pm, ratio_brief, ratio_ci, table, verdict
 
 OBJECTIVE_WORDS = {"save": "save", "load": "load", "balanced": "save + load", "size": "size"}
 MAX_WARNING_LINES = 6
@@ -20,7 +27,9 @@ MAX_WARNING_LINES = 6
 
 def answer_lines(document: Mapping[str, Any]) -> list[str]:
     """TensorStore's best per objective against the baseline, the fastest peer and the device ceiling: ratios
-    of means with their 95 % intervals and verdicts (documents.results.best_configurations)."""
+    of means with their 95 % intervals and verdicts (documents.results.best_configurations); with confirmation
+    rounds, the peer's and the ceiling's from those rounds only, each block's beside them
+    (documents.confirmation), and where the winners were chosen from the same runs, a line that says so."""
     best = document.get("best") or {}
     if not best:
         return ["Answer: no TensorStore test has a successful run"]
@@ -30,9 +39,56 @@ def answer_lines(document: Mapping[str, Any]) -> list[str]:
     for objective, entry in best.items():
         metric = entry["metric"]
         parts = [_against(entry, role, metric) for role in ("baseline", "peer", "ceiling")]
+        confirmed = entry.get("confirmation")
+        mean = (f"{_quantity(confirmed['mean'], metric)} (confirmed)" if confirmed
+                else _quantity(entry["mean"], metric))
         lines.append(f"  {(OBJECTIVE_WORDS[objective] + ':').ljust(width)} {entry['test']} "
-                     f"{_quantity(entry['mean'], metric)}: " + " | ".join(p for p in parts if p))
+                     f"{mean}: " + " | ".join(p for p in parts if p))
+    return lines + _selection_lines(document)
+
+
+def _selection_lines(document: Mapping[str, Any]) -> list[str]:
+    """Where the answer's ratios come from: confirmation rounds after the selection, or the selection's own runs
+    ("best of K, selected from these runs", which flatters the winner and the fastest peer)."""
+    best = document["best"]
+    section = document.get("confirmation") or {}
+    confirmed = [o for o, e in best.items() if e.get("confirmation")]
+    timed = [o for o, e in best.items() if e["metric"] != "size_bytes" and o not in confirmed]
+    lines = []
+    if confirmed:
+        pause = f", {section['pause_s']:g} s apart" if section.get("pause_s") and section["blocks"] > 1 else ""
+        blocks = max(best[o]["confirmation"]["blocks"] for o in confirmed)
+        plural = "s" if blocks > 1 else ""
+        lines.append(f"  {', '.join(OBJECTIVE_WORDS[o] for o in confirmed)}: the peer and ceiling ratios come only "
+                     f"from {blocks} block{plural} of {section['rounds']} fresh interleaved rounds after the selection"
+                     f"{pause}" + _baseline_note([best[o] for o in confirmed]))
+    if timed:
+        of = _of(best[timed[0]], "", " and of {peer} peers") or " of K"
+        stopped = " (the confirmation rounds did not run)" if section.get("selected") and not confirmed else ""
+        flattered = "both" if (best[timed[0]].get("selected_from") or {}).get("peer", 1) else "it"
+        lines.append(f"  {', '.join(OBJECTIVE_WORDS[o] for o in timed)}: best{of}, selected from these runs, "
+                     f"which flatters {flattered}{stopped}; testing.confirm_rounds measures them again in fresh "
+                     "rounds")
     return lines
+
+
+def _baseline_note(confirmed: list[Mapping[str, Any]]) -> str:
+    """The baseline's ratio is not measured again: where it comes from, if a confirmed winner has one."""
+    entry = next((e for e in confirmed if (e.get("against") or {}).get("baseline")), None)
+    if entry is None:
+        return ""
+    counts = _of(entry, " (best")
+    return ("; the baseline's from the runs it was selected from" + counts
+            + (", which flatters it)" if counts else ""))
+
+
+def _of(entry: Mapping[str, Any], lead: str, peers: str = "") -> str:
+    """' of 6 TensorStore tests' (and `peers` filled in): how many the winner was the best of; '' if unknown."""
+    counts = entry.get("selected_from") or {}
+    if not counts.get("tensorstore"):
+        return ""
+    return f"{lead} of {counts['tensorstore']} TensorStore tests" + (peers.format(peer=counts["peer"])
+                                                                     if counts.get("peer") else "")
 
 
 def _against(entry: Mapping[str, Any], role: str, metric: str) -> str:
@@ -44,7 +100,18 @@ def _against(entry: Mapping[str, Any], role: str, metric: str) -> str:
     words_metric = "size_bytes" if metric == "size_bytes" else "save_s"
     if role == "ceiling" and metric == "size_bytes":
         return f"{comparison['ratio']:.2f}x the raw bytes"
-    return ratio_words(comparison, comparison["test"], words_metric, ci_label="", note="peer" if role == "peer" else "")
+    note = "peer" if role == "peer" else ""
+    if comparison.get("blocks_disagree"):
+        return (f"blocks disagree against {comparison['test']}" + (f" ({note})" if note else "")
+                + f", {comparison['blocks_disagree']}: "
+                + ", ".join(f"block {c['block']} {ratio_brief(c)}" for c in comparison["blocks"]))
+    words = ratio_words(comparison, comparison["test"], words_metric, ci_label="", note=note)
+    spread = comparison.get("block_ratio_range")
+    if spread:
+        flip = comparison["ratio"] < 1.0  # the blocks' ratios the way the words read: >= 1 for the pooled one
+        ends = sorted(1 / r if flip else r for r in spread)
+        words += f" [blocks {range_text(*ends) or ratio_text(ends[0]) + ' each'}]"
+    return words
 
 
 def _quantity(value: float | None, metric: str) -> str:

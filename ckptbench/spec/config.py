@@ -35,7 +35,7 @@ __all__ = ["CACHE_EVICTION", "DEFAULT_OUTPUT_DIR", "DTYPES", "OVERRIDES", "REFER
 # Command-line overrides `from_dict` and `load` accept (None or absent: not given).
 MAX_TESTS = 10_000  # more tests than this is a search, not a suite: `tune` samples such spaces
 OVERRIDES = ("output_dir", "num_runs", "model", "weights", "dtype", "values", "tests", "seed", "storage",
-             "processes", "tp", "order", "cache_eviction")
+             "processes", "tp", "order", "cache_eviction", "confirm_rounds")
 
 
 def load(path: Path | str, **overrides: Any) -> SuiteConfig:
@@ -120,6 +120,10 @@ def from_dict(data: Any, base_dir: Path | None = None, source: str = "config", c
         order=testing.get("order", defaults.order),
         max_inflight_bytes=testing.get("max_inflight_bytes", defaults.max_inflight_bytes),
         noise_pct=float(testing.get("noise_pct", defaults.noise_pct)),
+        confirm_rounds=testing.get("confirm_rounds", defaults.confirm_rounds),
+        confirm_blocks=testing.get("confirm_blocks", defaults.confirm_blocks),
+        confirm_pause_s=float(testing.get("confirm_pause_s", defaults.confirm_pause_s)),
+        confirm_objectives=tuple(testing.get("confirm_objectives", defaults.confirm_objectives)),
         storage=data.get("storage"),
         storage_options=data.get("storage_options", {}),
         processes=tuple(_as_list(data.get("processes", 1))),
@@ -199,6 +203,10 @@ def _check_override_choices(changes: Mapping[str, Any]) -> None:
             raise UserError(f"{flag}: unknown {key.replace('_', ' ')} {changes[key]!r}{hint}")
     if "num_runs" in changes and (not isinstance(changes["num_runs"], int) or changes["num_runs"] < 1):
         raise UserError(f"--runs: must be a whole number of at least 1, got {changes['num_runs']!r}")
+    if "confirm_rounds" in changes:
+        rounds = changes["confirm_rounds"]
+        if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
+            raise UserError(f"--confirm-rounds: must be a whole number (0: off), got {rounds!r}")
     if "processes" in changes:
         counts = _as_list(changes["processes"])
         if not counts or any(not isinstance(n, int) or not 1 <= n <= MAX_PROCESSES for n in counts):
@@ -229,6 +237,9 @@ def _finish(config: SuiteConfig) -> SuiteConfig:
     - Several process counts multiply the TensorStore tests (`name_procs=N`); the memory
       kvstore cannot be shared between processes, so such points are skipped.
     """
+    if config.confirm_rounds in (1, 2):  # after the overrides: the flag's value is checked here too
+        raise UserError(f"testing.confirm_rounds: {config.confirm_rounds} rounds give a block no interval to judge it "
+                        "by; use 0 (off) or 3 or more")
     storage = (config.storage or "").split("://", 1)[0] if "://" in (config.storage or "") else "local"
     tests: list[TestSpec] = []
     skipped = list(config.skipped)

@@ -19,7 +19,7 @@ from ckptbench.core.records import ORDERS
 from ckptbench.spec.fields import CACHE_EVICTION, TEST_SCHEMA, sweepable
 from ckptbench.spec.presets import PRESETS, VALUES
 from ckptbench.spec.references import REFERENCES, config_schema
-from ckptbench.spec.suite import DTYPES, MAX_PROCESSES
+from ckptbench.spec.suite import CONFIRM_OBJECTIVES, DTYPES, MAX_PROCESSES
 
 _POSITIVE_INT = {"type": "integer", "minimum": 1}
 
@@ -61,6 +61,11 @@ SCHEMA: dict[str, Any] = {
                 "order": {"enum": list(ORDERS)},
                 "max_inflight_bytes": {**_POSITIVE_INT, "minimum": 2**20},
                 "noise_pct": {"type": "number", "minimum": 0, "maximum": 100},
+                "confirm_rounds": {"type": "integer", "minimum": 0, "maximum": 100},
+                "confirm_blocks": {"type": "integer", "minimum": 1, "maximum": 10},
+                "confirm_pause_s": {"type": "number", "minimum": 0, "maximum": 86400},
+                "confirm_objectives": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                       "items": {"enum": list(CONFIRM_OBJECTIVES)}},
             },
         },
         "test_configurations": {"type": "array", "minItems": 1, "items": TEST_SCHEMA},

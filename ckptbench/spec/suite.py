@@ -18,8 +18,9 @@ MAX_PROCESSES = 256
 # loaded copy and what is in flight within 1.25 x the model, Python, torch and TensorStore within 1 GB.
 MEMORY_BOUND_MULTIPLIER = 1.25
 MEMORY_BOUND_FIXED_BYTES = 1.0e9
-__all__ = ["CACHE_EVICTION", "DEFAULT_OUTPUT_DIR", "DTYPES", "MAX_PROCESSES", "MEMORY_BOUND_FIXED_BYTES",
-           "MEMORY_BOUND_MULTIPLIER", "ORDERS", "SuiteConfig", "TestSpec"]
+CONFIRM_OBJECTIVES = ("save", "load", "balanced")  # the timed objectives: a size has no run-to-run noise
+__all__ = ["CACHE_EVICTION", "CONFIRM_OBJECTIVES", "DEFAULT_OUTPUT_DIR", "DTYPES", "MAX_PROCESSES",
+           "MEMORY_BOUND_FIXED_BYTES", "MEMORY_BOUND_MULTIPLIER", "ORDERS", "SuiteConfig", "TestSpec"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,13 @@ class SuiteConfig:
     order: str = "interleaved"
     max_inflight_bytes: int = 512 * 2**20  # TensorStore's write copies what is in flight: this bounds the copy
     noise_pct: float = 5.0
+    # After the rounds: TensorStore's best and the fastest peer of each of `confirm_objectives` (and the device
+    # ceiling) measured again in `confirm_blocks` blocks of `confirm_rounds` fresh interleaved rounds, a pause of
+    # `confirm_pause_s` between blocks; the answer's ratios come from those runs alone. 0 rounds: off.
+    confirm_rounds: int = 0
+    confirm_blocks: int = 2
+    confirm_pause_s: float = 0.0
+    confirm_objectives: tuple[str, ...] = CONFIRM_OBJECTIVES
     config_path: Path | None = field(default=None, compare=False)
 
     def test(self, name: str) -> TestSpec:

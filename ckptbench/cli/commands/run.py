@@ -40,6 +40,9 @@ class Run(Command):
         parser.add_argument("--config", type=Path, help=f"suite config JSON (default: {default})")
         parser.add_argument("--output-dir", help="where results.json, the figures and run folders go")
         parser.add_argument("--runs", type=positive_int, help="measured runs per test (overrides testing.num_runs)")
+        parser.add_argument("--confirm-rounds", type=int, metavar="N",
+                            help="after the rounds, measure the answer's finalists again in N fresh rounds per block "
+                                 "(overrides testing.confirm_rounds; 0: off)")
         add_weight_arguments(parser)
         parser.add_argument("--tests", help="comma-separated subset of test names to run")
         parser.add_argument("--processes", help="worker processes per save and load, e.g. 4, or 1,2,4 to compare")
@@ -114,7 +117,8 @@ class Run(Command):
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    return {"output_dir": args.output_dir, "num_runs": args.runs, "tests": parse_tests(args.tests),
+    return {"output_dir": args.output_dir, "num_runs": args.runs, "confirm_rounds": args.confirm_rounds,
+            "tests": parse_tests(args.tests),
             "seed": args.seed, "storage": args.storage, "processes": parse_processes(args.processes),
             "tp": parse_tp(args.tp),
             "order": args.order, "cache_eviction": args.cache_eviction, **weight_overrides(args)}

@@ -1,0 +1,106 @@
+"""Confirmation rounds in a results document: what is measured again, and the answer from those runs alone.
+
+TensorStore's best and the fastest peer are chosen from a suite's rounds, so those same rounds flatter both
+(the winner's curse: the lowest of K noisy means is low partly by luck). A suite with `testing.confirm_rounds`
+measures them again afterwards, with the device ceiling, in blocks of fresh interleaved rounds separated in
+time (`finalists` says which tests: the suite asks it after its rounds, `derive` again from the same runs).
+`derive` then puts in the answer comparisons made from those runs only, pooled over the blocks, with each
+block's comparison beside them and whether the blocks disagree: a run's interval is conditional on that
+run's machine state, and blocks that disagree give no one verdict.
+
+Raw part, `confirmation` (null: not asked for): rounds, blocks, pause_s, objectives, and `runs`, every
+confirmation run (each with its `confirm_block`), kept out of the tests' runs so that no per-test statistic
+mixes them in. Derived: `confirmation.selected`, per objective the tests measured again ("tensorstore",
+"peer", "ceiling"); and per confirmed objective of `best`, `confirmation` (the winner's mean over these runs)
+and `against.peer` / `against.ceiling` from these runs (`runs: "confirmation"`, `blocks`, `block_ratio_range`,
+`blocks_disagree`: how the blocks disagree, or null).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Mapping, Sequence
+
+from ckptbench.analysis import change as analysis
+from ckptbench.documents.findings import metric_runs
+
+ROLES = ("peer", "ceiling")  # the answer's comparisons measured again; the baseline's stays the rounds'
+
+
+def raw(config: Any, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The raw `confirmation` section of a suite's document (None when the suite asks for none)."""
+    if not config.confirm_rounds:
+        return None
+    return {"rounds": config.confirm_rounds, "blocks": config.confirm_blocks, "pause_s": config.confirm_pause_s,
+            "objectives": list(config.confirm_objectives), "runs": list(runs)}
+
+
+def selected(best: Mapping[str, Any], objectives: Sequence[str]) -> dict[str, dict[str, str | None]]:
+    """Per objective, the tests to measure again: TensorStore's best, the fastest peer and the device ceiling
+    of `best` (documents.results.best_configurations, from the suite's rounds); none for an objective without a
+    peer or a ceiling to compare with."""
+    out = {}
+    for objective in objectives:
+        entry = best.get(objective)
+        if entry is None:
+            continue
+        against = entry.get("against") or {}
+        others = {role: (against.get(role) or {}).get("test") for role in ROLES}
+        if any(others.values()):
+            out[objective] = {"tensorstore": entry["test"], **others}
+    return out
+
+
+def finalists(best: Mapping[str, Any], objectives: Sequence[str]) -> list[str]:
+    """Every test to measure again, each once, in the order `selected` names them."""
+    names = [name for chosen in selected(best, objectives).values() for name in chosen.values() if name]
+    return list(dict.fromkeys(names))
+
+
+def derive(document: dict[str, Any], noise_pct: float) -> None:
+    """Put the confirmation runs' comparisons in the document's `best` (in place; see the module docstring)."""
+    section = document.get("confirmation")
+    if not section:
+        return
+    best = document["best"]
+    section["selected"] = selected(best, section["objectives"])
+    good = [r for r in section["runs"] if r["error"] is None and not r["warmup"]]
+    blocks = sorted({r["confirm_block"] for r in good})
+    for objective, chosen in section["selected"].items():
+        entry = best[objective]
+        metric = entry["metric"]
+        mine = _runs(good, chosen["tensorstore"])
+        values = metric_runs({"runs": mine}, metric)
+        entry["confirmation"] = None
+        if not values:
+            continue
+        entry["confirmation"] = {"test": chosen["tensorstore"], "mean": statistics.fmean(values), "n": len(values),
+                                 "rounds": section["rounds"], "blocks": len(blocks)}
+        for role in ROLES:
+            theirs = _runs(good, chosen[role]) if chosen[role] else []
+            if metric_runs({"runs": theirs}, metric):
+                entry["against"][role] = _confirmed(mine, theirs, chosen[role], metric, blocks, noise_pct)
+
+
+def _runs(runs: Sequence[Mapping[str, Any]], test: str) -> list[Mapping[str, Any]]:
+    return [r for r in runs if r["test"] == test]
+
+
+def _confirmed(mine: Sequence[Mapping[str, Any]], theirs: Sequence[Mapping[str, Any]], other: str, metric: str,
+               blocks: Sequence[int], noise_pct: float) -> dict[str, Any]:
+    """The winner against `other` over every confirmation run, and block by block."""
+    def compared(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return analysis.compare(metric_runs({"runs": a}, metric), metric_runs({"runs": b}, metric),
+                                metric="save_s", noise_pct=noise_pct)  # every objective confirmed is a time
+
+    per_block = []
+    for block in blocks:
+        a = [r for r in mine if r["confirm_block"] == block]
+        b = [r for r in theirs if r["confirm_block"] == block]
+        if a and b:
+            per_block.append({"block": block, **compared(a, b)})
+    ratios = [c["ratio"] for c in per_block if c["ratio"] is not None]
+    return {"test": other, "mean": statistics.fmean(metric_runs({"runs": theirs}, metric)),
+            **compared(mine, theirs), "runs": "confirmation", "blocks": per_block,
+            "block_ratio_range": [min(ratios), max(ratios)] if len(ratios) > 1 else None,
+            "blocks_disagree": analysis.blocks_disagree(per_block) if len(per_block) > 1 else None}
