@@ -22,6 +22,7 @@ class Setting:
     schema: dict[str, Any]
     default: Any
     meaning: str
+    label: str  # in the name of a row with this setting given ("runai_streamer_conc=32")
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,12 @@ class Reference:
         return self.prior_s_per_gb if self.later_s_per_gb is None else self.later_s_per_gb
 
 
-def _threads(default: int, meaning: str) -> Setting:
-    return Setting({"type": "integer", "minimum": 1, "maximum": 1024}, default, meaning)
+def _threads(default: int, meaning: str, label: str = "threads") -> Setting:
+    return Setting({"type": "integer", "minimum": 1, "maximum": 1024}, default, meaning, label)
+
+
+def _bytes(default: int, meaning: str, label: str) -> Setting:
+    return Setting({"type": "integer", "minimum": 4096, "maximum": 2**30}, default, meaning, label)
 
 
 def _runai_buffers(settings: Mapping[str, Any], model_bytes: int) -> float:
@@ -73,16 +78,36 @@ def _runai_buffers(settings: Mapping[str, Any], model_bytes: int) -> float:
     return float(model_bytes if limit < 0 else min(limit, model_bytes))
 
 
-# Run:ai's settings: two environment variables its C++ core reads (an empty value breaks it), and `owned`.
+# Run:ai's settings: environment variables its C++ core reads when a streamer is made (an empty value breaks
+# it; a setting at its default "auto"/null leaves its variable unset, so the core picks), and `owned`. Their
+# names and defaults are the core's own (runai-model-streamer 0.17.1, its log of a streamer's settings):
+# reading block 2 MiB, queue depth from the concurrency, strategy the first of io_uring_direct, libaio_direct,
+# sync_buffered that works here.
+RUNAI_STRATEGIES = ("auto", "io_uring_direct", "libaio_direct", "sync_buffered")
 _RUNAI_SETTINGS = {
     "concurrency": _threads(16, "RUNAI_STREAMER_CONCURRENCY: its C++ core's reader threads, read when a streamer "
-                                "is made"),
+                                "is made", "conc"),
+    "chunk_bytesize": _bytes(2 * 2**20, "RUNAI_STREAMER_CHUNK_BYTESIZE: bytes of each file-system read (its "
+                                        "\"file system block size\")", "chunk"),
+    "fs_strategy": Setting({"enum": list(RUNAI_STRATEGIES)}, "auto",
+                           "RUNAI_STREAMER_FS_STRATEGY: how it reads files: io_uring_direct and libaio_direct "
+                           "(O_DIRECT), sync_buffered (pread through the page cache); auto: unset, the first that "
+                           "works here", "fs"),
+    "fs_queue_depth": Setting({"type": ["integer", "null"], "minimum": 1, "maximum": 4096}, None,
+                              "RUNAI_STREAMER_FS_QUEUE_DEPTH: file-system reads in flight (node-wide); null: unset, "
+                              "derived from the concurrency", "qd"),
     "memory_limit": Setting({"type": "integer", "minimum": -1, "maximum": 2**50}, 40_000_000_000,
                             "RUNAI_STREAMER_MEMORY_LIMIT: bytes of its read buffers (-1: unlimited; 0: one "
-                            "tensor's), read at each stream_files call"),
+                            "tensor's), read at each stream_files call", "mem"),
     "owned": Setting({"type": "boolean"}, True,
                      "true: each tensor it yields is the caller's (its buffers are not reused); false: buffers are "
-                     "reused, so the load copies each tensor out"),
+                     "reused, so the load copies each tensor out", "owned"),
+}
+_FASTSAFETENSORS_SETTINGS = {
+    "max_threads": _threads(16, "SafeTensorsFileLoader's max_threads: threads of its copies"),
+    "bbuf_size_kb": Setting({"type": "integer", "minimum": 64, "maximum": 2**24}, 16 * 1024,
+                            "SafeTensorsFileLoader's bbuf_size_kb: KiB of its bounce buffer (nogds reads pread "
+                            "through it)", "bbuf"),
 }
 
 
@@ -118,14 +143,16 @@ REFERENCES: dict[str, Reference] = {ref.kind: ref for ref in (
     Reference("fastsafetensors", "fastsafetensors", "reference: safetensors save_file + fsync; fastsafetensors on "
               "the CPU (nogds: pread through a bounce buffer) reads the file into one buffer, the tensors views of it",
               1.05, 1.5, "#8c564b", package="fastsafetensors", modules=("fastsafetensors",),
-              settings={"max_threads": _threads(16, "SafeTensorsFileLoader's max_threads")},
+              settings=_FASTSAFETENSORS_SETTINGS,
               tp_unsupported="fastsafetensors under tp is not measured yet: its slices come from a process group's "
                              "shards (get_sharded), which the harness's readers do not form"),
     Reference("torch_dcp", "torch DCP",
               "reference: torch.distributed.checkpoint save (FileSystemWriter, every file fsync'd) and load into "
               "preallocated tensors (FileSystemReader), one process, no process group", 1.25, 3.5, "#3a86ff",
               package="torch", modules=("torch.distributed.checkpoint",),
-              settings={"thread_count": _threads(1, "FileSystemWriter's thread_count: writing threads, a file each")},
+              settings={"thread_count": _threads(1, "FileSystemWriter's thread_count: writing threads, a file each "
+                                                  "(torch 2.13's FileSystemReader has no thread count: it reads in "
+                                                  "one thread)")},
               tp_load="each rank: dcp.load of tensors of its slices' shapes, no process group, with a planner "
                       "asking for each slice at its offsets (as a DTensor shard would); the FileSystemReader reads "
                       "each saved tensor whole, then narrows it"),
@@ -143,19 +170,39 @@ def defaults(kind: str) -> dict[str, Any]:
 
 
 def config_schema(kind: str) -> dict[str, Any]:
-    """What a config's `references` block takes for a kind: true or false, or an object of its settings."""
+    """What a config's `references` block takes for a kind: true or false; or, for a kind with settings, an object
+    of them (one row), or a list of such objects (one row each: the settings a peer is tried with)."""
     properties = {name: setting.schema for name, setting in REFERENCES[kind].settings.items()}
     if not properties:
         return {"type": "boolean"}
-    return {"anyOf": [{"type": "boolean"},
-                      {"type": "object", "additionalProperties": False, "properties": properties}]}
+    one = {"type": "object", "additionalProperties": False, "properties": properties}
+    return {"anyOf": [{"type": "boolean"}, one, {"type": "array", "minItems": 1, "maxItems": 100, "items": one}]}
 
 
-def settings_of(kind: str, value: Any) -> dict[str, Any] | None:
-    """A row's settings from its `references` value (checked by config_schema): None when it is off."""
+def rows_of(kind: str, value: Any) -> list[tuple[str, dict[str, Any]]]:
+    """A kind's rows from its `references` value (checked by config_schema), as (test name, settings with defaults
+    filled): none when it is off; one named after the kind for true or an object; one per entry of a list, named
+    after the settings it gives ("runai_streamer_conc=32_chunk=8MiB"; the kind alone for an empty entry)."""
     if value is False or value is None:
-        return None
-    return {**defaults(kind), **(value if isinstance(value, Mapping) else {})}
+        return []
+    if not isinstance(value, list):
+        return [(kind, {**defaults(kind), **(value if isinstance(value, Mapping) else {})})]
+    return [(row_name(kind, entry), {**defaults(kind), **entry}) for entry in value]
+
+
+def row_name(kind: str, given: Mapping[str, Any]) -> str:
+    """A row's name from the settings its entry gives, in the kind's order of settings."""
+    settings = REFERENCES[kind].settings
+    parts = [f"{settings[name].label}={_value_label(given[name])}" for name in settings if name in given]
+    return "_".join([kind, *parts])
+
+
+def _value_label(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, int) and value >= 2**20 and value % 2**20 == 0:
+        return f"{value // 2**20}MiB"
+    return str(value)
 
 
 def unavailable(kind: str) -> str | None:
