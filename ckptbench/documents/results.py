@@ -34,6 +34,10 @@ Version history (bump SCHEMA_VERSION whenever a field changes meaning):
   Later, without a bump (optional fields, derived afresh from raw runs that lack them as None):
   runs' `process_load_read_bytes`, `process_load_rchar_bytes`, `process_load_slice_bytes` (each
   reader's bytes) and tests' `tensor_parallel` (tp > 1: the read amplification).
+  Every row's destination: `config.load_into` (the suite's, testing.load_into) and each test's
+  `settings.load_into` ("new" or "preallocated", reference rows too) with `settings.load_into_note` (why a
+  row's differs from the suite's, else None). Files without them recorded "new" for every reference row,
+  though torch_dcp loaded into preallocated tensors and the device ceiling into its own buffer.
 """
 
 from __future__ import annotations

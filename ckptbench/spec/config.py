@@ -28,9 +28,9 @@ from ckptbench.spec.schema import SCHEMA, Validator, describe_error, suggest, va
 from ckptbench.spec.suite import DEFAULT_OUTPUT_DIR, DTYPES, MAX_PROCESSES, SuiteConfig
 from ckptbench.spec.sweep import count_points, expand_sweep, iter_sweep, swept_fields
 
-__all__ = ["CACHE_EVICTION", "DEFAULT_OUTPUT_DIR", "DTYPES", "OVERRIDES", "REFERENCES", "SCHEMA", "SWEEP_FIELDS",
-           "TEST_SCHEMA", "SuiteConfig", "TestSpec", "Validator", "describe_error", "expand_sweep", "from_dict", "load",
-           "weights_source", "with_processes"]
+__all__ = ["CACHE_EVICTION", "DEFAULT_OUTPUT_DIR", "DTYPES", "LOAD_INTO", "OVERRIDES", "REFERENCES", "SCHEMA",
+           "SWEEP_FIELDS", "TEST_SCHEMA", "SuiteConfig", "TestSpec", "Validator", "describe_error", "expand_sweep",
+           "from_dict", "load", "weights_source", "with_processes"]
 
 # Command-line overrides `from_dict` and `load` accept (None or absent: not given).
 MAX_TESTS = 10_000  # more tests than this is a search, not a suite: `tune` samples such spaces

@@ -41,19 +41,26 @@ class Reference:
     # What must import for the row to run here (a package, a native library it loads); else it is skipped
     package: str | None = None  # the distribution that brings it (requirements.txt pins it), for the reason
     modules: tuple[str, ...] = ()
-    # Anonymous bytes some settings add to the multiplier's (from the row's settings and the model's bytes)
-    extra_memory: Callable[[Mapping[str, Any], int], float] | None = None
+    # Anonymous bytes some settings add to the multiplier's (from the row's settings, the model's bytes and the
+    # row's load_into)
+    extra_memory: Callable[[Mapping[str, Any], int, str], float] | None = None
+    # Under load_into "preallocated": bytes per byte of model of its own read buffer, held besides the arrays it
+    # copies into (fastsafetensors' one buffer of the file; safetensors' and torch.load's maps are file pages)
+    copy_buffer: float = 0.0
     # Under tp > 1 (spec.tensor_parallel): how each rank reads its slice, or why the row cannot (it is skipped)
     tp_load: str = ""
     tp_unsupported: str | None = None
     tp_reads_whole: bool = False  # each tp reader holds the whole model before it copies its slice out
 
-    def memory_bytes(self, settings: Mapping[str, Any] | None, model_bytes: int) -> float:
+    def memory_bytes(self, settings: Mapping[str, Any] | None, model_bytes: int, load_into: str | None = None
+                     ) -> float:
         """Peak anonymous memory of a row with these settings, beyond the process's fixed part (bench.capacity)."""
         need = self.memory_multiplier * model_bytes
+        if load_into == "preallocated":
+            need += self.copy_buffer * model_bytes
         if self.extra_memory is not None:
             need += self.extra_memory({**{k: s.default for k, s in self.settings.items()}, **(settings or {})},
-                                      model_bytes)
+                                      model_bytes, load_into or "new")
         return need
 
     @property
@@ -69,11 +76,13 @@ def _bytes(default: int, meaning: str, label: str) -> Setting:
     return Setting({"type": "integer", "minimum": 4096, "maximum": 2**30}, default, meaning, label)
 
 
-def _runai_buffers(settings: Mapping[str, Any], model_bytes: int) -> float:
+def _runai_buffers(settings: Mapping[str, Any], model_bytes: int, load_into: str) -> float:
     """Run:ai with owned false keeps its read buffers besides the copies it hands out: up to its memory limit
-    (-1: unlimited), so a limit of at most a quarter of the model keeps the harness's memory bound."""
+    (-1: unlimited), so a limit of at most a quarter of the model keeps the harness's memory bound. Under
+    load_into "preallocated" its owned buffers are besides the arrays they are copied into: counted as the
+    whole model (not measured: an upper bound)."""
     if settings["owned"]:
-        return 0.0  # the buffers are the loaded copy
+        return 0.0 if load_into == "new" else float(model_bytes)  # new: the buffers are the loaded copy
     limit = settings["memory_limit"]
     return float(model_bytes if limit < 0 else min(limit, model_bytes))
 
@@ -143,7 +152,7 @@ REFERENCES: dict[str, Reference] = {ref.kind: ref for ref in (
     Reference("fastsafetensors", "fastsafetensors", "reference: safetensors save_file + fsync; fastsafetensors on "
               "the CPU (nogds: pread through a bounce buffer) reads the file into one buffer, the tensors views of it",
               1.05, 1.5, "#8c564b", package="fastsafetensors", modules=("fastsafetensors",),
-              settings=_FASTSAFETENSORS_SETTINGS,
+              settings=_FASTSAFETENSORS_SETTINGS, copy_buffer=1.0,
               tp_unsupported="fastsafetensors under tp is not measured yet: its slices come from a process group's "
                              "shards (get_sharded), which the harness's readers do not form"),
     Reference("torch_dcp", "torch DCP",
