@@ -162,10 +162,10 @@ def test_a_peer_listed_with_several_settings_is_one_row_each_named_by_them(tmp_p
                                                       {"fs_strategy": "sync_buffered", "fs_queue_depth": 8}],
                                    "fastsafetensors": [{"max_threads": 4, "bbuf_size_kb": 4096}]})
     rows = {t.name: t for t in suite.tests if t.is_reference}
-    assert list(rows) == ["runai_streamer", "runai_streamer_conc=32_chunk=8MiB", "runai_streamer_fs=sync_buffered_qd=8",
+    assert list(rows) == ["runai_streamer", "runai_streamer_conc=32_chunk=8MB", "runai_streamer_fs=sync_buffered_qd=8",
                           "fastsafetensors_threads=4_bbuf=4096"]
     assert {t.backend for t in rows.values()} == {"runai_streamer", "fastsafetensors"}
-    assert rows["runai_streamer_conc=32_chunk=8MiB"].reference_settings["chunk_bytesize"] == 8 * 2**20
+    assert rows["runai_streamer_conc=32_chunk=8MB"].reference_settings["chunk_bytesize"] == 8 * 2**20
     assert rows["runai_streamer_fs=sync_buffered_qd=8"].reference_settings["concurrency"] == 16  # the default
     backend = measure.backend_for(rows["runai_streamer_fs=sync_buffered_qd=8"], suite)
     assert backend.bypasses_page_cache is False  # buffered reads: the page cache is not bypassed
@@ -224,7 +224,7 @@ def test_runai_file_system_knobs_reach_its_core(tmp_path, tiny, monkeypatch):
     refs = {"runai_streamer": [{"chunk_bytesize": 4 * 2**20, "fs_strategy": "sync_buffered", "fs_queue_depth": 5},
                                {"concurrency": 2}]}
     suite = _suite(tmp_path, refs=refs)
-    record, _ = _run(suite, "runai_streamer_chunk=4MiB_fs=sync_buffered_qd=5", tensors)
+    record, _ = _run(suite, "runai_streamer_chunk=4MB_fs=sync_buffered_qd=5", tensors)
     assert record.ok and record.verified, record.error
     assert seen == {"RUNAI_STREAMER_CHUNK_BYTESIZE": str(4 * 2**20), "RUNAI_STREAMER_FS_STRATEGY": "sync_buffered",
                     "RUNAI_STREAMER_FS_QUEUE_DEPTH": "5"}
@@ -477,7 +477,7 @@ def test_e2e_measures_every_row_and_records_its_settings(e2e):
     assert status == 0 and document["complete"] is True
     tests = {t["name"]: t for t in document["tests"]}
     assert list(tests) == ["ts_into=new", "ts_into=preallocated", "torch_save", "runai_streamer_conc=4_owned=false",
-                           "runai_streamer_chunk=1MiB_fs=sync_buffered", "torch_dcp"]
+                           "runai_streamer_chunk=1MB_fs=sync_buffered", "torch_dcp"]
     for test in tests.values():
         assert [r["verified"] for r in test["runs"]] == [True, True], test["name"]
         assert all(r["load_cache"] == "cold" for r in test["runs"]), test["name"]
@@ -492,7 +492,7 @@ def test_e2e_measures_every_row_and_records_its_settings(e2e):
     assert tests["runai_streamer_conc=4_owned=false"]["settings"]["reference_settings"] == {
         "concurrency": 4, "chunk_bytesize": 2 * 2**20, "fs_strategy": "auto", "fs_queue_depth": None,
         "owned": False, "memory_limit": 40_000_000_000}
-    assert tests["runai_streamer_chunk=1MiB_fs=sync_buffered"]["settings"]["reference_settings"]["fs_strategy"] == (
+    assert tests["runai_streamer_chunk=1MB_fs=sync_buffered"]["settings"]["reference_settings"]["fs_strategy"] == (
         "sync_buffered")
     assert tests["torch_dcp"]["settings"]["reference_settings"] == {"thread_count": 2}
     assert {tests[n]["kind"] for n in tests if not n.startswith("ts")} == {"reference"}

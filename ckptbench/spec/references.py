@@ -12,6 +12,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from ckptbench.core.units import size_label
+
 CEILING = "device_ceiling"
 
 
@@ -191,7 +193,7 @@ def config_schema(kind: str) -> dict[str, Any]:
 def rows_of(kind: str, value: Any) -> list[tuple[str, dict[str, Any]]]:
     """A kind's rows from its `references` value (checked by config_schema), as (test name, settings with defaults
     filled): none when it is off; one named after the kind for true or an object; one per entry of a list, named
-    after the settings it gives ("runai_streamer_conc=32_chunk=8MiB"; the kind alone for an empty entry)."""
+    after the settings it gives ("runai_streamer_conc=32_chunk=8MB"; the kind alone for an empty entry)."""
     if value is False or value is None:
         return []
     if not isinstance(value, list):
@@ -210,7 +212,7 @@ def _value_label(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return str(value).lower()
     if isinstance(value, int) and value >= 2**20 and value % 2**20 == 0:
-        return f"{value // 2**20}MiB"
+        return size_label(value)  # a byte count: "8MB", binary, as sweep point names write sizes
     return str(value)
 
 
