@@ -397,7 +397,8 @@ def _read_test(raw: Mapping[str, Any], source: str) -> TestSpec:
 
 def suite_data(tests: list[dict[str, Any]], *, output_dir: Path, testing: Mapping[str, Any], model: str | None = None,
                weights: str | None = None, dtype: str | None = None, values: str | None = None,
-               storage: str | None = None, references: tuple[str, ...] = (), baseline: str | None = None,
+               storage: str | None = None, references: tuple[str, ...] | Mapping[str, Any] = (),
+               baseline: str | None = None,
                description: str | None = None) -> dict[str, Any]:
     """A suite config as a config file holds it (for `from_dict`): what tune and explain build their suites
     with. Settings left None are left out (the file's defaults); a checkpoint (`weights`) brings its own values."""
@@ -412,7 +413,9 @@ def suite_data(tests: list[dict[str, Any]], *, output_dir: Path, testing: Mappin
         data["weights"] = weights
     elif values is not None:
         data["values"] = values
-    data["references"] = {kind: kind in references for kind in REFERENCES}
+    # A tuple of kinds (each at its defaults), or each kind's `references` value (spec.references.rows_of)
+    data["references"] = ({kind: references.get(kind, False) for kind in REFERENCES} if isinstance(references, Mapping)
+                          else {kind: kind in references for kind in REFERENCES})
     data["testing"] = dict(testing)
     if baseline is not None or tests:
         data["baseline"] = baseline if baseline is not None else tests[0]["name"]

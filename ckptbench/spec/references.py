@@ -208,6 +208,12 @@ def row_name(kind: str, given: Mapping[str, Any]) -> str:
     return "_".join([kind, *parts])
 
 
+def kind_of(name: str) -> str | None:
+    """The reference kind of a row named by rows_of (the kind itself, or the kind and its settings), else None."""
+    return next((kind for kind in REFERENCES if name == kind or name.startswith(kind + "_")
+                 and "=" in name[len(kind):]), None)
+
+
 def _value_label(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return str(value).lower()
