@@ -489,6 +489,8 @@ def test_e2e_measures_every_row_and_records_its_settings(e2e):
     assert any(w.startswith("ts_into=new loads into new arrays, not the suite's preallocated") for w in document["warnings"])
     assert any(a["text"].startswith("destination: every row loads into preallocated arrays but ts_into=new")
                for a in document["alerts"])
+    from ckptbench.reports.results import headline
+    assert "loads cold (fadvise) into preallocated arrays (every row but ts_into=new)" in headline(document)
     assert tests["runai_streamer_conc=4_owned=false"]["settings"]["reference_settings"] == {
         "concurrency": 4, "chunk_bytesize": 2 * 2**20, "fs_strategy": "auto", "fs_queue_depth": None,
         "owned": False, "memory_limit": 40_000_000_000}
