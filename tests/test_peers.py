@@ -120,7 +120,7 @@ def test_a_corrupted_peer_file_fails_verification(tmp_path, tiny, name):
 def test_row_settings_default_to_each_librarys_own_and_are_checked(tmp_path):
     suite = _suite(tmp_path, refs={"runai_streamer": True, "fastsafetensors": {}, "torch_dcp": {"thread_count": 4}})
     assert suite.test("runai_streamer").reference_settings == {
-        "concurrency": 16, "chunk_bytesize": 2 * 2**20, "fs_strategy": "auto", "fs_queue_depth": None,
+        "concurrency": None, "chunk_bytesize": 2 * 2**20, "fs_strategy": "auto", "fs_queue_depth": None,
         "memory_limit": 40_000_000_000, "owned": True}
     assert suite.test("fastsafetensors").reference_settings == {"max_threads": 16, "bbuf_size_kb": 16 * 1024}
     assert suite.test("torch_dcp").reference_settings == {"thread_count": 4}
@@ -166,7 +166,7 @@ def test_a_peer_listed_with_several_settings_is_one_row_each_named_by_them(tmp_p
                           "fastsafetensors_threads=4_bbuf=4096"]
     assert {t.backend for t in rows.values()} == {"runai_streamer", "fastsafetensors"}
     assert rows["runai_streamer_conc=32_chunk=8MB"].reference_settings["chunk_bytesize"] == 8 * 2**20
-    assert rows["runai_streamer_fs=sync_buffered_qd=8"].reference_settings["concurrency"] == 16  # the default
+    assert rows["runai_streamer_fs=sync_buffered_qd=8"].reference_settings["concurrency"] is None  # the core's
     backend = measure.backend_for(rows["runai_streamer_fs=sync_buffered_qd=8"], suite)
     assert backend.bypasses_page_cache is False  # buffered reads: the page cache is not bypassed
     assert measure.backend_for(rows["runai_streamer"], suite).bypasses_page_cache is True
@@ -216,24 +216,27 @@ def test_runai_file_system_knobs_reach_its_core(tmp_path, tiny, monkeypatch):
     class Spy(real):
         def __enter__(self):
             seen.update({name: os.environ.get(name) for name in (
-                "RUNAI_STREAMER_CHUNK_BYTESIZE", "RUNAI_STREAMER_FS_STRATEGY", "RUNAI_STREAMER_FS_QUEUE_DEPTH")})
+                "RUNAI_STREAMER_CONCURRENCY", "RUNAI_STREAMER_CHUNK_BYTESIZE", "RUNAI_STREAMER_FS_STRATEGY",
+                "RUNAI_STREAMER_FS_QUEUE_DEPTH")})
             return super().__enter__()
 
     monkeypatch.setattr(runai_model_streamer, "SafetensorsStreamer", Spy)
     monkeypatch.setenv("RUNAI_STREAMER_FS_STRATEGY", "libaio_direct")  # a user's own: unset under "auto"
+    monkeypatch.setenv("RUNAI_STREAMER_CONCURRENCY", "5")  # unset where the row leaves it to the core
     refs = {"runai_streamer": [{"chunk_bytesize": 4 * 2**20, "fs_strategy": "sync_buffered", "fs_queue_depth": 5},
                                {"concurrency": 2}]}
     suite = _suite(tmp_path, refs=refs)
     record, _ = _run(suite, "runai_streamer_chunk=4MB_fs=sync_buffered_qd=5", tensors)
     assert record.ok and record.verified, record.error
-    assert seen == {"RUNAI_STREAMER_CHUNK_BYTESIZE": str(4 * 2**20), "RUNAI_STREAMER_FS_STRATEGY": "sync_buffered",
-                    "RUNAI_STREAMER_FS_QUEUE_DEPTH": "5"}
+    assert seen == {"RUNAI_STREAMER_CONCURRENCY": None, "RUNAI_STREAMER_CHUNK_BYTESIZE": str(4 * 2**20),
+                    "RUNAI_STREAMER_FS_STRATEGY": "sync_buffered", "RUNAI_STREAMER_FS_QUEUE_DEPTH": "5"}
     assert record.resident_bytes_after_load is None  # buffered reads: not a row that bypasses the page cache
     record, _ = _run(suite, "runai_streamer_conc=2", tensors)
     assert record.ok and record.verified, record.error
-    assert seen == {"RUNAI_STREAMER_CHUNK_BYTESIZE": str(2 * 2**20), "RUNAI_STREAMER_FS_STRATEGY": None,
-                    "RUNAI_STREAMER_FS_QUEUE_DEPTH": None}
+    assert seen == {"RUNAI_STREAMER_CONCURRENCY": "2", "RUNAI_STREAMER_CHUNK_BYTESIZE": str(2 * 2**20),
+                    "RUNAI_STREAMER_FS_STRATEGY": None, "RUNAI_STREAMER_FS_QUEUE_DEPTH": None}
     assert os.environ["RUNAI_STREAMER_FS_STRATEGY"] == "libaio_direct"  # restored
+    assert os.environ["RUNAI_STREAMER_CONCURRENCY"] == "5"
 
 
 def test_the_memory_pre_check_counts_runai_buffers_only_when_it_reuses_them(tmp_path):

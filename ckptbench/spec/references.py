@@ -91,13 +91,18 @@ def _runai_buffers(settings: Mapping[str, Any], model_bytes: int, load_into: str
 
 # Run:ai's settings: environment variables its C++ core reads when a streamer is made (an empty value breaks
 # it; a setting at its default "auto"/null leaves its variable unset, so the core picks), and `owned`. Their
-# names and defaults are the core's own (runai-model-streamer 0.17.1, its log of a streamer's settings):
-# reading block 2 MiB, queue depth from the concurrency, strategy the first of io_uring_direct, libaio_direct,
-# sync_buffered that works here.
+# names and defaults are the core's own (runai-model-streamer 0.17.1, its debug log of a streamer's settings):
+# reading block 2 MiB; with neither variable set, 16 reader threads and a file-system queue depth of 64, with
+# RUNAI_STREAMER_CONCURRENCY set and RUNAI_STREAMER_FS_QUEUE_DEPTH unset, both the concurrency, and with the
+# queue depth set, both the queue depth (for files); strategy the first of io_uring_direct, libaio_direct,
+# sync_buffered that works here. (Before these were row settings the harness always set the concurrency to 16,
+# which cut the queue depth from its default 64 to 16.)
 RUNAI_STRATEGIES = ("auto", "io_uring_direct", "libaio_direct", "sync_buffered")
 _RUNAI_SETTINGS = {
-    "concurrency": _threads(16, "RUNAI_STREAMER_CONCURRENCY: its C++ core's reader threads, read when a streamer "
-                                "is made", "conc"),
+    "concurrency": Setting({"type": ["integer", "null"], "minimum": 1, "maximum": 1024}, None,
+                           "RUNAI_STREAMER_CONCURRENCY: its C++ core's reader threads (and, for files, its queue "
+                           "depth unless fs_queue_depth is given); null: unset, the core's own (16 threads, queue "
+                           "depth 64)", "conc"),
     "chunk_bytesize": _bytes(2 * 2**20, "RUNAI_STREAMER_CHUNK_BYTESIZE: bytes of each file-system read (its "
                                         "\"file system block size\")", "chunk"),
     "fs_strategy": Setting({"enum": list(RUNAI_STRATEGIES)}, "auto",
@@ -105,8 +110,8 @@ _RUNAI_SETTINGS = {
                            "(O_DIRECT), sync_buffered (pread through the page cache); auto: unset, the first that "
                            "works here", "fs"),
     "fs_queue_depth": Setting({"type": ["integer", "null"], "minimum": 1, "maximum": 4096}, None,
-                              "RUNAI_STREAMER_FS_QUEUE_DEPTH: file-system reads in flight (node-wide); null: unset, "
-                              "derived from the concurrency", "qd"),
+                              "RUNAI_STREAMER_FS_QUEUE_DEPTH: file-system reads in flight (node-wide; for files it "
+                              "also sets the reader threads); null: unset, from the concurrency", "qd"),
     "memory_limit": Setting({"type": "integer", "minimum": -1, "maximum": 2**50}, 40_000_000_000,
                             "RUNAI_STREAMER_MEMORY_LIMIT: bytes of its read buffers (-1: unlimited; 0: one "
                             "tensor's), read at each stream_files call", "mem"),
@@ -158,8 +163,9 @@ REFERENCES: dict[str, Reference] = {ref.kind: ref for ref in (
               tp_unsupported="fastsafetensors under tp is not measured yet: its slices come from a process group's "
                              "shards (get_sharded), which the harness's readers do not form"),
     Reference("torch_dcp", "torch DCP",
-              "reference: torch.distributed.checkpoint save (FileSystemWriter, every file fsync'd) and load into "
-              "preallocated tensors (FileSystemReader), one process, no process group", 1.25, 3.5, "#3a86ff",
+              "reference: torch.distributed.checkpoint save (FileSystemWriter, every file fsync'd) and load "
+              "(FileSystemReader) into a state dict allocated from its metadata inside the clock, or into the "
+              "preallocated tensors (load_into), one process, no process group", 1.25, 3.5, "#3a86ff",
               package="torch", modules=("torch.distributed.checkpoint",),
               settings={"thread_count": _threads(1, "FileSystemWriter's thread_count: writing threads, a file each "
                                                   "(torch 2.13's FileSystemReader has no thread count: it reads in "

@@ -75,7 +75,7 @@ def environment(values: Mapping[str, str | None]) -> Iterator[None]:
 class RunaiStreamerBackend(SafetensorsBackend):
     """safetensors save_file + fsync; Run:ai Model Streamer streams the file back."""
 
-    def __init__(self, concurrency: int = _RUNAI["concurrency"], chunk_bytesize: int = _RUNAI["chunk_bytesize"],
+    def __init__(self, concurrency: int | None = _RUNAI["concurrency"], chunk_bytesize: int = _RUNAI["chunk_bytesize"],
                  fs_strategy: str = _RUNAI["fs_strategy"], fs_queue_depth: int | None = _RUNAI["fs_queue_depth"],
                  memory_limit: int = _RUNAI["memory_limit"], owned: bool = _RUNAI["owned"]) -> None:
         self.concurrency, self.chunk_bytesize, self.memory_limit, self.owned = (concurrency, chunk_bytesize,
@@ -89,7 +89,7 @@ class RunaiStreamerBackend(SafetensorsBackend):
 
     def settings_environment(self) -> dict[str, str | None]:
         """The environment variables its C++ core reads, as this row sets them (None: unset, the core's default)."""
-        return {"RUNAI_STREAMER_CONCURRENCY": str(self.concurrency),
+        return {"RUNAI_STREAMER_CONCURRENCY": None if self.concurrency is None else str(self.concurrency),
                 "RUNAI_STREAMER_CHUNK_BYTESIZE": str(self.chunk_bytesize),
                 "RUNAI_STREAMER_FS_STRATEGY": None if self.fs_strategy == "auto" else self.fs_strategy,
                 "RUNAI_STREAMER_FS_QUEUE_DEPTH": None if self.fs_queue_depth is None else str(self.fs_queue_depth),
