@@ -14,8 +14,10 @@ when a decision rule changes on purpose, by `python tests/test_same_answers.py -
 and the commit says why: the tune entries when tune's cost model changed (the reference rows
 in rung 0 and the final only, the device ceiling's grid once), and again when rung 0 put the
 device ceiling after its first three candidates and the final kept the fastest peer until
-it has the three runs an interval needs; the explain entry when every change's interval
-became the one on the log of the ratio (results schema 4).
+it has the three runs an interval needs, and again when the shipped space tried the Run:ai
+streamer with a second setting (its `references` block: one more peer row in rung 0; every
+winner stayed); the explain entry when every change's interval became the one on the log of
+the ratio (results schema 4).
 
 One test per command: the suite executor each one injects is `fake_suite` (what a real
 `bench.suite.run_suite` does, with the made-up disk's records and a virtual clock).
