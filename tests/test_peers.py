@@ -510,3 +510,26 @@ def test_e2e_skipped_peer_is_in_results_and_warnings(e2e):
     assert skipped["name"] == "fastsafetensors"
     assert "fastsafetensors cannot be used here (ModuleNotFoundError" in skipped["reason"]
     assert any("fastsafetensors" in w and "skipped" in w and "ModuleNotFoundError" in w for w in document["warnings"])
+
+
+def test_a_journal_from_before_destinations_resumes_unless_dcp_loaded_elsewhere(tmp_path):
+    """A suite interrupted before every row's destination was recorded: its rows loaded into new arrays (the
+    ceiling into its buffer, as today), so it resumes; but its DCP row loaded into preallocated tensors, which
+    today's DCP under "new" does not, so a suite with it is refused rather than mixing the two."""
+    from ckptbench.documents import journal
+
+    def as_written_before(current):
+        old = json.loads(json.dumps(current))
+        old["config"].pop("load_into")
+        for test in old["config"]["tests"]:
+            test.pop("load_into_note")
+            test["load_into"] = "new"  # what every row said then
+        return old
+
+    suite = _suite(tmp_path / "a", refs={"torch_save": True, "runai_streamer": True, "device_ceiling": True})
+    current = journal.fingerprint(suite.to_json(), {"size_bytes": 1})
+    assert journal.differences(as_written_before(current), current) == []
+    suite = _suite(tmp_path / "b", refs={"torch_dcp": True})
+    current = journal.fingerprint(suite.to_json(), {"size_bytes": 1})
+    (difference,) = journal.differences(as_written_before(current), current)
+    assert difference.startswith("config.tests:")

@@ -23,7 +23,7 @@ from ckptbench.spec import compression, tensor_parallel
 from ckptbench.spec.fields import CACHE_EVICTION, LOAD_INTO, SWEEP_FIELDS, TEST_SCHEMA, TestSpec, read_test
 from ckptbench.spec.hub_id import looks_like_hub_id
 from ckptbench.spec.presets import PRESETS, VALUES
-from ckptbench.spec.references import CEILING, REFERENCES, rows_of, unavailable
+from ckptbench.spec.references import REFERENCES, rows_of, unavailable
 from ckptbench.spec.schema import SCHEMA, Validator, describe_error, suggest, validate_structure
 from ckptbench.spec.suite import DEFAULT_OUTPUT_DIR, DTYPES, MAX_PROCESSES, SuiteConfig
 from ckptbench.spec.sweep import count_points, expand_sweep, iter_sweep, swept_fields
@@ -247,7 +247,7 @@ def _finish(config: SuiteConfig) -> SuiteConfig:
             elif (why := unavailable(test.backend)) is not None:
                 skipped.append((test.name, why))
             else:  # tp > 1: its readers are processes
-                tests.append(_destined(dataclasses.replace(test, processes=test.tp), config))
+                tests.append(destined(dataclasses.replace(test, processes=test.tp), config))
             continue
         if storage == "memory":
             test = dataclasses.replace(test, kvstore="memory")
@@ -273,7 +273,7 @@ def _finish(config: SuiteConfig) -> SuiteConfig:
                                       "the clock; worker processes read their rows into new arrays"))
                 continue
             sweep = test.sweep if len(counts) == 1 else {**(test.sweep or {}), "processes": count}
-            tests.append(_destined(dataclasses.replace(test, name=name, processes=count, sweep=sweep), config))
+            tests.append(destined(dataclasses.replace(test, name=name, processes=count, sweep=sweep), config))
     if config.weights is not None:
         config = dataclasses.replace(config, values="checkpoint")  # a checkpoint brings its own values
     if not tests:
@@ -287,16 +287,16 @@ def _finish(config: SuiteConfig) -> SuiteConfig:
     return dataclasses.replace(config, tests=tuple(tests), skipped=tuple(skipped), baseline=baseline, tp=None)
 
 
-def _destined(test: TestSpec, config: SuiteConfig) -> TestSpec:
+def destined(test: TestSpec, config: SuiteConfig) -> TestSpec:
     """The test with its destination resolved: its own load_into, else the suite's, where the row can load so;
     else the one it can, and why it differs (load_into_note: the console and results.json list such rows)."""
     if test.load_into_note is not None:  # resolved by an earlier finish (a launch's process count)
         return test
     wanted = test.load_into or config.load_into
     can, why = wanted, None
-    if test.backend == CEILING:
-        can, why = "preallocated", ("the device ceiling reads into one buffer touched before the clock whatever "
-                                    "load_into: it measures the device, not the allocation")
+    fixed = REFERENCES[test.backend].destination if test.is_reference else None
+    if fixed is not None:
+        can, why = fixed
     elif wanted == "preallocated" and test.is_reference and test.tp > 1:
         can, why = "new", "its tp readers read their slices into arrays of their own, in other processes"
     elif wanted == "preallocated" and test.processes > 1:

@@ -53,6 +53,8 @@ class Reference:
     tp_load: str = ""
     tp_unsupported: str | None = None
     tp_reads_whole: bool = False  # each tp reader holds the whole model before it copies its slice out
+    # (load_into, why) of a row whose destination is its design, whatever the suite's load_into; None: the suite's
+    destination: tuple[str, str] | None = None
 
     def memory_bytes(self, settings: Mapping[str, Any] | None, model_bytes: int, load_into: str | None = None
                      ) -> float:
@@ -176,6 +178,8 @@ REFERENCES: dict[str, Reference] = {ref.kind: ref for ref in (
     Reference(CEILING, "device ceiling",
               "reference: the same bytes written and read cold in raw files, over a grid of access patterns; the "
               "fastest pattern of each run is the ceiling", 1.05, 12.0, "#c1121f", peer=False, later_s_per_gb=4.0,
+              destination=("preallocated", "the device ceiling reads into one buffer touched before the clock "
+                                           "whatever load_into: it measures the device, not the allocation"),
               tp_load="N reader processes from a common start, each reading 1/N of the bytes (one file, 16 MiB "
                       "blocks, cold)"),
 )}
