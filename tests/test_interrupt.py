@@ -148,15 +148,17 @@ def test_a_stop_while_a_run_folder_is_being_made_leaves_nothing(tmp_path: Path, 
 
 def test_a_journal_written_before_new_settings_existed_still_resumes(config: Path, tmp_path: Path) -> None:
     """A suite interrupted by the previous version: its journal's config lacks the settings added since (tp,
-    tp_save, load_into). They take their defaults, so the suite resumes; a setting that differs still refuses."""
+    tp_save, load_into, the suite's load_into and each row's load_into_note). They take their defaults, so the
+    suite resumes; a setting that differs still refuses."""
     out = tmp_path / "out"
     code, _ = _interrupt_at(_start(config, out), "[1/4]", signal.SIGINT)
     assert code == 130
     lines = (out / "journal.jsonl").read_text().splitlines()
     header = json.loads(lines[0])
     header["config"].pop("tp")
+    header["config"].pop("load_into")
     for test in header["config"]["tests"]:
-        for key in ("tp", "tp_save", "load_into"):
+        for key in ("tp", "tp_save", "load_into", "load_into_note"):
             test.pop(key)
     (out / "journal.jsonl").write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
     resumed = _resume(config, out)

@@ -5,6 +5,7 @@ cannot be imported, row settings reaching the library, and one end-to-end run wh
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -34,9 +35,10 @@ def tiny():
     return made
 
 
-def _suite(tmp_path: Path, dtype: str = "float32", refs: dict | None = None, tests: list | None = None):
+def _suite(tmp_path: Path, dtype: str = "float32", refs: dict | None = None, tests: list | None = None,
+           load_into: str = "new"):
     data = {"model": "tiny", "dtype": dtype, "references": refs or {},
-            "testing": {"num_runs": 1, "cache_eviction": "fadvise"},
+            "testing": {"num_runs": 1, "cache_eviction": "fadvise", "load_into": load_into},
             "test_configurations": tests or [{"name": "raw", "chunk_bytes": "64KB", "concurrency_limit": 4}]}
     made = config.from_dict(data, base_dir=tmp_path, output_dir=tmp_path / "out")
     workspace.prepare_output_dir(made.output_dir)
@@ -116,16 +118,57 @@ def test_a_corrupted_peer_file_fails_verification(tmp_path, tiny, name):
 
 def test_row_settings_default_to_each_librarys_own_and_are_checked(tmp_path):
     suite = _suite(tmp_path, refs={"runai_streamer": True, "fastsafetensors": {}, "torch_dcp": {"thread_count": 4}})
-    assert suite.test("runai_streamer").reference_settings == {"concurrency": 16, "memory_limit": 40_000_000_000,
-                                                               "owned": True}
-    assert suite.test("fastsafetensors").reference_settings == {"max_threads": 16}
+    assert suite.test("runai_streamer").reference_settings == {
+        "concurrency": None, "chunk_bytesize": 2 * 2**20, "fs_strategy": "auto", "fs_queue_depth": None,
+        "memory_limit": 40_000_000_000, "owned": True}
+    assert suite.test("fastsafetensors").reference_settings == {"max_threads": 16, "bbuf_size_kb": 16 * 1024}
     assert suite.test("torch_dcp").reference_settings == {"thread_count": 4}
     for refs, words in (({"runai_streamer": {"concurency": 2}}, "did you mean 'concurrency'"),
                         ({"torch_dcp": {"thread_count": 0}}, "references.torch_dcp.thread_count: must be at least 1"),
-                        ({"runai_streamer": "yes"}, "or an object of concurrency, memory_limit, owned"),
-                        ({"safetensors": {"x": 1}}, "references.safetensors: expected true or false")):
+                        ({"runai_streamer": "yes"}, "or an object of concurrency, chunk_bytesize, fs_strategy"),
+                        ({"safetensors": {"x": 1}}, "references.safetensors: expected true or false"),
+                        ({"runai_streamer": {"fs_strategy": "uring"}},
+                         "references.runai_streamer.fs_strategy: \"uring\" is not allowed; use one of \"auto\""),
+                        ({"runai_streamer": [{"chunk_bytesize": 100}]},
+                         "references.runai_streamer.0.chunk_bytesize: must be at least 4096, got 100"),
+                        ({"runai_streamer": {"fs_queue_depth": 0}},
+                         "references.runai_streamer.fs_queue_depth: must be at least 1"),
+                        ({"fastsafetensors": {"bbuf_size_kb": 1}}, "references.fastsafetensors.bbuf_size_kb: must be"),
+                        ({"runai_streamer": []}, "references.runai_streamer: is empty"),
+                        ({"torch_dcp": [{"thread_count": 2}, {"thread_count": 2}]},
+                         "duplicate test name 'torch_dcp_threads=2'")):
         with pytest.raises(UserError, match=words):
             config.from_dict({**minimal_config(), "references": refs})
+
+
+def test_a_bad_knob_or_destination_exits_2_with_one_line(tmp_path, run_cli):
+    data = {**minimal_config(), "output_dir": str(tmp_path / "out"),
+            "references": {"runai_streamer": [{"concurrency": 4}, {"fs_queue_depth": -3}]}}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    status, _, stderr = run_cli("--config", path)
+    assert status == 2 and len(stderr.strip().splitlines()) == 1
+    assert "references.runai_streamer.1.fs_queue_depth: must be at least 1, got -3" in stderr
+    data["references"] = {"runai_streamer": True}
+    path.write_text(json.dumps({**data, "testing": {"load_into": "somewhere"}}))
+    status, _, stderr = run_cli("--config", path)
+    assert status == 2 and len(stderr.strip().splitlines()) == 1 and "testing.load_into" in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_peer_listed_with_several_settings_is_one_row_each_named_by_them(tmp_path):
+    suite = _suite(tmp_path, refs={"runai_streamer": [{}, {"concurrency": 32, "chunk_bytesize": 8 * 2**20},
+                                                      {"fs_strategy": "sync_buffered", "fs_queue_depth": 8}],
+                                   "fastsafetensors": [{"max_threads": 4, "bbuf_size_kb": 4096}]})
+    rows = {t.name: t for t in suite.tests if t.is_reference}
+    assert list(rows) == ["runai_streamer", "runai_streamer_conc=32_chunk=8MB", "runai_streamer_fs=sync_buffered_qd=8",
+                          "fastsafetensors_threads=4_bbuf=4096"]
+    assert {t.backend for t in rows.values()} == {"runai_streamer", "fastsafetensors"}
+    assert rows["runai_streamer_conc=32_chunk=8MB"].reference_settings["chunk_bytesize"] == 8 * 2**20
+    assert rows["runai_streamer_fs=sync_buffered_qd=8"].reference_settings["concurrency"] is None  # the core's
+    backend = measure.backend_for(rows["runai_streamer_fs=sync_buffered_qd=8"], suite)
+    assert backend.bypasses_page_cache is False  # buffered reads: the page cache is not bypassed
+    assert measure.backend_for(rows["runai_streamer"], suite).bypasses_page_cache is True
 
 
 def test_runai_settings_reach_its_core_and_are_restored(tmp_path, tiny, monkeypatch):
@@ -150,12 +193,49 @@ def test_runai_settings_reach_its_core_and_are_restored(tmp_path, tiny, monkeypa
     monkeypatch.setattr(runai_model_streamer, "SafetensorsStreamer", Spy)
     monkeypatch.delenv("RUNAI_STREAMER_CONCURRENCY", raising=False)
     monkeypatch.setenv("RUNAI_STREAMER_MEMORY_LIMIT", "-1")
+    monkeypatch.setenv("RUNAI_STREAMER_FS_QUEUE_DEPTH", "77")  # a user's own: unset for a row that leaves it
     suite = _suite(tmp_path, refs={"runai_streamer": {"concurrency": 3, "memory_limit": largest, "owned": False}})
     record, backend = _run(suite, "runai_streamer", tensors)
     assert (backend.concurrency, backend.memory_limit, backend.owned) == (3, largest, False)
     assert record.ok and record.verified, record.error
     assert seen == {"concurrency": "3", "memory_limit": str(largest), "owned": False}
     assert "RUNAI_STREAMER_CONCURRENCY" not in os.environ and os.environ["RUNAI_STREAMER_MEMORY_LIMIT"] == "-1"
+    assert os.environ["RUNAI_STREAMER_FS_QUEUE_DEPTH"] == "77"
+
+
+def test_runai_file_system_knobs_reach_its_core(tmp_path, tiny, monkeypatch):
+    """Chunk byte size, strategy and queue depth in the environment when a streamer is made (when its core reads
+    them); a setting left to the library is unset, a user's own value restored after."""
+    import runai_model_streamer
+
+    tensors = tiny["float32"].tensors
+    seen = {}
+    real = runai_model_streamer.SafetensorsStreamer
+
+    class Spy(real):
+        def __enter__(self):
+            seen.update({name: os.environ.get(name) for name in (
+                "RUNAI_STREAMER_CONCURRENCY", "RUNAI_STREAMER_CHUNK_BYTESIZE", "RUNAI_STREAMER_FS_STRATEGY",
+                "RUNAI_STREAMER_FS_QUEUE_DEPTH")})
+            return super().__enter__()
+
+    monkeypatch.setattr(runai_model_streamer, "SafetensorsStreamer", Spy)
+    monkeypatch.setenv("RUNAI_STREAMER_FS_STRATEGY", "libaio_direct")  # a user's own: unset under "auto"
+    monkeypatch.setenv("RUNAI_STREAMER_CONCURRENCY", "5")  # unset where the row leaves it to the core
+    refs = {"runai_streamer": [{"chunk_bytesize": 4 * 2**20, "fs_strategy": "sync_buffered", "fs_queue_depth": 5},
+                               {"concurrency": 2}]}
+    suite = _suite(tmp_path, refs=refs)
+    record, _ = _run(suite, "runai_streamer_chunk=4MB_fs=sync_buffered_qd=5", tensors)
+    assert record.ok and record.verified, record.error
+    assert seen == {"RUNAI_STREAMER_CONCURRENCY": None, "RUNAI_STREAMER_CHUNK_BYTESIZE": str(4 * 2**20),
+                    "RUNAI_STREAMER_FS_STRATEGY": "sync_buffered", "RUNAI_STREAMER_FS_QUEUE_DEPTH": "5"}
+    assert record.resident_bytes_after_load is None  # buffered reads: not a row that bypasses the page cache
+    record, _ = _run(suite, "runai_streamer_conc=2", tensors)
+    assert record.ok and record.verified, record.error
+    assert seen == {"RUNAI_STREAMER_CONCURRENCY": "2", "RUNAI_STREAMER_CHUNK_BYTESIZE": str(2 * 2**20),
+                    "RUNAI_STREAMER_FS_STRATEGY": None, "RUNAI_STREAMER_FS_QUEUE_DEPTH": None}
+    assert os.environ["RUNAI_STREAMER_FS_STRATEGY"] == "libaio_direct"  # restored
+    assert os.environ["RUNAI_STREAMER_CONCURRENCY"] == "5"
 
 
 def test_the_memory_pre_check_counts_runai_buffers_only_when_it_reuses_them(tmp_path):
@@ -184,19 +264,29 @@ def test_fastsafetensors_and_dcp_settings_reach_their_libraries(tmp_path, tiny, 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(fastsafetensors, "SafeTensorsFileLoader", spy)
-    suite = _suite(tmp_path, "bfloat16", {"fastsafetensors": {"max_threads": 2}, "torch_dcp": {"thread_count": 3}})
+    suite = _suite(tmp_path, "bfloat16", {"fastsafetensors": {"max_threads": 2, "bbuf_size_kb": 256},
+                                          "torch_dcp": {"thread_count": 3}})
     record, _ = _run(suite, "fastsafetensors", tensors)
-    assert record.ok and made["max_threads"] == 2 and made["nogds"] is True
+    assert record.ok and made["max_threads"] == 2 and made["nogds"] is True and made["bbuf_size_kb"] == 256
     record, _ = _run(suite, "torch_dcp", tensors)
     assert record.ok and record.verified
     assert record.n_files == 3 + 1  # one file per writer thread, and .metadata
 
 
-def test_dcp_loads_into_the_tensors_prepared_before_the_clock(tmp_path, tiny):
-    tensors = tiny["float32"].tensors
-    backend = references.TorchDCPBackend()
+ROWS = ["safetensors", "torch_save", *PEERS]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ROWS)
+def test_every_row_fills_the_arrays_prepared_before_the_clock(tmp_path, tiny, name, dtype):
+    """load_into "preallocated": what the load gives is the very arrays before_load allocated and touched (after
+    the save, before the clock), filled with the weights; a second load must fill them again."""
+    tensors = tiny[dtype].tensors
+    suite = _suite(tmp_path, dtype, {name: True}, load_into="preallocated")
+    assert suite.test(name).load_into == "preallocated" and suite.test(name).load_into_note is None
+    backend = measure.backend_for(suite.test(name), suite)
     backend.prepare(tensors)
-    assert backend._into is None  # the save does not hold the tensors the load fills
+    assert backend._into is None  # the save does not hold the arrays the load fills
     backend.save(tensors, tmp_path)
     backend.before_load(tensors)
     prepared = dict(backend._into)
@@ -206,6 +296,76 @@ def test_dcp_loads_into_the_tensors_prepared_before_the_clock(tmp_path, tiny):
     assert_same_bits(tensors, loaded)
     assert backend.verify(tensors, loaded) == []
     assert all(np.all(bits(a) == storage.POISON) for a in prepared.values())  # ready to be filled again
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_under_new_every_row_allocates_what_it_loads_inside_the_load(tmp_path, tiny, name):
+    tensors = tiny["bfloat16"].tensors
+    suite = _suite(tmp_path, "bfloat16", {name: True})
+    assert suite.load_into == "new" and suite.test(name).load_into == "new"
+    backend = measure.backend_for(suite.test(name), suite)
+    backend.prepare(tensors)
+    backend.save(tensors, tmp_path)
+    backend.before_load(tensors)
+    assert backend._into is None  # nothing allocated before the clock
+    loaded = backend.load(tmp_path)
+    assert_same_bits(tensors, loaded)
+    assert not any(np.shares_memory(loaded[n], tensors[n]) for n in tensors)
+
+
+def test_dcp_under_new_loads_into_a_state_dict_the_load_allocates(tmp_path, tiny, monkeypatch):
+    """DCP under "new": the state dict dcp.load fills is made inside load() (from the checkpoint's metadata),
+    never arrays allocated before the clock; under "preallocated" it is those arrays, shared, not copies."""
+    import torch.distributed.checkpoint as dcp
+
+    tensors = tiny["bfloat16"].tensors
+    given = []
+    real = dcp.load
+    monkeypatch.setattr(dcp, "load", lambda state, **kwargs: (given.append(dict(state)), real(state, **kwargs))[1])
+    for load_into in ("new", "preallocated"):
+        suite = _suite(tmp_path / load_into, "bfloat16", {"torch_dcp": True}, load_into=load_into)
+        backend = measure.backend_for(suite.test("torch_dcp"), suite)
+        backend.save(tensors, tmp_path / load_into)
+        backend.before_load(tensors)
+        loaded = backend.load(tmp_path / load_into)
+        assert_same_bits(tensors, loaded)
+        state = given.pop()
+        assert set(state) == set(tensors)
+        if load_into == "new":
+            assert backend._into is None
+        else:
+            pointers = {n: a.__array_interface__["data"][0] for n, a in backend._into.items()}
+            assert all(state[n].data_ptr() == pointers[n] for n in tensors)
+
+
+def test_each_row_records_its_destination_and_the_rows_that_cannot(tmp_path):
+    """The suite's load_into reaches every row that can load so; the ones that cannot say why (results.json
+    records both); a test's own load_into still wins, and says so."""
+    refs = {"safetensors": True, "torch_save": True, "runai_streamer": [{}, {"concurrency": 4}],
+            "torch_dcp": True, "device_ceiling": True}
+    tests = [{"name": "raw", "chunk_bytes": "64KB", "concurrency_limit": 4},
+             {"name": "own", "chunk_bytes": "64KB", "concurrency_limit": 4, "load_into": "new"}]
+    suite = _suite(tmp_path / "p", refs=refs, tests=tests, load_into="preallocated")
+    into = {t.name: (t.load_into, t.load_into_note) for t in suite.tests}
+    assert {n for n, (where, note) in into.items() if where == "preallocated" and note is None} == {
+        "raw", "safetensors", "torch_save", "runai_streamer", "runai_streamer_conc=4", "torch_dcp", "device_ceiling"}
+    assert into["own"] == ("new", "the test's own load_into")
+    suite = _suite(tmp_path / "n", refs=refs, tests=tests[:1])
+    assert all(t.load_into == "new" and t.load_into_note is None for t in suite.tests if t.name != "device_ceiling")
+    where, note = suite.test("device_ceiling").load_into, suite.test("device_ceiling").load_into_note
+    assert where == "preallocated" and "measures the device" in note
+    data = {**minimal_config(tp=2), "references": {"torch_save": True}, "testing": {"load_into": "preallocated"}}
+    suite = config.from_dict(data)
+    row = suite.test("torch_save")
+    assert (row.load_into, row.tp) == ("new", 2) and "tp readers" in row.load_into_note
+    data = {**minimal_config(values="float16", processes=[1, 2]), "testing": {"load_into": "preallocated"}}
+    data["test_configurations"][0]["timed_conversion"] = True
+    rows = {t.name: t for t in config.from_dict(data).tests}
+    assert rows["baseline_procs=1"].load_into == "new" and "timed_conversion" in rows["baseline_procs=1"].load_into_note
+    assert rows["fast_procs=1"].load_into == "preallocated" and rows["fast_procs=1"].load_into_note is None
+    assert rows["fast_procs=2"].load_into == "new" and "worker processes" in rows["fast_procs=2"].load_into_note
+    suite = config.from_dict(minimal_config(), load_into="preallocated")  # --load-into
+    assert suite.load_into == "preallocated" and suite.tests[0].load_into == "preallocated"
 
 
 # --- a peer that cannot run here is skipped with its reason, before anything is written ---------------------
@@ -303,9 +463,10 @@ def e2e(tmp_path_factory):
     fastsafetensors made unimportable."""
     root = tmp_path_factory.mktemp("peers")
     suite = {"model": "tiny", "dtype": "bfloat16", "baseline": "ts_into=new",
-             "references": {"runai_streamer": {"concurrency": 4, "owned": False}, "fastsafetensors": True,
-                            "torch_dcp": {"thread_count": 2}},
-             "testing": {"num_runs": 2, "seed": 3, "cache_eviction": "fadvise"},
+             "references": {"runai_streamer": [{"concurrency": 4, "owned": False},
+                                               {"fs_strategy": "sync_buffered", "chunk_bytesize": 2**20}],
+                            "fastsafetensors": True, "torch_dcp": {"thread_count": 2}, "torch_save": True},
+             "testing": {"num_runs": 2, "seed": 3, "cache_eviction": "fadvise", "load_into": "preallocated"},
              "test_configurations": [{"name": "ts", "chunk_bytes": "256KB", "concurrency_limit": 8,
                                       "load_into": ["new", "preallocated"]}]}
     with pytest.MonkeyPatch.context() as patch:
@@ -317,16 +478,29 @@ def test_e2e_measures_every_row_and_records_its_settings(e2e):
     status, document, _ = e2e
     assert status == 0 and document["complete"] is True
     tests = {t["name"]: t for t in document["tests"]}
-    assert list(tests) == ["ts_into=new", "ts_into=preallocated", "runai_streamer", "torch_dcp"]
+    assert list(tests) == ["ts_into=new", "ts_into=preallocated", "torch_save", "runai_streamer_conc=4_owned=false",
+                           "runai_streamer_chunk=1MB_fs=sync_buffered", "torch_dcp"]
     for test in tests.values():
         assert [r["verified"] for r in test["runs"]] == [True, True], test["name"]
         assert all(r["load_cache"] == "cold" for r in test["runs"]), test["name"]
-    assert tests["ts_into=preallocated"]["settings"]["load_into"] == "preallocated"
-    assert tests["ts_into=new"]["settings"]["load_into"] == "new"
-    assert tests["runai_streamer"]["settings"]["reference_settings"] == {"concurrency": 4, "owned": False,
-                                                                         "memory_limit": 40_000_000_000}
+    assert document["config"]["load_into"] == "preallocated"
+    destinations = {name: test["settings"]["load_into"] for name, test in tests.items()}
+    assert destinations == {**{name: "preallocated" for name in tests}, "ts_into=new": "new"}
+    assert tests["ts_into=new"]["settings"]["load_into_note"] == "the test's own load_into"
+    assert all(t["settings"]["load_into_note"] is None for n, t in tests.items() if n != "ts_into=new")
+    assert any(w.startswith("ts_into=new loads into new arrays, not the suite's preallocated") for w in document["warnings"])
+    assert any(a["text"].startswith("destination: every row loads into preallocated arrays but ts_into=new")
+               for a in document["alerts"])
+    from ckptbench.reports.results import headline
+    assert "loads cold (fadvise) into preallocated arrays (every row but ts_into=new)" in headline(document)
+    assert tests["runai_streamer_conc=4_owned=false"]["settings"]["reference_settings"] == {
+        "concurrency": 4, "chunk_bytesize": 2 * 2**20, "fs_strategy": "auto", "fs_queue_depth": None,
+        "owned": False, "memory_limit": 40_000_000_000}
+    assert tests["runai_streamer_chunk=1MB_fs=sync_buffered"]["settings"]["reference_settings"]["fs_strategy"] == (
+        "sync_buffered")
     assert tests["torch_dcp"]["settings"]["reference_settings"] == {"thread_count": 2}
-    assert tests["runai_streamer"]["kind"] == tests["torch_dcp"]["kind"] == "reference"
+    assert {tests[n]["kind"] for n in tests if not n.startswith("ts")} == {"reference"}
+    assert {tests[n]["settings"]["backend"] for n in tests if n.startswith("runai")} == {"runai_streamer"}
 
 
 def test_e2e_skipped_peer_is_in_results_and_warnings(e2e):
@@ -335,3 +509,26 @@ def test_e2e_skipped_peer_is_in_results_and_warnings(e2e):
     assert skipped["name"] == "fastsafetensors"
     assert "fastsafetensors cannot be used here (ModuleNotFoundError" in skipped["reason"]
     assert any("fastsafetensors" in w and "skipped" in w and "ModuleNotFoundError" in w for w in document["warnings"])
+
+
+def test_a_journal_from_before_destinations_resumes_unless_dcp_loaded_elsewhere(tmp_path):
+    """A suite interrupted before every row's destination was recorded: its rows loaded into new arrays (the
+    ceiling into its buffer, as today), so it resumes; but its DCP row loaded into preallocated tensors, which
+    today's DCP under "new" does not, so a suite with it is refused rather than mixing the two."""
+    from ckptbench.documents import journal
+
+    def as_written_before(current):
+        old = json.loads(json.dumps(current))
+        old["config"].pop("load_into")
+        for test in old["config"]["tests"]:
+            test.pop("load_into_note")
+            test["load_into"] = "new"  # what every row said then
+        return old
+
+    suite = _suite(tmp_path / "a", refs={"torch_save": True, "runai_streamer": True, "device_ceiling": True})
+    current = journal.fingerprint(suite.to_json(), {"size_bytes": 1})
+    assert journal.differences(as_written_before(current), current) == []
+    suite = _suite(tmp_path / "b", refs={"torch_dcp": True})
+    current = journal.fingerprint(suite.to_json(), {"size_bytes": 1})
+    (difference,) = journal.differences(as_written_before(current), current)
+    assert difference.startswith("config.tests:")

@@ -231,9 +231,18 @@ def test_the_peers_sweep_measures_every_peer_beside_tensorstore():
     from ckptbench.spec.references import REFERENCES
     assert {t.backend for t in suite.tests if t.is_reference} == set(REFERENCES)
     mine = [t for t in suite.tests if not t.is_reference]
-    assert {t.file_io_mode for t in mine} == {"default", "direct"} and {t.load_into for t in mine} == {"new",
-                                                                                                    "preallocated"}
+    assert {t.file_io_mode for t in mine} == {"default", "direct"}
     assert {t.format for t in mine} == {"zarr2", "zarr3"} and any(t.shard_bytes for t in mine)
+    winner = suite.test("zarr3_512KB_in_64MB_shards")  # tune's winner
+    assert (winner.format, winner.chunk_bytes, winner.shard_bytes, winner.file_io_mode) == (
+        "zarr3", 512 * 2**10, 64 * 2**20, "default")
+    # On equal terms: one destination for every row that can fill preallocated arrays (all of them), and each
+    # peer with a knob tried with as many settings as TensorStore has layouts, each setting different
+    assert suite.load_into == "preallocated"
+    assert {(t.load_into, t.load_into_note) for t in suite.tests} == {("preallocated", None)}
+    for kind in ("runai_streamer", "fastsafetensors", "torch_dcp"):
+        rows = [t.reference_settings for t in suite.tests if t.backend == kind]
+        assert len(rows) == len(mine) and all(a != b for i, a in enumerate(rows) for b in rows[i + 1:]), kind
 
 
 def test_the_memory_sweep_runs_every_reference_row_and_the_heaviest_tensorstore_rows():

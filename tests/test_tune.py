@@ -4,6 +4,7 @@ paste-ready spec read back bit for bit."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -227,6 +228,26 @@ def test_the_shipped_space(shipped):
         "zarr2", 262144, 128, {"id": "gzip", "level": 1})
 
 
+def test_the_space_tries_each_peer_with_its_settings(tmp_path):
+    """The space's `references` block is the peers' axes: one row per setting of each kind the tune measures, named
+    by its settings and run with them; a kind it does not list runs at its defaults; a kind not measured, not at
+    all."""
+    space = tune.load_space(tune.SPACE_FILE)
+    settings = dataclasses.replace(_settings(tmp_path), reference_rows=space["references"],
+                                   reference_kinds=("safetensors", "runai_streamer", "torch_dcp", "device_ceiling"))
+    assert settings.references == ["safetensors", "runai_streamer", "runai_streamer_conc=64_chunk=8MB", "torch_dcp",
+                                   "torch_dcp_threads=4", "device_ceiling"]
+    data = settings.suite_data([fields.entry(config.TestSpec("t", chunk_bytes=2**20, concurrency_limit=4))],
+                               tmp_path / "stage", references=True, seed=1)
+    suite = config.from_dict(data)
+    rows = {t.name: t for t in suite.tests if t.is_reference}
+    assert list(rows) == settings.references
+    assert rows["runai_streamer_conc=64_chunk=8MB"].reference_settings["chunk_bytesize"] == 8 * 2**20
+    assert rows["torch_dcp_threads=4"].reference_settings == {"thread_count": 4}
+    assert tune.prior_reference_s("runai_streamer_conc=64_chunk=8MB", 10**9) == tune.prior_reference_s(
+        "runai_streamer", 10**9)
+
+
 def test_identical_layouts_are_measured_once(shipped):
     space, suite = shipped
     shapes = sorted({shape for _, shape in weights.preset_shapes("smollm2-135m")})
@@ -271,6 +292,10 @@ def test_test_entries_read_back_to_the_same_layout(shipped):
     (lambda s: s["axes"].update(compression=["lz5"]), "unknown compression id 'lz5'"),
     (lambda s: s["axes"].pop("concurrency_limit"), "missing required field 'concurrency_limit'"),
     (lambda s: s["always"].append(dict(s["always"][0])), "duplicate test name 't5x_full'"),
+    (lambda s: s.update(references={"runai_streamer": [{"concurrency": 0}]}),
+     "field references.runai_streamer.0.concurrency: must be at least 1"),
+    (lambda s: s.update(references={"fastsafetensors": {"threads": 4}}),
+     "field references.fastsafetensors: unknown key 'threads'"),
 ])
 def test_bad_space_files_are_one_line_errors(tmp_path, change, expected):
     space = json.loads(json.dumps(SMALL_SPACE))
@@ -386,9 +411,9 @@ class _Clock:
 
 def _true_seconds(test: config.TestSpec) -> tuple[float, float]:
     """A made-up disk: bigger chunks and more concurrency help, compression costs CPU; seconds for 0.5 GB."""
-    if test.is_reference:
+    if test.is_reference:  # the streamer's row of the space's tuned settings loads faster than its defaults
         return {"safetensors": (1.0, 2.0), "torch_save": (2.4, 1.1), "device_ceiling": (0.4, 0.3),
-                "runai_streamer": (1.0, 0.9)}[test.name]
+                "runai_streamer": (1.0, 0.9), "runai_streamer_conc=64_chunk=8MB": (1.0, 0.6)}[test.name]
     chunk = test.chunk_bytes or test.chunk_size_elements * 4
     io = 0.3 + 2.0 / math.sqrt(chunk / 2 ** 18) / math.sqrt(test.concurrency_limit)
     cpu = {None: 0.0, "zstd": 0.6, "blosc": 0.4, "gzip": 5.0}[(test.compression or {}).get("id")]
@@ -452,9 +477,9 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
     # rung 0 sampled more candidates than the prior (0.7 s per run) could tell, and stopped by the budget
     stages = document["stages"]
     assert stages[0]["name"] == "rung-0" and stages[0]["status"] == "budget"
-    # the peers first, then the candidates the plan expects, the ceiling, the rest (the ceiling is what a slow
-    # machine leaves out, not the candidates)
-    peers = [r for r in DEFAULT_REFERENCES if r != "device_ceiling"]
+    # the peers first (each setting the space tries the streamer with is a row), then the candidates the plan
+    # expects, the ceiling, the rest (the ceiling is what a slow machine leaves out, not the candidates)
+    peers = ["safetensors", "runai_streamer", "runai_streamer_conc=64_chunk=8MB"]
     members = stages[0]["members"]
     assert members[:len(peers)] == peers
     assert members.index("device_ceiling") == len(peers) + 3
@@ -470,8 +495,8 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
     assert document["budget"]["corrected"]["run_s_measured"] > 2 * document["budget"]["estimate"]["run_s"]
     # the reference rows all ran in rung 0; the final repeats only rung 0's fastest peer on the objective (what
     # the answer needs: the winner against it), in final-1 and until it has 3 runs; halving rungs run none; the final repeated t5x_full
-    references = set(tune.DEFAULT_REFERENCES)
-    peers = references - {"device_ceiling"}
+    references = {*peers, "device_ceiling"}
+    peers = set(peers)
     for stage in stages:
         ran = set(measured_by_stage[stage["name"]])
         if stage["name"] == "rung-0":
@@ -501,6 +526,8 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
         assert truth[winner] <= min(truth.values()) * 1.05, (winner, sorted(truth.items(), key=lambda kv: kv[1])[:3])
         # the fastest peer got the runs an interval needs before the final stopped on separation
         fastest_peer = document["recommendation"]["peers"][document["metric"]]
+        assert fastest_peer["test"] == "runai_streamer_conc=64_chunk=8MB"  # the peer's best setting, tuned
+        assert measured_by_stage["final-1"].count("runai_streamer_conc=64_chunk=8MB") == 1
         peer_runs = fastest_peer["n"]
         assert peer_runs >= 3 or document["stopped_by"] == "budget", (peer_runs, document["stopped_by"])
         assert (fastest_peer["ratio_ci95"] is not None) == (peer_runs >= 3), fastest_peer

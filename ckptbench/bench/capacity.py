@@ -92,7 +92,7 @@ def check_disk(output_dir: Path, need_bytes: int, what: str) -> None:
 def peak_memory_bytes(test: TestSpec, model_bytes: int, max_inflight_bytes: int) -> int:
     """Estimated peak anonymous memory of the whole process while a test runs."""
     if test.is_reference:
-        need = REFERENCES[test.backend].memory_bytes(test.reference_settings, model_bytes)
+        need = REFERENCES[test.backend].memory_bytes(test.reference_settings, model_bytes, test.load_into)
     else:
         # The loaded copy, and what TensorStore holds in flight besides (a read's chunks, a write's copies).
         need = TENSORSTORE_MULTIPLIER * model_bytes + min(max_inflight_bytes, model_bytes)

@@ -217,7 +217,9 @@ def backend_for(test: TestSpec, config: SuiteConfig, target: Target | None = Non
                                           context_extra=target.context_spec())
     if test.backend == CEILING:
         return references.DeviceCeilingBackend(config.cache_eviction)
-    return references.BACKENDS[test.backend](**(test.reference_settings or {}))
+    backend = references.BACKENDS[test.backend](**(test.reference_settings or {}))
+    backend.load_into = test.load_into or "new"  # None (a test no suite finished): the suite's default
+    return backend
 
 
 def run_plan(

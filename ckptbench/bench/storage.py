@@ -86,7 +86,7 @@ class Layout:
             file_io_mode=test.file_io_mode,
             in_flight=test.in_flight,
             timed_conversion=test.timed_conversion,
-            load_into=test.load_into,
+            load_into=test.load_into or "new",  # None (a test no suite finished): the suite's default
             tp=test.tp,
         )
 

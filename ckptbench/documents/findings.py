@@ -62,6 +62,8 @@ def bypass_claim(test: Mapping[str, Any]) -> str | None:
     if settings.get("file_io_mode") == "direct":
         return 'file_io_mode "direct"'
     kind = settings.get("backend") or test["name"]
+    if (settings.get("reference_settings") or {}).get("fs_strategy") == "sync_buffered":
+        return None  # the streamer told to read through the page cache claims nothing
     return (REFERENCES[kind].bypass_claim or None) if kind in REFERENCES else None
 
 
@@ -117,6 +119,8 @@ def suite_warnings(document: Mapping[str, Any], ceiling: Mapping[str, Any] | Non
                    f"({human_bytes(scale['ram_bytes'])}): on a virtual machine the host may cache it below the OS, "
                    f"so 'cold' loads can be faster than the disk{hint}")
     out += [f"sweep point {s['name']} skipped: {s['reason']}" for s in document.get("skipped_tests", [])]
+    out += [f"{t['name']} loads into {t['settings']['load_into']} arrays, not the suite's "
+            f"{document['config']['load_into']}: {t['settings']['load_into_note']}" for t in elsewhere(document)]
     failed = sum(t["failed_runs"] for t in tests)
     if failed:
         out.append(f"{failed} run(s) failed and are excluded from the statistics; see each test's runs")
@@ -186,11 +190,23 @@ def alerts(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> li
         out.append({"kind": "memory", "tests": [],
                     "text": f"memory: anonymous memory peaked at {human_bytes(scale['anon_peak_bytes'])}, above the "
                             f"{human_bytes(scale['anon_bound_bytes'])} bound (1.25 x the model + 1 GB)"})
+    moved = [t for t in elsewhere(document) if not is_ceiling(t)]  # the ceiling's buffer is its design: no threat
+    if moved:
+        names = _names([t["name"] for t in moved])
+        out.append({"kind": "other", "tests": [t["name"] for t in moved],
+                    "text": f"destination: every row loads into {document['config']['load_into']} arrays but "
+                            f"{names} ({moved[0]['settings']['load_into_note']})"})
     other = [t["name"] for t in tests if not t["durable"]]
     if other:
         out.append({"kind": "other", "tests": other,
                     "text": f"not durable: {_names(other)} (its saves may not reach the disk before the clock stops)"})
     return out
+
+
+def elsewhere(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The rows whose destination (load_into) is not the suite's, each with why (spec.config: a row that cannot
+    load so, or a test's own load_into); none in files from before every row's destination was recorded."""
+    return [t for t in document["tests"] if t["settings"].get("load_into_note")]
 
 
 def _low(summary: Mapping[str, Any]) -> float:

@@ -102,9 +102,24 @@ def _as_today(config_json: Mapping[str, Any]) -> dict[str, Any]:
     suite_defaults = {f.name: f.default for f in dataclasses.fields(SuiteConfig)
                       if f.default is not dataclasses.MISSING}
     test_defaults = json.loads(json.dumps(TestSpec(name="").to_json()))
-    tests = [{**test_defaults, **test} for test in config_json.get("tests", [])]
+    tests = [{**test_defaults, **test} if "load_into_note" in test and test.get("load_into") else
+             _destination_then(test) for test in config_json.get("tests", [])]
     out = {**{k: v for k, v in suite_defaults.items() if k not in _NOT_FINGERPRINTED}, **config_json}
     return json.loads(json.dumps({**out, "tests": tests}, default=str))
+
+
+def _destination_then(test: Mapping[str, Any]) -> dict[str, Any]:
+    """A test of a journal written before every row's destination was resolved (spec.config.destined), with the
+    destination it loaded into then: its own load_into or "new" (the only suite-wide destination there was), but
+    torch DCP's, which loaded into preallocated tensors whatever it said, so that it resumes only where it would
+    again."""
+    from ckptbench.spec.config import destined
+
+    names = {f.name for f in dataclasses.fields(TestSpec)}
+    spec = TestSpec(**{key: value for key, value in test.items() if key in names})
+    if spec.backend == "torch_dcp":
+        spec = dataclasses.replace(spec, load_into="preallocated")
+    return json.loads(json.dumps(destined(spec, SuiteConfig(tests=(), baseline="", output_dir=Path())).to_json()))
 
 
 def differences(header: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -47,6 +47,10 @@ Version history (bump SCHEMA_VERSION whenever a field changes meaning):
   (documents.confirmation: the answer's finalists measured again in blocks of fresh rounds; null or absent:
   none), runs' `confirm_block`, and `best` entries' `selected_from`, `confirmation` and, in `against`, the
   confirmed comparisons' `runs`, `blocks`, `block_ratio_range` and `blocks_disagree`.
+  Also later: Every row's destination: `config.load_into` (the suite's, testing.load_into) and each test's
+  `settings.load_into` ("new" or "preallocated", reference rows too) with `settings.load_into_note` (why a
+  row's differs from the suite's, else None). Files without them recorded "new" for every reference row,
+  though torch_dcp loaded into preallocated tensors and the device ceiling into its own buffer.
 - 5: one interval per summary: `ci95` is the mean's interval by analysis.stats.mean_ci (on the log scale
   for positive quantities, so never below zero; version 4's `ci95` was the symmetric Student-t one, which
   went below zero) and `ci95_log` is gone (it was the same interval). The raw runs are kept, so an upgrade
@@ -264,7 +268,7 @@ def tensor_parallel(test: Mapping[str, Any]) -> dict[str, Any] | None:
         unaccounted = int(statistics.median(sum(r["process_load_slice_bytes"]) - sum(r["process_load_read_bytes"])
                                             for r in runs))
     return {"tp": tp, "runs": len(runs), "slice_bytes": list(runs[0]["process_load_slice_bytes"]),
-            "reads": "O_DIRECT" if reads_direct(test["settings"]) else "buffered",
+            "reads": "O_DIRECT" if reads_direct(test) else "buffered",
             "unaccounted_bytes": unaccounted,
             "read_amplification": read_amplification,
             "rchar_amplification": ratio("process_load_rchar_bytes"),
@@ -273,14 +277,11 @@ def tensor_parallel(test: Mapping[str, Any]) -> dict[str, Any] | None:
             "reader_load_s": [statistics.median([r["process_load_s"][i] for r in runs]) for i in range(readers)]}
 
 
-def reads_direct(settings: Mapping[str, Any]) -> bool:
-    """Whether a test's loads read with O_DIRECT: a reference kind that claims to read around the page cache
-    (the ceiling's claim covers one pattern of its own, not its tp readers), or TensorStore's file_io_mode
-    "direct", which still reads buffered the files whose size is not a multiple of 4096 bytes."""
-    kind = settings.get("backend")
-    if kind in REFERENCES:
-        return kind != CEILING and bool(REFERENCES[kind].bypass_claim)
-    return settings.get("file_io_mode") == "direct"
+def reads_direct(test: Mapping[str, Any]) -> bool:
+    """Whether a test's loads read with O_DIRECT: its claim to read around the page cache (findings.bypass_claim;
+    the ceiling's covers one pattern of its own, not its tp readers). TensorStore's file_io_mode "direct" still
+    reads buffered the files whose size is not a multiple of 4096 bytes."""
+    return test["settings"].get("backend") != CEILING and findings.bypass_claim(test) is not None
 
 
 def _ceiling_patterns(runs: list[Mapping[str, Any]], data_bytes: int) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from ckptbench.analysis.change import (
     ratio_text,
     ratio_words,
 )
+from ckptbench.documents.findings import elsewhere
 from ckptbench.documents.store import weights_name
 from ckptbench.reports.tables import NA, change, ci_pct, mean_pm, ratio_brief, ratio_ci, table, verdict
 
@@ -394,8 +395,17 @@ def headline(document: Mapping[str, Any]) -> str:
     source = weights_name(w)
     first = (f"{source}: {w['n_params'] / 1e6:.0f}M params, {w['dtype']}, {w['size_bytes'] / 1e9:.2f} GB, values "
              f"{w.get('values', '?')}; {p['num_runs']} runs/test, {p.get('order', 'interleaved')} order, loads "
-             f"{p['load_cache']} ({', '.join(p['cache_eviction_used'])}), seed {p['seed']}")
+             f"{p['load_cache']} ({', '.join(p['cache_eviction_used'])}){_destination(document)}, seed {p['seed']}")
     return first + "\n" + scale_line(scale)
+
+
+def _destination(document: Mapping[str, Any]) -> str:
+    """' into preallocated arrays (every row but x)': where the loads put what they read (none in older files)."""
+    load_into = document["config"].get("load_into")
+    if load_into is None:
+        return ""
+    others = [t["name"] for t in elsewhere(document)]
+    return f" into {load_into} arrays" + (f" (every row but {', '.join(others)})" if others else "")
 
 
 def scale_line(scale: Mapping[str, Any]) -> str:

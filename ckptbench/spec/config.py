@@ -20,22 +20,23 @@ from typing import Any, Mapping
 from ckptbench.core.errors import UserError
 from ckptbench.core.records import ORDERS
 from ckptbench.spec import compression, tensor_parallel
-from ckptbench.spec.fields import CACHE_EVICTION, SWEEP_FIELDS, TEST_SCHEMA, TestSpec, read_test
+from ckptbench.spec.fields import CACHE_EVICTION, LOAD_INTO, SWEEP_FIELDS, TEST_SCHEMA, TestSpec, read_test
 from ckptbench.spec.hub_id import looks_like_hub_id
 from ckptbench.spec.presets import PRESETS, VALUES
-from ckptbench.spec.references import REFERENCES, settings_of, unavailable
+from ckptbench.spec.references import REFERENCES, rows_of, unavailable
 from ckptbench.spec.schema import SCHEMA, Validator, describe_error, suggest, validate_structure
 from ckptbench.spec.suite import DEFAULT_OUTPUT_DIR, DTYPES, MAX_PROCESSES, SuiteConfig
 from ckptbench.spec.sweep import count_points, expand_sweep, iter_sweep, swept_fields
 
-__all__ = ["CACHE_EVICTION", "DEFAULT_OUTPUT_DIR", "DTYPES", "OVERRIDES", "REFERENCES", "SCHEMA", "SWEEP_FIELDS",
-           "TEST_SCHEMA", "SuiteConfig", "TestSpec", "Validator", "describe_error", "expand_sweep", "from_dict", "load",
-           "weights_source", "with_processes"]
+__all__ = ["CACHE_EVICTION", "DEFAULT_OUTPUT_DIR", "DTYPES", "LOAD_INTO", "OVERRIDES", "REFERENCES", "SCHEMA",
+           "SWEEP_FIELDS", "TEST_SCHEMA", "SuiteConfig", "TestSpec", "Validator", "describe_error", "expand_sweep",
+           "from_dict", "load", "weights_source", "with_processes"]
 
 # Command-line overrides `from_dict` and `load` accept (None or absent: not given).
 MAX_TESTS = 10_000  # more tests than this is a search, not a suite: `tune` samples such spaces
 OVERRIDES = ("output_dir", "num_runs", "model", "weights", "dtype", "values", "tests", "seed", "storage",
-             "processes", "tp", "order", "cache_eviction", "confirm_rounds")
+             "processes", "tp", "order", "cache_eviction", "confirm_rounds",
+             "load_into")
 
 
 def load(path: Path | str, **overrides: Any) -> SuiteConfig:
@@ -87,9 +88,8 @@ def from_dict(data: Any, base_dir: Path | None = None, source: str = "config", c
         skipped += invalid
     references = data.get("references", {})
     for kind, reference in REFERENCES.items():
-        settings = settings_of(kind, references.get(kind, False))
-        if settings is not None:
-            tests.append(TestSpec(name=kind, backend=kind, description=reference.description,
+        for name, settings in rows_of(kind, references.get(kind, False)):
+            tests.append(TestSpec(name=name, backend=kind, description=reference.description,
                                   reference_settings=settings or None))
     names = [t.name for t in tests]
     seen: set[str] = set()
@@ -117,6 +117,7 @@ def from_dict(data: Any, base_dir: Path | None = None, source: str = "config", c
         warmup_rounds=testing.get("warmup_rounds", defaults.warmup_rounds),
         seed=testing.get("seed", defaults.seed),
         cache_eviction=testing.get("cache_eviction", defaults.cache_eviction),
+        load_into=testing.get("load_into", defaults.load_into),
         order=testing.get("order", defaults.order),
         max_inflight_bytes=testing.get("max_inflight_bytes", defaults.max_inflight_bytes),
         noise_pct=float(testing.get("noise_pct", defaults.noise_pct)),
@@ -192,7 +193,7 @@ def _apply_overrides(config: SuiteConfig, overrides: Mapping[str, Any]) -> Suite
 
 
 _CHOICES = {"model": tuple(PRESETS), "dtype": DTYPES, "values": VALUES, "order": ORDERS,
-            "cache_eviction": CACHE_EVICTION}
+            "cache_eviction": CACHE_EVICTION, "load_into": LOAD_INTO}
 
 
 def _check_override_choices(changes: Mapping[str, Any]) -> None:
@@ -257,8 +258,8 @@ def _finish(config: SuiteConfig) -> SuiteConfig:
                                            f"{config.storage}"))
             elif (why := unavailable(test.backend)) is not None:
                 skipped.append((test.name, why))
-            else:
-                tests.append(dataclasses.replace(test, processes=test.tp))  # tp > 1: its readers are processes
+            else:  # tp > 1: its readers are processes
+                tests.append(destined(dataclasses.replace(test, processes=test.tp), config))
             continue
         if storage == "memory":
             test = dataclasses.replace(test, kvstore="memory")
@@ -284,7 +285,7 @@ def _finish(config: SuiteConfig) -> SuiteConfig:
                                       "the clock; worker processes read their rows into new arrays"))
                 continue
             sweep = test.sweep if len(counts) == 1 else {**(test.sweep or {}), "processes": count}
-            tests.append(dataclasses.replace(test, name=name, processes=count, sweep=sweep))
+            tests.append(destined(dataclasses.replace(test, name=name, processes=count, sweep=sweep), config))
     if config.weights is not None:
         config = dataclasses.replace(config, values="checkpoint")  # a checkpoint brings its own values
     if not tests:
@@ -296,6 +297,27 @@ def _finish(config: SuiteConfig) -> SuiteConfig:
         baseline = next((n for n in names if n.startswith((f"{baseline}_procs=", f"{baseline}_tp="))), names[0])
     # The suite's tp is in its tests now: finishing the suite again (a launch's process count) keeps them
     return dataclasses.replace(config, tests=tuple(tests), skipped=tuple(skipped), baseline=baseline, tp=None)
+
+
+def destined(test: TestSpec, config: SuiteConfig) -> TestSpec:
+    """The test with its destination resolved: its own load_into, else the suite's, where the row can load so;
+    else the one it can, and why it differs (load_into_note: the console and results.json list such rows)."""
+    if test.load_into_note is not None:  # resolved by an earlier finish (a launch's process count)
+        return test
+    wanted = test.load_into or config.load_into
+    can, why = wanted, None
+    fixed = REFERENCES[test.backend].destination if test.is_reference else None
+    if fixed is not None:
+        can, why = fixed
+    elif wanted == "preallocated" and test.is_reference and test.tp > 1:
+        can, why = "new", "its tp readers read their slices into arrays of their own, in other processes"
+    elif wanted == "preallocated" and test.processes > 1:
+        can, why = "new", "its worker processes read their rows into arrays of their own"
+    elif wanted == "preallocated" and test.timed_conversion:
+        can, why = "new", "timed_conversion copies and casts each array read, as the original did"
+    elif test.load_into is not None and test.load_into != config.load_into:
+        why = "the test's own load_into"
+    return dataclasses.replace(test, load_into=can, load_into_note=why if can != config.load_into else None)
 
 
 def _with_tp(config: SuiteConfig) -> list[TestSpec]:
@@ -388,7 +410,8 @@ def _read_test(raw: Mapping[str, Any], source: str) -> TestSpec:
 
 def suite_data(tests: list[dict[str, Any]], *, output_dir: Path, testing: Mapping[str, Any], model: str | None = None,
                weights: str | None = None, dtype: str | None = None, values: str | None = None,
-               storage: str | None = None, references: tuple[str, ...] = (), baseline: str | None = None,
+               storage: str | None = None, references: tuple[str, ...] | Mapping[str, Any] = (),
+               baseline: str | None = None,
                description: str | None = None) -> dict[str, Any]:
     """A suite config as a config file holds it (for `from_dict`): what tune and explain build their suites
     with. Settings left None are left out (the file's defaults); a checkpoint (`weights`) brings its own values."""
@@ -403,7 +426,9 @@ def suite_data(tests: list[dict[str, Any]], *, output_dir: Path, testing: Mappin
         data["weights"] = weights
     elif values is not None:
         data["values"] = values
-    data["references"] = {kind: kind in references for kind in REFERENCES}
+    # A tuple of kinds (each at its defaults), or each kind's `references` value (spec.references.rows_of)
+    data["references"] = ({kind: references.get(kind, False) for kind in REFERENCES} if isinstance(references, Mapping)
+                          else {kind: kind in references for kind in REFERENCES})
     data["testing"] = dict(testing)
     if baseline is not None or tests:
         data["baseline"] = baseline if baseline is not None else tests[0]["name"]

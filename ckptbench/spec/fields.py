@@ -39,9 +39,11 @@ FILE_IO_MODES = ("default", "memmap", "direct")
 # together, bounded by max_inflight_bytes) or "one_tensor" (each tensor's open and write, or
 # read, awaited before the next starts, as the original Phase 4 harness did).
 IN_FLIGHT = ("all", "one_tensor")
-# Where a load puts what it reads: "new" (arrays TensorStore allocates as it reads, as `store.read()` gives) or
-# "preallocated" (arrays allocated and touched before the clock, as a model's parameters already exist, filled
-# in place: `ts.array(out, copy=False, write=True).write(store)`).
+# Where a load puts what it reads, for every row alike (the suite's testing.load_into; a TensorStore test may set
+# its own): "new" (memory the load allocates inside the clock: the arrays TensorStore's `store.read()` gives, a
+# peer's own tensors, DCP's state dict allocated from its metadata) or "preallocated" (arrays allocated and
+# touched before the clock, as a model's parameters already exist, filled in place: TensorStore writes into them,
+# DCP loads into them, the other peers copy each tensor they read into its array).
 LOAD_INTO = ("new", "preallocated")
 
 _POSITIVE_INT = {"type": "integer", "minimum": 1}
@@ -103,7 +105,7 @@ class TestSpec:
     file_io_sync: bool = option(True, schema={"type": "boolean"}, sweep="sync")
     file_io_mode: str = option("default", schema={"enum": list(FILE_IO_MODES)}, sweep="io")
     in_flight: str = option("all", schema={"enum": list(IN_FLIGHT)}, sweep="inflight")
-    load_into: str = option("new", schema={"enum": list(LOAD_INTO)}, sweep="into")
+    load_into: str | None = option(None, schema={"enum": list(LOAD_INTO)}, sweep="into")  # None: the suite's
     # The original's conversions inside the timers: saves start from float16 copies of the
     # weights and cast each to float32 (torch .float()) before writing it; loads copy each array
     # read and cast it to float16 (np.copy, torch.from_numpy, .half()).
@@ -128,6 +130,9 @@ class TestSpec:
     processes: int = 1  # worker processes that save and load the checkpoint together
     backend: str = "tensorstore"  # or a reference row's kind (spec.references)
     reference_settings: dict[str, Any] | None = None  # a reference row's settings (spec.references), defaults filled
+    # Why this row's load_into is not the suite's (a row that cannot fill preallocated arrays, or cannot load
+    # into new ones); None where it is
+    load_into_note: str | None = None
     sweep: dict[str, Any] | None = None  # the swept settings of a sweep point, by field
 
     def chunk_budget_elements(self, itemsize: int) -> int:

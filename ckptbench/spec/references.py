@@ -12,6 +12,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from ckptbench.core.units import size_label
+
 CEILING = "device_ceiling"
 
 
@@ -22,6 +24,7 @@ class Setting:
     schema: dict[str, Any]
     default: Any
     meaning: str
+    label: str  # in the name of a row with this setting given ("runai_streamer_conc=32")
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,12 @@ class Reference:
     # What must import for the row to run here (a package, a native library it loads); else it is skipped
     package: str | None = None  # the distribution that brings it (requirements.txt pins it), for the reason
     modules: tuple[str, ...] = ()
-    # Anonymous bytes some settings add to the multiplier's (from the row's settings and the model's bytes)
-    extra_memory: Callable[[Mapping[str, Any], int], float] | None = None
+    # Anonymous bytes some settings add to the multiplier's (from the row's settings, the model's bytes and the
+    # row's load_into)
+    extra_memory: Callable[[Mapping[str, Any], int, str], float] | None = None
+    # Under load_into "preallocated": bytes per byte of model of its own read buffer, held besides the arrays it
+    # copies into (fastsafetensors' one buffer of the file; safetensors' and torch.load's maps are file pages)
+    copy_buffer: float = 0.0
     # Under tp > 1 (spec.tensor_parallel): how each rank reads its slice, or why the row cannot (it is skipped)
     tp_load: str = ""
     tp_unsupported: str | None = None
@@ -49,13 +56,18 @@ class Reference:
     # A load that claims to read around the page cache, in words ("" for none): the harness checks it (the pages
     # the load's files have in the cache right after it), so no guide has to vouch for it
     bypass_claim: str = ""
+    # (load_into, why) of a row whose destination is its design, whatever the suite's load_into; None: the suite's
+    destination: tuple[str, str] | None = None
 
-    def memory_bytes(self, settings: Mapping[str, Any] | None, model_bytes: int) -> float:
+    def memory_bytes(self, settings: Mapping[str, Any] | None, model_bytes: int, load_into: str | None = None
+                     ) -> float:
         """Peak anonymous memory of a row with these settings, beyond the process's fixed part (bench.capacity)."""
         need = self.memory_multiplier * model_bytes
+        if load_into == "preallocated":
+            need += self.copy_buffer * model_bytes
         if self.extra_memory is not None:
             need += self.extra_memory({**{k: s.default for k, s in self.settings.items()}, **(settings or {})},
-                                      model_bytes)
+                                      model_bytes, load_into or "new")
         return need
 
     @property
@@ -63,29 +75,60 @@ class Reference:
         return self.prior_s_per_gb if self.later_s_per_gb is None else self.later_s_per_gb
 
 
-def _threads(default: int, meaning: str) -> Setting:
-    return Setting({"type": "integer", "minimum": 1, "maximum": 1024}, default, meaning)
+def _threads(default: int, meaning: str, label: str = "threads") -> Setting:
+    return Setting({"type": "integer", "minimum": 1, "maximum": 1024}, default, meaning, label)
 
 
-def _runai_buffers(settings: Mapping[str, Any], model_bytes: int) -> float:
+def _bytes(default: int, meaning: str, label: str) -> Setting:
+    return Setting({"type": "integer", "minimum": 4096, "maximum": 2**30}, default, meaning, label)
+
+
+def _runai_buffers(settings: Mapping[str, Any], model_bytes: int, load_into: str) -> float:
     """Run:ai with owned false keeps its read buffers besides the copies it hands out: up to its memory limit
-    (-1: unlimited), so a limit of at most a quarter of the model keeps the harness's memory bound."""
+    (-1: unlimited), so a limit of at most a quarter of the model keeps the harness's memory bound. Under
+    load_into "preallocated" its owned buffers are besides the arrays they are copied into: counted as the
+    whole model (not measured: an upper bound)."""
     if settings["owned"]:
-        return 0.0  # the buffers are the loaded copy
+        return 0.0 if load_into == "new" else float(model_bytes)  # new: the buffers are the loaded copy
     limit = settings["memory_limit"]
     return float(model_bytes if limit < 0 else min(limit, model_bytes))
 
 
-# Run:ai's settings: two environment variables its C++ core reads (an empty value breaks it), and `owned`.
+# Run:ai's settings: environment variables its C++ core reads when a streamer is made (an empty value breaks
+# it; a setting at its default "auto"/null leaves its variable unset, so the core picks), and `owned`. Their
+# names and defaults are the core's own (runai-model-streamer 0.17.1, its debug log of a streamer's settings):
+# reading block 2 MiB; with neither variable set, 16 reader threads and a file-system queue depth of 64, with
+# RUNAI_STREAMER_CONCURRENCY set and RUNAI_STREAMER_FS_QUEUE_DEPTH unset, both the concurrency, and with the
+# queue depth set, both the queue depth (for files); strategy the first of io_uring_direct, libaio_direct,
+# sync_buffered that works here. (Before these were row settings the harness always set the concurrency to 16,
+# which cut the queue depth from its default 64 to 16.)
+RUNAI_STRATEGIES = ("auto", "io_uring_direct", "libaio_direct", "sync_buffered")
 _RUNAI_SETTINGS = {
-    "concurrency": _threads(16, "RUNAI_STREAMER_CONCURRENCY: its C++ core's reader threads, read when a streamer "
-                                "is made"),
+    "concurrency": Setting({"type": ["integer", "null"], "minimum": 1, "maximum": 1024}, None,
+                           "RUNAI_STREAMER_CONCURRENCY: its C++ core's reader threads (and, for files, its queue "
+                           "depth unless fs_queue_depth is given); null: unset, the core's own (16 threads, queue "
+                           "depth 64)", "conc"),
+    "chunk_bytesize": _bytes(2 * 2**20, "RUNAI_STREAMER_CHUNK_BYTESIZE: bytes of each file-system read (its "
+                                        "\"file system block size\")", "chunk"),
+    "fs_strategy": Setting({"enum": list(RUNAI_STRATEGIES)}, "auto",
+                           "RUNAI_STREAMER_FS_STRATEGY: how it reads files: io_uring_direct and libaio_direct "
+                           "(O_DIRECT), sync_buffered (pread through the page cache); auto: unset, the first that "
+                           "works here", "fs"),
+    "fs_queue_depth": Setting({"type": ["integer", "null"], "minimum": 1, "maximum": 4096}, None,
+                              "RUNAI_STREAMER_FS_QUEUE_DEPTH: file-system reads in flight (node-wide; for files it "
+                              "also sets the reader threads); null: unset, from the concurrency", "qd"),
     "memory_limit": Setting({"type": "integer", "minimum": -1, "maximum": 2**50}, 40_000_000_000,
                             "RUNAI_STREAMER_MEMORY_LIMIT: bytes of its read buffers (-1: unlimited; 0: one "
-                            "tensor's), read at each stream_files call"),
+                            "tensor's), read at each stream_files call", "mem"),
     "owned": Setting({"type": "boolean"}, True,
                      "true: each tensor it yields is the caller's (its buffers are not reused); false: buffers are "
-                     "reused, so the load copies each tensor out"),
+                     "reused, so the load copies each tensor out", "owned"),
+}
+_FASTSAFETENSORS_SETTINGS = {
+    "max_threads": _threads(16, "SafeTensorsFileLoader's max_threads: threads of its copies"),
+    "bbuf_size_kb": Setting({"type": "integer", "minimum": 64, "maximum": 2**24}, 16 * 1024,
+                            "SafeTensorsFileLoader's bbuf_size_kb: KiB of its bounce buffer (nogds reads pread "
+                            "through it)", "bbuf"),
 }
 
 
@@ -123,14 +166,17 @@ REFERENCES: dict[str, Reference] = {ref.kind: ref for ref in (
     Reference("fastsafetensors", "fastsafetensors", "reference: safetensors save_file + fsync; fastsafetensors on "
               "the CPU (nogds: pread through a bounce buffer) reads the file into one buffer, the tensors views of it",
               1.05, 1.5, "#8c564b", package="fastsafetensors", modules=("fastsafetensors",),
-              settings={"max_threads": _threads(16, "SafeTensorsFileLoader's max_threads")},
+              settings=_FASTSAFETENSORS_SETTINGS, copy_buffer=1.0,
               tp_unsupported="fastsafetensors under tp is not measured yet: its slices come from a process group's "
                              "shards (get_sharded), which the harness's readers do not form"),
     Reference("torch_dcp", "torch DCP",
-              "reference: torch.distributed.checkpoint save (FileSystemWriter, every file fsync'd) and load into "
-              "preallocated tensors (FileSystemReader), one process, no process group", 1.25, 3.5, "#3a86ff",
+              "reference: torch.distributed.checkpoint save (FileSystemWriter, every file fsync'd) and load "
+              "(FileSystemReader) into a state dict allocated from its metadata inside the clock, or into the "
+              "preallocated tensors (load_into), one process, no process group", 1.25, 3.5, "#3a86ff",
               package="torch", modules=("torch.distributed.checkpoint",),
-              settings={"thread_count": _threads(1, "FileSystemWriter's thread_count: writing threads, a file each")},
+              settings={"thread_count": _threads(1, "FileSystemWriter's thread_count: writing threads, a file each "
+                                                  "(torch 2.13's FileSystemReader has no thread count: it reads in "
+                                                  "one thread)")},
               tp_load="each rank: dcp.load of tensors of its slices' shapes, no process group, with a planner "
                       "asking for each slice at its offsets (as a DTensor shard would); the FileSystemReader reads "
                       "each saved tensor whole, then narrows it"),
@@ -138,6 +184,8 @@ REFERENCES: dict[str, Reference] = {ref.kind: ref for ref in (
               "reference: the same bytes written and read cold in raw files, over a grid of access patterns (fio's "
               "io_uring queues too where fio is on PATH); the fastest pattern of each run is the ceiling", 1.05, 18.0,
               "#c1121f", peer=False, later_s_per_gb=8.0,
+              destination=("preallocated", "the device ceiling reads into one buffer touched before the clock "
+                                           "whatever load_into: it measures the device, not the allocation"),
               tp_load="N reader processes from a common start, each reading 1/N of the bytes (one file, 16 MiB "
                       "blocks, cold)",
               bypass_claim="its O_DIRECT read pattern"),
@@ -150,19 +198,45 @@ def defaults(kind: str) -> dict[str, Any]:
 
 
 def config_schema(kind: str) -> dict[str, Any]:
-    """What a config's `references` block takes for a kind: true or false, or an object of its settings."""
+    """What a config's `references` block takes for a kind: true or false; or, for a kind with settings, an object
+    of them (one row), or a list of such objects (one row each: the settings a peer is tried with)."""
     properties = {name: setting.schema for name, setting in REFERENCES[kind].settings.items()}
     if not properties:
         return {"type": "boolean"}
-    return {"anyOf": [{"type": "boolean"},
-                      {"type": "object", "additionalProperties": False, "properties": properties}]}
+    one = {"type": "object", "additionalProperties": False, "properties": properties}
+    return {"anyOf": [{"type": "boolean"}, one, {"type": "array", "minItems": 1, "maxItems": 100, "items": one}]}
 
 
-def settings_of(kind: str, value: Any) -> dict[str, Any] | None:
-    """A row's settings from its `references` value (checked by config_schema): None when it is off."""
+def rows_of(kind: str, value: Any) -> list[tuple[str, dict[str, Any]]]:
+    """A kind's rows from its `references` value (checked by config_schema), as (test name, settings with defaults
+    filled): none when it is off; one named after the kind for true or an object; one per entry of a list, named
+    after the settings it gives ("runai_streamer_conc=32_chunk=8MB"; the kind alone for an empty entry)."""
     if value is False or value is None:
-        return None
-    return {**defaults(kind), **(value if isinstance(value, Mapping) else {})}
+        return []
+    if not isinstance(value, list):
+        return [(kind, {**defaults(kind), **(value if isinstance(value, Mapping) else {})})]
+    return [(row_name(kind, entry), {**defaults(kind), **entry}) for entry in value]
+
+
+def row_name(kind: str, given: Mapping[str, Any]) -> str:
+    """A row's name from the settings its entry gives, in the kind's order of settings."""
+    settings = REFERENCES[kind].settings
+    parts = [f"{settings[name].label}={_value_label(given[name])}" for name in settings if name in given]
+    return "_".join([kind, *parts])
+
+
+def kind_of(name: str) -> str | None:
+    """The reference kind of a row named by rows_of (the kind itself, or the kind and its settings), else None."""
+    return next((kind for kind in REFERENCES if name == kind or name.startswith(kind + "_")
+                 and "=" in name[len(kind):]), None)
+
+
+def _value_label(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, int) and value >= 2**20 and value % 2**20 == 0:
+        return size_label(value)  # a byte count: "8MB", binary, as sweep point names write sizes
+    return str(value)
 
 
 def unavailable(kind: str) -> str | None:

@@ -16,7 +16,7 @@ from jsonschema.exceptions import best_match
 
 from ckptbench.core.errors import UserError
 from ckptbench.core.records import ORDERS
-from ckptbench.spec.fields import CACHE_EVICTION, TEST_SCHEMA, sweepable
+from ckptbench.spec.fields import CACHE_EVICTION, LOAD_INTO, TEST_SCHEMA, sweepable
 from ckptbench.spec.presets import PRESETS, VALUES
 from ckptbench.spec.references import REFERENCES, config_schema
 from ckptbench.spec.suite import CONFIRM_OBJECTIVES, DTYPES, MAX_PROCESSES
@@ -58,6 +58,7 @@ SCHEMA: dict[str, Any] = {
                 "warmup_rounds": {"type": "integer", "minimum": 0, "maximum": 100},
                 "seed": {"type": ["integer", "null"], "minimum": 0},
                 "cache_eviction": {"enum": list(CACHE_EVICTION)},
+                "load_into": {"enum": list(LOAD_INTO)},
                 "order": {"enum": list(ORDERS)},
                 "max_inflight_bytes": {**_POSITIVE_INT, "minimum": 2**20},
                 "noise_pct": {"type": "number", "minimum": 0, "maximum": 100},
@@ -147,7 +148,7 @@ def describe_error(error: jsonschema.ValidationError) -> str:
         return f"{shown} is not a size; use a number of bytes or a string like \"64KB\", \"1MB\" or \"t5x\""
     if kind == "anyOf":
         branches = error.validator_value
-        if not any(branch.get("type") == "array" for branch in branches):  # not a sweepable field
+        if not (len(branches) == 2 and branches[1].get("type") == "array"):  # not a sweepable field (fields.sweepable)
             return f"expected {' or '.join(_expected(branch) for branch in branches)}, got {shown}"
         return f"expected {_expected(branches[0])} (or a list of them, to sweep), got {shown}"
     return error.message

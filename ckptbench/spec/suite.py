@@ -43,6 +43,7 @@ class SuiteConfig:
     warmup_rounds: int = 0
     seed: int | None = None
     cache_eviction: str = "auto"
+    load_into: str = "new"  # every row's destination (fields.LOAD_INTO), unless a TensorStore test sets its own
     order: str = "interleaved"
     max_inflight_bytes: int = 512 * 2**20  # TensorStore's write copies what is in flight: this bounds the copy
     noise_pct: float = 5.0

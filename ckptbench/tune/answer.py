@@ -17,7 +17,7 @@ from ckptbench.analysis import stats
 from ckptbench.core.units import size_label
 from ckptbench.documents.ceiling import pooled_pct_of_ceiling
 from ckptbench.spec.fields import TestSpec, entry
-from ckptbench.spec.references import REFERENCES
+from ckptbench.spec.references import REFERENCES, kind_of
 from ckptbench.tune.budget import mean
 from ckptbench.tune.policy import FIGURES, Samples, compare_metric, separation
 from ckptbench.tune.space import T5X
@@ -53,7 +53,7 @@ def recommend(samples: Samples, finalists: Sequence[str], metric: str, noise_pct
         if metric in _AS_RATE:  # the objective as a speed: save + load over total_s
             out["pct_of_ceiling"][metric] = pct[_AS_RATE[metric]]
     out["versus"] = {}
-    for other in [*(kind for kind, ref in REFERENCES.items() if ref.peer), T5X]:
+    for other in [*(name for name in samples if is_peer(name)), T5X]:
         if other == winner or other not in samples or not samples[other][metric]:
             continue
         comparison = analysis.compare(mine[metric], samples[other][metric], metric=compare_metric(metric),
@@ -85,8 +85,7 @@ def fastest_peers(samples: Samples, winner: str, noise_pct: float,
     confirmed = (confirmation or {}).get(winner) or {}
     out: dict[str, Any] = {}
     for metric in ("save_s", "load_s", "total_s"):
-        peers = {kind: samples[kind][metric] for kind, ref in REFERENCES.items()
-                 if ref.peer and kind in samples and samples[kind][metric]}
+        peers = {name: values[metric] for name, values in samples.items() if is_peer(name) and values[metric]}
         if not peers or not samples[winner][metric]:
             out[metric] = None
             continue
@@ -101,6 +100,12 @@ def fastest_peers(samples: Samples, winner: str, noise_pct: float,
                        "winner_n": len(mine),
                        **analysis.compare(mine, peers[fastest], metric=compare_metric(metric), noise_pct=noise_pct)}
     return out
+
+
+def is_peer(name: str) -> bool:
+    """A reference row a user could pick instead of TensorStore (each setting of a peer the space tries is one)."""
+    kind = kind_of(name)
+    return kind is not None and REFERENCES[kind].peer
 
 
 def describe_layout(test: TestSpec) -> str:

@@ -26,7 +26,7 @@ from ckptbench.bench import capacity
 from ckptbench.core.errors import UserError
 from ckptbench.core.units import duration_label, human_bytes
 from ckptbench.spec.fields import TestSpec
-from ckptbench.spec.references import REFERENCES
+from ckptbench.spec.references import REFERENCES, kind_of
 from ckptbench.tune.space import T5X
 
 FINALISTS = 2  # the halving stops at this many, and the final compares them
@@ -60,7 +60,7 @@ def candidate_priors_s(tests: Mapping[str, TestSpec], model_bytes: int, itemsize
 
 def prior_reference_s(name: str, model_bytes: int, first: bool = True) -> float:
     """A reference row's run before it is measured (`first`: its first run, which may do more)."""
-    return capacity.prior_run_s(TestSpec(name, backend=name), model_bytes, first=first)
+    return capacity.prior_run_s(TestSpec(name, backend=kind_of(name) or name), model_bytes, first=first)
 
 
 @dataclass
@@ -77,19 +77,19 @@ class Durations:
 
     def typical_candidate_s(self) -> float:
         """An unmeasured candidate: the median of the measured candidates' runs (>= 3), else the prior."""
-        measured = [mean(v) for k, v in self.runs.items() if k not in REFERENCES and v]
+        measured = [mean(v) for k, v in self.runs.items() if kind_of(k) is None and v]
         return float(np.median(measured)) if len(measured) >= 3 else self.prior_s
 
     def of(self, test: str) -> float:
         """A run's predicted seconds. A reference row measured once has run as a first run: its later runs are
         predicted from that by the ratio of its priors (the device ceiling's full grid runs once)."""
         measured = self.runs.get(test)
-        if measured and test in REFERENCES:
-            kind = REFERENCES[test]
+        if measured and kind_of(test) is not None:
+            kind = REFERENCES[kind_of(test)]
             return measured[-1] * (kind.prior_later_s_per_gb / kind.prior_s_per_gb if len(measured) == 1 else 1.0)
         if measured:
             return mean(measured)
-        if test in REFERENCES:
+        if kind_of(test) is not None:
             return prior_reference_s(test, self.model_bytes)  # its first run
         return self.typical_candidate_s()
 
@@ -182,7 +182,8 @@ def first_plan(budget_s: float, setup_s: float, model_bytes: int, references: Se
     or written."""
     references_s = sum(prior_reference_s(r, model_bytes) for r in references)
     # the final measures one peer again (rung 0's fastest, not known yet: the slowest to plan for)
-    later_s = max([prior_reference_s(r, model_bytes, first=False) for r in references if REFERENCES[r].peer],
+    later_s = max([prior_reference_s(r, model_bytes, first=False) for r in references
+                   if REFERENCES[kind_of(r) or r].peer],
                   default=0.0)
     left_s = budget_s - setup_s - FINISH_FIXED_S - run_s
     plan = plan_budget(left_s, run_s, references_s, PRIOR_SUITE_OVERHEAD_S, n_available, later_s)
@@ -208,7 +209,7 @@ def finish_reserve_s(durations: Durations, finalists: Sequence[str]) -> float:
 def final_needs_s(durations: Durations, finalists: Sequence[str], also_first: Sequence[str]) -> float:
     """The final these finalists would need: final-1 with `also_first` (t5x_full and the reference rows), then
     the reserved rounds of the finalists alone. A halving rung may start only if this still fits after it."""
-    peers = [n for n in also_first if n in REFERENCES]
+    peers = [n for n in also_first if kind_of(n) is not None]
     return (durations.suite_s(list(finalists) + list(also_first))
             + FINAL_ROUNDS_RESERVED * durations.suite_s(finalists) + sum(durations.of(p) for p in peers))
 
@@ -216,7 +217,7 @@ def final_needs_s(durations: Durations, finalists: Sequence[str], also_first: Se
 def survivor_run_s(durations: Durations, metric: str) -> float:
     """A run of a survivor of rung 0: for a time objective the survivors are the faster candidates, so the
     mean of the faster half of those measured; for size, the median (small is not fast)."""
-    measured = sorted(mean(v) for k, v in durations.runs.items() if k not in REFERENCES and k != T5X and v)
+    measured = sorted(mean(v) for k, v in durations.runs.items() if kind_of(k) is None and k != T5X and v)
     if len(measured) < 2:
         return durations.typical_candidate_s()
     if metric == "size_bytes":

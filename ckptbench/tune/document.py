@@ -23,7 +23,7 @@ from ckptbench.analysis import stats
 from ckptbench.documents import results
 from ckptbench.documents.store import Document, Kind
 from ckptbench.spec.fields import entry
-from ckptbench.spec.references import REFERENCES
+from ckptbench.spec.references import kind_of
 from ckptbench.tune.answer import describe_layout, summaries
 from ckptbench.tune.policy import PRIOR_DF, PRIOR_LOG_SD, gather, pareto
 from ckptbench.tune.settings import Settings
@@ -104,7 +104,7 @@ def build(state: TuneState, documents: Mapping[str, Mapping[str, Any]], universe
     winner = (recommendation or {}).get("test")
     runner_up = ((recommendation or {}).get("runner_up") or {}).get("test")
     ran = {t["name"] for document in documents.values() for t in document["tests"] if t["runs"]}
-    measured = [n for n in samples if n in ran and n not in REFERENCES and n in universe.tests]
+    measured = [n for n in samples if n in ran and kind_of(n) is None and n in universe.tests]
     candidates = {}
     for name in measured:
         candidates[name] = {
@@ -147,6 +147,6 @@ def build(state: TuneState, documents: Mapping[str, Mapping[str, Any]], universe
                    | {"results": f"{stage.name}/{results.RESULTS_FILE}"} for stage in state.stages],
         "finalists": state.finalists,
         "candidates": candidates,
-        "references": {name: {"stats": summaries(samples[name])} for name in REFERENCES if name in samples},
+        "references": {name: {"stats": summaries(samples[name])} for name in samples if kind_of(name) is not None},
         "pareto": pareto(points),
     })

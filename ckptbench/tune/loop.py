@@ -30,7 +30,7 @@ from ckptbench.documents.results import Results
 from ckptbench.spec import config as config_mod
 from ckptbench.spec.compression import label as compression_label
 from ckptbench.spec.fields import entry
-from ckptbench.spec.references import CEILING, REFERENCES
+from ckptbench.spec.references import CEILING, kind_of
 from ckptbench.spec.suite import SuiteConfig
 from ckptbench.tune import budget, policy
 from ckptbench.tune import state as tune_state
@@ -107,9 +107,9 @@ def run_stages(session: Session, execute: Executor) -> None:
 def _suite(session: Session, stage: Stage) -> SuiteConfig:
     """The stage's suite, validated by config.from_dict like any other, then put in the stage's order."""
     members = stage.members
-    entries = [entry(session.universe.tests[n]) for n in members if n not in REFERENCES]
+    entries = [entry(session.universe.tests[n]) for n in members if kind_of(n) is None]
     data = session.settings.suite_data(entries, session.out / stage.name,
-                                       references=any(n in REFERENCES for n in members), seed=stage.seed)
+                                       references=any(kind_of(n) is not None for n in members), seed=stage.seed)
     suite = config_mod.from_dict(data, source=f"tune {stage.name}")
     by_name = {t.name: t for t in suite.tests}
     return dataclasses.replace(suite, tests=tuple(by_name[n] for n in members if n in by_name))
@@ -117,7 +117,7 @@ def _suite(session: Session, stage: Stage) -> SuiteConfig:
 
 def _candidates_left(state: TuneState, stage: Stage) -> int:
     if stage.name == "rung-0":
-        return len([n for n in stage.members if n not in REFERENCES])
+        return len([n for n in stage.members if kind_of(n) is None])
     return len(state.finalists) if stage.kind == FINAL else len(state.alive)
 
 

@@ -18,7 +18,7 @@ from ckptbench.analysis.change import ratio_words
 from ckptbench.core.units import human_bytes
 from ckptbench.documents.store import weights_name
 from ckptbench.figures.common import figure, save
-from ckptbench.spec.references import REFERENCES, label
+from ckptbench.spec.references import REFERENCES, kind_of, label
 from ckptbench.tune.report import VERBS
 from ckptbench.tune.space import T5X
 
@@ -59,7 +59,7 @@ def draw(document: Mapping[str, Any], path: Path) -> Path | None:
         save_s, load_s = figures["save_s"]["mean"], figures["load_s"]["mean"]
         if save_s is None or load_s is None:
             continue
-        color = REFERENCES[name].colour if name in REFERENCES else "black"
+        color = REFERENCES[kind_of(name)].colour if kind_of(name) is not None else "black"
         ax.axvline(save_s, color=color, linestyle="--", linewidth=1,
                    label=f"{label(name)}: save {save_s:.2g} s | load {load_s:.2g} s")
         ax.axhline(load_s, color=color, linestyle=":", linewidth=1)

@@ -47,7 +47,7 @@ from ckptbench.analysis import stats
 from ckptbench.analysis.change import MIN_RUNS_FOR_CI
 from ckptbench.core.units import human_bytes
 from ckptbench.documents import results
-from ckptbench.spec.references import CEILING, REFERENCES
+from ckptbench.spec.references import CEILING, REFERENCES, kind_of
 from ckptbench.tune import budget
 from ckptbench.tune.budget import FINALISTS, fits, mean
 from ckptbench.tune.space import CANDIDATES_BEFORE_CEILING, T5X, shuffled, stage_seed
@@ -256,7 +256,7 @@ def final_references(state: TuneState, situation: Situation) -> list[str]:
     """The reference row the final measures again beside the finalists: rung 0's fastest peer on the objective
     (the loader the winner is compared with). Before rung 0 has measured any, the peer expected to take longest,
     so that a plan made then keeps room for whichever it will be. The device ceiling runs in rung 0 only."""
-    peers = [r for r in situation.references if REFERENCES[r].peer]
+    peers = [r for r in situation.references if REFERENCES[kind_of(r) or r].peer]
     measured = [r for r in peers if situation.samples.get(r, {}).get(situation.metric)]
     if measured:
         return ranked(measured, situation.samples, situation.metric)[:1]
@@ -271,7 +271,7 @@ def may_start(state: TuneState, stage: Stage, test: str, situation: Situation) -
         return False
     if stage.name != "rung-0":
         return True
-    n_measured = sum(1 for n in state.rung0_order if durations.runs.get(n)) + (0 if test in REFERENCES else 1)
+    n_measured = sum(1 for n in state.rung0_order if durations.runs.get(n)) + (0 if kind_of(test) is not None else 1)
     return budget.rung0_fits(durations, test, n_measured, situation.elapsed_s,
                              state.budget_s - finish_reserve_s(state, situation),
                              final_references(state, situation), situation.metric, t5x_in_final(situation))
@@ -417,7 +417,7 @@ def conclude(state: TuneState, status: str, situation: Situation) -> TuneState:
     stage.status = status
     stage.figures = {name: run_figures(t) for name, t in ran.items() if t["runs"]}
     failed = {name: t["runs"][-1]["error"] for name, t in ran.items()
-              if name not in REFERENCES and t["runs"] and all(r["error"] is not None for r in t["runs"])}
+              if kind_of(name) is None and t["runs"] and all(r["error"] is not None for r in t["runs"])}
     for name, error in failed.items():
         state.eliminated[name] = {"stage": stage.name, "reason": f"failed: {error}"}
     tiebreak = {n: samples[n]["total_s"] for n in samples}
@@ -429,8 +429,8 @@ def conclude(state: TuneState, status: str, situation: Situation) -> TuneState:
                           "p_value": (decided["comparison"] or {}).get("p_value")}
         return state
     if stage.name == "rung-0":
-        measured = [n for n in stage.members if n not in REFERENCES and ran.get(n, {}).get("runs")]
-        state.not_measured = [n for n in stage.members if n not in REFERENCES and n not in measured
+        measured = [n for n in stage.members if kind_of(n) is None and ran.get(n, {}).get("runs")]
+        state.not_measured = [n for n in stage.members if kind_of(n) is None and n not in measured
                               and not state.eliminated.get(n, {}).get("skipped")]
         alive = [n for n in measured if n not in failed]
     else:
@@ -454,7 +454,7 @@ def conclude(state: TuneState, status: str, situation: Situation) -> TuneState:
 def rung0_measured(state: TuneState) -> list[str]:
     """The candidates rung 0 measured, in its running order (after `conclude` has recorded it)."""
     stage = state.stages[0]
-    return [n for n in stage.members if n not in REFERENCES and n not in state.not_measured]
+    return [n for n in stage.members if kind_of(n) is None and n not in state.not_measured]
 
 
 def run_figures(test: Mapping[str, Any]) -> dict[str, Any]:

@@ -64,6 +64,7 @@ def dry_run(settings: Settings) -> dict[str, Any]:
     check_settings(settings)
     workspace.check_output_dir(Path(settings.output_dir).resolve())
     space = load_space(settings.space_path)
+    settings = dataclasses.replace(settings, reference_rows=space.get("references", {}))
     base = candidates(space, settings, str(settings.space_path))
     planned = weights.plan(base.model, base.weights, base.dtype, base.values)
     universe = make_universe(space, base, [shape for _, shape in planned.shapes])
@@ -126,6 +127,7 @@ def _start(settings: Settings, state: TuneState | None, emit: Event, clock: Call
         space, space_source = load_space(settings.space_path), str(settings.space_path)
         if settings.seed is None:
             settings = dataclasses.replace(settings, seed=new_seed())
+    settings = dataclasses.replace(settings, reference_rows=space.get("references", {}))  # the peers' settings
     # The space and the settings are checked, and the weights' folder resolved, before the weights are made.
     base = candidates(space, settings, space_source)
     settings = dataclasses.replace(settings, weights=base.weights)

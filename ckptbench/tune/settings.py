@@ -8,16 +8,16 @@ config's cache eviction and noise threshold.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ckptbench.core.errors import UserError
 from ckptbench.core.units import duration_label
 from ckptbench.documents.results import OBJECTIVES
 from ckptbench.spec import tensor_parallel
 from ckptbench.spec.config import suite_data
-from ckptbench.spec.references import REFERENCES
+from ckptbench.spec.references import REFERENCES, rows_of
 
 SPACE_FILE = Path(__file__).with_name("tune_space.json")  # in the package (pip installs it); sweeps/ links to it
 DEFAULT_OBJECTIVE = "balanced"
@@ -51,6 +51,9 @@ class Settings:
     noise_pct: float = 5.0
     keep_checkpoint: bool = False
     reference_kinds: tuple[str, ...] = DEFAULT_REFERENCES
+    # The space's `references` block: per kind, the settings its rows are tried with (spec.references.rows_of);
+    # a kind it does not list runs at its defaults. Set from the space (the state's, on resume), not a flag.
+    reference_rows: Mapping[str, Any] = field(default_factory=dict)
     tp: int = 1  # > 1: every candidate (and reference row) loaded by tp readers, each its tensor-parallel slice
 
     @property
@@ -61,9 +64,15 @@ class Settings:
 
     @property
     def references(self) -> list[str]:
-        """The reference rows measured beside the candidates. They write local files, so they are not run
-        with an object store (the suite would skip them anyway; leaving them out keeps the budget honest)."""
-        return [k for k in REFERENCES if k in self.reference_kinds] if "://" not in (self.storage or "") else []
+        """The reference rows measured beside the candidates, by name: each kind of reference_kinds, once per
+        setting the space tries it with. They write local files, so they are not run with an object store (the
+        suite would skip them anyway; leaving them out keeps the budget honest)."""
+        if "://" in (self.storage or ""):
+            return []
+        return [name for kind, value in self._reference_values().items() for name, _ in rows_of(kind, value)]
+
+    def _reference_values(self) -> dict[str, Any]:
+        return {kind: self.reference_rows.get(kind, True) for kind in REFERENCES if kind in self.reference_kinds}
 
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed tune must share with the interrupted one: what changes the measurements. The budget,
@@ -81,7 +90,7 @@ class Settings:
                    "cache_eviction": self.cache_eviction, "noise_pct": self.noise_pct}
         data = suite_data(tests, output_dir=output_dir, testing=testing, model=self.model, weights=self.weights,
                           dtype=self.dtype, values=self.values, storage=self.storage,
-                          references=tuple(self.references) if references else ())
+                          references=self._reference_values() if references and self.references else ())
         if self.tp > 1:
             data["tp"] = self.tp
         return data

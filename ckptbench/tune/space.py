@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ckptbench.core.errors import UserError
 from ckptbench.spec import config as config_mod
 from ckptbench.spec.fields import SWEEP_FIELDS, TEST_SCHEMA, TestSpec, layout_settings
-from ckptbench.spec.schema import Validator, describe_error
+from ckptbench.spec.schema import SCHEMA, Validator, describe_error
 from ckptbench.spec.suite import SuiteConfig
 from ckptbench.tune.settings import Settings
 
@@ -45,6 +45,9 @@ SPACE_SCHEMA: dict[str, Any] = {
                     "additionalProperties": {"type": "object", "additionalProperties": False,
                                              "properties": {**_FIELDS, "description": {"type": "string"}}}},
         "always": {"type": "array", "items": TEST_SCHEMA},
+        # The peers' axes: per reference kind, the settings its rows are tried with (a config's `references`
+        # value: true, an object, or a list of objects), for the kinds the tune measures (--references)
+        "references": SCHEMA["properties"]["references"],
     },
 }
 

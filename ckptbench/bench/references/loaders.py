@@ -1,7 +1,11 @@
 """The reference rows users store LLaMA weights with today: safetensors and torch.save.
 
-safetensors' `load_file` maps the file lazily, so its row copies each tensor out of the
-mapping inside the timed region (otherwise the load would read nothing).
+safetensors' `safe_open` maps the file lazily, so its row copies each tensor out of the
+mapping inside the timed region (otherwise the load would read nothing): into a clone of
+its own under load_into "new", into the tensor's preallocated array under "preallocated".
+torch.load reads the whole file into tensors of its own ("new"); under "preallocated" it
+maps the file (`mmap=True`) and each tensor is copied into its array, as
+`model.load_state_dict(torch.load(path, mmap=True))` fills a model's parameters.
 """
 
 from __future__ import annotations
@@ -28,11 +32,15 @@ class SafetensorsBackend(FileReference):
         durable(directory / self.filename)
 
     def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
-        directory = folder_of(location)
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
-        mapped = load_file(str(directory / self.filename))
-        return {name: to_numpy(t.clone()) for name, t in mapped.items()}
+        into = self.destination()
+        with safe_open(str(folder_of(location) / self.filename), framework="pt") as opened:
+            if into is None:
+                return {name: to_numpy(opened.get_tensor(name).clone()) for name in opened.keys()}
+            for name in opened.keys():
+                into[name].copy_(opened.get_tensor(name))
+        return self.filled()
 
     def load_slices(self, location: RunLocation | Path, boxes: Mapping[str, Box], rank: int, ranks: int
                     ) -> dict[str, np.ndarray]:
@@ -60,8 +68,13 @@ class TorchSaveBackend(FileReference):
         directory = folder_of(location)
         import torch
 
-        state = torch.load(directory / self.filename, map_location="cpu", weights_only=True)
-        return {name: to_numpy(t) for name, t in state.items()}
+        into = self.destination()
+        state = torch.load(directory / self.filename, map_location="cpu", weights_only=True, mmap=into is not None)
+        if into is None:
+            return {name: to_numpy(t) for name, t in state.items()}
+        for name, tensor in state.items():
+            into[name].copy_(tensor)
+        return self.filled()
 
     def load_slices(self, location: RunLocation | Path, boxes: Mapping[str, Box], rank: int, ranks: int
                     ) -> dict[str, np.ndarray]:

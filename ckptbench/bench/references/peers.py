@@ -2,21 +2,25 @@
 fastsafetensors (each reading the safetensors file the row saved), and torch.distributed.checkpoint (DCP).
 
 Each is measured like every other row: the file written and fsync'd in the save, the load cold, every byte
-verified. Each library is imported in `prepare`, before any clock (its first import costs seconds), and the
-loaded copy is memory the load owns when the clock stops:
+verified. Each library is imported in `prepare`, before any clock (its first import costs seconds). Under
+load_into "new" the loaded copy is memory the load allocates inside the clock; under "preallocated" it is the
+arrays allocated and touched in `before_load`, before the clock, which the load fills (FileReference):
 
 - Run:ai streamer (`SafetensorsStreamer().stream_file(path, device="cpu")`): with `owned` (its default) each
   tensor it yields is a view into a buffer of its own that it never reuses, so keeping the views keeps the
-  copy; with `owned` false its buffers are reused, so each tensor is cloned inside the load. Its C++ core reads
-  RUNAI_STREAMER_CONCURRENCY when a streamer is made and RUNAI_STREAMER_MEMORY_LIMIT at each stream, so the
-  row sets both around the load (always to a number: an empty value breaks it) and restores them after.
-- fastsafetensors (`SafeTensorsFileLoader(SingleGroup(), cpu, nogds=True)`): `get_tensor` is a view into one
-  buffer holding the whole file, which stays valid after the loader is closed; keeping the views is the copy
-  (a clone would double the memory).
-- DCP (`FileSystemWriter(thread_count=N, sync_files=True)`, `FileSystemReader`): the load fills tensors in
-  place, as a model's parameters are filled; they are allocated and touched in `before_load`, after the save
-  and before the load's clock. It runs in one
-  process without a process group (`no_dist`), and its warning that it assumes so is silenced.
+  copy; with `owned` false its buffers are reused, so each tensor is cloned inside the load; "preallocated":
+  each tensor is copied into its array. Its C++ core reads its settings from environment variables (spec.
+  references: concurrency, chunk byte size, file-system strategy and queue depth when a streamer is made, the
+  memory limit at each stream), so the row sets them around the load (always to a number: an empty value
+  breaks it; a setting left to the library is unset) and restores them after.
+- fastsafetensors (`SafeTensorsFileLoader(SingleGroup(), cpu, nogds=True, max_threads, bbuf_size_kb)`):
+  `get_tensor` is a view into one buffer holding the whole file, which stays valid after the loader is closed;
+  keeping the views is the copy (a clone would double the memory); "preallocated": each is copied into its array.
+- DCP (`FileSystemWriter(thread_count=N, sync_files=True)`, `FileSystemReader`): the load fills a state dict's
+  tensors in place. Under "new" the state dict is allocated inside the clock from the checkpoint's metadata
+  (torch.empty per tensor, what a load without a model must do); under "preallocated" it is the arrays
+  allocated before the clock. It runs in one process without a process group (`no_dist`), and its warning
+  that it assumes so is silenced.
 """
 
 from __future__ import annotations
@@ -38,20 +42,25 @@ from ckptbench.bench.references.files import (
     to_torch,
 )
 from ckptbench.bench.references.loaders import SafetensorsBackend
-from ckptbench.bench.storage import poison, preallocated
 from ckptbench.bench.targets import RunLocation
 from ckptbench.sources.source_file import Box
 from ckptbench.spec.references import defaults
 
 _RUNAI = defaults("runai_streamer")
+_FASTSAFETENSORS = defaults("fastsafetensors")
 _DCP_WARNING = r".*assuming the intent is to (save|load) in a single process"
 
 
 @contextmanager
-def environment(values: Mapping[str, str]) -> Iterator[None]:
-    """Environment variables set for the block, then restored (removed where they were unset)."""
+def environment(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Environment variables set for the block (removed where the value is None), then restored (removed where
+    they were unset)."""
     before = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     try:
         yield
     finally:
@@ -65,25 +74,44 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
 class RunaiStreamerBackend(SafetensorsBackend):
     """safetensors save_file + fsync; Run:ai Model Streamer streams the file back."""
 
-    bypasses_page_cache = True  # O_DIRECT reads: the record says how much of the file entered the page cache
     libraries = ("safetensors.torch", "runai_model_streamer")
 
-    def __init__(self, concurrency: int = _RUNAI["concurrency"], memory_limit: int = _RUNAI["memory_limit"],
-                 owned: bool = _RUNAI["owned"]) -> None:
-        self.concurrency, self.memory_limit, self.owned = concurrency, memory_limit, owned
+    def __init__(self, concurrency: int | None = _RUNAI["concurrency"], chunk_bytesize: int = _RUNAI["chunk_bytesize"],
+                 fs_strategy: str = _RUNAI["fs_strategy"], fs_queue_depth: int | None = _RUNAI["fs_queue_depth"],
+                 memory_limit: int = _RUNAI["memory_limit"], owned: bool = _RUNAI["owned"]) -> None:
+        self.concurrency, self.chunk_bytesize, self.memory_limit, self.owned = (concurrency, chunk_bytesize,
+                                                                                memory_limit, owned)
+        self.fs_strategy, self.fs_queue_depth = fs_strategy, fs_queue_depth
+
+    @property
+    def bypasses_page_cache(self) -> bool:  # type: ignore[override]
+        """O_DIRECT reads (the record says how much of the file entered the page cache), but for sync_buffered."""
+        return self.fs_strategy != "sync_buffered"
+
+    def settings_environment(self) -> dict[str, str | None]:
+        """The environment variables its C++ core reads, as this row sets them (None: unset, the core's default)."""
+        return {"RUNAI_STREAMER_CONCURRENCY": None if self.concurrency is None else str(self.concurrency),
+                "RUNAI_STREAMER_CHUNK_BYTESIZE": str(self.chunk_bytesize),
+                "RUNAI_STREAMER_FS_STRATEGY": None if self.fs_strategy == "auto" else self.fs_strategy,
+                "RUNAI_STREAMER_FS_QUEUE_DEPTH": None if self.fs_queue_depth is None else str(self.fs_queue_depth),
+                "RUNAI_STREAMER_MEMORY_LIMIT": str(self.memory_limit)}
+
 
     def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
         from runai_model_streamer import SafetensorsStreamer
 
         path = str(folder_of(location) / self.filename)
+        into = self.destination()
         loaded: dict[str, np.ndarray] = {}
-        with environment({"RUNAI_STREAMER_CONCURRENCY": str(self.concurrency),
-                          "RUNAI_STREAMER_MEMORY_LIMIT": str(self.memory_limit)}):
+        with environment(self.settings_environment()):
             with SafetensorsStreamer() as streamer:
                 streamer.stream_file(path, device="cpu", owned=self.owned)
                 for name, tensor in streamer.get_tensors():
-                    loaded[name] = to_numpy(tensor if self.owned else tensor.clone())
-        return loaded
+                    if into is not None:
+                        into[name].copy_(tensor)
+                    else:
+                        loaded[name] = to_numpy(tensor if self.owned else tensor.clone())
+        return loaded if into is None else self.filled()
 
     def load_slices(self, location: RunLocation | Path, boxes: Mapping[str, Box], rank: int, ranks: int
                     ) -> dict[str, np.ndarray]:
@@ -98,19 +126,27 @@ class FastSafetensorsBackend(SafetensorsBackend):
 
     libraries = ("safetensors.torch", "fastsafetensors")
 
-    def __init__(self, max_threads: int = 16) -> None:
-        self.max_threads = max_threads
+    def __init__(self, max_threads: int = _FASTSAFETENSORS["max_threads"],
+                 bbuf_size_kb: int = _FASTSAFETENSORS["bbuf_size_kb"]) -> None:
+        self.max_threads, self.bbuf_size_kb = max_threads, bbuf_size_kb
+
 
     def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
         import torch
         from fastsafetensors import SafeTensorsFileLoader, SingleGroup
 
-        loader = SafeTensorsFileLoader(SingleGroup(), torch.device("cpu"), nogds=True, max_threads=self.max_threads)
+        into = self.destination()
+        loader = SafeTensorsFileLoader(SingleGroup(), torch.device("cpu"), nogds=True, max_threads=self.max_threads,
+                                       bbuf_size_kb=self.bbuf_size_kb)
         try:
             loader.add_filenames({0: [str(folder_of(location) / self.filename)]})
             buffer = loader.copy_files_to_device()
             try:
-                return {name: to_numpy(buffer.get_tensor(name)) for name in loader.get_keys()}
+                if into is None:
+                    return {name: to_numpy(buffer.get_tensor(name)) for name in loader.get_keys()}
+                for name in loader.get_keys():
+                    into[name].copy_(buffer.get_tensor(name))
+                return self.filled()
             finally:
                 buffer.close()
         finally:
@@ -118,17 +154,14 @@ class FastSafetensorsBackend(SafetensorsBackend):
 
 
 class TorchDCPBackend(FileReference):
-    """torch.distributed.checkpoint: save with FileSystemWriter (fsync'd), load into preallocated tensors."""
+    """torch.distributed.checkpoint: save with FileSystemWriter (fsync'd), load with FileSystemReader into a state
+    dict allocated inside the clock ("new") or into the preallocated arrays ("preallocated")."""
 
     libraries = ("torch.distributed.checkpoint", "torch.utils.serialization")
 
     def __init__(self, thread_count: int = 1) -> None:
         self.thread_count = thread_count
-        self._into: dict[str, np.ndarray] | None = None
 
-    def before_load(self, tensors: Mapping[str, np.ndarray]) -> None:
-        if self._into is None:
-            self._into = preallocated(tensors)  # a model's parameters: allocated and touched before the clock
 
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
         import torch.distributed.checkpoint as dcp
@@ -143,16 +176,18 @@ class TorchDCPBackend(FileReference):
         fsync_path(directory)  # ... and renames it: the directory entries must be durable too
 
     def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
+        import torch
         import torch.distributed.checkpoint as dcp
 
-        if self._into is None:
-            raise ValueError("torch_dcp loads into tensors allocated in before_load(), before the clock; call "
-                             "before_load(tensors) first")
+        reader = dcp.FileSystemReader(folder_of(location))
+        state = self.destination()
+        if state is None:  # "new": what a load without a model allocates, inside the clock
+            meta = reader.read_metadata().state_dict_metadata
+            state = {name: torch.empty(tuple(m.size), dtype=m.properties.dtype) for name, m in meta.items()}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_DCP_WARNING, category=UserWarning)
-            dcp.load({name: to_torch(a) for name, a in self._into.items()},
-                     storage_reader=dcp.FileSystemReader(folder_of(location)), no_dist=True)
-        return dict(self._into)
+            dcp.load(state, storage_reader=reader, no_dist=True)
+        return self.filled() if self._into is not None else {name: to_numpy(t) for name, t in state.items()}
 
     def load_slices(self, location: RunLocation | Path, boxes: Mapping[str, Box], rank: int, ranks: int
                     ) -> dict[str, np.ndarray]:
@@ -170,15 +205,6 @@ class TorchDCPBackend(FileReference):
             dcp.load(into, storage_reader=dcp.FileSystemReader(folder_of(location)), no_dist=True,
                      planner=_slice_planner(boxes))
         return {name: to_numpy(tensor) for name, tensor in into.items()}
-
-    def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
-        bad = super().verify(tensors, loaded)
-        if self._into is not None:  # a second load into the same tensors (warm, then cold) must fill them again
-            poison(self._into)
-        return bad
-
-    def release(self) -> None:
-        self._into = None
 
 
 def _slice_planner(boxes: Mapping[str, Box]):

@@ -56,6 +56,10 @@ class Run(Command):
                             help="interleaved rounds (default) or each test's runs back to back, as the original")
         parser.add_argument("--cache-eviction", choices=config_mod.CACHE_EVICTION,
                             help="how loads are made cold (default: auto; none leaves them warm, as the original)")
+        parser.add_argument("--load-into", choices=config_mod.LOAD_INTO,
+                            help="where every row's load puts what it reads: new (memory allocated inside the "
+                                 "clock) or preallocated (arrays allocated before it, filled in place); default: "
+                                 "the config's testing.load_into, else new")
         parser.add_argument("--keep", action="store_true",
                             help="keep the last run's checkpoint of each test under OUTPUT_DIR/runs for inspection")
         add_output_arguments(parser)
@@ -121,7 +125,8 @@ def _overrides(args: argparse.Namespace) -> dict:
             "tests": parse_tests(args.tests),
             "seed": args.seed, "storage": args.storage, "processes": parse_processes(args.processes),
             "tp": parse_tp(args.tp),
-            "order": args.order, "cache_eviction": args.cache_eviction, **weight_overrides(args)}
+            "order": args.order, "cache_eviction": args.cache_eviction, "load_into": args.load_into,
+            **weight_overrides(args)}
 
 
 def show(results, details: bool = False) -> None:
