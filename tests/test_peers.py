@@ -229,7 +229,7 @@ def test_runai_file_system_knobs_reach_its_core(tmp_path, tiny, monkeypatch):
     assert record.ok and record.verified, record.error
     assert seen == {"RUNAI_STREAMER_CONCURRENCY": None, "RUNAI_STREAMER_CHUNK_BYTESIZE": str(4 * 2**20),
                     "RUNAI_STREAMER_FS_STRATEGY": "sync_buffered", "RUNAI_STREAMER_FS_QUEUE_DEPTH": "5"}
-    assert record.resident_bytes_after_load is None  # buffered reads: not a row that bypasses the page cache
+    assert record.bypass_resident_bytes is None  # buffered reads: no claim to bypass the page cache to check
     record, _ = _run(suite, "runai_streamer_conc=2", tensors)
     assert record.ok and record.verified, record.error
     assert seen == {"RUNAI_STREAMER_CONCURRENCY": "2", "RUNAI_STREAMER_CHUNK_BYTESIZE": str(2 * 2**20),
