@@ -12,6 +12,7 @@ the eviction between its read patterns is a hook that must stay outside them.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -111,13 +112,16 @@ class Instrumented(Backend):
 
 @pytest.fixture
 def units(monkeypatch) -> Units:
-    """Every fsync (os.fsync, which every Python writer here calls) sleeps FSYNC_SLEEP_S more, and is counted."""
+    """Every fsync (os.fsync, which every Python writer here calls) sleeps FSYNC_SLEEP_S more, one thread at a
+    time, and is counted."""
     made = Units()
     real_fsync = os.fsync
+    one_at_a_time = threading.Lock()  # parallel writers' sleeps add up in wall time, as the units count them
 
     def slow_fsync(fd: int) -> None:
-        made.fsyncs += 1
-        time.sleep(FSYNC_SLEEP_S)
+        with one_at_a_time:
+            made.fsyncs += 1
+            time.sleep(FSYNC_SLEEP_S)
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", slow_fsync)
@@ -177,8 +181,11 @@ def test_the_clocks_hold_the_save_with_its_fsyncs_and_the_load_and_nothing_else(
         return
     # The ceiling: every pattern holds its own unit's sleeps only; its figures are the fastest pattern's.
     patterns = record.patterns
-    assert (len(patterns["save"]), len(patterns["load"])) == (len(save_units), len(load_units)) == (6, 7)
+    # fio's pattern (where fio is on PATH) is timed by fio's own clock in its own process: no unit of ours
+    own = {op: {n: s for n, s in patterns[op].items() if not n.startswith(ceiling.FIO_PREFIX)} for op in patterns}
+    assert (len(own["save"]), len(own["load"])) == (len(save_units), len(load_units)) == (len(ceiling.GRID),
+                                                                                          len(ceiling.GRID) + 1)
     for op, known in (("save", save_units), ("load", load_units)):
-        for (name, seconds), known_s in zip(patterns[op].items(), known):
+        for (name, seconds), known_s in zip(own[op].items(), known):
             _holds_exactly(seconds, known_s, f"ceiling {op} pattern {name}")
     assert (record.save_s, record.load_s) == (min(patterns["save"].values()), min(patterns["load"].values()))
