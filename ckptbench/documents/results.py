@@ -33,7 +33,10 @@ Version history (bump SCHEMA_VERSION whenever a field changes meaning):
   upgrade from 3 derives everything again.
   Later, without a bump (optional fields, derived afresh from raw runs that lack them as None):
   runs' `process_load_read_bytes`, `process_load_rchar_bytes`, `process_load_slice_bytes` (each
-  reader's bytes) and tests' `tensor_parallel` (tp > 1: the read amplification).
+  reader's bytes) and tests' `tensor_parallel` (tp > 1: the read amplification); runs'
+  `other_processes` (what other processes of the host did during each timed operation), the
+  environment's `host_load` (load averages at the suite's start and end), tests' `busy` and the
+  document's `busy` (how many timed operations found the machine busy; analysis.busy).
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ckptbench.analysis import busy, stats
 from ckptbench.analysis import change as analysis
-from ckptbench.analysis import stats
 from ckptbench.analysis.samples import METRICS, THROUGHPUT, samples
 from ckptbench.core import records
 from ckptbench.documents import findings
@@ -144,6 +147,12 @@ def _protocol(config: Any, seed: int) -> dict[str, Any]:
         "change": "every change's 95% interval and p-value: the ratio of means on the log scale (delta method, "
                   "Welch-Satterthwaite df; analysis.change.ratio_interval), none with 2 runs or fewer on a side",
         "throughput": "GB/s = tensor bytes / 1e9 / seconds",
+        "other_processes": "around each timed operation, what other processes of this host did (/proc/stat busy "
+                           "CPU less this run's own processes' utime+stime, children and a launch's ranks of this "
+                           "host included; the output disk's /proc/diskstats bytes less the own processes' "
+                           "/proc/<pid>/io); an operation was busy when they used over 25% of a core (and 0.1 s) or "
+                           "read or wrote over 32 MiB + 10% of its own bytes + 32 KiB per file (analysis.busy); "
+                           "other hosts of a launch are not watched",
     }
 
 
@@ -174,6 +183,7 @@ def derive(document: dict[str, Any]) -> dict[str, Any]:
                     test["claims"].append(claim)
         test["warnings"] = findings.test_warnings(test, mine)
         test["tensor_parallel"] = tensor_parallel(test)
+        test["busy"] = busy.summary(test["runs"])
     ceiling = next((t for t in tests if t["name"] == CEILING), None)
     if ceiling is not None:
         ceiling["ceiling"] = _ceiling_patterns(ceiling["runs"], data_bytes)
@@ -187,6 +197,7 @@ def derive(document: dict[str, Any]) -> dict[str, Any]:
     document["warnings"] = findings.suite_warnings(document, ceiling)
     document["alerts"] = findings.alerts(document, ceiling)
     document["noise"] = findings.noise(document)
+    document["busy"] = findings.busy(document)
     return document
 
 

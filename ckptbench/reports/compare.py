@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ckptbench.analysis import stats
+from ckptbench.analysis.busy import NOT_JUDGED
 from ckptbench.analysis.change import INSUFFICIENT, NOT_SIGNIFICANT, TOO_FEW, WITHIN_NOISE, ratio_words
 from ckptbench.analysis.versus import REGRESSION_WORDS, only_in
 from ckptbench.documents.store import weights_name
@@ -60,8 +61,16 @@ def _table_row(row: Mapping[str, Any]) -> list[str]:
         report.NA if change is None else f"{change:+.1f}%",
         report.ci_pct(comparison),
         report.NA if p is None else f"{p:.3g}",
-        report.verdict(comparison, min(a["n"], b["n"])),
+        _verdict(comparison, min(a["n"], b["n"])),
     ]
+
+
+def _verdict(comparison: Mapping[str, Any], n_runs: int) -> str:
+    """The verdict, and why a busy machine leaves it unjudged (or, judged with --allow-busy, that it was busy)."""
+    if comparison["verdict"] == NOT_JUDGED:
+        return f"{NOT_JUDGED} ({comparison['busy']})"
+    text = report.verdict(comparison, n_runs)
+    return text + (f" [busy: {comparison['busy']}]" if comparison.get("busy") else "")
 
 
 def _describe(path: Path, document: Mapping[str, Any]) -> str:
@@ -76,10 +85,17 @@ def answer_lines(rows: Sequence[Mapping[str, Any]], doc_b: Mapping[str, Any], wh
     verdicts = [r["comparison"]["verdict"] for r in rows]
     same = sum(v in (WITHIN_NOISE, NOT_SIGNIFICANT) for v in verdicts)
     few = sum(v in (TOO_FEW, INSUFFICIENT) for v in verdicts)
+    busy = [r for r in rows if r["comparison"]["verdict"] == NOT_JUDGED]
     worse = [r for r in rows if r["comparison"]["verdict"] in REGRESSION_WORDS]
-    better = len(verdicts) - same - few - len(worse)
+    better = len(verdicts) - same - few - len(worse) - len(busy)
     lines = [f"Answer: B against A, {len(rows)} figures: {better} better, {len(worse)} worse, {same} unchanged "
-             f"(within noise or not significant), {few} with too few runs to tell"]
+             f"(within noise or not significant), {few} with too few runs to tell"
+             + (f", {len(busy)} not judged (the machine was busy)" if busy else "")]
+    if busy:
+        shown = "; ".join(f"{r['test']} {r['metric']} ({r['comparison']['busy']})" for r in busy[:3])
+        lines.append(f"  not judged, the machine was busy during their runs: {shown}"
+                     + (f" and {len(busy) - 3} more" if len(busy) > 3 else "")
+                     + "; run again on a quiet machine, or --allow-busy to judge them anyway")
     if worse:
         top = max(worse, key=lambda r: r["comparison"]["change_pct"])
         lines.append(f"  largest regression: {top['test']} {top['metric']} "

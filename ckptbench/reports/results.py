@@ -1,8 +1,9 @@
 """The console report of a results document: text or markdown; nothing is measured or computed here.
 
 `console` is what `run` and `show` print: a two-line header, the answer (TensorStore's best per
-objective against the baseline, the fastest peer and the device ceiling), one table, one line of
-claims, and the warnings that threaten the answer, grouped in at most six lines. `full_report`
+objective against the baseline, the fastest peer and the device ceiling), a line if the machine
+was busy, one table, one line of claims, and the warnings that threaten the answer, grouped in at
+most six lines. `full_report`
 (`--details`, and the Python API's `Results.report`) adds every table and every warning.
 """
 
@@ -159,9 +160,32 @@ def _noise_line(noise: Mapping[str, Any]) -> str | None:
     return text
 
 
+def busy_lines(document: Mapping[str, Any]) -> list[str]:
+    """One line when other processes kept the machine busy during any timed operation of the measured runs
+    (documents.findings.busy): how much, during how many operations, which rows, and whether the answer's rows
+    are among them; one line when some operations were not watched (no /proc). Nothing on a quiet machine."""
+    busy = document.get("busy")
+    if not busy or not busy["timed"]:
+        return []
+    lines = []
+    if busy["operations"]:
+        answer = busy["answer_tests"]
+        lines.append(f"! the machine was busy: other processes used {busy['other_cpu_pct']:.0f} % of a core and "
+                     f"wrote {busy['other_write_bytes'] / 1e9:.2f} GB (read {busy['other_read_bytes'] / 1e9:.2f} GB) "
+                     f"during {busy['operations']} of {busy['timed']} timed operations, in "
+                     f"{', '.join(busy['tests'])}; "
+                     + (f"the answer's rows were affected ({', '.join(answer)})" if answer
+                        else "the answer's rows were not"))
+    if busy["not_measured"]:
+        lines.append(f"! other processes' use of the machine was not measured during {busy['not_measured']} of "
+                     f"{busy['timed']} timed operations (no /proc, or a file written before it was): the machine "
+                     "may have been busy")
+    return lines
+
+
 def console(document: Mapping[str, Any], fmt: str = "text") -> str:
     """The default console: header, answer, one table, the claims in a line, the warnings grouped."""
-    parts = [headline(document), "", *answer_lines(document), "", main_table(document, fmt)]
+    parts = [headline(document), "", *answer_lines(document), *busy_lines(document), "", main_table(document, fmt)]
     claims = claims_line(document)
     if claims:
         parts += ["", claims]
@@ -319,7 +343,7 @@ def full_report(document: Mapping[str, Any], fmt: str = "text") -> str:
     # Some markdown renderers only start a table after a blank line; GitHub accepts both.
     gap = [""] if fmt == "markdown" else []
     bullet = "- " if fmt == "markdown" else "  "
-    parts = [headline(document), "", *answer_lines(document), "", main_table(document, fmt)]
+    parts = [headline(document), "", *answer_lines(document), *busy_lines(document), "", main_table(document, fmt)]
     parts += ["", "Per test (mean +- std over the runs; changes versus the baseline):", *gap,
               summary_table(document, fmt)]
     best = best_lines(document)
