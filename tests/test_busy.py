@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO
+from test_compare import ENVIRONMENT, RUNS_S, SLOWER_S, WEIGHTS, make_document
 
 from ckptbench.analysis import busy, versus
 from ckptbench.core import host
 from ckptbench.core.records import RunRecord
 from ckptbench.documents import results
 from ckptbench.reports import results as report
-from conftest import REPO
-from test_compare import ENVIRONMENT, RUNS_S, SLOWER_S, WEIGHTS, make_document
 
 pytestmark = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the sampler reads Linux's /proc")
 
@@ -42,14 +42,15 @@ def _quiet(seconds: float = 1.0, cpu_s: float = 0.0, write_bytes: int = 0, read_
 
 def test_others_is_the_host_less_the_own_processes():
     tick_s = 1.0 / os.sysconf("SC_CLK_TCK")
-    before = host.Sample(10.0, busy_ticks=1000, own_ticks=300, device_read_bytes=5000, device_write_bytes=7000,
-                         own_read_bytes=100, own_write_bytes=200)
-    after = host.Sample(12.5, busy_ticks=1400, own_ticks=450, device_read_bytes=9000, device_write_bytes=7100,
-                        own_read_bytes=600, own_write_bytes=1200)
+    before = host.Sample(10.0, busy_ticks=1000, own_ticks=300, kernel_ticks=40, device_read_bytes=5000,
+                         device_write_bytes=7000, own_read_bytes=100, own_write_bytes=200)
+    after = host.Sample(12.5, busy_ticks=1400, own_ticks=450, kernel_ticks=90, device_read_bytes=9000,
+                        device_write_bytes=7100, own_read_bytes=600, own_write_bytes=1200)
     figures = host.others(before, after)
     assert figures["seconds"] == pytest.approx(2.5)
-    assert figures["cpu_s"] == pytest.approx((400 - 150) * tick_s)
+    assert figures["cpu_s"] == pytest.approx((400 - 150 - 50) * tick_s)  # less the own and the kernel's threads
     assert figures["own_cpu_s"] == pytest.approx(150 * tick_s)
+    assert figures["kernel_cpu_s"] == pytest.approx(50 * tick_s)
     assert figures["read_bytes"] == 4000 - 500
     assert figures["write_bytes"] == 0  # the own processes wrote more than the disk saw yet: never negative
     assert host.others(None, after) is None and host.others(before, None) is None  # not measured: no figures
@@ -77,17 +78,33 @@ def test_a_spinning_child_and_grandchild_and_their_writes_count_as_own(tmp_path)
     assert figures["cpu_s"] >= 0 and figures["write_bytes"] >= 0
 
 
+def _cpu_s(pid: int) -> float:
+    """A process's own CPU seconds (utime + stime), as /proc/<pid>/stat counts them."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _window(watch: host.Watch, pid: int, cpu_s: float = 0.3) -> tuple[dict[str, float], float]:
+    """host.others over a window in which process `pid` spent at least `cpu_s` CPU seconds (however busy the
+    machine), and the CPU seconds it spent."""
+    start = _cpu_s(pid)
+    before = watch.sample()
+    deadline = time.monotonic() + 30
+    while _cpu_s(pid) - start < cpu_s and time.monotonic() < deadline:
+        time.sleep(0.05)
+    figures = host.others(before, watch.sample())
+    return figures, _cpu_s(pid) - start
+
+
 def test_a_live_child_counts_as_own_while_it_runs(tmp_path):
-    spinner = subprocess.Popen([sys.executable, "-c", SPIN.format(cpu_s=30)])
+    spinner = subprocess.Popen([sys.executable, "-c", SPIN.format(cpu_s=60)])
     try:
-        watch = host.watch_for(tmp_path)
-        before = watch.sample()
-        time.sleep(1.0)
-        figures = host.others(before, watch.sample())
+        figures, spun_s = _window(host.watch_for(tmp_path), spinner.pid)
     finally:
         spinner.kill()
         spinner.wait()
-    assert figures["own_cpu_s"] >= 0.25  # a full core at best; at least a quarter of one even on a busy machine
+    assert spun_s >= 0.3
+    assert figures["own_cpu_s"] >= spun_s - 0.05  # its CPU is this process's own (ticks: 10 ms each end)
 
 
 def test_a_launchs_rank_on_this_host_counts_as_own_once_registered(tmp_path, monkeypatch):
@@ -96,23 +113,19 @@ def test_a_launchs_rank_on_this_host_counts_as_own_once_registered(tmp_path, mon
     monkeypatch.setattr(host, "_own_roots", set())
     starter = subprocess.run(  # the spinner's parent exits at once: the spinner is nobody's child here
         [sys.executable, "-c", f"import subprocess, sys\nprint(subprocess.Popen([sys.executable, '-c', "
-                               f"{SPIN.format(cpu_s=30)!r}], start_new_session=True, stdout=subprocess.DEVNULL, "
+                               f"{SPIN.format(cpu_s=60)!r}], start_new_session=True, stdout=subprocess.DEVNULL, "
                                "stderr=subprocess.DEVNULL).pid)"],
         check=True, capture_output=True, text=True)
     pid = int(starter.stdout)
     try:
         watch = host.watch_for(tmp_path)
-        before = watch.sample()
-        time.sleep(0.6)
-        not_own = host.others(before, watch.sample())
+        not_own, spun_before_s = _window(watch, pid)
         host.count_as_own([pid])
-        before = watch.sample()
-        time.sleep(0.6)
-        own = host.others(before, watch.sample())
+        own, spun_after_s = _window(watch, pid)
     finally:
         os.kill(pid, 9)
-    assert not_own["own_cpu_s"] < 0.1
-    assert own["own_cpu_s"] >= 0.15
+    assert spun_before_s >= 0.3 and not_own["own_cpu_s"] < spun_before_s - 0.2
+    assert spun_after_s >= 0.3 and own["own_cpu_s"] >= spun_after_s - 0.05
 
 
 def test_the_disk_under_a_folder_is_a_whole_disk_of_diskstats(tmp_path):
@@ -274,3 +287,11 @@ def test_a_busy_side_of_a_size_is_judged_a_size_does_not_depend_on_the_load():
 def _folder(path: Path) -> Path:
     path.mkdir()
     return path
+
+
+def test_a_file_written_before_the_machine_was_watched_does_not_pass_for_quiet():
+    document = make_document({"base": RUNS_S})
+    del document["busy"]  # as a version-4 file written before this feature has it
+    assert report.busy_lines(document) == [
+        "! other processes' use of the machine was not measured (a file written before ckptbench watched it): the "
+        "machine may have been busy"]

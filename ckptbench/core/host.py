@@ -2,12 +2,14 @@
 
 A `Watch` takes a `Sample` right before an operation's clock starts and right after it stops;
 `others(before, after)` is the difference, less this run's own share:
-- CPU: the host's busy time in /proc/stat (user, nice, system, irq, softirq, steal: every CPU)
-  less the CPU time of this run's own processes: this process, its descendants (spawned workers,
+- CPU: the host's busy time in /proc/stat (user, nice, system and steal, over every CPU) less
+  the CPU time of this run's own processes: this process, its descendants (spawned workers,
   tensor-parallel readers, a loader's helpers) and the other ranks of a launch on this host
   (`count_as_own`) with theirs, each utime + stime + cutime + cstime from /proc/<pid>/stat. A
   child that exits and is reaped within the operation stays counted: its time moves into its
-  parent's cutime/cstime. Steal is the hypervisor running someone else on this VM's CPUs.
+  parent's cutime/cstime. Steal is the hypervisor running someone else on this VM's CPUs. The
+  kernel's own threads (writeback, page reclaim, the filesystem's journal) and interrupts serve
+  every process, this run's too, so they count as nobody's (`kernel_cpu_s` shows the threads').
 - Device bytes: sectors read and written (/proc/diskstats, 512 bytes each) of the disk that holds
   the output folder (a partition counts as its whole disk), or of every physical disk when that
   folder is on no block device (tmpfs, overlay, a network filesystem); less the own processes'
@@ -17,11 +19,11 @@ A snapshot reads /proc/stat, /proc/diskstats and every /proc/<pid>/stat of the h
 processes: a few milliseconds), outside the clock reads. Where there is no /proc (not Linux) a
 watch samples nothing and the figures are None: not measured, never "quiet".
 
-Limits: /proc/stat counts in clock ticks (10 ms) per CPU, so a short operation's figure is coarse
-(analysis.busy judges with a floor); the kernel's own work for this run's I/O (writeback threads,
-interrupts) counts as other; a write this run made before the operation and the kernel flushes
-during it counts as another's (durable saves and evictions sync first, so only a non-durable save
-with no eviction leaves one).
+Limits: /proc/stat counts in clock ticks (10 ms) per CPU, so a short operation's figure is
+coarse (analysis.busy judges with a floor); a write this run made before the operation that the
+kernel flushes during it counts as another's (durable saves and evictions sync first, so only a
+non-durable save with no eviction leaves one); so does the CPU of a kernel thread that ends
+within the operation.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from typing import Iterable
 
 PROC = Path("/proc")
 SECTOR_BYTES = 512  # /proc/diskstats counts 512-byte sectors whatever the device's own sector size
-_BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # of /proc/stat's cpu line: user nice system [idle iowait] irq softirq steal
+_BUSY_FIELDS = (0, 1, 2, 7)  # of /proc/stat's cpu line: user nice system [idle iowait irq softirq] steal
+_KERNEL_THREAD = 0x00200000  # PF_KTHREAD in /proc/<pid>/stat's flags
 _own_roots: set[int] = set()  # other processes of this host that count as this run's own (a launch's ranks)
 
 
@@ -59,6 +62,7 @@ class Sample:
     at_s: float  # time.perf_counter()
     busy_ticks: int  # every CPU's busy time, in clock ticks
     own_ticks: int  # the own processes' CPU time, in clock ticks
+    kernel_ticks: int  # the kernel's threads' CPU time, in clock ticks
     device_read_bytes: int
     device_write_bytes: int
     own_read_bytes: int
@@ -72,14 +76,16 @@ def others(before: Sample | None, after: Sample | None) -> dict[str, float] | No
         return None
     tick_s = 1.0 / _ticks_per_second()
     own_cpu = after.own_ticks - before.own_ticks
+    kernel_cpu = after.kernel_ticks - before.kernel_ticks
     own_read = after.own_read_bytes - before.own_read_bytes
     own_write = after.own_write_bytes - before.own_write_bytes
     return {
         "seconds": after.at_s - before.at_s,
-        "cpu_s": max(0, after.busy_ticks - before.busy_ticks - own_cpu) * tick_s,
+        "cpu_s": max(0, after.busy_ticks - before.busy_ticks - own_cpu - kernel_cpu) * tick_s,
         "read_bytes": max(0, after.device_read_bytes - before.device_read_bytes - own_read),
         "write_bytes": max(0, after.device_write_bytes - before.device_write_bytes - own_write),
         "own_cpu_s": own_cpu * tick_s,
+        "kernel_cpu_s": kernel_cpu * tick_s,
         "own_read_bytes": own_read,
         "own_write_bytes": own_write,
     }
@@ -96,10 +102,10 @@ class Watch:
         try:
             busy = _busy_ticks()
             read, written = _device_bytes(self.devices)
-            own_ticks, own_read, own_write = _own_usage()
+            own_ticks, kernel_ticks, own_read, own_write = _own_usage()
         except (OSError, ValueError, IndexError):
             return None
-        return Sample(time.perf_counter(), busy, own_ticks, read, written, own_read, own_write)
+        return Sample(time.perf_counter(), busy, own_ticks, kernel_ticks, read, written, own_read, own_write)
 
 
 def watch_for(path: Path | None) -> Watch:
@@ -163,10 +169,12 @@ def _device_bytes(devices: tuple[str, ...]) -> tuple[int, int]:
     return read, written
 
 
-def _own_usage() -> tuple[int, int, int]:
-    """(CPU ticks, device bytes read, device bytes written) of this run's own processes, gone children included."""
+def _own_usage() -> tuple[int, int, int, int]:
+    """(CPU ticks of this run's own processes, CPU ticks of the kernel's threads, device bytes read and written by
+    the own processes), gone children of the own processes included."""
     parents: dict[int, int] = {}
     ticks: dict[int, int] = {}
+    kernel = 0
     for entry in os.scandir(PROC):
         if not entry.name.isdigit():
             continue
@@ -176,15 +184,19 @@ def _own_usage() -> tuple[int, int, int]:
         except (OSError, IndexError):
             continue  # a process that ended meanwhile
         pid = int(entry.name)
+        used = sum(int(value) for value in rest[11:15])  # utime stime cutime cstime
+        if int(rest[6]) & _KERNEL_THREAD:
+            kernel += used
+            continue
         parents[pid] = int(rest[1])
-        ticks[pid] = sum(int(value) for value in rest[11:15])  # utime stime cutime cstime
+        ticks[pid] = used
     own = _descendants({os.getpid(), *_own_roots} & ticks.keys(), parents)
     read = written = 0
     for pid in own:
         counters = _io(pid)
         read += counters.get("read_bytes", 0)
         written += counters.get("write_bytes", 0)
-    return sum(ticks[pid] for pid in own), read, written
+    return sum(ticks[pid] for pid in own), kernel, read, written
 
 
 def _descendants(roots: set[int], parents: dict[int, int]) -> set[int]:

@@ -165,7 +165,10 @@ def busy_lines(document: Mapping[str, Any]) -> list[str]:
     (documents.findings.busy): how much, during how many operations, which rows, and whether the answer's rows
     are among them; one line when some operations were not watched (no /proc). Nothing on a quiet machine."""
     busy = document.get("busy")
-    if not busy or not busy["timed"]:
+    if busy is None:  # a file of this version written before the harness watched other processes
+        return ["! other processes' use of the machine was not measured (a file written before ckptbench watched "
+                "it): the machine may have been busy"]
+    if not busy["timed"]:
         return []
     lines = []
     if busy["operations"]:
