@@ -128,6 +128,32 @@ def test_a_launchs_rank_on_this_host_counts_as_own_once_registered(tmp_path, mon
     assert spun_after_s >= 0.3 and own["own_cpu_s"] >= spun_after_s - 0.05
 
 
+def test_spawned_writers_cpu_and_bytes_are_the_runs_own(tmp_path, tiny_weights):
+    """--processes 2: the two workers write and read every byte; their CPU and bytes are this run's, not others'."""
+    from ckptbench.bench import measure, workspace
+    from ckptbench.core import records
+    from ckptbench.parallel.local import LocalWriters
+    from ckptbench.spec import config
+
+    suite = config.from_dict({"model": "tiny", "processes": [2], "output_dir": str(tmp_path / "out"),
+                              "testing": {"num_runs": 1, "cache_eviction": "fadvise"},
+                              "test_configurations": [{"name": "t", "chunk_bytes": "16KB", "concurrency_limit": 4,
+                                                       "compression": {"id": "gzip", "level": 6}}]})
+    workspace.prepare_output_dir(suite.output_dir)
+    writers = LocalWriters()
+    try:
+        [record] = measure.run_plan(list(records.plan([t.name for t in suite.tests], 1, 0, seed=1)),
+                                    tiny_weights.tensors, suite, writers=writers)
+    finally:
+        writers.close()
+    assert record.error is None and record.load_cache == "cold", record.error
+    save, load = record.other_processes["save"], record.other_processes["load"]
+    assert save["own_write_bytes"] >= record.disk_bytes  # written by the workers
+    assert load["own_read_bytes"] >= 0.9 * record.disk_bytes  # read by the workers, cold
+    assert save["own_cpu_s"] >= record.save_cpu_s - 0.1  # gzip in the workers (ticks: 10 ms per process and end)
+    assert load["own_cpu_s"] >= record.load_cpu_s - 0.1
+
+
 def test_the_disk_under_a_folder_is_a_whole_disk_of_diskstats(tmp_path):
     devices = host.watch_for(tmp_path).devices
     listed = {line.split()[2] for line in Path("/proc/diskstats").read_text().splitlines()}

@@ -201,7 +201,7 @@ def console(document: Mapping[str, Any], fmt: str = "text") -> str:
 def summary_table(document: Mapping[str, Any], fmt: str = "text") -> str:
     """The per-test table: times, throughput, size, and change vs baseline."""
     headers = ["test", "runs", "save s", "load s", "save GB/s", "load GB/s", "size MB", "files",
-               "save vs base", "load vs base", "size vs base"]
+               "save vs base", "load vs base", "size vs base", "busy ops"]
     rows = []
     for test in document["tests"]:
         s, vs = test["stats"], test["vs_baseline"]
@@ -217,8 +217,16 @@ def summary_table(document: Mapping[str, Any], fmt: str = "text") -> str:
             mean_pm(s["size_bytes"], 1e6, 1),
             str(ok_runs[-1]["n_files"]) if ok_runs else NA,
             change(vs.get("save_s")), change(vs.get("load_s")), change(vs.get("size_bytes")),
+            _busy_ops(test.get("busy")),
         ])
     return table(headers, rows, fmt)
+
+
+def _busy_ops(busy: Mapping[str, Any] | None) -> str:
+    """'1/6': timed operations during which the machine was busy, of those timed; '?' where none was watched."""
+    if not busy or busy["not_measured"] == busy["timed"]:
+        return "?"
+    return f"{busy['operations']}/{busy['timed']}"
 
 
 def cost_table(document: Mapping[str, Any], fmt: str = "text") -> str:
@@ -347,7 +355,8 @@ def full_report(document: Mapping[str, Any], fmt: str = "text") -> str:
     gap = [""] if fmt == "markdown" else []
     bullet = "- " if fmt == "markdown" else "  "
     parts = [headline(document), "", *answer_lines(document), *busy_lines(document), "", main_table(document, fmt)]
-    parts += ["", "Per test (mean +- std over the runs; changes versus the baseline):", *gap,
+    parts += ["", "Per test (mean +- std over the runs; changes versus the baseline; busy ops: timed operations "
+              "during which other processes kept the machine busy, of those timed):", *gap,
               summary_table(document, fmt)]
     best = best_lines(document)
     if best:
