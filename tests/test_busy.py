@@ -293,6 +293,7 @@ def test_compare_does_not_call_a_busy_sides_difference_significant_unless_allowe
     assert "+100.0%" in save_row and "not judged: busy machine (B: 5 of 5 saves busy)" in save_row
     assert "slower" in load_row  # the loads were not busy: judged as usual
     assert "1 not judged (the machine was busy)" in out and "--allow-busy" in out
+    assert "  A: other processes were not watched during its timed operations" in out  # A's runs have no figures
     regressions = out.split("Regressions beyond 10%")[1]
     assert status == 1 and "fast load_s" in regressions and "fast save_s" not in regressions
 

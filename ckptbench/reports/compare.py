@@ -117,6 +117,22 @@ def peer_lines(document: Mapping[str, Any], which: str) -> list[str]:
     return out
 
 
+def unwatched_lines(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[str]:
+    """A line for a file whose timed operations were not watched for other processes (no /proc, or a file written
+    before the harness watched them): its differences are judged, but it may have run on a busy machine."""
+    sides = [side for side, document in (("A", doc_a), ("B", doc_b)) if _unwatched(document.get("busy"))]
+    if not sides:
+        return []
+    return [f"  {' and '.join(sides)}: other processes were not watched during {'their' if len(sides) > 1 else 'its'} "
+            "timed operations (no /proc, or a file written before ckptbench watched them); a busy machine cannot "
+            "be ruled out"]
+
+
+def _unwatched(busy: Mapping[str, Any] | None) -> bool:
+    """No figures for some timed operations (busy None: a file of before), and none of the others busy."""
+    return busy is None or (busy["not_measured"] > 0 and busy["operations"] == 0)
+
+
 def render(path_a: Path, path_b: Path, doc_a: Mapping[str, Any], doc_b: Mapping[str, Any],
            rows: Sequence[Mapping[str, Any]], noise_pct: float, fmt: str = "text", details: bool = False) -> str:
     """The whole comparison: what A and B are, the answer, the table, and the tests only one file has."""
@@ -124,7 +140,7 @@ def render(path_a: Path, path_b: Path, doc_a: Mapping[str, Any], doc_b: Mapping[
                "verdict"]
     bullet = "- " if fmt == "markdown" else ""
     lines = [f"{bullet}A = {_describe(path_a, doc_a)}", f"{bullet}B = {_describe(path_b, doc_b)}", "",
-             *answer_lines(rows, doc_b), "",
+             *answer_lines(rows, doc_b), *unwatched_lines(doc_a, doc_b), "",
              f"Ratio of means on the log scale, Welch-Satterthwaite t, alpha {stats.ALPHA:g}; changes under "
              f"{noise_pct:g}% are within noise; no interval with 2 runs or fewer.",
              "", report.table(headers, [_table_row(r) for r in rows], fmt)]
