@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from conftest import REPO
@@ -29,6 +30,19 @@ from ckptbench.reports import results as report
 
 pytestmark = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the sampler reads Linux's /proc")
 
+# Overwrites one file 16 MiB at a time, fsync'ing each time, until killed; marks its first fsync.
+WRITER = """
+import os, sys
+block = os.urandom(4 << 20)
+with open(sys.argv[1], "wb") as handle:
+    while True:
+        handle.seek(0)
+        for _ in range(4):
+            handle.write(block)
+        handle.flush()
+        os.fsync(handle.fileno())
+        open(sys.argv[1] + ".started", "w").close()
+"""
 SPIN = "import time\nend = time.process_time() + {cpu_s}\nwhile time.process_time() < end:\n    pass\n"
 
 
@@ -84,22 +98,38 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _window(watch: host.Watch, pid: int, cpu_s: float = 0.3) -> tuple[dict[str, float], float]:
-    """host.others over a window in which process `pid` spent at least `cpu_s` CPU seconds (however busy the
-    machine), and the CPU seconds it spent."""
-    start = _cpu_s(pid)
+def _written(pid: int) -> float:
+    """Bytes a process caused to be written (/proc/<pid>/io write_bytes)."""
+    return float(dict(line.split(":") for line in Path(f"/proc/{pid}/io").read_text().splitlines())["write_bytes"])
+
+
+def _window(watch: host.Watch, progress: Callable[[], float], amount: float) -> tuple[dict[str, float], float]:
+    """host.others over a window in which `progress` (a process's CPU seconds, or bytes written) grew by at least
+    `amount`, however busy the machine; and how much it grew."""
+    start = progress()
     before = watch.sample()
     deadline = time.monotonic() + 30
-    while _cpu_s(pid) - start < cpu_s and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while progress() - start < amount and time.monotonic() < deadline:
+        time.sleep(0.02)
     figures = host.others(before, watch.sample())
-    return figures, _cpu_s(pid) - start
+    return figures, progress() - start
+
+
+def _orphan(code: str, *args: str) -> int:
+    """Start `code` (with `args`) in a Python process whose parent exits at once: nobody's child here, as a
+    neighbour's process (or a launch's other rank) is. Its pid."""
+    argv = [sys.executable, "-c", code, *args]
+    starter = subprocess.run(
+        [sys.executable, "-c", f"import subprocess\nprint(subprocess.Popen({argv!r}, start_new_session=True, "
+                               "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)"],
+        check=True, capture_output=True, text=True)
+    return int(starter.stdout)
 
 
 def test_a_live_child_counts_as_own_while_it_runs(tmp_path):
     spinner = subprocess.Popen([sys.executable, "-c", SPIN.format(cpu_s=60)])
     try:
-        figures, spun_s = _window(host.watch_for(tmp_path), spinner.pid)
+        figures, spun_s = _window(host.watch_for(tmp_path), lambda: _cpu_s(spinner.pid), 0.3)
     finally:
         spinner.kill()
         spinner.wait()
@@ -111,21 +141,29 @@ def test_a_launchs_rank_on_this_host_counts_as_own_once_registered(tmp_path, mon
     """A process that is not this one's descendant (a launch's other rank: torchrun's child, not ours) is another's
     until `count_as_own` names it."""
     monkeypatch.setattr(host, "_own_roots", set())
-    starter = subprocess.run(  # the spinner's parent exits at once: the spinner is nobody's child here
-        [sys.executable, "-c", f"import subprocess, sys\nprint(subprocess.Popen([sys.executable, '-c', "
-                               f"{SPIN.format(cpu_s=60)!r}], start_new_session=True, stdout=subprocess.DEVNULL, "
-                               "stderr=subprocess.DEVNULL).pid)"],
-        check=True, capture_output=True, text=True)
-    pid = int(starter.stdout)
+    pid = _orphan(SPIN.format(cpu_s=60))
     try:
         watch = host.watch_for(tmp_path)
-        not_own, spun_before_s = _window(watch, pid)
+        not_own, spun_before_s = _window(watch, lambda: _cpu_s(pid), 0.3)
         host.count_as_own([pid])
-        own, spun_after_s = _window(watch, pid)
+        own, spun_after_s = _window(watch, lambda: _cpu_s(pid), 0.3)
     finally:
         os.kill(pid, 9)
     assert spun_before_s >= 0.3 and not_own["own_cpu_s"] < spun_before_s - 0.2
     assert spun_after_s >= 0.3 and own["own_cpu_s"] >= spun_after_s - 0.05
+
+
+def test_a_neighbours_fsyncd_writes_are_others_bytes(tmp_path):
+    """Another process writing 16 MiB and fsync'ing, over and over, on the disk of the watched folder: what it made
+    durable within the window shows as others' bytes."""
+    pid = _orphan(WRITER, str(tmp_path / "neighbour.bin"))
+    try:
+        figures, written = _window(host.watch_for(tmp_path), lambda: _written(pid), 64 << 20)
+    finally:
+        os.kill(pid, 9)
+    assert written >= 64 << 20
+    assert figures["write_bytes"] >= written - (32 << 20)  # all but the 16 MiB it may not have fsync'd yet
+    assert figures["own_write_bytes"] < 1 << 20
 
 
 def test_spawned_writers_cpu_and_bytes_are_the_runs_own(tmp_path, tiny_weights):
@@ -222,19 +260,6 @@ def _build(records: list[RunRecord], runs: dict[str, int]) -> dict:
 
 
 # --- a real run beside real competitors ------------------------------------------------------------------------
-
-WRITER = """
-import os, sys
-block = os.urandom(4 << 20)
-with open(sys.argv[1], "wb") as handle:
-    while True:
-        handle.seek(0)
-        for _ in range(4):
-            handle.write(block)
-        handle.flush()
-        os.fsync(handle.fileno())
-        open(sys.argv[1] + ".started", "w").close()
-"""
 
 
 def test_a_run_beside_a_spinner_and_a_writer_says_the_machine_was_busy_and_names_the_row(tmp_path):
