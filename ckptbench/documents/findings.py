@@ -224,10 +224,13 @@ def _all_cold(test: Mapping[str, Any]) -> bool:
 
 
 def answer_tests(document: Mapping[str, Any]) -> list[str]:
-    """The rows the answer rests on: each objective's TensorStore winner and what it is compared with (the
-    baseline, the fastest peer, the device ceiling), in the answer's order."""
+    """The rows the answer's times rest on: each time objective's TensorStore winner and what it is compared with
+    (the baseline, the fastest peer, the device ceiling), in the answer's order. (Sizes do not depend on the
+    machine's load.)"""
     rows: list[str] = []
     for entry in (document.get("best") or {}).values():
+        if entry["metric"] == "size_bytes":
+            continue
         against = entry.get("against") or {}
         for name in (entry["test"], *((against.get(role) or {}).get("test") for role in ("baseline", "peer",
                                                                                            "ceiling"))):

@@ -3,8 +3,8 @@
 `console` is what `run` and `show` print: a two-line header, the answer (TensorStore's best per
 objective against the baseline, the fastest peer and the device ceiling), a line if the machine
 was busy, one table, one line of claims, and the warnings that threaten the answer, grouped in at
-most six lines. `full_report`
-(`--details`, and the Python API's `Results.report`) adds every table and every warning.
+most six lines. `full_report` (`--details`, and the Python API's `Results.report`) adds every
+table and every warning.
 """
 
 from __future__ import annotations
