@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Iterable
 
 PROC = Path("/proc")
+SYS = Path("/sys")
 SECTOR_BYTES = 512  # /proc/diskstats counts 512-byte sectors whatever the device's own sector size
 _BUSY_FIELDS = (0, 1, 2, 7)  # of /proc/stat's cpu line: user nice system [idle iowait irq softirq] steal
 _KERNEL_THREAD = 0x00200000  # PF_KTHREAD in /proc/<pid>/stat's flags
@@ -129,7 +130,7 @@ def disks_of(device: int | None) -> tuple[str, ...]:
     """The whole disk of a filesystem's device number (st_dev), or every physical disk when it is no block
     device (tmpfs, overlay, a network filesystem) or None."""
     if device is not None and os.major(device) != 0:
-        node = PROC.parent / "sys" / "dev" / "block" / f"{os.major(device)}:{os.minor(device)}"
+        node = SYS / "dev" / "block" / f"{os.major(device)}:{os.minor(device)}"
         if node.exists():
             real = node.resolve()
             return (real.parent.name if (real / "partition").exists() else real.name,)
@@ -140,7 +141,7 @@ def physical_disks() -> tuple[str, ...]:
     """Whole disks that are hardware (not loop, ram, zram, device-mapper or md devices, whose bytes reach a
     physical disk anyway or never do)."""
     try:
-        return tuple(sorted(entry.name for entry in (PROC.parent / "sys" / "block").iterdir()
+        return tuple(sorted(entry.name for entry in (SYS / "block").iterdir()
                             if "/virtual/" not in str(entry.resolve())))
     except OSError:
         return ()
