@@ -209,10 +209,11 @@ def test_busy_needs_a_quarter_core_and_a_tenth_of_a_second():
 
 
 def test_busy_bytes_allow_for_the_runs_own_bytes_and_its_files_metadata():
-    wrote_48_mib = _quiet(write_bytes=48 << 20)
-    assert busy.busy(wrote_48_mib, n_files=10)
-    assert not busy.busy(wrote_48_mib, n_files=1000)  # 1000 fsync'd files: ~31 MiB of the journal's own
-    assert not busy.busy(_quiet(write_bytes=48 << 20, own_bytes=200 << 20), n_files=10)  # 10 % of its own 200 MiB
+    wrote_80_mib = _quiet(write_bytes=80 << 20)
+    assert busy.busy(wrote_80_mib, n_files=10)
+    assert not busy.busy(wrote_80_mib, n_files=1000)  # 1000 fsync'd files: ~31 MiB of the journal's own
+    assert not busy.busy(_quiet(write_bytes=80 << 20, own_bytes=200 << 20), n_files=10)  # 10 % of its own 200 MiB
+    assert not busy.busy(_quiet(read_bytes=40 << 20), n_files=1)  # idle processes reading back a dropped cache
     assert busy.busy(_quiet(read_bytes=100 << 20), n_files=10)
 
 

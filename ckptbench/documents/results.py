@@ -151,7 +151,7 @@ def _protocol(config: Any, seed: int) -> dict[str, Any]:
                            "CPU less this run's own processes' utime+stime, children and a launch's ranks of this "
                            "host included; the output disk's /proc/diskstats bytes less the own processes' "
                            "/proc/<pid>/io); an operation was busy when they used over 25% of a core (and 0.1 s) or "
-                           "read or wrote over 32 MiB + 10% of its own bytes + 32 KiB per file (analysis.busy); "
+                           "read or wrote over 64 MiB + 10% of its own bytes + 32 KiB per file (analysis.busy); "
                            "other hosts of a launch are not watched",
     }
 
