@@ -142,6 +142,8 @@ def test_two_ranks_write_one_checkpoint_bit_exact(tmp_path: Path, tiny_weights) 
         assert len(run["process_save_s"]) == 2 and len(run["process_load_s"]) == 2  # each rank's own time
         assert run["save_s"] >= max(run["process_save_s"]) > 0 and run["load_s"] >= max(run["process_load_s"]) > 0
         assert run["load_cache"] == "cold" and run["eviction"] == "fadvise"
+        # rank 1, torchrun's child and not rank 0's, is the run's own: its writes are not another process's
+        assert run["other_processes"]["save"]["own_write_bytes"] >= run["disk_bytes"]
     # One suite in the journal: the other rank wrote nothing but its slices.
     lines = (out / "journal.jsonl").read_text().splitlines()
     assert len(lines) == 1 + len(TESTS)

@@ -5,16 +5,19 @@ mean +- std, the change of B versus A with its 95 % CI, and a verdict from Welch
 t-test on the raw runs (`analysis.compare`, the same function a suite uses against its
 baseline, with A as the baseline). Differences that make the comparison unfair (another machine, model
 or dtype) are warned about on stderr but do not stop it: comparing machines can be
-the point. `--fail-on-regression PCT` turns a significant slowdown or growth beyond
-PCT % into exit status 1, for CI.
+the point. A time whose runs found the machine busy on either side (analysis.busy: other
+processes' CPU or disk bytes during a timed save or load) is reported with its change and
+interval but not called significant: its verdict is "not judged: busy machine", with the
+reason, unless `allow_busy`. `--fail-on-regression PCT` turns a significant slowdown or
+growth beyond PCT % into exit status 1, for CI.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
+from ckptbench.analysis import busy, stats
 from ckptbench.analysis import change as analysis
-from ckptbench.analysis import stats
 from ckptbench.analysis.samples import METRICS, samples
 
 # Verdict words that mean "B is worse than A".
@@ -37,8 +40,10 @@ def recorded_noise_pct(document: Mapping[str, Any]) -> float:
     return DEFAULT_NOISE_PCT if value is None else float(value)
 
 
-def compare_documents(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any], noise_pct: float) -> list[dict[str, Any]]:
-    """One row per test in both documents (A's order) and metric: both summaries and the comparison."""
+def compare_documents(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any], noise_pct: float,
+                      allow_busy: bool = False) -> list[dict[str, Any]]:
+    """One row per test in both documents (A's order) and metric: both summaries and the comparison; a time whose
+    runs found the machine busy is not judged (module docstring) unless `allow_busy`."""
     tests_b = {t["name"]: t for t in doc_b["tests"]}
     rows = []
     for test_a in doc_a["tests"]:
@@ -49,9 +54,28 @@ def compare_documents(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any], noise_
         samples_b = samples(test_b["runs"], int(doc_b["weights"]["size_bytes"]))
         for metric in METRICS:
             comparison = analysis.compare(samples_b[metric], samples_a[metric], metric=metric, noise_pct=noise_pct)
+            reason = busy_reason(test_a, test_b, metric)
+            if reason is not None:
+                comparison["busy"] = reason
+                if comparison["significant"] and not allow_busy:
+                    comparison.update(verdict=busy.NOT_JUDGED, significant=False)
             rows.append({"test": test_a["name"], "metric": metric, "comparison": comparison,
                          "a": stats.summarize(samples_a[metric]), "b": stats.summarize(samples_b[metric])})
     return rows
+
+
+def busy_reason(test_a: Mapping[str, Any], test_b: Mapping[str, Any], metric: str) -> str | None:
+    """Why a time of A against B may be the busy machine's, not the change's: 'A: 2 of 3 saves busy'; None for a
+    size or where neither side's runs found the machine busy."""
+    op = metric.removesuffix("_s")
+    if op == metric:
+        return None  # a size does not depend on the machine's load
+    parts = []
+    for side, test in (("A", test_a), ("B", test_b)):
+        found = busy.busy_in(test["runs"], op)
+        if found:
+            parts.append(f"{side}: {found} of {len(busy.measured_runs(test['runs']))} {op}s busy")
+    return "; ".join(parts) or None
 
 
 def only_in(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> tuple[list[str], list[str]]:

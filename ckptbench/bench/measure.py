@@ -6,6 +6,9 @@ load (timed), verify bit for bit against the source, delete what the run wrote. 
 with `warm_load` also loads (timed, verified) before the eviction, from the page cache
 the save left, so one save gives a warm and a cold load. Only the save and the loads
 sit between clock reads; size walking, eviction and verification happen outside them.
+Around each timed operation, what other processes of the host did is sampled (core.host:
+their CPU time and the disk's bytes, this run's own processes left out) into the run's
+`other_processes`.
 Failures are recorded in the run's record, never raised, so one broken test does not
 stop the others; a failing disk (full, I/O error) stops the suite.
 """
@@ -23,7 +26,7 @@ from ckptbench.bench import cache, references, storage
 from ckptbench.bench.backend import Backend, ThisProcess, Writers
 from ckptbench.bench.targets import LocalTarget, ObjectStoreTarget, RunLocation
 from ckptbench.bench.timing import Timed, timed
-from ckptbench.core import system
+from ckptbench.core import host, system
 from ckptbench.core.errors import RunSkipped
 from ckptbench.core.records import Phase, Plan, PlannedRun, RunRecord
 from ckptbench.sources.source_file import SourceTensors
@@ -59,7 +62,7 @@ def run_once(
             tensors.make_resident()  # a source file the last eviction dropped is read back: before any clock
         backend.prepare(tensors)  # e.g. start worker processes, allocate buffers: before any clock
         on_phase(planned, "save")
-        _note(record, "save", timed(lambda: backend.save(tensors, location)), backend)
+        _note(record, "save", timed(lambda: backend.save(tensors, location), watch=_watch(location)), backend)
         on_phase(planned, "size")
         record.size_bytes, record.disk_bytes, record.n_files = backend.footprint(location)
         spec = _spec(planned.test, config)
@@ -90,10 +93,11 @@ def _warm_load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.nda
     record.warm_load_cache = cache_state(cache.resident_bytes(location.local_dir), record.disk_bytes)
     warm: dict[str, np.ndarray] = {}
     backend.before_load(tensors)
-    usage = timed(lambda: warm.update(backend.load(location)))
+    usage = timed(lambda: warm.update(backend.load(location)), watch=_watch(location))
     span_s = readers_span_s(backend.worker_figures())
     record.warm_load_s = usage.wall_s if span_s is None else span_s
     record.warm_load_cpu_s = usage.cpu_s + _workers_cpu_s(backend.worker_figures())
+    _note_others(record, "warm_load", usage)
     _verify(record, backend, tensors, warm, "the warm load")
 
 
@@ -112,7 +116,7 @@ def _load(record: RunRecord, planned: PlannedRun, backend: Backend, tensors: Map
         record.load_cache = cache_state(record.resident_bytes_at_load, record.disk_bytes)
     on_phase(planned, "load")
     loaded: dict[str, np.ndarray] = {}
-    _note(record, "load", timed(lambda: loaded.update(backend.load(location))), backend)
+    _note(record, "load", timed(lambda: loaded.update(backend.load(location)), watch=_watch(location)), backend)
     if location.local_dir is not None:  # after the clock, before anything else reads or evicts the files
         record.resident_bytes_after_load = cache.resident_bytes(location.local_dir)
         record.bypass_resident_bytes = backend.bypass_resident_bytes(record.resident_bytes_after_load)
@@ -159,6 +163,19 @@ def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
     setattr(record, f"{op}_peak_rss_bytes", growth)
     setattr(record, f"{op}_rss_anon_bytes", usage.rss_anon_peak_bytes)
     setattr(record, f"{op}_rss_file_bytes", usage.rss_file_peak_bytes)
+    _note_others(record, op, usage)
+
+
+def _watch(location: RunLocation) -> host.Watch:
+    """What samples the host around a timed operation: the disk under the run's folder (a remote run's: every
+    physical disk of this host)."""
+    return host.watch_for(location.local_dir)
+
+
+def _note_others(record: RunRecord, op: str, usage: Timed) -> None:
+    """What other processes of the host did during the operation, by operation; nothing where not measured."""
+    if usage.others is not None:
+        record.other_processes = {**(record.other_processes or {}), op: dict(usage.others)}
 
 
 def readers_span_s(workers: Sequence[Mapping[str, Any]] | None) -> float | None:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ckptbench.bench import capacity, environment, measure, preflight, targets, workspace
 from ckptbench.bench.backend import ThisProcess, Writers
-from ckptbench.core import interrupt, system
+from ckptbench.core import host, interrupt, system
 from ckptbench.core.errors import RunSkipped, Skip, Stopped, UserError
 from ckptbench.core.records import Phase, Plan, PlannedRun, RunRecord, new_seed, plan
 from ckptbench.core.records import confirmation_plan as plan_confirmation
@@ -132,6 +132,9 @@ def _measure(config: SuiteConfig, writers: Writers, source: weights.Weights, sou
                 done={(r.test, r.round) for r in done}, blocks=config.blocks)
     env = environment.capture(output_dir)
     env["rss_anon_at_start_bytes"] = system.resident_bytes()[0]  # the fixed part: weights mapped, nothing loaded
+    local_root = target.output_dir if isinstance(target, targets.LocalTarget) else None
+    env["host_load"] = {"start": host.load_average(), "end": None,  # the disks each run's other bytes are read from
+                        "devices": list(host.watch_for(local_root).devices)}
     launch = writers.describe()
     if launch is not None:
         env["launch"] = launch  # world size, hosts and ranks per host
@@ -157,6 +160,7 @@ def _measure(config: SuiteConfig, writers: Writers, source: weights.Weights, sou
         gc.unfreeze()
         target.finish()
 
+    env["host_load"]["end"] = host.load_average()
     complete = stopped is None and complete
     document = results.build(config, source.describe(), records, env, seed, complete=complete,
                              storage=target.describe(), scale=scale, tool=environment.tool_info())

@@ -2,7 +2,8 @@
 
 Only the operation sits between the two clock reads. Memory is sampled every 10 ms by a
 thread that sleeps between reads of /proc/self/statm (a few microseconds each), so it
-adds nothing measurable to the timing.
+adds nothing measurable to the timing. Given a `core.host.Watch`, what other processes of
+the host did meanwhile is sampled right outside the clock reads (`Timed.others`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ckptbench.core import host
 from ckptbench.core.system import release_free_memory, resident_bytes
 
 SAMPLE_S = 0.01
@@ -27,9 +29,10 @@ class Timed:
     rss_growth_bytes: int  # peak resident size above the size when the operation began
     rss_anon_peak_bytes: int  # peak anonymous resident bytes of the process during the operation
     rss_file_peak_bytes: int  # peak file-backed resident bytes (mapped files) during the operation
+    others: dict[str, float] | None = None  # other processes of the host meanwhile (core.host.others), if watched
 
 
-def timed(operation: Callable[[], Any], collect_garbage: bool = True) -> Timed:
+def timed(operation: Callable[[], Any], collect_garbage: bool = True, watch: host.Watch | None = None) -> Timed:
     """Run operation once and measure it (see the module docstring).
 
     First, earlier garbage is collected (a full collection takes 0.1-0.3 s in a process that
@@ -48,17 +51,19 @@ def timed(operation: Callable[[], Any], collect_garbage: bool = True) -> Timed:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    before = watch.sample() if watch is not None else None
     try:
         cpu0, t0 = os.times(), time.perf_counter()
         operation()
         t1, cpu1 = time.perf_counter(), os.times()
     finally:
+        after = watch.sample() if watch is not None else None
         stop.set()
         sampler.join()
     _note(peaks)
     return Timed(wall_s=t1 - t0, cpu_s=(cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
                  rss_growth_bytes=peaks[2] - (anon0 + file0), rss_anon_peak_bytes=peaks[0],
-                 rss_file_peak_bytes=peaks[1])
+                 rss_file_peak_bytes=peaks[1], others=host.others(before, after))
 
 
 def _note(peaks: list[int]) -> None:

@@ -192,6 +192,10 @@ class RunRecord:
     process_load_rchar_bytes: list[int] | None = None
     process_load_slice_bytes: list[int] | None = None
     patterns: dict[str, dict[str, float]] | None = None  # the device ceiling: seconds per access pattern
+    # What other processes of this host did during each timed operation ("save", "load", "warm_load"):
+    # core.host.others (their CPU seconds, the disk's bytes less this run's own, the window's seconds, the own
+    # figures beside them). None where it was not measured (no /proc).
+    other_processes: dict[str, dict[str, float]] | None = None
     error: str | None = None
     fatal: bool = False  # the storage itself failed (full disk, I/O error): the suite must stop
     confirm_block: int | None = None  # a confirmation block's run (1, 2, ...); None: a run of the suite's rounds

@@ -288,3 +288,38 @@ def _ceiling_warnings(tests: list[Mapping[str, Any]], ceiling: Mapping[str, Any]
 def _all_cold(test: Mapping[str, Any]) -> bool:
     states = {r["load_cache"] for r in test["runs"] if r["error"] is None}
     return states == {"cold"}
+
+
+def answer_tests(document: Mapping[str, Any]) -> list[str]:
+    """The rows the answer's times rest on: each time objective's TensorStore winner and what it is compared with
+    (the baseline, the fastest peer, the device ceiling), in the answer's order. (Sizes do not depend on the
+    machine's load.)"""
+    rows: list[str] = []
+    for entry in (document.get("best") or {}).values():
+        if entry["metric"] == "size_bytes":
+            continue
+        against = entry.get("against") or {}
+        for name in (entry["test"], *((against.get(role) or {}).get("test") for role in ("baseline", "peer",
+                                                                                           "ceiling"))):
+            if name is not None and name not in rows:
+                rows.append(name)
+    return rows
+
+
+def busy(document: Mapping[str, Any]) -> dict[str, Any]:
+    """Over the suite's measured runs: how many timed operations found the machine busy (tests' `busy`,
+    analysis.busy), how many were timed and how many not watched; what the other processes did during the busy
+    ones (their CPU as % of one core, their device bytes); the rows with a busy operation, and the answer's
+    rows among them; the host's load averages at the start and end."""
+    tests = document["tests"]
+    parts = [t["busy"] for t in tests]
+    seconds = sum(p["seconds"] for p in parts)
+    rows = [t["name"] for t, p in zip(tests, parts) if p["operations"]]
+    answer = answer_tests(document)
+    return {"operations": sum(p["operations"] for p in parts), "timed": sum(p["timed"] for p in parts),
+            "not_measured": sum(p["not_measured"] for p in parts),
+            "other_cpu_pct": 100.0 * sum(p["other_cpu_s"] for p in parts) / seconds if seconds else None,
+            "other_read_bytes": sum(p["other_read_bytes"] for p in parts),
+            "other_write_bytes": sum(p["other_write_bytes"] for p in parts),
+            "tests": rows, "answer_tests": [name for name in answer if name in rows],
+            "host_load": (document.get("environment") or {}).get("host_load")}

@@ -47,10 +47,14 @@ Version history (bump SCHEMA_VERSION whenever a field changes meaning):
   (documents.confirmation: the answer's finalists measured again in blocks of fresh rounds; null or absent:
   none), runs' `confirm_block`, and `best` entries' `selected_from`, `confirmation` and, in `against`, the
   confirmed comparisons' `runs`, `blocks`, `block_ratio_range` and `blocks_disagree`.
-  Also later: Every row's destination: `config.load_into` (the suite's, testing.load_into) and each test's
+  Also later: every row's destination: `config.load_into` (the suite's, testing.load_into) and each test's
   `settings.load_into` ("new" or "preallocated", reference rows too) with `settings.load_into_note` (why a
   row's differs from the suite's, else None). Files without them recorded "new" for every reference row,
   though torch_dcp loaded into preallocated tensors and the device ceiling into its own buffer.
+  Also later: runs'
+  `other_processes` (what other processes of the host did during each timed operation), the
+  environment's `host_load` (load averages at the suite's start and end), tests' `busy` and the
+  document's `busy` (how many timed operations found the machine busy; analysis.busy).
 - 5: one interval per summary: `ci95` is the mean's interval by analysis.stats.mean_ci (on the log scale
   for positive quantities, so never below zero; version 4's `ci95` was the symmetric Student-t one, which
   went below zero) and `ci95_log` is gone (it was the same interval). The raw runs are kept, so an upgrade
@@ -65,8 +69,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ckptbench.analysis import busy, stats
 from ckptbench.analysis import change as analysis
-from ckptbench.analysis import stats
 from ckptbench.analysis.samples import METRICS, THROUGHPUT, samples
 from ckptbench.core import records
 from ckptbench.documents import ceiling as ceiling_rounds
@@ -185,6 +189,12 @@ def _protocol(config: Any, seed: int) -> dict[str, Any]:
         "change": "every change's 95% interval and p-value: the ratio of means on the log scale (delta method, "
                   "Welch-Satterthwaite df; analysis.change.ratio_interval), none with 2 runs or fewer on a side",
         "throughput": "GB/s = tensor bytes / 1e9 / seconds",
+        "other_processes": "around each timed operation, what other processes of this host did (/proc/stat busy "
+                           "CPU less this run's own processes' utime+stime, children and a launch's ranks of this "
+                           "host included; the output disk's /proc/diskstats bytes less the own processes' "
+                           "/proc/<pid>/io); an operation was busy when they used over 25% of a core (and 0.1 s) or "
+                           "read or wrote over 64 MiB + 10% of its own bytes + 32 KiB per file (analysis.busy); "
+                           "other hosts of a launch are not watched",
     }
 
 
@@ -215,6 +225,7 @@ def derive(document: dict[str, Any]) -> dict[str, Any]:
                     test["claims"].append(claim)
         test["page_cache"] = findings.page_cache(test)
         test["tensor_parallel"] = tensor_parallel(test)
+        test["busy"] = busy.summary(test["runs"])
         test["warnings"] = findings.test_warnings(test, mine)
     ceiling = next((t for t in tests if t["name"] == CEILING), None)
     by_round = ceiling_rounds.rounds(tests, data_bytes)
@@ -232,6 +243,7 @@ def derive(document: dict[str, Any]) -> dict[str, Any]:
     document["warnings"] = findings.suite_warnings(document, ceiling)
     document["alerts"] = findings.alerts(document, ceiling)
     document["noise"] = findings.noise(document)
+    document["busy"] = findings.busy(document)
     return document
 
 

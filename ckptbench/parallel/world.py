@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from ckptbench.core import host
 from ckptbench.core.errors import UserError, first_line
 from ckptbench.parallel.launch import Launch
 
@@ -114,6 +115,8 @@ class World:
         here = Member(launch.rank, socket.gethostname(), os.getpid(), launch.local_rank)
         world.members = [Member(**m) for m in world.all_gather(dataclasses.asdict(here), timeout_s=timeout_s,
                                                                 during="start-up")]
+        # The other ranks of this host are the run's own processes: their CPU and I/O are not another's (core.host)
+        host.count_as_own(m.pid for m in world.members if m.host == here.host)
         return world
 
     # --- collectives: rank 0 waits interruptibly, with deadlines that name late ranks; the others block ---

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ckptbench.analysis import stats
-from ckptbench.analysis.change import INSUFFICIENT, NOT_SIGNIFICANT, TOO_FEW, WITHIN_NOISE, range_text, ratio_words
+from ckptbench.analysis.busy import NOT_JUDGED
+from ckptbench.analysis.change import (
+    INSUFFICIENT,
+    NOT_SIGNIFICANT,
+    TOO_FEW,
+    WITHIN_NOISE,
+    range_text,
+    ratio_words,
+)
 from ckptbench.analysis.versus import REGRESSION_WORDS, joined_answers, only_in
 from ckptbench.documents.store import weights_name
 from ckptbench.reports import tables as report
@@ -61,8 +69,16 @@ def _table_row(row: Mapping[str, Any]) -> list[str]:
         report.NA if change is None else f"{change:+.1f}%",
         report.ci_pct(comparison),
         report.NA if p is None else f"{p:.3g}",
-        report.verdict(comparison, min(a["n"], b["n"])),
+        _verdict(comparison, min(a["n"], b["n"])),
     ]
+
+
+def _verdict(comparison: Mapping[str, Any], n_runs: int) -> str:
+    """The verdict, and why a busy machine leaves it unjudged (or, judged with --allow-busy, that it was busy)."""
+    if comparison["verdict"] == NOT_JUDGED:
+        return f"{NOT_JUDGED} ({comparison['busy']})"
+    text = report.verdict(comparison, n_runs)
+    return text + (f" [busy: {comparison['busy']}]" if comparison.get("busy") else "")
 
 
 def _describe(path: Path, document: Mapping[str, Any]) -> str:
@@ -77,10 +93,17 @@ def answer_lines(rows: Sequence[Mapping[str, Any]], doc_b: Mapping[str, Any], wh
     verdicts = [r["comparison"]["verdict"] for r in rows]
     same = sum(v in (WITHIN_NOISE, NOT_SIGNIFICANT) for v in verdicts)
     few = sum(v in (TOO_FEW, INSUFFICIENT) for v in verdicts)
+    busy = [r for r in rows if r["comparison"]["verdict"] == NOT_JUDGED]
     worse = [r for r in rows if r["comparison"]["verdict"] in REGRESSION_WORDS]
-    better = len(verdicts) - same - few - len(worse)
+    better = len(verdicts) - same - few - len(worse) - len(busy)
     lines = [f"Answer: B against A, {len(rows)} figures: {better} better, {len(worse)} worse, {same} unchanged "
-             f"(within noise or not significant), {few} with too few runs to tell"]
+             f"(within noise or not significant), {few} with too few runs to tell"
+             + (f", {len(busy)} not judged (the machine was busy)" if busy else "")]
+    if busy:
+        shown = "; ".join(f"{r['test']} {r['metric']} ({r['comparison']['busy']})" for r in busy[:3])
+        lines.append(f"  not judged, the machine was busy during their runs: {shown}"
+                     + (f" and {len(busy) - 3} more" if len(busy) > 3 else "")
+                     + "; run again on a quiet machine, or --allow-busy to judge them anyway")
     if worse:
         top = max(worse, key=lambda r: r["comparison"]["change_pct"])
         lines.append(f"  largest regression: {top['test']} {top['metric']} "
@@ -135,6 +158,22 @@ def peer_lines(document: Mapping[str, Any], which: str) -> list[str]:
     return out
 
 
+def unwatched_lines(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[str]:
+    """A line for a file whose timed operations were not watched for other processes (no /proc, or a file written
+    before the harness watched them): its differences are judged, but it may have run on a busy machine."""
+    sides = [side for side, document in (("A", doc_a), ("B", doc_b)) if _unwatched(document.get("busy"))]
+    if not sides:
+        return []
+    return [f"  {' and '.join(sides)}: other processes were not watched during {'their' if len(sides) > 1 else 'its'} "
+            "timed operations (no /proc, or a file written before ckptbench watched them); a busy machine cannot "
+            "be ruled out"]
+
+
+def _unwatched(busy: Mapping[str, Any] | None) -> bool:
+    """No figures for some timed operations (busy None: a file of before), and none of the others busy."""
+    return busy is None or (busy["not_measured"] > 0 and busy["operations"] == 0)
+
+
 def render(path_a: Path, path_b: Path, doc_a: Mapping[str, Any], doc_b: Mapping[str, Any],
            rows: Sequence[Mapping[str, Any]], noise_pct: float, fmt: str = "text", details: bool = False) -> str:
     """The whole comparison: what A and B are, the answer, the table, and the tests only one file has."""
@@ -142,7 +181,7 @@ def render(path_a: Path, path_b: Path, doc_a: Mapping[str, Any], doc_b: Mapping[
                "verdict"]
     bullet = "- " if fmt == "markdown" else ""
     lines = [f"{bullet}A = {_describe(path_a, doc_a)}", f"{bullet}B = {_describe(path_b, doc_b)}", "",
-             *answer_lines(rows, doc_b), *joined_lines(doc_a, doc_b), "",
+             *answer_lines(rows, doc_b), *joined_lines(doc_a, doc_b), *unwatched_lines(doc_a, doc_b), "",
              f"Ratio of means on the log scale, Welch-Satterthwaite t, alpha {stats.ALPHA:g}; changes under "
              f"{noise_pct:g}% are within noise; no interval with 2 runs or fewer.",
              "", report.table(headers, [_table_row(r) for r in rows], fmt)]

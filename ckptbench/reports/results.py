@@ -1,9 +1,10 @@
 """The console report of a results document: text or markdown; nothing is measured or computed here.
 
 `console` is what `run` and `show` print: a two-line header, the answer (TensorStore's best per
-objective against the baseline, the fastest peer and the device ceiling), one table, one line of
-claims, and the warnings that threaten the answer, grouped in at most six lines. `full_report`
-(`--details`, and the Python API's `Results.report`) adds every table and every warning.
+objective against the baseline, the fastest peer and the device ceiling), a line if the machine
+was busy, one table, one line of claims, and the warnings that threaten the answer, grouped in at
+most six lines. `full_report` (`--details`, and the Python API's `Results.report`) adds every
+table and every warning.
 """
 
 from __future__ import annotations
@@ -243,9 +244,35 @@ def _noise_line(noise: Mapping[str, Any]) -> str | None:
     return text
 
 
+def busy_lines(document: Mapping[str, Any]) -> list[str]:
+    """One line when other processes kept the machine busy during any timed operation of the measured runs
+    (documents.findings.busy): how much, during how many operations, which rows, and whether the answer's rows
+    are among them; one line when some operations were not watched (no /proc). Nothing on a quiet machine."""
+    busy = document.get("busy")
+    if busy is None:  # a file of this version written before the harness watched other processes
+        return ["! other processes' use of the machine was not measured (a file written before ckptbench watched "
+                "it): the machine may have been busy"]
+    if not busy["timed"]:
+        return []
+    lines = []
+    if busy["operations"]:
+        answer = busy["answer_tests"]
+        lines.append(f"! the machine was busy: other processes used {busy['other_cpu_pct']:.0f} % of a core and "
+                     f"wrote {busy['other_write_bytes'] / 1e9:.2f} GB (read {busy['other_read_bytes'] / 1e9:.2f} GB) "
+                     f"during {busy['operations']} of {busy['timed']} timed operations, in "
+                     f"{', '.join(busy['tests'])}; "
+                     + (f"the answer's rows were affected ({', '.join(answer)})" if answer
+                        else "the answer's rows were not"))
+    if busy["not_measured"]:
+        lines.append(f"! other processes' use of the machine was not measured during {busy['not_measured']} of "
+                     f"{busy['timed']} timed operations (no /proc, or a file written before it was): the machine "
+                     "may have been busy")
+    return lines
+
+
 def console(document: Mapping[str, Any], fmt: str = "text") -> str:
     """The default console: header, answer, one table, the claims in a line, the warnings grouped."""
-    parts = [headline(document), "", *answer_lines(document), "", main_table(document, fmt)]
+    parts = [headline(document), "", *answer_lines(document), *busy_lines(document), "", main_table(document, fmt)]
     claims = [line for line in (claims_line(document), page_cache_line(document)) if line]
     if claims:
         parts += ["", *claims]
@@ -258,7 +285,7 @@ def console(document: Mapping[str, Any], fmt: str = "text") -> str:
 def summary_table(document: Mapping[str, Any], fmt: str = "text") -> str:
     """The per-test table: times, throughput, size, and change vs baseline."""
     headers = ["test", "runs", "save s", "load s", "save GB/s", "load GB/s", "size MB", "files",
-               "save vs base", "load vs base", "size vs base"]
+               "save vs base", "load vs base", "size vs base", "busy ops"]
     rows = []
     for test in document["tests"]:
         s, vs = test["stats"], test["vs_baseline"]
@@ -274,8 +301,16 @@ def summary_table(document: Mapping[str, Any], fmt: str = "text") -> str:
             mean_pm(s["size_bytes"], 1e6, 1),
             str(ok_runs[-1]["n_files"]) if ok_runs else NA,
             change(vs.get("save_s")), change(vs.get("load_s")), change(vs.get("size_bytes")),
+            _busy_ops(test.get("busy")),
         ])
     return table(headers, rows, fmt)
+
+
+def _busy_ops(busy: Mapping[str, Any] | None) -> str:
+    """'1/6': timed operations during which the machine was busy, of those timed; '?' where none was watched."""
+    if not busy or busy["not_measured"] == busy["timed"]:
+        return "?"
+    return f"{busy['operations']}/{busy['timed']}"
 
 
 def cost_table(document: Mapping[str, Any], fmt: str = "text") -> str:
@@ -425,8 +460,9 @@ def full_report(document: Mapping[str, Any], fmt: str = "text") -> str:
     # Some markdown renderers only start a table after a blank line; GitHub accepts both.
     gap = [""] if fmt == "markdown" else []
     bullet = "- " if fmt == "markdown" else "  "
-    parts = [headline(document), "", *answer_lines(document), "", main_table(document, fmt)]
-    parts += ["", "Per test (mean +- std over the runs; changes versus the baseline):", *gap,
+    parts = [headline(document), "", *answer_lines(document), *busy_lines(document), "", main_table(document, fmt)]
+    parts += ["", "Per test (mean +- std over the runs; changes versus the baseline; busy ops: timed operations "
+              "during which other processes kept the machine busy, of those timed):", *gap,
               summary_table(document, fmt)]
     best = best_lines(document)
     if best:

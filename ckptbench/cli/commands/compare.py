@@ -41,6 +41,10 @@ class Compare(Command):
         parser.add_argument("--noise-pct", type=non_negative_pct, metavar="N",
                             help="changes under N %% are 'within noise' (default: A's noise_pct, else 5)")
         parser.add_argument("--details", action="store_true", help="also A's answer and B's warnings in full")
+        parser.add_argument("--allow-busy", action="store_true",
+                            help="judge times whose runs found the machine busy (other processes' CPU or disk "
+                                 "bytes during a timed save or load); by default their differences are reported "
+                                 "but not called significant")
         parser.add_argument("--scaling-plot", type=Path, metavar="PNG",
                             help="also draw GB/s against the number of writers (processes or ranks) of every "
                                  "file given: one launch per world size")
@@ -49,7 +53,8 @@ class Compare(Command):
         doc_a = results.read(args.a).document
         others = [(path, results.read(path).document) for path in args.b]
         noise_pct = args.noise_pct if args.noise_pct is not None else compare.recorded_noise_pct(doc_a)
-        compared = [(path, doc_b, compare.compare_documents(doc_a, doc_b, noise_pct)) for path, doc_b in others]
+        compared = [(path, doc_b, compare.compare_documents(doc_a, doc_b, noise_pct, args.allow_busy))
+                    for path, doc_b in others]
         for path, _, rows in compared:
             if not rows:
                 raise UserError(f"{args.a} and {path} have no test in common; nothing to compare")
