@@ -56,9 +56,9 @@ def _quiet(seconds: float = 1.0, cpu_s: float = 0.0, write_bytes: int = 0, read_
 
 def test_others_is_the_host_less_the_own_processes():
     tick_s = 1.0 / os.sysconf("SC_CLK_TCK")
-    before = host.Sample(10.0, busy_ticks=1000, own_ticks=300, kernel_ticks=40, device_read_bytes=5000,
+    before = host.Sample(10.0, busy_ticks=1000, own_ticks=300, kernel_ticks={2: 40}, device_read_bytes=5000,
                          device_write_bytes=7000, own_read_bytes=100, own_write_bytes=200)
-    after = host.Sample(12.5, busy_ticks=1400, own_ticks=450, kernel_ticks=90, device_read_bytes=9000,
+    after = host.Sample(12.5, busy_ticks=1400, own_ticks=450, kernel_ticks={2: 90}, device_read_bytes=9000,
                         device_write_bytes=7100, own_read_bytes=600, own_write_bytes=1200)
     figures = host.others(before, after)
     assert figures["seconds"] == pytest.approx(2.5)
@@ -68,6 +68,19 @@ def test_others_is_the_host_less_the_own_processes():
     assert figures["read_bytes"] == 4000 - 500
     assert figures["write_bytes"] == 0  # the own processes wrote more than the disk saw yet: never negative
     assert host.others(None, after) is None and host.others(before, None) is None  # not measured: no figures
+
+
+def test_a_kernel_thread_that_ends_in_the_window_does_not_pass_its_past_to_the_others():
+    """Seen at 6.85 GB: a kworker with 15 s of past CPU ended during a 5 s load, and the sum over kernel threads
+    fell by 15 s, so "others" gained 15 s (301 % of a core on a 2-core machine). Each thread counts its own
+    change; a thread that ended counts nothing, one that started counts what it used."""
+    tick_s = 1.0 / os.sysconf("SC_CLK_TCK")
+    common = dict(device_read_bytes=0, device_write_bytes=0, own_read_bytes=0, own_write_bytes=0)
+    before = host.Sample(0.0, busy_ticks=1000, own_ticks=300, kernel_ticks={2: 40, 77: 1500}, **common)
+    after = host.Sample(5.0, busy_ticks=1700, own_ticks=900, kernel_ticks={2: 60, 91: 30}, **common)
+    figures = host.others(before, after)
+    assert figures["kernel_cpu_s"] == pytest.approx(50 * tick_s)  # thread 2's 20 and the new thread 91's 30
+    assert figures["cpu_s"] == pytest.approx((700 - 600 - 50) * tick_s)
 
 
 def test_a_spinning_child_and_grandchild_and_their_writes_count_as_own(tmp_path):

@@ -33,7 +33,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 PROC = Path("/proc")
 SYS = Path("/sys")
@@ -63,7 +63,7 @@ class Sample:
     at_s: float  # time.perf_counter()
     busy_ticks: int  # every CPU's busy time, in clock ticks
     own_ticks: int  # the own processes' CPU time, in clock ticks
-    kernel_ticks: int  # the kernel's threads' CPU time, in clock ticks
+    kernel_ticks: Mapping[int, int]  # each kernel thread's CPU time (pid: clock ticks)
     device_read_bytes: int
     device_write_bytes: int
     own_read_bytes: int
@@ -77,7 +77,8 @@ def others(before: Sample | None, after: Sample | None) -> dict[str, float] | No
         return None
     tick_s = 1.0 / _ticks_per_second()
     own_cpu = after.own_ticks - before.own_ticks
-    kernel_cpu = after.kernel_ticks - before.kernel_ticks
+    # per thread: a kworker that ended within the window takes its whole past out of the sum, not just its share
+    kernel_cpu = sum(used - before.kernel_ticks.get(pid, 0) for pid, used in after.kernel_ticks.items())
     own_read = after.own_read_bytes - before.own_read_bytes
     own_write = after.own_write_bytes - before.own_write_bytes
     return {
@@ -170,12 +171,12 @@ def _device_bytes(devices: tuple[str, ...]) -> tuple[int, int]:
     return read, written
 
 
-def _own_usage() -> tuple[int, int, int, int]:
+def _own_usage() -> tuple[int, dict[int, int], int, int]:
     """(CPU ticks of this run's own processes, CPU ticks of the kernel's threads, device bytes read and written by
     the own processes), gone children of the own processes included."""
     parents: dict[int, int] = {}
     ticks: dict[int, int] = {}
-    kernel = 0
+    kernel: dict[int, int] = {}
     for entry in os.scandir(PROC):
         if not entry.name.isdigit():
             continue
@@ -187,7 +188,7 @@ def _own_usage() -> tuple[int, int, int, int]:
         pid = int(entry.name)
         used = sum(int(value) for value in rest[11:15])  # utime stime cutime cstime
         if int(rest[6]) & _KERNEL_THREAD:
-            kernel += used
+            kernel[pid] = used
             continue
         parents[pid] = int(rest[1])
         ticks[pid] = used
