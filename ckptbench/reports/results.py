@@ -449,9 +449,9 @@ def scale_line(scale: Mapping[str, Any]) -> str:
     fits = "fits" if scale["fits_in_page_cache"] else "does not fit"
     text = (f"scale: the checkpoint is {scale['model_pct_of_ram']:.1f}% of RAM ({scale['ram_bytes'] / 1e9:.1f} GB) "
             f"and {fits} in the page cache")
-    if scale.get("ceiling_save_pattern"):
-        text += (f"; device ceiling: writes {scale['ceiling_save_pattern']}, "
-                 f"reads {scale['ceiling_load_pattern']} (streams x block)")
+    if scale.get("ceiling_save_pattern"):  # a tp row's readers time one share each: no read pattern of its own
+        reads = scale.get("ceiling_load_pattern") or "by the tp readers"
+        text += f"; device ceiling: writes {scale['ceiling_save_pattern']}, reads {reads} (streams x block)"
     return text
 
 
