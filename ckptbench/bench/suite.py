@@ -152,8 +152,8 @@ def _measure(config: SuiteConfig, writers: Writers, source: weights.Weights, sou
                                    target=target, sources=sources, writers=writers, earlier=[*history, *done])
             complete = _record(ran, log, records, on_record)
             if complete and config.confirm_rounds:
-                complete = _confirm(config, Context(source, sources, target, writers, seed),
-                                    records, log, _checked(on_phase, may_start, skipped), on_record, history)
+                complete = _confirm(config, Context(source, sources, target, writers, seed, history),
+                                    records, log, _checked(on_phase, may_start, skipped), on_record)
     except Stopped as stop:
         stopped = stop
     finally:
@@ -173,13 +173,14 @@ def _measure(config: SuiteConfig, writers: Writers, source: weights.Weights, sou
 
 @dataclass(frozen=True)
 class Context:
-    """What every run of a suite measures with: the weights, the target, the writers, the seed."""
+    """What every run of a suite measures with: the weights, the target, the writers, the seed, the runs before."""
 
     source: weights.Weights
     sources: dict[str, Any]
     target: targets.LocalTarget | targets.ObjectStoreTarget
     writers: Writers
     seed: int
+    history: Sequence[RunRecord] = ()  # runs before this suite's (a resumed journal's, an earlier suite's)
 
 
 def _record(ran: Iterable[RunRecord], log: journal.Journal, records: list[RunRecord],
@@ -196,7 +197,7 @@ def _record(ran: Iterable[RunRecord], log: journal.Journal, records: list[RunRec
 
 
 def _confirm(config: SuiteConfig, context: Context, records: list[RunRecord], log: journal.Journal,
-             on_phase: Phase, on_record: Callable[[RunRecord], None], history: Sequence[RunRecord]) -> bool:
+             on_phase: Phase, on_record: Callable[[RunRecord], None]) -> bool:
     """The confirmation rounds (documents.confirmation): the finalists chosen from the suite's rounds measured
     again, block after block, `confirm_pause_s` apart; False when a storage failure ended them early."""
     main = [r for r in records if r.confirm_block is None]
@@ -214,7 +215,7 @@ def _confirm(config: SuiteConfig, context: Context, records: list[RunRecord], lo
         if number and config.confirm_pause_s:
             time.sleep(config.confirm_pause_s)  # blocks apart in time: the machine's state may change between them
         ran = measure.run_plan(runs, context.source.tensors, confirming, on_phase, target=context.target,
-                               sources=context.sources, writers=context.writers, earlier=[*history, *records])
+                               sources=context.sources, writers=context.writers, earlier=[*context.history, *records])
         if not _record(ran, log, records, on_record):
             return False
     return True
