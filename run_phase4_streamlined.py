@@ -6,7 +6,6 @@
     python run_phase4_streamlined.py compare A.json B.json
     python run_phase4_streamlined.py show saved_models/phase4_tests/results.json
     python run_phase4_streamlined.py tune --budget 5m
-    python run_phase4_streamlined.py explain
 """
 
 import sys

@@ -136,7 +136,6 @@ def test_the_ceiling_backend_narrows_from_earlier_records(tmp_path, tiny_weights
     (["--model", "llama-2-7b", "--dtype", "float32"], 2),  # 27 GB: refused, and said why
     (["tune", "--model", "tiny", "--budget", "5m"], 0),
     (["tune", "--model", "open_llama_3b", "--dtype", "bfloat16", "--budget", "2m"], 2),
-    (["explain", "--model", "tiny"], 0),
 ])
 def test_a_dry_run_prints_the_plan_and_writes_nothing(run_cli, tmp_path, argv, status, monkeypatch):
     monkeypatch.setattr(system, "available_memory_bytes", lambda: int(23.5e9))

@@ -27,21 +27,29 @@ One test per command: the suite executor each one injects is `fake_suite` (what 
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import pytest
 import synthetic
-from conftest import SHIPPED_CONFIG
+from conftest import REPO, SHIPPED_CONFIG
 
-from ckptbench import explain, tune
+from ckptbench import tune
 from ckptbench.bench.suite import Start
 from ckptbench.core import records
 from ckptbench.core.errors import Skip, Stopped
 from ckptbench.documents import results
 from ckptbench.sources import weights
+
+if "explain_script" not in sys.modules:  # docs/explain/explain.py, the script beside its study
+    _spec = importlib.util.spec_from_file_location("explain_script", REPO / "docs" / "explain" / "explain.py")
+    sys.modules["explain_script"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["explain_script"])
+explain = sys.modules["explain_script"]
 
 FIXTURE = Path(__file__).with_name("fixtures") / "same_answers.json"
 SIGNIFICANT_DIGITS = 9
@@ -164,14 +172,12 @@ def explain_answers(document: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def test_explain_gives_the_same_answers(tmp_path, golden):
-    """`explain --model tiny --seed 4 --runs 3 --conditions all` with the shipped config. The budget runs on
-    the real clock, as it did when the fixture was made: the made-up runs take no real time, so it is never
-    spent (on the made-up disk's clock, the 64-element chunks alone would spend it)."""
+    """`docs/explain/explain.py --model tiny --seed 4 --runs 3 --conditions all` with the shipped config."""
     settings = explain.Settings(config=SHIPPED_CONFIG, overrides={"model": "tiny", "seed": 4},
                                 output_dir=tmp_path / "explain",  # the folder's name seeds the made-up noise
                                 num_runs=3, conditions=tuple(c.name for c in explain.CONDITIONS))
     explained = explain.run(settings, execute=fake_suite(Clock()))
-    assert explained.complete and explain.read(explained.path) == explained.document
+    assert explained.document["complete"] and json.loads(explained.path.read_text()) == explained.document
     answers, expected = explain_answers(explained.document), golden["explain"]
     assert answers["arms"] == expected["arms"]
     assert answers["conditions"] == expected["conditions"]

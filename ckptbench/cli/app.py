@@ -5,7 +5,6 @@
     ckptbench show RESULTS.json        reprint the tables and redraw the figures of a results file
     ckptbench list-models              the weight presets
     ckptbench tune [flags]             find the fastest layout for a model on this disk
-    ckptbench explain [flags]          attribute the original Phase 4 expectations to its conditions
 
 Each subcommand is one `Command` in its own module under `commands/`, imported only
 when named, so `--help`, `compare` and `show` never import TensorStore, torch or
@@ -31,10 +30,9 @@ COMMANDS: dict[str, str] = {
     "show": "reprint the tables and redraw the figures of a results file",
     "list-models": "list the weight presets",
     "tune": "find the fastest TensorStore layout for a model on this disk, within a time budget",
-    "explain": "measure which of the original harness's conditions produced each failed expectation",
 }
 DEFAULT_COMMAND = "run"
-ONE_HOST = ("tune", "explain")  # they plan suites from the results of earlier ones: not under a launcher
+ONE_HOST = ("tune",)  # it plans suites from the results of earlier ones: not under a launcher
 
 
 @dataclass(frozen=True)

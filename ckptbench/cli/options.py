@@ -25,7 +25,7 @@ def positive_int(text: str) -> int:
 
 
 def add_weight_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags that choose the weights, shared by run, tune and explain."""
+    """The flags that choose the weights, shared by run, tune and docs/explain/explain.py."""
     parser.add_argument("--model", help="weight preset (see list-models)")
     parser.add_argument("--weights", help="a local Hugging Face checkpoint folder, or a model id org/name[@revision] "
                         "taken from the Hugging Face cache (downloaded when there is a network)")

@@ -1,4 +1,4 @@
-"""The files the harness writes and reads back, all by one convention (results, tuning, explanation,
+"""The files the harness writes and reads back, all by one convention (results, tuning,
 the run journal, a tune's state).
 
 Every file is of a `Kind`: its first two keys name the kind and its `schema_version`; a
