@@ -21,6 +21,7 @@ from ckptbench.bench.suite import run_suite
 from ckptbench.core.errors import Stopped, UserError
 from ckptbench.core.records import RunRecord, confirmation_plan
 from ckptbench.documents import results
+from ckptbench.documents.store import Document
 from ckptbench.reports import results as report
 from ckptbench.spec import config
 
@@ -256,7 +257,7 @@ def test_compare_joins_two_files_as_blocks_and_says_when_they_disagree():
 
     def text(doc_a: dict, doc_b: dict) -> str:
         rows = versus.compare_documents(doc_a, doc_b, 5.0)
-        return compare_report.render(Path("a.json"), Path("b.json"), doc_a, doc_b, rows, 5.0)
+        return compare_report.render(Document(doc_a, Path("a.json")), Document(doc_b, Path("b.json")), rows, 5.0)
 
     line = next(x for x in text(first, later).splitlines() if x.startswith("  load: fast against runai_streamer"))
     assert line == ("  load: fast against runai_streamer (peer): A 1.4x slower (1.36-1.44x), B 0.95x (0.50-1.8x, n.s.): "

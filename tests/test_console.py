@@ -17,6 +17,7 @@ from conftest import REPO
 from ckptbench.analysis import versus
 from ckptbench.core.records import RunRecord
 from ckptbench.documents import results
+from ckptbench.documents.store import Document
 from ckptbench.figures import claims, main
 from ckptbench.reports import compare as compare_report
 from ckptbench.reports import results as report
@@ -108,7 +109,7 @@ def test_no_interval_of_a_change_in_the_tables_leaves_the_possible(noisy):
     claimed = [v for t in noisy["tests"] for c in t["claims"] for v in c["claimed_pct"] + c["band_pct"]]
     assert all(v > -100 for v in printed if v not in claimed)
     rows = versus.compare_documents(noisy, noisy, 5.0)
-    text = compare_report.render(Path("a.json"), Path("b.json"), noisy, noisy, rows, 5.0)
+    text = compare_report.render(Document(noisy, Path("a.json")), Document(noisy, Path("b.json")), rows, 5.0)
     assert all(v > -100 for v in _printed_changes(text))
 
 
@@ -204,7 +205,7 @@ def test_the_answer_names_the_fastest_peer_when_it_beats_tensorstore(beaten):
     title = main.advice_lines(beaten)
     assert "TensorStore's best load: fast; it is 1.2x slower than runai_streamer, the fastest peer (95% CI" in title[1]
     rows = versus.compare_documents(beaten, beaten, 5.0)
-    text = compare_report.render(Path("a.json"), Path("b.json"), beaten, beaten, rows, 5.0)
+    text = compare_report.render(Document(beaten, Path("a.json")), Document(beaten, Path("b.json")), rows, 5.0)
     assert "B: TensorStore's best loads (fast) 1.2x slower than runai_streamer, the fastest peer (95% CI" in text
 
 

@@ -4,8 +4,8 @@
 means with its 95 % interval, the interval of the change, the p-value of the same test, a
 verdict, and, when a claimed range is given, the claim's outcome. A suite's "versus
 baseline" table, the answer (the best layout against the baseline, the fastest peer and the
-device ceiling), the claims check, `compare A.json B.json`, `tune` and `explain` all call
-it, so they can never disagree.
+device ceiling), the claims check, `compare A.json B.json`, `tune` and docs/explain/explain.py all
+call it, so they can never disagree.
 
 The interval is `ratio_interval`'s: the ratio of means on the log scale (the delta method
 on log(mean_a / mean_b), Welch-Satterthwaite degrees of freedom). Times and sizes are
@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ckptbench.analysis.stats import ALPHA, as_floats, mean_std, t_quantile
+from ckptbench.analysis.stats import ALPHA, CI_MIN_RUNS, as_floats, mean_std, t_quantile
 
 CONFIRMED = "confirmed"
 CONTRADICTED = "contradicted"
@@ -53,7 +53,7 @@ WITHIN_NOISE = "within noise"
 NOT_SIGNIFICANT = "no significant difference"
 INSUFFICIENT = "insufficient data"
 TOO_FEW = "too few runs"
-MIN_RUNS_FOR_CI = 3  # per side; two runs give one degree of freedom or two: no meaningful interval
+MIN_RUNS_FOR_CI = CI_MIN_RUNS  # per side; two runs give one degree of freedom or two: no meaningful interval
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,6 @@ def compare(
     metric: str = "save_s",
     noise_pct: float = 5.0,
     claimed_pct: Sequence[float] | None = None,
-    alpha: float = ALPHA,
     min_runs: int = MIN_RUNS_FOR_CI,
 ) -> dict[str, Any]:
     """Judge `values` against `baseline` (both raw runs of one metric); see the module docstring.
@@ -152,19 +151,19 @@ def compare(
     verdict, in order: "insufficient data" (fewer than 2 runs on a side, or a mean that is not
     positive), "too few runs" (2 runs on a side, with spread: no interval, no test), "within
     noise" (|change| < noise_pct, even if significant), "no significant difference" (p >=
-    alpha, the interval holds 0), else the metric's better/worse word ("faster", "slower", ...).
+    ALPHA, the interval holds 0), else the metric's better/worse word ("faster", "slower", ...).
 
     `min_runs`: the runs a side needs for the interval and the test (`ratio_interval`). A decision between
     two samples (tune's) passes 2: Welch's test is defined there, and a wide interval still separates runs
     that lie far apart.
     """
-    higher_is_better, better_word, worse_word, noisy = METRICS[metric]
+    noisy = METRICS[metric][3]
     a, b = as_floats(values), as_floats(baseline)
-    found = ratio_interval(a, b, 1.0 - alpha, min_runs)
+    found = ratio_interval(a, b, 1.0 - ALPHA, min_runs)
     out: dict[str, Any] = {"change_pct": None, "change_ci95_pct": found.change_pct, "ratio": found.ratio,
                            "ratio_ci95": None if found.low is None else [found.low, found.high],
                            "ratio_err": None, "p_value": found.p_value, "verdict": found.status,
-                           "significant": False, "weak_test": min(a.size, b.size) < 5, "alpha": alpha}
+                           "significant": False, "weak_test": min(a.size, b.size) < 5, "alpha": ALPHA}
     if found.ratio is not None:
         out["change_pct"] = 100.0 * (found.ratio - 1.0)
         (_, s_a), (m_b, s_b) = mean_std(a), mean_std(b)
@@ -172,19 +171,19 @@ def compare(
             # hyperfine's spread of the ratio, ratio * sqrt((s1/m1)^2 + (s2/m2)^2): a dispersion, not an interval
             out["ratio_err"] = math.hypot(s_a, found.ratio * s_b) / m_b
     if found.p_value is not None:
-        out["significant"] = found.p_value < alpha
-        out["verdict"] = _verdict(out, noise_pct, alpha, higher_is_better, better_word, worse_word)
+        out["significant"] = found.p_value < ALPHA
+        out["verdict"] = _verdict(out, noise_pct, metric)
     if claimed_pct is not None:
         out["claim"] = judge_claim(metric, claimed_pct, out, noise_pct if noisy else 0.0, a.size, b.size)
     return out
 
 
-def _verdict(out: dict[str, Any], noise_pct: float, alpha: float, higher_is_better: bool,
-             better_word: str, worse_word: str) -> str:
+def _verdict(out: dict[str, Any], noise_pct: float, metric: str) -> str:
+    higher_is_better, better_word, worse_word, _ = METRICS[metric]
     change = out["change_pct"]
     if abs(change) < noise_pct:
         return WITHIN_NOISE
-    if out["p_value"] >= alpha:
+    if out["p_value"] >= ALPHA:
         return NOT_SIGNIFICANT
     return better_word if (change > 0) == higher_is_better else worse_word
 

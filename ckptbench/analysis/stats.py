@@ -99,7 +99,7 @@ def summarize(values: Sequence[float]) -> dict:
     }
 
 
-CI_MIN_RUNS = 3  # as analysis.change.MIN_RUNS_FOR_CI: two runs give no meaningful interval
+CI_MIN_RUNS = 3  # per side of a change too (analysis.change): two runs give no meaningful interval
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> list[float] | None:

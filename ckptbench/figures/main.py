@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -31,6 +32,22 @@ LABEL_LINE_CHARS = 24  # tick labels longer than this are wrapped at '_' boundar
 MANY_TESTS = 8  # beyond this, tick labels stand upright: slanted ones would overlap their neighbours
 REFERENCE_GAP = 0.8  # extra space between the TensorStore tests and the reference rows
 WINNER_EDGE = "#d4a017"
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One of the top row's bar panels: a metric, its unit and its words."""
+
+    metric: str
+    scale: float  # the metric's values are divided by this
+    ylabel: str
+    title: str
+    color: str
+
+
+BAR_PANELS = (Panel("save_s", 1.0, "seconds", f"Save time (lower is better)\n{TIME_NOTE}", "#457b9d"),
+              Panel("load_s", 1.0, "seconds", f"Load time, cold (lower is better)\n{TIME_NOTE}", "#8ab17d"),
+              Panel("size_bytes", 1e6, "MB on disk (file bytes)", "Checkpoint size", "#e9c46a"))
 
 
 # The 6-panel figure is laid out by hand, in inches, from its labels' lengths: matplotlib's
@@ -116,16 +133,6 @@ def _value_fontsize(n_tests: int) -> float:
     return 6 if n_tests > MANY_TESTS else 7
 
 
-def _colors(tests: Sequence[Mapping[str, Any]], color: str) -> list[str]:
-    return [REFERENCE_COLOR if t.get("kind") == "reference" else color for t in tests]
-
-
-def _style_references(bars, tests: Sequence[Mapping[str, Any]]) -> None:
-    for bar, test in zip(bars, tests):
-        if test.get("kind") == "reference":
-            bar.set_hatch("..")
-
-
 def _mark_missing(ax, xs, values: Sequence[float], text: str, n_tests: int) -> None:
     """Write text where a bar is missing: bar_label skips NaN bars, and a gap alone reads as zero."""
     for x, value in zip(xs, values):
@@ -145,17 +152,22 @@ def _run_values(test: Mapping[str, Any], metric: str) -> list[float]:
             if r["error"] is None and not r["warmup"] and r.get(metric) is not None]
 
 
-def _bars(ax, document, tests, metric, scale, ylabel, title, color, winner: str | None) -> None:
+def _bars(ax, tests: Sequence[Mapping[str, Any]], panel: Panel, winner: str | None) -> None:
+    from matplotlib.patches import Patch
+
+    metric, scale = panel.metric, panel.scale
     names = [t["name"] for t in tests]
     xs = positions(tests)
     timed = metric in ("save_s", "load_s")
     means, errs = zip(*(mean_and_err(t["stats"][metric], scale) for t in tests))
     capsize = 2 if len(tests) > MANY_TESTS else 4
-    bars = ax.bar(xs, means, yerr=np.array(errs).T, capsize=capsize, color=_colors(tests, color),
-                  edgecolor="black", linewidth=0.5, zorder=2)
-    _style_references(bars, tests)
-    for bar, name in zip(bars, names):
-        if name == winner:
+    colors = [REFERENCE_COLOR if t.get("kind") == "reference" else panel.color for t in tests]
+    bars = ax.bar(xs, means, yerr=np.array(errs).T, capsize=capsize, color=colors, edgecolor="black", linewidth=0.5,
+                  zorder=2)
+    for bar, test in zip(bars, tests):
+        if test.get("kind") == "reference":
+            bar.set_hatch("..")
+        if test["name"] == winner:
             bar.set_edgecolor(WINNER_EDGE)
             bar.set_linewidth(2.5)
     if timed:
@@ -178,39 +190,34 @@ def _bars(ax, document, tests, metric, scale, ylabel, title, color, winner: str 
         handles.append(ax.axhline(ceiling["stats"][metric]["mean"], color="#c1121f", linestyle="--", linewidth=1,
                                   label="device ceiling (fastest access pattern)"))
     if any(t.get("kind") == "reference" for t in tests):
-        from matplotlib.patches import Patch
-
         handles.append(Patch(facecolor=REFERENCE_COLOR, hatch="..", edgecolor="black",
                              label="reference rows (not TensorStore)"))
     if winner:
-        from matplotlib.patches import Patch
-
         handles.append(Patch(facecolor="white", edgecolor=WINNER_EDGE, linewidth=2.5, label="★ best TensorStore test"))
     if handles:
         ax.legend(handles=handles, loc="upper right", fontsize=7)
     _set_test_ticks(ax, names, xs)
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(panel.ylabel)
     few = timed and any(0 < t["stats"][metric]["n"] <= 2 for t in tests)
-    ax.set_title(title.replace(TIME_NOTE, FEW_NOTE) if few else title)
+    ax.set_title(panel.title.replace(TIME_NOTE, FEW_NOTE) if few else panel.title)
     ax.margins(x=0.01)
 
 
-def _clip_axis(ax, xs, whisker_tops: Sequence[float], data_top: float, bottom: float | None = 0.0,
-               whisker_bottoms: Sequence[float] = (), data_bottom: float = 0.0) -> None:
-    """Fit the axis to the data, not to whiskers: a 95 % CI of 2 or 3 runs can be 100 times wider than
-    the data. A whisker that leaves the axis ends in an arrow with its end value printed."""
-    span = max(data_top - (data_bottom if bottom is None else 0.0), 1e-12)
-    top = data_top + 0.3 * span
-    low = bottom if bottom is not None else data_bottom - 0.3 * span
-    ax.set_ylim(low, top)
+def _clip_axis(ax, xs, whisker_tops: Sequence[float], data_top: float) -> None:
+    """Fit the axis (from 0) to the data, not to whiskers: a 95 % CI of 2 or 3 runs can be 100 times wider
+    than the data. A whisker that leaves the axis ends in an arrow with its end value printed."""
+    top = data_top + 0.3 * max(data_top, 1e-12)
+    ax.set_ylim(0.0, top)
     for x, value in zip(xs, whisker_tops):
         if np.isfinite(value) and value > top:
-            ax.annotate(f"CI to {value:.3g}", xy=(x, top), xytext=(0, -2), textcoords="offset points", ha="center",
-                        va="top", fontsize=6, color="#555555", arrowprops={"arrowstyle": "-|>", "color": "#555555"})
-    for x, value in zip(xs, whisker_bottoms):
-        if bottom is None and np.isfinite(value) and value < low:
-            ax.annotate(f"CI to {value:.3g}", xy=(x, low), xytext=(0, 2), textcoords="offset points", ha="center",
-                        va="bottom", fontsize=6, color="#555555", arrowprops={"arrowstyle": "-|>", "color": "#555555"})
+            _arrow(ax, x, top, f"CI to {value:.3g}")
+
+
+def _arrow(ax, x: float, edge: float, text: str, at_top: bool = True) -> None:
+    """A whisker cut at the axis's edge: an arrow to it, with where the whisker ends."""
+    ax.annotate(text, xy=(x, edge), xytext=(0, -2 if at_top else 2), textcoords="offset points", ha="center",
+                va="top" if at_top else "bottom", fontsize=6, color="#555555",
+                arrowprops={"arrowstyle": "-|>", "color": "#555555"})
 
 
 def _ratio_text(ratio: float) -> str:
@@ -281,11 +288,10 @@ def _change(ax, tests, baseline, metric, title) -> None:
                     va="bottom" if r >= 1 else "top", fontsize=_value_fontsize(len(tests)))
     _change_axis(ax, low, high)
     for x, lo, hi in zip(xs, lows, highs):
-        for end, edge, va, dy in ((hi, high, "top", -2), (lo, low, "bottom", 2)):
-            if np.isfinite(end) and (end > edge if edge == high else end < edge):
-                ax.annotate(_ratio_text(end), xy=(x, edge), xytext=(0, dy), textcoords="offset points",
-                            ha="center", va=va, fontsize=6, color="#555555",
-                            arrowprops={"arrowstyle": "-|>", "color": "#555555"})
+        if np.isfinite(hi) and hi > high:
+            _arrow(ax, x, high, _ratio_text(hi))
+        if np.isfinite(lo) and lo < low:
+            _arrow(ax, x, low, _ratio_text(lo), at_top=False)
     ax.axhline(1.0, color="black", linewidth=0.8)
     _set_test_ticks(ax, names, xs)
     ax.set_ylabel("change vs baseline (%)")
@@ -380,12 +386,8 @@ def draw(document: Mapping[str, Any], path: Path) -> Path:
                                                  for wrapped in textwrap.wrap(line, width_chars)]
     fig.suptitle("\n".join(lines), fontsize=12, y=1 - 0.1 / fig.get_figheight(), va="top")
     axes = _six_panels(fig, tests, len(lines))
-    _bars(axes[0, 0], document, tests, "save_s", 1.0, "seconds", f"Save time (lower is better)\n{TIME_NOTE}",
-          "#457b9d", winner["save_s"])
-    _bars(axes[0, 1], document, tests, "load_s", 1.0, "seconds", f"Load time, cold (lower is better)\n{TIME_NOTE}",
-          "#8ab17d", winner["load_s"])
-    _bars(axes[0, 2], document, tests, "size_bytes", 1e6, "MB on disk (file bytes)", "Checkpoint size", "#e9c46a",
-          winner["size_bytes"])
+    for ax, panel in zip(axes[0], BAR_PANELS):
+        _bars(ax, tests, panel, winner[panel.metric])
     _change(axes[1, 0], tests, document["baseline"], "save_s", "Save time vs baseline (lower is better)")
     _change(axes[1, 1], tests, document["baseline"], "load_s", "Load time vs baseline (lower is better)")
     _heatmap(fig, axes[1, 2], tests)

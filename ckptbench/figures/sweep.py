@@ -76,11 +76,11 @@ def draw_sweep(document: Mapping[str, Any], path: Path) -> Path | None:
     return save_titled(fig, f"Sweep: {source_line(document)}", path)
 
 
-def line(ax, xs: list, tests: list[Mapping[str, Any]], metric: str, label: str) -> None:
+def line(ax, xs: list, tests: list[Mapping[str, Any]], metric: str, label: str, **style: Any) -> None:
     """One series: means with their 95% CI (no bar where a point has one run)."""
     points = [mean_and_err(t["stats"][metric]) for t in tests]
     ax.errorbar(xs, [mean for mean, _ in points], yerr=list(zip(*(err for _, err in points))),
-                marker="o", capsize=3, label=label)
+                marker="o", capsize=3, label=label, **style)
 
 
 def finish_axes(ax, ceiling: Mapping[str, Any] | None, metric: str, title: str, ylabel: str) -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ckptbench.figures.common import CEILING, ERRORBAR_NOTE, figure, mean_and_err, source_line
-from ckptbench.figures.sweep import save_titled
+from ckptbench.figures.common import CEILING, ERRORBAR_NOTE, figure, source_line
+from ckptbench.figures.sweep import line, save_titled
 
 TENSOR_PARALLEL_FILE = "tensor_parallel_analysis.png"
 _SUFFIX = "_tp="
@@ -33,10 +33,6 @@ def groups(document: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]]]:
             continue
         by_name.setdefault(test["name"].split(_SUFFIX, 1)[0], []).append(test)
     return {name: sorted(tests, key=_tp) for name, tests in by_name.items() if any(_tp(t) > 1 for t in tests)}
-
-
-def _amplification(test: Mapping[str, Any], key: str) -> float | None:
-    return (test.get("tensor_parallel") or {}).get(key)
 
 
 def amplification_label(test: Mapping[str, Any]) -> str:
@@ -59,17 +55,16 @@ def draw_tensor_parallel(document: Mapping[str, Any], path: Path) -> Path | None
     seconds_ax, rchar_ax = grid[0]
     for name, tests in grouped.items():
         xs = [_tp(t) for t in tests]
-        points = [mean_and_err(t["stats"]["load_s"]) for t in tests]
         ceiling = name == CEILING
         style = {"color": "#c1121f", "linestyle": "--"} if ceiling else {}
-        label = "device ceiling: N streams, 1/N of the bytes each" if ceiling else name
-        seconds_ax.errorbar(xs, [m for m, _ in points], yerr=list(zip(*(e for _, e in points))), marker="o",
-                            capsize=3, label=label, **style)
-        for x, (mean, _), test in zip(xs, points, tests):
+        line(seconds_ax, xs, tests, "load_s", "device ceiling: N streams, 1/N of the bytes each" if ceiling else name,
+             **style)
+        for x, test in zip(xs, tests):
             text = amplification_label(test)
             if text:
-                seconds_ax.annotate(text, (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        rchar = [(x, _amplification(t, "rchar_amplification")) for x, t in zip(xs, tests)]
+                seconds_ax.annotate(text, (x, test["stats"]["load_s"]["mean"]), textcoords="offset points",
+                                    xytext=(4, 4), fontsize=7)
+        rchar = [(x, (t.get("tensor_parallel") or {}).get("rchar_amplification")) for x, t in zip(xs, tests)]
         rchar = [(x, a) for x, a in rchar if a and a > 0.05]  # ~0: a loader reading through a memory map
         if rchar and not ceiling:
             rchar_ax.plot([x for x, _ in rchar], [a for _, a in rchar], marker="o", label=name)

@@ -10,7 +10,6 @@ style; it computes nothing.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ckptbench.analysis import stats
@@ -24,8 +23,9 @@ from ckptbench.analysis.change import (
     ratio_words,
 )
 from ckptbench.analysis.versus import REGRESSION_WORDS, joined_answers, only_in
-from ckptbench.documents.store import weights_name
+from ckptbench.documents.store import Document, weights_name
 from ckptbench.reports import tables as report
+from ckptbench.reports.results import OBJECTIVE_WORDS
 from ckptbench.reports.tables import ratio_brief
 
 
@@ -81,10 +81,11 @@ def _verdict(comparison: Mapping[str, Any], n_runs: int) -> str:
     return text + (f" [busy: {comparison['busy']}]" if comparison.get("busy") else "")
 
 
-def _describe(path: Path, document: Mapping[str, Any]) -> str:
+def _describe(results: Document) -> str:
+    document = results.document
     w, p = document.get("weights") or {}, document.get("protocol") or {}
     when = (document.get("environment") or {}).get("timestamp", "?")
-    return (f"{path}: {weights_name(w)}, {w.get('dtype')}, "
+    return (f"{results.path}: {weights_name(w)}, {w.get('dtype')}, "
             f"{p.get('num_runs')} runs/test, loads {p.get('load_cache')}, {when}")
 
 
@@ -123,7 +124,7 @@ def joined_lines(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[str
              "from its confirmation rounds where it has them):"]
     for item in joined:
         a, b = item["a"], item["b"]
-        head = (f"  {_OBJECTIVE_WORDS[item['objective']]}: {item['test']} against {item['other']}"
+        head = (f"  {OBJECTIVE_WORDS[item['objective']]}: {item['test']} against {item['other']}"
                 + (" (peer)" if item["role"] == "peer" else "") + f": A {ratio_brief(a)}{_source(a)}, "
                 f"B {ratio_brief(b)}{_source(b)}")
         if item["disagree"]:
@@ -133,9 +134,6 @@ def joined_lines(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[str
             spread = range_text(1 / high, 1 / low) if high < 1.0 else range_text(low, high)  # as the words read
             lines.append(f"{head}: they agree" + (f" [ratios {spread}]" if spread else ""))
     return lines
-
-
-_OBJECTIVE_WORDS = {"save": "save", "load": "load", "balanced": "save + load"}
 
 
 def _source(comparison: Mapping[str, Any]) -> str:
@@ -174,13 +172,15 @@ def _unwatched(busy: Mapping[str, Any] | None) -> bool:
     return busy is None or (busy["not_measured"] > 0 and busy["operations"] == 0)
 
 
-def render(path_a: Path, path_b: Path, doc_a: Mapping[str, Any], doc_b: Mapping[str, Any],
-           rows: Sequence[Mapping[str, Any]], noise_pct: float, fmt: str = "text", details: bool = False) -> str:
-    """The whole comparison: what A and B are, the answer, the table, and the tests only one file has."""
+def render(a: Document, b: Document, rows: Sequence[Mapping[str, Any]], noise_pct: float, fmt: str = "text",
+           details: bool = False) -> str:
+    """The whole comparison of B (a results file read, with its path) against A: what A and B are, the answer,
+    the table, and the tests only one file has."""
     headers = ["test", "metric", "A: mean +- std", "B: mean +- std", "change (B vs A)", "95% CI %", "p",
                "verdict"]
     bullet = "- " if fmt == "markdown" else ""
-    lines = [f"{bullet}A = {_describe(path_a, doc_a)}", f"{bullet}B = {_describe(path_b, doc_b)}", "",
+    doc_a, doc_b = a.document, b.document
+    lines = [f"{bullet}A = {_describe(a)}", f"{bullet}B = {_describe(b)}", "",
              *answer_lines(rows, doc_b), *joined_lines(doc_a, doc_b), *unwatched_lines(doc_a, doc_b), "",
              f"Ratio of means on the log scale, Welch-Satterthwaite t, alpha {stats.ALPHA:g}; changes under "
              f"{noise_pct:g}% are within noise; no interval with 2 runs or fewer.",

@@ -21,7 +21,8 @@ from ckptbench.analysis.change import (
 )
 from ckptbench.documents.findings import elsewhere
 from ckptbench.documents.store import weights_name
-from ckptbench.reports.tables import NA, change, ci_pct, mean_pm, ratio_brief, ratio_ci, table, verdict
+from ckptbench.reports.tables import BRIEF, NA, change, ci_pct, mean_pm, ratio_brief, ratio_ci, table, verdict
+from ckptbench.spec.references import CEILING
 
 OBJECTIVE_WORDS = {"save": "save", "load": "load", "balanced": "save + load", "size": "size"}
 MAX_WARNING_LINES = 6
@@ -138,7 +139,7 @@ def _mean_ci(summary: Mapping[str, Any]) -> str:
     return f"{_num(mean)} [{_num(interval[0])}-{_num(interval[1])}]"
 
 
-_SHORT = {"within noise": "same", "no significant difference": "n.s.", INSUFFICIENT: "-", TOO_FEW: "too few runs"}
+_SHORT = {**BRIEF, INSUFFICIENT: "-", TOO_FEW: "too few runs"}
 
 
 def _versus(comparison: Mapping[str, Any] | None) -> str:
@@ -160,7 +161,7 @@ def main_table(document: Mapping[str, Any], fmt: str = "text") -> str:
         pct = test.get("pct_of_ceiling") or {}
         rates = [s[m]["mean"] for m in ("save_gbps", "load_gbps")]
         rows.append([
-            _row_name(document, test),
+            _row_name(document, test, "ref") + (f" ({test['failed_runs']} failed)" if test.get("failed_runs") else ""),
             _mean_ci(s["save_s"]), _mean_ci(s["load_s"]),
             NA if None in rates else f"{rates[0]:.3g}/{rates[1]:.3g}",
             NA if pct.get("save_gbps") is None or pct.get("load_gbps") is None
@@ -171,13 +172,11 @@ def main_table(document: Mapping[str, Any], fmt: str = "text") -> str:
     return table(headers, rows, fmt)
 
 
-def _row_name(document: Mapping[str, Any], test: Mapping[str, Any]) -> str:
+def _row_name(document: Mapping[str, Any], test: Mapping[str, Any], reference: str) -> str:
+    """'x (baseline) (ref) (label)': the test's name and what it is ('reference': the word a reference row gets)."""
     name = test["name"] + (" (baseline)" if test["name"] == document["baseline"] else "")
-    name += " (ref)" if test.get("kind") == "reference" else ""
-    name += "".join(f" ({label})" for label in test.get("labels", []))
-    if test.get("failed_runs"):
-        name += f" ({test['failed_runs']} failed)"
-    return name
+    name += f" ({reference})" if test.get("kind") == "reference" else ""
+    return name + "".join(f" ({label})" for label in test.get("labels", []))
 
 
 def claims_line(document: Mapping[str, Any]) -> str | None:
@@ -270,9 +269,14 @@ def busy_lines(document: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _head(document: Mapping[str, Any], fmt: str) -> list[str]:
+    """What every console report starts with: the header, the answer, a busy machine, the one table."""
+    return [headline(document), "", *answer_lines(document), *busy_lines(document), "", main_table(document, fmt)]
+
+
 def console(document: Mapping[str, Any], fmt: str = "text") -> str:
     """The default console: header, answer, one table, the claims in a line, the warnings grouped."""
-    parts = [headline(document), "", *answer_lines(document), *busy_lines(document), "", main_table(document, fmt)]
+    parts = _head(document, fmt)
     claims = [line for line in (claims_line(document), page_cache_line(document)) if line]
     if claims:
         parts += ["", *claims]
@@ -292,9 +296,7 @@ def summary_table(document: Mapping[str, Any], fmt: str = "text") -> str:
         runs = f"{s['save_s']['n']}" + (f" ({test['failed_runs']} failed)" if test["failed_runs"] else "")
         ok_runs = [r for r in test["runs"] if r["error"] is None]
         rows.append([
-            test["name"] + (" (baseline)" if test["name"] == document["baseline"] else "")
-            + (" (reference)" if test.get("kind") == "reference" else "")
-            + "".join(f" ({label})" for label in test.get("labels", [])),
+            _row_name(document, test, "reference"),
             runs,
             mean_pm(s["save_s"]), mean_pm(s["load_s"]),
             mean_pm(s["save_gbps"]), mean_pm(s["load_gbps"]),
@@ -339,10 +341,14 @@ def _anon_file(stats: Mapping[str, Any], op: str) -> str:
     return f"{anon['max'] / 1e9:.2f} / {file['max'] / 1e9:.2f}"
 
 
+def _ceiling(document: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The device ceiling's patterns (its row's `ceiling`), or {} without one."""
+    return next((t.get("ceiling") or {} for t in document["tests"] if t["name"] == CEILING), {})
+
+
 def ceiling_table(document: Mapping[str, Any], fmt: str = "text") -> str:
     """The device ceiling's access patterns: GB/s of each, the fastest marked."""
-    ceiling = next((t for t in document["tests"] if t["name"] == "device_ceiling"), None)
-    patterns = (ceiling or {}).get("ceiling")
+    patterns = _ceiling(document)
     if not patterns:
         return ""
     rows = []
@@ -355,8 +361,7 @@ def ceiling_table(document: Mapping[str, Any], fmt: str = "text") -> str:
 
 def ceiling_rounds_table(document: Mapping[str, Any], fmt: str = "text") -> str:
     """Each round's ceiling: the ceiling's own fastest pattern, and every row that beat it."""
-    ceiling = next((t for t in document["tests"] if t["name"] == "device_ceiling"), None)
-    by_round = ((ceiling or {}).get("ceiling") or {}).get("rounds") or {}
+    by_round = _ceiling(document).get("rounds") or {}
     rows = []
     for rate, op in (("save_gbps", "save"), ("load_gbps", "load")):
         for entry in by_round.get(rate, []):
@@ -460,36 +465,30 @@ def full_report(document: Mapping[str, Any], fmt: str = "text") -> str:
     # Some markdown renderers only start a table after a blank line; GitHub accepts both.
     gap = [""] if fmt == "markdown" else []
     bullet = "- " if fmt == "markdown" else "  "
-    parts = [headline(document), "", *answer_lines(document), *busy_lines(document), "", main_table(document, fmt)]
-    parts += ["", "Per test (mean +- std over the runs; changes versus the baseline; busy ops: timed operations "
-              "during which other processes kept the machine busy, of those timed):", *gap,
-              summary_table(document, fmt)]
-    best = best_lines(document)
-    if best:
-        parts += ["", "Which layout to use (TensorStore tests; 'ahead of' means the runner-up is significantly "
-                  "slower):", *gap, *(bullet + line for line in best)]
-    parts += ["", "Cost (CPU over all threads; peak resident GB of the whole process, anonymous / file-backed, "
-              "the anonymous of every process of this host for a run by several; % of the device ceiling's GB/s):",
-              *gap, cost_table(document, fmt)]
-    ceiling = ceiling_table(document, fmt)
-    if ceiling:
-        fio = (document.get("environment") or {}).get("fio")
-        tools = (f"{fio}'s io_uring pattern among them" if fio else
-                 "fio was not on PATH: the harness's own threads' patterns only, listed here")
-        parts += ["", f"Device ceiling, per access pattern ({tools}):", *gap, ceiling]
-        by_round = ceiling_rounds_table(document, fmt)
-        if by_round:
-            parts += ["", "Device ceiling, per round (% of ceiling is of each round's fastest figure; a row faster "
-                      "than the ceiling's own patterns is named):", *gap, by_round]
-    significance = significance_table(document, fmt)
-    if significance:
-        parts += ["", "Versus baseline (ratio of means on the log scale, Welch-Satterthwaite t, alpha 0.05; changes "
-                  f"under {document['protocol']['noise_pct']:g}% are within noise; weak: under 5 runs; no interval "
-                  "with 2 runs or fewer):", *gap, significance]
-    claims = claims_table(document, fmt)
-    if claims:
-        parts += ["", "Claims check (the Phase 4 summary's expected results; times are judged against the claimed "
-                  "range widened by the noise threshold):", *gap, claims]
+    fio = (document.get("environment") or {}).get("fio")
+    tools = (f"{fio}'s io_uring pattern among them" if fio else
+             "fio was not on PATH: the harness's own threads' patterns only, listed here")
+    sections = [
+        ("Per test (mean +- std over the runs; changes versus the baseline; busy ops: timed operations during which "
+         "other processes kept the machine busy, of those timed):", summary_table(document, fmt)),
+        ("Which layout to use (TensorStore tests; 'ahead of' means the runner-up is significantly slower):",
+         "\n".join(bullet + line for line in best_lines(document))),
+        ("Cost (CPU over all threads; peak resident GB of the whole process, anonymous / file-backed, the anonymous "
+         "of every process of this host for a run by several; % of the device ceiling's GB/s):",
+         cost_table(document, fmt)),
+        (f"Device ceiling, per access pattern ({tools}):", ceiling_table(document, fmt)),
+        ("Device ceiling, per round (% of ceiling is of each round's fastest figure; a row faster than the ceiling's "
+         "own patterns is named):", ceiling_rounds_table(document, fmt)),
+        ("Versus baseline (ratio of means on the log scale, Welch-Satterthwaite t, alpha 0.05; changes under "
+         f"{document['protocol']['noise_pct']:g}% are within noise; weak: under 5 runs; no interval with 2 runs or "
+         "fewer):", significance_table(document, fmt)),
+        ("Claims check (the Phase 4 summary's expected results; times are judged against the claimed range widened "
+         "by the noise threshold):", claims_table(document, fmt)),
+    ]
+    parts = _head(document, fmt)
+    for heading, body in sections:
+        if body:
+            parts += ["", heading, *gap, body]
     if document["warnings"]:
         mark = "- " if fmt == "markdown" else "  ! "
         parts += ["", "Warnings:", *gap] + [mark + w for w in document["warnings"]]

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from ckptbench.analysis.change import range_text, ratio_text, verdict_direction
+from ckptbench.analysis.change import (
+    INSUFFICIENT,
+    NOT_SIGNIFICANT,
+    TOO_FEW,
+    WITHIN_NOISE,
+    range_text,
+    ratio_text,
+    verdict_direction,
+)
 
 NA = "-"
-_BRIEF = {"within noise": "same", "no significant difference": "n.s."}
+BRIEF = {WITHIN_NOISE: "same", NOT_SIGNIFICANT: "n.s."}  # the verdicts of no change, in a word
 
 
 def markdown_cell(value: object) -> str:
@@ -51,7 +59,7 @@ def verdict(comparison: Mapping[str, Any], n_runs: int | None = None) -> str:
     be a test too weak to see one, and a significant one rests on little data.
     """
     text = comparison["verdict"]
-    if comparison.get("weak_test") and text not in ("insufficient data", "too few runs"):
+    if comparison.get("weak_test") and text not in (INSUFFICIENT, TOO_FEW):
         text += f" (weak: {n_runs} runs)" if n_runs is not None else " (weak: few runs)"
     return text
 
@@ -77,7 +85,7 @@ def ratio_ci(comparison: Mapping[str, Any]) -> str:
 
 
 def _no_interval(comparison: Mapping[str, Any]) -> str:
-    return "too few runs" if comparison.get("verdict") in ("too few runs", "insufficient data") else NA
+    return TOO_FEW if comparison.get("verdict") in (TOO_FEW, INSUFFICIENT) else NA
 
 
 def ratio_brief(comparison: Mapping[str, Any]) -> str:
@@ -94,4 +102,4 @@ def ratio_brief(comparison: Mapping[str, Any]) -> str:
         return f"{ratio_text(shown)}{word} (too few runs for a CI)"
     low, high = (1 / interval[1], 1 / interval[0]) if flip else interval
     return (f"{ratio_text(shown)}{word} ({range_text(low, high) or ratio_text(low)}"
-            + (")" if word else f", {_BRIEF[comparison['verdict']]})"))
+            + (")" if word else f", {BRIEF[comparison['verdict']]})"))

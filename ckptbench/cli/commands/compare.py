@@ -50,20 +50,20 @@ class Compare(Command):
                                  "file given: one launch per world size")
 
     def execute(self, args: argparse.Namespace, context) -> int:
-        doc_a = results.read(args.a).document
-        others = [(path, results.read(path).document) for path in args.b]
+        a = results.read(args.a)
+        doc_a = a.document
+        others = [results.read(path) for path in args.b]
         noise_pct = args.noise_pct if args.noise_pct is not None else compare.recorded_noise_pct(doc_a)
-        compared = [(path, doc_b, compare.compare_documents(doc_a, doc_b, noise_pct, args.allow_busy))
-                    for path, doc_b in others]
-        for path, _, rows in compared:
+        compared = [(b, compare.compare_documents(doc_a, b.document, noise_pct, args.allow_busy)) for b in others]
+        for b, rows in compared:
             if not rows:
-                raise UserError(f"{args.a} and {path} have no test in common; nothing to compare")
-        scaling = _scaling(args.scaling_plot, [doc_a, *(doc for _, doc in others)])
+                raise UserError(f"{args.a} and {b.path} have no test in common; nothing to compare")
+        scaling = _scaling(args.scaling_plot, [doc_a, *(b.document for b in others)])
         bad = []
-        for index, (path, doc_b, rows) in enumerate(compared):
-            for warning in compare.mismatch_warnings(doc_a, doc_b):
+        for index, (b, rows) in enumerate(compared):
+            for warning in compare.mismatch_warnings(doc_a, b.document):
                 print(f"warning: {warning}", file=sys.stderr)
-            text = compare_report.render(args.a, path, doc_a, doc_b, rows, noise_pct, args.format, args.details)
+            text = compare_report.render(a, b, rows, noise_pct, args.format, args.details)
             print(("\n" if index else "") + text)
             if args.fail_on_regression is not None:
                 bad += compare.regressions(rows, args.fail_on_regression)
