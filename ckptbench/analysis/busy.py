@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+from ckptbench.analysis.samples import measured_runs
+
 CPU_SHARE = 0.25
 CPU_FLOOR_S = 0.1
 BYTES_FLOOR = 64 * 2**20
@@ -35,10 +37,6 @@ def busy(figures: Mapping[str, float], n_files: int | None = None) -> bool:
     own_bytes = float(figures.get("own_read_bytes", 0)) + float(figures.get("own_write_bytes", 0))
     floor = BYTES_FLOOR + BYTES_SHARE * own_bytes + METADATA_PER_FILE * (n_files or 0)
     return max(float(figures["read_bytes"]), float(figures["write_bytes"])) > floor
-
-
-def measured_runs(runs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [r for r in runs if r["error"] is None and not r["warmup"]]
 
 
 def timed_operations(run: Mapping[str, Any]) -> list[str]:

@@ -14,9 +14,14 @@ COST = ("save_cpu_s", "load_cpu_s", "save_peak_rss_bytes", "load_peak_rss_bytes"
         "save_host_rss_anon_bytes", "load_host_rss_anon_bytes")
 
 
+def measured_runs(runs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The runs the statistics hold: successful, not warm-up."""
+    return [r for r in runs if r["error"] is None and not r["warmup"]]
+
+
 def samples(runs: Iterable[Mapping[str, Any]], data_bytes: int) -> dict[str, list[float]]:
     """Per-metric values of the measured (not warm-up), successful runs, in round order."""
-    good = sorted((r for r in runs if r["error"] is None and not r["warmup"]), key=lambda r: r["round"])
+    good = sorted(measured_runs(runs), key=lambda r: r["round"])
     out = {metric: [float(r[metric]) for r in good] for metric in METRICS}
     out["total_s"] = [float(r["save_s"]) + float(r["load_s"]) for r in good]
     for name, seconds in THROUGHPUT.items():

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ckptbench.analysis import busy, stats
 from ckptbench.analysis import change as analysis
-from ckptbench.analysis.samples import METRICS, samples
+from ckptbench.analysis.samples import METRICS, measured_runs, samples
 
 # Verdict words that mean "B is worse than A".
 REGRESSION_WORDS = frozenset(worse for _, _, worse, _ in analysis.METRICS.values())
@@ -74,7 +74,7 @@ def busy_reason(test_a: Mapping[str, Any], test_b: Mapping[str, Any], metric: st
     for side, test in (("A", test_a), ("B", test_b)):
         found = busy.busy_in(test["runs"], op)
         if found:
-            parts.append(f"{side}: {found} of {len(busy.measured_runs(test['runs']))} {op}s busy")
+            parts.append(f"{side}: {found} of {len(measured_runs(test['runs']))} {op}s busy")
     return "; ".join(parts) or None
 
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from ckptbench.figures.common import OUTCOME_COLORS, claims_x_scale, figure, save, source_line
+import numpy as np
+
+from ckptbench.figures.common import figure, save, source_line
 
 CLAIMS_FILE = "claims_check.png"
+OUTCOME_COLORS = {"confirmed": "#2a9d8f", "contradicted": "#e63946", "consistent, not pinned down": "#f4a261",
+                  "inconclusive": "#9a9a9a"}
 
 
 def _claim_rows(document: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
@@ -72,3 +76,48 @@ def draw_claims(document: Mapping[str, Any], path: Path) -> Path | None:
              + "\n".join(textwrap.wrap(source_line(document), int(fig.get_figwidth() * 11))))
     fig.suptitle(title, fontsize=11)
     return save(fig, path)
+
+
+# A change of a positive quantity lies in (-100 %, +inf): the claims' axis is the log of the ratio, labelled in %.
+_PCT_TICKS = (-99.9, -99.0, -95.0, -90.0, -80.0, -50.0, -25.0, -10.0, 0.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0,
+              1e3, 2e3, 5e3, 1e4, 1e5, 1e6)
+_SMALLEST_RATIO = 1e-6  # where a band widened past -100 % is drawn
+
+
+def pct_to_log(pct):
+    """A change in % to the log of its ratio (the claims' axis); -100 % and below to the axis's far left."""
+    return np.log(np.maximum(1.0 + np.asarray(pct, dtype=float) / 100.0, _SMALLEST_RATIO))
+
+
+def log_to_pct(value):
+    return 100.0 * np.expm1(np.asarray(value, dtype=float))
+
+
+def claims_x_scale(ax, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    """The log of the ratio, labelled as the change in %: every change's interval is made on that scale
+    (analysis.change.ratio_interval), so halving and doubling lie equally far from 0 and no interval can reach
+    -100 %. Ticks are thinned to about ten."""
+    import matplotlib.ticker
+
+    ax.set_xscale("function", functions=(pct_to_log, log_to_pct))
+    values = [v for _, c in rows for v in [*c["claimed_pct"], *(c.get("band_pct") or []), *(c.get("ci_pct") or []),
+                                           c.get("measured_pct")] if v is not None] + [0.0]
+    low, high = float(pct_to_log(min(values))), float(pct_to_log(max(values)))
+    pad = 0.08 * max(high - low, 0.1)
+    ax.set_xlim(float(log_to_pct(low - pad)), float(log_to_pct(high + pad)))
+    ax.set_xticks(_pct_ticks(*ax.get_xlim()))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:+g}%" if v else "0"))
+    ax.set_xlabel("change vs baseline (%, log scale of the ratio); negative = less time or size")
+
+
+def _pct_ticks(lo: float, hi: float) -> list[float]:
+    """The candidate ticks inside [lo, hi], no two closer than a tenth of the axis (on its log scale)."""
+    span = float(pct_to_log(hi) - pct_to_log(lo))
+    ticks: list[float] = []
+    for tick in (t for t in _PCT_TICKS if lo <= t <= hi):
+        if not ticks or float(pct_to_log(tick) - pct_to_log(ticks[-1])) >= span / 10 or tick == 0.0:
+            if ticks and tick == 0.0 and float(pct_to_log(0.0) - pct_to_log(ticks[-1])) < span / 10:
+                ticks.pop()  # 0 is always shown
+            ticks.append(tick)
+    return ticks

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ckptbench.analysis.change import TOO_FEW, ratio_words
+from ckptbench.analysis.samples import measured_runs
 from ckptbench.figures.common import CEILING, REFERENCE_COLOR, figure, mean_and_err, save, source_line
 
 PLOT_FILE = "optimization_analysis.png"
@@ -148,8 +149,7 @@ def _value_label(mean: float, n: int) -> str:
 
 
 def _run_values(test: Mapping[str, Any], metric: str) -> list[float]:
-    return [float(r[metric]) for r in test["runs"]
-            if r["error"] is None and not r["warmup"] and r.get(metric) is not None]
+    return [float(r[metric]) for r in measured_runs(test["runs"]) if r.get(metric) is not None]
 
 
 def _bars(ax, tests: Sequence[Mapping[str, Any]], panel: Panel, winner: str | None) -> None:

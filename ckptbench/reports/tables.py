@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from ckptbench.analysis.change import (
-    INSUFFICIENT,
-    NOT_SIGNIFICANT,
-    TOO_FEW,
-    WITHIN_NOISE,
-    range_text,
-    ratio_text,
-    verdict_direction,
-)
+from ckptbench.analysis import change as analysis
+from ckptbench.analysis.change import range_text, ratio_text, verdict_direction
 
 NA = "-"
-BRIEF = {WITHIN_NOISE: "same", NOT_SIGNIFICANT: "n.s."}  # the verdicts of no change, in a word
+BRIEF = {analysis.WITHIN_NOISE: "same", analysis.NOT_SIGNIFICANT: "n.s."}  # the verdicts of no change, in a word
 
 
 def markdown_cell(value: object) -> str:
@@ -59,7 +52,7 @@ def verdict(comparison: Mapping[str, Any], n_runs: int | None = None) -> str:
     be a test too weak to see one, and a significant one rests on little data.
     """
     text = comparison["verdict"]
-    if comparison.get("weak_test") and text not in (INSUFFICIENT, TOO_FEW):
+    if comparison.get("weak_test") and text not in (analysis.INSUFFICIENT, analysis.TOO_FEW):
         text += f" (weak: {n_runs} runs)" if n_runs is not None else " (weak: few runs)"
     return text
 
@@ -85,7 +78,7 @@ def ratio_ci(comparison: Mapping[str, Any]) -> str:
 
 
 def _no_interval(comparison: Mapping[str, Any]) -> str:
-    return TOO_FEW if comparison.get("verdict") in (TOO_FEW, INSUFFICIENT) else NA
+    return analysis.TOO_FEW if comparison.get("verdict") in (analysis.TOO_FEW, analysis.INSUFFICIENT) else NA
 
 
 def ratio_brief(comparison: Mapping[str, Any]) -> str:
