@@ -188,7 +188,7 @@ class DeviceCeilingBackend(FileReference):
 
     def _time_fio(self, folder: Path, rw: str) -> None:
         """fio's pattern over its set, timed by fio; a failure drops fio for the rest of the suite."""
-        assert self.fio and self._fio_program and self._seconds is not None  # uses_fio, within a save or load
+        assert self.fio is not None and self._fio_program is not None and self._seconds is not None  # uses_fio
         jobs, block, depth = self.fio
         sizes = [-(-(stop - start) // block) * block for start, stop in _ranges(self._total, jobs, block)]
         try:
