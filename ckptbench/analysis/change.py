@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from ckptbench.analysis.stats import ALPHA, CI_MIN_RUNS, as_floats, mean_std, t_quantile
+from ckptbench.analysis.stats import ALPHA, CI_MIN_RUNS, Floats, as_floats, mean_std, t_quantile
 
 CONFIRMED = "confirmed"
 CONTRADICTED = "contradicted"
@@ -80,7 +80,7 @@ class RatioInterval:
         return [100.0 * (self.low - 1.0), 100.0 * (self.high - 1.0)]
 
 
-def ratio_interval(values: Sequence[float], baseline: Sequence[float], confidence: float = 0.95,
+def ratio_interval(values: Floats, baseline: Floats, confidence: float = 0.95,
                    min_runs: int = MIN_RUNS_FOR_CI) -> RatioInterval:
     """The interval of mean(values) / mean(baseline), computed on the log scale; the one method of the harness.
 
@@ -288,7 +288,7 @@ def judge_claim(metric: str, claimed_pct: Sequence[float], comparison: dict[str,
     return claim
 
 
-def verdict_direction(comparison: dict[str, Any]) -> str | None:
+def verdict_direction(comparison: Mapping[str, Any]) -> str | None:
     """A verdict reduced to its direction: the metric's better or worse word, "same" (within noise or not
     significant), or None when there is no test (too few runs, no data)."""
     verdict = comparison.get("verdict")

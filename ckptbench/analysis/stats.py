@@ -20,9 +20,10 @@ _MAD_SCALE = 0.6745
 # scaled by 1/sqrt(2/pi) ~= 1.253314 so it also estimates sigma for normal data.
 _MEANAD_SCALE = 1.253314
 RUNS_CAP = 1000
+Floats = Sequence[float] | np.ndarray  # a sample of one metric: a list, or an array already made
 
 
-def as_floats(values: Sequence[float]) -> np.ndarray:
+def as_floats(values: Floats) -> np.ndarray:
     return np.asarray(list(values), dtype=float)
 
 
@@ -102,7 +103,7 @@ def summarize(values: Sequence[float]) -> dict:
 CI_MIN_RUNS = 3  # per side of a change too (analysis.change): two runs give no meaningful interval
 
 
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> list[float] | None:
+def mean_ci(values: Floats, confidence: float = 0.95) -> list[float] | None:
     """The CI of a mean: one method for positive quantities, and what is right for the others.
 
     Every value positive (times, sizes, rates, memory): on the log scale, mean * exp(+- t_{n-1} * cv / sqrt(n)),
@@ -116,6 +117,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> list[float] | 
     if arr.size < 2 or not np.all(np.isfinite(arr)):
         return None
     mean, std = mean_std(arr)
+    assert std is not None  # two values or more
     if std == 0.0:
         return [mean, mean]  # no spread (a size): exact, as a change without spread is
     if arr.size < CI_MIN_RUNS:
@@ -207,12 +209,12 @@ def warnings_for(
         return out
 
     outliers = outlier_indices(vals)
-    first_is_outlier = first_round_index is not None and first_round_index in outliers
-    if first_is_outlier:
-        out.append(f"{metric}: first round is an outlier ({vals[first_round_index]:.4g}): "
+    first = first_round_index if first_round_index in outliers else None  # the first round, an outlier
+    if first is not None:
+        out.append(f"{metric}: first round is an outlier ({vals[first]:.4g}): "
                    f"caches or warm-up; set warmup_rounds: 1")
     for i in outliers:
-        if first_is_outlier and i == first_round_index:
+        if i == first:
             continue
         out.append(f"{metric}: run {i} is an outlier ({vals[i]:.4g} vs median "
                    f"{float(np.median(vals)):.4g}): check for background load or "
@@ -222,8 +224,8 @@ def warnings_for(
     # is warmup_rounds, so judge steady-state noise without it.
     steady = vals
     note = ""
-    if first_is_outlier:
-        steady = vals[:first_round_index] + vals[first_round_index + 1:]
+    if first is not None:
+        steady = vals[:first] + vals[first + 1:]
         note = " excluding first round"
     summary = summarize(steady)
     needed = runs_needed(steady, rel_precision=rel_precision)

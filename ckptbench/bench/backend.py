@@ -14,7 +14,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 
 from ckptbench.bench import cache
-from ckptbench.bench.targets import RunLocation
+from ckptbench.bench.targets import RunLocation, Target
 from ckptbench.bench.verify import mismatches
 from ckptbench.core.records import RunRecord
 from ckptbench.sources.source_file import Box
@@ -89,7 +89,7 @@ class Writers(Protocol):
     starts or joins processes itself: `parallel.LocalWriters` spawns workers on this host,
     `parallel.session.LaunchWriters` uses the ranks of a launch."""
 
-    def backend(self, test: TestSpec, config: SuiteConfig, target: Any) -> Backend:
+    def backend(self, test: TestSpec, config: SuiteConfig, target: Target) -> Backend:
         """The back end of a test with processes > 1."""
 
     def ready(self, tensors: Mapping[str, np.ndarray]) -> None:
@@ -105,7 +105,7 @@ class Writers(Protocol):
 class ThisProcess:
     """Writers of a suite whose tests all run in this process."""
 
-    def backend(self, test: TestSpec, config: SuiteConfig, target: Any) -> Backend:
+    def backend(self, test: TestSpec, config: SuiteConfig, target: Target) -> Backend:
         raise ValueError(f"test {test.name!r} needs {test.processes} processes; run the suite with writers that "
                          "start them (parallel.LocalWriters)")
 

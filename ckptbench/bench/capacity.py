@@ -181,7 +181,7 @@ def prior_run_s(test: TestSpec, model_bytes: int, itemsize: int = 4, first: bool
         kind = REFERENCES[test.backend]
         per_gb = kind.prior_s_per_gb if first else kind.prior_later_s_per_gb
         return PRIOR_FIXED_S + (per_gb + PRIOR_RUN_OVERHEAD_S_PER_GB) * gb
-    per_gb = PRIOR_RAW_S_PER_GB + PRIOR_CODEC_S_PER_GB.get((test.compression or {}).get("id"), 0.0)
+    per_gb = PRIOR_RAW_S_PER_GB + PRIOR_CODEC_S_PER_GB.get((test.compression or {}).get("id", ""), 0.0)
     if test.chunk_budget_elements(itemsize) * itemsize < PRIOR_SMALL_CHUNK_BYTES:
         per_gb += PRIOR_SMALL_CHUNK_S_PER_GB[test.concurrency_limit == 1]
     return PRIOR_FIXED_S + (per_gb + PRIOR_RUN_OVERHEAD_S_PER_GB) * gb

@@ -24,7 +24,7 @@ import numpy as np
 
 from ckptbench.bench import cache, references, storage
 from ckptbench.bench.backend import Backend, ThisProcess, Writers
-from ckptbench.bench.targets import LocalTarget, ObjectStoreTarget, RunLocation
+from ckptbench.bench.targets import LocalTarget, RunLocation, Target
 from ckptbench.bench.timing import Timed, timed
 from ckptbench.core import host, system
 from ckptbench.core.errors import RunSkipped
@@ -33,8 +33,6 @@ from ckptbench.sources.source_file import SourceTensors
 from ckptbench.spec.fields import TestSpec
 from ckptbench.spec.references import CEILING
 from ckptbench.spec.suite import SuiteConfig
-
-Target = LocalTarget | ObjectStoreTarget
 
 
 def _no_phase(run: PlannedRun, phase: str) -> None:

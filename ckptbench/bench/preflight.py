@@ -27,7 +27,7 @@ class Preflight:
     """A checked suite: what it will measure and need, and why it cannot run (None: it can)."""
 
     config: SuiteConfig
-    target: targets.LocalTarget | targets.ObjectStoreTarget
+    target: targets.Target
     planned: weights.Planned | None  # None when the caller brings its own weights
     weights: dict[str, Any]  # what results.json will say of them
     model_bytes: int

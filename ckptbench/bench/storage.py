@@ -57,7 +57,7 @@ class Layout:
 
     chunk_budget_elements: int
     chunk_strategy: str
-    concurrency_limit: int
+    concurrency_limit: int | None  # None: TensorStore's default
     compression: dict[str, Any] | None
     format: str = "zarr2"
     kvstore: str = "file"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 from urllib.parse import urlparse
 
 import tensorstore as ts
@@ -59,7 +59,7 @@ class LocalTarget:
     """Run folders under OUTPUT_DIR/runs, each marked as the harness's own."""
 
     output_dir: Path
-    kind: str = "local"
+    kind: Literal["local", "memory"] = "local"
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": str(self.output_dir / workspace.RUNS_DIR)}
@@ -94,7 +94,7 @@ class LocalTarget:
 class ObjectStoreTarget:
     """Run prefixes under s3://bucket/prefix or gs://bucket/prefix."""
 
-    kind: str  # "s3" or "gcs"
+    kind: Literal["s3", "gcs"]
     bucket: str
     prefix: str
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -175,6 +175,9 @@ class ObjectStoreTarget:
         pass
 
 
+Target = LocalTarget | ObjectStoreTarget  # where a suite writes its runs
+
+
 def footprint_of_store(location_spec: Mapping[str, Any], context: ts.Context) -> tuple[int, int, int]:
     """(bytes, bytes, objects) under a kvstore prefix, from a listing and each object's length.
 
@@ -188,7 +191,7 @@ def footprint_of_store(location_spec: Mapping[str, Any], context: ts.Context) ->
 
 
 def parse(url: str | None, output_dir: Path,
-          options: Mapping[str, Any] | None = None) -> LocalTarget | ObjectStoreTarget:
+          options: Mapping[str, Any] | None = None) -> Target:
     """The target a --storage URL names (None or a plain path: local)."""
     if not url:
         return LocalTarget(output_dir)

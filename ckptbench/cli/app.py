@@ -20,7 +20,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from ckptbench.core.errors import UserError
 
@@ -46,7 +46,7 @@ class Context:
 class Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag as a UserError (one line, exit 2) instead of usage text."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UserError(f"{message}; see --help")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import overload
 
 from ckptbench.cli.app import Context
 from ckptbench.core.errors import UserError
@@ -70,6 +71,10 @@ def parse_processes(text: str | None) -> tuple[int, ...] | None:
         raise UserError(f"--processes: {text!r} is not a list of process counts; use e.g. 4 or 1,2,4") from None
 
 
+@overload
+def parse_tp(text: str) -> int: ...
+@overload
+def parse_tp(text: None) -> None: ...
 def parse_tp(text: str | None) -> int | None:
     """--tp N: tensor-parallel readers for every test (checked against the model by the config)."""
     if text is None:

@@ -54,7 +54,7 @@ class RunSkipped(Exception):
     """Raised before a run's save when `may_start` gave a `Skip`; the runner drops the run and goes on."""
 
 
-def first_line(exc: Any) -> str:
+def first_line(exc: object) -> str:
     """An error's first non-empty line (its type's name when it has no text)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__

@@ -124,7 +124,7 @@ def confirmation_plan(test_names: Sequence[str], rounds: int, blocks: int, first
     rng = random.Random(f"ckptbench-confirm-{seed}")
     out = []
     for block in range(1, blocks + 1):
-        runs = []
+        runs: list[PlannedRun] = []
         for i in range(rounds):
             r = first_round + (block - 1) * rounds + i
             order = list(test_names)

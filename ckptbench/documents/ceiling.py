@@ -12,7 +12,7 @@ warm page cache). A row with neither has no "% of ceiling"; its own alerts say w
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ckptbench.spec.references import CEILING
 
@@ -67,7 +67,7 @@ def rounds(tests: Iterable[Mapping[str, Any]], data_bytes: int) -> dict[str, lis
         for number in sorted(own):
             ceiling_gbps, pattern = own[number]
             beaters = {name: gbps for name, gbps in rows.get(number, {}).items() if gbps > ceiling_gbps}
-            fastest = max(beaters, key=beaters.get, default=None)
+            fastest = max(beaters, key=beaters.__getitem__, default=None)
             out[rate].append({"round": number, "ceiling_gbps": ceiling_gbps, "ceiling_pattern": pattern,
                               "fastest_gbps": beaters[fastest] if fastest else ceiling_gbps,
                               "fastest": fastest or CEILING,
@@ -78,10 +78,10 @@ def rounds(tests: Iterable[Mapping[str, Any]], data_bytes: int) -> dict[str, lis
 def _fastest_pattern(run: Mapping[str, Any], rate: str) -> str | None:
     op = {"save_gbps": "save", "load_gbps": "load"}.get(rate)
     patterns = ((run.get("patterns") or {}).get(op) or {}) if op else {}
-    return min(patterns, key=patterns.get) if patterns else None
+    return min(patterns, key=patterns.__getitem__) if patterns else None
 
 
-def round_percents(test: Mapping[str, Any], by_round: Mapping[str, list[Mapping[str, Any]]], data_bytes: int
+def round_percents(test: Mapping[str, Any], by_round: Mapping[str, Sequence[Mapping[str, Any]]], data_bytes: int
                    ) -> dict[str, list[float]]:
     """Per rate, a test's figure in each round as a % of that round's ceiling (`rounds`), where both exist."""
     out = {}
@@ -92,7 +92,7 @@ def round_percents(test: Mapping[str, Any], by_round: Mapping[str, list[Mapping[
     return out
 
 
-def pct_of_ceiling(test: Mapping[str, Any], by_round: Mapping[str, list[Mapping[str, Any]]], data_bytes: int
+def pct_of_ceiling(test: Mapping[str, Any], by_round: Mapping[str, Sequence[Mapping[str, Any]]], data_bytes: int
                    ) -> dict[str, float | None]:
     """Per rate, the mean over rounds of a test's % of each round's ceiling (None without a round to judge)."""
     return {rate: (sum(values) / len(values) if values else None)
@@ -113,7 +113,7 @@ def pooled_pct_of_ceiling(documents: Iterable[Mapping[str, Any]], name: str) -> 
     return {rate: (sum(values) / len(values) if values else None) for rate, values in pooled.items()}
 
 
-def beaters(by_round: Mapping[str, list[Mapping[str, Any]]], rate: str) -> dict[str, list[int]]:
+def beaters(by_round: Mapping[str, Sequence[Mapping[str, Any]]], rate: str) -> dict[str, list[int]]:
     """Every row that beat the ceiling's own patterns in a round, with those rounds, in the order first met."""
     out: dict[str, list[int]] = {}
     for entry in by_round.get(rate, []):

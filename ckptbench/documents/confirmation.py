@@ -23,11 +23,12 @@ from typing import Any, Mapping, Sequence
 
 from ckptbench.analysis import change as analysis
 from ckptbench.documents.findings import metric_runs
+from ckptbench.spec.suite import SuiteConfig
 
 ROLES = ("peer", "ceiling")  # the answer's comparisons measured again; the baseline's stays the rounds'
 
 
-def raw(config: Any, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+def raw(config: SuiteConfig, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The raw `confirmation` section of a suite's document (None when the suite asks for none)."""
     if not config.confirm_rounds:
         return None

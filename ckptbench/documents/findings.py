@@ -245,8 +245,8 @@ def noise(document: Mapping[str, Any]) -> dict[str, Any]:
         peer = (entry.get("against") or {}).get("peer")
         if peer:
             rows.setdefault(peer["test"], entry["metric"])
-    needed = [stats.runs_needed(metric_runs(by_name[name], metric)) for name, metric in rows.items()]
-    needed = [n for n in needed if n is not None]
+    estimates = [stats.runs_needed(metric_runs(by_name[name], metric)) for name, metric in rows.items()]
+    needed = [n for n in estimates if n is not None]
     return {"cv_limit_pct": 100 * NOISY_CV, "noisy": noisy, "n_metrics": metrics, "outliers": outliers,
             "answer_rows": list(rows), "precision_pct": 5.0, "runs_for_precision": max(needed) if needed else None,
             "runs": document["protocol"]["num_runs"]}

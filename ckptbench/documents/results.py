@@ -73,13 +73,14 @@ from ckptbench.analysis import busy, stats
 from ckptbench.analysis import change as analysis
 from ckptbench.analysis.samples import METRICS, THROUGHPUT, samples
 from ckptbench.core import records
+from ckptbench.core.records import RunRecord
 from ckptbench.documents import ceiling as ceiling_rounds
 from ckptbench.documents import confirmation, findings
 from ckptbench.documents import store as documents
 from ckptbench.documents.findings import NOT_DURABLE, metric_runs
-from ckptbench.documents.store import Document
+from ckptbench.documents.store import Document, Upgrade
 from ckptbench.spec.references import CEILING, REFERENCES
-from ckptbench.spec.suite import MEMORY_BOUND_FIXED_BYTES, MEMORY_BOUND_MULTIPLIER
+from ckptbench.spec.suite import MEMORY_BOUND_FIXED_BYTES, MEMORY_BOUND_MULTIPLIER, SuiteConfig
 
 SCHEMA_VERSION = 5
 RESULTS_FILE = "results.json"
@@ -94,7 +95,7 @@ CI_PROTOCOL = ("ci95: the mean's 95% interval (the only one); every value positi
 
 # --- building -----------------------------------------------------------------
 
-def _blocks(config: Any, seed: int) -> list[dict[str, Any]]:
+def _blocks(config: SuiteConfig, seed: int) -> list[dict[str, Any]]:
     """Blocks of tests run back to back, and how many interleaved rounds ran before each (records.Plan)."""
     blocks = getattr(config, "blocks", ())
     if config.order != "interleaved" or not blocks:
@@ -103,8 +104,8 @@ def _blocks(config: Any, seed: int) -> list[dict[str, Any]]:
     return [{"tests": list(block), "after_rounds": slot} for block, slot in zip(blocks, slots)]
 
 
-def build(config: Any, weights_info: Mapping[str, Any], records: Iterable[Any], environment: Mapping[str, Any],
-          seed: int, complete: bool, storage: Mapping[str, Any] | None = None,
+def build(config: SuiteConfig, weights_info: Mapping[str, Any], records: Iterable[RunRecord],
+          environment: Mapping[str, Any], seed: int, complete: bool, storage: Mapping[str, Any] | None = None,
           scale: Mapping[str, Any] | None = None, tool: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The whole results document of a suite (finished or not): its raw part, then `derive`."""
     by_test: dict[str, list[dict[str, Any]]] = {t.name: [] for t in config.tests}
@@ -138,7 +139,7 @@ def _compression_label(codec: Mapping[str, Any] | None) -> str:
     return label(codec)
 
 
-def _protocol(config: Any, seed: int) -> dict[str, Any]:
+def _protocol(config: SuiteConfig, seed: int) -> dict[str, Any]:
     return {
         "save": "timed from the first open until TensorStore reports every write durable "
                 "(file kvstore with file_io_sync on: each file fsync'd), manifest fsync'd",
@@ -484,7 +485,7 @@ _SHARED = {"schema_version": "integer", "tool": "object", "complete": "boolean",
            "config": "object", "weights": "object", "protocol": "object", "baseline": "string", "tests": "array"}
 
 
-def _checked_first(version: int, upgrade: Any) -> Any:
+def _checked_first(version: int, upgrade: Upgrade) -> Upgrade:
     """An upgrade that first checks the parts every version shares (a damaged file is named, not upgraded)."""
     def checked(document: dict[str, Any]) -> dict[str, Any]:
         import jsonschema

@@ -101,6 +101,9 @@ def _a(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
+Upgrade = Callable[[dict[str, Any]], dict[str, Any]]  # a document of version v, as version v + 1
+
+
 def _not_legacy(_document: Mapping[str, Any]) -> int | None:
     return None
 
@@ -112,7 +115,7 @@ class Kind:
     name: str  # "results", "tuning", "explanation", "journal", "tune state"
     version: int
     schema: str | None  # a file in documents/schemas/ (None: the kind checks itself)
-    upgrades: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] = field(default_factory=dict)  # v -> v + 1
+    upgrades: Mapping[int, Upgrade] = field(default_factory=dict)  # v -> v + 1
     legacy_version: Callable[[Mapping[str, Any]], int | None] = _not_legacy  # files written before kinds had names
 
     def stamp(self, document: Mapping[str, Any]) -> dict[str, Any]:

@@ -68,8 +68,8 @@ def draw_claims(document: Mapping[str, Any], path: Path) -> Path | None:
     ax.axvline(0, color="black", linewidth=0.8, zorder=2)
     claims_x_scale(ax, rows)
     ax.grid(axis="x", color="#e0e0e0", zorder=0)
-    handles = [Patch(facecolor="#bcd4e6", edgecolor="#5b8db8", label="claimed range"),
-               Patch(facecolor="#e3edf5", label="widened by the noise threshold (times)")]
+    handles: list[Patch | Line2D] = [Patch(facecolor="#bcd4e6", edgecolor="#5b8db8", label="claimed range"),
+                                     Patch(facecolor="#e3edf5", label="widened by the noise threshold (times)")]
     handles += [Line2D([], [], marker="o", linestyle="", color=c, label=o) for o, c in OUTCOME_COLORS.items()]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     title = ("Claims check: claimed % change (band) vs measured change (point) with its 95% CI (bar)\n"

@@ -9,7 +9,7 @@ imported only when a figure is drawn.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 
@@ -22,8 +22,8 @@ DPI = 100
 __all__ = ["CEILING", "DPI", "ERRORBAR_NOTE", "REFERENCE_COLOR", "figure", "mean_and_err", "save", "source_line"]
 
 
-def figure(width_in: float, height_in: float, rows: int = 1, cols: int = 1, layout: str | None = "constrained"
-           ) -> tuple[Any, Any]:
+def figure(width_in: float, height_in: float, rows: int = 1, cols: int = 1,
+           layout: Literal["constrained", "tight"] | None = "constrained") -> tuple[Any, Any]:
     """A Figure and its axes, without pyplot: nothing global changes, in a script or a notebook.
     `layout=None` leaves the axes to be placed by the caller."""
     try:

@@ -22,7 +22,7 @@ def draw_all(document: Mapping[str, Any], folder: Path) -> list[Path]:
               (scaling.draw_scaling, scaling.SCALING_FILE),
               (tensor_parallel.draw_tensor_parallel, tensor_parallel.TENSOR_PARALLEL_FILE)]
     child = _fork_drawing(document, folder, others) if _can_fork() else None
-    drawn = [main.draw(document, folder / main.PLOT_FILE)]
+    drawn: list[Path | None] = [main.draw(document, folder / main.PLOT_FILE)]
     if child is not None and _child_succeeded(child):
         drawn += [folder / name for _, name in others if (folder / name).is_file()]
     else:

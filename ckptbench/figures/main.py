@@ -113,7 +113,8 @@ def _labels(names: Sequence[str]) -> list[str]:
 
 def positions(tests: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """x of each test: TensorStore tests side by side, then a gap, then the reference rows."""
-    x, out, gap_done = 0.0, [], False
+    x, gap_done = 0.0, False
+    out: list[float] = []
     for test in tests:
         if test.get("kind") == "reference" and not gap_done and out:
             x += REFERENCE_GAP
@@ -334,7 +335,7 @@ def _heatmap(fig, ax, tests) -> None:
         if not np.isfinite(value):
             ax.text(col, row, "n/a", ha="center", va="center", fontsize=8)
             continue
-        ax.text(col, row, _ratio_text(grid[row, col]), ha="center", va="center", fontsize=8,
+        ax.text(col, row, _ratio_text(float(grid[row, col])), ha="center", va="center", fontsize=8,
                 color="white" if abs(norm(value) - 0.5) > 0.35 else "black")
     bar = fig.colorbar(image, ax=ax, label="change vs baseline (%, log scale)", fraction=0.08, pad=0.03)
     steps = (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1000.0) if limit > 1.0 else (0.1, 0.5, 0.8, 1.0, 1.25, 2.0, 10.0)

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tensorstore as ts
 
 from ckptbench.bench import cache, references, storage
 from ckptbench.bench.backend import Backend
-from ckptbench.bench.targets import RunLocation
+from ckptbench.bench.targets import RunLocation, Target
+from ckptbench.core.records import RunRecord
 from ckptbench.parallel import writers
 from ckptbench.parallel.slices import row_boxes
 from ckptbench.parallel.writers import Job, WriterPool
 from ckptbench.sources.source_file import Box
+from ckptbench.spec.fields import TestSpec
 from ckptbench.spec.references import CEILING
+from ckptbench.spec.suite import SuiteConfig
 from ckptbench.spec.tensor_parallel import rank_boxes
 
 _EVICTION_STRENGTH = {"drop_caches": 2, "fadvise": 1, None: 0}
@@ -142,7 +145,7 @@ class TensorParallelReference(Backend):
         self.inner.prepare(tensors)
         self._boxes = rank_boxes({name: a.shape for name, a in tensors.items()}, self.tp)
 
-    def before_run(self, earlier: Any) -> None:
+    def before_run(self, earlier: Sequence[RunRecord]) -> None:
         self.inner.before_run(earlier)
 
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None:
@@ -179,7 +182,7 @@ class TensorParallelReference(Backend):
         return self._patterns
 
 
-def backend_of(test: Any, config: Any, target: Any, pool: WriterPool) -> Backend:
+def backend_of(test: TestSpec, config: SuiteConfig, target: Target, pool: WriterPool) -> Backend:
     """The back end of a test run by a pool's processes: a TensorStore test's writers (or tp readers), or a
     reference row's tp readers."""
     if test.is_reference:

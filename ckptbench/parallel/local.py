@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ckptbench.bench.backend import Backend
+from ckptbench.bench.targets import Target
 from ckptbench.parallel.backend import backend_of
 from ckptbench.parallel.shared import WeightSource
 from ckptbench.parallel.spawned import Pool
+from ckptbench.spec.fields import TestSpec
 from ckptbench.spec.suite import SuiteConfig
 
 
@@ -17,7 +19,7 @@ class LocalWriters:
     def __init__(self) -> None:
         self.pools: dict[tuple[int, str], Pool] = {}
 
-    def backend(self, test: Any, config: SuiteConfig, target: Any) -> Backend:
+    def backend(self, test: TestSpec, config: SuiteConfig, target: Target) -> Backend:
         source = WeightSource(config.model, config.weights, config.dtype, config.values_for(test))
         key = (test.processes, source.values)  # each pool's workers hold the weights they were started with
         if key not in self.pools:

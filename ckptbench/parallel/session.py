@@ -39,6 +39,7 @@ from ckptbench.parallel.world import START_TIMEOUT_S, Broken, World, short_error
 from ckptbench.parallel.writers import LaunchedPool, serve
 from ckptbench.sources import weights
 from ckptbench.spec import config as config_mod
+from ckptbench.spec.fields import TestSpec
 from ckptbench.spec.suite import SuiteConfig
 
 
@@ -179,7 +180,7 @@ class LaunchWriters:
         self.session = session
         self.pool = LaunchedPool(session.world, on_lost=session.lose)
 
-    def backend(self, test: Any, config: SuiteConfig, target: Any) -> Backend:
+    def backend(self, test: TestSpec, config: SuiteConfig, target: targets.Target) -> Backend:
         return backend_of(test, config, target, self.pool)
 
     def ready(self, tensors: Mapping[str, Any]) -> None:
@@ -224,7 +225,8 @@ def suite_hash(config: SuiteConfig) -> tuple[str, dict[str, Any]]:
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest(), described
 
 
-def share_weights(world: World, tensors: Mapping[str, Any] | None, problem: str | None, config: Any) -> Any:
+def share_weights(world: World, tensors: Mapping[str, Any] | None, problem: str | None,
+                  config: SuiteConfig | None) -> Any:
     """Every rank: each host's leader offers its weights to the host's other ranks through /dev/shm (one copy
     per host, as --processes does); the others map them (or make their own). Then every rank reports whether
     it is ready, and rank 0 refuses the suite, with one line, if one is not."""

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckptbench.core.records import PlannedRun, RunRecord
 from ckptbench.core.units import duration_label, human_bytes
 from ckptbench.documents.store import weights_name
+
+if TYPE_CHECKING:
+    from ckptbench.bench.suite import Start
 
 
 class _Display:
@@ -45,7 +48,7 @@ class Progress(_Display):
         self._num_runs, self._total, self._done = 0, 0, 0
         self._started = time.monotonic()
 
-    def start(self, start: Any) -> None:
+    def start(self, start: Start) -> None:
         from tqdm import tqdm
 
         self._num_runs, self._total = start.num_runs, start.total_runs

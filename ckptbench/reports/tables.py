@@ -20,9 +20,9 @@ def markdown_cell(value: object) -> str:
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], fmt: str = "text") -> str:
     """A left-aligned text table, or a GitHub markdown table."""
     if fmt == "markdown":
-        def line(cells: Sequence[object]) -> str:
+        def md_line(cells: Sequence[object]) -> str:
             return "| " + " | ".join(markdown_cell(c) for c in cells) + " |"
-        return "\n".join([line(headers), "|" + "|".join("---" for _ in headers) + "|", *(line(r) for r in rows)])
+        return "\n".join([md_line(headers), "|" + "|".join("---" for _ in headers) + "|", *(md_line(r) for r in rows)])
     widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
     def line(cells: Sequence[str]) -> str:
         return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()

@@ -44,7 +44,7 @@ Box = tuple[tuple[int, int], ...]
 def digest(array: np.ndarray) -> str:
     """xxh3-128 of an array's bytes in C order, as hex."""
     data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-    return xxhash.xxh3_128_hexdigest(memoryview(data))
+    return xxhash.xxh3_128_hexdigest(data.data)
 
 
 @dataclass(frozen=True)
@@ -65,14 +65,14 @@ class SourceTensors(dict):
     def __init__(self, tensors: Mapping[str, np.ndarray], digests: Mapping[str, str] | None = None,
                  mapping: mmap.mmap | None = None, folder: Path | None = None) -> None:
         super().__init__(tensors)
-        self._digests = dict(digests or {})
+        self._digests: dict[tuple[str, Box], str] = {(name, ()): value for name, value in (digests or {}).items()}
         self._mapping = mapping
         self.folder = folder  # the source file's folder (other processes map it), None for arrays in memory
 
     def digest_of(self, name: str, box: Box = ()) -> str:
         """The digest of a tensor, or of the part `box` selects (computed once, then kept: a writer verifies
         the same slices in every run)."""
-        key = name if not box else (name, box)
+        key = (name, box)
         if key not in self._digests:
             self._digests[key] = digest(select(self[name], box))
         return self._digests[key]
@@ -137,7 +137,7 @@ class SourceFile:
             offset = 0
             for name, array in tensors:
                 array = np.ascontiguousarray(array)
-                data = memoryview(array.reshape(-1).view(np.uint8))
+                data = array.reshape(-1).view(np.uint8).data
                 os.lseek(fd, offset, os.SEEK_SET)
                 for start in range(0, len(data), _WRITE_BLOCK_BYTES):
                     _write_all(fd, data[start:start + _WRITE_BLOCK_BYTES])

@@ -220,8 +220,10 @@ def preset_params(model: str) -> int:
 def resolve(weights_source: str | None) -> tuple[Path | None, dict[str, Any]]:
     """(local folder, what to record about it) for --weights: a folder, or a Hugging Face id resolved
     through the local cache (downloaded when there is a network)."""
-    if weights_source is None:
-        return None, {}
+    return (None, {}) if weights_source is None else _resolve(weights_source)
+
+
+def _resolve(weights_source: str) -> tuple[Path, dict[str, Any]]:
     local = Path(weights_source)
     if not local.exists() and looks_like_hub_id(weights_source):
         checkpoint = hub.resolve(weights_source)
@@ -233,7 +235,7 @@ def _tensors_and_origin(model: str, weights_source: str | Path | None, dtype: st
                        values: str) -> tuple[Iterator[tuple[str, np.ndarray]], dict[str, Any]]:
     if weights_source is None:
         return preset_tensors(model, dtype, values), _preset_origin(model, values)
-    folder, origin = resolve(str(weights_source))
+    folder, origin = _resolve(str(weights_source))
     folder = _checkpoint_folder(folder)
     return directory_tensors(folder, dtype), {**_directory_origin(folder), **origin}
 
@@ -303,7 +305,7 @@ def plan(model: str, weights_source: str | Path | None, dtype: str, values: str 
         _check_preset(model, values)
         return Planned(model, None, dtype, values, _preset_origin(model, values), tuple(preset_shapes(model)))
     if origin is None:
-        weights_source, origin = resolve(str(weights_source))
+        weights_source, origin = _resolve(str(weights_source))
     folder = _checkpoint_folder(Path(weights_source))
     return Planned(model, folder, dtype, "checkpoint", {**_directory_origin(folder), **origin},
                    tuple(_checkpoint_shapes(folder)))

@@ -13,7 +13,7 @@ omission on purpose.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from ckptbench.core.errors import UserError
 
@@ -91,7 +91,7 @@ def _reject_unknown(where: str, cid: str, options: dict, allowed: set[str]) -> N
         raise UserError(f"{where}: {cid} has no option {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
 
 
-def label(compression: dict[str, Any] | None) -> str:
+def label(compression: Mapping[str, Any] | None) -> str:
     """Short human label, e.g. 'none', 'gzip-1', 'blosc-lz4-5'."""
     if compression is None:
         return "none"

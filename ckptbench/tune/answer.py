@@ -8,7 +8,8 @@ layout and reads them back with `read_back`, so the printed JSON is known to wor
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from ckptbench.spec.references import REFERENCES, kind_of
 from ckptbench.tune.budget import mean
 from ckptbench.tune.policy import FIGURES, Samples, compare_metric, separation
 from ckptbench.tune.space import T5X
+
+if TYPE_CHECKING:  # bench imports TensorStore: only when a test is pasted
+    from ckptbench.bench.targets import RunLocation
 
 _AS_RATE = {"save_s": "save_gbps", "load_s": "load_gbps", "total_s": "total_gbps"}
 
@@ -124,7 +128,7 @@ def describe_layout(test: TestSpec) -> str:
     return text
 
 
-def paste_ready(test: TestSpec, dtype: str, example: str, shape: Sequence[int], checkpoint: Any,
+def paste_ready(test: TestSpec, dtype: str, example: str, shape: Sequence[int], checkpoint: Path | RunLocation,
                 context_extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What to paste: the TensorStore spec of one array (example) of a checkpoint at `checkpoint` (a folder
     or a targets.RunLocation) in the test's layout (open it with create=True to write, open=True to read;

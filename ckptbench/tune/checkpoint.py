@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ckptbench.spec.fields import TestSpec
 from ckptbench.tune.answer import paste_ready, read_back
@@ -18,7 +18,7 @@ CHECKPOINT = "tuned_checkpoint"  # the run label of the weights written in the w
 PLACEHOLDER = "CHECKPOINT_DIR/"  # where the checkpoint's folder goes in a spec whose checkpoint was not kept
 
 
-def write_tuned(test: TestSpec, settings: Settings, tensors: dict[str, Any], output_dir: Path,
+def write_tuned(test: TestSpec, settings: Settings, tensors: Mapping[str, Any], output_dir: Path,
                 max_inflight_bytes: int) -> dict[str, Any]:
     """Write `tensors` in the test's layout and read them back with the paste alone; the paste, with whether
     that worked. A failure is recorded in the paste, not raised: the measurements stand on their own. Kept

@@ -105,7 +105,7 @@ def build(state: TuneState, documents: Mapping[str, Mapping[str, Any]], universe
     runner_up = ((recommendation or {}).get("runner_up") or {}).get("test")
     ran = {t["name"] for document in documents.values() for t in document["tests"] if t["runs"]}
     measured = [n for n in samples if n in ran and kind_of(n) is None and n in universe.tests]
-    candidates = {}
+    candidates: dict[str, dict[str, Any]] = {}
     for name in measured:
         candidates[name] = {
             "settings": entry(universe.tests[name]), "layout": describe_layout(universe.tests[name]),

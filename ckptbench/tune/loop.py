@@ -27,6 +27,7 @@ from ckptbench.core.errors import Skip, Stopped
 from ckptbench.core.records import PlannedRun, RunRecord
 from ckptbench.documents import journal
 from ckptbench.documents.results import Results
+from ckptbench.sources.weights import Weights
 from ckptbench.spec import config as config_mod
 from ckptbench.spec.compression import label as compression_label
 from ckptbench.spec.fields import entry
@@ -61,7 +62,7 @@ class Session:
     settings: Settings
     out: Path
     universe: Universe
-    source: Any  # sources.weights.Weights, made once and shared by every suite
+    source: Weights  # made once and shared by every suite
     state: TuneState
     documents: dict[str, dict[str, Any]]  # stage name -> its results.json
     emit: Event

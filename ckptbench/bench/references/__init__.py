@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ckptbench.bench.backend import Backend
 from ckptbench.bench.references.ceiling import DIRECT_PREFIX, DeviceCeilingBackend, pattern_name
+from ckptbench.bench.references.files import FileReference
 from ckptbench.bench.references.loaders import SafetensorsBackend, TorchSaveBackend
 from ckptbench.bench.references.peers import FastSafetensorsBackend, RunaiStreamerBackend, TorchDCPBackend
 
-BACKENDS: dict[str, Callable[..., Backend]] = {
+BACKENDS: dict[str, Callable[..., FileReference]] = {
     "safetensors": SafetensorsBackend,
     "torch_save": TorchSaveBackend,
     "runai_streamer": RunaiStreamerBackend,

@@ -104,7 +104,7 @@ class DeviceCeilingBackend(FileReference):
         if not full:
             self._later = None
             return
-        read = [r for r in full if r.patterns.get("load")]  # none under tp > 1: its readers time one share each
+        read = [r for r in full if (r.patterns or {}).get("load")]  # none under tp > 1: its readers time one share each
         writes = best_patterns(full, "save", names, LATER)
         self._later = (writes, best_patterns(read, "load", names, LATER) if read else writes)
 
@@ -165,7 +165,7 @@ class DeviceCeilingBackend(FileReference):
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
         directory = folder_of(location)
         self._note_layout(tensors)
-        pieces = [memoryview(a.reshape(-1).view(np.uint8)) for a in tensors.values()]
+        pieces = [a.reshape(-1).view(np.uint8).data for a in tensors.values()]
         self._seconds = {}
         for streams, block in self._write_patterns():
             folder = directory / _set_name(streams)
@@ -188,6 +188,7 @@ class DeviceCeilingBackend(FileReference):
 
     def _time_fio(self, folder: Path, rw: str) -> None:
         """fio's pattern over its set, timed by fio; a failure drops fio for the rest of the suite."""
+        assert self.fio is not None and self._fio_program is not None and self._seconds is not None  # uses_fio
         jobs, block, depth = self.fio
         sizes = [-(-(stop - start) // block) * block for start, stop in _ranges(self._total, jobs, block)]
         try:
@@ -207,6 +208,7 @@ class DeviceCeilingBackend(FileReference):
         directory = folder_of(location)
         if self._buffer is None:  # loading without `prepare` (a direct call): allocate now
             self.prepare({name: np.empty(shape, dtype) for name, shape, dtype, _ in self._layout})
+        assert self._buffer is not None  # prepare made it
         self._seconds, self._direct_resident = {}, None
         for index, (streams, block) in enumerate(self._read_patterns()):
             folder = directory / _set_name(streams)
@@ -248,7 +250,7 @@ class DeviceCeilingBackend(FileReference):
         for path, size in zip(files, sizes):  # the part of [start, stop) each file holds
             lo, hi = max(start, offset), min(stop, offset + size)
             if lo < hi:
-                _read_range(path, memoryview(buffer)[lo - start:hi - start], lo - offset, 16 * _MIB)
+                _read_range(path, buffer.data[lo - start:hi - start], lo - offset, 16 * _MIB)
             offset += size
         return {"share": buffer}
 
@@ -261,7 +263,7 @@ def best_patterns(records: Sequence[RunRecord], op: str, names: set[str], count:
     """The `count` grid patterns (of `names`) of an operation with the lowest mean seconds over the records."""
     seconds: dict[str, list[float]] = {}
     for record in records:
-        for name, value in record.patterns[op].items():
+        for name, value in (record.patterns or {})[op].items():
             if name in names:
                 seconds.setdefault(name, []).append(value)
     return sorted(seconds, key=lambda n: sum(seconds[n]) / len(seconds[n]))[:count]
@@ -362,7 +364,7 @@ def _write_set(folder: Path, pieces: list[memoryview], ranges: list[tuple[int, i
 
 def _read_file(path: Path, buffer: np.ndarray, start: int, stop: int, block: int, direct: bool) -> None:
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
-    view = memoryview(buffer)
+    view = buffer.data
     try:
         position = start
         while position < stop:

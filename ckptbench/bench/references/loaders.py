@@ -22,7 +22,7 @@ from ckptbench.sources.source_file import Box
 
 class SafetensorsBackend(FileReference):
     filename = "model.safetensors"
-    libraries = ("safetensors.torch",)
+    libraries: tuple[str, ...] = ("safetensors.torch",)
 
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
         directory = folder_of(location)

@@ -29,7 +29,7 @@ import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping, cast
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from ckptbench.bench.references.loaders import SafetensorsBackend
 from ckptbench.bench.targets import RunLocation
 from ckptbench.sources.source_file import Box
 from ckptbench.spec.references import defaults
+
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 _RUNAI = defaults("runai_streamer")
 _FASTSAFETENSORS = defaults("fastsafetensors")
@@ -182,7 +185,7 @@ class TorchDCPBackend(FileReference):
         reader = dcp.FileSystemReader(folder_of(location))
         state = self.destination()
         if state is None:  # "new": what a load without a model allocates, inside the clock
-            meta = reader.read_metadata().state_dict_metadata
+            meta = cast("Mapping[str, TensorStorageMetadata]", reader.read_metadata().state_dict_metadata)
             state = {name: torch.empty(tuple(m.size), dtype=m.properties.dtype) for name, m in meta.items()}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_DCP_WARNING, category=UserWarning)
@@ -197,7 +200,8 @@ class TorchDCPBackend(FileReference):
         import torch
         import torch.distributed.checkpoint as dcp
 
-        meta = dcp.FileSystemReader(folder_of(location)).read_metadata().state_dict_metadata
+        metadata = dcp.FileSystemReader(folder_of(location)).read_metadata()
+        meta = cast("Mapping[str, TensorStorageMetadata]", metadata.state_dict_metadata)  # this row saves tensors only
         into = {name: torch.empty([b - a for a, b in box] + list(meta[name].size)[len(box):],
                                   dtype=meta[name].properties.dtype) for name, box in boxes.items()}
         with warnings.catch_warnings():
@@ -212,17 +216,19 @@ def _slice_planner(boxes: Mapping[str, Box]):
     of the saved tensor (the resharding DCP does for a DTensor's shard), not as the whole saved tensor."""
     import torch
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorStorageMetadata
     from torch.distributed.checkpoint.planner import LoadPlan
     from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
     class SlicePlanner(DefaultLoadPlanner):
         def create_local_plan(self) -> LoadPlan:
+            assert self.metadata is not None  # set_up_planner ran before any plan
             requests = []
             for name, tensor in self.state_dict.items():
                 offsets = [start for start, _ in boxes[name]] + [0] * (tensor.dim() - len(boxes[name]))
                 chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=tensor.size())
-                requests += create_read_items_for_chunk_list(name, self.metadata.state_dict_metadata[name], [chunk])
+                saved = cast(TensorStorageMetadata, self.metadata.state_dict_metadata[name])  # tensors only
+                requests += create_read_items_for_chunk_list(name, saved, [chunk])
             return LoadPlan(requests)
 
         def lookup_tensor(self, index):  # a plain tensor holding the slice: read items name it by its offsets

@@ -124,6 +124,7 @@ def _settings(args: argparse.Namespace, context: Context, output_dir: Path, budg
         weights["weights"] = defaults.weights
     if weights["model"] is not None and weights["model"] not in PRESETS:
         raise UserError(f"--model: unknown preset {weights['model']!r}; run --list-models to see the presets")
+    kinds: dict[str, Any] = {} if args.references is None else {"reference_kinds": _reference_kinds(args.references)}
     return tune.Settings(
         output_dir=output_dir,
         model=weights["model"] or defaults.model,
@@ -139,7 +140,7 @@ def _settings(args: argparse.Namespace, context: Context, output_dir: Path, budg
         noise_pct=defaults.noise_pct,
         keep_checkpoint=args.keep,
         tp=1 if args.tp is None else parse_tp(args.tp),
-        **({} if args.references is None else {"reference_kinds": _reference_kinds(args.references)}),
+        **kinds,
     )
 
 
