@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from ckptbench.analysis import change as analysis
 from ckptbench.analysis import versus as compare
 from ckptbench.cli import app as cli
 from ckptbench.core.errors import UserError
-from ckptbench.documents import results
+from ckptbench.documents import results, store
 
 V1_FIXTURE = REPO / "tests" / "fixtures" / "results_v1.json"
 HEAVY = ("tensorstore", "torch", "transformers")
@@ -106,6 +107,14 @@ def _v2_document(tmp_path: Path) -> dict:
     (lambda d: {**d, "tests": [{**d["tests"][0], "runs": [{**d["tests"][0]["runs"][0], "save_s": "fast"}]}]},
      "save_s"),
     (lambda d: {**d, "best": {"load": {"test": 3}}}, "best"),
+    # typed by RunRecord's annotations (process_load_s: list[float] | None), and by the file's refinements
+    (lambda d: {**d, "tests": [{**d["tests"][0], "runs": [{**d["tests"][0]["runs"][0], "process_load_s": ["x"]}]}]},
+     "process_load_s"),
+    (lambda d: {**d, "tests": [{**d["tests"][0], "runs": [{**d["tests"][0]["runs"][0], "load_cache": "lukewarm"}]}]},
+     "load_cache"),
+    (lambda d: {**d, "tests": [{**d["tests"][0], "runs": [{**d["tests"][0]["runs"][0],
+                                                           "other_processes": {"save": {"seconds": 1.0}}}]}]},
+     "other_processes"),
 ])
 def test_read_refuses_a_broken_document_in_one_line(tmp_path, damage, needle):
     document = damage(_v2_document(tmp_path))
@@ -115,6 +124,23 @@ def test_read_refuses_a_broken_document_in_one_line(tmp_path, damage, needle):
         results.read(path)
     message = str(caught.value)
     assert "\n" not in message and needle in message and str(path) in message
+
+
+@dataclass
+class _Record:
+    n: int
+    ok: bool
+    name: str | None
+    seconds: list[float] | None
+    by_op: dict[str, dict[str, float]] | None = None
+
+
+def test_a_schema_part_is_its_dataclass_fields_typed_by_their_annotations():
+    assert store.field_schemas(_Record) == {
+        "n": {"type": "integer"}, "ok": {"type": "boolean"}, "name": {"type": ["string", "null"]},
+        "seconds": {"type": ["array", "null"], "items": {"type": "number"}},
+        "by_op": {"type": ["object", "null"], "additionalProperties": {"type": "object",
+                                                                        "additionalProperties": {"type": "number"}}}}
 
 
 def test_a_damaged_version_1_file_is_refused_in_one_line(tmp_path):

@@ -88,13 +88,12 @@ def test_values_do_not_apply_to_a_checkpoint(run_cli, tmp_path, checkpoint):
 
 
 def test_a_hugging_face_id_runs_from_the_cache_and_is_recorded(tmp_path, monkeypatch, hf_model):
-    from test_hub import COMMIT, add_snapshot, safetensors_bytes
+    from test_hub import COMMIT, add_snapshot, hub_settings, safetensors_bytes
 
     import ckptbench
 
     cache = tmp_path / "hf"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_settings(monkeypatch, cache=cache, offline=True)
     state = {k: v.detach().contiguous() for k, v in hf_model.state_dict().items()}
     add_snapshot(cache, {"model.safetensors": safetensors_bytes(state, tmp_path / "scratch.safetensors"),
                          "config.json": b"{}"}, repo_id="acme/llama-mini")
@@ -107,8 +106,9 @@ def test_a_hugging_face_id_runs_from_the_cache_and_is_recorded(tmp_path, monkeyp
 
 
 def test_a_hugging_face_id_not_in_the_cache_offline_is_one_line(run_cli, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from test_hub import hub_settings
+
+    hub_settings(monkeypatch, cache=tmp_path / "empty-cache", offline=True)
     status, out, err = run_cli("--weights", "acme/absent", "--output-dir", tmp_path / "out", "--no-progress")
     assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert "acme/absent" in err and "download" in err

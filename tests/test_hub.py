@@ -1,15 +1,21 @@
 """Hub ids resolved through a real-layout Hugging Face cache built in a tmp folder; never the network.
 
-Every test runs with HF_HUB_OFFLINE=1 and HF_HUB_CACHE in tmp_path, except the ones that
-need the hub "online": those point HF_ENDPOINT at 127.0.0.1 (a closed port, or a tiny
-local server answering with the hub's error headers), so no request can leave the machine.
+huggingface_hub reads HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT and HF_HUB_ETAG_TIMEOUT once, when it is
+imported (conftest made it offline then); the tests set those settings in `huggingface_hub.constants` as the
+import would have read them (`hub_settings`), and one test sets the environment of a fresh process. Every test
+is offline with its cache in tmp_path, except the ones that need the hub "online": those point the endpoint at
+127.0.0.1 (a closed port, or a tiny local server answering with the hub's error headers), so no request can
+leave the machine.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,14 +35,29 @@ SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
+def hub_settings(monkeypatch: pytest.MonkeyPatch, cache: Path | None = None, offline: bool | None = None,
+                 endpoint: str | None = None, etag_timeout: int | None = None) -> None:
+    """Set huggingface_hub's settings as its import reads them from HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT and
+    HF_HUB_ETAG_TIMEOUT."""
+    from huggingface_hub import constants
+
+    if cache is not None:
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    if offline is not None:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    if endpoint is not None:
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    if etag_timeout is not None:
+        monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", etag_timeout)
+
+
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty Hugging Face cache in tmp_path, offline, as HF_HUB_CACHE."""
+    """An empty Hugging Face cache in tmp_path, offline, as huggingface_hub's cache folder."""
     folder = tmp_path / "hf-cache"
     folder.mkdir()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(folder))
-    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    hub_settings(monkeypatch, cache=folder, offline=True)
     return folder
 
 
@@ -135,14 +156,21 @@ def test_sharded_snapshot_reads_bit_for_bit(cache, sharded_files, hf_model):
     assert_same_bits(reference_state(hf_model), loaded.tensors)
 
 
-def test_cache_under_hf_home_read_at_call_time(tmp_path, monkeypatch, single_files):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+def test_environment_of_a_fresh_process_decides(tmp_path, single_files):
+    """As a user runs it: HF_HOME and HF_HUB_OFFLINE in the environment the process starts with."""
     add_snapshot(tmp_path / "home" / "hub", single_files)
-    assert hub.resolve(REPO_ID).path.resolve() == (tmp_path / "home" / "hub" / "models--org--name" / "snapshots"
-                                                   / COMMIT).resolve()
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")}
+    env.update(HF_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")]))
+    script = ("import sys\nfrom ckptbench.core.errors import UserError\nfrom ckptbench.sources import hub\n"
+              "try:\n    print(hub.resolve(sys.argv[1]).path)\nexcept UserError as e:\n    print(e)\n")
+    run = [subprocess.run([sys.executable, "-c", script, spec], env=env, capture_output=True, text=True, check=True)
+           for spec in (REPO_ID, "org/absent")]
+    assert Path(run[0].stdout.strip()).resolve() == (tmp_path / "home" / "hub" / "models--org--name" / "snapshots"
+                                                     / COMMIT).resolve()
+    assert run[1].stdout.startswith("--weights: org/absent is not in the Hugging Face cache (HF_HUB_CACHE="
+                                     f"{tmp_path / 'home' / 'hub'})")
+    assert "offline: HF_HUB_OFFLINE=1" in run[1].stdout
 
 
 def test_not_cached_offline_says_how_to_fetch(cache):
@@ -215,19 +243,12 @@ def test_existing_local_folder_wins(cache, tmp_path, monkeypatch, single_files):
 
 @pytest.fixture
 def online(cache, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Not offline, short timeouts, no proxy, a fresh HTTP client; the test sets HF_ENDPOINT to 127.0.0.1."""
+    """Not offline, short timeouts, no proxy, a fresh HTTP client; the test points the endpoint at 127.0.0.1."""
     import huggingface_hub
     from huggingface_hub import constants
 
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    # huggingface_hub reads these once at import (conftest made it offline then); its HTTP
-    # client refuses every request while constants.HF_HUB_OFFLINE is true.
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 2)
+    hub_settings(monkeypatch, offline=False, etag_timeout=2)  # its client refuses every request while offline
     monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 2)
-    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
-    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2")
     monkeypatch.setenv("HF_TOKEN", "hf_test_token_not_real")  # no saved token is read or sent
     for name in PROXY_VARS:
         monkeypatch.delenv(name, raising=False)
@@ -244,7 +265,7 @@ def closed_port() -> int:
 
 
 def test_unreachable_hub_fails_cleanly_and_fast(online, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    hub_settings(monkeypatch, endpoint=f"http://127.0.0.1:{closed_port()}")
     start = time.monotonic()
     message = one_line_error(REPO_ID)
     assert time.monotonic() - start < 15
@@ -254,7 +275,7 @@ def test_unreachable_hub_fails_cleanly_and_fast(online, monkeypatch):
 
 
 def test_cached_snapshot_needs_no_hub(online, monkeypatch, cache, single_files):
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    hub_settings(monkeypatch, endpoint=f"http://127.0.0.1:{closed_port()}")
     add_snapshot(cache, single_files)
     assert hub.resolve(REPO_ID).commit == COMMIT
 
@@ -320,7 +341,7 @@ def fake_hub(online, monkeypatch) -> Iterator[FakeHub]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    hub_settings(monkeypatch, endpoint=f"http://127.0.0.1:{server.server_address[1]}")
     yield fake
     server.shutdown()
     server.server_close()
@@ -348,9 +369,9 @@ def test_download_fetches_only_weights_then_works_offline(fake_hub, cache, shard
     assert_same_bits(reference_state(hf_model), weights.from_directory(checkpoint.path).tensors)
 
     fake_hub.requests.clear()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_settings(monkeypatch, offline=True)
     assert hub.resolve(REPO_ID) == checkpoint
-    monkeypatch.delenv("HF_HUB_OFFLINE")
+    hub_settings(monkeypatch, offline=False)
     assert hub.resolve(REPO_ID) == checkpoint  # complete in cache: online, still no request
     assert fake_hub.requests == []
 
@@ -371,12 +392,11 @@ def test_repo_without_weights_is_a_user_error(fake_hub, single_files):
 
 
 def test_silent_hub_times_out(online, monkeypatch):
-    """A hub that accepts the connection and never answers: snapshot_download alone would wait forever."""
+    """A hub that accepts the connection and never answers: the library's client alone would wait forever."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)  # the kernel completes the handshake; nothing ever reads or replies
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
-        monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
+        hub_settings(monkeypatch, endpoint=f"http://127.0.0.1:{silent.getsockname()[1]}", etag_timeout=1)
         start = time.monotonic()
         message = one_line_error(REPO_ID)
         assert time.monotonic() - start < 10

@@ -504,4 +504,5 @@ def _checked_first(version: int, upgrade: Upgrade) -> Upgrade:
 RESULTS = documents.Kind("results", SCHEMA_VERSION, "results.schema.json",
                          upgrades={1: _checked_first(1, _upgrade_1_to_2), 2: _checked_first(2, _upgrade_2_to_3),
                                    3: _checked_first(3, _upgrade_3_to_4), 4: _checked_first(4, _upgrade_4_to_5)},
-                         legacy_version=lambda document: document.get("schema_version"))
+                         legacy_version=lambda document: document.get("schema_version"),
+                         derived=(("run", records.RunRecord),))

@@ -7,12 +7,19 @@ every older version this tool wrote to the current one (files written before kin
 named are recognised by each kind's `legacy_version`). One way to do each step: written
 atomically and durably (a reader, or a resume after a crash, never sees half a file),
 read with one-line errors, checked against the schema with the first broken field named.
+
+A schema does not restate a dataclass the document holds (a results file's runs are `RunRecord`s): the
+kind names it (`Kind.derived`), and the properties of that part of the schema are the dataclass's fields,
+each typed by its annotation (`field_schemas`); the file keeps only what an annotation cannot say (which
+fields every version wrote, enums, an inner object's keys), which replaces the derived property.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -71,11 +78,41 @@ def read_json(path: Path | str, what: str) -> Any:
         raise UserError(f"{path}: not a readable {what} file ({first_line(exc)})") from None
 
 
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+
+
+def type_schema(annotation: Any) -> dict[str, Any]:
+    """The JSON Schema of a value of an annotated type: bool, int, float, str, list[T], dict[str, T], or one of
+    them | None."""
+    args = typing.get_args(annotation)
+    if type(None) in args:
+        (inner,) = (arg for arg in args if arg is not type(None))
+        schema = type_schema(inner)
+        return {**schema, "type": [schema["type"], "null"]}
+    origin = typing.get_origin(annotation) or annotation
+    schema = {"type": _JSON_TYPES[origin]}
+    if origin is list:
+        schema["items"] = type_schema(args[0])
+    elif origin is dict:
+        schema["additionalProperties"] = type_schema(args[1])
+    return schema
+
+
+def field_schemas(cls: type) -> dict[str, dict[str, Any]]:
+    """A dataclass's fields as JSON Schema properties, each typed by its annotation."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: type_schema(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
 @cache
-def _validator(schema_file: Path) -> Any:
+def _validator(schema_file: Path, derived: tuple[tuple[str, type], ...] = ()) -> Any:
     import jsonschema
 
-    return jsonschema.Draft202012Validator(json.loads(schema_file.read_text(encoding="utf-8")))
+    schema = json.loads(schema_file.read_text(encoding="utf-8"))
+    for name, cls in derived:
+        part = schema["$defs"][name]
+        part["properties"] = {**field_schemas(cls), **part.get("properties", {})}
+    return jsonschema.Draft202012Validator(schema)
 
 
 def schema_error(document: Any, schema: Path | Any) -> str | None:
@@ -117,6 +154,7 @@ class Kind:
     schema: str | None  # a file in documents/schemas/ (None: the kind checks itself)
     upgrades: Mapping[int, Upgrade] = field(default_factory=dict)  # v -> v + 1
     legacy_version: Callable[[Mapping[str, Any]], int | None] = _not_legacy  # files written before kinds had names
+    derived: tuple[tuple[str, type], ...] = ()  # (part of the schema's $defs, the dataclass its properties are)
 
     def stamp(self, document: Mapping[str, Any]) -> dict[str, Any]:
         """The document with its kind and version first."""
@@ -158,7 +196,7 @@ class Kind:
 
     def validate(self, document: Any, source: str | None = None) -> None:
         if self.schema is not None:
-            validate(document, SCHEMAS / self.schema, source or self.name, self.name)
+            validate(document, _validator(SCHEMAS / self.schema, self.derived), source or self.name, self.name)
 
     def read(self, path: Path | str) -> dict[str, Any]:
         return self.upgrade(read_json(path, self.name), str(path))
