@@ -42,6 +42,7 @@ from ckptbench.core import records
 from ckptbench.core.errors import Skip, Stopped
 from ckptbench.documents import results
 from ckptbench.sources import weights
+from ckptbench.tune.session import Hooks
 
 FIXTURE = Path(__file__).with_name("fixtures") / "same_answers.json"
 SIGNIFICANT_DIGITS = 9
@@ -140,7 +141,7 @@ def tune_answers(document: Mapping[str, Any]) -> dict[str, Any]:
 def test_tune_gives_the_same_answers(tmp_path, golden, objective, budget_s):
     clock = Clock()
     tuning = tune.run(tune.Settings(output_dir=tmp_path / f"tune-{objective}", model="tiny", budget_s=budget_s,
-                                    seed=4, objective=objective), clock=clock, execute=fake_suite(clock))
+                                    seed=4, objective=objective), Hooks(clock=clock, execute=fake_suite(clock)))
     answers, expected = tune_answers(tuning.document), golden[f"tune-{objective}"]
     for key in ("recommendation", "stopped_by", "finalists", "pareto"):
         assert answers[key] == expected[key], key
@@ -191,7 +192,7 @@ def _write(keys: list[str]) -> None:
             if key in keys:
                 clock = Clock()
                 tuning = tune.run(tune.Settings(output_dir=Path(tmp) / key, model="tiny", budget_s=budget_s, seed=4,
-                                                objective=objective), clock=clock, execute=fake_suite(clock))
+                                                objective=objective), Hooks(clock=clock, execute=fake_suite(clock)))
                 fixture[key] = tune_answers(tuning.document)
         if "explain" in keys:
             settings = explain.Settings(config=SHIPPED_CONFIG, overrides={"model": "tiny", "seed": 4},

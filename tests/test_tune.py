@@ -22,6 +22,7 @@ from ckptbench.core.errors import UserError
 from ckptbench.documents import results
 from ckptbench.sources import weights
 from ckptbench.spec import config, fields
+from ckptbench.tune.session import Hooks
 from ckptbench.tune.settings import DEFAULT_REFERENCES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -468,7 +469,7 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
         return outcome
 
     tuning = tune.run(tune.Settings(output_dir=tmp_path / "out", model="tiny", budget_s=budget_s, seed=4,
-                                    objective=objective), clock=clock, execute=fake_run)
+                                    objective=objective), Hooks(clock=clock, execute=fake_run))
     document = tuning.document
     # the budget: nothing started that would not end in time (the run estimates come from measured runs)
     assert clock.now <= budget_s * 1.1

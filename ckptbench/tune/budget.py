@@ -3,7 +3,7 @@
 Budget. Everything counts: making the weights, every suite, writing the tuned
 checkpoint and the report. Before rung 0 the run time is estimated from the model's
 size and each test's layout (bench.capacity.prior_run_s: the same priors as a suite's
-estimate; a candidate's is the median of the space's), and from it how many candidates
+estimate; a candidate's is the median of those rung 0 runs first), and from it how many candidates
 fit: the halving's runs (n + n/2 + ... until FINALISTS are left), the reference rows in
 rung 0 and in the final's first round (their full cost in rung 0: the device ceiling's
 grid runs there once; after it, its fastest patterns only), after reserving the final. Rung 0 is planned OVERPLAN times
@@ -27,7 +27,7 @@ from ckptbench.core.errors import UserError
 from ckptbench.core.units import duration_label, human_bytes
 from ckptbench.spec.fields import TestSpec
 from ckptbench.spec.references import REFERENCES, kind_of
-from ckptbench.tune.space import T5X
+from ckptbench.tune.space import DEFERRED_FACTOR, T5X
 
 FINALISTS = 2  # the halving stops at this many, and the final compares them
 PRIOR_SUITE_OVERHEAD_S = 0.5  # a suite's own work: pre-flight checks, the journal, results.json
@@ -48,9 +48,13 @@ def prior_candidate_s(tests: Iterable[TestSpec], model_bytes: int, itemsize: int
 
 
 def typical_prior_s(priors_s: Iterable[float]) -> float:
-    """The median of candidates' priors (`candidate_priors_s`): an unmeasured candidate's run."""
+    """An unmeasured candidate's run: the median prior of those rung 0 runs first (`space.rung0_order`: within
+    DEFERRED_FACTOR of the cheapest; the costlier ones run after them, and are skipped once their codec measures
+    hopeless), not of the whole space, whose slow codecs rung 0 rarely reaches."""
     priors = list(priors_s)
-    return float(np.median(priors)) if priors else capacity.PRIOR_FIXED_S
+    if not priors:
+        return capacity.PRIOR_FIXED_S
+    return float(np.median([p for p in priors if p <= DEFERRED_FACTOR * min(priors)]))
 
 
 def candidate_priors_s(tests: Mapping[str, TestSpec], model_bytes: int, itemsize: int) -> dict[str, float]:
@@ -196,6 +200,11 @@ def first_plan(budget_s: float, setup_s: float, model_bytes: int, references: Se
     return plan
 
 
+def rung0_listed(plan: Plan, n_available: int) -> int:
+    """How many candidates rung 0 lists: OVERPLAN times the plan's, at least RUNG0_MIN_LISTED."""
+    return min(n_available, max(OVERPLAN * plan.n_candidates, RUNG0_MIN_LISTED))
+
+
 def fits(elapsed_s: float, predicted_s: float, deadline_s: float) -> bool:
     """Whether something predicted to take predicted_s, started now, ends by the deadline (budget time)."""
     return elapsed_s + predicted_s <= deadline_s
@@ -223,17 +232,6 @@ def survivor_run_s(durations: Durations, metric: str) -> float:
     if metric == "size_bytes":
         return float(np.median(measured))
     return mean(measured[:len(measured) // 2])
-
-
-def rung0_fits(durations: Durations, test: str, n_measured: int, elapsed_s: float, deadline_s: float,
-               references: Sequence[str], metric: str, has_t5x: bool) -> bool:
-    """Rung 0 measures candidates while what must follow (`continuation_s`, from the durations measured so far,
-    for the n_measured candidates it will have) still fits after the next run: a wrong prior changes how many
-    it measures, not the total."""
-    rest_s = continuation_s(n_measured, survivor_run_s(durations, metric),
-                            sum(durations.of(r) for r in references), durations.overhead_s(),
-                            t5x_s=durations.of(T5X) if has_t5x else None)
-    return fits(elapsed_s, durations.of(test) + rest_s, deadline_s)
 
 
 def rungs_left(durations: Durations, n_alive: int, time_left_s: float, references: Sequence[str],

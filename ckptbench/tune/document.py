@@ -25,9 +25,8 @@ from ckptbench.documents.store import Document, Kind
 from ckptbench.spec.fields import entry
 from ckptbench.spec.references import kind_of
 from ckptbench.tune.answer import describe_layout, summaries
+from ckptbench.tune.loop import Session
 from ckptbench.tune.policy import PRIOR_DF, PRIOR_LOG_SD, gather, pareto
-from ckptbench.tune.settings import Settings
-from ckptbench.tune.space import Universe
 from ckptbench.tune.state import TuneState
 
 TUNING_FILE = "tuning.json"
@@ -95,11 +94,13 @@ def _status(name: str, state: TuneState, winner: str | None, runner_up: str | No
     return "not a finalist"
 
 
-def build(state: TuneState, documents: Mapping[str, Mapping[str, Any]], universe: Universe, settings: Settings, *,
-          complete: bool, recommendation: dict[str, Any] | None, paste: dict[str, Any] | None) -> dict[str, Any]:
-    """tuning.json from the state and every stage's results document (stage name -> results.json)."""
+def build(session: Session, recommendation: dict[str, Any] | None = None, paste: dict[str, Any] | None = None, *,
+          complete: bool = True) -> dict[str, Any]:
+    """tuning.json from the session's state and every stage's results document; an interrupted tune's
+    (`complete` False) has no recommendation."""
     from ckptbench.bench.environment import tool_info
 
+    state, documents, universe, settings = session.state, session.documents, session.universe, session.settings
     samples = gather(documents.values())
     winner = (recommendation or {}).get("test")
     runner_up = ((recommendation or {}).get("runner_up") or {}).get("test")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ckptbench.bench import workspace
+from ckptbench.core import tune_events as events
 from ckptbench.core.errors import Skip, Stopped
 from ckptbench.core.records import PlannedRun, RunRecord
 from ckptbench.documents import journal
@@ -38,7 +39,7 @@ from ckptbench.tune.settings import Settings
 from ckptbench.tune.space import T5X, Universe
 from ckptbench.tune.state import BUDGET, COMPLETE, FINAL, RUNNING, Stage, TuneState
 
-Event = Callable[[str, dict[str, Any]], None]  # on_event(kind, data): the progress display's input
+Event = Callable[[events.TuneEvent], None]  # on_event(event): the progress display's input
 Executor = Callable[..., Results]  # bench.suite.run_suite's signature
 
 
@@ -131,9 +132,8 @@ def _run_stage(session: Session, stage: Stage, execute: Executor) -> str:
     workspace.prepare_output_dir(folder)
     (folder / workspace.RUN_MARKER).touch()  # deletable by a later fresh tune in this folder
     left = _candidates_left(session.state, stage)
-    session.emit("stage", {"name": stage.name, "kind": stage.kind, "n_tests": len(suite.tests),
-                           "candidates_left": left, "time_left_s": session.time_left_s(),
-                           "planned_s": stage.planned_s, "resumed": again})
+    session.emit(events.StageStarted(stage.name, stage.kind, len(suite.tests), left, session.time_left_s(),
+                                     stage.planned_s, again))
     durations = session.state.durations
     started_s, runs_s, done = session.elapsed_s(), [0.0], [0]
 
@@ -143,12 +143,12 @@ def _run_stage(session: Session, stage: Stage, execute: Executor) -> str:
         if skip is not None:
             session.state.eliminated[planned.test] = skip
             session.save()
-            session.emit("skipped", {"stage": stage.name, "test": planned.test, "reason": skip["reason"]})
+            session.emit(events.Skipped(stage.name, planned.test, skip["reason"]))
             return Skip(skip["reason"])
         return None if policy.may_start(session.state, stage, planned.test, session.situation()) else BUDGET
 
     def on_phase(planned: PlannedRun, phase: str) -> None:
-        session.emit("phase", {"stage": stage.name, "test": planned.test, "phase": phase})
+        session.emit(events.Phase(stage.name, planned.test, phase))
 
     def on_record(record: RunRecord) -> None:
         seconds = max(0.0, time.time() - record.started_at)
@@ -158,9 +158,7 @@ def _run_stage(session: Session, stage: Stage, execute: Executor) -> str:
             durations.add(record.test, seconds)
         _note_run(session, stage.name, record)
         session.save()
-        session.emit("run", {"stage": stage.name, "record": record, "seconds": seconds, "done": done[0],
-                             "total": len(suite.tests), "candidates_left": left,
-                             "time_left_s": session.time_left_s()})
+        session.emit(events.RunEnded(stage.name, record, done[0], len(suite.tests), left, session.time_left_s()))
 
     status = COMPLETE
     try:
@@ -207,11 +205,10 @@ def _conclude(session: Session, status: str) -> TuneState:
     stage = state.stages[-1]
     if stage.name == "rung-0":
         state.corrected = _corrected(session, state)
-        session.emit("corrected", dict(state.corrected))
-    session.emit("stage_end", {"name": stage.name, "kind": stage.kind, "status": status,
-                               "decision": stage.decision, "alive": len(state.alive),
-                               "eliminated": len(stage.decision.get("eliminated", [])),
-                               "time_left_s": session.time_left_s()})
+        session.emit(events.Corrected(**{f.name: state.corrected[f.name]
+                                         for f in dataclasses.fields(events.Corrected)}))
+    session.emit(events.StageEnded(stage.name, stage.kind, status, stage.decision or {},
+                                   len((stage.decision or {}).get("eliminated", [])), session.time_left_s()))
     return state
 
 

@@ -265,16 +265,19 @@ def final_references(state: TuneState, situation: Situation) -> list[str]:
 
 def may_start(state: TuneState, stage: Stage, test: str, situation: Situation) -> bool:
     """No run starts that is not expected to end by the stage's deadline; in rung 0, none that would leave too
-    little for what must follow it (`budget.rung0_fits`)."""
+    little for what must follow it."""
     durations = state.durations
     if not fits(situation.elapsed_s, durations.of(test), stage.deadline_s):
         return False
     if stage.name != "rung-0":
         return True
+    # what must follow rung 0 (the later rungs and the final for the candidates it will have measured), from the
+    # durations measured so far, must still fit after this run: a wrong prior changes how many it measures
     n_measured = sum(1 for n in state.rung0_order if durations.runs.get(n)) + (0 if kind_of(test) is not None else 1)
-    return budget.rung0_fits(durations, test, n_measured, situation.elapsed_s,
-                             state.budget_s - finish_reserve_s(state, situation),
-                             final_references(state, situation), situation.metric, t5x_in_final(situation))
+    rest_s = budget.continuation_s(n_measured, budget.survivor_run_s(durations, situation.metric),
+                                   sum(durations.of(r) for r in final_references(state, situation)),
+                                   durations.overhead_s(), durations.of(T5X) if t5x_in_final(situation) else None)
+    return fits(situation.elapsed_s, durations.of(test) + rest_s, state.budget_s - finish_reserve_s(state, situation))
 
 
 def skip_reason(state: TuneState, stage: Stage, test: str, situation: Situation) -> dict[str, Any] | None:
