@@ -194,6 +194,24 @@ def test_durations_predict_from_what_was_measured():
     assert tune.fits(10.0, 5.0, 15.0) and not tune.fits(10.0, 5.1, 15.0)
 
 
+def test_twelve_minutes_at_open_llama_3b_are_planned_not_refused(tmp_path):
+    """tune --budget 12m at open_llama_3b in bfloat16 (6.85 GB) is planned: the estimate of a candidate's run is
+    the median prior of those rung 0 runs first (raw, zstd, blosc), not the space's median, which gzip's candidates
+    raise although rung 0 runs them last and skips them once gzip measures hopeless; rung 0 lists at least 6."""
+    settings = tune.Settings(output_dir=tmp_path / "out", model="open_llama_3b", dtype="bfloat16", values="bfloat16",
+                             budget_s=720.0)
+    info = tune.dry_run(settings)
+    assert info["plan"] is not None, info["refusal"]
+    assert info["plan"]["n_candidates"] >= tune.FINALISTS + 1 and info["n_listed"] >= 12
+    suite = tune.candidates(tune.load_space(tune.SPACE_FILE), settings)
+    priors = [tune.prior_candidate_s([t], info["weights"]["size_bytes"], 2) for t in suite.tests]
+    assert min(priors) < info["run_s"] < float(np.median(priors))
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+    # 5 minutes is refused, naming the budget that would do, before anything is made
+    with pytest.raises(UserError, match="give at least --budget"):
+        tune.run(dataclasses.replace(settings, budget_s=300.0))
+
+
 # --- the space file ---------------------------------------------------------------------------------
 
 def _settings(tmp_path: Path, **changes) -> tune.Settings:

@@ -279,12 +279,13 @@ def dry_run_text(info: Mapping[str, Any]) -> str:
              f"space: {info['n_candidates']:,} candidates ({info['n_skipped']:,} invalid combinations skipped, "
              f"{info['n_duplicates']:,} identical in effect for this model)",
              f"estimate: making the weights about {info['setup_s']:.0f} s; a candidate's run about "
-             f"{info['run_s']:.0f} s; the reference rows ({', '.join(info['references']) or 'none'}) in rung 0 "
-             "and the final"]
+             f"{info['run_s']:.0f} s (the median of those rung 0 runs first); the reference rows "
+             f"({', '.join(info['references']) or 'none'}) in rung 0 and the final"]
     if plan is not None:
         rungs = " -> ".join(str(n) for n in plan["rung_sizes"])
-        lines.append(f"plan: about {plan['n_candidates']} candidates fit (rungs {rungs}, then the final; "
-                     f"{plan['final_reserve_s']:.0f} s kept for the final)")
+        lines.append(f"plan: rung 0 lists {info['n_listed']} candidates and measures them while the rest still fits, "
+                     f"by the durations it measures; about {plan['n_candidates']} fit at the estimate (rungs {rungs}, "
+                     f"then the final; {plan['final_reserve_s']:.0f} s kept for the final)")
     lines.append(f"disk: about {human_bytes(checked['disk_need_bytes'] or 0)} at once; memory: about "
                  f"{human_bytes(checked['memory_need_bytes'])} at the peak (candidate {checked['hungriest']!r})")
     lines.append("pre-check: passes" if info["refusal"] is None else f"pre-check: refused: {info['refusal']}")
