@@ -1,16 +1,10 @@
-"""The loop of a tune: stage after stage, each a normal suite, until the policy says stop.
+"""The loop of a tune: stage after stage, each a normal suite run by the injected executor (run_suite: fsync'd
+saves, cold loads, verified, a journal for `--resume`) in its own folder, all sharing the weights made once.
 
-Every measurement is a normal suite run by an executor with `bench.suite.run_suite`'s
-signature (run_suite itself unless a test injects another: fsync'd saves, cold loads,
-bit-exact verification, a journal for `--resume`), one suite per stage, each in its own
-folder under the tune folder, all sharing the weights made once. This is the only code
-that runs suites.
-
-The budget is enforced only through run_suite's `may_start` hook: before each run it
-answers whether the run is expected to end in time (policy.may_start), and a reason
-not to start makes run_suite stop there, write the partial results and raise `Stopped`
-with cause BUDGET, which ends the stage with status "budget". Nothing is raised from the
-callbacks, so a suite always ends through its own cleanup.
+The budget is kept only through run_suite's `may_start` hook: a run not expected to end in time
+(policy.may_start) is not started, and run_suite stops there, writes the partial results and raises `Stopped`
+with cause BUDGET, which ends the stage with status "budget". Nothing is raised from the callbacks, so a suite
+always ends through its own cleanup.
 """
 
 from __future__ import annotations
@@ -44,20 +38,18 @@ Executor = Callable[..., Results]  # bench.suite.run_suite's signature
 
 
 class Stopwatch:
-    """Seconds of the budget spent: earlier sessions' (a resumed tune), and this one's since it began, by the
-    injected clock (a test's virtual clock, or time.monotonic)."""
+    """Seconds of the budget spent: earlier sessions' (a resumed tune) and this one's, by the injected clock."""
 
     def __init__(self, clock: Callable[[], float], spent_before_s: float = 0.0) -> None:
-        self.clock, self.spent_before_s, self.start_s = clock, spent_before_s, clock()
+        self.clock, self.start_s = clock, clock() - spent_before_s
 
     def __call__(self) -> float:
-        return self.spent_before_s + self.clock() - self.start_s
+        return self.clock() - self.start_s
 
 
 @dataclass
 class Session:
-    """One session of a tune once its weights are made and its state planned or read back: what the loop and
-    the finish read, and the state they replace."""
+    """One session of a tune once its weights are made and its state planned or read back."""
 
     settings: Settings
     out: Path
@@ -72,25 +64,22 @@ class Session:
         return self.state.budget_s - self.elapsed_s()
 
     def situation(self) -> policy.Situation:
-        """What a decision reads now, besides the state."""
         return policy.Situation(self.documents, self.settings.metric, self.settings.noise_pct, self.state.seed,
                                 self.elapsed_s(), self.settings.references, T5X in self.universe.tests,
                                 self.codecs, self.state.durations.model_bytes)
 
     @cached_property
-    def codecs(self) -> dict[str, str]:
-        """Each candidate's compression, in words: what predicts a candidate from those measured before it."""
+    def codecs(self) -> dict[str, str]:  # each candidate's compression: what predicts it hopeless in rung 0
         return {name: compression_label(test.compression) for name, test in self.universe.tests.items()}
 
     def save(self) -> None:
-        """The state with the time spent so far, written atomically: after every run and every decision."""
         self.state.spent_s = self.elapsed_s()
         tune_state.save(self.state, self.out)
 
 
 def run_stages(session: Session, execute: Executor) -> None:
-    """Run stages until the policy says stop. A stage stays "running" until its decision is made, and each
-    decision replaces the state in one assignment, so a stop at any point resumes consistently."""
+    """Run stages until the policy says stop. Each decision replaces the state in one assignment, so a stop at
+    any point resumes consistently."""
     while True:
         stage = session.state.stage
         if stage is not None and stage.status == RUNNING:
@@ -110,16 +99,10 @@ def _suite(session: Session, stage: Stage) -> SuiteConfig:
     members = stage.members
     entries = [entry(session.universe.tests[n]) for n in members if kind_of(n) is None]
     data = session.settings.suite_data(entries, session.out / stage.name,
-                                       references=any(kind_of(n) is not None for n in members), seed=stage.seed)
+                                       references=len(entries) < len(members), seed=stage.seed)
     suite = config_mod.from_dict(data, source=f"tune {stage.name}")
     by_name = {t.name: t for t in suite.tests}
     return dataclasses.replace(suite, tests=tuple(by_name[n] for n in members if n in by_name))
-
-
-def _candidates_left(state: TuneState, stage: Stage) -> int:
-    if stage.name == "rung-0":
-        return len([n for n in stage.members if kind_of(n) is None])
-    return len(state.finalists) if stage.kind == FINAL else len(state.alive)
 
 
 def _run_stage(session: Session, stage: Stage, execute: Executor) -> str:
@@ -131,7 +114,9 @@ def _run_stage(session: Session, stage: Stage, execute: Executor) -> str:
         stage.started_s = session.elapsed_s()
     workspace.prepare_output_dir(folder)
     (folder / workspace.RUN_MARKER).touch()  # deletable by a later fresh tune in this folder
-    left = _candidates_left(session.state, stage)
+    state = session.state
+    left = (sum(kind_of(n) is None for n in stage.members) if stage.name == "rung-0"
+            else len(state.finalists if stage.kind == FINAL else state.alive))
     session.emit(events.StageStarted(stage.name, stage.kind, len(suite.tests), left, session.time_left_s(),
                                      stage.planned_s, again))
     durations = session.state.durations
@@ -178,17 +163,13 @@ def _run_stage(session: Session, stage: Stage, execute: Executor) -> str:
 
 
 def _note_run(session: Session, stage_name: str, record: RunRecord) -> None:
-    """Add a run to the running stage's results as the decisions read them until run_suite returns its own
-    document, which replaces this one (rung 0's skips compare a candidate with the best measured before it,
-    in this stage too)."""
-    document = session.documents.get(stage_name)
-    if document is None:
-        document = {"weights": {"size_bytes": session.state.durations.model_bytes}, "tests": []}
-        session.documents[stage_name] = document
+    """Add a run to the running stage's results as the decisions read them (rung 0's skips compare a candidate
+    with the best measured before it, in this stage too) until run_suite's own document replaces them."""
+    document = session.documents.setdefault(
+        stage_name, {"weights": {"size_bytes": session.state.durations.model_bytes}, "tests": []})
     test = next((t for t in document["tests"] if t["name"] == record.test), None)
     if test is None:
-        test = {"name": record.test, "runs": []}
-        document["tests"].append(test)
+        document["tests"].append(test := {"name": record.test, "runs": []})
     test["runs"].append(record.to_json())
 
 
@@ -199,8 +180,7 @@ def _earlier_ceiling_runs(session: Session) -> list[RunRecord]:
 
 
 def _conclude(session: Session, status: str) -> TuneState:
-    """The state after the latest stage (policy.conclude), and after rung 0 what its measurements say of the
-    rest of the plan; the progress display hears both."""
+    """The state after the latest stage (policy.conclude), and after rung 0 what it says of the rest of the plan."""
     state = policy.conclude(session.state, status, session.situation())
     stage = state.stages[-1]
     if stage.name == "rung-0":
@@ -213,8 +193,8 @@ def _conclude(session: Session, status: str) -> TuneState:
 
 
 def _corrected(session: Session, state: TuneState) -> dict[str, Any]:
-    """After rung 0 (`state`: its conclusion): the estimate against what was measured, and what the rest of
-    the budget now holds."""
+    """After rung 0 (`state`: its conclusion): the estimate against what was measured, and what the time left
+    holds."""
     plan, durations, stage = state.plan, state.durations, state.stages[0]
     situation = session.situation()
     references = situation.references

@@ -242,7 +242,7 @@ def _check_resumed_weights(state: TuneState, planned: weights.Planned) -> None:
 def _load_documents(out: Path, state: TuneState) -> dict[str, dict[str, Any]]:
     """The results of every stage that wrote them (an interrupted stage's are partial)."""
     documents = {}
-    for name in state.stage_names():
+    for name in (stage.name for stage in state.stages):
         path = out / name / results.RESULTS_FILE
         if path.is_file():
             documents[name] = results.read(path).document
