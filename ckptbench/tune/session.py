@@ -1,14 +1,9 @@
 """A tune from start to finish: `run` (fresh) and `resume` (an interrupted one), both within a budget.
 
-A session makes the weights once, builds the space's candidates for them, plans the budget
-(fresh) or reads the state back (resumed), runs the stages (loop.run_stages), then finishes:
-the recommendation, the tuned checkpoint written and read back with the printed spec,
-tuning.json and, when the caller asks for it, the figure. A stop signal saves everything
-and raises `Stopped` with the partial tuning attached as `.partial`; `resume` continues it.
-
-The figure is the caller's to draw (`draw`): tune computes and the command renders, so
-report.py and plot.py are imported by the command alone. It is drawn here, before the
-time spent is recorded, because the budget reserves its time (budget.FINISH_FIXED_S).
+A session makes the weights once, plans the budget (fresh) or reads the state back (resumed), runs the stages
+(loop.run_stages), then finishes: the recommendation, the tuned checkpoint read back with the printed spec,
+tuning.json and the figure (the caller's `draw`: the command renders; drawn here, as the budget reserves its
+time). A stop saves everything and raises `Stopped` with the partial tuning as `.partial`.
 """
 
 from __future__ import annotations
@@ -223,7 +218,7 @@ def _say_estimate(session: Session, planned: weights.Planned) -> None:
 
 
 def _remove_earlier_tune(out: Path) -> None:
-    """A fresh tune in an earlier one's folder: the earlier stages go (each folder carries our marker)."""
+    """A fresh tune in an earlier one's folder: the earlier stages go (those carrying our marker)."""
     for folder in sorted(out.glob("rung-*")) + sorted(out.glob("final-*")):
         if (folder / workspace.RUN_MARKER).is_file():
             workspace.remove_owned(folder)
@@ -241,12 +236,8 @@ def _check_resumed_weights(state: TuneState, planned: weights.Planned) -> None:
 
 def _load_documents(out: Path, state: TuneState) -> dict[str, dict[str, Any]]:
     """The results of every stage that wrote them (an interrupted stage's are partial)."""
-    documents = {}
-    for name in (stage.name for stage in state.stages):
-        path = out / name / results.RESULTS_FILE
-        if path.is_file():
-            documents[name] = results.read(path).document
-    return documents
+    paths = {stage.name: out / stage.name / results.RESULTS_FILE for stage in state.stages}
+    return {name: results.read(path).document for name, path in paths.items() if path.is_file()}
 
 
 def _finish(session: Session, base: SuiteConfig, draw: Draw | None) -> Tuning:
@@ -265,9 +256,7 @@ def _finish(session: Session, base: SuiteConfig, draw: Draw | None) -> Tuning:
     paste = None
     if recommendation is not None:
         test = universe.tests[recommendation["test"]]
-        recommendation["stopped_by"] = state.stopped_by
-        recommendation["layout"] = describe_layout(test)
-        recommendation["settings"] = entry(test)
+        recommendation |= {"stopped_by": state.stopped_by, "layout": describe_layout(test), "settings": entry(test)}
         paste = write_tuned(test, settings, session.source.tensors, session.out, base.max_inflight_bytes)
     tuning = Tuning(document.build(session, recommendation, paste))
     if draw is not None:
