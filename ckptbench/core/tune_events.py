@@ -69,11 +69,14 @@ class Corrected:
     """After rung 0: its estimate against what it measured, and the rungs the time left holds."""
 
     planned: int
+    listed: int
     measured: int
     run_s_estimated: float
     run_s_measured: float | None
+    references_s_estimated: float
     references_s_measured: float
-    next_rungs: Sequence[int]
+    rung0_s: float
+    next_rungs: list[int]
     time_left_s: float
 
 

@@ -184,15 +184,15 @@ def _conclude(session: Session, status: str) -> TuneState:
     state = policy.conclude(session.state, status, session.situation())
     stage = state.stages[-1]
     if stage.name == "rung-0":
-        state.corrected = _corrected(session, state)
-        session.emit(events.Corrected(**{f.name: state.corrected[f.name]
-                                         for f in dataclasses.fields(events.Corrected)}))
+        corrected = _corrected(session, state)
+        state.corrected = dataclasses.asdict(corrected)
+        session.emit(corrected)
     session.emit(events.StageEnded(stage.name, stage.kind, status, stage.decision or {},
                                    len((stage.decision or {}).get("eliminated", [])), session.time_left_s()))
     return state
 
 
-def _corrected(session: Session, state: TuneState) -> dict[str, Any]:
+def _corrected(session: Session, state: TuneState) -> events.Corrected:
     """After rung 0 (`state`: its conclusion): the estimate against what was measured, and what the time left
     holds."""
     plan, durations, stage = state.plan, state.durations, state.stages[0]
@@ -204,14 +204,10 @@ def _corrected(session: Session, state: TuneState) -> dict[str, Any]:
     # the finish's reserve as it stood while rung 0 ran, before its survivors were known (session.state is
     # still the state before this conclusion)
     reserve_s = policy.finish_reserve_s(session.state, situation)
-    return {
-        "planned": plan.n_candidates, "listed": len(stage.members) - len(references),
-        "measured": len(measured),
-        "run_s_estimated": plan.run_s, "run_s_measured": budget.mean(run_s) if run_s else None,
-        "references_s_estimated": plan.references_s,
-        "references_s_measured": sum(durations.runs[r][0] for r in references if durations.runs.get(r)),
-        "rung0_s": (stage.ended_s or 0.0) - (stage.started_s or 0.0),
-        "next_rungs": budget.rungs_left(durations, len(state.alive), time_left_s - reserve_s,
-                                        policy.final_references(state, situation), situation.metric),
-        "time_left_s": time_left_s,
-    }
+    return events.Corrected(
+        plan.n_candidates, len(stage.members) - len(references), len(measured), plan.run_s,
+        budget.mean(run_s) if run_s else None, plan.references_s,
+        sum(durations.runs[r][0] for r in references if durations.runs.get(r)),
+        (stage.ended_s or 0.0) - (stage.started_s or 0.0),
+        budget.rungs_left(durations, len(state.alive), time_left_s - reserve_s,
+                          policy.final_references(state, situation), situation.metric), time_left_s)

@@ -52,9 +52,8 @@ def gather(documents: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, list[f
     """Every test's per-metric values over several results documents."""
     out: dict[str, dict[str, list[float]]] = {}
     for document in documents:
-        data_bytes = int(document["weights"]["size_bytes"])
         for test in document["tests"]:
-            mine = results.samples(test["runs"], data_bytes)
+            mine = results.samples(test["runs"], int(document["weights"]["size_bytes"]))
             merged = out.setdefault(test["name"], {m: [] for m in FIGURES})
             for metric in FIGURES:
                 merged[metric] += mine[metric]
@@ -87,16 +86,13 @@ def noise_model(groups: Iterable[Sequence[float]], noisy: bool = True) -> Noise:
     """The pooled log-scale spread of repeated runs (each group: one test's values); none for sizes."""
     if not noisy:
         return Noise(0.0, math.inf)
-    squares, df, measured = PRIOR_DF * PRIOR_LOG_SD ** 2, float(PRIOR_DF), 0
+    squares, measured = PRIOR_DF * PRIOR_LOG_SD ** 2, 0
     for values in groups:
         positive = [float(v) for v in values if v > 0]
-        if len(positive) < 2:
-            continue
-        spread = stats.mean_std(np.log(positive))[1]
-        squares += (len(positive) - 1) * spread ** 2
-        df += len(positive) - 1
-        measured += len(positive) - 1
-    return Noise(math.sqrt(squares / df), df, measured)
+        if len(positive) >= 2:
+            squares += (len(positive) - 1) * stats.mean_std(np.log(positive))[1] ** 2
+            measured += len(positive) - 1
+    return Noise(math.sqrt(squares / (PRIOR_DF + measured)), float(PRIOR_DF + measured), measured)
 
 
 def rank(values: Mapping[str, Sequence[float]], tiebreak: Mapping[str, Sequence[float]] | None = None) -> list[str]:
@@ -310,11 +306,10 @@ def next_stage(state: TuneState, situation: Situation) -> TuneState:
     """A new state with the next stage appended, or with why the search ends (then no stage is added)."""
     state = copy.deepcopy(state)
     stages, references, elapsed_s = state.stages, list(situation.references), situation.elapsed_s
-    if not stages:
-        stage = _new_stage(state, "rung-0", HALVING, rung0_members(state, references),
-                           state.budget_s - finish_reserve_s(state, situation))
-        stage.planned_s = state.plan.rung0_s  # it lists more than it is expected to measure
-        stages.append(stage)
+    if not stages:  # rung 0 lists more than it is expected to measure: planned as the plan's
+        stages.append(dataclasses.replace(_new_stage(state, "rung-0", HALVING, rung0_members(state, references),
+                                                     state.budget_s - finish_reserve_s(state, situation)),
+                                          planned_s=state.plan.rung0_s))
         return state
     leaders = ranked(state.alive, situation.samples, situation.metric)
     if state.phase == "halving":

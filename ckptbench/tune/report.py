@@ -11,6 +11,7 @@ from ckptbench.analysis.change import TOO_FEW, ratio_words
 from ckptbench.core.units import duration_label, human_bytes
 from ckptbench.documents.store import weights_name
 from ckptbench.spec.references import CEILING, label
+from ckptbench.tune.policy import compare_metric
 from ckptbench.tune.space import T5X
 
 OBJECTIVE_WORDS = {"save_s": "save seconds", "load_s": "cold-load seconds", "total_s": "save + load seconds",
@@ -95,12 +96,11 @@ def recommendation(document: Mapping[str, Any], details: bool = False) -> str:
         if ceiling.get(metric) is not None and metric == "total_s":
             line += f" ({ceiling[metric]:.0f}% of its save + load speed)"
         lines.append(line)
-    judged = "size_bytes" if metric == "size_bytes" else "save_s"
     peers = {(p or {}).get("test") for p in (found.get("peers") or {}).values()}
     for other, comparison in found["versus"].items():
         if other == T5X or details or (not found.get("peers") and other not in peers):
-            name = f"{T5X} (the T5X default)" if other == T5X else label(other)
-            lines.append(f"    against {name}: {ratio_words(comparison, 'it', judged)}")
+            who = f"{T5X} (the T5X default)" if other == T5X else label(other)
+            lines.append(f"    against {who}: {ratio_words(comparison, 'it', compare_metric(metric))}")
     second = found.get("runner_up")
     if second is None:
         lines.append("  runner-up: none measured")
