@@ -17,9 +17,10 @@ import pytest
 from conftest import REPO, STREAMLINED, act_on_stderr_line, assert_same_bits
 
 from ckptbench import tune
-from ckptbench.core import records
+from ckptbench.core import records, tune_events
 from ckptbench.core.errors import UserError
 from ckptbench.documents import results
+from ckptbench.reports.progress import TuneProgress
 from ckptbench.sources import weights
 from ckptbench.spec import config, fields
 from ckptbench.tune.session import Hooks
@@ -447,7 +448,8 @@ def _true_size(test: config.TestSpec) -> int:
 
 
 @pytest.mark.parametrize(("objective", "budget_s"), [("balanced", 600.0), ("size", 200.0)])
-def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path, monkeypatch, objective, budget_s):
+def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path, monkeypatch, capsys, objective,
+                                                                       budget_s):
     """The whole orchestration (sampling, rungs, the runner's guard, the final, the checkpoint) with a fake
     runner whose runs take simulated seconds on a virtual clock: the budget is kept, and the answer is the
     truly best of what rung 0 sampled."""
@@ -456,6 +458,7 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
     clock = _Clock()
     rng = np.random.default_rng(11)
     measured_by_stage: dict[str, list[str]] = {}
+    heard: list = []
 
     def fake_run(suite, *, resume=False, source=None, on_phase=None, on_record=None, may_start=None, **_):
         done = []
@@ -487,7 +490,8 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
         return outcome
 
     tuning = tune.run(tune.Settings(output_dir=tmp_path / "out", model="tiny", budget_s=budget_s, seed=4,
-                                    objective=objective), Hooks(clock=clock, execute=fake_run))
+                                    objective=objective), Hooks(on_event=heard.append, clock=clock,
+                                                                      execute=fake_run))
     document = tuning.document
     # the budget: nothing started that would not end in time (the run estimates come from measured runs)
     assert clock.now <= budget_s * 1.1
@@ -557,6 +561,26 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
         assert versus_t5x["verdict"] == expected, versus_t5x
         assert versus_t5x["ratio"] < 1.0
     assert document["paste"]["verified"] is True
+    # the progress: typed events in the order the tune went, which the display renders line by line
+    kinds = [type(event) for event in heard]
+    assert kinds[0] is tune_events.Estimate and kinds[-1] is tune_events.Finishing
+    assert kinds.count(tune_events.Corrected) == 1 and kinds.index(tune_events.Corrected) < kinds.index(
+        tune_events.StageStarted, kinds.index(tune_events.StageEnded))  # after rung 0, before the next stage
+    assert kinds.count(tune_events.StageStarted) == kinds.count(tune_events.StageEnded) == len(stages)
+    assert sum(k is tune_events.RunEnded for k in kinds) == sum(len(v) for v in measured_by_stage.values())
+    assert {e.test for e in heard if isinstance(e, tune_events.Skipped)} == set(skipped)
+    assert heard[0].n_listed == len(document["space"]["sampled"]) and heard[0].references == [
+        "safetensors", "runai_streamer", "runai_streamer_conc=64_chunk=8MB", "device_ceiling"]
+    capsys.readouterr()
+    display = TuneProgress()
+    display._lines = True  # a log's lines, as in CI (no bar)
+    for event in heard:
+        display.event(event)
+    display.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("tune: tiny") and any(line.startswith("after rung 0: measured") for line in lines)
+    assert sum(line.startswith("[rung-0 ") for line in lines) == len(measured_by_stage["rung-0"])
+    assert lines[-1].startswith("writing the tuned checkpoint")
     eliminated = [c for c in document["candidates"].values() if c["status"] == "eliminated"]
     # each eliminated for a reason: its best case loses, or it measured more than 4x slower than the best (not run
     # again, the figures its runs gave), or every run failed
