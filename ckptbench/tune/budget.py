@@ -200,11 +200,6 @@ def fits(elapsed_s: float, predicted_s: float, deadline_s: float) -> bool:
     return elapsed_s + predicted_s <= deadline_s
 
 
-def finish_reserve_s(durations: Durations, finalists: Sequence[str]) -> float:
-    """The tuned checkpoint (about one run of a finalist), tuning.json, the figure."""
-    return FINISH_FIXED_S + max([durations.of(n) for n in finalists] or [durations.typical_candidate_s()])
-
-
 def final_needs_s(durations: Durations, finalists: Sequence[str], also_first: Sequence[str]) -> float:
     """The final these finalists would need: final-1 with `also_first` (t5x_full, the peer), then the reserved
     rounds. A halving rung may start only if this still fits after it."""

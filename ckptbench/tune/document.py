@@ -83,14 +83,12 @@ def build(session: Session, recommendation: dict[str, Any] | None = None, paste:
     runner_up = ((recommendation or {}).get("runner_up") or {}).get("test")
     ran = {t["name"] for document in documents.values() for t in document["tests"] if t["runs"]}
     measured = [n for n in samples if n in ran and kind_of(n) is None and n in universe.tests]
-    candidates = {}
-    for name in measured:
-        candidates[name] = {
-            "settings": entry(universe.tests[name]), "layout": describe_layout(universe.tests[name]),
-            "status": _status(name, state, winner, runner_up), "eliminated": state.eliminated.get(name),
-            "stages": [s.name for s in state.stages if name in s.members and s.name in documents],
-            "stats": {m: stats.summarize(samples[name][m]) for m in ("save_s", "load_s", "total_s", "size_bytes")},
-        }
+    candidates = {name: {
+        "settings": entry(universe.tests[name]), "layout": describe_layout(universe.tests[name]),
+        "status": _status(name, state, winner, runner_up), "eliminated": state.eliminated.get(name),
+        "stages": [s.name for s in state.stages if name in s.members and s.name in documents],
+        "stats": {m: stats.summarize(samples[name][m]) for m in ("save_s", "load_s", "total_s", "size_bytes")},
+    } for name in measured}
     points = {n: (c["stats"]["save_s"]["mean"], c["stats"]["load_s"]["mean"]) for n, c in candidates.items()
               if c["stats"]["save_s"]["n"]}
     first = documents.get("rung-0") or next(iter(documents.values()), None)

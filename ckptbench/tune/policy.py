@@ -212,9 +212,11 @@ class Situation:
 
 
 def finish_reserve_s(state: TuneState, situation: Situation) -> float:
-    """The time kept for the finish: about one run of the slower finalist (or leader)."""
+    """The time kept for the finish: the tuned checkpoint (about one run of the slower finalist, or leader),
+    tuning.json and the figure."""
     names = state.finalists or ranked(state.alive, situation.samples, situation.metric)[:FINALISTS]
-    return budget.finish_reserve_s(state.durations, names)
+    durations = state.durations
+    return budget.FINISH_FIXED_S + max([durations.of(n) for n in names] or [durations.typical_candidate_s()])
 
 
 def rung0_members(state: TuneState, references: Sequence[str]) -> list[str]:
