@@ -41,17 +41,13 @@ Draw = Callable[[Mapping[str, Any], Path], Path | None]  # (tuning document, fol
 SOURCE_DIR = "source"  # the source weights every stage reads, removed when the tune ends
 
 
-def _ignore(_event: events.TuneEvent) -> None:
-    pass
-
-
 @dataclass(frozen=True)
 class Hooks:
     """What the caller injects: `on_event(event)` hears the progress (core.tune_events), `clock` times the
     budget, `execute` runs each stage's suite (run_suite; a test injects made-up runs), `draw(document, folder)`
     draws the figure into folder (none without it)."""
 
-    on_event: Event = _ignore
+    on_event: Event = lambda _event: None
     clock: Callable[[], float] = time.monotonic
     execute: Executor = run_suite
     draw: Draw | None = None
@@ -69,10 +65,6 @@ class _Setup:
     planned: weights.Planned
     universe: Universe
     priors_s: dict[str, float]
-
-    @property
-    def out(self) -> Path:
-        return Path(self.settings.output_dir).resolve()
 
     def first_plan(self, setup_s: float) -> budget.Plan:
         return budget.first_plan(self.settings.budget_s, setup_s, self.planned.size_bytes, self.settings.references,
@@ -192,7 +184,8 @@ def _start(settings: Settings, state: TuneState | None, hooks: Hooks) -> Tuning:
 def _plan(setup: _Setup, elapsed_s: Stopwatch) -> TuneState:
     """Estimate what fits the budget (a budget that cannot fit is refused before any weights are made), then
     write the first state (the tune's first write)."""
-    settings, out, model_bytes = setup.settings, setup.out, setup.planned.size_bytes
+    settings, model_bytes = setup.settings, setup.planned.size_bytes
+    out = Path(settings.output_dir).resolve()
     # The setup: what is spent, and making the weights, still to come (they are made once the budget is known
     # to fit, so a budget that cannot fit is refused before they are made).
     setup_s = elapsed_s() + capacity.PRIOR_SOURCE_S_PER_GB * model_bytes / 1e9
