@@ -44,6 +44,7 @@ from ckptbench.core import records
 from ckptbench.core.errors import Skip, Stopped
 from ckptbench.documents import results
 from ckptbench.sources import weights
+from ckptbench.tune.session import Hooks
 
 if "explain_script" not in sys.modules:  # docs/explain/explain.py, the script beside its study
     _spec = importlib.util.spec_from_file_location("explain_script", REPO / "docs" / "explain" / "explain.py")
@@ -148,7 +149,7 @@ def tune_answers(document: Mapping[str, Any]) -> dict[str, Any]:
 def test_tune_gives_the_same_answers(tmp_path, golden, objective, budget_s):
     clock = Clock()
     tuning = tune.run(tune.Settings(output_dir=tmp_path / f"tune-{objective}", model="tiny", budget_s=budget_s,
-                                    seed=4, objective=objective), clock=clock, execute=fake_suite(clock))
+                                    seed=4, objective=objective), Hooks(clock=clock, execute=fake_suite(clock)))
     answers, expected = tune_answers(tuning.document), golden[f"tune-{objective}"]
     for key in ("recommendation", "stopped_by", "finalists", "pareto"):
         assert answers[key] == expected[key], key
@@ -197,7 +198,7 @@ def _write(keys: list[str]) -> None:
             if key in keys:
                 clock = Clock()
                 tuning = tune.run(tune.Settings(output_dir=Path(tmp) / key, model="tiny", budget_s=budget_s, seed=4,
-                                                objective=objective), clock=clock, execute=fake_suite(clock))
+                                                objective=objective), Hooks(clock=clock, execute=fake_suite(clock)))
                 fixture[key] = tune_answers(tuning.document)
         if "explain" in keys:
             settings = explain.Settings(config=SHIPPED_CONFIG, overrides={"model": "tiny", "seed": 4},

@@ -17,11 +17,13 @@ import pytest
 from conftest import REPO, STREAMLINED, act_on_stderr_line, assert_same_bits
 
 from ckptbench import tune
-from ckptbench.core import records
+from ckptbench.core import records, tune_events
 from ckptbench.core.errors import UserError
 from ckptbench.documents import results
+from ckptbench.reports.progress import TuneProgress
 from ckptbench.sources import weights
 from ckptbench.spec import config, fields
+from ckptbench.tune.session import Hooks
 from ckptbench.tune.settings import DEFAULT_REFERENCES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -191,6 +193,24 @@ def test_durations_predict_from_what_was_measured():
     durations.overheads += [1.0, 3.0]
     assert durations.suite_s(["a", "b"]) == 3.0 + 10.0 + 2.0
     assert tune.fits(10.0, 5.0, 15.0) and not tune.fits(10.0, 5.1, 15.0)
+
+
+def test_twelve_minutes_at_open_llama_3b_are_planned_not_refused(tmp_path):
+    """tune --budget 12m at open_llama_3b in bfloat16 (6.85 GB) is planned: the estimate of a candidate's run is
+    the median prior of those rung 0 runs first (raw, zstd, blosc), not the space's median, which gzip's candidates
+    raise although rung 0 runs them last and skips them once gzip measures hopeless; rung 0 lists at least 6."""
+    settings = tune.Settings(output_dir=tmp_path / "out", model="open_llama_3b", dtype="bfloat16", values="bfloat16",
+                             budget_s=720.0)
+    info = tune.dry_run(settings)
+    assert info["plan"] is not None, info["refusal"]
+    assert info["plan"]["n_candidates"] >= tune.FINALISTS + 1 and info["n_listed"] >= 12
+    suite = tune.candidates(tune.load_space(tune.SPACE_FILE), settings)
+    priors = [tune.prior_candidate_s([t], info["weights"]["size_bytes"], 2) for t in suite.tests]
+    assert min(priors) < info["run_s"] < float(np.median(priors))
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+    # 5 minutes is refused, naming the budget that would do, before anything is made
+    with pytest.raises(UserError, match="give at least --budget"):
+        tune.run(dataclasses.replace(settings, budget_s=300.0))
 
 
 # --- the space file ---------------------------------------------------------------------------------
@@ -428,7 +448,8 @@ def _true_size(test: config.TestSpec) -> int:
 
 
 @pytest.mark.parametrize(("objective", "budget_s"), [("balanced", 600.0), ("size", 200.0)])
-def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path, monkeypatch, objective, budget_s):
+def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path, monkeypatch, capsys, objective,
+                                                                       budget_s):
     """The whole orchestration (sampling, rungs, the runner's guard, the final, the checkpoint) with a fake
     runner whose runs take simulated seconds on a virtual clock: the budget is kept, and the answer is the
     truly best of what rung 0 sampled."""
@@ -437,6 +458,7 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
     clock = _Clock()
     rng = np.random.default_rng(11)
     measured_by_stage: dict[str, list[str]] = {}
+    heard: list = []
 
     def fake_run(suite, *, resume=False, source=None, on_phase=None, on_record=None, may_start=None, **_):
         done = []
@@ -468,7 +490,8 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
         return outcome
 
     tuning = tune.run(tune.Settings(output_dir=tmp_path / "out", model="tiny", budget_s=budget_s, seed=4,
-                                    objective=objective), clock=clock, execute=fake_run)
+                                    objective=objective), Hooks(on_event=heard.append, clock=clock,
+                                                                      execute=fake_run))
     document = tuning.document
     # the budget: nothing started that would not end in time (the run estimates come from measured runs)
     assert clock.now <= budget_s * 1.1
@@ -538,6 +561,26 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
         assert versus_t5x["verdict"] == expected, versus_t5x
         assert versus_t5x["ratio"] < 1.0
     assert document["paste"]["verified"] is True
+    # the progress: typed events in the order the tune went, which the display renders line by line
+    kinds = [type(event) for event in heard]
+    assert kinds[0] is tune_events.Estimate and kinds[-1] is tune_events.Finishing
+    assert kinds.count(tune_events.Corrected) == 1 and kinds.index(tune_events.Corrected) < kinds.index(
+        tune_events.StageStarted, kinds.index(tune_events.StageEnded))  # after rung 0, before the next stage
+    assert kinds.count(tune_events.StageStarted) == kinds.count(tune_events.StageEnded) == len(stages)
+    assert sum(k is tune_events.RunEnded for k in kinds) == sum(len(v) for v in measured_by_stage.values())
+    assert {e.test for e in heard if isinstance(e, tune_events.Skipped)} == set(skipped)
+    assert heard[0].n_listed == len(document["space"]["sampled"]) and heard[0].references == [
+        "safetensors", "runai_streamer", "runai_streamer_conc=64_chunk=8MB", "device_ceiling"]
+    capsys.readouterr()
+    display = TuneProgress()
+    display._lines = True  # a log's lines, as in CI (no bar)
+    for event in heard:
+        display.event(event)
+    display.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("tune: tiny") and any(line.startswith("after rung 0: measured") for line in lines)
+    assert sum(line.startswith("[rung-0 ") for line in lines) == len(measured_by_stage["rung-0"])
+    assert lines[-1].startswith("writing the tuned checkpoint")
     eliminated = [c for c in document["candidates"].values() if c["status"] == "eliminated"]
     # each eliminated for a reason: its best case loses, or it measured more than 4x slower than the best (not run
     # again, the figures its runs gave), or every run failed

@@ -11,6 +11,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from ckptbench.core import tune_events as events
 from ckptbench.core.records import PlannedRun, RunRecord
 from ckptbench.core.units import duration_label, human_bytes
 from ckptbench.documents.store import weights_name
@@ -93,87 +94,93 @@ class TuneProgress(_Display):
     """`tune`'s progress: the budget estimate, then per stage a bar (or, in a log, a line per run) showing
     the rung, the candidates left and the time left. It receives `tune.run`'s events and measures nothing."""
 
-    def event(self, kind: str, data: dict[str, Any]) -> None:
-        getattr(self, f"_{kind}", lambda _data: None)(data)
+    def event(self, event: events.TuneEvent) -> None:
+        match event:
+            case events.Estimate():
+                self._estimate(event)
+            case events.Corrected():
+                self.message(f"after rung 0: measured {event.measured} candidates (estimated {event.planned}); a "
+                             f"run took {event.run_s_measured or 0:.1f} s on average (estimated "
+                             f"{event.run_s_estimated:.1f} s), the reference rows {event.references_s_measured:.0f} "
+                             f"s; {int(event.time_left_s)} s left for "
+                             f"{' -> '.join(map(str, event.next_rungs)) or 'no more rungs'} and the final")
+            case events.StageStarted():
+                self._stage(event)
+            case events.Phase():
+                if self._bar is not None:
+                    self._bar.set_description_str(f"{event.stage} {event.test[:40]} {event.phase}", refresh=True)
+                if self._lines and event.phase in ("save", "load"):
+                    self.message(f"  {event.stage} {event.test}: {event.phase}")
+            case events.RunEnded():
+                self._run(event)
+            case events.Skipped():
+                self.message(f"  {event.stage} {event.test}: {event.reason}")
+            case events.StageEnded():
+                self._stage_end(event)
+            case events.Finishing():
+                self.close()
+                self.message(f"writing the tuned checkpoint and reading it back with the printed spec; "
+                             f"{_left(event.time_left_s)} left")
 
-    def _estimate(self, data: dict[str, Any]) -> None:
-        plan, info = data["plan"], data["weights"]
+    def _estimate(self, event: events.Estimate) -> None:
+        plan, info = event.plan, event.weights
         rungs = " -> ".join(str(n) for n in plan["rung_sizes"])
-        references = (", the reference rows (safetensors, torch.save, device ceiling) about "
-                      f"{plan['references_s']:.0f} s per rung" if data["references"] else "")
+        references = (f", the reference rows ({', '.join(event.references)}) about {plan['references_s']:.0f} s in "
+                      "rung 0" if event.references else "")
         self.message(
-            f"tune: {weights_name(info)} ({human_bytes(data['model_bytes'])} "
-            f"{info['dtype']}, values {info.get('values')}), objective {data['objective']}, budget "
-            f"{duration_label(data['budget_s'])}, seed {data['seed']}\n"
-            f"space: {data['n_candidates']:,} candidates ({data['n_skipped']:,} invalid combinations skipped, "
-            f"{data['n_duplicates']:,} identical in effect for this model)\n"
-            f"estimate from the model's size: a run takes about {plan['run_s']:.1f} s{references}; after "
-            f"{data['setup_s']:.0f} s of setup and {plan['final_reserve_s']:.0f} s kept for the final, about "
-            f"{plan['n_candidates']} candidates fit (rungs {rungs}, then the final); rung 0 lists {data['n_listed']} "
-            "and measures them while the rest of the plan still fits, by the durations measured as it goes")
+            f"tune: {weights_name(info)} ({human_bytes(info['size_bytes'])} "
+            f"{info['dtype']}, values {info.get('values')}), objective {event.objective}, budget "
+            f"{duration_label(event.budget_s)}, seed {event.seed}\n"
+            f"space: {event.n_candidates:,} candidates ({event.n_skipped:,} invalid combinations skipped, "
+            f"{event.n_duplicates:,} identical in effect for this model)\n"
+            f"estimate from the model's size: a run takes about {plan['run_s']:.1f} s (the candidates rung 0 runs "
+            f"first){references}; after {event.setup_s:.0f} s of setup and {plan['final_reserve_s']:.0f} s kept for "
+            f"the final, about {plan['n_candidates']} candidates fit (rungs {rungs}, then the final); rung 0 lists "
+            f"{event.n_listed} and measures them while the rest of the plan still fits, by the durations measured "
+            "as it goes")
 
-    def _corrected(self, data: dict[str, Any]) -> None:
-        measured = data["run_s_measured"]
-        self.message(f"after rung 0: measured {data['measured']} candidates (estimated {data['planned']}); a run "
-                     f"took {measured or 0:.1f} s on average (estimated {data['run_s_estimated']:.1f} s), the "
-                     f"reference rows {data['references_s_measured']:.0f} s; {int(data['time_left_s'])} s left for "
-                     f"{' -> '.join(str(n) for n in data['next_rungs']) or 'no more rungs'} and the final")
-
-    def _stage(self, data: dict[str, Any]) -> None:
+    def _stage(self, event: events.StageStarted) -> None:
         from tqdm import tqdm
 
         self.close()
-        self._bar = tqdm(total=data["n_tests"], unit="run", file=sys.stderr, disable=not self._enabled or self._lines,
-                         desc=data["name"], bar_format="{l_bar}{bar:20}| {n_fmt}/{total_fmt} {postfix}")
-        self._postfix(data)
-        resumed = ", resumed" if data["resumed"] else ""
-        self.message(f"{data['name']}: {data['n_tests']} runs ({data['candidates_left']} candidates left{resumed}), "
-                     f"planned {data['planned_s']:.0f} s, {_left(data['time_left_s'])} of the budget left")
+        self._bar = tqdm(total=event.n_tests, unit="run", file=sys.stderr, disable=not self._enabled or self._lines,
+                         desc=event.name, bar_format="{l_bar}{bar:20}| {n_fmt}/{total_fmt} {postfix}")
+        self._postfix(event.candidates_left, event.time_left_s)
+        resumed = ", resumed" if event.resumed else ""
+        self.message(f"{event.name}: {event.n_tests} runs ({event.candidates_left} candidates left{resumed}), "
+                     f"planned {event.planned_s:.0f} s, {_left(event.time_left_s)} of the budget left")
 
-    def _phase(self, data: dict[str, Any]) -> None:
-        if self._bar is not None:
-            self._bar.set_description_str(f"{data['stage']} {data['test'][:40]} {data['phase']}", refresh=True)
-        if self._lines and data["phase"] in ("save", "load"):
-            self.message(f"  {data['stage']} {data['test']}: {data['phase']}")
-
-    def _run(self, data: dict[str, Any]) -> None:
-        record = data["record"]
+    def _run(self, event: events.RunEnded) -> None:
+        record = event.record
         if self._bar is not None:
             self._bar.update(1)
-            self._postfix(data)
+            self._postfix(event.candidates_left, event.time_left_s)
         if record.error:
-            self.message(f"  ! {data['stage']} {record.test}: {record.error}")
+            self.message(f"  ! {event.stage} {record.test}: {record.error}")
         elif self._lines:
-            self.message(f"[{data['stage']} {data['done']}/{data['total']}] {record.test}: save {record.save_s:.2f} s, "
-                         f"load {record.load_s:.2f} s ({record.load_cache}); {data['candidates_left']} candidates "
-                         f"left, {_left(data['time_left_s'])} left")
+            self.message(f"[{event.stage} {event.done}/{event.total}] {record.test}: save {record.save_s:.2f} s, "
+                         f"load {record.load_s:.2f} s ({record.load_cache}); {event.candidates_left} candidates "
+                         f"left, {_left(event.time_left_s)} left")
 
-    def _skipped(self, data: dict[str, Any]) -> None:
-        self.message(f"  {data['stage']} {data['test']}: {data['reason']}")
-
-    def _stage_end(self, data: dict[str, Any]) -> None:
-        decision = data["decision"] or {}
-        cut = " (stopped by the budget)" if data["status"] == "budget" else ""
-        if data["kind"] == "halving":
+    def _stage_end(self, event: events.StageEnded) -> None:
+        decision = event.decision
+        cut = " (stopped by the budget)" if event.status == "budget" else ""
+        if event.kind == "halving":
             censored, skipped = len(decision.get("censored", [])), len(decision.get("skipped", []))
             also = (f" ({censored} of them too slow to run again)" if censored else "") + (
                 f", {skipped} skipped as predicted too slow" if skipped else "")
-            self.message(f"{data['name']} done{cut}: {len(decision.get('kept', []))} kept, "
-                         f"{data['eliminated']} eliminated{also}; {_left(data['time_left_s'])} left")
+            self.message(f"{event.name} done{cut}: {len(decision.get('kept', []))} kept, "
+                         f"{event.eliminated} eliminated{also}; {_left(event.time_left_s)} left")
         else:
             p = decision.get("p_value")
             state = ("separated" if decision.get("separated") else "not yet separated") + (
                 f" (p = {p:.2g})" if p is not None else "")
-            self.message(f"{data['name']} done{cut}: leader {decision.get('winner')}, runner-up "
-                         f"{decision.get('runner_up')}: {state}; {_left(data['time_left_s'])} left")
+            self.message(f"{event.name} done{cut}: leader {decision.get('winner')}, runner-up "
+                         f"{decision.get('runner_up')}: {state}; {_left(event.time_left_s)} left")
 
-    def _finishing(self, data: dict[str, Any]) -> None:
-        self.close()
-        self.message(f"writing the tuned checkpoint and reading it back with the printed spec; "
-                     f"{_left(data['time_left_s'])} left")
+    def _postfix(self, candidates_left: int, time_left_s: float) -> None:
+        self._bar.set_postfix_str(f"{candidates_left} candidates left, {_left(time_left_s)} left")
 
-    def _postfix(self, data: dict[str, Any]) -> None:
-        self._bar.set_postfix_str(f"{data['candidates_left']} candidates left, {_left(data['time_left_s'])} left")
 
 def _left(seconds: float) -> str:
     return duration_label(max(0.0, seconds))

@@ -1,9 +1,5 @@
-"""The answer of a tune: the recommendation, and what to paste (the TensorStore spec and context of the
-winning layout and its Phase 4 test entry), and reading a checkpoint back with nothing but that.
-
-The paste is checked by use: `checkpoint.write_tuned` writes the weights in the winning
-layout and reads them back with `read_back`, so the printed JSON is known to work.
-"""
+"""The answer of a tune: the recommendation, what to paste (the TensorStore spec and context of the winning
+layout, its Phase 4 test entry), and reading a checkpoint back with nothing but that (`checkpoint.write_tuned`)."""
 
 from __future__ import annotations
 
@@ -37,10 +33,9 @@ def summaries(samples: Mapping[str, Sequence[float]]) -> dict[str, Any]:
 def recommend(samples: Samples, finalists: Sequence[str], metric: str, noise_pct: float,
               confirmation: Samples | None = None, documents: Iterable[Mapping[str, Any]] = ()
               ) -> dict[str, Any] | None:
-    """The winner among the finalists, its figures with CIs, its place against the ceiling (each round's fastest
-    figure over the stages' results `documents`: documents.ceiling), the peers and t5x_full, the fastest peer for
-    save, load and save + load (`peers`, from `confirmation`: the final rounds' samples, when they hold enough of
-    the winner's runs), and the runner-up with whether the two can be told apart (all by analysis.compare)."""
+    """The winner among the finalists, its figures, its % of the ceiling (over the stages' results `documents`),
+    against each peer and t5x_full, against the fastest peer (`fastest_peers`, from the final rounds' samples
+    `confirmation`), and the runner-up with whether the two can be told apart."""
     values = {n: samples[n][metric] for n in finalists if n in samples and samples[n][metric]}
     tiebreak = {n: samples[n]["total_s"] for n in values}
     decided = separation(values, metric, noise_pct, tiebreak)
@@ -78,13 +73,9 @@ MIN_CONFIRMATION_RUNS = 2  # the winner's runs after it was chosen that the answ
 
 def fastest_peers(samples: Samples, winner: str, noise_pct: float,
                   confirmation: Samples | None = None) -> dict[str, Any]:
-    """For save, load and save + load: the fastest peer measured (a reference row a user could pick instead of
-    TensorStore; not the device ceiling) and the winner against it (analysis.compare), or None.
-
-    The winner was chosen as the best of every candidate measured, so its runs up to then favour it. The
-    comparison stands on its runs in the final rounds (`confirmation`, made after it was a finalist) when it has
-    MIN_CONFIRMATION_RUNS of them; else on all its runs, and `basis` says it is the best of K, selected from
-    these runs."""
+    """For save, load and save + load: the fastest peer measured and the winner against it, or None. The winner's
+    runs up to its choice favour it, so the comparison stands on its runs in the final rounds (`confirmation`)
+    when it has MIN_CONFIRMATION_RUNS of them; else `basis` says it is the best of K, selected from these runs."""
     n_candidates = sum(1 for name in samples if name not in REFERENCES and samples[name].get("save_s"))
     confirmed = (confirmation or {}).get(winner) or {}
     out: dict[str, Any] = {}
@@ -130,10 +121,8 @@ def describe_layout(test: TestSpec) -> str:
 
 def paste_ready(test: TestSpec, dtype: str, example: str, shape: Sequence[int], checkpoint: Path | RunLocation,
                 context_extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What to paste: the TensorStore spec of one array (example) of a checkpoint at `checkpoint` (a folder
-    or a targets.RunLocation) in the test's layout (open it with create=True to write, open=True to read;
-    any other array: its own name in the kvstore path), the context JSON (with a remote target's
-    resources), and a test entry for phase4_config.json."""
+    """What to paste: the TensorStore spec of one array (example) of a checkpoint at `checkpoint` (a folder or a
+    targets.RunLocation) in the test's layout, the context JSON, and a test entry for phase4_config.json."""
     from ckptbench.bench.storage import Layout
 
     layout = Layout.of(test, dtype)
@@ -146,8 +135,7 @@ def paste_ready(test: TestSpec, dtype: str, example: str, shape: Sequence[int], 
 
 
 def array_spec_for(paste: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """The pasted spec for another array of the same checkpoint: its name in the kvstore path, no metadata
-    (each array's shape and chunks are read from its own metadata)."""
+    """The pasted spec for another array of the checkpoint: its name in the kvstore path, no metadata."""
     spec = json.loads(json.dumps({k: v for k, v in paste["spec"].items() if k != "metadata"}))
     kvstore = spec["kvstore"]
     example = paste["example_array"]

@@ -1,15 +1,11 @@
 """The budget of a tune, as arithmetic on seconds: no clock, no I/O (callers pass the time spent).
 
-Budget. Everything counts: making the weights, every suite, writing the tuned
-checkpoint and the report. Before rung 0 the run time is estimated from the model's
-size and each test's layout (bench.capacity.prior_run_s: the same priors as a suite's
-estimate; a candidate's is the median of the space's), and from it how many candidates
-fit: the halving's runs (n + n/2 + ... until FINALISTS are left), the reference rows in
-rung 0 and in the final's first round (their full cost in rung 0: the device ceiling's
-grid runs there once; after it, its fastest patterns only), after reserving the final. Rung 0 is planned OVERPLAN times
-larger and stopped when its share of the budget is spent, so a wrong prior changes
-how many candidates rung 0 measures, not the total time. Later stages are planned from
-each test's measured durations; no run starts that is not expected to end in time.
+Everything counts: making the weights, every suite, the tuned checkpoint and the report. Before rung 0 a run
+is estimated from the model's size and the layout (bench.capacity.prior_run_s; a candidate's: the median of
+those rung 0 runs first), and from it how many candidates fit: the halving's runs (n + n/2 + ... until
+FINALISTS are left), the reference rows in rung 0 (the device ceiling's grid runs there once) and the final's
+first round, after reserving the final. Rung 0 lists OVERPLAN times more and stops when the rest no longer
+fits by the durations measured, so a wrong prior changes how many candidates it measures, not the total.
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ from ckptbench.core.errors import UserError
 from ckptbench.core.units import duration_label, human_bytes
 from ckptbench.spec.fields import TestSpec
 from ckptbench.spec.references import REFERENCES, kind_of
-from ckptbench.tune.space import T5X
+from ckptbench.tune.space import DEFERRED_FACTOR, T5X
 
 FINALISTS = 2  # the halving stops at this many, and the final compares them
 PRIOR_SUITE_OVERHEAD_S = 0.5  # a suite's own work: pre-flight checks, the journal, results.json
@@ -43,18 +39,20 @@ def mean(values: Sequence[float]) -> float:
 
 
 def prior_candidate_s(tests: Iterable[TestSpec], model_bytes: int, itemsize: int) -> float:
-    """An unmeasured candidate's run: the median of the space's candidates' priors (bench.capacity)."""
     return typical_prior_s([capacity.prior_run_s(t, model_bytes, itemsize) for t in tests])
 
 
 def typical_prior_s(priors_s: Iterable[float]) -> float:
-    """The median of candidates' priors (`candidate_priors_s`): an unmeasured candidate's run."""
+    """An unmeasured candidate's run: the median prior of those rung 0 runs first (`space.rung0_order`: within
+    DEFERRED_FACTOR of the cheapest; the costlier ones run after them, and are skipped once their codec measures
+    hopeless), not of the whole space, whose slow codecs rung 0 rarely reaches."""
     priors = list(priors_s)
-    return float(np.median(priors)) if priors else capacity.PRIOR_FIXED_S
+    if not priors:
+        return capacity.PRIOR_FIXED_S
+    return float(np.median([p for p in priors if p <= DEFERRED_FACTOR * min(priors)]))
 
 
 def candidate_priors_s(tests: Mapping[str, TestSpec], model_bytes: int, itemsize: int) -> dict[str, float]:
-    """Each candidate's run before it is measured (bench.capacity's priors), by name."""
     return {name: capacity.prior_run_s(test, model_bytes, itemsize) for name, test in tests.items()}
 
 
@@ -81,8 +79,8 @@ class Durations:
         return float(np.median(measured)) if len(measured) >= 3 else self.prior_s
 
     def of(self, test: str) -> float:
-        """A run's predicted seconds. A reference row measured once has run as a first run: its later runs are
-        predicted from that by the ratio of its priors (the device ceiling's full grid runs once)."""
+        """A run's predicted seconds; a reference row measured once ran as a first run (the ceiling's whole grid):
+        its later runs are scaled by the ratio of its priors."""
         measured = self.runs.get(test)
         if measured and kind_of(test) is not None:
             kind = REFERENCES[kind_of(test)]
@@ -93,7 +91,7 @@ class Durations:
             return prior_reference_s(test, self.model_bytes)  # its first run
         return self.typical_candidate_s()
 
-    def overhead_s(self) -> float:
+    def overhead_s(self) -> float:  # a suite's own work besides its runs
         return mean(self.overheads) if self.overheads else PRIOR_SUITE_OVERHEAD_S
 
     def suite_s(self, tests: Iterable[str]) -> float:
@@ -109,7 +107,7 @@ class Durations:
 
 
 def halving_sizes(n: int) -> list[int]:
-    """Rung sizes of successive halving from n candidates until FINALISTS are left: 14 -> [14, 7, 4]."""
+    """Rung sizes from n candidates until FINALISTS are left: 14 -> [14, 7, 4]."""
     sizes = []
     while n > FINALISTS:
         sizes.append(n)
@@ -118,17 +116,15 @@ def halving_sizes(n: int) -> list[int]:
 
 
 def final_s(run_s: float, references_s: float, overhead_s: float, t5x_s: float | None = None) -> float:
-    """The final the budget keeps room for: final-1 (the finalists, t5x_full and the peer they are compared
-    with), then FINAL_ROUNDS_RESERVED rounds of the finalists, one of them with the peer's third run (what its
-    interval needs: rung 0 and final-1 gave it two)."""
+    """The final the budget keeps room for: final-1 (the finalists, t5x_full, the peer), then
+    FINAL_ROUNDS_RESERVED rounds of the finalists, one with the peer's third run (what its interval needs)."""
     first = FINALISTS * run_s + (run_s if t5x_s is None else t5x_s) + references_s + overhead_s
     return first + FINAL_ROUNDS_RESERVED * (FINALISTS * run_s + overhead_s) + references_s
 
 
 def continuation_s(n: int, run_s: float, references_s: float, overhead_s: float, t5x_s: float | None = None) -> float:
-    """What follows a rung 0 of n candidates: the later halving rungs (candidates only) and the final (its
-    first round with the reference rows, `references_s`), where a survivor's run takes run_s. Rung 0 goes on
-    while this still fits after its next run."""
+    """What follows a rung 0 of n candidates: the later halving rungs and the final (its first round with the
+    reference rows, `references_s`), a survivor's run taking run_s."""
     later = halving_sizes(n)[1:]  # [n] alone when n <= FINALISTS: no later rung
     return (sum(size * run_s + overhead_s for size in later)
             + final_s(run_s, references_s, overhead_s, t5x_s))
@@ -152,13 +148,13 @@ class Plan:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Plan:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return cls(**data)
 
 
 def plan_budget(time_left_s: float, run_s: float, references_s: float, overhead_s: float, n_available: int,
                 later_references_s: float | None = None) -> Plan:
-    """The largest rung 0 that, with what must follow it (`continuation_s`), fits the time left. The reference
-    rows cost `references_s` in rung 0 and `later_references_s` (default the same) in the final."""
+    """The largest rung 0 that, with what must follow it, fits the time left. The reference rows cost
+    `references_s` in rung 0 and `later_references_s` (default the same) in the final."""
     later = references_s if later_references_s is None else later_references_s
 
     def total(n: int) -> float:
@@ -176,10 +172,8 @@ def plan_budget(time_left_s: float, run_s: float, references_s: float, overhead_
 
 def first_plan(budget_s: float, setup_s: float, model_bytes: int, references: Sequence[str], n_available: int,
                run_s: float) -> Plan:
-    """The plan from the priors (`run_s`: an unmeasured candidate's run), after the setup spent or still to
-    come (making the weights), the finish and one run of slack; a budget in which not even FINALISTS + 1
-    candidates fit is refused with the budget that would do (rounded up to 30 s), before anything is made
-    or written."""
+    """The plan from the priors, after the setup (making the weights), the finish and one run of slack; a budget
+    in which not even FINALISTS + 1 candidates fit is refused with the budget that would do."""
     references_s = sum(prior_reference_s(r, model_bytes) for r in references)
     # the final measures one peer again (rung 0's fastest, not known yet: the slowest to plan for)
     later_s = max([prior_reference_s(r, model_bytes, first=False) for r in references
@@ -196,27 +190,26 @@ def first_plan(budget_s: float, setup_s: float, model_bytes: int, references: Se
     return plan
 
 
+def rung0_listed(plan: Plan, n_available: int) -> int:
+    """How many candidates rung 0 lists: OVERPLAN times the plan's, at least RUNG0_MIN_LISTED."""
+    return min(n_available, max(OVERPLAN * plan.n_candidates, RUNG0_MIN_LISTED))
+
+
 def fits(elapsed_s: float, predicted_s: float, deadline_s: float) -> bool:
-    """Whether something predicted to take predicted_s, started now, ends by the deadline (budget time)."""
+    """Whether something predicted to take predicted_s, started now, ends by the deadline."""
     return elapsed_s + predicted_s <= deadline_s
 
 
-def finish_reserve_s(durations: Durations, finalists: Sequence[str]) -> float:
-    """Writing and checking the tuned checkpoint (about one run of a finalist), tuning.json, the figure."""
-    return FINISH_FIXED_S + max([durations.of(n) for n in finalists] or [durations.typical_candidate_s()])
-
-
 def final_needs_s(durations: Durations, finalists: Sequence[str], also_first: Sequence[str]) -> float:
-    """The final these finalists would need: final-1 with `also_first` (t5x_full and the reference rows), then
-    the reserved rounds of the finalists alone. A halving rung may start only if this still fits after it."""
+    """The final these finalists would need: final-1 with `also_first` (t5x_full, the peer), then the reserved
+    rounds. A halving rung may start only if this still fits after it."""
     peers = [n for n in also_first if kind_of(n) is not None]
     return (durations.suite_s(list(finalists) + list(also_first))
             + FINAL_ROUNDS_RESERVED * durations.suite_s(finalists) + sum(durations.of(p) for p in peers))
 
 
 def survivor_run_s(durations: Durations, metric: str) -> float:
-    """A run of a survivor of rung 0: for a time objective the survivors are the faster candidates, so the
-    mean of the faster half of those measured; for size, the median (small is not fast)."""
+    """A survivor's run: on a time objective the mean of the faster half measured; for size, the median."""
     measured = sorted(mean(v) for k, v in durations.runs.items() if kind_of(k) is None and k != T5X and v)
     if len(measured) < 2:
         return durations.typical_candidate_s()
@@ -225,21 +218,9 @@ def survivor_run_s(durations: Durations, metric: str) -> float:
     return mean(measured[:len(measured) // 2])
 
 
-def rung0_fits(durations: Durations, test: str, n_measured: int, elapsed_s: float, deadline_s: float,
-               references: Sequence[str], metric: str, has_t5x: bool) -> bool:
-    """Rung 0 measures candidates while what must follow (`continuation_s`, from the durations measured so far,
-    for the n_measured candidates it will have) still fits after the next run: a wrong prior changes how many
-    it measures, not the total."""
-    rest_s = continuation_s(n_measured, survivor_run_s(durations, metric),
-                            sum(durations.of(r) for r in references), durations.overhead_s(),
-                            t5x_s=durations.of(T5X) if has_t5x else None)
-    return fits(elapsed_s, durations.of(test) + rest_s, deadline_s)
-
-
 def rungs_left(durations: Durations, n_alive: int, time_left_s: float, references: Sequence[str],
                metric: str) -> list[int]:
-    """The halving rungs the time left holds at the measured durations, after the final: what rung 0's
-    measurements say of the rest of the plan."""
+    """The halving rungs the time left holds at the measured durations, after the final."""
     survivor_s, references_s = survivor_run_s(durations, metric), sum(durations.of(r) for r in references)
     left_s = time_left_s - final_s(survivor_s, references_s, durations.overhead_s(), durations.of(T5X))
     sizes = []

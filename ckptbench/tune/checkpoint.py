@@ -1,8 +1,5 @@
-"""The tuned checkpoint: the weights written in the winning layout where the runs were written, and read
-back with nothing but the paste-ready spec and context, bit for bit, so the printed JSON is known to work.
-
-It is written untimed, after the search; the budget keeps room for it (budget.finish_reserve_s).
-"""
+"""The tuned checkpoint: the weights written in the winning layout (untimed, after the search) and read back bit
+for bit with nothing but the paste-ready spec and context, so the printed JSON is known to work."""
 
 from __future__ import annotations
 
@@ -20,10 +17,8 @@ PLACEHOLDER = "CHECKPOINT_DIR/"  # where the checkpoint's folder goes in a spec 
 
 def write_tuned(test: TestSpec, settings: Settings, tensors: Mapping[str, Any], output_dir: Path,
                 max_inflight_bytes: int) -> dict[str, Any]:
-    """Write `tensors` in the test's layout and read them back with the paste alone; the paste, with whether
-    that worked. A failure is recorded in the paste, not raised: the measurements stand on their own. Kept
-    (in STORAGE/runs/tuned_checkpoint, OUTPUT_DIR by default) with keep_checkpoint, else removed and the
-    spec's path replaced by PLACEHOLDER."""
+    """Write `tensors` in the test's layout and read them back with the paste alone; the paste, with whether that
+    worked (recorded, not raised). Kept with keep_checkpoint, else removed and its path replaced by PLACEHOLDER."""
     from ckptbench.bench import storage, targets
     from ckptbench.bench.verify import mismatches
 

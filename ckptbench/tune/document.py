@@ -1,21 +1,15 @@
-"""tuning.json: the answer first, then how it was found (every stage, every candidate, the budget).
+"""tuning.json: the answer first, then how it was found (every stage, every candidate, the budget). A file of
+kind "tuning" (documents.store.Kind, `tuning.schema.json`); the console text (tune.report) and the figure
+(tune.plot) read it and compute nothing, so everything they show is in here.
 
-It is a file of kind "tuning" (documents.store.Kind): it names its kind and `schema_version`
-first, `documents/schemas/tuning.schema.json` is its contract, and every version this tool wrote
-reads back through the upgrade chain. The console text (tune.report) and the figure (tune.plot)
-read it and compute nothing, so everything they show is in here.
-
-Version history:
-- 1 (ckptbench 0.2.0): first format, `schema_version: 1` and no kind.
-- 2: `"kind": "tuning", "schema_version": 2`, as every file the harness writes; nothing else changed.
-- 3: one interval per summary, as results.json's version 5: `ci95` is the mean's interval by
-  analysis.stats.mean_ci (on the log scale for positive quantities, never below zero) and `ci95_log`
-  is gone. Version 2's `ci95_log` was that interval, so the upgrade moves it into `ci95`.
+Versions: 1 (ckptbench 0.2.0) had no kind; 2 has `"kind": "tuning"`, nothing else changed; 3 has one interval
+per summary, as results.json's version 5: `ci95` is the log-scale interval that version 2 called `ci95_log`.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,20 +19,12 @@ from ckptbench.documents.store import Document, Kind
 from ckptbench.spec.fields import entry
 from ckptbench.spec.references import kind_of
 from ckptbench.tune.answer import describe_layout, summaries
+from ckptbench.tune.loop import Session
 from ckptbench.tune.policy import PRIOR_DF, PRIOR_LOG_SD, gather, pareto
-from ckptbench.tune.settings import Settings
-from ckptbench.tune.space import Universe
 from ckptbench.tune.state import TuneState
 
 TUNING_FILE = "tuning.json"
 SCHEMA_VERSION = 3
-_STAGE_KEYS = ("name", "kind", "members", "seed", "status", "started_s", "ended_s", "planned_s", "deadline_s",
-               "decision", "figures")
-
-
-def _upgrade_1_to_2(document: dict[str, Any]) -> dict[str, Any]:
-    """Version 1 had no kind; Kind.upgrade stamps it and the new version, and nothing else changed."""
-    return document
 
 
 def _upgrade_2_to_3(document: Any) -> Any:
@@ -52,7 +38,8 @@ def _upgrade_2_to_3(document: Any) -> Any:
     return {key: _upgrade_2_to_3(value) for key, value in document.items()}
 
 
-TUNING = Kind("tuning", SCHEMA_VERSION, "tuning.schema.json", upgrades={1: _upgrade_1_to_2, 2: _upgrade_2_to_3},
+TUNING = Kind("tuning", SCHEMA_VERSION, "tuning.schema.json", upgrades={1: lambda document: document,
+                                                                     2: _upgrade_2_to_3},
               legacy_version=lambda document: 1 if document.get("schema_version") == 1 else None)
 
 
@@ -66,11 +53,6 @@ class Tuning(Document):
         return self.document["recommendation"]
 
 
-def validate(document: Any, source: str = "tuning") -> None:
-    """Raise a one-line UserError naming the first field that breaks tuning.schema.json."""
-    TUNING.validate(document, source)
-
-
 def write(document: Mapping[str, Any], folder: Path) -> Path:
     """Validate and write folder/tuning.json atomically (a reader never sees half a file)."""
     return TUNING.write(Path(folder) / TUNING_FILE, document)
@@ -82,53 +64,38 @@ def read(path: Path | str) -> Tuning:
 
 
 def _status(name: str, state: TuneState, winner: str | None, runner_up: str | None) -> str:
-    if name == winner:
-        return "winner"
-    if name == runner_up:
-        return "runner-up"
-    if name in state.finalists:
-        return "finalist"
-    if name in state.eliminated:
-        return "eliminated"
-    if name in state.alive:
-        return "survivor"
+    for status, members in (("winner", [winner]), ("runner-up", [runner_up]), ("finalist", state.finalists),
+                            ("eliminated", state.eliminated), ("survivor", state.alive)):
+        if name in members:
+            return status
     return "not a finalist"
 
 
-def build(state: TuneState, documents: Mapping[str, Mapping[str, Any]], universe: Universe, settings: Settings, *,
-          complete: bool, recommendation: dict[str, Any] | None, paste: dict[str, Any] | None) -> dict[str, Any]:
-    """tuning.json from the state and every stage's results document (stage name -> results.json)."""
+def build(session: Session, recommendation: dict[str, Any] | None = None, paste: dict[str, Any] | None = None, *,
+          complete: bool = True) -> dict[str, Any]:
+    """tuning.json from the session's state and every stage's results document; an interrupted tune's
+    (`complete` False) has no recommendation."""
     from ckptbench.bench.environment import tool_info
 
+    state, documents, universe, settings = session.state, session.documents, session.universe, session.settings
     samples = gather(documents.values())
     winner = (recommendation or {}).get("test")
     runner_up = ((recommendation or {}).get("runner_up") or {}).get("test")
     ran = {t["name"] for document in documents.values() for t in document["tests"] if t["runs"]}
     measured = [n for n in samples if n in ran and kind_of(n) is None and n in universe.tests]
-    candidates: dict[str, dict[str, Any]] = {}
-    for name in measured:
-        candidates[name] = {
-            "settings": entry(universe.tests[name]), "layout": describe_layout(universe.tests[name]),
-            "status": _status(name, state, winner, runner_up), "eliminated": state.eliminated.get(name),
-            "stages": [s.name for s in state.stages if name in s.members and s.name in documents],
-            "stats": {m: stats.summarize(samples[name][m]) for m in ("save_s", "load_s", "total_s", "size_bytes")},
-        }
+    candidates: dict[str, dict[str, Any]] = {name: {
+        "settings": entry(universe.tests[name]), "layout": describe_layout(universe.tests[name]),
+        "status": _status(name, state, winner, runner_up), "eliminated": state.eliminated.get(name),
+        "stages": [s.name for s in state.stages if name in s.members and s.name in documents],
+        "stats": {m: stats.summarize(samples[name][m]) for m in ("save_s", "load_s", "total_s", "size_bytes")},
+    } for name in measured}
     points = {n: (c["stats"]["save_s"]["mean"], c["stats"]["load_s"]["mean"]) for n, c in candidates.items()
               if c["stats"]["save_s"]["n"]}
     first = documents.get("rung-0") or next(iter(documents.values()), None)
-    skipped_reasons: dict[str, int] = defaultdict(int)
-    for _, reason in universe.skipped:
-        skipped_reasons[reason] += 1
     return TUNING.stamp({
-        "tool": tool_info(),
-        "complete": complete,
-        "objective": settings.objective,
-        "metric": settings.metric,
-        "seed": state.seed,
-        "recommendation": recommendation,
-        "paste": paste,
-        "stopped_by": state.stopped_by if complete else "interrupted",
-        "weights": state.weights,
+        "tool": tool_info(), "complete": complete, "objective": settings.objective, "metric": settings.metric,
+        "seed": state.seed, "recommendation": recommendation, "paste": paste,
+        "stopped_by": state.stopped_by if complete else "interrupted", "weights": state.weights,
         "environment": (first or {}).get("environment"),
         "storage": ((first or {}).get("protocol") or {}).get("storage"),
         "budget": {"budget_s": state.budget_s, "spent_s": state.spent_s, "setup_s": state.setup_s,
@@ -140,11 +107,11 @@ def build(state: TuneState, documents: Mapping[str, Mapping[str, Any]], universe
                                       if s.decision and s.decision.get("noise")), None)},
         "space": {"path": state.space_path, "data": state.space,
                   "n_candidates": len(universe.tests), "n_skipped": len(universe.skipped),
-                  "skipped_reasons": dict(skipped_reasons), "n_duplicates": len(universe.duplicates),
+                  "skipped_reasons": dict(Counter(reason for _, reason in universe.skipped)),
+                  "n_duplicates": len(universe.duplicates),
                   "sampled": state.rung0_order, "not_measured": state.not_measured,
                   "predicted_hopeless": {n: e for n, e in state.eliminated.items() if e.get("skipped")}},
-        "stages": [{key: getattr(stage, key) for key in _STAGE_KEYS}
-                   | {"results": f"{stage.name}/{results.RESULTS_FILE}"} for stage in state.stages],
+        "stages": [asdict(stage) | {"results": f"{stage.name}/{results.RESULTS_FILE}"} for stage in state.stages],
         "finalists": state.finalists,
         "candidates": candidates,
         "references": {name: {"stats": summaries(samples[name])} for name in samples if kind_of(name) is not None},

@@ -1,11 +1,7 @@
-"""tuning.png: every measured candidate's save time against its load time, from a tuning document.
-
-Log axes; marker area grows with the bytes on disk; eliminated candidates are faded; the
-Pareto front (no other candidate both saves and loads faster) is a line; the reference
-rows and the device ceiling are dashed lines at their save time (vertical) and load time
-(horizontal); the winner, the runner-up and t5x_full are labelled W, R and T, and named in a
-key under the plot (a candidate's name is too long to sit beside its point). Drawing computes
-nothing: the front and the statuses come from tuning.json.
+"""tuning.png: every measured candidate's save time against its load time (log axes), from a tuning document:
+marker area by bytes on disk, eliminated candidates faded, the Pareto front a line, the reference rows dashed at
+their save time and dotted at their load time, the winner, runner-up and t5x_full lettered and named in a key
+under the plot. Drawing computes nothing: the front and the statuses come from tuning.json.
 """
 
 from __future__ import annotations
@@ -41,14 +37,14 @@ def draw(document: Mapping[str, Any], path: Path) -> Path | None:
         return None
     fig, grid = figure(11, 8)
     ax = grid[0][0]
-    sizes = [c["stats"]["size_bytes"]["mean"] or 0 for c in points.values()]
-    largest = max(sizes) or 1.0
+    largest = max(c["stats"]["size_bytes"]["mean"] or 0 for c in points.values()) or 1.0
     for status, (color, alpha) in STYLE.items():
         group = [(n, c) for n, c in points.items() if c["status"] == status]
         if not group:
             continue
         ax.scatter([c["stats"]["save_s"]["mean"] for _, c in group], [c["stats"]["load_s"]["mean"] for _, c in group],
-                   s=[_area(c, largest) for _, c in group], color=color, alpha=alpha, edgecolors="black",
+                   s=[MIN_AREA + (MAX_AREA - MIN_AREA) * (c["stats"]["size_bytes"]["mean"] or 0) / largest
+                      for _, c in group], color=color, alpha=alpha, edgecolors="black",
                    linewidths=0.4, label=f"{status} ({len(group)})", zorder=3 if status != "eliminated" else 2)
     front = [points[n] for n in document["pareto"] if n in points]
     if len(front) > 1:
@@ -71,7 +67,6 @@ def draw(document: Mapping[str, Any], path: Path) -> Path | None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left", markerscale=0.5)
     weights = document["weights"]
-    source = weights_name(weights)
     ax.set_title(f"every candidate measured, at the mean of its runs; marker area: bytes on disk (largest "
                  f"{human_bytes(largest)}); faded: eliminated\nreference rows and the device ceiling: dashed at their "
                  "save time, dotted at their load time", fontsize=9)
@@ -84,7 +79,7 @@ def draw(document: Mapping[str, Any], path: Path) -> Path | None:
     found = document.get("recommendation")
     headline = f"winner {found['test']}" if found else "no candidate measured"
     peer = ((found or {}).get("peers") or {}).get(document["metric"])
-    title = (f"tune: {source} ({human_bytes(weights['size_bytes'])} {weights['dtype']}), objective "
+    title = (f"tune: {weights_name(weights)} ({human_bytes(weights['size_bytes'])} {weights['dtype']}), objective "
              f"{document['objective']}: {headline}")
     if peer is not None:
         title += (f"; TensorStore's best {VERBS[document['metric']]} "
@@ -94,18 +89,12 @@ def draw(document: Mapping[str, Any], path: Path) -> Path | None:
     return save(fig, path)
 
 
-
-def _area(candidate: Mapping[str, Any], largest: float) -> float:
-    size = candidate["stats"]["size_bytes"]["mean"] or 0
-    return MIN_AREA + (MAX_AREA - MIN_AREA) * size / largest
-
-
 SHORT_NAMES = {"winner": "W", "runner-up": "R", T5X: "T"}  # the points' labels; the key under the plot names them
 
 
 def _label(ax, document: Mapping[str, Any], points: Mapping[str, Mapping[str, Any]]) -> None:
-    """Label the winner, the runner-up and t5x_full with a letter beside the point, and name them in a key under
-    the axes (a candidate's name runs to 100 characters: beside the point it would leave the plot)."""
+    """Letter the winner, the runner-up and t5x_full beside their points and name them in a key under the axes (a
+    candidate's name runs to 100 characters: beside the point it would leave the plot)."""
     found = document.get("recommendation") or {}
     marks = {found.get("test"): "winner", (found.get("runner_up") or {}).get("test"): "runner-up", T5X: T5X}
     key = []

@@ -1,34 +1,20 @@
 """The search's decisions: pure functions of the tune's state and the measured samples (no clock, no I/O).
 
-- rung-0: the peers (safetensors, the Run:ai streamer by default), three candidates, the
-  device ceiling, then more candidates while the rest still fits (`rung0_members`); the
-  candidates cheap by their priors first (space.rung0_order). On a time objective a
-  candidate is skipped before it runs when the candidates already measured with its
-  compression are all more than HOPELESS_FACTOR (4) times the best (`skip_reason`: its
-  codec's throughput measured in this tune predicts it hopeless), and after any halving
-  rung a candidate more than HOPELESS_FACTOR times the best is not run again (`censored`).
-  rung-1, ...: successive halving of the candidates alone. Each keeps the better half on
-  the objective; a candidate below the cut is dropped only when it loses even in its best
-  case (the noise model below).
-- final-1, final-2, ...: one round each of the two finalists and t5x_full, with rung 0's
-  fastest peer until it has the runs an interval needs (3), until the winner and the
-  runner-up differ at p < 0.05 by Welch's test (`judge`: analysis.compare on the log of the
-  ratio, defined from two runs a side) and the peer has its runs, or the budget ends. Only a
-  test that ran and found p >= 0.05 makes them tied; with fewer than two runs a side they
-  are "not compared". t5x_full is left out of later rounds once the winner's lead over it is
-  significant, or it is more than HOPELESS_FACTOR times slower.
+- rung-0: the peers, three candidates, the device ceiling, then more candidates while the rest still fits,
+  the cheap ones by their priors first. On a time objective a candidate whose codec, measured in this tune,
+  is more than HOPELESS_FACTOR times the best is skipped before it runs (`skip_reason`), and after a rung one
+  more than HOPELESS_FACTOR times the best is not run again (`censored`).
+- rung-1, ...: successive halving of the candidates alone; a candidate below the cut is dropped only when it
+  loses even in its best case by the noise model: the log-scale spread pooled over every test with two runs
+  or more, with a prior of PRIOR_LOG_SD (10 %, pyperf's "noisy") weighted as PRIOR_DF degrees of freedom.
+  Sizes have no noise: the larger loses outright.
+- final-1, ...: rounds of the two finalists, t5x_full (until its difference is settled) and rung 0's fastest
+  peer (until it has the 3 runs an interval needs), until Welch's test (`judge`) separates the finalists at
+  p < 0.05 or the budget ends. Only a test that ran and found p >= 0.05 makes them tied; with fewer than
+  two runs a side they are "not compared".
 
-Noise model. With one run per candidate there is no per-candidate interval, so the
-run-to-run spread is pooled on the log scale: the variance of log(value) within every
-group with two runs or more (candidates, and the fastest peer, which runs in rung 0 and
-final-1), pooled with a prior of PRIOR_LOG_SD (10 %, pyperf's "noisy" threshold) weighted as
-PRIOR_DF degrees of freedom. A candidate below the cut is dropped when the 95 % interval
-of log(its mean / the cut's mean), t(df) x sd x sqrt(1/n + 1/n_cut), lies wholly above
-zero. Sizes have no run-to-run noise: the larger one loses outright.
-
-`next_stage` and `conclude` take a state and return a new one, leaving the one given as it
-was: the loop replaces its state in one assignment, so a stop at any moment leaves a state
-that resumes consistently.
+`next_stage` and `conclude` return a new state and leave the one given as it was, so a stop at any moment
+leaves a state that resumes consistently.
 """
 
 from __future__ import annotations
@@ -63,23 +49,20 @@ Samples = Mapping[str, Mapping[str, Sequence[float]]]  # test -> metric -> value
 
 
 def gather(documents: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """Every test's per-metric values over several results documents (results.samples of each)."""
+    """Every test's per-metric values over several results documents."""
     out: dict[str, dict[str, list[float]]] = {}
     for document in documents:
-        data_bytes = int(document["weights"]["size_bytes"])
         for test in document["tests"]:
-            mine = results.samples(test["runs"], data_bytes)
+            mine = results.samples(test["runs"], int(document["weights"]["size_bytes"]))
             merged = out.setdefault(test["name"], {m: [] for m in FIGURES})
             for metric in FIGURES:
                 merged[metric] += mine[metric]
     return out
 
 
-# --- ranking, halving, separation ----------------------------------------------------------------
-
 @dataclass(frozen=True)
 class Noise:
-    """Run-to-run spread on the log scale, pooled over groups with >= 2 runs and a prior (module docstring)."""
+    """Run-to-run spread on the log scale, pooled over groups with >= 2 runs and a prior."""
 
     log_sd: float
     df: float
@@ -103,16 +86,13 @@ def noise_model(groups: Iterable[Sequence[float]], noisy: bool = True) -> Noise:
     """The pooled log-scale spread of repeated runs (each group: one test's values); none for sizes."""
     if not noisy:
         return Noise(0.0, math.inf)
-    squares, df, measured = PRIOR_DF * PRIOR_LOG_SD ** 2, float(PRIOR_DF), 0
+    squares, measured = PRIOR_DF * PRIOR_LOG_SD ** 2, 0
     for values in groups:
         positive = [float(v) for v in values if v > 0]
-        if len(positive) < 2:
-            continue
-        spread = stats.mean_std(np.log(positive))[1]
-        squares += (len(positive) - 1) * spread ** 2
-        df += len(positive) - 1
-        measured += len(positive) - 1
-    return Noise(math.sqrt(squares / df), df, measured)
+        if len(positive) >= 2:
+            squares += (len(positive) - 1) * stats.mean_std(np.log(positive))[1] ** 2
+            measured += len(positive) - 1
+    return Noise(math.sqrt(squares / (PRIOR_DF + measured)), float(PRIOR_DF + measured), measured)
 
 
 def rank(values: Mapping[str, Sequence[float]], tiebreak: Mapping[str, Sequence[float]] | None = None) -> list[str]:
@@ -134,7 +114,7 @@ class Halving:
 def halve(values: Mapping[str, Sequence[float]], noise: Noise, *, keep_at_least: int = FINALISTS,
           tiebreak: Mapping[str, Sequence[float]] | None = None, metric: str = "total_s") -> Halving:
     """Keep the better half (at least keep_at_least); of the rest, drop only those that lose even in their
-    best case against the cut (the last kept), by the noise model."""
+    best case against the cut (the last kept)."""
     ranking = rank(values, tiebreak)
     keep = max(keep_at_least, math.ceil(len(ranking) / 2))
     if len(ranking) <= keep:
@@ -168,15 +148,14 @@ SEPARATED, NOT_DISTINGUISHABLE, NOT_COMPARED = "separated", "not distinguishable
 
 
 def judge(values: Sequence[float], baseline: Sequence[float], metric: str, noise_pct: float) -> dict[str, Any]:
-    """values against baseline by analysis.compare, with the test from two runs a side (MIN_RUNS_FOR_TEST): a
-    candidate ten times slower in both of its two runs is slower, not "too few runs"."""
+    """values against baseline by analysis.compare, with the test from two runs a side."""
     return analysis.compare(values, baseline, metric=compare_metric(metric), noise_pct=noise_pct,
                             min_runs=MIN_RUNS_FOR_TEST)
 
 
 def judgement(comparison: Mapping[str, Any] | None) -> str:
-    """What a comparison lets one say: SEPARATED (p < ALPHA), NOT_DISTINGUISHABLE (the test ran, p >= ALPHA: only
-    then are two tests tied), or NOT_COMPARED (fewer than two runs on a side: no test, so no verdict)."""
+    """SEPARATED (p < ALPHA), NOT_DISTINGUISHABLE (the test ran, p >= ALPHA: only then are two tests tied), or
+    NOT_COMPARED (no test ran)."""
     p_value = (comparison or {}).get("p_value")
     if p_value is None:
         return NOT_COMPARED
@@ -213,12 +192,9 @@ def ranked(names: Iterable[str], samples: Samples, metric: str) -> list[str]:
     return rank(values, {n: samples[n]["total_s"] for n in values})
 
 
-# --- what comes next, and what a stage concludes ------------------------------------------------
-
 @dataclass(frozen=True)
 class Situation:
-    """What a decision reads besides the state: the settings it decides by, the budget time spent, and the
-    stages' results documents (their samples gathered only when a decision asks for them)."""
+    """What a decision reads besides the state: the settings, the budget time spent, the stages' results."""
 
     documents: Mapping[str, Mapping[str, Any]]  # stage name -> its results.json
     metric: str
@@ -236,26 +212,23 @@ class Situation:
 
 
 def finish_reserve_s(state: TuneState, situation: Situation) -> float:
-    """The time kept for the finish: about one run of the slower of the finalists (or of the two leaders)."""
+    """The time kept for the finish: the tuned checkpoint (about one run of the slower finalist, or leader),
+    tuning.json and the figure."""
     names = state.finalists or ranked(state.alive, situation.samples, situation.metric)[:FINALISTS]
-    return budget.finish_reserve_s(state.durations, names)
+    durations = state.durations
+    return budget.FINISH_FIXED_S + max([durations.of(n) for n in names] or [durations.typical_candidate_s()])
 
 
 def rung0_members(state: TuneState, references: Sequence[str]) -> list[str]:
-    """Rung 0's order: the peers (the answer compares the winner with the fastest of them), the first
-    candidates (the two finalists and one to halve), then the device ceiling, then the rest of the sample.
-    The ceiling's grid is the costliest reference run and only gives context (% of the ceiling), so on a
-    machine slower than the priors it is what the budget leaves out, not the first candidates."""
-    peers = [r for r in references if r != CEILING]
-    ceiling = [r for r in references if r == CEILING]
-    first = CANDIDATES_BEFORE_CEILING
-    return peers + state.rung0_order[:first] + ceiling + state.rung0_order[first:]
+    """Rung 0's order: the peers, the first candidates, the device ceiling (the costliest reference run, and only
+    context: what a machine slower than the priors leaves out), then the rest of the sample."""
+    first, ceiling = state.rung0_order[:CANDIDATES_BEFORE_CEILING], [r for r in references if r == CEILING]
+    return [r for r in references if r != CEILING] + first + ceiling + state.rung0_order[len(first):]
 
 
 def final_references(state: TuneState, situation: Situation) -> list[str]:
-    """The reference row the final measures again beside the finalists: rung 0's fastest peer on the objective
-    (the loader the winner is compared with). Before rung 0 has measured any, the peer expected to take longest,
-    so that a plan made then keeps room for whichever it will be. The device ceiling runs in rung 0 only."""
+    """The reference row the final measures again: rung 0's fastest peer on the objective; before any is measured,
+    the slowest to plan for. The device ceiling runs in rung 0 only."""
     peers = [r for r in situation.references if REFERENCES[kind_of(r) or r].peer]
     measured = [r for r in peers if situation.samples.get(r, {}).get(situation.metric)]
     if measured:
@@ -265,24 +238,25 @@ def final_references(state: TuneState, situation: Situation) -> list[str]:
 
 def may_start(state: TuneState, stage: Stage, test: str, situation: Situation) -> bool:
     """No run starts that is not expected to end by the stage's deadline; in rung 0, none that would leave too
-    little for what must follow it (`budget.rung0_fits`)."""
+    little for what must follow it."""
     durations = state.durations
     if not fits(situation.elapsed_s, durations.of(test), stage.deadline_s):
         return False
     if stage.name != "rung-0":
         return True
+    # what must follow rung 0 (the later rungs and the final for the candidates it will have measured), from the
+    # durations measured so far, must still fit after this run: a wrong prior changes how many it measures
     n_measured = sum(1 for n in state.rung0_order if durations.runs.get(n)) + (0 if kind_of(test) is not None else 1)
-    return budget.rung0_fits(durations, test, n_measured, situation.elapsed_s,
-                             state.budget_s - finish_reserve_s(state, situation),
-                             final_references(state, situation), situation.metric, t5x_in_final(situation))
+    rest_s = budget.continuation_s(n_measured, budget.survivor_run_s(durations, situation.metric),
+                                   sum(durations.of(r) for r in final_references(state, situation)),
+                                   durations.overhead_s(), durations.of(T5X) if t5x_in_final(situation) else None)
+    return fits(situation.elapsed_s, durations.of(test) + rest_s, state.budget_s - finish_reserve_s(state, situation))
 
 
 def skip_reason(state: TuneState, stage: Stage, test: str, situation: Situation) -> dict[str, Any] | None:
-    """Why a candidate of rung 0 is skipped before it runs, or None: on a time objective, the best measured so far
-    (this tune, this stage included) of the candidates with its compression is more than HOPELESS_FACTOR times the
-    best candidate's, so its codec's measured throughput predicts it hopeless. The `always` candidate (t5x_full,
-    the answer's point of comparison), reference rows and later stages are never skipped; a codec not measured
-    yet predicts nothing."""
+    """Why a candidate of rung 0 is skipped before it runs, or None: on a time objective, the best measured so far of
+    the candidates with its compression is more than HOPELESS_FACTOR times the best candidate's. t5x_full,
+    reference rows and later stages are never skipped."""
     metric, codecs = situation.metric, situation.codecs
     if stage.name != "rung-0" or test in REFERENCES or test == T5X or metric == "size_bytes" or test not in codecs:
         return None
@@ -305,8 +279,8 @@ def skip_reason(state: TuneState, stage: Stage, test: str, situation: Situation)
 
 def censored(values: Mapping[str, Sequence[float]], metric: str, stage: str,
              keep_at_least: int = FINALISTS) -> dict[str, dict[str, Any]]:
-    """On a time objective, the candidates whose mean is more than HOPELESS_FACTOR times the best's: not run again
-    (eliminated, as "more than kx slower"), whatever the halving would keep, leaving at least keep_at_least."""
+    """On a time objective, the candidates more than HOPELESS_FACTOR times the best: not run again, leaving at
+    least keep_at_least."""
     if metric == "size_bytes" or not values:
         return {}
     means = {n: mean(v) for n, v in values.items() if len(v)}
@@ -334,11 +308,10 @@ def next_stage(state: TuneState, situation: Situation) -> TuneState:
     """A new state with the next stage appended, or with why the search ends (then no stage is added)."""
     state = copy.deepcopy(state)
     stages, references, elapsed_s = state.stages, list(situation.references), situation.elapsed_s
-    if not stages:
-        stage = _new_stage(state, "rung-0", HALVING, rung0_members(state, references),
-                           state.budget_s - finish_reserve_s(state, situation))
-        stage.planned_s = state.plan.rung0_s  # it lists more than it is expected to measure
-        stages.append(stage)
+    if not stages:  # rung 0 lists more than it is expected to measure: planned as the plan's
+        stages.append(dataclasses.replace(_new_stage(state, "rung-0", HALVING, rung0_members(state, references),
+                                                     state.budget_s - finish_reserve_s(state, situation)),
+                                          planned_s=state.plan.rung0_s))
         return state
     leaders = ranked(state.alive, situation.samples, situation.metric)
     if state.phase == "halving":
@@ -382,8 +355,7 @@ def next_stage(state: TuneState, situation: Situation) -> TuneState:
 
 
 def t5x_in_final(situation: Situation) -> bool:
-    """Whether the final is to measure t5x_full (so the budget keeps room for it): a candidate of this space, not
-    measured more than HOPELESS_FACTOR times slower than the best candidate so far (`censored`)."""
+    """Whether the final is to measure t5x_full: a candidate of this space not censored so far."""
     if not situation.has_t5x:
         return False
     metric = situation.metric
@@ -392,9 +364,8 @@ def t5x_in_final(situation: Situation) -> bool:
 
 
 def t5x_settled(finalists: Sequence[str], situation: Situation) -> bool:
-    """Whether the leading finalist's difference from t5x_full is already significant, or t5x_full is more than
-    HOPELESS_FACTOR times slower (then the final stops measuring t5x_full, whose only purpose there is that
-    comparison)."""
+    """Whether the leader's difference from t5x_full is significant, or t5x_full is censored: then the final stops
+    measuring it."""
     samples, metric = situation.samples, situation.metric
     leader = ranked(finalists, samples, metric)[:1]
     if not leader or T5X not in samples:
@@ -408,8 +379,8 @@ def t5x_settled(finalists: Sequence[str], situation: Situation) -> bool:
 
 
 def conclude(state: TuneState, status: str, situation: Situation) -> TuneState:
-    """A new state after the latest stage ran (its results among situation.documents): who stays (halving)
-    or whether the final is decided, with reasons. A candidate whose every run failed is eliminated."""
+    """A new state after the latest stage ran: who stays (halving) or whether the final is decided, with reasons.
+    A candidate whose every run failed is eliminated."""
     state = copy.deepcopy(state)
     stage = state.stages[-1]
     samples, metric = situation.samples, situation.metric
@@ -452,7 +423,7 @@ def conclude(state: TuneState, status: str, situation: Situation) -> TuneState:
 
 
 def rung0_measured(state: TuneState) -> list[str]:
-    """The candidates rung 0 measured, in its running order (after `conclude` has recorded it)."""
+    """The candidates rung 0 measured, in its running order."""
     stage = state.stages[0]
     return [n for n in stage.members if kind_of(n) is None and n not in state.not_measured]
 

@@ -1,8 +1,6 @@
-"""The console text of a tuning document, in the order every report follows: the header and the answer (the
-recommendation, beside the fastest peer for save, load and save + load), one table (the finalists beside the
-rows they are judged against), the warnings that matter, then what to paste and how it was found; `details`
-adds the winner against every peer and a row for every candidate measured. It reads tuning.json's figures and
-computes nothing: every comparison in it was made by analysis.compare."""
+"""The console text of a tuning document: the answer (beside the fastest peer for save, load and save + load),
+one table, the warnings that matter, what to paste and how it was found; `details` adds the winner against
+every peer and every candidate measured. It computes nothing: every comparison was made by analysis.compare."""
 
 from __future__ import annotations
 
@@ -13,18 +11,13 @@ from ckptbench.analysis.change import TOO_FEW, ratio_words
 from ckptbench.core.units import duration_label, human_bytes
 from ckptbench.documents.store import weights_name
 from ckptbench.spec.references import CEILING, label
+from ckptbench.tune.policy import compare_metric
 from ckptbench.tune.space import T5X
 
 OBJECTIVE_WORDS = {"save_s": "save seconds", "load_s": "cold-load seconds", "total_s": "save + load seconds",
                    "size_bytes": "bytes on disk"}
 VERBS = {"save_s": "saves", "load_s": "loads", "total_s": "saves + loads"}
 MAX_WARNING_LINES = 6
-
-
-def name_of(test: str) -> str:
-    """A test the winner is compared with, in words: a reference row's label, or t5x_full said to be the
-    T5X default."""
-    return f"{T5X} (the T5X default)" if test == T5X else label(test)
 
 
 def value(metric: str, number: float | None) -> str:
@@ -34,7 +27,7 @@ def value(metric: str, number: float | None) -> str:
 
 
 def with_ci(metric: str, summary: Mapping[str, Any]) -> str:
-    """'1.41 s (95% CI 1.32-1.50 s, n=7)': the mean and its interval on the log scale; 'too few runs' under 3."""
+    """'1.41 s (95% CI 1.32-1.50 s, n=7)'; 'too few runs' under 3."""
     if not summary or not summary.get("n"):
         return "not measured"
     ci = summary.get("ci95")
@@ -47,7 +40,7 @@ def with_ci(metric: str, summary: Mapping[str, Any]) -> str:
 
 
 def change(comparison: Mapping[str, Any]) -> str:
-    """'-53% (95% CI [-58%, -47%], p = 0.0001)'; '(too few runs for a CI)' with 2 runs or fewer on a side."""
+    """'-53% (95% CI [-58%, -47%], p = 0.0001)'."""
     text = f"{comparison['change_pct']:+.1f}%"
     if comparison.get("change_ci95_pct"):
         lo, hi = comparison["change_ci95_pct"]
@@ -71,8 +64,7 @@ def text(document: Mapping[str, Any], details: bool = False) -> str:
 
 
 def peer_lines(found: Mapping[str, Any]) -> list[str]:
-    """'TensorStore's best loads 1.2x slower than Run:ai streamer, the fastest peer (95% CI 1.1-1.3x)', for save,
-    load and save + load."""
+    """'TensorStore's best loads 1.2x slower than Run:ai streamer, the fastest peer (95% CI 1.1-1.3x)'."""
     out = []
     for metric, peer in (found.get("peers") or {}).items():
         if peer is not None:
@@ -104,11 +96,11 @@ def recommendation(document: Mapping[str, Any], details: bool = False) -> str:
         if ceiling.get(metric) is not None and metric == "total_s":
             line += f" ({ceiling[metric]:.0f}% of its save + load speed)"
         lines.append(line)
-    judged = "size_bytes" if metric == "size_bytes" else "save_s"
     peers = {(p or {}).get("test") for p in (found.get("peers") or {}).values()}
     for other, comparison in found["versus"].items():
         if other == T5X or details or (not found.get("peers") and other not in peers):
-            lines.append(f"    against {name_of(other)}: {ratio_words(comparison, 'it', judged)}")
+            who = f"{T5X} (the T5X default)" if other == T5X else label(other)
+            lines.append(f"    against {who}: {ratio_words(comparison, 'it', compare_metric(metric))}")
     second = found.get("runner_up")
     if second is None:
         lines.append("  runner-up: none measured")
@@ -119,8 +111,7 @@ def recommendation(document: Mapping[str, Any], details: bool = False) -> str:
 
 
 def runner_up_judgement(second: Mapping[str, Any]) -> str:
-    """The runner-up's judgement against the winner; a document without one (before "judgement" was written)
-    was separated or not by the same p-value."""
+    """The runner-up's judgement; a document from before "judgement" was written: by the same p-value."""
     if second.get("judgement"):
         return second["judgement"]
     if second["distinguishable"]:
@@ -129,8 +120,7 @@ def runner_up_judgement(second: Mapping[str, Any]) -> str:
 
 
 def runner_up_words(second: Mapping[str, Any], stopped_by: str | None) -> str:
-    """The runner-up against the winner, saying "tied" only when Welch's test ran and could not tell them apart;
-    with fewer than two runs on a side there is no test, and it says so."""
+    """The runner-up against the winner: "tied" only when Welch's test ran and could not tell them apart."""
     comparison, verdict = second["comparison"], runner_up_judgement(second)
     if verdict == "separated":
         return f"distinguishable: {change(comparison)} against the winner: {comparison['verdict']}"
@@ -156,8 +146,7 @@ def _interval(summary: Mapping[str, Any] | None, metric: str) -> str:
 
 
 def table(document: Mapping[str, Any], details: bool = False) -> str:
-    """The finalists beside the rows they are judged against (the fastest peers, the device ceiling, t5x_full);
-    with `details`, every candidate measured and every reference row."""
+    """The finalists beside the fastest peers, the device ceiling and t5x_full; with `details`, every row."""
     from ckptbench.reports.tables import table as render
 
     found = document.get("recommendation") or {}
@@ -169,22 +158,17 @@ def table(document: Mapping[str, Any], details: bool = False) -> str:
         names = [n for n in [found.get("test"), (found.get("runner_up") or {}).get("test"), *document["finalists"],
                              T5X] if n in candidates]
         refs = [p["test"] for p in (found.get("peers") or {}).values() if p] + [CEILING]
-    rows = []
-    for name in dict.fromkeys(names):
-        stats = candidates[name]["stats"]
-        rows.append([name, candidates[name]["status"], str(stats["save_s"]["n"]),
-                     *(_interval(stats.get(m), m) for m in ("save_s", "load_s", "total_s", "size_bytes"))])
-    for name in dict.fromkeys(r for r in refs if r in references):
-        stats = references[name]["stats"]
-        rows.append([name, "reference", str(stats["save_s"]["n"]),
-                     *(_interval(stats.get(m), m) for m in ("save_s", "load_s", "total_s", "size_bytes"))])
+    shown = [(n, candidates[n]["status"], candidates[n]["stats"]) for n in dict.fromkeys(names)]
+    shown += [(n, "reference", references[n]["stats"]) for n in dict.fromkeys(refs) if n in references]
+    rows = [[name, status, str(stats["save_s"]["n"]),
+             *(_interval(stats.get(m), m) for m in ("save_s", "load_s", "total_s", "size_bytes"))]
+            for name, status, stats in shown]
     headers = ["test", "status", "runs", "save s [95% CI]", "load s [95% CI]", "save + load s", "size MB"]
     return render(headers, rows)
 
 
 def warning_lines(document: Mapping[str, Any]) -> list[str]:
-    """What threatens the recommendation, at most six lines: a paste not checked, a tie left by the budget, peers
-    compared on too few runs."""
+    """What threatens the recommendation, at most six lines."""
     found = document.get("recommendation")
     out = []
     block = document.get("paste")
@@ -271,7 +255,7 @@ def how(document: Mapping[str, Any]) -> str:
 
 
 def dry_run_text(info: Mapping[str, Any]) -> str:
-    """What a tune would do (tune.dry_run), in a few lines: nothing was measured or written."""
+    """What a tune would do (tune.dry_run): nothing was measured or written."""
     weights, plan, checked = info["weights"], info["plan"], info["preflight"]
     lines = [f"dry run of tune: {weights_name(weights)} ({human_bytes(weights['size_bytes'])} {weights['dtype']}), "
              f"objective {info['objective']}, budget {duration_label(info['budget_s'])}; nothing is measured or "
@@ -279,12 +263,13 @@ def dry_run_text(info: Mapping[str, Any]) -> str:
              f"space: {info['n_candidates']:,} candidates ({info['n_skipped']:,} invalid combinations skipped, "
              f"{info['n_duplicates']:,} identical in effect for this model)",
              f"estimate: making the weights about {info['setup_s']:.0f} s; a candidate's run about "
-             f"{info['run_s']:.0f} s; the reference rows ({', '.join(info['references']) or 'none'}) in rung 0 "
-             "and the final"]
+             f"{info['run_s']:.0f} s (the median of those rung 0 runs first); the reference rows "
+             f"({', '.join(info['references']) or 'none'}) in rung 0 and the final"]
     if plan is not None:
         rungs = " -> ".join(str(n) for n in plan["rung_sizes"])
-        lines.append(f"plan: about {plan['n_candidates']} candidates fit (rungs {rungs}, then the final; "
-                     f"{plan['final_reserve_s']:.0f} s kept for the final)")
+        lines.append(f"plan: rung 0 lists {info['n_listed']} candidates and measures them while the rest still fits, "
+                     f"by the durations it measures; about {plan['n_candidates']} fit at the estimate (rungs {rungs}, "
+                     f"then the final; {plan['final_reserve_s']:.0f} s kept for the final)")
     lines.append(f"disk: about {human_bytes(checked['disk_need_bytes'] or 0)} at once; memory: about "
                  f"{human_bytes(checked['memory_need_bytes'])} at the peak (candidate {checked['hungriest']!r})")
     lines.append("pre-check: passes" if info["refusal"] is None else f"pre-check: refused: {info['refusal']}")

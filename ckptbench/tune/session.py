@@ -1,14 +1,9 @@
 """A tune from start to finish: `run` (fresh) and `resume` (an interrupted one), both within a budget.
 
-A session makes the weights once, builds the space's candidates for them, plans the budget
-(fresh) or reads the state back (resumed), runs the stages (loop.run_stages), then finishes:
-the recommendation, the tuned checkpoint written and read back with the printed spec,
-tuning.json and, when the caller asks for it, the figure. A stop signal saves everything
-and raises `Stopped` with the partial tuning attached as `.partial`; `resume` continues it.
-
-The figure is the caller's to draw (`draw`): tune computes and the command renders, so
-report.py and plot.py are imported by the command alone. It is drawn here, before the
-time spent is recorded, because the budget reserves its time (budget.FINISH_FIXED_S).
+A session makes the weights once, plans the budget (fresh) or reads the state back (resumed), runs the stages
+(loop.run_stages), then finishes: the recommendation, the tuned checkpoint read back with the printed spec,
+tuning.json and the figure (the caller's `draw`: the command renders; drawn here, as the budget reserves its
+time). A stop saves everything and raises `Stopped` with the partial tuning as `.partial`.
 """
 
 from __future__ import annotations
@@ -16,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ckptbench.bench import capacity, preflight, workspace
 from ckptbench.bench.suite import run_suite
 from ckptbench.core import interrupt
+from ckptbench.core import tune_events as events
 from ckptbench.core.errors import Stopped, UserError
 from ckptbench.core.records import new_seed
 from ckptbench.documents import journal, results
@@ -41,21 +38,53 @@ from ckptbench.tune.space import Universe, candidates, load_space, make_universe
 from ckptbench.tune.state import STATE_FILE, TuneState
 
 Draw = Callable[[Mapping[str, Any], Path], Path | None]  # (tuning document, folder) -> the figure's path
+SOURCE_DIR = "source"  # the source weights every stage reads, removed when the tune ends
 
 
-def _ignore(_kind: str, _data: dict[str, Any]) -> None:
-    pass
+@dataclass(frozen=True)
+class Hooks:
+    """What the caller injects: `on_event(event)` hears the progress (core.tune_events), `clock` times the
+    budget, `execute` runs each stage's suite (run_suite; a test injects made-up runs), `draw(document, folder)`
+    draws the figure into folder (none without it)."""
+
+    on_event: Event = lambda _event: None
+    clock: Callable[[], float] = time.monotonic
+    execute: Executor = run_suite
+    draw: Draw | None = None
 
 
-def run(settings: Settings, *, on_event: Event = _ignore, clock: Callable[[], float] = time.monotonic,
-        execute: Executor = run_suite, draw: Draw | None = None) -> Tuning:
-    """Tune (the package docstring); the document is also written to OUTPUT_DIR/tuning.json.
+@dataclass(frozen=True)
+class _Setup:
+    """A tune's inputs, checked, before any weights are made: the settings (with the space's peer settings and
+    the weights' folder resolved), the space, its candidates for the planned weights and their priors."""
 
-    on_event(kind, data) reports progress: "estimate", "stage", "phase", "run", "stage_end", "corrected",
-    "finishing". `execute` runs each stage's suite (run_suite; a test injects made-up runs). `draw(document,
-    folder)` draws the figure into folder (none without it)."""
+    settings: Settings
+    space: dict[str, Any]
+    space_source: str
+    base: SuiteConfig
+    planned: weights.Planned
+    universe: Universe
+    priors_s: dict[str, float]
+
+    def first_plan(self, setup_s: float) -> budget.Plan:
+        return budget.first_plan(self.settings.budget_s, setup_s, self.planned.size_bytes, self.settings.references,
+                                 len(self.universe.tests), budget.typical_prior_s(self.priors_s.values()))
+
+
+def _setup(settings: Settings, space: dict[str, Any], space_source: str) -> _Setup:
+    settings = dataclasses.replace(settings, reference_rows=space.get("references", {}))  # the peers' settings
+    base = candidates(space, settings, space_source)  # the space and the settings checked before the weights
+    settings = dataclasses.replace(settings, weights=base.weights)
+    planned = weights.plan(base.model, base.weights, base.dtype, base.values)  # no weights made yet
+    universe = make_universe(space, base, [shape for _, shape in planned.shapes])
+    priors_s = budget.candidate_priors_s(universe.tests, planned.size_bytes, NUMPY_DTYPES[base.dtype].itemsize)
+    return _Setup(settings, space, space_source, base, planned, universe, priors_s)
+
+
+def run(settings: Settings, hooks: Hooks = Hooks()) -> Tuning:
+    """Tune (the package docstring); the document is also written to OUTPUT_DIR/tuning.json."""
     check_settings(settings)
-    return _start(settings, None, on_event, clock, execute, draw)
+    return _start(settings, None, hooks)
 
 
 def dry_run(settings: Settings) -> dict[str, Any]:
@@ -63,33 +92,26 @@ def dry_run(settings: Settings) -> dict[str, Any]:
     fit, with the budget that would), and the pre-check of its heaviest candidates' disk and memory."""
     check_settings(settings)
     workspace.check_output_dir(Path(settings.output_dir).resolve())
-    space = load_space(settings.space_path)
-    settings = dataclasses.replace(settings, reference_rows=space.get("references", {}))
-    base = candidates(space, settings, str(settings.space_path))
-    planned = weights.plan(base.model, base.weights, base.dtype, base.values)
-    universe = make_universe(space, base, [shape for _, shape in planned.shapes])
-    itemsize = NUMPY_DTYPES[base.dtype].itemsize
-    prior_s = budget.prior_candidate_s(universe.tests.values(), planned.size_bytes, itemsize)
+    setup = _setup(settings, load_space(settings.space_path), str(settings.space_path))
+    universe, planned = setup.universe, setup.planned
     setup_s = capacity.PRIOR_SOURCE_S_PER_GB * planned.size_bytes / 1e9
-    plan, refusal = None, None
+    plan, n_listed, refusal = None, 0, None
     try:
-        plan = budget.first_plan(settings.budget_s, setup_s, planned.size_bytes, settings.references,
-                                 len(universe.tests), prior_s).to_json()
+        plan = setup.first_plan(setup_s)
+        n_listed = budget.rung0_listed(plan, len(universe.tests))
     except UserError as exc:
         refusal = str(exc)
-    suite = dataclasses.replace(base, tests=tuple(universe.tests.values()))
-    checked = preflight.check(suite, whole=False)
+    checked = preflight.check(dataclasses.replace(setup.base, tests=tuple(universe.tests.values())), whole=False)
     return {"weights": planned.describe(), "budget_s": settings.budget_s, "objective": settings.objective,
             "n_candidates": len(universe.tests), "n_skipped": len(universe.skipped),
-            "n_duplicates": len(universe.duplicates), "run_s": prior_s, "setup_s": setup_s,
-            "references": list(settings.references), "plan": plan, "preflight": checked.to_json(),
+            "n_duplicates": len(universe.duplicates), "run_s": budget.typical_prior_s(setup.priors_s.values()),
+            "setup_s": setup_s, "references": list(setup.settings.references),
+            "plan": plan.to_json() if plan else None, "n_listed": n_listed, "preflight": checked.to_json(),
             "refusal": refusal or checked.refusal}
 
 
 def resume(output_dir: Path | str, *, given: Mapping[str, Any] | None = None, budget_s: float | None = None,
-           keep_checkpoint: bool | None = None, on_event: Event = _ignore,
-           clock: Callable[[], float] = time.monotonic, execute: Executor = run_suite,
-           draw: Draw | None = None) -> Tuning:
+           keep_checkpoint: bool | None = None, hooks: Hooks = Hooks()) -> Tuning:
     """Continue an interrupted tune in output_dir. `given`: settings stated again (e.g. on the command
     line), which must equal the interrupted tune's; `budget_s`: a new total budget (what was spent counts)."""
     output_dir = Path(output_dir).resolve()
@@ -104,7 +126,7 @@ def resume(output_dir: Path | str, *, given: Mapping[str, Any] | None = None, bu
                         budget_s=float(budget_s if budget_s is not None else state.budget_s),
                         keep_checkpoint=bool(state.keep_checkpoint if keep_checkpoint is None else keep_checkpoint))
     check_settings(settings)
-    return _start(settings, state, on_event, clock, execute, draw)
+    return _start(settings, state, hooks)
 
 
 def _normalized(key: str, value: Any) -> Any:
@@ -114,97 +136,82 @@ def _normalized(key: str, value: Any) -> Any:
     return value
 
 
-def _start(settings: Settings, state: TuneState | None, emit: Event, clock: Callable[[], float],
-           execute: Executor, draw: Draw | None) -> Tuning:
+def _start(settings: Settings, state: TuneState | None, hooks: Hooks) -> Tuning:
     """One session: fresh (`state` None) or resumed from the state an earlier session saved."""
-    elapsed_s = Stopwatch(clock, state.spent_s if state is not None else 0.0)
+    elapsed_s = Stopwatch(hooks.clock, state.spent_s if state is not None else 0.0)
     out = Path(settings.output_dir).resolve()
     if state is not None:
         state.budget_s, state.keep_checkpoint = settings.budget_s, settings.keep_checkpoint
         space, space_source = state.space, state.space_path
+        if state.phase == "done" and (out / TUNING_FILE).is_file():
+            return document.read(out / TUNING_FILE)
     else:
         workspace.check_output_dir(out)
         space, space_source = load_space(settings.space_path), str(settings.space_path)
         if settings.seed is None:
             settings = dataclasses.replace(settings, seed=new_seed())
-    settings = dataclasses.replace(settings, reference_rows=space.get("references", {}))  # the peers' settings
-    # The space and the settings are checked, and the weights' folder resolved, before the weights are made.
-    base = candidates(space, settings, space_source)
-    settings = dataclasses.replace(settings, weights=base.weights)
-    if state is not None and state.phase == "done" and (out / TUNING_FILE).is_file():
-        return document.read(out / TUNING_FILE)
     session = None
     source_dir: Path | None = None
     try:
         with interrupt.signals_raise():
-            planned = weights.plan(base.model, base.weights, base.dtype, base.values)  # no weights made yet
-            universe = make_universe(space, base, [shape for _, shape in planned.shapes])
-            itemsize = NUMPY_DTYPES[base.dtype].itemsize
-            priors_s = budget.candidate_priors_s(universe.tests, planned.size_bytes, itemsize)
-            prior_s = budget.typical_prior_s(priors_s.values())
+            setup = _setup(settings, space, space_source)
             if state is not None:
-                _check_resumed_weights(state, planned)
+                _check_resumed_weights(state, setup.planned)
             else:
-                state = _plan(settings, out, universe, planned, space, space_source, elapsed_s, priors_s)
-            state.durations.prior_s = prior_s
+                state = _plan(setup, elapsed_s)
+            state.durations.prior_s = budget.typical_prior_s(setup.priors_s.values())
             # The weights every suite shares, made (or read) once into a source file, untimed by the suites.
             source_dir = workspace.new_owned_dir(out, SOURCE_DIR)
-            source = planned.to_file(source_dir)
-            session = Session(settings, out, universe, source, state, _load_documents(out, state), emit, elapsed_s)
+            source = setup.planned.to_file(source_dir)
+            session = Session(setup.settings, out, setup.universe, source, state, _load_documents(out, state),
+                              hooks.on_event, elapsed_s)
             if not state.stages:
                 session.save()
-                _say_estimate(session, universe, planned)
-            run_stages(session, execute)
-            return _finish(session, base, draw)
+                _say_estimate(session, setup.planned)
+            run_stages(session, hooks.execute)
+            return _finish(session, setup.base, hooks.draw)
     except Stopped as stop:
         if session is not None:  # before that, nothing was written
             session.save()
-            stop.partial = _write_partial(session)
+            partial = document.build(session, complete=False)
+            stop.partial = Tuning(partial, document.write(partial, session.out))
         raise
     finally:
         if source_dir is not None and source_dir.exists():
             workspace.remove_owned(source_dir)
 
 
-def _plan(settings: Settings, out: Path, universe: Universe, planned: weights.Planned, space: dict[str, Any],
-          space_source: str, elapsed_s: Stopwatch, priors_s: Mapping[str, float]) -> TuneState:
+def _plan(setup: _Setup, elapsed_s: Stopwatch) -> TuneState:
     """Estimate what fits the budget (a budget that cannot fit is refused before any weights are made), then
     write the first state (the tune's first write)."""
-    model_bytes, prior_s = planned.size_bytes, budget.typical_prior_s(priors_s.values())
+    settings, model_bytes = setup.settings, setup.planned.size_bytes
+    out = Path(settings.output_dir).resolve()
     # The setup: what is spent, and making the weights, still to come (they are made once the budget is known
     # to fit, so a budget that cannot fit is refused before they are made).
     setup_s = elapsed_s() + capacity.PRIOR_SOURCE_S_PER_GB * model_bytes / 1e9
-    plan = budget.first_plan(settings.budget_s, setup_s, model_bytes, settings.references, len(universe.tests),
-                             prior_s)
+    plan = setup.first_plan(setup_s)
     workspace.prepare_output_dir(out)
     _remove_earlier_tune(out)
-    n_listed = min(len(universe.tests), max(budget.OVERPLAN * plan.n_candidates, budget.RUNG0_MIN_LISTED))
+    n_listed = budget.rung0_listed(plan, len(setup.universe.tests))
     state = TuneState(settings=settings.fingerprint(), seed=settings.seed, budget_s=settings.budget_s, spent_s=0.0,
-                      setup_s=setup_s, keep_checkpoint=settings.keep_checkpoint, space_path=space_source, space=space,
-                      weights=json.loads(json.dumps(planned.describe())), plan=plan,
-                      rung0_order=rung0_order(universe, n_listed, settings.seed, priors_s),
-                      durations=budget.Durations(model_bytes, prior_s=prior_s))
+                      setup_s=setup_s, keep_checkpoint=settings.keep_checkpoint, space_path=setup.space_source,
+                      space=setup.space, weights=json.loads(json.dumps(setup.planned.describe())), plan=plan,
+                      rung0_order=rung0_order(setup.universe, n_listed, settings.seed, setup.priors_s),
+                      durations=budget.Durations(model_bytes))
     state.spent_s = elapsed_s()
     tune_state.save(state, out)
     return state
 
 
-def _say_estimate(session: Session, universe: Universe, planned: weights.Planned) -> None:
-    state, settings = session.state, session.settings
-    session.emit("estimate", {"plan": state.plan.to_json(), "setup_s": state.setup_s, "budget_s": settings.budget_s,
-                              "n_candidates": len(universe.tests), "n_skipped": len(universe.skipped),
-                              "n_duplicates": len(universe.duplicates),
-                              "n_listed": len(state.rung0_order),
-                              "model_bytes": planned.size_bytes, "weights": planned.describe(),
-                              "objective": settings.objective, "seed": settings.seed,
-                              "references": settings.references})
-
-
-SOURCE_DIR = "source"  # the source weights every stage reads, removed when the tune ends
+def _say_estimate(session: Session, planned: weights.Planned) -> None:
+    state, settings, universe = session.state, session.settings, session.universe
+    session.emit(events.Estimate(state.plan.to_json(), planned.describe(), settings.objective, settings.budget_s,
+                                 state.seed, state.setup_s or 0.0, len(universe.tests), len(universe.skipped),
+                                 len(universe.duplicates), len(state.rung0_order), settings.references))
 
 
 def _remove_earlier_tune(out: Path) -> None:
-    """A fresh tune in an earlier one's folder: the earlier stages go (each folder carries our marker)."""
+    """A fresh tune in an earlier one's folder: the earlier stages go (those carrying our marker)."""
     for folder in sorted(out.glob("rung-*")) + sorted(out.glob("final-*")):
         if (folder / workspace.RUN_MARKER).is_file():
             workspace.remove_owned(folder)
@@ -222,12 +229,8 @@ def _check_resumed_weights(state: TuneState, planned: weights.Planned) -> None:
 
 def _load_documents(out: Path, state: TuneState) -> dict[str, dict[str, Any]]:
     """The results of every stage that wrote them (an interrupted stage's are partial)."""
-    documents = {}
-    for name in state.stage_names():
-        path = out / name / results.RESULTS_FILE
-        if path.is_file():
-            documents[name] = results.read(path).document
-    return documents
+    paths = {stage.name: out / stage.name / results.RESULTS_FILE for stage in state.stages}
+    return {name: results.read(path).document for name, path in paths.items() if path.is_file()}
 
 
 def _finish(session: Session, base: SuiteConfig, draw: Draw | None) -> Tuning:
@@ -235,7 +238,7 @@ def _finish(session: Session, base: SuiteConfig, draw: Draw | None) -> Tuning:
     state, settings, universe = session.state, session.settings, session.universe
     state.phase = "finishing"
     session.save()
-    session.emit("finishing", {"time_left_s": session.time_left_s()})
+    session.emit(events.Finishing(session.time_left_s()))
     samples = policy.gather(session.documents.values())
     finalists = state.finalists or policy.ranked(state.alive, samples, settings.metric)[:budget.FINALISTS]
     # the final rounds' runs: the winner's runs after it was chosen, what the answer against the peer stands on
@@ -246,12 +249,9 @@ def _finish(session: Session, base: SuiteConfig, draw: Draw | None) -> Tuning:
     paste = None
     if recommendation is not None:
         test = universe.tests[recommendation["test"]]
-        recommendation["stopped_by"] = state.stopped_by
-        recommendation["layout"] = describe_layout(test)
-        recommendation["settings"] = entry(test)
+        recommendation |= {"stopped_by": state.stopped_by, "layout": describe_layout(test), "settings": entry(test)}
         paste = write_tuned(test, settings, session.source.tensors, session.out, base.max_inflight_bytes)
-    tuning = Tuning(document.build(state, session.documents, universe, settings, complete=True,
-                                   recommendation=recommendation, paste=paste))
+    tuning = Tuning(document.build(session, recommendation, paste))
     if draw is not None:
         tuning.plot_path = draw(tuning.document, session.out)
     tuning.document["budget"]["spent_s"] = session.elapsed_s()  # the figure's time counts too
@@ -259,10 +259,3 @@ def _finish(session: Session, base: SuiteConfig, draw: Draw | None) -> Tuning:
     state.phase = "done"
     session.save()
     return tuning
-
-
-def _write_partial(session: Session) -> Tuning:
-    """tuning.json of an interrupted tune: every stage and candidate so far, no recommendation."""
-    partial = document.build(session.state, session.documents, session.universe, session.settings, complete=False,
-                             recommendation=None, paste=None)
-    return Tuning(partial, document.write(partial, session.out))

@@ -1,10 +1,5 @@
-"""What a tune measures and how long it may take: the settings, their defaults and their checks.
-
-Every other tune module reads a `Settings`; none of them changes one. The settings also build
-the suites a tune runs (`Settings.suite_data`), so every stage's suite and the space's
-candidates share one testing block: one run per test, no warm-up, blocked order, the
-config's cache eviction and noise threshold.
-"""
+"""What a tune measures and how long it may take: the settings, their defaults and their checks. The settings
+also build every suite a tune runs (`Settings.suite_data`: one testing block for every stage and the space)."""
 
 from __future__ import annotations
 
@@ -23,15 +18,9 @@ SPACE_FILE = Path(__file__).with_name("tune_space.json")  # in the package (pip 
 DEFAULT_OBJECTIVE = "balanced"
 DEFAULT_BUDGET_S = 600.0
 MIN_BUDGET_S = 10.0
-# The reference rows a tune measures unless told otherwise: the format most checkpoints ship in, the fastest
-# streaming loader measured here (docs/measurements), and the disk's own ceiling. Each costs a run of the
-# model's size in rung 0 (the ceiling its whole grid), so the default keeps a tune of a 7 GB model within
-# 12 minutes; `--references all` measures every kind.
+# The reference rows unless told otherwise: the format most checkpoints ship in, the fastest streaming loader
+# measured here (docs/measurements) and the disk's ceiling; each costs a run in rung 0. `--references all`: every kind
 DEFAULT_REFERENCES = ("safetensors", "runai_streamer", "device_ceiling")
-
-__all__ = ["DEFAULT_BUDGET_S", "DEFAULT_OBJECTIVE", "DEFAULT_REFERENCES", "MIN_BUDGET_S", "OBJECTIVES", "SPACE_FILE",
-           "Settings", "check_settings"]
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -58,15 +47,13 @@ class Settings:
 
     @property
     def metric(self) -> str:
-        """The figure the objective minimises: save -> save_s, load -> load_s, balanced -> total_s, size ->
-        size_bytes."""
+        """The figure the objective minimises: balanced -> total_s, size -> size_bytes..."""
         return OBJECTIVES[self.objective]
 
     @property
     def references(self) -> list[str]:
-        """The reference rows measured beside the candidates, by name: each kind of reference_kinds, once per
-        setting the space tries it with. They write local files, so they are not run with an object store (the
-        suite would skip them anyway; leaving them out keeps the budget honest)."""
+        """The reference rows by name: each kind of reference_kinds, once per setting the space tries it with; none
+        with an object store (they write local files: the suite would skip them, and the budget must not count them)."""
         if "://" in (self.storage or ""):
             return []
         return [name for kind, value in self._reference_values().items() for name, _ in rows_of(kind, value)]
@@ -75,8 +62,7 @@ class Settings:
         return {kind: self.reference_rows.get(kind, True) for kind in REFERENCES if kind in self.reference_kinds}
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a resumed tune must share with the interrupted one: what changes the measurements. The budget,
-        the seed and keeping the checkpoint may change on resume; the output folder is where it is resumed."""
+        """What a resumed tune must share with the interrupted one: what changes the measurements."""
         return {"model": self.model, "weights": self.weights, "dtype": self.dtype, "values": self.values,
                 "storage": self.storage, "objective": self.objective, "cache_eviction": self.cache_eviction,
                 "noise_pct": self.noise_pct, "reference_kinds": list(self.reference_kinds),
@@ -84,8 +70,7 @@ class Settings:
 
     def suite_data(self, tests: list[dict[str, Any]], output_dir: Path, *, references: bool,
                    seed: int) -> dict[str, Any]:
-        """A suite config (as `config.from_dict` reads it) of `tests` run once each, in the order given: one run
-        a stage is what successive halving asks for, and blocked order keeps the order the tune chose."""
+        """A suite config of `tests` run once each (a stage of successive halving), in the order given."""
         testing = {"num_runs": 1, "warmup_rounds": 0, "seed": seed, "order": "blocked",
                    "cache_eviction": self.cache_eviction, "noise_pct": self.noise_pct}
         data = suite_data(tests, output_dir=output_dir, testing=testing, model=self.model, weights=self.weights,
@@ -97,8 +82,7 @@ class Settings:
 
 
 def check_settings(settings: Settings) -> None:
-    """Refuse, in one line naming the flag, what cannot give an answer: an unknown objective, a budget too
-    short for anything, or memory:// (which measures no disk, and the tune looks for the best layout on one)."""
+    """Refuse, in one line naming the flag, what cannot give an answer."""
     unknown = sorted(set(settings.reference_kinds) - set(REFERENCES))
     if unknown:
         raise UserError(f"--references: no reference row {unknown[0]!r}; use some of {', '.join(REFERENCES)}, or all")

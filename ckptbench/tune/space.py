@@ -1,15 +1,8 @@
-"""The search space of `tune`: the file, its candidates for one model, and the sample rung 0 measures.
-
-The search space is data (`sweeps/tune_space.json`): axes (any per-test field of a suite
-config, one value or a list), formats (fields fixed together: zarr2, zarr3, zarr3 with
-sharding, OCDBT) and `always` entries (t5x_full). Every combination is a candidate test;
-`config.from_dict` expands and validates them exactly as it does a sweep, so invalid
-combinations are skipped with its reasons. Candidates that lay this model out the same
-way (identical chunk and shard shapes for every tensor) are measured once.
-
-Rung 0 samples the space: seeded, each axis' values spread evenly along the sample,
-t5x_full always in it. Every later shuffle is seeded by the tune's seed and the stage's
-name, so a resumed tune makes the same choices as an uninterrupted one.
+"""The search space of `tune` (`sweeps/tune_space.json`): axes (any per-test field, one value or a list),
+formats (fields fixed together) and `always` entries (t5x_full). Every combination is a candidate, expanded and
+validated by `config.from_dict` as a sweep is (invalid ones skipped with its reasons); candidates that lay this
+model out the same way are measured once. Rung 0 samples it, seeded, each axis' values spread evenly; every
+shuffle is seeded by the tune's seed and the stage's name, so a resumed tune makes the same choices.
 """
 
 from __future__ import annotations
@@ -45,8 +38,7 @@ SPACE_SCHEMA: dict[str, Any] = {
                     "additionalProperties": {"type": "object", "additionalProperties": False,
                                              "properties": {**_FIELDS, "description": {"type": "string"}}}},
         "always": {"type": "array", "items": TEST_SCHEMA},
-        # The peers' axes: per reference kind, the settings its rows are tried with (a config's `references`
-        # value: true, an object, or a list of objects), for the kinds the tune measures (--references)
+        # the peers' axes: per reference kind, the settings its rows are tried with (a config's `references`)
         "references": SCHEMA["properties"]["references"],
     },
 }
@@ -69,8 +61,7 @@ def load_space(path: Path | str) -> dict[str, Any]:
 
 
 def validate_space(data: Any, source: str = "space") -> None:
-    """The space's structure against SPACE_SCHEMA (its values with the config's own schema pieces, so a value
-    the config refuses is refused here with the config's words)."""
+    """The space against SPACE_SCHEMA (its values with the config's own schema pieces and words)."""
     from jsonschema.exceptions import best_match
 
     if not isinstance(data, dict):
@@ -91,19 +82,13 @@ def validate_space(data: Any, source: str = "space") -> None:
 
 @dataclass(frozen=True)
 class Universe:
-    """Every candidate of a space for one model: measurable tests by name, in space order (always first)."""
+    """Every candidate of a space for one model, by name, in space order (always first)."""
 
     tests: dict[str, TestSpec]
     always: tuple[str, ...]
     axes: dict[str, dict[str, str]]  # candidate -> {axis: value}: what balanced sampling spreads
     skipped: tuple[tuple[str, str], ...]  # invalid combinations, with config's reasons
     duplicates: tuple[tuple[str, str], ...]  # (candidate, the candidate laying this model out the same way)
-
-    @property
-    def pool(self) -> list[str]:
-        """Candidates rung 0 samples from (the `always` ones are added to every sample)."""
-        return [n for n in self.tests if n not in self.always]
-
 
 def space_tests(space: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The space as suite-config test entries: the `always` entries, then one sweep per format."""
@@ -114,8 +99,7 @@ def space_tests(space: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def for_tp(space: Mapping[str, Any], tp: int) -> dict[str, Any]:
-    """The space a tune of tensor-parallel loads searches: with tp > 1 the chunk strategies gain tp_aligned
-    (chunk boundaries on the tp-way split), the layout that objective favours; tp 1 leaves the space as it is."""
+    """The space of a tune of tensor-parallel loads: with tp > 1 the chunk strategies gain tp_aligned."""
     strategies = space.get("axes", {}).get("chunk_strategy")
     if tp <= 1 or strategies is None:
         return dict(space)
@@ -136,9 +120,8 @@ def candidates(space: Mapping[str, Any], settings: Settings, source: str = "spac
 
 
 def make_universe(space: Mapping[str, Any], suite: SuiteConfig, shapes: Iterable[Sequence[int]]) -> Universe:
-    """The space's candidates (`suite`, from `candidates`) for a model whose tensors have `shapes`, with
-    effective duplicates removed: measuring two candidates that write the same files would spend the
-    budget twice on one answer."""
+    """The space's candidates (`suite`) for a model whose tensors have `shapes`, without those that would write
+    the same files as another (measuring both would spend the budget twice on one answer)."""
     always = tuple(entry["name"] for entry in space.get("always", []))
     keys = sorted(space["formats"], key=len, reverse=True)  # longest first: "zarr3_sharded" before "zarr3"
     unique_shapes = sorted({tuple(int(d) for d in s) for s in shapes})
@@ -161,8 +144,8 @@ def make_universe(space: Mapping[str, Any], suite: SuiteConfig, shapes: Iterable
 
 
 def layout_key(test: TestSpec, dtype: str, shapes: Sequence[tuple[int, ...]]) -> tuple:
-    """What a candidate does to tensors of these shapes: every setting that decides what a save writes
-    (`fields.layout_settings`), with the chunk settings only through the chunk and shard shapes they give."""
+    """What a candidate writes for tensors of these shapes: the layout settings, the chunk settings only through
+    the chunk and shard shapes they give."""
     from ckptbench.bench.storage import Layout
 
     layout = Layout.of(test, dtype)
@@ -174,11 +157,10 @@ def layout_key(test: TestSpec, dtype: str, shapes: Sequence[tuple[int, ...]]) ->
 
 
 def sample(universe: Universe, n: int, seed: int) -> list[str]:
-    """n candidates from the pool, seeded, chosen one after another so that every prefix spreads each
-    axis' values evenly (the least-seen values first; ties broken by a seeded shuffle). Rung 0 stops when
-    its share of the budget is spent, so whatever prefix it measures is a balanced sample."""
+    """n candidates (not the `always` ones), seeded, chosen so that every prefix spreads each axis' values evenly
+    (the least-seen values first): whatever prefix rung 0 measures is a balanced sample."""
     rng = random.Random(f"ckptbench-tune-sample-{seed}")
-    pool = universe.pool
+    pool = [n for n in universe.tests if n not in universe.always]
     rng.shuffle(pool)
     seen: dict[tuple[str, str], int] = defaultdict(int)
     chosen: list[str] = []
@@ -196,13 +178,10 @@ DEFERRED_FACTOR = 2.0  # a candidate whose prior is more than this times the che
 
 
 def rung0_order(universe: Universe, n_listed: int, seed: int, priors_s: Mapping[str, float] | None = None) -> list[str]:
-    """Rung 0's sample in running order: the balanced sample (`sample`), with the candidates expected to cost more
-    than DEFERRED_FACTOR times the cheapest listed (`priors_s`: a slow codec, tiny chunks) moved after the others,
-    each part in the sample's order; so the budget measures many candidates before it meets one that may be
-    hopeless, and the first of a slow codec measured tells the tune to skip the rest of it
-    (`policy.skip_reason`). Each `always` candidate comes right after the first CANDIDATES_BEFORE_CEILING cheap
-    ones and the device ceiling (`policy.rung0_members`): measured early, but not before the ceiling, which gives
-    every answer its context."""
+    """Rung 0's sample in running order: the candidates expected to cost more than DEFERRED_FACTOR times the
+    cheapest (`priors_s`: a slow codec, tiny chunks) after the others, so the budget measures many before one
+    that may be hopeless (the first of a slow codec measured skips the rest: `policy.skip_reason`); the `always`
+    ones after the first CANDIDATES_BEFORE_CEILING (and the device ceiling: `policy.rung0_members`)."""
     always = universe.always
     order = sample(universe, max(0, n_listed - len(always)), seed)
     priors_s = priors_s or {}
@@ -217,12 +196,12 @@ def rung0_order(universe: Universe, n_listed: int, seed: int, priors_s: Mapping[
 
 
 def stage_seed(seed: int, stage: str) -> int:
-    """A stage's own seed: the suite's seed and every shuffle of the stage, from the tune's seed and its name."""
+    """A stage's own seed, from the tune's seed and the stage's name."""
     return zlib.crc32(f"{seed}:{stage}".encode())
 
 
 def shuffled(names: Sequence[str], seed: int, stage: str) -> list[str]:
-    """The stage's tests in a seeded random order, so no candidate always runs first (or last) in a rung."""
+    """The stage's tests in a seeded order, so no candidate always runs first (or last)."""
     out = list(names)
     random.Random(stage_seed(seed, stage)).shuffle(out)
     return out

@@ -1,21 +1,15 @@
-"""The state of a tune: everything a resumed tune needs, as typed fields, saved after every run.
+"""The state of a tune, saved as tune_state.json (atomically, fsync'd) after every run: the settings, the
+space, the seed, every stage's members and status, the survivors, the eliminated with their reasons and the
+measured durations. Ctrl-C keeps everything; `resume` continues the interrupted stage through its journal.
 
-State. `tune_state.json` (written atomically and fsync'd after every run) holds the
-settings, the space, the seed, every stage's members and status, the survivors and the
-eliminated with their reasons, and the measured durations. Ctrl-C keeps everything;
-`resume` continues the interrupted stage through its journal, then goes on. A resumed
-tune has what was left of its budget (or a new --budget, counting what was spent).
-
-The file is of kind "tune state" (documents.store.Kind, `tune_state.schema.json`).
-Version history:
-- 1 (ckptbench 0.2.0): `"format": "ckptbench-tune-state-1"`, no kind.
-- 2: `"kind": "tune state", "schema_version": 2`, as every file the harness writes; nothing else
-  changed, so a tune interrupted by version 1 resumes.
+The file is of kind "tune state" (documents.store.Kind, `tune_state.schema.json`). Versions: 1 (ckptbench
+0.2.0) named its format in `"format": "ckptbench-tune-state-1"`; 2 has the kind and `schema_version`, nothing
+else changed, so a tune interrupted by version 1 resumes.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -45,13 +39,10 @@ class Stage:
     decision: dict[str, Any] | None = None  # halving: ranking, kept, cut, eliminated...; final: winner, separated...
     figures: dict[str, Any] | None = None  # each test's runs in this stage
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
 class TuneState:
-    """Everything a tune has decided and measured so far (module docstring); the loop replaces it whole."""
+    """Everything a tune has decided and measured so far; the loop replaces it whole."""
 
     settings: dict[str, Any]  # Settings.fingerprint(): what a resumed tune must share with the interrupted one
     seed: int
@@ -79,32 +70,20 @@ class TuneState:
         """The latest stage, if any."""
         return self.stages[-1] if self.stages else None
 
-    def stage_names(self) -> list[str]:
-        return [stage.name for stage in self.stages]
-
     def to_json(self) -> dict[str, Any]:
         """The file's body (version 1's layout, which version 2 keeps)."""
-        return {"settings": self.settings, "seed": self.seed, "budget_s": self.budget_s, "spent_s": self.spent_s,
-                "setup_s": self.setup_s, "keep_checkpoint": self.keep_checkpoint,
-                "space": {"path": self.space_path, "data": self.space}, "weights": self.weights,
-                "plan": self.plan.to_json(), "rung0_order": self.rung0_order, "corrected": self.corrected,
-                "stages": [stage.to_json() for stage in self.stages], "phase": self.phase, "alive": self.alive,
-                "finalists": self.finalists, "eliminated": self.eliminated, "not_measured": self.not_measured,
-                "stopped_by": self.stopped_by, "durations": self.durations.to_json()}
+        body = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("space_path", "space")}
+        return body | {"space": {"path": self.space_path, "data": self.space}, "plan": self.plan.to_json(),
+                       "durations": self.durations.to_json(), "stages": [asdict(stage) for stage in self.stages]}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TuneState:
         """A state from a validated file body (`TUNE_STATE.read`)."""
-        return cls(
-            settings=dict(data["settings"]), seed=int(data["seed"]), budget_s=float(data["budget_s"]),
-            spent_s=float(data["spent_s"]), setup_s=data["setup_s"], keep_checkpoint=bool(data["keep_checkpoint"]),
-            space_path=data["space"]["path"], space=data["space"]["data"], weights=dict(data["weights"]),
-            plan=Plan.from_json(data["plan"]), rung0_order=list(data["rung0_order"]),
-            durations=Durations.from_json(data["durations"], int(data["weights"]["size_bytes"])),
-            stages=[Stage(**stage) for stage in data["stages"]],
-            phase=data["phase"], alive=list(data["alive"]), finalists=list(data["finalists"]),
-            eliminated=dict(data["eliminated"]), not_measured=list(data["not_measured"]),
-            corrected=data["corrected"], stopped_by=data["stopped_by"])
+        body = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        return cls(**body | {
+            "space_path": data["space"]["path"], "space": data["space"]["data"], "plan": Plan.from_json(data["plan"]),
+            "durations": Durations.from_json(data["durations"], int(data["weights"]["size_bytes"])),
+            "stages": [Stage(**stage) for stage in data["stages"]]})
 
 
 def _upgrade_1_to_2(document: dict[str, Any]) -> dict[str, Any]:

@@ -69,6 +69,7 @@ class Tune(Command):
         from ckptbench.core.units import parse_duration
         from ckptbench.reports.progress import TuneProgress
         from ckptbench.tune import report
+        from ckptbench.tune.session import Hooks
 
         budget_s = None if args.budget is None else parse_duration(args.budget, "--budget")
         output_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(context)
@@ -77,15 +78,14 @@ class Tune(Command):
             print(report.dry_run_text(info))
             return 0 if info["refusal"] is None else 2
         progress = TuneProgress(enabled=not args.no_progress)
+        hooks = Hooks(on_event=progress.event, draw=_draw)
         try:
             if args.resume:
                 given = {**weight_overrides(args), "storage": args.storage, "objective": args.objective}
                 tuning = tune.resume(output_dir, given=given, budget_s=budget_s,
-                                     keep_checkpoint=True if args.keep else None, on_event=progress.event,
-                                     draw=_draw)
+                                     keep_checkpoint=True if args.keep else None, hooks=hooks)
             else:
-                tuning = tune.run(_settings(args, context, output_dir, budget_s), on_event=progress.event,
-                                  draw=_draw)
+                tuning = tune.run(_settings(args, context, output_dir, budget_s), hooks)
         except Stopped as stop:
             progress.close()
             if stop.partial is None:
