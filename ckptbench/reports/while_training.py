@@ -26,8 +26,9 @@ def lines(document: Mapping[str, Any]) -> list[str]:
             f"{row['test']} {100 * row['blocked_vs_sync_save']:.0f} %" for row in paired))
     slow = [row["test"] for row in paired if row["kind"] == "tensorstore" and row["blocked_vs_sync_save"] >= WELL_BELOW]
     if slow:
-        out.append(f"    {', '.join(slow)}: blocked is not well below the sync save: most of that save is TensorStore "
-                   "copying the data into its chunks, which the loop must wait for, not the write after it")
+        out.append(f"    {', '.join(slow)}: blocked is not well below the sync save: most of that save comes before "
+                   "TensorStore's copy futures resolve (opening the arrays and writing their metadata, copying the "
+                   "data into chunks), which the loop must wait for")
     out.append(f"    {answer['note']}")
     return out
 
