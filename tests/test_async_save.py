@@ -70,6 +70,15 @@ def test_the_stand_in_step_alone_is_not_slowed_down():
     assert abs(slowdown(alone_s, again)) < max(0.5, 2 * spread), (alone_s, again)
 
 
+def test_the_memory_pre_check_counts_the_staged_copy():
+    from ckptbench.bench import capacity
+
+    sync, asynchronous = fields.TestSpec("s", backend="torch_save"), fields.TestSpec("a", backend="torch_save",
+                                                                                       save_mode="async")
+    assert capacity.peak_memory_bytes(asynchronous, 10**9, 2**30) - capacity.peak_memory_bytes(sync, 10**9, 2**30) \
+        == 10**9
+
+
 def test_training_time_lost_is_blocked_plus_the_steps_extra_time():
     assert time_lost_s(0.5, 0.1, [0.15, 0.1, 0.3]) == pytest.approx(0.5 + 0.05 + 0.0 + 0.2)
     assert slowdown(0.1, []) is None
@@ -130,6 +139,8 @@ def test_results_record_every_async_figure(async_suite):
         assert run["training_lost_s"] == pytest.approx(
             run["blocked_s"] + sum(s - run["step_alone_s"] for s in run["steps_during_s"])), name
         assert test["stats"]["training_lost_s"]["n"] == 1, name
+    # the staged copies' peak is reported apart from the bound's, which only sync rows are held to
+    assert document["scale"]["async_anon_peak_bytes"] > 0 and document["scale"]["anon_peak_bytes"] > 0
     answer = document["while_training"]
     rows = {row["test"]: row for row in answer["rows"]}
     assert set(rows) == {"ts_mode=async", "torch_save_mode=async", "torch_dcp_mode=async"}
