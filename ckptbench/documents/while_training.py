@@ -42,6 +42,7 @@ def derive(tests: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
                          "sync_test": None if twin is None else twin["name"],
                          **{m: _mean(test, m) for m in ("blocked_s", "commit_s", "staging_bytes", "step_alone_s",
                                                         "step_slowdown", "training_lost_s")},
+                         "training_lost_ci95": (test["stats"].get("training_lost_s") or {}).get("ci95"),
                          "sync_save_s": sync_save_s,
                          "blocked_vs_sync_save": None if not sync_save_s or blocked_s is None
                          else blocked_s / sync_save_s})

@@ -17,8 +17,9 @@ def lines(document: Mapping[str, Any]) -> list[str]:
     rows = {row["test"]: row for row in answer["rows"]}
     least, soonest = rows[answer["least_training_lost"]], rows[answer["shortest_to_durable"]]
     out = [f"  checkpoint while training (async saves): least training time lost per checkpoint: {least['test']} "
-           f"{least['training_lost_s']:.3g} s (blocked {least['blocked_s']:.3g} s, {_slowdown(least)}, staged "
-           f"{human_bytes(least['staging_bytes'] or 0)}); shortest time to durable: {soonest['test']} "
+           f"{least['training_lost_s']:.3g} s{_interval(least)} (blocked {least['blocked_s']:.3g} s, "
+           f"{_slowdown(least)}, staged {human_bytes(least['staging_bytes'] or 0)}); shortest time to durable: "
+           f"{soonest['test']} "
            f"{soonest['commit_s']:.3g} s"]
     paired = [row for row in answer["rows"] if row["blocked_vs_sync_save"] is not None]
     if paired:
@@ -37,3 +38,13 @@ def _slowdown(row: Mapping[str, Any]) -> str:
     if row["step_slowdown"] is None:
         return "no step ran beside the write"
     return f"steps {100 * row['step_slowdown']:+.0f} % during the write"
+
+
+def _interval(row: Mapping[str, Any]) -> str:
+    """' [-0.01 to 0.02]': the mean's 95 % interval; where it reaches below zero, the steps' noise is larger than
+    what the write took from them."""
+    interval = row.get("training_lost_ci95")
+    if interval is None:
+        return ", too few runs for a CI"
+    below = ", below zero: within the steps' noise" if interval[0] < 0 else ""
+    return f" [{interval[0]:.3g} to {interval[1]:.3g}{below}]"
