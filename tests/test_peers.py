@@ -126,7 +126,7 @@ def test_row_settings_default_to_each_librarys_own_and_are_checked(tmp_path):
     for refs, words in (({"runai_streamer": {"concurency": 2}}, "did you mean 'concurrency'"),
                         ({"torch_dcp": {"thread_count": 0}}, "references.torch_dcp.thread_count: must be at least 1"),
                         ({"runai_streamer": "yes"}, "or an object of concurrency, chunk_bytesize, fs_strategy"),
-                        ({"safetensors": {"x": 1}}, "references.safetensors: expected true or false"),
+                        ({"safetensors": {"x": 1}}, "references.safetensors: unknown key 'x'; valid: save_mode"),
                         ({"runai_streamer": {"fs_strategy": "uring"}},
                          "references.runai_streamer.fs_strategy: \"uring\" is not allowed; use one of \"auto\""),
                         ({"runai_streamer": [{"chunk_bytesize": 100}]},

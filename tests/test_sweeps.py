@@ -217,7 +217,7 @@ REFS = ["safetensors", "torch_save", "device_ceiling"]
 
 def test_the_shipped_sweeps_are_exactly_these():
     # tune_space.json is not a suite config but `tune`'s search space (tests/test_tune.py checks it)
-    assert sorted(p.name for p in SWEEPS.glob("*.json")) == ["at_scale.json", "chunks_x_concurrency.json",
+    assert sorted(p.name for p in SWEEPS.glob("*.json")) == ["async_save.json", "at_scale.json", "chunks_x_concurrency.json",
                                                              "compression.json", "formats.json",
                                                              "llama2_7b_memory.json", "original_conditions.json",
                                                              "tensor_parallel.json", "tune_space.json",

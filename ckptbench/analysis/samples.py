@@ -12,6 +12,8 @@ THROUGHPUT = {"save_gbps": "save_s", "load_gbps": "load_s"}
 COST = ("save_cpu_s", "load_cpu_s", "save_peak_rss_bytes", "load_peak_rss_bytes",
         "save_rss_anon_bytes", "load_rss_anon_bytes", "save_rss_file_bytes", "load_rss_file_bytes",
         "save_host_rss_anon_bytes", "load_host_rss_anon_bytes")
+# An async save's (bench.async_save): blocked, durable, staged memory, the steps beside it; sync runs have none.
+ASYNC = ("blocked_s", "commit_s", "staging_bytes", "step_alone_s", "step_slowdown", "training_lost_s")
 
 
 def measured_runs(runs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -26,7 +28,7 @@ def samples(runs: Iterable[Mapping[str, Any]], data_bytes: int) -> dict[str, lis
     out["total_s"] = [float(r["save_s"]) + float(r["load_s"]) for r in good]
     for name, seconds in THROUGHPUT.items():
         out[name] = [data_bytes / 1e9 / s for s in out[seconds] if s > 0]
-    for metric in COST:
+    for metric in COST + ASYNC:
         out[metric] = [float(r[metric]) for r in good if r.get(metric) is not None]
     warm = [float(r["warm_load_s"]) for r in good if r.get("warm_load_s") is not None]
     if warm:  # a test with warm_load: its loads from the page cache, right after each save

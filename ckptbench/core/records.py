@@ -196,6 +196,17 @@ class RunRecord:
     # core.host.others (their CPU seconds, the disk's bytes less this run's own, the window's seconds, the own
     # figures beside them). None where it was not measured (no /proc).
     other_processes: dict[str, dict[str, float]] | None = None
+    # An async save (bench.async_save; None for sync ones): seconds from the call until the weights may change
+    # (blocked_s) and until durable (commit_s, also save_s); the anonymous bytes the save held at its peak above
+    # the process's at the call (staging_bytes); the stand-in training step's median time alone, each step's time
+    # during the background write, their mean's slowdown (a fraction) and the training time lost per checkpoint
+    blocked_s: float | None = None
+    commit_s: float | None = None
+    staging_bytes: int | None = None
+    step_alone_s: float | None = None
+    steps_during_s: list[float] | None = None
+    step_slowdown: float | None = None
+    training_lost_s: float | None = None
     error: str | None = None
     fatal: bool = False  # the storage itself failed (full disk, I/O error): the suite must stop
     confirm_block: int | None = None  # a confirmation block's run (1, 2, ...); None: a run of the suite's rounds

@@ -59,6 +59,12 @@ Version history (bump SCHEMA_VERSION whenever a field changes meaning):
   for positive quantities, so never below zero; version 4's `ci95` was the symmetric Student-t one, which
   went below zero) and `ci95_log` is gone (it was the same interval). The raw runs are kept, so an upgrade
   from 4 derives everything again.
+  Later, without a bump (optional fields; files without them read as sync saves only): tests'
+  `settings.save_mode` ("sync" for every earlier file) and `settings.train_step_bytes`; an async run's
+  `blocked_s`, `commit_s` (its save_s too), `staging_bytes`, `step_alone_s`, `steps_during_s`, `step_slowdown`,
+  `training_lost_s` (null for sync runs), summarised in stats; the document's `while_training`
+  (documents.while_training; null without async rows) and the scale's `async_anon_peak_bytes` (async rows'
+  anonymous peak, reported apart from the bound's `anon_peak_bytes`); async rows are left out of `best`.
 """
 
 from __future__ import annotations
@@ -75,7 +81,7 @@ from ckptbench.analysis.samples import METRICS, THROUGHPUT, samples
 from ckptbench.core import records
 from ckptbench.core.records import RunRecord
 from ckptbench.documents import ceiling as ceiling_rounds
-from ckptbench.documents import confirmation, findings
+from ckptbench.documents import confirmation, findings, while_training
 from ckptbench.documents import store as documents
 from ckptbench.documents.findings import NOT_DURABLE, metric_runs
 from ckptbench.documents.store import Document, Upgrade
@@ -240,6 +246,7 @@ def derive(document: dict[str, Any]) -> dict[str, Any]:
                                                           if r["error"] is None and r["load_cache"] != "memory"})
     document["scale"] = _scale(document, ceiling)
     document["best"] = best_configurations(tests, noise_pct, document["baseline"])
+    document["while_training"] = while_training.derive(tests)  # issue 27: async saves' answer, or None
     confirmation.derive(document, noise_pct)  # the answer's comparisons from the confirmation rounds, if any
     document["warnings"] = findings.suite_warnings(document, ceiling)
     document["alerts"] = findings.alerts(document, ceiling)
@@ -334,11 +341,14 @@ def _scale(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> di
     # Anonymous memory (the part that cannot be dropped): its peak over every run against the bound the
     # harness keeps, 1.25 x the model + 1 GB; the process's own at the start is the fixed part's measure. A run
     # by several processes counts the host's: every process of this host that took part.
-    peaks = [run.get(f"{op}_host_rss_anon_bytes") or run[f"{op}_rss_anon_bytes"]
-             for test in document["tests"] for run in test["runs"] for op in ("save", "load")
-             if run.get(f"{op}_rss_anon_bytes") is not None]
+    # An async save's staged copy is its point: its rows' peak is reported apart, not held to the bound (issue 27)
+    def peaks(asynchronous: bool) -> list[int]:
+        return [run.get(f"{op}_host_rss_anon_bytes") or run[f"{op}_rss_anon_bytes"]
+                for test in document["tests"] if while_training.is_async(test) == asynchronous
+                for run in test["runs"] for op in ("save", "load") if run.get(f"{op}_rss_anon_bytes") is not None]
     scale["anon_at_start_bytes"] = (document.get("environment") or {}).get("rss_anon_at_start_bytes")
-    scale["anon_peak_bytes"] = max(peaks) if peaks else None
+    scale["anon_peak_bytes"] = max(peaks(False), default=None)
+    scale["async_anon_peak_bytes"] = max(peaks(True), default=None)
     scale["anon_bound_bytes"] = int(MEMORY_BOUND_MULTIPLIER * model_bytes + MEMORY_BOUND_FIXED_BYTES)
     patterns = (ceiling or {}).get("ceiling") or {}
     scale["ceiling_save_pattern"] = patterns.get("save_pattern")
@@ -358,8 +368,10 @@ def best_configurations(tests: list[Mapping[str, Any]], noise_pct: float, baseli
     and the winner against the baseline, the fastest peer (the lowest mean of the reference rows a user
     could pick instead) and the device ceiling, each by analysis.compare; `beaten_by`: the peers whose
     mean is lower than the winner's (TensorStore is then not the fastest)."""
-    candidates = [t for t in tests if t["kind"] == "tensorstore" and t["stats"]["save_s"]["n"] > 0]
-    peers = [t for t in tests if is_peer(t) and t["stats"]["save_s"]["n"] > 0]
+    # async rows (issue 27) have their own answer (documents.while_training): their save_s ran beside training steps
+    candidates = [t for t in tests if t["kind"] == "tensorstore" and t["stats"]["save_s"]["n"] > 0
+                  and not while_training.is_async(t)]
+    peers = [t for t in tests if is_peer(t) and t["stats"]["save_s"]["n"] > 0 and not while_training.is_async(t)]
     by_name = {t["name"]: t for t in tests}
     out: dict[str, Any] = {}
     for objective, metric in OBJECTIVES.items():

@@ -21,6 +21,7 @@ from ckptbench.analysis.change import (
 )
 from ckptbench.documents.findings import elsewhere
 from ckptbench.documents.store import weights_name
+from ckptbench.reports import while_training
 from ckptbench.reports.tables import BRIEF, NA, change, ci_pct, mean_pm, ratio_brief, ratio_ci, table, verdict
 from ckptbench.spec.references import CEILING
 
@@ -35,7 +36,7 @@ def answer_lines(document: Mapping[str, Any]) -> list[str]:
     (documents.confirmation), and where the winners were chosen from the same runs, a line that says so."""
     best = document.get("best") or {}
     if not best:
-        return ["Answer: no TensorStore test has a successful run"]
+        return ["Answer: no TensorStore test has a successful run", *while_training.lines(document)]  # issue 27
     width = max(len(OBJECTIVE_WORDS[o]) for o in best) + 1
     lines = ["Answer: TensorStore's best per objective, against the baseline | the fastest peer | the device "
              "ceiling (ratios of means, 95% CIs):"]
@@ -47,7 +48,7 @@ def answer_lines(document: Mapping[str, Any]) -> list[str]:
                 else _quantity(entry["mean"], metric))
         lines.append(f"  {(OBJECTIVE_WORDS[objective] + ':').ljust(width)} {entry['test']} "
                      f"{mean}: " + " | ".join(p for p in parts if p))
-    return lines + _selection_lines(document)
+    return lines + _selection_lines(document) + while_training.lines(document)  # issue 27: async saves' answer
 
 
 def _selection_lines(document: Mapping[str, Any]) -> list[str]:

@@ -19,11 +19,11 @@ from typing import Any, Mapping
 
 from ckptbench.core.errors import UserError
 from ckptbench.core.records import ORDERS
-from ckptbench.spec import compression, tensor_parallel
+from ckptbench.spec import async_rows, compression, tensor_parallel
 from ckptbench.spec.fields import CACHE_EVICTION, LOAD_INTO, SWEEP_FIELDS, TEST_SCHEMA, TestSpec, read_test
 from ckptbench.spec.hub_id import looks_like_hub_id
 from ckptbench.spec.presets import PRESETS, VALUES
-from ckptbench.spec.references import REFERENCES, rows_of, unavailable
+from ckptbench.spec.references import REFERENCES, SAVE_MODE, rows_of, unavailable
 from ckptbench.spec.schema import SCHEMA, Validator, describe_error, suggest, validate_structure
 from ckptbench.spec.suite import DEFAULT_OUTPUT_DIR, DTYPES, MAX_PROCESSES, SuiteConfig
 from ckptbench.spec.sweep import count_points, expand_sweep, iter_sweep, swept_fields
@@ -89,8 +89,9 @@ def from_dict(data: Any, base_dir: Path | None = None, source: str = "config", c
     references = data.get("references", {})
     for kind, reference in REFERENCES.items():
         for name, settings in rows_of(kind, references.get(kind, False)):
+            mode = settings.pop(SAVE_MODE, "sync")  # async saves: a TestSpec field, not a back-end setting
             tests.append(TestSpec(name=name, backend=kind, description=reference.description,
-                                  reference_settings=settings or None))
+                                  reference_settings=settings or None, save_mode=mode))
     names = [t.name for t in tests]
     seen: set[str] = set()
     for name in names:
@@ -364,6 +365,8 @@ def _tp_refusal(test: TestSpec, config: SuiteConfig, counts: list[int]) -> str |
 def _check_conditions(test: TestSpec, config: SuiteConfig) -> None:
     """Per-test settings that depend on the suite's weights (known only after the overrides)."""
     where = f"test {test.name!r}"
+    if (why := async_rows.suite_refusal(test, config.processes) or async_rows.test_refusal(test)) is not None:
+        raise UserError(f"{where}: {why}")  # issue 27 (a reference row's own settings are checked here too)
     if test.values is not None and config.weights is not None:
         raise UserError(f"{where}: field values applies to preset weights; a checkpoint (weights) brings its own "
                         "values; drop the test's values")
@@ -388,6 +391,8 @@ def _read_test(raw: Mapping[str, Any], source: str) -> TestSpec:
         which = "both" if has_elements else "neither"
         raise UserError(f"{where}: has {which} of chunk_size_elements and chunk_bytes; give exactly one")
     test = read_test(raw, where)
+    if (why := async_rows.test_refusal(test)) is not None:  # issue 27
+        raise UserError(f"{where}: {why}")
     if test.format == "zarr3":
         compression.zarr3_codecs(test.compression, itemsize=4, where=f"{where} field compression")
     if test.shard_bytes is not None:

@@ -45,6 +45,9 @@ IN_FLIGHT = ("all", "one_tensor")
 # touched before the clock, as a model's parameters already exist, filled in place: TensorStore writes into them,
 # DCP loads into them, the other peers copy each tensor they read into its array).
 LOAD_INTO = ("new", "preallocated")
+# How a save runs beside training (bench.async_save): "sync" blocks until durable; "async" returns once the weights
+# may be modified again and makes the checkpoint durable in the background, while a stand-in training step runs.
+SAVE_MODES = ("sync", "async")
 
 _POSITIVE_INT = {"type": "integer", "minimum": 1}
 _RANGE_PCT = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
@@ -123,6 +126,11 @@ class TestSpec:
     # (Megatron's sharded save); without it the checkpoint is written whole, as one trainer writes it.
     tp: int = option(1, schema={**_POSITIVE_INT, "maximum": MAX_TP}, sweep="tp", layout=False)
     tp_save: bool = option(False, schema={"type": "boolean"}, sweep="tpsave", layout=False)
+    # (layout left True for both: tune must not take an async candidate for its sync twin)
+    save_mode: str = option("sync", schema={"enum": list(SAVE_MODES)}, sweep="mode")
+    # Async saves: bytes of the weights the stand-in training step reads per step (None: bench.training_step's
+    # default, about 100 ms on a 2-core VM)
+    train_step_bytes: int | None = option(None, schema=SIZE_SCHEMA, read=parse_size, write=_size_out)
     expected: dict[str, list[float]] | None = option(None, layout=False, schema={
         "type": "object", "additionalProperties": False,
         "properties": {"save_pct": _RANGE_PCT, "load_pct": _RANGE_PCT, "size_pct": _RANGE_PCT}})

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ckptbench.core.units import size_label
+from ckptbench.spec.fields import SAVE_MODES, SWEEP_FIELDS
+
+SAVE_MODE = "save_mode"  # a key every kind's entries take besides its settings: the row's TestSpec.save_mode
 
 CEILING = "device_ceiling"
 
@@ -201,8 +204,7 @@ def config_schema(kind: str) -> dict[str, Any]:
     """What a config's `references` block takes for a kind: true or false; or, for a kind with settings, an object
     of them (one row), or a list of such objects (one row each: the settings a peer is tried with)."""
     properties = {name: setting.schema for name, setting in REFERENCES[kind].settings.items()}
-    if not properties:
-        return {"type": "boolean"}
+    properties[SAVE_MODE] = {"enum": list(SAVE_MODES)}  # every row's, the test's save_mode (bench.async_save)
     one = {"type": "object", "additionalProperties": False, "properties": properties}
     return {"anyOf": [{"type": "boolean"}, one, {"type": "array", "minItems": 1, "maxItems": 100, "items": one}]}
 
@@ -213,8 +215,9 @@ def rows_of(kind: str, value: Any) -> list[tuple[str, dict[str, Any]]]:
     after the settings it gives ("runai_streamer_conc=32_chunk=8MB"; the kind alone for an empty entry)."""
     if value is False or value is None:
         return []
-    if not isinstance(value, list):
-        return [(kind, {**defaults(kind), **(value if isinstance(value, Mapping) else {})})]
+    if not isinstance(value, list):  # one row: named after the kind (and its save mode, when async)
+        given = value if isinstance(value, Mapping) else {}
+        return [(row_name(kind, {k: v for k, v in given.items() if k == SAVE_MODE}), {**defaults(kind), **given})]
     return [(row_name(kind, entry), {**defaults(kind), **entry}) for entry in value]
 
 
@@ -222,6 +225,8 @@ def row_name(kind: str, given: Mapping[str, Any]) -> str:
     """A row's name from the settings its entry gives, in the kind's order of settings."""
     settings = REFERENCES[kind].settings
     parts = [f"{settings[name].label}={_value_label(given[name])}" for name in settings if name in given]
+    if given.get(SAVE_MODE, "sync") != "sync":
+        parts.append(f"{SWEEP_FIELDS[SAVE_MODE]}={given[SAVE_MODE]}")
     return "_".join([kind, *parts])
 
 

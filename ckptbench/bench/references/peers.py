@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 _RUNAI = defaults("runai_streamer")
 _FASTSAFETENSORS = defaults("fastsafetensors")
-_DCP_WARNING = r".*assuming the intent is to (save|load) in a single process"
+DCP_WARNING = r".*assuming the intent is to (save|load) in a single process"
 
 
 @contextmanager
@@ -172,7 +172,7 @@ class TorchDCPBackend(FileReference):
         directory = folder_of(location)
         writer = dcp.FileSystemWriter(directory, thread_count=self.thread_count, sync_files=True)
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_DCP_WARNING, category=UserWarning)
+            warnings.filterwarnings("ignore", message=DCP_WARNING, category=UserWarning)
             dcp.save({name: to_torch(a) for name, a in tensors.items()}, storage_writer=writer, no_dist=True)
         for file in directory.iterdir():  # the writer fsyncs each file (.metadata under a temporary name) ...
             fsync_path(file)
@@ -188,7 +188,7 @@ class TorchDCPBackend(FileReference):
             meta = cast("Mapping[str, TensorStorageMetadata]", reader.read_metadata().state_dict_metadata)
             state = {name: torch.empty(tuple(m.size), dtype=m.properties.dtype) for name, m in meta.items()}
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_DCP_WARNING, category=UserWarning)
+            warnings.filterwarnings("ignore", message=DCP_WARNING, category=UserWarning)
             dcp.load(state, storage_reader=reader, no_dist=True)
         return self.filled() if self._into is not None else {name: to_numpy(t) for name, t in state.items()}
 
@@ -205,7 +205,7 @@ class TorchDCPBackend(FileReference):
         into = {name: torch.empty([b - a for a, b in box] + list(meta[name].size)[len(box):],
                                   dtype=meta[name].properties.dtype) for name, box in boxes.items()}
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_DCP_WARNING, category=UserWarning)
+            warnings.filterwarnings("ignore", message=DCP_WARNING, category=UserWarning)
             dcp.load(into, storage_reader=dcp.FileSystemReader(folder_of(location)), no_dist=True,
                      planner=_slice_planner(boxes))
         return {name: to_numpy(tensor) for name, tensor in into.items()}
