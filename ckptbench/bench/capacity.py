@@ -100,7 +100,7 @@ def peak_memory_bytes(test: TestSpec, model_bytes: int, max_inflight_bytes: int)
             need += model_bytes  # the checkpoint itself lives in RAM
     if test.timed_conversion:
         need += TIMED_CONVERSION_MULTIPLIER * model_bytes
-    if test.save_mode == "async":  # issue 27: an async save's staged copy (TensorStore's, DCP's stager's, the others')
+    if test.save_mode == "async":  # an async save's staged copy (TensorStore's, DCP's stager's, the others')
         need += model_bytes
     if test.processes > 1:
         # The workers (tp readers) at once, all on this host as spawned ones are (a launch has at most as many

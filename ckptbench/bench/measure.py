@@ -61,7 +61,7 @@ def run_once(
         backend.prepare(tensors)  # e.g. start worker processes, allocate buffers: before any clock
         on_phase(planned, "save")
         _note(record, "save", timed(lambda: backend.save(tensors, location), watch=_watch(location)), backend)
-        async_save.note(record, backend)  # async saves (issue 27): blocked, commit, staging, the steps
+        async_save.note(record, backend)  # async saves: blocked, commit, staging, the steps
         on_phase(planned, "size")
         record.size_bytes, record.disk_bytes, record.n_files = backend.footprint(location)
         spec = _spec(planned.test, config)
@@ -257,7 +257,7 @@ def run_plan(
     an earlier suite's), which each back end is told of before a run of its test. A run that `on_phase` skips
     (RunSkipped, raised before its save) yields no record."""
     target = target or LocalTarget(config.output_dir)
-    backends = {t.name: async_save.wrap(backend_for(t, config, target, writers), t, config.cache_eviction)  # issue 27
+    backends = {t.name: async_save.wrap(backend_for(t, config, target, writers), t, config.cache_eviction)
                 for t in config.tests}
     weights_of = {t.name: (sources or {}).get(config.values_for(t), tensors) for t in config.tests}
     if not isinstance(runs, Plan):

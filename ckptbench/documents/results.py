@@ -246,7 +246,7 @@ def derive(document: dict[str, Any]) -> dict[str, Any]:
                                                           if r["error"] is None and r["load_cache"] != "memory"})
     document["scale"] = _scale(document, ceiling)
     document["best"] = best_configurations(tests, noise_pct, document["baseline"])
-    document["while_training"] = while_training.derive(tests)  # issue 27: async saves' answer, or None
+    document["while_training"] = while_training.derive(tests)  # async saves' answer, or None
     confirmation.derive(document, noise_pct)  # the answer's comparisons from the confirmation rounds, if any
     document["warnings"] = findings.suite_warnings(document, ceiling)
     document["alerts"] = findings.alerts(document, ceiling)
@@ -341,7 +341,7 @@ def _scale(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> di
     # Anonymous memory (the part that cannot be dropped): its peak over every run against the bound the
     # harness keeps, 1.25 x the model + 1 GB; the process's own at the start is the fixed part's measure. A run
     # by several processes counts the host's: every process of this host that took part.
-    # An async save's staged copy is its point: its rows' peak is reported apart, not held to the bound (issue 27)
+    # An async save's staged copy is its point: its rows' peak is reported apart, not held to the bound
     def peaks(asynchronous: bool) -> list[int]:
         return [run.get(f"{op}_host_rss_anon_bytes") or run[f"{op}_rss_anon_bytes"]
                 for test in document["tests"] if while_training.is_async(test) == asynchronous
@@ -368,7 +368,7 @@ def best_configurations(tests: list[Mapping[str, Any]], noise_pct: float, baseli
     and the winner against the baseline, the fastest peer (the lowest mean of the reference rows a user
     could pick instead) and the device ceiling, each by analysis.compare; `beaten_by`: the peers whose
     mean is lower than the winner's (TensorStore is then not the fastest)."""
-    # async rows (issue 27) have their own answer (documents.while_training): their save_s ran beside training steps
+    # async rows have their own answer (documents.while_training): their save_s ran beside training steps
     candidates = [t for t in tests if t["kind"] == "tensorstore" and t["stats"]["save_s"]["n"] > 0
                   and not while_training.is_async(t)]
     peers = [t for t in tests if is_peer(t) and t["stats"]["save_s"]["n"] > 0 and not while_training.is_async(t)]

@@ -36,7 +36,7 @@ def answer_lines(document: Mapping[str, Any]) -> list[str]:
     (documents.confirmation), and where the winners were chosen from the same runs, a line that says so."""
     best = document.get("best") or {}
     if not best:
-        return ["Answer: no TensorStore test has a successful run", *while_training.lines(document)]  # issue 27
+        return ["Answer: no TensorStore test has a successful run", *while_training.lines(document)]
     width = max(len(OBJECTIVE_WORDS[o]) for o in best) + 1
     lines = ["Answer: TensorStore's best per objective, against the baseline | the fastest peer | the device "
              "ceiling (ratios of means, 95% CIs):"]
@@ -48,7 +48,7 @@ def answer_lines(document: Mapping[str, Any]) -> list[str]:
                 else _quantity(entry["mean"], metric))
         lines.append(f"  {(OBJECTIVE_WORDS[objective] + ':').ljust(width)} {entry['test']} "
                      f"{mean}: " + " | ".join(p for p in parts if p))
-    return lines + _selection_lines(document) + while_training.lines(document)  # issue 27: async saves' answer
+    return lines + _selection_lines(document) + while_training.lines(document)  # async saves' answer
 
 
 def _selection_lines(document: Mapping[str, Any]) -> list[str]:

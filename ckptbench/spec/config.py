@@ -366,7 +366,7 @@ def _check_conditions(test: TestSpec, config: SuiteConfig) -> None:
     """Per-test settings that depend on the suite's weights (known only after the overrides)."""
     where = f"test {test.name!r}"
     if (why := async_rows.suite_refusal(test, config.processes) or async_rows.test_refusal(test)) is not None:
-        raise UserError(f"{where}: {why}")  # issue 27 (a reference row's own settings are checked here too)
+        raise UserError(f"{where}: {why}")  # a reference row's own settings are checked here too
     if test.values is not None and config.weights is not None:
         raise UserError(f"{where}: field values applies to preset weights; a checkpoint (weights) brings its own "
                         "values; drop the test's values")
@@ -391,7 +391,7 @@ def _read_test(raw: Mapping[str, Any], source: str) -> TestSpec:
         which = "both" if has_elements else "neither"
         raise UserError(f"{where}: has {which} of chunk_size_elements and chunk_bytes; give exactly one")
     test = read_test(raw, where)
-    if (why := async_rows.test_refusal(test)) is not None:  # issue 27
+    if (why := async_rows.test_refusal(test)) is not None:
         raise UserError(f"{where}: {why}")
     if test.format == "zarr3":
         compression.zarr3_codecs(test.compression, itemsize=4, where=f"{where} field compression")
