@@ -22,6 +22,7 @@ from ckptbench.analysis.change import (
 from ckptbench.documents.findings import elsewhere
 from ckptbench.documents.store import weights_name
 from ckptbench.reports.tables import NA, change, ci_pct, mean_pm, ratio_brief, ratio_ci, table, verdict
+from ckptbench.spec.references import CEILING
 
 OBJECTIVE_WORDS = {"save": "save", "load": "load", "balanced": "save + load", "size": "size"}
 MAX_WARNING_LINES = 6
@@ -341,7 +342,7 @@ def _anon_file(stats: Mapping[str, Any], op: str) -> str:
 
 def ceiling_table(document: Mapping[str, Any], fmt: str = "text") -> str:
     """The device ceiling's access patterns: GB/s of each, the fastest marked."""
-    ceiling = next((t for t in document["tests"] if t["name"] == "device_ceiling"), None)
+    ceiling = next((t for t in document["tests"] if t["name"] == CEILING), None)
     patterns = (ceiling or {}).get("ceiling")
     if not patterns:
         return ""
@@ -355,7 +356,7 @@ def ceiling_table(document: Mapping[str, Any], fmt: str = "text") -> str:
 
 def ceiling_rounds_table(document: Mapping[str, Any], fmt: str = "text") -> str:
     """Each round's ceiling: the ceiling's own fastest pattern, and every row that beat it."""
-    ceiling = next((t for t in document["tests"] if t["name"] == "device_ceiling"), None)
+    ceiling = next((t for t in document["tests"] if t["name"] == CEILING), None)
     by_round = ((ceiling or {}).get("ceiling") or {}).get("rounds") or {}
     rows = []
     for rate, op in (("save_gbps", "save"), ("load_gbps", "load")):

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 from ckptbench.core.units import size_label
 
 CEILING = "device_ceiling"
+DIRECT_PREFIX = "direct "  # in the name of a ceiling pattern read with O_DIRECT
 
 
 @dataclass(frozen=True)

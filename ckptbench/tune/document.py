@@ -32,8 +32,6 @@ from ckptbench.tune.state import TuneState
 
 TUNING_FILE = "tuning.json"
 SCHEMA_VERSION = 3
-_STAGE_KEYS = ("name", "kind", "members", "seed", "status", "started_s", "ended_s", "planned_s", "deadline_s",
-               "decision", "figures")
 
 
 def _upgrade_1_to_2(document: dict[str, Any]) -> dict[str, Any]:
@@ -143,8 +141,7 @@ def build(state: TuneState, documents: Mapping[str, Mapping[str, Any]], universe
                   "skipped_reasons": dict(skipped_reasons), "n_duplicates": len(universe.duplicates),
                   "sampled": state.rung0_order, "not_measured": state.not_measured,
                   "predicted_hopeless": {n: e for n, e in state.eliminated.items() if e.get("skipped")}},
-        "stages": [{key: getattr(stage, key) for key in _STAGE_KEYS}
-                   | {"results": f"{stage.name}/{results.RESULTS_FILE}"} for stage in state.stages],
+        "stages": [stage.to_json() | {"results": f"{stage.name}/{results.RESULTS_FILE}"} for stage in state.stages],
         "finalists": state.finalists,
         "candidates": candidates,
         "references": {name: {"stats": summaries(samples[name])} for name in samples if kind_of(name) is not None},

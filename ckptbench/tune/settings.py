@@ -14,10 +14,10 @@ from typing import Any, Mapping
 
 from ckptbench.core.errors import UserError
 from ckptbench.core.units import duration_label
-from ckptbench.documents.results import OBJECTIVES
 from ckptbench.spec import tensor_parallel
 from ckptbench.spec.config import suite_data
-from ckptbench.spec.references import REFERENCES, rows_of
+from ckptbench.spec.references import CEILING, REFERENCES, rows_of
+from ckptbench.spec.suite import OBJECTIVES
 
 SPACE_FILE = Path(__file__).with_name("tune_space.json")  # in the package (pip installs it); sweeps/ links to it
 DEFAULT_OBJECTIVE = "balanced"
@@ -27,7 +27,7 @@ MIN_BUDGET_S = 10.0
 # streaming loader measured here (docs/measurements), and the disk's own ceiling. Each costs a run of the
 # model's size in rung 0 (the ceiling its whole grid), so the default keeps a tune of a 7 GB model within
 # 12 minutes; `--references all` measures every kind.
-DEFAULT_REFERENCES = ("safetensors", "runai_streamer", "device_ceiling")
+DEFAULT_REFERENCES = ("safetensors", "runai_streamer", CEILING)
 
 __all__ = ["DEFAULT_BUDGET_S", "DEFAULT_OBJECTIVE", "DEFAULT_REFERENCES", "MIN_BUDGET_S", "OBJECTIVES", "SPACE_FILE",
            "Settings", "check_settings"]
