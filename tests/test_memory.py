@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from conftest import REPO, STREAMLINED, minimal_config
 
-from ckptbench.bench import capacity, measure, references, workspace
+from ckptbench.bench import capacity, measure, workspace
+from ckptbench.bench.references.ceiling import FIO_PREFIX, GRID
 from ckptbench.bench.suite import run_suite
 from ckptbench.core import records, system
 from ckptbench.core.errors import Stopped
@@ -82,12 +83,12 @@ def _patterns(document, op: str) -> list[list[str]]:
     return [sorted(r["patterns"][op]) for r in runs]
 
 
-GRID_SIZE = len(references.ceiling.GRID)
+GRID_SIZE = len(GRID)
 
 
 def _grid_only(names: list[str]) -> list[str]:
     """The harness's own buffered patterns: not fio's, not the O_DIRECT read."""
-    return [n for n in names if not n.startswith(("direct", references.ceiling.FIO_PREFIX))]
+    return [n for n in names if not n.startswith(("direct", FIO_PREFIX))]
 
 
 def test_the_device_ceiling_runs_its_grid_once_and_a_resume_keeps_it_so(tmp_path):

@@ -36,12 +36,14 @@ import pytest
 import synthetic
 from conftest import SHIPPED_CONFIG
 
-from ckptbench import explain, tune
+from ckptbench import explain
 from ckptbench.bench.suite import Start
 from ckptbench.core import records
 from ckptbench.core.errors import Skip, Stopped
 from ckptbench.documents import results
 from ckptbench.sources import weights
+from ckptbench.tune import session
+from ckptbench.tune.settings import Settings
 
 FIXTURE = Path(__file__).with_name("fixtures") / "same_answers.json"
 SIGNIFICANT_DIGITS = 9
@@ -139,8 +141,8 @@ def tune_answers(document: Mapping[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(("objective", "budget_s"), [("balanced", 600.0), ("load", 300.0), ("size", 200.0)])
 def test_tune_gives_the_same_answers(tmp_path, golden, objective, budget_s):
     clock = Clock()
-    tuning = tune.run(tune.Settings(output_dir=tmp_path / f"tune-{objective}", model="tiny", budget_s=budget_s,
-                                    seed=4, objective=objective), clock=clock, execute=fake_suite(clock))
+    tuning = session.run(Settings(output_dir=tmp_path / f"tune-{objective}", model="tiny", budget_s=budget_s,
+                                  seed=4, objective=objective), clock=clock, execute=fake_suite(clock))
     answers, expected = tune_answers(tuning.document), golden[f"tune-{objective}"]
     for key in ("recommendation", "stopped_by", "finalists", "pareto"):
         assert answers[key] == expected[key], key
@@ -190,8 +192,8 @@ def _write(keys: list[str]) -> None:
             key = f"tune-{objective}"
             if key in keys:
                 clock = Clock()
-                tuning = tune.run(tune.Settings(output_dir=Path(tmp) / key, model="tiny", budget_s=budget_s, seed=4,
-                                                objective=objective), clock=clock, execute=fake_suite(clock))
+                tuning = session.run(Settings(output_dir=Path(tmp) / key, model="tiny", budget_s=budget_s, seed=4,
+                                              objective=objective), clock=clock, execute=fake_suite(clock))
                 fixture[key] = tune_answers(tuning.document)
         if "explain" in keys:
             settings = explain.Settings(config=SHIPPED_CONFIG, overrides={"model": "tiny", "seed": 4},

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ckptbench.bench import cache, references, storage
+from ckptbench.bench import cache, storage
+from ckptbench.bench.references.backends import BACKENDS
 from ckptbench.bench.targets import RunLocation
 from ckptbench.bench.verify import mismatches
 from ckptbench.core.errors import UserError
@@ -233,14 +234,14 @@ def test_row_chunks_make_a_row_parallel_reader_read_tp_times_its_slice(tmp_path:
 def test_each_reference_kind_loads_a_ranks_slices(tmp_path: Path, tiny_weights, kind: str) -> None:
     if REFERENCES[kind].tp_unsupported or (REFERENCES[kind].modules and config.unavailable(kind)):
         pytest.skip(f"{kind} cannot run here")
-    backend = references.BACKENDS[kind]()
+    backend = BACKENDS[kind]()
     location = RunLocation.local(tmp_path)
     backend.prepare(tiny_weights.tensors)
     backend.save(tiny_weights.tensors, location)
     shapes = {n: a.shape for n, a in tiny_weights.tensors.items()}
     for rank in range(2):
         boxes = tensor_parallel.rank_boxes(shapes, 2)[rank]
-        loaded = references.BACKENDS[kind]().load_slices(location, boxes, rank, 2)
+        loaded = BACKENDS[kind]().load_slices(location, boxes, rank, 2)
         if kind == "device_ceiling":  # raw bytes: its share of them
             total = sum(a.nbytes for a in tiny_weights.tensors.values())
             assert abs(loaded["share"].nbytes - total / 2) <= os.sysconf("SC_PAGE_SIZE")

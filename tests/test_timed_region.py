@@ -20,9 +20,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pytest
 
-from ckptbench.bench import measure, references, workspace
+from ckptbench.bench import measure, workspace
 from ckptbench.bench.backend import Backend
 from ckptbench.bench.references import ceiling
+from ckptbench.bench.references.backends import BACKENDS
 from ckptbench.core import records
 from ckptbench.spec import config
 from ckptbench.spec.references import CEILING
@@ -35,7 +36,7 @@ OTHER_SLEEP_S = 0.7
 # and stays half an OTHER_SLEEP_S below what one hook inside a clock would add.
 MARGIN_S = 0.35
 
-KINDS = ["tensorstore", *references.BACKENDS]
+KINDS = ["tensorstore", *BACKENDS]
 
 
 class Units:
