@@ -382,6 +382,7 @@ def test_original_conditions_file_holds_the_originals_six_tests():
 # --- end to end on the tiny model ------------------------------------------------------------
 
 
+@pytest.mark.slow  # the full shipped config, under every arm
 def test_explain_on_the_tiny_model_end_to_end(tmp_path, run_cli):
     user = json.loads(SHIPPED_CONFIG.read_text())
     user.update(model="tiny", references={}, testing={**user["testing"], "cache_eviction": "fadvise"})

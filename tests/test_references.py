@@ -26,6 +26,7 @@ from ckptbench.bench.references.loaders import TorchSaveBackend
 from ckptbench.core import records
 from ckptbench.documents import results
 from ckptbench.spec import config
+from ckptbench.spec.references import CEILING
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 FILENAMES = {"safetensors": "model.safetensors", "torch_save": "model.pt"}
@@ -214,7 +215,8 @@ def test_device_ceiling_run_records_its_fastest_pattern(tmp_path):
     assert record.bypass_resident_bytes == 0  # the O_DIRECT read's claim, measured on its own files
 
 
-@pytest.mark.parametrize("name", list(BACKENDS))
+# the device ceiling's full grid is slow
+@pytest.mark.parametrize("name", [pytest.param(k, marks=pytest.mark.slow) if k == CEILING else k for k in BACKENDS])
 def test_run_once_with_a_reference_records_a_cold_verified_load(tmp_path, name):
     tensors = _tensors("bfloat16")
     suite = config.from_dict({"dtype": "bfloat16", "references": {name: True}, "test_configurations": [
@@ -287,6 +289,7 @@ def _by_name(document):
     return {t["name"]: t for t in document["tests"]}
 
 
+@pytest.mark.slow  # the device ceiling's full grid (e2e)
 def test_e2e_runs_every_reference_and_verifies(e2e):
     status, document, out = e2e
     assert status == 0
@@ -301,6 +304,7 @@ def test_e2e_runs_every_reference_and_verifies(e2e):
     assert not (out / workspace.RUNS_DIR).exists()  # every run folder was removed
 
 
+@pytest.mark.slow  # the device ceiling's full grid (e2e)
 def test_e2e_no_row_is_above_100_pct_of_its_rounds_ceiling_and_every_beater_is_named(e2e):
     _, document, _ = e2e
     tests = _by_name(document)
@@ -325,6 +329,7 @@ def test_e2e_no_row_is_above_100_pct_of_its_rounds_ceiling_and_every_beater_is_n
     assert all(name in a["text"] for a in alerted for name in a["tests"])
 
 
+@pytest.mark.slow  # the device ceiling's full grid (e2e)
 def test_e2e_every_row_records_the_page_cache_its_load_left(e2e):
     _, document, _ = e2e
     tests = _by_name(document)
@@ -339,6 +344,7 @@ def test_e2e_every_row_records_the_page_cache_its_load_left(e2e):
     assert ceiling["claim_held"] is True  # O_DIRECT on this disk: no page of that read's files was cached
 
 
+@pytest.mark.slow  # the device ceiling's full grid (e2e)
 def test_e2e_cost_stats_exist_per_test(e2e):
     _, document, _ = e2e
     for test in document["tests"]:
@@ -351,6 +357,7 @@ def test_e2e_cost_stats_exist_per_test(e2e):
         assert all(isinstance(run["save_peak_rss_bytes"], int) for run in test["runs"]), test["name"]
 
 
+@pytest.mark.slow  # the device ceiling's full grid (e2e)
 def test_e2e_not_durable_test_is_labelled_and_warned(e2e):
     _, document, _ = e2e
     tests = _by_name(document)

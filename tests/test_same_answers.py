@@ -138,6 +138,7 @@ def tune_answers(document: Mapping[str, Any]) -> dict[str, Any]:
     })
 
 
+@pytest.mark.slow  # a whole tune
 @pytest.mark.parametrize(("objective", "budget_s"), [("balanced", 600.0), ("load", 300.0), ("size", 200.0)])
 def test_tune_gives_the_same_answers(tmp_path, golden, objective, budget_s):
     clock = Clock()

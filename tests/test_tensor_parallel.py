@@ -143,6 +143,7 @@ def _runs(out: Path) -> dict[str, dict]:
     return {t["name"]: t for t in document["tests"]} | {"_skipped": document["skipped_tests"]}
 
 
+@pytest.mark.slow  # tp readers: many processes
 def test_tp2_on_tiny_gives_verified_slices_and_each_readers_bytes(tmp_path: Path, write_config, run_cli) -> None:
     """--tp 2 with the default process count: 2 spawned readers per row, every slice verified; the rows layout
     makes the readers' read calls return more than their slices, tp_aligned their slices (x1)."""
@@ -181,6 +182,7 @@ def test_tp2_on_tiny_gives_verified_slices_and_each_readers_bytes(tmp_path: Path
     assert (out / "tensor_parallel_analysis.png").is_file()
 
 
+@pytest.mark.slow  # the default model: 0.54 GB
 def test_tp3_on_the_default_model(tmp_path: Path, write_config, run_cli) -> None:
     """The default model's 9 heads and 3 kv heads split 3 ways (--tp 2 is refused above)."""
     path = write_config({"dtype": "bfloat16", "testing": {"num_runs": 1, "cache_eviction": "fadvise"},
@@ -259,6 +261,7 @@ def test_fastsafetensors_under_tp_is_skipped_with_the_reason() -> None:
     assert "tp 2: each rank: dcp.load" in suite.test("torch_dcp_tp=2").description
 
 
+@pytest.mark.slow  # torchrun
 def test_tp2_under_torchrun_with_two_ranks(tmp_path: Path) -> None:
     """The ranks of a launch are the readers: each loads its slice, verifies it, and reports its bytes."""
     import subprocess

@@ -161,7 +161,8 @@ def _holds_exactly(seconds: float, known_s: float, what: str) -> None:
         f"{OTHER_SLEEP_S} s more is a hook inside the clock")
 
 
-@pytest.mark.parametrize("kind", KINDS)
+# the device ceiling's full grid is slow
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k == CEILING else k for k in KINDS])
 def test_the_clocks_hold_the_save_with_its_fsyncs_and_the_load_and_nothing_else(tmp_path, tiny_weights, kind,
                                                                                    units, monkeypatch):
     suite = _suite(tmp_path, kind)

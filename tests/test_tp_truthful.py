@@ -70,6 +70,7 @@ class SleepingReaders(Pool):
         spawned._worker_main(launch, source)
 
 
+@pytest.mark.slow  # tp readers: many processes
 def test_load_s_holds_the_readers_load_and_nothing_around_it(tmp_path: Path, tiny_weights) -> None:
     raw = {"model": "tiny", "testing": {"num_runs": 1}, "output_dir": str(tmp_path / "out"),
            "test_configurations": [{"name": "t", "chunk_bytes": "64KB", "concurrency_limit": 8, "tp": 2}]}

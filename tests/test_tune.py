@@ -443,6 +443,7 @@ def _true_size(test: config.TestSpec) -> int:
     return int(5_000_000 * ratio) + 4096 * (test.format == "zarr3")
 
 
+@pytest.mark.slow  # a whole tune
 @pytest.mark.parametrize(("objective", "budget_s"), [("balanced", 600.0), ("size", 200.0)])
 def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path, monkeypatch, objective, budget_s):
     """The whole orchestration (sampling, rungs, the runner's guard, the final, the checkpoint) with a fake
@@ -607,6 +608,7 @@ def tiny_tune(tmp_path_factory):
     return facts
 
 
+@pytest.mark.slow  # a real tune (tiny_tune)
 def test_a_stop_keeps_what_was_measured(tiny_tune):
     status, stderr = tiny_tune["stopped"]
     assert status == 130, stderr
@@ -621,12 +623,14 @@ def test_a_stop_keeps_what_was_measured(tiny_tune):
     assert not tiny_tune["runs_left"]  # no half-written checkpoint left
 
 
+@pytest.mark.slow  # a real tune (tiny_tune)
 def test_resume_refuses_other_settings_and_changes_nothing(tiny_tune):
     status, _, err = tiny_tune["refused"]
     assert status == 2 and err.count("\n") == 1 and "model" in err, err
     assert tiny_tune["journal_after_refusal"] == tiny_tune["journal"]
 
 
+@pytest.mark.slow  # a real tune (tiny_tune)
 def test_resume_continues_and_finishes(tiny_tune):
     status, stdout, stderr = tiny_tune["resumed"]
     out = tiny_tune["out"]
@@ -641,6 +645,7 @@ def test_resume_continues_and_finishes(tiny_tune):
     assert "resumed" in stderr
 
 
+@pytest.mark.slow  # a real tune (tiny_tune)
 def test_a_tiny_tune_end_to_end(tiny_tune):
     status, stdout, stderr = tiny_tune["resumed"]
     out = tiny_tune["out"]
@@ -680,6 +685,7 @@ def test_a_tiny_tune_end_to_end(tiny_tune):
     assert json.loads((out / STATE_FILE).read_text())["phase"] == "done"
 
 
+@pytest.mark.slow  # a real tune (tiny_tune)
 def test_the_pasted_spec_reads_the_tuned_checkpoint_back_bit_for_bit(tiny_tune, tiny_weights):
     import tensorstore as ts
 
