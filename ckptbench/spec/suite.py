@@ -22,7 +22,8 @@ MEMORY_BOUND_FIXED_BYTES = 1.0e9
 OBJECTIVES = {"save": "save_s", "load": "load_s", "balanced": "total_s", "size": "size_bytes"}
 CONFIRM_OBJECTIVES = tuple(OBJECTIVES)[:3]  # the timed objectives: a size has no run-to-run noise
 __all__ = ["CACHE_EVICTION", "CONFIRM_OBJECTIVES", "DEFAULT_OUTPUT_DIR", "DTYPES", "MAX_PROCESSES",
-           "MEMORY_BOUND_FIXED_BYTES", "MEMORY_BOUND_MULTIPLIER", "ORDERS", "SuiteConfig", "TestSpec"]
+           "MEMORY_BOUND_FIXED_BYTES", "MEMORY_BOUND_MULTIPLIER", "OBJECTIVES", "ORDERS", "SuiteConfig",
+           "TestSpec"]
 
 
 @dataclass(frozen=True)
