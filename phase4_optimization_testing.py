@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ckptbench import load_config, read_results, run
-from ckptbench.cli import main
+from ckptbench.cli.app import main
 from ckptbench.core.errors import UserError
 
 CONFIG = Path(__file__).resolve().with_name("phase4_config.json")  # the one default config

@@ -11,7 +11,7 @@
 import sys
 from pathlib import Path
 
-from ckptbench.cli import main
+from ckptbench.cli.app import main
 
 if __name__ == "__main__":
     sys.exit(main(default_config=Path(__file__).resolve().with_name("phase4_config.json"),

@@ -66,6 +66,7 @@ def test_importing_the_package_changes_nothing_global():
     assert done.stdout.strip() == "ok", done.stderr
 
 
+@pytest.mark.slow  # the full shipped config
 def test_the_api_example_in_the_framework_docstring_runs(tmp_path, monkeypatch):
     import phase4_optimization_testing as framework
 

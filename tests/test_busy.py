@@ -179,6 +179,7 @@ def test_a_neighbours_fsyncd_writes_are_others_bytes(tmp_path):
     assert figures["own_write_bytes"] < 1 << 20
 
 
+@pytest.mark.slow  # many processes
 def test_spawned_writers_cpu_and_bytes_are_the_runs_own(tmp_path, tiny_weights):
     """--processes 2: the two workers write and read every byte; their CPU and bytes are this run's, not others'."""
     from ckptbench.bench import measure, workspace
@@ -276,6 +277,7 @@ def _build(records: list[RunRecord], runs: dict[str, int]) -> dict:
 # --- a real run beside real competitors ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # many processes
 def test_a_run_beside_a_spinner_and_a_writer_says_the_machine_was_busy_and_names_the_row(tmp_path):
     """The suite runs in its own process; the competitors are its siblings, not its children: other processes."""
     suite = {"model": "tiny", "baseline": "baseline", "testing": {"num_runs": 2},

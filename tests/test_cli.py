@@ -54,6 +54,7 @@ def streamlined(script_runs):
     return json.loads((out / "results.json").read_text()), stdout, out
 
 
+@pytest.mark.slow  # the full shipped config (script_runs)
 def test_streamlined_results_document(streamlined):
     document, _, _ = streamlined
     assert document["schema_version"] == results.SCHEMA_VERSION == 5
@@ -69,6 +70,7 @@ def test_streamlined_results_document(streamlined):
         assert sorted(r["round"] for r in test["runs"]) == [0, 1]
 
 
+@pytest.mark.slow  # the full shipped config (script_runs)
 def test_streamlined_statistics_come_from_the_runs(streamlined):
     document, _, _ = streamlined
     for test in document["tests"]:
@@ -86,6 +88,7 @@ def test_streamlined_statistics_come_from_the_runs(streamlined):
         assert len(sizes) == 1, "the same weights and layout must give the same bytes every run"
 
 
+@pytest.mark.slow  # the full shipped config (script_runs)
 def test_streamlined_changes_against_baseline(streamlined):
     document, _, _ = streamlined
     tests = {t["name"]: t for t in document["tests"]}
@@ -104,6 +107,7 @@ def test_streamlined_changes_against_baseline(streamlined):
     assert tests["concurrency_128"]["vs_baseline"]["size_bytes"]["change_pct"] == pytest.approx(0)
 
 
+@pytest.mark.slow  # the full shipped config (script_runs)
 def test_streamlined_environment_and_protocol(streamlined):
     document, _, _ = streamlined
     env = document["environment"]
@@ -117,6 +121,7 @@ def test_streamlined_environment_and_protocol(streamlined):
     assert protocol["load_cache"] in ("cold", "partial", "warm", "mixed")
 
 
+@pytest.mark.slow  # the full shipped config (script_runs)
 def test_streamlined_draws_a_real_png(streamlined):
     _, _, out = streamlined
     png = (out / "optimization_analysis.png").read_bytes()
@@ -126,6 +131,7 @@ def test_streamlined_draws_a_real_png(streamlined):
     assert width > height > 500
 
 
+@pytest.mark.slow  # the full shipped config (script_runs)
 def test_streamlined_console_table_names_every_test(streamlined):
     _, stdout, out = streamlined
     table = stdout.split("\n\n")[2]  # headline, blank line, the answer, blank line, the table
@@ -134,6 +140,7 @@ def test_streamlined_console_table_names_every_test(streamlined):
     assert f"Results: {out / 'results.json'}" in stdout
 
 
+@pytest.mark.slow  # the full shipped config (script_runs)
 def test_streamlined_console_is_short_with_the_answer_first(streamlined):
     """The default console a person reads in ten seconds: 40 lines at most (tables, Results and Plot lines
     included), the answer within the first 12, "too few runs" where 2 runs allow no interval, no interval of a
@@ -152,6 +159,7 @@ def test_streamlined_console_is_short_with_the_answer_first(streamlined):
             assert comparison["change_ci95_pct"] is None or comparison["change_ci95_pct"][0] > -100
 
 
+@pytest.mark.slow  # the full shipped config (script_runs)
 def test_streamlined_leaves_no_run_folders(streamlined):
     _, _, out = streamlined
     runs = out / workspace.RUNS_DIR
@@ -159,6 +167,7 @@ def test_streamlined_leaves_no_run_folders(streamlined):
     assert (out / workspace.OUTPUT_MARKER).exists()
 
 
+@pytest.mark.slow  # the full shipped config (script_runs)
 def test_framework_script_runs_the_builtin_tests(script_runs):
     process, stdout, stderr, out = script_runs["framework"]
     assert process.returncode == 0, stderr

@@ -52,6 +52,7 @@ def confirmed(tmp_path_factory) -> results.Results:
     return run_suite(config.from_dict({**SUITE, "output_dir": str(out)}))
 
 
+@pytest.mark.slow  # the device ceiling's full grid (confirmed)
 def test_confirmation_runs_are_recorded_with_their_blocks_apart_from_the_tests_runs(confirmed):
     document = confirmed.document
     section = document["confirmation"]
@@ -76,6 +77,7 @@ def test_confirmation_runs_are_recorded_with_their_blocks_apart_from_the_tests_r
     assert results.read(confirmed.path).document["confirmation"]["runs"] == runs  # it validates, and reads back
 
 
+@pytest.mark.slow  # the device ceiling's full grid (confirmed)
 def test_the_answer_comes_from_the_confirmation_runs_only(confirmed):
     document = confirmed.document
     entry, section = document["best"]["load"], document["confirmation"]

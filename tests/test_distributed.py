@@ -46,6 +46,7 @@ def _suite(tmp_path: Path, processes: list[int], **test) -> config.SuiteConfig:
     return config.from_dict(raw)
 
 
+@pytest.mark.slow  # many processes
 @pytest.mark.parametrize("layout", [
     {"chunk_bytes": "16KB", "warm_load": True},
     {"chunk_bytes": "16KB", "format": "zarr3", "kvstore": "ocdbt", "compression": "zstd"},
@@ -75,6 +76,7 @@ def test_processes_round_trip_bit_exact(tmp_path: Path, tiny_weights, layout: di
     assert not runs_dir.exists() or {p.name for p in runs_dir.iterdir()} <= {workspace.RUN_MARKER}
 
 
+@pytest.mark.slow  # many processes
 def test_the_ocdbt_coordinator_starts_before_the_clock(tmp_path: Path, tiny_weights) -> None:
     suite = _suite(tmp_path, [2], chunk_bytes="16KB", format="zarr3", kvstore="ocdbt")
     writers = LocalWriters()
@@ -105,6 +107,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow  # many processes
 def test_a_worker_killed_mid_save_fails_the_run_without_hanging(tmp_path: Path) -> None:
     config_path = tmp_path / "suite.json"
     config_path.write_text(json.dumps({

@@ -373,6 +373,7 @@ def _run_script(capsys, *argv) -> tuple[int, str, str]:
     return status, out, err
 
 
+@pytest.mark.slow  # the full shipped config, under every arm
 def test_explain_on_the_tiny_model_end_to_end(tmp_path, capsys):
     user = json.loads(SHIPPED_CONFIG.read_text())
     user.update(model="tiny", references={}, testing={**user["testing"], "cache_eviction": "fadvise"})

@@ -63,6 +63,7 @@ def config(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # a suite interrupted and resumed in subprocesses
 @pytest.mark.parametrize(
     ("marker", "sig", "status"),
     [
@@ -99,6 +100,7 @@ def test_interrupt_keeps_finished_runs_and_resume_completes(config: Path, tmp_pa
     assert not (out / "runs").exists()
 
 
+@pytest.mark.slow  # a suite interrupted and resumed in subprocesses
 def test_resume_refuses_a_different_suite(config: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     code, _ = _interrupt_at(_start(config, out), "[1/4]", signal.SIGINT)
@@ -146,6 +148,7 @@ def test_a_stop_while_a_run_folder_is_being_made_leaves_nothing(tmp_path: Path, 
     assert list((suite.output_dir / workspace.RUNS_DIR).iterdir()) == []
 
 
+@pytest.mark.slow  # a suite interrupted and resumed in subprocesses
 def test_a_journal_written_before_new_settings_existed_still_resumes(config: Path, tmp_path: Path) -> None:
     """A suite interrupted by the previous version: its journal's config lacks the settings added since (tp,
     tp_save, load_into, the suite's load_into and each row's load_into_note). They take their defaults, so the

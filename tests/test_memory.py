@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from conftest import REPO, STREAMLINED, minimal_config
 
-from ckptbench.bench import capacity, measure, references, workspace
+from ckptbench.bench import capacity, measure, workspace
+from ckptbench.bench.references.ceiling import FIO_PREFIX, GRID
 from ckptbench.bench.suite import run_suite
 from ckptbench.core import records, system
 from ckptbench.core.errors import Stopped
@@ -22,6 +23,7 @@ from ckptbench.spec import config
 MODEL = "smollm2-135m"  # 0.54 GB in float32: large enough that holding the source twice would show
 
 
+@pytest.mark.slow  # smollm2-135m in float32: 0.54 GB
 def test_the_anonymous_peak_stays_within_the_bound(tmp_path):
     """Every row of a suite, in a process of its own: the whole process's anonymous peak stays within the bound
     (1.25 x the model + 1 GB), and each operation's growth above the process's anonymous memory at the start
@@ -82,14 +84,15 @@ def _patterns(document, op: str) -> list[list[str]]:
     return [sorted(r["patterns"][op]) for r in runs]
 
 
-GRID_SIZE = len(references.ceiling.GRID)
+GRID_SIZE = len(GRID)
 
 
 def _grid_only(names: list[str]) -> list[str]:
     """The harness's own buffered patterns: not fio's, not the O_DIRECT read."""
-    return [n for n in names if not n.startswith(("direct", references.ceiling.FIO_PREFIX))]
+    return [n for n in names if not n.startswith(("direct", FIO_PREFIX))]
 
 
+@pytest.mark.slow  # the device ceiling's full grid
 def test_the_device_ceiling_runs_its_grid_once_and_a_resume_keeps_it_so(tmp_path):
     """The full grid in the first round; later rounds the two fastest writes, the two fastest reads, fio's
     pattern (where fio runs) and the O_DIRECT read. A suite stopped after the first round and resumed narrows
@@ -119,6 +122,7 @@ def test_the_device_ceiling_runs_its_grid_once_and_a_resume_keeps_it_so(tmp_path
     assert [len(_grid_only(s)) for s in saves] == [GRID_SIZE, 2]  # the resumed round measured the fastest two
 
 
+@pytest.mark.slow  # the device ceiling's full grid
 def test_the_ceiling_backend_narrows_from_earlier_records(tmp_path, tiny_weights):
     suite = _ceiling_suite(tmp_path / "out", 1)
     workspace.prepare_output_dir(suite.output_dir)
@@ -148,6 +152,7 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(run_cli, tmp_path, argv, s
     assert not out.exists()
 
 
+@pytest.mark.slow  # tp readers: many processes
 def test_a_tp_load_counts_every_reader_of_the_host(tmp_path, write_config, run_cli):
     """--tp 3: each run records the host's anonymous peak, every reader process's included. torch.load has no slice
     request, so each of its readers holds the whole model before it copies its slice out: about tp - 1 models more

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from conftest import assert_same_bits, bits, minimal_config, run_config
 
-from ckptbench.bench import cache, capacity, measure, references, storage, workspace
+from ckptbench.bench import cache, capacity, measure, storage, workspace
+from ckptbench.bench.references.backends import BACKENDS
 from ckptbench.core import records
 from ckptbench.core.errors import UserError
 from ckptbench.sources import weights
@@ -61,7 +62,7 @@ def test_peer_saves_durably_loads_cold_and_gives_every_byte_back(tmp_path, tiny,
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(Path(os.readlink(f"/proc/self/fd/{fd}"))),
                                                  real_fsync(fd))[1])
-    backend = references.BACKENDS[name]()
+    backend = BACKENDS[name]()
     backend.prepare(tensors)
     backend.save(tensors, tmp_path)
     files = sorted(p for p in tmp_path.iterdir() if p.is_file())

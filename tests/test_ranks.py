@@ -123,6 +123,7 @@ def _leaked_shm_files(before: set[str]) -> set[str]:
     return (_shm_files() - before) - held
 
 
+@pytest.mark.slow  # torchrun
 def test_two_ranks_write_one_checkpoint_bit_exact(tmp_path: Path, tiny_weights) -> None:
     shm_before = _shm_files()
     out = tmp_path / "out"
@@ -162,6 +163,7 @@ def test_two_ranks_write_one_checkpoint_bit_exact(tmp_path: Path, tiny_weights) 
     assert not _leaked_shm_files(shm_before)  # the weights shared through /dev/shm are gone
 
 
+@pytest.mark.slow  # torchrun
 def test_two_ranks_on_s3_with_ocdbt(s3_env, tmp_path: Path) -> None:  # noqa: F811
     env, client = s3_env
     client.put_object(Bucket=BUCKET, Key="ranks/keep-me.txt", Body=b"not ours")
@@ -189,6 +191,7 @@ def _rank_pid(launcher_pid: int, rank: int) -> int:
     raise AssertionError(f"no rank {rank} under pid {launcher_pid}")
 
 
+@pytest.mark.slow  # torchrun
 def test_a_rank_killed_mid_save_stops_the_launch_and_resume_completes(tmp_path: Path) -> None:
     suite = _suite_file(tmp_path, [{"name": "slow", "chunk_size_elements": 256, "concurrency_limit": 1},
                                    {"name": "quick", "chunk_bytes": "1MB", "concurrency_limit": 16}])
@@ -220,6 +223,7 @@ def test_a_rank_killed_mid_save_stops_the_launch_and_resume_completes(tmp_path: 
     assert not (out / workspace.RUNS_DIR).exists()
 
 
+@pytest.mark.slow  # torchrun
 def test_a_rank_given_another_config_is_refused(tmp_path: Path) -> None:
     wrapper = tmp_path / "rank_1_differs.py"  # the same command, except that rank 1 also gets --runs 2
     wrapper.write_text(
@@ -240,6 +244,7 @@ def test_a_rank_given_another_config_is_refused(tmp_path: Path) -> None:
 
 # --- a hang, on the same world code, with --processes workers ------------------------------------------
 
+@pytest.mark.slow  # many processes
 def test_a_frozen_worker_is_named_within_the_timeout(tmp_path: Path, tiny_weights, monkeypatch) -> None:
     monkeypatch.setattr(writers_mod, "PHASE_TIMEOUT_S", 3.0)
     suite = config.from_dict({"model": "tiny", "processes": 2, "output_dir": str(tmp_path / "out"),

@@ -11,10 +11,22 @@ import numpy as np
 import pytest
 from conftest import assert_same_bits, run_config
 
-from ckptbench.bench import measure, references, workspace
+from ckptbench.bench import measure, workspace
+from ckptbench.bench.references.backends import BACKENDS
+from ckptbench.bench.references.ceiling import (
+    FIO,
+    FIO_PREFIX,
+    GRID,
+    DeviceCeilingBackend,
+    fio_pattern_name,
+    fio_program,
+    pattern_name,
+)
+from ckptbench.bench.references.loaders import TorchSaveBackend
 from ckptbench.core import records
 from ckptbench.documents import results
 from ckptbench.spec import config
+from ckptbench.spec.references import CEILING
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 FILENAMES = {"safetensors": "model.safetensors", "torch_save": "model.pt"}
@@ -50,7 +62,7 @@ def fsynced(monkeypatch):
 @pytest.mark.parametrize("name", list(FILENAMES))
 def test_reference_round_trip_is_bit_exact_and_durable(tmp_path, name, dtype, fsynced):
     tensors = _tensors(dtype)
-    backend = references.BACKENDS[name]()
+    backend = BACKENDS[name]()
     directory = tmp_path / name
     directory.mkdir()
     backend.save(tensors, directory)
@@ -70,7 +82,7 @@ def test_reference_round_trip_is_bit_exact_and_durable(tmp_path, name, dtype, fs
 @pytest.mark.parametrize("name", ["safetensors", "torch_save"])
 def test_reference_files_are_readable_by_their_own_libraries(tmp_path, name):
     tensors = _tensors("bfloat16")
-    references.BACKENDS[name]().save(tensors, tmp_path)
+    BACKENDS[name]().save(tensors, tmp_path)
     if name == "safetensors":
         from safetensors import safe_open
 
@@ -98,9 +110,9 @@ SMALL_GRID = tuple((streams, block) for streams in (1, 4, 16) for block in (4096
 SMALL_DIRECT = (16, 65536)
 
 
-def _small_ceiling(fio=None) -> references.DeviceCeilingBackend:
+def _small_ceiling(fio=None) -> DeviceCeilingBackend:
     """The ceiling over a grid for a 1 MB model (fio None: without fio's pattern)."""
-    return references.DeviceCeilingBackend("fadvise", grid=SMALL_GRID, direct=SMALL_DIRECT, fio=fio)
+    return DeviceCeilingBackend("fadvise", grid=SMALL_GRID, direct=SMALL_DIRECT, fio=fio)
 
 
 def test_device_ceiling_writes_every_pattern_fsyncd_and_in_order(tmp_path, fsynced):
@@ -133,30 +145,30 @@ def test_device_ceiling_reads_every_pattern_and_an_o_direct_read_bit_exact(tmp_p
 
 
 def test_device_ceiling_default_grid_has_deeper_queues_than_16_streams_of_16_mib():
-    names = {references.pattern_name(*p) for p in references.ceiling.GRID}
+    names = {pattern_name(*p) for p in GRID}
     assert {"32x16MiB", "16x64MiB"} <= names and {"1x1MiB", "16x16MiB"} <= names
 
 
 def test_device_ceiling_without_fio_on_path_runs_its_own_patterns_only(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "no-programs"))
     tensors = _ceiling_tensors()
-    backend = _small_ceiling(fio=references.ceiling.FIO)
+    backend = _small_ceiling(fio=FIO)
     assert not backend.uses_fio
     backend.prepare(tensors)
     backend.save(tensors, tmp_path)
     backend.load(tmp_path)
-    assert not any(n.startswith(references.ceiling.FIO_PREFIX) for n in backend.pattern_seconds())
+    assert not any(n.startswith(FIO_PREFIX) for n in backend.pattern_seconds())
     assert not (tmp_path / "fio").exists()
 
 
 def test_device_ceiling_with_fio_times_its_io_uring_pattern(tmp_path):
-    if references.ceiling.fio_program() is None:
+    if fio_program() is None:
         pytest.skip("fio is not on PATH (apt-get install fio): its pattern cannot run here")
     tensors = _ceiling_tensors()
-    backend = _small_ceiling(fio=references.ceiling.FIO)
+    backend = _small_ceiling(fio=FIO)
     backend.prepare(tensors)
     backend.save(tensors, tmp_path)
-    name = references.ceiling.fio_pattern_name(references.ceiling.FIO)
+    name = fio_pattern_name(FIO)
     if not backend.uses_fio:
         pytest.skip("fio is on PATH but failed here (io_uring or O_DIRECT refused); its message is on stderr")
     assert backend.pattern_seconds()[name] > 0
@@ -170,7 +182,7 @@ def test_device_ceiling_with_fio_times_its_io_uring_pattern(tmp_path):
 
 def test_device_ceiling_after_its_full_grid_runs_its_two_fastest_patterns_fio_and_o_direct(tmp_path):
     """Later rounds: the grid's two fastest writes and reads (lowest mean over the full-grid runs)."""
-    names = [references.pattern_name(*p) for p in SMALL_GRID]
+    names = [pattern_name(*p) for p in SMALL_GRID]
     seconds = {name: 1.0 + index for index, name in enumerate(names)}
     seconds["4x64KiB"], seconds["16x4KiB"] = 0.1, 0.2  # the two fastest writes
     reads = {**{name: 1.0 for name in names}, "1x4KiB": 0.3, "16x64KiB": 0.1, "direct 16x64KiB": 0.01}
@@ -203,7 +215,8 @@ def test_device_ceiling_run_records_its_fastest_pattern(tmp_path):
     assert record.bypass_resident_bytes == 0  # the O_DIRECT read's claim, measured on its own files
 
 
-@pytest.mark.parametrize("name", list(references.BACKENDS))
+# the device ceiling's full grid is slow
+@pytest.mark.parametrize("name", [pytest.param(k, marks=pytest.mark.slow) if k == CEILING else k for k in BACKENDS])
 def test_run_once_with_a_reference_records_a_cold_verified_load(tmp_path, name):
     tensors = _tensors("bfloat16")
     suite = config.from_dict({"dtype": "bfloat16", "references": {name: True}, "test_configurations": [
@@ -212,7 +225,7 @@ def test_run_once_with_a_reference_records_a_cold_verified_load(tmp_path, name):
     test = suite.test(name)
     assert (test.backend, test.durable) == (name, True)
     backend = measure.backend_for(test, suite)
-    assert isinstance(backend, references.BACKENDS[name])
+    assert isinstance(backend, BACKENDS[name])
     workspace.prepare_output_dir(suite.output_dir)
     record = measure.run_once(records.PlannedRun(name, 0, 0), tensors, backend, suite)
     assert record.error is None, record.error
@@ -235,7 +248,7 @@ def test_run_once_catches_a_corrupted_reference_load(tmp_path):
     """The verification a reference run reports is able to fail."""
     tensors = _tensors("float32")
 
-    class Corrupting(references.TorchSaveBackend):
+    class Corrupting(TorchSaveBackend):
         def load(self, location):
             loaded = super().load(location)
             loaded["model.norm.weight"] = loaded["model.norm.weight"] + np.float32(1)
@@ -276,6 +289,7 @@ def _by_name(document):
     return {t["name"]: t for t in document["tests"]}
 
 
+@pytest.mark.slow  # the device ceiling's full grid (e2e)
 def test_e2e_runs_every_reference_and_verifies(e2e):
     status, document, out = e2e
     assert status == 0
@@ -290,6 +304,7 @@ def test_e2e_runs_every_reference_and_verifies(e2e):
     assert not (out / workspace.RUNS_DIR).exists()  # every run folder was removed
 
 
+@pytest.mark.slow  # the device ceiling's full grid (e2e)
 def test_e2e_no_row_is_above_100_pct_of_its_rounds_ceiling_and_every_beater_is_named(e2e):
     _, document, _ = e2e
     tests = _by_name(document)
@@ -314,6 +329,7 @@ def test_e2e_no_row_is_above_100_pct_of_its_rounds_ceiling_and_every_beater_is_n
     assert all(name in a["text"] for a in alerted for name in a["tests"])
 
 
+@pytest.mark.slow  # the device ceiling's full grid (e2e)
 def test_e2e_every_row_records_the_page_cache_its_load_left(e2e):
     _, document, _ = e2e
     tests = _by_name(document)
@@ -328,6 +344,7 @@ def test_e2e_every_row_records_the_page_cache_its_load_left(e2e):
     assert ceiling["claim_held"] is True  # O_DIRECT on this disk: no page of that read's files was cached
 
 
+@pytest.mark.slow  # the device ceiling's full grid (e2e)
 def test_e2e_cost_stats_exist_per_test(e2e):
     _, document, _ = e2e
     for test in document["tests"]:
@@ -340,6 +357,7 @@ def test_e2e_cost_stats_exist_per_test(e2e):
         assert all(isinstance(run["save_peak_rss_bytes"], int) for run in test["runs"]), test["name"]
 
 
+@pytest.mark.slow  # the device ceiling's full grid (e2e)
 def test_e2e_not_durable_test_is_labelled_and_warned(e2e):
     _, document, _ = e2e
     tests = _by_name(document)

@@ -63,6 +63,7 @@ def _keys(client, prefix: str = "") -> list[str]:
     return [item["Key"] for item in listed.get("Contents", [])]
 
 
+@pytest.mark.slow  # a suite on a real S3 server
 def test_suite_runs_on_s3_and_removes_exactly_its_runs(s3_env, tmp_path: Path) -> None:
     env, client = s3_env
     client.put_object(Bucket=BUCKET, Key="bench/keep-me.txt", Body=b"not ours")

@@ -38,13 +38,14 @@ import pytest
 import synthetic
 from conftest import REPO, SHIPPED_CONFIG
 
-from ckptbench import tune
 from ckptbench.bench.suite import Start
 from ckptbench.core import records
 from ckptbench.core.errors import Skip, Stopped
 from ckptbench.documents import results
 from ckptbench.sources import weights
+from ckptbench.tune import session
 from ckptbench.tune.session import Hooks
+from ckptbench.tune.settings import Settings
 
 if "explain_script" not in sys.modules:  # docs/explain/explain.py, the script beside its study
     _spec = importlib.util.spec_from_file_location("explain_script", REPO / "docs" / "explain" / "explain.py")
@@ -145,11 +146,12 @@ def tune_answers(document: Mapping[str, Any]) -> dict[str, Any]:
     })
 
 
+@pytest.mark.slow  # a whole tune
 @pytest.mark.parametrize(("objective", "budget_s"), [("balanced", 600.0), ("load", 300.0), ("size", 200.0)])
 def test_tune_gives_the_same_answers(tmp_path, golden, objective, budget_s):
     clock = Clock()
-    tuning = tune.run(tune.Settings(output_dir=tmp_path / f"tune-{objective}", model="tiny", budget_s=budget_s,
-                                    seed=4, objective=objective), Hooks(clock=clock, execute=fake_suite(clock)))
+    tuning = session.run(Settings(output_dir=tmp_path / f"tune-{objective}", model="tiny", budget_s=budget_s,
+                                  seed=4, objective=objective), Hooks(clock=clock, execute=fake_suite(clock)))
     answers, expected = tune_answers(tuning.document), golden[f"tune-{objective}"]
     for key in ("recommendation", "stopped_by", "finalists", "pareto"):
         assert answers[key] == expected[key], key
@@ -197,8 +199,8 @@ def _write(keys: list[str]) -> None:
             key = f"tune-{objective}"
             if key in keys:
                 clock = Clock()
-                tuning = tune.run(tune.Settings(output_dir=Path(tmp) / key, model="tiny", budget_s=budget_s, seed=4,
-                                                objective=objective), Hooks(clock=clock, execute=fake_suite(clock)))
+                tuning = session.run(Settings(output_dir=Path(tmp) / key, model="tiny", budget_s=budget_s, seed=4,
+                                              objective=objective), Hooks(clock=clock, execute=fake_suite(clock)))
                 fixture[key] = tune_answers(tuning.document)
         if "explain" in keys:
             settings = explain.Settings(config=SHIPPED_CONFIG, overrides={"model": "tiny", "seed": 4},

@@ -331,6 +331,7 @@ def test_formats_sweep():
     assert suite.baseline == "zarr2_raw"
 
 
+@pytest.mark.slow  # a shipped sweep, whole
 @pytest.mark.parametrize("name", ["compression.json", "formats.json"])
 def test_shipped_sweep_runs_on_tiny(tmp_path, run_cli, name):
     status, out, err = run_cli("--config", SWEEPS / name, "--model", "tiny", "--runs", 1,

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ckptbench.bench import cache, references, storage
+from ckptbench.bench import cache, storage
+from ckptbench.bench.references.backends import BACKENDS
 from ckptbench.bench.targets import RunLocation
 from ckptbench.bench.verify import mismatches
 from ckptbench.core.errors import UserError
@@ -142,6 +143,7 @@ def _runs(out: Path) -> dict[str, dict]:
     return {t["name"]: t for t in document["tests"]} | {"_skipped": document["skipped_tests"]}
 
 
+@pytest.mark.slow  # tp readers: many processes
 def test_tp2_on_tiny_gives_verified_slices_and_each_readers_bytes(tmp_path: Path, write_config, run_cli) -> None:
     """--tp 2 with the default process count: 2 spawned readers per row, every slice verified; the rows layout
     makes the readers' read calls return more than their slices, tp_aligned their slices (x1)."""
@@ -180,6 +182,7 @@ def test_tp2_on_tiny_gives_verified_slices_and_each_readers_bytes(tmp_path: Path
     assert (out / "tensor_parallel_analysis.png").is_file()
 
 
+@pytest.mark.slow  # the default model: 0.54 GB
 def test_tp3_on_the_default_model(tmp_path: Path, write_config, run_cli) -> None:
     """The default model's 9 heads and 3 kv heads split 3 ways (--tp 2 is refused above)."""
     path = write_config({"dtype": "bfloat16", "testing": {"num_runs": 1, "cache_eviction": "fadvise"},
@@ -233,14 +236,14 @@ def test_row_chunks_make_a_row_parallel_reader_read_tp_times_its_slice(tmp_path:
 def test_each_reference_kind_loads_a_ranks_slices(tmp_path: Path, tiny_weights, kind: str) -> None:
     if REFERENCES[kind].tp_unsupported or (REFERENCES[kind].modules and config.unavailable(kind)):
         pytest.skip(f"{kind} cannot run here")
-    backend = references.BACKENDS[kind]()
+    backend = BACKENDS[kind]()
     location = RunLocation.local(tmp_path)
     backend.prepare(tiny_weights.tensors)
     backend.save(tiny_weights.tensors, location)
     shapes = {n: a.shape for n, a in tiny_weights.tensors.items()}
     for rank in range(2):
         boxes = tensor_parallel.rank_boxes(shapes, 2)[rank]
-        loaded = references.BACKENDS[kind]().load_slices(location, boxes, rank, 2)
+        loaded = BACKENDS[kind]().load_slices(location, boxes, rank, 2)
         if kind == "device_ceiling":  # raw bytes: its share of them
             total = sum(a.nbytes for a in tiny_weights.tensors.values())
             assert abs(loaded["share"].nbytes - total / 2) <= os.sysconf("SC_PAGE_SIZE")
@@ -258,6 +261,7 @@ def test_fastsafetensors_under_tp_is_skipped_with_the_reason() -> None:
     assert "tp 2: each rank: dcp.load" in suite.test("torch_dcp_tp=2").description
 
 
+@pytest.mark.slow  # torchrun
 def test_tp2_under_torchrun_with_two_ranks(tmp_path: Path) -> None:
     """The ranks of a launch are the readers: each loads its slice, verifies it, and reports its bytes."""
     import subprocess

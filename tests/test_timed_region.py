@@ -20,9 +20,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pytest
 
-from ckptbench.bench import measure, references, workspace
+from ckptbench.bench import measure, workspace
 from ckptbench.bench.backend import Backend
 from ckptbench.bench.references import ceiling
+from ckptbench.bench.references.backends import BACKENDS
 from ckptbench.core import records
 from ckptbench.spec import config
 from ckptbench.spec.references import CEILING
@@ -35,7 +36,7 @@ OTHER_SLEEP_S = 0.7
 # and stays half an OTHER_SLEEP_S below what one hook inside a clock would add.
 MARGIN_S = 0.35
 
-KINDS = ["tensorstore", *references.BACKENDS]
+KINDS = ["tensorstore", *BACKENDS]
 
 
 class Units:
@@ -160,7 +161,8 @@ def _holds_exactly(seconds: float, known_s: float, what: str) -> None:
         f"{OTHER_SLEEP_S} s more is a hook inside the clock")
 
 
-@pytest.mark.parametrize("kind", KINDS)
+# the device ceiling's full grid is slow
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k == CEILING else k for k in KINDS])
 def test_the_clocks_hold_the_save_with_its_fsyncs_and_the_load_and_nothing_else(tmp_path, tiny_weights, kind,
                                                                                    units, monkeypatch):
     suite = _suite(tmp_path, kind)

@@ -70,6 +70,7 @@ class SleepingReaders(Pool):
         spawned._worker_main(launch, source)
 
 
+@pytest.mark.slow  # tp readers: many processes
 def test_load_s_holds_the_readers_load_and_nothing_around_it(tmp_path: Path, tiny_weights) -> None:
     raw = {"model": "tiny", "testing": {"num_runs": 1}, "output_dir": str(tmp_path / "out"),
            "test_configurations": [{"name": "t", "chunk_bytes": "64KB", "concurrency_limit": 8, "tp": 2}]}
@@ -200,7 +201,7 @@ def test_the_refusal_names_the_tp_values_that_divide_every_split_dimension() -> 
 _FIRST_LOAD = """
 import sys
 import torch.distributed  # a reader has joined its gloo world
-from ckptbench.bench import references
+from ckptbench.bench.references import backends
 from ckptbench.bench.targets import RunLocation
 from ckptbench.parallel import spawned, writers
 from ckptbench.spec import tensor_parallel
@@ -221,13 +222,13 @@ def test_a_readers_first_load_imports_nothing(tmp_path: Path, tiny_weights, kind
     import subprocess
     import sys
 
-    from ckptbench.bench import references
+    from ckptbench.bench.references.backends import BACKENDS
     from ckptbench.bench.targets import RunLocation
     from ckptbench.spec.references import REFERENCES, unavailable
 
     if REFERENCES[kind].modules and unavailable(kind):
         pytest.skip(f"{kind} cannot run here")
-    backend = references.BACKENDS[kind]()
+    backend = BACKENDS[kind]()
     backend.prepare(tiny_weights.tensors)
     backend.save(tiny_weights.tensors, RunLocation.local(tmp_path))
     shapes = {n: a.shape for n, a in tiny_weights.tensors.items()}

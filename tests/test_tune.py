@@ -16,15 +16,31 @@ import numpy as np
 import pytest
 from conftest import REPO, STREAMLINED, act_on_stderr_line, assert_same_bits
 
-from ckptbench import tune
 from ckptbench.core import records, tune_events
 from ckptbench.core.errors import UserError
 from ckptbench.documents import results
 from ckptbench.reports.progress import TuneProgress
 from ckptbench.sources import weights
 from ckptbench.spec import config, fields
+from ckptbench.tune import session
+from ckptbench.tune.budget import (
+    FINALISTS,
+    Durations,
+    continuation_s,
+    final_s,
+    fits,
+    halving_sizes,
+    plan_budget,
+    prior_candidate_s,
+    prior_reference_s,
+)
+from ckptbench.tune.checkpoint import CHECKPOINT
+from ckptbench.tune.document import TUNING_FILE, read
+from ckptbench.tune.policy import PRIOR_DF, PRIOR_LOG_SD, halve, noise_model, pareto, rank, separation
 from ckptbench.tune.session import Hooks
-from ckptbench.tune.settings import DEFAULT_REFERENCES
+from ckptbench.tune.settings import DEFAULT_REFERENCES, SPACE_FILE, Settings
+from ckptbench.tune.space import candidates, layout_key, load_space, make_universe, sample
+from ckptbench.tune.state import STATE_FILE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # A small space for the real runs: 16 combinations + t5x_full, every one quick on the tiny model.
@@ -46,8 +62,8 @@ def _lognormal(rng: np.random.Generator, true_mean: float, log_sd: float) -> flo
 
 def test_halve_keeps_the_better_half_and_drops_only_clear_losers():
     values = {"a": [1.0], "b": [1.05], "c": [1.1], "d": [1.2], "close": [1.3], "slow": [2.0], "slower": [4.0]}
-    noise = tune.noise_model([])  # the prior alone: 10 % spread, 8 degrees of freedom
-    halving = tune.halve(values, noise)
+    noise = noise_model([])  # the prior alone: 10 % spread, 8 degrees of freedom
+    halving = halve(values, noise)
     assert halving.ranking == ["a", "b", "c", "d", "close", "slow", "slower"]
     assert halving.cut == "d"  # ceil(7 / 2) = 4 kept by rank
     # 1.3 vs 1.2 is within the noise (its best case wins): kept; 2.0 and 4.0 lose even at their best.
@@ -59,49 +75,49 @@ def test_halve_keeps_the_better_half_and_drops_only_clear_losers():
 
 def test_halve_drops_nothing_among_ties():
     values = {name: [1.0 + 0.01 * i] for i, name in enumerate("abcdefgh")}
-    halving = tune.halve(values, tune.noise_model([]))
+    halving = halve(values, noise_model([]))
     assert halving.eliminated == {}
     assert sorted(halving.kept) == sorted(values)
 
 
 def test_more_runs_narrow_the_interval_until_a_small_difference_is_dropped():
-    noise = tune.noise_model([])
-    one = tune.halve({"a": [1.0], "b": [1.0], "c": [1.25]}, noise, keep_at_least=2)
+    noise = noise_model([])
+    one = halve({"a": [1.0], "b": [1.0], "c": [1.25]}, noise, keep_at_least=2)
     assert one.eliminated == {}  # 25 % with one run each: the prior's interval is wider
-    many = tune.halve({"a": [1.0] * 8, "b": [1.0] * 8, "c": [1.25] * 8}, noise, keep_at_least=2)
+    many = halve({"a": [1.0] * 8, "b": [1.0] * 8, "c": [1.25] * 8}, noise, keep_at_least=2)
     assert list(many.eliminated) == ["c"]
 
 
 def test_sizes_have_no_noise_and_equal_sizes_are_kept():
-    noise = tune.noise_model([[5.0, 5.0]], noisy=False)
+    noise = noise_model([[5.0, 5.0]], noisy=False)
     assert noise.log_sd == 0.0 and noise.halfwidth(1, 1) == 0.0
-    halving = tune.halve({"a": [100.0], "b": [100.0], "c": [100.0], "d": [101.0]}, noise, keep_at_least=2)
+    halving = halve({"a": [100.0], "b": [100.0], "c": [100.0], "d": [101.0]}, noise, keep_at_least=2)
     assert halving.kept == ["a", "b", "c"] and list(halving.eliminated) == ["d"]
 
 
 def test_noise_model_pools_the_measured_log_spread_with_the_prior():
     wide = [math.exp(x) for x in (-0.3, 0.3)]  # log sd 0.424
-    noise = tune.noise_model([wide, wide, [7.0]])  # the single run adds nothing
-    assert noise.measured_df == 2 and noise.df == tune.PRIOR_DF + 2
-    expected = math.sqrt((tune.PRIOR_DF * tune.PRIOR_LOG_SD ** 2 + 2 * (0.6 / math.sqrt(2)) ** 2) / noise.df)
+    noise = noise_model([wide, wide, [7.0]])  # the single run adds nothing
+    assert noise.measured_df == 2 and noise.df == PRIOR_DF + 2
+    expected = math.sqrt((PRIOR_DF * PRIOR_LOG_SD ** 2 + 2 * (0.6 / math.sqrt(2)) ** 2) / noise.df)
     assert noise.log_sd == pytest.approx(expected)
-    assert noise.log_sd > tune.PRIOR_LOG_SD
-    assert tune.noise_model([[1.0, 1.0, 1.0]]).log_sd < tune.PRIOR_LOG_SD  # quiet runs lower it
+    assert noise.log_sd > PRIOR_LOG_SD
+    assert noise_model([[1.0, 1.0, 1.0]]).log_sd < PRIOR_LOG_SD  # quiet runs lower it
 
 
 def test_rank_breaks_ties_with_the_second_figure():
-    assert tune.rank({"a": [2.0], "b": [2.0], "c": [1.0]}, {"a": [9.0], "b": [3.0], "c": [0.0]}) == ["c", "b", "a"]
-    assert tune.rank({"a": [1.0], "none": []}) == ["a"]
+    assert rank({"a": [2.0], "b": [2.0], "c": [1.0]}, {"a": [9.0], "b": [3.0], "c": [0.0]}) == ["c", "b", "a"]
+    assert rank({"a": [1.0], "none": []}) == ["a"]
 
 
 def test_separation_by_welch_p_value():
-    tied = tune.separation({"a": [1.0, 1.1, 0.9, 1.05], "b": [1.02, 0.95, 1.1, 1.0]}, "load_s", 5.0)
+    tied = separation({"a": [1.0, 1.1, 0.9, 1.05], "b": [1.02, 0.95, 1.1, 1.0]}, "load_s", 5.0)
     assert tied["separated"] is False and tied["comparison"]["p_value"] > 0.05
-    clear = tune.separation({"a": [1.0, 1.02, 0.98], "b": [1.5, 1.52, 1.49]}, "load_s", 5.0)
+    clear = separation({"a": [1.0, 1.02, 0.98], "b": [1.5, 1.52, 1.49]}, "load_s", 5.0)
     assert clear["winner"] == "a" and clear["runner_up"] == "b" and clear["separated"] is True
-    single = tune.separation({"a": [1.0]}, "total_s", 5.0)
+    single = separation({"a": [1.0]}, "total_s", 5.0)
     assert single["winner"] == "a" and single["runner_up"] is None and single["separated"] is False
-    sizes = tune.separation({"a": [10.0, 10.0], "b": [11.0, 11.0]}, "size_bytes", 5.0)
+    sizes = separation({"a": [10.0, 10.0], "b": [11.0, 11.0]}, "size_bytes", 5.0)
     assert sizes["separated"] is True  # exact figures: any difference is real
 
 
@@ -110,19 +126,19 @@ def _simulated_search(true: dict[str, float], log_sd: float, seed: int, max_fina
     rng = np.random.default_rng(seed)
     runs: dict[str, list[float]] = {name: [] for name in true}
     alive = list(true)
-    while len(alive) > tune.FINALISTS:
+    while len(alive) > FINALISTS:
         for name in alive:
             runs[name].append(_lognormal(rng, true[name], log_sd))
-        halving = tune.halve({n: runs[n] for n in alive}, tune.noise_model(runs.values()))
+        halving = halve({n: runs[n] for n in alive}, noise_model(runs.values()))
         alive = halving.kept
-    finalists = tune.rank({n: runs[n] for n in alive})[:tune.FINALISTS]
+    finalists = rank({n: runs[n] for n in alive})[:FINALISTS]
     for _ in range(max_final_rounds):
-        decided = tune.separation({n: runs[n] for n in finalists}, "total_s", 5.0)
+        decided = separation({n: runs[n] for n in finalists}, "total_s", 5.0)
         if decided["separated"]:
             break
         for name in finalists:
             runs[name].append(_lognormal(rng, true[name], log_sd))
-    return {**tune.separation({n: runs[n] for n in finalists}, "total_s", 5.0), "runs": runs}
+    return {**separation({n: runs[n] for n in finalists}, "total_s", 5.0), "runs": runs}
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -146,43 +162,43 @@ def test_two_identical_finalists_end_tied():
 def test_pareto_front():
     points = {"fast_save": (1.0, 5.0), "fast_load": (4.0, 1.0), "middle": (2.0, 2.0), "dominated": (3.0, 3.0),
               "worst": (5.0, 5.0)}
-    assert tune.pareto(points) == ["fast_save", "middle", "fast_load"]
+    assert pareto(points) == ["fast_save", "middle", "fast_load"]
 
 
 # --- the budget model -----------------------------------------------------------------------------------
 
 def test_halving_sizes():
-    assert tune.halving_sizes(14) == [14, 7, 4]
-    assert tune.halving_sizes(5) == [5, 3]
-    assert tune.halving_sizes(3) == [3]
-    assert tune.halving_sizes(2) == [2]
+    assert halving_sizes(14) == [14, 7, 4]
+    assert halving_sizes(5) == [5, 3]
+    assert halving_sizes(3) == [3]
+    assert halving_sizes(2) == [2]
 
 
 def test_plan_fits_the_time_and_grows_with_it():
-    plans = [tune.plan_budget(seconds, 5.0, 20.0, 0.5, 2000) for seconds in (100, 300, 600, 1800)]
+    plans = [plan_budget(seconds, 5.0, 20.0, 0.5, 2000) for seconds in (100, 300, 600, 1800)]
     for plan in plans:
         n = plan.n_candidates
-        used = n * 5.0 + 20.5 + tune.continuation_s(n, 5.0, 20.0, 0.5)
-        more = (n + 1) * 5.0 + 20.5 + tune.continuation_s(n + 1, 5.0, 20.0, 0.5)
+        used = n * 5.0 + 20.5 + continuation_s(n, 5.0, 20.0, 0.5)
+        more = (n + 1) * 5.0 + 20.5 + continuation_s(n + 1, 5.0, 20.0, 0.5)
         assert used <= plan.time_left_s < more  # the largest rung 0 that fits
-        assert plan.rung_sizes == (tune.halving_sizes(n) if n else [])
+        assert plan.rung_sizes == (halving_sizes(n) if n else [])
     assert [p.n_candidates for p in plans] == sorted(p.n_candidates for p in plans)
     assert plans[0].n_candidates < plans[-1].n_candidates
-    assert tune.plan_budget(10, 5.0, 20.0, 0.5, 2000).n_candidates == 0
-    assert tune.plan_budget(1e6, 5.0, 20.0, 0.5, 7).n_candidates == 7  # no more than the space holds
+    assert plan_budget(10, 5.0, 20.0, 0.5, 2000).n_candidates == 0
+    assert plan_budget(1e6, 5.0, 20.0, 0.5, 7).n_candidates == 7  # no more than the space holds
 
 
 def test_continuation_grows_with_the_first_rung():
-    costs = [tune.continuation_s(n, 4.0, 15.0, 0.5, t5x_s=20.0) for n in range(1, 40)]
+    costs = [continuation_s(n, 4.0, 15.0, 0.5, t5x_s=20.0) for n in range(1, 40)]
     assert costs == sorted(costs)
-    assert costs[0] == tune.final_s(4.0, 15.0, 0.5, t5x_s=20.0)  # one candidate: only the final follows
+    assert costs[0] == final_s(4.0, 15.0, 0.5, t5x_s=20.0)  # one candidate: only the final follows
 
 
 def test_durations_predict_from_what_was_measured():
-    prior_s = tune.prior_candidate_s([config.TestSpec("t", concurrency_limit=1, chunk_bytes=2**20)], int(1e9), 4)
-    durations = tune.Durations(model_bytes=int(1e9), prior_s=prior_s)
+    prior_s = prior_candidate_s([config.TestSpec("t", concurrency_limit=1, chunk_bytes=2**20)], int(1e9), 4)
+    durations = Durations(model_bytes=int(1e9), prior_s=prior_s)
     assert durations.of("anything") == pytest.approx(prior_s)
-    assert durations.of("device_ceiling") == pytest.approx(tune.prior_reference_s("device_ceiling", int(1e9)))
+    assert durations.of("device_ceiling") == pytest.approx(prior_reference_s("device_ceiling", int(1e9)))
     durations.add("a", 2.0)
     durations.add("a", 4.0)
     assert durations.of("a") == 3.0
@@ -192,43 +208,43 @@ def test_durations_predict_from_what_was_measured():
     assert durations.of("unmeasured") == 10.0  # the median of a, b, c
     durations.overheads += [1.0, 3.0]
     assert durations.suite_s(["a", "b"]) == 3.0 + 10.0 + 2.0
-    assert tune.fits(10.0, 5.0, 15.0) and not tune.fits(10.0, 5.1, 15.0)
+    assert fits(10.0, 5.0, 15.0) and not fits(10.0, 5.1, 15.0)
 
 
 def test_twelve_minutes_at_open_llama_3b_are_planned_not_refused(tmp_path):
     """tune --budget 12m at open_llama_3b in bfloat16 (6.85 GB) is planned: the estimate of a candidate's run is
     the median prior of those rung 0 runs first (raw, zstd, blosc), not the space's median, which gzip's candidates
     raise although rung 0 runs them last and skips them once gzip measures hopeless; rung 0 lists at least 6."""
-    settings = tune.Settings(output_dir=tmp_path / "out", model="open_llama_3b", dtype="bfloat16", values="bfloat16",
+    settings = Settings(output_dir=tmp_path / "out", model="open_llama_3b", dtype="bfloat16", values="bfloat16",
                              budget_s=720.0)
-    info = tune.dry_run(settings)
+    info = session.dry_run(settings)
     assert info["plan"] is not None, info["refusal"]
-    assert info["plan"]["n_candidates"] >= tune.FINALISTS + 1 and info["n_listed"] >= 12
-    suite = tune.candidates(tune.load_space(tune.SPACE_FILE), settings)
-    priors = [tune.prior_candidate_s([t], info["weights"]["size_bytes"], 2) for t in suite.tests]
+    assert info["plan"]["n_candidates"] >= FINALISTS + 1 and info["n_listed"] >= 12
+    suite = candidates(load_space(SPACE_FILE), settings)
+    priors = [prior_candidate_s([t], info["weights"]["size_bytes"], 2) for t in suite.tests]
     assert min(priors) < info["run_s"] < float(np.median(priors))
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
     # 5 minutes is refused, naming the budget that would do, before anything is made
     with pytest.raises(UserError, match="give at least --budget"):
-        tune.run(dataclasses.replace(settings, budget_s=300.0))
+        session.run(dataclasses.replace(settings, budget_s=300.0))
 
 
 # --- the space file ---------------------------------------------------------------------------------
 
-def _settings(tmp_path: Path, **changes) -> tune.Settings:
-    return tune.Settings(**{"output_dir": tmp_path / "out", "model": "tiny", **changes})
+def _settings(tmp_path: Path, **changes) -> Settings:
+    return Settings(**{"output_dir": tmp_path / "out", "model": "tiny", **changes})
 
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
     """The shipped space and its candidates for smollm2-135m (made once: 4,321 tests to validate)."""
-    space = tune.load_space(tune.SPACE_FILE)
-    settings = tune.Settings(output_dir=tmp_path_factory.mktemp("shipped") / "out", model="smollm2-135m")
-    return space, tune.candidates(space, settings)
+    space = load_space(SPACE_FILE)
+    settings = Settings(output_dir=tmp_path_factory.mktemp("shipped") / "out", model="smollm2-135m")
+    return space, candidates(space, settings)
 
 
 def test_the_shipped_space(shipped):
-    assert (REPO / "sweeps" / "tune_space.json").resolve() == tune.SPACE_FILE.resolve()
+    assert (REPO / "sweeps" / "tune_space.json").resolve() == SPACE_FILE.resolve()
     _, suite = shipped
     tests = [t for t in suite.tests if t.name != "t5x_full"]
     assert len(tests) == 4320  # the valid part of the 6,912 combinations
@@ -252,7 +268,7 @@ def test_the_space_tries_each_peer_with_its_settings(tmp_path):
     """The space's `references` block is the peers' axes: one row per setting of each kind the tune measures, named
     by its settings and run with them; a kind it does not list runs at its defaults; a kind not measured, not at
     all."""
-    space = tune.load_space(tune.SPACE_FILE)
+    space = load_space(SPACE_FILE)
     settings = dataclasses.replace(_settings(tmp_path), reference_rows=space["references"],
                                    reference_kinds=("safetensors", "runai_streamer", "torch_dcp", "device_ceiling"))
     assert settings.references == ["safetensors", "runai_streamer", "runai_streamer_conc=64_chunk=8MB", "torch_dcp",
@@ -264,14 +280,14 @@ def test_the_space_tries_each_peer_with_its_settings(tmp_path):
     assert list(rows) == settings.references
     assert rows["runai_streamer_conc=64_chunk=8MB"].reference_settings["chunk_bytesize"] == 8 * 2**20
     assert rows["torch_dcp_threads=4"].reference_settings == {"thread_count": 4}
-    assert tune.prior_reference_s("runai_streamer_conc=64_chunk=8MB", 10**9) == tune.prior_reference_s(
+    assert prior_reference_s("runai_streamer_conc=64_chunk=8MB", 10**9) == prior_reference_s(
         "runai_streamer", 10**9)
 
 
 def test_identical_layouts_are_measured_once(shipped):
     space, suite = shipped
     shapes = sorted({shape for _, shape in weights.preset_shapes("smollm2-135m")})
-    universe = tune.make_universe(space, suite, shapes)
+    universe = make_universe(space, suite, shapes)
     assert universe.always == ("t5x_full",)
     assert len(universe.tests) + len(universe.duplicates) == 4321
     assert 0 < len(universe.duplicates) < 4321
@@ -279,12 +295,12 @@ def test_identical_layouts_are_measured_once(shipped):
         twin, kept = suite.test(name), universe.tests[same]
         assert name not in universe.tests
         assert twin.to_json() != kept.to_json()  # different settings...
-        assert tune.layout_key(twin, "float32", shapes) == tune.layout_key(kept, "float32", shapes)  # ...same layout
+        assert layout_key(twin, "float32", shapes) == layout_key(kept, "float32", shapes)  # ...same layout
     # t5x_full's twin in the grid (zarr2, 1 MB, halve, 128, gzip-1, default) is the duplicate, not t5x_full
     assert any(same == "t5x_full" for _, same in universe.duplicates)
     # the sample spreads every axis evenly and is the same for the same seed
-    chosen = tune.sample(universe, 40, seed=7)
-    assert chosen == tune.sample(universe, 40, seed=7) != tune.sample(universe, 40, seed=8)
+    chosen = sample(universe, 40, seed=7)
+    assert chosen == sample(universe, 40, seed=7) != sample(universe, 40, seed=8)
     assert len(set(chosen)) == 40 and "t5x_full" not in chosen
     formats = [universe.axes[n]["formats"] for n in chosen]
     assert all(formats.count(f) == 10 for f in ("zarr2", "zarr3", "zarr3_sharded", "ocdbt"))
@@ -323,7 +339,7 @@ def test_bad_space_files_are_one_line_errors(tmp_path, change, expected):
     path = tmp_path / "space.json"
     path.write_text(json.dumps(space))
     with pytest.raises(UserError) as caught:
-        tune.candidates(tune.load_space(path), _settings(tmp_path), str(path))
+        candidates(load_space(path), _settings(tmp_path), str(path))
     message = str(caught.value)
     assert "\n" not in message and expected in message, message
 
@@ -333,9 +349,9 @@ def test_unreadable_space_files(tmp_path, text, expected):
     path = tmp_path / "space.json"
     path.write_text(text)
     with pytest.raises(UserError, match=expected):
-        tune.load_space(path)
+        load_space(path)
     with pytest.raises(UserError, match="no such file"):
-        tune.load_space(tmp_path / "missing.json")
+        load_space(tmp_path / "missing.json")
 
 
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, run_cli):
@@ -363,7 +379,7 @@ def test_a_state_the_previous_version_wrote_reads_for_a_resume(tmp_path):
     from ckptbench.tune import state as tune_state
 
     old = json.loads(V1.read_text())["tune_state"]
-    (tmp_path / tune.STATE_FILE).write_text(json.dumps(old))
+    (tmp_path / STATE_FILE).write_text(json.dumps(old))
     state = tune_state.load(tmp_path)
     assert state.phase == "final" and [(s.name, s.status) for s in state.stages] == [
         ("rung-0", "budget"), ("final-1", "complete"), ("final-2", "running")]
@@ -373,16 +389,16 @@ def test_a_state_the_previous_version_wrote_reads_for_a_resume(tmp_path):
     expected["settings"] = {"reference_kinds": ["safetensors", "torch_save", "device_ceiling"], **old["settings"]}
     assert state.to_json() == expected
     tune_state.save(state, tmp_path)
-    saved = json.loads((tmp_path / tune.STATE_FILE).read_text())
+    saved = json.loads((tmp_path / STATE_FILE).read_text())
     assert (saved["kind"], saved["schema_version"]) == ("tune state", 2)
     assert tune_state.load(tmp_path).to_json() == state.to_json()
 
 
 def test_a_tuning_document_the_previous_version_wrote_reads(tmp_path):
     old = json.loads(V1.read_text())["tuning"]
-    path = tmp_path / tune.TUNING_FILE
+    path = tmp_path / TUNING_FILE
     path.write_text(json.dumps(old))
-    document = tune.read(path).document
+    document = read(path).document
     assert (document["kind"], document["schema_version"]) == ("tuning", 3)
     # every summary's symmetric ci95 gives way to its log-scale interval, which version 2 held as ci95_log
     text = json.dumps(document)
@@ -408,7 +424,7 @@ def test_a_tuning_document_the_previous_version_wrote_reads(tmp_path):
 def test_a_state_that_cannot_be_read_is_one_line_saying_start_afresh(tmp_path, text, expected):
     from ckptbench.tune import state as tune_state
 
-    (tmp_path / tune.STATE_FILE).write_text(text)
+    (tmp_path / STATE_FILE).write_text(text)
     with pytest.raises(UserError) as caught:
         tune_state.load(tmp_path)
     message = str(caught.value)
@@ -447,6 +463,7 @@ def _true_size(test: config.TestSpec) -> int:
     return int(5_000_000 * ratio) + 4096 * (test.format == "zarr3")
 
 
+@pytest.mark.slow  # a whole tune
 @pytest.mark.parametrize(("objective", "budget_s"), [("balanced", 600.0), ("size", 200.0)])
 def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path, monkeypatch, capsys, objective,
                                                                        budget_s):
@@ -489,9 +506,8 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
             raise stopped
         return outcome
 
-    tuning = tune.run(tune.Settings(output_dir=tmp_path / "out", model="tiny", budget_s=budget_s, seed=4,
-                                    objective=objective), Hooks(on_event=heard.append, clock=clock,
-                                                                      execute=fake_run))
+    tuning = session.run(Settings(output_dir=tmp_path / "out", model="tiny", budget_s=budget_s, seed=4,
+                                  objective=objective), Hooks(on_event=heard.append, clock=clock, execute=fake_run))
     document = tuning.document
     # the budget: nothing started that would not end in time (the run estimates come from measured runs)
     assert clock.now <= budget_s * 1.1
@@ -538,7 +554,7 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
     if "t5x_full" not in measured_by_stage["final-1"]:
         assert t5x["n"] == 1 and t5x["mean"] > 3.5 * best, (t5x, best)
     # the answer: the truly best candidate among those measured
-    suite = tune.candidates(tune.load_space(tune.SPACE_FILE), tune.Settings(output_dir=tmp_path, model="tiny"))
+    suite = candidates(load_space(SPACE_FILE), Settings(output_dir=tmp_path, model="tiny"))
     tests = [t for t in suite.tests if t.name in document["candidates"]]
     winner = document["recommendation"]["test"]
     if objective == "size":
@@ -617,8 +633,8 @@ def tiny_tune(tmp_path_factory):
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     facts: dict = {"out": out}
     facts["stopped"] = act_on_stderr_line(proc, "[rung-0 7/", lambda: proc.send_signal(signal.SIGINT), timeout=180)
-    facts["state"] = json.loads((out / tune.STATE_FILE).read_text())
-    facts["partial"] = json.loads((out / tune.TUNING_FILE).read_text())
+    facts["state"] = json.loads((out / STATE_FILE).read_text())
+    facts["partial"] = json.loads((out / TUNING_FILE).read_text())
     facts["journal"] = (out / "rung-0" / "journal.jsonl").read_text().splitlines()
     facts["runs_left"] = (out / "rung-0" / "runs").exists()
 
@@ -634,6 +650,7 @@ def tiny_tune(tmp_path_factory):
     return facts
 
 
+@pytest.mark.slow  # a real tune (tiny_tune)
 def test_a_stop_keeps_what_was_measured(tiny_tune):
     status, stderr = tiny_tune["stopped"]
     assert status == 130, stderr
@@ -648,17 +665,19 @@ def test_a_stop_keeps_what_was_measured(tiny_tune):
     assert not tiny_tune["runs_left"]  # no half-written checkpoint left
 
 
+@pytest.mark.slow  # a real tune (tiny_tune)
 def test_resume_refuses_other_settings_and_changes_nothing(tiny_tune):
     status, _, err = tiny_tune["refused"]
     assert status == 2 and err.count("\n") == 1 and "model" in err, err
     assert tiny_tune["journal_after_refusal"] == tiny_tune["journal"]
 
 
+@pytest.mark.slow  # a real tune (tiny_tune)
 def test_resume_continues_and_finishes(tiny_tune):
     status, stdout, stderr = tiny_tune["resumed"]
     out = tiny_tune["out"]
     assert status == 0, stderr
-    document = tune.read(out / tune.TUNING_FILE).document
+    document = read(out / TUNING_FILE).document
     assert document["complete"] is True and document["seed"] == 9
     before = [json.loads(line)["test"] for line in tiny_tune["journal"][1:]]
     after = [json.loads(line)["test"] for line in (out / "rung-0" / "journal.jsonl").read_text().splitlines()[1:]]
@@ -668,11 +687,12 @@ def test_resume_continues_and_finishes(tiny_tune):
     assert "resumed" in stderr
 
 
+@pytest.mark.slow  # a real tune (tiny_tune)
 def test_a_tiny_tune_end_to_end(tiny_tune):
     status, stdout, stderr = tiny_tune["resumed"]
     out = tiny_tune["out"]
     assert status == 0, stderr
-    document = tune.read(out / tune.TUNING_FILE).document
+    document = read(out / TUNING_FILE).document
     assert document["objective"] == "load" and document["metric"] == "load_s"
     # the wall time of both sessions, as recorded, within the budget (and one run of slack)
     assert document["budget"]["spent_s"] <= 45 * 1.1 + 5
@@ -690,7 +710,7 @@ def test_a_tiny_tune_end_to_end(tiny_tune):
     assert ("tied" in stdout) == (second["judgement"] == "not distinguishable"), stdout
     # printed: the recommendation first, then what to paste, then how it was found
     assert stdout.index("runner-up") < stdout.index("TensorStore spec") < stdout.index("Phase 4 test entry")
-    assert str(out / tune.TUNING_FILE) in stdout and "Tuned in" in stdout
+    assert str(out / TUNING_FILE) in stdout and "Tuned in" in stdout
     assert "candidates left" in stderr and "left" in stderr
     # every stage is a normal suite: its results.json, every run verified and cold, no run folder left
     assert document["stages"][0]["name"] == "rung-0"
@@ -704,9 +724,10 @@ def test_a_tiny_tune_end_to_end(tiny_tune):
     assert set(DEFAULT_REFERENCES) <= set(document["references"])
     assert (out / "tuning.png").read_bytes()[:8] == PNG_MAGIC
     assert document["pareto"] and set(document["pareto"]) <= set(document["candidates"])
-    assert json.loads((out / tune.STATE_FILE).read_text())["phase"] == "done"
+    assert json.loads((out / STATE_FILE).read_text())["phase"] == "done"
 
 
+@pytest.mark.slow  # a real tune (tiny_tune)
 def test_the_pasted_spec_reads_the_tuned_checkpoint_back_bit_for_bit(tiny_tune, tiny_weights):
     import tensorstore as ts
 
@@ -714,9 +735,9 @@ def test_the_pasted_spec_reads_the_tuned_checkpoint_back_bit_for_bit(tiny_tune, 
 
     out = tiny_tune["out"]
     assert tiny_tune["resumed"][0] == 0
-    document = tune.read(out / tune.TUNING_FILE).document
+    document = read(out / TUNING_FILE).document
     paste = document["paste"]
-    assert paste["verified"] is True and paste["checkpoint"] == str(out / "runs" / tune.CHECKPOINT)
+    assert paste["verified"] is True and paste["checkpoint"] == str(out / "runs" / CHECKPOINT)
     context = ts.Context(paste["context"])
     # the spec exactly as printed (its metadata must match what is on disk)
     example = ts.open(paste["spec"], open=True, context=context).result().read().result()

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ckptbench.analysis import busy, stats
 from ckptbench.analysis import change as analysis
 from ckptbench.analysis.samples import METRICS, measured_runs, samples
+from ckptbench.spec.suite import CONFIRM_OBJECTIVES
 
 # Verdict words that mean "B is worse than A".
 REGRESSION_WORDS = frozenset(worse for _, _, worse, _ in analysis.METRICS.values())
@@ -124,9 +125,6 @@ def _settings_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return [f"{k} {a.get(k)!r} in A, {b.get(k)!r} in B" for k in keys if a.get(k) != b.get(k)]
 
 
-JOINED_OBJECTIVES = ("save", "load", "balanced")
-
-
 def joined_answers(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The two files as two blocks of one measurement: per objective and role (the fastest peer, the device
     ceiling) where both files pit the same TensorStore test against the same other test, each file's comparison
@@ -134,7 +132,7 @@ def joined_answers(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[d
     ratios, and whether they disagree (analysis.change.blocks_disagree). Two invocations at different times are
     two machine states: where they disagree, neither file's interval is the answer."""
     out = []
-    for objective in JOINED_OBJECTIVES:
+    for objective in CONFIRM_OBJECTIVES:
         entry_a = (doc_a.get("best") or {}).get(objective) or {}
         entry_b = (doc_b.get("best") or {}).get(objective) or {}
         if not entry_a or entry_a.get("test") != entry_b.get("test"):

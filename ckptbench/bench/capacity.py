@@ -64,7 +64,7 @@ def _array_bytes_upper(shape: tuple[int, ...], itemsize: int, budget_elements: i
 def run_bytes_upper(test: TestSpec, shapes: Sequence[Sequence[int]], itemsize: int) -> int:
     """Disk bytes one run of a test may take: padded chunks for TensorStore, the raw bytes for references."""
     raw = sum(math.prod(s) for s in shapes) * itemsize + BLOCK_BYTES
-    if test.backend == "device_ceiling":
+    if test.backend == CEILING:
         return CEILING_COPIES * raw + _FIO_ROUNDING_BYTES
     if test.is_reference:
         return raw

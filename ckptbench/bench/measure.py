@@ -22,8 +22,10 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ckptbench.bench import async_save, cache, references, storage
+from ckptbench.bench import async_save, cache, storage
 from ckptbench.bench.backend import Backend, ThisProcess, Writers
+from ckptbench.bench.references.backends import BACKENDS
+from ckptbench.bench.references.ceiling import DeviceCeilingBackend
 from ckptbench.bench.targets import LocalTarget, RunLocation, Target
 from ckptbench.bench.timing import Timed, timed
 from ckptbench.core import host, system
@@ -232,8 +234,8 @@ def backend_for(test: TestSpec, config: SuiteConfig, target: Target | None = Non
         return storage.TensorStoreBackend(storage.Layout.of(test, config.dtype), config.max_inflight_bytes,
                                           context_extra=target.context_spec())
     if test.backend == CEILING:
-        return references.DeviceCeilingBackend(config.cache_eviction)
-    backend = references.BACKENDS[test.backend](**(test.reference_settings or {}))
+        return DeviceCeilingBackend(config.cache_eviction)
+    backend = BACKENDS[test.backend](**(test.reference_settings or {}))
     backend.load_into = test.load_into or "new"  # None (a test no suite finished): the suite's default
     return backend
 

@@ -1,5 +1,1 @@
-"""The command line: a subcommand name, then its flags (see main.py)."""
-
-from ckptbench.cli.app import main
-
-__all__ = ["main"]
+"""The command line: app (the parser and `main`), options, and commands/ (one module per subcommand)."""

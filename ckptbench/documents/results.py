@@ -85,13 +85,11 @@ from ckptbench.documents import confirmation, findings, while_training
 from ckptbench.documents import store as documents
 from ckptbench.documents.findings import NOT_DURABLE, metric_runs
 from ckptbench.documents.store import Document, Upgrade
-from ckptbench.spec.references import CEILING, REFERENCES
-from ckptbench.spec.suite import MEMORY_BOUND_FIXED_BYTES, MEMORY_BOUND_MULTIPLIER, SuiteConfig
+from ckptbench.spec.references import CEILING, DIRECT_PREFIX, REFERENCES
+from ckptbench.spec.suite import MEMORY_BOUND_FIXED_BYTES, MEMORY_BOUND_MULTIPLIER, OBJECTIVES, SuiteConfig
 
 SCHEMA_VERSION = 5
 RESULTS_FILE = "results.json"
-DIRECT_PREFIX = "direct "  # a ceiling pattern read with O_DIRECT (see references.py)
-OBJECTIVES = {"save": "save_s", "load": "load_s", "balanced": "total_s", "size": "size_bytes"}
 SMALL_FOR_RAM = 0.25  # a checkpoint under a quarter of RAM may be cached by a VM's host
 CI_PROTOCOL = ("ci95: the mean's 95% interval (the only one); every value positive (times, sizes, rates, memory): "
                "on the log scale, mean * exp(+- t * cv / sqrt(n)), never below zero; a value of 0 or less: "

@@ -15,8 +15,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import tensorstore as ts
 
-from ckptbench.bench import cache, references, storage
+from ckptbench.bench import cache, storage
 from ckptbench.bench.backend import Backend
+from ckptbench.bench.references.backends import BACKENDS
+from ckptbench.bench.references.ceiling import DeviceCeilingBackend
 from ckptbench.bench.targets import RunLocation, Target
 from ckptbench.core.records import RunRecord
 from ckptbench.parallel import writers
@@ -187,8 +189,8 @@ def backend_of(test: TestSpec, config: SuiteConfig, target: Target, pool: Writer
     reference row's tp readers."""
     if test.is_reference:
         settings = dict(test.reference_settings or {})
-        inner = (references.DeviceCeilingBackend(config.cache_eviction) if test.backend == CEILING
-                 else references.BACKENDS[test.backend](**settings))
+        inner = (DeviceCeilingBackend(config.cache_eviction) if test.backend == CEILING
+                 else BACKENDS[test.backend](**settings))
         if test.backend == CEILING:
             settings = {"eviction": config.cache_eviction}
         return TensorParallelReference(inner, test.backend, settings, pool, test.tp)

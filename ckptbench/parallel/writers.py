@@ -39,7 +39,8 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import tensorstore as ts
 
-from ckptbench.bench import cache, references, storage
+from ckptbench.bench import cache, storage
+from ckptbench.bench.references.backends import BACKENDS
 from ckptbench.bench.targets import RunLocation
 from ckptbench.bench.timing import Timed, timed
 from ckptbench.bench.verify import mismatches
@@ -154,14 +155,14 @@ def ready(job: Job | None) -> None:
     """Before the common start: a reference row's readers import its library (a first import costs seconds,
     which the clock, started at the barrier, must not count); TensorStore's readers have it imported already."""
     if job is not None and job.reference is not None:
-        for module in getattr(references.BACKENDS[job.reference[0]], "libraries", ()):
+        for module in getattr(BACKENDS[job.reference[0]], "libraries", ()):
             importlib.import_module(module)
 
 
 def _load_slices(job: Job) -> dict[str, np.ndarray]:
     if job.reference is not None:  # a reference row's readers: its own loader reads each slice
         kind, settings = job.reference
-        return references.BACKENDS[kind](**settings).load_slices(job.location, job.boxes, *job.reader)
+        return BACKENDS[kind](**settings).load_slices(job.location, job.boxes, *job.reader)
     context = job.layout.context(job.context_extra)
     with storage.settled() as track:
         opened = dict(zip(job.boxes, track([ts.open(job.layout.open_spec(job.location, name), context=context)

@@ -18,6 +18,7 @@ from ckptbench.spec.fields import SAVE_MODES, SWEEP_FIELDS
 SAVE_MODE = "save_mode"  # a key every kind's entries take besides its settings: the row's TestSpec.save_mode
 
 CEILING = "device_ceiling"
+DIRECT_PREFIX = "direct "  # in the name of a ceiling pattern read with O_DIRECT
 
 
 @dataclass(frozen=True)

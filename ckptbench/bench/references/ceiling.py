@@ -32,6 +32,7 @@ from ckptbench.bench.storage import checkpoint_size
 from ckptbench.bench.targets import RunLocation
 from ckptbench.core.records import RunRecord
 from ckptbench.sources.source_file import Box
+from ckptbench.spec.references import DIRECT_PREFIX
 
 _MIB = 2**20
 # (streams, block bytes). dd's bs=1M and fio's large sequential blocks over 1-16 streams, and deeper queues:
@@ -42,7 +43,6 @@ GRID = ((1, _MIB), (1, 16 * _MIB), (4, _MIB), (4, 16 * _MIB), (16, _MIB), (16, 1
 DIRECT = (16, 16 * _MIB)  # the O_DIRECT read: 16 streams, 16 MiB blocks
 FIO = (16, _MIB, 32)  # fio's pattern: 16 jobs (a file each), 1 MiB blocks, 32 in flight per job, io_uring, O_DIRECT
 LATER = 2  # after a full grid: its fastest LATER writes and reads run (with fio's and the O_DIRECT read)
-DIRECT_PREFIX = "direct "
 FIO_PREFIX = "fio "
 _FIO_SET = "fio"
 

@@ -18,12 +18,12 @@ from ckptbench.cli.options import parse_tp
 from ckptbench.core.errors import UserError
 from ckptbench.spec import config as config_mod
 from ckptbench.spec.presets import PRESETS, VALUES
+from ckptbench.spec.suite import OBJECTIVES
 
 if TYPE_CHECKING:  # tune imports numpy: not for --help
-    from ckptbench import tune
+    from ckptbench.tune.settings import Settings
 
-OBJECTIVES = ("save", "load", "balanced", "size")  # tune.OBJECTIVES's keys, without importing numpy for --help
-DEFAULT_BUDGET = "10m"  # tune.DEFAULT_BUDGET_S as written in --help (tune is not imported for --help)
+DEFAULT_BUDGET = "10m"  # tune.settings.DEFAULT_BUDGET_S as written in --help (tune is not imported for --help)
 DEFAULT_OUTPUT_DIR = "saved_models/tune"
 
 
@@ -41,7 +41,7 @@ class Tune(Command):
         add_weight_arguments(parser)
         parser.add_argument("--budget", help=f"wall time for the whole tune, e.g. 90s, 5m, 1h (default "
                             f"{DEFAULT_BUDGET}); with --resume, a new total (the time already spent counts)")
-        parser.add_argument("--objective", choices=OBJECTIVES,
+        parser.add_argument("--objective", choices=list(OBJECTIVES),
                             help="what to minimise: save or load seconds, balanced = save + load seconds (default), "
                                  "or size = bytes on disk")
         parser.add_argument("--output-dir", help=f"where tuning.json, tuning.png and each rung's results go "
@@ -64,17 +64,16 @@ class Tune(Command):
                                  "pre-check's verdict, and write nothing: exit 0, or 2 when it refuses")
 
     def execute(self, args: argparse.Namespace, context: Context) -> int:
-        from ckptbench import tune
         from ckptbench.core.errors import Stopped
         from ckptbench.core.units import parse_duration
         from ckptbench.reports.progress import TuneProgress
-        from ckptbench.tune import report
+        from ckptbench.tune import report, session
         from ckptbench.tune.session import Hooks
 
         budget_s = None if args.budget is None else parse_duration(args.budget, "--budget")
         output_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(context)
         if args.dry_run:
-            info = tune.dry_run(_settings(args, context, output_dir, budget_s))
+            info = session.dry_run(_settings(args, context, output_dir, budget_s))
             print(report.dry_run_text(info))
             return 0 if info["refusal"] is None else 2
         progress = TuneProgress(enabled=not args.no_progress)
@@ -82,10 +81,10 @@ class Tune(Command):
         try:
             if args.resume:
                 given = {**weight_overrides(args), "storage": args.storage, "objective": args.objective}
-                tuning = tune.resume(output_dir, given=given, budget_s=budget_s,
-                                     keep_checkpoint=True if args.keep else None, hooks=hooks)
+                tuning = session.resume(output_dir, given=given, budget_s=budget_s,
+                                        keep_checkpoint=True if args.keep else None, hooks=hooks)
             else:
-                tuning = tune.run(_settings(args, context, output_dir, budget_s), hooks)
+                tuning = session.run(_settings(args, context, output_dir, budget_s), hooks)
         except Stopped as stop:
             progress.close()
             if stop.partial is None:
@@ -113,9 +112,9 @@ def _draw(document: Mapping[str, Any], folder: Path) -> Path | None:
     return plot.draw(document, folder / plot.PLOT_FILE)
 
 
-def _settings(args: argparse.Namespace, context: Context, output_dir: Path, budget_s: float | None) -> tune.Settings:
+def _settings(args: argparse.Namespace, context: Context, output_dir: Path, budget_s: float | None) -> Settings:
     """The tune's settings: the flags, else the default config's model, dtype and values (those `run` uses)."""
-    from ckptbench import tune
+    from ckptbench.tune.settings import DEFAULT_BUDGET_S, DEFAULT_OBJECTIVE, SPACE_FILE, Settings
 
     weights = weight_overrides(args)
     path, _ = config_path(args, context)
@@ -125,17 +124,17 @@ def _settings(args: argparse.Namespace, context: Context, output_dir: Path, budg
     if weights["model"] is not None and weights["model"] not in PRESETS:
         raise UserError(f"--model: unknown preset {weights['model']!r}; run --list-models to see the presets")
     kinds: dict[str, Any] = {} if args.references is None else {"reference_kinds": _reference_kinds(args.references)}
-    return tune.Settings(
+    return Settings(
         output_dir=output_dir,
         model=weights["model"] or defaults.model,
         weights=weights["weights"],
         dtype=weights["dtype"] or defaults.dtype,
         values=weights["values"] or (defaults.values if defaults.values in VALUES else "random"),
         storage=args.storage,
-        objective=args.objective or tune.DEFAULT_OBJECTIVE,
-        budget_s=budget_s if budget_s is not None else tune.DEFAULT_BUDGET_S,
+        objective=args.objective or DEFAULT_OBJECTIVE,
+        budget_s=budget_s if budget_s is not None else DEFAULT_BUDGET_S,
         seed=args.seed,
-        space_path=args.space or tune.SPACE_FILE,
+        space_path=args.space or SPACE_FILE,
         cache_eviction=defaults.cache_eviction,
         noise_pct=defaults.noise_pct,
         keep_checkpoint=args.keep,
