@@ -12,7 +12,10 @@ import pytest
 from conftest import REPO, assert_same_bits, run_config
 from test_interrupt import _interrupt_at, _journal_runs, _resume, _start
 
-from ckptbench.bench import async_save, measure, references, storage
+from ckptbench.bench import async_save, measure, storage
+from ckptbench.bench.references.ceiling import DeviceCeilingBackend
+from ckptbench.bench.references.loaders import SafetensorsBackend, TorchSaveBackend
+from ckptbench.bench.references.peers import TorchDCPBackend
 from ckptbench.bench.targets import LocalTarget
 from ckptbench.bench.training_step import StandInStep, slowdown, time_lost_s
 from ckptbench.documents import results
@@ -37,10 +40,10 @@ def _tensorstore() -> storage.TensorStoreBackend:
 
 INNER = {
     "tensorstore": _tensorstore,
-    "torch_save": references.TorchSaveBackend,
-    "safetensors": references.SafetensorsBackend,
-    "torch_dcp": references.TorchDCPBackend,
-    "device_ceiling": lambda: references.DeviceCeilingBackend("fadvise"),
+    "torch_save": TorchSaveBackend,
+    "safetensors": SafetensorsBackend,
+    "torch_dcp": TorchDCPBackend,
+    "device_ceiling": lambda: DeviceCeilingBackend("fadvise"),
 }
 
 

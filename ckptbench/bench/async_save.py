@@ -30,10 +30,9 @@ import numpy as np
 
 from ckptbench.bench import storage
 from ckptbench.bench.backend import Backend
-from ckptbench.bench.references import DeviceCeilingBackend, TorchDCPBackend
-from ckptbench.bench.references.ceiling import DIRECT
+from ckptbench.bench.references.ceiling import DIRECT, DeviceCeilingBackend
 from ckptbench.bench.references.files import folder_of, fsync_path, to_torch
-from ckptbench.bench.references.peers import DCP_WARNING
+from ckptbench.bench.references.peers import DCP_WARNING, TorchDCPBackend
 from ckptbench.bench.targets import RunLocation, as_location
 from ckptbench.bench.training_step import StandInStep, slowdown, time_lost_s
 from ckptbench.core.records import RunRecord
