@@ -278,7 +278,7 @@ def _cold_run(tmp_path: Path, tensors, **settings) -> RunRecord:
         {"name": "t", "concurrency_limit": 16, "compression": "none", **settings}]}, output_dir=tmp_path / "out")
     workspace.prepare_output_dir(suite.output_dir)
     backend = measure.backend_for(suite.test("t"), suite)
-    return measure.run_once(records.PlannedRun("t", 0, 0), tensors, backend, suite)
+    return measure.run_once(records.PlannedRun("t", 0, 0), backend, measure.Bench(suite, tensors))
 
 
 ALIGNED = {"a": np.random.default_rng(3).standard_normal((256, 256), dtype=np.float32),

@@ -66,6 +66,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -103,10 +104,22 @@ def _blocks(config: Any, seed: int) -> list[dict[str, Any]]:
     return [{"tests": list(block), "after_rounds": slot} for block, slot in zip(blocks, slots)]
 
 
-def build(config: Any, weights_info: Mapping[str, Any], records: Iterable[Any], environment: Mapping[str, Any],
-          seed: int, complete: bool, storage: Mapping[str, Any] | None = None,
-          scale: Mapping[str, Any] | None = None, tool: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The whole results document of a suite (finished or not): its raw part, then `derive`."""
+@dataclass(frozen=True)
+class Origin:
+    """Where and with what a suite ran, beside its runs in the raw part: the machine (`environment`), the storage
+    target, the scale's own part and the tool (defaults: a local run of an unnamed build)."""
+
+    environment: Mapping[str, Any]
+    storage: Mapping[str, Any] = field(default_factory=lambda: {"kind": "local"})
+    scale: Mapping[str, Any] = field(default_factory=dict)
+    tool: Mapping[str, Any] = field(default_factory=lambda: {"name": "ckptbench", "version": None, "commit": None})
+
+
+def build(config: Any, weights_info: Mapping[str, Any], records: Iterable[Any],
+          environment: Mapping[str, Any] | Origin, seed: int, complete: bool) -> dict[str, Any]:
+    """The whole results document of a suite (finished or not): its raw part, then `derive`. `environment`: the
+    machine's, or an `Origin` with the storage, scale and tool too."""
+    origin = environment if isinstance(environment, Origin) else Origin(environment)
     by_test: dict[str, list[dict[str, Any]]] = {t.name: [] for t in config.tests}
     confirming: list[dict[str, Any]] = []  # the confirmation rounds' runs: apart, out of every test's statistics
     for record in records:
@@ -114,13 +127,13 @@ def build(config: Any, weights_info: Mapping[str, Any], records: Iterable[Any], 
     document = {
         "kind": RESULTS.name,
         "schema_version": SCHEMA_VERSION,
-        "tool": dict(tool or {"name": "ckptbench", "version": None, "commit": None}),
+        "tool": dict(origin.tool),
         "complete": complete,
-        "environment": dict(environment),
+        "environment": dict(origin.environment),
         "config": config.to_json(),
         "weights": dict(weights_info),
-        "scale": dict(scale or {}),
-        "protocol": {**_protocol(config, seed), "storage": dict(storage or {"kind": "local"})},
+        "scale": dict(origin.scale),
+        "protocol": {**_protocol(config, seed), "storage": dict(origin.storage)},
         "baseline": config.baseline,
         "tests": [{"name": t.name, "description": t.description,
                    "kind": "reference" if t.is_reference else "tensorstore",

@@ -1,7 +1,7 @@
 """Running an explain: the user's config, the design, the one suite, the judgement, explain.json.
 
 `run(settings)` loads the user's config, designs the arms, builds the one suite and runs it through
-an executor with `bench.suite.run_suite`'s signature (run_suite itself by default; a test injects one
+a `bench.context.Executor` (`bench.suite.run_suite` itself by default; a test injects one
 that makes up its measurements), then judges every claim and writes OUTPUT_DIR/explain.json beside
 the suite's results.json. Figures and console output are the caller's (the CLI draws explain.png
 with explain.plot and prints `Explanation.answer()`).
@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 from ckptbench.analysis.samples import samples
 from ckptbench.bench import environment
+from ckptbench.bench.context import Callbacks, Executor, RunContext
 from ckptbench.core.errors import Stopped
 from ckptbench.documents.store import Document
 from ckptbench.explain import document as explain_json
@@ -39,9 +40,6 @@ OUTPUT_NAME = "explain"  # beside the config's output folder: saved_models/expla
 WARN_AFTER_SHARE = 0.1
 WARN_AFTER_RUNS = 3
 
-# Runs one suite: bench.suite.run_suite(config, writers, *, resume, keep, source, on_start, on_phase,
-# on_record, may_start). Injected, so a test can run explain's decisions on made-up measurements.
-Executor = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -103,8 +101,8 @@ def run(settings: Settings, *, execute: Executor | None = None, writers: Any = N
     design_, suite = designed(settings)
     pace = _Pace(settings.budget_s, clock, on_start, on_record, on_message)
     try:
-        outcome = execute(suite, writers, resume=settings.resume, on_start=pace.start, on_phase=on_phase,
-                          on_record=pace.finished, may_start=pace.may_start)
+        outcome = execute(RunContext(suite, writers, Callbacks(pace.start, on_phase, pace.finished), pace.may_start,
+                                     resume=settings.resume))
     except Stopped as stop:
         if stop.partial is not None:  # the runs so far are explained too
             stop.partial = _explain(design_, stop.partial)

@@ -15,8 +15,9 @@ from typing import Any, Mapping
 import numpy as np
 import tensorstore as ts
 
-from ckptbench.bench import cache, references, storage
+from ckptbench.bench import cache, storage
 from ckptbench.bench.backend import Backend
+from ckptbench.bench.measure import own_backend, reference_settings
 from ckptbench.bench.targets import RunLocation
 from ckptbench.parallel import writers
 from ckptbench.parallel.slices import row_boxes
@@ -181,13 +182,9 @@ class TensorParallelReference(Backend):
 
 def backend_of(test: Any, config: Any, target: Any, pool: WriterPool) -> Backend:
     """The back end of a test run by a pool's processes: a TensorStore test's writers (or tp readers), or a
-    reference row's tp readers."""
+    reference row's tp readers (its own back end, bench.measure's, saves)."""
     if test.is_reference:
-        settings = dict(test.reference_settings or {})
-        inner = (references.DeviceCeilingBackend(config.cache_eviction) if test.backend == CEILING
-                 else references.BACKENDS[test.backend](**settings))
-        if test.backend == CEILING:
-            settings = {"eviction": config.cache_eviction}
-        return TensorParallelReference(inner, test.backend, settings, pool, test.tp)
+        return TensorParallelReference(own_backend(test, config, target), test.backend,
+                                       reference_settings(test, config), pool, test.tp)
     return DistributedBackend(storage.Layout.of(test, config.dtype), pool, config.max_inflight_bytes,
                               context_extra=target.context_spec(), tp=test.tp, tp_save=test.tp_save)

@@ -1,7 +1,7 @@
 """The loop of a tune: stage after stage, each a normal suite, until the policy says stop.
 
-Every measurement is a normal suite run by an executor with `bench.suite.run_suite`'s
-signature (run_suite itself unless a test injects another: fsync'd saves, cold loads,
+Every measurement is a normal suite run by a `bench.context.Executor`
+(`bench.suite.run_suite` itself unless a test injects another: fsync'd saves, cold loads,
 bit-exact verification, a journal for `--resume`), one suite per stage, each in its own
 folder under the tune folder, all sharing the weights made once. This is the only code
 that runs suites.
@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ckptbench.bench import workspace
+from ckptbench.bench.context import Callbacks, Executor, RunContext
 from ckptbench.core.errors import Skip, Stopped
 from ckptbench.core.records import PlannedRun, RunRecord
 from ckptbench.documents import journal
-from ckptbench.documents.results import Results
 from ckptbench.spec import config as config_mod
 from ckptbench.spec.compression import label as compression_label
 from ckptbench.spec.fields import entry
@@ -39,7 +39,6 @@ from ckptbench.tune.space import T5X, Universe
 from ckptbench.tune.state import BUDGET, COMPLETE, FINAL, RUNNING, Stage, TuneState
 
 Event = Callable[[str, dict[str, Any]], None]  # on_event(kind, data): the progress display's input
-Executor = Callable[..., Results]  # bench.suite.run_suite's signature
 
 
 class Stopwatch:
@@ -164,8 +163,8 @@ def _run_stage(session: Session, stage: Stage, execute: Executor) -> str:
 
     status = COMPLETE
     try:
-        outcome = execute(suite, resume=again, source=session.source, on_phase=on_phase, on_record=on_record,
-                          may_start=may_start, history=_earlier_ceiling_runs(session))
+        outcome = execute(RunContext(suite, observer=Callbacks(phase=on_phase, record=on_record), may_start=may_start,
+                                     resume=again, source=session.source, history=_earlier_ceiling_runs(session)))
     except Stopped as stop:
         if stop.partial is not None:  # the suite's own results replace the runs noted as they ended
             session.documents[stage.name] = stop.partial.document

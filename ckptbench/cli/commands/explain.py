@@ -84,7 +84,7 @@ class Explain(Command):
         stopped: Stopped | None = None
         try:
             explained = explain.run(settings, on_start=progress.start, on_phase=progress.phase,
-                                    on_record=progress.finished, on_message=progress.message)
+                                    on_record=progress.record, on_message=progress.message)
         except Stopped as stop:
             stopped, explained = stop, stop.partial
         finally:

@@ -8,6 +8,7 @@ SIGTERM (the results so far are kept; --resume continues).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -83,18 +84,18 @@ class Run(Command):
         suite = config_mod.load(path, **{**implied, **_overrides(args)})
         if args.dry_run:
             return dry_run(suite)
+        from ckptbench.bench.context import RunContext
         from ckptbench.bench.suite import run_suite
         from ckptbench.core.errors import Stopped
         from ckptbench.reports.progress import Progress
 
         progress = Progress(enabled=not args.no_progress)
-        options = {"resume": args.resume, "keep": args.keep, "on_start": progress.start, "on_phase": progress.phase,
-                   "on_record": progress.finished}
+        context = RunContext(suite, observer=progress, resume=args.resume, keep=args.keep)
         try:
             if launch is None:
                 from ckptbench.parallel.local import LocalWriters
 
-                results = run_suite(suite, LocalWriters(), **options)
+                results = run_suite(dataclasses.replace(context, writers=LocalWriters()))
             else:
                 from ckptbench.parallel.session import Session
 
@@ -105,7 +106,7 @@ class Run(Command):
                         if status:
                             raise SystemExit(status)  # rank 0 said why
                         return 0
-                    results = session.run(suite, lambda launched, writers: run_suite(launched, writers, **options))
+                    results = session.run(context, run_suite)
         except Stopped as stop:
             progress.close()
             show(stop.partial, args.details)

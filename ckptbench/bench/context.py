@@ -1,0 +1,80 @@
+"""`RunContext`: everything one suite run needs, in one frozen object (`bench.suite.run_suite`'s only argument).
+
+The caller chooses it once: the suite, who writes with several processes (`writers`), who is told of the
+progress (`observer`), the budget (`may_start`), and resume, keep, weights in memory, earlier runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+from ckptbench.bench.backend import ThisProcess, Writers
+from ckptbench.core.records import PlannedRun, RunRecord
+from ckptbench.documents.results import Results
+from ckptbench.sources.weights import Weights
+from ckptbench.spec.suite import SuiteConfig
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a starting suite is about to do, for a progress display."""
+
+    weights: dict[str, Any]
+    n_tests: int
+    num_runs: int
+    warmup_rounds: int
+    total_runs: int
+    seed: int
+    resumed_runs: int
+    scale: dict[str, Any]
+    confirmation_runs: int = 0  # at most this many after the rounds (the finalists are known only then)
+
+
+class Observer(Protocol):
+    """Told what a suite does as it goes (a progress display, tune's and explain's bookkeeping); measures nothing."""
+
+    def start(self, start: Start) -> None: ...
+
+    def phase(self, planned: PlannedRun, phase: str) -> None: ...
+
+    def record(self, record: RunRecord) -> None: ...
+
+
+def _ignore(*_args: Any) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    """An `Observer` made of functions, each optional (`Callbacks()` is told and says nothing)."""
+
+    start: Callable[[Start], None] = _ignore
+    phase: Callable[[PlannedRun, str], None] = _ignore
+    record: Callable[[RunRecord], None] = _ignore
+
+
+def _always(_planned: PlannedRun) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One suite run. `writers`: who runs the tests with processes > 1 (the suite stops them at its end).
+    `may_start(run)` is asked before each run: a reason (a spent budget) stops the suite there, as a stop signal
+    does; a `core.errors.Skip` skips that run alone (not measured, not recorded). `resume` continues the suite's
+    journal; `keep` leaves each test's last checkpoint on disk; `source`: weights already in memory (they must
+    match the config's model, dtype and values; by default made or read by the run); `history`: runs of earlier
+    suites whose back ends' choices carry over (tune's stages: the device ceiling's fastest patterns)."""
+
+    config: SuiteConfig
+    writers: Writers = field(default_factory=ThisProcess)
+    observer: Observer = Callbacks()
+    may_start: Callable[[PlannedRun], str | None] = _always
+    resume: bool = False
+    keep: bool = False
+    source: Weights | None = None
+    history: Sequence[RunRecord] = ()
+
+
+Executor = Callable[[RunContext], Results]  # run_suite, or what a test injects in its place (tune, explain)
