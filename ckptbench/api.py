@@ -37,15 +37,11 @@ class Results(results_doc.Results):
 
 def run(config: SuiteConfig, **options: Any) -> Results:
     """Run a suite on this host; `options` are bench.context.RunContext's (resume, keep, source, observer,
-    may_start, history), or on_start, on_phase and on_record, the observer's three functions. Tests with several
-    processes get workers spawned here."""
-    from ckptbench.bench.context import Callbacks, RunContext
+    may_start, history). Tests with several processes get workers spawned here."""
+    from ckptbench.bench.context import RunContext
     from ckptbench.bench.suite import run_suite
     from ckptbench.parallel.local import LocalWriters
 
-    told = {name: options.pop(f"on_{name}") for name in ("start", "phase", "record") if f"on_{name}" in options}
-    if told:
-        options["observer"] = Callbacks(**told)
     outcome = run_suite(RunContext(config, LocalWriters(), **options))
     return Results(outcome.document, outcome.path)
 

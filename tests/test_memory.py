@@ -65,7 +65,7 @@ def test_memory_the_process_already_holds_counts_as_available(monkeypatch):
     held = np.ones(300 * 2**20, dtype=np.uint8)  # 300 MB of anonymous memory this process holds
     available = int(need * capacity.SAFETY) - 200 * 2**20  # what the kernel reports: 200 MB short of the need
     monkeypatch.setattr(system, "available_memory_bytes", lambda: available)
-    capacity.check_memory(suite, model_bytes)  # no refusal: the 300 MB held count
+    assert capacity.memory_refusal(suite, model_bytes) is None  # the 300 MB held count
     del held
     monkeypatch.setattr(system, "resident_bytes", lambda: (0, 0))  # a process holding nothing is refused
     assert capacity.memory_refusal(suite, model_bytes) is not None

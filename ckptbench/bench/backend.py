@@ -97,23 +97,15 @@ class Writers(Protocol):
 
     def describe(self) -> dict[str, Any] | None:
         """What results.json records about the writers (a launch's hosts and ranks), if anything."""
+        return None
 
     def close(self) -> None:
         """After the suite: stop every writer this object started."""
 
 
-class ThisProcess:
+class ThisProcess(Writers):
     """Writers of a suite whose tests all run in this process."""
 
     def backend(self, test: TestSpec, config: SuiteConfig, target: Any) -> Backend:
         raise ValueError(f"test {test.name!r} needs {test.processes} processes; run the suite with writers that "
                          "start them (parallel.LocalWriters)")
-
-    def ready(self, tensors: Mapping[str, np.ndarray]) -> None:
-        pass
-
-    def describe(self) -> dict[str, Any] | None:
-        return None
-
-    def close(self) -> None:
-        pass

@@ -1,8 +1,5 @@
-"""`RunContext`: everything one suite run needs, in one frozen object (`bench.suite.run_suite`'s only argument).
-
-The caller chooses it once: the suite, who writes with several processes (`writers`), who is told of the
-progress (`observer`), the budget (`may_start`), and resume, keep, weights in memory, earlier runs.
-"""
+"""`RunContext`: what one suite run needs, in one frozen object, chosen once by the caller and handed to
+`bench.suite.run_suite`; an `Executor` is run_suite or what a test injects in its place (tune, explain)."""
 
 from __future__ import annotations
 
@@ -35,9 +32,7 @@ class Observer(Protocol):
     """Told what a suite does as it goes (a progress display, tune's and explain's bookkeeping); measures nothing."""
 
     def start(self, start: Start) -> None: ...
-
     def phase(self, planned: PlannedRun, phase: str) -> None: ...
-
     def record(self, record: RunRecord) -> None: ...
 
 
@@ -47,34 +42,29 @@ def _ignore(*_args: Any) -> None:
 
 @dataclass(frozen=True)
 class Callbacks:
-    """An `Observer` made of functions, each optional (`Callbacks()` is told and says nothing)."""
+    """An `Observer` of functions, each optional (`Callbacks()` says nothing)."""
 
     start: Callable[[Start], None] = _ignore
     phase: Callable[[PlannedRun, str], None] = _ignore
     record: Callable[[RunRecord], None] = _ignore
 
 
-def _always(_planned: PlannedRun) -> str | None:
-    return None
-
-
 @dataclass(frozen=True)
 class RunContext:
     """One suite run. `writers`: who runs the tests with processes > 1 (the suite stops them at its end).
-    `may_start(run)` is asked before each run: a reason (a spent budget) stops the suite there, as a stop signal
-    does; a `core.errors.Skip` skips that run alone (not measured, not recorded). `resume` continues the suite's
-    journal; `keep` leaves each test's last checkpoint on disk; `source`: weights already in memory (they must
-    match the config's model, dtype and values; by default made or read by the run); `history`: runs of earlier
-    suites whose back ends' choices carry over (tune's stages: the device ceiling's fastest patterns)."""
+    `may_start(run)`, asked before each run: a reason (a spent budget) stops the suite there, as a stop signal
+    does; a `core.errors.Skip` skips that run alone. `resume` continues the suite's journal; `keep` leaves each
+    test's last checkpoint on disk; `source`: weights in memory matching the config (None: made or read here);
+    `history`: earlier suites' runs whose back ends' choices carry over (tune: the ceiling's fastest patterns)."""
 
     config: SuiteConfig
     writers: Writers = field(default_factory=ThisProcess)
     observer: Observer = Callbacks()
-    may_start: Callable[[PlannedRun], str | None] = _always
+    may_start: Callable[[PlannedRun], str | None] = lambda _planned: None
     resume: bool = False
     keep: bool = False
     source: Weights | None = None
     history: Sequence[RunRecord] = ()
 
 
-Executor = Callable[[RunContext], Results]  # run_suite, or what a test injects in its place (tune, explain)
+Executor = Callable[[RunContext], Results]

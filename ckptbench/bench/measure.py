@@ -55,15 +55,13 @@ class Bench:
     writers: Writers | None = None
     keep: bool = False
 
-    def weights_for(self, test: str) -> Mapping[str, np.ndarray]:
-        return self.sources.get(self.config.values_for(_spec(test, self.config)), self.tensors)
-
 
 def run_once(planned: PlannedRun, backend: Backend, bench: Bench, on_phase: Phase = _no_phase,
              keep: bool = False) -> RunRecord:
     """One save/evict/load/verify cycle (`keep`: leave its checkpoint). Failures are recorded in the result, never
     raised."""
-    target, tensors = bench.target or LocalTarget(bench.config.output_dir), bench.weights_for(planned.test)
+    spec, target = _spec(planned.test, bench.config), bench.target or LocalTarget(bench.config.output_dir)
+    tensors = bench.sources.get(bench.config.values_for(spec), bench.tensors)
     record = RunRecord(planned.test, planned.round, planned.position, planned.warmup,
                        confirm_block=planned.confirm_block)
     location = None
@@ -74,10 +72,10 @@ def run_once(planned: PlannedRun, backend: Backend, bench: Bench, on_phase: Phas
             tensors.make_resident()  # a source file the last eviction dropped is read back: before any clock
         backend.prepare(tensors)  # e.g. start worker processes, allocate buffers: before any clock
         on_phase(planned, "save")
-        _note(record, "save", timed(lambda: backend.save(tensors, location), watch=_watch(location)), backend)
+        watch = host.watch_for(location.local_dir)  # the disk under the run's folder (remote: every disk here)
+        _note(record, "save", timed(lambda: backend.save(tensors, location), watch=watch), backend)
         on_phase(planned, "size")
         record.size_bytes, record.disk_bytes, record.n_files = backend.footprint(location)
-        spec = _spec(planned.test, bench.config)
         if spec.warm_load and location.local_dir is not None and not backend.in_memory:
             on_phase(planned, "warm load")
             _warm_load(record, backend, tensors, location)
@@ -106,7 +104,7 @@ def _warm_load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.nda
     record.warm_load_cache = cache_state(cache.resident_bytes(location.local_dir), record.disk_bytes)
     warm: dict[str, np.ndarray] = {}
     backend.before_load(tensors)
-    usage = timed(lambda: warm.update(backend.load(location)), watch=_watch(location))
+    usage = timed(lambda: warm.update(backend.load(location)), watch=host.watch_for(location.local_dir))
     span_s = readers_span_s(backend.worker_figures())
     record.warm_load_s = usage.wall_s if span_s is None else span_s
     record.warm_load_cpu_s = usage.cpu_s + _workers_cpu_s(backend.worker_figures())
@@ -130,7 +128,8 @@ def _load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.ndarray]
         record.load_cache = cache_state(record.resident_bytes_at_load, record.disk_bytes)
     on_phase("load")
     loaded: dict[str, np.ndarray] = {}
-    _note(record, "load", timed(lambda: loaded.update(backend.load(location)), watch=_watch(location)), backend)
+    usage = timed(lambda: loaded.update(backend.load(location)), watch=host.watch_for(location.local_dir))
+    _note(record, "load", usage, backend)
     if location.local_dir is not None:  # after the clock, before anything else reads or evicts the files
         record.resident_bytes_after_load = cache.resident_bytes(location.local_dir)
         record.bypass_resident_bytes = backend.bypass_resident_bytes(record.resident_bytes_after_load)
@@ -178,12 +177,6 @@ def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
     setattr(record, f"{op}_rss_anon_bytes", usage.rss_anon_peak_bytes)
     setattr(record, f"{op}_rss_file_bytes", usage.rss_file_peak_bytes)
     _note_others(record, op, usage)
-
-
-def _watch(location: RunLocation) -> host.Watch:
-    """What samples the host around a timed operation: the disk under the run's folder (a remote run's: every
-    physical disk of this host)."""
-    return host.watch_for(location.local_dir)
 
 
 def _note_others(record: RunRecord, op: str, usage: Timed) -> None:

@@ -79,6 +79,7 @@ from ckptbench.documents import confirmation, findings
 from ckptbench.documents import store as documents
 from ckptbench.documents.findings import NOT_DURABLE, metric_runs
 from ckptbench.documents.store import Document
+from ckptbench.spec.compression import label as compression_label
 from ckptbench.spec.references import CEILING, REFERENCES
 from ckptbench.spec.suite import MEMORY_BOUND_FIXED_BYTES, MEMORY_BOUND_MULTIPLIER
 
@@ -106,8 +107,7 @@ def _blocks(config: Any, seed: int) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Origin:
-    """Where and with what a suite ran, beside its runs in the raw part: the machine (`environment`), the storage
-    target, the scale's own part and the tool (defaults: a local run of an unnamed build)."""
+    """Where and with what a suite ran (the raw part beside its runs); defaults: a local run of an unnamed build."""
 
     environment: Mapping[str, Any]
     storage: Mapping[str, Any] = field(default_factory=lambda: {"kind": "local"})
@@ -137,18 +137,12 @@ def build(config: Any, weights_info: Mapping[str, Any], records: Iterable[Any],
         "baseline": config.baseline,
         "tests": [{"name": t.name, "description": t.description,
                    "kind": "reference" if t.is_reference else "tensorstore",
-                   "settings": {**t.to_json(), "compression_label": _compression_label(t.compression)},
+                   "settings": {**t.to_json(), "compression_label": compression_label(t.compression)},
                    "durable": t.durable, "runs": by_test[t.name]} for t in config.tests],
         "skipped_tests": [{"name": name, "reason": reason} for name, reason in config.skipped],
         "confirmation": confirmation.raw(config, confirming),
     }
     return derive(json.loads(json.dumps(document)))  # plain JSON types: the document equals its file
-
-
-def _compression_label(codec: Mapping[str, Any] | None) -> str:
-    from ckptbench.spec.compression import label
-
-    return label(codec)
 
 
 def _protocol(config: Any, seed: int) -> dict[str, Any]:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ckptbench.bench.context import Start
 from ckptbench.core.records import PlannedRun, RunRecord
 from ckptbench.core.units import duration_label, human_bytes
 from ckptbench.documents.store import weights_name
-
-if TYPE_CHECKING:
-    from ckptbench.bench.context import Start
 
 
 class _Display:

@@ -8,7 +8,6 @@ SIGTERM (the results so far are kept; --resume continues).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -87,15 +86,14 @@ class Run(Command):
         from ckptbench.bench.context import RunContext
         from ckptbench.bench.suite import run_suite
         from ckptbench.core.errors import Stopped
+        from ckptbench.parallel.local import LocalWriters
         from ckptbench.reports.progress import Progress
 
         progress = Progress(enabled=not args.no_progress)
-        context = RunContext(suite, observer=progress, resume=args.resume, keep=args.keep)
+        context = RunContext(suite, LocalWriters(), progress, resume=args.resume, keep=args.keep)  # a launch's: its own
         try:
             if launch is None:
-                from ckptbench.parallel.local import LocalWriters
-
-                results = run_suite(dataclasses.replace(context, writers=LocalWriters()))
+                results = run_suite(context)
             else:
                 from ckptbench.parallel.session import Session
 
