@@ -37,12 +37,15 @@ class Results(results_doc.Results):
 
 def run(config: SuiteConfig, **options: Any) -> Results:
     """Run a suite on this host; `options` are bench.context.RunContext's (resume, keep, source, observer,
-    may_start, history). Tests with several processes get workers spawned here."""
-    from ckptbench.bench.context import RunContext
+    may_start, history), or on_start, on_phase and on_record, an observer's three functions. Tests with several
+    processes get workers spawned here."""
+    from ckptbench.bench.context import Callbacks, RunContext
     from ckptbench.bench.suite import run_suite
     from ckptbench.parallel.local import LocalWriters
 
-    outcome = run_suite(RunContext(config, LocalWriters(), **options))
+    told = {name: options.pop(f"on_{name}") for name in ("start", "phase", "record") if f"on_{name}" in options}
+    observer = {"observer": Callbacks(**told)} if told else {}
+    outcome = run_suite(RunContext(config, LocalWriters(), **observer, **options))
     return Results(outcome.document, outcome.path)
 
 
