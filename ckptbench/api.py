@@ -44,8 +44,9 @@ def run(config: SuiteConfig, **options: Any) -> Results:
     from ckptbench.parallel.local import LocalWriters
 
     told = {name: options.pop(f"on_{name}") for name in ("start", "phase", "record") if f"on_{name}" in options}
-    observer = {"observer": Callbacks(**told)} if told else {}
-    outcome = run_suite(RunContext(config, LocalWriters(), **observer, **options))
+    if told:
+        options["observer"] = Callbacks(**told)
+    outcome = run_suite(RunContext(config, LocalWriters(), **options))
     return Results(outcome.document, outcome.path)
 
 

@@ -94,6 +94,7 @@ class Writers(Protocol):
 
     def ready(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Before anything is written: every writer has its weights and reaches the storage."""
+        return None
 
     def describe(self) -> dict[str, Any] | None:
         """What results.json records about the writers (a launch's hosts and ranks), if anything."""
@@ -101,6 +102,7 @@ class Writers(Protocol):
 
     def close(self) -> None:
         """After the suite: stop every writer this object started."""
+        return None
 
 
 class ThisProcess(Writers):

@@ -291,7 +291,7 @@ def save(tensors: Mapping[str, Any], location: RunLocation | Path, layout: Layou
     dtype = "float32" if convert or not tensors else dtype_name(next(iter(tensors.values())).dtype)
     shapes = {name: tuple(tensors[name].shape) for name in names}
     nbytes = {name: math.prod(shapes[name]) * NUMPY_DTYPES[dtype].itemsize for name in names}
-    array = to_float32 if convert else (lambda tensor: tensor)
+    array: Callable[[Any], Any] = to_float32 if convert else (lambda tensor: tensor)
     context = context or layout.context()
     with settled() as track:
         if layout.in_flight == "one_tensor":

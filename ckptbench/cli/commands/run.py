@@ -90,10 +90,11 @@ class Run(Command):
         from ckptbench.reports.progress import Progress
 
         progress = Progress(enabled=not args.no_progress)
-        context = RunContext(suite, LocalWriters(), progress, resume=args.resume, keep=args.keep)  # a launch's: its own
+        # on this host, workers spawned here; under a launcher, Session.run puts the launch's ranks in their place
+        run = RunContext(suite, LocalWriters(), progress, resume=args.resume, keep=args.keep)
         try:
             if launch is None:
-                results = run_suite(context)
+                results = run_suite(run)
             else:
                 from ckptbench.parallel.session import Session
 
@@ -104,7 +105,7 @@ class Run(Command):
                         if status:
                             raise SystemExit(status)  # rank 0 said why
                         return 0
-                    results = session.run(context, run_suite)
+                    results = session.run(run, run_suite)
         except Stopped as stop:
             progress.close()
             show(stop.partial, args.details)
