@@ -85,8 +85,7 @@ def fake_suite(clock: Clock) -> Callable[..., results.Results]:
         seed = suite.seed
         todo = records.plan([t.name for t in suite.tests], suite.num_runs, suite.warmup_rounds, seed, suite.order,
                             blocks=suite.blocks)
-        observer.start(Start(source.describe(), len(suite.tests), suite.num_runs, suite.warmup_rounds, len(todo), seed,
-                       0, {}))
+        observer.start(Start(source.describe(), len(suite.tests), suite.num_runs, suite.warmup_rounds, len(todo), seed, 0))
         done, stopped = [], None
         stage = suite.output_dir.name
         for planned in todo:

@@ -24,7 +24,6 @@ class Start:
     total_runs: int
     seed: int
     resumed_runs: int
-    scale: dict[str, Any]
     confirmation_runs: int = 0  # at most this many after the rounds (the finalists are known only then)
 
 

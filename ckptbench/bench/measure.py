@@ -107,7 +107,7 @@ def _warm_load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.nda
     usage = timed(lambda: warm.update(backend.load(location)), watch=host.watch_for(location.local_dir))
     span_s = readers_span_s(backend.worker_figures())
     record.warm_load_s = usage.wall_s if span_s is None else span_s
-    record.warm_load_cpu_s = usage.cpu_s + _workers_cpu_s(backend.worker_figures())
+    record.warm_load_cpu_s = usage.cpu_s + sum(w["cpu_s"] for w in backend.worker_figures() or [])
     _note_others(record, "warm_load", usage)
     _verify(record, backend, tensors, warm, "the warm load")
 
@@ -161,7 +161,7 @@ def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
         for key in ("read_bytes", "rchar_bytes", "slice_bytes"):  # a load's readers' bytes (writers.perform)
             if all(key in w for w in workers):
                 setattr(record, f"process_{op}_{key}", [int(w[key]) for w in workers])
-        cpu_s += _workers_cpu_s(workers)
+        cpu_s += sum(w["cpu_s"] for w in workers)  # the workers' CPU seconds
         growth += sum(w["peak_rss_bytes"] for w in workers)  # summed: an upper bound of what was in use at once
         setattr(record, f"{op}_host_rss_anon_bytes", usage.rss_anon_peak_bytes + _others_anon_bytes(workers))
         span_s = readers_span_s(workers) if op == "load" else None
@@ -203,11 +203,6 @@ def _others_anon_bytes(workers: list[dict[str, Any]]) -> int:
     launch's ranks here): this process's own are in its own figures, other hosts' are on theirs."""
     host, pid = socket.gethostname(), os.getpid()
     return sum(int(w.get("peak_anon_bytes", 0)) for w in workers if w.get("host") == host and w.get("pid") != pid)
-
-
-def _workers_cpu_s(workers: list[dict[str, float]] | None) -> float:
-    """CPU seconds the worker processes (if any) spent on the last save or load."""
-    return sum(w["cpu_s"] for w in workers or [])
 
 
 _STORAGE_FAILURES = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS}

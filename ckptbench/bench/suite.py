@@ -107,7 +107,7 @@ def _measure(suite: _Suite, done: list[RunRecord]) -> results.Results:
         env["launch"] = launch  # world size, hosts and ranks per host
     scale = {"suggested_preset": capacity.suggest_preset(env.get("ram_bytes"), config.dtype, config)}
     context.observer.start(Start(suite.source.describe(), len(config.tests), config.num_runs, config.warmup_rounds,
-                                 len(todo), seed, len(done), scale, capacity.confirmation_runs_upper(config)))
+                                 len(todo), seed, len(done), capacity.confirmation_runs_upper(config)))
     records = list(done)
     stopped: Stopped | None = None
     complete = False
