@@ -41,7 +41,6 @@ WARN_AFTER_SHARE = 0.1
 WARN_AFTER_RUNS = 3
 
 
-
 @dataclass(frozen=True)
 class Settings:
     """What an explain measures, as its flags give it."""
