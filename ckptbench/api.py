@@ -36,12 +36,17 @@ class Results(results_doc.Results):
 
 
 def run(config: SuiteConfig, **options: Any) -> Results:
-    """Run a suite on this host (bench.suite.run_suite's options: resume, keep, source, on_start, on_phase,
-    on_record); tests with several processes get workers spawned here."""
+    """Run a suite on this host; `options` are bench.context.RunContext's (resume, keep, source, observer,
+    may_start, history), or on_start, on_phase and on_record, an observer's three functions. Tests with several
+    processes get workers spawned here."""
+    from ckptbench.bench.context import Callbacks, RunContext
     from ckptbench.bench.suite import run_suite
     from ckptbench.parallel.local import LocalWriters
 
-    outcome = run_suite(config, LocalWriters(), **options)
+    told = {name: options.pop(f"on_{name}") for name in ("start", "phase", "record") if f"on_{name}" in options}
+    if told:
+        options["observer"] = Callbacks(**told)
+    outcome = run_suite(RunContext(config, LocalWriters(), **options))
     return Results(outcome.document, outcome.path)
 
 

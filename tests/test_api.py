@@ -219,3 +219,21 @@ def test_cli_subcommands_are_one_module_each():
     for name in cli.COMMANDS:
         command = cli.load_command(name)
         assert callable(command.run) and callable(command.add_arguments) and callable(command.description)
+
+
+def test_run_hands_its_options_to_run_suite_in_one_run_context(monkeypatch, tmp_path):
+    """ckptbench.run's keywords become the RunContext's fields; on_start, on_phase and on_record its observer."""
+    import ckptbench
+    from ckptbench.bench import suite as runner
+    from ckptbench.parallel.local import LocalWriters
+
+    seen = []
+    monkeypatch.setattr(runner, "run_suite", lambda context: seen.append(context) or results.Results({}, None))
+    suite = ckptbench.load_config(SHIPPED_CONFIG, model="tiny", output_dir=tmp_path / "out")
+    phases = []
+    ckptbench.run(suite, resume=True, keep=True, on_phase=lambda planned, phase: phases.append(phase))
+    [context] = seen
+    assert context.config is suite and context.resume and context.keep and isinstance(context.writers, LocalWriters)
+    context.observer.phase(None, "save")
+    context.observer.record(None)  # the functions not given do nothing
+    assert phases == ["save"] and context.may_start(None) is None

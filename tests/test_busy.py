@@ -195,7 +195,7 @@ def test_spawned_writers_cpu_and_bytes_are_the_runs_own(tmp_path, tiny_weights):
     writers = LocalWriters()
     try:
         [record] = measure.run_plan(list(records.plan([t.name for t in suite.tests], 1, 0, seed=1)),
-                                    tiny_weights.tensors, suite, writers=writers)
+                                    measure.Bench(suite, tiny_weights.tensors, writers=writers))
     finally:
         writers.close()
     assert record.error is None and record.load_cache == "cold", record.error

@@ -218,14 +218,13 @@ def test_llama_2_7b_in_float32_is_refused_up_front_and_open_llama_3b_fits(run_cl
     assert not (tmp_path / "out").exists()
     for model, dtype in (("open_llama_3b", "float32"), ("llama-2-7b", "bfloat16")):
         suite = config.load(SHIPPED_CONFIG, model=model, dtype=dtype)
-        capacity.check_memory(suite, weights.PRESETS[model].n_params * (4 if dtype == "float32" else 2))  # fits
+        assert capacity.memory_refusal(suite, weights.PRESETS[model].n_params * (4 if dtype == "float32" else 2)) is None
 
 
 def test_the_memory_estimate_names_the_hungriest_test(monkeypatch):
     monkeypatch.setattr(system, "available_memory_bytes", lambda: int(1e9))
     suite = config.load(SHIPPED_CONFIG)
-    with pytest.raises(UserError, match=r"at the peak \(test '"):
-        capacity.check_memory(suite, 10**9)
+    assert "at the peak (test '" in capacity.memory_refusal(suite, 10**9)
 
 
 # --- run counts and plans: lazy, and absurd ones refused with an estimate -----------------------------------
@@ -278,7 +277,7 @@ def _cold_run(tmp_path: Path, tensors, **settings) -> RunRecord:
         {"name": "t", "concurrency_limit": 16, "compression": "none", **settings}]}, output_dir=tmp_path / "out")
     workspace.prepare_output_dir(suite.output_dir)
     backend = measure.backend_for(suite.test("t"), suite)
-    return measure.run_once(records.PlannedRun("t", 0, 0), tensors, backend, suite)
+    return measure.run_once(records.PlannedRun("t", 0, 0), backend, measure.Bench(suite, tensors))
 
 
 ALIGNED = {"a": np.random.default_rng(3).standard_normal((256, 256), dtype=np.float32),

@@ -181,7 +181,7 @@ def test_a_real_tensorstore_load_records_what_it_left_in_the_page_cache(tmp_path
     test = suite.test("t")
     backend = measure.backend_for(test, suite)
     assert isinstance(backend, storage.TensorStoreBackend)
-    record = measure.run_once(records.PlannedRun("t", 0, 0), tensors, backend, suite)
+    record = measure.run_once(records.PlannedRun("t", 0, 0), backend, measure.Bench(suite, tensors))
     assert record.ok and record.load_cache == "cold", record.error
     if mode == "default":
         assert record.resident_bytes_after_load >= 0.9 * record.size_bytes  # the buffered load's pages stayed

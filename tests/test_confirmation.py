@@ -17,6 +17,7 @@ import pytest
 from test_console import ENVIRONMENT, WEIGHTS
 
 from ckptbench.analysis import change
+from ckptbench.bench.context import RunContext
 from ckptbench.bench.suite import run_suite
 from ckptbench.core.errors import Stopped, UserError
 from ckptbench.core.records import RunRecord, confirmation_plan
@@ -49,7 +50,7 @@ def _load_s(runs: list[dict]) -> list[float]:
 @pytest.fixture(scope="module")
 def confirmed(tmp_path_factory) -> results.Results:
     out = tmp_path_factory.mktemp("confirm") / "out"
-    return run_suite(config.from_dict({**SUITE, "output_dir": str(out)}))
+    return run_suite(RunContext(config.from_dict({**SUITE, "output_dir": str(out)})))
 
 
 @pytest.mark.slow  # the device ceiling's full grid (confirmed)
@@ -112,12 +113,12 @@ def test_a_stop_in_the_confirmation_resumes_there(tmp_path: Path):
         return "a spent budget" if planned.confirm_block == 2 else None
 
     with pytest.raises(Stopped) as stopped:
-        run_suite(suite, may_start=stop_in_the_second_block)
+        run_suite(RunContext(suite, may_start=stop_in_the_second_block))
     partial = stopped.value.partial.document
     assert partial["complete"] is False
     assert sorted({r["confirm_block"] for r in partial["confirmation"]["runs"]}) == [1]
     done = len(partial["confirmation"]["runs"]) + sum(len(t["runs"]) for t in partial["tests"])
-    resumed = run_suite(suite, resume=True).document
+    resumed = run_suite(RunContext(suite, resume=True)).document
     assert resumed["complete"] is True
     assert sorted(r["confirm_block"] for r in resumed["confirmation"]["runs"]) == [1] * 6 + [2] * 6
     journal = (suite.output_dir / "journal.jsonl").read_text().splitlines()[1:]
@@ -239,7 +240,7 @@ def test_a_suite_without_peers_or_ceiling_has_nothing_to_confirm(tmp_path: Path)
     console says where the winner was selected from."""
     suite = config.from_dict({**SUITE, "output_dir": str(tmp_path / "out"), "references": {},
                               "testing": {**SUITE["testing"], "num_runs": 2}})
-    document = run_suite(suite).document
+    document = run_suite(RunContext(suite)).document
     assert document["confirmation"]["runs"] == [] and document["confirmation"]["selected"] == {}
     text = report.console(document)
     assert "load: best of 2 TensorStore tests, selected from these runs, which flatters it;" in text

@@ -58,7 +58,7 @@ def test_processes_round_trip_bit_exact(tmp_path: Path, tiny_weights, layout: di
     runs = list(records.plan([t.name for t in suite.tests], 1, 0, seed=1))
     writers = LocalWriters()
     try:
-        by_test = {r.test: r for r in measure.run_plan(runs, tiny_weights.tensors, suite, writers=writers)}
+        by_test = {r.test: r for r in measure.run_plan(runs, measure.Bench(suite, tiny_weights.tensors, writers=writers))}
     finally:
         writers.close()
     assert set(by_test) == {"t_procs=2", "t_procs=3"}

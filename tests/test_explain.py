@@ -60,7 +60,7 @@ def test_a_block_runs_back_to_back_and_leaves_the_other_tests_shuffles_alone():
 
 def test_blocks_resume_and_bad_blocks_are_refused():
     done = {("x", 0), ("a", 1)}
-    runs = list(records.plan(["a", "x", "y"], 2, 0, 3, done=done, blocks=[["x", "y"]]))
+    runs = list(records.plan(["a", "x", "y"], 2, 0, 3, blocks=[["x", "y"]]).without(done))
     assert {(r.test, r.round) for r in runs} == {("a", 0), ("x", 1), ("y", 0), ("y", 1)}
     with pytest.raises(ValueError):
         records.plan(["a"], 2, 0, 3, blocks=[["nope"]])
@@ -440,6 +440,7 @@ def test_explain_with_values_of_its_own_holds_two_sets_of_weights(tmp_path):
     """Random values in the user's config: the fp16 arm and the timed conversions need float16 values,
     so the suite holds both sets of weights and each test gets its own."""
     from ckptbench.bench import suite as runner
+    from ckptbench.bench.context import RunContext
     from ckptbench.documents import results as results_mod
 
     configured = [{"name": "baseline", "chunk_size_elements": 16384, "concurrency_limit": 1, "compression": "none"},
@@ -451,7 +452,7 @@ def test_explain_with_values_of_its_own_holds_two_sets_of_weights(tmp_path):
     assert [(a.name, a.conditions) for a in design.arms] == [("true", ()), ("original", ("fp16", "conversions")),
                                                              ("fp16", ("fp16",))]
     suite = explain.build_suite(design, user, tmp_path / "out", 3)  # 3: sizes vary by a byte, and 2 runs give no interval
-    outcome = runner.run_suite(suite)
+    outcome = runner.run_suite(RunContext(suite))
     tests = {t["name"]: t for t in outcome.tests}
     assert all(r["verified"] for t in tests.values() for r in t["runs"])
     assert tests["fp16.gzip"]["settings"]["values"] == "float16" and tests["true.gzip"]["settings"]["values"] is None

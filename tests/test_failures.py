@@ -213,7 +213,7 @@ def test_full_disk_during_a_save_is_fatal_and_leaves_nothing(small_fs, tmp_path,
         if phase == "save":
             existed.append(run_dir.is_dir() and (run_dir / workspace.RUN_MARKER).is_file())
 
-    record = measure.run_once(planned, tiny_weights.tensors, backend, suite, on_phase=on_phase)
+    record = measure.run_once(planned, backend, measure.Bench(suite, tiny_weights.tensors), on_phase=on_phase)
     assert existed == [True]
     assert not record.ok and "No space left on device" in record.error and "\n" not in record.error
     assert record.fatal is True
@@ -233,8 +233,8 @@ def test_run_suite_stops_after_a_full_disk(small_fs, tmp_path, tiny_weights, mon
         _wrap_backends(monkeypatch, {"*": _FullDiskSave})
     runs = list(records.plan(["big", "small"], num_runs=2, warmup_rounds=0, seed=3))
     attempted = []
-    done = list(measure.run_plan(runs, tiny_weights.tensors, suite,
-                                     on_phase=lambda run, phase: attempted.append(run) if phase == "save" else None))
+    done = list(measure.run_plan(runs, measure.Bench(suite, tiny_weights.tensors),
+                                 on_phase=lambda run, phase: attempted.append(run) if phase == "save" else None))
     assert len(runs) == 4
     assert len(done) == 1 and attempted == [runs[0]]  # the other three planned runs were never started
     assert (done[0].test, done[0].round) == (runs[0].test, runs[0].round)
@@ -429,8 +429,8 @@ def test_a_foreign_folder_in_a_run_slot_is_not_deleted(tmp_path, tiny_weights):
     squatter.mkdir(parents=True)
     (squatter / "keep.txt").write_text("mine")
     before = _snapshot(squatter)
-    record = measure.run_once(records.PlannedRun("big", 0, 0), tiny_weights.tensors,
-                              measure.backend_for(suite.test("big"), suite), suite)
+    record = measure.run_once(records.PlannedRun("big", 0, 0),
+                              measure.backend_for(suite.test("big"), suite), measure.Bench(suite, tiny_weights.tensors))
     assert not record.ok and "refusing to delete" in record.error and record.fatal is False
     assert _snapshot(squatter) == before
 

@@ -268,7 +268,7 @@ def test_a_timed_run_on_the_memory_kvstore_reads_from_memory(tmp_path):
         output_dir=tmp_path / "out")
     workspace.prepare_output_dir(suite.output_dir)
     backend = measure.backend_for(suite.test("mem"), suite)
-    record = measure.run_once(records.PlannedRun("mem", 0, 0), tensors, backend, suite)
+    record = measure.run_once(records.PlannedRun("mem", 0, 0), backend, measure.Bench(suite, tensors))
     assert record.error is None, record.error
     assert record.verified is True
     assert record.load_cache == "memory" and record.eviction is None  # nothing to evict: no page cache involved

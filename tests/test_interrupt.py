@@ -144,7 +144,7 @@ def test_a_stop_while_a_run_folder_is_being_made_leaves_nothing(tmp_path: Path, 
     monkeypatch.setattr(workspace, "new_run_dir", made_then_stopped)
     planned = list(records.plan(["slow"], 1, 0, seed=1))[0]
     with pytest.raises(Stopped):
-        measure.run_once(planned, tiny_weights.tensors, measure.backend_for(suite.test("slow"), suite), suite)
+        measure.run_once(planned, measure.backend_for(suite.test("slow"), suite), measure.Bench(suite, tiny_weights.tensors))
     assert list((suite.output_dir / workspace.RUNS_DIR).iterdir()) == []
 
 

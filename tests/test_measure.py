@@ -93,7 +93,7 @@ def suite(tmp_path):
 def _run(suite, tiny_weights, test="baseline", **kwargs):
     planned = records.PlannedRun(test, 0, 0)
     backend = measure.backend_for(suite.test(test), suite)
-    return measure.run_once(planned, tiny_weights.tensors, backend, suite, **kwargs), planned
+    return measure.run_once(planned, backend, measure.Bench(suite, tiny_weights.tensors), **kwargs), planned
 
 
 def _expected_files(tensors, budget):
@@ -260,7 +260,7 @@ def test_keep_false_removes_the_checkpoint(suite, tiny_weights):
 def test_run_suite_keeps_only_the_last_round(suite, tiny_weights):
     small = {k: v for k, v in tiny_weights.tensors.items() if "layers.0." in k}
     runs = list(records.plan(["baseline", "fast"], num_runs=2, warmup_rounds=1, seed=0))
-    done = list(measure.run_plan(runs, small, suite, keep=True))
+    done = list(measure.run_plan(runs, measure.Bench(suite, small, keep=True)))
     assert [(r.test, r.round) for r in done] == [(p.test, p.round) for p in runs]
     assert all(r.ok and r.verified for r in done)
     assert sum(r.warmup for r in done) == 2
@@ -271,6 +271,6 @@ def test_run_suite_keeps_only_the_last_round(suite, tiny_weights):
 def test_run_suite_without_keep_leaves_nothing(suite, tiny_weights):
     small = {k: v for k, v in tiny_weights.tensors.items() if "layers.1." in k}
     runs = list(records.plan(["baseline", "fast"], num_runs=1, warmup_rounds=0, seed=0))
-    assert all(r.ok for r in measure.run_plan(runs, small, suite))
+    assert all(r.ok for r in measure.run_plan(runs, measure.Bench(suite, small)))
     runs_dir = suite.output_dir / workspace.RUNS_DIR
     assert not runs_dir.exists() or not [p for p in runs_dir.iterdir() if p.is_dir()]

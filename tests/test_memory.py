@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO, STREAMLINED, minimal_config
 
 from ckptbench.bench import capacity, measure, workspace
+from ckptbench.bench.context import RunContext
 from ckptbench.bench.references.ceiling import FIO_PREFIX, GRID
 from ckptbench.bench.suite import run_suite
 from ckptbench.core import records, system
@@ -66,7 +67,7 @@ def test_memory_the_process_already_holds_counts_as_available(monkeypatch):
     held = np.ones(300 * 2**20, dtype=np.uint8)  # 300 MB of anonymous memory this process holds
     available = int(need * capacity.SAFETY) - 200 * 2**20  # what the kernel reports: 200 MB short of the need
     monkeypatch.setattr(system, "available_memory_bytes", lambda: available)
-    capacity.check_memory(suite, model_bytes)  # no refusal: the 300 MB held count
+    assert capacity.memory_refusal(suite, model_bytes) is None  # the 300 MB held count
     del held
     monkeypatch.setattr(system, "resident_bytes", lambda: (0, 0))  # a process holding nothing is refused
     assert capacity.memory_refusal(suite, model_bytes) is not None
@@ -98,7 +99,7 @@ def test_the_device_ceiling_runs_its_grid_once_and_a_resume_keeps_it_so(tmp_path
     pattern (where fio runs) and the O_DIRECT read. A suite stopped after the first round and resumed narrows
     from the journal's first run."""
     suite = _ceiling_suite(tmp_path / "out", 3)
-    document = run_suite(suite).document
+    document = run_suite(RunContext(suite)).document
     saves, loads = _patterns(document, "save"), _patterns(document, "load")
     assert len(_grid_only(saves[0])) == GRID_SIZE and len(_grid_only(loads[0])) == GRID_SIZE
     ceiling = next(t for t in document["tests"] if t["name"] == "device_ceiling")
@@ -116,8 +117,8 @@ def test_the_device_ceiling_runs_its_grid_once_and_a_resume_keeps_it_so(tmp_path
         return "stop after round 1" if planned.round >= 1 else None
 
     with pytest.raises(Stopped):
-        run_suite(stopped_suite, may_start=first_round_only)
-    resumed = run_suite(stopped_suite, resume=True).document
+        run_suite(RunContext(stopped_suite, may_start=first_round_only))
+    resumed = run_suite(RunContext(stopped_suite, resume=True)).document
     saves = _patterns(resumed, "save")
     assert [len(_grid_only(s)) for s in saves] == [GRID_SIZE, 2]  # the resumed round measured the fastest two
 
@@ -127,10 +128,10 @@ def test_the_ceiling_backend_narrows_from_earlier_records(tmp_path, tiny_weights
     suite = _ceiling_suite(tmp_path / "out", 1)
     workspace.prepare_output_dir(suite.output_dir)
     backend = measure.backend_for(suite.test("device_ceiling"), suite)
-    first = measure.run_once(records.PlannedRun("device_ceiling", 0, 0), tiny_weights.tensors, backend, suite)
+    first = measure.run_once(records.PlannedRun("device_ceiling", 0, 0), backend, measure.Bench(suite, tiny_weights.tensors))
     assert first.ok and len(_grid_only(list(first.patterns["save"]))) == GRID_SIZE
     backend.before_run([first])
-    second = measure.run_once(records.PlannedRun("device_ceiling", 1, 0), tiny_weights.tensors, backend, suite)
+    second = measure.run_once(records.PlannedRun("device_ceiling", 1, 0), backend, measure.Bench(suite, tiny_weights.tensors))
     assert second.ok and second.verified and len(_grid_only(list(second.patterns["save"]))) == 2
     assert second.size_bytes == first.size_bytes
 

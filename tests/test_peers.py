@@ -48,7 +48,7 @@ def _suite(tmp_path: Path, dtype: str = "float32", refs: dict | None = None, tes
 
 def _run(suite, name: str, tensors, **kwargs):
     backend = measure.backend_for(suite.test(name), suite)
-    return measure.run_once(records.PlannedRun(name, 0, 0), tensors, backend, suite, **kwargs), backend
+    return measure.run_once(records.PlannedRun(name, 0, 0), backend, measure.Bench(suite, tensors), **kwargs), backend
 
 
 # --- each peer: save fsync'd, cold load, every byte back -----------------------------------------------------

@@ -262,14 +262,14 @@ def test_a_frozen_worker_is_named_within_the_timeout(tmp_path: Path, tiny_weight
             os.kill(frozen[0], signal.SIGSTOP)
 
     started = time.monotonic()
-    record = measure.run_once(records.PlannedRun("t", 0, 0), tiny_weights.tensors, backend, suite, freeze_worker_1)
+    record = measure.run_once(records.PlannedRun("t", 0, 0), backend, measure.Bench(suite, tiny_weights.tensors), freeze_worker_1)
     assert record.error is not None and f"worker 1 (pid {frozen[0]}" in record.error, record.error
     assert "did not answer within 3 s during save" in record.error
     assert time.monotonic() - started < 60
     assert not Path(f"/proc/{frozen[0]}").exists()  # stopped for good, not left behind
     assert {p.name for p in (suite.output_dir / workspace.RUNS_DIR).iterdir()} == {workspace.RUN_MARKER}
     # The next run starts a fresh pool and succeeds.
-    again = measure.run_once(records.PlannedRun("t", 1, 0), tiny_weights.tensors, backend, suite)
+    again = measure.run_once(records.PlannedRun("t", 1, 0), backend, measure.Bench(suite, tiny_weights.tensors))
     assert again.error is None and again.verified is True
     next(iter(pools.values())).stop()
 

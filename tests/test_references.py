@@ -206,7 +206,7 @@ def test_device_ceiling_run_records_its_fastest_pattern(tmp_path):
                              output_dir=tmp_path / "out")
     workspace.prepare_output_dir(suite.output_dir)
     backend = _small_ceiling()
-    record = measure.run_once(records.PlannedRun("device_ceiling", 0, 0), tensors, backend, suite)
+    record = measure.run_once(records.PlannedRun("device_ceiling", 0, 0), backend, measure.Bench(suite, tensors))
     assert record.ok and record.verified
     assert record.save_s == min(record.patterns["save"].values())
     assert record.load_s == min(record.patterns["load"].values())
@@ -227,7 +227,7 @@ def test_run_once_with_a_reference_records_a_cold_verified_load(tmp_path, name):
     backend = measure.backend_for(test, suite)
     assert isinstance(backend, BACKENDS[name])
     workspace.prepare_output_dir(suite.output_dir)
-    record = measure.run_once(records.PlannedRun(name, 0, 0), tensors, backend, suite)
+    record = measure.run_once(records.PlannedRun(name, 0, 0), backend, measure.Bench(suite, tensors))
     assert record.error is None, record.error
     assert record.verified is True
     assert record.load_cache == "cold"
@@ -257,7 +257,7 @@ def test_run_once_catches_a_corrupted_reference_load(tmp_path):
     suite = config.from_dict({"references": {"torch_save": True}, "test_configurations": [
         {"name": "raw", "chunk_bytes": "64KB", "concurrency_limit": 1}]}, output_dir=tmp_path / "out")
     workspace.prepare_output_dir(suite.output_dir)
-    record = measure.run_once(records.PlannedRun("torch_save", 0, 0), tensors, Corrupting(), suite)
+    record = measure.run_once(records.PlannedRun("torch_save", 0, 0), Corrupting(), measure.Bench(suite, tensors))
     assert record.verified is False
     assert "model.norm.weight" in record.error
 

@@ -38,7 +38,7 @@ import pytest
 import synthetic
 from conftest import REPO, SHIPPED_CONFIG
 
-from ckptbench.bench.suite import Start
+from ckptbench.bench.context import RunContext, Start
 from ckptbench.core import records
 from ckptbench.core.errors import Skip, Stopped
 from ckptbench.documents import results
@@ -86,33 +86,31 @@ class Clock:
 
 
 def fake_suite(clock: Clock) -> Callable[..., results.Results]:
-    """An executor with run_suite's signature whose runs are the made-up disk's: each run's record comes from
+    """An executor in run_suite's place whose runs are the made-up disk's: each run's record comes from
     synthetic.record_for, its seconds pass on `clock`, and `may_start` stops the suite as run_suite does."""
 
-    def execute(suite, writers=None, *, resume=False, keep=False, source=None, on_start=lambda start: None,
-                on_phase=lambda planned, phase: None, on_record=lambda record: None,
-                may_start=lambda planned: None, history=()) -> results.Results:
-        source = source or weights.load(suite.model, None, suite.dtype, suite.values)
+    def execute(context: RunContext) -> results.Results:
+        suite, observer = context.config, context.observer
+        source = context.source or weights.load(suite.model, None, suite.dtype, suite.values)
         seed = suite.seed
         todo = records.plan([t.name for t in suite.tests], suite.num_runs, suite.warmup_rounds, seed, suite.order,
                             blocks=suite.blocks)
-        on_start(Start(source.describe(), len(suite.tests), suite.num_runs, suite.warmup_rounds, len(todo), seed,
-                       0, {}))
+        observer.start(Start(source.describe(), len(suite.tests), suite.num_runs, suite.warmup_rounds, len(todo), seed, 0))
         done, stopped = [], None
         stage = suite.output_dir.name
         for planned in todo:
-            reason = may_start(planned)
+            reason = context.may_start(planned)
             if isinstance(reason, Skip):  # this run alone is not run, as run_suite does
                 continue
             if reason is not None:
                 stopped = Stopped.by_budget(reason)
                 break
-            on_phase(planned, "save")
+            observer.phase(planned, "save")
             record, seconds = synthetic.record_for(records.RunRecord, suite, stage, suite.test(planned.test), planned)
             clock.now += seconds
             record.started_at = time.time() - seconds
             done.append(record)
-            on_record(record)
+            observer.record(record)
         suite.output_dir.mkdir(parents=True, exist_ok=True)
         document = results.build(suite, source.describe(), done, ENVIRONMENT, seed, complete=stopped is None)
         outcome = results.Results(document, results.write(document, suite.output_dir))

@@ -167,7 +167,7 @@ def test_the_clocks_hold_the_save_with_its_fsyncs_and_the_load_and_nothing_else(
                                                                                    units, monkeypatch):
     suite = _suite(tmp_path, kind)
     backend = _instrumented(kind, suite, units, monkeypatch)
-    record = measure.run_once(records.PlannedRun(kind, 0, 0), tiny_weights.tensors, backend, suite)
+    record = measure.run_once(records.PlannedRun(kind, 0, 0), backend, measure.Bench(suite, tiny_weights.tensors))
     assert record.ok and record.verified, record.error
     assert record.load_cache == "cold"
     save_units, load_units = units.known_s["save"], units.known_s["load"]

@@ -83,8 +83,8 @@ def test_load_s_holds_the_readers_load_and_nothing_around_it(tmp_path: Path, tin
     for name in ("prepare", "evict", "verify"):  # the suite process's own steps around the load
         setattr(backend, name, _sleeping_before(getattr(backend, name), PARENT_SLEEP_S))
     try:
-        record = measure.run_once(records.PlannedRun("t", 0, 0), tiny_weights.tensors, backend, suite,
-                                  target=target)
+        record = measure.run_once(records.PlannedRun("t", 0, 0), backend,
+                                  measure.Bench(suite, tiny_weights.tensors, target))
     finally:
         pool.stop()
     assert record.error is None and record.verified is True, record.error

@@ -477,18 +477,19 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
     measured_by_stage: dict[str, list[str]] = {}
     heard: list = []
 
-    def fake_run(suite, *, resume=False, source=None, on_phase=None, on_record=None, may_start=None, **_):
+    def fake_run(context):
+        suite, source = context.config, context.source
         done = []
         stopped = None
         for position, test in enumerate(suite.tests):
             planned = records.PlannedRun(test.name, 0, position)
-            reason = may_start(planned)
+            reason = context.may_start(planned)
             if isinstance(reason, Skip):  # this run alone is skipped, as the runner does
                 continue
             if reason is not None:  # the guard's stop, as the runner raises it
                 stopped = Stopped.by_budget(reason)
                 break
-            on_phase(planned, "save")
+            context.observer.phase(planned, "save")
             save_s, load_s = (_lognormal(rng, t, 0.05) for t in _true_seconds(test))
             seconds = save_s + load_s + 1.5  # + eviction, verification, deletion
             clock.now += seconds
@@ -497,7 +498,7 @@ def test_a_simulated_tune_keeps_its_budget_and_finds_the_best_measured(tmp_path,
                                        size_bytes=size, disk_bytes=size, n_files=10, load_cache="cold", verified=True)
             record.started_at -= seconds
             done.append(record)
-            on_record(record)
+            context.observer.record(record)
         measured_by_stage[suite.output_dir.name] = [r.test for r in done]
         document = results.build(suite, source.describe(), done, _ENVIRONMENT, 1, complete=stopped is None)
         outcome = results.Results(document, results.write(document, suite.output_dir))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ckptbench.bench.context import RunContext
 from ckptbench.bench.suite import run_suite
 from ckptbench.core.errors import Skip
 from ckptbench.spec import config
@@ -168,8 +169,8 @@ def test_a_skip_from_may_start_drops_that_run_and_the_suite_goes_on(tmp_path: Pa
                                   {"name": "kept", "chunk_bytes": "1MB", "concurrency_limit": 4},
                                   {"name": "skipped", "chunk_bytes": "1MB", "concurrency_limit": 4,
                                    "compression": {"id": "gzip", "level": 1}}]})
-    document = run_suite(suite, may_start=lambda p: Skip("predicted hopeless") if p.test == "skipped" else None
-                         ).document
+    document = run_suite(RunContext(suite, may_start=lambda p: Skip("predicted hopeless") if p.test == "skipped"
+                                    else None)).document
     tests = {t["name"]: t for t in document["tests"]}
     assert document["complete"] is True
     assert len(tests["kept"]["runs"]) == 1 and tests["kept"]["runs"][0]["error"] is None

@@ -94,26 +94,20 @@ class Writers(Protocol):
 
     def ready(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Before anything is written: every writer has its weights and reaches the storage."""
+        return None
 
     def describe(self) -> dict[str, Any] | None:
         """What results.json records about the writers (a launch's hosts and ranks), if anything."""
+        return None
 
     def close(self) -> None:
         """After the suite: stop every writer this object started."""
+        return None
 
 
-class ThisProcess:
+class ThisProcess(Writers):
     """Writers of a suite whose tests all run in this process."""
 
     def backend(self, test: TestSpec, config: SuiteConfig, target: Target) -> Backend:
         raise ValueError(f"test {test.name!r} needs {test.processes} processes; run the suite with writers that "
                          "start them (parallel.LocalWriters)")
-
-    def ready(self, tensors: Mapping[str, np.ndarray]) -> None:
-        pass
-
-    def describe(self) -> dict[str, Any] | None:
-        return None
-
-    def close(self) -> None:
-        pass

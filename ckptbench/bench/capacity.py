@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ckptbench.core import system
-from ckptbench.core.errors import UserError
 from ckptbench.core.units import human_bytes
 from ckptbench.spec import chunking
 from ckptbench.spec.fields import TestSpec
@@ -81,12 +80,6 @@ def disk_refusal(output_dir: Path, need_bytes: int, what: str) -> str | None:
     return (f"output_dir: {what} needs about {human_bytes(need_bytes)} on disk but {output_dir} has "
             f"{human_bytes(free)} free; free space, choose another --output-dir, or use a smaller --model or "
             "--dtype bfloat16")
-
-
-def check_disk(output_dir: Path, need_bytes: int, what: str) -> None:
-    refusal = disk_refusal(output_dir, need_bytes, what)
-    if refusal is not None:
-        raise UserError(refusal)
 
 
 def peak_memory_bytes(test: TestSpec, model_bytes: int, max_inflight_bytes: int) -> int:
@@ -153,13 +146,6 @@ def memory_refusal(config: SuiteConfig, model_bytes: int) -> str | None:
     alternatives.append("a smaller --model (see --list-models)")
     return (f"memory: the weights ({human_bytes(model_bytes)}) need about {human_bytes(need)} of RAM at the peak "
             f"(test {hungriest!r}) but {human_bytes(available)} is available; use {' or '.join(alternatives)}")
-
-
-def check_memory(config: SuiteConfig, model_bytes: int) -> None:
-    """Refuse up front a suite whose hungriest test would not fit in RAM, saying what would."""
-    refusal = memory_refusal(config, model_bytes)
-    if refusal is not None:
-        raise UserError(refusal)
 
 
 # Seconds of one run before anything is measured: a fixed part, and seconds per GB of model by what the run

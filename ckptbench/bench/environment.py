@@ -78,10 +78,7 @@ def tool_version() -> str | None:
             return tomllib.loads(pyproject.read_text())["project"]["version"]
         except (OSError, ValueError, KeyError):
             pass
-    try:
-        return metadata.version("ckptbench")
-    except metadata.PackageNotFoundError:
-        return None
+    return _version("ckptbench")
 
 
 def git_commit() -> str | None:

@@ -18,14 +18,14 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ckptbench.bench import async_save, cache, storage
 from ckptbench.bench.backend import Backend, ThisProcess, Writers
 from ckptbench.bench.references.backends import BACKENDS
-from ckptbench.bench.references.ceiling import DeviceCeilingBackend
 from ckptbench.bench.targets import LocalTarget, RunLocation, Target
 from ckptbench.bench.timing import Timed, timed
 from ckptbench.core import host, system
@@ -41,17 +41,26 @@ def _no_phase(run: PlannedRun, phase: str) -> None:
     pass
 
 
-def run_once(
-    planned: PlannedRun,
-    tensors: Mapping[str, np.ndarray],
-    backend: Backend,
-    config: SuiteConfig,
-    on_phase: Phase = _no_phase,
-    keep: bool = False,
-    target: Target | None = None,
-) -> RunRecord:
-    """One save/evict/load/verify cycle. Failures are recorded in the result, never raised."""
-    target = target or LocalTarget(config.output_dir)
+@dataclass(frozen=True)
+class Bench:
+    """What a plan's runs measure with: the suite, its weights (`sources`: by `values`, for tests whose values differ
+    from the suite's `tensors`), where runs are written (None: the suite's output folder), the writers of tests
+    with several processes (the caller stops them), and `keep`: leave each test's last round's checkpoint."""
+
+    config: SuiteConfig
+    tensors: Mapping[str, np.ndarray]
+    target: Target | None = None
+    sources: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
+    writers: Writers | None = None
+    keep: bool = False
+
+
+def run_once(planned: PlannedRun, backend: Backend, bench: Bench, on_phase: Phase = _no_phase,
+             keep: bool = False) -> RunRecord:
+    """One save/evict/load/verify cycle (`keep`: leave its checkpoint). Failures are recorded in the result, never
+    raised."""
+    spec, target = _spec(planned.test, bench.config), bench.target or LocalTarget(bench.config.output_dir)
+    tensors = bench.sources.get(bench.config.values_for(spec), bench.tensors)
     record = RunRecord(planned.test, planned.round, planned.position, planned.warmup,
                        confirm_block=planned.confirm_block)
     location = None
@@ -62,16 +71,17 @@ def run_once(
             tensors.make_resident()  # a source file the last eviction dropped is read back: before any clock
         backend.prepare(tensors)  # e.g. start worker processes, allocate buffers: before any clock
         on_phase(planned, "save")
-        _note(record, "save", timed(lambda: backend.save(tensors, location), watch=_watch(location)), backend)
+        watch = host.watch_for(location.local_dir)  # the disk under the run's folder (remote: every disk here)
+        _note(record, "save", timed(lambda: backend.save(tensors, location), watch=watch), backend)
         async_save.note(record, backend)  # async saves: blocked, commit, staging, the steps
         on_phase(planned, "size")
         record.size_bytes, record.disk_bytes, record.n_files = backend.footprint(location)
-        spec = _spec(planned.test, config)
         if spec.warm_load and location.local_dir is not None and not backend.in_memory:
             on_phase(planned, "warm load")
             _warm_load(record, backend, tensors, location)
         if record.error is None:  # a wrong warm load: the cold one could only repeat it
-            _load(record, planned, backend, tensors, location, config.eviction_for(spec), on_phase)
+            _load(record, backend, tensors, location, bench.config.eviction_for(spec),
+                  lambda phase: on_phase(planned, phase))
         settled = True
     except RunSkipped:  # skipped before its save: nothing measured, nothing to record
         raise
@@ -94,34 +104,36 @@ def _warm_load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.nda
     record.warm_load_cache = cache_state(cache.resident_bytes(location.local_dir), record.disk_bytes)
     warm: dict[str, np.ndarray] = {}
     backend.before_load(tensors)
-    usage = timed(lambda: warm.update(backend.load(location)), watch=_watch(location))
+    usage = timed(lambda: warm.update(backend.load(location)), watch=host.watch_for(location.local_dir))
     span_s = readers_span_s(backend.worker_figures())
     record.warm_load_s = usage.wall_s if span_s is None else span_s
-    record.warm_load_cpu_s = usage.cpu_s + _workers_cpu_s(backend.worker_figures())
+    record.warm_load_cpu_s = usage.cpu_s + sum(w["cpu_s"] for w in backend.worker_figures() or [])
     _note_others(record, "warm_load", usage)
     _verify(record, backend, tensors, warm, "the warm load")
 
 
-def _load(record: RunRecord, planned: PlannedRun, backend: Backend, tensors: Mapping[str, np.ndarray],
-          location: RunLocation, eviction: str, on_phase: Phase) -> None:
-    """Evict the run's files (`eviction`: the test's cache_eviction), load (timed), verify."""
+def _load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.ndarray], location: RunLocation,
+          eviction: str, on_phase: Callable[[str], None]) -> None:
+    """Evict the run's files (`eviction`: the test's cache_eviction), load (timed), verify; `on_phase(name)` before
+    each step."""
     backend.before_load(tensors)  # before the eviction: memory it touches cannot bring the files back
     if backend.in_memory:
         record.load_cache = "memory"
     elif location.local_dir is None:
         record.load_cache = "remote"  # read from the server: no local cache to drop
     else:
-        on_phase(planned, "evict")
+        on_phase("evict")
         record.eviction = backend.evict(location.local_dir, eviction)
         record.resident_bytes_at_load = cache.resident_bytes(location.local_dir)
         record.load_cache = cache_state(record.resident_bytes_at_load, record.disk_bytes)
-    on_phase(planned, "load")
+    on_phase("load")
     loaded: dict[str, np.ndarray] = {}
-    _note(record, "load", timed(lambda: loaded.update(backend.load(location)), watch=_watch(location)), backend)
+    usage = timed(lambda: loaded.update(backend.load(location)), watch=host.watch_for(location.local_dir))
+    _note(record, "load", usage, backend)
     if location.local_dir is not None:  # after the clock, before anything else reads or evicts the files
         record.resident_bytes_after_load = cache.resident_bytes(location.local_dir)
         record.bypass_resident_bytes = backend.bypass_resident_bytes(record.resident_bytes_after_load)
-    on_phase(planned, "verify")
+    on_phase("verify")
     _verify(record, backend, tensors, loaded, "the load")
 
 
@@ -149,7 +161,7 @@ def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
         for key in ("read_bytes", "rchar_bytes", "slice_bytes"):  # a load's readers' bytes (writers.perform)
             if all(key in w for w in workers):
                 setattr(record, f"process_{op}_{key}", [int(w[key]) for w in workers])
-        cpu_s += _workers_cpu_s(workers)
+        cpu_s += sum(w["cpu_s"] for w in workers)  # the workers' CPU seconds
         growth += sum(w["peak_rss_bytes"] for w in workers)  # summed: an upper bound of what was in use at once
         setattr(record, f"{op}_host_rss_anon_bytes", usage.rss_anon_peak_bytes + _others_anon_bytes(workers))
         span_s = readers_span_s(workers) if op == "load" else None
@@ -165,12 +177,6 @@ def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
     setattr(record, f"{op}_rss_anon_bytes", usage.rss_anon_peak_bytes)
     setattr(record, f"{op}_rss_file_bytes", usage.rss_file_peak_bytes)
     _note_others(record, op, usage)
-
-
-def _watch(location: RunLocation) -> host.Watch:
-    """What samples the host around a timed operation: the disk under the run's folder (a remote run's: every
-    physical disk of this host)."""
-    return host.watch_for(location.local_dir)
 
 
 def _note_others(record: RunRecord, op: str, usage: Timed) -> None:
@@ -199,11 +205,6 @@ def _others_anon_bytes(workers: list[dict[str, Any]]) -> int:
     return sum(int(w.get("peak_anon_bytes", 0)) for w in workers if w.get("host") == host and w.get("pid") != pid)
 
 
-def _workers_cpu_s(workers: list[dict[str, float]] | None) -> float:
-    """CPU seconds the worker processes (if any) spent on the last save or load."""
-    return sum(w["cpu_s"] for w in workers or [])
-
-
 _STORAGE_FAILURES = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS}
 _STORAGE_FAILURE_TEXT = tuple(os.strerror(code) for code in _STORAGE_FAILURES)
 
@@ -224,44 +225,42 @@ def cache_state(resident_bytes: int, disk_bytes: int) -> str:
 
 def backend_for(test: TestSpec, config: SuiteConfig, target: Target | None = None,
                 writers: Writers | None = None) -> Backend:
-    """The back end that measures a test: TensorStore in this process, the writers' for several processes (a
-    tensor-parallel load's readers among them, a reference row's too), or a reference row."""
+    """The back end that measures a test: the writers' for several processes (a tensor-parallel load's readers
+    among them, a reference row's too), else `own_backend`."""
     target = target or LocalTarget(config.output_dir)
     if test.processes > 1:
-        writers = writers or ThisProcess()
-        return writers.backend(test, config, target)
+        return (writers or ThisProcess()).backend(test, config, target)
+    return own_backend(test, config, target)
+
+
+def own_backend(test: TestSpec, config: SuiteConfig, target: Target) -> Backend:
+    """The one factory of a test's back end in this process, whatever its processes (parallel.backend wraps a
+    reference row's for its tp readers): TensorStore, a reference row or the device ceiling."""
     if test.backend == "tensorstore":
         return storage.TensorStoreBackend(storage.Layout.of(test, config.dtype), config.max_inflight_bytes,
                                           context_extra=target.context_spec())
-    if test.backend == CEILING:
-        return DeviceCeilingBackend(config.cache_eviction)
-    backend = BACKENDS[test.backend](**(test.reference_settings or {}))
-    backend.load_into = test.load_into or "new"  # None (a test no suite finished): the suite's default
+    backend = BACKENDS[test.backend](**reference_settings(test, config))
+    if test.backend != CEILING:  # the ceiling reads into its own buffer
+        backend.load_into = test.load_into or "new"  # type: ignore[attr-defined]  # None: the suite's default
     return backend
 
 
-def run_plan(
-    runs: Iterable[PlannedRun],
-    tensors: Mapping[str, np.ndarray],
-    config: SuiteConfig,
-    on_phase: Phase = _no_phase,
-    keep: bool = False,
-    target: Target | None = None,
-    sources: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-    writers: Writers | None = None,
-    earlier: Sequence[RunRecord] = (),
-) -> Iterator[RunRecord]:
+def reference_settings(test: TestSpec, config: SuiteConfig) -> dict[str, Any]:
+    """A reference row's back end's keyword arguments (its tp readers build theirs from them too)."""
+    if test.backend == CEILING:
+        return {"eviction": config.cache_eviction}
+    return dict(test.reference_settings or {})
+
+
+def run_plan(runs: Iterable[PlannedRun], bench: Bench, on_phase: Phase = _no_phase,
+             earlier: Sequence[RunRecord] = ()) -> Iterator[RunRecord]:
     """Execute a plan, yielding each run's record as soon as it ends; stop after a storage failure.
 
-    With `keep`, the checkpoint of each test's last measured round is left in place. `sources`:
-    weights by `values`, for tests whose values differ from the suite's (`tensors`). `writers`: who runs the
-    tests with several processes (the caller stops them). `earlier`: runs before these (a resumed journal's,
-    an earlier suite's), which each back end is told of before a run of its test. A run that `on_phase` skips
-    (RunSkipped, raised before its save) yields no record."""
-    target = target or LocalTarget(config.output_dir)
-    backends = {t.name: async_save.wrap(backend_for(t, config, target, writers), t, config.cache_eviction)
+    `earlier`: runs before these (a resumed journal's, an earlier suite's), which each back end is told of before
+    a run of its test. A run that `on_phase` skips (RunSkipped, raised before its save) yields no record."""
+    config = bench.config
+    backends = {t.name: async_save.wrap(backend_for(t, config, bench.target, bench.writers), t, config.cache_eviction)
                 for t in config.tests}
-    weights_of = {t.name: (sources or {}).get(config.values_for(t), tensors) for t in config.tests}
     if not isinstance(runs, Plan):
         runs = list(runs)
     last_round = runs.last_round if isinstance(runs, Plan) else max((r.round for r in runs), default=0)
@@ -271,8 +270,8 @@ def run_plan(
     for planned in runs:
         backends[planned.test].before_run(history[planned.test])
         try:
-            record = run_once(planned, weights_of[planned.test], backends[planned.test], config, on_phase,
-                              keep=keep and planned.round == last_round, target=target)
+            record = run_once(planned, backends[planned.test], bench, on_phase,
+                              keep=bench.keep and planned.round == last_round)
         except RunSkipped:  # on_phase skipped it before its save (a caller's `may_start`)
             continue
         history[planned.test].append(record)

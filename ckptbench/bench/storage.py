@@ -201,21 +201,15 @@ class TensorStoreBackend(Backend):
             self._into = preallocated(tensors)
 
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
-        if not self.layout.timed_conversion:
-            save(tensors, location, self.layout, self.max_inflight_bytes, self._context())
-            return
-        if self._half is None:  # called without prepare (directly): make the copies now
+        if self.layout.timed_conversion and self._half is None:  # called without prepare (directly): copy now
             self.prepare(tensors)
-        save(self._half, location, self.layout, self.max_inflight_bytes, self._context(), convert=to_float32,
-             dtype="float32")
+        save(self._half or tensors, location, self.layout, self.max_inflight_bytes, self._context())
 
     def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
-        convert = to_float16 if self.layout.timed_conversion else None
         if self.layout.load_into == "preallocated" and self._into is None:
             raise ValueError("load_into \"preallocated\": the arrays are allocated in before_load(), before the "
                              "clock; call before_load(tensors) first")
-        return load(location, self.layout, self.max_inflight_bytes, self._context(), convert=convert,
-                    into=self._into)
+        return load(location, self.layout, self.max_inflight_bytes, self._context(), into=self._into)
 
     def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
         if self._half is not None:
@@ -285,21 +279,19 @@ def to_float16(array: np.ndarray) -> np.ndarray:
 
 
 def save(tensors: Mapping[str, Any], location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
-         context: ts.Context | None = None, *, convert: Callable[[Any], np.ndarray] | None = None,
-         dtype: str | None = None) -> None:
+         context: ts.Context | None = None) -> None:
     """Write every tensor and the manifest; returns once TensorStore reports all writes committed
-    (durable, unless the layout turns file_io_sync off).
-
-    `convert`, given, turns each tensor into the array written, inside the caller's timer (the
-    original's casts); `dtype` then names what it returns."""
+    (durable, unless the layout turns file_io_sync off). With the layout's `timed_conversion`, `tensors` are
+    float16 torch tensors, each cast to the float32 array written inside the caller's timer (the original's)."""
     location = as_location(location)
     if location.local_dir is not None:
         location.local_dir.mkdir(parents=True, exist_ok=True)
     names = list(tensors)
-    dtype = dtype or (dtype_name(next(iter(tensors.values())).dtype) if tensors else "float32")
+    convert = layout.timed_conversion
+    dtype = "float32" if convert or not tensors else dtype_name(next(iter(tensors.values())).dtype)
     shapes = {name: tuple(tensors[name].shape) for name in names}
     nbytes = {name: math.prod(shapes[name]) * NUMPY_DTYPES[dtype].itemsize for name in names}
-    array = convert or (lambda tensor: tensor)
+    array: Callable[[Any], Any] = to_float32 if convert else (lambda tensor: tensor)
     context = context or layout.context()
     with settled() as track:
         if layout.in_flight == "one_tensor":
@@ -331,9 +323,9 @@ def read_manifest(location: RunLocation, layout: Layout, context: ts.Context) ->
 
 
 def load(location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
-         context: ts.Context | None = None, *, convert: Callable[[np.ndarray], np.ndarray] | None = None,
-         into: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Read a checkpoint written by `save` back into memory (`convert`, given, applied to each array read).
+         context: ts.Context | None = None, *, into: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Read a checkpoint written by `save` back into memory (with the layout's `timed_conversion`, each array read
+    cast back to float16 inside the caller's timer, as the original did).
 
     `into`, given, holds an array per tensor (shaped and typed as stored) that each read fills in place, as
     TensorStore 0.1.86 does it (its read has no `out=`): the store is written into a TensorStore view of the
@@ -344,11 +336,11 @@ def load(location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
     entries = manifest["tensors"]
     itemsize = NUMPY_DTYPES[manifest["dtype"]].itemsize
     if into is not None:
-        if convert is not None:
+        if layout.timed_conversion:
             raise ValueError("load: a load into preallocated arrays cannot also convert what it reads")
         _check_into(into, entries, manifest["dtype"])
     out = {e["name"]: None if into is None else into[e["name"]] for e in entries}
-    finish = convert or np.asarray
+    finish = to_float16 if layout.timed_conversion else np.asarray
     with settled() as track:
         if layout.in_flight == "one_tensor":
             return {e["name"]: _read_one(layout.open_spec(location, e["name"]), context, track, out[e["name"]], finish)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 import secrets
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 ORDERS = ("interleaved", "blocked")
@@ -94,18 +94,22 @@ class Plan:
     def last_round(self) -> int:
         return self.num_runs - 1
 
+    def without(self, done: Collection[tuple[str, int]]) -> Plan:
+        """The plan less the `done` runs (test, round): a resumed suite's."""
+        return replace(self, done=frozenset(done))
+
 
 def plan(test_names: Sequence[str], num_runs: int, warmup_rounds: int, seed: int, order: str = "interleaved",
-         done: Collection[tuple[str, int]] = (), blocks: Sequence[Sequence[str]] = ()) -> Plan:
-    """The suite's runs in execution order (see the module docstring)."""
+         blocks: Sequence[Sequence[str]] = ()) -> Plan:
+    """The suite's runs in execution order (see the module docstring); `Plan.without` leaves out runs done."""
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}")
     grouped = [name for block in blocks for name in block]
     unknown = sorted(set(grouped) - set(test_names))
     if unknown or len(grouped) != len(set(grouped)):
         raise ValueError(f"blocks must hold distinct tests of the plan, got {list(blocks)!r}")
-    return Plan(tuple(test_names), num_runs, warmup_rounds, seed, order, frozenset(done),
-                tuple(tuple(block) for block in blocks if block))
+    return Plan(tuple(test_names), num_runs, warmup_rounds, seed, order,
+                blocks=tuple(tuple(block) for block in blocks if block))
 
 
 def block_slots(n_blocks: int, n_rounds: int, seed: int) -> list[int]:

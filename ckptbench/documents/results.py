@@ -72,6 +72,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -85,6 +86,7 @@ from ckptbench.documents import confirmation, findings, while_training
 from ckptbench.documents import store as documents
 from ckptbench.documents.findings import NOT_DURABLE, metric_runs
 from ckptbench.documents.store import Document, Upgrade
+from ckptbench.spec.compression import label as compression_label
 from ckptbench.spec.references import CEILING, DIRECT_PREFIX, REFERENCES
 from ckptbench.spec.suite import MEMORY_BOUND_FIXED_BYTES, MEMORY_BOUND_MULTIPLIER, OBJECTIVES, SuiteConfig
 
@@ -108,10 +110,21 @@ def _blocks(config: SuiteConfig, seed: int) -> list[dict[str, Any]]:
     return [{"tests": list(block), "after_rounds": slot} for block, slot in zip(blocks, slots)]
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where and with what a suite ran (the raw part beside its runs); defaults: a local run of an unnamed build."""
+
+    environment: Mapping[str, Any]
+    storage: Mapping[str, Any] = field(default_factory=lambda: {"kind": "local"})
+    scale: Mapping[str, Any] = field(default_factory=dict)
+    tool: Mapping[str, Any] = field(default_factory=lambda: {"name": "ckptbench", "version": None, "commit": None})
+
+
 def build(config: SuiteConfig, weights_info: Mapping[str, Any], records: Iterable[RunRecord],
-          environment: Mapping[str, Any], seed: int, complete: bool, storage: Mapping[str, Any] | None = None,
-          scale: Mapping[str, Any] | None = None, tool: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The whole results document of a suite (finished or not): its raw part, then `derive`."""
+          environment: Mapping[str, Any] | Origin, seed: int, complete: bool) -> dict[str, Any]:
+    """The whole results document of a suite (finished or not): its raw part, then `derive`. `environment`: the
+    machine's, or an `Origin` with the storage, scale and tool too."""
+    origin = environment if isinstance(environment, Origin) else Origin(environment)
     by_test: dict[str, list[dict[str, Any]]] = {t.name: [] for t in config.tests}
     confirming: list[dict[str, Any]] = []  # the confirmation rounds' runs: apart, out of every test's statistics
     for record in records:
@@ -119,28 +132,22 @@ def build(config: SuiteConfig, weights_info: Mapping[str, Any], records: Iterabl
     document = {
         "kind": RESULTS.name,
         "schema_version": SCHEMA_VERSION,
-        "tool": dict(tool or {"name": "ckptbench", "version": None, "commit": None}),
+        "tool": dict(origin.tool),
         "complete": complete,
-        "environment": dict(environment),
+        "environment": dict(origin.environment),
         "config": config.to_json(),
         "weights": dict(weights_info),
-        "scale": dict(scale or {}),
-        "protocol": {**_protocol(config, seed), "storage": dict(storage or {"kind": "local"})},
+        "scale": dict(origin.scale),
+        "protocol": {**_protocol(config, seed), "storage": dict(origin.storage)},
         "baseline": config.baseline,
         "tests": [{"name": t.name, "description": t.description,
                    "kind": "reference" if t.is_reference else "tensorstore",
-                   "settings": {**t.to_json(), "compression_label": _compression_label(t.compression)},
+                   "settings": {**t.to_json(), "compression_label": compression_label(t.compression)},
                    "durable": t.durable, "runs": by_test[t.name]} for t in config.tests],
         "skipped_tests": [{"name": name, "reason": reason} for name, reason in config.skipped],
         "confirmation": confirmation.raw(config, confirming),
     }
     return derive(json.loads(json.dumps(document)))  # plain JSON types: the document equals its file
-
-
-def _compression_label(codec: Mapping[str, Any] | None) -> str:
-    from ckptbench.spec.compression import label
-
-    return label(codec)
 
 
 def _protocol(config: SuiteConfig, seed: int) -> dict[str, Any]:

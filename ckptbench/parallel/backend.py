@@ -17,8 +17,7 @@ import tensorstore as ts
 
 from ckptbench.bench import cache, storage
 from ckptbench.bench.backend import Backend
-from ckptbench.bench.references.backends import BACKENDS
-from ckptbench.bench.references.ceiling import DeviceCeilingBackend
+from ckptbench.bench.measure import own_backend, reference_settings
 from ckptbench.bench.targets import RunLocation, Target
 from ckptbench.core.records import RunRecord
 from ckptbench.parallel import writers
@@ -186,13 +185,9 @@ class TensorParallelReference(Backend):
 
 def backend_of(test: TestSpec, config: SuiteConfig, target: Target, pool: WriterPool) -> Backend:
     """The back end of a test run by a pool's processes: a TensorStore test's writers (or tp readers), or a
-    reference row's tp readers."""
+    reference row's tp readers (its own back end, bench.measure's, saves)."""
     if test.is_reference:
-        settings = dict(test.reference_settings or {})
-        inner = (DeviceCeilingBackend(config.cache_eviction) if test.backend == CEILING
-                 else BACKENDS[test.backend](**settings))
-        if test.backend == CEILING:
-            settings = {"eviction": config.cache_eviction}
-        return TensorParallelReference(inner, test.backend, settings, pool, test.tp)
+        return TensorParallelReference(own_backend(test, config, target), test.backend,
+                                       reference_settings(test, config), pool, test.tp)
     return DistributedBackend(storage.Layout.of(test, config.dtype), pool, config.max_inflight_bytes,
                               context_extra=target.context_spec(), tp=test.tp, tp_save=test.tp_save)

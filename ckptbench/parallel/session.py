@@ -16,6 +16,7 @@ what finished; the stop it raises (`Stopped`, cause lost rank) names the rank.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,10 +26,11 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from ckptbench.bench import targets
 from ckptbench.bench.backend import Backend
+from ckptbench.bench.context import Executor, RunContext
 from ckptbench.core import interrupt
 from ckptbench.core.errors import Stopped, UserError
 from ckptbench.documents import journal
@@ -90,13 +92,14 @@ class Session:
 
     # --- rank 0 ---
 
-    def run(self, config: SuiteConfig, run_suite: Callable[[SuiteConfig, LaunchWriters], Any]) -> Any:
+    def run(self, context: RunContext, run_suite: Executor) -> Any:
         """Rank 0: run the suite with the launch's ranks as its writers; the status the other ranks get at
         the end follows how it ended."""
         try:
             handlers = _install(self._stop_signal)
             try:
-                outcome = run_suite(suite_for_launch(config, self.launch), LaunchWriters(self))
+                outcome = run_suite(dataclasses.replace(context, config=suite_for_launch(context.config, self.launch),
+                                                        writers=LaunchWriters(self)))
             finally:
                 if not self.lost:  # a lost launch keeps ignoring the launcher's SIGTERM until the last line is out
                     _install(handlers)

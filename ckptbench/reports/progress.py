@@ -1,23 +1,21 @@
 """Live progress on stderr while a suite runs: test, round, phase and ETA.
 
 On a terminal a tqdm bar; in a log file or CI, where a redrawn bar is noise, one
-line per finished run. Nothing goes to stdout, so reports stay clean. It receives the
-runner's callbacks (`start`, `phase`, `finished`) and measures nothing.
+line per finished run. Nothing goes to stdout, so reports stay clean. It is a suite's
+observer (bench.context.Observer: `start`, `phase`, `record`) and measures nothing.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ckptbench.bench.context import Start
 from ckptbench.core import tune_events as events
 from ckptbench.core.records import PlannedRun, RunRecord
 from ckptbench.core.units import duration_label, human_bytes
 from ckptbench.documents.store import weights_name
-
-if TYPE_CHECKING:
-    from ckptbench.bench.suite import Start
 
 
 class _Display:
@@ -59,7 +57,7 @@ class Progress(_Display):
         info = start.weights
         warmup = f" + {start.warmup_rounds} warm-up rounds" if start.warmup_rounds else ""
         resumed = f"; resuming, {start.resumed_runs} runs already done" if start.resumed_runs else ""
-        confirming = getattr(start, "confirmation_runs", 0)
+        confirming = start.confirmation_runs
         warmup += f", then up to {confirming} confirmation runs (not in the bar)" if confirming else ""
         self.message(f"weights: {weights_name(info)} "
                      f"({info['n_params'] / 1e6:.1f}M params, {human_bytes(info['size_bytes'])} {info['dtype']}, "
@@ -77,7 +75,7 @@ class Progress(_Display):
         if self._lines and phase in ("save", "load"):
             self.message(f"  {run.test} {which}: {phase}")
 
-    def finished(self, record: RunRecord) -> None:
+    def record(self, record: RunRecord) -> None:
         self._done += 1
         if self._bar is not None:
             self._bar.update(1)

@@ -413,28 +413,17 @@ def _read_test(raw: Mapping[str, Any], source: str) -> TestSpec:
     return test
 
 
-def suite_data(tests: list[dict[str, Any]], *, output_dir: Path, testing: Mapping[str, Any], model: str | None = None,
-               weights: str | None = None, dtype: str | None = None, values: str | None = None,
-               storage: str | None = None, references: tuple[str, ...] | Mapping[str, Any] = (),
-               baseline: str | None = None,
-               description: str | None = None) -> dict[str, Any]:
+def suite_data(tests: list[dict[str, Any]], *, references: tuple[str, ...] | Mapping[str, Any] = (),
+               baseline: str | None = None, **settings: Any) -> dict[str, Any]:
     """A suite config as a config file holds it (for `from_dict`): what tune and explain build their suites
-    with. Settings left None are left out (the file's defaults); a checkpoint (`weights`) brings its own values."""
-    data: dict[str, Any] = {}
-    if description is not None:
-        data["description"] = description
-    data["output_dir"] = str(output_dir)
-    for key, value in (("model", model), ("dtype", dtype), ("storage", storage)):
-        if value is not None:
-            data[key] = value
-    if weights is not None:
-        data["weights"] = weights
-    elif values is not None:
-        data["values"] = values
-    # A tuple of kinds (each at its defaults), or each kind's `references` value (spec.references.rows_of)
+    with. `settings` are the file's other top-level keys (output_dir, testing, model, weights, dtype, values,
+    storage, description); those left None are left out (the file's defaults); a checkpoint (`weights`) brings
+    its own values. `references`: a tuple of kinds (each at its defaults), or each kind's `references` value."""
+    data = {key: str(value) if key == "output_dir" else value for key, value in settings.items() if value is not None}
+    if "weights" in data:
+        data.pop("values", None)
     data["references"] = ({kind: references.get(kind, False) for kind in REFERENCES} if isinstance(references, Mapping)
                           else {kind: kind in references for kind in REFERENCES})
-    data["testing"] = dict(testing)
     if baseline is not None or tests:
         data["baseline"] = baseline if baseline is not None else tests[0]["name"]
     data["test_configurations"] = tests

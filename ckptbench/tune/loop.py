@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ckptbench.bench import workspace
+from ckptbench.bench.context import Callbacks, Executor, RunContext
 from ckptbench.core import tune_events as events
 from ckptbench.core.errors import Skip, Stopped
 from ckptbench.core.records import PlannedRun, RunRecord
 from ckptbench.documents import journal
-from ckptbench.documents.results import Results
 from ckptbench.sources.weights import Weights
 from ckptbench.spec import config as config_mod
 from ckptbench.spec.compression import label as compression_label
@@ -35,7 +35,6 @@ from ckptbench.tune.space import T5X, Universe
 from ckptbench.tune.state import BUDGET, COMPLETE, FINAL, RUNNING, Stage, TuneState
 
 Event = Callable[[events.TuneEvent], None]  # on_event(event): the progress display's input
-Executor = Callable[..., Results]  # bench.suite.run_suite's signature
 
 
 class Stopwatch:
@@ -148,8 +147,8 @@ def _run_stage(session: Session, stage: Stage, execute: Executor) -> str:
 
     status = COMPLETE
     try:
-        outcome = execute(suite, resume=again, source=session.source, on_phase=on_phase, on_record=on_record,
-                          may_start=may_start, history=_earlier_ceiling_runs(session))
+        outcome = execute(RunContext(suite, observer=Callbacks(phase=on_phase, record=on_record), may_start=may_start,
+                                     resume=again, source=session.source, history=_earlier_ceiling_runs(session)))
     except Stopped as stop:
         if stop.partial is not None:  # the suite's own results replace the runs noted as they ended
             session.documents[stage.name] = stop.partial.document

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ckptbench.bench import capacity, preflight, workspace
+from ckptbench.bench.context import Executor
 from ckptbench.bench.suite import run_suite
 from ckptbench.core import interrupt
 from ckptbench.core import tune_events as events
@@ -32,7 +33,7 @@ from ckptbench.tune import state as tune_state
 from ckptbench.tune.answer import describe_layout, recommend
 from ckptbench.tune.checkpoint import write_tuned
 from ckptbench.tune.document import TUNING_FILE, Tuning
-from ckptbench.tune.loop import Event, Executor, Session, Stopwatch, run_stages
+from ckptbench.tune.loop import Event, Session, Stopwatch, run_stages
 from ckptbench.tune.settings import Settings, check_settings
 from ckptbench.tune.space import Universe, candidates, load_space, make_universe, rung0_order
 from ckptbench.tune.state import STATE_FILE, TuneState

@@ -594,19 +594,19 @@ class Explanation(NamedTuple):
     results: Any  # ckptbench.documents.results.Results: the suite's raw runs
 
 
-Executor = Callable[..., Any]  # ckptbench.bench.suite.run_suite's signature; a test injects a made-up disk
+Executor = Callable[..., Any]  # ckptbench.bench.context.Executor: RunContext -> Results; a test injects a made-up disk
 
 
 def run_one_suite(suite: SuiteConfig, resume: bool, progress: bool, execute: Executor | None = None) -> Any:
-    """The one call of ckptbench's run_suite (today: run_suite(config, writers, **options)), with its progress
-    display. Every arm's test runs in this process, so run_suite's default writers do."""
+    """The one call of ckptbench's run_suite, with its progress display. Every arm's test runs in this
+    process, so the context's default writers do."""
+    from ckptbench.bench.context import RunContext
     from ckptbench.bench.suite import run_suite
     from ckptbench.reports.progress import Progress
 
     shown = Progress(enabled=progress)
     try:
-        return (execute or run_suite)(suite, resume=resume, on_start=shown.start, on_phase=shown.phase,
-                                      on_record=shown.finished)
+        return (execute or run_suite)(RunContext(suite, observer=shown, resume=resume))
     finally:
         shown.close()
 

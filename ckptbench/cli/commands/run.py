@@ -83,18 +83,18 @@ class Run(Command):
         suite = config_mod.load(path, **{**implied, **_overrides(args)})
         if args.dry_run:
             return dry_run(suite)
+        from ckptbench.bench.context import RunContext
         from ckptbench.bench.suite import run_suite
         from ckptbench.core.errors import Stopped
+        from ckptbench.parallel.local import LocalWriters
         from ckptbench.reports.progress import Progress
 
         progress = Progress(enabled=not args.no_progress)
-        options = {"resume": args.resume, "keep": args.keep, "on_start": progress.start, "on_phase": progress.phase,
-                   "on_record": progress.finished}
+        # on this host, workers spawned here; under a launcher, Session.run puts the launch's ranks in their place
+        run = RunContext(suite, LocalWriters(), progress, resume=args.resume, keep=args.keep)
         try:
             if launch is None:
-                from ckptbench.parallel.local import LocalWriters
-
-                results = run_suite(suite, LocalWriters(), **options)
+                results = run_suite(run)
             else:
                 from ckptbench.parallel.session import Session
 
@@ -105,7 +105,7 @@ class Run(Command):
                         if status:
                             raise SystemExit(status)  # rank 0 said why
                         return 0
-                    results = session.run(suite, lambda launched, writers: run_suite(launched, writers, **options))
+                    results = session.run(run, run_suite)
         except Stopped as stop:
             progress.close()
             show(stop.partial, args.details)
