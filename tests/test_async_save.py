@@ -204,5 +204,5 @@ def test_a_stop_during_the_background_write_waits_for_it_and_leaves_nothing(tmp_
 
     backend.prepare = prepare
     with pytest.raises(Stopped):
-        measure.run_once(PlannedRun("ts", 0, 0), tiny_weights.tensors, backend, suite)
+        measure.run_once(PlannedRun("ts", 0, 0), backend, measure.Bench(suite, tiny_weights.tensors))
     assert [p for p in (suite.output_dir / workspace.RUNS_DIR).iterdir() if p.is_dir()] == []  # no run folder
