@@ -67,7 +67,7 @@ class Pool(WriterPool):
         except BaseException:
             self.stop()
             raise
-        world.rank_label, world.liveness = self.label, self._check_workers
+        world.rank_label = self.label
         self.world = world
         if self._shared is not None:  # every worker has mapped it: the memory lives as long as a mapping does
             self._shared.remove()
@@ -90,11 +90,6 @@ class Pool(WriterPool):
                 return f"{self.label(rank)} (pid {worker.pid}) exited with code {worker.exitcode}"
         return None
 
-    def _check_workers(self) -> None:
-        dead = self._first_dead()
-        if dead:
-            raise Broken(dead)  # names the worker itself
-
     def _lost(self, broken: Broken, during: str) -> BaseException:
         dead = self._first_dead()
         self.stop()
@@ -109,7 +104,7 @@ class Pool(WriterPool):
         asked = world is not None and not world.broken  # a broken world cannot carry the request: terminate
         if asked:
             try:
-                world.broadcast(("stop", 0), timeout_s=10, during="stop")
+                world.broadcast(("stop", 0), timeout_s=10)
             except Broken:
                 asked = False
         for worker in self._workers:
