@@ -73,11 +73,9 @@ class Session:
     def check_same_suite(self, config: SuiteConfig) -> None:
         """Refuse, on every rank, a launch whose ranks were given different suites (rank 0 says how)."""
         world = self.world
-        digest, described = suite_hash(config)
-        digests = world.all_gather(digest, timeout_s=START_TIMEOUT_S)
+        digests, suites = zip(*world.all_gather(suite_hash(config), timeout_s=START_TIMEOUT_S))
         if len(set(digests)) == 1:
             return
-        suites = world.all_gather(described, timeout_s=START_TIMEOUT_S)
         world.broken = "the ranks were given different suites"  # nothing more is sent: every rank stops here
         if world.rank != 0:
             raise SystemExit(2)  # rank 0 prints the one line

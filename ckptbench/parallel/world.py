@@ -14,7 +14,6 @@ imported only when a world is joined.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import os
 import re
@@ -121,7 +120,7 @@ class World:
                             "start every rank with the same world size and MASTER_ADDR/MASTER_PORT") from None
         world = cls(launch, group)
         here = Member(launch.rank, socket.gethostname(), os.getpid(), launch.local_rank)
-        world.members = [Member(**m) for m in world.all_gather(dataclasses.asdict(here), timeout_s=timeout_s)]
+        world.members = world.all_gather(here, timeout_s=timeout_s)
         # The other ranks of this host are the run's own processes: their CPU and I/O are not another's (core.host)
         host.count_as_own(m.pid for m in world.members if m.host == here.host)
         return world
