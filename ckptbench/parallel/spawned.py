@@ -19,7 +19,7 @@ import numpy as np
 
 from ckptbench.parallel.launch import Launch
 from ckptbench.parallel.shared import MappedSource, SharedTensors, WeightSource, handoff
-from ckptbench.parallel.world import START_TIMEOUT_S, Broken, World, connect_store, seconds
+from ckptbench.parallel.world import START_TIMEOUT_S, Broken, World, connect_store, process_alive, seconds
 from ckptbench.parallel.writers import LOOPBACK, WorkerFailed, WriterPool, serve
 
 
@@ -85,7 +85,7 @@ class Pool(WriterPool):
 
     def _first_dead(self) -> str | None:
         for rank, worker in zip(self.writers, self._workers):
-            if not worker.is_alive():
+            if not process_alive(worker.pid):  # as the world sees it: its other threads may still be exiting
                 worker.join(timeout=5)  # reap it, so its exit code is known
                 return f"{self.label(rank)} (pid {worker.pid}) exited with code {worker.exitcode}"
         return None

@@ -51,7 +51,7 @@ class Broken(RuntimeError):
         self.what, self.who = what, who  # "exited", "did not answer within 60 s"; "rank 1 (pid 42 on h)"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as handle:
             return handle.read().rsplit(") ", 1)[1][:1] not in ("Z", "X")
@@ -231,7 +231,7 @@ class World:
     def dead_ranks(self) -> list[int]:
         """Ranks on this host whose process is gone (the only ones a process can see die)."""
         here = self.members[self.rank].host if self.members else socket.gethostname()
-        return [m.rank for m in self.members if m.host == here and m.rank != self.rank and not _alive(m.pid)]
+        return [m.rank for m in self.members if m.host == here and m.rank != self.rank and not process_alive(m.pid)]
 
     def describe(self) -> dict[str, Any]:
         """What results.json records about the launch."""
