@@ -40,7 +40,6 @@ class Member:
     rank: int
     host: str
     pid: int
-    local_rank: int | None
 
 
 class Broken(RuntimeError):
@@ -119,7 +118,7 @@ class World:
                             f"{launch.world_size - 1} ranks within {timeout_s:.0f} s ({short_error(exc)}); "
                             "start every rank with the same world size and MASTER_ADDR/MASTER_PORT") from None
         world = cls(launch, group)
-        here = Member(launch.rank, socket.gethostname(), os.getpid(), launch.local_rank)
+        here = Member(launch.rank, socket.gethostname(), os.getpid())
         world.members = world.all_gather(here, timeout_s=timeout_s)
         # The other ranks of this host are the run's own processes: their CPU and I/O are not another's (core.host)
         host.count_as_own(m.pid for m in world.members if m.host == here.host)
