@@ -62,7 +62,7 @@ class Session:
         world = self.world
         if world.rank == 0 and not world.broken:
             try:
-                world.broadcast(("stop", self.status), timeout_s=60, during="the end")
+                world.broadcast(("stop", self.status), timeout_s=60)
             except Broken:
                 pass
         world.close()
@@ -76,11 +76,9 @@ class Session:
     def check_same_suite(self, config: SuiteConfig) -> None:
         """Refuse, on every rank, a launch whose ranks were given different suites (rank 0 says how)."""
         world = self.world
-        digest, described = suite_hash(config)
-        digests = world.all_gather(digest, timeout_s=START_TIMEOUT_S, during="start-up")
+        digests, suites = zip(*world.all_gather(suite_hash(config), timeout_s=START_TIMEOUT_S))
         if len(set(digests)) == 1:
             return
-        suites = world.all_gather(described, timeout_s=START_TIMEOUT_S, during="start-up")
         world.broken = "the ranks were given different suites"  # nothing more is sent: every rank stops here
         if world.rank != 0:
             raise SystemExit(2)  # rank 0 prints the one line
@@ -141,7 +139,7 @@ class Session:
         """Rank 0, before anything is written: hand the weights to this host's other ranks and check that
         every rank has its weights and can reach the storage."""
         try:
-            self.world.broadcast(("weights",), timeout_s=START_TIMEOUT_S, during="start-up")
+            self.world.broadcast(("weights",), timeout_s=START_TIMEOUT_S)
             share_weights(self.world, tensors, None, None)
         except Broken as exc:
             raise UserError(f"{self.launch.launcher}: {exc} while the ranks were starting; "
@@ -165,7 +163,7 @@ class Session:
         except Exception as exc:  # reported by rank 0, in one line naming this rank
             problem = short_error(exc)
         try:
-            step = world.broadcast(during="start-up")
+            step = world.broadcast()
             if step[0] == "stop":
                 return step[1]
             tensors = share_weights(world, tensors, problem, config)
@@ -238,14 +236,14 @@ def share_weights(world: World, tensors: Mapping[str, Any] | None, problem: str 
     if leader and tensors is not None and len(world.hosts()[world.members[world.rank].host]) > 1:
         shared = handoff(tensors, fallback=None)  # the source file; weights in memory go through /dev/shm
     try:
-        offers = world.all_gather((problem, shared), timeout_s=START_TIMEOUT_S, during="start-up")
+        offers = world.all_gather((problem, shared), timeout_s=START_TIMEOUT_S)
         if not leader and problem is None:
             try:
                 offer = offers[world.leader(world.rank)][1]
                 tensors = offer.open() if offer is not None else load_weights(config)
             except Exception as exc:  # reported by rank 0
                 problem = short_error(exc)
-        reports = world.all_gather((problem, identity(tensors)), timeout_s=START_TIMEOUT_S, during="start-up")
+        reports = world.all_gather((problem, identity(tensors)), timeout_s=START_TIMEOUT_S)
     finally:
         if isinstance(shared, SharedTensors):
             shared.remove()  # every rank of the host has mapped it (or given up): the memory lives while mapped

@@ -19,7 +19,7 @@ import numpy as np
 
 from ckptbench.parallel.launch import Launch
 from ckptbench.parallel.shared import MappedSource, SharedTensors, WeightSource, handoff
-from ckptbench.parallel.world import START_TIMEOUT_S, Broken, World, connect_store, seconds
+from ckptbench.parallel.world import START_TIMEOUT_S, Broken, World, connect_store, process_alive, seconds
 from ckptbench.parallel.writers import LOOPBACK, WorkerFailed, WriterPool, serve
 
 
@@ -67,7 +67,7 @@ class Pool(WriterPool):
         except BaseException:
             self.stop()
             raise
-        world.rank_label, world.liveness = self.label, self._check_workers
+        world.rank_label = self.label
         self.world = world
         if self._shared is not None:  # every worker has mapped it: the memory lives as long as a mapping does
             self._shared.remove()
@@ -85,15 +85,10 @@ class Pool(WriterPool):
 
     def _first_dead(self) -> str | None:
         for rank, worker in zip(self.writers, self._workers):
-            if not worker.is_alive():
+            if not process_alive(worker.pid):  # as the world sees it: its other threads may still be exiting
                 worker.join(timeout=5)  # reap it, so its exit code is known
                 return f"{self.label(rank)} (pid {worker.pid}) exited with code {worker.exitcode}"
         return None
-
-    def _check_workers(self) -> None:
-        dead = self._first_dead()
-        if dead:
-            raise Broken(dead)  # names the worker itself
 
     def _lost(self, broken: Broken, during: str) -> BaseException:
         dead = self._first_dead()
@@ -109,7 +104,7 @@ class Pool(WriterPool):
         asked = world is not None and not world.broken  # a broken world cannot carry the request: terminate
         if asked:
             try:
-                world.broadcast(("stop", 0), timeout_s=10, during="stop")
+                world.broadcast(("stop", 0), timeout_s=10)
             except Broken:
                 asked = False
         for worker in self._workers:

@@ -244,9 +244,9 @@ class WriterPool:
         self._targets = [rank for rank, job in enumerate(by_rank) if job is not None]
         self._during, self._rounds, self._replies = op, list(ROUNDS[op]), None
         try:
-            self.world.broadcast(("jobs", op, by_rank), timeout_s=PHASE_TIMEOUT_S, during=op)
+            self.world.broadcast(("jobs", op, by_rank), timeout_s=PHASE_TIMEOUT_S)
             ready(by_rank[self.world.rank])
-            self.world.barrier(timeout_s=PHASE_TIMEOUT_S, during=op)
+            self.world.barrier(timeout_s=PHASE_TIMEOUT_S)
         except Broken as exc:
             raise self._lost(exc, op) from None
         mine = by_rank[self.world.rank]
@@ -262,7 +262,7 @@ class WriterPool:
         if own[0] == "done" and "cpu_s" in own[1]:  # rank 0's usage is already in the figures of its own clock
             own = ("done", {**own[1], "cpu_s": 0.0, "peak_rss_bytes": 0})
         try:
-            replies = self.world.all_gather(own, timeout_s=timeout_s, during=during)
+            replies = self.world.all_gather(own, timeout_s=timeout_s)
         except Broken as exc:
             raise self._lost(exc, during) from None
         self._rounds.pop(0)
