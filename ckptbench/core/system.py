@@ -55,6 +55,18 @@ def resident_bytes() -> tuple[int, int]:
     return fields.get("RssAnon", 0) + fields.get("RssShmem", 0), fields.get("RssFile", 0)
 
 
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def resident_and_shared_bytes() -> tuple[int, int]:
+    """(resident, shared) bytes of this process from /proc/self/statm: one short line the kernel writes from its
+    counters, for sampling beside a timed operation (/proc/self/status also takes locks and formats signal and
+    CPU masks). Shared is file-backed plus shared memory; resident less shared is RssAnon."""
+    with open("/proc/self/statm") as handle:
+        fields = handle.readline().split()
+    return int(fields[1]) * _PAGE_BYTES, int(fields[2]) * _PAGE_BYTES
+
+
 def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
