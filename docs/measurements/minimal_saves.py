@@ -12,6 +12,13 @@ stops. Each run's folder is deleted before the next run.
 Prints each run's seconds, and per test the median save and load, with their sums. As root the page
 cache is dropped (`/proc/sys/vm/drop_caches`); otherwise each file is evicted with
 posix_fadvise(DONTNEED), and the script says which it used.
+
+`--like-harness` adds what the harness does around a save, one part at a time, to attribute its cost:
+`sampler` (a thread reading /proc/self/status every 10 ms during the save, as the harness's memory
+sampler does), `mapped` (the weights read from a file mapped read-only and made resident before each
+save, as the harness's source file is), `parallel-rm` (each run's folder removed by 16 threads, one
+per array folder, as the harness removes it), `bounded` (writes issued within a 512 MiB in-flight
+budget, the harness's `max_inflight_bytes`).
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ import math
 import os
 import shutil
 import statistics
+import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +56,8 @@ def shapes() -> dict[str, tuple[int, ...]]:
                     p + "self_attn.k_proj.weight": (KV_HEADS * head_dim, HIDDEN),
                     p + "self_attn.v_proj.weight": (KV_HEADS * head_dim, HIDDEN),
                     p + "self_attn.o_proj.weight": (HIDDEN, HEADS * head_dim),
-                    p + "mlp.gate_proj.weight": (INTERMEDIATE, HIDDEN), p + "mlp.up_proj.weight": (INTERMEDIATE, HIDDEN),
+                    p + "mlp.gate_proj.weight": (INTERMEDIATE, HIDDEN),
+                    p + "mlp.up_proj.weight": (INTERMEDIATE, HIDDEN),
                     p + "mlp.down_proj.weight": (HIDDEN, INTERMEDIATE), p + "input_layernorm.weight": (HIDDEN,),
                     p + "post_attention_layernorm.weight": (HIDDEN,)})
     out["model.norm.weight"] = (HIDDEN,)
@@ -75,18 +86,74 @@ def context(test: str) -> ts.Context:
     return ts.Context({"file_io_concurrency": {"limit": TESTS[test][1]}, "file_io_sync": True})
 
 
-def save(weights: dict[str, np.ndarray], root: Path, test: str) -> float:
+FACTORS = ("sampler", "mapped", "parallel-rm", "bounded")
+BOUND_BYTES = 512 << 20
+
+
+def sample_status(stop: threading.Event) -> None:
+    while not stop.wait(0.01):
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                line.startswith("RssAnon:")
+
+
+def save(weights: dict[str, np.ndarray], root: Path, test: str, factors: set[str]) -> float:
     root.mkdir(parents=True)
     ctx = context(test)
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample_status, args=(stop,), daemon=True)
+    if "sampler" in factors:
+        sampler.start()
     start = time.perf_counter()
     stores = [ts.open(spec(root, n, a.shape, test), context=ctx) for n, a in weights.items()]
-    writes = [s.result().write(a) for s, a in zip(stores, weights.values())]
-    for future in writes:
+    inflight: deque = deque()
+    inflight_bytes = 0
+    for store, array in zip(stores, weights.values()):
+        while "bounded" in factors and inflight and inflight_bytes + array.nbytes > BOUND_BYTES:
+            done_bytes, future = inflight.popleft()
+            future.result()
+            inflight_bytes -= done_bytes
+        inflight.append((array.nbytes, store.result().write(array)))
+        inflight_bytes += array.nbytes
+    for _, future in inflight:
         future.result()
     manifest = json.dumps({"tensors": [[n, list(a.shape)] for n, a in weights.items()]}).encode()
     kv = ts.KvStore.open({"driver": "file", "path": f"{root}/"}, context=ctx).result()
     kv.write("manifest.json", manifest).result()
-    return time.perf_counter() - start
+    elapsed_s = time.perf_counter() - start
+    stop.set()
+    if sampler.is_alive():
+        sampler.join()
+    return elapsed_s
+
+
+def remove(root: Path, factors: set[str]) -> None:
+    if "parallel-rm" in factors:
+        folders = [entry.path for entry in os.scandir(root) if entry.is_dir()]
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(shutil.rmtree, folders))
+    shutil.rmtree(root)
+
+
+def mapped(weights: dict[str, np.ndarray], folder: Path) -> dict[str, np.ndarray]:
+    """The weights as one read-only mapped file, each tensor at a 4096-byte boundary."""
+    path, offsets, end = folder / "source.bin", {}, 0
+    for name, array in weights.items():
+        offsets[name], end = end, -(-(end + array.nbytes) // 4096) * 4096
+    with open(path, "wb") as handle:
+        handle.truncate(end)
+        for name, array in weights.items():
+            handle.seek(offsets[name])
+            handle.write(array.tobytes())
+        os.fsync(handle.fileno())
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    return {n: data[offsets[n]:offsets[n] + a.nbytes].view(np.float32).reshape(a.shape) for n, a in weights.items()}
+
+
+def make_resident(weights: dict[str, np.ndarray]) -> None:
+    """Touch every page of a mapped source before the clock (the harness uses MADV_POPULATE_READ)."""
+    for array in weights.values():
+        int(array.reshape(-1).view(np.uint8)[::4096].sum())
 
 
 def evict(root: Path) -> str:
@@ -117,23 +184,32 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=Path("saved_models/minimal_saves"))
     parser.add_argument("--tests", default=",".join(TESTS), help="comma-separated subset of the six")
+    parser.add_argument("--like-harness", default="",
+                        help=f"comma-separated parts of the harness's protocol: {', '.join(FACTORS)}")
     args = parser.parse_args()
+    factors = {f for f in args.like_harness.split(",") if f}
+    if factors - set(FACTORS):
+        raise SystemExit(f"--like-harness: unknown {sorted(factors - set(FACTORS))}; choose from {FACTORS}")
     rng = np.random.default_rng(0)
     weights = {n: (rng.standard_normal(s, dtype=np.float32) * 0.02).astype(np.float16).astype(np.float32)
                for n, s in shapes().items()}
-    print(f"{sum(a.nbytes for a in weights.values()) / 1e9:.2f} GB in {len(weights)} tensors")
+    print(f"{sum(a.nbytes for a in weights.values()) / 1e9:.2f} GB in {len(weights)} tensors; "
+          f"like the harness: {sorted(factors) or 'nothing'}")
     args.dir.mkdir(parents=True, exist_ok=True)
+    source = mapped(weights, args.dir) if "mapped" in factors else weights
     names, tests = list(weights), args.tests.split(",")
     times: dict[str, dict[str, list[float]]] = {t: {"save": [], "load": []} for t in tests}
     for round_ in range(args.rounds):
         for test in tests[round_ % len(tests):] + tests[:round_ % len(tests)]:
             root = args.dir / f"r{round_}_{test}"
-            save_s = save(weights, root, test)
+            if "mapped" in factors:
+                make_resident(source)
+            save_s = save(source, root, test, factors)
             how = evict(root)
             load_s, loaded = load(names, root, test)
             exact = all(np.array_equal(loaded[n].view(np.uint32), weights[n].view(np.uint32)) for n in names)
             del loaded
-            shutil.rmtree(root)
+            remove(root, factors)
             if not exact:
                 raise SystemExit(f"{test}: the load differs from the weights")
             times[test]["save"].append(save_s)
