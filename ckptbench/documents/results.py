@@ -186,7 +186,7 @@ def _protocol(config: SuiteConfig, seed: int) -> dict[str, Any]:
                    "of the fastest figure of its round, the ceiling's or a row's that beat it "
                    "(ceiling.rounds names every such row), so never above 100",
         "memory": "rss_anon/rss_file: peak anonymous and file-backed resident bytes of the whole process during "
-                  "the operation (/proc/self/statm, sampled every 10 ms); peak_rss: growth above the start",
+                  "the operation (/proc/self/statm, sampled every 20 ms); peak_rss: growth above the start",
         "cache_eviction_requested": config.cache_eviction,
         "verification": "every load compared bit for bit with the source, outside the timed region",
         "order": config.order,
