@@ -62,12 +62,7 @@ DEFAULT_PRESET = "smollm2-135m"
 
 def preset_shapes(name: str) -> list[tuple[str, tuple[int, ...]]]:
     """Parameter names and shapes of a preset, in the order LlamaForCausalLM.named_parameters() lists
-    them (a tied lm_head once, as save_pretrained stores it).
-
-    Written out from the architecture rather than built by transformers on the meta device:
-    importing transformers costs seconds in every run. A test checks every preset against
-    transformers' own model.
-    """
+    them (a tied lm_head once, as save_pretrained stores it)."""
     preset = PRESETS[name]
     hidden, heads, kv_heads = preset.hidden_size, preset.num_attention_heads, preset.num_key_value_heads
     head_dim = preset.head_dim or hidden // heads
