@@ -11,7 +11,7 @@ read with one-line errors, checked against the schema with the first broken fiel
 A schema does not restate a dataclass the document holds (a results file's runs are `RunRecord`s): the
 kind names it (`Kind.derived`), and the properties of that part of the schema are the dataclass's fields,
 each typed by its annotation (`field_schemas`); the file keeps only what an annotation cannot say (which
-fields every version wrote, enums, an inner object's keys), which replaces the derived property.
+fields every version wrote, enums, an inner object's keys, what a field means), added to the derived property.
 """
 
 from __future__ import annotations
@@ -112,8 +112,9 @@ def _validator(schema_file: Path, derived: tuple[tuple[str, type], ...] = ()) ->
 
     schema = json.loads(schema_file.read_text(encoding="utf-8"))
     for name, cls in derived:
-        part = schema["$defs"][name]
-        part["properties"] = {**field_schemas(cls), **part.get("properties", {})}
+        part, fields = schema["$defs"][name], field_schemas(cls)
+        part["properties"] = {**fields, **{key: {**fields.get(key, {}), **refined}
+                                           for key, refined in part.get("properties", {}).items()}}
     return jsonschema.Draft202012Validator(schema)
 
 
