@@ -46,10 +46,8 @@ def test_warnings(test: Mapping[str, Any], mine: Mapping[str, list[float]]) -> l
                    f"{human_bytes(parallel['unaccounted_bytes'])} of the slices came from no device read they were "
                    "counted for (pages an eviction left in the page cache, or read by another process); not a "
                    "saving: the row's read amplification is unknown")
-    for run in test["runs"]:
-        if run["error"] is not None:
-            out.append(f"{name}: round {run['round']} failed: {run['error']}")
-    return out
+    return out + [f"{name}: round {run['round']} failed: {run['error']}" for run in test["runs"]
+                  if run["error"] is not None]
 
 
 BYPASS_RESIDENT_LIMIT_PCT = 5.0  # a load that reads around the page cache may leave this much behind (metadata)
@@ -92,7 +90,7 @@ def suite_warnings(document: Mapping[str, Any], ceiling: Mapping[str, Any] | Non
     tests, scale = document["tests"], document["scale"]
     runs = [r for t in tests for r in t["runs"] if r["error"] is None]
     out = []
-    if _over_bound(scale):
+    if scale.get("anon_peak_bytes") and scale["anon_peak_bytes"] > scale["anon_bound_bytes"]:
         out.append(f"anonymous memory peaked at {human_bytes(scale['anon_peak_bytes'])}, above the "
                    f"{human_bytes(scale['anon_bound_bytes'])} the harness keeps to (1.25 x the model + 1 GB); "
                    "the memory pre-check may let through a checkpoint that does not fit")
@@ -124,10 +122,6 @@ def _warm_loads(document: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any
     requested = document["protocol"].get("cache_eviction_requested")
     return [(t["name"], r) for t in document["tests"] if (t["settings"].get("cache_eviction") or requested) != "none"
             for r in t["runs"] if r["error"] is None and r["load_cache"] in ("warm", "partial")]
-
-
-def _over_bound(scale: Mapping[str, Any]) -> bool:
-    return bool(scale.get("anon_peak_bytes") and scale["anon_peak_bytes"] > scale["anon_bound_bytes"])
 
 
 NOISY_CV = 0.10  # stats.warnings_for's limit: a metric whose runs differ more is noisy
@@ -181,7 +175,7 @@ def alerts(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> li
     if skipped:
         out.append({"kind": "skipped", "tests": skipped,
                     "text": f"skipped: {_names(skipped)} ({document['skipped_tests'][0]['reason']})"})
-    if _over_bound(scale):
+    if scale.get("anon_peak_bytes") and scale["anon_peak_bytes"] > scale["anon_bound_bytes"]:
         out.append({"kind": "memory", "tests": [],
                     "text": f"memory: anonymous memory peaked at {human_bytes(scale['anon_peak_bytes'])}, above the "
                             f"{human_bytes(scale['anon_bound_bytes'])} bound (1.25 x the model + 1 GB)"})

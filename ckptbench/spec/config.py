@@ -313,9 +313,8 @@ def _with_tp(config: SuiteConfig) -> list[TestSpec]:
 
 def _tp_description(test: TestSpec, tp: int) -> str:
     """A reference row's description says how its tp readers read (spec.references' tp_load)."""
-    if tp == 1 or not test.is_reference or not REFERENCES[test.backend].tp_load:
-        return test.description
-    return f"{test.description}; tp {tp}: {REFERENCES[test.backend].tp_load}"
+    how = REFERENCES[test.backend].tp_load if test.is_reference and tp > 1 else ""
+    return f"{test.description}; tp {tp}: {how}" if how else test.description
 
 
 def _tp_refusal(test: TestSpec, config: SuiteConfig, counts: list[int]) -> str | None:
