@@ -193,19 +193,14 @@ def entry(test: TestSpec, *, name: str | None = None, description: str | None = 
     """A test as a config entry (test_configurations in phase4_config.json) that `read_test` reads back to
     the same test: the settings that differ from their defaults (and those always written), or with
     `every_field` every setting that has a value (a canonical form: equal tests give equal entries)."""
+    given = {"name": name, "description": description}
     out: dict[str, Any] = {}
     for key, option in OPTIONS.items():
-        value = getattr(test, key)
-        if key == "name" and name is not None:
-            value = name
-        elif key == "description" and description is not None:
-            value = description
-        if every_field:
-            if value is None and key != "compression":
-                continue
-        elif not option.always_written and value == DEFAULTS[key]:
-            continue
-        out[key] = option.write(value) if option.write else value
+        value = getattr(test, key) if given.get(key) is None else given[key]
+        left_out = ((value is None and key != "compression") if every_field
+                    else not option.always_written and value == DEFAULTS[key])
+        if not left_out:
+            out[key] = option.write(value) if option.write else value
     return out
 
 
