@@ -171,7 +171,7 @@ def test_every_comparison_goes_through_analysis_compare(monkeypatch):
 
     monkeypatch.setattr(analysis, "compare", spy)
     document = json.loads(V1_FIXTURE.read_text())
-    results.upgrade(document)  # derive: versus the baseline, claims and the best layout
+    results.RESULTS.upgrade(document)  # derive: versus the baseline, claims and the best layout
     derived = len(calls)
     assert derived >= 3 * (len(document["tests"]) - 1)
     rows = compare.compare_documents(results.read(V1_FIXTURE).document, results.read(V1_FIXTURE).document, 5.0)

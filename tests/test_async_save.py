@@ -125,7 +125,7 @@ def async_suite(tmp_path_factory):
 def test_results_record_every_async_figure(async_suite):
     status, document, out = async_suite
     assert status == 0 and document["complete"] is True
-    results.validate(document)
+    results.RESULTS.validate(document)
     console = report.console(document)
     assert "checkpoint while training" in console and "same cores" in console
     by_name = {t["name"]: t for t in document["tests"]}

@@ -248,7 +248,7 @@ def test_a_documents_busy_section_counts_measured_operations_and_names_the_answe
     assert document["busy"]["operations"] == 1 and document["busy"]["timed"] == 12
     assert document["busy"]["tests"] == ["fast"] and "fast" in document["busy"]["answer_tests"]
     assert next(t for t in document["tests"] if t["name"] == "fast")["busy"]["by_op"] == {"save": 1}
-    results.validate(document)
+    results.RESULTS.validate(document)
     line = report.busy_lines(document)
     assert len(line) == 1
     assert line[0].startswith("! the machine was busy: other processes used 90 % of a core and wrote 1.07 GB")

@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 from ckptbench.cli import app as cli
 from ckptbench.core.errors import UserError
 from ckptbench.spec import config
+from ckptbench.spec.fields import TEST_SCHEMA
+from ckptbench.spec.schema import SCHEMA
 
 BASE_DIR = Path("/nonexistent/ckptbench-fuzz")
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -60,9 +62,9 @@ SIZES = {
     ],
 }
 
-TEST_KEYS = list(config.TEST_SCHEMA["properties"])
-TESTING_KEYS = list(config.SCHEMA["properties"]["testing"]["properties"])
-TOP_KEYS = list(config.SCHEMA["properties"])
+TEST_KEYS = list(TEST_SCHEMA["properties"])
+TESTING_KEYS = list(SCHEMA["properties"]["testing"]["properties"])
+TOP_KEYS = list(SCHEMA["properties"])
 
 # Values chosen to sit on the edges the schema cannot see: integral floats, NaN, huge sizes, NUL bytes.
 EDGE_STRINGS = ["", " ", "none", "gzip", "blosc-default", "64KB", "1 MiB", "t5x", "0B", "0.5B", "1.5MB", "4GB",

@@ -90,7 +90,7 @@ def test_no_interval_of_a_change_in_results_json_leaves_the_possible(noisy):
             if summary["ci95"] is not None:
                 assert 0 < summary["ci95"][0] <= summary["mean"] <= summary["ci95"][1]
     # the upgrade path derives the same: a current document read back is identical
-    assert results.upgrade(noisy) == noisy
+    assert results.RESULTS.upgrade(noisy) == noisy
 
 
 def _printed_changes(text: str) -> list[float]:

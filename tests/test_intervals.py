@@ -87,7 +87,7 @@ def test_a_version_4_file_read_back_has_the_log_interval_in_place_of_the_symmetr
     mean = sum(cpu) / 3
     half = student_t.ppf(0.975, 2) * math.sqrt(sum((v - mean) ** 2 for v in cpu) / 2) / math.sqrt(3)
     assert upgraded["stats"]["save_cpu_s"]["ci95"] == pytest.approx([0.0, mean + half])
-    assert results.upgrade(document) == document  # read again: nothing left to change
+    assert results.RESULTS.upgrade(document) == document  # read again: nothing left to change
 
 
 def test_the_version_4_fixture_is_a_file_the_previous_version_wrote(tmp_path: Path):

@@ -13,19 +13,20 @@ from ckptbench.core.errors import UserError
 from ckptbench.documents import results
 from ckptbench.figures import sweep as sweep_plot
 from ckptbench.spec import config
+from ckptbench.spec.sweep import iter_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SWEEPS = REPO / "sweeps"
 MiB = 2**20
 
 
-# --- expand_sweep -------------------------------------------------------------------------------------------
+# --- iter_sweep ---------------------------------------------------------------------------------------------
 
 
 def test_cross_product_count_names_and_fixed_fields():
     raw = {"name": "s", "chunk_bytes": ["64KB", "256KB", "1MB"], "concurrency_limit": [1, 32],
            "compression": "none", "format": "zarr2", "description": "d"}
-    points = config.expand_sweep(raw)
+    points = list(iter_sweep(raw))
     assert len(points) == 6
     assert [p["name"] for p in points] == [
         "s_chunk=64KB_conc=1", "s_chunk=64KB_conc=32", "s_chunk=256KB_conc=1",
@@ -40,14 +41,14 @@ def test_cross_product_count_names_and_fixed_fields():
 
 def test_a_test_without_lists_is_one_point_and_keeps_its_name():
     raw = {"name": "plain", "chunk_bytes": "1MB", "concurrency_limit": 4, "compression": {"id": "gzip", "level": 6}}
-    assert config.expand_sweep(raw) == [raw]
+    assert list(iter_sweep(raw)) == [raw]
 
 
 def test_point_names_label_every_swept_field():
     raw = {"name": "x", "chunk_size_elements": [16384], "chunk_strategy": ["divisor"], "concurrency_limit": 2,
            "compression": ["none", {"id": "zstd", "level": 3}, {"id": "blosc", "cname": "zstd", "clevel": 3}],
            "kvstore": ["memory"], "data_copy_concurrency": [None, 2], "file_io_sync": [True, False]}
-    names = [p["name"] for p in config.expand_sweep(raw)]
+    names = [p["name"] for p in list(iter_sweep(raw))]
     assert len(names) == 1 * 1 * 3 * 1 * 2 * 2
     assert names[0] == "x_elems=16384_strategy=divisor_comp=none_kv=memory_copy=default_sync=on"
     assert "x_elems=16384_strategy=divisor_comp=zstd-3_kv=memory_copy=2_sync=off" in names

@@ -43,7 +43,7 @@ from ckptbench.bench.targets import RunLocation, as_location, footprint_of_store
 from ckptbench.bench.workspace import RUN_MARKER
 from ckptbench.sources.weights import NUMPY_DTYPES
 from ckptbench.spec import chunking, compression, tensor_parallel
-from ckptbench.spec.config import TestSpec
+from ckptbench.spec.fields import TestSpec
 
 MANIFEST = "manifest.json"
 OCDBT_DIR = "ocdbt"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ckptbench.analysis.samples import measured_runs
 from ckptbench.spec.references import CEILING
 
 # Each rate: its run's seconds, and whether a run's figure is the device's.
@@ -39,7 +40,7 @@ def device_figure(test: Mapping[str, Any], run: Mapping[str, Any], rate: str) ->
 
 
 def _measured(test: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return [r for r in test["runs"] if r["error"] is None and not r["warmup"] and r.get("save_s") and r.get("load_s")]
+    return [r for r in measured_runs(test["runs"]) if r.get("save_s") and r.get("load_s")]
 
 
 def _gbps(run: Mapping[str, Any], rate: str, data_bytes: int) -> float:

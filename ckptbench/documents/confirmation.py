@@ -22,6 +22,7 @@ import statistics
 from typing import Any, Mapping, Sequence
 
 from ckptbench.analysis import change as analysis
+from ckptbench.analysis.samples import measured_runs
 from ckptbench.documents.findings import metric_runs
 from ckptbench.spec.suite import SuiteConfig
 
@@ -65,43 +66,37 @@ def derive(document: dict[str, Any], noise_pct: float) -> None:
         return
     best = document["best"]
     section["selected"] = selected(best, section["objectives"])
-    good = [r for r in section["runs"] if r["error"] is None and not r["warmup"]]
+    good = measured_runs(section["runs"])
     blocks = sorted({r["confirm_block"] for r in good})
     for objective, chosen in section["selected"].items():
         entry = best[objective]
         metric = entry["metric"]
-        mine = _runs(good, chosen["tensorstore"])
-        values = metric_runs({"runs": mine}, metric)
+        mine = [r for r in good if r["test"] == chosen["tensorstore"]]
+        values = metric_runs(mine, metric)
         entry["confirmation"] = None
         if not values:
             continue
         entry["confirmation"] = {"test": chosen["tensorstore"], "mean": statistics.fmean(values), "n": len(values),
                                  "rounds": section["rounds"], "blocks": len(blocks)}
         for role in ROLES:
-            theirs = _runs(good, chosen[role]) if chosen[role] else []
-            if metric_runs({"runs": theirs}, metric):
+            theirs = [r for r in good if r["test"] == chosen[role]]  # none for a role without a test
+            if metric_runs(theirs, metric):
                 entry["against"][role] = _confirmed(mine, theirs, chosen[role], metric, blocks, noise_pct)
-
-
-def _runs(runs: Sequence[Mapping[str, Any]], test: str) -> list[Mapping[str, Any]]:
-    return [r for r in runs if r["test"] == test]
 
 
 def _confirmed(mine: Sequence[Mapping[str, Any]], theirs: Sequence[Mapping[str, Any]], other: str, metric: str,
                blocks: Sequence[int], noise_pct: float) -> dict[str, Any]:
     """The winner against `other` over every confirmation run, and block by block."""
-    def compared(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        return analysis.compare(metric_runs({"runs": a}, metric), metric_runs({"runs": b}, metric),
-                                metric="save_s", noise_pct=noise_pct)  # every objective confirmed is a time
+    def compared(block: int | None) -> dict[str, Any]:
+        """Over every run (block None) or one block's; {} for a block without both sides."""
+        a, b = (metric_runs([r for r in runs if block is None or r["confirm_block"] == block], metric)
+                for runs in (mine, theirs))
+        # every objective confirmed is a time
+        return analysis.compare(a, b, metric="save_s", noise_pct=noise_pct) if a and b else {}
 
-    per_block = []
-    for block in blocks:
-        a = [r for r in mine if r["confirm_block"] == block]
-        b = [r for r in theirs if r["confirm_block"] == block]
-        if a and b:
-            per_block.append({"block": block, **compared(a, b)})
+    per_block = [{"block": block, **pair} for block in blocks if (pair := compared(block))]
     ratios = [c["ratio"] for c in per_block if c["ratio"] is not None]
-    return {"test": other, "mean": statistics.fmean(metric_runs({"runs": theirs}, metric)),
-            **compared(mine, theirs), "runs": "confirmation", "blocks": per_block,
+    return {"test": other, "mean": statistics.fmean(metric_runs(theirs, metric)),
+            **compared(None), "runs": "confirmation", "blocks": per_block,
             "block_ratio_range": [min(ratios), max(ratios)] if len(ratios) > 1 else None,
             "blocks_disagree": analysis.blocks_disagree(per_block) if len(per_block) > 1 else None}

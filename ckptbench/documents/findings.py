@@ -5,10 +5,10 @@ one short line each) and how noisy the times are.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from ckptbench.analysis import stats
-from ckptbench.analysis.samples import samples
+from ckptbench.analysis.samples import measured_runs, samples
 from ckptbench.core.units import human_bytes
 from ckptbench.documents.ceiling import beaters, is_ceiling
 from ckptbench.spec.references import REFERENCES
@@ -16,8 +16,8 @@ from ckptbench.spec.references import REFERENCES
 NOT_DURABLE = "not durable"
 
 
-def metric_runs(test: Mapping[str, Any], metric: str) -> list[float]:
-    good = [r for r in test["runs"] if r["error"] is None and not r["warmup"]]
+def metric_runs(runs: Iterable[Mapping[str, Any]], metric: str) -> list[float]:
+    good = measured_runs(runs)
     if metric == "total_s":
         return [float(r["save_s"]) + float(r["load_s"]) for r in good]
     return [float(r[metric]) for r in good]
@@ -31,7 +31,7 @@ def test_warnings(test: Mapping[str, Any], mine: Mapping[str, list[float]]) -> l
         why = ("it lives in memory and never reaches a disk" if settings.get("kvstore") == "memory"
                else "file_io_sync is off: data may still be in the page cache when the clock stops")
         out.append(f"{name}: its saves are {NOT_DURABLE}: {why}")
-    cache = page_cache(test)
+    cache = test["page_cache"]
     if cache and cache["claim_held"] is False:
         why = ("TensorStore read those chunk files buffered (it reads with O_DIRECT only files whose size is a "
                "multiple of 4096 bytes)" if settings.get("file_io_mode") == "direct" else
@@ -46,10 +46,8 @@ def test_warnings(test: Mapping[str, Any], mine: Mapping[str, list[float]]) -> l
                    f"{human_bytes(parallel['unaccounted_bytes'])} of the slices came from no device read they were "
                    "counted for (pages an eviction left in the page cache, or read by another process); not a "
                    "saving: the row's read amplification is unknown")
-    for run in test["runs"]:
-        if run["error"] is not None:
-            out.append(f"{name}: round {run['round']} failed: {run['error']}")
-    return out
+    return out + [f"{name}: round {run['round']} failed: {run['error']}" for run in test["runs"]
+                  if run["error"] is not None]
 
 
 BYPASS_RESIDENT_LIMIT_PCT = 5.0  # a load that reads around the page cache may leave this much behind (metadata)
@@ -79,38 +77,29 @@ def page_cache(test: Mapping[str, Any]) -> dict[str, Any] | None:
     checked = [(resident, disk) for resident, disk in checked if resident is not None]
     if not runs and not checked:
         return None
-    out: dict[str, Any] = {"resident_after_load_bytes_max": max((r["resident_bytes_after_load"] for r in runs),
-                                                                default=None),
-                           "claim": claim, "limit_pct": BYPASS_RESIDENT_LIMIT_PCT, "claim_runs": len(checked),
-                           "claim_resident_bytes_max": None, "claim_resident_pct_max": None,
-                           "claim_broken_runs": 0, "claim_held": None}
-    if checked:
-        pcts = [100.0 * resident / disk for resident, disk in checked]
-        out.update(claim_resident_bytes_max=max(resident for resident, _ in checked),
-                   claim_resident_pct_max=max(pcts),
-                   claim_broken_runs=sum(1 for pct in pcts if pct > BYPASS_RESIDENT_LIMIT_PCT))
-        out["claim_held"] = out["claim_broken_runs"] == 0
-    return out
+    pcts = [100.0 * resident / disk for resident, disk in checked]
+    broken = sum(1 for pct in pcts if pct > BYPASS_RESIDENT_LIMIT_PCT)
+    return {"resident_after_load_bytes_max": max((r["resident_bytes_after_load"] for r in runs), default=None),
+            "claim": claim, "limit_pct": BYPASS_RESIDENT_LIMIT_PCT, "claim_runs": len(checked),
+            "claim_resident_bytes_max": max((resident for resident, _ in checked), default=None),
+            "claim_resident_pct_max": max(pcts, default=None), "claim_broken_runs": broken,
+            "claim_held": broken == 0 if checked else None}
 
 
 def suite_warnings(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> list[str]:
-    tests = document["tests"]
+    tests, scale = document["tests"], document["scale"]
     runs = [r for t in tests for r in t["runs"] if r["error"] is None]
     out = []
-    scale = document["scale"]
     if scale.get("anon_peak_bytes") and scale["anon_peak_bytes"] > scale["anon_bound_bytes"]:
         out.append(f"anonymous memory peaked at {human_bytes(scale['anon_peak_bytes'])}, above the "
                    f"{human_bytes(scale['anon_bound_bytes'])} the harness keeps to (1.25 x the model + 1 GB); "
                    "the memory pre-check may let through a checkpoint that does not fit")
-    requested = document["protocol"].get("cache_eviction_requested")
-    warm = [r for t in tests if (t["settings"].get("cache_eviction") or requested) != "none"  # warm on purpose
-            for r in t["runs"] if r["error"] is None and r["load_cache"] in ("warm", "partial")]
+    warm = _warm_loads(document)
     if warm:
         out.append(f"{len(warm)} of {len(runs)} loads were not cold (the page cache still held the checkpoint): "
                    "their load times are optimistic. Run as root for drop_caches, or on a filesystem that honours "
                    "posix_fadvise (not tmpfs).")
     out += _ceiling_warnings(tests, ceiling)
-    scale = document["scale"]
     if scale.get("small_for_ram"):
         suggestion = scale.get("suggested_preset")
         hint = (f"; to avoid it on this machine, run a checkpoint of at least a quarter of RAM, e.g. {suggestion}"
@@ -127,37 +116,37 @@ def suite_warnings(document: Mapping[str, Any], ceiling: Mapping[str, Any] | Non
     return out + [w for t in tests for w in t["warnings"]]
 
 
-# What threatens the answer, most serious first: a cache serving the "cold" loads, a ceiling beaten (the
-# figures are not the disk's), a load meant to bypass the page cache that did not, runs that failed, rows
-# skipped, memory beyond its bound; then the rest.
-ALERT_ORDER = ("host cache", "warm loads", "ceiling beaten", "page cache claim", "failed runs", "skipped", "memory",
-               "other")
+def _warm_loads(document: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(test name, run) of each load that found the checkpoint in the page cache, unless its test asked for that
+    (cache_eviction "none")."""
+    requested = document["protocol"].get("cache_eviction_requested")
+    return [(t["name"], r) for t in document["tests"] if (t["settings"].get("cache_eviction") or requested) != "none"
+            for r in t["runs"] if r["error"] is None and r["load_cache"] in ("warm", "partial")]
+
+
 NOISY_CV = 0.10  # stats.warnings_for's limit: a metric whose runs differ more is noisy
 
 
 def alerts(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """The warnings that threaten the answer, one short line each, most serious first (the console prints
-    these; `warnings` keeps every one in full)."""
+    these; `warnings` keeps every one in full): a cache serving the "cold" loads, a ceiling beaten (the figures
+    are not the disk's), a load meant to bypass the page cache that did not, runs that failed, rows skipped,
+    memory beyond its bound; then the rest."""
     tests, scale = document["tests"], document["scale"]
     out: list[dict[str, Any]] = []
-    direct = ((ceiling or {}).get("ceiling") or {}).get("direct_load_gbps") or {}
-    beat_direct = [t["name"] for t in tests if not is_ceiling(t) and direct.get("mean") and _all_cold(t)
-                   and t["stats"]["load_gbps"]["mean"] is not None
-                   and _low(t["stats"]["load_gbps"]) > direct["mean"]]
+    beat_direct, direct = _faster_than_direct(tests, ceiling)
     if scale.get("small_for_ram") or beat_direct:
         why = []
         if scale.get("small_for_ram"):
             why.append(f"the checkpoint ({human_bytes(scale['model_bytes'])}) is {scale['model_pct_of_ram']:.1f}% "
                        "of RAM")
         if beat_direct:
-            why.append(f"{_names(beat_direct)} loaded faster than the O_DIRECT read ({direct['mean']:.2f} GB/s)")
+            why.append(f"{_names(beat_direct)} loaded faster than the O_DIRECT read ({direct:.2f} GB/s)")
         fix = scale.get("suggested_preset")
         out.append({"kind": "host cache", "tests": beat_direct,
                     "text": f"host cache: {' and '.join(why)}: a VM host's cache may serve the 'cold' loads; "
                             "use a checkpoint of at least a quarter of RAM" + (f" ({fix})" if fix else "")})
-    requested = document["protocol"].get("cache_eviction_requested")
-    warm = sorted({t["name"] for t in tests if (t["settings"].get("cache_eviction") or requested) != "none"
-                   for r in t["runs"] if r["error"] is None and r["load_cache"] in ("warm", "partial")})
+    warm = sorted({name for name, _ in _warm_loads(document)})
     if warm:
         out.append({"kind": "warm loads", "tests": warm,
                     "text": f"warm loads: {_names(warm)} loaded with the checkpoint still in the page cache; run as "
@@ -237,15 +226,8 @@ def noise(document: Mapping[str, Any]) -> dict[str, Any]:
                 noisy.append(f"{test['name']} {metric}")
             outliers += len(stats.outlier_indices(mine[metric]))
     by_name = {t["name"]: t for t in document["tests"]}
-    rows: dict[str, str] = {}
-    for entry in (document.get("best") or {}).values():
-        if entry["metric"] == "size_bytes":
-            continue
-        rows.setdefault(entry["test"], entry["metric"])
-        peer = (entry.get("against") or {}).get("peer")
-        if peer:
-            rows.setdefault(peer["test"], entry["metric"])
-    estimates = [stats.runs_needed(metric_runs(by_name[name], metric)) for name, metric in rows.items()]
+    rows = _answer_rows(document, ("peer",))
+    estimates = [stats.runs_needed(metric_runs(by_name[name]["runs"], metric)) for name, metric in rows.items()]
     needed = [n for n in estimates if n is not None]
     return {"cv_limit_pct": 100 * NOISY_CV, "noisy": noisy, "n_metrics": metrics, "outliers": outliers,
             "answer_rows": list(rows), "precision_pct": 5.0, "runs_for_precision": max(needed) if needed else None,
@@ -272,37 +254,34 @@ def _ceiling_warnings(tests: list[Mapping[str, Any]], ceiling: Mapping[str, Any]
                        f"{', '.join(str(r) for r in rounds)} of {len(entries)} (by up to {100 * margin:.0f}%): its "
                        f"% of ceiling is of its own figure there. {_BEATEN[metric]}; treat its figure as optimistic "
                        "and check it on a checkpoint of at least a quarter of RAM")
-    direct = (ceiling.get("ceiling") or {}).get("direct_load_gbps") or {}
-    if direct.get("mean"):
-        faster = [t for t in tests if not is_ceiling(t) and t["stats"]["load_gbps"]["mean"] is not None
-                  and _all_cold(t) and (t["stats"]["load_gbps"]["ci95"] or [t["stats"]["load_gbps"]["mean"]])[0]
-                  > direct["mean"]]
-        if faster:
-            names = ", ".join(t["name"] for t in faster[:4]) + (" and others" if len(faster) > 4 else "")
-            out.append(f"cold loads of {names} ran faster than the O_DIRECT read of the same bytes "
-                       f"({direct['mean']:.2f} GB/s): a cache below the OS (the VM host's) is probably serving "
-                       "them, so these load times flatter a real disk; use a checkpoint of at least a quarter of RAM")
+    faster, direct = _faster_than_direct(tests, ceiling)
+    if faster:
+        names = ", ".join(faster[:4]) + (" and others" if len(faster) > 4 else "")
+        out.append(f"cold loads of {names} ran faster than the O_DIRECT read of the same bytes "
+                   f"({direct:.2f} GB/s): a cache below the OS (the VM host's) is probably serving "
+                   "them, so these load times flatter a real disk; use a checkpoint of at least a quarter of RAM")
     return out
 
 
-def _all_cold(test: Mapping[str, Any]) -> bool:
-    states = {r["load_cache"] for r in test["runs"] if r["error"] is None}
-    return states == {"cold"}
+def _faster_than_direct(tests: list[Mapping[str, Any]], ceiling: Mapping[str, Any] | None) -> tuple[list[str], float]:
+    """The rows whose loads were all cold and faster (the low end of their interval) than the ceiling's O_DIRECT
+    read, and that read's mean GB/s (0: none measured)."""
+    direct = float((((ceiling or {}).get("ceiling") or {}).get("direct_load_gbps") or {}).get("mean") or 0.0)
+    return [t["name"] for t in tests if direct and not is_ceiling(t) and t["stats"]["load_gbps"]["mean"] is not None
+            and {r["load_cache"] for r in t["runs"] if r["error"] is None} == {"cold"}
+            and _low(t["stats"]["load_gbps"]) > direct], direct
 
 
-def answer_tests(document: Mapping[str, Any]) -> list[str]:
-    """The rows the answer's times rest on: each time objective's TensorStore winner and what it is compared with
-    (the baseline, the fastest peer, the device ceiling), in the answer's order. (Sizes do not depend on the
-    machine's load.)"""
-    rows: list[str] = []
+def _answer_rows(document: Mapping[str, Any], roles: tuple[str, ...]) -> dict[str, str]:
+    """The rows the answer's times rest on, each with its first metric, in the answer's order: each time
+    objective's TensorStore winner and what it is compared with in `roles` (of "baseline", "peer", "ceiling").
+    (Sizes do not depend on the machine's load.)"""
+    rows: dict[str, str] = {}
     for entry in (document.get("best") or {}).values():
-        if entry["metric"] == "size_bytes":
-            continue
         against = entry.get("against") or {}
-        for name in (entry["test"], *((against.get(role) or {}).get("test") for role in ("baseline", "peer",
-                                                                                           "ceiling"))):
-            if name is not None and name not in rows:
-                rows.append(name)
+        for name in (entry["test"], *((against.get(role) or {}).get("test") for role in roles)):
+            if name is not None and entry["metric"] != "size_bytes":
+                rows.setdefault(name, entry["metric"])
     return rows
 
 
@@ -311,15 +290,13 @@ def busy(document: Mapping[str, Any]) -> dict[str, Any]:
     analysis.busy), how many were timed and how many not watched; what the other processes did during the busy
     ones (their CPU as % of one core, their device bytes); the rows with a busy operation, and the answer's
     rows among them; the host's load averages at the start and end."""
-    tests = document["tests"]
-    parts = [t["busy"] for t in tests]
-    seconds = sum(p["seconds"] for p in parts)
-    rows = [t["name"] for t, p in zip(tests, parts) if p["operations"]]
-    answer = answer_tests(document)
-    return {"operations": sum(p["operations"] for p in parts), "timed": sum(p["timed"] for p in parts),
-            "not_measured": sum(p["not_measured"] for p in parts),
-            "other_cpu_pct": 100.0 * sum(p["other_cpu_s"] for p in parts) / seconds if seconds else None,
-            "other_read_bytes": sum(p["other_read_bytes"] for p in parts),
-            "other_write_bytes": sum(p["other_write_bytes"] for p in parts),
-            "tests": rows, "answer_tests": [name for name in answer if name in rows],
+    def total(key: str) -> Any:
+        return sum(t["busy"][key] for t in document["tests"])
+
+    rows = [t["name"] for t in document["tests"] if t["busy"]["operations"]]
+    return {"operations": total("operations"), "timed": total("timed"), "not_measured": total("not_measured"),
+            "other_cpu_pct": 100.0 * total("other_cpu_s") / total("seconds") if total("seconds") else None,
+            "other_read_bytes": total("other_read_bytes"), "other_write_bytes": total("other_write_bytes"),
+            "tests": rows, "answer_tests": [name for name in _answer_rows(document, ("baseline", "peer", "ceiling"))
+                                            if name in rows],
             "host_load": (document.get("environment") or {}).get("host_load")}

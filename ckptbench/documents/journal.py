@@ -40,11 +40,8 @@ _NOT_FINGERPRINTED = ("output_dir", "config_path", "seed")
 
 def fingerprint(config_json: Mapping[str, Any], weights_info: Mapping[str, Any]) -> dict[str, Any]:
     """What must be identical for runs to belong to one suite."""
-    suite = {
-        "config": {k: v for k, v in config_json.items() if k not in _NOT_FINGERPRINTED},
-        "weights": dict(weights_info),
-    }
-    return json.loads(json.dumps(suite))  # as it will read back from the journal (tuples become lists)
+    config = {k: v for k, v in config_json.items() if k not in _NOT_FINGERPRINTED}
+    return json.loads(json.dumps({"config": config, "weights": dict(weights_info)}))  # as read back: tuples are lists
 
 
 class Journal:
@@ -57,13 +54,13 @@ class Journal:
         """Begin a new journal (replacing one of an earlier suite in this folder)."""
         header = JOURNAL.stamp({"type": "suite", "seed": seed, **suite_fingerprint})  # each line says what it is
         JOURNAL.validate(header, str(self.path))
-        self._write_lines([header], mode="w")
+        self._write_line(header, mode="w")
 
     def append(self, record: RunRecord) -> None:
-        self._write_lines([{"type": "run", **record.to_json()}], mode="a")
+        self._write_line({"type": "run", **record.to_json()}, mode="a")
 
-    def _write_lines(self, entries: list[Mapping[str, Any]], mode: str) -> None:
-        text = "".join(json.dumps(entry, allow_nan=False) + "\n" for entry in entries)  # fail before touching the file
+    def _write_line(self, entry: Mapping[str, Any], mode: str) -> None:
+        text = json.dumps(entry, allow_nan=False) + "\n"  # fails before touching the file
         with open(self.path, mode, encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()

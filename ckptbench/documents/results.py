@@ -78,7 +78,7 @@ from typing import Any, Iterable, Mapping
 
 from ckptbench.analysis import busy, stats
 from ckptbench.analysis import change as analysis
-from ckptbench.analysis.samples import METRICS, THROUGHPUT, samples
+from ckptbench.analysis.samples import METRICS, THROUGHPUT, measured_runs, samples
 from ckptbench.core import records
 from ckptbench.core.records import RunRecord
 from ckptbench.documents import ceiling as ceiling_rounds
@@ -87,6 +87,7 @@ from ckptbench.documents import store as documents
 from ckptbench.documents.findings import NOT_DURABLE, metric_runs
 from ckptbench.documents.store import Document, Upgrade
 from ckptbench.spec.compression import label as compression_label
+from ckptbench.spec.fields import TestSpec
 from ckptbench.spec.references import CEILING, DIRECT_PREFIX, REFERENCES
 from ckptbench.spec.suite import MEMORY_BOUND_FIXED_BYTES, MEMORY_BOUND_MULTIPLIER, OBJECTIVES, SuiteConfig
 
@@ -103,11 +104,10 @@ CI_PROTOCOL = ("ci95: the mean's 95% interval (the only one); every value positi
 
 def _blocks(config: SuiteConfig, seed: int) -> list[dict[str, Any]]:
     """Blocks of tests run back to back, and how many interleaved rounds ran before each (records.Plan)."""
-    blocks = getattr(config, "blocks", ())
-    if config.order != "interleaved" or not blocks:
+    if config.order != "interleaved" or not config.blocks:
         return []
-    slots = records.block_slots(len(blocks), config.num_runs + config.warmup_rounds, seed)
-    return [{"tests": list(block), "after_rounds": slot} for block, slot in zip(blocks, slots)]
+    slots = records.block_slots(len(config.blocks), config.num_runs + config.warmup_rounds, seed)
+    return [{"tests": list(block), "after_rounds": slot} for block, slot in zip(config.blocks, slots)]
 
 
 @dataclass(frozen=True)
@@ -130,15 +130,9 @@ def build(config: SuiteConfig, weights_info: Mapping[str, Any], records: Iterabl
     for record in records:
         (by_test[record.test] if record.confirm_block is None else confirming).append(record.to_json())
     document = {
-        "kind": RESULTS.name,
-        "schema_version": SCHEMA_VERSION,
-        "tool": dict(origin.tool),
-        "complete": complete,
-        "environment": dict(origin.environment),
-        "config": config.to_json(),
-        "weights": dict(weights_info),
-        "scale": dict(origin.scale),
-        "protocol": {**_protocol(config, seed), "storage": dict(origin.storage)},
+        "kind": RESULTS.name, "schema_version": SCHEMA_VERSION, "tool": dict(origin.tool), "complete": complete,
+        "environment": dict(origin.environment), "config": config.to_json(), "weights": dict(weights_info),
+        "scale": dict(origin.scale), "protocol": {**_protocol(config, seed), "storage": dict(origin.storage)},
         "baseline": config.baseline,
         "tests": [{"name": t.name, "description": t.description,
                    "kind": "reference" if t.is_reference else "tensorstore",
@@ -271,7 +265,7 @@ def tensor_parallel(test: Mapping[str, Any]) -> dict[str, Any] | None:
     below 1), the slice bytes no counted device read brought in (pages an eviction left, a read by another
     process): a gap in the accounting, not a saving. None for a test without readers' bytes."""
     tp = int((test.get("settings") or {}).get("tp") or 1)
-    runs = [r for r in test["runs"] if r["error"] is None and not r["warmup"] and r.get("process_load_slice_bytes")]
+    runs = [r for r in measured_runs(test["runs"]) if r.get("process_load_slice_bytes")]
     if tp <= 1 or not runs:
         return None
 
@@ -287,13 +281,16 @@ def tensor_parallel(test: Mapping[str, Any]) -> dict[str, Any] | None:
         return statistics.median(values) if values else None
 
     readers = len(runs[0]["process_load_slice_bytes"])
+    # O_DIRECT: the row's claim to read around the page cache (findings.bypass_claim; the ceiling's covers one
+    # pattern of its own, not its tp readers; TensorStore's "direct" reads buffered files not of 4096-byte sizes)
+    reads_direct = test["settings"].get("backend") != CEILING and findings.bypass_claim(test) is not None
     read_amplification = ratio("process_load_read_bytes")
     unaccounted = None
     if read_amplification is not None and read_amplification < 1:
         unaccounted = int(statistics.median(sum(r["process_load_slice_bytes"]) - sum(r["process_load_read_bytes"])
                                             for r in runs))
     return {"tp": tp, "runs": len(runs), "slice_bytes": list(runs[0]["process_load_slice_bytes"]),
-            "reads": "O_DIRECT" if reads_direct(test) else "buffered",
+            "reads": "O_DIRECT" if reads_direct else "buffered",
             "unaccounted_bytes": unaccounted,
             "read_amplification": read_amplification,
             "rchar_amplification": ratio("process_load_rchar_bytes"),
@@ -302,16 +299,9 @@ def tensor_parallel(test: Mapping[str, Any]) -> dict[str, Any] | None:
             "reader_load_s": [statistics.median([r["process_load_s"][i] for r in runs]) for i in range(readers)]}
 
 
-def reads_direct(test: Mapping[str, Any]) -> bool:
-    """Whether a test's loads read with O_DIRECT: its claim to read around the page cache (findings.bypass_claim;
-    the ceiling's covers one pattern of its own, not its tp readers). TensorStore's file_io_mode "direct" still
-    reads buffered the files whose size is not a multiple of 4096 bytes."""
-    return test["settings"].get("backend") != CEILING and findings.bypass_claim(test) is not None
-
-
 def _ceiling_patterns(runs: list[Mapping[str, Any]], data_bytes: int) -> dict[str, Any]:
     """Each access pattern's GB/s over the runs, and which pattern was fastest most often."""
-    good = [r for r in runs if r["error"] is None and not r["warmup"] and r.get("patterns")]
+    good = [r for r in measured_runs(runs) if r.get("patterns")]
     out: dict[str, Any] = {}
     for op in ("save", "load"):
         names = list(dict.fromkeys(n for r in good for n in r["patterns"].get(op, {})))
@@ -392,7 +382,7 @@ def best_configurations(tests: list[Mapping[str, Any]], noise_pct: float, baseli
         if len(ranked) > 1:
             second = ranked[1]
             # judged as a time (or a size): the runner-up against the winner
-            comparison = analysis.compare(metric_runs(second, metric), metric_runs(winner, metric),
+            comparison = analysis.compare(metric_runs(second["runs"], metric), metric_runs(winner["runs"], metric),
                                           metric=judged_as, noise_pct=noise_pct)
             entry.update(runner_up=second["name"], runner_up_mean=second["stats"][metric]["mean"],
                          comparison=comparison,
@@ -402,7 +392,7 @@ def best_configurations(tests: list[Mapping[str, Any]], noise_pct: float, baseli
                    "peer": fastest_peer, "ceiling": by_name.get(CEILING)}
         entry["against"] = {role: None if other is None or other["stats"][metric]["n"] == 0 else
                             {"test": other["name"], "mean": other["stats"][metric]["mean"],
-                             **analysis.compare(metric_runs(winner, metric), metric_runs(other, metric),
+                             **analysis.compare(metric_runs(winner["runs"], metric), metric_runs(other["runs"], metric),
                                                 metric=judged_as, noise_pct=noise_pct)}
                             for role, other in against.items()}
         entry["beaten_by"] = [t["name"] for t in sorted(peers, key=lambda t: t["stats"][metric]["mean"])
@@ -444,24 +434,11 @@ def read(path: Path | str) -> Results:
     return Results(RESULTS.read(path), Path(path))
 
 
-def upgrade(document: Any, source: str = "results") -> dict[str, Any]:
-    """Bring a document of any known version to the current one, then validate it."""
-    return RESULTS.upgrade(document, source)
-
-
-def validate(document: Any, source: str = "results") -> None:
-    """Raise a one-line UserError naming the first field that breaks the contract."""
-    RESULTS.validate(document, source)
-
-
 def _upgrade_1_to_2(document: dict[str, Any]) -> dict[str, Any]:
     """Version 1 to 2: new raw fields get their version-1 meaning, then everything is derived again."""
-    document = json.loads(json.dumps(document))  # a copy
-    document["schema_version"] = 2
     document["tool"].setdefault("commit", None)
     weights = document["weights"]
     weights.setdefault("values", "checkpoint" if weights.get("kind") == "directory" else "random")
-    document["protocol"].setdefault("order", "interleaved")
     document["protocol"]["order"] = "interleaved"  # version 1 only ran interleaved rounds
     document["protocol"].setdefault("values", weights["values"])
     document["config"].setdefault("values", weights["values"])
@@ -477,22 +454,9 @@ def _upgrade_1_to_2(document: dict[str, Any]) -> dict[str, Any]:
     return derive(document)
 
 
-def _upgrade_2_to_3(document: dict[str, Any]) -> dict[str, Any]:
-    """Version 2 to 3: the kind is named (Kind.upgrade stamps it); nothing else changed."""
-    return document
-
-
-def _upgrade_3_to_4(document: dict[str, Any]) -> dict[str, Any]:
-    """Version 3 to 4: one interval method for every change, the answer's comparisons, alerts and noise; the raw
-    runs are kept, so everything is derived again."""
-    document["schema_version"] = 4
-    return derive(document)
-
-
 def _upgrade_4_to_5(document: dict[str, Any]) -> dict[str, Any]:
     """Version 4 to 5: one interval per summary (the symmetric `ci95` went below zero); the raw runs are kept, so
     everything is derived again, and the protocol says what the interval is now."""
-    document["schema_version"] = 5
     document["protocol"]["ci"] = CI_PROTOCOL
     return derive(document)
 
@@ -518,8 +482,10 @@ def _checked_first(version: int, upgrade: Upgrade) -> Upgrade:
     return checked
 
 
+# Each upgrade gets a copy and Kind.upgrade stamps the new version; 2 to 3 only named the kind, 3 to 4 (one interval
+# method for every change, the answer's comparisons, alerts and noise) kept the raw runs, so it derives them again.
+_UPGRADES: dict[int, Upgrade] = {1: _upgrade_1_to_2, 2: lambda document: document, 3: derive, 4: _upgrade_4_to_5}
 RESULTS = documents.Kind("results", SCHEMA_VERSION, "results.schema.json",
-                         upgrades={1: _checked_first(1, _upgrade_1_to_2), 2: _checked_first(2, _upgrade_2_to_3),
-                                   3: _checked_first(3, _upgrade_3_to_4), 4: _checked_first(4, _upgrade_4_to_5)},
+                         upgrades={v: _checked_first(v, upgrade) for v, upgrade in _UPGRADES.items()},
                          legacy_version=lambda document: document.get("schema_version"),
-                         derived=(("run", records.RunRecord),))
+                         derived=(("run", records.RunRecord), ("settings", TestSpec)))

@@ -11,7 +11,7 @@ read with one-line errors, checked against the schema with the first broken fiel
 A schema does not restate a dataclass the document holds (a results file's runs are `RunRecord`s): the
 kind names it (`Kind.derived`), and the properties of that part of the schema are the dataclass's fields,
 each typed by its annotation (`field_schemas`); the file keeps only what an annotation cannot say (which
-fields every version wrote, enums, an inner object's keys), which replaces the derived property.
+fields every version wrote, enums, an inner object's keys, what a field means), added to the derived property.
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", 
 
 def type_schema(annotation: Any) -> dict[str, Any]:
     """The JSON Schema of a value of an annotated type: bool, int, float, str, list[T], dict[str, T], or one of
-    them | None."""
+    them | None; Any is any value."""
+    if annotation is Any:
+        return {}
     args = typing.get_args(annotation)
     if type(None) in args:
         (inner,) = (arg for arg in args if arg is not type(None))
@@ -110,16 +112,16 @@ def _validator(schema_file: Path, derived: tuple[tuple[str, type], ...] = ()) ->
 
     schema = json.loads(schema_file.read_text(encoding="utf-8"))
     for name, cls in derived:
-        part = schema["$defs"][name]
-        part["properties"] = {**field_schemas(cls), **part.get("properties", {})}
+        part, fields = schema["$defs"][name], field_schemas(cls)
+        part["properties"] = {**fields, **{key: {**fields.get(key, {}), **refined}
+                                           for key, refined in part.get("properties", {}).items()}}
     return jsonschema.Draft202012Validator(schema)
 
 
-def schema_error(document: Any, schema: Path | Any) -> str | None:
-    """'field/path: what is wrong' for the first error against a schema (a file, or a validator), else None."""
+def schema_error(document: Any, validator: Any) -> str | None:
+    """'field/path: what is wrong' for the first error against a schema's validator, else None."""
     from jsonschema.exceptions import best_match
 
-    validator = _validator(Path(schema)) if isinstance(schema, (str, Path)) else schema
     error = best_match(validator.iter_errors(document))
     if error is None:
         return None
@@ -127,22 +129,11 @@ def schema_error(document: Any, schema: Path | Any) -> str | None:
     return f"{where}: {first_line(error.message)[:200]}"
 
 
-def validate(document: Any, schema: Path | Any, source: str, what: str) -> None:
-    """Raise one line naming the first field of document that breaks the schema."""
-    problem = schema_error(document, schema)
-    if problem is not None:
-        raise UserError(f"{source}: not a valid ckptbench {what} file: {problem}")
-
-
 def _a(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
 Upgrade = Callable[[dict[str, Any]], dict[str, Any]]  # a document of version v, as version v + 1
-
-
-def _not_legacy(_document: Mapping[str, Any]) -> int | None:
-    return None
 
 
 @dataclass(frozen=True)
@@ -153,11 +144,11 @@ class Kind:
     version: int
     schema: str | None  # a file in documents/schemas/ (None: the kind checks itself)
     upgrades: Mapping[int, Upgrade] = field(default_factory=dict)  # v -> v + 1
-    legacy_version: Callable[[Mapping[str, Any]], int | None] = _not_legacy  # files written before kinds had names
+    # files written before kinds had names: their version (None: not one of this kind)
+    legacy_version: Callable[[Mapping[str, Any]], int | None] = lambda _document: None
     derived: tuple[tuple[str, type], ...] = ()  # (part of the schema's $defs, the dataclass its properties are)
 
     def stamp(self, document: Mapping[str, Any]) -> dict[str, Any]:
-        """The document with its kind and version first."""
         rest = {k: v for k, v in document.items() if k not in ("kind", "schema_version")}
         return {"kind": self.name, "schema_version": self.version, **rest}
 
@@ -180,8 +171,9 @@ class Kind:
                             f"({', '.join(map(str, known))}); a newer ckptbench may read it")
         return version
 
-    def upgrade(self, document: Any, source: str) -> dict[str, Any]:
+    def upgrade(self, document: Any, source: str | None = None) -> dict[str, Any]:
         """Bring a document of any version this tool wrote to the current one, then validate it."""
+        source = source or self.name
         version = self.version_of(document, source)
         while version != self.version:
             try:
@@ -195,14 +187,16 @@ class Kind:
         return document
 
     def validate(self, document: Any, source: str | None = None) -> None:
-        if self.schema is not None:
-            validate(document, _validator(SCHEMAS / self.schema, self.derived), source or self.name, self.name)
+        """Raise one line naming the first field of document that breaks the schema."""
+        problem = None if self.schema is None else schema_error(document, _validator(SCHEMAS / self.schema,
+                                                                                      self.derived))
+        if problem is not None:
+            raise UserError(f"{source or self.name}: not a valid ckptbench {self.name} file: {problem}")
 
     def read(self, path: Path | str) -> dict[str, Any]:
         return self.upgrade(read_json(path, self.name), str(path))
 
     def write(self, path: Path, document: Mapping[str, Any]) -> Path:
-        """Stamp, validate and write atomically."""
         stamped = self.stamp(document)
         self.validate(stamped, str(path))
         return write_json(path, stamped)

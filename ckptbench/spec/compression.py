@@ -2,8 +2,8 @@
 
 A user writes `"none"`/null, a bare id such as `"gzip"`, or an object such as
 `{"id": "gzip", "level": 6}`. `normalize` turns any of these into one canonical dict
-(or None for raw storage); `zarr_v2_compressor` turns that into the `compressor`
-value of a zarr v2 `.zarray`.
+(or None for raw storage); `apply_to_zarr_v2_metadata` puts that in a zarr v2 `.zarray`
+as its `compressor`.
 
 "none" must become an explicit `"compressor": null`: when the key is omitted,
 TensorStore's zarr v2 driver compresses with blosc (lz4, clevel 5), which is what
@@ -20,12 +20,8 @@ from ckptbench.core.errors import UserError
 # Per compressor: the allowed keys with their (default, low, high) or allowed values.
 # Ranges are TensorStore's zarr v2 ones; defaults are TensorStore's, so "gzip" means
 # level 1, the level T5X's `{"id": "gzip"}` gets.
-_LEVELS: dict[str, tuple[int, int, int]] = {
-    "gzip": (1, 0, 9),
-    "zlib": (1, 0, 9),
-    "bz2": (1, 1, 9),
-    "zstd": (1, -131072, 22),
-}
+_LEVELS: dict[str, tuple[int, int, int]] = {"gzip": (1, 0, 9), "zlib": (1, 0, 9), "bz2": (1, 1, 9),
+                                             "zstd": (1, -131072, 22)}
 BLOSC_CNAMES = ("blosclz", "lz4", "lz4hc", "snappy", "zlib", "zstd")
 BLOSC_SHUFFLES = (-1, 0, 1, 2)  # -1 automatic, 0 none, 1 byte, 2 bit
 COMPRESSION_IDS = ("none", *_LEVELS, "blosc", "blosc-default")
@@ -46,10 +42,8 @@ def normalize(value: Any, where: str = "compression") -> dict[str, Any] | None:
     if isinstance(value, str):
         value = {"id": value}
     if not isinstance(value, dict) or not isinstance(value.get("id"), str):
-        raise UserError(
-            f"{where}: expected \"none\", one of {', '.join(COMPRESSION_IDS)}, "
-            f"or an object like {{\"id\": \"gzip\", \"level\": 6}}; got {value!r}"
-        )
+        raise UserError(f"{where}: expected \"none\", one of {', '.join(COMPRESSION_IDS)}, "
+                        f"or an object like {{\"id\": \"gzip\", \"level\": 6}}; got {value!r}")
     cid = value["id"]
     options = {k: v for k, v in value.items() if k != "id"}
     if cid == "none":
@@ -72,12 +66,8 @@ def normalize(value: Any, where: str = "compression") -> dict[str, Any] | None:
         shuffle = options.get("shuffle", -1)
         if isinstance(shuffle, bool) or not isinstance(shuffle, int) or shuffle not in BLOSC_SHUFFLES:
             raise UserError(f"{where}.shuffle: {shuffle!r} is not valid; use -1 (auto), 0 (none), 1 (byte) or 2 (bit)")
-        return {
-            "id": "blosc",
-            "cname": cname,
-            "clevel": _check_int(where, "clevel", options.get("clevel", 5), 0, 9),
-            "shuffle": shuffle,
-        }
+        return {"id": "blosc", "cname": cname, "clevel": _check_int(where, "clevel", options.get("clevel", 5), 0, 9),
+                "shuffle": shuffle}
     import difflib
 
     close = difflib.get_close_matches(cid, COMPRESSION_IDS, n=1)
@@ -104,24 +94,11 @@ def label(compression: Mapping[str, Any] | None) -> str:
     return cid
 
 
-_OMIT = object()
-
-
-def zarr_v2_compressor(compression: dict[str, Any] | None) -> Any:
-    """The `.zarray` compressor value, or `_OMIT` when the key must be left out (blosc-default)."""
-    if compression is None:
-        return None
-    if compression["id"] == "blosc-default":
-        return _OMIT
-    return dict(compression)
-
-
 def apply_to_zarr_v2_metadata(metadata: dict[str, Any], compression: dict[str, Any] | None) -> dict[str, Any]:
-    """Return metadata with the compressor set (or deliberately omitted)."""
-    compressor = zarr_v2_compressor(compression)
-    if compressor is not _OMIT:
-        metadata = {**metadata, "compressor": compressor}
-    return metadata
+    """Return metadata with the compressor set (null for raw), or deliberately omitted (blosc-default)."""
+    if compression is not None and compression["id"] == "blosc-default":
+        return metadata
+    return {**metadata, "compressor": None if compression is None else dict(compression)}
 
 
 _ZARR3_SHUFFLE = {-1: "shuffle", 0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}

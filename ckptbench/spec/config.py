@@ -15,28 +15,28 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from ckptbench.core.errors import UserError
 from ckptbench.core.records import ORDERS
-from ckptbench.spec import async_rows, compression, tensor_parallel
-from ckptbench.spec.fields import CACHE_EVICTION, LOAD_INTO, SWEEP_FIELDS, TEST_SCHEMA, TestSpec, read_test
+from ckptbench.spec import compression, tensor_parallel
+from ckptbench.spec.fields import CACHE_EVICTION, LOAD_INTO, TestSpec, read_test
 from ckptbench.spec.hub_id import looks_like_hub_id
 from ckptbench.spec.presets import PRESETS, VALUES
 from ckptbench.spec.references import REFERENCES, SAVE_MODE, rows_of, unavailable
-from ckptbench.spec.schema import SCHEMA, Validator, describe_error, suggest, validate_structure
+from ckptbench.spec.schema import suggest, validate_structure
 from ckptbench.spec.suite import DEFAULT_OUTPUT_DIR, DTYPES, MAX_PROCESSES, SuiteConfig
-from ckptbench.spec.sweep import count_points, expand_sweep, iter_sweep, swept_fields
+from ckptbench.spec.sweep import count_points, iter_sweep, swept_fields
 
-__all__ = ["CACHE_EVICTION", "DEFAULT_OUTPUT_DIR", "DTYPES", "LOAD_INTO", "OVERRIDES", "REFERENCES", "SCHEMA",
-           "SWEEP_FIELDS", "TEST_SCHEMA", "SuiteConfig", "TestSpec", "Validator", "describe_error", "expand_sweep",
-           "from_dict", "load", "weights_source", "with_processes"]
-
-# Command-line overrides `from_dict` and `load` accept (None or absent: not given).
 MAX_TESTS = 10_000  # more tests than this is a search, not a suite: `tune` samples such spaces
+# Command-line overrides `from_dict` and `load` accept (None or absent: not given).
 OVERRIDES = ("output_dir", "num_runs", "model", "weights", "dtype", "values", "tests", "seed", "storage",
-             "processes", "tp", "order", "cache_eviction", "confirm_rounds",
-             "load_into")
+             "processes", "tp", "order", "cache_eviction", "confirm_rounds", "load_into")
+# The file's settings that are SuiteConfig's fields of the same name: its top-level ones, and those of `testing`
+# (each with the type its field holds where JSON gives another: 5 for 5.0, a list for a tuple)
+_TOP_LEVEL = ("model", "dtype", "values", "storage", "storage_options")
+_TESTING_TYPES: dict[str, Callable[[Any], Any]] = {"noise_pct": float, "confirm_pause_s": float,
+                                                   "confirm_objectives": tuple}
 
 
 def load(path: Path | str, **overrides: Any) -> SuiteConfig:
@@ -103,35 +103,14 @@ def from_dict(data: Any, base_dir: Path | None = None, source: str = "config", c
     baseline = data.get("baseline", names[0])
     if baseline not in names:
         raise UserError(f"{source}: baseline: no test named {baseline!r}{suggest(baseline, names)}")
-    testing = data.get("testing", {})
-    defaults = SuiteConfig(tests=(), baseline="", output_dir=Path())
-    suite = SuiteConfig(
-        tests=tuple(tests),
-        baseline=baseline,
-        skipped=tuple(skipped),
-        output_dir=(base_dir / data.get("output_dir", DEFAULT_OUTPUT_DIR)).resolve(),
-        model=data.get("model", defaults.model),
-        weights=weights_source(data.get("weights"), base_dir),
-        dtype=data.get("dtype", defaults.dtype),
-        values=data.get("values", defaults.values),
-        num_runs=testing.get("num_runs", defaults.num_runs),
-        warmup_rounds=testing.get("warmup_rounds", defaults.warmup_rounds),
-        seed=testing.get("seed", defaults.seed),
-        cache_eviction=testing.get("cache_eviction", defaults.cache_eviction),
-        load_into=testing.get("load_into", defaults.load_into),
-        order=testing.get("order", defaults.order),
-        max_inflight_bytes=testing.get("max_inflight_bytes", defaults.max_inflight_bytes),
-        noise_pct=float(testing.get("noise_pct", defaults.noise_pct)),
-        confirm_rounds=testing.get("confirm_rounds", defaults.confirm_rounds),
-        confirm_blocks=testing.get("confirm_blocks", defaults.confirm_blocks),
-        confirm_pause_s=float(testing.get("confirm_pause_s", defaults.confirm_pause_s)),
-        confirm_objectives=tuple(testing.get("confirm_objectives", defaults.confirm_objectives)),
-        storage=data.get("storage"),
-        storage_options=data.get("storage_options", {}),
-        processes=tuple(_as_list(data.get("processes", 1))),
-        tp=tuple(_as_list(data["tp"])) if "tp" in data else None,
-        config_path=config_path,
-    )
+    testing = {key: _TESTING_TYPES[key](value) if key in _TESTING_TYPES else value
+               for key, value in data.get("testing", {}).items()}
+    suite = SuiteConfig(tests=tuple(tests), baseline=baseline, skipped=tuple(skipped),
+                        output_dir=(base_dir / data.get("output_dir", DEFAULT_OUTPUT_DIR)).resolve(),
+                        weights=weights_source(data.get("weights"), base_dir),
+                        processes=tuple(_as_list(data.get("processes", 1))),
+                        tp=tuple(_as_list(data["tp"])) if "tp" in data else None, config_path=config_path,
+                        **{key: data[key] for key in _TOP_LEVEL if key in data}, **testing)
     return _finish(_apply_overrides(suite, overrides))
 
 
@@ -174,10 +153,9 @@ def _apply_overrides(config: SuiteConfig, overrides: Mapping[str, Any]) -> Suite
         changes["weights"] = weights_source(str(changes["weights"]), Path.cwd())
     if "output_dir" in changes:
         changes["output_dir"] = Path(changes["output_dir"]).resolve()
-    if "processes" in changes:
-        changes["processes"] = tuple(_as_list(changes["processes"]))
-    if "tp" in changes:
-        changes["tp"] = tuple(_as_list(changes["tp"]))
+    for key in ("processes", "tp"):
+        if key in changes:
+            changes[key] = tuple(_as_list(changes[key]))
     selected = overrides.get("tests")
     if selected is not None:
         if not selected:
@@ -186,8 +164,7 @@ def _apply_overrides(config: SuiteConfig, overrides: Mapping[str, Any]) -> Suite
         for name in selected:
             if name not in names:
                 raise UserError(f"--tests: no test named {name!r}{suggest(name, names)}")
-        tests = tuple(t for t in config.tests if t.name in selected)
-        changes["tests"] = tests
+        changes["tests"] = tests = tuple(t for t in config.tests if t.name in selected)
         if config.baseline not in selected:
             changes["baseline"] = tests[0].name
     return dataclasses.replace(config, **changes)
@@ -336,9 +313,8 @@ def _with_tp(config: SuiteConfig) -> list[TestSpec]:
 
 def _tp_description(test: TestSpec, tp: int) -> str:
     """A reference row's description says how its tp readers read (spec.references' tp_load)."""
-    if tp == 1 or not test.is_reference or not REFERENCES[test.backend].tp_load:
-        return test.description
-    return f"{test.description}; tp {tp}: {REFERENCES[test.backend].tp_load}"
+    how = REFERENCES[test.backend].tp_load if test.is_reference and tp > 1 else ""
+    return f"{test.description}; tp {tp}: {how}" if how else test.description
 
 
 def _tp_refusal(test: TestSpec, config: SuiteConfig, counts: list[int]) -> str | None:
@@ -365,7 +341,7 @@ def _tp_refusal(test: TestSpec, config: SuiteConfig, counts: list[int]) -> str |
 def _check_conditions(test: TestSpec, config: SuiteConfig) -> None:
     """Per-test settings that depend on the suite's weights (known only after the overrides)."""
     where = f"test {test.name!r}"
-    if (why := async_rows.suite_refusal(test, config.processes) or async_rows.test_refusal(test)) is not None:
+    if (why := _async_suite_refusal(test, config.processes) or _async_test_refusal(test)) is not None:
         raise UserError(f"{where}: {why}")  # a reference row's own settings are checked here too
     if test.values is not None and config.weights is not None:
         raise UserError(f"{where}: field values applies to preset weights; a checkpoint (weights) brings its own "
@@ -383,6 +359,32 @@ def _check_conditions(test: TestSpec, config: SuiteConfig) -> None:
                             f"them exactly; set values \"float16\" (got {values!r})")
 
 
+def _async_test_refusal(test: TestSpec) -> str | None:
+    """Why a test's own settings rule out its async save (save_mode "async", bench.async_save), or None."""
+    if test.save_mode != "async":
+        return None  # train_step_bytes sizes nothing here: a sweep over save_mode gives it to both points
+    if test.in_flight != "all":
+        return "save_mode \"async\" issues every write at once, and in_flight \"one_tensor\" awaits each tensor's; " \
+               "use one of them"
+    if test.timed_conversion:
+        return "save_mode \"async\" returns once the weights may change, and timed_conversion casts them inside " \
+               "the save's clock, as the original did; use one of them"
+    return None
+
+
+def _async_suite_refusal(test: TestSpec, processes: Sequence[int]) -> str | None:
+    """Why the suite's settings (--tp, --processes) rule out a test's async save, or None."""
+    if test.save_mode != "async":
+        return None
+    if test.tp > 1:
+        return (f"save_mode \"async\" measures one trainer's save beside its training steps, and tp {test.tp} loads "
+                "with reader processes; drop --tp (or the test's tp) or use save_mode \"sync\"")
+    if max(processes, default=1) > 1:
+        return ("save_mode \"async\" measures one process's save beside its training steps, and --processes "
+                "writes with several; drop --processes or use save_mode \"sync\"")
+    return None
+
+
 def _read_test(raw: Mapping[str, Any], source: str) -> TestSpec:
     """A sweep point's TestSpec (fields.read_test), with the checks that span several fields."""
     where = f"{source}: test {raw['name']!r}"
@@ -391,7 +393,7 @@ def _read_test(raw: Mapping[str, Any], source: str) -> TestSpec:
         which = "both" if has_elements else "neither"
         raise UserError(f"{where}: has {which} of chunk_size_elements and chunk_bytes; give exactly one")
     test = read_test(raw, where)
-    if (why := async_rows.test_refusal(test)) is not None:
+    if (why := _async_test_refusal(test)) is not None:
         raise UserError(f"{where}: {why}")
     if test.format == "zarr3":
         compression.zarr3_codecs(test.compression, itemsize=4, where=f"{where} field compression")

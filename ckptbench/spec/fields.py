@@ -73,10 +73,6 @@ def option(default: Any = dataclasses.MISSING, **settings: Any) -> Any:
     return field(default=default, metadata={OPTION: Option(**settings)})
 
 
-def _compression_out(value: dict[str, Any] | None) -> Any:
-    return "none" if value is None else value  # written out: an omitted compressor is not raw storage in zarr v2
-
-
 def _size_out(value: int | None) -> Any:
     return None if value is None else size_label(value)  # "1MB", or "1000B": both read back to the same bytes
 
@@ -95,9 +91,10 @@ class TestSpec:
                                  always_written=True)
     concurrency_limit: int | None = option(None, schema={**_POSITIVE_INT, "maximum": MAX_CONCURRENCY}, sweep="conc",
                                            required=True, always_written=True)
+    # written out as "none": an omitted compressor is not raw storage in zarr v2
     compression: dict[str, Any] | None = option(None, schema={"type": ["string", "object", "null"]}, sweep="comp",
-                                                read=compression.normalize, write=_compression_out,
-                                                always_written=True)
+                                                read=compression.normalize, always_written=True,
+                                                write=lambda value: "none" if value is None else value)
     format: str = option("zarr2", schema={"enum": list(FORMATS)}, sweep="fmt", always_written=True)
     kvstore: str = option("file", schema={"enum": list(KVSTORES)}, sweep="kv")
     shard_bytes: int | None = option(None, schema=SIZE_SCHEMA, sweep="shard", read=parse_size, write=_size_out,
@@ -196,19 +193,14 @@ def entry(test: TestSpec, *, name: str | None = None, description: str | None = 
     """A test as a config entry (test_configurations in phase4_config.json) that `read_test` reads back to
     the same test: the settings that differ from their defaults (and those always written), or with
     `every_field` every setting that has a value (a canonical form: equal tests give equal entries)."""
+    given = {"name": name, "description": description}
     out: dict[str, Any] = {}
     for key, option in OPTIONS.items():
-        value = getattr(test, key)
-        if key == "name" and name is not None:
-            value = name
-        elif key == "description" and description is not None:
-            value = description
-        if every_field:
-            if value is None and key != "compression":
-                continue
-        elif not option.always_written and value == DEFAULTS[key]:
-            continue
-        out[key] = option.write(value) if option.write else value
+        value = getattr(test, key) if given.get(key) is None else given[key]
+        left_out = ((value is None and key != "compression") if every_field
+                    else not option.always_written and value == DEFAULTS[key])
+        if not left_out:
+            out[key] = option.write(value) if option.write else value
     return out
 
 

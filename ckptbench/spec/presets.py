@@ -8,6 +8,7 @@ How weights are made from a preset, or read from a checkpoint, is `sources.weigh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -38,13 +39,7 @@ class Preset:
     @property
     def n_params(self) -> int:
         """Parameters of LlamaForCausalLM with these hyperparameters (a test checks it against transformers)."""
-        hidden, heads, kv_heads = self.hidden_size, self.num_attention_heads, self.num_key_value_heads
-        head_dim = self.head_dim or hidden // heads
-        attention = hidden * head_dim * (2 * heads + 2 * kv_heads)  # q and o, k and v
-        mlp = 3 * hidden * self.intermediate_size  # gate, up, down
-        per_layer = attention + mlp + 2 * hidden  # + two RMSNorm weights
-        embeddings = self.vocab_size * hidden * (1 if self.tie_word_embeddings else 2)
-        return embeddings + self.num_hidden_layers * per_layer + hidden  # + the final norm
+        return sum(math.prod(shape) for _, shape in _shapes(self))
 
 
 PRESETS: dict[str, Preset] = {
@@ -62,13 +57,11 @@ DEFAULT_PRESET = "smollm2-135m"
 
 def preset_shapes(name: str) -> list[tuple[str, tuple[int, ...]]]:
     """Parameter names and shapes of a preset, in the order LlamaForCausalLM.named_parameters() lists
-    them (a tied lm_head once, as save_pretrained stores it).
+    them (a tied lm_head once, as save_pretrained stores it)."""
+    return _shapes(PRESETS[name])
 
-    Written out from the architecture rather than built by transformers on the meta device:
-    importing transformers costs seconds in every run. A test checks every preset against
-    transformers' own model.
-    """
-    preset = PRESETS[name]
+
+def _shapes(preset: Preset) -> list[tuple[str, tuple[int, ...]]]:
     hidden, heads, kv_heads = preset.hidden_size, preset.num_attention_heads, preset.num_key_value_heads
     head_dim = preset.head_dim or hidden // heads
     shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (preset.vocab_size, hidden))]

@@ -83,10 +83,6 @@ def _threads(default: int, meaning: str, label: str = "threads") -> Setting:
     return Setting({"type": "integer", "minimum": 1, "maximum": 1024}, default, meaning, label)
 
 
-def _bytes(default: int, meaning: str, label: str) -> Setting:
-    return Setting({"type": "integer", "minimum": 4096, "maximum": 2**30}, default, meaning, label)
-
-
 def _runai_buffers(settings: Mapping[str, Any], model_bytes: int, load_into: str) -> float:
     """Run:ai with owned false keeps its read buffers besides the copies it hands out: up to its memory limit
     (-1: unlimited), so a limit of at most a quarter of the model keeps the harness's memory bound. Under
@@ -112,8 +108,9 @@ _RUNAI_SETTINGS = {
                            "RUNAI_STREAMER_CONCURRENCY: its C++ core's reader threads (and, for files, its queue "
                            "depth unless fs_queue_depth is given); null: unset, the core's own (16 threads, queue "
                            "depth 64)", "conc"),
-    "chunk_bytesize": _bytes(2 * 2**20, "RUNAI_STREAMER_CHUNK_BYTESIZE: bytes of each file-system read (its "
-                                        "\"file system block size\")", "chunk"),
+    "chunk_bytesize": Setting({"type": "integer", "minimum": 4096, "maximum": 2**30}, 2 * 2**20,
+                              "RUNAI_STREAMER_CHUNK_BYTESIZE: bytes of each file-system read (its \"file system block "
+                              "size\")", "chunk"),
     "fs_strategy": Setting({"enum": list(RUNAI_STRATEGIES)}, "auto",
                            "RUNAI_STREAMER_FS_STRATEGY: how it reads files: io_uring_direct and libaio_direct "
                            "(O_DIRECT), sync_buffered (pread through the page cache); auto: unset, the first that "

@@ -21,8 +21,6 @@ from ckptbench.spec.presets import PRESETS, VALUES
 from ckptbench.spec.references import REFERENCES, config_schema
 from ckptbench.spec.suite import CONFIRM_OBJECTIVES, DTYPES, MAX_PROCESSES
 
-_POSITIVE_INT = {"type": "integer", "minimum": 1}
-
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -54,13 +52,13 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "num_runs": {**_POSITIVE_INT, "maximum": 1000},
+                "num_runs": {"type": "integer", "minimum": 1, "maximum": 1000},
                 "warmup_rounds": {"type": "integer", "minimum": 0, "maximum": 100},
                 "seed": {"type": ["integer", "null"], "minimum": 0},
                 "cache_eviction": {"enum": list(CACHE_EVICTION)},
                 "load_into": {"enum": list(LOAD_INTO)},
                 "order": {"enum": list(ORDERS)},
-                "max_inflight_bytes": {**_POSITIVE_INT, "minimum": 2**20},
+                "max_inflight_bytes": {"type": "integer", "minimum": 2**20},
                 "noise_pct": {"type": "number", "minimum": 0, "maximum": 100},
                 "confirm_rounds": {"type": "integer", "minimum": 0, "maximum": 100},
                 "confirm_blocks": {"type": "integer", "minimum": 1, "maximum": 10},

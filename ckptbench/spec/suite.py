@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptbench.core.records import ORDERS
-from ckptbench.spec.fields import CACHE_EVICTION, TestSpec
+from ckptbench.spec.fields import TestSpec
 from ckptbench.spec.presets import DEFAULT_PRESET
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -21,9 +20,6 @@ MEMORY_BOUND_FIXED_BYTES = 1.0e9
 # What a best is chosen by (a test's best, tune's --objective), each with the run figure it minimises.
 OBJECTIVES = {"save": "save_s", "load": "load_s", "balanced": "total_s", "size": "size_bytes"}
 CONFIRM_OBJECTIVES = tuple(OBJECTIVES)[:3]  # the timed objectives: a size has no run-to-run noise
-__all__ = ["CACHE_EVICTION", "CONFIRM_OBJECTIVES", "DEFAULT_OUTPUT_DIR", "DTYPES", "MAX_PROCESSES",
-           "MEMORY_BOUND_FIXED_BYTES", "MEMORY_BOUND_MULTIPLIER", "OBJECTIVES", "ORDERS", "SuiteConfig",
-           "TestSpec"]
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,6 @@ def iter_sweep(raw: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         yield point
 
 
-def expand_sweep(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every point of a config entry's sweep, as a list."""
-    return list(iter_sweep(raw))
-
-
 def _value_label(field_name: str, value: Any) -> str:
     if field_name in ("chunk_bytes", "shard_bytes"):
         return size_label(parse_size(value, field_name))

@@ -24,15 +24,10 @@ COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "lm_hea
 ROW_PARALLEL = ("o_proj", "down_proj")
 
 
-def module_of(name: str) -> str:
-    """The module a parameter belongs to: "model.layers.0.self_attn.o_proj.weight" -> "o_proj"."""
-    parts = name.split(".")
-    return parts[-2] if len(parts) >= 2 else parts[0]
-
-
 def split_dim(name: str, shape: Sequence[int]) -> int | None:
     """The dimension a tensor is split on across ranks, or None: replicated whole."""
-    module = module_of(name)
+    parts = name.split(".")  # its module: "model.layers.0.self_attn.o_proj.weight" -> "o_proj"
+    module = parts[-2] if len(parts) >= 2 else parts[0]
     if module in COLUMN_PARALLEL and len(shape) >= 1:
         return 0  # a column-parallel bias splits with its rows too
     if module in ROW_PARALLEL and len(shape) >= 2:
@@ -58,15 +53,6 @@ def rank_box(name: str, shape: Sequence[int], tp: int, rank: int) -> Box:
 def rank_boxes(shapes: Mapping[str, Sequence[int]], tp: int) -> list[dict[str, Box]]:
     """Per rank, the box of every tensor it reads (every tensor: replicated ones whole)."""
     return [{name: rank_box(name, shape, tp, rank) for name, shape in shapes.items()} for rank in range(tp)]
-
-
-def box_elements(shape: Sequence[int], box: Box) -> int:
-    """Elements of the part of a tensor of `shape` that `box` selects."""
-    total = 1
-    for d, size in enumerate(shape):
-        start, stop = box[d] if d < len(box) else (0, size)
-        total *= stop - start
-    return total
 
 
 def refusal(tp: int, model: str | None, shapes: Mapping[str, Sequence[int]] | None = None,
