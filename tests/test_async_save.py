@@ -13,11 +13,11 @@ from conftest import REPO, assert_same_bits, run_config
 from test_interrupt import _interrupt_at, _journal_runs, _resume, _start
 
 from ckptbench.bench import async_save, measure, storage
+from ckptbench.bench.async_save import StandInStep, slowdown, time_lost_s
 from ckptbench.bench.references.ceiling import DeviceCeilingBackend
-from ckptbench.bench.references.loaders import SafetensorsBackend, TorchSaveBackend
+from ckptbench.bench.references.files import SafetensorsBackend, TorchSaveBackend
 from ckptbench.bench.references.peers import TorchDCPBackend
 from ckptbench.bench.targets import LocalTarget
-from ckptbench.bench.training_step import StandInStep, slowdown, time_lost_s
 from ckptbench.documents import results
 from ckptbench.reports import results as report
 from ckptbench.spec import config as config_mod

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import SHIPPED_CONFIG, minimal_config
 
-from ckptbench.bench import capacity, measure, storage, timing, workspace
+from ckptbench.bench import capacity, measure, storage, workspace
 from ckptbench.core import records, system
 from ckptbench.core.errors import UserError
 from ckptbench.core.records import RunRecord
@@ -186,14 +186,14 @@ def test_timed_splits_anonymous_and_file_backed_memory(tmp_path):
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), size, prot=mmap.PROT_READ) as mapped:
             view = np.frombuffer(mapped, dtype=np.uint8)
             assert int(view[::4096].sum()) >= 0
-            time.sleep(5 * timing.SAMPLE_S)  # held long enough for the sampler to see it
+            time.sleep(5 * measure.SAMPLE_S)  # held long enough for the sampler to see it
             del view
 
     start_anon, start_file = system.resident_bytes()
-    mapped = timing.timed(touch_mapped)
+    mapped = measure.timed(touch_mapped)
     assert mapped.rss_file_peak_bytes - start_file >= 0.9 * size  # a memory map is file-backed...
     assert mapped.rss_anon_peak_bytes - start_anon < 0.5 * size  # ...not anonymous
-    allocated = timing.timed(lambda: np.ones(size, dtype=np.uint8).sum())
+    allocated = measure.timed(lambda: np.ones(size, dtype=np.uint8).sum())
     assert allocated.rss_anon_peak_bytes - start_anon >= 0.9 * size
     assert allocated.wall_s > 0 and allocated.cpu_s >= 0
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import assert_same_bits, bits, minimal_config, run_config
 
 from ckptbench.bench import cache, capacity, measure, storage, workspace
-from ckptbench.bench.references.backends import BACKENDS
+from ckptbench.bench.references import BACKENDS
 from ckptbench.core import records
 from ckptbench.core.errors import UserError
 from ckptbench.sources import weights

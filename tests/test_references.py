@@ -4,6 +4,7 @@ through measure.run_once, and an end-to-end CLI run whose results.json reports a
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import ml_dtypes
@@ -12,17 +13,16 @@ import pytest
 from conftest import assert_same_bits, run_config
 
 from ckptbench.bench import measure, workspace
-from ckptbench.bench.references.backends import BACKENDS
+from ckptbench.bench.references import BACKENDS
 from ckptbench.bench.references.ceiling import (
     FIO,
     FIO_PREFIX,
     GRID,
     DeviceCeilingBackend,
     fio_pattern_name,
-    fio_program,
     pattern_name,
 )
-from ckptbench.bench.references.loaders import TorchSaveBackend
+from ckptbench.bench.references.files import TorchSaveBackend
 from ckptbench.core import records
 from ckptbench.documents import results
 from ckptbench.spec import config
@@ -162,7 +162,7 @@ def test_device_ceiling_without_fio_on_path_runs_its_own_patterns_only(tmp_path,
 
 
 def test_device_ceiling_with_fio_times_its_io_uring_pattern(tmp_path):
-    if fio_program() is None:
+    if shutil.which("fio") is None:
         pytest.skip("fio is not on PATH (apt-get install fio): its pattern cannot run here")
     tensors = _ceiling_tensors()
     backend = _small_ceiling(fio=FIO)

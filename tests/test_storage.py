@@ -190,7 +190,7 @@ def test_bounded_keeps_inflight_bytes_under_the_budget():
             return futures[-1]
         return start
 
-    started = storage._bounded(((n, starter(i)) for i, n in enumerate(sizes)), max_inflight_bytes=1000)
+    started = storage._bounded(((n, starter(i)) for i, n in enumerate(sizes)), 1000, lambda futures: futures)
     assert [f.index for f in started] == list(range(len(sizes)))  # started in order, each once
     assert all(f.done for f in futures)  # and every one awaited before returning
     assert [e for e in log if e[0] == "start"] == [("start", i) for i in range(len(sizes))]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ckptbench.bench import cache, storage
-from ckptbench.bench.references.backends import BACKENDS
+from ckptbench.bench.references import BACKENDS
 from ckptbench.bench.targets import RunLocation
 from ckptbench.bench.verify import mismatches
 from ckptbench.core.errors import UserError

@@ -22,8 +22,7 @@ import pytest
 
 from ckptbench.bench import measure, workspace
 from ckptbench.bench.backend import Backend
-from ckptbench.bench.references import ceiling
-from ckptbench.bench.references.backends import BACKENDS
+from ckptbench.bench.references import BACKENDS, ceiling
 from ckptbench.core import records
 from ckptbench.spec import config
 from ckptbench.spec.references import CEILING
@@ -63,11 +62,11 @@ class Instrumented(Backend):
         self.whole_operations = whole_operations  # False: the inner back end times its own units (the ceiling)
 
     @property
-    def in_memory(self) -> bool:  # type: ignore[override]
+    def in_memory(self) -> bool:
         return self.inner.in_memory
 
     @property
-    def bypasses_page_cache(self) -> bool:  # type: ignore[override]
+    def bypasses_page_cache(self) -> bool:
         return self.inner.bypasses_page_cache
 
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:

@@ -201,7 +201,7 @@ def test_the_refusal_names_the_tp_values_that_divide_every_split_dimension() -> 
 _FIRST_LOAD = """
 import sys
 import torch.distributed  # a reader has joined its gloo world
-from ckptbench.bench.references import backends
+from ckptbench.bench.references import BACKENDS
 from ckptbench.bench.targets import RunLocation
 from ckptbench.parallel import spawned, writers
 from ckptbench.spec import tensor_parallel
@@ -222,7 +222,7 @@ def test_a_readers_first_load_imports_nothing(tmp_path: Path, tiny_weights, kind
     import subprocess
     import sys
 
-    from ckptbench.bench.references.backends import BACKENDS
+    from ckptbench.bench.references import BACKENDS
     from ckptbench.bench.targets import RunLocation
     from ckptbench.spec.references import REFERENCES, unavailable
 

@@ -1,30 +1,37 @@
 """Asynchronous saves (a test's `save_mode: "async"`): blocked until the weights may change, durable in the background.
 
-A save is split in two. The part the training loop waits for runs on the calling thread and ends when the weights
-may be modified again (`blocked_s`); the rest runs in a background thread until the checkpoint is durable, fsync'd
-as a sync save is (`commit_s`, from the call). Per row:
+A save is split in two. The part the training loop waits for runs on the calling thread and ends when the weights may be
+modified again (`blocked_s`); the rest runs in a background thread until the checkpoint is durable, fsync'd as a sync
+save is (`commit_s`, from the call). Per row:
 - TensorStore: every write issued; blocked until each write's `copy` future resolves; then each `commit`, and the
   manifest;
-- torch DCP: `torch.distributed.checkpoint.async_save` (its thread-based checkpointer, no process group): blocked
-  until it returns (its stager's copy of the state dict), then its future, and the files fsync'd;
+- torch DCP: `torch.distributed.checkpoint.async_save` (its thread-based checkpointer, no process group): blocked until
+  it returns (its stager's copy of the state dict), then its future, and the files fsync'd;
 - every other row (torch.save, safetensors, the streamer's and fastsafetensors' safetensors files): a copy of the
   weights staged, then the row's own save of the copy from a thread (what users do today);
-- the device ceiling likewise, with one fixed pattern (16 streams, 16 MiB blocks: the O_DIRECT read's set): the
-  least an async save that may let the loop go on can cost here (one plain copy, then the disk's own writes).
-While the background write runs, the stand-in training step (bench.training_step) runs on the calling thread, each
-step timed; its time alone is measured before the clock. A run's record gets `blocked_s`, `commit_s` (its `save_s`
-too: the call to durable), `staging_bytes` (the anonymous memory the save held at its peak above what the process
-held at the call), the steps' times, the slowdown and the training time lost (training_step.time_lost_s).
+- the device ceiling likewise, with one fixed pattern (16 streams, 16 MiB blocks: the O_DIRECT read's set): the least an
+  async save that may let the loop go on can cost here (one plain copy, then the disk's own writes).
+
+While the background write runs, a stand-in training step runs on the calling thread, each step timed; its time alone
+is measured before the clock. A run's record gets `blocked_s`, `commit_s` (its `save_s` too: the call to durable),
+`staging_bytes` (the anonymous memory the save held at its peak above what the process held at the call), the steps'
+times, the slowdown and the training time lost (`time_lost_s`).
+
+The stand-in step: fixed arithmetic and memory traffic over the weights. One step reads `step_bytes` of the weights
+(cycling over them), each piece scaled and added into a small accumulator, as an optimizer's update reads every
+parameter: two float operations per 4 bytes, memory-bound on a CPU. The weights are only read, so the step never changes
+what a checkpoint must hold. On a CPU-only machine the step and the writer share the same cores; on an accelerator the
+step's compute would not.
 """
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -32,17 +39,66 @@ from ckptbench.bench import storage
 from ckptbench.bench.backend import Backend
 from ckptbench.bench.references.ceiling import DIRECT, DeviceCeilingBackend
 from ckptbench.bench.references.files import folder_of, fsync_path, to_torch
-from ckptbench.bench.references.peers import DCP_WARNING, TorchDCPBackend
+from ckptbench.bench.references.peers import TorchDCPBackend
 from ckptbench.bench.targets import RunLocation, as_location
-from ckptbench.bench.training_step import StandInStep, slowdown, time_lost_s
 from ckptbench.core.records import RunRecord
 from ckptbench.core.system import resident_bytes
-from ckptbench.sources.source_file import Box
 from ckptbench.spec.fields import TestSpec
 
-# DCP without a process group says "assuming the intent is to save in a single process" (it is), from its own
-# thread too, where a catch_warnings block of this one does not reach
-warnings.filterwarnings("ignore", message=DCP_WARNING, category=UserWarning)
+DEFAULT_STEP_BYTES = 2**30  # about 100 ms a step on the 2-core VM of docs/measurements
+ALONE_STEPS = 5  # steps timed alone (after WARM_UP_S of untimed ones): their median is the step's time alone
+WARM_UP_S = 0.3
+_PIECE_ELEMENTS = 2**18  # 1 MiB of float32 at a time: the accumulator stays in the CPU's cache
+_SCALE = np.float32(1e-3)
+
+
+class StandInStep:
+    """Calling it runs one step and returns its seconds."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], step_bytes: int | None = None) -> None:
+        self.step_bytes = step_bytes or DEFAULT_STEP_BYTES
+        # Every tensor's bytes read as float32 (whatever its dtype: the traffic is what counts)
+        flat = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in tensors.values()]
+        self._views = [b[: b.size // 4 * 4].view(np.float32) for b in flat if b.size >= 4]
+        if not self._views:
+            raise ValueError("the stand-in training step needs weights of at least 4 bytes")
+        self._accumulator = np.zeros(_PIECE_ELEMENTS, np.float32)
+        self._scratch = np.zeros(_PIECE_ELEMENTS, np.float32)
+
+    def __call__(self) -> float:
+        started = time.perf_counter()
+        left = self.step_bytes // 4
+        while left > 0:
+            for view in self._views:
+                for start in range(0, view.size, _PIECE_ELEMENTS):
+                    piece = view[start:start + min(_PIECE_ELEMENTS, left)]
+                    scratch = self._scratch[:piece.size]
+                    np.multiply(piece, _SCALE, out=scratch)
+                    np.add(self._accumulator[:piece.size], scratch, out=self._accumulator[:piece.size])
+                    left -= piece.size
+                    if left <= 0:
+                        return time.perf_counter() - started
+        return time.perf_counter() - started
+
+    def alone_s(self, steps: int = ALONE_STEPS) -> float:
+        """The step's time with nothing else of this process running: the median of `steps`, after untimed steps for
+        WARM_UP_S (the first steps of a small step run slower: caches, the CPU's clock)."""
+        warm_until = time.perf_counter() + WARM_UP_S
+        while time.perf_counter() < warm_until:
+            self()
+        return statistics.median(self() for _ in range(steps))
+
+
+def slowdown(alone_s: float, during_s: list[float]) -> float | None:
+    """How much slower the steps ran than alone, as a fraction (0.25: 25 % slower); None without steps."""
+    return statistics.fmean(during_s) / alone_s - 1.0 if during_s and alone_s > 0 else None
+
+
+def time_lost_s(blocked_s: float, alone_s: float, during_s: list[float]) -> float:
+    """Training time a checkpoint costs: the time the loop was blocked, plus each step's time beyond its time alone
+    until the checkpoint was durable."""
+    return blocked_s + sum(s - alone_s for s in during_s)
+
 
 Finish = Callable[[], None]  # the background part of a save: returns once the checkpoint is durable
 
@@ -64,9 +120,19 @@ class AsyncSave(Backend):
 
     def __init__(self, inner: Backend, step_bytes: int | None = None) -> None:
         self.inner, self.step_bytes = inner, step_bytes
-        self.in_memory, self.bypasses_page_cache = inner.in_memory, inner.bypasses_page_cache
         self.figures: Figures | None = None
         self._step: StandInStep | None = None
+        for name in ("before_load", "evict", "before_run", "bypass_resident_bytes", "verify", "load_slices",
+                     "pattern_seconds"):  # the row's own, unchanged
+            setattr(self, name, getattr(inner, name))
+
+    @property
+    def in_memory(self) -> bool:
+        return self.inner.in_memory
+
+    @property
+    def bypasses_page_cache(self) -> bool:
+        return self.inner.bypasses_page_cache
 
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
         self.inner.prepare(tensors)
@@ -95,42 +161,20 @@ class AsyncSave(Backend):
             thread.join()
             raise
         thread.join()
-        if isinstance(outcome[0], BaseException):
-            raise outcome[0]
-        figures.commit_s = outcome[0] - started
+        ended = outcome[0]
+        if isinstance(ended, BaseException):
+            raise ended
+        figures.commit_s = ended - started
 
     def release(self) -> None:
         self.inner.release()
         self._step = None
-
-    # The row's own, unchanged
-    def before_load(self, tensors: Mapping[str, np.ndarray]) -> None:
-        self.inner.before_load(tensors)
 
     def load(self, location: RunLocation) -> dict[str, np.ndarray]:
         return self.inner.load(location)
 
     def footprint(self, location: RunLocation) -> tuple[int, int, int]:
         return self.inner.footprint(location)
-
-    def evict(self, directory: Path, method: str) -> str | None:
-        return self.inner.evict(directory, method)
-
-    def before_run(self, earlier: Sequence[RunRecord]) -> None:
-        self.inner.before_run(earlier)
-
-    def bypass_resident_bytes(self, resident_after_load: int) -> int | None:
-        return self.inner.bypass_resident_bytes(resident_after_load)
-
-    def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
-        return self.inner.verify(tensors, loaded)
-
-    def load_slices(self, location: RunLocation, boxes: Mapping[str, Box], rank: int, ranks: int
-                    ) -> dict[str, np.ndarray]:
-        return self.inner.load_slices(location, boxes, rank, ranks)
-
-    def pattern_seconds(self) -> dict[str, float] | None:
-        return self.inner.pattern_seconds()
 
 
 def _run_background(finish: Finish, outcome: list[BaseException | float]) -> None:
@@ -141,10 +185,6 @@ def _run_background(finish: Finish, outcome: list[BaseException | float]) -> Non
         outcome.append(exc)
 
 
-def _nothing() -> None:
-    pass
-
-
 def begin(inner: Backend, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> tuple[Finish, Finish]:
     """The blocking part of an async save by `inner`; returns (the background part, how to cancel it)."""
     if isinstance(inner, storage.TensorStoreBackend):
@@ -152,7 +192,7 @@ def begin(inner: Backend, tensors: Mapping[str, np.ndarray], location: RunLocati
     if isinstance(inner, TorchDCPBackend):
         return _dcp(inner, tensors, location)
     staged = {name: np.array(array, copy=True) for name, array in tensors.items()}
-    return (lambda: inner.save(staged, location)), _nothing
+    return (lambda: inner.save(staged, as_location(location))), lambda: None
 
 
 def _tensorstore(inner: storage.TensorStoreBackend, tensors: Mapping[str, np.ndarray],
@@ -167,21 +207,11 @@ def _tensorstore(inner: storage.TensorStoreBackend, tensors: Mapping[str, np.nda
     dtype = storage.dtype_name(next(iter(tensors.values())).dtype)
     stores = [ts.open(layout.array_spec(location, n, tuple(tensors[n].shape), dtype), context=context) for n in names]
     writes = [store.result().write(tensors[n]) for store, n in zip(stores, names)]
-
-    def cancel() -> None:
-        for write in writes:
-            write.cancel()
-        for write in writes:
-            try:
-                write.result()
-            except BaseException:  # cancelled or failed: all that matters is that it stopped
-                pass
-
     try:
         for write in writes:
             write.copy.result()
     except BaseException:
-        cancel()
+        storage.stop(writes)
         raise
 
     def finish() -> None:
@@ -190,7 +220,7 @@ def _tensorstore(inner: storage.TensorStoreBackend, tensors: Mapping[str, np.nda
         storage.write_manifest(location, layout, context, {
             "format": f"ckptbench-{layout.format}", "dtype": dtype,
             "tensors": [{"name": n, "shape": list(tensors[n].shape)} for n in names]})
-    return finish, cancel
+    return finish, lambda: storage.stop(writes)
 
 
 def _dcp(inner: TorchDCPBackend, tensors: Mapping[str, np.ndarray],
@@ -209,7 +239,7 @@ def _dcp(inner: TorchDCPBackend, tensors: Mapping[str, np.ndarray],
         for file in directory.iterdir():
             fsync_path(file)
         fsync_path(directory)
-    return finish, _nothing
+    return finish, lambda: None
 
 
 def wrap(backend: Backend, test: TestSpec, eviction: str) -> Backend:

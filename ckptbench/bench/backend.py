@@ -1,8 +1,7 @@
 """What a test measures: a way to write a checkpoint to a run's location and read it back.
 
-Every back end (TensorStore in this process or in N workers, safetensors, torch.save,
-the device ceiling) derives from `Backend`. The optional hooks have defaults here, so
-the runner calls them all unconditionally.
+Every back end (TensorStore in this process or in N workers, safetensors, torch.save, the device ceiling) derives from
+`Backend`. The optional hooks have defaults here, so the runner calls them all unconditionally.
 """
 
 from __future__ import annotations
@@ -23,16 +22,23 @@ from ckptbench.spec.suite import SuiteConfig
 
 
 class Backend(ABC):
-    in_memory: bool = False  # True where the checkpoint lives in RAM (memory kvstore): no page cache to drop
-    bypasses_page_cache: bool = False  # True where loads are meant to read around the page cache (O_DIRECT)
+    @property
+    def in_memory(self) -> bool:
+        """True where the checkpoint lives in RAM (memory kvstore): no page cache to drop."""
+        return False
+
+    @property
+    def bypasses_page_cache(self) -> bool:
+        """True where loads are meant to read around the page cache (O_DIRECT)."""
+        return False
 
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Called before the clock starts (worker processes start here, buffers are allocated)."""
 
     def before_load(self, tensors: Mapping[str, np.ndarray]) -> None:
-        """Called after the save and before each load, outside every clock: a back end that loads into memory
-        that exists before the load (a model's parameters) allocates and touches it here, so the save does not
-        hold it too."""
+        """Called after the save and before each load, outside every clock: a back end that loads into memory that
+        exists before the load (a model's parameters) allocates and touches it here, so the save does not hold it too.
+        """
 
     @abstractmethod
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None:
@@ -47,20 +53,20 @@ class Backend(ABC):
         """(bytes of data, bytes allocated, number of files or objects) of a saved checkpoint."""
 
     def evict(self, directory: Path, method: str) -> str | None:
-        """Drop a saved checkpoint from the page cache before it is loaded; the method that worked, or None.
-        Back ends whose writers run on other hosts evict there too."""
+        """Drop a saved checkpoint from the page cache before it is loaded; the method that worked, or None. Back ends
+        whose writers run on other hosts evict there too."""
         return cache.evict(directory, method)
 
     def before_run(self, earlier: Sequence[RunRecord]) -> None:
-        """Told the test's earlier runs (this suite's, a resumed journal's, an earlier suite's) before each run:
-        the device ceiling runs its full grid only until one run of it has succeeded."""
+        """Told the test's earlier runs (this suite's, a resumed journal's, an earlier suite's) before each run: the
+        device ceiling runs its full grid only until one run of it has succeeded."""
 
     def release(self) -> None:
         """Drop whatever was kept between a save and its load."""
 
     def bypass_resident_bytes(self, resident_after_load: int) -> int | None:
-        """A load meant to read around the page cache: the bytes of the files it read left in the page cache
-        right after it (given: the whole run folder's), so the claim is measured; None where there is no claim."""
+        """A load meant to read around the page cache: the bytes of the files it read left in the page cache right after
+        it (given: the whole run folder's), so the claim is measured; None where there is no claim."""
         return resident_after_load if self.bypasses_page_cache else None
 
     def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
@@ -78,16 +84,16 @@ class Backend(ABC):
         return None
 
     def pattern_seconds(self) -> dict[str, float] | None:
-        """Seconds per access pattern of the last save or load, for back ends that time several
-        patterns inside one operation (the device ceiling); the fastest is the operation's time."""
+        """Seconds per access pattern of the last save or load, for back ends that time several patterns inside one
+        operation (the device ceiling); the fastest is the operation's time."""
         return None
 
 
 class Writers(Protocol):
-    """Who saves and loads the tests run by several processes: chosen once, where the process's role is
-    chosen (the command line, or the Python API), and handed to `bench.suite.run_suite`. This package never
-    starts or joins processes itself: `parallel.LocalWriters` spawns workers on this host,
-    `parallel.session.LaunchWriters` uses the ranks of a launch."""
+    """Who saves and loads the tests run by several processes: chosen once, where the process's role is chosen (the
+    command line, or the Python API), and handed to `bench.suite.run_suite`. This package never starts or joins
+    processes itself: `parallel.LocalWriters` spawns workers on this host, `parallel.session.LaunchWriters` uses the
+    ranks of a launch."""
 
     def backend(self, test: TestSpec, config: SuiteConfig, target: Target) -> Backend:
         """The back end of a test with processes > 1."""

@@ -1,21 +1,17 @@
 """Will it fit, and is it sensible? Disk, memory, run-count and scale checks before a suite starts.
 
-Disk: the source weights and one run of the largest test must fit in the output
-filesystem's free space. zarr v2 pads edge chunks to full size and every chunk file
-occupies whole blocks, so the estimate counts padded chunks rounded up to 4 KiB blocks
-(an upper bound for uncompressed data; compressed data is assumed no smaller, to stay
-safe). The device ceiling keeps five copies (its 1-, 4-, 16- and 32-stream file sets and fio's, whose
-files are whole 1 MiB blocks).
+Disk: the source weights and one run of the largest test must fit in the output filesystem's free space. zarr v2 pads
+edge chunks to full size and every chunk file occupies whole blocks, so the estimate counts padded chunks rounded up to
+4 KiB blocks (an upper bound for uncompressed data; compressed data is assumed no smaller, to stay safe). The device
+ceiling keeps five copies (its 1-, 4-, 16- and 32-stream file sets and fio's, whose files are whole 1 MiB blocks).
 
-Memory: the peak anonymous memory of the whole process, estimated per row as a fixed
-part plus what the row holds (measured with the per-operation split of resident memory;
-docs/measurements/memory.md). The source weights are a mapped file, page cache the
-kernel can drop, so they are not counted: a load holds the loaded copy (1x the model),
-and TensorStore's reads and writes hold at most `max_inflight_bytes` in flight besides.
-The bound this keeps is 1.25 x the model + 1 GB. Several processes on a host (--processes,
-tp readers) add each one's fixed part, and a tp reader of a whole file (torch.load, the
-Run:ai streamer) holds the whole model before it copies its slice out: such rows go past
-the bound, and the estimate says by how much.
+Memory: the peak anonymous memory of the whole process, estimated per row as a fixed part plus what the row holds
+(measured with the per-operation split of resident memory; docs/measurements/memory.md). The source weights are a mapped
+file, page cache the kernel can drop, so they are not counted: a load holds the loaded copy (1x the model), and
+TensorStore's reads and writes hold at most `max_inflight_bytes` in flight besides. The bound this keeps is 1.25 x the
+model + 1 GB. Several processes on a host (--processes, tp readers) add each one's fixed part, and a tp reader of a
+whole file (torch.load, the Run:ai streamer) holds the whole model before it copies its slice out: such rows go past the
+bound, and the estimate says by how much.
 """
 
 from __future__ import annotations
@@ -23,7 +19,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from ckptbench.core import system
 from ckptbench.core.units import human_bytes
@@ -43,17 +39,15 @@ TENSORSTORE_MULTIPLIER = 1.0
 # Each worker or tp reader process: Python, torch, TensorStore (0.16-0.24 GB measured on smollm2-135m: 4 workers,
 # 3 tp readers of each kind; docs/measurements/memory.md)
 WORKER_FIXED_BYTES = 300_000_000
+# timed_conversion holds float16 copies (half the model) and, while a load casts, the arrays read
+# beside their copies and casts (up to one more model).
+TIMED_CONVERSION_MULTIPLIER = 1.5
 MAX_SUITE_S = 7 * 24 * 3600.0  # a suite estimated to run longer than a week is refused
-
-
-def checkpoint_bytes_upper(shapes: Iterable[Sequence[int]], itemsize: int, budget_elements: int, strategy: str) -> int:
-    """Bytes on disk of one zarr v2 checkpoint at most (before compression)."""
-    return sum(_array_bytes_upper(tuple(int(d) for d in shape), itemsize, budget_elements, strategy)
-               for shape in shapes)
 
 
 @lru_cache(maxsize=65536)  # a sweep of thousands of tests asks for the same few shapes and budgets
 def _array_bytes_upper(shape: tuple[int, ...], itemsize: int, budget_elements: int, strategy: str) -> int:
+    """Bytes on disk of one zarr v2 array at most (before compression)."""
     chunk = chunking.chunk_shape(shape, budget_elements, strategy)
     n_chunks = math.prod(math.ceil(d / c) for d, c in zip(shape, chunk)) if shape else 1
     chunk_bytes = math.prod(chunk) * itemsize
@@ -69,7 +63,8 @@ def run_bytes_upper(test: TestSpec, shapes: Sequence[Sequence[int]], itemsize: i
         return raw
     if test.kvstore == "memory":
         return BLOCK_BYTES * 2  # only the manifest touches the disk
-    return checkpoint_bytes_upper(shapes, itemsize, test.chunk_budget_elements(itemsize), test.chunk_strategy)
+    return sum(_array_bytes_upper(tuple(int(d) for d in shape), itemsize, test.chunk_budget_elements(itemsize),
+                                  test.chunk_strategy) for shape in shapes)
 
 
 def disk_refusal(output_dir: Path, need_bytes: int, what: str) -> str | None:
@@ -110,11 +105,6 @@ def _reads_whole_files(test: TestSpec) -> bool:
     return test.tp > 1 and test.is_reference and REFERENCES[test.backend].tp_reads_whole
 
 
-# timed_conversion holds float16 copies (half the model) and, while a load casts, the arrays read
-# beside their copies and casts (up to one more model).
-TIMED_CONVERSION_MULTIPLIER = 1.5
-
-
 def memory_need(config: SuiteConfig, model_bytes: int) -> tuple[int, str]:
     """(peak anonymous bytes, the test that sets the peak) of a suite."""
     hungriest = max(config.tests, key=lambda t: peak_memory_bytes(t, model_bytes, config.max_inflight_bytes))
@@ -122,8 +112,8 @@ def memory_need(config: SuiteConfig, model_bytes: int) -> tuple[int, str]:
 
 
 def memory_available_bytes() -> int | None:
-    """What this process may use: what the kernel could give it, and what it already holds (part of every
-    estimate's fixed part: a later stage of tune or explain is not refused for memory its own process holds)."""
+    """What this process may use: what the kernel could give it, and what it already holds (part of every estimate's
+    fixed part: a later stage of tune or explain is not refused for memory its own process holds)."""
     available = system.available_memory_bytes()
     return None if available is None else available + system.resident_bytes()[0]
 
@@ -164,15 +154,14 @@ PRIOR_SOURCE_S_PER_GB = 8.0  # making the weights (drawn, or read and converted)
 
 def prior_run_s(test: TestSpec, model_bytes: int, itemsize: int = 4, first: bool = True) -> float:
     """One run of a test, before any is measured (`first`: the device ceiling's first run runs its whole grid)."""
-    gb = model_bytes / 1e9
     if test.is_reference:
         kind = REFERENCES[test.backend]
         per_gb = kind.prior_s_per_gb if first else kind.prior_later_s_per_gb
-        return PRIOR_FIXED_S + (per_gb + PRIOR_RUN_OVERHEAD_S_PER_GB) * gb
-    per_gb = PRIOR_RAW_S_PER_GB + PRIOR_CODEC_S_PER_GB.get((test.compression or {}).get("id", ""), 0.0)
-    if test.chunk_budget_elements(itemsize) * itemsize < PRIOR_SMALL_CHUNK_BYTES:
-        per_gb += PRIOR_SMALL_CHUNK_S_PER_GB[test.concurrency_limit == 1]
-    return PRIOR_FIXED_S + (per_gb + PRIOR_RUN_OVERHEAD_S_PER_GB) * gb
+    else:
+        per_gb = PRIOR_RAW_S_PER_GB + PRIOR_CODEC_S_PER_GB.get((test.compression or {}).get("id", ""), 0.0)
+        if test.chunk_budget_elements(itemsize) * itemsize < PRIOR_SMALL_CHUNK_BYTES:
+            per_gb += PRIOR_SMALL_CHUNK_S_PER_GB[test.concurrency_limit == 1]
+    return PRIOR_FIXED_S + (per_gb + PRIOR_RUN_OVERHEAD_S_PER_GB) * (model_bytes / 1e9)
 
 
 def estimate_suite_s(config: SuiteConfig, model_bytes: int, itemsize: int = 4) -> float:
@@ -184,8 +173,8 @@ def estimate_suite_s(config: SuiteConfig, model_bytes: int, itemsize: int = 4) -
 
 
 def confirmation_runs_upper(config: SuiteConfig) -> int:
-    """At most how many confirmation runs a suite makes: per objective its best and its fastest peer, and the
-    ceiling, each confirm_rounds x confirm_blocks times (the finalists are known only after the rounds)."""
+    """At most how many confirmation runs a suite makes: per objective its best and its fastest peer, and the ceiling,
+    each confirm_rounds x confirm_blocks times (the finalists are known only after the rounds)."""
     references = [t for t in config.tests if t.is_reference]
     if not config.confirm_rounds or not references:  # nothing to compare a winner with: nothing to confirm
         return 0

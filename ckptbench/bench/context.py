@@ -51,10 +51,10 @@ class Callbacks:
 @dataclass(frozen=True)
 class RunContext:
     """One suite run. `writers`: who runs the tests with processes > 1 (the suite stops them at its end).
-    `may_start(run)`, asked before each run: a reason (a spent budget) stops the suite there, as a stop signal
-    does; a `core.errors.Skip` skips that run alone. `resume` continues the suite's journal; `keep` leaves each
-    test's last checkpoint on disk; `source`: weights in memory matching the config (None: made or read here);
-    `history`: earlier suites' runs whose back ends' choices carry over (tune: the ceiling's fastest patterns)."""
+    `may_start(run)`, asked before each run: a reason (a spent budget) stops the suite there, as a stop signal does; a
+    `core.errors.Skip` skips that run alone. `resume` continues the suite's journal; `keep` leaves each test's last
+    checkpoint on disk; `source`: weights in memory matching the config (None: made or read here); `history`: earlier
+    suites' runs whose back ends' choices carry over (tune: the ceiling's fastest patterns)."""
 
     config: SuiteConfig
     writers: Writers = field(default_factory=ThisProcess)

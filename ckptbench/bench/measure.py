@@ -1,16 +1,16 @@
 """Running the benchmark: one timed run, and a plan's runs one after another.
 
-A run is: save into a fresh location (timed until every write is durable; TensorStore's
-file kvstore fsyncs each file), measure the size, evict the files from the page cache,
-load (timed), verify bit for bit against the source, delete what the run wrote. A test
-with `warm_load` also loads (timed, verified) before the eviction, from the page cache
-the save left, so one save gives a warm and a cold load. Only the save and the loads
-sit between clock reads; size walking, eviction and verification happen outside them.
-Around each timed operation, what other processes of the host did is sampled (core.host:
-their CPU time and the disk's bytes, this run's own processes left out) into the run's
-`other_processes`.
-Failures are recorded in the run's record, never raised, so one broken test does not
-stop the others; a failing disk (full, I/O error) stops the suite.
+A run is: save into a fresh location (timed until every write is durable; TensorStore's file kvstore fsyncs each file),
+measure the size, evict the files from the page cache, load (timed), verify bit for bit against the source, delete what
+the run wrote. A test with `warm_load` also loads (timed, verified) before the eviction, from the page cache the save
+left, so one save gives a warm and a cold load. Only the save and the loads sit between clock reads; size walking,
+eviction and verification happen outside them. `timed` measures one operation: wall seconds, CPU seconds over all
+threads, and resident memory, sampled every 20 ms by a thread that sleeps between reads of /proc/self/statm (one short
+line). A sampler is not free: one reading /proc/self/status every 10 ms made a minimal script's many-file saves 20-30 %
+slower (docs/measurements/harness-cost.md), so this one reads the cheaper file half as often. Right outside the clock
+reads, what other processes of the host did is sampled (core.host: their CPU time and the disk's bytes, this run's own
+processes left out) into the run's `other_processes`. Failures are recorded in the run's record, never raised, so one
+broken test does not stop the others; a failing disk (full, I/O error) stops the suite.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -25,9 +27,8 @@ import numpy as np
 
 from ckptbench.bench import async_save, cache, storage
 from ckptbench.bench.backend import Backend, ThisProcess, Writers
-from ckptbench.bench.references.backends import BACKENDS
+from ckptbench.bench.references import BACKENDS
 from ckptbench.bench.targets import LocalTarget, RunLocation, Target
-from ckptbench.bench.timing import Timed, timed
 from ckptbench.core import host, system
 from ckptbench.core.errors import RunSkipped
 from ckptbench.core.records import Phase, Plan, PlannedRun, RunRecord
@@ -36,16 +37,67 @@ from ckptbench.spec.fields import TestSpec
 from ckptbench.spec.references import CEILING
 from ckptbench.spec.suite import SuiteConfig
 
+SAMPLE_S = 0.02
 
-def _no_phase(run: PlannedRun, phase: str) -> None:
-    pass
+
+@dataclass(frozen=True)
+class Timed:
+    """What one operation took."""
+
+    wall_s: float
+    cpu_s: float
+    rss_growth_bytes: int  # peak resident size above the size when the operation began
+    rss_anon_peak_bytes: int  # peak anonymous resident bytes of the process during the operation
+    rss_file_peak_bytes: int  # peak file-backed resident bytes (mapped files) during the operation
+    others: dict[str, float] | None = None  # other processes of the host meanwhile (core.host.others), if watched
+
+
+def timed(operation: Callable[[], Any], collect_garbage: bool = True, watch: host.Watch | None = None) -> Timed:
+    """Run operation once and measure it (see the module docstring).
+
+    First, earlier garbage is collected (a full collection takes 0.1-0.3 s in a process that imported torch) and freed
+    memory handed back to the OS, so that neither lands inside the timing; a writer whose clock started earlier, at a
+    barrier, passes collect_garbage=False and does this between jobs instead."""
+    if collect_garbage:
+        system.release_free_memory()
+    anon0, file0 = system.resident_bytes()
+    resident0, shared0 = system.resident_and_shared_bytes()
+    shmem_bytes = anon0 - (resident0 - shared0)  # /dev/shm maps: counted as anonymous, assumed steady meanwhile
+    peaks = [anon0, file0, anon0 + file0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(SAMPLE_S):
+            _note_peaks(peaks, shmem_bytes)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    before = watch.sample() if watch is not None else None
+    try:
+        cpu0, t0 = os.times(), time.perf_counter()
+        operation()
+        t1, cpu1 = time.perf_counter(), os.times()
+    finally:
+        after = watch.sample() if watch is not None else None
+        stop.set()
+        sampler.join()
+    _note_peaks(peaks, shmem_bytes)
+    return Timed(wall_s=t1 - t0, cpu_s=(cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
+                 rss_growth_bytes=peaks[2] - (anon0 + file0), rss_anon_peak_bytes=peaks[0],
+                 rss_file_peak_bytes=peaks[1], others=host.others(before, after))
+
+
+def _note_peaks(peaks: list[int], shmem_bytes: int) -> None:
+    resident, shared = system.resident_and_shared_bytes()
+    anon, file = resident - shared + shmem_bytes, shared - shmem_bytes
+    peaks[0], peaks[1], peaks[2] = max(peaks[0], anon), max(peaks[1], file), max(peaks[2], resident)
 
 
 @dataclass(frozen=True)
 class Bench:
     """What a plan's runs measure with: the suite, its weights (`sources`: by `values`, for tests whose values differ
-    from the suite's `tensors`), where runs are written (None: the suite's output folder), the writers of tests
-    with several processes (the caller stops them), and `keep`: leave each test's last round's checkpoint."""
+    from the suite's `tensors`), where runs are written (None: the suite's output folder), the writers of tests with
+    several processes (the caller stops them), and `keep`: leave each test's last round's checkpoint."""
 
     config: SuiteConfig
     tensors: Mapping[str, np.ndarray]
@@ -55,11 +107,13 @@ class Bench:
     keep: bool = False
 
 
-def run_once(planned: PlannedRun, backend: Backend, bench: Bench, on_phase: Phase = _no_phase,
+def run_once(planned: PlannedRun, backend: Backend, bench: Bench, on_phase: Phase = lambda _run, _phase: None,
              keep: bool = False) -> RunRecord:
     """One save/evict/load/verify cycle (`keep`: leave its checkpoint). Failures are recorded in the result, never
     raised."""
-    spec, target = _spec(planned.test, bench.config), bench.target or LocalTarget(bench.config.output_dir)
+    # A test the suite does not list takes every default (the suite's eviction among them)
+    spec = next((t for t in bench.config.tests if t.name == planned.test), TestSpec(planned.test))
+    target = bench.target or LocalTarget(bench.config.output_dir)
     tensors = bench.sources.get(bench.config.values_for(spec), bench.tensors)
     record = RunRecord(planned.test, planned.round, planned.position, planned.warmup,
                        confirm_block=planned.confirm_block)
@@ -100,11 +154,13 @@ def run_once(planned: PlannedRun, backend: Backend, bench: Bench, on_phase: Phas
 
 
 def _warm_load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None:
-    """Load (timed) from the page cache the save left, and verify."""
-    record.warm_load_cache = cache_state(cache.resident_bytes(location.local_dir), record.disk_bytes)
+    """Load (timed) from the page cache the save left in the run's folder, and verify."""
+    folder = location.local_dir
+    assert folder is not None  # a remote run has no page cache of its own: run_once loads it cold only
+    record.warm_load_cache = cache_state(cache.resident_bytes(folder), record.disk_bytes)
     warm: dict[str, np.ndarray] = {}
     backend.before_load(tensors)
-    usage = timed(lambda: warm.update(backend.load(location)), watch=host.watch_for(location.local_dir))
+    usage = timed(lambda: warm.update(backend.load(location)), watch=host.watch_for(folder))
     span_s = readers_span_s(backend.worker_figures())
     record.warm_load_s = usage.wall_s if span_s is None else span_s
     record.warm_load_cpu_s = usage.cpu_s + sum(w["cpu_s"] for w in backend.worker_figures() or [])
@@ -114,8 +170,8 @@ def _warm_load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.nda
 
 def _load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.ndarray], location: RunLocation,
           eviction: str, on_phase: Callable[[str], None]) -> None:
-    """Evict the run's files (`eviction`: the test's cache_eviction), load (timed), verify; `on_phase(name)` before
-    each step."""
+    """Evict the run's files (`eviction`: the test's cache_eviction), load (timed), verify; `on_phase(name)` before each
+    step."""
     backend.before_load(tensors)  # before the eviction: memory it touches cannot bring the files back
     if backend.in_memory:
         record.load_cache = "memory"
@@ -137,11 +193,6 @@ def _load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.ndarray]
     _verify(record, backend, tensors, loaded, "the load")
 
 
-def _spec(test_name: str, config: SuiteConfig) -> TestSpec:
-    """The run's test; one the suite does not list takes every default (the suite's eviction among them)."""
-    return next((t for t in config.tests if t.name == test_name), TestSpec(test_name))
-
-
 def _verify(record: RunRecord, backend: Backend, tensors: Mapping[str, np.ndarray],
             loaded: dict[str, np.ndarray], what: str) -> None:
     """Compare a load with the source bit for bit, then free the loaded copy before anything else runs."""
@@ -154,7 +205,8 @@ def _verify(record: RunRecord, backend: Backend, tensors: Mapping[str, np.ndarra
 
 def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
     """Put one operation's figures in the record, the workers' (if any) included."""
-    seconds, cpu_s, growth = usage.wall_s, usage.cpu_s, usage.rss_growth_bytes
+    seconds, cpu_s = usage.wall_s, usage.cpu_s
+    growth: float = usage.rss_growth_bytes
     workers = backend.worker_figures()
     if workers:
         setattr(record, f"process_{op}_s", [w["seconds"] for w in workers])
@@ -171,11 +223,9 @@ def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
     if patterns:  # the device ceiling: its time is the fastest pattern's
         record.patterns = {**(record.patterns or {}), op: dict(patterns)}
         seconds = min(patterns.values())
-    setattr(record, f"{op}_s", seconds)
-    setattr(record, f"{op}_cpu_s", cpu_s)
-    setattr(record, f"{op}_peak_rss_bytes", growth)
-    setattr(record, f"{op}_rss_anon_bytes", usage.rss_anon_peak_bytes)
-    setattr(record, f"{op}_rss_file_bytes", usage.rss_file_peak_bytes)
+    for name, value in (("s", seconds), ("cpu_s", cpu_s), ("peak_rss_bytes", growth),
+                        ("rss_anon_bytes", usage.rss_anon_peak_bytes), ("rss_file_bytes", usage.rss_file_peak_bytes)):
+        setattr(record, f"{op}_{name}", value)
     _note_others(record, op, usage)
 
 
@@ -186,10 +236,10 @@ def _note_others(record: RunRecord, op: str, usage: Timed) -> None:
 
 
 def readers_span_s(workers: Sequence[Mapping[str, Any]] | None) -> float | None:
-    """A load by several readers, from their own stamps (parallel.writers): the latest end less the earliest start
-    (the barrier's release) of each host's readers, on that host's monotonic clock, which all its processes share;
-    the slowest host's. Hosts share no clock, so with one reader per host this is the slowest reader's own time.
-    None without stamps (one process)."""
+    """A load by several readers, from their own stamps (parallel.writers): the latest end less the earliest start (the
+    barrier's release) of each host's readers, on that host's monotonic clock, which all its processes share; the
+    slowest host's. Hosts share no clock, so with one reader per host this is the slowest reader's own time. None
+    without stamps (one process)."""
     if not workers or any("started_s" not in w or "ended_s" not in w for w in workers):
         return None
     by_host: dict[Any, list[Mapping[str, Any]]] = {}
@@ -199,8 +249,8 @@ def readers_span_s(workers: Sequence[Mapping[str, Any]] | None) -> float | None:
 
 
 def _others_anon_bytes(workers: list[dict[str, Any]]) -> int:
-    """The peak anonymous bytes of the other processes of this host that took part (workers, tp readers, a
-    launch's ranks here): this process's own are in its own figures, other hosts' are on theirs."""
+    """The peak anonymous bytes of the other processes of this host that took part (workers, tp readers, a launch's
+    ranks here): this process's own are in its own figures, other hosts' are on theirs."""
     host, pid = socket.gethostname(), os.getpid()
     return sum(int(w.get("peak_anon_bytes", 0)) for w in workers if w.get("host") == host and w.get("pid") != pid)
 
@@ -217,16 +267,16 @@ def storage_failed(exc: BaseException) -> bool:
     return any(text in str(exc) for text in _STORAGE_FAILURE_TEXT)
 
 
-def cache_state(resident_bytes: int, disk_bytes: int) -> str:
+def cache_state(resident_bytes: int, disk_bytes: int | None) -> str:
     if resident_bytes == 0:
         return "cold"
-    return "warm" if resident_bytes >= 0.9 * disk_bytes else "partial"
+    return "warm" if resident_bytes >= 0.9 * (disk_bytes or 0) else "partial"
 
 
 def backend_for(test: TestSpec, config: SuiteConfig, target: Target | None = None,
                 writers: Writers | None = None) -> Backend:
-    """The back end that measures a test: the writers' for several processes (a tensor-parallel load's readers
-    among them, a reference row's too), else `own_backend`."""
+    """The back end that measures a test: the writers' for several processes (a tensor-parallel load's readers among
+    them, a reference row's too), else `own_backend`."""
     target = target or LocalTarget(config.output_dir)
     if test.processes > 1:
         return (writers or ThisProcess()).backend(test, config, target)
@@ -234,35 +284,32 @@ def backend_for(test: TestSpec, config: SuiteConfig, target: Target | None = Non
 
 
 def own_backend(test: TestSpec, config: SuiteConfig, target: Target) -> Backend:
-    """The one factory of a test's back end in this process, whatever its processes (parallel.backend wraps a
-    reference row's for its tp readers): TensorStore, a reference row or the device ceiling."""
+    """The one factory of a test's back end in this process, whatever its processes (parallel.backend wraps a reference
+    row's for its tp readers): TensorStore, a reference row or the device ceiling."""
     if test.backend == "tensorstore":
         return storage.TensorStoreBackend(storage.Layout.of(test, config.dtype), config.max_inflight_bytes,
                                           context_extra=target.context_spec())
     backend = BACKENDS[test.backend](**reference_settings(test, config))
     if test.backend != CEILING:  # the ceiling reads into its own buffer
-        backend.load_into = test.load_into or "new"  # type: ignore[attr-defined]  # None: the suite's default
+        backend.load_into = test.load_into or "new"  # None: the suite's default
     return backend
 
 
 def reference_settings(test: TestSpec, config: SuiteConfig) -> dict[str, Any]:
     """A reference row's back end's keyword arguments (its tp readers build theirs from them too)."""
-    if test.backend == CEILING:
-        return {"eviction": config.cache_eviction}
-    return dict(test.reference_settings or {})
+    return {"eviction": config.cache_eviction} if test.backend == CEILING else dict(test.reference_settings or {})
 
 
-def run_plan(runs: Iterable[PlannedRun], bench: Bench, on_phase: Phase = _no_phase,
+def run_plan(runs: Iterable[PlannedRun], bench: Bench, on_phase: Phase = lambda _run, _phase: None,
              earlier: Sequence[RunRecord] = ()) -> Iterator[RunRecord]:
     """Execute a plan, yielding each run's record as soon as it ends; stop after a storage failure.
 
-    `earlier`: runs before these (a resumed journal's, an earlier suite's), which each back end is told of before
-    a run of its test. A run that `on_phase` skips (RunSkipped, raised before its save) yields no record."""
+    `earlier`: runs before these (a resumed journal's, an earlier suite's), which each back end is told of before a run
+    of its test. A run that `on_phase` skips (RunSkipped, raised before its save) yields no record."""
     config = bench.config
     backends = {t.name: async_save.wrap(backend_for(t, config, bench.target, bench.writers), t, config.cache_eviction)
                 for t in config.tests}
-    if not isinstance(runs, Plan):
-        runs = list(runs)
+    runs = runs if isinstance(runs, Plan) else list(runs)
     last_round = runs.last_round if isinstance(runs, Plan) else max((r.round for r in runs), default=0)
     history: dict[str, list[RunRecord]] = {t.name: [] for t in config.tests}
     for record in earlier:

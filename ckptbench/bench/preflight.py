@@ -1,10 +1,9 @@
 """Everything a suite is checked for before anything is written, and the plan a dry run prints.
 
-`check` reads the config, the storage target and the weights' headers, and estimates the
-suite's wall time, disk and peak memory (bench.capacity). A mistake in the input raises a
-UserError at once; a suite that would not fit (too long, too little disk or memory) gives
-its reason in `refusal`, so `run_suite` refuses it and `--dry-run` prints the plan and the
-verdict. Nothing here writes.
+`check` reads the config, the storage target and the weights' headers, and estimates the suite's wall time, disk and
+peak memory (bench.capacity). A mistake in the input raises a UserError at once; a suite that would not fit (too long,
+too little disk or memory) gives its reason in `refusal`, so `run_suite` refuses it and `--dry-run` prints the plan and
+the verdict. Nothing here writes.
 """
 
 from __future__ import annotations
@@ -53,8 +52,8 @@ class Preflight:
 
 
 def check(config: SuiteConfig, source: weights.Weights | None = None, whole: bool = True) -> Preflight:
-    """The checks before a suite writes anything (module docstring). `whole` False: the suite is a set of
-    candidates of which only some will run (tune), so its duration is not judged."""
+    """The checks before a suite writes anything (module docstring). `whole` False: the suite is a set of candidates of
+    which only some will run (tune), so its duration is not judged."""
     targets.set_http_timeouts()
     workspace.check_output_dir(config.output_dir)
     target = targets.parse(config.storage, config.output_dir, config.storage_options)

@@ -1,27 +1,23 @@
 """The TensorStore back end: a checkpoint as one array per parameter.
 
-A checkpoint folder holds one array per tensor (the parameter name is the array's
-key) and `manifest.json` with names, shapes and dtype, written last so a checkpoint
-with a manifest is complete. A test chooses the format (zarr v2, or zarr3 with
-optional `sharding_indexed`), the key-value store (`file`; `ocdbt`, one database per
-checkpoint as Orbax writes; or `memory`, to separate CPU cost from disk cost), the
-chunking, compression and TensorStore's concurrency and fsync settings.
+A checkpoint folder holds one array per tensor (the parameter name is the array's key) and `manifest.json` with names,
+shapes and dtype, written last so a checkpoint with a manifest is complete. A test chooses the format (zarr v2, or zarr3
+with optional `sharding_indexed`), the key-value store (`file`; `ocdbt`, one database per checkpoint as Orbax writes; or
+`memory`, to separate CPU cost from disk cost), the chunking, compression and TensorStore's concurrency and fsync
+settings.
 
-Saves and loads keep every array in flight at once, as a user should: all opens are
-issued together, then writes (or reads) are issued without waiting for each other,
-bounded only by an in-flight byte budget (like T5X's `concurrent_gb`) so that a
-large model does not double its memory. Waiting tensor by tensor would serialise
-the I/O and measure Python, not storage; `in_flight: "one_tensor"` does exactly that,
-to reproduce the original Phase 4 harness.
+Saves and loads keep every array in flight at once, as a user should: all opens are issued together, then writes (or
+reads) are issued without waiting for each other, bounded only by an in-flight byte budget (like T5X's `concurrent_gb`)
+so that a large model does not double its memory. Waiting tensor by tensor would serialise the I/O and measure Python,
+not storage; `in_flight: "one_tensor"` does exactly that, to reproduce the original Phase 4 harness.
 
-`timed_conversion` reproduces the original's other habit: its weights were float16
-and every save cast each tensor to float32 inside the timer (`.float()`), every load
-copied each array read and cast it back (`np.copy`, `torch.from_numpy`, `.half()`).
-The float16 copies are made before the clock (`prepare`) and loads are verified
-against them.
+`timed_conversion` reproduces the original's other habit: its weights were float16 and every save cast each tensor to
+float32 inside the timer (`.float()`), every load copied each array read and cast it back (`np.copy`,
+`torch.from_numpy`, `.half()`). The float16 copies are made before the clock (`prepare`) and loads are verified against
+them.
 
-Every array is created with `store_data_equal_to_fill_value`, so a chunk of zeros
-is written like any other: sizes and times then count every byte of the model.
+Every array is created with `store_data_equal_to_fill_value`, so a chunk of zeros is written like any other: sizes and
+times then count every byte of the model.
 """
 
 from __future__ import annotations
@@ -49,6 +45,7 @@ MANIFEST = "manifest.json"
 OCDBT_DIR = "ocdbt"
 ZARR_V2_DTYPES = {"float32": "<f4", "float16": "<f2", "bfloat16": "bfloat16"}
 _BYTES_CODEC = {"name": "bytes", "configuration": {"endian": "little"}}
+Track = Callable[[list[ts.Future]], list[ts.Future]]  # settled()'s: notes futures to cancel on an interruption
 
 
 @dataclass(frozen=True)
@@ -73,22 +70,12 @@ class Layout:
     @classmethod
     def of(cls, test: TestSpec, dtype: str) -> Layout:
         itemsize = NUMPY_DTYPES[dtype].itemsize
-        return cls(
-            chunk_budget_elements=test.chunk_budget_elements(itemsize),
-            chunk_strategy=test.chunk_strategy,
-            concurrency_limit=test.concurrency_limit,
-            compression=test.compression,
-            format=test.format,
-            kvstore=test.kvstore,
-            shard_budget_elements=None if test.shard_bytes is None else max(1, test.shard_bytes // itemsize),
-            data_copy_concurrency=test.data_copy_concurrency,
-            file_io_sync=test.file_io_sync,
-            file_io_mode=test.file_io_mode,
-            in_flight=test.in_flight,
-            timed_conversion=test.timed_conversion,
-            load_into=test.load_into or "new",  # None (a test no suite finished): the suite's default
-            tp=test.tp,
-        )
+        same = ("chunk_strategy", "concurrency_limit", "compression", "format", "kvstore", "data_copy_concurrency",
+                "file_io_sync", "file_io_mode", "in_flight", "timed_conversion", "tp")  # the test's own settings
+        return cls(chunk_budget_elements=test.chunk_budget_elements(itemsize),
+                   shard_budget_elements=None if test.shard_bytes is None else max(1, test.shard_bytes // itemsize),
+                   load_into=test.load_into or "new",  # None (a test no suite finished): the suite's default
+                   **{name: getattr(test, name) for name in same})
 
     def context(self, extra: Mapping[str, Any] | None = None) -> ts.Context:
         """A fresh context (no cache is shared between a save and a load); `extra` adds a target's resources."""
@@ -114,9 +101,7 @@ class Layout:
 
     def manifest_store(self, location: RunLocation) -> dict[str, Any]:
         """The kvstore holding manifest.json: the run root (in memory for the memory kvstore)."""
-        if self.kvstore == "memory":
-            return {"driver": "memory", "path": f"{location.label}/"}
-        return location.base
+        return {"driver": "memory", "path": f"{location.label}/"} if self.kvstore == "memory" else location.base
 
     def _split(self, name: str, shape: tuple[int, ...]) -> tuple[int, int] | None:
         """The tensor-parallel split tp_aligned aligns to: (dimension, ranks), or None."""
@@ -178,11 +163,11 @@ class TensorStoreBackend(Backend):
     _into: dict[str, np.ndarray] | None = field(default=None, repr=False)  # load_into "preallocated": the arrays
 
     @property
-    def in_memory(self) -> bool:  # type: ignore[override]
+    def in_memory(self) -> bool:
         return self.layout.kvstore == "memory"
 
     @property
-    def bypasses_page_cache(self) -> bool:  # type: ignore[override]
+    def bypasses_page_cache(self) -> bool:
         return self.layout.file_io_mode == "direct"
 
     def _context(self) -> ts.Context:
@@ -235,10 +220,10 @@ POISON = 0xFF  # every byte of a preallocated array before a load: NaN in every 
 
 
 def preallocated(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Arrays shaped and typed like the tensors, every page touched (filled with POISON), for a load to fill in
-    place: what a model's parameters are when a checkpoint is loaded into them. The kernel maps and zeroes
-    their pages here, outside any clock (TensorStore's own output arrays pay that inside the load); a load that
-    left a byte unwritten fails verification."""
+    """Arrays shaped and typed like the tensors, every page touched (filled with POISON), for a load to fill in place:
+    what a model's parameters are when a checkpoint is loaded into them. The kernel maps and zeroes their pages here,
+    outside any clock (TensorStore's own output arrays pay that inside the load); a load that left a byte unwritten
+    fails verification."""
     out = {name: np.empty(array.shape, array.dtype) for name, array in tensors.items()}
     poison(out)
     return out
@@ -250,8 +235,8 @@ def poison(arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def half_copies(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """float16 torch copies of float32 weights, for timed_conversion; refused unless every value
-    survives float16 exactly (the original's weights were float16, so its casts lost nothing)."""
+    """float16 torch copies of float32 weights, for timed_conversion; refused unless every value survives float16
+    exactly (the original's weights were float16, so its casts lost nothing)."""
     import torch
 
     out = {}
@@ -266,11 +251,6 @@ def half_copies(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return out
 
 
-def to_float32(half: Any) -> np.ndarray:
-    """The original's save-side cast, timed: param.detach().cpu().float().numpy()."""
-    return half.detach().cpu().float().numpy()
-
-
 def to_float16(array: np.ndarray) -> np.ndarray:
     """The original's load-side copy and cast, timed: torch.from_numpy(np.copy(a)).half() (as numpy, no copy)."""
     import torch
@@ -280,9 +260,9 @@ def to_float16(array: np.ndarray) -> np.ndarray:
 
 def save(tensors: Mapping[str, Any], location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
          context: ts.Context | None = None) -> None:
-    """Write every tensor and the manifest; returns once TensorStore reports all writes committed
-    (durable, unless the layout turns file_io_sync off). With the layout's `timed_conversion`, `tensors` are
-    float16 torch tensors, each cast to the float32 array written inside the caller's timer (the original's)."""
+    """Write every tensor and the manifest; returns once TensorStore reports all writes committed (durable, unless the
+    layout turns file_io_sync off). With the layout's `timed_conversion`, `tensors` are float16 torch tensors, each cast
+    to the float32 array written inside the caller's timer (the original's)."""
     location = as_location(location)
     if location.local_dir is not None:
         location.local_dir.mkdir(parents=True, exist_ok=True)
@@ -291,19 +271,22 @@ def save(tensors: Mapping[str, Any], location: RunLocation | Path, layout: Layou
     dtype = "float32" if convert or not tensors else dtype_name(next(iter(tensors.values())).dtype)
     shapes = {name: tuple(tensors[name].shape) for name in names}
     nbytes = {name: math.prod(shapes[name]) * NUMPY_DTYPES[dtype].itemsize for name in names}
-    array: Callable[[Any], Any] = to_float32 if convert else (lambda tensor: tensor)
     context = context or layout.context()
+
+    def write(store: ts.TensorStore, name: str) -> Callable[[], Any]:
+        # timed_conversion: the original's save-side cast, timed: param.detach().cpu().float().numpy()
+        return lambda: store.write(tensors[name].detach().cpu().float().numpy() if convert else tensors[name])
+
     with settled() as track:
         if layout.in_flight == "one_tensor":
             for name in names:
                 store = track([ts.open(layout.array_spec(location, name, shapes[name], dtype), context=context)])[0]
-                track([store.result().write(array(tensors[name]))])[0].result()
+                track([write(store.result(), name)()])[0].result()
         else:
             opening = track([ts.open(layout.array_spec(location, name, shapes[name], dtype), context=context)
                              for name in names])
             stores = [future.result() for future in opening]
-            _bounded(((nbytes[n], lambda s=s, n=n: s.write(array(tensors[n]))) for s, n in zip(stores, names)),
-                     max_inflight_bytes, track)
+            _bounded(((nbytes[n], write(s, n)) for s, n in zip(stores, names)), max_inflight_bytes, track)
     write_manifest(location, layout, context, {"format": f"ckptbench-{layout.format}", "dtype": dtype,
                                                "tensors": [{"name": n, "shape": list(shapes[n])} for n in names]})
 
@@ -324,12 +307,12 @@ def read_manifest(location: RunLocation, layout: Layout, context: ts.Context) ->
 
 def load(location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
          context: ts.Context | None = None, *, into: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Read a checkpoint written by `save` back into memory (with the layout's `timed_conversion`, each array read
-    cast back to float16 inside the caller's timer, as the original did).
+    """Read a checkpoint written by `save` back into memory (with the layout's `timed_conversion`, each array read cast
+    back to float16 inside the caller's timer, as the original did).
 
-    `into`, given, holds an array per tensor (shaped and typed as stored) that each read fills in place, as
-    TensorStore 0.1.86 does it (its read has no `out=`): the store is written into a TensorStore view of the
-    array, `ts.array(out, copy=False, write=True).write(store)`. Those arrays are returned."""
+    `into`, given, holds an array per tensor (shaped and typed as stored) that each read fills in place, as TensorStore
+    0.1.86 does it (its read has no `out=`): the store is written into a TensorStore view of the array,
+    `ts.array(out, copy=False, write=True).write(store)`. Those arrays are returned."""
     location = as_location(location)
     context = context or layout.context()
     manifest = read_manifest(location, layout, context)
@@ -342,23 +325,24 @@ def load(location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
     out = {e["name"]: None if into is None else into[e["name"]] for e in entries}
     finish = to_float16 if layout.timed_conversion else np.asarray
     with settled() as track:
-        if layout.in_flight == "one_tensor":
-            return {e["name"]: _read_one(layout.open_spec(location, e["name"]), context, track, out[e["name"]], finish)
-                    for e in entries}
+        if layout.in_flight == "one_tensor":  # each array opened, read and finished before the next starts
+            loaded: dict[str, np.ndarray] = {}
+            for e in entries:
+                store = track([ts.open(layout.open_spec(location, e["name"]), context=context)])[0].result()
+                read = track([_reading(store, out[e["name"]], context)()])[0].result()
+                loaded[e["name"]] = into[e["name"]] if into is not None else finish(read)
+            return loaded
         opening = track([ts.open(layout.open_spec(location, e["name"]), context=context) for e in entries])
         stores = [future.result() for future in opening]
         futures = _bounded(((math.prod(e["shape"]) * itemsize, _reading(store, out[e["name"]], context))
                             for store, e in zip(stores, entries)), max_inflight_bytes, track)
-        if into is not None:
-            for future in futures:
-                future.result()
-            return {e["name"]: into[e["name"]] for e in entries}
-        return {e["name"]: finish(f.result()) for e, f in zip(entries, futures)}
+        return {e["name"]: into[e["name"]] if into is not None else finish(f.result())  # every read awaited by now
+                for e, f in zip(entries, futures)}
 
 
 def _reading(store: ts.TensorStore, out: np.ndarray | None, context: ts.Context) -> Callable[[], Any]:
-    """A read of the whole store: into a new array, or into `out` in place (the store copied into a
-    TensorStore view of `out`)."""
+    """A read of the whole store: into a new array, or into `out` in place (the store copied into a TensorStore view of
+    `out`)."""
     if out is None:
         return store.read
     return lambda: ts.array(out, copy=False, write=True, context=context).write(store)
@@ -374,21 +358,12 @@ def _check_into(into: Mapping[str, np.ndarray], entries: list[dict[str, Any]], d
                              f"preallocated array is {found}")
 
 
-def _read_one(spec: Mapping[str, Any], context: ts.Context, track: Callable[[list[ts.Future]], list[ts.Future]],
-              out: np.ndarray | None = None, finish: Callable[[np.ndarray], np.ndarray] = np.asarray) -> Any:
-    """Open one array and read it whole (into `out`, if given), each step awaited (in_flight "one_tensor");
-    `finish` is applied to an array read before the next tensor starts."""
-    store = track([ts.open(spec, context=context)])[0].result()
-    read = track([_reading(store, out, context)()])[0].result()
-    return out if out is not None else finish(read)
-
-
 @contextmanager
-def settled() -> Iterator[Callable[[list[ts.Future]], list[ts.Future]]]:
+def settled() -> Iterator[Track]:
     """Track futures; if anything interrupts (Ctrl-C, an error), cancel and wait for them all.
 
-    TensorStore keeps writing on its own threads after Python stops waiting, so
-    without this a folder could be deleted while files are still being created in it.
+    TensorStore keeps writing on its own threads after Python stops waiting, so without this a folder could be deleted
+    while files are still being created in it.
     """
     tracked: list[ts.Future] = []
 
@@ -399,21 +374,26 @@ def settled() -> Iterator[Callable[[list[ts.Future]], list[ts.Future]]]:
     try:
         yield track
     except BaseException:
-        for future in tracked:
-            future.cancel()
-        for future in tracked:
-            try:
-                future.result(timeout=_SETTLE_TIMEOUT_S)
-            except BaseException:  # cancelled, failed or timed out: all that matters is that it stopped
-                pass
+        stop(tracked)
         raise
 
 
 _SETTLE_TIMEOUT_S = 60.0
 
 
+def stop(futures: list[Any]) -> None:
+    """Cancel TensorStore futures (reads, writes), then wait until each has ended."""
+    for future in futures:
+        future.cancel()
+    for future in futures:
+        try:
+            future.result(timeout=_SETTLE_TIMEOUT_S)
+        except BaseException:  # cancelled, failed or timed out: all that matters is that it stopped
+            pass
+
+
 def _bounded(operations: Iterable[tuple[int, Callable[[], ts.Future]]], max_inflight_bytes: int,
-             track: Callable[[list[ts.Future]], list[ts.Future]] = lambda futures: futures) -> list[ts.Future]:
+             track: Track) -> list[ts.Future]:
     """Start operations in order, waiting for the oldest whenever the byte budget would be exceeded."""
     started: list[ts.Future] = []
     inflight: deque[tuple[int, ts.Future]] = deque()
@@ -438,8 +418,8 @@ def dtype_name(dtype: np.dtype) -> str:
 
 
 def checkpoint_size(directory: Path) -> tuple[int, int, int]:
-    """(apparent bytes, allocated bytes, file count) of the checkpoint's files under directory
-    (the harness's own ownership marker is not part of the checkpoint)."""
+    """(apparent bytes, allocated bytes, file count) of the checkpoint's files under directory (the harness's own
+    ownership marker is not part of the checkpoint)."""
     size_bytes = disk_bytes = n_files = 0
     for root, _dirs, files in os.walk(directory):
         for name in files:

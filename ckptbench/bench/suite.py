@@ -1,18 +1,17 @@
 """`run_suite(context)`: the one function that runs a suite, for every caller.
 
-The command line, the Python API (`ckptbench.run`), `tune` and `explain` all call it with a
-`bench.context.RunContext`. It knows nothing of launchers: who saves and loads the tests run by
-several processes is the context's `writers` (bench.backend.Writers), chosen once by the caller.
+The command line, the Python API (`ckptbench.run`), `tune` and `explain` all call it with a `bench.context.RunContext`.
+It knows nothing of launchers: who saves and loads the tests run by several processes is the context's `writers`
+(bench.backend.Writers), chosen once by the caller.
 
-Order of work: check everything that can be checked (output folder, storage, memory,
-duration, disk, weights) before writing anything; then the journal, the plan, the
-runs (each appended to the journal as it ends), and the results document, written to
-OUTPUT_DIR/results.json. Figures and console tables are the caller's business
-(`Results.draw`, `Results.report`).
+Order of work: check everything that can be checked (output folder, storage, memory, duration, disk, weights) before
+writing anything; then the journal, the plan, the runs (each appended to the journal as it ends), and the results
+document, written to OUTPUT_DIR/results.json. Figures and console tables are the caller's business (`Results.draw`,
+`Results.report`).
 
-A stop (Ctrl-C, SIGTERM, a budget's `may_start`, a lost rank) ends the suite within
-seconds: the results so far are written (complete: false), then `Stopped` is raised with
-them attached as `.partial`, and a context with `resume=True` continues later.
+A stop (Ctrl-C, SIGTERM, a budget's `may_start`, a lost rank) ends the suite within seconds: the results so far are
+written (complete: false), then `Stopped` is raised with them attached as `.partial`, and a context with `resume=True`
+continues later.
 """
 
 from __future__ import annotations
@@ -35,8 +34,8 @@ from ckptbench.sources import weights
 
 
 def run_suite(context: RunContext) -> results.Results:
-    """Run a suite (`context.config`: a finished config from `config.load` or `config.from_dict`) and return its
-    results (bench.context.RunContext says what else the context holds)."""
+    """Run a suite (`context.config`: a finished config from `config.load` or `config.from_dict`) and return its results
+    (bench.context.RunContext says what else the context holds)."""
     config, source = context.config, context.source
     checked = preflight.check(config, source)
     if checked.refusal is not None:
@@ -57,6 +56,7 @@ def run_suite(context: RunContext) -> results.Results:
     made: list[Path] = []  # source folders this suite makes, and removes at its end
     try:
         if source is None:  # converted once, untimed, written one tensor at a time into a file and mapped
+            assert checked.planned is not None  # preflight plans the weights a suite is not given
             source = checked.planned.to_file(_source_dir(output_dir, config.values, made))
         sources = {values: weights.plan(config.model, None, config.dtype, values).to_file(
                        _source_dir(output_dir, values, made)).tensors for values in checked.other_values}
@@ -89,8 +89,8 @@ class _Suite:
 
 
 def _measure(suite: _Suite, done: list[RunRecord]) -> results.Results:
-    """The runs of a checked suite (`done`: a resumed journal's), each appended to the journal as it ends, then
-    the results document."""
+    """The runs of a checked suite (`done`: a resumed journal's), each appended to the journal as it ends, then the
+    results document."""
     context, config, target, seed = suite.context, suite.context.config, suite.target, suite.seed
     if not context.resume:
         suite.log.start(journal.fingerprint(config.to_json(), suite.source.describe()), seed)
@@ -148,8 +148,8 @@ def _record(ran: Iterable[RunRecord], log: journal.Journal, records: list[RunRec
 
 
 def _confirm(suite: _Suite, records: list[RunRecord]) -> bool:
-    """The confirmation rounds (documents.confirmation): the finalists chosen from the suite's rounds measured
-    again, block after block, `confirm_pause_s` apart; False when a storage failure ended them early."""
+    """The confirmation rounds (documents.confirmation): the finalists chosen from the suite's rounds measured again,
+    block after block, `confirm_pause_s` apart; False when a storage failure ended them early."""
     config = suite.context.config
     main = [r for r in records if r.confirm_block is None]
     chosen = results.build(config, suite.source.describe(), main, {}, suite.seed, complete=True)["best"]
@@ -173,9 +173,9 @@ def _confirm(suite: _Suite, records: list[RunRecord]) -> bool:
 
 
 def _checked(context: RunContext) -> Phase:
-    """A phase callback that first stops the run if a stop signal's exception was lost, and before a run's
-    save, if `may_start` gives a reason not to start it: a `Skip` drops that run, any other reason stops the
-    suite; then tells the observer."""
+    """A phase callback that first stops the run if a stop signal's exception was lost, and before a run's save, if
+    `may_start` gives a reason not to start it: a `Skip` drops that run, any other reason stops the suite; then tells
+    the observer."""
     def checked(planned: PlannedRun, phase: str) -> None:
         interrupt.check()
         if phase == "save":
@@ -186,6 +186,3 @@ def _checked(context: RunContext) -> Phase:
                 raise Stopped.by_budget(reason)
         context.observer.phase(planned, phase)
     return checked
-
-
-__all__ = ["RunContext", "Start", "run_suite"]

@@ -1,16 +1,13 @@
 """Where checkpoints are written: a local folder, S3 (or an S3-compatible server), GCS, or memory.
 
-A target hands out one `RunLocation` per run: a TensorStore kvstore spec for the
-run's root (a folder, or an object prefix) plus, for local targets, the folder
-itself. It measures a saved checkpoint's footprint and deletes exactly what one
-run wrote: a local run folder carries a marker file, a remote run prefix a marker
-object, and nothing without its marker is ever deleted.
+A target hands out one `RunLocation` per run: a TensorStore kvstore spec for the run's root (a folder, or an object
+prefix) plus, for local targets, the folder itself. It measures a saved checkpoint's footprint and deletes exactly what
+one run wrote: a local run folder carries a marker file, a remote run prefix a marker object, and nothing without its
+marker is ever deleted.
 
-Remote stores change the protocol, and results.json says so: there is no page
-cache to drop (loads come from the server), and sizes come from listing objects.
-Endpoint, region and credentials come from the standard AWS variables
-(`AWS_ENDPOINT_URL`, `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`, ...)
-or the config's `storage_options`.
+Remote stores change the protocol, and results.json says so: there is no page cache to drop (loads come from the
+server), and sizes come from listing objects. Endpoint, region and credentials come from the standard AWS variables
+(`AWS_ENDPOINT_URL`, `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`, ...) or the config's `storage_options`.
 """
 
 from __future__ import annotations
@@ -111,14 +108,12 @@ class ObjectStoreTarget:
         return (self.options.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3")
                 or os.environ.get("AWS_ENDPOINT_URL"))
 
-    def _region(self) -> str:
-        return (self.options.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-                or "us-east-1")
-
     def kvstore(self, path: str) -> dict[str, Any]:
         if self.kind == "gcs":
             return {"driver": "gcs", "bucket": self.bucket, "path": path}
-        spec: dict[str, Any] = {"driver": "s3", "bucket": self.bucket, "path": path, "aws_region": self._region()}
+        region = (self.options.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                  or "us-east-1")
+        spec: dict[str, Any] = {"driver": "s3", "bucket": self.bucket, "path": path, "aws_region": region}
         if self._endpoint():
             spec["endpoint"] = self._endpoint()
         if os.environ.get("AWS_ACCESS_KEY_ID"):
@@ -135,8 +130,8 @@ class ObjectStoreTarget:
     def check(self) -> None:
         """Fail fast on a wrong endpoint, missing credentials or a missing bucket.
 
-        Creating an array in a bucket that does not exist makes TensorStore retry
-        forever, so the bucket is listed first, where that error comes at once.
+        Creating an array in a bucket that does not exist makes TensorStore retry forever, so the bucket is listed
+        first, where that error comes at once.
         """
         store = ts.KvStore.open(self.kvstore(self.prefix), context=ts.Context(self.context_spec(max_retries=1)))
         try:
@@ -181,8 +176,7 @@ Target = LocalTarget | ObjectStoreTarget  # where a suite writes its runs
 def footprint_of_store(location_spec: Mapping[str, Any], context: ts.Context) -> tuple[int, int, int]:
     """(bytes, bytes, objects) under a kvstore prefix, from a listing and each object's length.
 
-    TensorStore's listing carries no sizes, so each object's length is read; this is
-    outside every timed region.
+    TensorStore's listing carries no sizes, so each object's length is read; this is outside every timed region.
     """
     store = ts.KvStore.open(dict(location_spec), context=context).result()
     keys = [k for k in store.list().result() if k != MARKER_KEY.encode()]

@@ -1,8 +1,8 @@
 """Folders the harness owns, and the rule that it deletes nothing else.
 
-The output folder and every run folder get a marker file when the harness creates
-(or adopts an empty) folder. Deletion goes through `remove_owned`, which refuses a
-folder without the marker, so a wrong path can never cost a user their files.
+The output folder and every run folder get a marker file when the harness creates (or adopts an empty) folder. Deletion
+goes through `remove_owned`, which refuses a folder without the marker, so a wrong path can never cost a user their
+files.
 """
 
 from __future__ import annotations
@@ -73,9 +73,9 @@ _REMOVE_WITHIN_S = 60.0
 def remove_owned(path: Path, settle: bool = False) -> None:
     """Delete a folder the harness made; refuse (loudly) one it did not.
 
-    After an interrupted save, I/O already handed to TensorStore's threads can still
-    create files for a while (a cancelled write goes on with the chunks it has begun):
-    with `settle`, removal repeats, a moment apart, until the folder stays gone.
+    After an interrupted save, I/O already handed to TensorStore's threads can still create files for a while (a
+    cancelled write goes on with the chunks it has begun): with `settle`, removal repeats, a moment apart, until the
+    folder stays gone.
     """
     if not (path / RUN_MARKER).is_file():
         raise RuntimeError(f"refusing to delete {path}: it carries no {RUN_MARKER} marker")
@@ -92,13 +92,12 @@ def remove_owned(path: Path, settle: bool = False) -> None:
         time.sleep(_SETTLE_S)
 
 
-
 _REMOVE_THREADS = 16
 
 
 def _remove_tree(path: Path) -> None:
-    """rmtree, with the top-level subfolders (one per array) removed by parallel threads first: a
-    checkpoint of 10,000 small files goes in half a second instead of one to one and a half."""
+    """rmtree, with the top-level subfolders (one per array) removed by parallel threads first: a checkpoint of 10,000
+    small files goes in half a second instead of one to one and a half."""
     try:
         subfolders = [entry.path for entry in os.scandir(path) if entry.is_dir(follow_symlinks=False)]
     except OSError:

@@ -47,7 +47,7 @@ class DistributedBackend(Backend):
     _per_rank: dict[str, list[dict[str, Box]]] = field(default_factory=dict)  # by op, each writer's box by array
 
     @property
-    def bypasses_page_cache(self) -> bool:  # type: ignore[override]
+    def bypasses_page_cache(self) -> bool:
         return self.layout.file_io_mode == "direct"
 
     def _context_extra(self) -> dict[str, Any]:
@@ -138,7 +138,7 @@ class TensorParallelReference(Backend):
     _patterns: dict[str, float] | None = None
 
     @property
-    def bypasses_page_cache(self) -> bool:  # type: ignore[override]
+    def bypasses_page_cache(self) -> bool:
         return self.inner.bypasses_page_cache  # O_DIRECT readers (Run:ai): the record says what entered the cache
 
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:

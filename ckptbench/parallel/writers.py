@@ -40,9 +40,9 @@ import numpy as np
 import tensorstore as ts
 
 from ckptbench.bench import cache, storage
-from ckptbench.bench.references.backends import BACKENDS
+from ckptbench.bench.measure import Timed, timed
+from ckptbench.bench.references import BACKENDS
 from ckptbench.bench.targets import RunLocation
-from ckptbench.bench.timing import Timed, timed
 from ckptbench.bench.verify import mismatches
 from ckptbench.bench.workspace import RUN_MARKER
 from ckptbench.core import system

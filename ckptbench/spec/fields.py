@@ -125,7 +125,7 @@ class TestSpec:
     tp_save: bool = option(False, schema={"type": "boolean"}, sweep="tpsave", layout=False)
     # (layout left True for both: tune must not take an async candidate for its sync twin)
     save_mode: str = option("sync", schema={"enum": list(SAVE_MODES)}, sweep="mode")
-    # Async saves: bytes of the weights the stand-in training step reads per step (None: bench.training_step's
+    # Async saves: bytes of the weights the stand-in training step reads per step (None: bench.async_save's
     # default, about 100 ms on a 2-core VM)
     train_step_bytes: int | None = option(None, schema=SIZE_SCHEMA, read=parse_size, write=_size_out)
     expected: dict[str, list[float]] | None = option(None, layout=False, schema={

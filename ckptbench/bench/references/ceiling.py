@@ -1,12 +1,11 @@
 """The device's own ceiling: the model's bytes written and read cold in raw files, over a grid of access patterns.
 
-What the disk itself can do, so every test can be reported as a fraction of it: 1, 4, 16 and 32
-parallel streams over as many files, in 1, 16 and 64 MiB blocks, like fio jobs, an O_DIRECT read
-that no page cache can serve, and, where `fio` is on PATH, fio's own deep queues (io_uring,
-O_DIRECT, 16 jobs of 1 MiB blocks at queue depth 32). The full grid runs in the suite's first
-ceiling run; later runs repeat the grid's two fastest writes and reads, fio's pattern and the
-O_DIRECT read (`before_run`), so each round's ceiling is the fastest of a few strong candidates
-rather than one pattern whose noise would become every row's "% of ceiling".
+What the disk itself can do, so every test can be reported as a fraction of it: 1, 4, 16 and 32 parallel streams over as
+many files, in 1, 16 and 64 MiB blocks, like fio jobs, an O_DIRECT read that no page cache can serve, and, where `fio`
+is on PATH, fio's own deep queues (io_uring, O_DIRECT, 16 jobs of 1 MiB blocks at queue depth 32). The full grid runs in
+the suite's first ceiling run; later runs repeat the grid's two fastest writes and reads, fio's pattern and the O_DIRECT
+read (`before_run`), so each round's ceiling is the fastest of a few strong candidates rather than one pattern whose
+noise would become every row's "% of ceiling".
 """
 
 from __future__ import annotations
@@ -47,14 +46,9 @@ FIO_PREFIX = "fio "
 _FIO_SET = "fio"
 
 
-def fio_program() -> str | None:
-    """fio's path, or None where it is not on PATH (the ceiling then runs its own patterns only)."""
-    return shutil.which("fio")
-
-
 def fio_version() -> str | None:
     """'fio-3.33', or None where fio is not on PATH (or does not answer)."""
-    program = fio_program()
+    program = shutil.which("fio")
     if program is None:
         return None
     try:
@@ -68,23 +62,16 @@ class FioFailed(RuntimeError):
 
 
 class DeviceCeilingBackend(FileReference):
-    """The model's bytes, back to back, written and read in raw files over a grid of access patterns.
-
-    Writes: each pattern of `grid` (streams, block bytes), every stream writing its own file, every file
-    fsync'd. Reads, cold: the same patterns, each after an eviction, plus an O_DIRECT read (`direct`) that no
-    page cache can serve. Where fio is on PATH, its pattern (`fio`: jobs, block bytes, queue depth) writes and
-    reads a set of its own through io_uring with O_DIRECT, timed by fio's own clock (run_fio). Each pattern
-    is timed alone; the run's save and load times are the
-    fastest pattern's, and every pattern that ran has its time in the record. After a run with the full grid,
-    only the grid's LATER fastest writes and reads run, with fio's pattern and the O_DIRECT read (the files
-    their reads need are written untimed).
-    """
+    """The model's bytes, back to back, written (each stream its own file, fsync'd) and read cold over `grid` (streams,
+    block bytes), the O_DIRECT read `direct`, and fio's pattern (`fio`: jobs, block bytes, queue depth; timed by fio's
+    own clock). Each pattern is timed alone; the run's times are the fastest pattern's. Files a later run's reads need
+    that its writes did not make are written untimed."""
 
     def __init__(self, eviction: str = "auto", grid: Sequence[tuple[int, int]] = GRID,
                  direct: tuple[int, int] = DIRECT, fio: tuple[int, int, int] | None = FIO) -> None:
         self._eviction = eviction
         self.grid, self.direct, self.fio = tuple(grid), direct, fio
-        self._fio_program = fio_program() if fio else None
+        self._fio_program = shutil.which("fio") if fio else None  # None: the ceiling runs its own patterns only
         self._layout: list[tuple[str, tuple[int, ...], np.dtype, int]] = []  # name, shape, dtype, offset
         self._total = 0
         self._buffer: np.ndarray | None = None
@@ -108,22 +95,20 @@ class DeviceCeilingBackend(FileReference):
         writes = best_patterns(full, "save", names, LATER)
         self._later = (writes, best_patterns(read, "load", names, LATER) if read else writes)
 
-    def _write_patterns(self) -> list[tuple[int, int]]:
-        return list(self.grid) if self._later is None else [_parse_pattern(n) for n in self._later[0]]
-
-    def _read_patterns(self) -> list[tuple[int, int]]:
-        return list(self.grid) if self._later is None else [_parse_pattern(n) for n in self._later[1]]
+    def _patterns(self, op: int) -> list[tuple[int, int]]:
+        """The write (`op` 0) or read (1) patterns this run times."""
+        return list(self.grid) if self._later is None else [_parse_pattern(n) for n in self._later[op]]
 
     def _ranges(self, streams: int) -> list[tuple[int, int]]:
-        """A set's files: the O_DIRECT read's set starts each file at a multiple of its block (so every read
-        is whole aligned blocks), the others at a page."""
+        """A set's files: the O_DIRECT read's set starts each file at a multiple of its block (so every read is whole
+        aligned blocks), the others at a page."""
         align = self.direct[1] if streams == self.direct[0] else mmap.PAGESIZE
         return _ranges(self._total, streams, align)
 
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
-        """Allocate and touch the read buffer before any clock starts: the ceiling is the device's
-        speed, not the kernel's cost of mapping fresh pages (which halved the read speed we saw).
-        An anonymous mapping is page-aligned, as O_DIRECT needs."""
+        """Allocate and touch the read buffer before any clock starts: the ceiling is the device's speed, not the
+        kernel's cost of mapping fresh pages (which halved the read speed we saw). An anonymous mapping is page-aligned,
+        as O_DIRECT needs."""
         self._note_layout(tensors)
         align = self.direct[1]
         size = -(-max(self._total, 1) // align) * align  # room for O_DIRECT's whole last block
@@ -146,13 +131,13 @@ class DeviceCeilingBackend(FileReference):
         return self._seconds
 
     def bypass_resident_bytes(self, resident_after_load: int) -> int | None:
-        """The bytes of the O_DIRECT read's files in the page cache right after that read (None: it could not
-        run); the whole folder's figure holds the buffered patterns' pages too."""
+        """The bytes of the O_DIRECT read's files in the page cache right after that read (None: it could not run); the
+        whole folder's figure holds the buffered patterns' pages too."""
         return self._direct_resident
 
     def _evict(self, folder: Path) -> None:
-        """Between patterns: a few large files, so dropping their pages (fadvise) is all a cold read needs;
-        the whole page cache (drop_caches) would also throw out every library the process maps."""
+        """Between patterns: a few large files, so dropping their pages (fadvise) is all a cold read needs; the whole
+        page cache (drop_caches) would also throw out every library the process maps."""
         if self._eviction == "none":
             return
         if not cache.fadvise_dontneed(folder) or cache.resident_bytes(folder):
@@ -167,7 +152,7 @@ class DeviceCeilingBackend(FileReference):
         self._note_layout(tensors)
         pieces = [a.reshape(-1).view(np.uint8).data for a in tensors.values()]
         self._seconds = {}
-        for streams, block in self._write_patterns():
+        for streams, block in self._patterns(0):
             folder = directory / _set_name(streams)
             if folder.exists():
                 shutil.rmtree(folder)  # the same stream count, written again with another block size
@@ -176,8 +161,8 @@ class DeviceCeilingBackend(FileReference):
             _write_set(folder, pieces, self._ranges(streams), block)
             self._seconds[pattern_name(streams, block)] = time.perf_counter() - started
         # The files the reads need that no timed write made (untimed: not part of any pattern).
-        needed = {s for s, _ in self._read_patterns()} | {self.direct[0]}
-        for streams in sorted(needed - {s for s, _ in self._write_patterns()}):
+        needed = {s for s, _ in self._patterns(1)} | {self.direct[0]}
+        for streams in sorted(needed - {s for s, _ in self._patterns(0)}):
             folder = directory / _set_name(streams)
             folder.mkdir()
             _write_set(folder, pieces, self._ranges(streams), self.direct[1])
@@ -210,7 +195,7 @@ class DeviceCeilingBackend(FileReference):
             self.prepare({name: np.empty(shape, dtype) for name, shape, dtype, _ in self._layout})
         assert self._buffer is not None  # prepare made it
         self._seconds, self._direct_resident = {}, None
-        for index, (streams, block) in enumerate(self._read_patterns()):
+        for index, (streams, block) in enumerate(self._patterns(1)):
             folder = directory / _set_name(streams)
             if index:  # the runner evicted before the first pattern; each later one starts cold too
                 self._evict(folder)
@@ -237,26 +222,22 @@ class DeviceCeilingBackend(FileReference):
     def load_slices(self, location: RunLocation | Path, boxes: Mapping[str, Box], rank: int, ranks: int
                     ) -> dict[str, np.ndarray]:
         """One of N parallel readers (a tensor-parallel load's ceiling): rank `rank` reads its 1/N of the bytes,
-        buffered in 16 MiB blocks, from the set of files every save writes (the O_DIRECT read's). Raw bytes:
-        there is nothing to verify by name."""
+        buffered in 16 MiB blocks, from the set of files every save writes (the O_DIRECT read's). Raw bytes: there is
+        nothing to verify by name."""
         folder = folder_of(location) / _set_name(self.direct[0])
         files = sorted(folder.glob("part-*.bin"))
         sizes = [f.stat().st_size for f in files]
         total = sum(sizes)
-        start, stop = (_aligned(total * r // ranks, mmap.PAGESIZE) for r in (rank, rank + 1))
+        start, stop = (total * r // ranks // mmap.PAGESIZE * mmap.PAGESIZE for r in (rank, rank + 1))
         stop = total if rank == ranks - 1 else stop
         buffer = np.empty(stop - start, np.uint8)
         offset = 0
         for path, size in zip(files, sizes):  # the part of [start, stop) each file holds
             lo, hi = max(start, offset), min(stop, offset + size)
             if lo < hi:
-                _read_range(path, buffer.data[lo - start:hi - start], lo - offset, 16 * _MIB)
+                _read_file(path, buffer.data[lo - start:], hi - lo, 16 * _MIB, file_offset=lo - offset)
             offset += size
         return {"share": buffer}
-
-
-def _aligned(value: int, align: int) -> int:
-    return value // align * align
 
 
 def best_patterns(records: Sequence[RunRecord], op: str, names: set[str], count: int) -> list[str]:
@@ -270,11 +251,10 @@ def best_patterns(records: Sequence[RunRecord], op: str, names: set[str], count:
 
 
 def run_fio(program: str, folder: Path, sizes: list[int], rw: str, block: int, depth: int) -> float:
-    """fio writes or reads one file per job in `folder` (part-NN.bin, `sizes` bytes each, whole blocks) through
-    io_uring with O_DIRECT, `depth` blocks in flight per job; the seconds by fio's own clock, the slowest job's
-    runtime (its jobs start together; a write's runtime includes its end_fsync), as fio reports a group's
-    bandwidth: fio's start-up (16 processes, about 0.7 s on a 2-core VM) is not the device's time. Raises
-    FioFailed unless every byte moved."""
+    """fio writes or reads one file per job in `folder` (part-NN.bin, `sizes` bytes each, whole blocks) through io_uring
+    with O_DIRECT, `depth` blocks in flight per job; the seconds by fio's own clock, the slowest job's runtime (its jobs
+    start together; a write's runtime includes its end_fsync), as fio reports a group's bandwidth: fio's start-up (16
+    processes, about 0.7 s on a 2-core VM) is not the device's time. Raises FioFailed unless every byte moved."""
     command = [program, "--output-format=json", "--ioengine=io_uring", "--direct=1", f"--rw={rw}",
                f"--bs={block}", f"--iodepth={depth}", f"--directory={folder}"]
     if rw == "write":
@@ -308,9 +288,7 @@ def _parse_pattern(name: str) -> tuple[int, int]:
 
 def pattern_name(streams: int, block_bytes: int) -> str:
     """'4x16MiB': 4 streams (files) in 16 MiB blocks."""
-    if block_bytes % 2**20:
-        return f"{streams}x{block_bytes // 2**10}KiB"
-    return f"{streams}x{block_bytes // 2**20}MiB"
+    return f"{streams}x{block_bytes // 2**10}KiB" if block_bytes % 2**20 else f"{streams}x{block_bytes // 2**20}MiB"
 
 
 def _set_name(streams: int) -> str:
@@ -318,8 +296,8 @@ def _set_name(streams: int) -> str:
 
 
 def _ranges(total: int, streams: int, align: int) -> list[tuple[int, int]]:
-    """Split [0, total) into at most `streams` contiguous ranges (one per file) whose starts are
-    aligned to `align`; a set's files depend on its stream count only, so every block size reads the same files."""
+    """Split [0, total) into at most `streams` contiguous ranges (one per file) whose starts are aligned to `align`; a
+    set's files depend on its stream count only, so every block size reads the same files."""
     per_stream = math.ceil(total / streams)
     step = max(align, math.ceil(per_stream / align) * align)
     return [(start, min(start + step, total)) for start in range(0, total, step)] or [(0, 0)]
@@ -362,31 +340,18 @@ def _write_set(folder: Path, pieces: list[memoryview], ranges: list[tuple[int, i
     fsync_path(folder)
 
 
-def _read_file(path: Path, buffer: np.ndarray, start: int, stop: int, block: int, direct: bool) -> None:
+def _read_file(path: Path, into: memoryview, length: int, block: int, direct: bool = False,
+               file_offset: int = 0) -> None:
+    """Read `length` bytes of a file from `file_offset` into `into`, `block` bytes at a time."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
-    view = buffer.data
-    try:
-        position = start
-        while position < stop:
-            # O_DIRECT reads whole aligned blocks; the last one returns short at the end of the file
-            length = block if direct else min(block, stop - position)
-            got = os.preadv(fd, [view[position:position + length]], position - start)
-            if got == 0:
-                raise EOFError(f"{path} ended at byte {position - start} of {stop - start}")
-            position += got
-    finally:
-        os.close(fd)
-
-
-def _read_range(path: Path, into: memoryview, file_offset: int, block: int) -> None:
-    """Read len(into) bytes of a file from `file_offset`, buffered, `block` bytes at a time."""
-    fd = os.open(path, os.O_RDONLY)
     try:
         done = 0
-        while done < len(into):
-            got = os.preadv(fd, [into[done:done + block]], file_offset + done)
+        while done < length:
+            # O_DIRECT reads whole aligned blocks (`into` has room for them); the last returns short at the file's end
+            got = os.preadv(fd, [into[done:done + (block if direct else min(block, length - done))]],
+                            file_offset + done)
             if got == 0:
-                raise EOFError(f"{path} ended at byte {file_offset + done}")
+                raise EOFError(f"{path} ended at byte {file_offset + done} of {file_offset + length}")
             done += got
     finally:
         os.close(fd)
@@ -394,5 +359,5 @@ def _read_range(path: Path, into: memoryview, file_offset: int, block: int) -> N
 
 def _read_set(folder: Path, buffer: np.ndarray, ranges: list[tuple[int, int]], block: int, direct: bool) -> None:
     with ThreadPoolExecutor(len(ranges)) as pool:
-        list(pool.map(lambda i: _read_file(folder / f"part-{i:02d}.bin", buffer, *ranges[i], block, direct),
-                      range(len(ranges))))
+        list(pool.map(lambda i: _read_file(folder / f"part-{i:02d}.bin", buffer.data[ranges[i][0]:],
+                                           ranges[i][1] - ranges[i][0], block, direct), range(len(ranges))))

@@ -1,26 +1,25 @@
 """The loaders a user would pick instead of TensorStore to load a checkpoint fast: Run:ai Model Streamer and
 fastsafetensors (each reading the safetensors file the row saved), and torch.distributed.checkpoint (DCP).
 
-Each is measured like every other row: the file written and fsync'd in the save, the load cold, every byte
-verified. Each library is imported in `prepare`, before any clock (its first import costs seconds). Under
-load_into "new" the loaded copy is memory the load allocates inside the clock; under "preallocated" it is the
-arrays allocated and touched in `before_load`, before the clock, which the load fills (FileReference):
+Each is measured like every other row: the file written and fsync'd in the save, the load cold, every byte verified.
+Each library is imported in `prepare`, before any clock (its first import costs seconds). Under load_into "new" the
+loaded copy is memory the load allocates inside the clock; under "preallocated" it is the arrays allocated and touched
+in `before_load`, before the clock, which the load fills (FileReference):
 
-- Run:ai streamer (`SafetensorsStreamer().stream_file(path, device="cpu")`): with `owned` (its default) each
-  tensor it yields is a view into a buffer of its own that it never reuses, so keeping the views keeps the
-  copy; with `owned` false its buffers are reused, so each tensor is cloned inside the load; "preallocated":
-  each tensor is copied into its array. Its C++ core reads its settings from environment variables (spec.
-  references: concurrency, chunk byte size, file-system strategy and queue depth when a streamer is made, the
-  memory limit at each stream), so the row sets them around the load (always to a number: an empty value
-  breaks it; a setting left to the library is unset) and restores them after.
-- fastsafetensors (`SafeTensorsFileLoader(SingleGroup(), cpu, nogds=True, max_threads, bbuf_size_kb)`):
-  `get_tensor` is a view into one buffer holding the whole file, which stays valid after the loader is closed;
-  keeping the views is the copy (a clone would double the memory); "preallocated": each is copied into its array.
-- DCP (`FileSystemWriter(thread_count=N, sync_files=True)`, `FileSystemReader`): the load fills a state dict's
-  tensors in place. Under "new" the state dict is allocated inside the clock from the checkpoint's metadata
-  (torch.empty per tensor, what a load without a model must do); under "preallocated" it is the arrays
-  allocated before the clock. It runs in one process without a process group (`no_dist`), and its warning
-  that it assumes so is silenced.
+- Run:ai streamer (`SafetensorsStreamer().stream_file(path, device="cpu")`): with `owned` (its default) each tensor it
+  yields is a view into a buffer of its own that it never reuses, so keeping the views keeps the copy; with `owned`
+  false its buffers are reused, so each tensor is cloned inside the load; "preallocated": each tensor is copied into its
+  array. Its C++ core reads its settings from environment variables (spec.references: concurrency, chunk byte size,
+  file-system strategy and queue depth when a streamer is made, the memory limit at each stream), so the row sets them
+  around the load (always to a number: an empty value breaks it; a setting left to the library is unset) and restores
+  them after.
+- fastsafetensors (`SafeTensorsFileLoader(SingleGroup(), cpu, nogds=True, max_threads, bbuf_size_kb)`): `get_tensor` is
+  a view into one buffer holding the whole file, which stays valid after the loader is closed; keeping the views is the
+  copy (a clone would double the memory); "preallocated": each is copied into its array.
+- DCP (`FileSystemWriter(thread_count=N, sync_files=True)`, `FileSystemReader`): the load fills a state dict's tensors
+  in place. Under "new" the state dict is allocated inside the clock from the checkpoint's metadata (torch.empty per
+  tensor, what a load without a model must do); under "preallocated" it is the arrays allocated before the clock. It
+  runs in one process without a process group (`no_dist`), and its warning that it assumes so is silenced.
 """
 
 from __future__ import annotations
@@ -35,13 +34,13 @@ import numpy as np
 
 from ckptbench.bench.references.files import (
     FileReference,
+    SafetensorsBackend,
     folder_of,
     fsync_path,
     owned_part,
     to_numpy,
     to_torch,
 )
-from ckptbench.bench.references.loaders import SafetensorsBackend
 from ckptbench.bench.targets import RunLocation
 from ckptbench.sources.source_file import Box
 from ckptbench.spec.references import defaults
@@ -52,26 +51,28 @@ if TYPE_CHECKING:
 _RUNAI = defaults("runai_streamer")
 _FASTSAFETENSORS = defaults("fastsafetensors")
 DCP_WARNING = r".*assuming the intent is to (save|load) in a single process"
+# DCP without a process group says so (it is), from an async save's own thread too, where a catch_warnings block of
+# this one does not reach
+warnings.filterwarnings("ignore", message=DCP_WARNING, category=UserWarning)
 
 
 @contextmanager
 def environment(values: Mapping[str, str | None]) -> Iterator[None]:
-    """Environment variables set for the block (removed where the value is None), then restored (removed where
-    they were unset)."""
-    before = {name: os.environ.get(name) for name in values}
-    for name, value in values.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    try:
-        yield
-    finally:
-        for name, value in before.items():
+    """Environment variables set for the block (removed where the value is None), then restored (removed where they were
+    unset)."""
+    def apply(settings: Mapping[str, str | None]) -> None:
+        for name, value in settings.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+    before = {name: os.environ.get(name) for name in values}
+    apply(values)
+    try:
+        yield
+    finally:
+        apply(before)
 
 
 class RunaiStreamerBackend(SafetensorsBackend):
@@ -87,7 +88,7 @@ class RunaiStreamerBackend(SafetensorsBackend):
         self.fs_strategy, self.fs_queue_depth = fs_strategy, fs_queue_depth
 
     @property
-    def bypasses_page_cache(self) -> bool:  # type: ignore[override]
+    def bypasses_page_cache(self) -> bool:
         """O_DIRECT reads (the record says how much of the file entered the page cache), but for sync_buffered."""
         return self.fs_strategy != "sync_buffered"
 
@@ -99,27 +100,18 @@ class RunaiStreamerBackend(SafetensorsBackend):
                 "RUNAI_STREAMER_FS_QUEUE_DEPTH": None if self.fs_queue_depth is None else str(self.fs_queue_depth),
                 "RUNAI_STREAMER_MEMORY_LIMIT": str(self.memory_limit)}
 
-
     def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
         from runai_model_streamer import SafetensorsStreamer
 
         path = str(folder_of(location) / self.filename)
-        into = self.destination()
-        loaded: dict[str, np.ndarray] = {}
-        with environment(self.settings_environment()):
-            with SafetensorsStreamer() as streamer:
-                streamer.stream_file(path, device="cpu", owned=self.owned)
-                for name, tensor in streamer.get_tensors():
-                    if into is not None:
-                        into[name].copy_(tensor)
-                    else:
-                        loaded[name] = to_numpy(tensor if self.owned else tensor.clone())
-        return loaded if into is None else self.filled()
+        with environment(self.settings_environment()), SafetensorsStreamer() as streamer:
+            streamer.stream_file(path, device="cpu", owned=self.owned)
+            return self.kept(streamer.get_tensors(), clone=not self.owned)
 
     def load_slices(self, location: RunLocation | Path, boxes: Mapping[str, Box], rank: int, ranks: int
                     ) -> dict[str, np.ndarray]:
-        """The streamer takes whole files, not slices: each rank streams the whole file, then copies its slice out
-        (the row's tp_load says so)."""
+        """The streamer takes whole files, not slices: each rank streams the whole file, then copies its slice out (the
+        row's tp_load says so)."""
         whole = self.load(location)
         return {name: owned_part(to_torch(whole[name]), box) for name, box in boxes.items()}
 
@@ -133,23 +125,17 @@ class FastSafetensorsBackend(SafetensorsBackend):
                  bbuf_size_kb: int = _FASTSAFETENSORS["bbuf_size_kb"]) -> None:
         self.max_threads, self.bbuf_size_kb = max_threads, bbuf_size_kb
 
-
     def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
         import torch
         from fastsafetensors import SafeTensorsFileLoader, SingleGroup
 
-        into = self.destination()
         loader = SafeTensorsFileLoader(SingleGroup(), torch.device("cpu"), nogds=True, max_threads=self.max_threads,
                                        bbuf_size_kb=self.bbuf_size_kb)
         try:
             loader.add_filenames({0: [str(folder_of(location) / self.filename)]})
             buffer = loader.copy_files_to_device()
             try:
-                if into is None:
-                    return {name: to_numpy(buffer.get_tensor(name)) for name in loader.get_keys()}
-                for name in loader.get_keys():
-                    into[name].copy_(buffer.get_tensor(name))
-                return self.filled()
+                return self.kept((name, buffer.get_tensor(name)) for name in loader.get_keys())
             finally:
                 buffer.close()
         finally:
@@ -157,21 +143,20 @@ class FastSafetensorsBackend(SafetensorsBackend):
 
 
 class TorchDCPBackend(FileReference):
-    """torch.distributed.checkpoint: save with FileSystemWriter (fsync'd), load with FileSystemReader into a state
-    dict allocated inside the clock ("new") or into the preallocated arrays ("preallocated")."""
+    """torch.distributed.checkpoint: save with FileSystemWriter (fsync'd), load with FileSystemReader into a state dict
+    allocated inside the clock ("new") or into the preallocated arrays ("preallocated")."""
 
     libraries = ("torch.distributed.checkpoint", "torch.utils.serialization")
 
     def __init__(self, thread_count: int = 1) -> None:
         self.thread_count = thread_count
 
-
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
         import torch.distributed.checkpoint as dcp
 
         directory = folder_of(location)
         writer = dcp.FileSystemWriter(directory, thread_count=self.thread_count, sync_files=True)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # a caller's (pytest's) filters may have replaced the module's
             warnings.filterwarnings("ignore", message=DCP_WARNING, category=UserWarning)
             dcp.save({name: to_torch(a) for name, a in tensors.items()}, storage_writer=writer, no_dist=True)
         for file in directory.iterdir():  # the writer fsyncs each file (.metadata under a temporary name) ...
@@ -194,9 +179,9 @@ class TorchDCPBackend(FileReference):
 
     def load_slices(self, location: RunLocation | Path, boxes: Mapping[str, Box], rank: int, ranks: int
                     ) -> dict[str, np.ndarray]:
-        """A rank's slices without a process group: tensors of the slices' shapes, and a planner that asks for
-        each as the chunk at its offsets (what a DTensor's local shard would ask for). DCP's FileSystemReader
-        reads each saved tensor whole and narrows it: the rank reads whole tensors."""
+        """A rank's slices without a process group: tensors of the slices' shapes, and a planner that asks for each as
+        the chunk at its offsets (what a DTensor's local shard would ask for). DCP's FileSystemReader reads each saved
+        tensor whole and narrows it: the rank reads whole tensors."""
         import torch
         import torch.distributed.checkpoint as dcp
 
@@ -212,8 +197,8 @@ class TorchDCPBackend(FileReference):
 
 
 def _slice_planner(boxes: Mapping[str, Box]):
-    """A DefaultLoadPlanner whose state dict holds slices: each tensor is read as the chunk at its box's offsets
-    of the saved tensor (the resharding DCP does for a DTensor's shard), not as the whole saved tensor."""
+    """A DefaultLoadPlanner whose state dict holds slices: each tensor is read as the chunk at its box's offsets of the
+    saved tensor (the resharding DCP does for a DTensor's shard), not as the whole saved tensor."""
     import torch
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorStorageMetadata
