@@ -167,7 +167,6 @@ class Session:
 
 class LaunchWriters(WriterPool):
     """The writers of a launch, for `bench.suite.run_suite`: every rank, rank 0 (this process) among them.
-
     A lost rank ends the launch: the session is told (`Session.lose`) before the stop is raised, so that the
     launcher's SIGTERM does not cut short the cleanup that follows."""
 

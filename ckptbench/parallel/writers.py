@@ -170,7 +170,6 @@ def _load_slices(job: Job) -> dict[str, np.ndarray]:
 
 def serve(world: World, tensors: Mapping[str, np.ndarray], label: str) -> int:
     """Every rank but 0: do each job rank 0 broadcasts, until it says stop; returns the status it sends.
-
     Raises Broken when the world fails (rank 0 then reports which rank)."""
     gc.freeze()  # the weights and modules stay: the collections between jobs skip them
     while True:
@@ -194,7 +193,6 @@ def serve(world: World, tensors: Mapping[str, np.ndarray], label: str) -> int:
 
 class WriterPool(ABC):
     """Rank 0's side of a world of writers: one job per writer out, one reply per writer and round back.
-
     `world` is None until the pool is started (a --processes pool starts its workers with the first run);
     `writers` are the ranks that write, in writer order."""
 

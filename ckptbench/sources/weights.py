@@ -40,8 +40,7 @@ Reader = Callable[[Path, bool], Iterator[tuple[str, Any]]]
 
 @dataclass
 class Weights:
-    """Named tensors, C-contiguous, all in one dtype, plus where they came from.
-
+    """Named tensors, C-contiguous, all in one dtype, plus where they came from:
     `tensors` are arrays in memory (`Planned.in_memory`), or read-only views of a source file
     (`Planned.to_file`), which the kernel can drop from memory while a load fills it."""
 
@@ -201,7 +200,6 @@ def _resolve(weights_source: str) -> tuple[Path, dict[str, Any]]:
 @dataclass(frozen=True)
 class Planned:
     """The weights a suite will use, known before any is made: where they come from, and every tensor's shape.
-
     The checks that must come before anything is written (memory, disk, a resumed journal's fingerprint) read
     this; `to_file` or `in_memory` then makes the weights."""
 
