@@ -41,7 +41,7 @@ def run(config: SuiteConfig, **options: Any) -> Results:
     processes get workers spawned here."""
     from ckptbench.bench.context import Callbacks, RunContext
     from ckptbench.bench.suite import run_suite
-    from ckptbench.parallel.local import LocalWriters
+    from ckptbench.parallel.spawned import LocalWriters
 
     told = {name: options.pop(f"on_{name}") for name in ("start", "phase", "record") if f"on_{name}" in options}
     if told:

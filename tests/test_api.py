@@ -225,7 +225,7 @@ def test_run_hands_its_options_to_run_suite_in_one_run_context(monkeypatch, tmp_
     """ckptbench.run's keywords become the RunContext's fields; on_start, on_phase and on_record its observer."""
     import ckptbench
     from ckptbench.bench import suite as runner
-    from ckptbench.parallel.local import LocalWriters
+    from ckptbench.parallel.spawned import LocalWriters
 
     seen = []
     monkeypatch.setattr(runner, "run_suite", lambda context: seen.append(context) or results.Results({}, None))

@@ -184,7 +184,7 @@ def test_spawned_writers_cpu_and_bytes_are_the_runs_own(tmp_path, tiny_weights):
     """--processes 2: the two workers write and read every byte; their CPU and bytes are this run's, not others'."""
     from ckptbench.bench import measure, workspace
     from ckptbench.core import records
-    from ckptbench.parallel.local import LocalWriters
+    from ckptbench.parallel.spawned import LocalWriters
     from ckptbench.spec import config
 
     suite = config.from_dict({"model": "tiny", "processes": [2], "output_dir": str(tmp_path / "out"),

@@ -16,7 +16,7 @@ from conftest import act_on_stderr_line
 from ckptbench.bench import measure, workspace
 from ckptbench.core import records
 from ckptbench.parallel import slices
-from ckptbench.parallel.local import LocalWriters
+from ckptbench.parallel.spawned import LocalWriters
 from ckptbench.spec import config
 
 ROOT = Path(__file__).resolve().parents[1]

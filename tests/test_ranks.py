@@ -26,7 +26,7 @@ from ckptbench.core.errors import UserError
 from ckptbench.parallel import launch as launch_mod
 from ckptbench.parallel import session
 from ckptbench.parallel import writers as writers_mod
-from ckptbench.parallel.local import LocalWriters
+from ckptbench.parallel.spawned import LocalWriters
 from ckptbench.spec import config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -47,7 +47,7 @@ class SleepingReaders(Pool):
 
     @staticmethod
     def worker_main(launch: Any, source: Any) -> None:
-        from ckptbench.parallel import spawned, writers
+        from ckptbench.parallel import writers
         from ckptbench.parallel.slices import part
 
         tensors = source.open()
@@ -67,7 +67,7 @@ class SleepingReaders(Pool):
         writers.ready = ready
         writers._read_figures = _sleeping_before(writers._read_figures, AFTER_LOAD_SLEEP_S)
         writers.mismatches = _sleeping_before(writers.mismatches, READER_VERIFY_SLEEP_S)
-        spawned._worker_main(launch, source)
+        Pool.worker_main(launch, source)
 
 
 @pytest.mark.slow  # tp readers: many processes

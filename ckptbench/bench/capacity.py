@@ -213,7 +213,7 @@ def duration_words(seconds: float) -> str:
 
 def suggest_preset(ram_bytes: int | None, dtype: str, config: SuiteConfig) -> str | None:
     """The smallest preset of at least a quarter of RAM that would still fit in memory here, as flags."""
-    from ckptbench.sources.weights import NUMPY_DTYPES, PRESETS
+    from ckptbench.spec.presets import NUMPY_DTYPES, PRESETS
 
     if not ram_bytes:
         return None

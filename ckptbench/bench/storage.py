@@ -37,9 +37,9 @@ import tensorstore as ts
 from ckptbench.bench.backend import Backend
 from ckptbench.bench.targets import RunLocation, as_location, footprint_of_store
 from ckptbench.bench.workspace import RUN_MARKER
-from ckptbench.sources.weights import NUMPY_DTYPES
 from ckptbench.spec import chunking, compression, tensor_parallel
 from ckptbench.spec.fields import TestSpec
+from ckptbench.spec.presets import NUMPY_DTYPES
 
 MANIFEST = "manifest.json"
 OCDBT_DIR = "ocdbt"

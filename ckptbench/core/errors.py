@@ -19,10 +19,8 @@ class UserError(Exception):
 
 
 class Stopped(BaseException):
-    """The work stopped before its end; `partial` holds what it measured (attached on the way out).
-
-    BaseException, so that `except Exception` (a failing run is recorded, not raised) cannot swallow it.
-    """
+    """The work stopped before its end; `partial` holds what it measured (attached on the way out). A
+    BaseException, so that `except Exception` (a failing run is recorded, not raised) cannot swallow it."""
 
     SIGNAL, BUDGET, LOST_RANK = "signal", "budget", "lost rank"
 

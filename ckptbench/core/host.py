@@ -1,29 +1,24 @@
 """What the rest of this host did while an operation was timed: other processes' CPU time and device bytes.
 
-A `Watch` takes a `Sample` right before an operation's clock starts and right after it stops;
-`others(before, after)` is the difference, less this run's own share:
-- CPU: the host's busy time in /proc/stat (user, nice, system and steal, over every CPU) less
-  the CPU time of this run's own processes: this process, its descendants (spawned workers,
-  tensor-parallel readers, a loader's helpers) and the other ranks of a launch on this host
-  (`count_as_own`) with theirs, each utime + stime + cutime + cstime from /proc/<pid>/stat. A
-  child that exits and is reaped within the operation stays counted: its time moves into its
-  parent's cutime/cstime. Steal is the hypervisor running someone else on this VM's CPUs. The
-  kernel's own threads (writeback, page reclaim, the filesystem's journal) and interrupts serve
-  every process, this run's too, so they count as nobody's (`kernel_cpu_s` shows the threads').
-- Device bytes: sectors read and written (/proc/diskstats, 512 bytes each) of the disk that holds
-  the output folder (a partition counts as its whole disk), or of every physical disk when that
-  folder is on no block device (tmpfs, overlay, a network filesystem); less the own processes'
-  read_bytes/write_bytes (/proc/<pid>/io, reaped children included in their parent's).
+A `Watch` takes a `Sample` right before an operation's clock starts and right after it stops; `others(before,
+after)` is the difference, less this run's own share:
+- CPU: the host's busy time in /proc/stat (user, nice, system and steal, over every CPU) less the CPU time of this
+  run's own processes: this process, its descendants (spawned workers, tensor-parallel readers, a loader's helpers)
+  and the other ranks of a launch on this host (`count_as_own`) with theirs, each utime + stime + cutime + cstime
+  from /proc/<pid>/stat (a child reaped within the operation stays counted, in its parent's cutime/cstime). Steal
+  is the hypervisor running someone else on this VM's CPUs. The kernel's own threads (writeback, page reclaim, the
+  filesystem's journal) and interrupts serve every process, this run's too, so they count as nobody's.
+- Device bytes: sectors read and written (/proc/diskstats) of the disk that holds the output folder (a partition
+  counts as its whole disk), or of every physical disk when that folder is on no block device (tmpfs, overlay, a
+  network filesystem); less the own processes' read_bytes/write_bytes (/proc/<pid>/io).
 
-A snapshot reads /proc/stat, /proc/diskstats and every /proc/<pid>/stat of the host (a hundred
-processes: a few milliseconds), outside the clock reads. Where there is no /proc (not Linux) a
-watch samples nothing and the figures are None: not measured, never "quiet".
+A snapshot reads /proc/stat, /proc/diskstats and every /proc/<pid>/stat of the host (a hundred processes: a few
+milliseconds), outside the clock reads. Without /proc (not Linux) the figures are None: not measured, never "quiet".
 
-Limits: /proc/stat counts in clock ticks (10 ms) per CPU, so a short operation's figure is
-coarse (analysis.busy judges with a floor); a write this run made before the operation that the
-kernel flushes during it counts as another's (durable saves and evictions sync first, so only a
-non-durable save with no eviction leaves one); so does the CPU of a kernel thread that ends
-within the operation.
+Limits: /proc/stat counts in clock ticks (10 ms) per CPU, so a short operation's figure is coarse (analysis.busy
+judges with a floor); a write this run made before the operation that the kernel flushes during it counts as
+another's (durable saves and evictions sync first, so only a non-durable save with no eviction leaves one); so does
+the CPU of a kernel thread that ends within the operation.
 """
 
 from __future__ import annotations
@@ -34,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
+
+from ckptbench.core.system import io_bytes
 
 PROC = Path("/proc")
 SYS = Path("/sys")
@@ -93,11 +90,11 @@ def others(before: Sample | None, after: Sample | None) -> dict[str, float] | No
     }
 
 
+@dataclass(frozen=True)
 class Watch:
     """Samples of the host for operations whose checkpoint lives on `devices` (names in /proc/diskstats)."""
 
-    def __init__(self, devices: tuple[str, ...]) -> None:
-        self.devices = devices
+    devices: tuple[str, ...]
 
     def sample(self) -> Sample | None:
         """The host's counters now; None where there is no /proc."""
@@ -195,7 +192,7 @@ def _own_usage() -> tuple[int, dict[int, int], int, int]:
     own = _descendants({os.getpid(), *_own_roots} & ticks.keys(), parents)
     read = written = 0
     for pid in own:
-        counters = _io(pid)
+        counters = io_bytes(pid)
         read += counters.get("read_bytes", 0)
         written += counters.get("write_bytes", 0)
     return sum(ticks[pid] for pid in own), kernel, read, written
@@ -213,10 +210,3 @@ def _descendants(roots: set[int], parents: dict[int, int]) -> set[int]:
                 todo.append(child)
     return found
 
-
-def _io(pid: int) -> dict[str, int]:
-    try:
-        with open(PROC / str(pid) / "io") as handle:
-            return {key: int(value) for key, value in (line.split(":", 1) for line in handle if ":" in line)}
-    except (OSError, ValueError):
-        return {}  # gone, or not ours to read

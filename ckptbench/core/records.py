@@ -1,22 +1,19 @@
 """The plan of a suite and the raw record of one run: plain data, no I/O.
 
-A plan is the order runs execute in. "interleaved" (the default) runs round after
-round, each round every test once in an order shuffled from a recorded seed, so slow
-drift of the machine spreads over all tests. "blocked" runs each test's rounds back
-to back in config order (AAABBB), as the original Phase 4 harness did; it exists to
-show what that order does to the figures.
+A plan is the order runs execute in. "interleaved" (the default) runs round after round, each round every test
+once in an order shuffled from a recorded seed, so slow drift of the machine spreads over all tests. "blocked" runs
+each test's rounds back to back in config order (AAABBB), as the original Phase 4 harness did; it exists to show
+what that order does to the figures.
 
-Blocks mix the two in one suite: the tests of a block run back to back (AAABBB, in
-config order, warm-up runs first) as one stretch, placed between two interleaved
-rounds (or before the first, or after the last) at a position drawn from the seed. The
-other tests are interleaved as usual, with the same shuffles as without blocks. So an
-arm run in the original's order shares the machine with arms run interleaved.
+Blocks mix the two in one suite: the tests of a block run back to back (AAABBB, in config order, warm-up runs
+first) as one stretch, placed between two interleaved rounds (or before the first, or after the last) at a
+position drawn from the seed. The other tests are interleaved as usual, with the same shuffles as without blocks.
+So an arm run in the original's order shares the machine with arms run interleaved.
 
-The plan is generated lazily: a suite of a million runs costs nothing until it runs.
-
-Confirmation rounds (`confirmation_plan`) come after a suite's rounds: the tests chosen from those rounds
-measured again, interleaved, in blocks; their runs carry their block's number (`confirm_block`), so the
-answer can be computed from them alone and the rounds it was chosen from stay as they were.
+The plan is generated lazily: a suite of a million runs costs nothing until it runs. Confirmation rounds
+(`confirmation_plan`) come after a suite's rounds: the tests chosen from those rounds measured again, interleaved,
+in blocks; their runs carry their block's number (`confirm_block`), so the answer can be computed from them alone
+and the rounds it was chosen from stay as they were.
 """
 
 from __future__ import annotations

@@ -42,10 +42,9 @@ def free_bytes(path: Path) -> int:
 def resident_bytes() -> tuple[int, int]:
     """(anonymous, file-backed) resident bytes of this process, from /proc/self/status.
 
-    File-backed pages (mapped files: the source weights, a safetensors load's map) are page
-    cache the kernel can drop. Everything else counts as anonymous: heap, buffers, and shared
-    memory (an anonymous shared map, /dev/shm), which without swap cannot be dropped either.
-    """
+    File-backed pages (mapped files: the source weights, a safetensors load's map) are page cache the kernel can
+    drop. Everything else counts as anonymous: heap, buffers, and shared memory (an anonymous shared map,
+    /dev/shm), which without swap cannot be dropped either."""
     fields = {}
     with open("/proc/self/status") as handle:
         for line in handle:
@@ -88,13 +87,12 @@ def release_free_memory() -> bool:
     return bool(libc and libc.malloc_trim(0))
 
 
-def io_bytes() -> dict[str, int]:
-    """This process's I/O counters from /proc/self/io (every thread's): `read_bytes`, what it caused to be read
-    from a block device (page-cache hits not counted, readahead counted), and `rchar`, what its read calls
-    returned (cache hits counted, reads through a memory map not). Zeros where the file is missing."""
+def io_bytes(pid: int | str = "self") -> dict[str, int]:
+    """A process's I/O counters from /proc/<pid>/io (every thread's; none where it is gone or not ours to read):
+    `read_bytes`, what it caused to be read from a block device (page-cache hits not counted, readahead counted),
+    `rchar`, what its read calls returned (cache hits counted, reads through a memory map not), `write_bytes`."""
     try:
-        with open("/proc/self/io") as handle:
-            fields = dict(line.split(":", 1) for line in handle if ":" in line)
-    except OSError:
-        return {"read_bytes": 0, "rchar": 0}
-    return {"read_bytes": int(fields.get("read_bytes", 0)), "rchar": int(fields.get("rchar", 0))}
+        with open(f"/proc/{pid}/io") as handle:
+            return {key: int(value) for key, value in (line.split(":", 1) for line in handle if ":" in line)}
+    except (OSError, ValueError):
+        return {}

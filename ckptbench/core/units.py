@@ -6,6 +6,8 @@ counts are decimal (GB = 1e9 bytes), like throughput in GB/s.
 
 from __future__ import annotations
 
+import re
+
 from ckptbench.core.errors import UserError
 
 MAX_SIZE_BYTES = 2**32  # 4 GiB: beyond this one chunk is larger than any tensor worth chunking
@@ -44,22 +46,17 @@ def human_bytes(size_bytes: float) -> str:
     return f"{size_bytes / 1e9:.2f} GB" if size_bytes >= 1e9 else f"{size_bytes / 1e6:.1f} MB"
 
 
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}  # a bare number is seconds
 DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*[hms]\s*)+$|^\s*\d+(\.\d+)?\s*$"
 
 
 def parse_duration(text: str, where: str = "duration") -> float:
     """Seconds from "10m", "90s", "1h", "1h30m" or a bare number of seconds."""
-    import re
-
     value = str(text).strip().lower()
     if not re.fullmatch(DURATION_PATTERN, value):
         raise UserError(f"{where}: {text!r} is not a duration; use e.g. 90s, 10m, 1h or 1h30m")
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        seconds = float(value)
-    else:
-        seconds = sum(float(number) * _DURATION_UNITS[unit]
-                      for number, _, unit in re.findall(r"(\d+(\.\d+)?)\s*([hms])", value))
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms]?)", value)
+    seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
     if seconds <= 0:
         raise UserError(f"{where}: {text!r} is no time at all; use e.g. 90s, 10m, 1h or 1h30m")
     return seconds

@@ -1,10 +1,10 @@
 """Tests run by several processes: the back ends `measure` runs, whatever pool holds the processes.
 
-`DistributedBackend`: a TensorStore test saved and loaded by several writers, each its rows of
-every array; or, with tp > 1, loaded by tp readers, each its tensor-parallel slice (saved whole
-by the first writer, as one trainer writes, or with tp_save by the tp ranks, each its slice).
-`TensorParallelReference`: a reference row under tp > 1: saved here by the row's own back end,
-loaded by the tp readers with the row's own loader (`Backend.load_slices`)."""
+`DistributedBackend`: a TensorStore test saved and loaded by several writers, each its rows of every array; or,
+with tp > 1, loaded by tp readers, each its tensor-parallel slice (saved whole by the first writer, as one trainer
+writes, or with tp_save by the tp ranks, each its slice). `TensorParallelReference`: a reference row under tp > 1:
+saved here by the row's own back end, loaded by the tp readers with the row's own loader (`Backend.load_slices`).
+"""
 
 from __future__ import annotations
 
@@ -32,15 +32,32 @@ from ckptbench.spec.tensor_parallel import rank_boxes
 _EVICTION_STRENGTH = {"drop_caches": 2, "fadvise": 1, None: 0}
 
 
+class _Pooled(Backend):
+    """A back end whose jobs the pool's processes run from a common start; they verify what they read."""
+
+    pool: WriterPool
+    last_workers: list[dict[str, float]] | None = None  # each process's figures for the last save or load
+
+    def _run(self, jobs: list[Job], during: str) -> None:
+        self.pool.send(jobs)
+        self.last_workers = [reply[1] for reply in self.pool.collect("done", writers.PHASE_TIMEOUT_S, during=during)]
+
+    def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
+        replies = self.pool.collect("verified", writers.PHASE_TIMEOUT_S, during="verification")
+        return sorted({name for reply in replies for name in reply[1]})
+
+    def worker_figures(self) -> list[dict[str, float]] | None:
+        return self.last_workers
+
+
 @dataclass
-class DistributedBackend(Backend):
+class DistributedBackend(_Pooled):
     """A TensorStore test run by several writers."""
 
     layout: storage.Layout
     pool: WriterPool
     max_inflight_bytes: int
     context_extra: dict[str, Any] = field(default_factory=dict)
-    last_workers: list[dict[str, float]] | None = None  # each writer's figures for the last save or load
     tp: int = 1  # > 1: loads by tp readers (the pool's processes), each reading its tensor-parallel slice
     tp_save: bool = False  # with tp > 1: the save written by the tp ranks, each its slice
     _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -56,11 +73,10 @@ class DistributedBackend(Backend):
             extra["ocdbt_coordinator"] = {"address": self.pool.coordinator_address(), "lease_duration": "10s"}
         return extra
 
-    def _run(self, op: str, location: RunLocation) -> None:
+    def _run_op(self, op: str, location: RunLocation) -> None:
         extra = self._context_extra()
-        self.pool.send([Job(op, location, self.layout, boxes, extra, reader=(rank, self.pool.processes))
-                        for rank, boxes in enumerate(self._per_rank[op])])
-        self.last_workers = [reply[1] for reply in self.pool.collect("done", writers.PHASE_TIMEOUT_S, during=op)]
+        self._run([Job(op, location, self.layout, boxes, extra, reader=(rank, self.pool.processes))
+                   for rank, boxes in enumerate(self._per_rank[op])], during=op)
 
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Start the writers (spawn, import, map the weights) and split the arrays, before any clock starts."""
@@ -80,9 +96,10 @@ class DistributedBackend(Backend):
         sliced = rank_boxes(self._shapes, self.tp)
         if self.tp_save:  # each rank writes its slice; a replicated tensor once, by rank 0 (tp_aligned: no chunk
             # is shared, config checks it)
-            save = [{n: b for n, b in boxes.items() if b or rank == 0} for rank, boxes in enumerate(sliced)]
+            save: list[dict[str, Box]] = [{n: b for n, b in boxes.items() if b or rank == 0}
+                                          for rank, boxes in enumerate(sliced)]
         else:  # written whole by the first writer, as one trainer writes a checkpoint
-            save = [{name: () for name in self._shapes}] + [{} for _ in range(self.tp - 1)]
+            save = [{name: () for name in self._shapes} if rank == 0 else {} for rank in range(self.tp)]
         return {"save": save, "load": sliced}
 
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None:
@@ -91,22 +108,17 @@ class DistributedBackend(Backend):
         if location.local_dir is not None:
             location.local_dir.mkdir(parents=True, exist_ok=True)
         with storage.settled() as track:
-            creating = track([ts.open(self.layout.array_spec(location, name, shape, dtype), context=context)
-                              for name, shape in self._shapes.items()])
-            for future in creating:
+            for future in track([ts.open(self.layout.array_spec(location, name, shape, dtype), context=context)
+                                 for name, shape in self._shapes.items()]):
                 future.result()
-        self._run("save", location)
+        self._run_op("save", location)
         storage.write_manifest(location, self.layout, context, {
             "format": f"ckptbench-{self.layout.format}", "dtype": dtype, "processes": self.pool.processes,
             "tensors": [{"name": n, "shape": list(s)} for n, s in self._shapes.items()]})
 
     def load(self, location: RunLocation) -> dict[str, np.ndarray]:
-        self._run("load", location)
+        self._run_op("load", location)
         return {}  # the data stays with the writers, which verify it
-
-    def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
-        replies = self.pool.collect("verified", writers.PHASE_TIMEOUT_S, during="verification")
-        return sorted({name for reply in replies for name in reply[1]})
 
     def evict(self, directory: Path, method: str) -> str | None:
         """Evict here, then on every other host that wrote the checkpoint; the weakest method that worked."""
@@ -119,12 +131,9 @@ class DistributedBackend(Backend):
     def footprint(self, location: RunLocation) -> tuple[int, int, int]:
         return storage.TensorStoreBackend(self.layout, self.max_inflight_bytes, self.context_extra).footprint(location)
 
-    def worker_figures(self) -> list[dict[str, float]] | None:
-        return self.last_workers
-
 
 @dataclass
-class TensorParallelReference(Backend):
+class TensorParallelReference(_Pooled):
     """A reference row under tp > 1: the row's back end saves here; the pool's tp readers load, each its slice with
     the row's loader (`Backend.load_slices`), from a common start, and verify it."""
 
@@ -133,7 +142,6 @@ class TensorParallelReference(Backend):
     settings: dict[str, Any]
     pool: WriterPool
     tp: int
-    last_workers: list[dict[str, float]] | None = None
     _boxes: list[dict[str, Box]] = field(default_factory=list)
     _patterns: dict[str, float] | None = None
 
@@ -157,14 +165,9 @@ class TensorParallelReference(Backend):
     def load(self, location: RunLocation) -> dict[str, np.ndarray]:
         self._patterns = None  # a tensor-parallel load is one pattern: tp readers, each its share
         ceiling = self.kind == CEILING  # its readers read shares of raw bytes, not named slices
-        self.pool.send([Job("load", location, boxes={} if ceiling else boxes, reference=(self.kind, self.settings),
-                            reader=(rank, self.tp)) for rank, boxes in enumerate(self._boxes)])
-        self.last_workers = [reply[1] for reply in self.pool.collect("done", writers.PHASE_TIMEOUT_S, during="load")]
+        self._run([Job("load", location, boxes={} if ceiling else boxes, reference=(self.kind, self.settings),
+                       reader=(rank, self.tp)) for rank, boxes in enumerate(self._boxes)], during="load")
         return {}  # the data stays with the readers, which verify it
-
-    def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
-        replies = self.pool.collect("verified", writers.PHASE_TIMEOUT_S, during="verification")
-        return sorted({name for reply in replies for name in reply[1]})
 
     def evict(self, directory: Path, method: str) -> str | None:
         return self.inner.evict(directory, method)
@@ -175,9 +178,6 @@ class TensorParallelReference(Backend):
 
     def footprint(self, location: RunLocation) -> tuple[int, int, int]:
         return self.inner.footprint(location)
-
-    def worker_figures(self) -> list[dict[str, float]] | None:
-        return self.last_workers
 
     def pattern_seconds(self) -> dict[str, float] | None:
         return self._patterns

@@ -1,29 +1,11 @@
 """Who this process is in a launch (torchrun, SLURM's srun, Open MPI's mpirun), from the launcher's variables.
 
-Each launcher tells a process who it is through environment variables; `detect` maps
-them onto one `Launch`:
-
-| meaning          | torchrun (or anything setting RANK, WORLD_SIZE) | SLURM `srun`                            | Open MPI `mpirun`            |
-|------------------|-------------------------------------------------|-----------------------------------------|------------------------------|
-| rank             | `RANK`                                          | `SLURM_PROCID`                          | `OMPI_COMM_WORLD_RANK`       |
-| world size       | `WORLD_SIZE`                                    | `SLURM_STEP_NUM_TASKS`, else `SLURM_NTASKS` | `OMPI_COMM_WORLD_SIZE`   |
-| rank on its host | `LOCAL_RANK`                                    | `SLURM_LOCALID`                         | `OMPI_COMM_WORLD_LOCAL_RANK` |
-| ranks on a host  | `LOCAL_WORLD_SIZE`                              | `SLURM_STEP_TASKS_PER_NODE` (not read)  | `OMPI_COMM_WORLD_LOCAL_SIZE` |
-| rank 0's host    | `MASTER_ADDR`                                   | `MASTER_ADDR`, else the step's first host (`SLURM_STEP_NODELIST`, `SLURM_JOB_NODELIST`) | `MASTER_ADDR`; 127.0.0.1 when all ranks share one host |
-| rendezvous port  | `MASTER_PORT`                                   | `MASTER_PORT`, else 20000 + `SLURM_JOB_ID` mod 20000 | `MASTER_PORT`, else 29500 |
-
-`RANK`/`WORLD_SIZE` win over the others (torchrun started by srun sets both), and Open
-MPI's win over SLURM's (mpirun inside an allocation). SLURM's are used only inside an
-`srun` step (`SLURM_STEP_ID` set), not in the batch script itself. A world of one rank
-is an ordinary run.
-
-An environment that is neither a launch nor an ordinary run is refused, in one line,
-before anything is written: some of a launcher's variables without the rest (RANK
-without WORLD_SIZE, say), or numbers that contradict each other (a rank outside the
-world, more ranks on a host than in the world). Run as if no launcher were there, such
-a process would run the whole suite beside its siblings in one output folder.
-
-This module only reads variables: torch is imported when a world is joined (world.py).
+`detect` maps each launcher's variables onto one `Launch` (the table is in docs/launching.md, "How a
+launch works"; SLURM's MASTER_ADDR falls back to the first host of SLURM_STEP_NODELIST, else of
+SLURM_JOB_NODELIST). An environment that is neither a launch nor an ordinary run (a launcher's variables
+without their partners, numbers that contradict each other) is refused in one line before anything is
+written: run as if no launcher were there, such a process would run the whole suite beside its siblings
+in one output folder. Only variables are read here: torch is imported when a world is joined (world.py).
 """
 
 from __future__ import annotations
@@ -89,11 +71,13 @@ def _check_pairs(env: Mapping[str, str]) -> None:
                             f"job with torchrun, or unset {stray[0]} for an ordinary run")
 
 
-def _check_rank(launcher: str, rank: int | None, size: int) -> None:
+def _checked(launcher: str, rank: int | None, size: int) -> int:
+    """The rank, once it fits the world."""
     if size < 1:
         raise UserError(f"{launcher}: a world of {size} ranks; the world size must be at least 1")
     if rank is None or not 0 <= rank < size:
         raise UserError(f"{launcher}: rank {rank} is outside the world of {size} ranks; check the launcher's variables")
+    return rank
 
 
 def _check_local(launcher: str, rank: int, size: int, local: int | None, local_size: int | None) -> None:
@@ -109,7 +93,7 @@ def _check_local(launcher: str, rank: int, size: int, local: int | None, local_s
 
 
 def detect(environ: Mapping[str, str] | None = None) -> Launch | None:
-    """The launch this process belongs to (see the table above); None for an ordinary run."""
+    """The launch this process belongs to (docs/launching.md has the table); None for an ordinary run."""
     env = os.environ if environ is None else environ
     _check_pairs(env)
     local_size = None
@@ -137,14 +121,13 @@ def detect(environ: Mapping[str, str] | None = None) -> Launch | None:
         return None
     if size is None:
         raise UserError(f"{launcher}: the world size is not set; start the job with torchrun, srun or mpirun")
-    _check_rank(launcher, rank, size)
-    if size > 1:
-        if not addr:
-            raise UserError(f"MASTER_ADDR: not set, and {launcher} does not say where rank 0 runs; "
-                            "export MASTER_ADDR=<rank 0's host> (and MASTER_PORT) before starting the ranks")
-        if port is None or not 0 < port < 65536:
-            raise UserError(f"MASTER_PORT: {port!r} is not a port; export MASTER_PORT=<a free port on rank 0's host>")
+    rank = _checked(launcher, rank, size)
+    if size > 1 and not addr:
+        raise UserError(f"MASTER_ADDR: not set, and {launcher} does not say where rank 0 runs; "
+                        "export MASTER_ADDR=<rank 0's host> (and MASTER_PORT) before starting the ranks")
+    if size > 1 and (port is None or not 0 < port < 65536):
+        raise UserError(f"MASTER_PORT: {port!r} is not a port; export MASTER_PORT=<a free port on rank 0's host>")
     _check_local(launcher, rank, size, local, local_size)
-    if size == 1:
+    if size == 1 or not addr or port is None:  # a world of one rank is an ordinary run (addr, port: checked above)
         return None
     return Launch(launcher, rank, size, local, addr, port, agent_store, prefix)

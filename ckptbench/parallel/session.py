@@ -1,16 +1,14 @@
 """This process's part in a launch (torchrun, srun, mpirun), chosen once at the command line.
 
-`Session(launch)` joins the world of ranks. Every rank checks that all were given the
-same suite. Rank 0 then runs the suite as a single-process run would, with `writers()`
-injected into `bench.suite.run_suite`: checks, journal, plan, results and figures stay
-on rank 0, and every TensorStore test is run by all ranks, each writing and reading its
-slices. Every other rank only serves (`serve`): it saves and loads its slices when rank
-0 sends a job. So the plan, and the seed it is drawn from, never leave rank 0: each job
-is broadcast as it comes.
+`Session(launch)` joins the world of ranks. Every rank checks that all were given the same suite. Rank 0 then
+runs the suite as a single-process run would, with the launch's ranks as its writers (`LaunchWriters`): checks,
+journal, plan, results and figures stay on rank 0, and every TensorStore test is run by all ranks, each writing and
+reading its slices. Every other rank only serves (`serve`): it saves and loads its slices when rank 0 sends a job.
+So the plan, and the seed it is drawn from, never leave rank 0: each job is broadcast as it comes.
 
-Stops: the launcher sends SIGTERM to every rank when one dies. Once a rank is lost,
-rank 0 ignores stop signals (`lose`), so that it removes the run in progress and writes
-what finished; the stop it raises (`Stopped`, cause lost rank) names the rank.
+Stops: the launcher sends SIGTERM to every rank when one dies. Once a rank is lost, rank 0 ignores stop signals
+(`lose`), so that it removes the run in progress and writes what finished; the stop it raises (`Stopped`, cause
+lost rank) names the rank.
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ from ckptbench.parallel.backend import backend_of
 from ckptbench.parallel.launch import Launch
 from ckptbench.parallel.shared import SharedTensors, handoff
 from ckptbench.parallel.world import START_TIMEOUT_S, Broken, World, short_error
-from ckptbench.parallel.writers import LaunchedPool, serve
+from ckptbench.parallel.writers import WriterPool, serve
 from ckptbench.sources import weights
 from ckptbench.spec import config as config_mod
 from ckptbench.spec.fields import TestSpec
@@ -46,16 +44,14 @@ from ckptbench.spec.suite import SuiteConfig
 
 
 class Session:
-    """One rank's membership of a launch, from joining the world to the last word rank 0 sends."""
+    """One rank's membership of a launch, from joining the world (made) to the last word rank 0 sends (exit)."""
 
     def __init__(self, launch: Launch) -> None:
-        self.launch = launch
-        self.world: World | None = None
+        self.world = World.join(launch)
         self.lost = False  # set once a rank of this launch is lost
         self.status = 1  # what rank 0 tells the other ranks at the end
 
     def __enter__(self) -> Session:
-        self.world = World.join(self.launch)
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -76,7 +72,9 @@ class Session:
     def check_same_suite(self, config: SuiteConfig) -> None:
         """Refuse, on every rank, a launch whose ranks were given different suites (rank 0 says how)."""
         world = self.world
-        digests, suites = zip(*world.all_gather(suite_hash(config), timeout_s=START_TIMEOUT_S))
+        described = journal.fingerprint(config.to_json(), {})  # the suite, without where this host keeps its files
+        digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+        digests, suites = zip(*world.all_gather((digest, described), timeout_s=START_TIMEOUT_S))
         if len(set(digests)) == 1:
             return
         world.broken = "the ranks were given different suites"  # nothing more is sent: every rank stops here
@@ -94,13 +92,16 @@ class Session:
         """Rank 0: run the suite with the launch's ranks as its writers; the status the other ranks get at
         the end follows how it ended."""
         try:
-            handlers = _install(self._stop_signal)
+            launched = dataclasses.replace(context, config=suite_for_launch(context.config, self.world.launch),
+                                           writers=LaunchWriters(self))
+            main = threading.current_thread() is threading.main_thread()  # the only thread that may set handlers
+            handlers = {sig: signal.signal(sig, self._stop_signal) for sig in interrupt.SIGNALS} if main else {}
             try:
-                outcome = run_suite(dataclasses.replace(context, config=suite_for_launch(context.config, self.launch),
-                                                        writers=LaunchWriters(self)))
+                outcome = run_suite(launched)
             finally:
                 if not self.lost:  # a lost launch keeps ignoring the launcher's SIGTERM until the last line is out
-                    _install(handlers)
+                    for sig, handler in handlers.items():
+                        signal.signal(sig, handler)
             self.status = 0
             return outcome
         except UserError:
@@ -135,16 +136,6 @@ class Session:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
-    def wait_ready(self, tensors: Mapping[str, Any]) -> None:
-        """Rank 0, before anything is written: hand the weights to this host's other ranks and check that
-        every rank has its weights and can reach the storage."""
-        try:
-            self.world.broadcast(("weights",), timeout_s=START_TIMEOUT_S)
-            share_weights(self.world, tensors, None, None)
-        except Broken as exc:
-            raise UserError(f"{self.launch.launcher}: {exc} while the ranks were starting; "
-                            "check every rank's output") from None
-
     # --- the other ranks ---
 
     def serve(self, config: SuiteConfig) -> int:
@@ -174,32 +165,47 @@ class Session:
             return 1
 
 
-class LaunchWriters:
-    """The writers of a launch, for `bench.suite.run_suite`: every rank, rank 0 among them."""
+class LaunchWriters(WriterPool):
+    """The writers of a launch, for `bench.suite.run_suite`: every rank, rank 0 (this process) among them.
+    A lost rank ends the launch: the session is told (`Session.lose`) before the stop is raised, so that the
+    launcher's SIGTERM does not cut short the cleanup that follows."""
 
     def __init__(self, session: Session) -> None:
+        super().__init__(list(range(session.world.size)), session.world)
         self.session = session
-        self.pool = LaunchedPool(session.world, on_lost=session.lose)
 
     def backend(self, test: TestSpec, config: SuiteConfig, target: targets.Target) -> Backend:
-        return backend_of(test, config, target, self.pool)
+        return backend_of(test, config, target, self)
 
     def ready(self, tensors: Mapping[str, Any]) -> None:
-        self.session.wait_ready(tensors)
+        """Rank 0, before anything is written: hand the weights to this host's other ranks and check that
+        every rank has its weights and can reach the storage."""
+        world = self.session.world
+        try:
+            world.broadcast(("weights",), timeout_s=START_TIMEOUT_S)
+            share_weights(world, tensors, None, None)
+        except Broken as exc:
+            raise UserError(f"{world.launch.launcher}: {exc} while the ranks were starting; "
+                            "check every rank's output") from None
 
     def describe(self) -> dict[str, Any] | None:
         return self.session.world.describe()
 
-    def close(self) -> None:
-        self.pool.stop()  # the launch itself ends with the session
+    def start(self, tensors: Mapping[str, Any]) -> None:
+        self._tensors = tensors
 
+    def stop(self) -> None:
+        # The launch itself ends with the suite (Session); a broken one, with its launcher, which stops every rank
+        # (so none still writes into a run folder rank 0 removes).
+        self._rounds, self._replies = [], None
 
-def _install(handler: Any) -> dict[int, Any]:
-    """Set the stop signals' handler (one, or one per signal), returning the ones it replaced."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    handlers = handler if isinstance(handler, dict) else {sig: handler for sig in interrupt.SIGNALS}
-    return {sig: signal.signal(sig, h) for sig, h in handlers.items()}
+    close = stop
+
+    def _lost(self, broken: Broken, during: str) -> BaseException:
+        self.session.lose()
+        if broken.who:
+            return Stopped.by_lost_rank(f"the loss of {broken.who}, which {broken.what} during {during}")
+        return Stopped.by_lost_rank(f"a broken launch during {during}: {broken.what}")
 
 
 def suite_for_launch(config: SuiteConfig, launch: Launch) -> SuiteConfig:
@@ -220,12 +226,6 @@ def suite_for_launch(config: SuiteConfig, launch: Launch) -> SuiteConfig:
     return config_mod.with_processes(config, launch.world_size)
 
 
-def suite_hash(config: SuiteConfig) -> tuple[str, dict[str, Any]]:
-    """A digest of what every rank must agree on: the suite, without where this host keeps its files."""
-    described = journal.fingerprint(config.to_json(), {})
-    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest(), described
-
-
 def share_weights(world: World, tensors: Mapping[str, Any] | None, problem: str | None,
                   config: SuiteConfig | None) -> Any:
     """Every rank: each host's leader offers its weights to the host's other ranks through /dev/shm (one copy
@@ -237,7 +237,7 @@ def share_weights(world: World, tensors: Mapping[str, Any] | None, problem: str 
         shared = handoff(tensors, fallback=None)  # the source file; weights in memory go through /dev/shm
     try:
         offers = world.all_gather((problem, shared), timeout_s=START_TIMEOUT_S)
-        if not leader and problem is None:
+        if not leader and problem is None and config is not None:  # rank 0 leads its host: it passes no config
             try:
                 offer = offers[world.leader(world.rank)][1]
                 tensors = offer.open() if offer is not None else load_weights(config)

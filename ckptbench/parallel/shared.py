@@ -8,7 +8,6 @@ too small, as in some containers, each process makes them again from the same so
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ from typing import Mapping
 
 import numpy as np
 
+from ckptbench.sources import weights
 from ckptbench.sources.source_file import SourceFile, SourceTensors
-from ckptbench.spec.presets import NUMPY_DTYPES
 
 
 @dataclass(frozen=True)
@@ -40,53 +39,33 @@ class WeightSource:
     dtype: str
     values: str = "random"
 
-    def open(self) -> dict[str, np.ndarray]:
-        from ckptbench.sources import weights
-
+    def open(self) -> Mapping[str, np.ndarray]:
         return weights.load(self.model, self.weights_source, self.dtype, self.values).tensors
 
 
 SHM_DIR = Path("/dev/shm")
 
 
-@dataclass(frozen=True)
-class SharedTensors:
-    """The parent's tensors copied once into a file on /dev/shm (RAM); workers map read-only views.
-
-    A plain file rather than multiprocessing.shared_memory, whose resource tracker
-    would unlink the block when the first worker exits.
-    """
-
-    path: str
-    entries: tuple[tuple[str, tuple[int, ...], str, int], ...]  # name, shape, dtype name, byte offset
+class SharedTensors(MappedSource):
+    """The parent's tensors copied once into a source file in a folder on /dev/shm (RAM), which workers map: a
+    plain file rather than multiprocessing.shared_memory, whose resource tracker would unlink the block when the
+    first worker exits."""
 
     @classmethod
     def create(cls, tensors: Mapping[str, np.ndarray]) -> SharedTensors:
-        names = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
         total = sum(a.nbytes for a in tensors.values())
         if not SHM_DIR.is_dir() or shutil.disk_usage(SHM_DIR).free < total * 1.1:
             raise OSError(f"{SHM_DIR} cannot hold {total} bytes")
-        fd, path = tempfile.mkstemp(prefix="ckptbench-weights-", dir=SHM_DIR)
-        entries, offset = [], 0
+        shared = cls(tempfile.mkdtemp(prefix="ckptbench-weights-", dir=SHM_DIR))
         try:
-            with os.fdopen(fd, "wb") as handle:
-                for name, array in tensors.items():
-                    handle.write(memoryview(array.reshape(-1).view(np.uint8)))
-                    entries.append((name, tuple(array.shape), names[array.dtype], offset))
-                    offset += array.nbytes
+            SourceFile.write(Path(shared.folder), tensors.items())
         except BaseException:
-            os.unlink(path)
+            shared.remove()
             raise
-        return cls(path, tuple(entries))
-
-    def open(self) -> dict[str, np.ndarray]:
-        mapped = np.memmap(self.path, dtype=np.uint8, mode="r") if self.entries else np.empty(0, np.uint8)
-        return {name: mapped[offset:offset + int(np.prod(shape)) * NUMPY_DTYPES[dtype].itemsize]
-                .view(NUMPY_DTYPES[dtype]).reshape(shape)
-                for name, shape, dtype, offset in self.entries}
+        return shared
 
     def remove(self) -> None:
-        Path(self.path).unlink(missing_ok=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def handoff(tensors: Mapping[str, np.ndarray],

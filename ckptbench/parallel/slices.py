@@ -29,7 +29,8 @@ def row_boxes(layout: storage.Layout, shapes: Mapping[str, Sequence[int]], proce
     owned: list[dict[str, Box]] = [{} for _ in range(processes)]
     for name, shape in shapes.items():
         shape = tuple(shape)
-        for rank, rows in enumerate(row_slices(shape, write_unit_rows(layout, shape, name), processes)):
+        unit = layout.shard_shape(shape, name) or layout.chunk_shape(shape, name)  # shards if sharded, else chunks
+        for rank, rows in enumerate(row_slices(shape, unit[0] if unit else 1, processes)):
             if rows is not None:
                 owned[rank][name] = (rows,) if shape else ()
     return owned
@@ -38,9 +39,3 @@ def row_boxes(layout: storage.Layout, shapes: Mapping[str, Sequence[int]], proce
 def part(array: Any, box: Box) -> Any:
     """The part of an array (numpy) or a TensorStore a box selects; () is all of it."""
     return array[tuple(slice(start, stop) for start, stop in box)] if box else array
-
-
-def write_unit_rows(layout: storage.Layout, shape: tuple[int, ...], name: str = "") -> int:
-    """Rows of the smallest unit two processes must not share: the shard if sharded, else the chunk."""
-    unit = layout.shard_shape(shape, name) or layout.chunk_shape(shape, name)
-    return unit[0] if unit else 1

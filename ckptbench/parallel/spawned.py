@@ -1,9 +1,8 @@
 """--processes N: N workers this process spawns on this host, ranks 1..N of a world whose rank 0 it is.
 
-The workers map the parent's source file (shared.handoff: one copy per host, in the page
-cache). `spawn`, not fork: TensorStore aborts a process that
-forks after its threads started. A worker that dies fails the run at once; the pool
-is then stopped and started afresh for the next run, and no process is left behind.
+The workers map the parent's source file (shared.handoff: one copy per host, in the page cache). `spawn`, not
+fork: TensorStore aborts a process that forks after its threads started. A worker that dies fails the run at once;
+the pool is then stopped and started afresh for the next run, and no process is left behind.
 """
 
 from __future__ import annotations
@@ -17,30 +16,37 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ckptbench.bench.backend import Backend, Writers
+from ckptbench.bench.targets import Target
+from ckptbench.parallel.backend import backend_of
 from ckptbench.parallel.launch import Launch
 from ckptbench.parallel.shared import MappedSource, SharedTensors, WeightSource, handoff
-from ckptbench.parallel.world import START_TIMEOUT_S, Broken, World, connect_store, process_alive, seconds
+from ckptbench.parallel.world import START_TIMEOUT_S, Broken, World, connect_store, process_alive
 from ckptbench.parallel.writers import LOOPBACK, WorkerFailed, WriterPool, serve
+from ckptbench.spec.fields import TestSpec
+from ckptbench.spec.suite import SuiteConfig
 
 
 class Pool(WriterPool):
     """--processes N: N spawned workers on this host, ranks 1..N of a world whose rank 0 is this process."""
 
     def __init__(self, processes: int, fallback: WeightSource) -> None:
-        super().__init__()
-        self.n_workers = processes
+        super().__init__(list(range(1, processes + 1)))
         self.fallback = fallback  # used where shared memory cannot hold the weights
         self._workers: list[Any] = []
         self._shared: SharedTensors | None = None
 
-    @property
-    def writers(self) -> list[int]:
-        return list(range(1, self.n_workers + 1))
-
     @staticmethod
     def worker_main(launch: Launch, source: MappedSource | SharedTensors | WeightSource) -> None:
         """What each spawned worker runs (picklable by name: a test's pool runs an instrumented one)."""
-        _worker_main(launch, source)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+        tensors = source.open()
+        store = connect_store(launch)
+        store.set(f"ready/{launch.rank}", "1")
+        try:
+            serve(World.join(launch, store=store), tensors, label=f"worker {launch.rank - 1}")
+        except Broken:
+            sys.exit(1)  # the parent saw it too, and reports it
 
     def label(self, rank: int) -> str:
         return f"worker {rank - 1}"
@@ -48,11 +54,8 @@ class Pool(WriterPool):
     def start(self, tensors: Mapping[str, np.ndarray]) -> None:
         if self.world is not None:
             return
-        import torch.distributed as dist
-
-        store = dist.TCPStore(LOOPBACK, 0, self.n_workers + 1, is_master=True,
-                              timeout=seconds(START_TIMEOUT_S), wait_for_workers=False)
-        launch = Launch("processes", 0, self.n_workers + 1, 0, LOOPBACK, store.port)
+        store = connect_store(Launch("processes", 0, self.processes + 1, 0, LOOPBACK, 0))  # rank 0's, any free port
+        launch = Launch("processes", 0, self.processes + 1, 0, LOOPBACK, store.port)
         source = handoff(tensors, self.fallback)
         self._shared = source if isinstance(source, SharedTensors) else None
         spawn = multiprocessing.get_context("spawn")
@@ -100,13 +103,13 @@ class Pool(WriterPool):
 
     def stop(self) -> None:
         """Stop every worker: ask, then terminate, then kill; none is left behind."""
-        world, self.world = self.world, None
-        asked = world is not None and not world.broken  # a broken world cannot carry the request: terminate
-        if asked:
+        world, self.world, asked = self.world, None, False
+        if world is not None and not world.broken:  # a broken world cannot carry the request: terminate
             try:
                 world.broadcast(("stop", 0), timeout_s=10)
+                asked = True
             except Broken:
-                asked = False
+                pass
         for worker in self._workers:
             worker.join(timeout=2 if asked else 0)
             if worker.is_alive():
@@ -123,12 +126,20 @@ class Pool(WriterPool):
         self._coordinator = None
 
 
-def _worker_main(launch: Launch, source: MappedSource | SharedTensors | WeightSource) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
-    tensors = source.open()
-    store = connect_store(launch)
-    store.set(f"ready/{launch.rank}", "1")
-    try:
-        serve(World.join(launch, store=store), tensors, label=f"worker {launch.rank - 1}")
-    except Broken:
-        sys.exit(1)  # the parent saw it too, and reports it
+class LocalWriters(Writers):
+    """The writers of a run on this host: tests with `processes` N (tp N) are run by N workers this process spawns,
+    one pool per process count and weights, kept for the whole suite."""
+
+    def __init__(self) -> None:
+        self.pools: dict[tuple[int, str], Pool] = {}
+
+    def backend(self, test: TestSpec, config: SuiteConfig, target: Target) -> Backend:
+        source = WeightSource(config.model, config.weights, config.dtype, config.values_for(test))
+        key = (test.processes, source.values)  # each pool's workers hold the weights they were started with
+        if key not in self.pools:
+            self.pools[key] = Pool(test.processes, source)
+        return backend_of(test, config, target, self.pools[key])
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.stop()

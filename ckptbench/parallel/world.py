@@ -1,14 +1,12 @@
 """The ranks of one launch (or this process and its --processes workers) as one gloo world.
 
-The ranks form one gloo process group (torch.distributed, CPU, TCP) on torch's TCPStore,
-hosted by torchrun's agent or by rank 0. Every step is torch's: a `monitored_barrier`
-first, by which rank 0 learns from torch which ranks did not arrive within the step's
-timeout (one that hangs, or whose connection closed), then `broadcast_object_list` or
-`all_gather_object`. What torch cannot say is added here: each rank's pid and host,
-whether a rank is a process that exited, and, while rank 0 waits for ranks still busy
-with a long local operation, that another rank of this host died (torch would name it
-only once the busy ones arrived). Rank 0 waits in a thread of its own, so that stop
-signals are handled meanwhile. The harness opens no sockets of its own; torch is
+The ranks form one gloo process group (torch.distributed, CPU, TCP) on torch's TCPStore, hosted by torchrun's
+agent or by rank 0. Every step is torch's: a `monitored_barrier` first, by which rank 0 learns from torch which
+ranks did not arrive within the step's timeout (one that hangs, or whose connection closed), then
+`broadcast_object_list` or `all_gather_object`. What torch cannot say is added here: each rank's pid and host,
+whether a rank is a process that exited, and, while rank 0 waits for ranks still busy with a long local operation,
+that another rank of this host died (torch would name it only once the busy ones arrived). Rank 0 waits in a
+thread of its own, so that stop signals are handled meanwhile. The harness opens no sockets of its own; torch is
 imported only when a world is joined.
 """
 
@@ -190,7 +188,12 @@ class World:
     def _named(self, exc: RuntimeError, timeout_s: float, timed_out: bool) -> Broken:
         """torch's verdict, with pids and hosts, and the ranks of this host that exited said to have (a closed
         connection may show before its process is seen to exit)."""
-        dead = self.dead_ranks() if timed_out else self._settled_dead_ranks()
+        dead = self.dead_ranks()
+        for _ in range(0 if timed_out else 10):  # allow a dying process a moment to finish exiting
+            if dead:
+                break
+            time.sleep(0.1)
+            dead = self.dead_ranks()
         if dead:
             return Broken("exited", self.name(dead))
         found = _NAMED_BY_TORCH.search(str(exc))
@@ -198,15 +201,6 @@ class World:
             late = [int(rank) for rank in found.group(1).split(",")]
             return Broken(f"did not answer within {timeout_s:.0f} s", self.name(late))
         return Broken(f"the connection to a rank broke ({self.broken}); the launcher's report names the rank")
-
-    def _settled_dead_ranks(self) -> list[int]:
-        """Ranks on this host found dead, allowing a dying process a moment to finish exiting."""
-        for _ in range(10):
-            dead = self.dead_ranks()
-            if dead:
-                return dead
-            time.sleep(0.1)
-        return []
 
     # --- who is where ---
 

@@ -1,37 +1,33 @@
 """Many writers: N processes saving and loading one checkpoint together, like N hosts.
 
-Each writer writes or reads only its own part of every array, a box: a contiguous range of
-whole chunks along the first dimension, so no two processes ever touch one chunk
-(slices.py); or, for a tensor-parallel load (spec.tensor_parallel), its rank's slice of
-each tensor on its split dimension and every replicated tensor whole. A reference row's
-tensor-parallel readers read their slices with the row's own loader (`Job.reference`).
-The writers and the process that runs the suite form one gloo world
-(world.py), and everything after that is one code path:
+Each writer writes or reads only its own part of every array, a box: whole chunks of rows, so no two processes
+ever touch one chunk (slices.py); or, for a tensor-parallel load (spec.tensor_parallel), its rank's slice of each
+tensor, with the row's own loader for a reference row (`Job.reference`). The writers and the process that runs the
+suite form one gloo world (world.py), and everything after that is one code path:
 - rank 0 creates every array's metadata, then broadcasts one `Job` per writer;
-- every rank imports what its job needs (`ready`), then all meet at a barrier, the common start, and
-  each does its job (`perform`);
-- rank 0 all-gathers every writer's figures: its start (the barrier's release) and end on the host's
-  monotonic clock, which every process of a host shares, its seconds between the two, CPU and peak memory
-  growth; for a save it then writes the manifest.
-A save lasts from before the metadata until every writer reports its writes durable
-(and the manifest is written); a load from the common start until the slowest writer
-has its slices in memory, as MLPerf Storage reports checkpoints: the latest end less the
-earliest start of the readers' own stamps (bench.measure), never rank 0's clock around the
-job, which also holds sending it, the imports, the barrier and gathering the replies. Writers
+- every rank imports what its job needs (`ready`), then all meet at a barrier, the common start, and each does its
+  job (`perform`);
+- rank 0 all-gathers every writer's figures: its start (the barrier's release) and end on the host's monotonic
+  clock, which every process of a host shares, CPU and peak memory growth; for a save it then writes the manifest.
+A save lasts from before the metadata until every writer reports its writes durable (and the manifest is written);
+a load from the common start until the slowest writer has its slices in memory, as MLPerf Storage reports
+checkpoints: the latest end less the earliest start of the readers' own stamps (bench.measure), never rank 0's
+clock around the job, which also holds sending it, the imports, the barrier and gathering the replies. Writers
 verify their slices bit for bit after the clock has stopped, in a second round of the same job.
 
-Two kinds of pool give rank 0 its writers: `spawned.Pool` (--processes N: workers this
-process starts) and `LaunchedPool` (the ranks of a launch, rank 0 among them).
-For OCDBT, all writers share one database through TensorStore's distributed
+Rank 0's writers are a `spawned.Pool` (--processes N: workers this process starts) or `session.LaunchWriters` (the
+ranks of a launch, rank 0 among them). For OCDBT, all writers share one database through TensorStore's distributed
 coordinator, a server rank 0 runs; its address travels in every job.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import socket
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -94,10 +90,14 @@ def perform(job: Job, tensors: Mapping[str, np.ndarray], start_at: float, label:
 def _work(job: Job, tensors: Mapping[str, np.ndarray], start_at: float) -> Iterator[tuple[str, Any]]:
     if job.op == "evict":  # this host's page cache, for the host's ranks
         directory = job.location.local_dir
+        assert directory is not None  # an eviction's location is a local folder (WriterPool.evict_elsewhere)
         yield "done", {"eviction": cache.evict(directory, job.eviction), "host": socket.gethostname(),
                        "resident_bytes": cache.resident_bytes(directory)}
     elif job.op == "save":  # the clock runs from the common start: no garbage collection inside it
-        _check_visible(job.location)
+        folder = job.location.local_dir  # made by rank 0: a rank on another host must see the very same folder
+        if folder is not None and not (folder / RUN_MARKER).is_file():
+            raise FileNotFoundError(f"{folder} (made by rank 0) is not visible on {socket.gethostname()}; every "
+                                    "host must see the checkpoint folder: a shared --storage folder, or s3://")
         usage = timed(lambda: _save_slices(job, tensors), collect_garbage=False)
         yield "done", _figures(start_at, time.monotonic(), usage)
     else:
@@ -115,13 +115,6 @@ def _work(job: Job, tensors: Mapping[str, np.ndarray], start_at: float) -> Itera
         yield "verified", mismatches(tensors, loaded, job.boxes) if job.boxes else []
 
 
-def _check_visible(location: RunLocation) -> None:
-    """A local run folder is made by rank 0: a rank on another host must see the very same folder."""
-    if location.local_dir is not None and not (location.local_dir / RUN_MARKER).is_file():
-        raise FileNotFoundError(f"{location.local_dir} (made by rank 0) is not visible on {socket.gethostname()}; "
-                                "every host must see the checkpoint folder: a shared --storage folder, or s3://")
-
-
 def _figures(start_at: float, end_at: float, usage: Timed) -> dict[str, Any]:
     """A writer's own figures: its start (the barrier's release) and end on the host's monotonic clock and the
     seconds between them, CPU, peak RSS growth, and its process's peak anonymous memory with where that process
@@ -136,18 +129,24 @@ def _read_figures(before: Mapping[str, int], after: Mapping[str, int], loaded: M
     """A reader's bytes: what it caused to be read from the device (read_bytes: cold loads only, since a page
     another reader of this host brought in is a hit), what its read calls returned (rchar), and the bytes of
     the parts it was asked for (its slices)."""
-    return {"read_bytes": after["read_bytes"] - before["read_bytes"], "rchar_bytes": after["rchar"] - before["rchar"],
+    return {"read_bytes": after.get("read_bytes", 0) - before.get("read_bytes", 0),
+            "rchar_bytes": after.get("rchar", 0) - before.get("rchar", 0),
             "slice_bytes": sum(int(array.nbytes) for array in loaded.values())}
 
 
+def _opened(job: Job, track: Callable[[list[ts.Future]], list[ts.Future]]) -> dict[str, Any]:
+    """Every array of a TensorStore job's boxes, opened."""
+    layout = job.layout
+    assert layout is not None  # a TensorStore job's (a reference row's and an eviction's have none)
+    context = layout.context(job.context_extra)
+    opening = track([ts.open(layout.open_spec(job.location, name), context=context) for name in job.boxes])
+    return {name: future.result() for name, future in zip(job.boxes, opening)}
+
+
 def _save_slices(job: Job, tensors: Mapping[str, np.ndarray]) -> None:
-    context = job.layout.context(job.context_extra)
     with storage.settled() as track:  # a stop signal leaves no write running into a folder about to be removed
-        opened = dict(zip(job.boxes, track([ts.open(job.layout.open_spec(job.location, name), context=context)
-                                            for name in job.boxes])))
-        writes = track([part(opened[name].result(), box).write(part(tensors[name], box))
-                        for name, box in job.boxes.items()])
-        for write in writes:
+        stores = _opened(job, track)
+        for write in track([part(stores[n], box).write(part(tensors[n], box)) for n, box in job.boxes.items()]):
             write.result()
 
 
@@ -163,21 +162,15 @@ def _load_slices(job: Job) -> dict[str, np.ndarray]:
     if job.reference is not None:  # a reference row's readers: its own loader reads each slice
         kind, settings = job.reference
         return BACKENDS[kind](**settings).load_slices(job.location, job.boxes, *job.reader)
-    context = job.layout.context(job.context_extra)
     with storage.settled() as track:
-        opened = dict(zip(job.boxes, track([ts.open(job.layout.open_spec(job.location, name), context=context)
-                                            for name in job.boxes])))
-        stores = {name: future.result() for name, future in opened.items()}
+        stores = _opened(job, track)
         reads = dict(zip(stores, track([part(store, job.boxes[name]).read() for name, store in stores.items()])))
         return {name: np.asarray(read.result()) for name, read in reads.items()}
 
 
 def serve(world: World, tensors: Mapping[str, np.ndarray], label: str) -> int:
     """Every rank but 0: do each job rank 0 broadcasts, until it says stop; returns the status it sends.
-
     Raises Broken when the world fails (rank 0 then reports which rank)."""
-    import gc
-
     gc.freeze()  # the weights and modules stay: the collections between jobs skip them
     while True:
         step = world.broadcast()
@@ -198,10 +191,13 @@ def serve(world: World, tensors: Mapping[str, np.ndarray], label: str) -> int:
 
 # --- rank 0: driving the writers ----------------------------------------------------------------------
 
-class WriterPool:
-    """Rank 0's side of a world of writers: one job per writer out, one reply per writer and round back."""
+class WriterPool(ABC):
+    """Rank 0's side of a world of writers: one job per writer out, one reply per writer and round back.
+    `world` is None until the pool is started (a --processes pool starts its workers with the first run);
+    `writers` are the ranks that write, in writer order."""
 
-    def __init__(self, world: World | None = None) -> None:
+    def __init__(self, writers: list[int], world: World | None = None) -> None:
+        self.writers = writers
         self.world = world
         self._tensors: Mapping[str, np.ndarray] = {}
         self._replies: Iterator[tuple[str, Any]] | None = None  # rank 0's own replies, when it writes
@@ -210,9 +206,14 @@ class WriterPool:
         self._during = ""
         self._coordinator: Any = None
 
-    @property
-    def writers(self) -> list[int]:
-        raise NotImplementedError
+    # start: before the clock, the writers are up and hold the weights; stop: no job in progress any more, and no
+    # writer the pool started is left; _lost: what to raise when the world broke during a job
+    @abstractmethod
+    def start(self, tensors: Mapping[str, np.ndarray]) -> None: ...
+    @abstractmethod
+    def stop(self) -> None: ...
+    @abstractmethod
+    def _lost(self, broken: Broken, during: str) -> BaseException: ...
 
     @property
     def processes(self) -> int:
@@ -221,48 +222,51 @@ class WriterPool:
     def label(self, rank: int) -> str:
         return f"rank {rank}"
 
-    def _lost(self, broken: Broken, during: str) -> BaseException:
-        raise NotImplementedError
+    def _joined(self) -> World:
+        if self.world is None:
+            raise WorkerFailed("the writers were not started")
+        return self.world
 
     def coordinator_address(self) -> str:
         """TensorStore's OCDBT coordinator, run by rank 0: loopback when every rank is on this host."""
-        one_host = len(self.world.hosts()) <= 1 if self.world is not None else True
+        world = self.world
+        one_host = world is None or len(world.hosts()) <= 1
         if self._coordinator is None:
             bind = f"{LOOPBACK}:0" if one_host else "[::]:0"
             self._coordinator = ts.ocdbt.DistributedCoordinatorServer({"bind_addresses": [bind]})
-        host = LOOPBACK if one_host else self.world.members[0].host
+        host = LOOPBACK if world is None or one_host else world.members[0].host
         return f"{host}:{self._coordinator.port}"
 
     def send(self, jobs: list[Job]) -> None:
         """Start one job per writer (in writer order) at a common start."""
-        by_rank: list[Job | None] = [None] * self.world.size
-        for rank, job in zip(self.writers, jobs):
-            by_rank[rank] = job
-        self._start(jobs[0].op, by_rank)
+        self._start(jobs[0].op, dict(zip(self.writers, jobs)))
 
-    def _start(self, op: str, by_rank: list[Job | None]) -> None:
-        self._targets = [rank for rank, job in enumerate(by_rank) if job is not None]
+    def _start(self, op: str, jobs: Mapping[int, Job]) -> None:
+        world = self._joined()
+        by_rank = [jobs.get(rank) for rank in range(world.size)]
+        self._targets = sorted(jobs)
         self._during, self._rounds, self._replies = op, list(ROUNDS[op]), None
         try:
-            self.world.broadcast(("jobs", op, by_rank), timeout_s=PHASE_TIMEOUT_S)
-            ready(by_rank[self.world.rank])
-            self.world.barrier(timeout_s=PHASE_TIMEOUT_S)
+            world.broadcast(("jobs", op, by_rank), timeout_s=PHASE_TIMEOUT_S)
+            ready(by_rank[world.rank])
+            world.barrier(timeout_s=PHASE_TIMEOUT_S)
         except Broken as exc:
             raise self._lost(exc, op) from None
-        mine = by_rank[self.world.rank]
+        mine = by_rank[world.rank]
         if mine is not None:
-            self._replies = perform(mine, self._tensors, time.monotonic(), self.label(self.world.rank))
+            self._replies = perform(mine, self._tensors, time.monotonic(), self.label(world.rank))
 
     def collect(self, expected: str, timeout_s: float, during: str = "start-up") -> list[tuple]:
         """One round of the job in progress: every target's reply (rank 0's own included); any error fails the run."""
+        world = self._joined()
         if self._replies is None:
             own: tuple[str, Any] = ("idle", None)
         else:  # rank 0's own job; one a stop signal cut short still answers every round
-            own = next(self._replies, None) or ("error", f"{self.label(self.world.rank)}: stopped")
+            own = next(self._replies, None) or ("error", f"{self.label(world.rank)}: stopped")
         if own[0] == "done" and "cpu_s" in own[1]:  # rank 0's usage is already in the figures of its own clock
             own = ("done", {**own[1], "cpu_s": 0.0, "peak_rss_bytes": 0})
         try:
-            replies = self.world.all_gather(own, timeout_s=timeout_s)
+            replies = world.all_gather(own, timeout_s=timeout_s)
         except Broken as exc:
             raise self._lost(exc, during) from None
         self._rounds.pop(0)
@@ -293,40 +297,10 @@ class WriterPool:
 
     def evict_elsewhere(self, directory: Path, method: str) -> list[dict[str, Any]]:
         """Evict a checkpoint from the page cache of every other host that wrote it (one rank per host)."""
-        leaders = sorted({self.world.leader(r) for r in range(self.world.size)} - {self.world.leader(0)})
+        world = self._joined()
+        leaders = {world.leader(r) for r in range(world.size)} - {world.leader(0)}
         if not leaders:
             return []
-        by_rank: list[Job | None] = [None] * self.world.size
-        for rank in leaders:
-            by_rank[rank] = Job("evict", RunLocation.local(directory), eviction=method)
-        self._start("evict", by_rank)
+        self._start("evict", {rank: Job("evict", RunLocation.local(directory), eviction=method) for rank in leaders})
         return [reply[1] for reply in self.collect("done", PHASE_TIMEOUT_S, during="eviction")]
 
-
-class LaunchedPool(WriterPool):
-    """The ranks of a launch (torchrun, srun, mpirun): rank 0, this process, runs the suite and writes too.
-
-    `on_lost` is called when a rank is lost, before the stop is raised: the launch ends then, and its
-    session must not let the launcher's SIGTERM cut short the cleanup that follows."""
-
-    def __init__(self, world: World, on_lost: Callable[[], None]) -> None:
-        super().__init__(world)
-        self._on_lost = on_lost
-
-    @property
-    def writers(self) -> list[int]:
-        return list(range(self.world.size))
-
-    def start(self, tensors: Mapping[str, np.ndarray]) -> None:
-        self._tensors = tensors
-
-    def stop(self) -> None:
-        # The launch itself ends with the suite (session.Session); a broken one, with its launcher, which stops
-        # every rank (so none still writes into a run folder rank 0 removes).
-        self._rounds, self._replies = [], None
-
-    def _lost(self, broken: Broken, during: str) -> BaseException:
-        self._on_lost()
-        if broken.who:
-            return Stopped.by_lost_rank(f"the loss of {broken.who}, which {broken.what} during {during}")
-        return Stopped.by_lost_rank(f"a broken launch during {during}: {broken.what}")

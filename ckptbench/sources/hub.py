@@ -1,26 +1,19 @@
 """Checkpoints named by a Hugging Face Hub id (`org/name` or `org/name@revision`), through huggingface_hub.
 
-The benchmark reads weights from a local folder; this module only turns a hub id into the snapshot
-folder of huggingface_hub's own cache (`models--org--name/snapshots/<commit>/`), so a model fetched
-once by `hf download`, transformers or an earlier run is reused, never copied. Only the weight files,
-their index and config.json are asked for (ALLOW_PATTERNS).
-
-1. The cache first (`snapshot_download(local_files_only=True)`): a benchmark measures the same bytes
-   every run and works without a network, so a complete cached snapshot is used with no request.
-2. Only when it is missing or incomplete and huggingface_hub is not offline (HF_HUB_OFFLINE), the
-   library downloads it, with its own progress bars, after one `repo_info` with a timeout (the
-   library's own takes none, so a silent hub would hang the run).
-3. Every failure a user can fix becomes one `UserError` line naming the id and the fix.
-
-huggingface_hub's settings (HF_HUB_CACHE, HF_HOME, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_ETAG_TIMEOUT) are
-its own, read when it is imported; it is imported lazily, so nothing here touches the network at import.
+A hub id becomes the snapshot folder of huggingface_hub's own cache (`models--org--name/snapshots/<commit>/`), so
+a model fetched once by `hf download`, transformers or an earlier run is reused, never copied; only the weight
+files, their index and config.json are asked for (ALLOW_PATTERNS). A complete cached snapshot is used with no
+request (a benchmark measures the same bytes every run, and works without a network); else, unless
+HF_HUB_OFFLINE, the library downloads it, after one `repo_info` with a timeout (the library's own takes none, so a
+silent hub would hang the run). Every failure a user can fix is one `UserError` line naming the id and the fix.
+huggingface_hub reads its own settings (HF_HUB_CACHE, HF_ENDPOINT, ...) when imported: lazily, here.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +67,7 @@ def resolve(spec: str) -> HubCheckpoint:
 
 def describe(checkpoint: HubCheckpoint) -> dict[str, Any]:
     """Where the weights came from, for results.json: enough to fetch the same bytes again."""
-    return {"kind": "hub", "repo_id": checkpoint.repo_id, "revision": checkpoint.revision,
-            "commit": checkpoint.commit, "path": str(checkpoint.path)}
+    return {"kind": "hub", **asdict(checkpoint), "path": str(checkpoint.path)}
 
 
 def fetch_command(repo_id: str, revision: str = DEFAULT_REVISION) -> str:
@@ -89,10 +81,8 @@ def _name(repo_id: str, revision: str) -> str:
 
 
 def _lacking(folder: Path) -> str | None:
-    """What the snapshot folder lacks of its weights, in words; None when complete.
-
-    A symlink into a blob an interrupted download never finished counts as missing.
-    """
+    """What the snapshot folder lacks of its weights, in words; None when complete (a symlink into a blob an
+    interrupted download never finished counts as missing)."""
     for index in (folder / SAFETENSORS_INDEX, folder / BIN_INDEX):
         if index.is_file():
             try:
@@ -119,31 +109,24 @@ def _unreachable(repo_id: str, revision: str, folder: Path | None, reason: str, 
 def _download(repo_id: str, revision: str, cached: Path | None) -> Path:
     """Fetch the weight files into the cache with huggingface_hub's progress bars; each failure as one line."""
     import httpx2
-    from huggingface_hub import HfApi, constants, snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub import HfApi, constants, errors, snapshot_download
 
     try:
         # snapshot_download asks for the repo's info with no timeout (its client has none): a hub that accepts the
         # connection and never answers would hang the run. This one waits HF_HUB_ETAG_TIMEOUT.
         HfApi().repo_info(repo_id, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(ALLOW_PATTERNS)))
-    except GatedRepoError:
+    except errors.GatedRepoError:
         raise UserError(f"--weights: {repo_id} is gated and this machine's token has no access; accept its terms at"
                         f" {constants.ENDPOINT}/{repo_id}, then `hf auth login` or set HF_TOKEN") from None
-    except RepositoryNotFoundError:
+    except errors.RepositoryNotFoundError:
         raise UserError(f"--weights: {repo_id} is not on the hub or is private (no access with this machine's"
                         " token); check the id, or `hf auth login` / set HF_TOKEN") from None
-    except RevisionNotFoundError:
+    except errors.RevisionNotFoundError:
         raise UserError(f"--weights: {repo_id} has no revision {revision!r}; give an existing branch, tag or"
                         " 40-hex commit after '@'") from None
-    except (HfHubHTTPError, httpx2.TransportError, LocalEntryNotFoundError) as exc:  # no (good) answer from the hub
-        cause = exc.__cause__ if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ else exc
+    except (errors.HfHubHTTPError, httpx2.TransportError, errors.LocalEntryNotFoundError) as exc:  # no good answer
+        cause = exc.__cause__ if isinstance(exc, errors.LocalEntryNotFoundError) and exc.__cause__ else exc
         raise _unreachable(repo_id, revision, cached, f"{type(cause).__name__}: {first_line(cause)}",
                            "check the network, proxy and HF_ENDPOINT, and run again to resume") from None
     except OSError as exc:

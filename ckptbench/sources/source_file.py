@@ -1,21 +1,16 @@
 """The weights as one file on disk, mapped read-only: what every save reads and every load is checked against.
 
-Why a file: a suite holds the source weights and, during each load, the loaded copy. In
-anonymous memory the two need twice the model, so a 24 GB machine could measure no
-checkpoint over about 10 GB. Written once to a file and mapped, the source is page cache:
-the kernel may drop it while a load fills memory (it is clean, so dropping costs nothing),
-and `make_resident` reads it back before the next save's clock starts. Worker processes and
-the ranks of a host map the same file: one copy per host, without /dev/shm.
+Why a file: a suite holds the source weights and, during each load, the loaded copy. In anonymous memory the two
+need twice the model, so a 24 GB machine could measure no checkpoint over about 10 GB. Written once to a file and
+mapped, the source is clean page cache the kernel may drop while a load fills memory, and `make_resident` reads it
+back before the next save's clock starts. Worker processes and the ranks of a host map the same file.
 
-The loaded copy is checked against digests computed when the file was written, so
-verifying a load never reads the source: a 128-bit xxh3 digest (xxhash) per tensor. xxh3
-hashes about 25 GB/s on one core of the machines we measure on, so verifying 6.85 GB adds
-about 0.3 s outside the clocks; 128 bits make an accidental match of a damaged tensor about
-2^-128 likely. It is not a cryptographic hash and need not be: the question is whether
-the storage and the loader gave back the bytes they were given, not whether anyone forged them.
+A load is checked against digests computed when the file was written, so verifying never reads the source: a
+128-bit xxh3 digest per tensor (about 25 GB/s on one core; not cryptographic, and it need not be: the question is
+whether storage and loader gave back the bytes, not whether anyone forged them).
 
-Layout: `source.bin` holds the tensors back to back, each starting at a multiple of 4096
-bytes; `source.json` holds each tensor's name, shape, dtype, offset and digest.
+Layout: `source.bin` holds the tensors back to back, each starting at a multiple of 4096 bytes; `source.json`
+holds each tensor's name, shape, dtype, offset, size and digest.
 """
 
 from __future__ import annotations
@@ -23,9 +18,9 @@ from __future__ import annotations
 import json
 import mmap
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import xxhash
@@ -36,7 +31,6 @@ DATA_FILE = "source.bin"
 INDEX_FILE = "source.json"
 ALIGN = 4096
 _MADV_POPULATE_READ = 22  # Linux 5.14: map every page now (Python 3.11's mmap has no name for it)
-_WRITE_BLOCK_BYTES = 64 * 2**20
 # A part of a tensor: [start, stop) along each of its first dimensions; () is the whole tensor.
 Box = tuple[tuple[int, int], ...]
 
@@ -107,24 +101,15 @@ class SourceFile:
 
     def __init__(self, folder: Path, entries: list[Entry]) -> None:
         self.folder = Path(folder)
-        self.entries = entries
-        size = max((e.offset + e.nbytes for e in entries), default=0)
         self._mapping: mmap.mmap | None = None
-        if size:
-            fd = os.open(self.folder / DATA_FILE, os.O_RDONLY)
-            try:
-                self._mapping = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
-            finally:
-                os.close(fd)
+        if max((e.offset + e.nbytes for e in entries), default=0):  # mmap maps no empty file
+            with open(self.folder / DATA_FILE, "rb") as handle:
+                self._mapping = mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ)
         buffer = np.frombuffer(self._mapping, dtype=np.uint8) if self._mapping is not None else np.empty(0, np.uint8)
         self.tensors = SourceTensors(
             {e.name: buffer[e.offset:e.offset + e.nbytes].view(NUMPY_DTYPES[e.dtype]).reshape(e.shape)
              for e in entries},
             {e.name: e.digest for e in entries}, self._mapping, self.folder)
-
-    @property
-    def size_bytes(self) -> int:
-        return sum(e.nbytes for e in self.entries)
 
     @classmethod
     def write(cls, folder: Path, tensors: Iterable[tuple[str, np.ndarray]]) -> SourceFile:
@@ -132,43 +117,27 @@ class SourceFile:
         and map the file."""
         folder = Path(folder)
         entries: list[Entry] = []
-        fd = os.open(folder / DATA_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            offset = 0
+        offset = 0
+        with open(folder / DATA_FILE, "wb") as handle:
             for name, array in tensors:
                 array = np.ascontiguousarray(array)
                 data = array.reshape(-1).view(np.uint8).data
-                os.lseek(fd, offset, os.SEEK_SET)
-                for start in range(0, len(data), _WRITE_BLOCK_BYTES):
-                    _write_all(fd, data[start:start + _WRITE_BLOCK_BYTES])
+                handle.seek(offset)
+                handle.write(data)  # a buffered file writes it all, large as it may be
                 entries.append(Entry(name, tuple(int(d) for d in array.shape), _dtype_name(array.dtype), offset,
                                      array.nbytes, xxhash.xxh3_128_hexdigest(data)))
                 offset = -(-(offset + array.nbytes) // ALIGN) * ALIGN
                 del array, data
-            os.ftruncate(fd, offset)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        index = [{"name": e.name, "shape": list(e.shape), "dtype": e.dtype, "offset": e.offset, "nbytes": e.nbytes,
-                  "digest": e.digest} for e in entries]
-        (folder / INDEX_FILE).write_text(json.dumps({"tensors": index}, indent=1))
+            handle.truncate(offset)  # flushes first
+            os.fsync(handle.fileno())
+        (folder / INDEX_FILE).write_text(json.dumps({"tensors": [asdict(e) for e in entries]}, indent=1))
         return cls(folder, entries)
 
     @classmethod
     def open(cls, folder: Path) -> SourceFile:
         """Map a source file another process wrote (a worker, or a rank of the same host)."""
         index = json.loads((Path(folder) / INDEX_FILE).read_text())["tensors"]
-        return cls(folder, [Entry(e["name"], tuple(e["shape"]), e["dtype"], e["offset"], e["nbytes"], e["digest"])
-                            for e in index])
-
-    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        return iter(self.tensors.items())
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        written = os.write(fd, data)
-        data = data[written:]
+        return cls(folder, [Entry(**{**e, "shape": tuple(e["shape"])}) for e in index])
 
 
 def _dtype_name(dtype: np.dtype) -> str:

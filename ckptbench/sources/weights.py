@@ -1,16 +1,14 @@
 """Where the weights come from: LLaMA-shaped presets made in code, or a real checkpoint.
 
-Presets (spec.presets) carry published LLaMA-architecture hyperparameters and the real
-parameter names and shapes of `LlamaForCausalLM`; the values are drawn from a seeded normal
-distribution (std 0.02, LLaMA's initializer), per tensor from a seed derived from
-its name, so every run and every subset sees the same bytes.
+Presets (spec.presets) carry published LLaMA-architecture hyperparameters and the real parameter names and shapes
+of `LlamaForCausalLM`; the values are drawn from a seeded normal distribution (std 0.02, LLaMA's initializer), per
+tensor from a seed derived from its name, so every run and every subset sees the same bytes.
 
 How the values are drawn decides how well they compress, so it is a setting:
 - ``random``: float32 draws, full-entropy mantissas (zlib level 1 saves about 7 %);
-- ``float16`` / ``bfloat16``: drawn in that type, then stored in the run's dtype. A
-  checkpoint trained or shipped in half precision and stored as float32 has 13 or 16
-  zero mantissa bits per value, which compressors find (about 37 % / 48 % saved).
-  The original Phase 4 harness stored open_llama_3b's fp16 weights as float32.
+- ``float16`` / ``bfloat16``: drawn in that type, then stored in the run's dtype. A checkpoint trained or shipped
+  in half precision and stored as float32 has 13 or 16 zero mantissa bits per value, which compressors find
+  (about 37 % / 48 % saved). The original Phase 4 harness stored open_llama_3b's fp16 weights as float32.
 
 A checkpoint folder or a Hugging Face model id (`--weights`) gives the real values.
 """
@@ -31,27 +29,24 @@ from ckptbench.core.errors import UserError, first_line
 from ckptbench.sources import hub
 from ckptbench.sources.source_file import SourceFile
 from ckptbench.spec.hub_id import looks_like_hub_id
-from ckptbench.spec.presets import DEFAULT_PRESET, NUMPY_DTYPES, PRESETS, VALUES, Preset, preset_shapes
-
-__all__ = ["DEFAULT_PRESET", "NUMPY_DTYPES", "PRESETS", "VALUES", "Preset", "Weights", "estimate_bytes",
-           "from_directory", "from_preset", "load", "preset_params", "preset_shapes", "resolve"]
+from ckptbench.spec.presets import NUMPY_DTYPES, PRESETS, VALUES, preset_shapes
 
 INIT_STD = 0.02
 SEED = 20240604
 _VALUE_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+# A checkpoint file's reader: each tensor's name and torch tensor, or with shapes True its shape (headers only).
+Reader = Callable[[Path, bool], Iterator[tuple[str, Any]]]
 
 
 @dataclass
 class Weights:
-    """Named tensors, C-contiguous, all in one dtype, plus where they came from.
-
-    `tensors` are arrays in memory (`load`), or read-only views of a source file (`load_to_file`), which
-    the kernel can drop from memory while a load fills it; `file` is then that file."""
+    """Named tensors, C-contiguous, all in one dtype, plus where they came from:
+    `tensors` are arrays in memory (`Planned.in_memory`), or read-only views of a source file
+    (`Planned.to_file`), which the kernel can drop from memory while a load fills it."""
 
     tensors: Mapping[str, np.ndarray]
     dtype: str
     source: dict[str, Any] = field(default_factory=dict)
-    file: SourceFile | None = None
 
     @property
     def n_params(self) -> int:
@@ -72,20 +67,15 @@ def _preset_origin(name: str, values: str) -> dict[str, Any]:
                     f"seed {SEED} + crc32(name)"}
 
 
-def _check_preset(name: str, values: str) -> None:
+def _check_preset(name: str, values: str = "random") -> None:
     if name not in PRESETS:
         raise UserError(f"--model: unknown preset {name!r}; run --list-models to see the presets")
     if values not in VALUES:
         raise UserError(f"--values: unknown values {values!r}; use one of {', '.join(VALUES)}")
 
 
-def preset_tensors(name: str, dtype: str = "float32", values: str = "random") -> Iterator[tuple[str, np.ndarray]]:
-    """Seeded synthetic weights with a preset's real names and shapes, made one tensor at a time."""
-    _check_preset(name, values)
-    return _drawn(name, NUMPY_DTYPES[dtype], values)
-
-
 def _drawn(name: str, target: np.dtype, values: str) -> Iterator[tuple[str, np.ndarray]]:
+    """Seeded synthetic weights with a preset's real names and shapes, made one tensor at a time."""
     for param, shape in preset_shapes(name):
         rng = np.random.default_rng([SEED, zlib.crc32(param.encode())])
         drawn = rng.standard_normal(shape, dtype=np.float32)
@@ -97,39 +87,29 @@ def _drawn(name: str, target: np.dtype, values: str) -> Iterator[tuple[str, np.n
 
 def from_preset(name: str, dtype: str = "float32", values: str = "random") -> Weights:
     """Seeded synthetic weights with a preset's real names and shapes (values: see VALUES), in memory."""
-    return Weights(dict(preset_tensors(name, dtype, values)), dtype, _preset_origin(name, values))
+    return plan(name, None, dtype, values).in_memory()
 
 
-def _checkpoint_folder(path: Path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"--weights: {path} does not exist; give a local checkpoint folder")
-    if not path.is_dir():
-        raise UserError(f"--weights: {path} is a file; give the folder that holds it")
-    return path
+def from_directory(path: Path, dtype: str = "float32") -> Weights:
+    """A local Hugging Face checkpoint folder (safetensors, sharded or single, or pytorch_model.bin) in memory."""
+    return plan("", path, dtype, origin={}).in_memory()
 
 
-def _directory_origin(path: Path) -> dict[str, Any]:
-    files, _ = _checkpoint_files(path)
-    return {"kind": "directory", "path": str(path.resolve()), "values": "checkpoint", "files": [f.name for f in files]}
+def load(model: str, weights_source: str | Path | None, dtype: str, values: str = "random") -> Weights:
+    """The configured weights in memory: a checkpoint (folder or hub id) when given, else the preset."""
+    return plan(model, weights_source, dtype, values).in_memory()
 
 
-def directory_tensors(path: Path, dtype: str = "float32") -> Iterator[tuple[str, np.ndarray]]:
-    """A local Hugging Face checkpoint folder's tensors (safetensors, sharded or single, or pytorch_model.bin),
-    converted to `dtype` one at a time."""
-    path = _checkpoint_folder(path)
-    files, loader = _checkpoint_files(path)
-    return _converted(path, files, loader, NUMPY_DTYPES[dtype])
-
-
-def _converted(path: Path, files: list[Path], loader: Callable[[Path], Iterator[tuple[str, Any]]],
-               target: np.dtype) -> Iterator[tuple[str, np.ndarray]]:
+def _read(path: Path, target: np.dtype | None) -> Iterator[tuple[str, Any]]:
+    """A checkpoint folder's tensors converted to `target` one at a time, or with target None each tensor's shape
+    (from the files' headers, no tensor read); a damaged file is named in one line."""
+    files, reader = _checkpoint_files(path)
     found = False
     for file in files:
         try:
-            for name, tensor in loader(file):
+            for name, tensor in reader(file, target is None):
                 found = True
-                yield name, _to_numpy(tensor, target)
+                yield name, tensor if target is None else _to_numpy(tensor, target)
         except UserError:
             raise
         except Exception as exc:  # safetensors and torch raise many types for a damaged file
@@ -139,13 +119,7 @@ def _converted(path: Path, files: list[Path], loader: Callable[[Path], Iterator[
         raise UserError(f"--weights: {path} holds no tensors; give a folder with model weights")
 
 
-def from_directory(path: Path, dtype: str = "float32") -> Weights:
-    """Read a local Hugging Face checkpoint folder into memory (see directory_tensors)."""
-    path = _checkpoint_folder(path)
-    return Weights(dict(directory_tensors(path, dtype)), dtype, _directory_origin(path))
-
-
-def _checkpoint_files(path: Path) -> tuple[list[Path], Callable[[Path], Iterator[tuple[str, Any]]]]:
+def _checkpoint_files(path: Path) -> tuple[list[Path], Reader]:
     """The weight files of a checkpoint folder, sharded (by an index) or single, and their reader."""
     for index_name, reader in (("model.safetensors.index.json", _read_safetensors),
                                ("pytorch_model.bin.index.json", _read_torch)):
@@ -163,27 +137,25 @@ def _checkpoint_files(path: Path) -> tuple[list[Path], Callable[[Path], Iterator
         return [path / "model.safetensors"], _read_safetensors
     if (path / "pytorch_model.bin").is_file():
         return [path / "pytorch_model.bin"], _read_torch
-    raise UserError(
-        f"--weights: {path} holds no model.safetensors.index.json, model.safetensors, pytorch_model.bin.index.json "
-        "or pytorch_model.bin"
-    )
+    raise UserError(f"--weights: {path} holds no model.safetensors.index.json, model.safetensors, "
+                    "pytorch_model.bin.index.json or pytorch_model.bin")
 
 
-def _read_safetensors(file: Path) -> Iterator[tuple[str, Any]]:
+def _read_safetensors(file: Path, shapes: bool) -> Iterator[tuple[str, Any]]:
     from safetensors import safe_open
 
     with safe_open(str(file), framework="pt") as handle:
         for name in handle.keys():
-            yield name, handle.get_tensor(name)
+            yield name, tuple(handle.get_slice(name).get_shape()) if shapes else handle.get_tensor(name)
 
 
-def _read_torch(file: Path) -> Iterator[tuple[str, Any]]:
+def _read_torch(file: Path, shapes: bool) -> Iterator[tuple[str, Any]]:
     import torch
 
-    state = torch.load(str(file), map_location="cpu", weights_only=True)
+    state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=shapes)
     if not isinstance(state, dict):
         raise UserError(f"--weights: {file} holds no state dict of tensors")
-    yield from ((n, t) for n, t in state.items() if isinstance(t, torch.Tensor))
+    yield from ((n, tuple(t.shape) if shapes else t) for n, t in state.items() if isinstance(t, torch.Tensor))
 
 
 def _to_numpy(tensor: Any, target: np.dtype) -> np.ndarray:
@@ -202,19 +174,14 @@ def estimate_bytes(model: str, weights_source: str | Path | None, dtype: str) ->
     """Bytes the weights will take in memory, known before loading them (an upper bound for folders)."""
     itemsize = NUMPY_DTYPES[dtype].itemsize
     if weights_source is None:
-        if model not in PRESETS:
-            raise UserError(f"--model: unknown preset {model!r}; run --list-models to see the presets")
-        return preset_params(model) * itemsize
+        _check_preset(model)
+        return PRESETS[model].n_params * itemsize
     folder = Path(weights_source)
     if not folder.is_dir():
-        return 0  # from_directory gives the precise error
+        return 0  # plan gives the precise error
     stored = sum(f.stat().st_size for f in folder.iterdir()
                  if f.is_file() and f.suffix in (".safetensors", ".bin"))
     return stored * itemsize // 2  # stored tensors are at least 2 bytes per element
-
-
-def preset_params(model: str) -> int:
-    return PRESETS[model].n_params
 
 
 def resolve(weights_source: str | None) -> tuple[Path | None, dict[str, Any]]:
@@ -224,40 +191,15 @@ def resolve(weights_source: str | None) -> tuple[Path | None, dict[str, Any]]:
 
 
 def _resolve(weights_source: str) -> tuple[Path, dict[str, Any]]:
-    local = Path(weights_source)
-    if not local.exists() and looks_like_hub_id(weights_source):
+    if looks_like_hub_id(weights_source):  # and no such local folder
         checkpoint = hub.resolve(weights_source)
         return checkpoint.path, hub.describe(checkpoint)
-    return local, {}
-
-
-def _tensors_and_origin(model: str, weights_source: str | Path | None, dtype: str,
-                       values: str) -> tuple[Iterator[tuple[str, np.ndarray]], dict[str, Any]]:
-    if weights_source is None:
-        return preset_tensors(model, dtype, values), _preset_origin(model, values)
-    folder, origin = _resolve(str(weights_source))
-    folder = _checkpoint_folder(folder)
-    return directory_tensors(folder, dtype), {**_directory_origin(folder), **origin}
-
-
-def load(model: str, weights_source: str | Path | None, dtype: str, values: str = "random") -> Weights:
-    """The configured weights in memory: a checkpoint (folder or hub id) when given, else the preset."""
-    tensors, origin = _tensors_and_origin(model, weights_source, dtype, values)
-    return Weights(dict(tensors), dtype, origin)
-
-
-def load_to_file(model: str, weights_source: str | Path | None, dtype: str, values: str, folder: Path) -> Weights:
-    """The configured weights written one tensor at a time into a source file in `folder`, and mapped: only
-    one tensor is ever in anonymous memory (sources.source_file says why)."""
-    tensors, origin = _tensors_and_origin(model, weights_source, dtype, values)
-    written = SourceFile.write(folder, tensors)
-    return Weights(written.tensors, dtype, origin, written)
+    return Path(weights_source), {}
 
 
 @dataclass(frozen=True)
 class Planned:
     """The weights a suite will use, known before any is made: where they come from, and every tensor's shape.
-
     The checks that must come before anything is written (memory, disk, a resumed journal's fingerprint) read
     this; `to_file` or `in_memory` then makes the weights."""
 
@@ -282,9 +224,8 @@ class Planned:
                 "size_bytes": self.size_bytes}
 
     def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
-        if self.folder is None:
-            return preset_tensors(self.model, self.dtype, self.values)
-        return directory_tensors(self.folder, self.dtype)
+        target = NUMPY_DTYPES[self.dtype]
+        return _drawn(self.model, target, self.values) if self.folder is None else _read(self.folder, target)
 
     def in_memory(self) -> Weights:
         return Weights(dict(self.tensors()), self.dtype, dict(self.origin))
@@ -292,8 +233,7 @@ class Planned:
     def to_file(self, folder: Path) -> Weights:
         """The weights written one tensor at a time into a source file in `folder`, and mapped: only one tensor
         is ever in anonymous memory (sources.source_file says why)."""
-        written = SourceFile.write(folder, self.tensors())
-        return Weights(written.tensors, self.dtype, dict(self.origin), written)
+        return Weights(SourceFile.write(folder, self.tensors()).tensors, self.dtype, dict(self.origin))
 
 
 def plan(model: str, weights_source: str | Path | None, dtype: str, values: str = "random",
@@ -306,30 +246,12 @@ def plan(model: str, weights_source: str | Path | None, dtype: str, values: str 
         return Planned(model, None, dtype, values, _preset_origin(model, values), tuple(preset_shapes(model)))
     if origin is None:
         weights_source, origin = _resolve(str(weights_source))
-    folder = _checkpoint_folder(Path(weights_source))
-    return Planned(model, folder, dtype, "checkpoint", {**_directory_origin(folder), **origin},
-                   tuple(_checkpoint_shapes(folder)))
-
-
-def _checkpoint_shapes(path: Path) -> list[tuple[str, tuple[int, ...]]]:
-    """Every floating-point tensor's name and shape, from the files' headers (no tensor is read)."""
-    files, loader = _checkpoint_files(path)
-    shapes: list[tuple[str, tuple[int, ...]]] = []
-    for file in files:
-        try:
-            if loader is _read_safetensors:
-                from safetensors import safe_open
-
-                with safe_open(str(file), framework="pt") as handle:
-                    shapes += [(name, tuple(handle.get_slice(name).get_shape())) for name in handle.keys()]
-            else:
-                import torch
-
-                state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
-                shapes += [(n, tuple(t.shape)) for n, t in state.items() if isinstance(t, torch.Tensor)]
-        except Exception as exc:  # safetensors and torch raise many types for a damaged file
-            raise UserError(f"--weights: {file} cannot be read ({first_line(exc)}); is it complete and "
-                            "uncorrupted?") from None
-    if not shapes:
-        raise UserError(f"--weights: {path} holds no tensors; give a folder with model weights")
-    return shapes
+    folder = Path(weights_source)
+    if not folder.exists():
+        raise UserError(f"--weights: {folder} does not exist; give a local checkpoint folder")
+    if not folder.is_dir():
+        raise UserError(f"--weights: {folder} is a file; give the folder that holds it")
+    files, _ = _checkpoint_files(folder)
+    described = {"kind": "directory", "path": str(folder.resolve()), "values": "checkpoint",
+                 "files": [f.name for f in files]}
+    return Planned(model, folder, dtype, "checkpoint", {**described, **origin}, tuple(_read(folder, None)))

@@ -346,7 +346,7 @@ def _effective(test: Mapping[str, Any], setup: Setup) -> dict[str, Any]:
 
 def _chunk_shapes(test: Mapping[str, Any], setup: Setup) -> Any:
     """The chunk shapes of every tensor (or, with the shapes unknown, the chunk settings)."""
-    from ckptbench.sources.weights import NUMPY_DTYPES
+    from ckptbench.spec.presets import NUMPY_DTYPES
 
     itemsize = NUMPY_DTYPES[setup.dtype].itemsize
     elements = test.get("chunk_size_elements") or max(1, parse_size(test["chunk_bytes"], "chunk_bytes") // itemsize)
@@ -613,7 +613,7 @@ def run_one_suite(suite: SuiteConfig, resume: bool, progress: bool, execute: Exe
 
 def designed(settings: Settings) -> tuple[Design, SuiteConfig]:
     """The design of an explain and the one suite that measures it, from its settings."""
-    from ckptbench.sources.weights import preset_shapes
+    from ckptbench.spec.presets import preset_shapes
 
     user = config_mod.load(settings.config, **settings.overrides)
     output_dir = Path(settings.output_dir).resolve() if settings.output_dir else user.output_dir.parent / OUTPUT_NAME

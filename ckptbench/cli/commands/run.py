@@ -86,7 +86,7 @@ class Run(Command):
         from ckptbench.bench.context import RunContext
         from ckptbench.bench.suite import run_suite
         from ckptbench.core.errors import Stopped
-        from ckptbench.parallel.local import LocalWriters
+        from ckptbench.parallel.spawned import LocalWriters
         from ckptbench.reports.progress import Progress
 
         progress = Progress(enabled=not args.no_progress)
