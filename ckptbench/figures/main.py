@@ -15,7 +15,7 @@ import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -132,7 +132,7 @@ def _value_fontsize(n_tests: int) -> float:
     return 6 if n_tests > MANY_TESTS else 7
 
 
-def _mark_missing(ax, xs, values: Sequence[float], text: str, n_tests: int, bottom: float = 0.0) -> None:
+def _mark_missing(ax, xs, values: Iterable[float], text: str, n_tests: int, bottom: float = 0.0) -> None:
     """Write text where a bar is missing: bar_label skips NaN bars, and a gap alone reads as zero."""
     for x, value in zip(xs, values):
         if not np.isfinite(value):

@@ -99,7 +99,7 @@ def _label(ax, document: Mapping[str, Any], points: Mapping[str, Mapping[str, An
     found = document.get("recommendation") or {}
     marks = {found.get("test"): "winner", (found.get("runner_up") or {}).get("test"): "runner-up", T5X: T5X}
     key = []
-    for name, role in ((n, r) for n, r in marks.items() if n in points):
+    for name, role in ((n, r) for n, r in marks.items() if isinstance(n, str) and n in points):
         stats = points[name]["stats"]
         short = SHORT_NAMES[role]
         ax.annotate(short, (stats["save_s"]["mean"], stats["load_s"]["mean"]), xytext=(7, 7),
