@@ -6,9 +6,9 @@
     print(results.report())
     results.draw(suite.output_dir)          # the PNG figures
 
-Every subcommand is also a Python call: `ckptbench.cli.commands.<name>.COMMAND.run(...)`.
-Under a launcher (torchrun, srun, mpirun) the ranks are joined by the command line
-(`run_phase4_streamlined.py`), which chooses each process's role once.
+Every subcommand is also a Python call: `ckptbench.cli.commands.<name>.COMMAND.run(...)`. Under a launcher (torchrun,
+srun, mpirun) the ranks are joined by the command line (`run_phase4_streamlined.py`), which chooses each process's
+role once.
 """
 
 from __future__ import annotations

@@ -218,7 +218,7 @@ def test_pip_install_gives_a_ckptbench_command(tmp_path):
 def test_cli_subcommands_are_one_module_each():
     for name in cli.COMMANDS:
         command = cli.load_command(name)
-        assert callable(command.run) and callable(command.add_arguments) and callable(command.description)
+        assert callable(command.run) and callable(command.add_arguments) and command.summary
 
 
 def test_run_hands_its_options_to_run_suite_in_one_run_context(monkeypatch, tmp_path):

@@ -70,7 +70,7 @@ def _range_text(expected: dict | None, key: str) -> str:
 
 def test_the_guide_describes_the_suite_the_runner_runs_by_default():
     """The guide's table of the shipped suite is the default config the command line loads, field by field."""
-    from ckptbench.cli.commands.run import PACKAGED_CONFIG as runner_default
+    from ckptbench.cli.options import PACKAGED_CONFIG as runner_default
 
     suite = config.load(runner_default)
     prose, rows = _guide_suite_table()

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import REPO, STREAMLINED, act_on_stderr_line, assert_same_bits
 
+from ckptbench.bench.capacity import prior_run_s
 from ckptbench.core import records, tune_events
 from ckptbench.core.errors import UserError
 from ckptbench.documents import results
@@ -31,7 +32,6 @@ from ckptbench.tune.budget import (
     fits,
     halving_sizes,
     plan_budget,
-    prior_candidate_s,
     prior_reference_s,
 )
 from ckptbench.tune.checkpoint import CHECKPOINT
@@ -195,7 +195,7 @@ def test_continuation_grows_with_the_first_rung():
 
 
 def test_durations_predict_from_what_was_measured():
-    prior_s = prior_candidate_s([config.TestSpec("t", concurrency_limit=1, chunk_bytes=2**20)], int(1e9), 4)
+    prior_s = prior_run_s(config.TestSpec("t", concurrency_limit=1, chunk_bytes=2**20), int(1e9), 4)
     durations = Durations(model_bytes=int(1e9), prior_s=prior_s)
     assert durations.of("anything") == pytest.approx(prior_s)
     assert durations.of("device_ceiling") == pytest.approx(prior_reference_s("device_ceiling", int(1e9)))
@@ -221,7 +221,7 @@ def test_twelve_minutes_at_open_llama_3b_are_planned_not_refused(tmp_path):
     assert info["plan"] is not None, info["refusal"]
     assert info["plan"]["n_candidates"] >= FINALISTS + 1 and info["n_listed"] >= 12
     suite = candidates(load_space(SPACE_FILE), settings)
-    priors = [prior_candidate_s([t], info["weights"]["size_bytes"], 2) for t in suite.tests]
+    priors = [prior_run_s(t, info["weights"]["size_bytes"], 2) for t in suite.tests]
     assert min(priors) < info["run_s"] < float(np.median(priors))
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
     # 5 minutes is refused, naming the budget that would do, before anything is made

@@ -1,15 +1,14 @@
 """Was the machine busy during a timed operation? The judgement of a run's `other_processes` (core.host).
 
 An operation was busy when, during it, other processes of the host
-- used more than a quarter of one core on average (CPU_SHARE) and at least CPU_FLOOR_S seconds in
-  all: /proc/stat counts in 10 ms ticks per CPU, so a shorter figure is rounding, not a neighbour;
-- or read or wrote more than BYTES_FLOOR of the disk, plus a tenth of the operation's own bytes
-  and METADATA_PER_FILE for each file of the run: the filesystem's journal and inodes, which the
-  kernel writes for this run's own files but counts to no process (ext4 writes about 16 KiB per
-  fsync'd file).
-A quiet host gives neither: the journal's periodic commits and a daemon's logging are a few MB;
-BYTES_FLOOR also covers what idle processes read back after the harness drops the page cache
-(drop_caches empties it for every process: 35-40 MiB seen on a 2-core VM).
+- used more than a quarter of one core on average (CPU_SHARE) and at least CPU_FLOOR_S seconds in all: /proc/stat
+  counts in 10 ms ticks per CPU, so a shorter figure is rounding, not a neighbour;
+- or read or wrote more than BYTES_FLOOR of the disk, plus a tenth of the operation's own bytes and METADATA_PER_FILE
+  for each file of the run: the filesystem's journal and inodes, which the kernel writes for this run's own files but
+  counts to no process (ext4 writes about 16 KiB per fsync'd file).
+A quiet host gives neither: the journal's periodic commits and a daemon's logging are a few MB; BYTES_FLOOR also
+covers what idle processes read back after the harness drops the page cache (drop_caches empties it for every process:
+35-40 MiB seen on a 2-core VM).
 
 Only measured runs count (not warm-up runs, not failed ones): those are what the statistics hold.
 """
@@ -75,8 +74,3 @@ def summary(runs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return {"operations": sum(by_op.values()), "timed": timed, "not_measured": timed - watched, "by_op": by_op,
             "rounds": sorted(rounds), "other_cpu_s": cpu_s, "seconds": seconds, "other_read_bytes": int(read_bytes),
             "other_write_bytes": int(write_bytes)}
-
-
-def busy_in(runs: Iterable[Mapping[str, Any]], op: str) -> int:
-    """How many of the measured runs' `op` operations ("save", "load") were busy."""
-    return sum(op in busy_operations(run) for run in measured_runs(runs))

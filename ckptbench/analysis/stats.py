@@ -1,8 +1,5 @@
-"""Statistics of a benchmark's repeated runs.
-
-Every public function returns plain Python types (float, int, list, None) so
-results can go straight into JSON reports without numpy scalars leaking out.
-"""
+"""Statistics of a benchmark's repeated runs. Every public function returns plain Python types (float, int, list,
+None) so results can go straight into JSON reports without numpy scalars leaking out."""
 
 from __future__ import annotations
 
@@ -12,12 +9,11 @@ from typing import Sequence
 import numpy as np
 
 ALPHA = 0.05  # significance level of every test in the harness
-# Iglewicz & Hoaglin (1993): 0.6745 is the 0.75 quantile of N(0, 1), so that
-# 0.6745 * (x - median) / MAD is comparable to a z-score for normal data.
+# Iglewicz & Hoaglin (1993): 0.6745 is the 0.75 quantile of N(0, 1), so 0.6745 * (x - median) / MAD is comparable
+# to a z-score for normal data.
 _MAD_SCALE = 0.6745
-# Fallback when MAD == 0 (more than half the runs are identical, common for
-# deterministic metrics such as file sizes): use the mean absolute deviation,
-# scaled by 1/sqrt(2/pi) ~= 1.253314 so it also estimates sigma for normal data.
+# Fallback when MAD == 0 (more than half the runs are identical, common for deterministic metrics such as file
+# sizes): the mean absolute deviation, scaled by 1/sqrt(2/pi) ~= 1.253314 so it also estimates sigma for normal data.
 _MEANAD_SCALE = 1.253314
 RUNS_CAP = 1000
 Floats = Sequence[float] | np.ndarray  # a sample of one metric: a list, or an array already made
@@ -28,20 +24,16 @@ def as_floats(values: Floats) -> np.ndarray:
 
 
 def mean_std(arr: np.ndarray) -> tuple[float, float | None]:
-    """Mean and sample std (ddof=1; None when n < 2).
-
-    All-equal samples get an exact mean and std 0.0: floating-point summation
-    would otherwise report e.g. mean([0.1]*3) = 0.10000000000000002 and a tiny
-    non-zero std, which breaks the "zero variance" special cases downstream.
-    """
+    """Mean and sample std (ddof=1; None when n < 2). All-equal samples get an exact mean and std 0.0: floating-point
+    summation would otherwise report e.g. mean([0.1]*3) = 0.10000000000000002 and a tiny non-zero std, which breaks
+    the "zero variance" special cases downstream."""
     if arr.min() == arr.max():
         return float(arr[0]), (0.0 if arr.size >= 2 else None)
     with np.errstate(over="ignore", invalid="ignore"):
         mean = float(np.mean(arr))
         std = float(np.std(arr, ddof=1)) if arr.size >= 2 else None
         if not math.isfinite(mean):
-            # Values near the float limit overflowed the sum: redo on |x| <= 1.
-            # Not done by default because the rescaling costs exactness.
+            # Values near the float limit overflowed the sum: redo on |x| <= 1 (not by default: it costs exactness).
             scale = float(np.max(np.abs(arr)))
             mean = float(np.mean(arr / scale)) * scale
             std = float(np.std(arr / scale, ddof=1)) * scale if arr.size >= 2 else None
@@ -69,13 +61,6 @@ def t_quantile(probability: float, df):
     return stdtrit(df, probability)
 
 
-def t_halfwidth(std: float, n: int, confidence: float) -> float:
-    # Student-t half-width of the CI of the mean: t_{(1+c)/2, n-1} * s / sqrt(n).
-    if std == 0.0:
-        return 0.0
-    return float(t_quantile(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
-
-
 SUMMARY_KEYS = ("n", "mean", "std", "median", "min", "max", "cv", "ci95")
 
 
@@ -88,16 +73,8 @@ def summarize(values: Sequence[float]) -> dict:
         return {k: (0 if k == "n" else None) for k in SUMMARY_KEYS}
     mean, std = mean_std(arr)
     cv = std / mean if (std is not None and mean != 0.0) else None
-    return {
-        "n": n,
-        "mean": mean,
-        "std": std,
-        "median": _median(arr),
-        "min": float(arr.min()),
-        "max": float(arr.max()),
-        "cv": cv,
-        "ci95": mean_ci(arr),
-    }
+    return {"n": n, "mean": mean, "std": std, "median": _median(arr), "min": float(arr.min()),
+            "max": float(arr.max()), "cv": cv, "ci95": mean_ci(arr)}
 
 
 CI_MIN_RUNS = 3  # per side of a change too (analysis.change): two runs give no meaningful interval
@@ -122,27 +99,23 @@ def mean_ci(values: Floats, confidence: float = 0.95) -> list[float] | None:
         return [mean, mean]  # no spread (a size): exact, as a change without spread is
     if arr.size < CI_MIN_RUNS:
         return None
+    t, root_n = float(t_quantile(0.5 + confidence / 2.0, arr.size - 1)), math.sqrt(arr.size)
     if np.all(arr > 0):
-        half = t_halfwidth(std / mean, int(arr.size), confidence)
+        half = t * (std / mean) / root_n
         if math.log(mean) + half > _LOG_MAX:  # beyond what a float holds: no useful interval
             return None
         return [float(mean * math.exp(-half)), float(mean * math.exp(half))]
-    half = t_halfwidth(std, int(arr.size), confidence)
-    low = mean - half
-    return [max(low, 0.0) if np.all(arr >= 0) else low, mean + half]
+    half = t * std / root_n
+    return [max(mean - half, 0.0) if np.all(arr >= 0) else mean - half, mean + half]
 
 
 _LOG_MAX = math.log(1e300)
 
 
 def modified_z_scores(values: Sequence[float]) -> list[float]:
-    """Iglewicz-Hoaglin modified z-scores: 0.6745 * (x - median) / MAD.
-
-    MAD == 0 choice: rather than returning all zeros (which would hide e.g. a
-    single cold-cache run among identical ones), fall back to
-    (x - median) / (1.253314 * mean absolute deviation). Only when every value
-    equals the median (mean absolute deviation 0 as well) are all scores 0.0.
-    """
+    """Iglewicz-Hoaglin modified z-scores: 0.6745 * (x - median) / MAD. With MAD == 0, rather than all zeros (which
+    would hide e.g. a single cold-cache run among identical ones): (x - median) / (1.253314 * mean absolute
+    deviation). Only when every value equals the median (mean absolute deviation 0 as well) are all scores 0.0."""
     arr = as_floats(values)
     if arr.size == 0:
         return []
@@ -159,24 +132,15 @@ def modified_z_scores(values: Sequence[float]) -> list[float]:
 def outlier_indices(values: Sequence[float], threshold: float = 3.5) -> list[int]:
     """Indices whose |modified z-score| exceeds threshold (3.5 per Iglewicz-Hoaglin)."""
     vals = list(values)
-    if len(vals) < 3:
-        # With two runs there is no majority to be an outlier from.
+    if len(vals) < 3:  # with two runs there is no majority to be an outlier from
         return []
     return [i for i, z in enumerate(modified_z_scores(vals)) if abs(z) > threshold]
 
 
-def runs_needed(
-    values: Sequence[float],
-    *,
-    rel_precision: float = 0.05,
-    confidence: float = 0.95,
-) -> int | None:
-    """Total runs n for the CI half-width t_{n-1} * s / sqrt(n) to be <= rel_precision * |mean|.
-
-    Uses the observed std as if it were the true one. Returns at least 2 (the
-    fewest runs that give a CI at all), RUNS_CAP when even that many would not
-    suffice, and None when n < 2 or the mean is 0 (relative precision undefined).
-    """
+def runs_needed(values: Sequence[float], *, rel_precision: float = 0.05, confidence: float = 0.95) -> int | None:
+    """Total runs n for the CI half-width t_{n-1} * s / sqrt(n) to be <= rel_precision * |mean|, the observed std taken
+    as the true one: at least 2 (the fewest that give a CI at all), RUNS_CAP when even that many would not suffice,
+    None when n < 2 or the mean is 0 (relative precision undefined)."""
     arr = as_floats(values)
     if arr.size < 2:
         return None
@@ -191,50 +155,31 @@ def runs_needed(
     return int(n[ok[0]]) if ok.size else RUNS_CAP
 
 
-def warnings_for(
-    metric: str,
-    values: Sequence[float],
-    *,
-    cv_limit: float = 0.10,
-    first_round_index: int | None = 0,
-    rel_precision: float = 0.05,
-) -> list[str]:
+def warnings_for(metric: str, values: Sequence[float], *, cv_limit: float = 0.10, first_round_index: int | None = 0,
+                 rel_precision: float = 0.05) -> list[str]:
     """Actionable warnings about one metric's runs (values in round order)."""
     vals = [float(v) for v in values]
     out: list[str] = []
     precision = f"+-{rel_precision * 100:g}% precision"
     if len(vals) < 2:
-        out.append(f"{metric}: only {len(vals)} run(s): noise cannot be estimated; "
-                   f"use --runs 5 or more")
-        return out
-
+        return [f"{metric}: only {len(vals)} run(s): noise cannot be estimated; use --runs 5 or more"]
     outliers = outlier_indices(vals)
     first = first_round_index if first_round_index in outliers else None  # the first round, an outlier
     if first is not None:
-        out.append(f"{metric}: first round is an outlier ({vals[first]:.4g}): "
-                   f"caches or warm-up; set warmup_rounds: 1")
-    for i in outliers:
-        if i == first:
-            continue
-        out.append(f"{metric}: run {i} is an outlier ({vals[i]:.4g} vs median "
-                   f"{float(np.median(vals)):.4g}): check for background load or "
-                   f"I/O contention and rerun")
-
+        out.append(f"{metric}: first round is an outlier ({vals[first]:.4g}): caches or warm-up; set warmup_rounds: 1")
+    out += [f"{metric}: run {i} is an outlier ({vals[i]:.4g} vs median {float(np.median(vals)):.4g}): check for "
+            "background load or I/O contention and rerun" for i in outliers if i != first]
     # A warm-up outlier would inflate CV and ask for many runs when the real fix
     # is warmup_rounds, so judge steady-state noise without it.
-    steady = vals
-    note = ""
-    if first is not None:
-        steady = vals[:first] + vals[first + 1:]
-        note = " excluding first round"
+    steady = vals if first is None else vals[:first] + vals[first + 1:]
+    note = "" if first is None else " excluding first round"
     summary = summarize(steady)
     needed = runs_needed(steady, rel_precision=rel_precision)
     cv = summary["cv"]
     if cv is not None and abs(cv) > cv_limit:
-        out.append(f"{metric}: CV {abs(cv) * 100:.1f}% > {cv_limit * 100:g}%{note}: "
-                   f"results are noisy; use --runs {needed} "
-                   f"(estimated runs for {precision})")
+        out.append(f"{metric}: CV {abs(cv) * 100:.1f}% > {cv_limit * 100:g}%{note}: results are noisy; use --runs "
+                   f"{needed} (estimated runs for {precision})")
     elif needed is not None and needed > summary["n"]:
-        out.append(f"{metric}: {summary['n']} runs{note} are too few for {precision} "
-                   f"at 95% confidence; use --runs {needed}")
+        out.append(f"{metric}: {summary['n']} runs{note} are too few for {precision} at 95% confidence; use "
+                   f"--runs {needed}")
     return out

@@ -1,15 +1,13 @@
 """`compare A.json B.json`: is B faster, slower or the same as A, test by test?
 
-Like pyperf's compare_to: for each test in both files and each metric, A and B as
-mean +- std, the change of B versus A with its 95 % CI, and a verdict from Welch's
-t-test on the raw runs (`analysis.compare`, the same function a suite uses against its
-baseline, with A as the baseline). Differences that make the comparison unfair (another machine, model
-or dtype) are warned about on stderr but do not stop it: comparing machines can be
-the point. A time whose runs found the machine busy on either side (analysis.busy: other
-processes' CPU or disk bytes during a timed save or load) is reported with its change and
-interval but not called significant: its verdict is "not judged: busy machine", with the
-reason, unless `allow_busy`. `--fail-on-regression PCT` turns a significant slowdown or
-growth beyond PCT % into exit status 1, for CI.
+Like pyperf's compare_to: for each test in both files and each metric, A and B as mean +- std, the change of B versus
+A with its 95 % CI, and a verdict from Welch's t-test on the raw runs (`analysis.compare`, the same function a suite
+uses against its baseline, with A as the baseline). Differences that make the comparison unfair (another machine,
+model or dtype) are warned about on stderr but do not stop it: comparing machines can be the point. A time whose runs
+found the machine busy on either side (analysis.busy: other processes' CPU or disk bytes during a timed save or load)
+is reported with its change and interval but not called significant: its verdict is "not judged: busy machine", with
+the reason, unless `allow_busy`. `--fail-on-regression PCT` turns a significant slowdown or growth beyond PCT % into
+exit status 1, for CI.
 """
 
 from __future__ import annotations
@@ -73,7 +71,7 @@ def busy_reason(test_a: Mapping[str, Any], test_b: Mapping[str, Any], metric: st
         return None  # a size does not depend on the machine's load
     parts = []
     for side, test in (("A", test_a), ("B", test_b)):
-        found = busy.busy_in(test["runs"], op)
+        found = sum(op in busy.busy_operations(run) for run in measured_runs(test["runs"]))
         if found:
             parts.append(f"{side}: {found} of {len(measured_runs(test['runs']))} {op}s busy")
     return "; ".join(parts) or None
@@ -114,15 +112,12 @@ def mismatch_warnings(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> lis
     for test_a in doc_a["tests"]:
         test_b = tests_b.get(test_a["name"])
         if test_b is not None:
-            changed = _settings_changes(test_a.get("settings") or {}, test_b.get("settings") or {})
+            a, b = test_a.get("settings") or {}, test_b.get("settings") or {}
+            changed = [f"{k} {a.get(k)!r} in A, {b.get(k)!r} in B"
+                       for k in sorted((set(a) | set(b)) - _COSMETIC_SETTINGS) if a.get(k) != b.get(k)]
             if changed:
                 out.append(f"test {test_a['name']}: settings differ: {'; '.join(changed)}")
     return out
-
-
-def _settings_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    keys = sorted((set(a) | set(b)) - _COSMETIC_SETTINGS)
-    return [f"{k} {a.get(k)!r} in A, {b.get(k)!r} in B" for k in keys if a.get(k) != b.get(k)]
 
 
 def joined_answers(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -6,11 +6,10 @@
     ckptbench list-models              the weight presets
     ckptbench tune [flags]             find the fastest layout for a model on this disk
 
-Each subcommand is one `Command` in its own module under `commands/`, imported only
-when named, so `--help`, `compare` and `show` never import TensorStore, torch or
-transformers. Every command runs from Python too, with its flags' names as keywords:
-`load_command("show").run(results="out/results.json", no_figures=True)`. A `UserError`
-anywhere is printed as one line and exits with status 2 (as asv does).
+Each subcommand is one `Command` in its own module under `commands/`, imported only when named, so `--help`, `compare`
+and `show` never import TensorStore, torch or transformers. Every command runs from Python too, with its flags' names
+as keywords: `load_command("show").run(results="out/results.json", no_figures=True)`. A `UserError` anywhere is
+printed as one line and exits with status 2 (as asv does).
 """
 
 from __future__ import annotations
@@ -56,9 +55,6 @@ class Command:
     name = ""
     summary = ""  # what --help says first
 
-    def description(self, context: Context) -> str:
-        return self.summary
-
     def add_arguments(self, parser: argparse.ArgumentParser, context: Context) -> None:
         pass
 
@@ -68,7 +64,7 @@ class Command:
 
     def parser(self, context: Context) -> Parser:
         prog = f"{context.prog} {self.name}" if self.name != DEFAULT_COMMAND else context.prog
-        parser = Parser(prog=prog, description=self.description(context))
+        parser = Parser(prog=prog, description=self.summary)
         self.add_arguments(parser, context)
         return parser
 

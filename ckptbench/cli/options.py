@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import overload
 
 from ckptbench.cli.app import Context
 from ckptbench.core.errors import UserError
@@ -71,14 +70,8 @@ def parse_processes(text: str | None) -> tuple[int, ...] | None:
         raise UserError(f"--processes: {text!r} is not a list of process counts; use e.g. 4 or 1,2,4") from None
 
 
-@overload
-def parse_tp(text: str) -> int: ...
-@overload
-def parse_tp(text: None) -> None: ...
-def parse_tp(text: str | None) -> int | None:
+def parse_tp(text: str) -> int:
     """--tp N: tensor-parallel readers for every test (checked against the model by the config)."""
-    if text is None:
-        return None
     try:
         return int(text)
     except ValueError:

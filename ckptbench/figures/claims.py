@@ -16,10 +16,6 @@ OUTCOME_COLORS = {"confirmed": "#2a9d8f", "contradicted": "#e63946", "consistent
                   "inconclusive": "#9a9a9a"}
 
 
-def _claim_rows(document: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
-    return [(f"{t['name']}: {c['metric']}", c) for t in document["tests"] for c in t.get("claims") or []]
-
-
 def _claim_note(claim: Mapping[str, Any]) -> str:
     """The numbers behind a row, printed beside it (a CI may run off a compressed axis)."""
     measured, ci = claim.get("measured_pct"), claim.get("ci_pct")
@@ -38,7 +34,7 @@ def draw_claims(document: Mapping[str, Any], path: Path) -> Path | None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    rows = _claim_rows(document)
+    rows = [(f"{t['name']}: {c['metric']}", c) for t in document["tests"] for c in t.get("claims") or []]
     if not rows:
         return None
     fig, axes = figure(12.0, 1.8 + 0.45 * len(rows))

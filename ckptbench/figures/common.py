@@ -1,9 +1,8 @@
-"""What every figure shares: making and saving a Figure without pyplot, the reference rows' style,
-the title's source line and whiskers from a summary.
+"""What every figure shares: making and saving a Figure without pyplot, the reference rows' style, the title's source
+line and whiskers from a summary.
 
-Figures are matplotlib `Figure` objects saved explicitly: importing a figures module, or
-drawing, never touches pyplot or the backend of a notebook that imports it. matplotlib is
-imported only when a figure is drawn.
+Figures are matplotlib `Figure` objects saved explicitly: importing a figures module, or drawing, never touches pyplot
+or the backend of a notebook that imports it. matplotlib is imported only when a figure is drawn.
 """
 
 from __future__ import annotations
@@ -14,12 +13,10 @@ from typing import Any, Literal, Mapping
 import numpy as np
 
 from ckptbench.core.errors import UserError
-from ckptbench.spec.references import CEILING
 
 ERRORBAR_NOTE = "error bars: 95% CI of the mean, log scale (none with 2 runs or fewer)"
 REFERENCE_COLOR = "#c8c8c8"
 DPI = 100
-__all__ = ["CEILING", "DPI", "ERRORBAR_NOTE", "REFERENCE_COLOR", "figure", "mean_and_err", "save", "source_line"]
 
 
 def figure(width_in: float, height_in: float, rows: int = 1, cols: int = 1,

@@ -23,7 +23,7 @@ def draw_all(document: Mapping[str, Any], folder: Path) -> list[Path]:
               (tensor_parallel.draw_tensor_parallel, tensor_parallel.TENSOR_PARALLEL_FILE)]
     child = _fork_drawing(document, folder, others) if _can_fork() else None
     drawn: list[Path | None] = [main.draw(document, folder / main.PLOT_FILE)]
-    if child is not None and _child_succeeded(child):
+    if child is not None and os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0:
         drawn += [folder / name for _, name in others if (folder / name).is_file()]
     else:
         drawn += [function(document, folder / name) for function, name in others]
@@ -53,8 +53,3 @@ def _fork_drawing(document: Mapping[str, Any], folder: Path, jobs: Sequence[tupl
             status = 1
         os._exit(status)
     return pid
-
-
-def _child_succeeded(pid: int) -> bool:
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 0

@@ -1,15 +1,12 @@
-"""optimization_analysis.png, the 6-panel figure, drawn from a results document (it measures and computes
-nothing).
+"""optimization_analysis.png, the 6-panel figure, drawn from a results document (it measures and computes nothing).
 
-Save time, load time and size (bars at the mean, each run a dot, whiskers the mean's 95 %
-CI on the log scale so no whisker reaches below zero; none with 2 runs or fewer); save and
-load time versus the baseline (the ratio of means on a log axis labelled as the change in %,
-with the change's 95 % CI, hatched where it is not significant: the same interval and test as
-the tables, so no whisker reaches -100 %); and a heatmap of the change per test and metric
-coloured by the log of the ratio, whose colour scale spans the largest value, so nothing is
-clipped. Reference rows (the peers and the device ceiling) stand apart after a gap, grey and
-hatched. The title gives TensorStore's best layout per objective beside the fastest peer; the
-winners' bars are outlined in gold.
+Save time, load time and size (bars at the mean, each run a dot, whiskers the mean's 95 % CI on the log scale so no
+whisker reaches below zero; none with 2 runs or fewer); save and load time versus the baseline (the ratio of means on
+a log axis labelled as the change in %, with the change's 95 % CI, hatched where it is not significant: the same
+interval and test as the tables, so no whisker reaches -100 %); and a heatmap of the change per test and metric
+coloured by the log of the ratio, whose colour scale spans the largest value, so nothing is clipped. Reference rows
+(the peers and the device ceiling) stand apart after a gap, grey and hatched. The title gives TensorStore's best
+layout per objective beside the fastest peer; the winners' bars are outlined in gold.
 """
 
 from __future__ import annotations
@@ -18,13 +15,14 @@ import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ckptbench.analysis.change import TOO_FEW, ratio_words
 from ckptbench.analysis.samples import measured_runs
-from ckptbench.figures.common import CEILING, REFERENCE_COLOR, figure, mean_and_err, save, source_line
+from ckptbench.figures.common import REFERENCE_COLOR, figure, mean_and_err, save, source_line
+from ckptbench.spec.references import CEILING
 
 PLOT_FILE = "optimization_analysis.png"
 TIME_NOTE = "bars: mean; dots: runs; whiskers: 95% CI (log scale)"
@@ -124,22 +122,21 @@ def positions(tests: Sequence[Mapping[str, Any]]) -> np.ndarray:
     return np.array(out)
 
 
-def _set_test_ticks(ax, names: Sequence[str], xs: np.ndarray) -> None:
-    if len(names) > MANY_TESTS:
-        ax.set_xticks(xs, _labels(names), rotation=90, ha="center", fontsize=7)
-    else:
-        ax.set_xticks(xs, _labels(names), rotation=30, ha="right", fontsize=8)
+def _set_test_ticks(ax, tests: Sequence[Mapping[str, Any]], xs: np.ndarray) -> None:
+    many = len(tests) > MANY_TESTS
+    ax.set_xticks(xs, _labels([t["name"] for t in tests]), rotation=90 if many else 30,
+                  ha="center" if many else "right", fontsize=7 if many else 8)
 
 
 def _value_fontsize(n_tests: int) -> float:
     return 6 if n_tests > MANY_TESTS else 7
 
 
-def _mark_missing(ax, xs, values: Sequence[float], text: str, n_tests: int) -> None:
+def _mark_missing(ax, xs, values: Iterable[float], text: str, n_tests: int, bottom: float = 0.0) -> None:
     """Write text where a bar is missing: bar_label skips NaN bars, and a gap alone reads as zero."""
     for x, value in zip(xs, values):
         if not np.isfinite(value):
-            ax.text(x, 0, text, rotation=90, ha="center", va="bottom", fontsize=_value_fontsize(n_tests) + 1,
+            ax.text(x, bottom, text, rotation=90, ha="center", va="bottom", fontsize=_value_fontsize(n_tests) + 1,
                     color="#b00020")
 
 
@@ -157,7 +154,6 @@ def _bars(ax, tests: Sequence[Mapping[str, Any]], panel: Panel, winner: str | No
     from matplotlib.patches import Patch
 
     metric, scale = panel.metric, panel.scale
-    names = [t["name"] for t in tests]
     xs = positions(tests)
     timed = metric in ("save_s", "load_s")
     means, errs = zip(*(mean_and_err(t["stats"][metric], scale) for t in tests))
@@ -175,8 +171,7 @@ def _bars(ax, tests: Sequence[Mapping[str, Any]], panel: Panel, winner: str | No
         for x, test in zip(xs, tests):
             values = np.array(_run_values(test, metric)) / scale
             spread = np.linspace(-0.18, 0.18, values.size) if values.size > 1 else np.zeros(values.size)
-            ax.scatter(np.full(values.size, x) + spread,
-                       values, s=9, color="black", zorder=3, linewidths=0)
+            ax.scatter(np.full(values.size, x) + spread, values, s=9, color="black", zorder=3, linewidths=0)
     labels = [_value_label(m, t["stats"][metric]["n"]) + (" ★" if t["name"] == winner else "")
               for m, t in zip(means, tests)]
     ax.bar_label(bars, labels=labels, padding=2, fontsize=_value_fontsize(len(tests)))
@@ -197,7 +192,7 @@ def _bars(ax, tests: Sequence[Mapping[str, Any]], panel: Panel, winner: str | No
         handles.append(Patch(facecolor="white", edgecolor=WINNER_EDGE, linewidth=2.5, label="★ best TensorStore test"))
     if handles:
         ax.legend(handles=handles, loc="upper right", fontsize=7)
-    _set_test_ticks(ax, names, xs)
+    _set_test_ticks(ax, tests, xs)
     ax.set_ylabel(panel.ylabel)
     few = timed and any(0 < t["stats"][metric]["n"] <= 2 for t in tests)
     ax.set_title(panel.title.replace(TIME_NOTE, FEW_NOTE) if few else panel.title)
@@ -247,7 +242,6 @@ def _change_axis(ax, low: float, high: float) -> None:
 def _change(ax, tests, baseline, metric, title) -> None:
     """Each test's mean against the baseline's as a ratio on a log axis, labelled as the change in % (below 1 is
     better), with the change's 95 % interval and significance: the very numbers the tables print."""
-    names = [t["name"] for t in tests]
     xs = positions(tests)
     ratios, lows, highs, hatches = [], [], [], []
     for t in tests:
@@ -275,18 +269,13 @@ def _change(ax, tests, baseline, metric, title) -> None:
                 yerr=[np.clip(ratios_arr[shown] - np.array(lows)[shown], 0, None),
                       np.clip(np.array(highs)[shown] - ratios_arr[shown], 0, None)],
                 fmt="none", ecolor="black", elinewidth=1, capsize=capsize, zorder=3)
+    _mark_missing(ax, xs, ratios_arr, "n/a: no runs", len(tests), 1.0)
     for x, t, r in zip(xs, tests, ratios_arr):
-        comparison = t["vs_baseline"].get(metric) or {}
-        if t["name"] == baseline:
-            text = "base"
-        elif not np.isfinite(r):
-            ax.text(x, 1.0, "n/a: no runs", rotation=90, ha="center", va="bottom",
-                    fontsize=_value_fontsize(len(tests)) + 1, color="#b00020")
-            continue
-        else:
-            text = _ratio_text(r) + ("*" if comparison.get("significant") else "")
-        ax.annotate(text, (x, r), xytext=(0, 2 if r >= 1 else -2), textcoords="offset points", ha="center",
-                    va="bottom" if r >= 1 else "top", fontsize=_value_fontsize(len(tests)))
+        if np.isfinite(r):
+            starred = "*" if (t["vs_baseline"].get(metric) or {}).get("significant") else ""
+            ax.annotate("base" if t["name"] == baseline else _ratio_text(r) + starred, (x, r),
+                        xytext=(0, 2 if r >= 1 else -2), textcoords="offset points", ha="center",
+                        va="bottom" if r >= 1 else "top", fontsize=_value_fontsize(len(tests)))
     _change_axis(ax, low, high)
     for x, lo, hi in zip(xs, lows, highs):
         if np.isfinite(hi) and hi > high:
@@ -294,7 +283,7 @@ def _change(ax, tests, baseline, metric, title) -> None:
         if np.isfinite(lo) and lo < low:
             _arrow(ax, x, low, _ratio_text(lo), at_top=False)
     ax.axhline(1.0, color="black", linewidth=0.8)
-    _set_test_ticks(ax, names, xs)
+    _set_test_ticks(ax, tests, xs)
     ax.set_ylabel("change vs baseline (%)")
     few = any((t["vs_baseline"].get(metric) or {}).get("verdict") == TOO_FEW for t in tests)
     ax.set_title(title + "\n(* significant, // not; whiskers: 95% CI" + (", none: too few runs" if few else "")
@@ -344,12 +333,6 @@ def _heatmap(fig, ax, tests) -> None:
     ax.set_title("Change vs baseline, %\n(green = less time or size; colour: log of the ratio)", fontsize=10)
 
 
-def _figure_size_in(n_tests: int) -> tuple[float, float]:
-    """Wide enough for every bar and its label, tall enough for one heatmap row per test."""
-    panel_width_in = max(5.0, 0.42 * n_tests + 1.2)
-    return 3 * panel_width_in + 1.0, max(10.5, 0.5 * n_tests + 3.0)
-
-
 def advice_lines(document: Mapping[str, Any]) -> list[str]:
     """The answer the figure exists for: TensorStore's best layout per objective, and beside it the fastest peer
     (a reference row a user could pick instead) as a ratio with its 95 % CI and verdict. TensorStore is never
@@ -381,7 +364,9 @@ def draw(document: Mapping[str, Any], path: Path) -> Path:
     title = f"TensorStore checkpoint benchmark: {source_line(document)}"
     if not document.get("complete", True):
         title += "  [INCOMPLETE]"
-    fig, _ = figure(*_figure_size_in(len(tests)), layout=None)
+    # wide enough for every bar and its label, tall enough for one heatmap row per test
+    panel_width_in = max(5.0, 0.42 * len(tests) + 1.2)
+    fig, _ = figure(3 * panel_width_in + 1.0, max(10.5, 0.5 * len(tests) + 3.0), layout=None)
     width_chars = int(fig.get_figwidth() * 10)
     lines = textwrap.wrap(title, width_chars) + [wrapped for line in advice_lines(document)
                                                  for wrapped in textwrap.wrap(line, width_chars)]

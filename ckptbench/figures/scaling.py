@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ckptbench.figures.common import CEILING, figure, source_line
+from ckptbench.figures.common import figure, source_line
 from ckptbench.figures.sweep import PROCESSES, finish_axes, line, save_titled
+from ckptbench.spec.references import CEILING
 
 SCALING_FILE = "scaling_analysis.png"
 

@@ -1,10 +1,9 @@
 """sweep_analysis.png: save and load throughput against the swept setting, from a results document.
 
-x is the chunk size in bytes (log axis) when chunks are swept, otherwise the first
-swept setting; one line per combination of the other swept settings (concurrency,
-compression, ...), with the mean's 95% CI on the log scale as error bars (none with 2
-runs or fewer). The device ceiling measured in the same run is a dashed line: the distance
-to it is what a configuration leaves on the table.
+x is the chunk size in bytes (log axis) when chunks are swept, otherwise the first swept setting; one line per
+combination of the other swept settings (concurrency, compression, ...), with the mean's 95% CI on the log scale as
+error bars (none with 2 runs or fewer). The device ceiling measured in the same run is a dashed line: the distance to
+it is what a configuration leaves on the table.
 """
 
 from __future__ import annotations
@@ -14,8 +13,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ckptbench.core.units import size_label
-from ckptbench.figures.common import CEILING, ERRORBAR_NOTE, figure, mean_and_err, save, source_line
+from ckptbench.figures.common import ERRORBAR_NOTE, figure, mean_and_err, save, source_line
 from ckptbench.spec.fields import SWEEP_FIELDS
+from ckptbench.spec.references import CEILING
 
 SWEEP_FILE = "sweep_analysis.png"
 PROCESSES = "processes"

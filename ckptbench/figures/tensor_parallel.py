@@ -1,12 +1,11 @@
 """tensor_parallel_analysis.png: tensor-parallel loads, from a results document with tp > 1 tests.
 
-Left: the load's seconds (common start to the slowest reader) against tp, one line per
-format (a test and its `_tp=N` points), each point labelled with its read amplification
-(device bytes read over the bytes of the readers' slices, `tests[].tensor_parallel`; an O_DIRECT
-row's label says so, and a sum below 1 is labelled as bytes unaccounted, not as a figure); the
-device ceiling's N-stream read (N readers, each 1/N of the bytes) is a dashed line. Right:
-what the readers' read calls returned over their slices (rchar): a reader's own over-read,
-whether or not another reader of the host had brought the pages in.
+Left: the load's seconds (common start to the slowest reader) against tp, one line per format (a test and its `_tp=N`
+points), each point labelled with its read amplification (device bytes read over the bytes of the readers' slices,
+`tests[].tensor_parallel`; an O_DIRECT row's label says so, and a sum below 1 is labelled as bytes unaccounted, not as
+a figure); the device ceiling's N-stream read (N readers, each 1/N of the bytes) is a dashed line. Right: what the
+readers' read calls returned over their slices (rchar): a reader's own over-read, whether or not another reader of the
+host had brought the pages in.
 """
 
 from __future__ import annotations
@@ -14,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ckptbench.figures.common import CEILING, ERRORBAR_NOTE, figure, source_line
+from ckptbench.figures.common import ERRORBAR_NOTE, figure, source_line
 from ckptbench.figures.sweep import line, save_titled
+from ckptbench.spec.references import CEILING
 
 TENSOR_PARALLEL_FILE = "tensor_parallel_analysis.png"
 _SUFFIX = "_tp="

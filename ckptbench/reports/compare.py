@@ -1,7 +1,6 @@
-"""The text of `compare A.json B.json`, in the order every report follows: what A and B are, the answer (how
-many of B's figures are faster, slower or unchanged against A, its largest regression, and B's TensorStore
-best beside its fastest peer), one table of B against A, the tests only one has; `details` adds A's
-answer and B's warnings.
+"""The text of `compare A.json B.json`, in the order every report follows: what A and B are, the answer (how many of
+B's figures are faster, slower or unchanged against A, its largest regression, and B's TensorStore best beside its
+fastest peer), one table of B against A, the tests only one has; `details` adds A's answer and B's warnings.
 
 It reads the rows analysis.versus computed and the documents' own comparisons and formats them, pyperf
 style; it computes nothing.
@@ -12,16 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+from ckptbench.analysis import change as analysis
 from ckptbench.analysis import stats
 from ckptbench.analysis.busy import NOT_JUDGED
-from ckptbench.analysis.change import (
-    INSUFFICIENT,
-    NOT_SIGNIFICANT,
-    TOO_FEW,
-    WITHIN_NOISE,
-    range_text,
-    ratio_words,
-)
 from ckptbench.analysis.versus import REGRESSION_WORDS, joined_answers, only_in
 from ckptbench.documents.store import Document, weights_name
 from ckptbench.reports import tables as report
@@ -92,8 +84,8 @@ def _describe(results: Document) -> str:
 def answer_lines(rows: Sequence[Mapping[str, Any]], doc_b: Mapping[str, Any], which: str = "B") -> list[str]:
     """B against A in two lines, then B's TensorStore best beside its fastest peer for save, load and save + load."""
     verdicts = [r["comparison"]["verdict"] for r in rows]
-    same = sum(v in (WITHIN_NOISE, NOT_SIGNIFICANT) for v in verdicts)
-    few = sum(v in (TOO_FEW, INSUFFICIENT) for v in verdicts)
+    same = sum(v in (analysis.WITHIN_NOISE, analysis.NOT_SIGNIFICANT) for v in verdicts)
+    few = sum(v in (analysis.TOO_FEW, analysis.INSUFFICIENT) for v in verdicts)
     busy = [r for r in rows if r["comparison"]["verdict"] == NOT_JUDGED]
     worse = [r for r in rows if r["comparison"]["verdict"] in REGRESSION_WORDS]
     better = len(verdicts) - same - few - len(worse) - len(busy)
@@ -108,8 +100,8 @@ def answer_lines(rows: Sequence[Mapping[str, Any]], doc_b: Mapping[str, Any], wh
     if worse:
         top = max(worse, key=lambda r: r["comparison"]["change_pct"])
         lines.append(f"  largest regression: {top['test']} {top['metric']} "
-                     + ratio_words(top["comparison"], "in A", "size_bytes" if top["metric"] == "size_bytes"
-                                   else "save_s"))
+                     + analysis.ratio_words(top["comparison"], "in A",
+                                            "size_bytes" if top["metric"] == "size_bytes" else "save_s"))
     lines += peer_lines(doc_b, which)
     return lines
 
@@ -131,7 +123,7 @@ def joined_lines(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[str
             lines.append(f"{head}: the files disagree ({item['disagree']}): no one verdict")
         else:
             low, high = item["ratio_range"]
-            spread = range_text(1 / high, 1 / low) if high < 1.0 else range_text(low, high)  # as the words read
+            spread = analysis.range_text(*((1 / high, 1 / low) if high < 1.0 else (low, high)))  # as the words read
             lines.append(f"{head}: they agree" + (f" [ratios {spread}]" if spread else ""))
     return lines
 
@@ -152,24 +144,21 @@ def peer_lines(document: Mapping[str, Any], which: str) -> list[str]:
                        + ", ".join(f"block {c['block']} {ratio_brief(c)}" for c in peer["blocks"]))
         elif peer is not None:
             out.append(f"  {which}: TensorStore's best {verb} ({entry['test']}) "
-                       + ratio_words(peer, f"{peer['test']}, the fastest peer"))
+                       + analysis.ratio_words(peer, f"{peer['test']}, the fastest peer"))
     return out
 
 
 def unwatched_lines(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[str]:
     """A line for a file whose timed operations were not watched for other processes (no /proc, or a file written
     before the harness watched them): its differences are judged, but it may have run on a busy machine."""
-    sides = [side for side, document in (("A", doc_a), ("B", doc_b)) if _unwatched(document.get("busy"))]
+    # no figures for some timed operations (busy None: a file of before), and none of the others busy
+    sides = [side for side, busy in (("A", doc_a.get("busy")), ("B", doc_b.get("busy")))
+             if busy is None or (busy["not_measured"] > 0 and busy["operations"] == 0)]
     if not sides:
         return []
     return [f"  {' and '.join(sides)}: other processes were not watched during {'their' if len(sides) > 1 else 'its'} "
             "timed operations (no /proc, or a file written before ckptbench watched them); a busy machine cannot "
             "be ruled out"]
-
-
-def _unwatched(busy: Mapping[str, Any] | None) -> bool:
-    """No figures for some timed operations (busy None: a file of before), and none of the others busy."""
-    return busy is None or (busy["not_measured"] > 0 and busy["operations"] == 0)
 
 
 def render(a: Document, b: Document, rows: Sequence[Mapping[str, Any]], noise_pct: float, fmt: str = "text",
@@ -185,13 +174,9 @@ def render(a: Document, b: Document, rows: Sequence[Mapping[str, Any]], noise_pc
              f"Ratio of means on the log scale, Welch-Satterthwaite t, alpha {stats.ALPHA:g}; changes under "
              f"{noise_pct:g}% are within noise; no interval with 2 runs or fewer.",
              "", report.table(headers, [_table_row(r) for r in rows], fmt)]
-    a_only, b_only = only_in(doc_a, doc_b)
-    if a_only or b_only:
-        lines.append("")
-    if a_only:
-        lines.append(f"{bullet}Only in A, not compared: {', '.join(a_only)}")
-    if b_only:
-        lines.append(f"{bullet}Only in B, not compared: {', '.join(b_only)}")
+    only = [f"{bullet}Only in {side}, not compared: {', '.join(names)}"
+            for side, names in zip("AB", only_in(doc_a, doc_b)) if names]
+    lines += ["", *only] if only else []
     if details:
         lines += ["", "A's own answer:", *peer_lines(doc_a, "A")]
         warnings = doc_b.get("warnings") or []

@@ -1,24 +1,16 @@
 """The console report of a results document: text or markdown; nothing is measured or computed here.
 
-`console` is what `run` and `show` print: a two-line header, the answer (TensorStore's best per
-objective against the baseline, the fastest peer and the device ceiling), a line if the machine
-was busy, one table, one line of claims, and the warnings that threaten the answer, grouped in at
-most six lines. `full_report` (`--details`, and the Python API's `Results.report`) adds every
-table and every warning.
+`console` is what `run` and `show` print: a two-line header, the answer (TensorStore's best per objective against the
+baseline, the fastest peer and the device ceiling), a line if the machine was busy, one table, one line of claims, and
+the warnings that threaten the answer, grouped in at most six lines. `full_report` (`--details`, and the Python API's
+`Results.report`) adds every table and every warning.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ckptbench.analysis.change import (
-    INSUFFICIENT,
-    OUTCOMES,
-    TOO_FEW,
-    range_text,
-    ratio_text,
-    ratio_words,
-)
+from ckptbench.analysis import change as analysis
 from ckptbench.documents.findings import elsewhere
 from ckptbench.documents.store import weights_name
 from ckptbench.reports import while_training
@@ -109,12 +101,12 @@ def _against(entry: Mapping[str, Any], role: str, metric: str) -> str:
         return (f"blocks disagree against {comparison['test']}" + (f" ({note})" if note else "")
                 + f", {comparison['blocks_disagree']}: "
                 + ", ".join(f"block {c['block']} {ratio_brief(c)}" for c in comparison["blocks"]))
-    words = ratio_words(comparison, comparison["test"], words_metric, ci_label="", note=note)
+    words = analysis.ratio_words(comparison, comparison["test"], words_metric, ci_label="", note=note)
     spread = comparison.get("block_ratio_range")
     if spread:
         flip = comparison["ratio"] < 1.0  # the blocks' ratios the way the words read: >= 1 for the pooled one
         ends = sorted(1 / r if flip else r for r in spread)
-        words += f" [blocks {range_text(*ends) or ratio_text(ends[0]) + ' each'}]"
+        words += f" [blocks {analysis.range_text(*ends) or analysis.ratio_text(ends[0]) + ' each'}]"
     return words
 
 
@@ -140,7 +132,7 @@ def _mean_ci(summary: Mapping[str, Any]) -> str:
     return f"{_num(mean)} [{_num(interval[0])}-{_num(interval[1])}]"
 
 
-_SHORT = {**BRIEF, INSUFFICIENT: "-", TOO_FEW: "too few runs"}
+_SHORT = {**BRIEF, analysis.INSUFFICIENT: "-", analysis.TOO_FEW: "too few runs"}
 
 
 def _versus(comparison: Mapping[str, Any] | None) -> str:
@@ -163,13 +155,11 @@ def main_table(document: Mapping[str, Any], fmt: str = "text") -> str:
         rates = [s[m]["mean"] for m in ("save_gbps", "load_gbps")]
         rows.append([
             _row_name(document, test, "ref") + (f" ({test['failed_runs']} failed)" if test.get("failed_runs") else ""),
-            _mean_ci(s["save_s"]), _mean_ci(s["load_s"]),
-            NA if None in rates else f"{rates[0]:.3g}/{rates[1]:.3g}",
+            _mean_ci(s["save_s"]), _mean_ci(s["load_s"]), NA if None in rates else f"{rates[0]:.3g}/{rates[1]:.3g}",
             NA if pct.get("save_gbps") is None or pct.get("load_gbps") is None
             else f"{pct['save_gbps']:.0f}/{pct['load_gbps']:.0f}",
             NA if s["size_bytes"]["mean"] is None else f"{s['size_bytes']['mean'] / 1e6:.1f}",
-            *(_versus(vs.get(m)) for m in ("save_s", "load_s", "size_bytes")),
-        ])
+            *(_versus(vs.get(m)) for m in ("save_s", "load_s", "size_bytes"))])
     return table(headers, rows, fmt)
 
 
@@ -185,7 +175,7 @@ def claims_line(document: Mapping[str, Any]) -> str | None:
     claims = [c for t in document["tests"] for c in t["claims"]]
     if not claims:
         return None
-    counts = {o: sum(1 for c in claims if c["outcome"] == o) for o in OUTCOMES}
+    counts = {o: sum(1 for c in claims if c["outcome"] == o) for o in analysis.OUTCOMES}
     words = {"consistent, not pinned down": "consistent"}
     text = ", ".join(f"{n} {words.get(o, o)}" for o, n in counts.items())
     return (f"Claims check ({len(claims)} expected results of the Phase 4 summary): {text}; figure claims_check.png, "
@@ -279,11 +269,9 @@ def console(document: Mapping[str, Any], fmt: str = "text") -> str:
     """The default console: header, answer, one table, the claims in a line, the warnings grouped."""
     parts = _head(document, fmt)
     claims = [line for line in (claims_line(document), page_cache_line(document)) if line]
-    if claims:
-        parts += ["", *claims]
+    parts += ["", *claims] if claims else []
     warnings = warning_lines(document)
-    if warnings:
-        parts += ["", *warnings]
+    parts += ["", *warnings] if warnings else []
     return "\n".join(parts)
 
 
@@ -296,16 +284,10 @@ def summary_table(document: Mapping[str, Any], fmt: str = "text") -> str:
         s, vs = test["stats"], test["vs_baseline"]
         runs = f"{s['save_s']['n']}" + (f" ({test['failed_runs']} failed)" if test["failed_runs"] else "")
         ok_runs = [r for r in test["runs"] if r["error"] is None]
-        rows.append([
-            _row_name(document, test, "reference"),
-            runs,
-            mean_pm(s["save_s"]), mean_pm(s["load_s"]),
-            mean_pm(s["save_gbps"]), mean_pm(s["load_gbps"]),
-            mean_pm(s["size_bytes"], 1e6, 1),
-            str(ok_runs[-1]["n_files"]) if ok_runs else NA,
-            change(vs.get("save_s")), change(vs.get("load_s")), change(vs.get("size_bytes")),
-            _busy_ops(test.get("busy")),
-        ])
+        rows.append([_row_name(document, test, "reference"), runs, mean_pm(s["save_s"]), mean_pm(s["load_s"]),
+                     mean_pm(s["save_gbps"]), mean_pm(s["load_gbps"]), mean_pm(s["size_bytes"], 1e6, 1),
+                     str(ok_runs[-1]["n_files"]) if ok_runs else NA,
+                     *(change(vs.get(m)) for m in ("save_s", "load_s", "size_bytes")), _busy_ops(test.get("busy"))])
     return table(headers, rows, fmt)
 
 
@@ -323,12 +305,9 @@ def cost_table(document: Mapping[str, Any], fmt: str = "text") -> str:
     rows = []
     for test in document["tests"]:
         s, ceiling = test["stats"], test.get("pct_of_ceiling", {})
-        rows.append([
-            test["name"],
-            mean_pm(s.get("save_cpu_s", {})), mean_pm(s.get("load_cpu_s", {})),
-            _anon_file(s, "save"), _anon_file(s, "load"),
-            *(NA if ceiling.get(m) is None else f"{ceiling[m]:.0f}%" for m in ("save_gbps", "load_gbps")),
-        ])
+        rows.append([test["name"], mean_pm(s.get("save_cpu_s", {})), mean_pm(s.get("load_cpu_s", {})),
+                     _anon_file(s, "save"), _anon_file(s, "load"),
+                     *(NA if ceiling.get(m) is None else f"{ceiling[m]:.0f}%" for m in ("save_gbps", "load_gbps"))])
     return table(headers, rows, fmt)
 
 
@@ -394,14 +373,10 @@ def significance_table(document: Mapping[str, Any], fmt: str = "text") -> str:
     for test in document["tests"]:
         for metric, comparison in test["vs_baseline"].items():
             p = comparison.get("p_value")
-            rows.append([
-                test["name"], metric,
-                NA if comparison.get("change_pct") is None else f"{comparison['change_pct']:+.1f}",
-                ci_pct(comparison),
-                ratio_ci(comparison),
-                NA if p is None else f"{p:.3g}",
-                verdict(comparison, _fewest_runs(test, baseline, metric)),
-            ])
+            rows.append([test["name"], metric,
+                         NA if comparison.get("change_pct") is None else f"{comparison['change_pct']:+.1f}",
+                         ci_pct(comparison), ratio_ci(comparison), NA if p is None else f"{p:.3g}",
+                         verdict(comparison, _fewest_runs(test, baseline, metric))])
     return table(headers, rows, fmt) if rows else ""
 
 
@@ -420,13 +395,10 @@ def claims_table(document: Mapping[str, Any], fmt: str = "text") -> str:
             lo, hi = claim["claimed_pct"]
             band = claim.get("band_pct") or claim["claimed_pct"]
             ci = claim["ci_pct"]
-            rows.append([
-                test["name"], claim["metric"], f"{lo:+.0f} .. {hi:+.0f}", f"{band[0]:+.0f} .. {band[1]:+.0f}",
-                NA if claim["measured_pct"] is None else f"{claim['measured_pct']:+.1f}",
-                (TOO_FEW if claim["reason"].startswith(TOO_FEW) else NA) if ci is None
-                else f"{ci[0]:+.1f} .. {ci[1]:+.1f}",
-                claim["outcome"],
-            ])
+            rows.append([test["name"], claim["metric"], f"{lo:+.0f} .. {hi:+.0f}", f"{band[0]:+.0f} .. {band[1]:+.0f}",
+                         NA if claim["measured_pct"] is None else f"{claim['measured_pct']:+.1f}",
+                         (analysis.TOO_FEW if claim["reason"].startswith(analysis.TOO_FEW) else NA) if ci is None
+                         else f"{ci[0]:+.1f} .. {ci[1]:+.1f}", claim["outcome"]])
     return table(headers, rows, fmt) if rows else ""
 
 

@@ -16,11 +16,12 @@ def lines(document: Mapping[str, Any]) -> list[str]:
         return []
     rows = {row["test"]: row for row in answer["rows"]}
     least, soonest = rows[answer["least_training_lost"]], rows[answer["shortest_to_durable"]]
+    slowdown = ("no step ran beside the write" if least["step_slowdown"] is None
+                else f"steps {100 * least['step_slowdown']:+.0f} % during the write")
     out = [f"  checkpoint while training (async saves): least training time lost per checkpoint: {least['test']} "
            f"{least['training_lost_s']:.3g} s{_interval(least)} (blocked {least['blocked_s']:.3g} s, "
-           f"{_slowdown(least)}, staged {human_bytes(least['staging_bytes'] or 0)}); shortest time to durable: "
-           f"{soonest['test']} "
-           f"{soonest['commit_s']:.3g} s"]
+           f"{slowdown}, staged {human_bytes(least['staging_bytes'] or 0)}); shortest time to durable: "
+           f"{soonest['test']} {soonest['commit_s']:.3g} s"]
     paired = [row for row in answer["rows"] if row["blocked_vs_sync_save"] is not None]
     if paired:
         out.append("    blocked as a share of the same row's sync save: " + ", ".join(
@@ -32,12 +33,6 @@ def lines(document: Mapping[str, Any]) -> list[str]:
                    "data into chunks), which the loop must wait for")
     out.append(f"    {answer['note']}")
     return out
-
-
-def _slowdown(row: Mapping[str, Any]) -> str:
-    if row["step_slowdown"] is None:
-        return "no step ran beside the write"
-    return f"steps {100 * row['step_slowdown']:+.0f} % during the write"
 
 
 def _interval(row: Mapping[str, Any]) -> str:

@@ -59,12 +59,10 @@ def recommend(samples: Samples, finalists: Sequence[str], metric: str, noise_pct
                                       noise_pct=noise_pct)
         out["versus"][other] = {"mean": mean(samples[other][metric]), "n": len(samples[other][metric]), **comparison}
     out["peers"] = fastest_peers(samples, winner, noise_pct, confirmation)
-    out["runner_up"] = None
-    if decided["runner_up"] is not None:
-        second = decided["runner_up"]
-        out["runner_up"] = {"test": second, "objective": stats.summarize(samples[second][metric]),
-                            "comparison": decided["comparison"], "distinguishable": decided["separated"],
-                            "judgement": decided["judgement"]}
+    second = decided["runner_up"]
+    out["runner_up"] = None if second is None else {
+        "test": second, "objective": stats.summarize(samples[second][metric]), "comparison": decided["comparison"],
+        "distinguishable": decided["separated"], "judgement": decided["judgement"]}
     return out
 
 
@@ -129,17 +127,14 @@ def paste_ready(test: TestSpec, dtype: str, example: str, shape: Sequence[int], 
     spec = layout.array_spec(checkpoint, example, tuple(int(d) for d in shape), dtype)
     for key in ("create", "store_data_equal_to_fill_value"):
         spec.pop(key, None)
-    test_entry = entry(test, name="tuned", description=f"found by tune: {describe_layout(test)}")
     return {"spec": spec, "context": layout.context_spec(context_extra), "example_array": example,
-            "test_entry": test_entry}
+            "test_entry": entry(test, name="tuned", description=f"found by tune: {describe_layout(test)}")}
 
 
 def array_spec_for(paste: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The pasted spec for another array of the checkpoint: its name in the kvstore path, no metadata."""
     spec = json.loads(json.dumps({k: v for k, v in paste["spec"].items() if k != "metadata"}))
-    kvstore = spec["kvstore"]
-    example = paste["example_array"]
-    kvstore["path"] = kvstore["path"].replace(example, name)
+    spec["kvstore"]["path"] = spec["kvstore"]["path"].replace(paste["example_array"], name)
     return spec
 
 

@@ -1,11 +1,11 @@
 """The budget of a tune, as arithmetic on seconds: no clock, no I/O (callers pass the time spent).
 
-Everything counts: making the weights, every suite, the tuned checkpoint and the report. Before rung 0 a run
-is estimated from the model's size and the layout (bench.capacity.prior_run_s; a candidate's: the median of
-those rung 0 runs first), and from it how many candidates fit: the halving's runs (n + n/2 + ... until
-FINALISTS are left), the reference rows in rung 0 (the device ceiling's grid runs there once) and the final's
-first round, after reserving the final. Rung 0 lists OVERPLAN times more and stops when the rest no longer
-fits by the durations measured, so a wrong prior changes how many candidates it measures, not the total.
+Everything counts: making the weights, every suite, the tuned checkpoint and the report. Before rung 0 a run is
+estimated from the model's size and the layout (bench.capacity.prior_run_s; a candidate's: the median of those rung 0
+runs first), and from it how many candidates fit: the halving's runs (n + n/2 + ... until FINALISTS are left), the
+reference rows in rung 0 (the device ceiling's grid runs there once) and the final's first round, after reserving the
+final. Rung 0 lists OVERPLAN times more and stops when the rest no longer fits by the durations measured, so a wrong
+prior changes how many candidates it measures, not the total.
 """
 
 from __future__ import annotations
@@ -38,10 +38,6 @@ def mean(values: Sequence[float]) -> float:
     return stats.mean_std(stats.as_floats(values))[0]
 
 
-def prior_candidate_s(tests: Iterable[TestSpec], model_bytes: int, itemsize: int) -> float:
-    return typical_prior_s([capacity.prior_run_s(t, model_bytes, itemsize) for t in tests])
-
-
 def typical_prior_s(priors_s: Iterable[float]) -> float:
     """An unmeasured candidate's run: the median prior of those rung 0 runs first (`space.rung0_order`: within
     DEFERRED_FACTOR of the cheapest; the costlier ones run after them, and are skipped once their codec measures
@@ -50,10 +46,6 @@ def typical_prior_s(priors_s: Iterable[float]) -> float:
     if not priors:
         return capacity.PRIOR_FIXED_S
     return float(np.median([p for p in priors if p <= DEFERRED_FACTOR * min(priors)]))
-
-
-def candidate_priors_s(tests: Mapping[str, TestSpec], model_bytes: int, itemsize: int) -> dict[str, float]:
-    return {name: capacity.prior_run_s(test, model_bytes, itemsize) for name, test in tests.items()}
 
 
 def prior_reference_s(name: str, model_bytes: int, first: bool = True) -> float:
@@ -68,7 +60,7 @@ class Durations:
     model_bytes: int
     runs: dict[str, list[float]] = field(default_factory=dict)
     overheads: list[float] = field(default_factory=list)
-    prior_s: float = 0.0  # an unmeasured candidate's run (prior_candidate_s); not saved: recomputed on resume
+    prior_s: float = 0.0  # an unmeasured candidate's run (typical_prior_s); not saved: recomputed on resume
 
     def add(self, test: str, seconds: float) -> None:
         self.runs.setdefault(test, []).append(float(seconds))
@@ -81,13 +73,13 @@ class Durations:
     def of(self, test: str) -> float:
         """A run's predicted seconds; a reference row measured once ran as a first run (the ceiling's whole grid):
         its later runs are scaled by the ratio of its priors."""
-        measured = self.runs.get(test)
-        if measured and kind_of(test) is not None:
-            kind = REFERENCES[kind_of(test)]
-            return measured[-1] * (kind.prior_later_s_per_gb / kind.prior_s_per_gb if len(measured) == 1 else 1.0)
+        measured, kind = self.runs.get(test), kind_of(test)
+        if measured and kind is not None:
+            prior = REFERENCES[kind]
+            return measured[-1] * (prior.prior_later_s_per_gb / prior.prior_s_per_gb if len(measured) == 1 else 1.0)
         if measured:
             return mean(measured)
-        if kind_of(test) is not None:
+        if kind is not None:
             return prior_reference_s(test, self.model_bytes)  # its first run
         return self.typical_candidate_s()
 
@@ -145,10 +137,6 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Plan:
-        return cls(**data)
 
 
 def plan_budget(time_left_s: float, run_s: float, references_s: float, overhead_s: float, n_available: int,

@@ -145,10 +145,13 @@ def _run_stage(session: Session, stage: Stage, execute: Executor) -> str:
         session.save()
         session.emit(events.RunEnded(stage.name, record, done[0], len(suite.tests), left, session.time_left_s()))
 
+    # the device ceiling's runs in earlier stages: its full grid runs once per tune, in rung 0
+    history = [RunRecord.from_json(run) for doc in session.documents.values() for test in doc["tests"]
+               if test["name"] == CEILING for run in test["runs"]]
     status = COMPLETE
     try:
         outcome = execute(RunContext(suite, observer=Callbacks(phase=on_phase, record=on_record), may_start=may_start,
-                                     resume=again, source=session.source, history=_earlier_ceiling_runs(session)))
+                                     resume=again, source=session.source, history=history))
     except Stopped as stop:
         if stop.partial is not None:  # the suite's own results replace the runs noted as they ended
             session.documents[stage.name] = stop.partial.document
@@ -173,12 +176,6 @@ def _note_run(session: Session, stage_name: str, record: RunRecord) -> None:
     test["runs"].append(record.to_json())
 
 
-def _earlier_ceiling_runs(session: Session) -> list[RunRecord]:
-    """The device ceiling's runs in earlier stages: its full grid runs once per tune, in rung 0."""
-    return [RunRecord.from_json(run) for doc in session.documents.values() for test in doc["tests"]
-            if test["name"] == CEILING for run in test["runs"]]
-
-
 def _conclude(session: Session, status: str) -> TuneState:
     """The state after the latest stage (policy.conclude), and after rung 0 what it says of the rest of the plan."""
     state = policy.conclude(session.state, status, session.situation())
@@ -198,7 +195,7 @@ def _corrected(session: Session, state: TuneState) -> events.Corrected:
     plan, durations, stage = state.plan, state.durations, state.stages[0]
     situation = session.situation()
     references = situation.references
-    measured = policy.rung0_measured(state)
+    measured = [n for n in stage.members if kind_of(n) is None and n not in state.not_measured]  # in running order
     run_s = [durations.of(n) for n in measured]
     time_left_s = state.budget_s - situation.elapsed_s
     # the finish's reserve as it stood while rung 0 ran, before its survivors were known (session.state is

@@ -55,7 +55,8 @@ def draw(document: Mapping[str, Any], path: Path) -> Path | None:
         save_s, load_s = figures["save_s"]["mean"], figures["load_s"]["mean"]
         if save_s is None or load_s is None:
             continue
-        color = REFERENCES[kind_of(name)].colour if kind_of(name) is not None else "black"
+        kind = kind_of(name)
+        color = REFERENCES[kind].colour if kind is not None else "black"
         ax.axvline(save_s, color=color, linestyle="--", linewidth=1,
                    label=f"{label(name)}: save {save_s:.2g} s | load {load_s:.2g} s")
         ax.axhline(load_s, color=color, linestyle=":", linewidth=1)
@@ -98,7 +99,7 @@ def _label(ax, document: Mapping[str, Any], points: Mapping[str, Mapping[str, An
     found = document.get("recommendation") or {}
     marks = {found.get("test"): "winner", (found.get("runner_up") or {}).get("test"): "runner-up", T5X: T5X}
     key = []
-    for name, role in ((n, r) for n, r in marks.items() if n in points):
+    for name, role in ((n, r) for n, r in marks.items() if isinstance(n, str) and n in points):
         stats = points[name]["stats"]
         short = SHORT_NAMES[role]
         ax.annotate(short, (stats["save_s"]["mean"], stats["load_s"]["mean"]), xytext=(7, 7),

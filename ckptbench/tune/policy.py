@@ -1,20 +1,20 @@
 """The search's decisions: pure functions of the tune's state and the measured samples (no clock, no I/O).
 
-- rung-0: the peers, three candidates, the device ceiling, then more candidates while the rest still fits,
-  the cheap ones by their priors first. On a time objective a candidate whose codec, measured in this tune,
-  is more than HOPELESS_FACTOR times the best is skipped before it runs (`skip_reason`), and after a rung one
-  more than HOPELESS_FACTOR times the best is not run again (`censored`).
-- rung-1, ...: successive halving of the candidates alone; a candidate below the cut is dropped only when it
-  loses even in its best case by the noise model: the log-scale spread pooled over every test with two runs
-  or more, with a prior of PRIOR_LOG_SD (10 %, pyperf's "noisy") weighted as PRIOR_DF degrees of freedom.
-  Sizes have no noise: the larger loses outright.
-- final-1, ...: rounds of the two finalists, t5x_full (until its difference is settled) and rung 0's fastest
-  peer (until it has the 3 runs an interval needs), until Welch's test (`judge`) separates the finalists at
-  p < 0.05 or the budget ends. Only a test that ran and found p >= 0.05 makes them tied; with fewer than
-  two runs a side they are "not compared".
+- rung-0: the peers, three candidates, the device ceiling, then more candidates while the rest still fits, the cheap
+  ones by their priors first. On a time objective a candidate whose codec, measured in this tune, is more than
+  HOPELESS_FACTOR times the best is skipped before it runs (`skip_reason`), and after a rung one more than
+  HOPELESS_FACTOR times the best is not run again (`censored`).
+- rung-1, ...: successive halving of the candidates alone; a candidate below the cut is dropped only when it loses
+  even in its best case by the noise model: the log-scale spread pooled over every test with two runs or more, with a
+  prior of PRIOR_LOG_SD (10 %, pyperf's "noisy") weighted as PRIOR_DF degrees of freedom. Sizes have no noise: the
+  larger loses outright.
+- final-1, ...: rounds of the two finalists, t5x_full (until its difference is settled) and rung 0's fastest peer
+  (until it has the 3 runs an interval needs), until Welch's test (`judge`) separates the finalists at p < 0.05 or the
+  budget ends. Only a test that ran and found p >= 0.05 makes them tied; with fewer than two runs a side they are
+  "not compared".
 
-`next_stage` and `conclude` return a new state and leave the one given as it was, so a stop at any moment
-leaves a state that resumes consistently.
+`next_stage` and `conclude` return a new state and leave the one given as it was, so a stop at any moment leaves a
+state that resumes consistently.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def noise_model(groups: Iterable[Sequence[float]], noisy: bool = True) -> Noise:
     for values in groups:
         positive = [float(v) for v in values if v > 0]
         if len(positive) >= 2:
-            squares += (len(positive) - 1) * stats.mean_std(np.log(positive))[1] ** 2
+            squares += (len(positive) - 1) * (stats.mean_std(np.log(positive))[1] or 0.0) ** 2
             measured += len(positive) - 1
     return Noise(math.sqrt(squares / (PRIOR_DF + measured)), float(PRIOR_DF + measured), measured)
 
@@ -230,10 +230,8 @@ def final_references(state: TuneState, situation: Situation) -> list[str]:
     """The reference row the final measures again: rung 0's fastest peer on the objective; before any is measured,
     the slowest to plan for. The device ceiling runs in rung 0 only."""
     peers = [r for r in situation.references if REFERENCES[kind_of(r) or r].peer]
-    measured = [r for r in peers if situation.samples.get(r, {}).get(situation.metric)]
-    if measured:
-        return ranked(measured, situation.samples, situation.metric)[:1]
-    return [max(peers, key=state.durations.of)] if peers else []
+    fastest = ranked(peers, situation.samples, situation.metric)[:1]
+    return fastest or ([max(peers, key=state.durations.of)] if peers else [])
 
 
 def may_start(state: TuneState, stage: Stage, test: str, situation: Situation) -> bool:
@@ -281,12 +279,12 @@ def censored(values: Mapping[str, Sequence[float]], metric: str, stage: str,
              keep_at_least: int = FINALISTS) -> dict[str, dict[str, Any]]:
     """On a time objective, the candidates more than HOPELESS_FACTOR times the best: not run again, leaving at
     least keep_at_least."""
-    if metric == "size_bytes" or not values:
-        return {}
     means = {n: mean(v) for n, v in values.items() if len(v)}
     ranking = sorted(means, key=means.__getitem__)
-    best = ranking[0] if ranking else None
-    out = {}
+    if metric == "size_bytes" or not ranking:
+        return {}
+    best = ranking[0]
+    out: dict[str, dict[str, Any]] = {}
     for name in ranking[keep_at_least:]:
         ratio = means[name] / means[best] if means[best] > 0 else math.inf
         if ratio > HOPELESS_FACTOR:
@@ -337,7 +335,7 @@ def next_stage(state: TuneState, situation: Situation) -> TuneState:
     # The winner is compared with the fastest peer by an interval, which needs MIN_RUNS_FOR_CI runs of it.
     peer_short = [p for p in peer if situation.metric != "size_bytes"  # sizes are exact: no interval to wait for
                   and len(situation.samples.get(p, {}).get(situation.metric, ())) < MIN_RUNS_FOR_CI]
-    if finals and finals[-1].decision["separated"] and not peer_short:
+    if finals and (finals[-1].decision or {}).get("separated") and not peer_short:
         state.stopped_by = "separated"
         return state
     name = f"final-{len(finals) + 1}"
@@ -386,7 +384,8 @@ def conclude(state: TuneState, status: str, situation: Situation) -> TuneState:
     samples, metric = situation.samples, situation.metric
     ran = {t["name"]: t for t in situation.documents[stage.name]["tests"]}
     stage.status = status
-    stage.figures = {name: run_figures(t) for name, t in ran.items() if t["runs"]}
+    stage.figures = {name: {"runs": [{k: r[k] for k in ("save_s", "load_s", "size_bytes", "load_cache", "error")}
+                                     for r in t["runs"] if not r["warmup"]]} for name, t in ran.items() if t["runs"]}
     failed = {name: t["runs"][-1]["error"] for name, t in ran.items()
               if kind_of(name) is None and t["runs"] and all(r["error"] is not None for r in t["runs"])}
     for name, error in failed.items():
@@ -420,16 +419,3 @@ def conclude(state: TuneState, status: str, situation: Situation) -> TuneState:
                       "eliminated": sorted([*halving.eliminated, *hopeless]), "censored": sorted(hopeless),
                       "skipped": skipped, "failed": sorted(failed), "noise": noise.to_json()}
     return state
-
-
-def rung0_measured(state: TuneState) -> list[str]:
-    """The candidates rung 0 measured, in its running order."""
-    stage = state.stages[0]
-    return [n for n in stage.members if kind_of(n) is None and n not in state.not_measured]
-
-
-def run_figures(test: Mapping[str, Any]) -> dict[str, Any]:
-    """One test's runs in one stage: the figures of each, or its error."""
-    runs = [r for r in test["runs"] if not r["warmup"]]
-    return {"runs": [{"save_s": r["save_s"], "load_s": r["load_s"], "size_bytes": r["size_bytes"],
-                      "load_cache": r["load_cache"], "error": r["error"]} for r in runs]}

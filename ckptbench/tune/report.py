@@ -57,38 +57,32 @@ def change(comparison: Mapping[str, Any]) -> str:
 def text(document: Mapping[str, Any], details: bool = False) -> str:
     parts = [recommendation(document, details), "", table(document, details)]
     warnings = warning_lines(document)
-    if warnings:
-        parts += ["", *warnings]
+    parts += ["", *warnings] if warnings else []
     parts += ["", paste(document), "", how(document)]
     return "\n".join(parts).rstrip() + "\n"
 
 
 def peer_lines(found: Mapping[str, Any]) -> list[str]:
     """'TensorStore's best loads 1.2x slower than Run:ai streamer, the fastest peer (95% CI 1.1-1.3x)'."""
-    out = []
-    for metric, peer in (found.get("peers") or {}).items():
-        if peer is not None:
-            basis = f"; {peer['basis']}" if peer.get("basis") else ""
-            out.append(f"TensorStore's best {VERBS[metric]} "
-                       + ratio_words(peer, f"{label(peer['test'])}, the fastest peer", metric) + basis)
-    return out
+    return [f"TensorStore's best {VERBS[metric]} "
+            + ratio_words(peer, f"{label(peer['test'])}, the fastest peer", metric)
+            + (f"; {peer['basis']}" if peer.get("basis") else "")
+            for metric, peer in (found.get("peers") or {}).items() if peer is not None]
 
 
 def recommendation(document: Mapping[str, Any], details: bool = False) -> str:
     metric = document["metric"]
     weights = document["weights"]
-    name = weights_name(weights)
-    head = (f"Recommendation for {name} ({human_bytes(weights['size_bytes'])} {weights['dtype']}), objective "
-            f"{document['objective']} ({OBJECTIVE_WORDS[metric]})")
+    head = (f"Recommendation for {weights_name(weights)} ({human_bytes(weights['size_bytes'])} {weights['dtype']}), "
+            f"objective {document['objective']} ({OBJECTIVE_WORDS[metric]})")
     found = document["recommendation"]
     if found is None:
         return head + ":\n  none: no candidate was measured; give a larger --budget"
-    figures = found["figures"]
-    lines = [head + ":", f"  {found['test']}", f"    {found['layout']}",
-             f"    {OBJECTIVE_WORDS[metric]}: {with_ci(metric, found['objective'])}"]
     others = [m for m in ("save_s", "load_s", "size_bytes") if m != metric]
-    lines.append("    " + "; ".join(f"{m.split('_')[0]} {with_ci(m, figures[m])}" for m in others))
-    lines += [f"    {line}" for line in peer_lines(found)]
+    lines = [head + ":", f"  {found['test']}", f"    {found['layout']}",
+             f"    {OBJECTIVE_WORDS[metric]}: {with_ci(metric, found['objective'])}",
+             "    " + "; ".join(f"{m.split('_')[0]} {with_ci(m, found['figures'][m])}" for m in others),
+             *(f"    {line}" for line in peer_lines(found))]
     ceiling = found.get("pct_of_ceiling") or {}
     if ceiling.get("save_gbps") is not None and ceiling.get("load_gbps") is not None:
         line = (f"    device ceiling: {ceiling['save_gbps']:.0f}% of its save throughput, "
@@ -102,11 +96,9 @@ def recommendation(document: Mapping[str, Any], details: bool = False) -> str:
             who = f"{T5X} (the T5X default)" if other == T5X else label(other)
             lines.append(f"    against {who}: {ratio_words(comparison, 'it', compare_metric(metric))}")
     second = found.get("runner_up")
-    if second is None:
-        lines.append("  runner-up: none measured")
-    else:
-        lines.append(f"  runner-up: {second['test']}: {with_ci(metric, second['objective'])}")
-        lines.append(f"    {runner_up_words(second, found.get('stopped_by'))}")
+    lines += ["  runner-up: none measured"] if second is None else [
+        f"  runner-up: {second['test']}: {with_ci(metric, second['objective'])}",
+        f"    {runner_up_words(second, found.get('stopped_by'))}"]
     return "\n".join(lines)
 
 
@@ -151,13 +143,10 @@ def table(document: Mapping[str, Any], details: bool = False) -> str:
 
     found = document.get("recommendation") or {}
     candidates, references = document["candidates"], document["references"]
-    if details:
-        names = list(candidates)
-        refs = list(references)
-    else:
-        names = [n for n in [found.get("test"), (found.get("runner_up") or {}).get("test"), *document["finalists"],
-                             T5X] if n in candidates]
-        refs = [p["test"] for p in (found.get("peers") or {}).values() if p] + [CEILING]
+    names = list(candidates) if details else [
+        n for n in [found.get("test"), (found.get("runner_up") or {}).get("test"), *document["finalists"], T5X]
+        if n in candidates]
+    refs = list(references) if details else [p["test"] for p in (found.get("peers") or {}).values() if p] + [CEILING]
     shown = [(n, candidates[n]["status"], candidates[n]["stats"]) for n in dict.fromkeys(names)]
     shown += [(n, "reference", references[n]["stats"]) for n in dict.fromkeys(refs) if n in references]
     rows = [[name, status, str(stats["save_s"]["n"]),
@@ -208,17 +197,12 @@ def paste(document: Mapping[str, Any]) -> str:
     lines = [f"TensorStore spec of one array ({block['example_array']}) of a checkpoint at {where}; every parameter is "
              "an array like it, its own name in the kvstore path; ts.open(spec, create=True, context=...) writes, "
              "open=True reads:",
-             json.dumps(block["spec"], indent=1),
-             "TensorStore context:",
-             json.dumps(block["context"], indent=1),
+             json.dumps(block["spec"], indent=1), "TensorStore context:", json.dumps(block["context"], indent=1),
              "Phase 4 test entry (for test_configurations in phase4_config.json):",
-             json.dumps(block["test_entry"], indent=1)]
-    if block.get("verified"):
-        lines.append("(checked: the weights were written in this layout and read back bit for bit with exactly this "
-                     "spec and context)")
-    else:
-        lines.append("warning: the tuned checkpoint could not be read back with this spec: "
-                     f"{block.get('verify_error')}")
+             json.dumps(block["test_entry"], indent=1),
+             "(checked: the weights were written in this layout and read back bit for bit with exactly this spec and "
+             "context)" if block.get("verified") else
+             f"warning: the tuned checkpoint could not be read back with this spec: {block.get('verify_error')}"]
     return "\n".join(lines)
 
 

@@ -78,7 +78,8 @@ def _setup(settings: Settings, space: dict[str, Any], space_source: str) -> _Set
     settings = dataclasses.replace(settings, weights=base.weights)
     planned = weights.plan(base.model, base.weights, base.dtype, base.values)  # no weights made yet
     universe = make_universe(space, base, [shape for _, shape in planned.shapes])
-    priors_s = budget.candidate_priors_s(universe.tests, planned.size_bytes, NUMPY_DTYPES[base.dtype].itemsize)
+    itemsize = NUMPY_DTYPES[base.dtype].itemsize
+    priors_s = {name: capacity.prior_run_s(test, planned.size_bytes, itemsize) for name, test in universe.tests.items()}
     return _Setup(settings, space, space_source, base, planned, universe, priors_s)
 
 
@@ -149,8 +150,6 @@ def _start(settings: Settings, state: TuneState | None, hooks: Hooks) -> Tuning:
     else:
         workspace.check_output_dir(out)
         space, space_source = load_space(settings.space_path), str(settings.space_path)
-        if settings.seed is None:
-            settings = dataclasses.replace(settings, seed=new_seed())
     session = None
     source_dir: Path | None = None
     try:
@@ -164,11 +163,17 @@ def _start(settings: Settings, state: TuneState | None, hooks: Hooks) -> Tuning:
             # The weights every suite shares, made (or read) once into a source file, untimed by the suites.
             source_dir = workspace.new_owned_dir(out, SOURCE_DIR)
             source = setup.planned.to_file(source_dir)
-            session = Session(setup.settings, out, setup.universe, source, state, _load_documents(out, state),
-                              hooks.on_event, elapsed_s)
+            # the results of every stage that wrote them (an interrupted stage's are partial)
+            documents = {stage.name: results.read(path).document for stage in state.stages
+                         if (path := out / stage.name / results.RESULTS_FILE).is_file()}
+            session = Session(setup.settings, out, setup.universe, source, state, documents, hooks.on_event, elapsed_s)
             if not state.stages:
                 session.save()
-                _say_estimate(session, setup.planned)
+                universe, resolved = setup.universe, setup.settings
+                session.emit(events.Estimate(state.plan.to_json(), setup.planned.describe(), resolved.objective,
+                                             resolved.budget_s, state.seed, state.setup_s or 0.0, len(universe.tests),
+                                             len(universe.skipped), len(universe.duplicates), len(state.rung0_order),
+                                             resolved.references))
             run_stages(session, hooks.execute)
             return _finish(session, setup.base, hooks.draw)
     except Stopped as stop:
@@ -194,21 +199,15 @@ def _plan(setup: _Setup, elapsed_s: Stopwatch) -> TuneState:
     workspace.prepare_output_dir(out)
     _remove_earlier_tune(out)
     n_listed = budget.rung0_listed(plan, len(setup.universe.tests))
-    state = TuneState(settings=settings.fingerprint(), seed=settings.seed, budget_s=settings.budget_s, spent_s=0.0,
+    seed = new_seed() if settings.seed is None else settings.seed
+    state = TuneState(settings=settings.fingerprint(), seed=seed, budget_s=settings.budget_s, spent_s=0.0,
                       setup_s=setup_s, keep_checkpoint=settings.keep_checkpoint, space_path=setup.space_source,
                       space=setup.space, weights=json.loads(json.dumps(setup.planned.describe())), plan=plan,
-                      rung0_order=rung0_order(setup.universe, n_listed, settings.seed, setup.priors_s),
+                      rung0_order=rung0_order(setup.universe, n_listed, seed, setup.priors_s),
                       durations=budget.Durations(model_bytes))
     state.spent_s = elapsed_s()
     tune_state.save(state, out)
     return state
-
-
-def _say_estimate(session: Session, planned: weights.Planned) -> None:
-    state, settings, universe = session.state, session.settings, session.universe
-    session.emit(events.Estimate(state.plan.to_json(), planned.describe(), settings.objective, settings.budget_s,
-                                 state.seed, state.setup_s or 0.0, len(universe.tests), len(universe.skipped),
-                                 len(universe.duplicates), len(state.rung0_order), settings.references))
 
 
 def _remove_earlier_tune(out: Path) -> None:
@@ -226,12 +225,6 @@ def _check_resumed_weights(state: TuneState, planned: weights.Planned) -> None:
     if differences:
         raise UserError(f"--resume: the weights differ from the interrupted tune's ({'; '.join(differences)}); "
                         "resume with the same weights, or start afresh without --resume")
-
-
-def _load_documents(out: Path, state: TuneState) -> dict[str, dict[str, Any]]:
-    """The results of every stage that wrote them (an interrupted stage's are partial)."""
-    paths = {stage.name: out / stage.name / results.RESULTS_FILE for stage in state.stages}
-    return {name: results.read(path).document for name, path in paths.items() if path.is_file()}
 
 
 def _finish(session: Session, base: SuiteConfig, draw: Draw | None) -> Tuning:

@@ -90,29 +90,24 @@ class Universe:
     skipped: tuple[tuple[str, str], ...]  # invalid combinations, with config's reasons
     duplicates: tuple[tuple[str, str], ...]  # (candidate, the candidate laying this model out the same way)
 
-def space_tests(space: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The space as suite-config test entries: the `always` entries, then one sweep per format."""
-    tests = [dict(entry) for entry in space.get("always", [])]
-    for key, fixed in space["formats"].items():
-        tests.append({"name": key, **space["axes"], **{k: v for k, v in fixed.items() if k != "description"}})
-    return tests
-
 
 def for_tp(space: Mapping[str, Any], tp: int) -> dict[str, Any]:
     """The space of a tune of tensor-parallel loads: with tp > 1 the chunk strategies gain tp_aligned."""
     strategies = space.get("axes", {}).get("chunk_strategy")
-    if tp <= 1 or strategies is None:
+    listed = strategies if isinstance(strategies, list) else [strategies]
+    if tp <= 1 or strategies is None or "tp_aligned" in listed:
         return dict(space)
-    strategies = strategies if isinstance(strategies, list) else [strategies]
-    if "tp_aligned" in strategies:
-        return dict(space)
-    return {**space, "axes": {**space["axes"], "chunk_strategy": [*strategies, "tp_aligned"]}}
+    return {**space, "axes": {**space["axes"], "chunk_strategy": [*listed, "tp_aligned"]}}
 
 
 def candidates(space: Mapping[str, Any], settings: Settings, source: str = "space") -> SuiteConfig:
     """Every valid combination of the space, validated and expanded by `config.from_dict` (no I/O)."""
-    data = settings.suite_data(space_tests(for_tp(space, settings.tp)), settings.output_dir, references=False,
-                               seed=0)
+    space = for_tp(space, settings.tp)
+    # the space as suite-config test entries: the `always` entries, then one sweep per format
+    tests = [dict(entry) for entry in space.get("always", [])] + [
+        {"name": key, **space["axes"], **{k: v for k, v in fixed.items() if k != "description"}}
+        for key, fixed in space["formats"].items()]
+    data = settings.suite_data(tests, settings.output_dir, references=False, seed=0)
     try:
         return config_mod.from_dict(data, source=source, max_tests=MAX_CANDIDATES)
     except UserError as exc:

@@ -81,7 +81,7 @@ class TuneState:
         """A state from a validated file body (`TUNE_STATE.read`)."""
         body = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         return cls(**body | {
-            "space_path": data["space"]["path"], "space": data["space"]["data"], "plan": Plan.from_json(data["plan"]),
+            "space_path": data["space"]["path"], "space": data["space"]["data"], "plan": Plan(**data["plan"]),
             "durations": Durations.from_json(data["durations"], int(data["weights"]["size_bytes"])),
             "stages": [Stage(**stage) for stage in data["stages"]]})
 

@@ -12,6 +12,7 @@ from ckptbench.cli.app import Command
 from ckptbench.core.errors import UserError
 from ckptbench.documents import results
 from ckptbench.reports import compare as compare_report
+from ckptbench.spec.references import CEILING
 
 
 def non_negative_pct(text: str) -> float:
@@ -68,9 +69,9 @@ class Compare(Command):
             if args.fail_on_regression is not None:
                 bad += compare.regressions(rows, args.fail_on_regression)
         if scaling is not None:
-            from ckptbench.figures import scaling as sweep_plot
+            from ckptbench.figures.scaling import draw_scaling
 
-            print(f"\nPlot:    {sweep_plot.draw_scaling(scaling, args.scaling_plot)}")
+            print(f"\nPlot:    {draw_scaling(scaling, args.scaling_plot)}")
         if bad:
             print(f"\nRegressions beyond {args.fail_on_regression:g}% (--fail-on-regression):")
             print("\n".join(f"  {r['test']} {r['metric']}: {r['comparison']['change_pct']:+.1f}% "
@@ -83,11 +84,11 @@ def _scaling(path: Path | None, documents: list) -> dict | None:
     """The document --scaling-plot draws, checked before anything is printed or written."""
     if path is None:
         return None
-    from ckptbench.figures import scaling as sweep_plot
+    from ckptbench.figures.scaling import scaling_document
+    from ckptbench.figures.sweep import PROCESSES
 
-    document = sweep_plot.scaling_document(documents)
-    counts = sorted({t["settings"]["sweep"][sweep_plot.PROCESSES] for t in document["tests"]
-                     if t["name"] != sweep_plot.CEILING})
+    document = scaling_document(documents)
+    counts = sorted({t["settings"]["sweep"][PROCESSES] for t in document["tests"] if t["name"] != CEILING})
     if len(counts) < 2:
         raise UserError(f"--scaling-plot: every file was run with {counts[0] if counts else 'no'} writer(s); give "
                         "results of launches with different world sizes (or --processes counts)")

@@ -14,9 +14,6 @@ class ListModels(Command):
 
     summary = "List the weight presets with parameter counts and sizes."
 
-    def add_arguments(self, parser: argparse.ArgumentParser, context) -> None:
-        pass
-
     def execute(self, args: argparse.Namespace, context) -> int:
         print(models_table())
         return 0

@@ -11,23 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from ckptbench.cli import options
 from ckptbench.cli.app import Command, Context, subcommand_help
-from ckptbench.cli.options import (
-    CONFIG_NAME,
-    PACKAGED_CONFIG,
-    add_output_arguments,
-    add_weight_arguments,
-    config_path,
-    parse_processes,
-    parse_tests,
-    parse_tp,
-    positive_int,
-    weight_overrides,
-)
 from ckptbench.spec import config as config_mod
 
-__all__ = ["CONFIG_NAME", "COMMAND", "PACKAGED_CONFIG", "Run", "add_output_arguments", "add_weight_arguments",
-           "config_path", "dry_run", "parse_tests", "positive_int", "show", "weight_overrides"]
 
 class Run(Command):
     name = "run"
@@ -36,14 +23,15 @@ class Run(Command):
                "with cold loads, bit-exact verification and interleaved rounds. " + subcommand_help())
 
     def add_arguments(self, parser: argparse.ArgumentParser, context: Context) -> None:
-        default = context.default_config or f"./{CONFIG_NAME}, else the packaged default"
+        default = context.default_config or f"./{options.CONFIG_NAME}, else the packaged default"
         parser.add_argument("--config", type=Path, help=f"suite config JSON (default: {default})")
         parser.add_argument("--output-dir", help="where results.json, the figures and run folders go")
-        parser.add_argument("--runs", type=positive_int, help="measured runs per test (overrides testing.num_runs)")
+        parser.add_argument("--runs", type=options.positive_int,
+                            help="measured runs per test (overrides testing.num_runs)")
         parser.add_argument("--confirm-rounds", type=int, metavar="N",
                             help="after the rounds, measure the answer's finalists again in N fresh rounds per block "
                                  "(overrides testing.confirm_rounds; 0: off)")
-        add_weight_arguments(parser)
+        options.add_weight_arguments(parser)
         parser.add_argument("--tests", help="comma-separated subset of test names to run")
         parser.add_argument("--processes", help="worker processes per save and load, e.g. 4, or 1,2,4 to compare")
         parser.add_argument("--tp", help="tensor-parallel load: N readers together, each reading only its slice of "
@@ -62,7 +50,7 @@ class Run(Command):
                                  "the config's testing.load_into, else new")
         parser.add_argument("--keep", action="store_true",
                             help="keep the last run's checkpoint of each test under OUTPUT_DIR/runs for inspection")
-        add_output_arguments(parser)
+        options.add_output_arguments(parser)
         parser.add_argument("--list-models", action="store_true", help="list weight presets and exit")
         parser.add_argument("--details", action="store_true",
                             help="print every table and warning (the cost, the ceiling's patterns, every comparison "
@@ -76,7 +64,7 @@ class Run(Command):
             from ckptbench.cli.commands.list_models import COMMAND as list_models
 
             return list_models.execute(args, context)
-        path, implied = config_path(args, context)
+        path, implied = options.config_path(args, context)
         from ckptbench.parallel.launch import detect
 
         launch = detect()  # the process's role, chosen once: a run on this host, or a rank of a launch
@@ -122,11 +110,11 @@ class Run(Command):
 
 def _overrides(args: argparse.Namespace) -> dict:
     return {"output_dir": args.output_dir, "num_runs": args.runs, "confirm_rounds": args.confirm_rounds,
-            "tests": parse_tests(args.tests),
-            "seed": args.seed, "storage": args.storage, "processes": parse_processes(args.processes),
-            "tp": parse_tp(args.tp),
+            "tests": options.parse_tests(args.tests), "seed": args.seed, "storage": args.storage,
+            "processes": options.parse_processes(args.processes),
+            "tp": None if args.tp is None else options.parse_tp(args.tp),
             "order": args.order, "cache_eviction": args.cache_eviction, "load_into": args.load_into,
-            **weight_overrides(args)}
+            **options.weight_overrides(args)}
 
 
 def show(results, details: bool = False) -> None:

@@ -10,20 +10,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from ckptbench.cli.app import Command, Context
-from ckptbench.cli.commands.run import add_output_arguments, add_weight_arguments, config_path, weight_overrides
-from ckptbench.cli.options import parse_tp
-from ckptbench.core.errors import UserError
+from ckptbench.cli.options import add_output_arguments, add_weight_arguments, config_path, parse_tp, weight_overrides
+from ckptbench.core.errors import Stopped, UserError
+from ckptbench.core.units import parse_duration
 from ckptbench.spec import config as config_mod
 from ckptbench.spec.presets import PRESETS, VALUES
+from ckptbench.spec.references import REFERENCES
 from ckptbench.spec.suite import OBJECTIVES
+from ckptbench.tune.settings import DEFAULT_BUDGET_S, DEFAULT_OBJECTIVE, SPACE_FILE, Settings
 
-if TYPE_CHECKING:  # tune imports numpy: not for --help
-    from ckptbench.tune.settings import Settings
-
-DEFAULT_BUDGET = "10m"  # tune.settings.DEFAULT_BUDGET_S as written in --help (tune is not imported for --help)
 DEFAULT_OUTPUT_DIR = "saved_models/tune"
 
 
@@ -40,7 +38,7 @@ class Tune(Command):
     def add_arguments(self, parser: argparse.ArgumentParser, context: Context) -> None:
         add_weight_arguments(parser)
         parser.add_argument("--budget", help=f"wall time for the whole tune, e.g. 90s, 5m, 1h (default "
-                            f"{DEFAULT_BUDGET}); with --resume, a new total (the time already spent counts)")
+                            f"{DEFAULT_BUDGET_S / 60:g}m); with --resume, a new total (the time already spent counts)")
         parser.add_argument("--objective", choices=list(OBJECTIVES),
                             help="what to minimise: save or load seconds, balanced = save + load seconds (default), "
                                  "or size = bytes on disk")
@@ -64,11 +62,8 @@ class Tune(Command):
                                  "pre-check's verdict, and write nothing: exit 0, or 2 when it refuses")
 
     def execute(self, args: argparse.Namespace, context: Context) -> int:
-        from ckptbench.core.errors import Stopped
-        from ckptbench.core.units import parse_duration
         from ckptbench.reports.progress import TuneProgress
         from ckptbench.tune import report, session
-        from ckptbench.tune.session import Hooks
 
         budget_s = None if args.budget is None else parse_duration(args.budget, "--budget")
         output_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(context)
@@ -77,7 +72,7 @@ class Tune(Command):
             print(report.dry_run_text(info))
             return 0 if info["refusal"] is None else 2
         progress = TuneProgress(enabled=not args.no_progress)
-        hooks = Hooks(on_event=progress.event, draw=_draw)
+        hooks = session.Hooks(on_event=progress.event, draw=_draw)
         try:
             if args.resume:
                 given = {**weight_overrides(args), "storage": args.storage, "objective": args.objective}
@@ -114,8 +109,6 @@ def _draw(document: Mapping[str, Any], folder: Path) -> Path | None:
 
 def _settings(args: argparse.Namespace, context: Context, output_dir: Path, budget_s: float | None) -> Settings:
     """The tune's settings: the flags, else the default config's model, dtype and values (those `run` uses)."""
-    from ckptbench.tune.settings import DEFAULT_BUDGET_S, DEFAULT_OBJECTIVE, SPACE_FILE, Settings
-
     weights = weight_overrides(args)
     path, _ = config_path(args, context)
     defaults = config_mod.load(path)
@@ -144,8 +137,6 @@ def _settings(args: argparse.Namespace, context: Context, output_dir: Path, budg
 
 
 def _reference_kinds(text: str) -> tuple[str, ...]:
-    from ckptbench.spec.references import REFERENCES
-
     return tuple(REFERENCES) if text.strip() == "all" else tuple(k.strip() for k in text.split(",") if k.strip())
 
 
