@@ -11,60 +11,7 @@ and `compare` read every version this tool has written.
 `results.schema.json` (shipped beside this module) is the contract: `read` validates
 every document against it and answers one line on a mismatch.
 
-Version history (bump SCHEMA_VERSION whenever a field changes meaning):
-- 1 (ckptbench 0.1.0): first format. `n_files` stopped counting the run's marker file
-  in b50a8a8 without a version bump, so version-1 counts may be one too high.
-- 2 (ckptbench 0.2.0): runs record RSS split into anonymous and file-backed memory and
-  the RSS after each run; the device ceiling's save_s/load_s are the fastest pattern of
-  a grid (version 1: one sequential write, an 8-stream read) and each pattern's time is
-  in `patterns`; claims have four outcomes (version 1's "confirmed" meant only that the
-  CI overlapped the claimed range); stats gain `ci95_log`; tests gain `kind`; weights
-  gain `values`; new `scale` and `best` sections; `protocol.order`; `tool.commit`.
-- 3 (ckptbench 0.3.0): the document names its kind (`"kind": "results"`), as every file the
-  harness writes does (documents.store.Kind); nothing else changed.
-- 4: one interval method for every change (analysis.change.ratio_interval: the ratio of means on
-  the log scale, inside (-100 %, +inf)): `change_ci95_pct` and the claims' `ci_pct` are no longer
-  Fieller's, comparisons gain `ratio_ci95`, `p_value` is the same log-scale test's (so the
-  verdict and the interval agree), and with 2 runs or fewer on a side there is no interval and
-  the verdict is "too few runs"; stats' `ci95_log` is the mean's interval by the same method
-  (version 3: the geometric mean's), None under 3 runs. `best` entries gain `against` (the winner
-  against the baseline, the fastest peer and the device ceiling) and `beaten_by`; new `alerts`
-  (what threatens the answer, most serious first) and `noise`. The raw runs are kept, so an
-  upgrade from 3 derives everything again.
-  Later, without a bump (optional fields, derived afresh from raw runs that lack them as None):
-  runs' `process_load_read_bytes`, `process_load_rchar_bytes`, `process_load_slice_bytes` (each
-  reader's bytes) and tests' `tensor_parallel` (tp > 1: the read amplification); runs' `load_clock`
-  ("readers": a load by several processes timed by the readers' own stamps, the latest end less the
-  earliest start; absent: by the suite process's clock around the job, sending and gathering included);
-  `tensor_parallel.reads` (O_DIRECT or buffered) and `tensor_parallel.unaccounted_bytes` (amplification
-  below 1), derived afresh on read.
-  Also later: runs' `resident_bytes_after_load` for every row with local files (before: only rows
-  meant to bypass the page cache) and `bypass_resident_bytes` (that claim, measured), tests'
-  `page_cache` (documents.findings); the environment's `fio`; the ceiling's `rounds`
-  (documents.ceiling) and `pct_of_ceiling` as the mean share of each round's fastest figure (before:
-  the ratio of the row's mean GB/s to the ceiling's, which could pass 100).
-  Also later: `confirmation`
-  (documents.confirmation: the answer's finalists measured again in blocks of fresh rounds; null or absent:
-  none), runs' `confirm_block`, and `best` entries' `selected_from`, `confirmation` and, in `against`, the
-  confirmed comparisons' `runs`, `blocks`, `block_ratio_range` and `blocks_disagree`.
-  Also later: every row's destination: `config.load_into` (the suite's, testing.load_into) and each test's
-  `settings.load_into` ("new" or "preallocated", reference rows too) with `settings.load_into_note` (why a
-  row's differs from the suite's, else None). Files without them recorded "new" for every reference row,
-  though torch_dcp loaded into preallocated tensors and the device ceiling into its own buffer.
-  Also later: runs'
-  `other_processes` (what other processes of the host did during each timed operation), the
-  environment's `host_load` (load averages at the suite's start and end), tests' `busy` and the
-  document's `busy` (how many timed operations found the machine busy; analysis.busy).
-- 5: one interval per summary: `ci95` is the mean's interval by analysis.stats.mean_ci (on the log scale
-  for positive quantities, so never below zero; version 4's `ci95` was the symmetric Student-t one, which
-  went below zero) and `ci95_log` is gone (it was the same interval). The raw runs are kept, so an upgrade
-  from 4 derives everything again.
-  Later, without a bump (optional fields; files without them read as sync saves only): tests'
-  `settings.save_mode` ("sync" for every earlier file) and `settings.train_step_bytes`; an async run's
-  `blocked_s`, `commit_s` (its save_s too), `staging_bytes`, `step_alone_s`, `steps_during_s`, `step_slowdown`,
-  `training_lost_s` (null for sync runs), summarised in stats; the document's `while_training`
-  (documents.while_training; null without async rows) and the scale's `async_anon_peak_bytes` (async rows'
-  anonymous peak, reported apart from the bound's `anon_peak_bytes`); async rows are left out of `best`.
+Its versions, and what each changed: `schemas/CHANGES.md` (bump SCHEMA_VERSION whenever a field changes meaning).
 """
 
 from __future__ import annotations
