@@ -217,9 +217,7 @@ def _tensorstore(inner: storage.TensorStoreBackend, tensors: Mapping[str, np.nda
     def finish() -> None:
         for write in writes:
             write.commit.result()
-        storage.write_manifest(location, layout, context, {
-            "format": f"ckptbench-{layout.format}", "dtype": dtype,
-            "tensors": [{"name": n, "shape": list(tensors[n].shape)} for n in names]})
+        storage.write_manifest(location, layout, context, dtype, {n: tensors[n].shape for n in names})
     return finish, lambda: storage.stop(writes)
 
 

@@ -29,7 +29,7 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorstore as ts
@@ -287,12 +287,15 @@ def save(tensors: Mapping[str, Any], location: RunLocation | Path, layout: Layou
                              for name in names])
             stores = [future.result() for future in opening]
             _bounded(((nbytes[n], write(s, n)) for s, n in zip(stores, names)), max_inflight_bytes, track)
-    write_manifest(location, layout, context, {"format": f"ckptbench-{layout.format}", "dtype": dtype,
-                                               "tensors": [{"name": n, "shape": list(shapes[n])} for n in names]})
+    write_manifest(location, layout, context, dtype, shapes)
 
 
-def write_manifest(location: RunLocation, layout: Layout, context: ts.Context, manifest: Mapping[str, Any]) -> None:
-    """manifest.json, written last through the same kvstore (so fsync'd like the arrays where they are)."""
+def write_manifest(location: RunLocation, layout: Layout, context: ts.Context, dtype: str,
+                   shapes: Mapping[str, Sequence[int]], **extra: Any) -> None:
+    """manifest.json (the format, dtype and every array's shape, in order), written last through the same kvstore
+    (so fsync'd like the arrays where they are)."""
+    manifest = {"format": f"ckptbench-{layout.format}", "dtype": dtype, **extra,
+                "tensors": [{"name": name, "shape": list(shape)} for name, shape in shapes.items()]}
     store = ts.KvStore.open(layout.manifest_store(location), context=context).result()
     store.write(MANIFEST, json.dumps(manifest, indent=1).encode()).result()
 

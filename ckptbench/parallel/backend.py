@@ -112,9 +112,7 @@ class DistributedBackend(_Pooled):
                                  for name, shape in self._shapes.items()]):
                 future.result()
         self._run_op("save", location)
-        storage.write_manifest(location, self.layout, context, {
-            "format": f"ckptbench-{self.layout.format}", "dtype": dtype, "processes": self.pool.processes,
-            "tensors": [{"name": n, "shape": list(s)} for n, s in self._shapes.items()]})
+        storage.write_manifest(location, self.layout, context, dtype, self._shapes, processes=self.pool.processes)
 
     def load(self, location: RunLocation) -> dict[str, np.ndarray]:
         self._run_op("load", location)
