@@ -222,7 +222,18 @@ def test_the_shipped_sweeps_are_exactly_these():
                                                              "compression.json", "formats.json",
                                                              "llama2_7b_memory.json", "original_conditions.json",
                                                              "tensor_parallel.json", "tune_space.json",
-                                                             "versus_peers.json"]
+                                                             "versus_peers.json", "versus_peers_7b.json"]
+
+
+def test_the_7b_peers_sweep_is_the_peers_sweep_at_13_gb():
+    """Issue 26, item 6: the same protocol at llama-2-7b, cut to what a 24 GB machine holds (no fastsafetensors)."""
+    small, large = config.load(SWEEPS / "versus_peers.json"), config.load(SWEEPS / "versus_peers_7b.json")
+    assert (large.model, large.dtype, large.num_runs) == ("llama-2-7b", "bfloat16", 3)
+    assert {t.backend for t in large.tests if t.is_reference} == {
+        t.backend for t in small.tests if t.is_reference} - {"fastsafetensors"}
+    assert {t.name for t in large.tests} < {t.name for t in small.tests}
+    assert {t.load_into for t in large.tests} == {"preallocated"}
+    assert (large.confirm_rounds, large.confirm_blocks) == (small.confirm_rounds, small.confirm_blocks)
 
 
 def test_the_peers_sweep_measures_every_peer_beside_tensorstore():
