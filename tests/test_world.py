@@ -20,8 +20,8 @@ from ckptbench.parallel.world import Broken, World, connect_store, seconds
 
 LOOPBACK = "127.0.0.1"
 BUSY_S = 30.0  # a rank's long local operation, far longer than any bound below
-MISBEHAVE_AFTER_S = 0.5  # after joining, the rank under test dies or freezes
-TIMEOUT_S = 2.0  # rank 0's timeout for the step in which a rank hangs (one that dies: the busy rank's BUSY_S and more)
+MISBEHAVE_AFTER_S = 0.25  # after joining, the rank under test dies or freezes
+TIMEOUT_S = 1.0  # rank 0's timeout for the step in which a rank hangs (one that dies: the busy rank's BUSY_S and more)
 MARGIN_S = 5.0  # a busy, shared machine
 
 
