@@ -41,7 +41,9 @@ def test_a_rank_that_dies_or_hangs_is_named_in_time(behaviour: str) -> None:
 
     store = dist.TCPStore(LOOPBACK, 0, 3, is_master=True, timeout=seconds(60), wait_for_workers=False)
     launch = Launch("processes", 0, 3, 0, LOOPBACK, store.port)
-    spawn = multiprocessing.get_context("spawn")
+    # Ranks are fresh processes forked from one server that imported torch's collectives once for both tests
+    spawn = multiprocessing.get_context("forkserver")
+    spawn.set_forkserver_preload([__name__, "torch.distributed"])
     ranks = [spawn.Process(target=_rank_main, args=(Launch("processes", rank, 3, rank, LOOPBACK, store.port), does),
                            daemon=True)
              for rank, does in ((1, "busy" if behaviour == "dies" else "prompt"), (2, behaviour))]
