@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -23,6 +24,24 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _freeze_what_lives()
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    _freeze_what_lives()  # what the test imported (torch, say) or its fixtures made; and again after a suite ran
+    # (bench.suite freezes and unfreezes around its runs)
+
+
+def _freeze_what_lives() -> None:
+    """What lives now (every module: torch, transformers, matplotlib...; the session's fixtures) is moved out of the
+    garbage collector's sight, so that the full collection a run makes before each clock (system.release_free_memory)
+    walks only what the test made, as bench.suite does for its runs; not the whole session again each time. The
+    collection here walks only what the last test made."""
+    gc.collect()
+    gc.freeze()
 
 
 def minimal_config(**top: Any) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """What the clocks hold: for every back end kind, `save_s` is the save with its fsyncs and `load_s` the load, and
 nothing the run does around them (preparation, the size, eviction, allocation, verification, release).
 
-Each kind's real back end runs one real timed run (measure.run_once) on the tiny preset, instrumented: its save
-sleeps SAVE_SLEEP_S more, every fsync FSYNC_SLEEP_S more, its load LOAD_SLEEP_S more, and every other hook
-OTHER_SLEEP_S more. A figure must hold its own sleeps and stay under them by less than MARGIN_S, which is well
-below OTHER_SLEEP_S: one hook moved inside a clock fails the test. The device ceiling's figures are its fastest
+Each kind's real back end runs one real timed run (measure.run_once) on the tiny preset, instrumented with known
+seconds added to the clock the run reads (time.perf_counter) where a sleep would stand, so that no real time passes:
+its save adds SAVE_SLEEP_S, every fsync FSYNC_SLEEP_S, its load LOAD_SLEEP_S, and every other hook OTHER_SLEEP_S. A
+figure must hold its own seconds and stay under them by less than MARGIN_S (the real I/O, on a busy machine), which is
+far below OTHER_SLEEP_S: one hook moved inside a clock fails the test. The device ceiling's figures are its fastest
 access pattern's (each pattern timed alone inside the back end), so there the timed units are its patterns, and
 the eviction between its read patterns is a hook that must stay outside them.
 """
@@ -27,28 +28,40 @@ from ckptbench.core import records
 from ckptbench.spec import config
 from ckptbench.spec.references import CEILING
 
-LOAD_SLEEP_S = 0.2
-SAVE_SLEEP_S = 0.4  # not the load's: a save figure holding the load's sleep (or the reverse) fails too
-FSYNC_SLEEP_S = 0.03
-OTHER_SLEEP_S = 0.7
+LOAD_SLEEP_S = 2.0
+SAVE_SLEEP_S = 3.0  # not the load's: a save figure holding the load's sleep (or the reverse) fails too
+FSYNC_SLEEP_S = 0.1
+OTHER_SLEEP_S = 5.0
 # The real I/O of the tiny preset (5 MB) takes milliseconds; the margin leaves room for a busy shared machine
-# and stays half an OTHER_SLEEP_S below what one hook inside a clock would add.
-MARGIN_S = 0.35
+# and stays far below what one hook inside a clock would add.
+MARGIN_S = 0.5
 
 KINDS = ["tensorstore", *BACKENDS]
 
 
 class Units:
-    """The known sleeps inside each timed unit of a save or a load, in the order the units ran."""
+    """The known sleeps inside each timed unit of a save or a load, in the order the units ran; and the clock they
+    move on."""
 
     def __init__(self) -> None:
         self.fsyncs = 0  # fsync calls since the test began (every thread's)
         self.known_s: dict[str, list[float]] = {"save": [], "load": []}
+        self.added_s = 0.0  # the sleeps so far, added to every later reading of the clock
+        self.lock = threading.Lock()  # parallel writers' fsyncs add up, as the units count them
+        self.real_clock = time.perf_counter
+
+    def clock(self) -> float:
+        with self.lock:
+            return self.real_clock() + self.added_s
+
+    def sleep(self, seconds: float) -> None:
+        with self.lock:
+            self.added_s += seconds
 
     def timed(self, op: str, sleep_s: float, work: Callable[[], Any]) -> Any:
         """Run one unit: the sleep, then the real work; note the sleeps it held (its fsyncs' included)."""
         fsyncs_before = self.fsyncs
-        time.sleep(sleep_s)
+        self.sleep(sleep_s)
         result = work()
         self.known_s[op].append(sleep_s + (self.fsyncs - fsyncs_before) * FSYNC_SLEEP_S)
         return result
@@ -70,11 +83,11 @@ class Instrumented(Backend):
         return self.inner.bypasses_page_cache
 
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
-        time.sleep(OTHER_SLEEP_S)
+        self.units.sleep(OTHER_SLEEP_S)
         self.inner.prepare(tensors)
 
     def before_load(self, tensors: Mapping[str, np.ndarray]) -> None:
-        time.sleep(OTHER_SLEEP_S)
+        self.units.sleep(OTHER_SLEEP_S)
         self.inner.before_load(tensors)
 
     def save(self, tensors: Mapping[str, np.ndarray], location: Any) -> None:
@@ -88,19 +101,19 @@ class Instrumented(Backend):
         return self.units.timed("load", LOAD_SLEEP_S, lambda: self.inner.load(location))
 
     def footprint(self, location: Any) -> tuple[int, int, int]:
-        time.sleep(OTHER_SLEEP_S)
+        self.units.sleep(OTHER_SLEEP_S)
         return self.inner.footprint(location)
 
     def evict(self, directory: Path, method: str) -> str | None:
-        time.sleep(OTHER_SLEEP_S)
+        self.units.sleep(OTHER_SLEEP_S)
         return self.inner.evict(directory, method)
 
     def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
-        time.sleep(OTHER_SLEEP_S)
+        self.units.sleep(OTHER_SLEEP_S)
         return self.inner.verify(tensors, loaded)
 
     def release(self) -> None:
-        time.sleep(OTHER_SLEEP_S)
+        self.units.sleep(OTHER_SLEEP_S)
         self.inner.release()
 
     def worker_figures(self) -> list[dict[str, float]] | None:
@@ -112,18 +125,18 @@ class Instrumented(Backend):
 
 @pytest.fixture
 def units(monkeypatch) -> Units:
-    """Every fsync (os.fsync, which every Python writer here calls) sleeps FSYNC_SLEEP_S more, one thread at a
-    time, and is counted."""
+    """The clock the run reads, moved on by the sleeps; every fsync (os.fsync, which every Python writer here calls)
+    sleeps FSYNC_SLEEP_S more, and is counted."""
     made = Units()
     real_fsync = os.fsync
-    one_at_a_time = threading.Lock()  # parallel writers' sleeps add up in wall time, as the units count them
 
     def slow_fsync(fd: int) -> None:
-        with one_at_a_time:
+        with made.lock:
             made.fsyncs += 1
-            time.sleep(FSYNC_SLEEP_S)
+            made.added_s += FSYNC_SLEEP_S
         real_fsync(fd)
 
+    monkeypatch.setattr(time, "perf_counter", made.clock)
     monkeypatch.setattr(os, "fsync", slow_fsync)
     return made
 
@@ -150,14 +163,14 @@ def _instrumented(kind: str, suite, units: Units, monkeypatch) -> Instrumented:
     monkeypatch.setattr(ceiling, "_read_set",
                         lambda *a, **k: units.timed("load", LOAD_SLEEP_S, lambda: read_set(*a, **k)))
     monkeypatch.setattr(ceiling.DeviceCeilingBackend, "_evict",
-                        lambda self, folder: (time.sleep(OTHER_SLEEP_S), evict(self, folder))[1])
+                        lambda self, folder: (units.sleep(OTHER_SLEEP_S), evict(self, folder))[1])
     return Instrumented(real, units, whole_operations=False)
 
 
 def _holds_exactly(seconds: float, known_s: float, what: str) -> None:
     assert known_s <= seconds < known_s + MARGIN_S, (
         f"{what}: {seconds:.3f} s, expected its own {known_s:.3f} s of sleeps plus less than {MARGIN_S} s; "
-        f"{OTHER_SLEEP_S} s more is a hook inside the clock")
+        f"{OTHER_SLEEP_S} s more is a hook inside the clock, less is a clock other than time.perf_counter")
 
 
 # the device ceiling's full grid is slow

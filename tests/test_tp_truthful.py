@@ -198,27 +198,41 @@ def test_the_refusal_names_the_tp_values_that_divide_every_split_dimension() -> 
 
 # --- every library a reader's load needs is imported before the common start ---------------------------------
 
-_FIRST_LOAD = """
-import sys
+FIRST_LOAD_KINDS = ["safetensors", "torch_save", "torch_dcp", "runai_streamer"]
+_FIRST_LOADS = """
+import os, sys, traceback
 import torch.distributed  # a reader has joined its gloo world
 from ckptbench.bench.references import BACKENDS
 from ckptbench.bench.targets import RunLocation
 from ckptbench.parallel import spawned, writers
 from ckptbench.spec import tensor_parallel
-kind, folder, shapes = sys.argv[1], sys.argv[2], eval(sys.argv[3])
-boxes = tensor_parallel.rank_boxes(shapes, 2)[1]
-job = writers.Job("load", RunLocation.local(folder), boxes=boxes, reference=(kind, {}), reader=(1, 2))
-writers.ready(job)  # before the barrier
-before = set(sys.modules)
-writers._load_slices(job)  # the timed load
-print(sorted(name for name in set(sys.modules) - before if not name.startswith("ckptbench")))
+boxes = tensor_parallel.rank_boxes(eval(sys.argv[1]), 2)[1]
+for kind, folder in zip(sys.argv[2::2], sys.argv[3::2]):
+    sys.stdout.flush()
+    child = os.fork()  # each kind in a process of its own, holding what a fresh one holds after the imports above
+    if child == 0:
+        try:
+            job = writers.Job("load", RunLocation.local(folder), boxes=boxes, reference=(kind, {}), reader=(1, 2))
+            writers.ready(job)  # before the barrier
+            before = set(sys.modules)
+            writers._load_slices(job)  # the timed load
+            print(kind, sorted(name for name in set(sys.modules) - before if not name.startswith("ckptbench")))
+            sys.stdout.flush()
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+        os._exit(0)
+    if os.waitpid(child, 0)[1] != 0:
+        print(kind, "failed", flush=True)
 """
 
 
-@pytest.mark.parametrize("kind", ["safetensors", "torch_save", "torch_dcp", "runai_streamer"])
-def test_a_readers_first_load_imports_nothing(tmp_path: Path, tiny_weights, kind: str) -> None:
-    """In a fresh process like a spawned reader's: after `ready`, the reference row's first slice load imports no
-    module, so no first import lands between the barrier and the reader's end."""
+@pytest.fixture(scope="module")
+def first_loads(tmp_path_factory, tiny_weights) -> tuple[dict[str, str], str]:
+    """Each runnable kind's checkpoint saved here, then loaded by a reader's first load in a process of its own
+    (forked after a reader's imports, one Python start for them all): (kind -> the modules that load imported,
+    stderr)."""
     import subprocess
     import sys
 
@@ -226,13 +240,30 @@ def test_a_readers_first_load_imports_nothing(tmp_path: Path, tiny_weights, kind
     from ckptbench.bench.targets import RunLocation
     from ckptbench.spec.references import REFERENCES, unavailable
 
-    if REFERENCES[kind].modules and unavailable(kind):
-        pytest.skip(f"{kind} cannot run here")
-    backend = BACKENDS[kind]()
-    backend.prepare(tiny_weights.tensors)
-    backend.save(tiny_weights.tensors, RunLocation.local(tmp_path))
+    argv = []
+    for kind in FIRST_LOAD_KINDS:
+        if REFERENCES[kind].modules and unavailable(kind):
+            continue
+        folder = tmp_path_factory.mktemp(kind)
+        backend = BACKENDS[kind]()
+        backend.prepare(tiny_weights.tensors)
+        backend.save(tiny_weights.tensors, RunLocation.local(folder))
+        argv += [kind, str(folder)]
     shapes = {n: a.shape for n, a in tiny_weights.tensors.items()}
-    done = subprocess.run([sys.executable, "-c", _FIRST_LOAD, kind, str(tmp_path), repr(shapes)],
+    done = subprocess.run([sys.executable, "-c", _FIRST_LOADS, repr(shapes), *argv],
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]", done.stdout
+    said = [line.split(" ", 1) for line in done.stdout.splitlines()]
+    return {words[0]: words[1] for words in said if len(words) == 2 and words[0] in FIRST_LOAD_KINDS}, done.stderr
+
+
+@pytest.mark.parametrize("kind", FIRST_LOAD_KINDS)
+def test_a_readers_first_load_imports_nothing(first_loads, kind: str) -> None:
+    """In a process like a spawned reader's: after `ready`, the reference row's first slice load imports no
+    module, so no first import lands between the barrier and the reader's end."""
+    from ckptbench.spec.references import REFERENCES, unavailable
+
+    if REFERENCES[kind].modules and unavailable(kind):
+        pytest.skip(f"{kind} cannot run here")
+    imported, stderr = first_loads
+    assert imported.get(kind) == "[]", (imported.get(kind), stderr)
