@@ -639,7 +639,7 @@ def tiny_tune(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tune")
     space = root / "space.json"
-    space.write_text(json.dumps({**SMALL_SPACE, "load_into": "preallocated"}))  # every row, the peers too
+    space.write_text(json.dumps(SMALL_SPACE))
     out = root / "out"
     proc = subprocess.Popen(
         [sys.executable, str(STREAMLINED), "tune", "--model", "tiny", "--values", "random", "--budget", BUDGET,
@@ -735,10 +735,12 @@ def test_a_tiny_tune_end_to_end(tiny_tune):
         assert runs and all(r["verified"] for r in runs if r["error"] is None)
         assert {r["load_cache"] for r in runs} <= {"cold"}
         assert not (out / stage["name"] / "runs").exists()
-        assert {t["settings"]["load_into"] for t in suite_document["tests"]} == {"preallocated"}  # peers too
+        # one destination, the space's (default new), for every row, peers too; the ceiling reads into its buffer
+        assert {t["settings"]["load_into"] for t in suite_document["tests"] if t["name"] != "device_ceiling"} == {"new"}
     assert set(DEFAULT_REFERENCES) <= set(document["references"])
-    assert document["load_into"] == "preallocated"
-    assert {r["load_into"] for r in document["references"].values()} == {"preallocated"}
+    assert document["load_into"] == "new"
+    assert {n: r["load_into"] for n, r in document["references"].items()} == {
+        n: "preallocated" if n == "device_ceiling" else "new" for n in document["references"]}
     assert (out / "tuning.png").read_bytes()[:8] == PNG_MAGIC
     assert document["pareto"] and set(document["pareto"]) <= set(document["candidates"])
     assert json.loads((out / STATE_FILE).read_text())["phase"] == "done"
