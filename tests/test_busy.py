@@ -200,6 +200,7 @@ def test_spawned_writers_cpu_and_bytes_are_the_runs_own(tmp_path, tiny_weights):
         writers.close()
     assert record.error is None and record.load_cache == "cold", record.error
     save, load = record.other_processes["save"], record.other_processes["load"]
+    assert "hosts" not in save and "hosts" not in load  # one host, one watch: the workers on it do not watch it
     assert save["own_write_bytes"] >= record.disk_bytes  # written by the workers
     assert load["own_read_bytes"] >= 0.9 * record.disk_bytes  # read by the workers, cold
     assert save["own_cpu_s"] >= record.save_cpu_s - 0.1  # gzip in the workers (ticks: 10 ms per process and end)
@@ -229,6 +230,15 @@ def test_busy_bytes_allow_for_the_runs_own_bytes_and_its_files_metadata():
     assert not busy.busy(_quiet(write_bytes=80 << 20, own_bytes=200 << 20), n_files=10)  # 10 % of its own 200 MiB
     assert not busy.busy(_quiet(read_bytes=40 << 20), n_files=1)  # idle processes reading back a dropped cache
     assert busy.busy(_quiet(read_bytes=100 << 20), n_files=10)
+
+
+def test_of_several_hosts_the_busiest_is_kept_and_named():
+    quiet, spinning, writing = _quiet(cpu_s=0.05), _quiet(cpu_s=0.3), _quiet(write_bytes=200 << 20)
+    assert busy.busiest({"a": quiet, "b": spinning}) == {**spinning, "host": "b", "hosts": 2}
+    # a host judged busy by its disk beats a quiet one that used more CPU; of two busy ones, the larger share of a core
+    assert busy.busiest({"a": _quiet(cpu_s=0.2), "b": writing, "c": quiet})["host"] == "b"
+    assert busy.busiest({"a": spinning, "b": _quiet(seconds=0.5, cpu_s=0.3)})["host"] == "b"
+    assert busy.busiest({"a": quiet}) == quiet  # one host: its figures as they are, no name
 
 
 def test_a_documents_busy_section_counts_measured_operations_and_names_the_answers_rows():

@@ -224,6 +224,37 @@ def test_a_rank_killed_mid_save_stops_the_launch_and_resume_completes(tmp_path: 
 
 
 @pytest.mark.slow  # torchrun
+def test_every_host_is_watched_and_the_busiest_is_recorded(tmp_path: Path) -> None:
+    """Rank 1 stands for a second host (its own host name) on which a neighbour keeps 50 cores busy (its /proc/stat
+    busy time grows by 50 cores' ticks a second): each host's first rank watches its own, and every run records the
+    busy one's figures, named, from both hosts' watches."""
+    wrapper = tmp_path / "rank_1_elsewhere.py"
+    wrapper.write_text(
+        "import os, runpy, socket, sys, time\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    from ckptbench.core import host\n"
+        "    socket.gethostname = lambda: 'elsewhere'\n"
+        "    measured = host._busy_ticks\n"
+        "    host._busy_ticks = lambda: measured() + int(50 * host._ticks_per_second() * time.perf_counter())\n"
+        f"sys.argv[0] = {str(ROOT / 'run_phase4_streamlined.py')!r}\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    out = tmp_path / "out"
+    done = subprocess.run(_torchrun("--config", str(_suite_file(tmp_path, TESTS[:1])), "--output-dir", str(out),
+                                    script=wrapper), env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    document = json.loads((out / "results.json").read_text())
+    assert [h["name"] for h in document["environment"]["launch"]["hosts"]] == [os.uname().nodename, "elsewhere"]
+    run = document["tests"][0]["runs"][0]
+    assert run["verified"] is True, run["error"]
+    for op in ("save", "load"):
+        figures = run["other_processes"][op]
+        assert (figures["host"], figures["hosts"]) == ("elsewhere", 2), op
+        assert figures["cpu_s"] > 10 * figures["seconds"], op
+    assert document["busy"]["operations"] == 2 and "the machine was busy" in done.stdout
+
+
+@pytest.mark.slow  # torchrun
 def test_a_rank_given_another_config_is_refused(tmp_path: Path) -> None:
     wrapper = tmp_path / "rank_1_differs.py"  # the same command, except that rank 1 also gets --runs 2
     wrapper.write_text(

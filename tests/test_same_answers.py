@@ -18,7 +18,8 @@ it has the three runs an interval needs; and again when rung 0 ran the cheap can
 (t5x_full after the device ceiling, at least 12 listed), skipped those its measured codecs predict
 more than 4x slower than the best, did not run again those measured that slow, and the final
 judged the runner-up by Welch's test from two runs a side, and when the shipped space tried the
-Run:ai streamer with a second setting (its `references` block: one more peer row in rung 0); the
+Run:ai streamer with a second setting (its `references` block: one more peer row in rung 0), and when
+the space's `load_into` became one destination for every row, the peers' too (no longer an axis); the
 explain entry when every change's interval became the one on the log of the ratio (results schema 4).
 
 One test per command: the suite executor each one injects is `fake_suite` (what a real

@@ -294,7 +294,7 @@ def test_tune_with_tp_adds_tp_aligned_and_loads_tensor_parallel(tmp_path: Path) 
     assert space_mod.for_tp(space, 1) == space  # tp 1: the space as it is
     assert space_mod.for_tp(space, 2)["axes"]["chunk_strategy"] == ["halve", "divisor", "tp_aligned"]
     small = {**space, "axes": {**space["axes"], "chunk_bytes": ["1MB"], "concurrency_limit": [16],
-                               "compression": ["none"], "file_io_mode": ["default"], "load_into": ["new"]}}
+                               "compression": ["none"], "file_io_mode": ["default"]}}
     suite = space_mod.candidates(small, Settings(output_dir=tmp_path, model="tiny", tp=2))
     assert {t.tp for t in suite.tests} == {2} and {t.processes for t in suite.tests} == {2}
     assert any(t.chunk_strategy == "tp_aligned" for t in suite.tests)

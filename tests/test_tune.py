@@ -237,7 +237,7 @@ def _settings(tmp_path: Path, **changes) -> Settings:
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
-    """The shipped space and its candidates for smollm2-135m (made once: 4,321 tests to validate)."""
+    """The shipped space and its candidates for smollm2-135m (made once: 2,161 tests to validate)."""
     space = load_space(SPACE_FILE)
     settings = Settings(output_dir=tmp_path_factory.mktemp("shipped") / "out", model="smollm2-135m")
     return space, candidates(space, settings)
@@ -245,10 +245,10 @@ def shipped(tmp_path_factory):
 
 def test_the_shipped_space(shipped):
     assert (REPO / "sweeps" / "tune_space.json").resolve() == SPACE_FILE.resolve()
-    _, suite = shipped
+    space, suite = shipped
     tests = [t for t in suite.tests if t.name != "t5x_full"]
-    assert len(tests) == 4320  # the valid part of the 6,912 combinations
-    assert len(suite.skipped) == 2592 and all("direct" in reason for _, reason in suite.skipped)
+    assert len(tests) == 2160  # the valid part of the 3,456 combinations
+    assert len(suite.skipped) == 1296 and all("direct" in reason for _, reason in suite.skipped)
     assert {t.chunk_bytes for t in tests} == {2 ** k for k in range(18, 27)}  # 256 KiB .. 64 MiB
     assert {t.concurrency_limit for t in tests} == {1, 4, 16, 64, 128, 256}
     assert {(t.format, t.kvstore, t.shard_bytes is not None) for t in tests} == {
@@ -257,7 +257,7 @@ def test_the_shipped_space(shipped):
         "null", '{"id": "zstd", "level": 1}', '{"id": "gzip", "level": 1}',
         '{"clevel": 5, "cname": "lz4", "id": "blosc", "shuffle": 1}'}
     assert {t.file_io_mode for t in tests} == {"default", "direct"}
-    assert {t.load_into for t in tests} == {"new", "preallocated"}
+    assert space["load_into"] == "new" and {t.load_into for t in tests} == {"new"}  # one destination, peers' too
     assert {t.chunk_strategy for t in tests} == {"halve", "divisor"}
     t5x = suite.test("t5x_full")
     assert (t5x.format, t5x.chunk_size_elements, t5x.concurrency_limit, t5x.compression) == (
@@ -284,13 +284,24 @@ def test_the_space_tries_each_peer_with_its_settings(tmp_path):
         "runai_streamer", 10**9)
 
 
+def test_every_row_of_a_tune_loads_into_the_spaces_one_destination(tmp_path):
+    """The space's load_into is every row's, the peers' as the candidates': a stage's suite holds no row of another
+    destination (before, the peers loaded into new arrays beside candidates that loaded into preallocated ones)."""
+    space = {**SMALL_SPACE, "load_into": "preallocated"}
+    settings = session._setup(_settings(tmp_path), space, "space").settings
+    entries = [fields.entry(t) for t in candidates(space, settings).tests[:2]]
+    rows = config.from_dict(settings.suite_data(entries, tmp_path / "stage", references=True, seed=1)).tests
+    assert [t.name for t in rows if t.is_reference] == settings.references and len(rows) == len(settings.references) + 2
+    assert {(t.load_into, t.load_into_note) for t in rows} == {("preallocated", None)}
+
+
 def test_identical_layouts_are_measured_once(shipped):
     space, suite = shipped
     shapes = sorted({shape for _, shape in weights.preset_shapes("smollm2-135m")})
     universe = make_universe(space, suite, shapes)
     assert universe.always == ("t5x_full",)
-    assert len(universe.tests) + len(universe.duplicates) == 4321
-    assert 0 < len(universe.duplicates) < 4321
+    assert len(universe.tests) + len(universe.duplicates) == 2161
+    assert 0 < len(universe.duplicates) < 2161
     for name, same in universe.duplicates[::25]:
         twin, kept = suite.test(name), universe.tests[same]
         assert name not in universe.tests
@@ -332,6 +343,8 @@ def test_test_entries_read_back_to_the_same_layout(shipped):
      "field references.runai_streamer.0.concurrency: must be at least 1"),
     (lambda s: s.update(references={"fastsafetensors": {"threads": 4}}),
      "field references.fastsafetensors: unknown key 'threads'"),
+    (lambda s: s["axes"].update(load_into=["new", "preallocated"]), "load_into is not an axis"),
+    (lambda s: s.update(load_into="mapped"), "field load_into"),
 ])
 def test_bad_space_files_are_one_line_errors(tmp_path, change, expected):
     space = json.loads(json.dumps(SMALL_SPACE))
@@ -722,7 +735,12 @@ def test_a_tiny_tune_end_to_end(tiny_tune):
         assert runs and all(r["verified"] for r in runs if r["error"] is None)
         assert {r["load_cache"] for r in runs} <= {"cold"}
         assert not (out / stage["name"] / "runs").exists()
+        # one destination, the space's (default new), for every row, peers too; the ceiling reads into its buffer
+        assert {t["settings"]["load_into"] for t in suite_document["tests"] if t["name"] != "device_ceiling"} == {"new"}
     assert set(DEFAULT_REFERENCES) <= set(document["references"])
+    assert document["load_into"] == "new"
+    assert {n: r["load_into"] for n, r in document["references"].items()} == {
+        n: "preallocated" if n == "device_ceiling" else "new" for n in document["references"]}
     assert (out / "tuning.png").read_bytes()[:8] == PNG_MAGIC
     assert document["pareto"] and set(document["pareto"]) <= set(document["candidates"])
     assert json.loads((out / STATE_FILE).read_text())["phase"] == "done"

@@ -1,4 +1,5 @@
-"""Was the machine busy during a timed operation? The judgement of a run's `other_processes` (core.host).
+"""Was the machine busy during a timed operation? The judgement of a run's `other_processes` (core.host): on a
+launch of several hosts, the busiest host's (`busiest`).
 
 An operation was busy when, during it, other processes of the host
 - used more than a quarter of one core on average (CPU_SHARE) and at least CPU_FLOOR_S seconds in all: /proc/stat
@@ -36,6 +37,19 @@ def busy(figures: Mapping[str, float], n_files: int | None = None) -> bool:
     own_bytes = float(figures.get("own_read_bytes", 0)) + float(figures.get("own_write_bytes", 0))
     floor = BYTES_FLOOR + BYTES_SHARE * own_bytes + METADATA_PER_FILE * (n_files or 0)
     return max(float(figures["read_bytes"]), float(figures["write_bytes"])) > floor
+
+
+def busiest(by_host: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """One operation watched on several hosts (each host's first rank watches its host: parallel.writers): the
+    figures of the host whose other processes were busiest (one judged busy first, then the larger share of a core,
+    then the more device bytes), with its name (`host`) and how many hosts were watched (`hosts`) when more than one."""
+    def load(item: tuple[str, Mapping[str, float]]) -> tuple[bool, float, float]:
+        figures = item[1]
+        share = figures["cpu_s"] / figures["seconds"] if figures["seconds"] > 0 else 0.0
+        return busy(figures), share, max(figures["read_bytes"], figures["write_bytes"])
+
+    name, figures = max(by_host.items(), key=load)
+    return dict(figures) if len(by_host) == 1 else {**figures, "host": name, "hosts": len(by_host)}
 
 
 def timed_operations(run: Mapping[str, Any]) -> list[str]:

@@ -9,8 +9,9 @@ threads, and resident memory, sampled every 20 ms by a thread that sleeps betwee
 line). A sampler is not free: one reading /proc/self/status every 10 ms made a minimal script's many-file saves 20-30 %
 slower (docs/measurements/harness-cost.md), so this one reads the cheaper file half as often. Right outside the clock
 reads, what other processes of the host did is sampled (core.host: their CPU time and the disk's bytes, this run's own
-processes left out) into the run's `other_processes`. Failures are recorded in the run's record, never raised, so one
-broken test does not stop the others; a failing disk (full, I/O error) stops the suite.
+processes left out) into the run's `other_processes`; with writers on other hosts, the busiest host's
+(analysis.busy.busiest: each host's first rank watches its own, parallel.writers). Failures are recorded in the run's
+record, never raised, so one broken test does not stop the others; a failing disk (full, I/O error) stops the suite.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ckptbench.analysis import busy
 from ckptbench.bench import async_save, cache, storage
 from ckptbench.bench.backend import Backend, ThisProcess, Writers
 from ckptbench.bench.references import BACKENDS
@@ -164,7 +166,7 @@ def _warm_load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.nda
     span_s = readers_span_s(backend.worker_figures())
     record.warm_load_s = usage.wall_s if span_s is None else span_s
     record.warm_load_cpu_s = usage.cpu_s + sum(w["cpu_s"] for w in backend.worker_figures() or [])
-    _note_others(record, "warm_load", usage)
+    _note_others(record, "warm_load", usage, backend.worker_figures())
     _verify(record, backend, tensors, warm, "the warm load")
 
 
@@ -226,13 +228,17 @@ def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
     for name, value in (("s", seconds), ("cpu_s", cpu_s), ("peak_rss_bytes", growth),
                         ("rss_anon_bytes", usage.rss_anon_peak_bytes), ("rss_file_bytes", usage.rss_file_peak_bytes)):
         setattr(record, f"{op}_{name}", value)
-    _note_others(record, op, usage)
+    _note_others(record, op, usage, workers)
 
 
-def _note_others(record: RunRecord, op: str, usage: Timed) -> None:
-    """What other processes of the host did during the operation, by operation; nothing where not measured."""
+def _note_others(record: RunRecord, op: str, usage: Timed, workers: Sequence[Mapping[str, Any]] | None) -> None:
+    """What other processes did during the operation, by operation: on this host, or on the busiest host whose
+    first rank watched it (`others` in its figures); nothing where not measured."""
+    by_host = {w["host"]: w["others"] for w in workers or () if w.get("others") is not None}
     if usage.others is not None:
-        record.other_processes = {**(record.other_processes or {}), op: dict(usage.others)}
+        by_host[socket.gethostname()] = usage.others
+    if by_host:
+        record.other_processes = {**(record.other_processes or {}), op: busy.busiest(by_host)}
 
 
 def readers_span_s(workers: Sequence[Mapping[str, Any]] | None) -> float | None:

@@ -195,7 +195,8 @@ class RunRecord:
     patterns: dict[str, dict[str, float]] | None = None  # the device ceiling: seconds per access pattern
     # What other processes of this host did during each timed operation ("save", "load", "warm_load"):
     # core.host.others (their CPU seconds, the disk's bytes less this run's own, the window's seconds, the own
-    # figures beside them). None where it was not measured (no /proc).
+    # figures beside them); with writers on several hosts, the busiest host's, named (analysis.busy.busiest). None
+    # where it was not measured (no /proc).
     other_processes: dict[str, dict[str, float]] | None = None
     # An async save (bench.async_save; None for sync ones): seconds from the call until the weights may change
     # (blocked_s) and until durable (commit_s, also save_s); the anonymous bytes the save held at its peak above

@@ -147,7 +147,8 @@ def _protocol(config: SuiteConfig, seed: int) -> dict[str, Any]:
                            "host included; the output disk's /proc/diskstats bytes less the own processes' "
                            "/proc/<pid>/io); an operation was busy when they used over 25% of a core (and 0.1 s) or "
                            "read or wrote over 64 MiB + 10% of its own bytes + 32 KiB per file (analysis.busy); "
-                           "other hosts of a launch are not watched",
+                           "on a launch of several hosts each host's first rank watches its host, and the busiest "
+                           "host's figures are kept, with its name",
     }
 
 

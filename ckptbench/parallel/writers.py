@@ -8,7 +8,9 @@ suite form one gloo world (world.py), and everything after that is one code path
 - every rank imports what its job needs (`ready`), then all meet at a barrier, the common start, and each does its
   job (`perform`);
 - rank 0 all-gathers every writer's figures: its start (the barrier's release) and end on the host's monotonic
-  clock, which every process of a host shares, CPU and peak memory growth; for a save it then writes the manifest.
+  clock, which every process of a host shares, CPU and peak memory growth, and from each other host's first rank
+  what the other processes of its host did meanwhile (`others`, core.host; its ranks are its own); for a save it
+  then writes the manifest.
 A save lasts from before the metadata until every writer reports its writes durable (and the manifest is written);
 a load from the common start until the slowest writer has its slices in memory, as MLPerf Storage reports
 checkpoints: the latest end less the earliest start of the readers' own stamps (bench.measure), never rank 0's
@@ -41,7 +43,7 @@ from ckptbench.bench.references import BACKENDS
 from ckptbench.bench.targets import RunLocation
 from ckptbench.bench.verify import mismatches
 from ckptbench.bench.workspace import RUN_MARKER
-from ckptbench.core import system
+from ckptbench.core import host, system
 from ckptbench.core.errors import Stopped
 from ckptbench.parallel.slices import part
 from ckptbench.parallel.world import Broken, World, short_error
@@ -179,10 +181,16 @@ def serve(world: World, tensors: Mapping[str, np.ndarray], label: str) -> int:
         _, op, jobs = step
         job = jobs[world.rank]
         ready(job)
+        # This host's first rank watches its host during a save or load (rank 0 watches its own: bench.measure)
+        watch = host.watch_for(job.location.local_dir) if (
+            job is not None and op != "evict" and world.leader(world.rank) == world.rank) else None
+        before = watch.sample() if watch is not None else None
         world.barrier()  # the common start
         replies = (perform(job, tensors, time.monotonic(), label) if job is not None
                    else iter([("idle", None)] * len(ROUNDS[op])))
         for reply in replies:
+            if watch is not None and reply[0] == "done":  # the job's end, outside its clock
+                reply, watch = ("done", {**(reply[1] or {}), "others": host.others(before, watch.sample())}), None
             world.all_gather(reply)
         # The job's garbage, and what TensorStore freed, go now, outside every clock (timed() does not do
         # it for writers, whose clock started at the barrier).

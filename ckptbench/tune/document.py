@@ -3,7 +3,8 @@ kind "tuning" (documents.store.Kind, `tuning.schema.json`); the console text (tu
 (tune.plot) read it and compute nothing, so everything they show is in here.
 
 Versions: 1 (ckptbench 0.2.0) had no kind; 2 has `"kind": "tuning"`, nothing else changed; 3 has one interval
-per summary, as results.json's version 5: `ci95` is the log-scale interval that version 2 called `ci95_log`.
+per summary, as results.json's version 5: `ci95` is the log-scale interval that version 2 called `ci95_log`. Later in
+3, without a bump: `load_into` (every row's destination) and each reference row's.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def build(session: Session, recommendation: dict[str, Any] | None = None, paste:
     points = {n: (c["stats"]["save_s"]["mean"], c["stats"]["load_s"]["mean"]) for n, c in candidates.items()
               if c["stats"]["save_s"]["n"]}
     first = documents.get("rung-0") or next(iter(documents.values()), None)
+    destinations = {t["name"]: t["settings"].get("load_into") for d in documents.values() for t in d["tests"]}
     return TUNING.stamp({
         "tool": tool_info(), "complete": complete, "objective": settings.objective, "metric": settings.metric,
         "seed": state.seed, "recommendation": recommendation, "paste": paste,
@@ -114,6 +116,8 @@ def build(session: Session, recommendation: dict[str, Any] | None = None, paste:
         "stages": [asdict(stage) | {"results": f"{stage.name}/{results.RESULTS_FILE}"} for stage in state.stages],
         "finalists": state.finalists,
         "candidates": candidates,
-        "references": {name: {"stats": summaries(samples[name])} for name in samples if kind_of(name) is not None},
+        "load_into": settings.load_into,  # every row's, peers too (a row that cannot says why in its results)
+        "references": {name: {"stats": summaries(samples[name]), "load_into": destinations.get(name)}
+                       for name in samples if kind_of(name) is not None},
         "pareto": pareto(points),
     })

@@ -73,7 +73,9 @@ class _Setup:
 
 
 def _setup(settings: Settings, space: dict[str, Any], space_source: str) -> _Setup:
-    settings = dataclasses.replace(settings, reference_rows=space.get("references", {}))  # the peers' settings
+    # the peers' settings, and every row's destination
+    settings = dataclasses.replace(settings, reference_rows=space.get("references", {}),
+                                   load_into=space.get("load_into", "new"))
     base = candidates(space, settings, space_source)  # the space and the settings checked before the weights
     settings = dataclasses.replace(settings, weights=base.weights)
     planned = weights.plan(base.model, base.weights, base.dtype, base.values)  # no weights made yet

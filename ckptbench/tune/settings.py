@@ -47,6 +47,7 @@ class Settings:
     # a kind it does not list runs at its defaults. Set from the space (the state's, on resume), not a flag.
     reference_rows: Mapping[str, Any] = field(default_factory=dict)
     tp: int = 1  # > 1: every candidate (and reference row) loaded by tp readers, each its tensor-parallel slice
+    load_into: str = "new"  # every row's destination, the candidates' and the peers' alike: the space's `load_into`
 
     @property
     def metric(self) -> str:
@@ -75,7 +76,7 @@ class Settings:
                    seed: int) -> dict[str, Any]:
         """A suite config of `tests` run once each (a stage of successive halving), in the order given."""
         testing = {"num_runs": 1, "warmup_rounds": 0, "seed": seed, "order": "blocked",
-                   "cache_eviction": self.cache_eviction, "noise_pct": self.noise_pct}
+                   "cache_eviction": self.cache_eviction, "noise_pct": self.noise_pct, "load_into": self.load_into}
         data = suite_data(tests, output_dir=output_dir, testing=testing, model=self.model, weights=self.weights,
                           dtype=self.dtype, values=self.values, storage=self.storage,
                           references=self._reference_values() if references and self.references else ())

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ckptbench.core.errors import UserError
 from ckptbench.spec import config as config_mod
-from ckptbench.spec.fields import SWEEP_FIELDS, TEST_SCHEMA, TestSpec, layout_settings
+from ckptbench.spec.fields import LOAD_INTO, SWEEP_FIELDS, TEST_SCHEMA, TestSpec, layout_settings
 from ckptbench.spec.schema import SCHEMA, Validator, describe_error
 from ckptbench.spec.suite import SuiteConfig
 from ckptbench.tune.settings import Settings
@@ -40,6 +40,8 @@ SPACE_SCHEMA: dict[str, Any] = {
         "always": {"type": "array", "items": TEST_SCHEMA},
         # the peers' axes: per reference kind, the settings its rows are tried with (a config's `references`)
         "references": SCHEMA["properties"]["references"],
+        # where every row's load puts what it reads, the candidates' and the peers' alike (testing.load_into)
+        "load_into": {"enum": list(LOAD_INTO)},
     },
 }
 
@@ -68,6 +70,9 @@ def validate_space(data: Any, source: str = "space") -> None:
         raise UserError(f"{source}: the top level must be a JSON object {{...}}, got {type(data).__name__}")
     error = best_match(Validator(SPACE_SCHEMA).iter_errors(data))
     if error is None:
+        if any("load_into" in fields for fields in [data["axes"], *data["formats"].values(), *data.get("always", [])]):
+            raise UserError(f"{source}: load_into is not an axis: every row of a tune, the peers too, loads into one "
+                            "destination; give it once, as the space's top-level \"load_into\" (new or preallocated)")
         return
     where = ".".join(str(p) for p in error.absolute_path)
     if "propertyNames" in error.schema_path:
