@@ -166,6 +166,7 @@ def test_the_async_sweep_runs_on_tiny(run_cli, tmp_path):
     modes = {t["name"]: t["settings"]["save_mode"] for t in document["tests"]}
     for kind in ("ts_1mb_conc64", "safetensors", "torch_save", "runai_streamer", "torch_dcp", "device_ceiling"):
         assert {modes.get(kind, modes.get(f"{kind}_mode=sync")), modes.get(f"{kind}_mode=async")} == {"sync", "async"}
+    assert modes["torch_dcp_checkpointer=process_mode=async"] == "async"  # DCP's process-based async save too
     assert all(r["verified"] for t in document["tests"] for r in t["runs"])
     assert "checkpoint while training" in stdout
 
