@@ -28,6 +28,7 @@ ASYNC_TS = {"name": "ts", "chunk_bytes": "64KB", "concurrency_limit": 8, "compre
 # The stand-in step of rows without train_step_bytes (reference rows have none): 1 MiB, as ASYNC_TS's, not 1 GiB
 # (seconds of steps timed alone in every such row, for nothing checked here)
 STEP_BYTES = 2**20
+SYNC_TS = {k: v for k, v in ASYNC_TS.items() if k != "save_mode"}
 
 
 def _weights() -> dict[str, np.ndarray]:
@@ -46,6 +47,7 @@ INNER = {
     "torch_save": TorchSaveBackend,
     "safetensors": SafetensorsBackend,
     "torch_dcp": TorchDCPBackend,
+    "torch_dcp_process": lambda: TorchDCPBackend(async_checkpointer="process"),
     "device_ceiling": lambda: DeviceCeilingBackend("fadvise"),
 }
 
@@ -65,6 +67,7 @@ def test_blocked_ends_when_the_weights_may_be_modified(kind, tmp_path):
     finish()
     backend.before_load(original)
     assert_same_bits(original, backend.load(location))
+    backend.release()  # ends a DCP process
 
 
 def test_the_stand_in_step_alone_is_not_slowed_down():
@@ -170,6 +173,7 @@ def test_the_async_sweep_runs_on_tiny(run_cli, tmp_path, monkeypatch):
     modes = {t["name"]: t["settings"]["save_mode"] for t in document["tests"]}
     for kind in ("ts_1mb_conc64", "safetensors", "torch_save", "runai_streamer", "torch_dcp", "device_ceiling"):
         assert {modes.get(kind, modes.get(f"{kind}_mode=sync")), modes.get(f"{kind}_mode=async")} == {"sync", "async"}
+    assert modes["torch_dcp_checkpointer=process_mode=async"] == "async"  # DCP's process-based async save too
     assert all(r["verified"] for t in document["tests"] for r in t["runs"])
     assert "checkpoint while training" in stdout
 
@@ -215,3 +219,66 @@ def test_a_stop_during_the_background_write_waits_for_it_and_leaves_nothing(tmp_
     with pytest.raises(Stopped):
         measure.run_once(PlannedRun("ts", 0, 0), backend, measure.Bench(suite, tiny_weights.tensors))
     assert [p for p in (suite.output_dir / workspace.RUNS_DIR).iterdir() if p.is_dir()] == []  # no run folder
+
+
+def _dcp_process():
+    from torch.distributed.checkpoint import _async_process_executor as executor
+
+    return executor._CHECKPOINT_PROCESS
+
+
+def test_dcp_process_based_async_save_is_measured_and_its_process_ended(tmp_path):
+    status, document, _ = run_config(tmp_path, {
+        "model": "tiny", "testing": {"num_runs": 1, "seed": 2},
+        "references": {"torch_dcp": [{"save_mode": "async", "async_checkpointer": "process"},
+                                     {"save_mode": "async"}]},
+        "test_configurations": [SYNC_TS]})
+    assert status == 0
+    tests = {t["name"]: t for t in document["tests"]}
+    process_row, thread_row = tests["torch_dcp_checkpointer=process_mode=async"], tests["torch_dcp_mode=async"]
+    assert process_row["settings"]["reference_settings"]["async_checkpointer"] == "process"
+    assert "async_checkpointer" not in (thread_row["settings"]["reference_settings"] or {})  # the default: threads
+    for test in (process_row, thread_row):
+        run = test["runs"][0]
+        assert run["verified"] is True and 0 < run["blocked_s"] <= run["commit_s"], test["name"]
+        assert run["training_lost_s"] is not None, test["name"]
+    assert _dcp_process() is None  # ended after its run
+
+
+def test_a_stop_during_dcp_process_based_save_ends_its_process_and_leaves_nothing(tmp_path, tiny_weights):
+    from ckptbench.bench import workspace
+    from ckptbench.core.errors import Stopped
+    from ckptbench.core.records import PlannedRun
+
+    suite = config_mod.from_dict({"model": "tiny", "output_dir": str(tmp_path / "out"),
+                                  "test_configurations": [SYNC_TS],
+                                  "references": {"torch_dcp": {"save_mode": "async",
+                                                               "async_checkpointer": "process"}}})
+    workspace.prepare_output_dir(suite.output_dir)
+    test = suite.test("torch_dcp_mode=async")
+    backend = async_save.wrap(measure.backend_for(test, suite), test, "fadvise")
+    inner_prepare, started = backend.prepare, []
+
+    def stopped_step() -> float:
+        raise Stopped.by_signal(signal.SIGINT)
+
+    def prepare(tensors):
+        inner_prepare(tensors)
+        started.append(_dcp_process()._save_process)  # started before the clock
+        backend._step = stopped_step
+
+    backend.prepare = prepare
+    with pytest.raises(Stopped):
+        measure.run_once(PlannedRun(test.name, 0, 0), backend, measure.Bench(suite, tiny_weights.tensors))
+    assert started[0].exitcode is not None and _dcp_process() is None
+    assert [p for p in (suite.output_dir / workspace.RUNS_DIR).iterdir() if p.is_dir()] == []
+
+
+def test_a_process_checkpointer_on_a_sync_row_is_one_line_exit_2(run_cli, write_config, tmp_path):
+    out = tmp_path / "out"
+    path = write_config({"model": "tiny", "output_dir": str(out), "testing": {"num_runs": 1},
+                         "references": {"torch_dcp": {"async_checkpointer": "process"}},
+                         "test_configurations": [SYNC_TS]})
+    status, stdout, stderr = run_cli("--config", path)
+    assert status == 2 and stdout == "" and stderr.count("\n") == 1 and "async_checkpointer" in stderr, stderr
+    assert not out.exists()

@@ -5,8 +5,11 @@ modified again (`blocked_s`); the rest runs in a background thread until the che
 save is (`commit_s`, from the call). Per row:
 - TensorStore: every write issued; blocked until each write's `copy` future resolves; then each `commit`, and the
   manifest;
-- torch DCP: `torch.distributed.checkpoint.async_save` (its thread-based checkpointer, no process group): blocked until
-  it returns (its stager's copy of the state dict), then its future, and the files fsync'd;
+- torch DCP: `torch.distributed.checkpoint.async_save` (the row's `async_checkpointer`: "thread", no process group, or
+  "process", DCP's own save process): blocked until it returns (its stager's copy of the state dict), then its future,
+  and the files fsync'd. DCP starts its process at its first save and keeps it for the interpreter's life; the harness
+  starts it in `prepare` (a tiny save: a spawned interpreter importing torch takes seconds, outside the clock) and
+  ends it in `release`, after each run and on Ctrl-C, so no process outlives the run (nor holds its staged copy);
 - every other row (torch.save, safetensors, the streamer's and fastsafetensors' safetensors files): a copy of the
   weights staged, then the row's own save of the copy from a thread (what users do today);
 - the device ceiling likewise, with one fixed pattern (16 streams, 16 MiB blocks: the O_DIRECT read's set): the least an
@@ -26,7 +29,9 @@ step's compute would not.
 
 from __future__ import annotations
 
+import os
 import statistics
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -136,6 +141,8 @@ class AsyncSave(Backend):
 
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
         self.inner.prepare(tensors)
+        if _dcp_process(self.inner):
+            _start_dcp_process()
         self._step = StandInStep(tensors, self.step_bytes)  # its buffers allocated before the clock
         self.figures = Figures(step_alone_s=self._step.alone_s())
 
@@ -167,6 +174,8 @@ class AsyncSave(Backend):
         figures.commit_s = ended - started
 
     def release(self) -> None:
+        if _dcp_process(self.inner):
+            _stop_dcp_process()
         self.inner.release()
         self._step = None
 
@@ -223,13 +232,16 @@ def _tensorstore(inner: storage.TensorStoreBackend, tensors: Mapping[str, np.nda
 
 def _dcp(inner: TorchDCPBackend, tensors: Mapping[str, np.ndarray],
          location: RunLocation | Path) -> tuple[Finish, Finish]:
-    """DCP's own async save (thread-based); the files and the folder fsync'd afterwards, as the sync row does."""
+    """DCP's own async save (by a thread, or by the process `prepare` started); the files and the folder fsync'd
+    afterwards, as the sync row does. Cancelled, a process is ended (DCP's thread cannot be)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
     directory = folder_of(location)
     writer = dcp.FileSystemWriter(directory, thread_count=inner.thread_count, sync_files=True)
     state = {name: to_torch(a) for name, a in tensors.items()}
-    future: Any = dcp.async_save(state, storage_writer=writer, no_dist=True)
+    future: Any = dcp.async_save(state, storage_writer=writer, no_dist=True,
+                                 async_checkpointer_type=AsyncCheckpointerType(inner.async_checkpointer))
     future = getattr(future, "upload_completion", future)  # an AsyncSaveResponse where a stager is given
 
     def finish() -> None:
@@ -237,7 +249,48 @@ def _dcp(inner: TorchDCPBackend, tensors: Mapping[str, np.ndarray],
         for file in directory.iterdir():
             fsync_path(file)
         fsync_path(directory)
-    return finish, lambda: None
+    return finish, _stop_dcp_process if _dcp_process(inner) else lambda: None
+
+
+def _dcp_process(inner: Backend) -> bool:
+    return isinstance(inner, TorchDCPBackend) and inner.async_checkpointer == "process"
+
+
+def _start_dcp_process() -> None:
+    """DCP's save process, started by a tiny save. Its first save learns where the process meets it from a process
+    group: a world of one here (unless there is one), ended again once the process has started."""
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
+
+    own_group = not dist.is_initialized()
+    if own_group:
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    # It logs each request to the stderr it inherits: the console's lines are not for it (its errors come back by pipe)
+    console, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 2)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            started: Any = dcp.async_save({"start": torch.zeros(1)}, storage_writer=dcp.FileSystemWriter(folder),
+                                          no_dist=True, async_checkpointer_type=AsyncCheckpointerType.PROCESS)
+            started.result()
+    finally:
+        os.dup2(console, 2)
+        os.close(console)
+        os.close(quiet)
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _stop_dcp_process() -> None:
+    """End DCP's save process (torch 2.13 has no public way: its module keeps it until the interpreter exits)."""
+    from torch.distributed.checkpoint import _async_process_executor as executor
+
+    process, executor._CHECKPOINT_PROCESS = executor._CHECKPOINT_PROCESS, None
+    if process is not None:
+        process.__del__()  # DCP's own teardown: asks the process to end, SIGTERM after 5 s
+        process._save_process.join()
 
 
 def wrap(backend: Backend, test: TestSpec, eviction: str) -> Backend:

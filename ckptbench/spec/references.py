@@ -12,10 +12,12 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from ckptbench.core.errors import UserError
 from ckptbench.core.units import size_label
 from ckptbench.spec.fields import SAVE_MODES, SWEEP_FIELDS
 
 SAVE_MODE = "save_mode"  # a key every kind's entries take besides its settings: the row's TestSpec.save_mode
+CHECKPOINTER = "async_checkpointer"  # torch_dcp's: how its async save writes (bench.async_save)
 
 CEILING = "device_ceiling"
 DIRECT_PREFIX = "direct "  # in the name of a ceiling pattern read with O_DIRECT
@@ -177,7 +179,11 @@ REFERENCES: dict[str, Reference] = {ref.kind: ref for ref in (
               package="torch", modules=("torch.distributed.checkpoint",),
               settings={"thread_count": _threads(1, "FileSystemWriter's thread_count: writing threads, a file each "
                                                   "(torch 2.13's FileSystemReader has no thread count: it reads in "
-                                                  "one thread)")},
+                                                  "one thread)"),
+                        CHECKPOINTER: Setting({"enum": ["thread", "process"]}, "thread",
+                                              "save_mode \"async\" only: async_save's async_checkpointer_type, the "
+                                              "save written by a thread of this process or by a process of DCP's own",
+                                              "checkpointer")},
               tp_load="each rank: dcp.load of tensors of its slices' shapes, no process group, with a planner "
                       "asking for each slice at its offsets (as a DTensor shard would); the FileSystemReader reads "
                       "each saved tensor whole, then narrows it"),
@@ -215,8 +221,16 @@ def rows_of(kind: str, value: Any) -> list[tuple[str, dict[str, Any]]]:
         return []
     if not isinstance(value, list):  # one row: named after the kind (and its save mode, when async)
         given = value if isinstance(value, Mapping) else {}
-        return [(row_name(kind, {k: v for k, v in given.items() if k == SAVE_MODE}), {**defaults(kind), **given})]
-    return [(row_name(kind, entry), {**defaults(kind), **entry}) for entry in value]
+        rows = [(row_name(kind, {k: v for k, v in given.items() if k == SAVE_MODE}), {**defaults(kind), **given})]
+    else:
+        rows = [(row_name(kind, entry), {**defaults(kind), **entry}) for entry in value]
+    for _, settings in rows:  # kept only where not DCP's default: an async row of threads has its sync twin's settings
+        if settings.get(CHECKPOINTER) == "thread":
+            del settings[CHECKPOINTER]
+        elif CHECKPOINTER in settings and settings.get(SAVE_MODE) != "async":
+            raise UserError(f"references.{kind}: {CHECKPOINTER} chooses how an async save writes; add \"save_mode\": "
+                            f"\"async\" to that row, or drop {CHECKPOINTER}")
+    return rows
 
 
 def row_name(kind: str, given: Mapping[str, Any]) -> str:

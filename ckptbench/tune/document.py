@@ -4,7 +4,9 @@ kind "tuning" (documents.store.Kind, `tuning.schema.json`); the console text (tu
 
 Versions: 1 (ckptbench 0.2.0) had no kind; 2 has `"kind": "tuning"`, nothing else changed; 3 has one interval
 per summary, as results.json's version 5: `ci95` is the log-scale interval that version 2 called `ci95_log`. Later in
-3, without a bump: `load_into` (every row's destination) and each reference row's.
+3, without a bump: `load_into` (every row's destination) and each reference row's; rows' `blocked_s` and
+`commit_s` summaries, measured for async saves only, whose `save_s` is then the training time lost per checkpoint
+(policy.gather); files without them ranked every save by save_s.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ckptbench.spec.fields import entry
 from ckptbench.spec.references import kind_of
 from ckptbench.tune.answer import describe_layout, summaries
 from ckptbench.tune.loop import Session
-from ckptbench.tune.policy import PRIOR_DF, PRIOR_LOG_SD, gather, pareto
+from ckptbench.tune.policy import FIGURES, PRIOR_DF, PRIOR_LOG_SD, gather, pareto
 from ckptbench.tune.state import TuneState
 
 TUNING_FILE = "tuning.json"
@@ -88,7 +90,7 @@ def build(session: Session, recommendation: dict[str, Any] | None = None, paste:
         "settings": entry(universe.tests[name]), "layout": describe_layout(universe.tests[name]),
         "status": _status(name, state, winner, runner_up), "eliminated": state.eliminated.get(name),
         "stages": [s.name for s in state.stages if name in s.members and s.name in documents],
-        "stats": {m: stats.summarize(samples[name][m]) for m in ("save_s", "load_s", "total_s", "size_bytes")},
+        "stats": {m: stats.summarize(samples[name][m]) for m in FIGURES if not m.endswith("_gbps")},
     } for name in measured}
     points = {n: (c["stats"]["save_s"]["mean"], c["stats"]["load_s"]["mean"]) for n, c in candidates.items()
               if c["stats"]["save_s"]["n"]}

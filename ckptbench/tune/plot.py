@@ -15,7 +15,7 @@ from ckptbench.core.units import human_bytes
 from ckptbench.documents.store import weights_name
 from ckptbench.figures.common import figure, save
 from ckptbench.spec.references import REFERENCES, kind_of, label
-from ckptbench.tune.report import VERBS
+from ckptbench.tune.report import VERBS, has_async
 from ckptbench.tune.space import T5X
 
 PLOT_FILE = "tuning.png"
@@ -63,7 +63,8 @@ def draw(document: Mapping[str, Any], path: Path) -> Path | None:
     _label(ax, document, points)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("save time, s (fsync'd; log scale)")
+    lost = "; async: training time lost per checkpoint" if has_async(document) else ""
+    ax.set_xlabel(f"save time, s (fsync'd{lost}; log scale)")
     ax.set_ylabel("load time, s (cold; log scale)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left", markerscale=0.5)

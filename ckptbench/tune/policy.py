@@ -13,6 +13,11 @@
   budget ends. Only a test that ran and found p >= 0.05 makes them tied; with fewer than two runs a side they are
   "not compared".
 
+A save's figure is what a checkpoint costs training (`gather`): a sync save blocks the loop throughout, so its save_s;
+an async one (save_mode "async", bench.async_save) its training_lost_s, the time blocked plus the stand-in steps' extra
+time until durable. Sync and async candidates are ranked together on the save and balanced objectives; a load or a
+size does not depend on how the save ran (tune.space refuses those objectives with async candidates).
+
 `next_stage` and `conclude` return a new state and leave the one given as it was, so a stop at any moment leaves a
 state that resumes consistently.
 """
@@ -43,17 +48,21 @@ ALPHA = stats.ALPHA
 PRIOR_LOG_SD = 0.10
 PRIOR_DF = 8
 HOPELESS_FACTOR = 4.0  # on a time objective, a candidate this many times the best so far is not run (again)
-FIGURES = ("save_s", "load_s", "total_s", "size_bytes", "save_gbps", "load_gbps")
+FIGURES = ("save_s", "load_s", "total_s", "size_bytes", "save_gbps", "load_gbps", "blocked_s", "commit_s")
 
 Samples = Mapping[str, Mapping[str, Sequence[float]]]  # test -> metric -> values, over every stage so far
 
 
 def gather(documents: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """Every test's per-metric values over several results documents."""
+    """Every test's per-metric values over several results documents; an async save's save_s is its training_lost_s
+    (the module docstring), its time to durable commit_s."""
     out: dict[str, dict[str, list[float]]] = {}
     for document in documents:
         for test in document["tests"]:
             mine = results.samples(test["runs"], int(document["weights"]["size_bytes"]))
+            if mine["training_lost_s"]:  # an async save's runs (a running stage's tests have no settings yet)
+                mine["save_s"] = mine["training_lost_s"]
+                mine["total_s"] = [lost_s + load_s for lost_s, load_s in zip(mine["save_s"], mine["load_s"])]
             merged = out.setdefault(test["name"], {m: [] for m in FIGURES})
             for metric in FIGURES:
                 merged[metric] += mine[metric]

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from ckptbench.analysis.change import TOO_FEW, ratio_words
 from ckptbench.core.units import duration_label, human_bytes
+from ckptbench.documents import while_training
 from ckptbench.documents.store import weights_name
 from ckptbench.spec.references import CEILING, label
 from ckptbench.tune.policy import compare_metric
@@ -18,6 +19,17 @@ OBJECTIVE_WORDS = {"save_s": "save seconds", "load_s": "cold-load seconds", "tot
                    "size_bytes": "bytes on disk"}
 VERBS = {"save_s": "saves", "load_s": "loads", "total_s": "saves + loads"}
 MAX_WARNING_LINES = 6
+ASYNC_WORDS = ("an async save's save is the training time lost per checkpoint: blocked, plus the steps' extra time "
+               "until durable")
+
+
+def is_async(stats: Mapping[str, Any]) -> bool:
+    """A row saved async (commit_s measured): its save_s is the training time lost per checkpoint (policy.gather)."""
+    return bool((stats.get("commit_s") or {}).get("n"))
+
+
+def has_async(document: Mapping[str, Any]) -> bool:
+    return any(is_async(row["stats"]) for row in [*document["candidates"].values(), *document["references"].values()])
 
 
 def value(metric: str, number: float | None) -> str:
@@ -74,14 +86,18 @@ def recommendation(document: Mapping[str, Any], details: bool = False) -> str:
     metric = document["metric"]
     weights = document["weights"]
     head = (f"Recommendation for {weights_name(weights)} ({human_bytes(weights['size_bytes'])} {weights['dtype']}), "
-            f"objective {document['objective']} ({OBJECTIVE_WORDS[metric]})")
+            f"objective {document['objective']} ({OBJECTIVE_WORDS[metric]}"
+            f"{'; ' + ASYNC_WORDS if has_async(document) else ''})")
     found = document["recommendation"]
     if found is None:
         return head + ":\n  none: no candidate was measured; give a larger --budget"
     others = [m for m in ("save_s", "load_s", "size_bytes") if m != metric]
+    figures = found["figures"]
     lines = [head + ":", f"  {found['test']}", f"    {found['layout']}",
              f"    {OBJECTIVE_WORDS[metric]}: {with_ci(metric, found['objective'])}",
-             "    " + "; ".join(f"{m.split('_')[0]} {with_ci(m, found['figures'][m])}" for m in others),
+             "    " + "; ".join(f"{m.split('_')[0]} {with_ci(m, figures[m])}" for m in others),
+             *([f"    saved async: blocked {with_ci('save_s', figures['blocked_s'])}, durable after "
+                f"{with_ci('save_s', figures['commit_s'])}; {while_training.NOTE}"] if is_async(figures) else []),
              *(f"    {line}" for line in peer_lines(found))]
     ceiling = found.get("pct_of_ceiling") or {}
     if ceiling.get("save_gbps") is not None and ceiling.get("load_gbps") is not None:
@@ -149,7 +165,7 @@ def table(document: Mapping[str, Any], details: bool = False) -> str:
     refs = list(references) if details else [p["test"] for p in (found.get("peers") or {}).values() if p] + [CEILING]
     shown = [(n, candidates[n]["status"], candidates[n]["stats"]) for n in dict.fromkeys(names)]
     shown += [(n, "reference", references[n]["stats"]) for n in dict.fromkeys(refs) if n in references]
-    rows = [[name, status, str(stats["save_s"]["n"]),
+    rows = [[name, status + (", async" if is_async(stats) else ""), str(stats["save_s"]["n"]),
              *(_interval(stats.get(m), m) for m in ("save_s", "load_s", "total_s", "size_bytes"))]
             for name, status, stats in shown]
     headers = ["test", "status", "runs", "save s [95% CI]", "load s [95% CI]", "save + load s", "size MB"]

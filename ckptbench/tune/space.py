@@ -113,10 +113,16 @@ def candidates(space: Mapping[str, Any], settings: Settings, source: str = "spac
         {"name": key, **space["axes"], **{k: v for k, v in fixed.items() if k != "description"}}
         for key, fixed in space["formats"].items()]
     data = settings.suite_data(tests, settings.output_dir, references=False, seed=0)
+    data.pop("baseline", None)  # a sweep's name, not a test's (a space without `always`): config takes its first test
     try:
-        return config_mod.from_dict(data, source=source, max_tests=MAX_CANDIDATES)
+        suite = config_mod.from_dict(data, source=source, max_tests=MAX_CANDIDATES)
     except UserError as exc:
         raise UserError(f"--space: {exc}") from None
+    if settings.metric in ("load_s", "size_bytes") and any(t.save_mode == "async" for t in suite.tests):
+        raise UserError(f"--objective {settings.objective}: the space has save_mode \"async\" candidates, and how a "
+                        "save runs changes neither its load nor its size; use --objective save or balanced, or list "
+                        "save_mode \"sync\" only in the space")
+    return suite
 
 
 def make_universe(space: Mapping[str, Any], suite: SuiteConfig, shapes: Iterable[Sequence[int]]) -> Universe:

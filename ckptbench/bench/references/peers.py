@@ -148,8 +148,8 @@ class TorchDCPBackend(FileReference):
 
     libraries = ("torch.distributed.checkpoint", "torch.utils.serialization")
 
-    def __init__(self, thread_count: int = 1) -> None:
-        self.thread_count = thread_count
+    def __init__(self, thread_count: int = 1, async_checkpointer: str = "thread") -> None:
+        self.thread_count, self.async_checkpointer = thread_count, async_checkpointer  # the latter: bench.async_save
 
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
         import torch.distributed.checkpoint as dcp
