@@ -6,12 +6,7 @@ claim's outcome. A suite's "versus baseline" table, the answer (the best layout 
 and the device ceiling), the claims check, `compare A.json B.json`, `tune` and docs/explain/explain.py all call it, so
 they can never disagree.
 
-The interval is `ratio_interval`'s: the ratio of means on the log scale (the delta method on log(mean_a / mean_b),
-Welch-Satterthwaite degrees of freedom). Times and sizes are positive, so a change lies in (-100 %, +inf); an interval
-made on the log scale and mapped back stays there by construction, where Fieller's or a normal one can reach below
--100 %. The verdict's significance comes from the same t statistic, so "significant" and "the interval excludes 0"
-always agree. With two runs or fewer on a side there is no interval ("too few runs": a t quantile with one or two
-degrees of freedom makes any interval meaningless); samples with no spread at all (sizes) keep their exact ratio.
+The interval, and the t statistic the verdict's significance comes from, are `ratio_interval`'s (which says why).
 
 Claim outcomes, for a claimed range [lo, hi] of % change and the 95 % CI of the measured change. For times the range
 is first widened by the noise threshold (a claim of -25..-30 % is not refuted by -31 % on a disk whose runs differ by
@@ -77,11 +72,8 @@ def ratio_interval(values: Floats, baseline: Floats, confidence: float = 0.95,
                    min_runs: int = MIN_RUNS_FOR_CI) -> RatioInterval:
     """The interval of mean(values) / mean(baseline), computed on the log scale; the one method of the harness.
 
-    Method: the delta method on the log of the ratio of means. With m, s, n each side's mean, sample std and runs,
-    log(m_a / m_b) has the standard error se = sqrt(s_a^2 / (n_a m_a^2) + s_b^2 / (n_b m_b^2)) (each term the squared
-    relative error of a mean), Welch-Satterthwaite degrees of freedom from those two terms, and the interval
-    exp(log(m_a / m_b) +- t * se). The p-value is the same t statistic's, t = log(m_a / m_b) / se, so the interval
-    excludes 1 (a change of 0 %) exactly when p < 1 - confidence.
+    Method: the delta method on log(m_a / m_b) (code below), Welch-Satterthwaite degrees of freedom; the p-value is the
+    same t statistic's, so the interval excludes 1 (a change of 0 %) exactly when p < 1 - confidence.
 
     Why this and not Welch's test on log values: Welch on logs estimates the ratio of geometric means, while the
     harness reports (and every claim states) the change of the mean time, the ratio of arithmetic means; the two

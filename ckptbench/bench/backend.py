@@ -89,6 +89,36 @@ class Backend(ABC):
         return None
 
 
+class Wrapper(Backend):
+    """A back end around another (`inner`) that keeps the inner one's storage and files: these hooks are its own."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+
+    @property
+    def in_memory(self) -> bool:
+        return self.inner.in_memory
+
+    @property
+    def bypasses_page_cache(self) -> bool:
+        return self.inner.bypasses_page_cache
+
+    def load(self, location: RunLocation) -> dict[str, np.ndarray]:
+        return self.inner.load(location)
+
+    def footprint(self, location: RunLocation) -> tuple[int, int, int]:
+        return self.inner.footprint(location)
+
+    def evict(self, directory: Path, method: str) -> str | None:
+        return self.inner.evict(directory, method)
+
+    def before_run(self, earlier: Sequence[RunRecord]) -> None:
+        self.inner.before_run(earlier)
+
+    def pattern_seconds(self) -> dict[str, float] | None:
+        return self.inner.pattern_seconds()
+
+
 class Writers(Protocol):
     """Who saves and loads the tests run by several processes: chosen once, where the process's role is chosen (the
     command line, or the Python API), and handed to `bench.suite.run_suite`. This package never starts or joins

@@ -39,7 +39,7 @@ from ckptbench.bench.targets import RunLocation, as_location, footprint_of_store
 from ckptbench.bench.workspace import RUN_MARKER
 from ckptbench.spec import chunking, compression, tensor_parallel
 from ckptbench.spec.fields import TestSpec
-from ckptbench.spec.presets import NUMPY_DTYPES
+from ckptbench.spec.presets import NUMPY_DTYPES, dtype_name
 
 MANIFEST = "manifest.json"
 OCDBT_DIR = "ocdbt"
@@ -170,7 +170,8 @@ class TensorStoreBackend(Backend):
     def bypasses_page_cache(self) -> bool:
         return self.layout.file_io_mode == "direct"
 
-    def _context(self) -> ts.Context:
+    def context(self) -> ts.Context:
+        """Its operations' context (public: async saves open their arrays in it); the memory kvstore's is kept."""
         if self.layout.kvstore != "memory":
             return self.layout.context(self.context_extra)
         if self._memory_context is None:
@@ -188,13 +189,13 @@ class TensorStoreBackend(Backend):
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
         if self.layout.timed_conversion and self._half is None:  # called without prepare (directly): copy now
             self.prepare(tensors)
-        save(self._half or tensors, location, self.layout, self.max_inflight_bytes, self._context())
+        save(self._half or tensors, location, self.layout, self.max_inflight_bytes, self.context())
 
     def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
         if self.layout.load_into == "preallocated" and self._into is None:
             raise ValueError("load_into \"preallocated\": the arrays are allocated in before_load(), before the "
                              "clock; call before_load(tensors) first")
-        return load(location, self.layout, self.max_inflight_bytes, self._context(), into=self._into)
+        return load(location, self.layout, self.max_inflight_bytes, self.context(), into=self._into)
 
     def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
         if self._half is not None:
@@ -208,7 +209,7 @@ class TensorStoreBackend(Backend):
         location = as_location(location)
         if location.local_dir is not None and self.layout.kvstore != "memory":
             return checkpoint_size(location.local_dir)
-        return footprint_of_store(self.layout.manifest_store(location), self._context())
+        return footprint_of_store(self.layout.manifest_store(location), self.context())
 
     def release(self) -> None:
         self._memory_context = None
@@ -414,10 +415,6 @@ def _bounded(operations: Iterable[tuple[int, Callable[[], ts.Future]]], max_infl
         future.result()
     return started
 
-
-def dtype_name(dtype: np.dtype) -> str:
-    """'float32', 'float16' or 'bfloat16' for a numpy dtype."""
-    return next(name for name, np_dtype in NUMPY_DTYPES.items() if np_dtype == dtype)
 
 
 def checkpoint_size(directory: Path) -> tuple[int, int, int]:

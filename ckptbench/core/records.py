@@ -193,14 +193,9 @@ class RunRecord:
     process_load_rchar_bytes: list[int] | None = None
     process_load_slice_bytes: list[int] | None = None
     patterns: dict[str, dict[str, float]] | None = None  # the device ceiling: seconds per access pattern
-    # What other processes of this host did during each timed operation ("save", "load", "warm_load"):
-    # core.host.others (their CPU seconds, the disk's bytes less this run's own, the window's seconds, the own
-    # figures beside them). None where it was not measured (no /proc).
+    # What other processes of this host did during each timed operation (core.host.others); None: not measured
     other_processes: dict[str, dict[str, float]] | None = None
-    # An async save (bench.async_save; None for sync ones): seconds from the call until the weights may change
-    # (blocked_s) and until durable (commit_s, also save_s); the anonymous bytes the save held at its peak above
-    # the process's at the call (staging_bytes); the stand-in training step's median time alone, each step's time
-    # during the background write, their mean's slowdown (a fraction) and the training time lost per checkpoint
+    # An async save's figures (bench.async_save; None for sync ones), each described in results.schema.json
     blocked_s: float | None = None
     commit_s: float | None = None
     staging_bytes: int | None = None

@@ -39,6 +39,16 @@ def free_bytes(path: Path) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
+
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a folder's entries, by its path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def resident_bytes() -> tuple[int, int]:
     """(anonymous, file-backed) resident bytes of this process, from /proc/self/status.
 

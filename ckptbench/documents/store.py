@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ckptbench.core.errors import UserError, first_line
+from ckptbench.core.system import fsync_path
 
 SCHEMAS = Path(__file__).with_name("schemas")
 
@@ -57,11 +58,7 @@ def write_json(path: Path, document: Any, indent: int = 2) -> Path:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    fsync_path(path.parent)
     return path
 
 

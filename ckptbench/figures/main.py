@@ -246,9 +246,7 @@ def _change(ax, tests, baseline, metric, title) -> None:
     ratios, lows, highs, hatches = [], [], [], []
     for t in tests:
         comparison = t["vs_baseline"].get(metric) or {}
-        ratio = 1.0 if t["name"] == baseline else comparison.get("ratio")
-        ratio = np.nan if ratio is None else ratio
-        interval = comparison.get("ratio_ci95")
+        ratio, interval = _ratio(t, metric), comparison.get("ratio_ci95")
         ratios.append(ratio)
         lows.append(ratio if interval is None else interval[0])
         highs.append(ratio if interval is None else interval[1])

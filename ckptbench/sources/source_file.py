@@ -25,7 +25,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import xxhash
 
-from ckptbench.spec.presets import NUMPY_DTYPES
+from ckptbench.spec.presets import NUMPY_DTYPES, dtype_name
 
 DATA_FILE = "source.bin"
 INDEX_FILE = "source.json"
@@ -124,7 +124,7 @@ class SourceFile:
                 data = array.reshape(-1).view(np.uint8).data
                 handle.seek(offset)
                 handle.write(data)  # a buffered file writes it all, large as it may be
-                entries.append(Entry(name, tuple(int(d) for d in array.shape), _dtype_name(array.dtype), offset,
+                entries.append(Entry(name, tuple(int(d) for d in array.shape), dtype_name(array.dtype), offset,
                                      array.nbytes, xxhash.xxh3_128_hexdigest(data)))
                 offset = -(-(offset + array.nbytes) // ALIGN) * ALIGN
                 del array, data
@@ -139,6 +139,3 @@ class SourceFile:
         index = json.loads((Path(folder) / INDEX_FILE).read_text())["tensors"]
         return cls(folder, [Entry(**{**e, "shape": tuple(e["shape"])}) for e in index])
 
-
-def _dtype_name(dtype: np.dtype) -> str:
-    return next(name for name, np_dtype in NUMPY_DTYPES.items() if np_dtype == dtype)

@@ -22,6 +22,11 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
 VALUES = ("random", "float16", "bfloat16")
 
 
+def dtype_name(dtype: np.dtype) -> str:
+    """'float32', 'float16' or 'bfloat16' for a numpy dtype."""
+    return next(name for name, np_dtype in NUMPY_DTYPES.items() if np_dtype == dtype)
+
+
 @dataclass(frozen=True)
 class Preset:
     """LLaMA-architecture hyperparameters, as published in the model's config.json."""

@@ -14,7 +14,6 @@ maps the file (`mmap=True`) and each tensor is copied into its array, as
 from __future__ import annotations
 
 import importlib
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -25,17 +24,10 @@ import numpy as np
 from ckptbench.bench.backend import Backend
 from ckptbench.bench.storage import checkpoint_size, poison, preallocated
 from ckptbench.bench.targets import RunLocation, as_location
+from ckptbench.core.system import fsync_path
 from ckptbench.sources.source_file import Box
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def durable(file: Path) -> None:
