@@ -1,14 +1,7 @@
-"""The Python API: run a suite on this host and read its results, tables and figures.
-
-    import ckptbench
-    suite = ckptbench.load_config("phase4_config.json", model="tiny", num_runs=2)
-    results = ckptbench.run(suite)          # also writes OUTPUT_DIR/results.json
-    print(results.report())
-    results.draw(suite.output_dir)          # the PNG figures
-
-Every subcommand is also a Python call: `ckptbench.cli.commands.<name>.COMMAND.run(...)`. Under a launcher (torchrun,
-srun, mpirun) the ranks are joined by the command line (`run_phase4_streamlined.py`), which chooses each process's
-role once.
+"""The Python API: run a suite on this host and read its results, tables and figures (the package's docstring has an
+example). Every subcommand is also a Python call: `ckptbench.cli.commands.<name>.COMMAND.run(...)`. Under a launcher
+(torchrun, srun, mpirun) the ranks are joined by the command line (`run_phase4_streamlined.py`), which chooses each
+process's role once.
 """
 
 from __future__ import annotations

@@ -6,15 +6,9 @@ claim's outcome. A suite's "versus baseline" table, the answer (the best layout 
 and the device ceiling), the claims check, `compare A.json B.json`, `tune` and docs/explain/explain.py all call it, so
 they can never disagree.
 
-The interval, and the t statistic the verdict's significance comes from, are `ratio_interval`'s (which says why).
-
-Claim outcomes, for a claimed range [lo, hi] of % change and the 95 % CI of the measured change. For times the range
-is first widened by the noise threshold (a claim of -25..-30 % is not refuted by -31 % on a disk whose runs differ by
-10 %); sizes are exact and are not widened.
-- confirmed: the CI lies within the (widened) range;
-- contradicted: the CI lies wholly outside it;
-- consistent, not pinned down: the CI overlaps it but is wider than it, so more runs are needed to tell;
-- inconclusive: otherwise (the CI straddles an edge of the range, or there is no CI).
+The interval, and the t statistic the verdict's significance comes from, are `ratio_interval`'s; the method and the
+claim outcomes (`judge_claim`: a time's claimed range is first widened by the noise threshold, so a claim of
+-25..-30 % is not refuted by -31 % on a disk whose runs differ by 10 %) are PHASE4_GUIDE.md's section 5.
 """
 
 from __future__ import annotations
@@ -72,21 +66,11 @@ def ratio_interval(values: Floats, baseline: Floats, confidence: float = 0.95,
                    min_runs: int = MIN_RUNS_FOR_CI) -> RatioInterval:
     """The interval of mean(values) / mean(baseline), computed on the log scale; the one method of the harness.
 
-    Method: the delta method on log(m_a / m_b) (code below), Welch-Satterthwaite degrees of freedom; the p-value is the
-    same t statistic's, so the interval excludes 1 (a change of 0 %) exactly when p < 1 - confidence.
-
-    Why this and not Welch's test on log values: Welch on logs estimates the ratio of geometric means, while the
-    harness reports (and every claim states) the change of the mean time, the ratio of arithmetic means; the two
-    differ when runs are skewed (one slow run), and an interval around the geometric ratio need not even contain the
-    reported change. The delta method keeps the arithmetic ratio, at the geometric centre of its interval, and like
-    Welch on logs it lives on the log scale: the interval cannot leave (0, +inf), so a change cannot fall below
-    -100 %. Its coverage at 3 to 8 runs (normal or log-normal runs, CV 10 % to 50 %) is 95 % to 97 % in simulation,
-    as Welch on logs gives; Fieller's interval, used before, is exact for normal means but reaches below -100 % (or
-    has no bound) when the noise is large.
-
-    None of the interval with fewer than `min_runs` runs on a side (t quantiles at 1 or 2 degrees of freedom are 12.7
-    and 4.3: the interval says nothing); but samples without any spread (sizes) are exact with 2 runs or more, and
-    their ratio stands alone.
+    The delta method on log(m_a / m_b), Welch-Satterthwaite degrees of freedom; the p-value is the same t statistic's,
+    so the interval excludes 1 exactly when p < 1 - confidence. Why: it keeps the ratio of arithmetic means (the
+    change every claim states; Welch on logs would judge the geometric one) and, unlike Fieller's, cannot leave
+    (0, +inf) (PHASE4_GUIDE.md, section 5). No interval with fewer than `min_runs` runs on a side, but samples without
+    spread (sizes) are exact.
     """
     a, b = as_floats(values), as_floats(baseline)
     if a.size == 0 or b.size == 0:

@@ -81,15 +81,9 @@ CI_MIN_RUNS = 3  # per side of a change too (analysis.change): two runs give no 
 
 
 def mean_ci(values: Floats, confidence: float = 0.95) -> list[float] | None:
-    """The CI of a mean: one method for positive quantities, and what is right for the others.
-
-    Every value positive (times, sizes, rates, memory): on the log scale, mean * exp(+- t_{n-1} * cv / sqrt(n)),
-    the delta method on log(mean), the one-sample case of `analysis.change.ratio_interval` (the interval of
-    every change): never below zero, the mean at its geometric centre. A value of 0 or less (a CPU time under the
-    clock's tick, a memory growth of 0, a quantity that can be negative): the Student-t interval,
-    mean +- t_{n-1} * s / sqrt(n), its lower end cut at 0 when no value is negative (such a mean cannot be below
-    0). None with fewer than 3 runs (a t quantile at 1 or 2 degrees of freedom makes it meaningless) unless they
-    have no spread ([mean, mean]: exact), or with a value that is not finite."""
+    """The CI of a mean. Every value positive: on the log scale, the one-sample case of
+    `analysis.change.ratio_interval`, so never below zero; else Student's, cut at 0 when no value is negative (a CPU
+    time under the clock's tick). None under CI_MIN_RUNS runs unless exact (PHASE4_GUIDE.md, section 5)."""
     arr = as_floats(values)
     if arr.size < 2 or not np.all(np.isfinite(arr)):
         return None

@@ -1,13 +1,9 @@
-"""`compare A.json B.json`: is B faster, slower or the same as A, test by test?
+"""`compare A.json B.json`: is B faster, slower or the same as A, test by test? (PHASE4_GUIDE.md, section 8)
 
-Like pyperf's compare_to: for each test in both files and each metric, A and B as mean +- std, the change of B versus
-A with its 95 % CI, and a verdict from Welch's t-test on the raw runs (`analysis.compare`, the same function a suite
-uses against its baseline, with A as the baseline). Differences that make the comparison unfair (another machine,
-model or dtype) are warned about on stderr but do not stop it: comparing machines can be the point. A time whose runs
-found the machine busy on either side (analysis.busy: other processes' CPU or disk bytes during a timed save or load)
-is reported with its change and interval but not called significant: its verdict is "not judged: busy machine", with
-the reason, unless `allow_busy`. `--fail-on-regression PCT` turns a significant slowdown or growth beyond PCT % into
-exit status 1, for CI.
+Like pyperf's compare_to, judged by `analysis.compare`, the same function a suite uses against its baseline, with A as
+the baseline. Differences that make the comparison unfair (another machine, model or dtype) are warned about but do not
+stop it: comparing machines can be the point. A time whose runs found the machine busy on either side keeps its change
+and interval but is not called significant ("not judged: busy machine"), unless `allow_busy`.
 """
 
 from __future__ import annotations

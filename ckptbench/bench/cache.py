@@ -1,13 +1,9 @@
 """Making loads cold: evict a checkpoint's files from the OS page cache, and check it worked.
 
-Two ways, as MLPerf Storage and fio do it:
-- ``drop_caches``: `sync`, then write 3 to /proc/sys/vm/drop_caches (needs root). Drops every clean page, dentry and
-  inode on the machine.
-- ``fadvise``: `posix_fadvise(POSIX_FADV_DONTNEED)` on each file of the checkpoint. Works without root, for the files'
-  data pages (directory metadata may stay cached).
-
-Whichever ran, `resident_bytes` asks the kernel (mincore) how much of the checkpoint is still in memory, so the record
-says what the load really read from.
+Two ways, as MLPerf Storage and fio do it: ``drop_caches`` (needs root; drops every clean page, dentry and inode on the
+machine) and ``fadvise`` (each file's data pages, without root; directory metadata may stay cached). Whichever ran,
+`resident_bytes` asks the kernel (mincore) how much of the checkpoint is still in memory, so the record says what the
+load really read from.
 """
 
 from __future__ import annotations

@@ -1,14 +1,11 @@
 """Running the benchmark: one timed run, and a plan's runs one after another.
 
-A run is: save into a fresh location (timed until every write is durable; TensorStore's file kvstore fsyncs each file),
-measure the size, evict the files from the page cache, load (timed), verify bit for bit against the source, delete what
-the run wrote. A test with `warm_load` also loads (timed, verified) before the eviction, from the page cache the save
-left, so one save gives a warm and a cold load. Only the save and the loads sit between clock reads; size walking,
-eviction and verification happen outside them. `timed` measures one operation: wall seconds, CPU seconds over all
-threads, and resident memory, sampled every 20 ms by a thread that sleeps between reads of /proc/self/statm (one short
-line). A sampler is not free: one reading /proc/self/status every 10 ms made a minimal script's many-file saves 20-30 %
-slower (docs/measurements/harness-cost.md), so this one reads the cheaper file half as often. Right outside the clock
-reads, what other processes of the host did is sampled (core.host: their CPU time and the disk's bytes, this run's own
+A run (`run_once`; PHASE4_GUIDE.md, sections 4.2 to 4.4): save, size, evict, load, verify, delete. Only the save and the
+loads sit between clock reads. `timed` measures one operation: wall seconds, CPU seconds over all threads, and resident
+memory, sampled every 20 ms by a thread that sleeps between reads of /proc/self/statm (one short line). A sampler is not
+free: one reading /proc/self/status every 10 ms made a minimal script's many-file saves 20-30 % slower
+(docs/measurements/harness-cost.md), so this one reads the cheaper file half as often. Right outside the clock reads,
+what other processes of the host did is sampled (core.host: their CPU time and the disk's bytes, this run's own
 processes left out) into the run's `other_processes`. Failures are recorded in the run's record, never raised, so one
 broken test does not stop the others; a failing disk (full, I/O error) stops the suite.
 """

@@ -1,20 +1,15 @@
 """The TensorStore back end: a checkpoint as one array per parameter.
 
-A checkpoint folder holds one array per tensor (the parameter name is the array's key) and `manifest.json` with names,
-shapes and dtype, written last so a checkpoint with a manifest is complete. A test chooses the format (zarr v2, or zarr3
-with optional `sharding_indexed`), the key-value store (`file`; `ocdbt`, one database per checkpoint as Orbax writes; or
-`memory`, to separate CPU cost from disk cost), the chunking, compression and TensorStore's concurrency and fsync
-settings.
+A checkpoint folder holds one array per tensor and `manifest.json`, written last so a checkpoint with a manifest is
+complete; a test's `Layout` says how (PHASE4_GUIDE.md, sections 3 and 4.2).
 
 Saves and loads keep every array in flight at once, as a user should: all opens are issued together, then writes (or
 reads) are issued without waiting for each other, bounded only by an in-flight byte budget (like T5X's `concurrent_gb`)
 so that a large model does not double its memory. Waiting tensor by tensor would serialise the I/O and measure Python,
 not storage; `in_flight: "one_tensor"` does exactly that, to reproduce the original Phase 4 harness.
 
-`timed_conversion` reproduces the original's other habit: its weights were float16 and every save cast each tensor to
-float32 inside the timer (`.float()`), every load copied each array read and cast it back (`np.copy`,
-`torch.from_numpy`, `.half()`). The float16 copies are made before the clock (`prepare`) and loads are verified against
-them.
+`timed_conversion` reproduces the original's other habit, its float16 weights cast inside the timers (`save`, `load`);
+the float16 copies are made before the clock (`prepare`) and loads are verified against them.
 
 Every array is created with `store_data_equal_to_fill_value`, so a chunk of zeros is written like any other: sizes and
 times then count every byte of the model.
@@ -312,11 +307,7 @@ def read_manifest(location: RunLocation, layout: Layout, context: ts.Context) ->
 def load(location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
          context: ts.Context | None = None, *, into: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Read a checkpoint written by `save` back into memory (with the layout's `timed_conversion`, each array read cast
-    back to float16 inside the caller's timer, as the original did).
-
-    `into`, given, holds an array per tensor (shaped and typed as stored) that each read fills in place, as TensorStore
-    0.1.86 does it (its read has no `out=`): the store is written into a TensorStore view of the array,
-    `ts.array(out, copy=False, write=True).write(store)`. Those arrays are returned."""
+    back to float16 inside the caller's timer, as the original did), or into `into`'s arrays (`_reading`)."""
     location = as_location(location)
     context = context or layout.context()
     manifest = read_manifest(location, layout, context)
@@ -345,8 +336,8 @@ def load(location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
 
 
 def _reading(store: ts.TensorStore, out: np.ndarray | None, context: ts.Context) -> Callable[[], Any]:
-    """A read of the whole store: into a new array, or into `out` in place (the store copied into a TensorStore view of
-    `out`)."""
+    """A read of the whole store: into a new array, or into `out` in place (TensorStore 0.1.86's read has no `out=`: the
+    store is copied into a TensorStore view of `out`)."""
     if out is None:
         return store.read
     return lambda: ts.array(out, copy=False, write=True, context=context).write(store)

@@ -5,9 +5,8 @@ prefix) plus, for local targets, the folder itself. It measures a saved checkpoi
 one run wrote: a local run folder carries a marker file, a remote run prefix a marker object, and nothing without its
 marker is ever deleted.
 
-Remote stores change the protocol, and results.json says so: there is no page cache to drop (loads come from the
-server), and sizes come from listing objects. Endpoint, region and credentials come from the standard AWS variables
-(`AWS_ENDPOINT_URL`, `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`, ...) or the config's `storage_options`.
+Remote stores change the protocol, and results.json says so (PHASE4_GUIDE.md, section 4.8): there is no page cache to
+drop, and sizes come from listing objects.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """The device ceiling, round by round: what "% of ceiling" is a share of, and which rows beat the ceiling.
 
-The ceiling's own figure in a round is the fastest of the patterns it ran there (its save_s and load_s). A
-row that is faster in the same round shows the ceiling's patterns missed what the disk can do (or that a
-cache flattered the row): that row is named, and the round's ceiling becomes the fastest figure measured in
-it, the row's own. Each row's "% of ceiling" is the mean over rounds of its figure as a share of its round's
-ceiling, so it never exceeds 100 % and a round's noise is shared by the row and its ceiling alike.
-
-Only figures of the device count: durable saves, and loads that read the disk (not a memory store, not a
-warm page cache). A row with neither has no "% of ceiling"; its own alerts say why.
+A row faster than the ceiling's own patterns in a round shows the patterns missed what the disk can do (or that a
+cache flattered the row): it is named, and the round's ceiling becomes its figure. Each row's "% of ceiling" is the
+mean over rounds of its share of its round's ceiling, so it never exceeds 100 % and a round's noise is shared by the
+row and its ceiling alike (PHASE4_GUIDE.md, section 4.7). Only figures of the device count (`device_figure`).
 """
 
 from __future__ import annotations

@@ -8,12 +8,8 @@ time (`finalists` says which tests: the suite asks it after its rounds, `derive`
 block's comparison beside them and whether the blocks disagree: a run's interval is conditional on that
 run's machine state, and blocks that disagree give no one verdict.
 
-Raw part, `confirmation` (null: not asked for): rounds, blocks, pause_s, objectives, and `runs`, every
-confirmation run (each with its `confirm_block`), kept out of the tests' runs so that no per-test statistic
-mixes them in. Derived: `confirmation.selected`, per objective the tests measured again ("tensorstore",
-"peer", "ceiling"); and per confirmed objective of `best`, `confirmation` (the winner's mean over these runs)
-and `against.peer` / `against.ceiling` from these runs (`runs: "confirmation"`, `blocks`, `block_ratio_range`,
-`blocks_disagree`: how the blocks disagree, or null).
+The confirmation runs are kept apart (`confirmation.runs`), so that no per-test statistic mixes them in; every field
+is described in results.schema.json.
 """
 
 from __future__ import annotations

@@ -202,15 +202,11 @@ def derive(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def tensor_parallel(test: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A tensor-parallel load's bytes (tp > 1), over its measured runs: the read amplification, the device bytes
-    its readers read (read_bytes) over the bytes of their slices, for the row (sum over sum) and per reader;
-    the same from what their read calls returned (rchar: page-cache hits counted, so a reader's own figure
-    even where another reader of the host brought a page in; 0 for loaders that read through a memory map).
-    Medians over runs. `reads`: "O_DIRECT" where the loader reads around the page cache (each reader's bytes then
-    come from the device, none from another reader's pages), else "buffered": the two amplifications mean
-    different things. `unaccounted_bytes`: where the device reads sum to less than the slices (amplification
-    below 1), the slice bytes no counted device read brought in (pages an eviction left, a read by another
-    process): a gap in the accounting, not a saving. None for a test without readers' bytes."""
+    """A tensor-parallel load's bytes (tp > 1; None without readers' bytes), medians over its measured runs: the
+    device bytes its readers read (read_bytes) over their slices' bytes, for the row (sum over sum) and per reader;
+    the same from what their read calls returned (rchar: page-cache hits counted, so a reader's own figure even where
+    another reader of the host brought a page in). `reads` says whether the readers read around the page cache
+    (O_DIRECT), where the two amplifications mean other things; each field: results.schema.json."""
     tp = int((test.get("settings") or {}).get("tp") or 1)
     runs = [r for r in measured_runs(test["runs"]) if r.get("process_load_slice_bytes")]
     if tp <= 1 or not runs:

@@ -1,23 +1,13 @@
-"""Many writers: N processes saving and loading one checkpoint together, like N hosts.
+"""Many writers: N processes saving and loading one checkpoint together, like N hosts (PHASE4_GUIDE.md, sections
+4.9 and 11; docs/launching.md, how a launch works).
 
-Each writer writes or reads only its own part of every array, a box: whole chunks of rows, so no two processes
-ever touch one chunk (slices.py); or, for a tensor-parallel load (spec.tensor_parallel), its rank's slice of each
-tensor, with the row's own loader for a reference row (`Job.reference`). The writers and the process that runs the
-suite form one gloo world (world.py), and everything after that is one code path:
-- rank 0 creates every array's metadata, then broadcasts one `Job` per writer;
-- every rank imports what its job needs (`ready`), then all meet at a barrier, the common start, and each does its
-  job (`perform`);
-- rank 0 all-gathers every writer's figures: its start (the barrier's release) and end on the host's monotonic
-  clock, which every process of a host shares, CPU and peak memory growth; for a save it then writes the manifest.
-A save lasts from before the metadata until every writer reports its writes durable (and the manifest is written);
-a load from the common start until the slowest writer has its slices in memory, as MLPerf Storage reports
-checkpoints: the latest end less the earliest start of the readers' own stamps (bench.measure), never rank 0's
-clock around the job, which also holds sending it, the imports, the barrier and gathering the replies. Writers
-verify their slices bit for bit after the clock has stopped, in a second round of the same job.
-
-Rank 0's writers are a `spawned.Pool` (--processes N: workers this process starts) or `session.LaunchWriters` (the
-ranks of a launch, rank 0 among them). For OCDBT, all writers share one database through TensorStore's distributed
-coordinator, a server rank 0 runs; its address travels in every job.
+Each writer writes or reads only its own part of every array, a box: whole chunks of rows, so no two processes ever
+touch one chunk (slices.py), or a tensor-parallel rank's slice, read with the row's own loader for a reference row
+(`Job.reference`). The writers and rank 0 form one gloo world (world.py): rank 0 broadcasts one `Job` per writer, all
+meet at a barrier (the common start), each does its job (`perform`), and rank 0 all-gathers their figures. A load
+lasts from the common start until the slowest reader has its slices in memory, by the readers' own stamps on their
+host's monotonic clock (MLPerf Storage's rule, bench.measure), never by rank 0's clock around the job, which also
+holds sending it, the imports, the barrier and gathering the replies. Writers verify after the clock has stopped.
 """
 
 from __future__ import annotations

@@ -6,8 +6,7 @@ mapped, the source is clean page cache the kernel may drop while a load fills me
 back before the next save's clock starts. Worker processes and the ranks of a host map the same file.
 
 A load is checked against digests computed when the file was written, so verifying never reads the source: a
-128-bit xxh3 digest per tensor (about 25 GB/s on one core; not cryptographic, and it need not be: the question is
-whether storage and loader gave back the bytes, not whether anyone forged them).
+128-bit xxh3 digest per tensor (PHASE4_GUIDE.md, section 9, says why a non-cryptographic hash is enough).
 
 Layout: `source.bin` holds the tensors back to back, each starting at a multiple of 4096 bytes; `source.json`
 holds each tensor's name, shape, dtype, offset, size and digest.

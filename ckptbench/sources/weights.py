@@ -1,16 +1,9 @@
 """Where the weights come from: LLaMA-shaped presets made in code, or a real checkpoint.
 
-Presets (spec.presets) carry published LLaMA-architecture hyperparameters and the real parameter names and shapes
-of `LlamaForCausalLM`; the values are drawn from a seeded normal distribution (std 0.02, LLaMA's initializer), per
-tensor from a seed derived from its name, so every run and every subset sees the same bytes.
-
-How the values are drawn decides how well they compress, so it is a setting:
-- ``random``: float32 draws, full-entropy mantissas (zlib level 1 saves about 7 %);
-- ``float16`` / ``bfloat16``: drawn in that type, then stored in the run's dtype. A checkpoint trained or shipped
-  in half precision and stored as float32 has 13 or 16 zero mantissa bits per value, which compressors find
-  (about 37 % / 48 % saved). The original Phase 4 harness stored open_llama_3b's fp16 weights as float32.
-
-A checkpoint folder or a Hugging Face model id (`--weights`) gives the real values.
+A preset's values are drawn from a seeded normal distribution (std 0.02, LLaMA's initializer), per tensor from a seed
+derived from its name, so every run and every subset sees the same bytes; how they are drawn (`values`) decides how
+well they compress (PHASE4_GUIDE.md, section 4.1). A checkpoint folder or a Hugging Face model id (`--weights`) gives
+the real values.
 """
 
 from __future__ import annotations

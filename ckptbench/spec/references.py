@@ -133,21 +133,12 @@ _FASTSAFETENSORS_SETTINGS = {
 }
 
 
-# Multipliers (anonymous memory per byte of model, beyond the process's fixed part) measured on a 2-core VM
-# with the 0.54 GB smollm2-135m (docs/measurements/memory.md): each holds its loaded copy (the ceiling, its read
-# buffer); the source weights are a mapped file, not counted. Priors (seconds per GB of a run's save and load)
-# from open_llama_3b in bfloat16 (6.85 GB) on the same machine, where the ceiling's 13 passes over the bytes
-# took 12 s/GB; its full grid is now 19 passes (8 writes and 8 reads, fio's write and read, the O_DIRECT read),
-# its later runs 7 to 9 (two writes and reads, fio's, the O_DIRECT read, the sets those reads need)
-# The peers (Run:ai streamer, fastsafetensors, torch DCP), at their default settings, peak above the anonymous
-# memory before each run (results.json's save/load_rss_anon_bytes, 3 runs each) on smollm2-135m in float32
-# (0.54 GB) and tinyllama-1.1b in bfloat16 (2.2 GB): Run:ai 1.01 and 1.01 (its buffers are the loaded copy),
-# fastsafetensors 1.03 and 1.01 (one buffer of the file), DCP 1.21 and 1.12 (the preallocated tensors, and one
-# tensor's bytes read from the file before they are copied in: the embeddings are 21 % of smollm2); their saves
-# (safetensors' save_file) 0.00, DCP's 1.00 while it allocated the tensors it loads into before its save (they
-# are allocated after it now, in before_load). Run:ai with owned false keeps its
-# buffers besides the copies: 2.0 at its default 40 GB limit, 1.24 with a 512 MiB one (on tinyllama). Their
-# priors are safetensors' scaled by the ratio of their save + load seconds to its, measured in the same suites.
+# Multipliers (anonymous memory per byte of model, beyond the process's fixed part): each row's loaded copy (the
+# ceiling's, its read buffer), measured on a 2-core VM (PHASE4_GUIDE.md, section 9; docs/measurements/memory.md);
+# Run:ai with owned false keeps its buffers besides: 2.0 at its default 40 GB limit, 1.24 with 512 MiB (tinyllama).
+# Priors (seconds per GB of a run's save and load) from open_llama_3b in bfloat16 (6.85 GB) on the same machine, where
+# the ceiling's 13 passes over the bytes took 12 s/GB; its full grid is now 19 passes, its later runs 7 to 9. The
+# peers' priors are safetensors' scaled by the ratio of their save + load seconds to its, measured in the same suites.
 REFERENCES: dict[str, Reference] = {ref.kind: ref for ref in (
     Reference("safetensors", "safetensors",
               "reference: safetensors save_file + fsync, load_file with every tensor copied out of the map",
