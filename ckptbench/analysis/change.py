@@ -42,11 +42,8 @@ MIN_RUNS_FOR_CI = CI_MIN_RUNS  # per side; two runs give one degree of freedom o
 
 @dataclass(frozen=True)
 class RatioInterval:
-    """`ratio_interval`'s answer: the ratio of means, its interval and the test behind both.
-
-    `status`: "ok" (an interval and a p-value), "exact" (no spread on either side: the ratio is exact, the interval a
-    point), "too few runs" (a side has 2 runs or fewer: no interval, no test) or "insufficient data" (a side without
-    runs, or a mean that is not positive)."""
+    """`ratio_interval`'s answer: the ratio of means, its interval and the test behind both; `status` "ok", "exact" (no
+    spread on either side), "too few runs" or "insufficient data" (no runs, or a mean that is not positive)."""
 
     status: str
     ratio: float | None = None
@@ -102,15 +99,10 @@ def ratio_interval(values: Floats, baseline: Floats, confidence: float = 0.95,
 
 def compare(values: Sequence[float], baseline: Sequence[float], *, metric: str = "save_s", noise_pct: float = 5.0,
             claimed_pct: Sequence[float] | None = None, min_runs: int = MIN_RUNS_FOR_CI) -> dict[str, Any]:
-    """Judge `values` against `baseline` (both raw runs of one metric); see the module docstring.
-
-    verdict, in order: "insufficient data" (fewer than 2 runs on a side, or a mean that is not positive), "too few
-    runs" (2 runs on a side, with spread: no interval, no test), "within noise" (|change| < noise_pct, even if
-    significant), "no significant difference" (p >= ALPHA, the interval holds 0), else the metric's better/worse word
-    ("faster", "slower", ...).
-
-    `min_runs`: the runs a side needs for the interval and the test (`ratio_interval`). A decision between two samples
-    (tune's) passes 2: Welch's test is defined there, and a wide interval still separates runs that lie far apart.
+    """Judge `values` against `baseline` (both raw runs of one metric); see the module docstring. The verdict: the
+    interval's status where it has no test, "within noise" (|change| < noise_pct, even if significant), "no
+    significant difference", else the metric's better/worse word. `min_runs`: a decision between two samples (tune's)
+    passes 2: Welch's test is defined there, and a wide interval still separates runs that lie far apart.
     """
     noisy = METRICS[metric][3]
     a, b = as_floats(values), as_floats(baseline)

@@ -107,9 +107,8 @@ _LOG_MAX = math.log(1e300)
 
 
 def modified_z_scores(values: Sequence[float]) -> list[float]:
-    """Iglewicz-Hoaglin modified z-scores: 0.6745 * (x - median) / MAD. With MAD == 0, rather than all zeros (which
-    would hide e.g. a single cold-cache run among identical ones): (x - median) / (1.253314 * mean absolute
-    deviation). Only when every value equals the median (mean absolute deviation 0 as well) are all scores 0.0."""
+    """Iglewicz-Hoaglin modified z-scores; with MAD == 0, the mean absolute deviation's, rather than all zeros, which
+    would hide a single cold-cache run among identical ones."""
     arr = as_floats(values)
     if arr.size == 0:
         return []
@@ -132,9 +131,8 @@ def outlier_indices(values: Sequence[float], threshold: float = 3.5) -> list[int
 
 
 def runs_needed(values: Sequence[float], *, rel_precision: float = 0.05, confidence: float = 0.95) -> int | None:
-    """Total runs n for the CI half-width t_{n-1} * s / sqrt(n) to be <= rel_precision * |mean|, the observed std taken
-    as the true one: at least 2 (the fewest that give a CI at all), RUNS_CAP when even that many would not suffice,
-    None when n < 2 or the mean is 0 (relative precision undefined)."""
+    """Total runs for the CI half-width to be <= rel_precision * |mean|, the observed std taken as the true one (at most
+    RUNS_CAP); None when n < 2 or the mean is 0 (relative precision undefined)."""
     arr = as_floats(values)
     if arr.size < 2:
         return None

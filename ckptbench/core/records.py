@@ -114,9 +114,8 @@ def block_slots(n_blocks: int, n_rounds: int, seed: int) -> list[int]:
 
 def confirmation_plan(test_names: Sequence[str], rounds: int, blocks: int, first_round: int, seed: int,
                       done: Collection[tuple[str, int]] = ()) -> list[list[PlannedRun]]:
-    """Per confirmation block, its runs: `rounds` interleaved rounds of the tests, each round in an order
-    shuffled from the seed (a generator of its own: the suite's rounds keep their shuffles). Rounds are numbered
-    on from `first_round` (the suite's last round + 1), block after block; `done` runs (a resume) are left out."""
+    """Per confirmation block, its runs: `rounds` interleaved rounds of the tests numbered on from `first_round`,
+    shuffled by a generator of its own (the suite's rounds keep their shuffles); `done` runs (a resume) are left out."""
     rng = random.Random(f"ckptbench-confirm-{seed}")
     out = []
     for block in range(1, blocks + 1):

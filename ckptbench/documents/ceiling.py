@@ -44,9 +44,8 @@ def _gbps(run: Mapping[str, Any], rate: str, data_bytes: int) -> float:
 
 
 def rounds(tests: Iterable[Mapping[str, Any]], data_bytes: int) -> dict[str, list[dict[str, Any]]]:
-    """Per rate, each measured round with a ceiling run: the ceiling's own GB/s (its fastest pattern) and that
-    pattern, the fastest GB/s measured in the round (the round's ceiling) and whose it is, and every row that
-    beat the ceiling's own figure (`beaten_by`, each with its GB/s)."""
+    """Per rate, each measured round with a ceiling run: the ceiling's own figure and pattern, the round's fastest
+    figure (its ceiling) and whose it is, and every row that beat the ceiling's own (`beaten_by`)."""
     tests = list(tests)
     out: dict[str, list[dict[str, Any]]] = {}
     for rate in RATES:

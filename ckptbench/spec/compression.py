@@ -1,11 +1,6 @@
 """Compression settings: what a user writes in the config, and the zarr metadata it becomes.
 
-A user writes `"none"`/null, a bare id such as `"gzip"`, or an object such as
-`{"id": "gzip", "level": 6}`. `normalize` turns any of these into one canonical dict
-(or None for raw storage); `apply_to_zarr_v2_metadata` puts that in a zarr v2 `.zarray`
-as its `compressor`.
-
-"none" must become an explicit `"compressor": null`: when the key is omitted,
+"none" (or null) must become an explicit `"compressor": null`: when the key is omitted,
 TensorStore's zarr v2 driver compresses with blosc (lz4, clevel 5), which is what
 the original harness measured by mistake. `"blosc-default"` reproduces that
 omission on purpose.

@@ -207,15 +207,9 @@ def with_processes(config: SuiteConfig, count: int) -> SuiteConfig:
 
 
 def _finish(config: SuiteConfig) -> SuiteConfig:
-    """Apply the suite-wide settings to the tests: the storage target and the process counts.
-
-    - memory:// puts every TensorStore test on the memory kvstore.
-    - Reference rows write local files: with memory:// or a remote store they are skipped. A row whose library
-      cannot be imported here (spec.references.unavailable: not installed, or a native library that does not
-      load) is skipped with the reason, so the suite goes on without it.
-    - Several process counts multiply the TensorStore tests (`name_procs=N`); the memory
-      kvstore cannot be shared between processes, so such points are skipped.
-    """
+    """Apply the suite-wide settings to the tests: the storage target, tp and the process counts (`name_procs=N`);
+    a point that cannot run here (a reference row whose library does not import, say) is skipped with its reason, so
+    the suite goes on without it."""
     if config.confirm_rounds in (1, 2):  # after the overrides: the flag's value is checked here too
         raise UserError(f"testing.confirm_rounds: {config.confirm_rounds} rounds give a block no interval to judge it "
                         "by; use 0 (off) or 3 or more")
