@@ -276,10 +276,8 @@ def _scale(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> di
     # The harness holds a loaded copy, and its source file is page cache too: the checkpoint gets what is left.
     scale["fits_in_page_cache"] = None if not ram else model_bytes <= ram - 2 * model_bytes
     scale["small_for_ram"] = None if not ram else model_bytes < SMALL_FOR_RAM * ram
-    # Anonymous memory (the part that cannot be dropped): its peak over every run against the bound the
-    # harness keeps, 1.25 x the model + 1 GB; the process's own at the start is the fixed part's measure. A run
-    # by several processes counts the host's: every process of this host that took part.
-    # An async save's staged copy is its point: its rows' peak is reported apart, not held to the bound
+    # Anonymous memory (a run by several processes: the host's) against the bound (PHASE4_GUIDE.md, section 9); an
+    # async save's staged copy is its point: its rows' peak is reported apart, not held to the bound
     def peaks(asynchronous: bool) -> list[int]:
         return [run.get(f"{op}_host_rss_anon_bytes") or run[f"{op}_rss_anon_bytes"]
                 for test in document["tests"] if while_training.is_async(test) == asynchronous

@@ -41,24 +41,20 @@ class Reference:
     colour: str
     peer: bool = True  # a loader a user could pick instead of TensorStore (the ceiling is not one)
     later_s_per_gb: float | None = None  # a later run's, where it does less than the first (None: the same)
-    # A config's `references` block takes, per kind, true or an object of these (defaults filled in; the back
-    # end gets them, results.json records them in the test's settings as `reference_settings`).
+    # What a kind's entries in a config's `references` block may set (the test's `reference_settings`)
     settings: Mapping[str, Setting] = field(default_factory=dict)
     # What must import for the row to run here (a package, a native library it loads); else it is skipped
     package: str | None = None  # the distribution that brings it (requirements.txt pins it), for the reason
     modules: tuple[str, ...] = ()
-    # Anonymous bytes some settings add to the multiplier's (from the row's settings, the model's bytes and the
-    # row's load_into)
+    # Anonymous bytes some settings add to the multiplier's (from the settings, the model's bytes and load_into)
     extra_memory: Callable[[Mapping[str, Any], int, str], float] | None = None
-    # Under load_into "preallocated": bytes per byte of model of its own read buffer, held besides the arrays it
-    # copies into (fastsafetensors' one buffer of the file; safetensors' and torch.load's maps are file pages)
+    # Under load_into "preallocated": its own read buffer per byte of model, besides the arrays (fastsafetensors')
     copy_buffer: float = 0.0
     # Under tp > 1 (spec.tensor_parallel): how each rank reads its slice, or why the row cannot (it is skipped)
     tp_load: str = ""
     tp_unsupported: str | None = None
     tp_reads_whole: bool = False  # each tp reader holds the whole model before it copies its slice out
-    # A load that claims to read around the page cache, in words ("" for none): the harness checks it (the pages
-    # the load's files have in the cache right after it), so no guide has to vouch for it
+    # A load's claim to read around the page cache, in words ("" for none), which the harness checks after each load
     bypass_claim: str = ""
     # (load_into, why) of a row whose destination is its design, whatever the suite's load_into; None: the suite's
     destination: tuple[str, str] | None = None
@@ -94,14 +90,9 @@ def _runai_buffers(settings: Mapping[str, Any], model_bytes: int, load_into: str
     return float(model_bytes if limit < 0 else min(limit, model_bytes))
 
 
-# Run:ai's settings: environment variables its C++ core reads when a streamer is made (an empty value breaks
-# it; a setting at its default "auto"/null leaves its variable unset, so the core picks), and `owned`. Their
-# names and defaults are the core's own (runai-model-streamer 0.17.1, its debug log of a streamer's settings):
-# reading block 2 MiB; with neither variable set, 16 reader threads and a file-system queue depth of 64, with
-# RUNAI_STREAMER_CONCURRENCY set and RUNAI_STREAMER_FS_QUEUE_DEPTH unset, both the concurrency, and with the
-# queue depth set, both the queue depth (for files); strategy the first of io_uring_direct, libaio_direct,
-# sync_buffered that works here. (Before these were row settings the harness always set the concurrency to 16,
-# which cut the queue depth from its default 64 to 16.)
+# Run:ai's settings: environment variables its C++ core reads when a streamer is made (a setting at its default
+# "auto"/null leaves its variable unset, so the core picks), and `owned`. Their names and defaults are the core's own
+# (runai-model-streamer 0.17.1, its debug log of a streamer's settings; PHASE4_GUIDE.md, section 4.7).
 RUNAI_STRATEGIES = ("auto", "io_uring_direct", "libaio_direct", "sync_buffered")
 _RUNAI_SETTINGS = {
     "concurrency": Setting({"type": ["integer", "null"], "minimum": 1, "maximum": 1024}, None,
