@@ -178,8 +178,7 @@ def ratio_words(comparison: dict[str, Any] | None, other: str, metric: str = "sa
 
 
 def range_text(low: float, high: float) -> str | None:
-    """'1.1-1.3x', with the digits a narrow range needs to show both ends (up to 4); None if they are equal even
-    then."""
+    """'1.1-1.3x', with the digits (up to 4) a narrow range needs to show both ends; None if equal even then."""
     digits = 2
     while ratio_text(low, digits) == ratio_text(high, digits) and digits < 4:
         digits += 1

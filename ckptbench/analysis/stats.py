@@ -65,8 +65,7 @@ SUMMARY_KEYS = ("n", "mean", "std", "median", "min", "max", "cv", "ci95")
 
 
 def summarize(values: Sequence[float]) -> dict:
-    """n, mean, sample std, median, min, max, cv, and `ci95`: the mean's 95% CI by `mean_ci` (on the log scale
-    for positive quantities, so it never reaches zero)."""
+    """n, mean, sample std, median, min, max, cv, and `ci95`: the mean's 95% CI (`mean_ci`)."""
     arr = as_floats(values)
     n = int(arr.size)
     if n == 0:

@@ -106,8 +106,7 @@ class Bench:
 
 def run_once(planned: PlannedRun, backend: Backend, bench: Bench, on_phase: Phase = lambda _run, _phase: None,
              keep: bool = False) -> RunRecord:
-    """One save/evict/load/verify cycle (`keep`: leave its checkpoint). Failures are recorded in the result, never
-    raised."""
+    """One save/evict/load/verify cycle (`keep`: leave its checkpoint); failures are recorded, never raised."""
     # A test the suite does not list takes every default (the suite's eviction among them)
     spec = next((t for t in bench.config.tests if t.name == planned.test), TestSpec(planned.test))
     target = bench.target or LocalTarget(bench.config.output_dir)
@@ -167,8 +166,7 @@ def _warm_load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.nda
 
 def _load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.ndarray], location: RunLocation,
           eviction: str, on_phase: Callable[[str], None]) -> None:
-    """Evict the run's files (`eviction`: the test's cache_eviction), load (timed), verify; `on_phase(name)` before each
-    step."""
+    """Evict the run's files (`eviction`: the test's cache_eviction), load (timed), verify; `on_phase` before each."""
     backend.before_load(tensors)  # before the eviction: memory it touches cannot bring the files back
     if backend.in_memory:
         record.load_cache = "memory"
@@ -257,8 +255,7 @@ _STORAGE_FAILURE_TEXT = tuple(os.strerror(code) for code in _STORAGE_FAILURES)
 
 
 def storage_failed(exc: BaseException) -> bool:
-    """True for a full disk or an I/O error, however the library reported it (TensorStore puts the OS text in a
-    ValueError)."""
+    """A full disk or an I/O error, however the library said so (TensorStore puts the OS text in a ValueError)."""
     if isinstance(exc, OSError) and exc.errno in _STORAGE_FAILURES:
         return True
     return any(text in str(exc) for text in _STORAGE_FAILURE_TEXT)

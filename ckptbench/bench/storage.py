@@ -288,8 +288,7 @@ def save(tensors: Mapping[str, Any], location: RunLocation | Path, layout: Layou
 
 def write_manifest(location: RunLocation, layout: Layout, context: ts.Context, dtype: str,
                    shapes: Mapping[str, Sequence[int]], **extra: Any) -> None:
-    """manifest.json (the format, dtype and every array's shape, in order), written last through the same kvstore
-    (so fsync'd like the arrays where they are)."""
+    """manifest.json (format, dtype, each array's shape), written last through the same kvstore (so fsync'd alike)."""
     manifest = {"format": f"ckptbench-{layout.format}", "dtype": dtype, **extra,
                 "tensors": [{"name": name, "shape": list(shape)} for name, shape in shapes.items()]}
     store = ts.KvStore.open(layout.manifest_store(location), context=context).result()
@@ -409,8 +408,7 @@ def _bounded(operations: Iterable[tuple[int, Callable[[], ts.Future]]], max_infl
 
 
 def checkpoint_size(directory: Path) -> tuple[int, int, int]:
-    """(apparent bytes, allocated bytes, file count) of the checkpoint's files under directory (the harness's own
-    ownership marker is not part of the checkpoint)."""
+    """(apparent bytes, allocated bytes, file count) of the checkpoint's files (the run's marker is not one)."""
     size_bytes = disk_bytes = n_files = 0
     for root, _dirs, files in os.walk(directory):
         for name in files:

@@ -87,8 +87,7 @@ class _Suite:
 
 
 def _measure(suite: _Suite, done: list[RunRecord]) -> results.Results:
-    """The runs of a checked suite (`done`: a resumed journal's), each appended to the journal as it ends, then the
-    results document."""
+    """The runs of a checked suite (`done`: a resumed journal's), each journaled as it ends, then the results."""
     context, config, target, seed = suite.context, suite.context.config, suite.target, suite.seed
     if not context.resume:
         suite.log.start(journal.fingerprint(config.to_json(), suite.source.describe()), seed)

@@ -70,8 +70,7 @@ class SharedTensors(MappedSource):
 
 def handoff(tensors: Mapping[str, np.ndarray],
             fallback: WeightSource | None) -> MappedSource | SharedTensors | WeightSource | None:
-    """How another process of this host gets the same weights: the source file, else a copy on /dev/shm, else
-    made again (`fallback`)."""
+    """How another process of this host gets the same weights: the source file, a /dev/shm copy, or `fallback`."""
     if isinstance(tensors, SourceTensors) and tensors.folder is not None:
         return MappedSource(str(tensors.folder))
     try:

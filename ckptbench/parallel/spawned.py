@@ -127,8 +127,7 @@ class Pool(WriterPool):
 
 
 class LocalWriters(Writers):
-    """The writers of a run on this host: tests with `processes` N (tp N) are run by N workers this process spawns,
-    one pool per process count and weights, kept for the whole suite."""
+    """The writers of a run on this host: a pool of spawned workers per process count and weights, for the suite."""
 
     def __init__(self) -> None:
         self.pools: dict[tuple[int, str], Pool] = {}

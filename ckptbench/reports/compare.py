@@ -163,8 +163,7 @@ def unwatched_lines(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[
 
 def render(a: Document, b: Document, rows: Sequence[Mapping[str, Any]], noise_pct: float, fmt: str = "text",
            details: bool = False) -> str:
-    """The whole comparison of B (a results file read, with its path) against A: what A and B are, the answer,
-    the table, and the tests only one file has."""
+    """The whole comparison of B against A: what A and B are, the answer, the table, the tests only one has."""
     headers = ["test", "metric", "A: mean +- std", "B: mean +- std", "change (B vs A)", "95% CI %", "p",
                "verdict"]
     bullet = "- " if fmt == "markdown" else ""

@@ -80,8 +80,7 @@ def _no_interval(comparison: Mapping[str, Any]) -> str:
 
 
 def ratio_brief(comparison: Mapping[str, Any]) -> str:
-    """A comparison without the other's name (a block's, a file's): '1.4x slower (1.3-1.5x)',
-    '1.0x (0.70-1.5x, n.s.)'."""
+    """A comparison without the other's name: '1.4x slower (1.3-1.5x)', '1.0x (0.70-1.5x, n.s.)'."""
     ratio, interval = comparison["ratio"], comparison.get("ratio_ci95")
     if ratio is None:
         return "no runs"

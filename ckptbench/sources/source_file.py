@@ -112,8 +112,7 @@ class SourceFile:
 
     @classmethod
     def write(cls, folder: Path, tensors: Iterable[tuple[str, np.ndarray]]) -> SourceFile:
-        """Write the tensors (made one at a time by the iterable, so only one is in memory) into folder, fsync'd,
-        and map the file."""
+        """Write the tensors (made one at a time by the iterable) into folder, fsync'd, and map the file."""
         folder = Path(folder)
         entries: list[Entry] = []
         offset = 0

@@ -178,8 +178,7 @@ def estimate_bytes(model: str, weights_source: str | Path | None, dtype: str) ->
 
 
 def resolve(weights_source: str | None) -> tuple[Path | None, dict[str, Any]]:
-    """(local folder, what to record about it) for --weights: a folder, or a Hugging Face id resolved
-    through the local cache (downloaded when there is a network)."""
+    """(local folder, what to record about it) for --weights: a folder, or a hub id resolved through the cache."""
     return (None, {}) if weights_source is None else _resolve(weights_source)
 
 

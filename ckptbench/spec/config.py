@@ -201,8 +201,7 @@ def _check_override_choices(changes: Mapping[str, Any]) -> None:
 
 
 def with_processes(config: SuiteConfig, count: int) -> SuiteConfig:
-    """A finished suite of one process count with every TensorStore test run by `count` processes instead
-    (the ranks of a launch)."""
+    """A finished suite whose TensorStore tests are each run by `count` processes (the ranks of a launch)."""
     return _finish(dataclasses.replace(config, processes=(count,)))
 
 

@@ -90,8 +90,7 @@ class FileReference(Backend):
             self._into = preallocated(tensors)  # a model's parameters: allocated and touched before the clock
 
     def destination(self) -> dict[str, Any] | None:
-        """The preallocated arrays as torch tensors sharing their memory (the load copies into them), or None under
-        "new"."""
+        """The preallocated arrays as torch tensors sharing their memory (loads copy into them); None under "new"."""
         if self.load_into != "preallocated":
             return None
         if self._into is None:

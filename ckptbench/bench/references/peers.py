@@ -46,8 +46,7 @@ warnings.filterwarnings("ignore", message=DCP_WARNING, category=UserWarning)
 
 @contextmanager
 def environment(values: Mapping[str, str | None]) -> Iterator[None]:
-    """Environment variables set for the block (removed where the value is None), then restored (removed where they were
-    unset)."""
+    """Environment variables set for the block (None: removed), then restored (removed where they were unset)."""
     def apply(settings: Mapping[str, str | None]) -> None:
         for name, value in settings.items():
             if value is None:
