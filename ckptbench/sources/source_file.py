@@ -19,7 +19,7 @@ import mmap
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import xxhash
@@ -90,9 +90,10 @@ def expected_digest(tensors: Mapping[str, np.ndarray], name: str, box: Box = ())
     return digest(select(tensors[name], box))
 
 
-def select(array: np.ndarray, box: Box) -> np.ndarray:
-    """The part of an array a box selects: [start, stop) along each of its first dimensions (() is all)."""
-    return array[tuple(slice(start, stop) for start, stop in box)] if box and array.ndim else array
+def select(array: Any, box: Box) -> Any:
+    """The part of an array (numpy, torch) or a TensorStore a box selects: [start, stop) along each of its first
+    dimensions (() is all)."""
+    return array[tuple(slice(start, stop) for start, stop in box)] if box else array
 
 
 class SourceFile:

@@ -24,7 +24,7 @@ from ckptbench.bench.backend import Backend
 from ckptbench.bench.storage import checkpoint_size, poison, preallocated
 from ckptbench.bench.targets import RunLocation, as_location
 from ckptbench.core.system import fsync_path
-from ckptbench.sources.source_file import Box
+from ckptbench.sources.source_file import Box, select
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -56,8 +56,7 @@ def owned_part(tensor, box: tuple[tuple[int, int], ...]) -> np.ndarray:
     tensor-parallel rank keeps of a tensor it had to read whole."""
     import torch
 
-    part = tensor[tuple(slice(start, stop) for start, stop in box)] if box else tensor
-    return to_numpy(part.clone(memory_format=torch.contiguous_format))
+    return to_numpy(select(tensor, box).clone(memory_format=torch.contiguous_format))
 
 
 def folder_of(location: RunLocation | Path) -> Path:
