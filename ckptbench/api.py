@@ -29,9 +29,8 @@ class Results(results_doc.Results):
 
 
 def run(config: SuiteConfig, **options: Any) -> Results:
-    """Run a suite on this host; `options` are bench.context.RunContext's (resume, keep, source, observer,
-    may_start, history), or on_start, on_phase and on_record, an observer's three functions. Tests with several
-    processes get workers spawned here."""
+    """Run a suite on this host; `options` are bench.context.RunContext's, or on_start, on_phase and on_record, an
+    observer's three functions. Tests with several processes get workers spawned here."""
     from ckptbench.bench.context import Callbacks, RunContext
     from ckptbench.bench.suite import run_suite
     from ckptbench.parallel.spawned import LocalWriters

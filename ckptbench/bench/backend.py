@@ -37,8 +37,7 @@ class Backend(ABC):
 
     def before_load(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Called after the save and before each load, outside every clock: a back end that loads into memory that
-        exists before the load (a model's parameters) allocates and touches it here, so the save does not hold it too.
-        """
+        exists before the load (a model's parameters) allocates and touches it here, so the save does not hold it."""
 
     @abstractmethod
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None:

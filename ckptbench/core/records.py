@@ -105,9 +105,8 @@ def plan(test_names: Sequence[str], num_runs: int, warmup_rounds: int, seed: int
 
 
 def block_slots(n_blocks: int, n_rounds: int, seed: int) -> list[int]:
-    """Per block, how many interleaved rounds run before it (0 to n_rounds), drawn from the seed.
-
-    A generator of its own, so adding a block never changes the interleaved rounds' shuffles."""
+    """Per block, how many interleaved rounds run before it (0 to n_rounds), drawn from the seed by a generator of its
+    own, so adding a block never changes the interleaved rounds' shuffles."""
     rng = random.Random(f"ckptbench-blocks-{seed}")
     return [rng.randint(0, n_rounds) for _ in range(n_blocks)]
 

@@ -34,9 +34,8 @@ def raw(config: SuiteConfig, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any
 
 
 def selected(best: Mapping[str, Any], objectives: Sequence[str]) -> dict[str, dict[str, str | None]]:
-    """Per objective, the tests to measure again: TensorStore's best, the fastest peer and the device ceiling
-    of `best` (documents.results.best_configurations, from the suite's rounds); none for an objective without a
-    peer or a ceiling to compare with."""
+    """Per objective, the tests to measure again: TensorStore's best, the fastest peer and the device ceiling of `best`
+    (from the suite's rounds); none for an objective without a peer or a ceiling to compare with."""
     out = {}
     for objective in objectives:
         entry = best.get(objective)

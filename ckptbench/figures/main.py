@@ -326,9 +326,8 @@ def _heatmap(fig, ax, tests) -> None:
 
 
 def advice_lines(document: Mapping[str, Any]) -> list[str]:
-    """The answer the figure exists for: TensorStore's best layout per objective, and beside it the fastest peer
-    (a reference row a user could pick instead) as a ratio with its 95 % CI and verdict. TensorStore is never
-    called the fastest: a peer may be faster."""
+    """The answer the figure exists for: TensorStore's best layout per objective, beside the fastest peer as a ratio
+    with its 95 % CI and verdict. TensorStore is never called the fastest: a peer may be faster."""
     best = document.get("best") or {}
     out = []
     for objective, word in (("save", "save"), ("load", "load"), ("balanced", "save + load"), ("size", "size")):

@@ -106,9 +106,8 @@ def _work(job: Job, tensors: Mapping[str, np.ndarray], start_at: float) -> Itera
 
 
 def _figures(start_at: float, end_at: float, usage: Timed) -> dict[str, Any]:
-    """A writer's own figures: its start (the barrier's release) and end on the host's monotonic clock and the
-    seconds between them, CPU, peak RSS growth, and its process's peak anonymous memory with where that process
-    runs (the host: bench.measure sums a host's memory and compares stamps of one host only)."""
+    """A writer's own figures: its start (the barrier's release) and end on the host's monotonic clock, CPU, peak RSS
+    growth, its process's peak anonymous memory, and where it runs (bench.measure compares one host's stamps only)."""
     return {"seconds": end_at - start_at, "started_s": start_at, "ended_s": end_at, "cpu_s": usage.cpu_s,
             "peak_rss_bytes": usage.rss_growth_bytes, "peak_anon_bytes": usage.rss_anon_peak_bytes,
             "host": socket.gethostname(), "pid": os.getpid()}
@@ -116,9 +115,8 @@ def _figures(start_at: float, end_at: float, usage: Timed) -> dict[str, Any]:
 
 def _read_figures(before: Mapping[str, int], after: Mapping[str, int], loaded: Mapping[str, np.ndarray]
                   ) -> dict[str, int]:
-    """A reader's bytes: what it caused to be read from the device (read_bytes: cold loads only, since a page
-    another reader of this host brought in is a hit), what its read calls returned (rchar), and the bytes of
-    the parts it was asked for (its slices)."""
+    """A reader's bytes: what it caused the device to read (read_bytes: a page another reader of this host brought in is
+    a hit, so cold loads only), what its read calls returned (rchar), and its slices' bytes."""
     return {"read_bytes": after.get("read_bytes", 0) - before.get("read_bytes", 0),
             "rchar_bytes": after.get("rchar", 0) - before.get("rchar", 0),
             "slice_bytes": sum(int(array.nbytes) for array in loaded.values())}

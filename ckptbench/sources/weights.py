@@ -33,9 +33,8 @@ Reader = Callable[[Path, bool], Iterator[tuple[str, Any]]]
 
 @dataclass
 class Weights:
-    """Named tensors, C-contiguous, all in one dtype, plus where they came from:
-    `tensors` are arrays in memory (`Planned.in_memory`), or read-only views of a source file
-    (`Planned.to_file`), which the kernel can drop from memory while a load fills it."""
+    """Named tensors, C-contiguous, all in one dtype, plus where they came from: arrays in memory (`Planned.in_memory`),
+    or read-only views of a source file (`Planned.to_file`), which the kernel can drop while a load fills memory."""
 
     tensors: Mapping[str, np.ndarray]
     dtype: str
