@@ -61,14 +61,12 @@ class RatioInterval:
 
 def ratio_interval(values: Floats, baseline: Floats, confidence: float = 0.95,
                    min_runs: int = MIN_RUNS_FOR_CI) -> RatioInterval:
-    """The interval of mean(values) / mean(baseline), computed on the log scale; the one method of the harness.
-
-    The delta method on log(m_a / m_b), Welch-Satterthwaite degrees of freedom; the p-value is the same t statistic's,
-    so the interval excludes 1 exactly when p < 1 - confidence. Why: it keeps the ratio of arithmetic means (the
-    change every claim states; Welch on logs would judge the geometric one) and, unlike Fieller's, cannot leave
-    (0, +inf) (PHASE4_GUIDE.md, section 5). No interval with fewer than `min_runs` runs on a side, but samples without
-    spread (sizes) are exact.
-    """
+    """The interval of mean(values) / mean(baseline), computed on the log scale; the one method of the harness. The
+    delta method on log(m_a / m_b), Welch-Satterthwaite degrees of freedom; the p-value is the same t statistic's, so
+    the interval excludes 1 exactly when p < 1 - confidence. Why: it keeps the ratio of arithmetic means (the change
+    every claim states; Welch on logs would judge the geometric one) and, unlike Fieller's, cannot leave (0, +inf)
+    (PHASE4_GUIDE.md, section 5). No interval with fewer than `min_runs` runs on a side, but samples without spread
+    (sizes) are exact."""
     a, b = as_floats(values), as_floats(baseline)
     if a.size == 0 or b.size == 0:
         return RatioInterval(INSUFFICIENT)
@@ -100,10 +98,9 @@ def ratio_interval(values: Floats, baseline: Floats, confidence: float = 0.95,
 def compare(values: Sequence[float], baseline: Sequence[float], *, metric: str = "save_s", noise_pct: float = 5.0,
             claimed_pct: Sequence[float] | None = None, min_runs: int = MIN_RUNS_FOR_CI) -> dict[str, Any]:
     """Judge `values` against `baseline` (both raw runs of one metric); see the module docstring. The verdict: the
-    interval's status where it has no test, "within noise" (|change| < noise_pct, even if significant), "no
-    significant difference", else the metric's better/worse word. `min_runs`: a decision between two samples (tune's)
-    passes 2: Welch's test is defined there, and a wide interval still separates runs that lie far apart.
-    """
+    interval's status where it has no test, "within noise" (|change| < noise_pct, even if significant), "no significant
+    difference", else the metric's better/worse word. `min_runs`: a decision between two samples (tune's) passes 2:
+    Welch's test is defined there, and a wide interval still separates runs that lie far apart."""
     noisy = METRICS[metric][3]
     a, b = as_floats(values), as_floats(baseline)
     found = ratio_interval(a, b, 1.0 - ALPHA, min_runs)
@@ -137,11 +134,10 @@ def _verdict(out: dict[str, Any], noise_pct: float, metric: str) -> str:
 
 def ratio_words(comparison: dict[str, Any] | None, other: str, metric: str = "save_s", ci_label: str = "95% CI ",
                 note: str = "") -> str:
-    """A comparison of A with B in words, as a ratio >= 1: '1.2x slower than B (95% CI 1.1-1.3x)'.
-
-    From the comparison's own verdict and interval: "not significant" or "within noise" when the test says so, "too
-    few runs" when there is no interval, "exact" for a ratio without spread. `ci_label` starts the interval (empty
-    where a heading says what it is); `note` starts the parenthesis (e.g. "peer")."""
+    """A comparison of A with B in words, as a ratio >= 1: '1.2x slower than B (95% CI 1.1-1.3x)'. From the comparison's
+    own verdict and interval: "not significant" or "within noise" when the test says so, "too few runs" when there is no
+    interval, "exact" for a ratio without spread. `ci_label` starts the interval (empty where a heading says what it
+    is); `note` starts the parenthesis (e.g. "peer")."""
     if not comparison or comparison.get("ratio") is None:
         return f"not compared with {other} (no runs)"
     higher_is_better, better, worse, _ = METRICS.get(metric, METRICS["save_s"])
@@ -243,10 +239,9 @@ def verdict_direction(comparison: Mapping[str, Any]) -> str | None:
 
 
 def blocks_disagree(comparisons: Sequence[dict[str, Any]]) -> str | None:
-    """How the comparisons of the same two tests in separate blocks of rounds disagree, or None: their verdicts
-    point different ways (slower in one, the same or faster in another), or two of their intervals do not
-    overlap. Each block's interval is conditional on that block's machine state, so such blocks give no one
-    verdict."""
+    """How the comparisons of the same two tests in separate blocks of rounds disagree, or None: their verdicts point
+    different ways (slower in one, the same or faster in another), or two of their intervals do not overlap. Each
+    block's interval is conditional on that block's machine state, so such blocks give no one verdict."""
     directions = {d for d in (verdict_direction(c) for c in comparisons) if d is not None}
     if len(directions) > 1:
         return "their verdicts differ"

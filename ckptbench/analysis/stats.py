@@ -52,10 +52,9 @@ def _median(arr: np.ndarray) -> float:
 
 
 def t_quantile(probability: float, df):
-    """The Student-t quantile (scipy.stats.t.ppf(probability, df)), vectorised over df.
-
-    scipy.special, imported here: scipy.stats costs a second to import and scipy.special a
-    quarter, which `show` (reading finished statistics) should not pay."""
+    """The Student-t quantile (scipy.stats.t.ppf(probability, df)), vectorised over df. scipy.special, imported here:
+    scipy.stats costs a second to import and scipy.special a quarter, which `show` (reading finished statistics) should
+    not pay."""
     from scipy.special import stdtrit
 
     return stdtrit(df, probability)

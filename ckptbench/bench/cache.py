@@ -56,11 +56,9 @@ def fadvise_dontneed(directory: Path) -> bool:
 
 
 def evict(directory: Path, method: str = "auto") -> str | None:
-    """Evict directory's files; returns the method that worked, or None if none did.
-
-    `method` is "auto" (drop_caches where permitted, else fadvise), "drop_caches", "fadvise" or "none" (leave the cache
-    alone: the load will be warm).
-    """
+    """Evict directory's files; returns the method that worked, or None if none did. `method` is "auto" (drop_caches
+    where permitted, else fadvise), "drop_caches", "fadvise" or "none" (leave the cache alone: the load will be
+    warm)."""
     if method == "none":
         return None
     if method in ("auto", "drop_caches") and drop_caches():
@@ -80,11 +78,9 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def resident_bytes(directory: Path) -> int:
-    """Bytes of directory's files now in the page cache (by mincore), rounded up to pages.
-
-    Straight libc calls on a descriptor, no Python mmap object per file: a checkpoint of 10,000 chunk files is checked
-    in a fraction of a second.
-    """
+    """Bytes of directory's files now in the page cache (by mincore), rounded up to pages. Straight libc calls on a
+    descriptor, no Python mmap object per file: a checkpoint of 10,000 chunk files is checked in a fraction of a
+    second."""
     total = 0
     vector = np.empty(0, dtype=np.uint8)
     for path in _files(directory):

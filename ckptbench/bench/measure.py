@@ -50,11 +50,10 @@ class Timed:
 
 
 def timed(operation: Callable[[], Any], collect_garbage: bool = True, watch: host.Watch | None = None) -> Timed:
-    """Run operation once and measure it (see the module docstring).
-
-    First, earlier garbage is collected (a full collection takes 0.1-0.3 s in a process that imported torch) and freed
-    memory handed back to the OS, so that neither lands inside the timing; a writer whose clock started earlier, at a
-    barrier, passes collect_garbage=False and does this between jobs instead."""
+    """Run operation once and measure it (see the module docstring). First, earlier garbage is collected (a full
+    collection takes 0.1-0.3 s in a process that imported torch) and freed memory handed back to the OS, so that neither
+    lands inside the timing; a writer whose clock started earlier, at a barrier, passes collect_garbage=False and does
+    this between jobs instead."""
     if collect_garbage:
         system.release_free_memory()
     anon0, file0 = system.resident_bytes()
@@ -296,10 +295,9 @@ def reference_settings(test: TestSpec, config: SuiteConfig) -> dict[str, Any]:
 
 def run_plan(runs: Iterable[PlannedRun], bench: Bench, on_phase: Phase = lambda _run, _phase: None,
              earlier: Sequence[RunRecord] = ()) -> Iterator[RunRecord]:
-    """Execute a plan, yielding each run's record as soon as it ends; stop after a storage failure.
-
-    `earlier`: runs before these (a resumed journal's, an earlier suite's), which each back end is told of before a run
-    of its test. A run that `on_phase` skips (RunSkipped, raised before its save) yields no record."""
+    """Execute a plan, yielding each run's record as soon as it ends; stop after a storage failure. `earlier`: runs
+    before these (a resumed journal's, an earlier suite's), which each back end is told of before a run of its test. A
+    run that `on_phase` skips (RunSkipped, raised before its save) yields no record."""
     config = bench.config
     backends = {t.name: async_save.wrap(backend_for(t, config, bench.target, bench.writers), t, config.cache_eviction)
                 for t in config.tests}

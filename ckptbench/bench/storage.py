@@ -354,11 +354,9 @@ def _check_into(into: Mapping[str, np.ndarray], entries: list[dict[str, Any]], d
 
 @contextmanager
 def settled() -> Iterator[Track]:
-    """Track futures; if anything interrupts (Ctrl-C, an error), cancel and wait for them all.
-
-    TensorStore keeps writing on its own threads after Python stops waiting, so without this a folder could be deleted
-    while files are still being created in it.
-    """
+    """Track futures; if anything interrupts (Ctrl-C, an error), cancel and wait for them all. TensorStore keeps writing
+    on its own threads after Python stops waiting, so without this a folder could be deleted while files are still being
+    created in it."""
     tracked: list[ts.Future] = []
 
     def track(futures: list[ts.Future]) -> list[ts.Future]:

@@ -107,9 +107,8 @@ def _as_today(config_json: Mapping[str, Any]) -> dict[str, Any]:
 
 def _destination_then(test: Mapping[str, Any]) -> dict[str, Any]:
     """A test of a journal written before every row's destination was resolved (spec.config.destined), with the
-    destination it loaded into then: its own load_into or "new" (the only suite-wide destination there was), but
-    torch DCP's, which loaded into preallocated tensors whatever it said, so that it resumes only where it would
-    again."""
+    destination it loaded into then: its own load_into or "new" (the only suite-wide destination there was), but torch
+    DCP's, which loaded into preallocated tensors whatever it said, so that it resumes only where it would again."""
     from ckptbench.spec.config import destined
 
     names = {f.name for f in dataclasses.fields(TestSpec)}

@@ -11,11 +11,9 @@ from ckptbench.figures import claims, main, scaling, sweep, tensor_parallel
 
 
 def draw_all(document: Mapping[str, Any], folder: Path) -> list[Path]:
-    """Every figure the document has data for (none when no run succeeded).
-
-    Where it is safe to fork (no TensorStore threads in this process, as in `show`), the other
-    figures are drawn by a child process while this one draws the main figure: on two cores
-    that halves the wait. A child that fails leaves its figures to be drawn here."""
+    """Every figure the document has data for (none when no run succeeded). Where it is safe to fork (no TensorStore
+    threads in this process, as in `show`), the other figures are drawn by a child process while this one draws the main
+    figure: on two cores that halves the wait. A child that fails leaves its figures to be drawn here."""
     if not any(r["error"] is None for t in document["tests"] for r in t["runs"]):
         return []
     others = [(claims.draw_claims, claims.CLAIMS_FILE), (sweep.draw_sweep, sweep.SWEEP_FILE),

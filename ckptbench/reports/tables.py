@@ -46,9 +46,8 @@ def change(comparison: Mapping[str, Any] | None) -> str:
 
 
 def verdict(comparison: Mapping[str, Any], n_runs: int | None = None) -> str:
-    """The verdict, flagged when fewer than 5 runs on a side make the t-test weak, whatever the verdict: with few
-    runs "no significant difference" may just be a test too weak to see one, and a significant one rests on little
-    data."""
+    """The verdict, flagged when fewer than 5 runs on a side make the t-test weak, whatever the verdict: with few runs
+    "no significant difference" may just be a test too weak to see one, and a significant one rests on little data."""
     text = comparison["verdict"]
     if comparison.get("weak_test") and text not in (analysis.INSUFFICIENT, analysis.TOO_FEW):
         text += f" (weak: {n_runs} runs)" if n_runs is not None else " (weak: few runs)"

@@ -67,11 +67,10 @@ def folder_of(location: RunLocation | Path) -> Path:
 
 
 class FileReference(Backend):
-    """Plain files in the run's folder; loads are cold like TensorStore's.
-
-    `load_into` (set by bench.measure from the test's resolved load_into) is where a load puts what it reads: "new",
-    memory it allocates inside the clock; "preallocated", arrays allocated and touched in `before_load`, after the save
-    and before the clock, that the load fills (`fill`), as a model's parameters are filled."""
+    """Plain files in the run's folder; loads are cold like TensorStore's. `load_into` (set by bench.measure from the
+    test's resolved load_into) is where a load puts what it reads: "new", memory it allocates inside the clock;
+    "preallocated", arrays allocated and touched in `before_load`, after the save and before the clock, that the load
+    fills (`fill`), as a model's parameters are filled."""
 
     filename = "checkpoint"
     # What the row's save and load import, imported in `prepare` (and by each tp reader before the common start),
