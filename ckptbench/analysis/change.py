@@ -7,8 +7,8 @@ and the device ceiling), the claims check, `compare A.json B.json`, `tune` and d
 they can never disagree.
 
 The interval, and the t statistic the verdict's significance comes from, are `ratio_interval`'s; the method and the
-claim outcomes (`judge_claim`: a time's claimed range is first widened by the noise threshold, so a claim of
--25..-30 % is not refuted by -31 % on a disk whose runs differ by 10 %) are PHASE4_GUIDE.md's section 5.
+claim outcomes (`judge_claim`: a time's claimed range is first widened by the noise threshold, so a claim of -25..-30 %
+is not refuted by -31 % on a disk whose runs differ by 10 %) are PHASE4_GUIDE.md's section 5.
 """
 
 from __future__ import annotations

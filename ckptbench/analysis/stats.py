@@ -1,5 +1,5 @@
-"""Statistics of a benchmark's repeated runs. Every public function returns plain Python types (float, int, list,
-None) so results can go straight into JSON reports without numpy scalars leaking out."""
+"""Statistics of a benchmark's repeated runs. Every public function returns plain Python types (float, int, list, None)
+so results can go straight into JSON reports without numpy scalars leaking out."""
 
 from __future__ import annotations
 

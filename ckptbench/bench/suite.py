@@ -4,8 +4,8 @@ The command line, the Python API (`ckptbench.run`), `tune` and `explain` all cal
 It knows nothing of launchers: who saves and loads the tests run by several processes is the context's `writers`
 (bench.backend.Writers), chosen once by the caller.
 
-Everything that can be checked (bench.preflight) is checked before anything is written; figures and console tables
-are the caller's business (`Results.draw`, `Results.report`).
+Everything that can be checked (bench.preflight) is checked before anything is written; figures and console tables are
+the caller's business (`Results.draw`, `Results.report`).
 
 A stop (Ctrl-C, SIGTERM, a budget's `may_start`, a lost rank) ends the suite within seconds: the results so far are
 written (complete: false), then `Stopped` is raised with them attached as `.partial`, and a context with `resume=True`

@@ -1,9 +1,9 @@
 """The command line: a subcommand name (COMMANDS; none means run), then that subcommand's flags.
 
 Each subcommand is one `Command` in its own module under `commands/`, imported only when named, so `--help`, `compare`
-and `show` never import TensorStore, torch or transformers. Every command runs from Python too, with its flags' names
-as keywords: `load_command("show").run(results="out/results.json", no_figures=True)`. A `UserError` anywhere is
-printed as one line and exits with status 2 (as asv does).
+and `show` never import TensorStore, torch or transformers. Every command runs from Python too, with its flags' names as
+keywords: `load_command("show").run(results="out/results.json", no_figures=True)`. A `UserError` anywhere is printed as
+one line and exits with status 2 (as asv does).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The device ceiling, round by round: what "% of ceiling" is a share of, and which rows beat the ceiling.
 
-A row faster than the ceiling's own patterns in a round shows the patterns missed what the disk can do (or that a
-cache flattered the row): it is named, and the round's ceiling becomes its figure. Each row's "% of ceiling" is the
-mean over rounds of its share of its round's ceiling, so it never exceeds 100 % and a round's noise is shared by the
-row and its ceiling alike (PHASE4_GUIDE.md, section 4.7). Only figures of the device count (`device_figure`).
+A row faster than the ceiling's own patterns in a round shows the patterns missed what the disk can do (or that a cache
+flattered the row): it is named, and the round's ceiling becomes its figure. Each row's "% of ceiling" is the mean over
+rounds of its share of its round's ceiling, so it never exceeds 100 % and a round's noise is shared by the row and its
+ceiling alike (PHASE4_GUIDE.md, section 4.7). Only figures of the device count (`device_figure`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""What threatens a results document's answer, derived from its raw runs and statistics (`results.derive` calls
-these): every warning in full (per test and for the suite), the alerts the console shows (most serious first,
-one short line each) and how noisy the times are.
+"""What threatens a results document's answer, derived from its raw runs and statistics (`results.derive` calls these):
+every warning in full (per test and for the suite), the alerts the console shows (most serious first, one short line
+each) and how noisy the times are.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """The run journal: every finished run appended (and fsync'd) the moment it ends.
 
-`journal.jsonl` in the output folder holds one header line (the suite's fingerprint:
-config, weight source, seed; a document of kind "journal", documents.store.Kind) and then
-one line per finished run. A crash, Ctrl-C or
-SIGTERM loses at most the run in progress, and `--resume` continues from it: it
-refuses when the config or the weights differ from the header, then runs only what
-is missing.
+`journal.jsonl` in the output folder holds one header line (the suite's fingerprint: config, weight source, seed; a
+document of kind "journal", documents.store.Kind) and then one line per finished run. A crash, Ctrl-C or SIGTERM loses
+at most the run in progress, and `--resume` continues from it: it refuses when the config or the weights differ from the
+header, then runs only what is missing.
 """
 
 from __future__ import annotations

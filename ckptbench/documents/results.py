@@ -1,15 +1,13 @@
 """The results document: raw runs in, statistics added, versioned JSON out.
 
-A document has two parts. The raw part is what was measured and how: the config, the
-weights, the machine, the protocol, and every run's figures. The derived part is
-computed from the raw part alone by `derive`: statistics, changes versus the baseline,
-claims, the ceiling, the best configuration, warnings. Reports and plots only read a
-derived document. Because `derive` needs nothing but the document, a file written by
-an older version is upgraded by filling in its raw part and deriving afresh, so `show`
-and `compare` read every version this tool has written.
+A document has two parts. The raw part is what was measured and how: the config, the weights, the machine, the protocol,
+and every run's figures. The derived part is computed from the raw part alone by `derive`: statistics, changes versus
+the baseline, claims, the ceiling, the best configuration, warnings. Reports and plots only read a derived document.
+Because `derive` needs nothing but the document, a file written by an older version is upgraded by filling in its raw
+part and deriving afresh, so `show` and `compare` read every version this tool has written.
 
-`results.schema.json` (shipped beside this module) is the contract: `read` validates
-every document against it and answers one line on a mismatch.
+`results.schema.json` (shipped beside this module) is the contract: `read` validates every document against it and
+answers one line on a mismatch.
 
 Its versions, and what each changed: `schemas/CHANGES.md` (bump SCHEMA_VERSION whenever a field changes meaning).
 """

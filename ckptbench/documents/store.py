@@ -1,17 +1,16 @@
-"""The files the harness writes and reads back, all by one convention (results, tuning,
-the run journal, a tune's state).
+"""The files the harness writes and reads back, all by one convention (results, tuning, the run journal, a tune's
+state).
 
-Every file is of a `Kind`: its first two keys name the kind and its `schema_version`; a
-JSON Schema shipped in documents/schemas/ is its contract; and an upgrade chain brings
-every older version this tool wrote to the current one (files written before kinds were
-named are recognised by each kind's `legacy_version`). One way to do each step: written
-atomically and durably (a reader, or a resume after a crash, never sees half a file),
-read with one-line errors, checked against the schema with the first broken field named.
+Every file is of a `Kind`: its first two keys name the kind and its `schema_version`; a JSON Schema shipped in
+documents/schemas/ is its contract; and an upgrade chain brings every older version this tool wrote to the current one
+(files written before kinds were named are recognised by each kind's `legacy_version`). One way to do each step: written
+atomically and durably (a reader, or a resume after a crash, never sees half a file), read with one-line errors, checked
+against the schema with the first broken field named.
 
-A schema does not restate a dataclass the document holds (a results file's runs are `RunRecord`s): the
-kind names it (`Kind.derived`), and the properties of that part of the schema are the dataclass's fields,
-each typed by its annotation (`field_schemas`); the file keeps only what an annotation cannot say (which
-fields every version wrote, enums, an inner object's keys, what a field means), added to the derived property.
+A schema does not restate a dataclass the document holds (a results file's runs are `RunRecord`s): the kind names it
+(`Kind.derived`), and the properties of that part of the schema are the dataclass's fields, each typed by its annotation
+(`field_schemas`); the file keeps only what an annotation cannot say (which fields every version wrote, enums, an inner
+object's keys, what a field means), added to the derived property.
 """
 
 from __future__ import annotations

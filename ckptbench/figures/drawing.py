@@ -1,5 +1,5 @@
-"""Every figure of a results document, drawn in one call (the command line's `run` and `show`, and the
-Python API's Results.draw)."""
+"""Every figure of a results document, drawn in one call (the command line's `run` and `show`, and the Python API's
+Results.draw)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""scaling_analysis.png: aggregate save and load GB/s against the number of writers (processes, or the
-ranks of a launch), from one results document or several launches' (`compare --scaling-plot`)."""
+"""scaling_analysis.png: aggregate save and load GB/s against the number of writers (processes, or the ranks of a
+launch), from one results document or several launches' (`compare --scaling-plot`)."""
 
 from __future__ import annotations
 

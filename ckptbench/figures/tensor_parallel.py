@@ -1,6 +1,6 @@
 """tensor_parallel_analysis.png: tensor-parallel loads, from a results document with tp > 1 tests (PHASE4_GUIDE.md,
-section 4.11): load seconds against tp per format, labelled with each point's read amplification, the ceiling's
-N-stream read dashed; beside it, what the readers' read calls returned over their slices (rchar).
+section 4.11): load seconds against tp per format, labelled with each point's read amplification, the ceiling's N-stream
+read dashed; beside it, what the readers' read calls returned over their slices (rchar).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Tests run by several processes: the back ends `measure` runs, whatever pool holds the processes.
 
-`DistributedBackend`: a TensorStore test saved and loaded by several writers, each its rows of every array; or,
-with tp > 1, loaded by tp readers, each its tensor-parallel slice (saved whole by the first writer, as one trainer
-writes, or with tp_save by the tp ranks, each its slice). `TensorParallelReference`: a reference row under tp > 1:
-saved here by the row's own back end, loaded by the tp readers with the row's own loader (`Backend.load_slices`).
+`DistributedBackend`: a TensorStore test saved and loaded by several writers, each its rows of every array; or, with tp
+> 1, loaded by tp readers, each its tensor-parallel slice (saved whole by the first writer, as one trainer writes, or
+with tp_save by the tp ranks, each its slice). `TensorParallelReference`: a reference row under tp > 1: saved here by
+the row's own back end, loaded by the tp readers with the row's own loader (`Backend.load_slices`).
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """This process's part in a launch (torchrun, srun, mpirun), chosen once at the command line.
 
 `Session(launch)` joins the world of ranks (docs/launching.md, "How a launch works", says what each rank does). Rank 0
-runs the suite with the launch's ranks as its writers (`LaunchWriters`); every other rank only serves (`serve`). So
-the plan, and the seed it is drawn from, never leave rank 0: each job is broadcast as it comes.
+runs the suite with the launch's ranks as its writers (`LaunchWriters`); every other rank only serves (`serve`). So the
+plan, and the seed it is drawn from, never leave rank 0: each job is broadcast as it comes.
 
 Stops: the launcher sends SIGTERM to every rank when one dies. Once a rank is lost, rank 0 ignores stop signals
-(`lose`), so that it removes the run in progress and writes what finished; the stop it raises (`Stopped`, cause
-lost rank) names the rank.
+(`lose`), so that it removes the run in progress and writes what finished; the stop it raises (`Stopped`, cause lost
+rank) names the rank.
 """
 
 from __future__ import annotations

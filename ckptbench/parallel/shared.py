@@ -1,9 +1,8 @@
 """The weights every writer needs, handed to the other processes of a host once.
 
-The suite's source file (sources.source_file), when there is one: every process maps the
-same file, so a host holds one copy, in the page cache. Weights held in memory instead
-(the Python API's `source=`) are copied once into a file on /dev/shm; where /dev/shm is
-too small, as in some containers, each process makes them again from the same source.
+The suite's source file (sources.source_file), when there is one: every process maps the same file, so a host holds one
+copy, in the page cache. Weights held in memory instead (the Python API's `source=`) are copied once into a file on
+/dev/shm; where /dev/shm is too small, as in some containers, each process makes them again from the same source.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """--processes N: N workers this process spawns on this host, ranks 1..N of a world whose rank 0 it is.
 
-The workers map the parent's source file (shared.handoff: one copy per host, in the page cache). `spawn`, not
-fork: TensorStore aborts a process that forks after its threads started. A worker that dies fails the run at once;
-the pool is then stopped and started afresh for the next run, and no process is left behind.
+The workers map the parent's source file (shared.handoff: one copy per host, in the page cache). `spawn`, not fork:
+TensorStore aborts a process that forks after its threads started. A worker that dies fails the run at once; the pool is
+then stopped and started afresh for the next run, and no process is left behind.
 """
 
 from __future__ import annotations

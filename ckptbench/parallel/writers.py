@@ -1,13 +1,13 @@
-"""Many writers: N processes saving and loading one checkpoint together, like N hosts (PHASE4_GUIDE.md, sections
-4.9 and 11; docs/launching.md, how a launch works).
+"""Many writers: N processes saving and loading one checkpoint together, like N hosts (PHASE4_GUIDE.md, sections 4.9 and
+11; docs/launching.md, how a launch works).
 
 Each writer writes or reads only its own part of every array, a box: whole chunks of rows, so no two processes ever
 touch one chunk (slices.py), or a tensor-parallel rank's slice, read with the row's own loader for a reference row
 (`Job.reference`). The writers and rank 0 form one gloo world (world.py): rank 0 broadcasts one `Job` per writer, all
-meet at a barrier (the common start), each does its job (`perform`), and rank 0 all-gathers their figures. A load
-lasts from the common start until the slowest reader has its slices in memory, by the readers' own stamps on their
-host's monotonic clock (MLPerf Storage's rule, bench.measure), never by rank 0's clock around the job, which also
-holds sending it, the imports, the barrier and gathering the replies. Writers verify after the clock has stopped.
+meet at a barrier (the common start), each does its job (`perform`), and rank 0 all-gathers their figures. A load lasts
+from the common start until the slowest reader has its slices in memory, by the readers' own stamps on their host's
+monotonic clock (MLPerf Storage's rule, bench.measure), never by rank 0's clock around the job, which also holds sending
+it, the imports, the barrier and gathering the replies. Writers verify after the clock has stopped.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """The weights as one file on disk, mapped read-only: what every save reads and every load is checked against.
 
-Why a file: a suite holds the source weights and, during each load, the loaded copy. In anonymous memory the two
-need twice the model, so a 24 GB machine could measure no checkpoint over about 10 GB. Written once to a file and
-mapped, the source is clean page cache the kernel may drop while a load fills memory, and `make_resident` reads it
-back before the next save's clock starts. Worker processes and the ranks of a host map the same file.
+Why a file: a suite holds the source weights and, during each load, the loaded copy. In anonymous memory the two need
+twice the model, so a 24 GB machine could measure no checkpoint over about 10 GB. Written once to a file and mapped, the
+source is clean page cache the kernel may drop while a load fills memory, and `make_resident` reads it back before the
+next save's clock starts. Worker processes and the ranks of a host map the same file.
 
-A load is checked against digests computed when the file was written, so verifying never reads the source: a
-128-bit xxh3 digest per tensor (PHASE4_GUIDE.md, section 9, says why a non-cryptographic hash is enough).
+A load is checked against digests computed when the file was written, so verifying never reads the source: a 128-bit
+xxh3 digest per tensor (PHASE4_GUIDE.md, section 9, says why a non-cryptographic hash is enough).
 
-Layout: `source.bin` holds the tensors back to back, each starting at a multiple of 4096 bytes; `source.json`
-holds each tensor's name, shape, dtype, offset, size and digest.
+Layout: `source.bin` holds the tensors back to back, each starting at a multiple of 4096 bytes; `source.json` holds each
+tensor's name, shape, dtype, offset, size and digest.
 """
 
 from __future__ import annotations

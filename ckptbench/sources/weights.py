@@ -1,9 +1,9 @@
 """Where the weights come from: LLaMA-shaped presets made in code, or a real checkpoint.
 
 A preset's values are drawn from a seeded normal distribution (std 0.02, LLaMA's initializer), per tensor from a seed
-derived from its name, so every run and every subset sees the same bytes; how they are drawn (`values`) decides how
-well they compress (PHASE4_GUIDE.md, section 4.1). A checkpoint folder or a Hugging Face model id (`--weights`) gives
-the real values.
+derived from its name, so every run and every subset sees the same bytes; how they are drawn (`values`) decides how well
+they compress (PHASE4_GUIDE.md, section 4.1). A checkpoint folder or a Hugging Face model id (`--weights`) gives the
+real values.
 """
 
 from __future__ import annotations

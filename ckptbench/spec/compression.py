@@ -1,9 +1,8 @@
 """Compression settings: what a user writes in the config, and the zarr metadata it becomes.
 
-"none" (or null) must become an explicit `"compressor": null`: when the key is omitted,
-TensorStore's zarr v2 driver compresses with blosc (lz4, clevel 5), which is what
-the original harness measured by mistake. `"blosc-default"` reproduces that
-omission on purpose.
+"none" (or null) must become an explicit `"compressor": null`: when the key is omitted, TensorStore's zarr v2 driver
+compresses with blosc (lz4, clevel 5), which is what the original harness measured by mistake. `"blosc-default"`
+reproduces that omission on purpose.
 """
 
 from __future__ import annotations

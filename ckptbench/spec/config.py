@@ -1,13 +1,11 @@
 """The suite configuration: phase4_config.json, validated before anything runs.
 
-Structure is checked by the JSON Schema (spec.schema); meaning (duplicate names, the
-baseline, settings that contradict each other) is checked after it. Every problem
-becomes one `UserError` line naming the test and the field. Relative paths in a config
-file are resolved against the file's own folder.
+Structure is checked by the JSON Schema (spec.schema); meaning (duplicate names, the baseline, settings that contradict
+each other) is checked after it. Every problem becomes one `UserError` line naming the test and the field. Relative
+paths in a config file are resolved against the file's own folder.
 
-`load` and `from_dict` return a finished suite: command-line overrides applied, sweeps
-expanded, the storage target and process counts applied to the tests. There is no
-later step for a caller to remember.
+`load` and `from_dict` return a finished suite: command-line overrides applied, sweeps expanded, the storage target and
+process counts applied to the tests. There is no later step for a caller to remember.
 """
 
 from __future__ import annotations

@@ -1,15 +1,13 @@
 """A test's settings, one table: the fields of `TestSpec`.
 
-Each field a config file may set carries an `Option` in its metadata: its JSON Schema,
-whether it is required, its short label in sweep point names (or none: it cannot be
-swept), how a config value becomes the field's value and back, and whether it changes
-how a checkpoint is laid out. Everything else is derived from this one table: the
-config schema of a test (`TEST_SCHEMA`), the sweepable fields (`SWEEP_FIELDS`), the
-parser of a config entry (`read_test`) and its writer (`entry`), and `tune`'s key of
-identical layouts (`LAYOUT_FIELDS`). A new setting is one new field here.
+Each field a config file may set carries an `Option` in its metadata: its JSON Schema, whether it is required, its short
+label in sweep point names (or none: it cannot be swept), how a config value becomes the field's value and back, and
+whether it changes how a checkpoint is laid out. Everything else is derived from this one table: the config schema of a
+test (`TEST_SCHEMA`), the sweepable fields (`SWEEP_FIELDS`), the parser of a config entry (`read_test`) and its writer
+(`entry`), and `tune`'s key of identical layouts (`LAYOUT_FIELDS`). A new setting is one new field here.
 
-The field order is the order of a config entry's keys and of the labels in a sweep
-point's name ("zarr2_chunk=1MB_conc=128"), so it is kept stable.
+The field order is the order of a config entry's keys and of the labels in a sweep point's name
+("zarr2_chunk=1MB_conc=128"), so it is kept stable.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Hugging Face Hub ids as a user writes them: `org/name` or `org/name@revision`.
 
-Only the grammar: whether text names a hub checkpoint or a local folder, decided without
-any I/O but a look at whether the path exists. Resolving an id to files is sources.hub.
+Only the grammar: whether text names a hub checkpoint or a local folder, decided without any I/O but a look at whether
+the path exists. Resolving an id to files is sources.hub.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The LLaMA shapes the harness can make weights for, and the dtypes and values it stores them in.
 
-Presets carry published LLaMA-architecture hyperparameters and the real parameter names
-and shapes of `LlamaForCausalLM`, written out here (a test checks them against
-transformers' model on the meta device): importing transformers costs seconds in every run.
-How weights are made from a preset, or read from a checkpoint, is `sources.weights`.
+Presets carry published LLaMA-architecture hyperparameters and the real parameter names and shapes of
+`LlamaForCausalLM`, written out here (a test checks them against transformers' model on the meta device): importing
+transformers costs seconds in every run. How weights are made from a preset, or read from a checkpoint, is
+`sources.weights`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The reference rows: what a user would store checkpoints with instead, and the device's own ceiling.
 
-Every fact about a reference kind lives in its entry here: its name in a config's
-`references` block (and its test's name), its words, what the memory pre-check and
-`tune`'s budget assume of it before anything is measured, and its colour in figures.
-The code that measures each kind is `bench.references`, keyed by the same names.
+Every fact about a reference kind lives in its entry here: its name in a config's `references` block (and its test's
+name), its words, what the memory pre-check and `tune`'s budget assume of it before anything is measured, and its colour
+in figures. The code that measures each kind is `bench.references`, keyed by the same names.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The config file's structure as a JSON Schema, and its errors in one line that names the field.
 
-Structure is checked by the schema (so types, ranges and unknown keys are data, not code);
-`describe_error` turns jsonschema's first error into words a user can act on.
+Structure is checked by the schema (so types, ranges and unknown keys are data, not code); `describe_error` turns
+jsonschema's first error into words a user can act on.
 """
 
 from __future__ import annotations

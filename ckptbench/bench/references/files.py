@@ -5,9 +5,8 @@ Each save ends with an fsync of the file and its folder, as TensorStore's file k
 byte in memory of its own.
 
 safetensors' `safe_open` maps the file lazily, so its row copies each tensor out of the mapping inside the timed region
-(otherwise the load would read nothing); under load_into "preallocated" torch.load maps the file (`mmap=True`) and
-each tensor is copied into its array, as `model.load_state_dict(torch.load(path, mmap=True))` fills a model's
-parameters.
+(otherwise the load would read nothing); under load_into "preallocated" torch.load maps the file (`mmap=True`) and each
+tensor is copied into its array, as `model.load_state_dict(torch.load(path, mmap=True))` fills a model's parameters.
 """
 
 from __future__ import annotations

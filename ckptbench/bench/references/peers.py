@@ -2,12 +2,12 @@
 fastsafetensors (each reading the safetensors file the row saved), and torch.distributed.checkpoint (DCP).
 
 Each is measured like every other row (PHASE4_GUIDE.md, section 4.7, says how each saves and loads). Each library is
-imported in `prepare`, before any clock (its first import costs seconds). A loader whose tensors are views into its
-own buffers keeps the views as the loaded copy (a clone would double the memory), unless it reuses those buffers
-(the streamer with `owned` false): then each tensor is cloned inside the load. The streamer's C++ core reads its
-settings from environment variables (spec.references), so the row sets them around the load (always to a number: an
-empty value breaks it; a setting left to the library is unset) and restores them after. DCP runs in one process
-without a process group (`no_dist`), and its warning that it assumes so is silenced.
+imported in `prepare`, before any clock (its first import costs seconds). A loader whose tensors are views into its own
+buffers keeps the views as the loaded copy (a clone would double the memory), unless it reuses those buffers (the
+streamer with `owned` false): then each tensor is cloned inside the load. The streamer's C++ core reads its settings
+from environment variables (spec.references), so the row sets them around the load (always to a number: an empty value
+breaks it; a setting left to the library is unset) and restores them after. DCP runs in one process without a process
+group (`no_dist`), and its warning that it assumes so is silenced.
 """
 
 from __future__ import annotations
