@@ -11,9 +11,8 @@ from typing import Any, Mapping
 
 from ckptbench.core.errors import UserError
 
-# Per compressor: the allowed keys with their (default, low, high) or allowed values.
-# Ranges are TensorStore's zarr v2 ones; defaults are TensorStore's, so "gzip" means
-# level 1, the level T5X's `{"id": "gzip"}` gets.
+# Per compressor: the allowed keys with their (default, low, high) or allowed values. Ranges are TensorStore's zarr v2
+# ones; defaults are TensorStore's, so "gzip" means level 1, the level T5X's `{"id": "gzip"}` gets.
 _LEVELS: dict[str, tuple[int, int, int]] = {"gzip": (1, 0, 9), "zlib": (1, 0, 9), "bz2": (1, 1, 9),
                                              "zstd": (1, -131072, 22)}
 BLOSC_CNAMES = ("blosclz", "lz4", "lz4hc", "snappy", "zlib", "zstd")
