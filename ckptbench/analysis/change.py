@@ -54,9 +54,7 @@ class RatioInterval:
     @property
     def change_pct(self) -> list[float] | None:
         """The interval as a change in % of the baseline: inside (-100 %, +inf)."""
-        if self.low is None or self.high is None:
-            return None
-        return [100.0 * (self.low - 1.0), 100.0 * (self.high - 1.0)]
+        return None if self.low is None or self.high is None else [100.0 * (self.low - 1.0), 100.0 * (self.high - 1.0)]
 
 
 def ratio_interval(values: Floats, baseline: Floats, confidence: float = 0.95,

@@ -255,9 +255,8 @@ _STORAGE_FAILURE_TEXT = tuple(os.strerror(code) for code in _STORAGE_FAILURES)
 
 def storage_failed(exc: BaseException) -> bool:
     """A full disk or an I/O error, however the library said so (TensorStore puts the OS text in a ValueError)."""
-    if isinstance(exc, OSError) and exc.errno in _STORAGE_FAILURES:
-        return True
-    return any(text in str(exc) for text in _STORAGE_FAILURE_TEXT)
+    by_errno = isinstance(exc, OSError) and exc.errno in _STORAGE_FAILURES
+    return by_errno or any(text in str(exc) for text in _STORAGE_FAILURE_TEXT)
 
 
 def cache_state(resident_bytes: int, disk_bytes: int | None) -> str:

@@ -337,9 +337,7 @@ def load(location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
 def _reading(store: ts.TensorStore, out: np.ndarray | None, context: ts.Context) -> Callable[[], Any]:
     """A read of the whole store: into a new array, or into `out` in place (TensorStore 0.1.86's read has no `out=`: the
     store is copied into a TensorStore view of `out`)."""
-    if out is None:
-        return store.read
-    return lambda: ts.array(out, copy=False, write=True, context=context).write(store)
+    return store.read if out is None else lambda: ts.array(out, copy=False, write=True, context=context).write(store)
 
 
 def _check_into(into: Mapping[str, np.ndarray], entries: list[dict[str, Any]], dtype: str) -> None:
