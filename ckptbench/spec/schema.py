@@ -72,20 +72,12 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def _is_integer(_checker: Any, value: Any) -> bool:
-    # JSON Schema counts 2.0 as an integer; a count or a size must be written as a whole number.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(_checker: Any, value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
-        {"integer": _is_integer, "number": _is_number}),
-)
+_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many({
+    # JSON Schema counts 2.0 as an integer; a count or a size must be written as a whole number
+    "integer": lambda _checker, value: isinstance(value, int) and not isinstance(value, bool),
+    "number": lambda _checker, value: (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                       and math.isfinite(value))})
+Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_TYPES)
 
 
 def validate_structure(data: Any, source: str) -> None:
