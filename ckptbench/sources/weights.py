@@ -53,12 +53,6 @@ class Weights:
                 "n_params": self.n_params, "size_bytes": self.size_bytes}
 
 
-def _preset_origin(name: str, values: str) -> dict[str, Any]:
-    return {"kind": "preset", "name": name, "origin": PRESETS[name].origin, "values": values,
-            "init": f"normal(0, {INIT_STD}) drawn as {'float32' if values == 'random' else values}, "
-                    f"seed {SEED} + crc32(name)"}
-
-
 def _check_preset(name: str, values: str = "random") -> None:
     if name not in PRESETS:
         raise UserError(f"--model: unknown preset {name!r}; run --list-models to see the presets")
@@ -234,7 +228,10 @@ def plan(model: str, weights_source: str | Path | None, dtype: str, values: str 
     a checkpoint's shapes read from its headers, a preset's from its table."""
     if weights_source is None:
         _check_preset(model, values)
-        return Planned(model, None, dtype, values, _preset_origin(model, values), tuple(preset_shapes(model)))
+        drawn = {"kind": "preset", "name": model, "origin": PRESETS[model].origin, "values": values,
+                 "init": f"normal(0, {INIT_STD}) drawn as {'float32' if values == 'random' else values}, "
+                         f"seed {SEED} + crc32(name)"}
+        return Planned(model, None, dtype, values, drawn, tuple(preset_shapes(model)))
     if origin is None:
         weights_source, origin = _resolve(str(weights_source))
     folder = Path(weights_source)

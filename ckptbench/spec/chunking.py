@@ -41,7 +41,8 @@ def chunk_shape(shape: Sequence[int], budget_elements: int, strategy: str = "hal
         elif strategy == "halve_floor":
             chunk[axis] = max(1, chunk[axis] // 2)
         else:  # divisor, tp_aligned
-            chunk[axis] = _next_smaller_divisor(extents[axis], chunk[axis])
+            smaller = [d for d in _divisors(extents[axis]) if d < chunk[axis]]
+            chunk[axis] = smaller[-1] if smaller else 1
     return chunk
 
 
@@ -49,11 +50,6 @@ def chunk_shape(shape: Sequence[int], budget_elements: int, strategy: str = "hal
 def _divisors(n: int) -> tuple[int, ...]:
     small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
     return tuple(sorted(set(small + [n // d for d in small])))
-
-
-def _next_smaller_divisor(n: int, current: int) -> int:
-    smaller = [d for d in _divisors(n) if d < current]
-    return smaller[-1] if smaller else 1
 
 
 def padded_elements(shape: Sequence[int], chunk: Sequence[int]) -> int:
