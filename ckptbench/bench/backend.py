@@ -89,7 +89,7 @@ class Backend(ABC):
 
 
 class Wrapper(Backend):
-    """A back end around another (`inner`) that keeps the inner one's storage and files: these hooks are its own."""
+    """A back end around another (`inner`), on the same storage and files: the hooks below are the inner one's."""
 
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
