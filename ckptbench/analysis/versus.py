@@ -117,11 +117,10 @@ def mismatch_warnings(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> lis
 
 
 def joined_answers(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The two files as two blocks of one measurement: per objective and role (the fastest peer, the device
-    ceiling) where both files pit the same TensorStore test against the same other test, each file's comparison
-    (from its confirmation rounds where it has them, else from the runs that selected them), the range of their
-    ratios, and whether they disagree (analysis.change.blocks_disagree). Two invocations at different times are
-    two machine states: where they disagree, neither file's interval is the answer."""
+    """The two files as two blocks of one measurement: per objective and role, where both files pit the same TensorStore
+    test against the same other test, each file's comparison, the range of their ratios and whether they disagree. Two
+    invocations at different times are two machine states: where they disagree, neither file's interval is the
+    answer."""
     out = []
     for objective in CONFIRM_OBJECTIVES:
         entry_a = (doc_a.get("best") or {}).get(objective) or {}

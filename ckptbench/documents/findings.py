@@ -127,10 +127,8 @@ NOISY_CV = 0.10  # stats.warnings_for's limit: a metric whose runs differ more i
 
 
 def alerts(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The warnings that threaten the answer, one short line each, most serious first (the console prints
-    these; `warnings` keeps every one in full): a cache serving the "cold" loads, a ceiling beaten (the figures
-    are not the disk's), a load meant to bypass the page cache that did not, runs that failed, rows skipped,
-    memory beyond its bound; then the rest."""
+    """The warnings that threaten the answer, one short line each, most serious first (the console prints these;
+    `warnings` keeps every one in full)."""
     tests, scale = document["tests"], document["scale"]
     out: list[dict[str, Any]] = []
     beat_direct, direct = _faster_than_direct(tests, ceiling)

@@ -298,10 +298,9 @@ def is_peer(test: Mapping[str, Any]) -> bool:
 
 def best_configurations(tests: list[Mapping[str, Any]], noise_pct: float, baseline: str | None = None
                         ) -> dict[str, Any]:
-    """Per objective, the TensorStore test with the lowest mean, its runner-up, and whether the two differ;
-    and the winner against the baseline, the fastest peer (the lowest mean of the reference rows a user
-    could pick instead) and the device ceiling, each by analysis.compare; `beaten_by`: the peers whose
-    mean is lower than the winner's (TensorStore is then not the fastest)."""
+    """Per objective, the TensorStore test with the lowest mean and its runner-up; the winner against the baseline, the
+    fastest peer and the device ceiling (analysis.compare), and the peers faster than it (`beaten_by`: TensorStore is
+    then not the fastest)."""
     # async rows have their own answer (documents.while_training): their save_s ran beside training steps
     candidates = [t for t in tests if t["kind"] == "tensorstore" and t["stats"]["save_s"]["n"] > 0
                   and not while_training.is_async(t)]
