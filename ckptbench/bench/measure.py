@@ -209,10 +209,7 @@ def _note(record: RunRecord, op: str, usage: Timed, backend: Backend) -> None:
                 setattr(record, f"process_{op}_{key}", [int(w[key]) for w in workers])
         cpu_s += sum(w["cpu_s"] for w in workers)  # the workers' CPU seconds
         growth += sum(w["peak_rss_bytes"] for w in workers)  # summed: an upper bound of what was in use at once
-        # this host's: this process's own, and its other processes' that took part (other hosts' are theirs)
-        here, pid = socket.gethostname(), os.getpid()
-        others = sum(int(w.get("peak_anon_bytes", 0)) for w in workers if w.get("host") == here and w.get("pid") != pid)
-        setattr(record, f"{op}_host_rss_anon_bytes", usage.rss_anon_peak_bytes + others)
+        setattr(record, f"{op}_host_rss_anon_bytes", usage.rss_anon_peak_bytes + _others_anon_bytes(workers))
         span_s = readers_span_s(workers) if op == "load" else None
         if span_s is not None:  # the readers' own clock, not this process's around sending the job and gathering it
             seconds, record.load_clock = span_s, "readers"
@@ -243,6 +240,13 @@ def readers_span_s(workers: Sequence[Mapping[str, Any]] | None) -> float | None:
     for worker in workers:
         by_host.setdefault(worker.get("host"), []).append(worker)
     return max(max(w["ended_s"] for w in mine) - min(w["started_s"] for w in mine) for mine in by_host.values())
+
+
+def _others_anon_bytes(workers: list[dict[str, Any]]) -> int:
+    """The peak anonymous bytes of the other processes of this host that took part (workers, tp readers, a launch's
+    ranks here): this process's own are in its own figures, other hosts' are on theirs."""
+    host, pid = socket.gethostname(), os.getpid()
+    return sum(int(w.get("peak_anon_bytes", 0)) for w in workers if w.get("host") == host and w.get("pid") != pid)
 
 
 _STORAGE_FAILURES = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS}
