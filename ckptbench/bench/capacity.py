@@ -109,7 +109,7 @@ def memory_need(config: SuiteConfig, model_bytes: int) -> tuple[int, str]:
 def memory_available_bytes() -> int | None:
     """What this process may use: what the kernel could give it, and what it already holds (part of every estimate's
     fixed part: a later stage of tune or explain is not refused for memory its own process holds)."""
-    available = system.meminfo_bytes("MemAvailable")
+    available = system.available_memory_bytes()
     return None if available is None else available + system.resident_bytes()[0]
 
 

@@ -24,6 +24,10 @@ def meminfo_bytes(key: str) -> int | None:
     return None
 
 
+def available_memory_bytes() -> int | None:
+    return meminfo_bytes("MemAvailable")
+
+
 def free_bytes(path: Path) -> int:
     """Free bytes (for an unprivileged user) on the filesystem that holds path, or would hold it."""
     existing = next(p for p in (Path(path), *Path(path).parents) if p.exists())
