@@ -83,7 +83,7 @@ def round_percents(test: Mapping[str, Any], by_round: Mapping[str, Sequence[Mapp
     out = {}
     for rate in RATES:
         limit = {entry["round"]: entry["fastest_gbps"] for entry in by_round.get(rate, [])}
-        out[rate] = [100.0 * _gbps(run, rate, data_bytes) / limit[run["round"]] for run in _measured(test)
+        out[rate] = [100.0 * (_gbps(run, rate, data_bytes) / limit[run["round"]]) for run in _measured(test)
                      if run["round"] in limit and (is_ceiling(test) or device_figure(test, run, rate))]
     return out
 
