@@ -6,8 +6,8 @@
     print(results.report())
     results.draw(suite.output_dir)          # the PNG figures
 
-Importing the package imports nothing heavy: TensorStore, torch and matplotlib load
-only when a suite runs or a figure is drawn.
+Importing the package imports nothing heavy: TensorStore, torch and matplotlib load only when a suite runs or a figure
+is drawn.
 """
 
 from __future__ import annotations

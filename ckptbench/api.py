@@ -1,14 +1,7 @@
-"""The Python API: run a suite on this host and read its results, tables and figures.
-
-    import ckptbench
-    suite = ckptbench.load_config("phase4_config.json", model="tiny", num_runs=2)
-    results = ckptbench.run(suite)          # also writes OUTPUT_DIR/results.json
-    print(results.report())
-    results.draw(suite.output_dir)          # the PNG figures
-
-Every subcommand is also a Python call: `ckptbench.cli.commands.<name>.COMMAND.run(...)`. Under a launcher (torchrun,
-srun, mpirun) the ranks are joined by the command line (`run_phase4_streamlined.py`), which chooses each process's
-role once.
+"""The Python API: run a suite on this host and read its results, tables and figures (the package's docstring has an
+example). Every subcommand is also a Python call: `ckptbench.cli.commands.<name>.COMMAND.run(...)`. Under a launcher
+(torchrun, srun, mpirun) the ranks are joined by the command line (`run_phase4_streamlined.py`), which chooses each
+process's role once.
 """
 
 from __future__ import annotations
@@ -36,9 +29,8 @@ class Results(results_doc.Results):
 
 
 def run(config: SuiteConfig, **options: Any) -> Results:
-    """Run a suite on this host; `options` are bench.context.RunContext's (resume, keep, source, observer,
-    may_start, history), or on_start, on_phase and on_record, an observer's three functions. Tests with several
-    processes get workers spawned here."""
+    """Run a suite on this host; `options` are bench.context.RunContext's, or on_start, on_phase and on_record, an
+    observer's three functions. Tests with several processes get workers spawned here."""
     from ckptbench.bench.context import Callbacks, RunContext
     from ckptbench.bench.suite import run_suite
     from ckptbench.parallel.spawned import LocalWriters

@@ -6,20 +6,9 @@ claim's outcome. A suite's "versus baseline" table, the answer (the best layout 
 and the device ceiling), the claims check, `compare A.json B.json`, `tune` and docs/explain/explain.py all call it, so
 they can never disagree.
 
-The interval is `ratio_interval`'s: the ratio of means on the log scale (the delta method on log(mean_a / mean_b),
-Welch-Satterthwaite degrees of freedom). Times and sizes are positive, so a change lies in (-100 %, +inf); an interval
-made on the log scale and mapped back stays there by construction, where Fieller's or a normal one can reach below
--100 %. The verdict's significance comes from the same t statistic, so "significant" and "the interval excludes 0"
-always agree. With two runs or fewer on a side there is no interval ("too few runs": a t quantile with one or two
-degrees of freedom makes any interval meaningless); samples with no spread at all (sizes) keep their exact ratio.
-
-Claim outcomes, for a claimed range [lo, hi] of % change and the 95 % CI of the measured change. For times the range
-is first widened by the noise threshold (a claim of -25..-30 % is not refuted by -31 % on a disk whose runs differ by
-10 %); sizes are exact and are not widened.
-- confirmed: the CI lies within the (widened) range;
-- contradicted: the CI lies wholly outside it;
-- consistent, not pinned down: the CI overlaps it but is wider than it, so more runs are needed to tell;
-- inconclusive: otherwise (the CI straddles an edge of the range, or there is no CI).
+The interval, and the t statistic the verdict's significance comes from, are `ratio_interval`'s; the method and the
+claim outcomes (`judge_claim`: a time's claimed range is first widened by the noise threshold, so a claim of -25..-30 %
+is not refuted by -31 % on a disk whose runs differ by 10 %) are PHASE4_GUIDE.md's section 5.
 """
 
 from __future__ import annotations
@@ -53,11 +42,8 @@ MIN_RUNS_FOR_CI = CI_MIN_RUNS  # per side; two runs give one degree of freedom o
 
 @dataclass(frozen=True)
 class RatioInterval:
-    """`ratio_interval`'s answer: the ratio of means, its interval and the test behind both.
-
-    `status`: "ok" (an interval and a p-value), "exact" (no spread on either side: the ratio is exact, the interval a
-    point), "too few runs" (a side has 2 runs or fewer: no interval, no test) or "insufficient data" (a side without
-    runs, or a mean that is not positive)."""
+    """`ratio_interval`'s answer: the ratio of means, its interval and the test behind both; `status` "ok", "exact" (no
+    spread on either side), "too few runs" or "insufficient data" (no runs, or a mean that is not positive)."""
 
     status: str
     ratio: float | None = None
@@ -68,34 +54,17 @@ class RatioInterval:
     @property
     def change_pct(self) -> list[float] | None:
         """The interval as a change in % of the baseline: inside (-100 %, +inf)."""
-        if self.low is None or self.high is None:
-            return None
-        return [100.0 * (self.low - 1.0), 100.0 * (self.high - 1.0)]
+        return None if self.low is None or self.high is None else [100.0 * (self.low - 1.0), 100.0 * (self.high - 1.0)]
 
 
 def ratio_interval(values: Floats, baseline: Floats, confidence: float = 0.95,
                    min_runs: int = MIN_RUNS_FOR_CI) -> RatioInterval:
-    """The interval of mean(values) / mean(baseline), computed on the log scale; the one method of the harness.
-
-    Method: the delta method on the log of the ratio of means. With m, s, n each side's mean, sample std and runs,
-    log(m_a / m_b) has the standard error se = sqrt(s_a^2 / (n_a m_a^2) + s_b^2 / (n_b m_b^2)) (each term the squared
-    relative error of a mean), Welch-Satterthwaite degrees of freedom from those two terms, and the interval
-    exp(log(m_a / m_b) +- t * se). The p-value is the same t statistic's, t = log(m_a / m_b) / se, so the interval
-    excludes 1 (a change of 0 %) exactly when p < 1 - confidence.
-
-    Why this and not Welch's test on log values: Welch on logs estimates the ratio of geometric means, while the
-    harness reports (and every claim states) the change of the mean time, the ratio of arithmetic means; the two
-    differ when runs are skewed (one slow run), and an interval around the geometric ratio need not even contain the
-    reported change. The delta method keeps the arithmetic ratio, at the geometric centre of its interval, and like
-    Welch on logs it lives on the log scale: the interval cannot leave (0, +inf), so a change cannot fall below
-    -100 %. Its coverage at 3 to 8 runs (normal or log-normal runs, CV 10 % to 50 %) is 95 % to 97 % in simulation,
-    as Welch on logs gives; Fieller's interval, used before, is exact for normal means but reaches below -100 % (or
-    has no bound) when the noise is large.
-
-    None of the interval with fewer than `min_runs` runs on a side (t quantiles at 1 or 2 degrees of freedom are 12.7
-    and 4.3: the interval says nothing); but samples without any spread (sizes) are exact with 2 runs or more, and
-    their ratio stands alone.
-    """
+    """The interval of mean(values) / mean(baseline), computed on the log scale; the one method of the harness. The
+    delta method on log(m_a / m_b), Welch-Satterthwaite degrees of freedom; the p-value is the same t statistic's, so
+    the interval excludes 1 exactly when p < 1 - confidence. Why: it keeps the ratio of arithmetic means (the change
+    every claim states; Welch on logs would judge the geometric one) and, unlike Fieller's, cannot leave (0, +inf)
+    (PHASE4_GUIDE.md, section 5). No interval with fewer than `min_runs` runs on a side, but samples without spread
+    (sizes) are exact."""
     a, b = as_floats(values), as_floats(baseline)
     if a.size == 0 or b.size == 0:
         return RatioInterval(INSUFFICIENT)
@@ -126,16 +95,10 @@ def ratio_interval(values: Floats, baseline: Floats, confidence: float = 0.95,
 
 def compare(values: Sequence[float], baseline: Sequence[float], *, metric: str = "save_s", noise_pct: float = 5.0,
             claimed_pct: Sequence[float] | None = None, min_runs: int = MIN_RUNS_FOR_CI) -> dict[str, Any]:
-    """Judge `values` against `baseline` (both raw runs of one metric); see the module docstring.
-
-    verdict, in order: "insufficient data" (fewer than 2 runs on a side, or a mean that is not positive), "too few
-    runs" (2 runs on a side, with spread: no interval, no test), "within noise" (|change| < noise_pct, even if
-    significant), "no significant difference" (p >= ALPHA, the interval holds 0), else the metric's better/worse word
-    ("faster", "slower", ...).
-
-    `min_runs`: the runs a side needs for the interval and the test (`ratio_interval`). A decision between two samples
-    (tune's) passes 2: Welch's test is defined there, and a wide interval still separates runs that lie far apart.
-    """
+    """Judge `values` against `baseline` (both raw runs of one metric); see the module docstring. The verdict: the
+    interval's status where it has no test, "within noise" (|change| < noise_pct, even if significant), "no significant
+    difference", else the metric's better/worse word. `min_runs`: a decision between two samples (tune's) passes 2:
+    Welch's test is defined there, and a wide interval still separates runs that lie far apart."""
     noisy = METRICS[metric][3]
     a, b = as_floats(values), as_floats(baseline)
     found = ratio_interval(a, b, 1.0 - ALPHA, min_runs)
@@ -169,11 +132,10 @@ def _verdict(out: dict[str, Any], noise_pct: float, metric: str) -> str:
 
 def ratio_words(comparison: dict[str, Any] | None, other: str, metric: str = "save_s", ci_label: str = "95% CI ",
                 note: str = "") -> str:
-    """A comparison of A with B in words, as a ratio >= 1: '1.2x slower than B (95% CI 1.1-1.3x)'.
-
-    From the comparison's own verdict and interval: "not significant" or "within noise" when the test says so, "too
-    few runs" when there is no interval, "exact" for a ratio without spread. `ci_label` starts the interval (empty
-    where a heading says what it is); `note` starts the parenthesis (e.g. "peer")."""
+    """A comparison of A with B in words, as a ratio >= 1: '1.2x slower than B (95% CI 1.1-1.3x)'. From the comparison's
+    own verdict and interval: "not significant" or "within noise" when the test says so, "too few runs" when there is no
+    interval, "exact" for a ratio without spread. `ci_label` starts the interval (empty where a heading says what it
+    is); `note` starts the parenthesis (e.g. "peer")."""
     if not comparison or comparison.get("ratio") is None:
         return f"not compared with {other} (no runs)"
     higher_is_better, better, worse, _ = METRICS.get(metric, METRICS["save_s"])
@@ -210,8 +172,7 @@ def ratio_words(comparison: dict[str, Any] | None, other: str, metric: str = "sa
 
 
 def range_text(low: float, high: float) -> str | None:
-    """'1.1-1.3x', with the digits a narrow range needs to show both ends (up to 4); None if they are equal even
-    then."""
+    """'1.1-1.3x', with the digits (up to 4) a narrow range needs to show both ends; None if equal even then."""
     digits = 2
     while ratio_text(low, digits) == ratio_text(high, digits) and digits < 4:
         digits += 1
@@ -276,10 +237,9 @@ def verdict_direction(comparison: Mapping[str, Any]) -> str | None:
 
 
 def blocks_disagree(comparisons: Sequence[dict[str, Any]]) -> str | None:
-    """How the comparisons of the same two tests in separate blocks of rounds disagree, or None: their verdicts
-    point different ways (slower in one, the same or faster in another), or two of their intervals do not
-    overlap. Each block's interval is conditional on that block's machine state, so such blocks give no one
-    verdict."""
+    """How the comparisons of the same two tests in separate blocks of rounds disagree, or None: their verdicts point
+    different ways (slower in one, the same or faster in another), or two of their intervals do not overlap. Each
+    block's interval is conditional on that block's machine state, so such blocks give no one verdict."""
     directions = {d for d in (verdict_direction(c) for c in comparisons) if d is not None}
     if len(directions) > 1:
         return "their verdicts differ"

@@ -1,5 +1,5 @@
-"""Statistics of a benchmark's repeated runs. Every public function returns plain Python types (float, int, list,
-None) so results can go straight into JSON reports without numpy scalars leaking out."""
+"""Statistics of a benchmark's repeated runs. Every public function returns plain Python types (float, int, list, None)
+so results can go straight into JSON reports without numpy scalars leaking out."""
 
 from __future__ import annotations
 
@@ -52,10 +52,9 @@ def _median(arr: np.ndarray) -> float:
 
 
 def t_quantile(probability: float, df):
-    """The Student-t quantile (scipy.stats.t.ppf(probability, df)), vectorised over df.
-
-    scipy.special, imported here: scipy.stats costs a second to import and scipy.special a
-    quarter, which `show` (reading finished statistics) should not pay."""
+    """The Student-t quantile (scipy.stats.t.ppf(probability, df)), vectorised over df. scipy.special, imported here:
+    scipy.stats costs a second to import and scipy.special a quarter, which `show` (reading finished statistics) should
+    not pay."""
     from scipy.special import stdtrit
 
     return stdtrit(df, probability)
@@ -65,8 +64,7 @@ SUMMARY_KEYS = ("n", "mean", "std", "median", "min", "max", "cv", "ci95")
 
 
 def summarize(values: Sequence[float]) -> dict:
-    """n, mean, sample std, median, min, max, cv, and `ci95`: the mean's 95% CI by `mean_ci` (on the log scale
-    for positive quantities, so it never reaches zero)."""
+    """n, mean, sample std, median, min, max, cv, and `ci95`: the mean's 95% CI (`mean_ci`)."""
     arr = as_floats(values)
     n = int(arr.size)
     if n == 0:
@@ -81,15 +79,9 @@ CI_MIN_RUNS = 3  # per side of a change too (analysis.change): two runs give no 
 
 
 def mean_ci(values: Floats, confidence: float = 0.95) -> list[float] | None:
-    """The CI of a mean: one method for positive quantities, and what is right for the others.
-
-    Every value positive (times, sizes, rates, memory): on the log scale, mean * exp(+- t_{n-1} * cv / sqrt(n)),
-    the delta method on log(mean), the one-sample case of `analysis.change.ratio_interval` (the interval of
-    every change): never below zero, the mean at its geometric centre. A value of 0 or less (a CPU time under the
-    clock's tick, a memory growth of 0, a quantity that can be negative): the Student-t interval,
-    mean +- t_{n-1} * s / sqrt(n), its lower end cut at 0 when no value is negative (such a mean cannot be below
-    0). None with fewer than 3 runs (a t quantile at 1 or 2 degrees of freedom makes it meaningless) unless they
-    have no spread ([mean, mean]: exact), or with a value that is not finite."""
+    """The CI of a mean. Every value positive: on the log scale, the one-sample case of
+    `analysis.change.ratio_interval`, so never below zero; else Student's, cut at 0 when no value is negative (a CPU
+    time under the clock's tick). None under CI_MIN_RUNS runs unless exact (PHASE4_GUIDE.md, section 5)."""
     arr = as_floats(values)
     if arr.size < 2 or not np.all(np.isfinite(arr)):
         return None
@@ -113,9 +105,8 @@ _LOG_MAX = math.log(1e300)
 
 
 def modified_z_scores(values: Sequence[float]) -> list[float]:
-    """Iglewicz-Hoaglin modified z-scores: 0.6745 * (x - median) / MAD. With MAD == 0, rather than all zeros (which
-    would hide e.g. a single cold-cache run among identical ones): (x - median) / (1.253314 * mean absolute
-    deviation). Only when every value equals the median (mean absolute deviation 0 as well) are all scores 0.0."""
+    """Iglewicz-Hoaglin modified z-scores; with MAD == 0, the mean absolute deviation's, rather than all zeros, which
+    would hide a single cold-cache run among identical ones."""
     arr = as_floats(values)
     if arr.size == 0:
         return []
@@ -138,9 +129,8 @@ def outlier_indices(values: Sequence[float], threshold: float = 3.5) -> list[int
 
 
 def runs_needed(values: Sequence[float], *, rel_precision: float = 0.05, confidence: float = 0.95) -> int | None:
-    """Total runs n for the CI half-width t_{n-1} * s / sqrt(n) to be <= rel_precision * |mean|, the observed std taken
-    as the true one: at least 2 (the fewest that give a CI at all), RUNS_CAP when even that many would not suffice,
-    None when n < 2 or the mean is 0 (relative precision undefined)."""
+    """Total runs for the CI half-width to be <= rel_precision * |mean|, the observed std taken as the true one (at most
+    RUNS_CAP); None when n < 2 or the mean is 0 (relative precision undefined)."""
     arr = as_floats(values)
     if arr.size < 2:
         return None

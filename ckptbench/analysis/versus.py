@@ -1,13 +1,9 @@
-"""`compare A.json B.json`: is B faster, slower or the same as A, test by test?
+"""`compare A.json B.json`: is B faster, slower or the same as A, test by test? (PHASE4_GUIDE.md, section 8)
 
-Like pyperf's compare_to: for each test in both files and each metric, A and B as mean +- std, the change of B versus
-A with its 95 % CI, and a verdict from Welch's t-test on the raw runs (`analysis.compare`, the same function a suite
-uses against its baseline, with A as the baseline). Differences that make the comparison unfair (another machine,
-model or dtype) are warned about on stderr but do not stop it: comparing machines can be the point. A time whose runs
-found the machine busy on either side (analysis.busy: other processes' CPU or disk bytes during a timed save or load)
-is reported with its change and interval but not called significant: its verdict is "not judged: busy machine", with
-the reason, unless `allow_busy`. `--fail-on-regression PCT` turns a significant slowdown or growth beyond PCT % into
-exit status 1, for CI.
+Like pyperf's compare_to, judged by `analysis.compare`, the same function a suite uses against its baseline, with A as
+the baseline. Differences that make the comparison unfair (another machine, model or dtype) are warned about but do not
+stop it: comparing machines can be the point. A time whose runs found the machine busy on either side keeps its change
+and interval but is not called significant ("not judged: busy machine"), unless `allow_busy`.
 """
 
 from __future__ import annotations
@@ -121,11 +117,10 @@ def mismatch_warnings(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> lis
 
 
 def joined_answers(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The two files as two blocks of one measurement: per objective and role (the fastest peer, the device
-    ceiling) where both files pit the same TensorStore test against the same other test, each file's comparison
-    (from its confirmation rounds where it has them, else from the runs that selected them), the range of their
-    ratios, and whether they disagree (analysis.change.blocks_disagree). Two invocations at different times are
-    two machine states: where they disagree, neither file's interval is the answer."""
+    """The two files as two blocks of one measurement: per objective and role, where both files pit the same TensorStore
+    test against the same other test, each file's comparison, the range of their ratios and whether they disagree. Two
+    invocations at different times are two machine states: where they disagree, neither file's interval is the
+    answer."""
     out = []
     for objective in CONFIRM_OBJECTIVES:
         entry_a = (doc_a.get("best") or {}).get(objective) or {}

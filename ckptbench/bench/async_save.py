@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ckptbench.bench import storage
-from ckptbench.bench.backend import Backend
+from ckptbench.bench.backend import Backend, Wrapper
 from ckptbench.bench.references.ceiling import DIRECT, DeviceCeilingBackend
 from ckptbench.bench.references.files import folder_of, fsync_path, to_torch
 from ckptbench.bench.references.peers import TorchDCPBackend
@@ -120,7 +120,7 @@ class Figures:
     steps_cpu_s: float = 0.0
 
 
-class AsyncSave(Backend):
+class AsyncSave(Wrapper):
     """A row's back end, its saves made asynchronous; everything else is the row's own."""
 
     def __init__(self, inner: Backend, step_bytes: int | None = None) -> None:
@@ -209,7 +209,7 @@ def _tensorstore(inner: storage.TensorStoreBackend, tensors: Mapping[str, np.nda
     """Every write issued at once (no in-flight bound: an async save holds its copy), blocked until each `copy`."""
     import tensorstore as ts
 
-    location, layout, context = as_location(location), inner.layout, inner._context()
+    location, layout, context = as_location(location), inner.layout, inner.context()
     if location.local_dir is not None:
         location.local_dir.mkdir(parents=True, exist_ok=True)
     names = list(tensors)

@@ -37,8 +37,7 @@ class Backend(ABC):
 
     def before_load(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Called after the save and before each load, outside every clock: a back end that loads into memory that
-        exists before the load (a model's parameters) allocates and touches it here, so the save does not hold it too.
-        """
+        exists before the load (a model's parameters) allocates and touches it here, so the save does not hold it."""
 
     @abstractmethod
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None:
@@ -87,6 +86,36 @@ class Backend(ABC):
         """Seconds per access pattern of the last save or load, for back ends that time several patterns inside one
         operation (the device ceiling); the fastest is the operation's time."""
         return None
+
+
+class Wrapper(Backend):
+    """A back end around another (`inner`), on the same storage and files: the hooks below are the inner one's."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+
+    @property
+    def in_memory(self) -> bool:
+        return self.inner.in_memory
+
+    @property
+    def bypasses_page_cache(self) -> bool:
+        return self.inner.bypasses_page_cache
+
+    def load(self, location: RunLocation) -> dict[str, np.ndarray]:
+        return self.inner.load(location)
+
+    def footprint(self, location: RunLocation) -> tuple[int, int, int]:
+        return self.inner.footprint(location)
+
+    def evict(self, directory: Path, method: str) -> str | None:
+        return self.inner.evict(directory, method)
+
+    def before_run(self, earlier: Sequence[RunRecord]) -> None:
+        self.inner.before_run(earlier)
+
+    def pattern_seconds(self) -> dict[str, float] | None:
+        return self.inner.pattern_seconds()
 
 
 class Writers(Protocol):

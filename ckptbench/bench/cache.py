@@ -1,13 +1,9 @@
 """Making loads cold: evict a checkpoint's files from the OS page cache, and check it worked.
 
-Two ways, as MLPerf Storage and fio do it:
-- ``drop_caches``: `sync`, then write 3 to /proc/sys/vm/drop_caches (needs root). Drops every clean page, dentry and
-  inode on the machine.
-- ``fadvise``: `posix_fadvise(POSIX_FADV_DONTNEED)` on each file of the checkpoint. Works without root, for the files'
-  data pages (directory metadata may stay cached).
-
-Whichever ran, `resident_bytes` asks the kernel (mincore) how much of the checkpoint is still in memory, so the record
-says what the load really read from.
+Two ways, as MLPerf Storage and fio do it: ``drop_caches`` (needs root; drops every clean page, dentry and inode on the
+machine) and ``fadvise`` (each file's data pages, without root; directory metadata may stay cached). Whichever ran,
+`resident_bytes` asks the kernel (mincore) how much of the checkpoint is still in memory, so the record says what the
+load really read from.
 """
 
 from __future__ import annotations
@@ -60,11 +56,9 @@ def fadvise_dontneed(directory: Path) -> bool:
 
 
 def evict(directory: Path, method: str = "auto") -> str | None:
-    """Evict directory's files; returns the method that worked, or None if none did.
-
-    `method` is "auto" (drop_caches where permitted, else fadvise), "drop_caches", "fadvise" or "none" (leave the cache
-    alone: the load will be warm).
-    """
+    """Evict directory's files; returns the method that worked, or None if none did. `method` is "auto" (drop_caches
+    where permitted, else fadvise), "drop_caches", "fadvise" or "none" (leave the cache alone: the load will be
+    warm)."""
     if method == "none":
         return None
     if method in ("auto", "drop_caches") and drop_caches():
@@ -84,11 +78,9 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def resident_bytes(directory: Path) -> int:
-    """Bytes of directory's files now in the page cache (by mincore), rounded up to pages.
-
-    Straight libc calls on a descriptor, no Python mmap object per file: a checkpoint of 10,000 chunk files is checked
-    in a fraction of a second.
-    """
+    """Bytes of directory's files now in the page cache (by mincore), rounded up to pages. Straight libc calls on a
+    descriptor, no Python mmap object per file: a checkpoint of 10,000 chunk files is checked in a fraction of a
+    second."""
     total = 0
     vector = np.empty(0, dtype=np.uint8)
     for path in _files(directory):

@@ -6,12 +6,7 @@ edge chunks to full size and every chunk file occupies whole blocks, so the esti
 ceiling keeps five copies (its 1-, 4-, 16- and 32-stream file sets and fio's, whose files are whole 1 MiB blocks).
 
 Memory: the peak anonymous memory of the whole process, estimated per row as a fixed part plus what the row holds
-(measured with the per-operation split of resident memory; docs/measurements/memory.md). The source weights are a mapped
-file, page cache the kernel can drop, so they are not counted: a load holds the loaded copy (1x the model), and
-TensorStore's reads and writes hold at most `max_inflight_bytes` in flight besides. The bound this keeps is 1.25 x the
-model + 1 GB. Several processes on a host (--processes, tp readers) add each one's fixed part, and a tp reader of a
-whole file (torch.load, the Run:ai streamer) holds the whole model before it copies its slice out: such rows go past the
-bound, and the estimate says by how much.
+(`peak_memory_bytes`; PHASE4_GUIDE.md, section 9, says what each holds and why the source weights are not counted).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptbench.bench.references.ceiling import fio_version
-from ckptbench.core.system import free_bytes, ram_bytes
+from ckptbench.core.system import free_bytes, meminfo_bytes
 
 PACKAGES = ("tensorstore", "numpy", "torch", "transformers", "safetensors", "scipy", "matplotlib",
             "runai-model-streamer", "fastsafetensors")  # the last two: the peer reference rows
@@ -58,7 +58,7 @@ def capture(output_dir: Path) -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "ram_bytes": ram_bytes(),
+        "ram_bytes": meminfo_bytes("MemTotal"),
         "root": hasattr(os, "geteuid") and os.geteuid() == 0,
         "filesystem": filesystem_of(output_dir),
         "fio": fio_version(),  # None: not on PATH, so the device ceiling ran its own patterns only

@@ -1,17 +1,14 @@
 """Running the benchmark: one timed run, and a plan's runs one after another.
 
-A run is: save into a fresh location (timed until every write is durable; TensorStore's file kvstore fsyncs each file),
-measure the size, evict the files from the page cache, load (timed), verify bit for bit against the source, delete what
-the run wrote. A test with `warm_load` also loads (timed, verified) before the eviction, from the page cache the save
-left, so one save gives a warm and a cold load. Only the save and the loads sit between clock reads; size walking,
-eviction and verification happen outside them. `timed` measures one operation: wall seconds, CPU seconds over all
-threads, and resident memory, sampled every 20 ms by a thread that sleeps between reads of /proc/self/statm (one short
-line). A sampler is not free: one reading /proc/self/status every 10 ms made a minimal script's many-file saves 20-30 %
-slower (docs/measurements/harness-cost.md), so this one reads the cheaper file half as often. Right outside the clock
-reads, what other processes of the host did is sampled (core.host: their CPU time and the disk's bytes, this run's own
+A run (`run_once`; PHASE4_GUIDE.md, sections 4.2 to 4.4): save, size, evict, load, verify, delete. Only the save and the
+loads sit between clock reads. `timed` measures one operation: wall seconds, CPU seconds over all threads, and resident
+memory, sampled every 20 ms by a thread that sleeps between reads of /proc/self/statm (one short line). A sampler is not
+free: one reading /proc/self/status every 10 ms made a minimal script's many-file saves 20-30 % slower
+(docs/measurements/harness-cost.md), so this one reads the cheaper file half as often. Right outside the clock reads,
+what other processes of the host did is sampled (core.host: their CPU time and the disk's bytes, this run's own
 processes left out) into the run's `other_processes`; with writers on other hosts, the busiest host's
-(analysis.busy.busiest: each host's first rank watches its own, parallel.writers). Failures are recorded in the run's
-record, never raised, so one broken test does not stop the others; a failing disk (full, I/O error) stops the suite.
+(analysis.busy.busiest; each host's first rank watches its own, parallel.writers). Failures are recorded in the run's record, never raised, so one
+broken test does not stop the others; a failing disk (full, I/O error) stops the suite.
 """
 
 from __future__ import annotations
@@ -55,11 +52,10 @@ class Timed:
 
 
 def timed(operation: Callable[[], Any], collect_garbage: bool = True, watch: host.Watch | None = None) -> Timed:
-    """Run operation once and measure it (see the module docstring).
-
-    First, earlier garbage is collected (a full collection takes 0.1-0.3 s in a process that imported torch) and freed
-    memory handed back to the OS, so that neither lands inside the timing; a writer whose clock started earlier, at a
-    barrier, passes collect_garbage=False and does this between jobs instead."""
+    """Run operation once and measure it (see the module docstring). First, earlier garbage is collected (a full
+    collection takes 0.1-0.3 s in a process that imported torch) and freed memory handed back to the OS, so that neither
+    lands inside the timing; a writer whose clock started earlier, at a barrier, passes collect_garbage=False and does
+    this between jobs instead."""
     if collect_garbage:
         system.release_free_memory()
     anon0, file0 = system.resident_bytes()
@@ -111,8 +107,7 @@ class Bench:
 
 def run_once(planned: PlannedRun, backend: Backend, bench: Bench, on_phase: Phase = lambda _run, _phase: None,
              keep: bool = False) -> RunRecord:
-    """One save/evict/load/verify cycle (`keep`: leave its checkpoint). Failures are recorded in the result, never
-    raised."""
+    """One save/evict/load/verify cycle (`keep`: leave its checkpoint); failures are recorded, never raised."""
     # A test the suite does not list takes every default (the suite's eviction among them)
     spec = next((t for t in bench.config.tests if t.name == planned.test), TestSpec(planned.test))
     target = bench.target or LocalTarget(bench.config.output_dir)
@@ -172,8 +167,7 @@ def _warm_load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.nda
 
 def _load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.ndarray], location: RunLocation,
           eviction: str, on_phase: Callable[[str], None]) -> None:
-    """Evict the run's files (`eviction`: the test's cache_eviction), load (timed), verify; `on_phase(name)` before each
-    step."""
+    """Evict the run's files (`eviction`: the test's cache_eviction), load (timed), verify; `on_phase` before each."""
     backend.before_load(tensors)  # before the eviction: memory it touches cannot bring the files back
     if backend.in_memory:
         record.load_cache = "memory"
@@ -266,11 +260,9 @@ _STORAGE_FAILURE_TEXT = tuple(os.strerror(code) for code in _STORAGE_FAILURES)
 
 
 def storage_failed(exc: BaseException) -> bool:
-    """True for a full disk or an I/O error, however the library reported it (TensorStore puts the OS text in a
-    ValueError)."""
-    if isinstance(exc, OSError) and exc.errno in _STORAGE_FAILURES:
-        return True
-    return any(text in str(exc) for text in _STORAGE_FAILURE_TEXT)
+    """A full disk or an I/O error, however the library said so (TensorStore puts the OS text in a ValueError)."""
+    by_errno = isinstance(exc, OSError) and exc.errno in _STORAGE_FAILURES
+    return by_errno or any(text in str(exc) for text in _STORAGE_FAILURE_TEXT)
 
 
 def cache_state(resident_bytes: int, disk_bytes: int | None) -> str:
@@ -308,10 +300,9 @@ def reference_settings(test: TestSpec, config: SuiteConfig) -> dict[str, Any]:
 
 def run_plan(runs: Iterable[PlannedRun], bench: Bench, on_phase: Phase = lambda _run, _phase: None,
              earlier: Sequence[RunRecord] = ()) -> Iterator[RunRecord]:
-    """Execute a plan, yielding each run's record as soon as it ends; stop after a storage failure.
-
-    `earlier`: runs before these (a resumed journal's, an earlier suite's), which each back end is told of before a run
-    of its test. A run that `on_phase` skips (RunSkipped, raised before its save) yields no record."""
+    """Execute a plan, yielding each run's record as soon as it ends; stop after a storage failure. `earlier`: runs
+    before these (a resumed journal's, an earlier suite's), which each back end is told of before a run of its test. A
+    run that `on_phase` skips (RunSkipped, raised before its save) yields no record."""
     config = bench.config
     backends = {t.name: async_save.wrap(backend_for(t, config, bench.target, bench.writers), t, config.cache_eviction)
                 for t in config.tests}

@@ -1,20 +1,15 @@
 """The TensorStore back end: a checkpoint as one array per parameter.
 
-A checkpoint folder holds one array per tensor (the parameter name is the array's key) and `manifest.json` with names,
-shapes and dtype, written last so a checkpoint with a manifest is complete. A test chooses the format (zarr v2, or zarr3
-with optional `sharding_indexed`), the key-value store (`file`; `ocdbt`, one database per checkpoint as Orbax writes; or
-`memory`, to separate CPU cost from disk cost), the chunking, compression and TensorStore's concurrency and fsync
-settings.
+A checkpoint folder holds one array per tensor and `manifest.json`, written last so a checkpoint with a manifest is
+complete; a test's `Layout` says how (PHASE4_GUIDE.md, sections 3 and 4.2).
 
 Saves and loads keep every array in flight at once, as a user should: all opens are issued together, then writes (or
 reads) are issued without waiting for each other, bounded only by an in-flight byte budget (like T5X's `concurrent_gb`)
 so that a large model does not double its memory. Waiting tensor by tensor would serialise the I/O and measure Python,
 not storage; `in_flight: "one_tensor"` does exactly that, to reproduce the original Phase 4 harness.
 
-`timed_conversion` reproduces the original's other habit: its weights were float16 and every save cast each tensor to
-float32 inside the timer (`.float()`), every load copied each array read and cast it back (`np.copy`,
-`torch.from_numpy`, `.half()`). The float16 copies are made before the clock (`prepare`) and loads are verified against
-them.
+`timed_conversion` reproduces the original's other habit, its float16 weights cast inside the timers (`save`, `load`);
+the float16 copies are made before the clock (`prepare`) and loads are verified against them.
 
 Every array is created with `store_data_equal_to_fill_value`, so a chunk of zeros is written like any other: sizes and
 times then count every byte of the model.
@@ -39,7 +34,7 @@ from ckptbench.bench.targets import RunLocation, as_location, footprint_of_store
 from ckptbench.bench.workspace import RUN_MARKER
 from ckptbench.spec import chunking, compression, tensor_parallel
 from ckptbench.spec.fields import TestSpec
-from ckptbench.spec.presets import NUMPY_DTYPES
+from ckptbench.spec.presets import NUMPY_DTYPES, dtype_name
 
 MANIFEST = "manifest.json"
 OCDBT_DIR = "ocdbt"
@@ -170,7 +165,8 @@ class TensorStoreBackend(Backend):
     def bypasses_page_cache(self) -> bool:
         return self.layout.file_io_mode == "direct"
 
-    def _context(self) -> ts.Context:
+    def context(self) -> ts.Context:
+        """Its operations' context (public: async saves open their arrays in it); the memory kvstore's is kept."""
         if self.layout.kvstore != "memory":
             return self.layout.context(self.context_extra)
         if self._memory_context is None:
@@ -188,13 +184,13 @@ class TensorStoreBackend(Backend):
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation | Path) -> None:
         if self.layout.timed_conversion and self._half is None:  # called without prepare (directly): copy now
             self.prepare(tensors)
-        save(self._half or tensors, location, self.layout, self.max_inflight_bytes, self._context())
+        save(self._half or tensors, location, self.layout, self.max_inflight_bytes, self.context())
 
     def load(self, location: RunLocation | Path) -> dict[str, np.ndarray]:
         if self.layout.load_into == "preallocated" and self._into is None:
             raise ValueError("load_into \"preallocated\": the arrays are allocated in before_load(), before the "
                              "clock; call before_load(tensors) first")
-        return load(location, self.layout, self.max_inflight_bytes, self._context(), into=self._into)
+        return load(location, self.layout, self.max_inflight_bytes, self.context(), into=self._into)
 
     def verify(self, tensors: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray]) -> list[str]:
         if self._half is not None:
@@ -208,7 +204,7 @@ class TensorStoreBackend(Backend):
         location = as_location(location)
         if location.local_dir is not None and self.layout.kvstore != "memory":
             return checkpoint_size(location.local_dir)
-        return footprint_of_store(self.layout.manifest_store(location), self._context())
+        return footprint_of_store(self.layout.manifest_store(location), self.context())
 
     def release(self) -> None:
         self._memory_context = None
@@ -292,8 +288,7 @@ def save(tensors: Mapping[str, Any], location: RunLocation | Path, layout: Layou
 
 def write_manifest(location: RunLocation, layout: Layout, context: ts.Context, dtype: str,
                    shapes: Mapping[str, Sequence[int]], **extra: Any) -> None:
-    """manifest.json (the format, dtype and every array's shape, in order), written last through the same kvstore
-    (so fsync'd like the arrays where they are)."""
+    """manifest.json (format, dtype, each array's shape), written last through the same kvstore (so fsync'd alike)."""
     manifest = {"format": f"ckptbench-{layout.format}", "dtype": dtype, **extra,
                 "tensors": [{"name": name, "shape": list(shape)} for name, shape in shapes.items()]}
     store = ts.KvStore.open(layout.manifest_store(location), context=context).result()
@@ -311,11 +306,7 @@ def read_manifest(location: RunLocation, layout: Layout, context: ts.Context) ->
 def load(location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
          context: ts.Context | None = None, *, into: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Read a checkpoint written by `save` back into memory (with the layout's `timed_conversion`, each array read cast
-    back to float16 inside the caller's timer, as the original did).
-
-    `into`, given, holds an array per tensor (shaped and typed as stored) that each read fills in place, as TensorStore
-    0.1.86 does it (its read has no `out=`): the store is written into a TensorStore view of the array,
-    `ts.array(out, copy=False, write=True).write(store)`. Those arrays are returned."""
+    back to float16 inside the caller's timer, as the original did), or into `into`'s arrays (`_reading`)."""
     location = as_location(location)
     context = context or layout.context()
     manifest = read_manifest(location, layout, context)
@@ -344,11 +335,9 @@ def load(location: RunLocation | Path, layout: Layout, max_inflight_bytes: int,
 
 
 def _reading(store: ts.TensorStore, out: np.ndarray | None, context: ts.Context) -> Callable[[], Any]:
-    """A read of the whole store: into a new array, or into `out` in place (the store copied into a TensorStore view of
-    `out`)."""
-    if out is None:
-        return store.read
-    return lambda: ts.array(out, copy=False, write=True, context=context).write(store)
+    """A read of the whole store: into a new array, or into `out` in place (TensorStore 0.1.86's read has no `out=`: the
+    store is copied into a TensorStore view of `out`)."""
+    return store.read if out is None else lambda: ts.array(out, copy=False, write=True, context=context).write(store)
 
 
 def _check_into(into: Mapping[str, np.ndarray], entries: list[dict[str, Any]], dtype: str) -> None:
@@ -363,11 +352,9 @@ def _check_into(into: Mapping[str, np.ndarray], entries: list[dict[str, Any]], d
 
 @contextmanager
 def settled() -> Iterator[Track]:
-    """Track futures; if anything interrupts (Ctrl-C, an error), cancel and wait for them all.
-
-    TensorStore keeps writing on its own threads after Python stops waiting, so without this a folder could be deleted
-    while files are still being created in it.
-    """
+    """Track futures; if anything interrupts (Ctrl-C, an error), cancel and wait for them all. TensorStore keeps writing
+    on its own threads after Python stops waiting, so without this a folder could be deleted while files are still being
+    created in it."""
     tracked: list[ts.Future] = []
 
     def track(futures: list[ts.Future]) -> list[ts.Future]:
@@ -415,14 +402,9 @@ def _bounded(operations: Iterable[tuple[int, Callable[[], ts.Future]]], max_infl
     return started
 
 
-def dtype_name(dtype: np.dtype) -> str:
-    """'float32', 'float16' or 'bfloat16' for a numpy dtype."""
-    return next(name for name, np_dtype in NUMPY_DTYPES.items() if np_dtype == dtype)
-
 
 def checkpoint_size(directory: Path) -> tuple[int, int, int]:
-    """(apparent bytes, allocated bytes, file count) of the checkpoint's files under directory (the harness's own
-    ownership marker is not part of the checkpoint)."""
+    """(apparent bytes, allocated bytes, file count) of the checkpoint's files (the run's marker is not one)."""
     size_bytes = disk_bytes = n_files = 0
     for root, _dirs, files in os.walk(directory):
         for name in files:

@@ -4,10 +4,8 @@ The command line, the Python API (`ckptbench.run`), `tune` and `explain` all cal
 It knows nothing of launchers: who saves and loads the tests run by several processes is the context's `writers`
 (bench.backend.Writers), chosen once by the caller.
 
-Order of work: check everything that can be checked (output folder, storage, memory, duration, disk, weights) before
-writing anything; then the journal, the plan, the runs (each appended to the journal as it ends), and the results
-document, written to OUTPUT_DIR/results.json. Figures and console tables are the caller's business (`Results.draw`,
-`Results.report`).
+Everything that can be checked (bench.preflight) is checked before anything is written; figures and console tables are
+the caller's business (`Results.draw`, `Results.report`).
 
 A stop (Ctrl-C, SIGTERM, a budget's `may_start`, a lost rank) ends the suite within seconds: the results so far are
 written (complete: false), then `Stopped` is raised with them attached as `.partial`, and a context with `resume=True`
@@ -89,8 +87,7 @@ class _Suite:
 
 
 def _measure(suite: _Suite, done: list[RunRecord]) -> results.Results:
-    """The runs of a checked suite (`done`: a resumed journal's), each appended to the journal as it ends, then the
-    results document."""
+    """The runs of a checked suite (`done`: a resumed journal's), each journaled as it ends, then the results."""
     context, config, target, seed = suite.context, suite.context.config, suite.target, suite.seed
     if not context.resume:
         suite.log.start(journal.fingerprint(config.to_json(), suite.source.describe()), seed)

@@ -5,9 +5,8 @@ prefix) plus, for local targets, the folder itself. It measures a saved checkpoi
 one run wrote: a local run folder carries a marker file, a remote run prefix a marker object, and nothing without its
 marker is ever deleted.
 
-Remote stores change the protocol, and results.json says so: there is no page cache to drop (loads come from the
-server), and sizes come from listing objects. Endpoint, region and credentials come from the standard AWS variables
-(`AWS_ENDPOINT_URL`, `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`, ...) or the config's `storage_options`.
+Remote stores change the protocol, and results.json says so (PHASE4_GUIDE.md, section 4.8): there is no page cache to
+drop, and sizes come from listing objects.
 """
 
 from __future__ import annotations
@@ -128,11 +127,9 @@ class ObjectStoreTarget:
         return {f"{self.kind}_request_retries": retries}
 
     def check(self) -> None:
-        """Fail fast on a wrong endpoint, missing credentials or a missing bucket.
-
-        Creating an array in a bucket that does not exist makes TensorStore retry forever, so the bucket is listed
-        first, where that error comes at once.
-        """
+        """Fail fast on a wrong endpoint, missing credentials or a missing bucket. Creating an array in a bucket that
+        does not exist makes TensorStore retry forever, so the bucket is listed first, where that error comes at
+        once."""
         store = ts.KvStore.open(self.kvstore(self.prefix), context=ts.Context(self.context_spec(max_retries=1)))
         try:
             store.result(timeout=PREFLIGHT_TIMEOUT_S).list().result(timeout=PREFLIGHT_TIMEOUT_S)
@@ -174,10 +171,8 @@ Target = LocalTarget | ObjectStoreTarget  # where a suite writes its runs
 
 
 def footprint_of_store(location_spec: Mapping[str, Any], context: ts.Context) -> tuple[int, int, int]:
-    """(bytes, bytes, objects) under a kvstore prefix, from a listing and each object's length.
-
-    TensorStore's listing carries no sizes, so each object's length is read; this is outside every timed region.
-    """
+    """(bytes, bytes, objects) under a kvstore prefix, from a listing and each object's length. TensorStore's listing
+    carries no sizes, so each object's length is read; this is outside every timed region."""
     store = ts.KvStore.open(dict(location_spec), context=context).result()
     keys = [k for k in store.list().result() if k != MARKER_KEY.encode()]
     sizes = [len(read.result().value) for read in [store.read(k) for k in keys]]

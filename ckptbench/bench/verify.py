@@ -16,10 +16,9 @@ from ckptbench.sources.source_file import Box, digest, expected_digest, select
 
 def mismatches(source: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray],
                boxes: Mapping[str, Box] | None = None) -> list[str]:
-    """Names whose loaded bytes, shape or dtype differ from the source (NaN and -0.0 compared as bits).
-
-    `boxes`: a process that loaded parts of tensors (a writer's rows, a tensor-parallel rank's slice) checks each loaded
-    part against the same part of the source; only the tensors named are expected then."""
+    """Names whose loaded bytes, shape or dtype differ from the source (NaN and -0.0 compared as bits). `boxes`: a
+    process that loaded parts of tensors (a writer's rows, a tensor-parallel rank's slice) checks each loaded part
+    against the same part of the source; only the tensors named are expected then."""
     expected_names = list(source) if boxes is None else list(boxes)
     bad = [name for name in expected_names if name not in loaded]
     for name in expected_names:

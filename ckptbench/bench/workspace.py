@@ -71,12 +71,9 @@ _REMOVE_WITHIN_S = 60.0
 
 
 def remove_owned(path: Path, settle: bool = False) -> None:
-    """Delete a folder the harness made; refuse (loudly) one it did not.
-
-    After an interrupted save, I/O already handed to TensorStore's threads can still create files for a while (a
-    cancelled write goes on with the chunks it has begun): with `settle`, removal repeats, a moment apart, until the
-    folder stays gone.
-    """
+    """Delete a folder the harness made; refuse (loudly) one it did not. After an interrupted save, I/O already handed
+    to TensorStore's threads can still create files for a while (a cancelled write goes on with the chunks it has
+    begun): with `settle`, removal repeats, a moment apart, until the folder stays gone."""
     if not (path / RUN_MARKER).is_file():
         raise RuntimeError(f"refusing to delete {path}: it carries no {RUN_MARKER} marker")
     deadline = time.monotonic() + _REMOVE_WITHIN_S

@@ -1,15 +1,9 @@
-"""The command line: a subcommand name, then that subcommand's flags.
-
-    ckptbench [run] [flags]            run a suite (the default: no name means run)
-    ckptbench compare A.json B.json    compare two results files
-    ckptbench show RESULTS.json        reprint the tables and redraw the figures of a results file
-    ckptbench list-models              the weight presets
-    ckptbench tune [flags]             find the fastest layout for a model on this disk
+"""The command line: a subcommand name (COMMANDS; none means run), then that subcommand's flags.
 
 Each subcommand is one `Command` in its own module under `commands/`, imported only when named, so `--help`, `compare`
-and `show` never import TensorStore, torch or transformers. Every command runs from Python too, with its flags' names
-as keywords: `load_command("show").run(results="out/results.json", no_figures=True)`. A `UserError` anywhere is
-printed as one line and exits with status 2 (as asv does).
+and `show` never import TensorStore, torch or transformers. Every command runs from Python too, with its flags' names as
+keywords: `load_command("show").run(results="out/results.json", no_figures=True)`. A `UserError` anywhere is printed as
+one line and exits with status 2 (as asv does).
 """
 
 from __future__ import annotations

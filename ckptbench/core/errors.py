@@ -1,9 +1,8 @@
 """The two ways a command ends early: a mistake the user can fix, and a stop.
 
-The CLI prints a UserError as a single line (no traceback) and exits with status 2,
-like asv does; anything else is a bug and keeps its traceback. A `Stopped` is not an
-error: a signal, a budget or a lost rank ended the work early, and what was measured
-before it (`partial`) is kept and can be resumed.
+The CLI prints a UserError as a single line (no traceback) and exits with status 2, like asv does; anything else is a
+bug and keeps its traceback. A `Stopped` is not an error: a signal, a budget or a lost rank ended the work early, and
+what was measured before it (`partial`) is kept and can be resumed.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Ctrl-C and SIGTERM as a `Stopped` exception, so a suite stops within seconds and cleans up.
 
-The first signal raises `Stopped` in the main thread (TensorStore's waits are
-interruptible); later ones are ignored until the cleanup that follows has finished,
-so a second Ctrl-C cannot leave half a checkpoint behind. Python drops an exception
-raised while a `__del__` runs, so the signal is also remembered, and `check()` at
-each phase boundary raises it if the first raise was lost.
+The first signal raises `Stopped` in the main thread (TensorStore's waits are interruptible); later ones are ignored
+until the cleanup that follows has finished, so a second Ctrl-C cannot leave half a checkpoint behind. Python drops an
+exception raised while a `__del__` runs, so the signal is also remembered, and `check()` at each phase boundary raises
+it if the first raise was lost.
 """
 
 from __future__ import annotations

@@ -1,19 +1,14 @@
 """The plan of a suite and the raw record of one run: plain data, no I/O.
 
-A plan is the order runs execute in. "interleaved" (the default) runs round after round, each round every test
-once in an order shuffled from a recorded seed, so slow drift of the machine spreads over all tests. "blocked" runs
-each test's rounds back to back in config order (AAABBB), as the original Phase 4 harness did; it exists to show
-what that order does to the figures.
-
-Blocks mix the two in one suite: the tests of a block run back to back (AAABBB, in config order, warm-up runs
-first) as one stretch, placed between two interleaved rounds (or before the first, or after the last) at a
-position drawn from the seed. The other tests are interleaved as usual, with the same shuffles as without blocks.
-So an arm run in the original's order shares the machine with arms run interleaved.
+A plan is the order runs execute in (PHASE4_GUIDE.md, section 4.5): "interleaved" rounds, each in an order shuffled from
+a recorded seed, so slow drift of the machine spreads over all tests; "blocked" (AAABBB), as the original Phase 4
+harness ran, to show what that order does to the figures; and blocks of tests run back to back at a seeded place among
+interleaved rounds, so an arm run in the original's order shares the machine with arms run interleaved.
 
 The plan is generated lazily: a suite of a million runs costs nothing until it runs. Confirmation rounds
-(`confirmation_plan`) come after a suite's rounds: the tests chosen from those rounds measured again, interleaved,
-in blocks; their runs carry their block's number (`confirm_block`), so the answer can be computed from them alone
-and the rounds it was chosen from stay as they were.
+(`confirmation_plan`) come after a suite's rounds: the tests chosen from those rounds measured again, interleaved, in
+blocks; their runs carry their block's number (`confirm_block`), so the answer can be computed from them alone and the
+rounds it was chosen from stay as they were.
 """
 
 from __future__ import annotations
@@ -110,18 +105,16 @@ def plan(test_names: Sequence[str], num_runs: int, warmup_rounds: int, seed: int
 
 
 def block_slots(n_blocks: int, n_rounds: int, seed: int) -> list[int]:
-    """Per block, how many interleaved rounds run before it (0 to n_rounds), drawn from the seed.
-
-    A generator of its own, so adding a block never changes the interleaved rounds' shuffles."""
+    """Per block, how many interleaved rounds run before it (0 to n_rounds), drawn from the seed by a generator of its
+    own, so adding a block never changes the interleaved rounds' shuffles."""
     rng = random.Random(f"ckptbench-blocks-{seed}")
     return [rng.randint(0, n_rounds) for _ in range(n_blocks)]
 
 
 def confirmation_plan(test_names: Sequence[str], rounds: int, blocks: int, first_round: int, seed: int,
                       done: Collection[tuple[str, int]] = ()) -> list[list[PlannedRun]]:
-    """Per confirmation block, its runs: `rounds` interleaved rounds of the tests, each round in an order
-    shuffled from the seed (a generator of its own: the suite's rounds keep their shuffles). Rounds are numbered
-    on from `first_round` (the suite's last round + 1), block after block; `done` runs (a resume) are left out."""
+    """Per confirmation block, its runs: `rounds` interleaved rounds of the tests numbered on from `first_round`,
+    shuffled by a generator of its own (the suite's rounds keep their shuffles); `done` runs (a resume) are left out."""
     rng = random.Random(f"ckptbench-confirm-{seed}")
     out = []
     for block in range(1, blocks + 1):
@@ -154,16 +147,13 @@ class RunRecord:
     load_cpu_s: float | None = None
     save_peak_rss_bytes: int | None = None  # growth above the process's RSS when the save began
     load_peak_rss_bytes: int | None = None
-    # Peak resident memory of the whole process during each operation, split as the kernel
-    # counts it: anonymous (heap, buffers) and file-backed (mapped files such as a
-    # safetensors load's memory map, which the page cache can drop at any time).
+    # The whole process's peak anonymous and file-backed (mapped files: droppable) resident bytes (guide, section 4.6)
     save_rss_anon_bytes: int | None = None
     save_rss_file_bytes: int | None = None
     load_rss_anon_bytes: int | None = None
     load_rss_file_bytes: int | None = None
     rss_anon_after_bytes: int | None = None  # once the run is over: growth here across rounds is a leak
-    # Run by several processes: this host's anonymous peak, this process's and every other process's of this
-    # host that took part, each at its own peak (summed: an upper bound of what was held at once)
+    # Run by several processes: the anonymous peaks of this host's processes that took part, summed (an upper bound)
     save_host_rss_anon_bytes: int | None = None
     load_host_rss_anon_bytes: int | None = None
     size_bytes: int | None = None
@@ -172,8 +162,7 @@ class RunRecord:
     eviction: str | None = None
     resident_bytes_at_load: int | None = None
     resident_bytes_after_load: int | None = None  # of the run's files, right after the load's clock stopped
-    # A load meant to read around the page cache (O_DIRECT): the bytes of the files it read left in the page cache
-    # right after it (the device ceiling: its O_DIRECT read's files); None where the row makes no such claim
+    # A load meant to read around the page cache: what its files left there right after it; None: no such claim
     bypass_resident_bytes: int | None = None
     load_cache: str | None = None  # "cold", "partial", "warm", "memory" or "remote": what the load read from
     # A test with warm_load also loads right after the save, before the eviction (from the page cache).
@@ -183,25 +172,17 @@ class RunRecord:
     verified: bool | None = None
     process_save_s: list[float] | None = None  # with several processes: each one's time from the common start
     process_load_s: list[float] | None = None  # each reader's own: from the barrier's release to its slices in memory
-    # "readers": load_s (and warm_load_s) is the readers' own span, the latest end less the earliest start on the
-    # host's monotonic clock (bench.measure.readers_span_s); None: this process's clock around the load
+    # "readers": load_s (and warm_load_s) is the readers' own span (bench.measure.readers_span_s); None: this clock's
     load_clock: str | None = None
-    # Each reader's bytes in a load by several processes (a tensor-parallel load's readers): what it caused to be
-    # read from the device (/proc/self/io read_bytes), what its read calls returned (rchar: page-cache hits
-    # counted, reads through a memory map not), and the bytes of the parts it was asked for (its slices).
+    # A load by several readers: each one's device bytes, its read calls' (rchar) and its slices' (core.system.io_bytes)
     process_load_read_bytes: list[int] | None = None
     process_load_rchar_bytes: list[int] | None = None
     process_load_slice_bytes: list[int] | None = None
     patterns: dict[str, dict[str, float]] | None = None  # the device ceiling: seconds per access pattern
-    # What other processes of this host did during each timed operation ("save", "load", "warm_load"):
-    # core.host.others (their CPU seconds, the disk's bytes less this run's own, the window's seconds, the own
-    # figures beside them); with writers on several hosts, the busiest host's, named (analysis.busy.busiest). None
-    # where it was not measured (no /proc).
+    # What other processes of this host did during each timed operation (core.host.others); with writers on
+    # several hosts, the busiest host's, named (analysis.busy.busiest); None: not measured
     other_processes: dict[str, dict[str, float]] | None = None
-    # An async save (bench.async_save; None for sync ones): seconds from the call until the weights may change
-    # (blocked_s) and until durable (commit_s, also save_s); the anonymous bytes the save held at its peak above
-    # the process's at the call (staging_bytes); the stand-in training step's median time alone, each step's time
-    # during the background write, their mean's slowdown (a fraction) and the training time lost per checkpoint
+    # An async save's figures (bench.async_save; None for sync ones), each described in results.schema.json
     blocked_s: float | None = None
     commit_s: float | None = None
     staging_bytes: int | None = None

@@ -24,10 +24,6 @@ def meminfo_bytes(key: str) -> int | None:
     return None
 
 
-def ram_bytes() -> int | None:
-    return meminfo_bytes("MemTotal")
-
-
 def available_memory_bytes() -> int | None:
     return meminfo_bytes("MemAvailable")
 
@@ -39,12 +35,21 @@ def free_bytes(path: Path) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
-def resident_bytes() -> tuple[int, int]:
-    """(anonymous, file-backed) resident bytes of this process, from /proc/self/status.
 
-    File-backed pages (mapped files: the source weights, a safetensors load's map) are page cache the kernel can
-    drop. Everything else counts as anonymous: heap, buffers, and shared memory (an anonymous shared map,
-    /dev/shm), which without swap cannot be dropped either."""
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a folder's entries, by its path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def resident_bytes() -> tuple[int, int]:
+    """(anonymous, file-backed) resident bytes of this process, from /proc/self/status. File-backed pages (mapped files:
+    the source weights, a safetensors load's map) are page cache the kernel can drop. Everything else counts as
+    anonymous: heap, buffers, and shared memory (an anonymous shared map, /dev/shm), which without swap cannot be
+    dropped either."""
     fields = {}
     with open("/proc/self/status") as handle:
         for line in handle:
@@ -75,13 +80,10 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def release_free_memory() -> bool:
-    """Collect Python's garbage, then give what malloc holds but no longer uses back to the OS.
-
-    Why: TensorStore frees chunk buffers and loaded arrays on its own threads, into glibc
-    arenas that keep the memory; without malloc_trim the process's peak grew run after run
-    (4.2 GB after 27 runs of a 0.54 GB model, against 2.1 GB with it; see the guide's
-    "Memory" section). False where malloc is not glibc's (musl, macOS): nothing to trim.
-    """
+    """Collect Python's garbage, then give what malloc holds but no longer uses back to the OS. Why: TensorStore frees
+    chunk buffers and loaded arrays on its own threads, into glibc arenas that keep the memory; without malloc_trim the
+    process's peak grew run after run (4.2 GB after 27 runs of a 0.54 GB model, against 2.1 GB with it; see the guide's
+    "Memory" section). False where malloc is not glibc's (musl, macOS): nothing to trim."""
     gc.collect()
     libc = _libc()
     return bool(libc and libc.malloc_trim(0))

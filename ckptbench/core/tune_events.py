@@ -1,6 +1,5 @@
-"""`tune`'s progress events: what the search tells the display (reports.progress.TuneProgress), one frozen
-dataclass per kind. Here, below both, so that tune/ makes them and reports/ reads them without importing
-each other."""
+"""`tune`'s progress events: what the search tells the display (reports.progress.TuneProgress), one frozen dataclass per
+kind. Here, below both, so that tune/ makes them and reports/ reads them without importing each other."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Sizes as people write them ("64KB", "1 MiB", "t5x") and as reports print them.
 
-Sizes are binary, as in the Phase 4 summary: 1 KB = 1,024 bytes. Printed byte
-counts are decimal (GB = 1e9 bytes), like throughput in GB/s.
+Sizes are binary, as in the Phase 4 summary: 1 KB = 1,024 bytes. Printed byte counts are decimal (GB = 1e9 bytes), like
+throughput in GB/s.
 """
 
 from __future__ import annotations

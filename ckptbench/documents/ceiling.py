@@ -1,13 +1,9 @@
 """The device ceiling, round by round: what "% of ceiling" is a share of, and which rows beat the ceiling.
 
-The ceiling's own figure in a round is the fastest of the patterns it ran there (its save_s and load_s). A
-row that is faster in the same round shows the ceiling's patterns missed what the disk can do (or that a
-cache flattered the row): that row is named, and the round's ceiling becomes the fastest figure measured in
-it, the row's own. Each row's "% of ceiling" is the mean over rounds of its figure as a share of its round's
-ceiling, so it never exceeds 100 % and a round's noise is shared by the row and its ceiling alike.
-
-Only figures of the device count: durable saves, and loads that read the disk (not a memory store, not a
-warm page cache). A row with neither has no "% of ceiling"; its own alerts say why.
+A row faster than the ceiling's own patterns in a round shows the patterns missed what the disk can do (or that a cache
+flattered the row): it is named, and the round's ceiling becomes its figure. Each row's "% of ceiling" is the mean over
+rounds of its share of its round's ceiling, so it never exceeds 100 % and a round's noise is shared by the row and its
+ceiling alike (PHASE4_GUIDE.md, section 4.7). Only figures of the device count (`device_figure`).
 """
 
 from __future__ import annotations
@@ -48,9 +44,8 @@ def _gbps(run: Mapping[str, Any], rate: str, data_bytes: int) -> float:
 
 
 def rounds(tests: Iterable[Mapping[str, Any]], data_bytes: int) -> dict[str, list[dict[str, Any]]]:
-    """Per rate, each measured round with a ceiling run: the ceiling's own GB/s (its fastest pattern) and that
-    pattern, the fastest GB/s measured in the round (the round's ceiling) and whose it is, and every row that
-    beat the ceiling's own figure (`beaten_by`, each with its GB/s)."""
+    """Per rate, each measured round with a ceiling run: the ceiling's own figure and pattern, the round's fastest
+    figure (its ceiling) and whose it is, and every row that beat the ceiling's own (`beaten_by`)."""
     tests = list(tests)
     out: dict[str, list[dict[str, Any]]] = {}
     for rate in RATES:
@@ -88,7 +83,7 @@ def round_percents(test: Mapping[str, Any], by_round: Mapping[str, Sequence[Mapp
     out = {}
     for rate in RATES:
         limit = {entry["round"]: entry["fastest_gbps"] for entry in by_round.get(rate, [])}
-        out[rate] = [100.0 * _gbps(run, rate, data_bytes) / limit[run["round"]] for run in _measured(test)
+        out[rate] = [100.0 * (_gbps(run, rate, data_bytes) / limit[run["round"]]) for run in _measured(test)
                      if run["round"] in limit and (is_ceiling(test) or device_figure(test, run, rate))]
     return out
 

@@ -1,19 +1,15 @@
 """Confirmation rounds in a results document: what is measured again, and the answer from those runs alone.
 
-TensorStore's best and the fastest peer are chosen from a suite's rounds, so those same rounds flatter both
-(the winner's curse: the lowest of K noisy means is low partly by luck). A suite with `testing.confirm_rounds`
-measures them again afterwards, with the device ceiling, in blocks of fresh interleaved rounds separated in
-time (`finalists` says which tests: the suite asks it after its rounds, `derive` again from the same runs).
-`derive` then puts in the answer comparisons made from those runs only, pooled over the blocks, with each
-block's comparison beside them and whether the blocks disagree: a run's interval is conditional on that
-run's machine state, and blocks that disagree give no one verdict.
+TensorStore's best and the fastest peer are chosen from a suite's rounds, so those same rounds flatter both (the
+winner's curse: the lowest of K noisy means is low partly by luck). A suite with `testing.confirm_rounds` measures them
+again afterwards, with the device ceiling, in blocks of fresh interleaved rounds separated in time (`finalists` says
+which tests: the suite asks it after its rounds, `derive` again from the same runs). `derive` then puts in the answer
+comparisons made from those runs only, pooled over the blocks, with each block's comparison beside them and whether the
+blocks disagree: a run's interval is conditional on that run's machine state, and blocks that disagree give no one
+verdict.
 
-Raw part, `confirmation` (null: not asked for): rounds, blocks, pause_s, objectives, and `runs`, every
-confirmation run (each with its `confirm_block`), kept out of the tests' runs so that no per-test statistic
-mixes them in. Derived: `confirmation.selected`, per objective the tests measured again ("tensorstore",
-"peer", "ceiling"); and per confirmed objective of `best`, `confirmation` (the winner's mean over these runs)
-and `against.peer` / `against.ceiling` from these runs (`runs: "confirmation"`, `blocks`, `block_ratio_range`,
-`blocks_disagree`: how the blocks disagree, or null).
+The confirmation runs are kept apart (`confirmation.runs`), so that no per-test statistic mixes them in; every field is
+described in results.schema.json.
 """
 
 from __future__ import annotations
@@ -38,9 +34,8 @@ def raw(config: SuiteConfig, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any
 
 
 def selected(best: Mapping[str, Any], objectives: Sequence[str]) -> dict[str, dict[str, str | None]]:
-    """Per objective, the tests to measure again: TensorStore's best, the fastest peer and the device ceiling
-    of `best` (documents.results.best_configurations, from the suite's rounds); none for an objective without a
-    peer or a ceiling to compare with."""
+    """Per objective, the tests to measure again: TensorStore's best, the fastest peer and the device ceiling of `best`
+    (from the suite's rounds); none for an objective without a peer or a ceiling to compare with."""
     out = {}
     for objective in objectives:
         entry = best.get(objective)

@@ -1,6 +1,6 @@
-"""What threatens a results document's answer, derived from its raw runs and statistics (`results.derive` calls
-these): every warning in full (per test and for the suite), the alerts the console shows (most serious first,
-one short line each) and how noisy the times are.
+"""What threatens a results document's answer, derived from its raw runs and statistics (`results.derive` calls these):
+every warning in full (per test and for the suite), the alerts the console shows (most serious first, one short line
+each) and how noisy the times are.
 """
 
 from __future__ import annotations
@@ -66,9 +66,8 @@ def bypass_claim(test: Mapping[str, Any]) -> str | None:
 
 
 def page_cache(test: Mapping[str, Any]) -> dict[str, Any] | None:
-    """What a row's loads left in the page cache, measured right after each load (None without a figure): the
-    most of its files resident, and its claim to read around the cache checked run by run (held: no load left
-    more than BYPASS_RESIDENT_LIMIT_PCT of its bytes on disk)."""
+    """What a row's loads left in the page cache right after each (None without a figure), and its claim to read around
+    the cache checked run by run (held: no load left more than BYPASS_RESIDENT_LIMIT_PCT of its bytes on disk)."""
     runs = [r for r in test["runs"] if r["error"] is None and r.get("resident_bytes_after_load") is not None]
     claim = bypass_claim(test)
     # Files written before bypass_resident_bytes was recorded measured resident_bytes_after_load for claims only
@@ -128,10 +127,8 @@ NOISY_CV = 0.10  # stats.warnings_for's limit: a metric whose runs differ more i
 
 
 def alerts(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The warnings that threaten the answer, one short line each, most serious first (the console prints
-    these; `warnings` keeps every one in full): a cache serving the "cold" loads, a ceiling beaten (the figures
-    are not the disk's), a load meant to bypass the page cache that did not, runs that failed, rows skipped,
-    memory beyond its bound; then the rest."""
+    """The warnings that threaten the answer, one short line each, most serious first (the console prints these;
+    `warnings` keeps every one in full)."""
     tests, scale = document["tests"], document["scale"]
     out: list[dict[str, Any]] = []
     beat_direct, direct = _faster_than_direct(tests, ceiling)
@@ -210,9 +207,8 @@ def _names(names: list[str], most: int = 3) -> str:
 
 
 def noise(document: Mapping[str, Any]) -> dict[str, Any]:
-    """How noisy the times are: how many of the tests' save and load times have a CV above 10 %, how many runs
-    were outliers, and the runs that would pin the answer's rows (the winners' objective times and the rows
-    they are compared with) to +-5 % at 95 % confidence."""
+    """How noisy the times are: the save and load times with a CV above 10 %, the outlier runs, and the runs that
+    would pin the answer's rows (the winners' objective times and their comparisons) to +-5 % at 95 % confidence."""
     data_bytes = int(document["weights"]["size_bytes"])
     noisy, metrics, outliers = [], 0, 0
     for test in document["tests"]:
@@ -273,9 +269,8 @@ def _faster_than_direct(tests: list[Mapping[str, Any]], ceiling: Mapping[str, An
 
 
 def _answer_rows(document: Mapping[str, Any], roles: tuple[str, ...]) -> dict[str, str]:
-    """The rows the answer's times rest on, each with its first metric, in the answer's order: each time
-    objective's TensorStore winner and what it is compared with in `roles` (of "baseline", "peer", "ceiling").
-    (Sizes do not depend on the machine's load.)"""
+    """The rows the answer's times rest on (sizes do not depend on the machine's load), each with its first metric: each
+    time objective's TensorStore winner and what it is compared with in `roles` ("baseline", "peer", "ceiling")."""
     rows: dict[str, str] = {}
     for entry in (document.get("best") or {}).values():
         against = entry.get("against") or {}

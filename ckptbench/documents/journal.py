@@ -1,11 +1,9 @@
 """The run journal: every finished run appended (and fsync'd) the moment it ends.
 
-`journal.jsonl` in the output folder holds one header line (the suite's fingerprint:
-config, weight source, seed; a document of kind "journal", documents.store.Kind) and then
-one line per finished run. A crash, Ctrl-C or
-SIGTERM loses at most the run in progress, and `--resume` continues from it: it
-refuses when the config or the weights differ from the header, then runs only what
-is missing.
+`journal.jsonl` in the output folder holds one header line (the suite's fingerprint: config, weight source, seed; a
+document of kind "journal", documents.store.Kind) and then one line per finished run. A crash, Ctrl-C or SIGTERM loses
+at most the run in progress, and `--resume` continues from it: it refuses when the config or the weights differ from the
+header, then runs only what is missing.
 """
 
 from __future__ import annotations
@@ -107,9 +105,8 @@ def _as_today(config_json: Mapping[str, Any]) -> dict[str, Any]:
 
 def _destination_then(test: Mapping[str, Any]) -> dict[str, Any]:
     """A test of a journal written before every row's destination was resolved (spec.config.destined), with the
-    destination it loaded into then: its own load_into or "new" (the only suite-wide destination there was), but
-    torch DCP's, which loaded into preallocated tensors whatever it said, so that it resumes only where it would
-    again."""
+    destination it loaded into then: its own load_into or "new" (the only suite-wide destination there was), but torch
+    DCP's, which loaded into preallocated tensors whatever it said, so that it resumes only where it would again."""
     from ckptbench.spec.config import destined
 
     names = {f.name for f in dataclasses.fields(TestSpec)}

@@ -1,15 +1,13 @@
 """The results document: raw runs in, statistics added, versioned JSON out.
 
-A document has two parts. The raw part is what was measured and how: the config, the
-weights, the machine, the protocol, and every run's figures. The derived part is
-computed from the raw part alone by `derive`: statistics, changes versus the baseline,
-claims, the ceiling, the best configuration, warnings. Reports and plots only read a
-derived document. Because `derive` needs nothing but the document, a file written by
-an older version is upgraded by filling in its raw part and deriving afresh, so `show`
-and `compare` read every version this tool has written.
+A document has two parts. The raw part is what was measured and how: the config, the weights, the machine, the protocol,
+and every run's figures. The derived part is computed from the raw part alone by `derive`: statistics, changes versus
+the baseline, claims, the ceiling, the best configuration, warnings. Reports and plots only read a derived document.
+Because `derive` needs nothing but the document, a file written by an older version is upgraded by filling in its raw
+part and deriving afresh, so `show` and `compare` read every version this tool has written.
 
-`results.schema.json` (shipped beside this module) is the contract: `read` validates
-every document against it and answers one line on a mismatch.
+`results.schema.json` (shipped beside this module) is the contract: `read` validates every document against it and
+answers one line on a mismatch.
 
 Its versions, and what each changed: `schemas/CHANGES.md` (bump SCHEMA_VERSION whenever a field changes meaning).
 """
@@ -203,15 +201,11 @@ def derive(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def tensor_parallel(test: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A tensor-parallel load's bytes (tp > 1), over its measured runs: the read amplification, the device bytes
-    its readers read (read_bytes) over the bytes of their slices, for the row (sum over sum) and per reader;
-    the same from what their read calls returned (rchar: page-cache hits counted, so a reader's own figure
-    even where another reader of the host brought a page in; 0 for loaders that read through a memory map).
-    Medians over runs. `reads`: "O_DIRECT" where the loader reads around the page cache (each reader's bytes then
-    come from the device, none from another reader's pages), else "buffered": the two amplifications mean
-    different things. `unaccounted_bytes`: where the device reads sum to less than the slices (amplification
-    below 1), the slice bytes no counted device read brought in (pages an eviction left, a read by another
-    process): a gap in the accounting, not a saving. None for a test without readers' bytes."""
+    """A tensor-parallel load's bytes (tp > 1; None without readers' bytes), medians over its measured runs: the
+    device bytes its readers read (read_bytes) over their slices' bytes, for the row (sum over sum) and per reader;
+    the same from what their read calls returned (rchar: page-cache hits counted, so a reader's own figure even where
+    another reader of the host brought a page in). `reads` says whether the readers read around the page cache
+    (O_DIRECT), where the two amplifications mean other things; each field: results.schema.json."""
     tp = int((test.get("settings") or {}).get("tp") or 1)
     runs = [r for r in measured_runs(test["runs"]) if r.get("process_load_slice_bytes")]
     if tp <= 1 or not runs:
@@ -281,10 +275,8 @@ def _scale(document: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> di
     # The harness holds a loaded copy, and its source file is page cache too: the checkpoint gets what is left.
     scale["fits_in_page_cache"] = None if not ram else model_bytes <= ram - 2 * model_bytes
     scale["small_for_ram"] = None if not ram else model_bytes < SMALL_FOR_RAM * ram
-    # Anonymous memory (the part that cannot be dropped): its peak over every run against the bound the
-    # harness keeps, 1.25 x the model + 1 GB; the process's own at the start is the fixed part's measure. A run
-    # by several processes counts the host's: every process of this host that took part.
-    # An async save's staged copy is its point: its rows' peak is reported apart, not held to the bound
+    # Anonymous memory (a run by several processes: the host's) against the bound (PHASE4_GUIDE.md, section 9); an
+    # async save's staged copy is its point: its rows' peak is reported apart, not held to the bound
     def peaks(asynchronous: bool) -> list[int]:
         return [run.get(f"{op}_host_rss_anon_bytes") or run[f"{op}_rss_anon_bytes"]
                 for test in document["tests"] if while_training.is_async(test) == asynchronous
@@ -307,10 +299,9 @@ def is_peer(test: Mapping[str, Any]) -> bool:
 
 def best_configurations(tests: list[Mapping[str, Any]], noise_pct: float, baseline: str | None = None
                         ) -> dict[str, Any]:
-    """Per objective, the TensorStore test with the lowest mean, its runner-up, and whether the two differ;
-    and the winner against the baseline, the fastest peer (the lowest mean of the reference rows a user
-    could pick instead) and the device ceiling, each by analysis.compare; `beaten_by`: the peers whose
-    mean is lower than the winner's (TensorStore is then not the fastest)."""
+    """Per objective, the TensorStore test with the lowest mean and its runner-up; the winner against the baseline, the
+    fastest peer and the device ceiling (analysis.compare), and the peers faster than it (`beaten_by`: TensorStore is
+    then not the fastest)."""
     # async rows have their own answer (documents.while_training): their save_s ran beside training steps
     candidates = [t for t in tests if t["kind"] == "tensorstore" and t["stats"]["save_s"]["n"] > 0
                   and not while_training.is_async(t)]

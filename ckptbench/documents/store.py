@@ -1,17 +1,16 @@
-"""The files the harness writes and reads back, all by one convention (results, tuning,
-the run journal, a tune's state).
+"""The files the harness writes and reads back, all by one convention (results, tuning, the run journal, a tune's
+state).
 
-Every file is of a `Kind`: its first two keys name the kind and its `schema_version`; a
-JSON Schema shipped in documents/schemas/ is its contract; and an upgrade chain brings
-every older version this tool wrote to the current one (files written before kinds were
-named are recognised by each kind's `legacy_version`). One way to do each step: written
-atomically and durably (a reader, or a resume after a crash, never sees half a file),
-read with one-line errors, checked against the schema with the first broken field named.
+Every file is of a `Kind`: its first two keys name the kind and its `schema_version`; a JSON Schema shipped in
+documents/schemas/ is its contract; and an upgrade chain brings every older version this tool wrote to the current one
+(files written before kinds were named are recognised by each kind's `legacy_version`). One way to do each step: written
+atomically and durably (a reader, or a resume after a crash, never sees half a file), read with one-line errors, checked
+against the schema with the first broken field named.
 
-A schema does not restate a dataclass the document holds (a results file's runs are `RunRecord`s): the
-kind names it (`Kind.derived`), and the properties of that part of the schema are the dataclass's fields,
-each typed by its annotation (`field_schemas`); the file keeps only what an annotation cannot say (which
-fields every version wrote, enums, an inner object's keys, what a field means), added to the derived property.
+A schema does not restate a dataclass the document holds (a results file's runs are `RunRecord`s): the kind names it
+(`Kind.derived`), and the properties of that part of the schema are the dataclass's fields, each typed by its annotation
+(`field_schemas`); the file keeps only what an annotation cannot say (which fields every version wrote, enums, an inner
+object's keys, what a field means), added to the derived property.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ckptbench.core.errors import UserError, first_line
+from ckptbench.core.system import fsync_path
 
 SCHEMAS = Path(__file__).with_name("schemas")
 
@@ -57,11 +57,7 @@ def write_json(path: Path, document: Any, indent: int = 2) -> Path:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    fsync_path(path.parent)
     return path
 
 

@@ -1,5 +1,5 @@
-"""claims_check.png: each claimed % range as a band, the measured change and its 95 % CI over it,
-coloured by the claim's outcome (drawn from a results document; it measures and computes nothing)."""
+"""claims_check.png: each claimed % range as a band, the measured change and its 95 % CI over it, coloured by the
+claim's outcome (drawn from a results document; it measures and computes nothing)."""
 
 from __future__ import annotations
 

@@ -21,8 +21,7 @@ DPI = 100
 
 def figure(width_in: float, height_in: float, rows: int = 1, cols: int = 1,
            layout: Literal["constrained", "tight"] | None = "constrained") -> tuple[Any, Any]:
-    """A Figure and its axes, without pyplot: nothing global changes, in a script or a notebook.
-    `layout=None` leaves the axes to be placed by the caller."""
+    """A Figure and its axes without pyplot (nothing global changes); `layout=None`: the caller places the axes."""
     try:
         from matplotlib.figure import Figure
     except ImportError:

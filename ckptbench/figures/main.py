@@ -1,12 +1,6 @@
-"""optimization_analysis.png, the 6-panel figure, drawn from a results document (it measures and computes nothing).
-
-Save time, load time and size (bars at the mean, each run a dot, whiskers the mean's 95 % CI on the log scale so no
-whisker reaches below zero; none with 2 runs or fewer); save and load time versus the baseline (the ratio of means on
-a log axis labelled as the change in %, with the change's 95 % CI, hatched where it is not significant: the same
-interval and test as the tables, so no whisker reaches -100 %); and a heatmap of the change per test and metric
-coloured by the log of the ratio, whose colour scale spans the largest value, so nothing is clipped. Reference rows
-(the peers and the device ceiling) stand apart after a gap, grey and hatched. The title gives TensorStore's best
-layout per objective beside the fastest peer; the winners' bars are outlined in gold.
+"""optimization_analysis.png, the 6-panel figure, drawn from a results document (it measures and computes nothing):
+PHASE4_GUIDE.md's section 6 says what each panel shows. Whiskers are the tables' 95 % intervals on the log scale, so
+none reaches below zero (a time or a size) or below -100 % (a change).
 """
 
 from __future__ import annotations
@@ -246,9 +240,7 @@ def _change(ax, tests, baseline, metric, title) -> None:
     ratios, lows, highs, hatches = [], [], [], []
     for t in tests:
         comparison = t["vs_baseline"].get(metric) or {}
-        ratio = 1.0 if t["name"] == baseline else comparison.get("ratio")
-        ratio = np.nan if ratio is None else ratio
-        interval = comparison.get("ratio_ci95")
+        ratio, interval = _ratio(t, metric), comparison.get("ratio_ci95")
         ratios.append(ratio)
         lows.append(ratio if interval is None else interval[0])
         highs.append(ratio if interval is None else interval[1])
@@ -334,9 +326,8 @@ def _heatmap(fig, ax, tests) -> None:
 
 
 def advice_lines(document: Mapping[str, Any]) -> list[str]:
-    """The answer the figure exists for: TensorStore's best layout per objective, and beside it the fastest peer
-    (a reference row a user could pick instead) as a ratio with its 95 % CI and verdict. TensorStore is never
-    called the fastest: a peer may be faster."""
+    """The answer the figure exists for: TensorStore's best layout per objective, beside the fastest peer as a ratio
+    with its 95 % CI and verdict. TensorStore is never called the fastest: a peer may be faster."""
     best = document.get("best") or {}
     out = []
     for objective, word in (("save", "save"), ("load", "load"), ("balanced", "save + load"), ("size", "size")):

@@ -1,5 +1,5 @@
-"""scaling_analysis.png: aggregate save and load GB/s against the number of writers (processes, or the
-ranks of a launch), from one results document or several launches' (`compare --scaling-plot`)."""
+"""scaling_analysis.png: aggregate save and load GB/s against the number of writers (processes, or the ranks of a
+launch), from one results document or several launches' (`compare --scaling-plot`)."""
 
 from __future__ import annotations
 
@@ -37,10 +37,9 @@ def draw_scaling(document: Mapping[str, Any], path: Path) -> Path | None:
 
 
 def scaling_document(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One document for `draw_scaling` from results files of one suite run with different numbers of writers:
-    one launch per world size (torchrun, srun, mpirun), or --processes runs. Each TensorStore test becomes
-    `name_procs=N`; the first file gives the weights and protocol the figure's title shows, and the
-    device ceiling its dashed line (one disk: any file's ceiling is the disk's)."""
+    """One document for `draw_scaling` from results files of one suite run with different numbers of writers (launches
+    of different world sizes, or --processes runs): each TensorStore test becomes `name_procs=N`; the first file's
+    weights and protocol, and the device ceiling (one disk: any file's is the disk's)."""
     ceilings = [t for d in documents for t in d["tests"] if t["name"] == CEILING]
     tests = ceilings[:1]
     for document in documents:

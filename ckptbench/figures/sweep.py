@@ -2,8 +2,8 @@
 
 x is the chunk size in bytes (log axis) when chunks are swept, otherwise the first swept setting; one line per
 combination of the other swept settings (concurrency, compression, ...), with the mean's 95% CI on the log scale as
-error bars (none with 2 runs or fewer). The device ceiling measured in the same run is a dashed line: the distance to
-it is what a configuration leaves on the table.
+error bars (none with 2 runs or fewer). The device ceiling measured in the same run is a dashed line: the distance to it
+is what a configuration leaves on the table.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""tensor_parallel_analysis.png: tensor-parallel loads, from a results document with tp > 1 tests.
-
-Left: the load's seconds (common start to the slowest reader) against tp, one line per format (a test and its `_tp=N`
-points), each point labelled with its read amplification (device bytes read over the bytes of the readers' slices,
-`tests[].tensor_parallel`; an O_DIRECT row's label says so, and a sum below 1 is labelled as bytes unaccounted, not as
-a figure); the device ceiling's N-stream read (N readers, each 1/N of the bytes) is a dashed line. Right: what the
-readers' read calls returned over their slices (rchar): a reader's own over-read, whether or not another reader of the
-host had brought the pages in.
+"""tensor_parallel_analysis.png: tensor-parallel loads, from a results document with tp > 1 tests (PHASE4_GUIDE.md,
+section 4.11): load seconds against tp per format, labelled with each point's read amplification, the ceiling's N-stream
+read dashed; beside it, what the readers' read calls returned over their slices (rchar).
 """
 
 from __future__ import annotations

@@ -1,25 +1,24 @@
 """Tests run by several processes: the back ends `measure` runs, whatever pool holds the processes.
 
-`DistributedBackend`: a TensorStore test saved and loaded by several writers, each its rows of every array; or,
-with tp > 1, loaded by tp readers, each its tensor-parallel slice (saved whole by the first writer, as one trainer
-writes, or with tp_save by the tp ranks, each its slice). `TensorParallelReference`: a reference row under tp > 1:
-saved here by the row's own back end, loaded by the tp readers with the row's own loader (`Backend.load_slices`).
+`DistributedBackend`: a TensorStore test saved and loaded by several writers, each its rows of every array; or, with tp
+> 1, loaded by tp readers, each its tensor-parallel slice (saved whole by the first writer, as one trainer writes, or
+with tp_save by the tp ranks, each its slice). `TensorParallelReference`: a reference row under tp > 1: saved here by
+the row's own back end, loaded by the tp readers with the row's own loader (`Backend.load_slices`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import tensorstore as ts
 
 from ckptbench.bench import cache, storage
-from ckptbench.bench.backend import Backend
+from ckptbench.bench.backend import Backend, Wrapper
 from ckptbench.bench.measure import own_backend, reference_settings
 from ckptbench.bench.targets import RunLocation, Target
-from ckptbench.core.records import RunRecord
 from ckptbench.parallel import writers
 from ckptbench.parallel.slices import row_boxes
 from ckptbench.parallel.writers import Job, WriterPool
@@ -131,7 +130,7 @@ class DistributedBackend(_Pooled):
 
 
 @dataclass
-class TensorParallelReference(_Pooled):
+class TensorParallelReference(_Pooled, Wrapper):
     """A reference row under tp > 1: the row's back end saves here; the pool's tp readers load, each its slice with
     the row's loader (`Backend.load_slices`), from a common start, and verify it."""
 
@@ -143,17 +142,10 @@ class TensorParallelReference(_Pooled):
     _boxes: list[dict[str, Box]] = field(default_factory=list)
     _patterns: dict[str, float] | None = None
 
-    @property
-    def bypasses_page_cache(self) -> bool:
-        return self.inner.bypasses_page_cache  # O_DIRECT readers (Run:ai): the record says what entered the cache
-
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
         self.pool.start(tensors)
         self.inner.prepare(tensors)
         self._boxes = rank_boxes({name: a.shape for name, a in tensors.items()}, self.tp)
-
-    def before_run(self, earlier: Sequence[RunRecord]) -> None:
-        self.inner.before_run(earlier)
 
     def save(self, tensors: Mapping[str, np.ndarray], location: RunLocation) -> None:
         self.last_workers = None
@@ -167,15 +159,9 @@ class TensorParallelReference(_Pooled):
                        reader=(rank, self.tp)) for rank, boxes in enumerate(self._boxes)], during="load")
         return {}  # the data stays with the readers, which verify it
 
-    def evict(self, directory: Path, method: str) -> str | None:
-        return self.inner.evict(directory, method)
-
     def release(self) -> None:
         self.pool.settle()
         self.inner.release()
-
-    def footprint(self, location: RunLocation) -> tuple[int, int, int]:
-        return self.inner.footprint(location)
 
     def pattern_seconds(self) -> dict[str, float] | None:
         return self._patterns

@@ -1,11 +1,11 @@
 """Who this process is in a launch (torchrun, SLURM's srun, Open MPI's mpirun), from the launcher's variables.
 
-`detect` maps each launcher's variables onto one `Launch` (the table is in docs/launching.md, "How a
-launch works"; SLURM's MASTER_ADDR falls back to the first host of SLURM_STEP_NODELIST, else of
-SLURM_JOB_NODELIST). An environment that is neither a launch nor an ordinary run (a launcher's variables
-without their partners, numbers that contradict each other) is refused in one line before anything is
-written: run as if no launcher were there, such a process would run the whole suite beside its siblings
-in one output folder. Only variables are read here: torch is imported when a world is joined (world.py).
+`detect` maps each launcher's variables onto one `Launch` (the table is in docs/launching.md, "How a launch works";
+SLURM's MASTER_ADDR falls back to the first host of SLURM_STEP_NODELIST, else of SLURM_JOB_NODELIST). An environment
+that is neither a launch nor an ordinary run (a launcher's variables without their partners, numbers that contradict
+each other) is refused in one line before anything is written: run as if no launcher were there, such a process would
+run the whole suite beside its siblings in one output folder. Only variables are read here: torch is imported when a
+world is joined (world.py).
 """
 
 from __future__ import annotations

@@ -1,14 +1,12 @@
 """This process's part in a launch (torchrun, srun, mpirun), chosen once at the command line.
 
-`Session(launch)` joins the world of ranks. Every rank checks that all were given the same suite. Rank 0 then
-runs the suite as a single-process run would, with the launch's ranks as its writers (`LaunchWriters`): checks,
-journal, plan, results and figures stay on rank 0, and every TensorStore test is run by all ranks, each writing and
-reading its slices. Every other rank only serves (`serve`): it saves and loads its slices when rank 0 sends a job.
-So the plan, and the seed it is drawn from, never leave rank 0: each job is broadcast as it comes.
+`Session(launch)` joins the world of ranks (docs/launching.md, "How a launch works", says what each rank does). Rank 0
+runs the suite with the launch's ranks as its writers (`LaunchWriters`); every other rank only serves (`serve`). So the
+plan, and the seed it is drawn from, never leave rank 0: each job is broadcast as it comes.
 
 Stops: the launcher sends SIGTERM to every rank when one dies. Once a rank is lost, rank 0 ignores stop signals
-(`lose`), so that it removes the run in progress and writes what finished; the stop it raises (`Stopped`, cause
-lost rank) names the rank.
+(`lose`), so that it removes the run in progress and writes what finished; the stop it raises (`Stopped`, cause lost
+rank) names the rank.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The weights every writer needs, handed to the other processes of a host once.
 
-The suite's source file (sources.source_file), when there is one: every process maps the
-same file, so a host holds one copy, in the page cache. Weights held in memory instead
-(the Python API's `source=`) are copied once into a file on /dev/shm; where /dev/shm is
-too small, as in some containers, each process makes them again from the same source.
+The suite's source file (sources.source_file), when there is one: every process maps the same file, so a host holds one
+copy, in the page cache. Weights held in memory instead (the Python API's `source=`) are copied once into a file on
+/dev/shm; where /dev/shm is too small, as in some containers, each process makes them again from the same source.
 """
 
 from __future__ import annotations
@@ -70,8 +69,7 @@ class SharedTensors(MappedSource):
 
 def handoff(tensors: Mapping[str, np.ndarray],
             fallback: WeightSource | None) -> MappedSource | SharedTensors | WeightSource | None:
-    """How another process of this host gets the same weights: the source file, else a copy on /dev/shm, else
-    made again (`fallback`)."""
+    """How another process of this host gets the same weights: the source file, a /dev/shm copy, or `fallback`."""
     if isinstance(tensors, SourceTensors) and tensors.folder is not None:
         return MappedSource(str(tensors.folder))
     try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from ckptbench.bench import storage
-from ckptbench.sources.source_file import Box
+from ckptbench.sources.source_file import Box, select
+
+part = select  # a part's view, of an array or a TensorStore
 
 
 def row_slices(shape: tuple[int, ...], chunk_rows: int, processes: int) -> list[tuple[int, int] | None]:
@@ -35,7 +37,3 @@ def row_boxes(layout: storage.Layout, shapes: Mapping[str, Sequence[int]], proce
                 owned[rank][name] = (rows,) if shape else ()
     return owned
 
-
-def part(array: Any, box: Box) -> Any:
-    """The part of an array (numpy) or a TensorStore a box selects; () is all of it."""
-    return array[tuple(slice(start, stop) for start, stop in box)] if box else array

@@ -1,8 +1,8 @@
 """--processes N: N workers this process spawns on this host, ranks 1..N of a world whose rank 0 it is.
 
-The workers map the parent's source file (shared.handoff: one copy per host, in the page cache). `spawn`, not
-fork: TensorStore aborts a process that forks after its threads started. A worker that dies fails the run at once;
-the pool is then stopped and started afresh for the next run, and no process is left behind.
+The workers map the parent's source file (shared.handoff: one copy per host, in the page cache). `spawn`, not fork:
+TensorStore aborts a process that forks after its threads started. A worker that dies fails the run at once; the pool is
+then stopped and started afresh for the next run, and no process is left behind.
 """
 
 from __future__ import annotations
@@ -127,8 +127,7 @@ class Pool(WriterPool):
 
 
 class LocalWriters(Writers):
-    """The writers of a run on this host: tests with `processes` N (tp N) are run by N workers this process spawns,
-    one pool per process count and weights, kept for the whole suite."""
+    """The writers of a run on this host: a pool of spawned workers per process count and weights, for the suite."""
 
     def __init__(self) -> None:
         self.pools: dict[tuple[int, str], Pool] = {}

@@ -1,13 +1,12 @@
 """The ranks of one launch (or this process and its --processes workers) as one gloo world.
 
-The ranks form one gloo process group (torch.distributed, CPU, TCP) on torch's TCPStore, hosted by torchrun's
-agent or by rank 0. Every step is torch's: a `monitored_barrier` first, by which rank 0 learns from torch which
-ranks did not arrive within the step's timeout (one that hangs, or whose connection closed), then
-`broadcast_object_list` or `all_gather_object`. What torch cannot say is added here: each rank's pid and host,
-whether a rank is a process that exited, and, while rank 0 waits for ranks still busy with a long local operation,
-that another rank of this host died (torch would name it only once the busy ones arrived). Rank 0 waits in a
-thread of its own, so that stop signals are handled meanwhile. The harness opens no sockets of its own; torch is
-imported only when a world is joined.
+The ranks form one gloo process group (torch.distributed, CPU, TCP) on torch's TCPStore, hosted by torchrun's agent or
+by rank 0. Every step is torch's: a `monitored_barrier` first, by which rank 0 learns from torch which ranks did not
+arrive within the step's timeout (one that hangs, or whose connection closed), then `broadcast_object_list` or
+`all_gather_object`. What torch cannot say is added here: each rank's pid and host, whether a rank is a process that
+exited, and, while rank 0 waits for ranks still busy with a long local operation, that another rank of this host died
+(torch would name it only once the busy ones arrived). Rank 0 waits in a thread of its own, so that stop signals are
+handled meanwhile. The harness opens no sockets of its own; torch is imported only when a world is joined.
 """
 
 from __future__ import annotations

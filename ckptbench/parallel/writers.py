@@ -1,25 +1,14 @@
-"""Many writers: N processes saving and loading one checkpoint together, like N hosts.
+"""Many writers: N processes saving and loading one checkpoint together, like N hosts (PHASE4_GUIDE.md, sections 4.9 and
+11; docs/launching.md, how a launch works).
 
-Each writer writes or reads only its own part of every array, a box: whole chunks of rows, so no two processes
-ever touch one chunk (slices.py); or, for a tensor-parallel load (spec.tensor_parallel), its rank's slice of each
-tensor, with the row's own loader for a reference row (`Job.reference`). The writers and the process that runs the
-suite form one gloo world (world.py), and everything after that is one code path:
-- rank 0 creates every array's metadata, then broadcasts one `Job` per writer;
-- every rank imports what its job needs (`ready`), then all meet at a barrier, the common start, and each does its
-  job (`perform`);
-- rank 0 all-gathers every writer's figures: its start (the barrier's release) and end on the host's monotonic
-  clock, which every process of a host shares, CPU and peak memory growth, and from each other host's first rank
-  what the other processes of its host did meanwhile (`others`, core.host; its ranks are its own); for a save it
-  then writes the manifest.
-A save lasts from before the metadata until every writer reports its writes durable (and the manifest is written);
-a load from the common start until the slowest writer has its slices in memory, as MLPerf Storage reports
-checkpoints: the latest end less the earliest start of the readers' own stamps (bench.measure), never rank 0's
-clock around the job, which also holds sending it, the imports, the barrier and gathering the replies. Writers
-verify their slices bit for bit after the clock has stopped, in a second round of the same job.
-
-Rank 0's writers are a `spawned.Pool` (--processes N: workers this process starts) or `session.LaunchWriters` (the
-ranks of a launch, rank 0 among them). For OCDBT, all writers share one database through TensorStore's distributed
-coordinator, a server rank 0 runs; its address travels in every job.
+Each writer writes or reads only its own part of every array, a box: whole chunks of rows, so no two processes ever
+touch one chunk (slices.py), or a tensor-parallel rank's slice, read with the row's own loader for a reference row
+(`Job.reference`). The writers and rank 0 form one gloo world (world.py): rank 0 broadcasts one `Job` per writer, all
+meet at a barrier (the common start), each does its job (`perform`), and rank 0 all-gathers their figures (with, from
+each other host's first rank, what the other processes of its host did: `others`, core.host). A load lasts
+from the common start until the slowest reader has its slices in memory, by the readers' own stamps on their host's
+monotonic clock (MLPerf Storage's rule, bench.measure), never by rank 0's clock around the job, which also holds sending
+it, the imports, the barrier and gathering the replies. Writers verify after the clock has stopped.
 """
 
 from __future__ import annotations
@@ -118,9 +107,8 @@ def _work(job: Job, tensors: Mapping[str, np.ndarray], start_at: float) -> Itera
 
 
 def _figures(start_at: float, end_at: float, usage: Timed) -> dict[str, Any]:
-    """A writer's own figures: its start (the barrier's release) and end on the host's monotonic clock and the
-    seconds between them, CPU, peak RSS growth, and its process's peak anonymous memory with where that process
-    runs (the host: bench.measure sums a host's memory and compares stamps of one host only)."""
+    """A writer's own figures: its start (the barrier's release) and end on the host's monotonic clock, CPU, peak RSS
+    growth, its process's peak anonymous memory, and where it runs (bench.measure compares one host's stamps only)."""
     return {"seconds": end_at - start_at, "started_s": start_at, "ended_s": end_at, "cpu_s": usage.cpu_s,
             "peak_rss_bytes": usage.rss_growth_bytes, "peak_anon_bytes": usage.rss_anon_peak_bytes,
             "host": socket.gethostname(), "pid": os.getpid()}
@@ -128,9 +116,8 @@ def _figures(start_at: float, end_at: float, usage: Timed) -> dict[str, Any]:
 
 def _read_figures(before: Mapping[str, int], after: Mapping[str, int], loaded: Mapping[str, np.ndarray]
                   ) -> dict[str, int]:
-    """A reader's bytes: what it caused to be read from the device (read_bytes: cold loads only, since a page
-    another reader of this host brought in is a hit), what its read calls returned (rchar), and the bytes of
-    the parts it was asked for (its slices)."""
+    """A reader's bytes: what it caused the device to read (read_bytes: a page another reader of this host brought in is
+    a hit, so cold loads only), what its read calls returned (rchar), and its slices' bytes."""
     return {"read_bytes": after.get("read_bytes", 0) - before.get("read_bytes", 0),
             "rchar_bytes": after.get("rchar", 0) - before.get("rchar", 0),
             "slice_bytes": sum(int(array.nbytes) for array in loaded.values())}

@@ -1,9 +1,9 @@
-"""The text of `compare A.json B.json`, in the order every report follows: what A and B are, the answer (how many of
-B's figures are faster, slower or unchanged against A, its largest regression, and B's TensorStore best beside its
-fastest peer), one table of B against A, the tests only one has; `details` adds A's answer and B's warnings.
+"""The text of `compare A.json B.json`, in the order every report follows: what A and B are, the answer (how many of B's
+figures are faster, slower or unchanged against A, its largest regression, and B's TensorStore best beside its fastest
+peer), one table of B against A, the tests only one has; `details` adds A's answer and B's warnings.
 
-It reads the rows analysis.versus computed and the documents' own comparisons and formats them, pyperf
-style; it computes nothing.
+It reads the rows analysis.versus computed and the documents' own comparisons and formats them, pyperf style; it
+computes nothing.
 """
 
 from __future__ import annotations
@@ -163,8 +163,7 @@ def unwatched_lines(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[
 
 def render(a: Document, b: Document, rows: Sequence[Mapping[str, Any]], noise_pct: float, fmt: str = "text",
            details: bool = False) -> str:
-    """The whole comparison of B (a results file read, with its path) against A: what A and B are, the answer,
-    the table, and the tests only one file has."""
+    """The whole comparison of B against A: what A and B are, the answer, the table, the tests only one has."""
     headers = ["test", "metric", "A: mean +- std", "B: mean +- std", "change (B vs A)", "95% CI %", "p",
                "verdict"]
     bullet = "- " if fmt == "markdown" else ""

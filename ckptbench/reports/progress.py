@@ -1,7 +1,7 @@
 """Live progress on stderr while a suite runs: test, round, phase and ETA.
 
-On a terminal a tqdm bar; in a log file or CI, where a redrawn bar is noise, one line per finished run. Nothing goes
-to stdout, so reports stay clean. It is a suite's observer (bench.context.Observer: `start`, `phase`, `record`) and
+On a terminal a tqdm bar; in a log file or CI, where a redrawn bar is noise, one line per finished run. Nothing goes to
+stdout, so reports stay clean. It is a suite's observer (bench.context.Observer: `start`, `phase`, `record`) and
 measures nothing.
 """
 

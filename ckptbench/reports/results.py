@@ -22,10 +22,9 @@ MAX_WARNING_LINES = 6
 
 
 def answer_lines(document: Mapping[str, Any]) -> list[str]:
-    """TensorStore's best per objective against the baseline, the fastest peer and the device ceiling: ratios
-    of means with their 95 % intervals and verdicts (documents.results.best_configurations); with confirmation
-    rounds, the peer's and the ceiling's from those rounds only, each block's beside them
-    (documents.confirmation), and where the winners were chosen from the same runs, a line that says so."""
+    """TensorStore's best per objective against the baseline, the fastest peer and the device ceiling, as ratios of
+    means with their 95 % intervals (documents.results.best_configurations, documents.confirmation), and where the
+    winners were chosen from."""
     best = document.get("best") or {}
     if not best:
         return ["Answer: no TensorStore test has a successful run", *while_training.lines(document)]

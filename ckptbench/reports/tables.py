@@ -46,9 +46,8 @@ def change(comparison: Mapping[str, Any] | None) -> str:
 
 
 def verdict(comparison: Mapping[str, Any], n_runs: int | None = None) -> str:
-    """The verdict, flagged when fewer than 5 runs on a side make the t-test weak, whatever the verdict: with few
-    runs "no significant difference" may just be a test too weak to see one, and a significant one rests on little
-    data."""
+    """The verdict, flagged when fewer than 5 runs on a side make the t-test weak, whatever the verdict: with few runs
+    "no significant difference" may just be a test too weak to see one, and a significant one rests on little data."""
     text = comparison["verdict"]
     if comparison.get("weak_test") and text not in (analysis.INSUFFICIENT, analysis.TOO_FEW):
         text += f" (weak: {n_runs} runs)" if n_runs is not None else " (weak: few runs)"
@@ -80,8 +79,7 @@ def _no_interval(comparison: Mapping[str, Any]) -> str:
 
 
 def ratio_brief(comparison: Mapping[str, Any]) -> str:
-    """A comparison without the other's name (a block's, a file's): '1.4x slower (1.3-1.5x)',
-    '1.0x (0.70-1.5x, n.s.)'."""
+    """A comparison without the other's name: '1.4x slower (1.3-1.5x)', '1.0x (0.70-1.5x, n.s.)'."""
     ratio, interval = comparison["ratio"], comparison.get("ratio_ci95")
     if ratio is None:
         return "no runs"

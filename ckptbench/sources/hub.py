@@ -1,12 +1,12 @@
 """Checkpoints named by a Hugging Face Hub id (`org/name` or `org/name@revision`), through huggingface_hub.
 
-A hub id becomes the snapshot folder of huggingface_hub's own cache (`models--org--name/snapshots/<commit>/`), so
-a model fetched once by `hf download`, transformers or an earlier run is reused, never copied; only the weight
-files, their index and config.json are asked for (ALLOW_PATTERNS). A complete cached snapshot is used with no
-request (a benchmark measures the same bytes every run, and works without a network); else, unless
-HF_HUB_OFFLINE, the library downloads it, after one `repo_info` with a timeout (the library's own takes none, so a
-silent hub would hang the run). Every failure a user can fix is one `UserError` line naming the id and the fix.
-huggingface_hub reads its own settings (HF_HUB_CACHE, HF_ENDPOINT, ...) when imported: lazily, here.
+A hub id becomes the snapshot folder of huggingface_hub's own cache (`models--org--name/snapshots/<commit>/`), so a
+model fetched once by `hf download`, transformers or an earlier run is reused, never copied; only the weight files,
+their index and config.json are asked for (ALLOW_PATTERNS). A complete cached snapshot is used with no request (a
+benchmark measures the same bytes every run, and works without a network); else, unless HF_HUB_OFFLINE, the library
+downloads it, after one `repo_info` with a timeout (the library's own takes none, so a silent hub would hang the run).
+Every failure a user can fix is one `UserError` line naming the id and the fix. huggingface_hub reads its own settings
+(HF_HUB_CACHE, HF_ENDPOINT, ...) when imported: lazily, here.
 """
 
 from __future__ import annotations

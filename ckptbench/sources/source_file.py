@@ -1,16 +1,15 @@
 """The weights as one file on disk, mapped read-only: what every save reads and every load is checked against.
 
-Why a file: a suite holds the source weights and, during each load, the loaded copy. In anonymous memory the two
-need twice the model, so a 24 GB machine could measure no checkpoint over about 10 GB. Written once to a file and
-mapped, the source is clean page cache the kernel may drop while a load fills memory, and `make_resident` reads it
-back before the next save's clock starts. Worker processes and the ranks of a host map the same file.
+Why a file: a suite holds the source weights and, during each load, the loaded copy. In anonymous memory the two need
+twice the model, so a 24 GB machine could measure no checkpoint over about 10 GB. Written once to a file and mapped, the
+source is clean page cache the kernel may drop while a load fills memory, and `make_resident` reads it back before the
+next save's clock starts. Worker processes and the ranks of a host map the same file.
 
-A load is checked against digests computed when the file was written, so verifying never reads the source: a
-128-bit xxh3 digest per tensor (about 25 GB/s on one core; not cryptographic, and it need not be: the question is
-whether storage and loader gave back the bytes, not whether anyone forged them).
+A load is checked against digests computed when the file was written, so verifying never reads the source: a 128-bit
+xxh3 digest per tensor (PHASE4_GUIDE.md, section 9, says why a non-cryptographic hash is enough).
 
-Layout: `source.bin` holds the tensors back to back, each starting at a multiple of 4096 bytes; `source.json`
-holds each tensor's name, shape, dtype, offset, size and digest.
+Layout: `source.bin` holds the tensors back to back, each starting at a multiple of 4096 bytes; `source.json` holds each
+tensor's name, shape, dtype, offset, size and digest.
 """
 
 from __future__ import annotations
@@ -20,12 +19,12 @@ import mmap
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import xxhash
 
-from ckptbench.spec.presets import NUMPY_DTYPES
+from ckptbench.spec.presets import NUMPY_DTYPES, dtype_name
 
 DATA_FILE = "source.bin"
 INDEX_FILE = "source.json"
@@ -91,9 +90,10 @@ def expected_digest(tensors: Mapping[str, np.ndarray], name: str, box: Box = ())
     return digest(select(tensors[name], box))
 
 
-def select(array: np.ndarray, box: Box) -> np.ndarray:
-    """The part of an array a box selects: [start, stop) along each of its first dimensions (() is all)."""
-    return array[tuple(slice(start, stop) for start, stop in box)] if box and array.ndim else array
+def select(array: Any, box: Box) -> Any:
+    """The part of an array (numpy, torch) or a TensorStore a box selects: [start, stop) along each of its first
+    dimensions (() is all)."""
+    return array[tuple(slice(start, stop) for start, stop in box)] if box else array
 
 
 class SourceFile:
@@ -113,8 +113,7 @@ class SourceFile:
 
     @classmethod
     def write(cls, folder: Path, tensors: Iterable[tuple[str, np.ndarray]]) -> SourceFile:
-        """Write the tensors (made one at a time by the iterable, so only one is in memory) into folder, fsync'd,
-        and map the file."""
+        """Write the tensors (made one at a time by the iterable) into folder, fsync'd, and map the file."""
         folder = Path(folder)
         entries: list[Entry] = []
         offset = 0
@@ -124,7 +123,7 @@ class SourceFile:
                 data = array.reshape(-1).view(np.uint8).data
                 handle.seek(offset)
                 handle.write(data)  # a buffered file writes it all, large as it may be
-                entries.append(Entry(name, tuple(int(d) for d in array.shape), _dtype_name(array.dtype), offset,
+                entries.append(Entry(name, tuple(int(d) for d in array.shape), dtype_name(array.dtype), offset,
                                      array.nbytes, xxhash.xxh3_128_hexdigest(data)))
                 offset = -(-(offset + array.nbytes) // ALIGN) * ALIGN
                 del array, data
@@ -139,6 +138,3 @@ class SourceFile:
         index = json.loads((Path(folder) / INDEX_FILE).read_text())["tensors"]
         return cls(folder, [Entry(**{**e, "shape": tuple(e["shape"])}) for e in index])
 
-
-def _dtype_name(dtype: np.dtype) -> str:
-    return next(name for name, np_dtype in NUMPY_DTYPES.items() if np_dtype == dtype)

@@ -1,16 +1,9 @@
 """Where the weights come from: LLaMA-shaped presets made in code, or a real checkpoint.
 
-Presets (spec.presets) carry published LLaMA-architecture hyperparameters and the real parameter names and shapes
-of `LlamaForCausalLM`; the values are drawn from a seeded normal distribution (std 0.02, LLaMA's initializer), per
-tensor from a seed derived from its name, so every run and every subset sees the same bytes.
-
-How the values are drawn decides how well they compress, so it is a setting:
-- ``random``: float32 draws, full-entropy mantissas (zlib level 1 saves about 7 %);
-- ``float16`` / ``bfloat16``: drawn in that type, then stored in the run's dtype. A checkpoint trained or shipped
-  in half precision and stored as float32 has 13 or 16 zero mantissa bits per value, which compressors find
-  (about 37 % / 48 % saved). The original Phase 4 harness stored open_llama_3b's fp16 weights as float32.
-
-A checkpoint folder or a Hugging Face model id (`--weights`) gives the real values.
+A preset's values are drawn from a seeded normal distribution (std 0.02, LLaMA's initializer), per tensor from a seed
+derived from its name, so every run and every subset sees the same bytes; how they are drawn (`values`) decides how well
+they compress (PHASE4_GUIDE.md, section 4.1). A checkpoint folder or a Hugging Face model id (`--weights`) gives the
+real values.
 """
 
 from __future__ import annotations
@@ -40,9 +33,8 @@ Reader = Callable[[Path, bool], Iterator[tuple[str, Any]]]
 
 @dataclass
 class Weights:
-    """Named tensors, C-contiguous, all in one dtype, plus where they came from:
-    `tensors` are arrays in memory (`Planned.in_memory`), or read-only views of a source file
-    (`Planned.to_file`), which the kernel can drop from memory while a load fills it."""
+    """Named tensors, C-contiguous, all in one dtype, plus where they came from: arrays in memory (`Planned.in_memory`),
+    or read-only views of a source file (`Planned.to_file`), which the kernel can drop while a load fills memory."""
 
     tensors: Mapping[str, np.ndarray]
     dtype: str
@@ -59,12 +51,6 @@ class Weights:
     def describe(self) -> dict[str, Any]:
         return {**self.source, "dtype": self.dtype, "n_tensors": len(self.tensors),
                 "n_params": self.n_params, "size_bytes": self.size_bytes}
-
-
-def _preset_origin(name: str, values: str) -> dict[str, Any]:
-    return {"kind": "preset", "name": name, "origin": PRESETS[name].origin, "values": values,
-            "init": f"normal(0, {INIT_STD}) drawn as {'float32' if values == 'random' else values}, "
-                    f"seed {SEED} + crc32(name)"}
 
 
 def _check_preset(name: str, values: str = "random") -> None:
@@ -185,8 +171,7 @@ def estimate_bytes(model: str, weights_source: str | Path | None, dtype: str) ->
 
 
 def resolve(weights_source: str | None) -> tuple[Path | None, dict[str, Any]]:
-    """(local folder, what to record about it) for --weights: a folder, or a Hugging Face id resolved
-    through the local cache (downloaded when there is a network)."""
+    """(local folder, what to record about it) for --weights: a folder, or a hub id resolved through the cache."""
     return (None, {}) if weights_source is None else _resolve(weights_source)
 
 
@@ -243,7 +228,10 @@ def plan(model: str, weights_source: str | Path | None, dtype: str, values: str 
     a checkpoint's shapes read from its headers, a preset's from its table."""
     if weights_source is None:
         _check_preset(model, values)
-        return Planned(model, None, dtype, values, _preset_origin(model, values), tuple(preset_shapes(model)))
+        drawn = {"kind": "preset", "name": model, "origin": PRESETS[model].origin, "values": values,
+                 "init": f"normal(0, {INIT_STD}) drawn as {'float32' if values == 'random' else values}, "
+                         f"seed {SEED} + crc32(name)"}
+        return Planned(model, None, dtype, values, drawn, tuple(preset_shapes(model)))
     if origin is None:
         weights_source, origin = _resolve(str(weights_source))
     folder = Path(weights_source)

@@ -1,26 +1,9 @@
-"""Chunk shapes from an element budget.
+"""Chunk shapes from an element budget (PHASE4_GUIDE.md's `chunk_strategy` says what each strategy gives).
 
-Three strategies, each returning a chunk that never exceeds the array in any dimension
-and holds at most `max(budget, 1)` elements (a chunk holds at least one element):
-
-- ``halve``: start from the whole array and halve the largest chunk dimension
-  (rounding up) until the chunk fits the budget. Chunks need not divide the array,
-  so edge chunks are padded on disk by zarr v2.
-- ``halve_floor``: the original Phase 4 harness's exact rule, the same halving with
-  floor division. It gives the same shapes as ``halve`` except where a halving
-  meets an odd dimension; for the LLaMA presets that happens only with budgets far
-  below 16,384 elements (the original's 64-element chunks: 576 -> 4 instead of 5).
-- ``divisor`` (T5X's idea): start from the whole array and, while the chunk is too
-  large, shrink its largest dimension to the next smaller divisor of that array
-  dimension. Chunks then divide the array evenly and nothing is padded.
-- ``rows``: the same halving, always of the first dimension until it is one row, so chunks
-  are runs of whole rows (they span dim 1), as a row-major file lays a tensor out: a rank
-  that needs a column slice (row-parallel o/down projections) reads every chunk.
-- ``tp_aligned``: ``divisor``, with the dimension a tensor-parallel load splits N ways
-  (`split`: the dimension and N) starting from one rank's part and shrinking to divisors
-  of that part, so chunk boundaries fall on the N-way split: a rank's slice is whole chunks
-  and no chunk is read by two ranks. Without a split (replicated tensors, tp 1) it is
-  ``divisor``.
+Every strategy returns a chunk that never exceeds the array in any dimension and holds at most `max(budget, 1)`
+elements. ``halve_floor`` is the original Phase 4 harness's exact rule (floor division: 576 -> 4 instead of 5 at its
+64-element chunks); ``divisor`` is T5X's (chunks divide the array, nothing padded); ``tp_aligned`` shrinks within one
+rank's part of the dimension a tensor-parallel load splits (`split`), so a rank's slice is whole chunks.
 """
 
 from __future__ import annotations
@@ -58,7 +41,8 @@ def chunk_shape(shape: Sequence[int], budget_elements: int, strategy: str = "hal
         elif strategy == "halve_floor":
             chunk[axis] = max(1, chunk[axis] // 2)
         else:  # divisor, tp_aligned
-            chunk[axis] = _next_smaller_divisor(extents[axis], chunk[axis])
+            smaller = [d for d in _divisors(extents[axis]) if d < chunk[axis]]
+            chunk[axis] = smaller[-1] if smaller else 1
     return chunk
 
 
@@ -66,11 +50,6 @@ def chunk_shape(shape: Sequence[int], budget_elements: int, strategy: str = "hal
 def _divisors(n: int) -> tuple[int, ...]:
     small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
     return tuple(sorted(set(small + [n // d for d in small])))
-
-
-def _next_smaller_divisor(n: int, current: int) -> int:
-    smaller = [d for d in _divisors(n) if d < current]
-    return smaller[-1] if smaller else 1
 
 
 def padded_elements(shape: Sequence[int], chunk: Sequence[int]) -> int:

@@ -1,14 +1,8 @@
 """Compression settings: what a user writes in the config, and the zarr metadata it becomes.
 
-A user writes `"none"`/null, a bare id such as `"gzip"`, or an object such as
-`{"id": "gzip", "level": 6}`. `normalize` turns any of these into one canonical dict
-(or None for raw storage); `apply_to_zarr_v2_metadata` puts that in a zarr v2 `.zarray`
-as its `compressor`.
-
-"none" must become an explicit `"compressor": null`: when the key is omitted,
-TensorStore's zarr v2 driver compresses with blosc (lz4, clevel 5), which is what
-the original harness measured by mistake. `"blosc-default"` reproduces that
-omission on purpose.
+"none" (or null) must become an explicit `"compressor": null`: when the key is omitted, TensorStore's zarr v2 driver
+compresses with blosc (lz4, clevel 5), which is what the original harness measured by mistake. `"blosc-default"`
+reproduces that omission on purpose.
 """
 
 from __future__ import annotations
@@ -17,9 +11,8 @@ from typing import Any, Mapping
 
 from ckptbench.core.errors import UserError
 
-# Per compressor: the allowed keys with their (default, low, high) or allowed values.
-# Ranges are TensorStore's zarr v2 ones; defaults are TensorStore's, so "gzip" means
-# level 1, the level T5X's `{"id": "gzip"}` gets.
+# Per compressor: the allowed keys with their (default, low, high) or allowed values. Ranges are TensorStore's zarr v2
+# ones; defaults are TensorStore's, so "gzip" means level 1, the level T5X's `{"id": "gzip"}` gets.
 _LEVELS: dict[str, tuple[int, int, int]] = {"gzip": (1, 0, 9), "zlib": (1, 0, 9), "bz2": (1, 1, 9),
                                              "zstd": (1, -131072, 22)}
 BLOSC_CNAMES = ("blosclz", "lz4", "lz4hc", "snappy", "zlib", "zstd")

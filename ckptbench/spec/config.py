@@ -1,13 +1,11 @@
 """The suite configuration: phase4_config.json, validated before anything runs.
 
-Structure is checked by the JSON Schema (spec.schema); meaning (duplicate names, the
-baseline, settings that contradict each other) is checked after it. Every problem
-becomes one `UserError` line naming the test and the field. Relative paths in a config
-file are resolved against the file's own folder.
+Structure is checked by the JSON Schema (spec.schema); meaning (duplicate names, the baseline, settings that contradict
+each other) is checked after it. Every problem becomes one `UserError` line naming the test and the field. Relative
+paths in a config file are resolved against the file's own folder.
 
-`load` and `from_dict` return a finished suite: command-line overrides applied, sweeps
-expanded, the storage target and process counts applied to the tests. There is no
-later step for a caller to remember.
+`load` and `from_dict` return a finished suite: command-line overrides applied, sweeps expanded, the storage target and
+process counts applied to the tests. There is no later step for a caller to remember.
 """
 
 from __future__ import annotations
@@ -201,21 +199,14 @@ def _check_override_choices(changes: Mapping[str, Any]) -> None:
 
 
 def with_processes(config: SuiteConfig, count: int) -> SuiteConfig:
-    """A finished suite of one process count with every TensorStore test run by `count` processes instead
-    (the ranks of a launch)."""
+    """A finished suite whose TensorStore tests are each run by `count` processes (the ranks of a launch)."""
     return _finish(dataclasses.replace(config, processes=(count,)))
 
 
 def _finish(config: SuiteConfig) -> SuiteConfig:
-    """Apply the suite-wide settings to the tests: the storage target and the process counts.
-
-    - memory:// puts every TensorStore test on the memory kvstore.
-    - Reference rows write local files: with memory:// or a remote store they are skipped. A row whose library
-      cannot be imported here (spec.references.unavailable: not installed, or a native library that does not
-      load) is skipped with the reason, so the suite goes on without it.
-    - Several process counts multiply the TensorStore tests (`name_procs=N`); the memory
-      kvstore cannot be shared between processes, so such points are skipped.
-    """
+    """Apply the suite-wide settings to the tests: the storage target, tp and the process counts (`name_procs=N`);
+    a point that cannot run here (a reference row whose library does not import, say) is skipped with its reason, so
+    the suite goes on without it."""
     if config.confirm_rounds in (1, 2):  # after the overrides: the flag's value is checked here too
         raise UserError(f"testing.confirm_rounds: {config.confirm_rounds} rounds give a block no interval to judge it "
                         "by; use 0 (off) or 3 or more")

@@ -1,15 +1,13 @@
 """A test's settings, one table: the fields of `TestSpec`.
 
-Each field a config file may set carries an `Option` in its metadata: its JSON Schema,
-whether it is required, its short label in sweep point names (or none: it cannot be
-swept), how a config value becomes the field's value and back, and whether it changes
-how a checkpoint is laid out. Everything else is derived from this one table: the
-config schema of a test (`TEST_SCHEMA`), the sweepable fields (`SWEEP_FIELDS`), the
-parser of a config entry (`read_test`) and its writer (`entry`), and `tune`'s key of
-identical layouts (`LAYOUT_FIELDS`). A new setting is one new field here.
+Each field a config file may set carries an `Option` in its metadata: its JSON Schema, whether it is required, its short
+label in sweep point names (or none: it cannot be swept), how a config value becomes the field's value and back, and
+whether it changes how a checkpoint is laid out. Everything else is derived from this one table: the config schema of a
+test (`TEST_SCHEMA`), the sweepable fields (`SWEEP_FIELDS`), the parser of a config entry (`read_test`) and its writer
+(`entry`), and `tune`'s key of identical layouts (`LAYOUT_FIELDS`). A new setting is one new field here.
 
-The field order is the order of a config entry's keys and of the labels in a sweep
-point's name ("zarr2_chunk=1MB_conc=128"), so it is kept stable.
+The field order is the order of a config entry's keys and of the labels in a sweep point's name
+("zarr2_chunk=1MB_conc=128"), so it is kept stable.
 """
 
 from __future__ import annotations
@@ -30,24 +28,11 @@ MAX_TP = 256  # as many readers as processes (spec.suite.MAX_PROCESSES)
 CACHE_EVICTION = ("auto", "drop_caches", "fadvise", "none")
 FORMATS = ("zarr2", "zarr3")
 KVSTORES = ("file", "ocdbt", "memory")
-# TensorStore's file_io_mode context resource (kvstore/file): how the file kvstore reads.
-# "default" reads with pread through the page cache, "memmap" maps files (still the page
-# cache), "direct" reads with O_DIRECT, around the page cache, where a chunk file's size
-# is a multiple of 4096 bytes (elsewhere TensorStore quietly reads buffered).
-FILE_IO_MODES = ("default", "memmap", "direct")
-# How many tensors a save or load keeps in flight: "all" (every array's writes or reads issued
-# together, bounded by max_inflight_bytes) or "one_tensor" (each tensor's open and write, or
-# read, awaited before the next starts, as the original Phase 4 harness did).
-IN_FLIGHT = ("all", "one_tensor")
-# Where a load puts what it reads, for every row alike (the suite's testing.load_into; a TensorStore test may set
-# its own): "new" (memory the load allocates inside the clock: the arrays TensorStore's `store.read()` gives, a
-# peer's own tensors, DCP's state dict allocated from its metadata) or "preallocated" (arrays allocated and
-# touched before the clock, as a model's parameters already exist, filled in place: TensorStore writes into them,
-# DCP loads into them, the other peers copy each tensor they read into its array).
-LOAD_INTO = ("new", "preallocated")
-# How a save runs beside training (bench.async_save): "sync" blocks until durable; "async" returns once the weights
-# may be modified again and makes the checkpoint durable in the background, while a stand-in training step runs.
-SAVE_MODES = ("sync", "async")
+# What each choice of these does: PHASE4_GUIDE.md, section 3 ("A test") and the sections it names
+FILE_IO_MODES = ("default", "memmap", "direct")  # TensorStore's file_io_mode context resource (kvstore/file)
+IN_FLIGHT = ("all", "one_tensor")  # how many tensors a save or load keeps in flight
+LOAD_INTO = ("new", "preallocated")  # where a load puts what it reads (the suite's testing.load_into, a test's own)
+SAVE_MODES = ("sync", "async")  # how a save runs beside training (bench.async_save)
 
 _POSITIVE_INT = {"type": "integer", "minimum": 1}
 _RANGE_PCT = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
@@ -106,27 +91,21 @@ class TestSpec:
     file_io_mode: str = option("default", schema={"enum": list(FILE_IO_MODES)}, sweep="io")
     in_flight: str = option("all", schema={"enum": list(IN_FLIGHT)}, sweep="inflight")
     load_into: str | None = option(None, schema={"enum": list(LOAD_INTO)}, sweep="into")  # None: the suite's
-    # The original's conversions inside the timers: saves start from float16 copies of the
-    # weights and cast each to float32 (torch .float()) before writing it; loads copy each array
-    # read and cast it to float16 (np.copy, torch.from_numpy, .half()).
+    # The original's conversions inside the timers (bench.storage)
     timed_conversion: bool = option(False, schema={"type": "boolean"}, sweep="conv")
     # None: the suite's testing.cache_eviction ("auto" under tp > 1 is fadvise: SuiteConfig.eviction_for)
     cache_eviction: str | None = option(None, schema={"enum": list(CACHE_EVICTION)}, sweep="evict")
-    # Also time a load right after the save, from the page cache, before the eviction and the
-    # timed (cold) load: one save gives both figures (warm_load_s), as `explain` uses them.
+    # Also time a load from the page cache the save left, before the eviction (warm_load_s), as `explain` uses it
     warm_load: bool = option(False, schema={"type": "boolean"})
     values: str | None = option(None, schema={"enum": list(VALUES)}, sweep="values")  # None: the suite's
     # tests sharing a block run back to back (AAABBB) at a seeded place in the rounds
     block: str | None = option(None, schema={"type": "string", "pattern": NAME_PATTERN})
-    # Tensor parallelism (spec.tensor_parallel): loads by `tp` readers together, each reading only its slice of
-    # every tensor; 1 is one whole load. With tp_save the save is written by the tp ranks too, each its slice
-    # (Megatron's sharded save); without it the checkpoint is written whole, as one trainer writes it.
+    # Tensor parallelism (spec.tensor_parallel): loads by `tp` readers, each its slice; tp_save: saves too
     tp: int = option(1, schema={**_POSITIVE_INT, "maximum": MAX_TP}, sweep="tp", layout=False)
     tp_save: bool = option(False, schema={"type": "boolean"}, sweep="tpsave", layout=False)
     # (layout left True for both: tune must not take an async candidate for its sync twin)
     save_mode: str = option("sync", schema={"enum": list(SAVE_MODES)}, sweep="mode")
-    # Async saves: bytes of the weights the stand-in training step reads per step (None: bench.async_save's
-    # default, about 100 ms on a 2-core VM)
+    # Async saves: bytes of the weights the stand-in training step reads (None: bench.async_save's default)
     train_step_bytes: int | None = option(None, schema=SIZE_SCHEMA, read=parse_size, write=_size_out)
     expected: dict[str, list[float]] | None = option(None, layout=False, schema={
         "type": "object", "additionalProperties": False,

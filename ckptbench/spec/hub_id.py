@@ -1,7 +1,7 @@
 """Hugging Face Hub ids as a user writes them: `org/name` or `org/name@revision`.
 
-Only the grammar: whether text names a hub checkpoint or a local folder, decided without
-any I/O but a look at whether the path exists. Resolving an id to files is sources.hub.
+Only the grammar: whether text names a hub checkpoint or a local folder, decided without any I/O but a look at whether
+the path exists. Resolving an id to files is sources.hub.
 """
 
 from __future__ import annotations
@@ -18,12 +18,9 @@ _SPEC = re.compile(rf"(?P<repo>{_NAME}/{_NAME})(?:@(?P<revision>[A-Za-z0-9_][A-Z
 
 
 def looks_like_hub_id(text: str) -> bool:
-    """True when text reads as `org/name[@revision]` and is not a local path.
-
-    A path that exists always wins, so a folder `org/name` under the working directory is
-    read as that folder; text shaped like a path (absolute, `./`, `../`, `~`, a backslash,
-    more than one '/' before '@') is never a hub id.
-    """
+    """True when text reads as `org/name[@revision]` and is not a local path. A path that exists always wins, so a
+    folder `org/name` under the working directory is read as that folder; text shaped like a path (absolute, `./`,
+    `../`, `~`, a backslash, more than one '/' before '@') is never a hub id."""
     if not text or text.startswith((".", "/", "~")) or "\\" in text:
         return False
     if parse(text) is None:

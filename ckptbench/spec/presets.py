@@ -1,9 +1,9 @@
 """The LLaMA shapes the harness can make weights for, and the dtypes and values it stores them in.
 
-Presets carry published LLaMA-architecture hyperparameters and the real parameter names
-and shapes of `LlamaForCausalLM`, written out here (a test checks them against
-transformers' model on the meta device): importing transformers costs seconds in every run.
-How weights are made from a preset, or read from a checkpoint, is `sources.weights`.
+Presets carry published LLaMA-architecture hyperparameters and the real parameter names and shapes of
+`LlamaForCausalLM`, written out here (a test checks them against transformers' model on the meta device): importing
+transformers costs seconds in every run. How weights are made from a preset, or read from a checkpoint, is
+`sources.weights`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
     "bfloat16": np.dtype(ml_dtypes.bfloat16),
 }
 VALUES = ("random", "float16", "bfloat16")
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """'float32', 'float16' or 'bfloat16' for a numpy dtype."""
+    return next(name for name, np_dtype in NUMPY_DTYPES.items() if np_dtype == dtype)
 
 
 @dataclass(frozen=True)

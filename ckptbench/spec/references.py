@@ -1,9 +1,8 @@
 """The reference rows: what a user would store checkpoints with instead, and the device's own ceiling.
 
-Every fact about a reference kind lives in its entry here: its name in a config's
-`references` block (and its test's name), its words, what the memory pre-check and
-`tune`'s budget assume of it before anything is measured, and its colour in figures.
-The code that measures each kind is `bench.references`, keyed by the same names.
+Every fact about a reference kind lives in its entry here: its name in a config's `references` block (and its test's
+name), its words, what the memory pre-check and `tune`'s budget assume of it before anything is measured, and its colour
+in figures. The code that measures each kind is `bench.references`, keyed by the same names.
 """
 
 from __future__ import annotations
@@ -43,24 +42,20 @@ class Reference:
     colour: str
     peer: bool = True  # a loader a user could pick instead of TensorStore (the ceiling is not one)
     later_s_per_gb: float | None = None  # a later run's, where it does less than the first (None: the same)
-    # A config's `references` block takes, per kind, true or an object of these (defaults filled in; the back
-    # end gets them, results.json records them in the test's settings as `reference_settings`).
+    # What a kind's entries in a config's `references` block may set (the test's `reference_settings`)
     settings: Mapping[str, Setting] = field(default_factory=dict)
     # What must import for the row to run here (a package, a native library it loads); else it is skipped
     package: str | None = None  # the distribution that brings it (requirements.txt pins it), for the reason
     modules: tuple[str, ...] = ()
-    # Anonymous bytes some settings add to the multiplier's (from the row's settings, the model's bytes and the
-    # row's load_into)
+    # Anonymous bytes some settings add to the multiplier's (from the settings, the model's bytes and load_into)
     extra_memory: Callable[[Mapping[str, Any], int, str], float] | None = None
-    # Under load_into "preallocated": bytes per byte of model of its own read buffer, held besides the arrays it
-    # copies into (fastsafetensors' one buffer of the file; safetensors' and torch.load's maps are file pages)
+    # Under load_into "preallocated": its own read buffer per byte of model, besides the arrays (fastsafetensors')
     copy_buffer: float = 0.0
     # Under tp > 1 (spec.tensor_parallel): how each rank reads its slice, or why the row cannot (it is skipped)
     tp_load: str = ""
     tp_unsupported: str | None = None
     tp_reads_whole: bool = False  # each tp reader holds the whole model before it copies its slice out
-    # A load that claims to read around the page cache, in words ("" for none): the harness checks it (the pages
-    # the load's files have in the cache right after it), so no guide has to vouch for it
+    # A load's claim to read around the page cache, in words ("" for none), which the harness checks after each load
     bypass_claim: str = ""
     # (load_into, why) of a row whose destination is its design, whatever the suite's load_into; None: the suite's
     destination: tuple[str, str] | None = None
@@ -96,14 +91,9 @@ def _runai_buffers(settings: Mapping[str, Any], model_bytes: int, load_into: str
     return float(model_bytes if limit < 0 else min(limit, model_bytes))
 
 
-# Run:ai's settings: environment variables its C++ core reads when a streamer is made (an empty value breaks
-# it; a setting at its default "auto"/null leaves its variable unset, so the core picks), and `owned`. Their
-# names and defaults are the core's own (runai-model-streamer 0.17.1, its debug log of a streamer's settings):
-# reading block 2 MiB; with neither variable set, 16 reader threads and a file-system queue depth of 64, with
-# RUNAI_STREAMER_CONCURRENCY set and RUNAI_STREAMER_FS_QUEUE_DEPTH unset, both the concurrency, and with the
-# queue depth set, both the queue depth (for files); strategy the first of io_uring_direct, libaio_direct,
-# sync_buffered that works here. (Before these were row settings the harness always set the concurrency to 16,
-# which cut the queue depth from its default 64 to 16.)
+# Run:ai's settings: environment variables its C++ core reads when a streamer is made (a setting at its default
+# "auto"/null leaves its variable unset, so the core picks), and `owned`. Their names and defaults are the core's own
+# (runai-model-streamer 0.17.1, its debug log of a streamer's settings; PHASE4_GUIDE.md, section 4.7).
 RUNAI_STRATEGIES = ("auto", "io_uring_direct", "libaio_direct", "sync_buffered")
 _RUNAI_SETTINGS = {
     "concurrency": Setting({"type": ["integer", "null"], "minimum": 1, "maximum": 1024}, None,
@@ -135,21 +125,12 @@ _FASTSAFETENSORS_SETTINGS = {
 }
 
 
-# Multipliers (anonymous memory per byte of model, beyond the process's fixed part) measured on a 2-core VM
-# with the 0.54 GB smollm2-135m (docs/measurements/memory.md): each holds its loaded copy (the ceiling, its read
-# buffer); the source weights are a mapped file, not counted. Priors (seconds per GB of a run's save and load)
-# from open_llama_3b in bfloat16 (6.85 GB) on the same machine, where the ceiling's 13 passes over the bytes
-# took 12 s/GB; its full grid is now 19 passes (8 writes and 8 reads, fio's write and read, the O_DIRECT read),
-# its later runs 7 to 9 (two writes and reads, fio's, the O_DIRECT read, the sets those reads need)
-# The peers (Run:ai streamer, fastsafetensors, torch DCP), at their default settings, peak above the anonymous
-# memory before each run (results.json's save/load_rss_anon_bytes, 3 runs each) on smollm2-135m in float32
-# (0.54 GB) and tinyllama-1.1b in bfloat16 (2.2 GB): Run:ai 1.01 and 1.01 (its buffers are the loaded copy),
-# fastsafetensors 1.03 and 1.01 (one buffer of the file), DCP 1.21 and 1.12 (the preallocated tensors, and one
-# tensor's bytes read from the file before they are copied in: the embeddings are 21 % of smollm2); their saves
-# (safetensors' save_file) 0.00, DCP's 1.00 while it allocated the tensors it loads into before its save (they
-# are allocated after it now, in before_load). Run:ai with owned false keeps its
-# buffers besides the copies: 2.0 at its default 40 GB limit, 1.24 with a 512 MiB one (on tinyllama). Their
-# priors are safetensors' scaled by the ratio of their save + load seconds to its, measured in the same suites.
+# Multipliers (anonymous memory per byte of model, beyond the process's fixed part): each row's loaded copy (the
+# ceiling's, its read buffer), measured on a 2-core VM (PHASE4_GUIDE.md, section 9; docs/measurements/memory.md);
+# Run:ai with owned false keeps its buffers besides: 2.0 at its default 40 GB limit, 1.24 with 512 MiB (tinyllama).
+# Priors (seconds per GB of a run's save and load) from open_llama_3b in bfloat16 (6.85 GB) on the same machine, where
+# the ceiling's 13 passes over the bytes took 12 s/GB; its full grid is now 19 passes, its later runs 7 to 9. The
+# peers' priors are safetensors' scaled by the ratio of their save + load seconds to its, measured in the same suites.
 REFERENCES: dict[str, Reference] = {ref.kind: ref for ref in (
     Reference("safetensors", "safetensors",
               "reference: safetensors save_file + fsync, load_file with every tensor copied out of the map",

@@ -1,7 +1,7 @@
 """The config file's structure as a JSON Schema, and its errors in one line that names the field.
 
-Structure is checked by the schema (so types, ranges and unknown keys are data, not code);
-`describe_error` turns jsonschema's first error into words a user can act on.
+Structure is checked by the schema (so types, ranges and unknown keys are data, not code); `describe_error` turns
+jsonschema's first error into words a user can act on.
 """
 
 from __future__ import annotations
@@ -72,20 +72,12 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def _is_integer(_checker: Any, value: Any) -> bool:
-    # JSON Schema counts 2.0 as an integer; a count or a size must be written as a whole number.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(_checker: Any, value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
-        {"integer": _is_integer, "number": _is_number}),
-)
+_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many({
+    # JSON Schema counts 2.0 as an integer; a count or a size must be written as a whole number
+    "integer": lambda _checker, value: isinstance(value, int) and not isinstance(value, bool),
+    "number": lambda _checker, value: (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                       and math.isfinite(value))})
+Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_TYPES)
 
 
 def validate_structure(data: Any, source: str) -> None:

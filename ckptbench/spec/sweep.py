@@ -1,7 +1,7 @@
 """Sweeps: a test whose settings hold lists is one test per combination, each named by its values.
 
-A sweep's size is known before a single point is made (`count_points`), so a plan of tens
-of thousands of tests is refused at once; its points are then made one at a time.
+A sweep's size is known before a single point is made (`count_points`), so a plan of tens of thousands of tests is
+refused at once; its points are then made one at a time.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """Tensor parallelism: which part of each LLaMA tensor a rank of N needs, and which N a model allows.
 
-With HF's [out_features, in_features] layout (Megatron's rule, as vLLM shards LLaMA):
-- column-parallel q/k/v/gate/up projections, lm_head and the embedding split their rows (dim 0);
-- row-parallel o/down projections split their columns (dim 1);
-- everything else (the RMSNorm weights, any other 1-D tensor) is replicated whole to every rank.
-
-A rank's part is a box: [start, stop) along each of a tensor's first dimensions, as
-`sources.source_file.Box` (verification selects the same part of the source with it); () is
-the whole tensor. A split dimension N does not divide (a vocabulary, say) is split as evenly
-as possible, the lower ranks taking one more row.
+Megatron's rule on HF's [out_features, in_features] layout, as vLLM shards LLaMA (PHASE4_GUIDE.md, section 4.11):
+column-parallel tensors split their rows, row-parallel ones their columns, the rest is replicated whole. A rank's part
+is a `Box` (verification selects the same part of the source with it); a split dimension N does not divide is split as
+evenly as possible, the lower ranks taking one more row.
 """
 
 from __future__ import annotations
@@ -57,14 +52,9 @@ def rank_boxes(shapes: Mapping[str, Sequence[int]], tp: int) -> list[dict[str, B
 
 def refusal(tp: int, model: str | None, shapes: Mapping[str, Sequence[int]] | None = None,
             flag: str = "--tp", aligned: bool = False) -> str | None:
-    """Why `tp` cannot shard this model (one line naming the fix), or None.
-
-    `model`: a preset's name, whose heads and kv heads must split evenly (a rank holds whole heads), and whose
-    shapes are its own; None for a checkpoint (no head counts known), whose split dimensions (`shapes`) must each
-    split evenly. `aligned` (chunk_strategy "tp_aligned"): chunk boundaries go on the tp-way split, which needs
-    every split dimension (a preset's vocabulary and intermediate size too) to divide evenly. No split dimension
-    may be smaller than tp. A refusal of a dimension names the tensor, the dimension and the tp values that
-    divide every split dimension."""
+    """Why `tp` cannot shard this model (one line naming the fix), or None (PHASE4_GUIDE.md, section 4.11, says which
+    N each model takes). `model`: a preset's name, None for a checkpoint (no head counts known), whose split
+    dimensions are `shapes`; `aligned`: chunk_strategy "tp_aligned", which needs every split to be even."""
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
         return f"{flag}: {tp!r} is not a number of tensor-parallel ranks; use 1 or more (1: one whole load)"
     if tp == 1:

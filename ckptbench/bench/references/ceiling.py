@@ -1,11 +1,10 @@
 """The device's own ceiling: the model's bytes written and read cold in raw files, over a grid of access patterns.
 
-What the disk itself can do, so every test can be reported as a fraction of it: 1, 4, 16 and 32 parallel streams over as
-many files, in 1, 16 and 64 MiB blocks, like fio jobs, an O_DIRECT read that no page cache can serve, and, where `fio`
-is on PATH, fio's own deep queues (io_uring, O_DIRECT, 16 jobs of 1 MiB blocks at queue depth 32). The full grid runs in
-the suite's first ceiling run; later runs repeat the grid's two fastest writes and reads, fio's pattern and the O_DIRECT
-read (`before_run`), so each round's ceiling is the fastest of a few strong candidates rather than one pattern whose
-noise would become every row's "% of ceiling".
+What the disk itself can do, so every test can be reported as a fraction of it (PHASE4_GUIDE.md, section 4.7): GRID, an
+O_DIRECT read that no page cache can serve, and fio's deep queues where `fio` is on PATH. After the suite's first
+ceiling run only the grid's fastest writes and reads run again (`before_run`), with fio's and the O_DIRECT read, so each
+round's ceiling is the fastest of a few strong candidates rather than one pattern whose noise would become every row's
+"% of ceiling".
 """
 
 from __future__ import annotations

@@ -5,16 +5,13 @@ Each save ends with an fsync of the file and its folder, as TensorStore's file k
 byte in memory of its own.
 
 safetensors' `safe_open` maps the file lazily, so its row copies each tensor out of the mapping inside the timed region
-(otherwise the load would read nothing): into a clone of its own under load_into "new", into the tensor's preallocated
-array under "preallocated". torch.load reads the whole file into tensors of its own ("new"); under "preallocated" it
-maps the file (`mmap=True`) and each tensor is copied into its array, as
-`model.load_state_dict(torch.load(path, mmap=True))` fills a model's parameters.
+(otherwise the load would read nothing); under load_into "preallocated" torch.load maps the file (`mmap=True`) and each
+tensor is copied into its array, as `model.load_state_dict(torch.load(path, mmap=True))` fills a model's parameters.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -25,17 +22,10 @@ import numpy as np
 from ckptbench.bench.backend import Backend
 from ckptbench.bench.storage import checkpoint_size, poison, preallocated
 from ckptbench.bench.targets import RunLocation, as_location
-from ckptbench.sources.source_file import Box
+from ckptbench.core.system import fsync_path
+from ckptbench.sources.source_file import Box, select
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def durable(file: Path) -> None:
@@ -65,8 +55,7 @@ def owned_part(tensor, box: tuple[tuple[int, int], ...]) -> np.ndarray:
     tensor-parallel rank keeps of a tensor it had to read whole."""
     import torch
 
-    part = tensor[tuple(slice(start, stop) for start, stop in box)] if box else tensor
-    return to_numpy(part.clone(memory_format=torch.contiguous_format))
+    return to_numpy(select(tensor, box).clone(memory_format=torch.contiguous_format))
 
 
 def folder_of(location: RunLocation | Path) -> Path:
@@ -77,11 +66,10 @@ def folder_of(location: RunLocation | Path) -> Path:
 
 
 class FileReference(Backend):
-    """Plain files in the run's folder; loads are cold like TensorStore's.
-
-    `load_into` (set by bench.measure from the test's resolved load_into) is where a load puts what it reads: "new",
-    memory it allocates inside the clock; "preallocated", arrays allocated and touched in `before_load`, after the save
-    and before the clock, that the load fills (`fill`), as a model's parameters are filled."""
+    """Plain files in the run's folder; loads are cold like TensorStore's. `load_into` (set by bench.measure from the
+    test's resolved load_into) is where a load puts what it reads: "new", memory it allocates inside the clock;
+    "preallocated", arrays allocated and touched in `before_load`, after the save and before the clock, that the load
+    fills (`fill`), as a model's parameters are filled."""
 
     filename = "checkpoint"
     # What the row's save and load import, imported in `prepare` (and by each tp reader before the common start),
@@ -99,8 +87,7 @@ class FileReference(Backend):
             self._into = preallocated(tensors)  # a model's parameters: allocated and touched before the clock
 
     def destination(self) -> dict[str, Any] | None:
-        """The preallocated arrays as torch tensors sharing their memory (the load copies into them), or None under
-        "new"."""
+        """The preallocated arrays as torch tensors sharing their memory (loads copy into them); None under "new"."""
         if self.load_into != "preallocated":
             return None
         if self._into is None:

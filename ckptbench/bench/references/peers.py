@@ -1,25 +1,13 @@
 """The loaders a user would pick instead of TensorStore to load a checkpoint fast: Run:ai Model Streamer and
 fastsafetensors (each reading the safetensors file the row saved), and torch.distributed.checkpoint (DCP).
 
-Each is measured like every other row: the file written and fsync'd in the save, the load cold, every byte verified.
-Each library is imported in `prepare`, before any clock (its first import costs seconds). Under load_into "new" the
-loaded copy is memory the load allocates inside the clock; under "preallocated" it is the arrays allocated and touched
-in `before_load`, before the clock, which the load fills (FileReference):
-
-- Run:ai streamer (`SafetensorsStreamer().stream_file(path, device="cpu")`): with `owned` (its default) each tensor it
-  yields is a view into a buffer of its own that it never reuses, so keeping the views keeps the copy; with `owned`
-  false its buffers are reused, so each tensor is cloned inside the load; "preallocated": each tensor is copied into its
-  array. Its C++ core reads its settings from environment variables (spec.references: concurrency, chunk byte size,
-  file-system strategy and queue depth when a streamer is made, the memory limit at each stream), so the row sets them
-  around the load (always to a number: an empty value breaks it; a setting left to the library is unset) and restores
-  them after.
-- fastsafetensors (`SafeTensorsFileLoader(SingleGroup(), cpu, nogds=True, max_threads, bbuf_size_kb)`): `get_tensor` is
-  a view into one buffer holding the whole file, which stays valid after the loader is closed; keeping the views is the
-  copy (a clone would double the memory); "preallocated": each is copied into its array.
-- DCP (`FileSystemWriter(thread_count=N, sync_files=True)`, `FileSystemReader`): the load fills a state dict's tensors
-  in place. Under "new" the state dict is allocated inside the clock from the checkpoint's metadata (torch.empty per
-  tensor, what a load without a model must do); under "preallocated" it is the arrays allocated before the clock. It
-  runs in one process without a process group (`no_dist`), and its warning that it assumes so is silenced.
+Each is measured like every other row (PHASE4_GUIDE.md, section 4.7, says how each saves and loads). Each library is
+imported in `prepare`, before any clock (its first import costs seconds). A loader whose tensors are views into its own
+buffers keeps the views as the loaded copy (a clone would double the memory), unless it reuses those buffers (the
+streamer with `owned` false): then each tensor is cloned inside the load. The streamer's C++ core reads its settings
+from environment variables (spec.references), so the row sets them around the load (always to a number: an empty value
+breaks it; a setting left to the library is unset) and restores them after. DCP runs in one process without a process
+group (`no_dist`), and its warning that it assumes so is silenced.
 """
 
 from __future__ import annotations
@@ -58,8 +46,7 @@ warnings.filterwarnings("ignore", message=DCP_WARNING, category=UserWarning)
 
 @contextmanager
 def environment(values: Mapping[str, str | None]) -> Iterator[None]:
-    """Environment variables set for the block (removed where the value is None), then restored (removed where they were
-    unset)."""
+    """Environment variables set for the block (None: removed), then restored (removed where they were unset)."""
     def apply(settings: Mapping[str, str | None]) -> None:
         for name, value in settings.items():
             if value is None:

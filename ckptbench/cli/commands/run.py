@@ -1,8 +1,7 @@
 """`run` (the default subcommand): run a suite from a config file, print its tables, draw its figures.
 
-Exit status: 0 all runs succeeded; 1 some runs failed or the suite stopped after a
-storage failure; 2 bad input (one line, nothing written); 130/143 stopped by Ctrl-C /
-SIGTERM (the results so far are kept; --resume continues).
+Exit status: 0 all runs succeeded; 1 some runs failed or the suite stopped after a storage failure; 2 bad input (one
+line, nothing written); 130/143 stopped by Ctrl-C / SIGTERM (the results so far are kept; --resume continues).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`show RESULTS.json`: reprint the tables and redraw every figure of an existing results file.
 
-Files written by older versions are upgraded on reading (results.upgrade), so a run
-from months ago can be redrawn with today's figures.
+Files written by older versions are upgraded on reading (results.upgrade), so a run from months ago can be redrawn with
+today's figures.
 """
 
 from __future__ import annotations

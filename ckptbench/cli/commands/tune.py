@@ -1,8 +1,7 @@
-"""`tune`: find the fastest TensorStore layout for a model on this disk within a time budget, and print
-what to paste.
+"""`tune`: find the fastest TensorStore layout for a model on this disk within a time budget, and print what to paste.
 
-Exit status: 0 a recommendation was made; 1 no candidate could be measured; 2 bad input (one line,
-nothing written); 130/143 stopped by Ctrl-C / SIGTERM (everything measured is kept; --resume continues).
+Exit status: 0 a recommendation was made; 1 no candidate could be measured; 2 bad input (one line, nothing written);
+130/143 stopped by Ctrl-C / SIGTERM (everything measured is kept; --resume continues).
 """
 
 from __future__ import annotations
