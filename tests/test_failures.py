@@ -184,7 +184,7 @@ def _cli(run_cli, cfg: Path, out: Path, *extra):
 def test_disk_precheck_refuses_a_checkpoint_that_does_not_fit(small_fs, run_cli, tmp_path, monkeypatch):
     fs, mounted = small_fs("3m")
     if not mounted:  # fallback: the same refusal against free space reported as 3 MiB
-        monkeypatch.setattr(capacity, "free_bytes", lambda path: 3 * MIB)
+        monkeypatch.setattr(system, "free_bytes", lambda path: 3 * MIB)
     out = fs / "out"
     before = _snapshot(fs)
     status, stdout, stderr = _cli(run_cli, _write_json(tmp_path / "suite.json", TWO_TESTS), out, "--model", "tiny")

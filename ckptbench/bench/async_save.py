@@ -124,20 +124,12 @@ class AsyncSave(Wrapper):
     """A row's back end, its saves made asynchronous; everything else is the row's own."""
 
     def __init__(self, inner: Backend, step_bytes: int | None = None) -> None:
-        self.inner, self.step_bytes = inner, step_bytes
+        super().__init__(inner)
+        self.step_bytes = step_bytes
         self.figures: Figures | None = None
         self._step: StandInStep | None = None
-        for name in ("before_load", "evict", "before_run", "bypass_resident_bytes", "verify", "load_slices",
-                     "pattern_seconds"):  # the row's own, unchanged
+        for name in ("before_load", "bypass_resident_bytes", "verify", "load_slices"):  # the row's own, unchanged
             setattr(self, name, getattr(inner, name))
-
-    @property
-    def in_memory(self) -> bool:
-        return self.inner.in_memory
-
-    @property
-    def bypasses_page_cache(self) -> bool:
-        return self.inner.bypasses_page_cache
 
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
         self.inner.prepare(tensors)
@@ -178,12 +170,6 @@ class AsyncSave(Wrapper):
             _stop_dcp_process()
         self.inner.release()
         self._step = None
-
-    def load(self, location: RunLocation) -> dict[str, np.ndarray]:
-        return self.inner.load(location)
-
-    def footprint(self, location: RunLocation) -> tuple[int, int, int]:
-        return self.inner.footprint(location)
 
 
 def _run_background(finish: Finish, outcome: list[BaseException | float]) -> None:

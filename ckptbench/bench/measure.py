@@ -7,8 +7,9 @@ free: one reading /proc/self/status every 10 ms made a minimal script's many-fil
 (docs/measurements/harness-cost.md), so this one reads the cheaper file half as often. Right outside the clock reads,
 what other processes of the host did is sampled (core.host: their CPU time and the disk's bytes, this run's own
 processes left out) into the run's `other_processes`; with writers on other hosts, the busiest host's
-(analysis.busy.busiest; each host's first rank watches its own, parallel.writers). Failures are recorded in the run's record, never raised, so one
-broken test does not stop the others; a failing disk (full, I/O error) stops the suite.
+(analysis.busy.busiest; each host's first rank watches its own, parallel.writers). Failures are recorded in
+the run's record, never raised, so one broken test does not stop the others; a failing disk (full, I/O error) stops
+the suite.
 """
 
 from __future__ import annotations
