@@ -163,8 +163,8 @@ def test_eviction_method_is_recorded(tmp_path, suite, tiny_weights):
 
 
 def test_pages_an_eviction_left_are_evicted_again_before_the_load(suite, tiny_weights, monkeypatch):
-    """drop_caches now and then keeps a page of a just-saved checkpoint (tune saw 4-68 KiB of TensorStore files written
-    tens of ms before it, nothing having read them): here a page read back after the first eviction stands for it."""
+    """drop_caches now and then keeps a page or two of a just-saved checkpoint (tune: 4-68 KiB of TensorStore files
+    written tens of ms before, unread since, taken by a second drop): a page read back after the first eviction here."""
     evict, evictions = cache.evict, []
 
     def evict_leaving_a_page(directory, method):
