@@ -178,6 +178,9 @@ def _load(record: RunRecord, backend: Backend, tensors: Mapping[str, np.ndarray]
         on_phase("evict")
         record.eviction = backend.evict(location.local_dir, eviction)
         record.resident_bytes_at_load = cache.resident_bytes(location.local_dir)
+        if record.resident_bytes_at_load and record.eviction is not None:  # drop_caches now and then keeps a page
+            backend.evict(location.local_dir, eviction)  # or two the save just wrote, unread since: a 2nd drop takes it
+            record.resident_bytes_at_load = cache.resident_bytes(location.local_dir)
         record.load_cache = cache_state(record.resident_bytes_at_load, record.disk_bytes)
     on_phase("load")
     loaded: dict[str, np.ndarray] = {}
