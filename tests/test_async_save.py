@@ -174,6 +174,8 @@ def test_the_async_sweep_runs_on_tiny(run_cli, tmp_path, monkeypatch):
     for kind in ("ts_1mb_conc64", "safetensors", "torch_save", "runai_streamer", "torch_dcp", "device_ceiling"):
         assert {modes.get(kind, modes.get(f"{kind}_mode=sync")), modes.get(f"{kind}_mode=async")} == {"sync", "async"}
     assert modes["torch_dcp_checkpointer=process_mode=async"] == "async"  # DCP's process-based async save too
+    twins = {row["test"]: row["sync_test"] for row in document["while_training"]["rows"]}
+    assert twins["torch_dcp_checkpointer=process_mode=async"] == "torch_dcp"  # the same checkpoint, saved sync
     assert all(r["verified"] for t in document["tests"] for r in t["runs"])
     assert "checkpoint while training" in stdout
 
@@ -282,3 +284,11 @@ def test_a_process_checkpointer_on_a_sync_row_is_one_line_exit_2(run_cli, write_
     status, stdout, stderr = run_cli("--config", path)
     assert status == 2 and stdout == "" and stderr.count("\n") == 1 and "async_checkpointer" in stderr, stderr
     assert not out.exists()
+
+
+def test_an_answer_of_async_tensorstore_rows_only_points_to_their_own(async_suite):
+    _, document, _ = async_suite
+    only_async = {**document, "best": {}, "tests": [t for t in document["tests"] if t["name"] != "ts_mode=sync"]}
+    console = report.console(only_async)
+    assert "every TensorStore test that ran saved async" in console and "no TensorStore test has" not in console
+    assert "checkpoint while training" in console

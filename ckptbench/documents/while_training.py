@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 # Settings that do not make two rows different checkpoints: an async row's sync twin differs only in these
-_MODE_KEYS = ("name", "description", "save_mode", "train_step_bytes", "sweep", "compression_label")
+_MODE_KEYS = ("name", "description", "save_mode", "async_checkpointer", "train_step_bytes", "sweep",
+              "compression_label")
 WELL_BELOW = 0.5  # blocked under half the sync save: the loop gets most of a save's time back
 NOTE = ("the stand-in training step runs on the CPU, as the writers do: on a CPU-only machine they compete for the "
         "same cores (on an accelerator the step's compute would not)")
@@ -24,7 +25,9 @@ def _mean(test: Mapping[str, Any], metric: str) -> float | None:
 def _twin(test: Mapping[str, Any], tests: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The sync row with the same settings apart from the save mode, if the suite has one."""
     def key(t: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in (t.get("settings") or {}).items() if k not in _MODE_KEYS}
+        settings = {k: v for k, v in (t.get("settings") or {}).items() if k not in _MODE_KEYS}
+        own = {k: v for k, v in (settings.get("reference_settings") or {}).items() if k not in _MODE_KEYS}
+        return {**settings, "reference_settings": own}  # DCP's async_checkpointer is a row's own setting
     return next((t for t in tests if not is_async(t) and key(t) == key(test)), None)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from ckptbench.analysis import change as analysis
 from ckptbench.documents.findings import elsewhere
 from ckptbench.documents.store import weights_name
+from ckptbench.documents.while_training import is_async
 from ckptbench.reports import while_training
 from ckptbench.reports.tables import BRIEF, NA, change, ci_pct, mean_pm, ratio_brief, ratio_ci, table, verdict
 from ckptbench.spec.references import CEILING
@@ -27,7 +28,10 @@ def answer_lines(document: Mapping[str, Any]) -> list[str]:
     winners were chosen from."""
     best = document.get("best") or {}
     if not best:
-        return ["Answer: no TensorStore test has a successful run", *while_training.lines(document)]
+        saved_async = any(t["kind"] == "tensorstore" and is_async(t) and t["stats"]["save_s"]["n"] for t in
+                          document["tests"])  # sync rows alone are answered here, async ones below
+        return ["Answer: every TensorStore test that ran saved async: see checkpoint while training" if saved_async
+                else "Answer: no TensorStore test has a successful run", *while_training.lines(document)]
     width = max(len(OBJECTIVE_WORDS[o]) for o in best) + 1
     lines = ["Answer: TensorStore's best per objective, against the baseline | the fastest peer | the device "
              "ceiling (ratios of means, 95% CIs):"]
