@@ -1,30 +1,13 @@
 """Asynchronous saves (a test's `save_mode: "async"`): blocked until the weights may change, durable in the background.
 
-A save is split in two. The part the training loop waits for runs on the calling thread and ends when the weights may be
-modified again (`blocked_s`); the rest runs in a background thread until the checkpoint is durable, fsync'd as a sync
-save is (`commit_s`, from the call). Per row:
-- TensorStore: every write issued; blocked until each write's `copy` future resolves; then each `commit`, and the
-  manifest;
-- torch DCP: `torch.distributed.checkpoint.async_save` (the row's `async_checkpointer`: "thread", no process group, or
-  "process", DCP's own save process): blocked until it returns (its stager's copy of the state dict), then its future,
-  and the files fsync'd. DCP starts its process at its first save and keeps it for the interpreter's life; the harness
-  starts it in `prepare` (a tiny save: a spawned interpreter importing torch takes seconds, outside the clock) and
-  ends it in `release`, after each run and on Ctrl-C, so no process outlives the run (nor holds its staged copy);
-- every other row (torch.save, safetensors, the streamer's and fastsafetensors' safetensors files): a copy of the
-  weights staged, then the row's own save of the copy from a thread (what users do today);
-- the device ceiling likewise, with one fixed pattern (16 streams, 16 MiB blocks: the O_DIRECT read's set): the least an
-  async save that may let the loop go on can cost here (one plain copy, then the disk's own writes).
+What each row does and what a run records: PHASE4_GUIDE.md, section 4.12. DCP starts its save process ("process") at
+its first save and keeps it for the interpreter's life; the harness starts it in `prepare` (a spawned interpreter
+importing torch takes seconds, outside the clock) and ends it in `release`, so no process outlives the run (nor holds
+its staged copy).
 
-While the background write runs, a stand-in training step runs on the calling thread, each step timed; its time alone
-is measured before the clock. A run's record gets `blocked_s`, `commit_s` (its `save_s` too: the call to durable),
-`staging_bytes` (the anonymous memory the save held at its peak above what the process held at the call), the steps'
-times, the slowdown and the training time lost (`time_lost_s`).
-
-The stand-in step: fixed arithmetic and memory traffic over the weights. One step reads `step_bytes` of the weights
-(cycling over them), each piece scaled and added into a small accumulator, as an optimizer's update reads every
-parameter: two float operations per 4 bytes, memory-bound on a CPU. The weights are only read, so the step never changes
-what a checkpoint must hold. On a CPU-only machine the step and the writer share the same cores; on an accelerator the
-step's compute would not.
+The stand-in step: one step reads `step_bytes` of the weights (cycling over them), each piece scaled and added into a
+small accumulator, as an optimizer's update reads every parameter: two float operations per 4 bytes, memory-bound on a
+CPU. The weights are only read, so the step never changes what a checkpoint must hold.
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """What the rest of this host did while an operation was timed: other processes' CPU time and device bytes.
 
 A `Watch` takes a `Sample` right before an operation's clock starts and right after it stops; `others(before,
-after)` is the difference, less this run's own share:
-- CPU: the host's busy time in /proc/stat (user, nice, system and steal, over every CPU) less the CPU time of this
-  run's own processes: this process, its descendants (spawned workers, tensor-parallel readers, a loader's helpers)
-  and the other ranks of a launch on this host (`count_as_own`) with theirs, each utime + stime + cutime + cstime
-  from /proc/<pid>/stat (a child reaped within the operation stays counted, in its parent's cutime/cstime). Steal
-  is the hypervisor running someone else on this VM's CPUs. The kernel's own threads (writeback, page reclaim, the
-  filesystem's journal) and interrupts serve every process, this run's too, so they count as nobody's.
-- Device bytes: sectors read and written (/proc/diskstats) of the disk that holds the output folder (a partition
-  counts as its whole disk), or of every physical disk when that folder is on no block device (tmpfs, overlay, a
-  network filesystem); less the own processes' read_bytes/write_bytes (/proc/<pid>/io).
+after)` is the difference, less this run's own share (what counts as whose: PHASE4_GUIDE.md, "A busy machine"). Own
+CPU is utime + stime + cutime + cstime from /proc/<pid>/stat of this process, its descendants and the other ranks of a
+launch on this host (`count_as_own`): a child reaped within the operation stays counted, in its parent's cutime/cstime.
+Device bytes are of the disk that holds the output folder (a partition counts as its whole disk), or of every physical
+disk when that folder is on no block device (tmpfs, overlay, a network filesystem).
 
 A snapshot reads /proc/stat, /proc/diskstats and every /proc/<pid>/stat of the host (a hundred processes: a few
 milliseconds), outside the clock reads. Without /proc (not Linux) the figures are None: not measured, never "quiet".

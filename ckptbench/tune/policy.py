@@ -1,22 +1,11 @@
 """The search's decisions: pure functions of the tune's state and the measured samples (no clock, no I/O).
 
-- rung-0: the peers, three candidates, the device ceiling, then more candidates while the rest still fits, the cheap
-  ones by their priors first. On a time objective a candidate whose codec, measured in this tune, is more than
-  HOPELESS_FACTOR times the best is skipped before it runs (`skip_reason`), and after a rung one more than
-  HOPELESS_FACTOR times the best is not run again (`censored`).
-- rung-1, ...: successive halving of the candidates alone; a candidate below the cut is dropped only when it loses
-  even in its best case by the noise model: the log-scale spread pooled over every test with two runs or more, with a
-  prior of PRIOR_LOG_SD (10 %, pyperf's "noisy") weighted as PRIOR_DF degrees of freedom. Sizes have no noise: the
-  larger loses outright.
-- final-1, ...: rounds of the two finalists, t5x_full (until its difference is settled) and rung 0's fastest peer
-  (until it has the 3 runs an interval needs), until Welch's test (`judge`) separates the finalists at p < 0.05 or the
-  budget ends. Only a test that ran and found p >= 0.05 makes them tied; with fewer than two runs a side they are
-  "not compared".
+The stages (rung 0, the halving rungs, the final rounds) and their rules: PHASE4_GUIDE.md, "The search". Skipping
+before a run (`skip_reason`) and not running again (`censored`) use HOPELESS_FACTOR; the noise model pools the
+log-scale spread over every test with two runs or more, with a prior of PRIOR_LOG_SD (10 %, pyperf's "noisy") weighted
+as PRIOR_DF degrees of freedom. Sizes have no noise: the larger loses outright.
 
-A save's figure is what a checkpoint costs training (`gather`): a sync save blocks the loop throughout, so its save_s;
-an async one (save_mode "async", bench.async_save) its training_lost_s, the time blocked plus the stand-in steps' extra
-time until durable. Sync and async candidates are ranked together on the save and balanced objectives; a load or a
-size does not depend on how the save ran (tune.space refuses those objectives with async candidates).
+A save's figure is what a checkpoint costs training (`gather`): a sync save's save_s, an async one's training_lost_s.
 
 `next_stage` and `conclude` return a new state and leave the one given as it was, so a stop at any moment leaves a
 state that resumes consistently.
