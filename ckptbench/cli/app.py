@@ -63,9 +63,8 @@ class Command:
         return parser
 
     def run(self, context: Context | None = None, **options: Any) -> int:
-        """The command from Python: each keyword is a flag's name (--output-dir: output_dir), its value what
-        the flag would give; what is not given takes the flag's default. Prints what the command line prints
-        and returns its exit status; bad input raises UserError."""
+        """The command from Python: each keyword is a flag's name (--output-dir: output_dir), its value what the flag
+        would give. Prints what the command line prints and returns its exit status; bad input raises UserError."""
         context = context or Context()
         actions = {a.dest: a for a in self.parser(context)._actions if a.dest != "help"}
         unknown = sorted(set(options) - set(actions))

@@ -281,10 +281,8 @@ def _answer_rows(document: Mapping[str, Any], roles: tuple[str, ...]) -> dict[st
 
 
 def busy(document: Mapping[str, Any]) -> dict[str, Any]:
-    """Over the suite's measured runs: how many timed operations found the machine busy (tests' `busy`,
-    analysis.busy), how many were timed and how many not watched; what the other processes did during the busy
-    ones (their CPU as % of one core, their device bytes); the rows with a busy operation, and the answer's
-    rows among them; the host's load averages at the start and end."""
+    """Over the suite's measured runs: the timed operations that found the machine busy (analysis.busy), what the
+    other processes did during them, the rows with one (the answer's among them) and the host's load averages."""
     def total(key: str) -> Any:
         return sum(t["busy"][key] for t in document["tests"])
 

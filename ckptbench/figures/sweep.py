@@ -1,9 +1,6 @@
-"""sweep_analysis.png: save and load throughput against the swept setting, from a results document.
-
-x is the chunk size in bytes (log axis) when chunks are swept, otherwise the first swept setting; one line per
-combination of the other swept settings (concurrency, compression, ...), with the mean's 95% CI on the log scale as
-error bars (none with 2 runs or fewer). The device ceiling measured in the same run is a dashed line: the distance to it
-is what a configuration leaves on the table.
+"""sweep_analysis.png: save and load throughput against the swept setting, from a results document (PHASE4_GUIDE.md,
+section 6). Error bars are the mean's 95% CI on the log scale (none with 2 runs or fewer); the distance to the dashed
+device ceiling is what a configuration leaves on the table.
 """
 
 from __future__ import annotations

@@ -1,6 +1,4 @@
-"""The text of `compare A.json B.json`, in the order every report follows: what A and B are, the answer (how many of B's
-figures are faster, slower or unchanged against A, its largest regression, and B's TensorStore best beside its fastest
-peer), one table of B against A, the tests only one has; `details` adds A's answer and B's warnings.
+"""The text of `compare A.json B.json` (what it holds, in order: PHASE4_GUIDE.md, section 8).
 
 It reads the rows analysis.versus computed and the documents' own comparisons and formats them, pyperf style; it
 computes nothing.

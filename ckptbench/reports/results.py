@@ -1,9 +1,7 @@
 """The console report of a results document: text or markdown; nothing is measured or computed here.
 
-`console` is what `run` and `show` print: a two-line header, the answer (TensorStore's best per objective against the
-baseline, the fastest peer and the device ceiling), a line if the machine was busy, one table, one line of claims, and
-the warnings that threaten the answer, grouped in at most six lines. `full_report` (`--details`, and the Python API's
-`Results.report`) adds every table and every warning.
+`console` is what `run` and `show` print; `full_report` (`--details`, and the Python API's `Results.report`) adds every
+table and every warning.
 """
 
 from __future__ import annotations
@@ -23,8 +21,7 @@ MAX_WARNING_LINES = 6
 
 
 def answer_lines(document: Mapping[str, Any]) -> list[str]:
-    """TensorStore's best per objective against the baseline, the fastest peer and the device ceiling, as ratios of
-    means with their 95 % intervals (documents.results.best_configurations, documents.confirmation), and where the
+    """TensorStore's best per objective against the baseline, the fastest peer and the device ceiling, and where the
     winners were chosen from."""
     best = document.get("best") or {}
     if not best:
@@ -147,8 +144,7 @@ def _versus(comparison: Mapping[str, Any] | None) -> str:
 
 
 def main_table(document: Mapping[str, Any], fmt: str = "text") -> str:
-    """The one table of the default console: times with their intervals, throughput, share of the ceiling,
-    size, and the verdict against the baseline."""
+    """The one table of the default console."""
     headers = ["test", "save s [95% CI]", "load s [95% CI]", "GB/s save/load", "% of ceiling", "size MB",
                "save vs base", "load vs base", "size vs base"]
     rows = []
@@ -238,9 +234,8 @@ def _noise_line(noise: Mapping[str, Any]) -> str | None:
 
 
 def busy_lines(document: Mapping[str, Any]) -> list[str]:
-    """One line when other processes kept the machine busy during any timed operation of the measured runs
-    (documents.findings.busy): how much, during how many operations, which rows, and whether the answer's rows
-    are among them; one line when some operations were not watched (no /proc). Nothing on a quiet machine."""
+    """One line when other processes kept the machine busy during a timed operation (documents.findings.busy), one
+    when some operations were not watched (no /proc). Nothing on a quiet machine."""
     busy = document.get("busy")
     if busy is None:  # a file of this version written before the harness watched other processes
         return ["! other processes' use of the machine was not measured (a file written before ckptbench watched "

@@ -1,11 +1,9 @@
 """The budget of a tune, as arithmetic on seconds: no clock, no I/O (callers pass the time spent).
 
-Everything counts: making the weights, every suite, the tuned checkpoint and the report. Before rung 0 a run is
-estimated from the model's size and the layout (bench.capacity.prior_run_s; a candidate's: the median of those rung 0
-runs first), and from it how many candidates fit: the halving's runs (n + n/2 + ... until FINALISTS are left), the
-reference rows in rung 0 (the device ceiling's grid runs there once) and the final's first round, after reserving the
-final. Rung 0 lists OVERPLAN times more and stops when the rest no longer fits by the durations measured, so a wrong
-prior changes how many candidates it measures, not the total.
+Everything counts: making the weights, every suite, the tuned checkpoint and the report (PHASE4_GUIDE.md, "Budget").
+A candidate's prior run is the median of those rung 0 runs first; rung 0 lists OVERPLAN times more than fit and stops
+when the rest no longer fits by the durations measured, so a wrong prior changes how many candidates it measures, not
+the total.
 """
 
 from __future__ import annotations
