@@ -1,14 +1,11 @@
 """Many writers: N processes saving and loading one checkpoint together, like N hosts (PHASE4_GUIDE.md, sections 4.9 and
-11; docs/launching.md, how a launch works).
+11, say what each writer does and how a save and a load are timed; docs/launching.md, how a launch works).
 
-Each writer writes or reads only its own part of every array, a box: whole chunks of rows, so no two processes ever
-touch one chunk (slices.py), or a tensor-parallel rank's slice, read with the row's own loader for a reference row
-(`Job.reference`). The writers and rank 0 form one gloo world (world.py): rank 0 broadcasts one `Job` per writer, all
-meet at a barrier (the common start), each does its job (`perform`), and rank 0 all-gathers their figures (with, from
-each other host's first rank, what the other processes of its host did: `others`, core.host). A load lasts
-from the common start until the slowest reader has its slices in memory, by the readers' own stamps on their host's
-monotonic clock (MLPerf Storage's rule, bench.measure), never by rank 0's clock around the job, which also holds sending
-it, the imports, the barrier and gathering the replies. Writers verify after the clock has stopped.
+Each writer writes or reads only its own box of every array (slices.py), or a tensor-parallel rank's slice, read with
+the row's own loader for a reference row (`Job.reference`). Rank 0 broadcasts one `Job` per writer over the gloo world
+(world.py), all meet at a barrier, each does its job (`perform`), and rank 0 all-gathers their figures (with what the
+other processes of each other host did: `others`, core.host). A load is timed by the readers' own stamps, never by
+rank 0's clock around the job, which also holds sending it, the imports, the barrier and gathering the replies.
 """
 
 from __future__ import annotations
