@@ -1,14 +1,9 @@
 """The plan of a suite and the raw record of one run: plain data, no I/O.
 
-A plan is the order runs execute in (PHASE4_GUIDE.md, section 4.5): "interleaved" rounds, each in an order shuffled from
-a recorded seed, so slow drift of the machine spreads over all tests; "blocked" (AAABBB), as the original Phase 4
-harness ran, to show what that order does to the figures; and blocks of tests run back to back at a seeded place among
-interleaved rounds, so an arm run in the original's order shares the machine with arms run interleaved.
-
-The plan is generated lazily: a suite of a million runs costs nothing until it runs. Confirmation rounds
-(`confirmation_plan`) come after a suite's rounds: the tests chosen from those rounds measured again, interleaved, in
-blocks; their runs carry their block's number (`confirm_block`), so the answer can be computed from them alone and the
-rounds it was chosen from stay as they were.
+A plan is the order runs execute in (PHASE4_GUIDE.md, section 4.5: interleaved rounds, "blocked", and blocks of tests
+at a seeded place among interleaved rounds), generated lazily: a suite of a million runs costs nothing until it runs.
+Confirmation rounds (`confirmation_plan`) come after a suite's rounds; their runs carry their block's number
+(`confirm_block`), so the answer can be computed from them alone and the rounds it was chosen from stay as they were.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """Confirmation rounds in a results document: what is measured again, and the answer from those runs alone.
 
-TensorStore's best and the fastest peer are chosen from a suite's rounds, so those same rounds flatter both (the
-winner's curse: the lowest of K noisy means is low partly by luck). A suite with `testing.confirm_rounds` measures them
-again afterwards, with the device ceiling, in blocks of fresh interleaved rounds separated in time (`finalists` says
-which tests: the suite asks it after its rounds, `derive` again from the same runs). `derive` then puts in the answer
-comparisons made from those runs only, pooled over the blocks, with each block's comparison beside them and whether the
-blocks disagree: a run's interval is conditional on that run's machine state, and blocks that disagree give no one
-verdict.
-
-The confirmation runs are kept apart (`confirmation.runs`), so that no per-test statistic mixes them in; every field is
-described in results.schema.json.
+Why and how: PHASE4_GUIDE.md, section 5, "Confirmation rounds". `finalists` says which tests (the suite asks it after
+its rounds, `derive` again from the same runs); `derive` puts in the answer comparisons made from those runs only,
+pooled over the blocks, with each block's comparison beside them and whether the blocks disagree. The confirmation
+runs are kept apart (`confirmation.runs`), so that no per-test statistic mixes them in.
 """
 
 from __future__ import annotations
