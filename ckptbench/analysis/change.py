@@ -1,14 +1,10 @@
 """Two samples in, one judgement out: the only place where a change is measured and judged.
 
-`compare(values, baseline, ...)` gives the change in % of the baseline's mean, the ratio of means with its 95 %
-interval, the interval of the change, the p-value of the same test, a verdict, and, when a claimed range is given, the
-claim's outcome. A suite's "versus baseline" table, the answer (the best layout against the baseline, the fastest peer
-and the device ceiling), the claims check, `compare A.json B.json`, `tune` and docs/explain/explain.py all call it, so
-they can never disagree.
-
-The interval, and the t statistic the verdict's significance comes from, are `ratio_interval`'s; the method and the
-claim outcomes (`judge_claim`: a time's claimed range is first widened by the noise threshold, so a claim of -25..-30 %
-is not refuted by -31 % on a disk whose runs differ by 10 %) are PHASE4_GUIDE.md's section 5.
+Every caller (a suite's tables, the answer, the claims check, `compare`, `tune`, docs/explain/explain.py) goes through
+`compare`, so they can never disagree. The interval, and the t statistic the verdict's significance comes from, are
+`ratio_interval`'s; the method and the claim outcomes (`judge_claim`: a time's claimed range is first widened by the
+noise threshold, so a claim of -25..-30 % is not refuted by -31 % on a disk whose runs differ by 10 %) are
+PHASE4_GUIDE.md's section 5.
 """
 
 from __future__ import annotations
@@ -59,12 +55,9 @@ class RatioInterval:
 
 def ratio_interval(values: Floats, baseline: Floats, confidence: float = 0.95,
                    min_runs: int = MIN_RUNS_FOR_CI) -> RatioInterval:
-    """The interval of mean(values) / mean(baseline), computed on the log scale; the one method of the harness. The
-    delta method on log(m_a / m_b), Welch-Satterthwaite degrees of freedom; the p-value is the same t statistic's, so
-    the interval excludes 1 exactly when p < 1 - confidence. Why: it keeps the ratio of arithmetic means (the change
-    every claim states; Welch on logs would judge the geometric one) and, unlike Fieller's, cannot leave (0, +inf)
-    (PHASE4_GUIDE.md, section 5). No interval with fewer than `min_runs` runs on a side, but samples without spread
-    (sizes) are exact."""
+    """The interval of mean(values) / mean(baseline), computed on the log scale: the one method of the harness (the
+    delta method, and why: PHASE4_GUIDE.md, section 5). No interval with fewer than `min_runs` runs on a side, but
+    samples without spread (sizes) are exact."""
     a, b = as_floats(values), as_floats(baseline)
     if a.size == 0 or b.size == 0:
         return RatioInterval(INSUFFICIENT)

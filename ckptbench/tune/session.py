@@ -190,8 +190,7 @@ def _start(settings: Settings, state: TuneState | None, hooks: Hooks) -> Tuning:
 
 
 def _plan(setup: _Setup, elapsed_s: Stopwatch) -> TuneState:
-    """Estimate what fits the budget (a budget that cannot fit is refused before any weights are made), then
-    write the first state (the tune's first write)."""
+    """Estimate what fits the budget, then write the first state (the tune's first write)."""
     settings, model_bytes = setup.settings, setup.planned.size_bytes
     out = Path(settings.output_dir).resolve()
     # The setup: what is spent, and making the weights, still to come (they are made once the budget is known
