@@ -6,13 +6,8 @@ complete; a test's `Layout` says how (PHASE4_GUIDE.md, sections 3 and 4.2).
 Saves and loads keep every array in flight at once, as a user should: all opens are issued together, then writes (or
 reads) are issued without waiting for each other, bounded only by an in-flight byte budget (like T5X's `concurrent_gb`)
 so that a large model does not double its memory. Waiting tensor by tensor would serialise the I/O and measure Python,
-not storage; `in_flight: "one_tensor"` does exactly that, to reproduce the original Phase 4 harness.
-
-`timed_conversion` reproduces the original's other habit, its float16 weights cast inside the timers (`save`, `load`);
-the float16 copies are made before the clock (`prepare`) and loads are verified against them.
-
-Every array is created with `store_data_equal_to_fill_value`, so a chunk of zeros is written like any other: sizes and
-times then count every byte of the model.
+not storage; `in_flight: "one_tensor"` does exactly that, to reproduce the original Phase 4 harness (as
+`timed_conversion` reproduces its casts inside the timers: the guide's section 3).
 """
 
 from __future__ import annotations

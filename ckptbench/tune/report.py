@@ -1,6 +1,5 @@
-"""The console text of a tuning document: the answer (beside the fastest peer for save, load and save + load),
-one table, the warnings that matter, what to paste and how it was found; `details` adds the winner against
-every peer and every candidate measured. It computes nothing: every comparison was made by analysis.compare."""
+"""The console text of a tuning document (`details` adds the winner against every peer and every candidate
+measured). It computes nothing: every comparison was made by analysis.compare."""
 
 from __future__ import annotations
 
