@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from ckptbench.bench import measure, workspace
-from ckptbench.bench.backend import Backend
+from ckptbench.bench.backend import Backend, Wrapper
 from ckptbench.bench.references import BACKENDS, ceiling
 from ckptbench.core import records
 from ckptbench.spec import config
@@ -67,20 +67,13 @@ class Units:
         return result
 
 
-class Instrumented(Backend):
+class Instrumented(Wrapper):
     """A real back end with known sleeps: in its save and load (units of their own), and in every other hook."""
 
     def __init__(self, inner: Backend, units: Units, whole_operations: bool = True) -> None:
-        self.inner, self.units = inner, units
+        super().__init__(inner)
+        self.units = units
         self.whole_operations = whole_operations  # False: the inner back end times its own units (the ceiling)
-
-    @property
-    def in_memory(self) -> bool:
-        return self.inner.in_memory
-
-    @property
-    def bypasses_page_cache(self) -> bool:
-        return self.inner.bypasses_page_cache
 
     def prepare(self, tensors: Mapping[str, np.ndarray]) -> None:
         self.units.sleep(OTHER_SLEEP_S)
@@ -118,9 +111,6 @@ class Instrumented(Backend):
 
     def worker_figures(self) -> list[dict[str, float]] | None:
         return self.inner.worker_figures()
-
-    def pattern_seconds(self) -> dict[str, float] | None:
-        return self.inner.pattern_seconds()
 
 
 @pytest.fixture
